@@ -1,0 +1,57 @@
+"""The ``vitalcast`` command: thin commands that parse options and call services.
+
+Every command reads the same ``VITALCAST_*`` settings. Errors that the user can fix end
+with one clear line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from vitalcast import __version__
+from vitalcast.config import Settings, load_settings
+from vitalcast.errors import ConfigError, VitalcastError
+
+
+class _Group(click.Group):
+    """A click group that turns vitalcast's own errors into one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, VitalcastError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+def get_settings(ctx: click.Context) -> Settings:
+    """Settings built once per invocation, from the environment."""
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = {}
+    if "settings" not in root.obj:
+        root.obj["settings"] = load_settings()
+    settings: Settings = root.obj["settings"]
+    return settings
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vitalcast")
+def main() -> None:
+    """vitalcast: real-time clinical risk prediction you can run yourself.
+
+    Configuration comes from VITALCAST_* environment variables (see
+    docs/configuration.md). `vitalcast demo` runs everything on an embedded database.
+    """
+
+
+def _register() -> None:
+    from vitalcast.ingest.cli import ingest
+
+    main.add_command(ingest)
+
+
+_register()

@@ -1,0 +1,185 @@
+"""Canonical clinical records: what every ingestion adapter produces.
+
+These are plain frozen dataclasses (no SQLAlchemy, no Flask) so that adapters, the
+synthetic generator, feature code and Spark workers can all use them. References between
+records are *source references* (``patient_ref``, ``encounter_ref``): the ingestion
+service resolves them to database ids in one unit of work.
+
+Times are timezone-aware UTC (``_at`` suffix). Values are already in the canonical unit
+of their code when a record leaves an adapter (see :mod:`vitalcast.clinical.units`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Literal
+
+Sex = Literal["female", "male", "other", "unknown"]
+OutcomeKind = Literal["in_hospital_death", "readmission_30d", "length_of_stay_days"]
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecord:
+    """A person. Direct identifiers are encrypted at rest by the store."""
+
+    ref: str
+    sex: Sex = "unknown"
+    mrn: str | None = None
+    name: str | None = None
+    birth_date: date | None = None
+    address: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    source_ref: str = ""
+
+    def identifiers(self) -> dict[str, str]:
+        """The direct identifiers present, as strings (the encrypted payload)."""
+        raw = {
+            "mrn": self.mrn,
+            "name": self.name,
+            "birth_date": self.birth_date.isoformat() if self.birth_date else None,
+            "address": self.address,
+            "phone": self.phone,
+            "email": self.email,
+        }
+        return {k: v for k, v in raw.items() if v}
+
+
+@dataclass(frozen=True, slots=True)
+class EncounterRecord:
+    """A hospital or ICU stay."""
+
+    ref: str
+    patient_ref: str
+    admitted_at: datetime
+    discharged_at: datetime | None = None
+    kind: Literal["icu", "inpatient", "emergency", "outpatient"] = "icu"
+    unit: str | None = None
+    admission_source: str | None = None
+    age_years: float | None = None
+    height_cm: float | None = None
+    weight_kg: float | None = None
+    source_ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationRecord:
+    """One measurement, in the canonical unit of its code."""
+
+    patient_ref: str
+    code: str
+    effective_at: datetime
+    value: float | None = None
+    unit: str | None = None
+    value_text: str | None = None
+    encounter_ref: str | None = None
+    device_id: str | None = None
+    source_ref: str = ""
+    identity: str | None = None  # stable source identity (FHIR id + version); else content
+
+    def dedup_key(self, source: str) -> str:
+        """Key that makes re-ingesting the same measurement a no-op."""
+        basis = self.identity or "|".join(
+            (
+                self.patient_ref,
+                self.encounter_ref or "",
+                self.code,
+                self.effective_at.isoformat(),
+                repr(self.value),
+                self.value_text or "",
+            )
+        )
+        return hashlib.sha256(f"{source}|{basis}".encode()).hexdigest()[:40]
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionRecord:
+    """A diagnosis or problem."""
+
+    patient_ref: str
+    code: str
+    system: str
+    display: str | None = None
+    onset_at: datetime | None = None
+    encounter_ref: str | None = None
+    source_ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImagingStudyRecord:
+    """An imaging study's metadata (never pixel data)."""
+
+    patient_ref: str
+    study_uid: str
+    modality: str | None = None
+    body_part: str | None = None
+    started_at: datetime | None = None
+    description: str | None = None
+    series_count: int | None = None
+    instance_count: int | None = None
+    encounter_ref: str | None = None
+    source_ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    """A label: what happened, and when it became known."""
+
+    patient_ref: str
+    encounter_ref: str
+    kind: OutcomeKind
+    value: float
+    occurred_at: datetime | None = None
+    known_at: datetime | None = None
+    source_ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input item that was not stored, with why and where."""
+
+    location: str
+    reason_code: str
+    reason: str
+    raw: str | None = None
+    kind: str = "observation"  # which record kind the item would have become
+
+
+@dataclass(slots=True)
+class RecordBatch:
+    """Everything one unit of input (a file, a message) produced."""
+
+    patients: list[PatientRecord] = field(default_factory=list)
+    encounters: list[EncounterRecord] = field(default_factory=list)
+    observations: list[ObservationRecord] = field(default_factory=list)
+    conditions: list[ConditionRecord] = field(default_factory=list)
+    imaging_studies: list[ImagingStudyRecord] = field(default_factory=list)
+    outcomes: list[OutcomeRecord] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    received: int = 0  # input items seen (each becomes a record or a rejection)
+
+    def extend(self, other: RecordBatch) -> None:
+        """Append another batch's contents to this one."""
+        self.patients.extend(other.patients)
+        self.encounters.extend(other.encounters)
+        self.observations.extend(other.observations)
+        self.conditions.extend(other.conditions)
+        self.imaging_studies.extend(other.imaging_studies)
+        self.outcomes.extend(other.outcomes)
+        self.rejected.extend(other.rejected)
+        self.received += other.received
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per record type."""
+        return {
+            "received": self.received,
+            "patients": len(self.patients),
+            "encounters": len(self.encounters),
+            "observations": len(self.observations),
+            "conditions": len(self.conditions),
+            "imaging_studies": len(self.imaging_studies),
+            "outcomes": len(self.outcomes),
+            "rejected": len(self.rejected),
+        }

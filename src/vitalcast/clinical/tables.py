@@ -1,0 +1,151 @@
+"""The canonical clinical store: the contract between ingestion, features and serving.
+
+Direct identifiers (name, MRN, birth date, contact details) never sit in plaintext
+columns: ``Patient.identifiers_enc`` holds them AES-GCM encrypted under ``key_id``, and
+``mrn_hmac`` lets staff find a patient by exact MRN through a keyed hash. Everything a
+model uses (sex, age at admission, unit, measurements) is stored in the clear.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from vitalcast.db.base import Base, UTCDateTime, utcnow
+from vitalcast.db.types import BigIntPK, new_public_id
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    __table_args__ = (UniqueConstraint("source", "source_ref"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    source: Mapped[str] = mapped_column(String(32))
+    source_ref: Mapped[str] = mapped_column(String(200))
+    sex: Mapped[str] = mapped_column(String(8), default="unknown")
+    identifiers_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    mrn_hmac: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    encounters: Mapped[list[Encounter]] = relationship(back_populates="patient")
+
+
+class Encounter(Base):
+    __tablename__ = "encounters"
+    __table_args__ = (
+        UniqueConstraint("source", "source_ref"),
+        Index("ix_encounters_unit_discharged", "unit", "discharged_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    source: Mapped[str] = mapped_column(String(32))
+    source_ref: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16), default="icu")
+    unit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    admission_source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    admitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    discharged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    age_years: Mapped[float | None] = mapped_column(Float, nullable=True)
+    height_cm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    weight_kg: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    patient: Mapped[Patient] = relationship(back_populates="encounters")
+
+
+class Observation(Base):
+    __tablename__ = "observations"
+    __table_args__ = (
+        Index("ix_observations_encounter_time", "encounter_id", "effective_at"),
+        Index("ix_observations_patient_code_time", "patient_id", "code", "effective_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"), nullable=True)
+    code: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    value_text: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    unit: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    source: Mapped[str] = mapped_column(String(32))
+    source_ref: Mapped[str] = mapped_column(String(300), default="")
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dedup_key: Mapped[str] = mapped_column(String(40), unique=True)
+
+
+class Condition(Base):
+    __tablename__ = "conditions"
+    __table_args__ = (UniqueConstraint("patient_id", "system", "code", "encounter_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"), nullable=True)
+    system: Mapped[str] = mapped_column(String(100))
+    code: Mapped[str] = mapped_column(String(32))
+    display: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    onset_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    source: Mapped[str] = mapped_column(String(32))
+    source_ref: Mapped[str] = mapped_column(String(300), default="")
+
+
+class ImagingStudy(Base):
+    __tablename__ = "imaging_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"), nullable=True)
+    study_uid: Mapped[str] = mapped_column(String(128), unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    body_part: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    description: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    series_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    instance_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    source: Mapped[str] = mapped_column(String(32))
+    source_ref: Mapped[str] = mapped_column(String(300), default="")
+
+
+class Outcome(Base):
+    __tablename__ = "outcomes"
+    __table_args__ = (UniqueConstraint("encounter_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    encounter_id: Mapped[int] = mapped_column(ForeignKey("encounters.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float] = mapped_column(Float)
+    occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    known_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    source: Mapped[str] = mapped_column(String(32))
+
+
+class DeviceBinding(Base):
+    """Which patient a bedside or wearable device is measuring, and since when."""
+
+    __tablename__ = "device_bindings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"), nullable=True)
+    bound_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    unbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    extra: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)

@@ -1,0 +1,108 @@
+"""Exception tree and its one rendering.
+
+::
+
+    VitalcastError                  anything vitalcast raises on purpose
+    ├── ConfigError                 bad settings: stops start-up with one line
+    └── AppError(code, message, status, details)
+        ├── InvalidInput    422     details: [{"loc": [...], "msg": ...}, ...]
+        ├── BadRequest      400
+        ├── Unauthorized    401
+        ├── Forbidden       403
+        ├── NotFound        404
+        ├── Conflict        409
+        ├── PayloadTooLarge 413
+        ├── ModelUnavailable 503    no champion model is loaded
+        └── IngestError     422     input that could not be read at all
+
+API routes and JSON clients get ``{"error": {"code", "message", "details",
+"request_id"}}``; browser pages get ``templates/errors/<status>.html``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VitalcastError(Exception):
+    """Root of every deliberate vitalcast error."""
+
+
+class ConfigError(VitalcastError):
+    """A setting is missing or wrong; the message names the variable."""
+
+
+class AppError(VitalcastError):
+    """An error with an HTTP status and a stable machine-readable code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        if code is not None:
+            self.code = code
+
+    def to_dict(self, request_id: str | None) -> dict[str, Any]:
+        """The canonical JSON error body."""
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "details": self.details,
+                "request_id": request_id,
+            }
+        }
+
+
+class InvalidInput(AppError):
+    status = 422
+    code = "invalid_input"
+
+
+class BadRequest(AppError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ModelUnavailable(AppError):
+    status = 503
+    code = "model_unavailable"
+
+
+class IngestError(AppError):
+    status = 422
+    code = "ingest_error"

@@ -1,0 +1,115 @@
+"""The ingest report: every item received is stored, a duplicate, or quarantined."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_LISTED_REJECTS = 1000
+
+
+@dataclass
+class KindCounts:
+    """Counts for one record kind (observation, patient, encounter, ...)."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+
+    def balanced(self) -> bool:
+        return self.received == self.stored + self.duplicates + self.quarantined
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did with its input."""
+
+    source: str
+    location: str
+    kinds: dict[str, KindCounts] = field(default_factory=dict)
+    reasons: Counter[str] = field(default_factory=Counter)
+    rejects: list[dict[str, str]] = field(default_factory=list)
+    touched_encounters: set[int] = field(default_factory=set)
+    run_id: int | None = None
+
+    def count(self, kind: str) -> KindCounts:
+        return self.kinds.setdefault(kind, KindCounts())
+
+    def reject(self, kind: str, location: str, reason_code: str, reason: str) -> None:
+        """Count one quarantined item (the caller stores its raw payload)."""
+        counts = self.count(kind)
+        counts.received += 1
+        counts.quarantined += 1
+        self.reasons[reason_code] += 1
+        if len(self.rejects) < MAX_LISTED_REJECTS:
+            self.rejects.append(
+                {"kind": kind, "location": location, "reason_code": reason_code, "reason": reason}
+            )
+
+    @property
+    def received(self) -> int:
+        return sum(k.received for k in self.kinds.values())
+
+    @property
+    def stored(self) -> int:
+        return sum(k.stored for k in self.kinds.values())
+
+    @property
+    def duplicates(self) -> int:
+        return sum(k.duplicates for k in self.kinds.values())
+
+    @property
+    def quarantined(self) -> int:
+        return sum(k.quarantined for k in self.kinds.values())
+
+    def balanced(self) -> bool:
+        """received == stored + duplicates + quarantined, for every kind."""
+        return all(k.balanced() for k in self.kinds.values())
+
+    def merge(self, other: IngestReport) -> None:
+        """Add another run's counts (for multi-file commands)."""
+        for kind, counts in other.kinds.items():
+            mine = self.count(kind)
+            mine.received += counts.received
+            mine.stored += counts.stored
+            mine.duplicates += counts.duplicates
+            mine.quarantined += counts.quarantined
+        self.reasons.update(other.reasons)
+        room = MAX_LISTED_REJECTS - len(self.rejects)
+        self.rejects.extend(other.rejects[: max(room, 0)])
+        self.touched_encounters |= other.touched_encounters
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "location": self.location,
+            "received": self.received,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "quarantined": self.quarantined,
+            "balanced": self.balanced(),
+            "by_kind": {k: vars(v) for k, v in sorted(self.kinds.items())},
+            "reasons": dict(self.reasons.most_common()),
+            "rejects": self.rejects,
+        }
+
+    def render(self) -> str:
+        """Human-readable summary for the CLI."""
+        lines = [
+            f"{self.source} {self.location}: received {self.received} = stored {self.stored}"
+            f" + duplicates {self.duplicates} + quarantined {self.quarantined}"
+        ]
+        for kind, c in sorted(self.kinds.items()):
+            lines.append(
+                f"  {kind}: received {c.received}, stored {c.stored},"
+                f" duplicates {c.duplicates}, quarantined {c.quarantined}"
+            )
+        for reason, n in self.reasons.most_common():
+            lines.append(f"  quarantined {reason}: {n}")
+        for item in self.rejects[:10]:
+            lines.append(f"    {item['location']}: {item['reason']}")
+        if len(self.rejects) > 10:
+            lines.append(f"    ... {self.quarantined - 10} more (see --json or the quarantine)")
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""One adapter per source format; each turns raw input into a RecordBatch."""

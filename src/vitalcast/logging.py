@@ -1,0 +1,69 @@
+"""Logging set-up: the only place handlers and formats are configured.
+
+Logs go to stdout, one JSON object per line in production, with the request id, route
+and user id attached by a filter. Callers log identifiers and counts, never names, MRNs
+or raw payloads (patient data lives in the database, under access control).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+request_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "vitalcast_request_context", default=None
+)
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class ContextFilter(logging.Filter):
+    """Copy the current request's id, route and user onto every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = request_context.get() or {}
+        for key in ("request_id", "route", "user"):
+            if not hasattr(record, key):
+                setattr(record, key, ctx.get(key))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with any ``extra=`` fields kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and value is not None:
+                payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure_logging(*, level: str = "INFO", json_lines: bool = True) -> None:
+    """Install one stdout handler on the ``vitalcast`` logger (idempotent)."""
+    logger = logging.getLogger("vitalcast")
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        if getattr(handler, "_vitalcast", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler._vitalcast = True  # type: ignore[attr-defined]
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(
+        JsonFormatter()
+        if json_lines
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    logger.addHandler(handler)

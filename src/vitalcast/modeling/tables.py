@@ -1,0 +1,52 @@
+"""Tables of the model registry and of served predictions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from vitalcast.db.base import Base, UTCDateTime, utcnow
+from vitalcast.db.types import BigIntPK
+
+
+class ModelVersion(Base):
+    """A registered artifact. ``alias`` is champion, challenger, retired or null."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(80), unique=True)
+    task: Mapped[str] = mapped_column(String(64), index=True)
+    artifact_path: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    alias: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Prediction(Base):
+    """One score served (or computed in shadow), with what it was based on."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_encounter_time", "encounter_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True)
+    encounter_id: Mapped[int | None] = mapped_column(ForeignKey("encounters.id"), nullable=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    task: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16), default="champion")
+    score: Mapped[float] = mapped_column(Float)
+    band: Mapped[str] = mapped_column(String(16))
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime)
+    data_freshness_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    features_digest: Mapped[str] = mapped_column(String(64))
+    explanation: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    missing_inputs: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

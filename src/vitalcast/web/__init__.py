@@ -1,0 +1,1 @@
+"""vitalcast.web."""

