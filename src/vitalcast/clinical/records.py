@@ -61,6 +61,7 @@ class EncounterRecord:
     age_years: float | None = None
     height_cm: float | None = None
     weight_kg: float | None = None
+    attributes: dict[str, Any] | None = None  # tabular facts without a LOINC code
     source_ref: str = ""
 
 

@@ -9,6 +9,7 @@ model uses (sex, age at admission, unit, measurements) is stored in the clear.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -64,6 +65,9 @@ class Encounter(Base):
     age_years: Mapped[float | None] = mapped_column(Float, nullable=True)
     height_cm: Mapped[float | None] = mapped_column(Float, nullable=True)
     weight_kg: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Encounter-level facts of tabular sources (e.g. Diabetes 130's admission type,
+    # prior visits, medications) that have no LOINC observation equivalent.
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     patient: Mapped[Patient] = relationship(back_populates="encounters")

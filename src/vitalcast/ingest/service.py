@@ -250,6 +250,7 @@ def _store_encounters(
             age_years=rec.age_years,
             height_cm=rec.height_cm,
             weight_kg=rec.weight_kg,
+            attributes=rec.attributes,
         )
         session.add(enc)
         session.flush()

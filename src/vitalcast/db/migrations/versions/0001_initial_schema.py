@@ -148,6 +148,7 @@ def upgrade() -> None:
         sa.Column("age_years", sa.Float(), nullable=True),
         sa.Column("height_cm", sa.Float(), nullable=True),
         sa.Column("weight_kg", sa.Float(), nullable=True),
+        sa.Column("attributes", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["patient_id"], ["patients.id"], name=op.f("fk_encounters_patient_id_patients")
