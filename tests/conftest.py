@@ -7,13 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from tests.services import REQUIRE, DatabaseFactory, postgres_server, service_missing
 from vitalcast.config import Settings, load_settings
-from vitalcast.db import create_db_engine
+from vitalcast.db import create_db_engine, session_scope
 from vitalcast.security.crypto import FieldCipher, cipher_from_settings
+from vitalcast.security.service import create_api_key, create_user
+from vitalcast.serving.app import create_app
+from vitalcast.serving.state import get_state
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +37,8 @@ def databases() -> Iterator[DatabaseFactory]:
 
 @pytest.fixture
 def pg_url(databases: DatabaseFactory) -> str:
-    """A fresh, empty, migrated PostgreSQL database for one test."""
-    return databases.new()
+    """An empty, migrated PostgreSQL database for one test."""
+    return databases.clean()
 
 
 @pytest.fixture
@@ -73,3 +78,59 @@ def shared_data() -> Path:
     if default.is_dir():
         return default
     pytest.skip("real data sets not available (set VITALCAST_SHARED_DATA)")
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    """The real app on a fresh PostgreSQL database."""
+    application = create_app(settings)
+    yield application
+    get_state(application).engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+class Credentials:
+    """Creates users and API keys in the app's database and signs clients in."""
+
+    PASSWORD = "correct horse battery"
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def user(self, username: str, role: str, units: list[str] | None = None) -> str:
+        with session_scope(get_state(self.app).sessions) as session:
+            create_user(session, username=username, password=self.PASSWORD, role=role, units=units)
+        return username
+
+    def api_key(self, role: str) -> dict[str, str]:
+        with session_scope(get_state(self.app).sessions) as session:
+            _, key = create_api_key(session, name=f"test-{role}", role=role)
+        return {"Authorization": f"Bearer {key}"}
+
+    def login(self, client: FlaskClient, username: str, password: str | None = None) -> str:
+        """Sign ``client`` in through the real form; returns the session's CSRF token."""
+        page = client.get("/login")
+        token = _csrf_from(page.get_data(as_text=True))
+        response = client.post(
+            "/login",
+            data={"username": username, "password": password or self.PASSWORD, "csrf_token": token},
+        )
+        assert response.status_code == 302, response.get_data(as_text=True)
+        return _csrf_from(client.get("/ward").get_data(as_text=True))
+
+
+def _csrf_from(html: str) -> str:
+    import re
+
+    match = re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+@pytest.fixture
+def creds(app: Flask) -> Credentials:
+    return Credentials(app)

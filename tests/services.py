@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 
 REQUIRE = os.environ.get("VITALCAST_REQUIRE_SERVICES") == "1"
@@ -50,7 +50,11 @@ def postgres_server() -> Iterator[str]:
 
 
 class DatabaseFactory:
-    """Creates fresh, migrated databases cheaply by cloning a migrated template."""
+    """Fresh, migrated databases: a shared one emptied per test, or new clones of a template.
+
+    Truncating the shared database costs milliseconds; each CREATE/DROP DATABASE costs a
+    checkpoint, so new databases are only for tests that need two at once.
+    """
 
     def __init__(self, admin_url: str) -> None:
         self.admin_url = make_url(admin_url)
@@ -67,21 +71,42 @@ class DatabaseFactory:
         from vitalcast.db import create_db_engine, upgrade_database
 
         with self.admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self.template}"'))
+            conn.execute(text(f'CREATE DATABASE "{self.template}"{self._strategy(conn)}'))
         self.created.append(self.template)
         engine = create_db_engine(self._url(self.template))
         upgrade_database(engine)
         engine.dispose()
+        self.shared = self.new()
+        self._shared_engine = create_engine(self.shared, isolation_level="AUTOCOMMIT")
+
+    @staticmethod
+    def _strategy(conn: Connection) -> str:
+        # WAL_LOG (PostgreSQL 15+) copies a small database without a checkpoint:
+        # 0.2 s instead of about 4 s per database on this machine.
+        version = conn.dialect.server_version_info or (0,)
+        return " STRATEGY WAL_LOG" if version >= (15,) else ""
+
+    def clean(self) -> str:
+        """URL of the session's shared database, emptied (every table truncated)."""
+        from vitalcast.db.metadata import all_metadata
+
+        tables = ", ".join(f'"{t.name}"' for t in all_metadata().sorted_tables)
+        with self._shared_engine.connect() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        return self.shared
 
     def new(self) -> str:
         """URL of a new database holding the migrated, empty schema."""
         name = f"{self.prefix}_{next(self._counter)}"
         with self.admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+            strategy = self._strategy(conn)
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"{strategy}'))
         self.created.append(name)
         return self._url(name)
 
     def drop_all(self) -> None:
+        if hasattr(self, "_shared_engine"):
+            self._shared_engine.dispose()
         with self.admin.connect() as conn:
             for name in reversed(self.created):
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,0 +1,90 @@
+"""Roles, permissions and the one place routes declare what they need.
+
+Every view is decorated with :func:`requires` (or :func:`public`); the app factory
+refuses to start if a route has neither, and a test walks ``app.url_map`` to prove each
+role gets exactly what :data:`ROLE_PERMISSIONS` grants. The matrix is documented in
+docs/security.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Permission(StrEnum):
+    PATIENTS_READ = "patients:read"  # ward list, patient pages, observations, risk history
+    IDENTIFIERS_READ = "identifiers:read"  # names, MRNs, birth dates in clear
+    PREDICT = "predictions:create"  # score a feature vector or a patient
+    OBSERVATIONS_WRITE = "observations:write"  # push data (integrations, devices)
+    FEEDBACK_WRITE = "feedback:write"  # acknowledge alerts, agree/disagree
+    MODELS_READ = "models:read"  # model reports, metrics
+    MODELS_MANAGE = "models:manage"  # promote, roll back, retrain
+    MONITORING_READ = "monitoring:read"  # drift, performance, operational metrics
+    USERS_MANAGE = "users:manage"  # users, roles, API keys
+    AUDIT_READ = "audit:read"  # the audit log
+    EXPORT = "data:export"  # de-identified extracts
+
+
+ROLES = ("clinician", "nurse", "data_scientist", "admin", "integration")
+
+_CLINICAL = {
+    Permission.PATIENTS_READ,
+    Permission.IDENTIFIERS_READ,
+    Permission.PREDICT,
+    Permission.FEEDBACK_WRITE,
+    Permission.MODELS_READ,
+}
+
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "clinician": frozenset(_CLINICAL),
+    "nurse": frozenset(_CLINICAL),
+    # Data scientists see pseudonymous clinical data and models, never identifiers.
+    "data_scientist": frozenset(
+        {
+            Permission.PATIENTS_READ,
+            Permission.PREDICT,
+            Permission.MODELS_READ,
+            Permission.MODELS_MANAGE,
+            Permission.MONITORING_READ,
+            Permission.EXPORT,
+        }
+    ),
+    "admin": frozenset(Permission),
+    # Machines: push data, ask for scores, read results (CDS Hooks, EHR integration).
+    "integration": frozenset(
+        {Permission.OBSERVATIONS_WRITE, Permission.PREDICT, Permission.PATIENTS_READ}
+    ),
+}
+
+PUBLIC = "public"
+
+
+def requires(permission: Permission) -> Callable[[F], F]:
+    """Declare the permission a view needs (enforced before the view runs)."""
+
+    def mark(view: F) -> F:
+        view.required_permission = permission  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def public(view: F) -> F:
+    """Declare a view that needs no credentials (health checks, sign-in, static files)."""
+    view.required_permission = PUBLIC  # type: ignore[attr-defined]
+    return view
+
+
+def declared_permission(view: Callable[..., Any]) -> Permission | str | None:
+    """The permission a view declared, ``PUBLIC``, or None when it declared nothing."""
+    value: Permission | str | None = getattr(view, "required_permission", None)
+    return value
+
+
+def role_allows(role: str, permission: Permission) -> bool:
+    """Whether ``role`` holds ``permission``."""
+    return permission in ROLE_PERMISSIONS.get(role, frozenset())

@@ -1,0 +1,135 @@
+"""REST API ``/api/v1``: predictions and patients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import select
+
+from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.db.base import utcnow
+from vitalcast.db.types import new_public_id
+from vitalcast.errors import ModelUnavailable, NotFound
+from vitalcast.modeling.tables import Prediction
+from vitalcast.security.permissions import Permission, requires, role_allows
+from vitalcast.serving.context import audit_event, current_principal, db, request_id
+from vitalcast.serving.patients import list_ward
+from vitalcast.serving.predictor import Predictor
+from vitalcast.serving.scoring import features_digest, score_encounter
+from vitalcast.serving.state import get_state
+from vitalcast.serving.validation import feature_vector, int_arg, json_body, raise_if
+
+api = Blueprint("api", __name__)
+
+
+def _predictor() -> Predictor:
+    predictor = get_state().predictor
+    if predictor is None:
+        raise ModelUnavailable(
+            "no champion model is loaded; train one (`vitalcast train`) and promote it"
+        )
+    return predictor
+
+
+def _prediction_body(predictor: Predictor, prediction: Prediction) -> dict[str, Any]:
+    return {
+        "id": prediction.public_id,
+        "probability": round(prediction.score, 6),
+        "band": prediction.band,
+        "threshold": predictor.threshold,
+        "model_version": predictor.version,
+        "task": predictor.task,
+        "as_of": prediction.as_of.isoformat(),
+        "data_freshness_at": prediction.data_freshness_at.isoformat()
+        if prediction.data_freshness_at
+        else None,
+        "factors": prediction.explanation or [],
+        "missing": prediction.missing_inputs or [],
+        "request_id": request_id(),
+    }
+
+
+@api.post("/predict")
+@requires(Permission.PREDICT)
+def predict() -> Response:
+    """Score one patient: a flat object of features, or ``{"patient_id": ...}``."""
+    predictor = _predictor()
+    body = json_body()
+    session = db()
+    if isinstance(body, dict) and set(body) == {"patient_id"}:
+        prediction = _predict_stored_patient(session, predictor, body["patient_id"])
+    else:
+        features, problems = feature_vector(body, set(predictor.feature_names))
+        raise_if(problems, "the feature object has problems")
+        result = predictor.score(features)
+        prediction = Prediction(
+            public_id=new_public_id(),
+            model_version_id=predictor.model_version_id,
+            task=predictor.task,
+            role="adhoc",
+            score=result.probability,
+            band=result.band,
+            as_of=utcnow(),
+            features_digest=features_digest(
+                {n: features.get(n, float("nan")) for n in predictor.feature_names}
+            ),
+            explanation=result.factors,
+            missing_inputs=result.missing,
+        )
+        session.add(prediction)
+        session.flush()
+        audit_event("prediction.served", "E", resource=f"Prediction/{prediction.public_id}")
+    return jsonify(_prediction_body(predictor, prediction))
+
+
+def _predict_stored_patient(session: Any, predictor: Predictor, patient_id: Any) -> Prediction:
+    if not isinstance(patient_id, str):
+        raise_if([{"loc": ["body", "patient_id"], "msg": "must be a string"}])
+    patient = session.scalar(select(Patient).where(Patient.public_id == patient_id))
+    if patient is None:
+        raise NotFound("no patient with that id")
+    encounter = session.scalar(
+        select(Encounter)
+        .where(Encounter.patient_id == patient.id)
+        .order_by(Encounter.admitted_at.desc())
+        .limit(1)
+    )
+    if encounter is None:
+        raise NotFound("the patient has no encounter to score")
+    prediction = score_encounter(session, predictor, encounter, role="champion")
+    audit_event(
+        "prediction.served",
+        "E",
+        patient_id=patient.public_id,
+        resource=f"Prediction/{prediction.public_id}",
+    )
+    return prediction
+
+
+@api.get("/patients")
+@requires(Permission.PATIENTS_READ)
+def patients() -> Response:
+    """In-progress stays sorted by current risk, paginated (``?limit=&offset=&unit=``)."""
+    problems: list[dict[str, Any]] = []
+    limit = int_arg("limit", 50, low=1, high=500, problems=problems)
+    offset = int_arg("offset", 0, low=0, high=10_000_000, problems=problems)
+    raise_if(problems, "invalid query parameters")
+    who = current_principal()
+    show_ids = role_allows(who.role, Permission.IDENTIFIERS_READ)
+    rows, total = list_ward(
+        db(),
+        unit=request.args.get("unit") or None,
+        limit=limit,
+        offset=offset,
+        cipher=get_state().cipher if show_ids else None,
+    )
+    audit_event(
+        "patient.list",
+        "R",
+        resource="Patient",
+        details={"patients": [r.patient_id for r in rows], "identifiers": show_ids},
+    )
+    return jsonify(
+        {"items": [r.to_dict() for r in rows], "total": total, "limit": limit, "offset": offset}
+    )

@@ -1,0 +1,98 @@
+"""The application factory: every step of building the app, named, in one place."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Flask, Response, send_from_directory
+
+from vitalcast.config import Settings, load_settings
+from vitalcast.db import create_db_engine
+from vitalcast.db.session import make_session_factory
+from vitalcast.logging import configure_logging
+from vitalcast.security.crypto import cipher_from_settings
+from vitalcast.security.permissions import public
+from vitalcast.serving.errors import register_error_handlers
+from vitalcast.serving.guard import check_routes_declared, register_guard
+from vitalcast.serving.state import AppState, get_state, init_state
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the vitalcast WSGI app (settings from the environment unless given)."""
+    settings = settings or load_settings()
+    app = Flask(
+        "vitalcast",
+        static_folder=None,
+        template_folder=str(WEB_DIR / "templates"),
+    )
+    configure_app(app, settings)
+    configure_logging(level=settings.log_level, json_lines=settings.log_json)
+    register_extensions(app, settings)
+    register_guard(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    check_routes_declared(app)
+    load_predictor(app)
+    return app
+
+
+def configure_app(app: Flask, settings: Settings) -> None:
+    assert settings.secret_key is not None  # load_settings guarantees one
+    app.config.update(
+        SECRET_KEY=settings.secret_key.get_secret_value(),
+        DEBUG=settings.debug,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.env == "production",
+        SESSION_COOKIE_NAME="vitalcast_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        JSON_SORT_KEYS=False,
+    )
+
+
+def register_extensions(app: Flask, settings: Settings) -> None:
+    engine = create_db_engine(settings.resolved_database_url)
+    init_state(
+        app,
+        AppState(
+            settings=settings,
+            engine=engine,
+            sessions=make_session_factory(engine),
+            cipher=cipher_from_settings(settings),
+        ),
+    )
+
+
+def register_blueprints(app: Flask) -> None:
+    """The URL map, in one place."""
+    from vitalcast.serving.admin import admin
+    from vitalcast.serving.api import api
+    from vitalcast.serving.health import health
+    from vitalcast.web.views import web
+
+    app.register_blueprint(health)
+    app.register_blueprint(api, url_prefix="/api/v1")
+    app.register_blueprint(admin, url_prefix="/api/v1")
+    app.register_blueprint(web)
+
+    @public
+    def static(filename: str) -> Response:
+        response = send_from_directory(WEB_DIR / "static", filename, max_age=3600)
+        return response
+
+    app.add_url_rule("/static/<path:filename>", endpoint="static", view_func=static)
+
+
+def load_predictor(app: Flask) -> None:
+    """Load the champion model once per process (never per request)."""
+    from vitalcast.serving.predictor import load_champion
+
+    state = get_state(app)
+    state.predictor = load_champion(state)

@@ -1,0 +1,165 @@
+"""The embedded demo: data, a model, users and scores, created once and then reused.
+
+``vitalcast demo`` is the one command a newcomer runs. The first run generates the
+synthetic cohort into SQLite under the data directory, trains and registers the first
+``icu-mortality`` model and creates two demo users; later runs find all of it and only
+score patients that have no score yet, so the server is up within seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.config import Settings
+from vitalcast.db import create_db_engine, session_scope, upgrade_database
+from vitalcast.db.base import utcnow
+from vitalcast.db.session import make_session_factory
+from vitalcast.ingest.service import store_batch
+from vitalcast.modeling.tables import Prediction
+from vitalcast.security.crypto import cipher_from_settings
+from vitalcast.security.service import create_user
+from vitalcast.security.tables import User
+
+logger = logging.getLogger(__name__)
+
+DEMO_SEED = 2012
+DEMO_HISTORIC = 1500
+DEMO_USERS = (("clinician", "clinician"), ("admin", "admin"))
+_CHUNK = 100
+
+
+@dataclass(frozen=True)
+class DemoInfo:
+    patients: int
+    model_version: str | None
+    scored: int
+    credentials_file: Path
+    credentials: dict[str, str]
+    seconds: float
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def prepare_demo(settings: Settings, *, echo: Callable[[str], None]) -> DemoInfo:
+    """Make sure the demo database has data, a champion model, users and scores."""
+    started = time.monotonic()
+    engine = create_db_engine(settings.resolved_database_url)
+    upgrade_database(engine)
+    sessions = make_session_factory(engine)
+    cipher = cipher_from_settings(settings)
+
+    with sessions() as session:
+        patients = session.scalar(select(func.count()).select_from(Patient)) or 0
+    if patients == 0:
+        from vitalcast.synth import generate_cohort
+
+        echo(f"generating {settings.demo_patients} current and {DEMO_HISTORIC} past ICU stays ...")
+        batch = generate_cohort(
+            n_current=settings.demo_patients, n_historic=DEMO_HISTORIC, seed=DEMO_SEED, now=utcnow()
+        )
+        with session_scope(sessions) as session:
+            report = store_batch(session, batch, source="synthetic", location="demo", cipher=cipher)
+        echo(report.render().splitlines()[0])
+        with sessions() as session:
+            patients = session.scalar(select(func.count()).select_from(Patient)) or 0
+
+    from vitalcast.modeling.service import get_champion, train_and_register
+
+    with sessions() as session:
+        champion = get_champion(session, "icu-mortality")
+    if champion is None:
+        echo("training the first icu-mortality model on the synthetic cohort ...")
+        with session_scope(sessions) as session:
+            result = train_and_register(
+                "icu-mortality", session=session, registry_dir=settings.resolved_registry_dir
+            )
+        version: str | None = result.version
+    else:
+        version = champion.version
+
+    credentials = _ensure_users(settings, sessions)
+    scored = _score_unscored(settings, sessions)
+    engine.dispose()
+    return DemoInfo(
+        patients=patients,
+        model_version=version,
+        scored=scored,
+        credentials_file=settings.data_dir / "keys" / "demo-credentials",
+        credentials=credentials,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _ensure_users(settings: Settings, sessions: sessionmaker[Session]) -> dict[str, str]:
+    path = settings.data_dir / "keys" / "demo-credentials"
+    credentials: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, password = line.partition(" ")
+            credentials[name] = password
+    with session_scope(sessions) as session:
+        for username, role in DEMO_USERS:
+            exists = session.scalar(select(User.id).where(User.username == username))
+            if exists is not None and username in credentials:
+                continue
+            if exists is None:
+                password = credentials.get(username) or secrets.token_urlsafe(12)
+                create_user(session, username=username, password=password, role=role)
+                credentials[username] = password
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_secret(path, "".join(f"{u} {p}\n" for u, p in credentials.items()))
+    return credentials
+
+
+def _score_unscored(settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """Score in-progress stays that have no champion score yet (all of them on first run)."""
+    from vitalcast.serving.predictor import load_champion
+    from vitalcast.serving.scoring import score_encounter
+    from vitalcast.serving.state import AppState
+
+    state = AppState(
+        settings=settings,
+        engine=_engine_of(sessions),
+        sessions=sessions,
+        cipher=cipher_from_settings(settings),
+    )
+    predictor = load_champion(state)
+    if predictor is None:
+        return 0
+    scored_ids = select(Prediction.encounter_id).where(
+        Prediction.role == "champion", Prediction.model_version_id == predictor.model_version_id
+    )
+    with sessions() as session:
+        todo = session.scalars(
+            select(Encounter.id).where(
+                Encounter.discharged_at.is_(None), Encounter.id.not_in(scored_ids)
+            )
+        ).all()
+    now = utcnow()
+    for start in range(0, len(todo), _CHUNK):
+        with session_scope(sessions) as session:
+            for encounter_id in todo[start : start + _CHUNK]:
+                encounter = session.get(Encounter, encounter_id)
+                assert encounter is not None
+                score_encounter(session, predictor, encounter, as_of=now)
+    return len(todo)
+
+
+def _engine_of(sessions: sessionmaker[Session]) -> Engine:
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, Engine)
+    return engine

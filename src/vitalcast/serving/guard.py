@@ -1,0 +1,207 @@
+"""The request guard: who is calling, may they, and the headers every response gets.
+
+Runs before every view. The view's declared permission (security.permissions) decides:
+public views pass; others need a caller — an API key (``Authorization: Bearer``) or a
+signed-in session that has not idled out — whose role holds the permission. Browser
+sessions must also present the CSRF token on unsafe methods; API keys carry no ambient
+authority (no cookies), so they need none.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Flask, Response, g, redirect, request, session, url_for
+from flask.typing import ResponseReturnValue
+
+from vitalcast.db.base import utcnow
+from vitalcast.errors import AppError, Forbidden, PayloadTooLarge, Unauthorized
+from vitalcast.logging import request_context
+from vitalcast.security.permissions import PUBLIC, Permission, declared_permission, role_allows
+from vitalcast.security.service import Principal, verify_api_key
+from vitalcast.security.tables import User
+from vitalcast.serving.context import audit_event, db, new_request_id
+from vitalcast.serving.errors import render_error, wants_json
+from vitalcast.serving.state import get_state
+
+logger = logging.getLogger(__name__)
+
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+def csrf_token() -> str:
+    """The session's CSRF token (created on first use), for forms and fetch headers."""
+    token = session.get("csrf")
+    if not token:
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return str(token)
+
+
+def _api_key_principal(header: str) -> Principal | None:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    key = verify_api_key(db(), token.strip())
+    if key is None:
+        return None
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
+        key.last_used_at = now  # coarse, to keep the hot path free of a write per request
+    return Principal("api_key", key.id, key.name, key.role)
+
+
+def _session_principal(idle: timedelta) -> Principal | None:
+    user_id = session.get("user_id")
+    if user_id is None:
+        return None
+    seen = session.get("seen")
+    now = datetime.now(UTC)
+    if seen is None or now - datetime.fromtimestamp(float(seen), UTC) > idle:
+        session.clear()
+        g.session_expired = True
+        return None
+    user = db().get(User, int(user_id))
+    if user is None or not user.active:
+        session.clear()
+        return None
+    session["seen"] = now.timestamp()
+    return Principal("user", user.id, user.username, user.role, tuple(user.units or ()))
+
+
+def _authenticate() -> Principal | None:
+    header = request.headers.get("Authorization")
+    if header:
+        who = _api_key_principal(header)
+        if who is None:
+            raise Unauthorized("invalid, expired or revoked API key")
+        return who
+    idle = timedelta(minutes=get_state().settings.session_idle_minutes)
+    who = _session_principal(idle)
+    if who is not None and request.method in _UNSAFE:
+        sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
+        if not hmac.compare_digest(str(sent), str(session.get("csrf", ""))):
+            raise Forbidden("missing or wrong CSRF token; reload the page and try again")
+    return who
+
+
+def _before_request() -> ResponseReturnValue | None:
+    g.request_id = new_request_id()
+    g.started = utcnow()
+    request_context.set({"request_id": g.request_id, "route": request.endpoint})
+    limit = get_state().settings.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return render_error(PayloadTooLarge(f"request body larger than {limit} bytes"))
+    view = get_state_view()
+    if view is None:
+        return None  # routing answers 404/405 through the error handler
+    needed = declared_permission(view)
+    try:
+        who = None if needed == PUBLIC else _authenticate()
+        if needed == PUBLIC:
+            return None
+        if who is None:
+            if not wants_json():
+                return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
+            raise Unauthorized("sign in or send an API key: Authorization: Bearer <key>")
+        g.principal = who
+        request_context.set(
+            {"request_id": g.request_id, "route": request.endpoint, "user": who.actor}
+        )
+        assert isinstance(needed, Permission)
+        if not role_allows(who.role, needed):
+            audit_event(
+                "access.denied",
+                "E",
+                outcome="denied",
+                resource=request.path,
+                details={"needed": needed.value},
+            )
+            db().commit()
+            raise Forbidden(f"your role ({who.role}) does not allow {needed.value}")
+    except AppError as error:
+        return render_error(error)
+    return None
+
+
+def get_state_view() -> Callable[..., Any] | None:
+    endpoint = request.endpoint
+    if endpoint is None:
+        return None
+    from flask import current_app
+
+    return current_app.view_functions.get(endpoint)
+
+
+def _after_request(response: Response) -> Response:
+    session_db = g.pop("db", None)
+    if session_db is not None:
+        try:
+            if response.status_code < 400:
+                session_db.commit()
+            else:
+                session_db.rollback()
+        finally:
+            session_db.close()
+    headers = response.headers
+    headers["X-Request-ID"] = g.get("request_id", "")
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["X-Frame-Options"] = "DENY"
+    headers["Referrer-Policy"] = "no-referrer"
+    if (
+        request.path.startswith(("/api/", "/fhir", "/cds-services"))
+        or response.mimetype == "text/html"
+    ):
+        headers.setdefault("Cache-Control", "no-store")
+    if request.is_secure:
+        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    started = g.get("started")
+    duration_ms = (utcnow() - started).total_seconds() * 1000 if started else None
+    logger.info(
+        "request",
+        extra={
+            "method": request.method,
+            "status": response.status_code,
+            "duration_ms": round(duration_ms, 2) if duration_ms else None,
+        },
+    )
+    return response
+
+
+def _teardown(_exc: BaseException | None) -> None:
+    session_db = g.pop("db", None)
+    if session_db is not None:
+        session_db.rollback()
+        session_db.close()
+    request_context.set(None)
+
+
+def register_guard(app: Flask) -> None:
+    """Install the guard and response hooks, and refuse routes without a permission."""
+    app.before_request(_before_request)
+    app.after_request(_after_request)
+    app.teardown_request(_teardown)
+    app.jinja_env.globals["csrf_token"] = csrf_token
+
+
+def check_routes_declared(app: Flask) -> None:
+    """Fail start-up if any route's view lacks a declared permission."""
+    missing = [
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if declared_permission(app.view_functions[rule.endpoint]) is None
+    ]
+    if missing:
+        raise RuntimeError(f"routes without a declared permission: {', '.join(sorted(missing))}")

@@ -1,0 +1,97 @@
+"""Scoring stored patients: features from the store as of a time, scored and recorded.
+
+Features come from :func:`vitalcast.features.stay_features`, the same function training
+uses, applied to the observations the store holds with effective time <= ``as_of``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.db.base import utcnow
+from vitalcast.db.types import new_public_id
+from vitalcast.features import StayInput, stay_features
+from vitalcast.modeling.tables import Prediction
+from vitalcast.serving.predictor import Predictor
+
+
+def stay_input(session: Session, encounter: Encounter, as_of: datetime) -> StayInput:
+    """The encounter's descriptors and observations up to ``as_of``, as the feature input."""
+    rows = session.execute(
+        select(Observation.code, Observation.value, Observation.effective_at)
+        .where(
+            Observation.encounter_id == encounter.id,
+            Observation.effective_at <= as_of,
+            Observation.value.is_not(None),
+        )
+        .order_by(Observation.effective_at, Observation.id)
+    ).all()
+    sex = session.scalar(select(Patient.sex).where(Patient.id == encounter.patient_id))
+    return StayInput(
+        admitted_at=encounter.admitted_at,
+        age_years=encounter.age_years,
+        sex=sex or "unknown",
+        unit=encounter.unit,
+        height_cm=encounter.height_cm,
+        weight_kg=encounter.weight_kg,
+        observations=tuple(
+            (code, float(value), at) for code, value, at in rows if value is not None
+        ),
+    )
+
+
+def features_digest(features: dict[str, float]) -> str:
+    """A stable fingerprint of a feature vector (NaN written as null)."""
+    clean = {k: (None if math.isnan(v) else round(v, 10)) for k, v in sorted(features.items())}
+    return hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()
+
+
+def score_encounter(
+    session: Session,
+    predictor: Predictor,
+    encounter: Encounter,
+    *,
+    as_of: datetime | None = None,
+    role: str = "champion",
+) -> Prediction:
+    """Score an encounter as of ``as_of`` (default now) and store the prediction."""
+    as_of = as_of or utcnow()
+    stay = stay_input(session, encounter, as_of)
+    features = stay_features(stay, as_of)
+    result = predictor.score(features)
+    freshness = stay.observations[-1][2] if stay.observations else None
+    prediction = Prediction(
+        public_id=new_public_id(),
+        patient_id=encounter.patient_id,
+        encounter_id=encounter.id,
+        model_version_id=predictor.model_version_id,
+        task=predictor.task,
+        role=role,
+        score=result.probability,
+        band=result.band,
+        as_of=as_of,
+        data_freshness_at=freshness,
+        features_digest=features_digest(features),
+        explanation=result.factors,
+        missing_inputs=result.missing,
+    )
+    session.add(prediction)
+    session.flush()
+    return prediction
+
+
+def score_current_encounters(
+    session: Session, predictor: Predictor, *, as_of: datetime | None = None
+) -> int:
+    """Score every encounter still in progress; returns how many were scored."""
+    encounters = session.scalars(select(Encounter).where(Encounter.discharged_at.is_(None))).all()
+    for encounter in encounters:
+        score_encounter(session, predictor, encounter, as_of=as_of)
+    return len(encounters)

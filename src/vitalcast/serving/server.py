@@ -1,0 +1,62 @@
+"""Run the app under gunicorn with settings-driven options.
+
+Each worker builds its own app (own database pool); OpenMP/BLAS pools are pinned to one
+thread per worker, because N workers × M threads on a small machine oversubscribes the
+cores and collapses throughput.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from vitalcast.config import Settings
+
+
+def pin_native_threads() -> None:
+    """One OpenMP/BLAS thread per process (set before numerical libraries start pools)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+class VitalcastServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn application that loads vitalcast's factory in each worker."""
+
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        pin_native_threads()
+        from vitalcast.serving.app import create_app
+
+        return create_app(self.settings)
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
+    """Serve until interrupted."""
+    pin_native_threads()
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": 4,
+        "timeout": 60,
+        "graceful_timeout": 20,
+        "keepalive": 5,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": "vitalcast",
+    }
+    VitalcastServer(settings, options).run()

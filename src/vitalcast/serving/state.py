@@ -1,0 +1,40 @@
+"""Per-process application state, created once by the app factory."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitalcast.config import Settings
+from vitalcast.security.crypto import FieldCipher
+
+if TYPE_CHECKING:
+    from vitalcast.serving.predictor import Predictor
+
+
+@dataclass
+class AppState:
+    """What every request needs: settings, the database, the cipher and the model."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    cipher: FieldCipher
+    predictor: Predictor | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def init_state(app: Flask, state: AppState) -> None:
+    app.extensions["vitalcast"] = state
+
+
+def get_state(app: Flask | None = None) -> AppState:
+    """The state of ``app`` (default: the current app)."""
+    target = app if app is not None else current_app
+    state: AppState = target.extensions["vitalcast"]
+    return state

@@ -1,0 +1,73 @@
+"""Small request-validation helpers that report every problem at once."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from flask import request
+
+from vitalcast.errors import BadRequest, InvalidInput
+
+
+def json_body() -> Any:
+    """The request's JSON body.
+
+    Raises:
+        BadRequest: the body is missing, not UTF-8 or not valid JSON.
+    """
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise BadRequest("request body is empty; send a JSON document")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+def int_arg(name: str, default: int, *, low: int, high: int, problems: list[dict[str, Any]]) -> int:
+    """An integer query parameter within [low, high]; problems are collected, not raised."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append({"loc": ["query", name], "msg": "must be an integer"})
+        return default
+    if not low <= value <= high:
+        problems.append({"loc": ["query", name], "msg": f"must be between {low} and {high}"})
+    return value
+
+
+def raise_if(problems: list[dict[str, Any]], message: str = "invalid request") -> None:
+    if problems:
+        raise InvalidInput(message, details=problems)
+
+
+def feature_vector(
+    body: Any, known: frozenset[str] | set[str], loc: tuple[str | int, ...] = ("body",)
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Validate a flat ``{feature: number | null}`` object; null means missing."""
+    problems: list[dict[str, Any]] = []
+    if not isinstance(body, dict):
+        return {}, [{"loc": list(loc), "msg": "must be a JSON object of feature: number"}]
+    values: dict[str, float] = {}
+    for key, value in body.items():
+        where = [*loc, key]
+        if key not in known:
+            problems.append({"loc": where, "msg": "unknown feature for this model"})
+        elif value is None:
+            values[key] = math.nan
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append({"loc": where, "msg": "must be a number or null"})
+        elif not math.isfinite(float(value)):
+            problems.append({"loc": where, "msg": "must be a finite number"})
+        else:
+            values[key] = float(value)
+    return values, problems
