@@ -16,6 +16,7 @@ from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.permissions import public
 from vitalcast.serving.errors import register_error_handlers
 from vitalcast.serving.guard import check_routes_declared, register_guard
+from vitalcast.serving.realtime import EventBus
 from vitalcast.serving.state import AppState, get_state, init_state
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def register_extensions(app: Flask, settings: Settings) -> None:
             engine=engine,
             sessions=make_session_factory(engine),
             cipher=cipher_from_settings(settings),
+            bus=EventBus(engine, settings.redis_url),
         ),
     )
 
@@ -91,8 +93,9 @@ def register_blueprints(app: Flask) -> None:
 
 
 def load_predictor(app: Flask) -> None:
-    """Load the champion model once per process (never per request)."""
-    from vitalcast.serving.predictor import load_champion
+    """Load champion and challenger once per process (never per request), then watch."""
+    from vitalcast.serving.models import refresh_models, start_model_watcher
 
     state = get_state(app)
-    state.predictor = load_champion(state)
+    refresh_models(state)
+    start_model_watcher(state)
