@@ -50,8 +50,10 @@ def main() -> None:
 
 def _register() -> None:
     from vitalcast.ingest.cli import ingest
+    from vitalcast.synth.cli import synth
 
     main.add_command(ingest)
+    main.add_command(synth)
 
 
 _register()
