@@ -53,10 +53,12 @@ def _register() -> None:
     from vitalcast.ingest.cli import ingest
     from vitalcast.security.cli import apikeys_group, users_group
     from vitalcast.serving.cli import demo_command, serve_command
+    from vitalcast.synth.cli import synth
 
     main.add_command(demo_command)
     main.add_command(serve_command)
     main.add_command(db_group)
+    main.add_command(synth)
     main.add_command(ingest)
     main.add_command(users_group)
     main.add_command(apikeys_group)
