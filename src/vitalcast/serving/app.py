@@ -77,11 +77,13 @@ def register_blueprints(app: Flask) -> None:
     from vitalcast.serving.admin import admin
     from vitalcast.serving.api import api
     from vitalcast.serving.health import health
+    from vitalcast.serving.patient_api import patient_api
     from vitalcast.web.views import web
 
     app.register_blueprint(health)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(admin, url_prefix="/api/v1")
+    app.register_blueprint(patient_api, url_prefix="/api/v1")
     app.register_blueprint(web)
 
     @public
