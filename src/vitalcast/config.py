@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     mqtt_url: str | None = Field(
         None, description="MQTT broker URL for device streams, e.g. `mqtt://127.0.0.1:1883`."
     )
+    cds_trusted_issuers: dict[str, str] = Field(
+        default_factory=dict,
+        description="CDS Hooks: JSON object mapping each trusted EHR issuer (`iss`) to its JWKS,"
+        " given as an https URL or a file path. Requests signed by any other issuer get 401.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="External base URL of this server (e.g. `https://vitalcast.example.org`),"
+        " used for links in CDS cards and as the expected JWT audience. Default: the"
+        " request's own URL.",
+    )
 
     @field_validator("database_url")
     @classmethod
