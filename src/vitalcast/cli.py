@@ -50,8 +50,10 @@ def main() -> None:
 
 def _register() -> None:
     from vitalcast.ingest.cli import ingest
+    from vitalcast.ingest.cli_messages import listen
 
     main.add_command(ingest)
+    main.add_command(listen)
 
 
 _register()
