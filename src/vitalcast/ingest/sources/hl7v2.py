@@ -350,7 +350,9 @@ def _observation(
         value_text=text,
         device_id=seg.comp(18, 1)[:64] or None,
         source_ref=loc,
-        identity=f"{loc}|{seg.field(3)}|{seg.field(5)}|{seg.comp(14)}|{status}",
+        # No identity: the content key (patient, visit, code, time, value) makes a resent
+        # message a no-op whatever connection or file it arrives through.
+        identity=None,
     )
 
 
