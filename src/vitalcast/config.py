@@ -105,6 +105,30 @@ class Settings(BaseSettings):
         " used for links in CDS cards and as the expected JWT audience. Default: the"
         " request's own URL.",
     )
+    mqtt_client_id: str = Field(
+        "vitalcast-ingest",
+        description="Fixed MQTT client id of `vitalcast stream mqtt`: with a persistent"
+        " session the broker keeps unacknowledged QoS 1 messages for it across restarts.",
+    )
+    mqtt_batch_size: int = Field(
+        500,
+        description="Device messages stored per database commit by `vitalcast stream mqtt`"
+        " (each is acknowledged only after its commit).",
+    )
+    mqtt_batch_wait_ms: int = Field(
+        200,
+        description="Longest wait before committing a partial batch of device messages.",
+    )
+    hl7_timezone: str = Field(
+        "UTC",
+        description="IANA time zone of HL7 v2 times that carry no UTC offset (the sending"
+        " system's local time), e.g. `Europe/Paris`.",
+    )
+    mllp_port: int = Field(2575, description="TCP port of `vitalcast listen hl7` (MLLP).")
+    mllp_max_message_bytes: int = Field(
+        1024 * 1024,
+        description="Largest HL7 v2 message accepted over MLLP; larger ones get ACK AR.",
+    )
 
     @field_validator("database_url")
     @classmethod
