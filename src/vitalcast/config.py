@@ -209,3 +209,22 @@ def _with_local_secrets(settings: Settings) -> Settings:
                 fh.write(f"demo1:{key}" if name == "field_key" else key)
         values[name] = SecretStr(path.read_text().strip())
     return settings.model_copy(update=values)
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, as docs/configuration.md shows it."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, Path):
+            shown = f"`{default.as_posix()}`"
+        else:
+            shown = f"`{default}`"
+        rows.append(f"| `VITALCAST_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m vitalcast.config: print the docs table
+    print(settings_table(), end="")

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from authlib.jose import JsonWebKey, JsonWebToken
-from authlib.jose.errors import JoseError
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 
 from vitalcast.errors import Unauthorized
 
-_jwt = JsonWebToken(["RS256", "RS384", "ES256", "ES384"])
+_ALGORITHMS = ["RS256", "RS384", "ES256", "ES384"]
 _JWKS_TTL_S = 300.0
 _cache: dict[str, tuple[float, Any]] = {}
 
@@ -33,7 +34,7 @@ def _load_jwks(source: str) -> Any:
         data = response.json()
     else:
         data = json.loads(Path(source).read_text())
-    key_set = JsonWebKey.import_key_set(data)
+    key_set = KeySet.import_key_set(data)
     _cache[source] = (time.monotonic(), key_set)
     return key_set
 
@@ -55,17 +56,15 @@ def verify_cds_jwt(header: str | None, *, audience: str, trusted: dict[str, str]
     if not isinstance(issuer, str) or issuer not in trusted:
         raise Unauthorized("the JWT issuer is not a trusted CDS client")
     try:
-        claims = _jwt.decode(
-            token,
-            _load_jwks(trusted[issuer]),
-            claims_options={
-                "iss": {"essential": True, "value": issuer},
-                "aud": {"essential": True, "value": audience},
-                "exp": {"essential": True},
-                "jti": {"essential": True},
-            },
-        )
-        claims.validate(leeway=30)
+        decoded = jwt.decode(token, _load_jwks(trusted[issuer]), algorithms=_ALGORITHMS)
+        jwt.JWTClaimsRegistry(
+            leeway=30,
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "value": audience},
+            exp={"essential": True},
+            jti={"essential": True},
+        ).validate(decoded.claims)
+        claims = decoded.claims
     except (JoseError, ValueError) as exc:
         raise Unauthorized(f"the JWT was rejected: {exc}") from None
     except httpx.HTTPError:

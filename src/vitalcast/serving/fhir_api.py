@@ -239,7 +239,7 @@ def search_observations() -> Response:
     return _searchset([_observation_resource(o, patient.public_id) for o in rows])
 
 
-def _risk_query() -> Select[Any]:
+def _risk_query() -> Select[Prediction, str]:
     return (
         select(Prediction, ModelVersion.version)
         .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
