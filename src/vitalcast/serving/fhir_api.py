@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation as FhirObservation
@@ -32,6 +32,8 @@ from vitalcast.serving.state import get_state
 from vitalcast.serving.validation import int_arg, raise_if
 
 fhir = Blueprint("fhir", __name__)
+
+_Q = TypeVar("_Q", bound="Select[*tuple[Any, ...]]")
 
 UCUM = "http://unitsofmeasure.org"
 FHIR_JSON = "application/fhir+json"
@@ -126,7 +128,7 @@ def _searchset(resources: list[Any]) -> Response:
     return _respond(bundle)
 
 
-def _date_filters(query: Select[Any], column: Any) -> Select[Any]:
+def _date_filters(query: _Q, column: Any) -> _Q:
     """FHIR ``date`` parameters with prefixes ge, gt, le, lt, eq (repeatable)."""
     problems: list[dict[str, Any]] = []
     for raw in request.args.getlist("date"):
