@@ -50,8 +50,11 @@ def main() -> None:
 
 def _register() -> None:
     from vitalcast.ingest.cli import ingest
+    from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
 
     main.add_command(ingest)
+    for command in MODELING_COMMANDS:
+        main.add_command(command)
 
 
 _register()
