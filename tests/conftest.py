@@ -10,7 +10,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from tests.services import REQUIRE, DatabaseFactory, postgres_server, service_missing
+from tests.services import (
+    REQUIRE,
+    DatabaseFactory,
+    mqtt_broker,
+    postgres_server,
+    service_missing,
+)
 from vitalcast.config import Settings, load_settings
 from vitalcast.db import create_db_engine
 from vitalcast.security.crypto import FieldCipher, cipher_from_settings
@@ -73,3 +79,10 @@ def shared_data() -> Path:
     if default.is_dir():
         return default
     pytest.skip("real data sets not available (set VITALCAST_SHARED_DATA)")
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> Iterator[str]:
+    """A real MQTT broker: CI's Mosquitto (VITALCAST_TEST_MQTT_URL) or a throwaway one."""
+    with mqtt_broker() as url:
+        yield url

@@ -50,10 +50,11 @@ def main() -> None:
 
 def _register() -> None:
     from vitalcast.ingest.cli import ingest
-    from vitalcast.ingest.cli_messages import listen
+    from vitalcast.ingest.cli_messages import listen, stream
 
     main.add_command(ingest)
     main.add_command(listen)
+    main.add_command(stream)
 
 
 _register()
