@@ -137,7 +137,7 @@ def mqtt_broker() -> Iterator[str]:
             conf = Path(tmp) / "mosquitto.conf"
             conf.write_text(
                 f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                "max_queued_messages 0\npersistence false\n"
+                "max_queued_messages 0\nmax_inflight_messages 0\npersistence false\n"
             )
             cmd = [mosquitto, "-c", str(conf)]
             url = f"mqtt://127.0.0.1:{port}"
