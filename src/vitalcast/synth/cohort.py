@@ -39,7 +39,7 @@ FIRST_RECORD_ID = 200_001  # above PhysioNet 2012's RecordIDs (132539-163037)
 
 _UNIT_SHARE = {3: 0.37, 4: 0.27, 2: 0.22, 1: 0.14}  # ICUType -> share of stays
 _UNIT_LOGIT = {3: 0.25, 4: 0.0, 2: -1.3, 1: 0.0}  # CSRU (2) has the lowest mortality
-_ACUITY_LOGIT = 1.35  # per SD of latent acuity
+_ACUITY_LOGIT = 1.1  # per SD of latent acuity
 _AGE_LOGIT = 0.035  # per year above 65
 _HISTORIC_YEARS = 2.0  # historic discharges spread over this many years before now
 
