@@ -14,6 +14,7 @@ from vitalcast.cli import main
 from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.tables import Encounter, Observation, Outcome, Patient
 from vitalcast.config import Settings
+from vitalcast.db import create_db_engine
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.synth import generate_cohort, store_cohort
@@ -80,19 +81,23 @@ def test_cli_synth_into_database(settings: Settings, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("VITALCAST_DATABASE_URL", settings.resolved_database_url)
     monkeypatch.setenv("VITALCAST_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("VITALCAST_ENV", "test")
-    result = CliRunner().invoke(
-        main,
-        ["synth", "--patients", "3", "--historic", "4", "--seed", "9", "--now", "2026-03-01T12:00"],
-    )
+    args = ["synth", "--patients", "3", "--historic", "4", "--seed", "9"]
+    result = CliRunner().invoke(main, [*args, "--now", "2026-03-01T12:00"])
     assert result.exit_code == 0, result.output
     assert "synth synth seed=9: received" in result.output
-    from vitalcast.db import create_db_engine
-
     engine = create_db_engine(settings.resolved_database_url)
     try:
         with Session(engine) as session:
             assert _count(session, Encounter) == 7
             assert _count(session, Outcome) == 4
+        # A second run adds a new cohort after the first, never onto its stays.
+        again = CliRunner().invoke(main, [*args, "--now", "2026-03-02T12:00"])
+        assert again.exit_code == 0, again.output
+        with Session(engine) as session:
+            assert _count(session, Encounter) == 14
+            assert _count(session, Patient) == 14
+            refs = set(session.scalars(select(Encounter.source_ref)))
+            assert refs == {f"synth:{200_001 + i}" for i in range(14)}
     finally:
         engine.dispose()
     batch = generate_cohort(n_current=3, n_historic=4, seed=9, now=NOW)
