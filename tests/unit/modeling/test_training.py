@@ -173,3 +173,15 @@ def test_bands_are_relative_to_the_threshold() -> None:
     ]
     assert band_for(0.7, 0.6) == "high"
     assert band_for(0.8, 0.6) == "critical"
+
+
+def test_report_is_generated_from_the_sidecar(trained: TrainOutcome) -> None:
+    from vitalcast.modeling.report import render_html, render_markdown
+
+    sidecar = json.loads((trained.artifact_path.parent / "model.json").read_text())
+    page = render_html(sidecar)
+    assert trained.version in page
+    assert "data:image/png;base64," in page
+    assert f"{sidecar['metrics']['auroc']:.3f}" in page
+    md = render_markdown(sidecar)
+    assert f"| AUROC | {sidecar['metrics']['auroc']:.3f} |" in md
