@@ -55,8 +55,8 @@ def _prediction_body(predictor: Predictor, prediction: Prediction) -> dict[str, 
 @requires(Permission.PREDICT)
 def predict() -> Response:
     """Score one patient: a flat object of features, or ``{"patient_id": ...}``."""
+    body = json_body()  # a malformed body is the caller's problem whatever the model state
     predictor = _predictor()
-    body = json_body()
     session = db()
     if isinstance(body, dict) and set(body) == {"patient_id"}:
         prediction = _predict_stored_patient(session, predictor, body["patient_id"])
