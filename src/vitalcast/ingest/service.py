@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -55,6 +55,7 @@ def store_batch(
     location: str,
     cipher: FieldCipher,
     now: datetime | None = None,
+    known_patients: Mapping[str, int] | None = None,
 ) -> IngestReport:
     """Store ``batch`` (not committing) and return its report.
 
@@ -64,6 +65,8 @@ def store_batch(
         location: the input's location (file name, message id), kept on the run.
         cipher: encrypts direct identifiers and hashes MRNs.
         now: the reference time for "future" checks (tests pin it).
+        known_patients: patient refs the caller already resolved to ids (e.g. DICOM
+            studies matched by MRN hash to a patient of another source).
     """
     now = (now or utcnow()).astimezone(UTC)
     report = IngestReport(source=source, location=location)
@@ -72,6 +75,7 @@ def store_batch(
     session.flush()
     report.run_id = run.id
     resolver = Resolver(session, source, cipher)
+    resolver.patients.update(known_patients or {})
     quarantine: list[dict[str, Any]] = []
 
     def reject(
