@@ -9,9 +9,11 @@ transaction and commits once: a database error part-way rolls the whole input ba
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -22,6 +24,8 @@ from vitalcast.ingest.sources import physionet
 from vitalcast.security.crypto import FieldCipher
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def ingest_physionet2012(
@@ -47,10 +51,9 @@ def ingest_physionet2012(
         raise IngestError(f"{path.name}: no PhysioNet 2012 record files (*.txt) found")
     location = path.name + (f" + {outcomes.name}" if outcomes else "")
     report = IngestReport(source=physionet.SOURCE, location=location)
+    batches = physionet.iter_batches(records, outcome_batch, records_per_batch=records_per_batch)
     try:
-        for n, batch in enumerate(
-            physionet.iter_batches(records, outcome_batch, records_per_batch=records_per_batch)
-        ):
+        for n, batch in enumerate(prefetch(batches)):
             part = store_batch(
                 session,
                 batch,
@@ -64,6 +67,23 @@ def ingest_physionet2012(
     except physionet.PhysionetFormatError as exc:
         raise IngestError(str(exc)) from None
     return report
+
+
+def prefetch(items: Iterator[T]) -> Iterator[T]:
+    """Produce the next item in a worker thread while the caller handles this one.
+
+    Parsing is pure Python while storing mostly waits for PostgreSQL (psycopg releases
+    the GIL while the server inserts), so on two cores parsing batch n+1 overlaps the
+    database work on batch n. Items are produced strictly in order, one thread only.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-parse") as pool:
+        future = pool.submit(next, items, None)
+        while True:
+            item = future.result()
+            if item is None:
+                return
+            future = pool.submit(next, items, None)
+            yield item
 
 
 def ingest_csv(

@@ -19,7 +19,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.records import (
@@ -32,7 +32,13 @@ from vitalcast.clinical.records import (
 from vitalcast.clinical.tables import Condition, ImagingStudy, Outcome
 from vitalcast.db.base import utcnow
 from vitalcast.ingest._bulk import Row, insert_observations
-from vitalcast.ingest._resolve import Resolver, chunks, store_encounters, store_patients
+from vitalcast.ingest._resolve import (
+    Resolver,
+    chunks,
+    insert_rows,
+    store_encounters,
+    store_patients,
+)
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.tables import IngestRun, QuarantineItem
 from vitalcast.ingest.validate import Invalid, check_observation, check_time
@@ -106,8 +112,7 @@ def store_batch(
     _store_imaging(session, batch.imaging_studies, resolver, report, reject, now)
     _store_outcomes(session, batch.outcomes, resolver, report, reject, now)
 
-    for chunk in chunks(quarantine):
-        session.execute(insert(QuarantineItem), list(chunk))
+    insert_rows(session, QuarantineItem, quarantine)
     run.finished_at = utcnow()
     run.received, run.stored = report.received, report.stored
     run.duplicates, run.quarantined = report.duplicates, report.quarantined
@@ -291,8 +296,7 @@ def _store_keyed(
             continue
         existing.add(key)
         fresh.append(row)
-    for chunk in chunks(fresh):
-        session.execute(insert(table), list(chunk))
+    insert_rows(session, table, fresh)
     counts.stored += len(fresh)
 
 
