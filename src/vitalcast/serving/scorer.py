@@ -51,6 +51,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from vitalcast.serving._fuse import fuse_calibrated
 from vitalcast.serving._nodes import (
     Averaged,
     Boosted,
@@ -140,7 +141,7 @@ class _Compiler:
                     float(cal.X_max_),
                 )
             members.append((node, calibrator))
-        return Calibrated(members)
+        return fuse_calibrated(Calibrated(members))
 
 
 class CompiledScorer:
