@@ -170,10 +170,10 @@ class CompiledScorer:
         self.fallback_reason = fallback_reason
         self.categories = categories
         self._node = node
-        self._codes = {
+        self.category_codes = {
             name: {c: i for i, c in enumerate(cats)} for name, cats in categories.items()
         }
-        self._index = {name: i for i, name in enumerate(self.feature_names)}
+        self.feature_index = {name: i for i, name in enumerate(self.feature_names)}
 
     # -- encoding ------------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ class CompiledScorer:
         ``vitalcast.serving.fastpath``) rejects them before scoring.
         """
         x = np.full(self.n_features, math.nan)
-        codes = self._codes
+        codes = self.category_codes
         for i, name in enumerate(self.feature_names):
             value = values.get(name)
             if value is None:
