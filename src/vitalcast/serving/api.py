@@ -14,12 +14,13 @@ from vitalcast.errors import ModelUnavailable, NotFound
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
+from vitalcast.serving.fastpath import predict_one
 from vitalcast.serving.patients import list_ward
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.realtime import sse_stream
 from vitalcast.serving.scoring import features_digest, score_encounter
 from vitalcast.serving.state import get_state
-from vitalcast.serving.validation import feature_vector, int_arg, json_body, raise_if
+from vitalcast.serving.validation import int_arg, json_body, raise_if
 
 api = Blueprint("api", __name__)
 
@@ -61,9 +62,9 @@ def predict() -> Response:
     if isinstance(body, dict) and set(body) == {"patient_id"}:
         prediction = _predict_stored_patient(session, predictor, body["patient_id"])
     else:
-        features, problems = feature_vector(body, set(predictor.feature_names))
-        raise_if(problems, "the feature object has problems")
-        result = predictor.score(features)
+        predict_one(predictor.scorer, body)  # validates: every bad field reported at once
+        features = {name: body.get(name) for name in predictor.feature_names}
+        result = predictor.score(features, explain=request.args.get("explain") != "false")
         prediction = Prediction(
             public_id=new_public_id(),
             model_version_id=predictor.model_version_id,
@@ -72,9 +73,7 @@ def predict() -> Response:
             score=result.probability,
             band=result.band,
             as_of=utcnow(),
-            features_digest=features_digest(
-                {n: features.get(n, float("nan")) for n in predictor.feature_names}
-            ),
+            features_digest=features_digest(features),
             explanation=result.factors,
             missing_inputs=result.missing,
         )
