@@ -203,7 +203,7 @@ def evaluate(scores: Sequence[float], labels: Sequence[int], threshold: float) -
     enough = min(events, n - events) >= MIN_CLASS_COUNT
     flagged = s >= threshold
     tp = int(np.sum(flagged & (y == 1)))
-    fit = calibration_fit(s, y) if enough else None
+    fit = calibration_fit(s.tolist(), y.tolist()) if enough else None
     expected = float(s.sum())
     return Performance(
         n=n,
