@@ -26,6 +26,7 @@ from vitalcast.monitoring import drift
 from vitalcast.monitoring.performance import Labelled, OutcomePoint, PredictionPoint
 from vitalcast.monitoring.performance import join_outcomes as _join
 from vitalcast.monitoring.tables import DriftResult, DriftRun, MonitorAlert
+from vitalcast.security import audit
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +134,9 @@ def run_drift(
     window_days: float = 7.0,
     now: datetime | None = None,
     load_features: FeatureLoader = features_from_store,
+    actor: str = "vitalcast-monitor",
 ) -> DriftRun:
-    """Compare the champion's recent inputs and scores with its training reference."""
+    """Compare the champion's recent inputs and scores with its training reference (audited)."""
     model = get_champion_or_raise(session, task=task)
     profiles = reference_for(model)
     end = now or utcnow()
@@ -168,6 +170,16 @@ def run_drift(
         )
     session.add(run)
     session.flush()
+    audit.record(
+        session,
+        audit.Event(
+            "monitoring.drift.run",
+            "E",
+            actor=actor,
+            resource=f"drift_run/{run.id}",
+            details={"model": model.version, "severity": run.severity, "flagged": run.flagged},
+        ),
+    )
     logger.info(
         "drift run",
         extra={"task": task, "model": model.version, "n": run.n_recent, "flagged": run.flagged},
