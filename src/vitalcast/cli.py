@@ -52,6 +52,7 @@ def _register() -> None:
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
     from vitalcast.ingest.cli_messages import listen
+    from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
     from vitalcast.monitoring.cli import monitor
     from vitalcast.security.cli import apikeys_group, users_group
     from vitalcast.serving.cli import demo_command, serve_command
@@ -66,6 +67,8 @@ def _register() -> None:
     main.add_command(apikeys_group)
     main.add_command(listen)
     main.add_command(monitor)
+    for command in MODELING_COMMANDS:
+        main.add_command(command)
 
 
 _register()
