@@ -152,9 +152,15 @@ def _alert_rate(
     ).all()
     points = [perf.PredictionPoint(r.encounter_id, r.as_of, r.score) for r in rows]
     alerts = perf.count_alerts(points, model.threshold)
+    # Exposure: every stay this model was scoring during the window, rescored in it or not.
+    scored = select(Prediction.encounter_id).where(
+        Prediction.model_version_id == model.id, Prediction.as_of < end
+    )
     stays = session.execute(
         select(Encounter.admitted_at, Encounter.discharged_at).where(
-            Encounter.id.in_({p.encounter_id for p in points})
+            Encounter.id.in_(scored),
+            Encounter.admitted_at < end,
+            (Encounter.discharged_at.is_(None)) | (Encounter.discharged_at > start),
         )
     ).all()
     days = perf.patient_days([(a, d) for a, d in stays], start, end)

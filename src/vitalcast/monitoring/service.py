@@ -7,12 +7,10 @@ Services take keyword-only arguments and never commit (the caller's unit of work
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -31,9 +29,6 @@ from vitalcast.security import audit
 logger = logging.getLogger(__name__)
 
 SCORE_FEATURE = "__score__"
-# Which stored outcome each task predicts. TODO(lead): take it from vitalcast.modeling.tasks
-# once the modeling branch is merged.
-TASK_OUTCOMES = {"icu-mortality": "in_hospital_death", "readmission-30d": "readmission_30d"}
 
 FeatureLoader = Callable[[Session, Sequence[Prediction]], dict[str, list[object]]]
 
@@ -42,42 +37,44 @@ FeatureLoader = Callable[[Session, Sequence[Prediction]], dict[str, list[object]
 
 
 def get_champion_or_raise(session: Session, *, task: str) -> ModelVersion:
-    row = session.scalar(
-        select(ModelVersion).where(ModelVersion.task == task, ModelVersion.alias == "champion")
-    )
+    from vitalcast.modeling.service import get_champion
+
+    row = get_champion(session, task)
     if row is None:
-        raise NotFound(f"no champion model for task {task!r}; register and promote one first")
+        raise NotFound(f"no champion model for task {task!r}; train and promote one first")
     return row
 
 
 def reference_for(model: ModelVersion) -> dict[str, dict[str, Any]]:
     """The training reference profiles of a model: feature name (or ``__score__``) → profile.
 
-    Read from the registry row's metrics (``reference``) or the artifact's JSON sidecar
-    (``reference``: ``{"features": {...}, "score": {...}}``).
+    Read from the artifact's JSON sidecar (``reference``: ``{"features": {...}, "score":
+    {...}}``, written by ``modeling.service.reference_distributions``).
 
     Raises:
-        NotFound: the model was registered without reference distributions.
+        NotFound: the sidecar holds no reference, or one in an older format.
     """
-    source: Any = (model.metrics or {}).get("reference")
-    if source is None:
-        for path in (
-            Path(model.artifact_path + ".json"),
-            Path(model.artifact_path).with_suffix(".json"),
-        ):
-            if path.is_file():
-                source = json.loads(path.read_text()).get("reference")
-                if source is not None:
-                    break
-    if not isinstance(source, dict) or not source:
-        raise NotFound(
-            f"model {model.version} has no training reference distributions in its sidecar;"
-            " retrain it with this version of vitalcast to enable drift monitoring"
-        )
-    profiles: dict[str, dict[str, Any]] = dict(source.get("features", {}))
+    from vitalcast.modeling.registry import RegistryError
+    from vitalcast.modeling.service import sidecar_of
+
+    try:
+        source = sidecar_of(model).get("reference") or {}
+    except (RegistryError, OSError) as exc:
+        raise NotFound(f"model {model.version}: sidecar unreadable ({exc})") from exc
+    profiles: dict[str, dict[str, Any]] = dict(source.get("features") or {})
     if "score" in source:
         profiles[SCORE_FEATURE] = source["score"]
-    return profiles
+    current = {
+        name: p
+        for name, p in profiles.items()
+        if isinstance(p, dict) and p.get("version") == drift.PROFILE_VERSION
+    }
+    if not current:
+        raise NotFound(
+            f"model {model.version} has no drift reference profiles (format"
+            f" {drift.PROFILE_VERSION}) in its sidecar; retrain it to enable drift monitoring"
+        )
+    return current
 
 
 def window_predictions(
@@ -204,7 +201,9 @@ def labelled_window(
     Subgroups: admission unit, sex, and age band (<65, 65–79, ≥80: the bands geriatric
     ICU literature reports separately).
     """
-    kind = TASK_OUTCOMES.get(model.task, model.task)
+    from vitalcast.modeling.tasks import TASKS
+
+    kind = TASKS[model.task].outcome_kind if model.task in TASKS else model.task
     rows = session.execute(
         select(Prediction.encounter_id, Prediction.as_of, Prediction.score).where(
             Prediction.model_version_id == model.id,
