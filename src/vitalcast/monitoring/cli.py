@@ -100,3 +100,47 @@ def ack_command(ctx: click.Context, alert_id: int, actor: str) -> None:
     with session_scope(_sessions(ctx)) as session:
         alert = acknowledge_alert(session, alert_id=alert_id, actor=actor)
         click.echo(f"alert {alert.id} acknowledged by {actor}")
+
+
+@click.command("retrain")
+@click.option("--task", default=DEFAULT_TASK, show_default=True)
+@click.option(
+    "--holdout-days",
+    type=click.FloatRange(min=1),
+    default=90.0,
+    show_default=True,
+    help="The most recent period, held out to judge the challenger.",
+)
+@click.option(
+    "--auto-promote", is_flag=True, help="Promote the challenger if (and only if) the gate passes."
+)
+@click.pass_context
+def retrain_command(ctx: click.Context, task: str, holdout_days: float, auto_promote: bool) -> None:
+    """Train a challenger on the store with a temporal holdout and apply the promotion gate.
+
+    Exit code 1 when --auto-promote was asked for and the gate refused the challenger.
+    """
+    from vitalcast.cli import get_settings
+    from vitalcast.monitoring.retrain import retrain
+
+    settings = get_settings(ctx)
+    with session_scope(_sessions(ctx)) as session:
+        report = retrain(
+            session,
+            settings=settings,
+            task=task,
+            holdout_days=holdout_days,
+            auto_promote=auto_promote,
+        )
+        click.echo(
+            f"{report.version}: trained on {report.train_stays} stays, judged on"
+            f" {report.holdout_stays} held-out stays of the last {holdout_days:g} days"
+        )
+        for c in report.gate.criteria:
+            click.echo(f"  {'pass' if c.passed else 'FAIL'}  {c.detail}")
+        verdict = "passes" if report.gate.passed else "fails"
+        click.echo(f"gate {verdict}; alias now: {report.alias or 'none'}")
+        refused = auto_promote and report.champion_before is not None and not report.promoted
+    if refused:
+        click.echo("not promoted: " + "; ".join(report.gate.reasons), err=True)
+        ctx.exit(1)
