@@ -7,6 +7,9 @@ UV := .tools/bin/uv
 UV_VERSION := 0.13.8
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
+# One OpenMP/BLAS thread per process: the tests run serially, and HistGradientBoosting with
+# a thread per core on a busy 2-core machine oversubscribes it (20x slower, measured).
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: install demo test lint typecheck pytest bench clean
 

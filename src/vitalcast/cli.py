@@ -51,7 +51,7 @@ def main() -> None:
 def _register() -> None:
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
-    from vitalcast.ingest.cli_messages import listen
+    from vitalcast.ingest.cli_messages import listen, stream
     from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
     from vitalcast.monitoring.cli import monitor, retrain_command
     from vitalcast.security.cli import apikeys_group, users_group
@@ -70,6 +70,7 @@ def _register() -> None:
     main.add_command(retrain_command)
     for command in MODELING_COMMANDS:
         main.add_command(command)
+    main.add_command(stream)
 
 
 _register()
