@@ -53,6 +53,7 @@ def _register() -> None:
     from vitalcast.ingest.cli import ingest
     from vitalcast.ingest.cli_messages import listen, stream
     from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
+    from vitalcast.monitoring.cli import monitor, retrain_command
     from vitalcast.security.cli import apikeys_group, users_group
     from vitalcast.serving.cli import demo_command, serve_command
     from vitalcast.synth.cli import synth
@@ -65,6 +66,8 @@ def _register() -> None:
     main.add_command(users_group)
     main.add_command(apikeys_group)
     main.add_command(listen)
+    main.add_command(monitor)
+    main.add_command(retrain_command)
     for command in MODELING_COMMANDS:
         main.add_command(command)
     main.add_command(stream)

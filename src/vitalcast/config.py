@@ -130,6 +130,30 @@ class Settings(BaseSettings):
         description="Largest HL7 v2 message accepted over MLLP; larger ones get ACK AR.",
     )
 
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token a Prometheus server presents to scrape `GET /metrics`"
+        " (`Authorization: Bearer <token>`). Without it, `/metrics` needs an API key or"
+        " session whose role holds monitoring:read.",
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description="Directory of prometheus-client's multiprocess files under gunicorn;"
+        " `vitalcast serve` empties it and exports it as `PROMETHEUS_MULTIPROC_DIR`."
+        " Default: `metrics/` in the data directory.",
+    )
+    metrics_url: str | None = Field(
+        None,
+        description="URL of this service's `/metrics` that `vitalcast monitor run` scrapes"
+        " (with the metrics token) for the HTTP error-rate rule, e.g."
+        " `http://127.0.0.1:8000/metrics`. Unset: that rule is skipped.",
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="URL that receives monitoring alerts as JSON POSTs when they open,"
+        " escalate or resolve (`vitalcast monitor run`). Unset: alerts are only stored.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
@@ -162,6 +186,11 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
             return url
         return f"sqlite:///{(self.data_dir / 'vitalcast.db').resolve()}"
+
+    @property
+    def resolved_metrics_dir(self) -> Path:
+        """Where gunicorn workers keep their Prometheus multiprocess files."""
+        return self.metrics_dir or self.data_dir / "metrics"
 
     @property
     def resolved_registry_dir(self) -> Path:

@@ -12,6 +12,7 @@ from vitalcast.config import Settings, load_settings
 from vitalcast.db import create_db_engine
 from vitalcast.db.session import make_session_factory
 from vitalcast.logging import configure_logging
+from vitalcast.monitoring.metrics import register_monitoring
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.permissions import public
 from vitalcast.serving.errors import register_error_handlers
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(level=settings.log_level, json_lines=settings.log_json)
     register_extensions(app, settings)
     register_guard(app)
+    register_monitoring(app)
     register_blueprints(app)
     register_error_handlers(app)
     check_routes_declared(app)
