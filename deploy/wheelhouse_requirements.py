@@ -51,7 +51,7 @@ def logical_lines(text: str) -> list[str]:
             continue
         current += stripped
         if current.strip() and not current.lstrip().startswith("#"):
-            lines.append(current.strip())
+            lines.append(" ".join(current.split()))
         current = ""
     return lines
 
