@@ -85,7 +85,11 @@ def app(settings: Settings) -> Iterator[Flask]:
     """The real app on a fresh PostgreSQL database."""
     application = create_app(settings)
     yield application
-    get_state(application).engine.dispose()
+    state = get_state(application)
+    state.stopping.set()
+    if state.bus is not None:
+        state.bus.close()
+    state.engine.dispose()
 
 
 @pytest.fixture

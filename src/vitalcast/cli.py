@@ -51,15 +51,22 @@ def main() -> None:
 def _register() -> None:
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
+    from vitalcast.ingest.cli_messages import listen
+    from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
     from vitalcast.security.cli import apikeys_group, users_group
     from vitalcast.serving.cli import demo_command, serve_command
+    from vitalcast.synth.cli import synth
 
     main.add_command(demo_command)
     main.add_command(serve_command)
     main.add_command(db_group)
+    main.add_command(synth)
     main.add_command(ingest)
     main.add_command(users_group)
     main.add_command(apikeys_group)
+    main.add_command(listen)
+    for command in MODELING_COMMANDS:
+        main.add_command(command)
 
 
 _register()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import select
 
 from vitalcast.clinical.tables import Encounter, Patient
@@ -16,6 +16,7 @@ from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
 from vitalcast.serving.patients import list_ward
 from vitalcast.serving.predictor import Predictor
+from vitalcast.serving.realtime import sse_stream
 from vitalcast.serving.scoring import features_digest, score_encounter
 from vitalcast.serving.state import get_state
 from vitalcast.serving.validation import feature_vector, int_arg, json_body, raise_if
@@ -132,4 +133,26 @@ def patients() -> Response:
     )
     return jsonify(
         {"items": [r.to_dict() for r in rows], "total": total, "limit": limit, "offset": offset}
+    )
+
+
+@api.get("/events")
+@requires(Permission.PATIENTS_READ)
+def events() -> Response:
+    """Server-Sent Events: risk updates of the patients the caller may see."""
+    state = get_state()
+    if state.bus is None:
+        raise ModelUnavailable("live updates are not available in this process")
+    who = current_principal()
+    units = set(who.units)
+    audit_event("events.subscribe", "R", resource="RiskEvents", details={"units": sorted(units)})
+
+    def allow(event: dict[str, Any]) -> bool:
+        return not units or event.get("unit") in units
+
+    stream = stream_with_context(sse_stream(state.bus, allow=allow))
+    return Response(
+        stream,
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -16,6 +16,7 @@ from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.permissions import public
 from vitalcast.serving.errors import register_error_handlers
 from vitalcast.serving.guard import check_routes_declared, register_guard
+from vitalcast.serving.realtime import EventBus
 from vitalcast.serving.state import AppState, get_state, init_state
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def register_extensions(app: Flask, settings: Settings) -> None:
             engine=engine,
             sessions=make_session_factory(engine),
             cipher=cipher_from_settings(settings),
+            bus=EventBus(engine, settings.redis_url),
         ),
     )
 
@@ -74,12 +76,18 @@ def register_blueprints(app: Flask) -> None:
     """The URL map, in one place."""
     from vitalcast.serving.admin import admin
     from vitalcast.serving.api import api
+    from vitalcast.serving.cds_hooks import cds
+    from vitalcast.serving.fhir_api import fhir
     from vitalcast.serving.health import health
+    from vitalcast.serving.patient_api import patient_api
     from vitalcast.web.views import web
 
     app.register_blueprint(health)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(admin, url_prefix="/api/v1")
+    app.register_blueprint(patient_api, url_prefix="/api/v1")
+    app.register_blueprint(fhir, url_prefix="/fhir")
+    app.register_blueprint(cds, url_prefix="/cds-services")
     app.register_blueprint(web)
 
     @public
@@ -91,8 +99,9 @@ def register_blueprints(app: Flask) -> None:
 
 
 def load_predictor(app: Flask) -> None:
-    """Load the champion model once per process (never per request)."""
-    from vitalcast.serving.predictor import load_champion
+    """Load champion and challenger once per process (never per request), then watch."""
+    from vitalcast.serving.models import refresh_models, start_model_watcher
 
     state = get_state(app)
-    state.predictor = load_champion(state)
+    refresh_models(state)
+    start_model_watcher(state)

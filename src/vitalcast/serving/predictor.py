@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
 from vitalcast.errors import VitalcastError
+from vitalcast.modeling.tables import ModelVersion
 
 if TYPE_CHECKING:
     from vitalcast.modeling.registry import LoadedModel
@@ -69,20 +73,40 @@ def _factor_dict(factor: Any) -> dict[str, Any]:
     }
 
 
-def load_champion(state: AppState, task: str = DEFAULT_TASK) -> Predictor | None:
-    """Load and verify the task's champion; None (logged) when there is none."""
+def load_predictor(sessions: sessionmaker[Session], task: str, alias: str) -> Predictor | None:
+    """Load and verify the task's model under ``alias``; None (logged) when there is none."""
     from vitalcast.modeling.registry import load_model
-    from vitalcast.modeling.service import get_champion
 
-    with state.sessions() as session:
-        row = get_champion(session, task)
-        if row is None:
-            logger.warning("no champion model registered", extra={"task": task})
-            return None
-        try:
-            model = load_model(Path(row.artifact_path), expected_sha256=row.sha256)
-        except VitalcastError:
-            logger.exception("champion model failed verification", extra={"version": row.version})
-            return None
-        logger.info("champion model loaded", extra={"task": task, "version": row.version})
-        return Predictor(model, model_version_id=row.id)
+    with sessions() as session:
+        row = session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.task == task, ModelVersion.alias == alias)
+            .order_by(ModelVersion.promoted_at.desc().nulls_last(), ModelVersion.id.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        logger.warning("no model registered", extra={"task": task, "alias": alias})
+        return None
+    try:
+        model = load_model(Path(row.artifact_path), expected_sha256=row.sha256)
+    except VitalcastError:
+        logger.exception("model failed verification", extra={"version": row.version})
+        return None
+    logger.info("model loaded", extra={"task": task, "alias": alias, "version": row.version})
+    return Predictor(model, model_version_id=row.id)
+
+
+def load_champion(state: AppState, task: str = DEFAULT_TASK) -> Predictor | None:
+    """The champion of ``task`` for this process."""
+    return load_predictor(state.sessions, task, "champion")
+
+
+def alias_versions(sessions: sessionmaker[Session], task: str) -> dict[str, int]:
+    """Which model version row each alias of ``task`` points at now."""
+    with sessions() as session:
+        rows = session.execute(
+            select(ModelVersion.alias, ModelVersion.id).where(
+                ModelVersion.task == task, ModelVersion.alias.in_(("champion", "challenger"))
+            )
+        ).all()
+    return {alias: version_id for alias, version_id in rows if alias}

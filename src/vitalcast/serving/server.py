@@ -7,21 +7,12 @@ cores and collapses throughput.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from vitalcast.config import Settings
-
-
-def pin_native_threads() -> None:
-    """One OpenMP/BLAS thread per process (set before numerical libraries start pools)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
+from vitalcast.serving.threads import limit_native_threads
 
 
 class VitalcastServer(BaseApplication):  # type: ignore[misc]
@@ -37,7 +28,7 @@ class VitalcastServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        pin_native_threads()
+        limit_native_threads()
         from vitalcast.serving.app import create_app
 
         return create_app(self.settings)
@@ -45,7 +36,7 @@ class VitalcastServer(BaseApplication):  # type: ignore[misc]
 
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     """Serve until interrupted."""
-    pin_native_threads()
+    limit_native_threads()
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,

@@ -15,6 +15,7 @@ from vitalcast.security.crypto import FieldCipher
 
 if TYPE_CHECKING:
     from vitalcast.serving.predictor import Predictor
+    from vitalcast.serving.realtime import EventBus
 
 
 @dataclass
@@ -25,8 +26,11 @@ class AppState:
     engine: Engine
     sessions: sessionmaker[Session]
     cipher: FieldCipher
-    predictor: Predictor | None = None
+    predictor: Predictor | None = None  # the champion
+    challenger: Predictor | None = None  # scored in shadow, never shown to clinicians
+    bus: EventBus | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 def init_state(app: Flask, state: AppState) -> None:

@@ -1,0 +1,244 @@
+"""Patient detail API: one patient, their risk history and their observations.
+
+Every response here is a read of patient data and writes an audit event. Identifiers are
+returned only to roles holding ``identifiers:read``; quarantined values are returned with
+their reason so that charts can mark them instead of hiding them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vitalcast.clinical.codes import BY_CODE, BY_KEY
+from vitalcast.clinical.tables import Condition, Encounter, ImagingStudy, Observation, Patient
+from vitalcast.errors import NotFound
+from vitalcast.ingest.tables import QuarantineItem
+from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.security.permissions import Permission, requires, role_allows
+from vitalcast.serving.context import audit_event, current_principal, db
+from vitalcast.serving.patients import decrypt_identifiers
+from vitalcast.serving.state import get_state
+from vitalcast.serving.validation import int_arg, raise_if
+
+patient_api = Blueprint("patient_api", __name__)
+
+
+def get_patient_or_raise(session: Session, public_id: str) -> Patient:
+    """The patient with this public id, visible to the caller, or NotFound."""
+    patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
+    if patient is None:
+        raise NotFound("no patient with that id")
+    units = set(current_principal().units)
+    if units:
+        seen = session.scalars(
+            select(Encounter.unit).where(Encounter.patient_id == patient.id)
+        ).all()
+        if not units.intersection(u for u in seen if u):
+            raise NotFound("no patient with that id")  # do not reveal other units' patients
+    return patient
+
+
+def latest_encounter(session: Session, patient: Patient) -> Encounter | None:
+    return session.scalar(
+        select(Encounter)
+        .where(Encounter.patient_id == patient.id)
+        .order_by(Encounter.admitted_at.desc())
+        .limit(1)
+    )
+
+
+def _time_arg(name: str, problems: list[dict[str, Any]]) -> datetime | None:
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        problems.append({"loc": ["query", name], "msg": "must be an ISO 8601 date-time"})
+        return None
+    if value.tzinfo is None:
+        problems.append({"loc": ["query", name], "msg": "must include a timezone"})
+        return None
+    return value
+
+
+def prediction_dict(p: Prediction, version: str | None = None) -> dict[str, Any]:
+    return {
+        "id": p.public_id,
+        "probability": round(p.score, 4),
+        "band": p.band,
+        "as_of": p.as_of.isoformat(),
+        "created_at": p.created_at.isoformat(),
+        "data_freshness_at": p.data_freshness_at.isoformat() if p.data_freshness_at else None,
+        "model_version": version,
+        "factors": p.explanation or [],
+        "missing": p.missing_inputs or [],
+    }
+
+
+@patient_api.get("/patients/<patient_id>")
+@requires(Permission.PATIENTS_READ)
+def patient_detail(patient_id: str) -> Response:
+    """Demographics, the current stay, the current risk, conditions and imaging studies."""
+    session = db()
+    patient = get_patient_or_raise(session, patient_id)
+    encounter = latest_encounter(session, patient)
+    show_ids = role_allows(current_principal().role, Permission.IDENTIFIERS_READ)
+    latest = None
+    if encounter is not None:
+        row = session.execute(
+            select(Prediction, ModelVersion.version)
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.encounter_id == encounter.id, Prediction.role == "champion")
+            .order_by(Prediction.id.desc())
+            .limit(1)
+        ).first()
+        latest = prediction_dict(row[0], row[1]) if row else None
+    conditions = session.scalars(select(Condition).where(Condition.patient_id == patient.id)).all()
+    studies = session.scalars(
+        select(ImagingStudy).where(ImagingStudy.patient_id == patient.id)
+    ).all()
+    predictor = get_state().predictor
+    audit_event(
+        "patient.viewed",
+        "R",
+        patient_id=patient.public_id,
+        resource="Patient",
+        details={"identifiers": show_ids},
+    )
+    return jsonify(
+        {
+            "id": patient.public_id,
+            "sex": patient.sex,
+            "identifiers": decrypt_identifiers(get_state().cipher, patient) if show_ids else None,
+            "encounter": None
+            if encounter is None
+            else {
+                "id": encounter.public_id,
+                "unit": encounter.unit,
+                "kind": encounter.kind,
+                "admitted_at": encounter.admitted_at.isoformat(),
+                "discharged_at": encounter.discharged_at.isoformat()
+                if encounter.discharged_at
+                else None,
+                "age_years": encounter.age_years,
+                "height_cm": encounter.height_cm,
+                "weight_kg": encounter.weight_kg,
+            },
+            "risk": latest,
+            "threshold": predictor.threshold if predictor else None,
+            "conditions": [
+                {
+                    "system": c.system,
+                    "code": c.code,
+                    "display": c.display,
+                    "onset_at": c.onset_at.isoformat() if c.onset_at else None,
+                }
+                for c in conditions
+            ],
+            "imaging_studies": [
+                {
+                    "study_uid": s.study_uid,
+                    "modality": s.modality,
+                    "body_part": s.body_part,
+                    "started_at": s.started_at.isoformat() if s.started_at else None,
+                    "description": s.description,
+                    "series": s.series_count,
+                    "instances": s.instance_count,
+                }
+                for s in studies
+            ],
+        }
+    )
+
+
+@patient_api.get("/patients/<patient_id>/predictions")
+@requires(Permission.PATIENTS_READ)
+def patient_predictions(patient_id: str) -> Response:
+    """Risk history of the patient's stays (champion scores), oldest first."""
+    problems: list[dict[str, Any]] = []
+    limit = int_arg("limit", 500, low=1, high=5000, problems=problems)
+    since = _time_arg("since", problems)
+    raise_if(problems, "invalid query parameters")
+    session = db()
+    patient = get_patient_or_raise(session, patient_id)
+    query = (
+        select(Prediction, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Prediction.patient_id == patient.id, Prediction.role == "champion")
+        .order_by(Prediction.as_of.desc(), Prediction.id.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(Prediction.as_of >= since)
+    rows = list(reversed(session.execute(query).all()))
+    audit_event(
+        "prediction.history.viewed", "R", patient_id=patient.public_id, resource="RiskAssessment"
+    )
+    return jsonify({"items": [prediction_dict(p, v) for p, v in rows]})
+
+
+@patient_api.get("/patients/<patient_id>/observations")
+@requires(Permission.PATIENTS_READ)
+def patient_observations(patient_id: str) -> Response:
+    """Observations (``?code=`` LOINC or variable key, ``?since=``), with quarantined ones."""
+    problems: list[dict[str, Any]] = []
+    limit = int_arg("limit", 5000, low=1, high=50000, problems=problems)
+    since = _time_arg("since", problems)
+    code = request.args.get("code")
+    if code and code in BY_KEY:
+        code = BY_KEY[code].code
+    if code and code not in BY_CODE:
+        problems.append({"loc": ["query", "code"], "msg": "unknown code"})
+    raise_if(problems, "invalid query parameters")
+    session = db()
+    patient = get_patient_or_raise(session, patient_id)
+    query = select(Observation).where(Observation.patient_id == patient.id)
+    quarantined = select(QuarantineItem).where(QuarantineItem.patient_id == patient.id)
+    if code:
+        query = query.where(Observation.code == code)
+        quarantined = quarantined.where(QuarantineItem.code == code)
+    if since is not None:
+        query = query.where(Observation.effective_at >= since)
+        quarantined = quarantined.where(QuarantineItem.effective_at >= since)
+    rows = session.scalars(query.order_by(Observation.effective_at).limit(limit)).all()
+    rejected = session.scalars(quarantined.order_by(QuarantineItem.id).limit(limit)).all()
+    audit_event(
+        "observation.viewed",
+        "R",
+        patient_id=patient.public_id,
+        resource="Observation",
+        details={"code": code},
+    )
+    return jsonify(
+        {
+            "items": [
+                {
+                    "code": o.code,
+                    "key": BY_CODE[o.code].key if o.code in BY_CODE else None,
+                    "label": BY_CODE[o.code].label if o.code in BY_CODE else o.code,
+                    "value": o.value,
+                    "value_text": o.value_text,
+                    "unit": o.unit,
+                    "effective_at": o.effective_at.isoformat(),
+                    "source": o.source,
+                }
+                for o in rows
+            ],
+            "quarantined": [
+                {
+                    "code": q.code,
+                    "effective_at": q.effective_at.isoformat() if q.effective_at else None,
+                    "reason_code": q.reason_code,
+                    "reason": q.reason,
+                    "source": q.source,
+                }
+                for q in rejected
+            ],
+        }
+    )

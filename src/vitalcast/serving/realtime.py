@@ -1,0 +1,202 @@
+"""Risk-update events across processes: PostgreSQL LISTEN/NOTIFY, Redis, or polling.
+
+A rescored prediction is published as a small JSON event. Subscribers (SSE connections
+of any gunicorn worker on any replica) receive it through one listener thread per
+process, which fans events out to per-connection queues. Process memory alone is never
+the channel, because the request that rescored and the browser that waits are usually
+served by different processes:
+
+- PostgreSQL: ``pg_notify`` inside the transaction that stores the prediction, so the
+  event is delivered exactly when the prediction is committed (and never if it rolls back).
+- Redis (when ``VITALCAST_REDIS_URL`` is set and the database is not PostgreSQL):
+  published after commit.
+- SQLite (the embedded demo): the listener polls the predictions table once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from typing import Any
+
+from sqlalchemy import Engine, event, select, text
+from sqlalchemy.orm import Session
+
+from vitalcast.modeling.tables import Prediction
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "vitalcast_risk"
+_QUEUE_SIZE = 1000
+
+
+class EventBus:
+    """Publishes events and fans received events out to local subscribers."""
+
+    def __init__(self, engine: Engine, redis_url: str | None = None) -> None:
+        self.engine = engine
+        self.kind = (
+            "postgresql"
+            if engine.dialect.name == "postgresql"
+            else ("redis" if redis_url else "polling")
+        )
+        self.redis_url = redis_url
+        self._subscribers: set[queue.Queue[dict[str, Any]]] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- publishing -------------------------------------------------------------------
+    def publish(self, session: Session, payload: dict[str, Any]) -> None:
+        """Publish ``payload`` when ``session``'s transaction commits."""
+        body = json.dumps(payload, separators=(",", ":"), default=str)
+        if self.kind == "postgresql":
+            session.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": body})
+        elif self.kind == "redis":
+            pending: list[str] = session.info.setdefault("vitalcast_events", [])
+            if not pending:
+                event.listen(session, "after_commit", self._flush_redis, once=True)
+            pending.append(body)
+        # polling: the listener reads committed predictions itself
+
+    def _flush_redis(self, session: Session) -> None:
+        import redis
+
+        bodies = session.info.pop("vitalcast_events", [])
+        client = redis.Redis.from_url(str(self.redis_url))
+        for body in bodies:
+            client.publish(CHANNEL, body)
+        client.close()
+
+    # -- subscribing ------------------------------------------------------------------
+    def subscribe(self) -> queue.Queue[dict[str, Any]]:
+        """A queue receiving every event from now on (call :meth:`unsubscribe` after)."""
+        q: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=_QUEUE_SIZE)
+        with self._lock:
+            self._subscribers.add(q)
+            self._ensure_listener()
+        return q
+
+    def unsubscribe(self, q: queue.Queue[dict[str, Any]]) -> None:
+        with self._lock:
+            self._subscribers.discard(q)
+
+    def _fan_out(self, payload: dict[str, Any]) -> None:
+        with self._lock:
+            targets = list(self._subscribers)
+        for q in targets:
+            with suppress(queue.Full):  # a stalled client loses events, never blocks others
+                q.put_nowait(payload)
+
+    def _ensure_listener(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        target: Callable[[], None] = {
+            "postgresql": self._listen_postgres,
+            "redis": self._listen_redis,
+            "polling": self._poll_predictions,
+        }[self.kind]
+        self._thread = threading.Thread(
+            target=self._run, args=(target,), daemon=True, name="vitalcast-events"
+        )
+        self._thread.start()
+
+    def _run(self, target: Callable[[], None]) -> None:
+        while not self._stop.is_set():
+            try:
+                target()
+            except Exception:  # reconnect after any listener failure, never die silently
+                logger.exception("event listener failed; reconnecting in 1 s")
+                time.sleep(1.0)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _listen_postgres(self) -> None:
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"LISTEN {CHANNEL}")
+            while not self._stop.is_set():
+                for note in conn.notifies(timeout=1.0):
+                    self._fan_out(json.loads(note.payload))
+
+    def _listen_redis(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(str(self.redis_url))
+        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub.subscribe(CHANNEL)
+        try:
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message and message.get("type") == "message":
+                    self._fan_out(json.loads(message["data"]))
+        finally:
+            pubsub.close()
+            client.close()
+
+    def _poll_predictions(self) -> None:
+        with Session(self.engine) as session:
+            last = session.scalar(select(Prediction.id).order_by(Prediction.id.desc()).limit(1))
+        last = last or 0
+        while not self._stop.is_set():
+            time.sleep(1.0)
+            with Session(self.engine) as session:
+                rows = session.scalars(
+                    select(Prediction)
+                    .where(Prediction.id > last, Prediction.role == "champion")
+                    .order_by(Prediction.id)
+                ).all()
+                for row in rows:
+                    last = row.id
+                    self._fan_out(prediction_event_from_row(session, row))
+
+
+def prediction_event_from_row(session: Session, row: Prediction) -> dict[str, Any]:
+    """The event for a stored prediction (used by the polling listener)."""
+    from vitalcast.clinical.tables import Encounter, Patient
+
+    enc = session.get(Encounter, row.encounter_id) if row.encounter_id else None
+    patient = session.get(Patient, row.patient_id) if row.patient_id else None
+    return risk_event(row, patient_public_id=patient.public_id if patient else None, encounter=enc)
+
+
+def risk_event(row: Prediction, *, patient_public_id: str | None, encounter: Any) -> dict[str, Any]:
+    """The small JSON event announcing a new risk (no identifiers: ids and numbers only)."""
+    return {
+        "type": "risk",
+        "prediction_id": row.public_id,
+        "patient_id": patient_public_id,
+        "encounter_id": encounter.public_id if encounter is not None else None,
+        "unit": encounter.unit if encounter is not None else None,
+        "probability": round(row.score, 4),
+        "band": row.band,
+        "as_of": row.as_of.isoformat(),
+        "data_freshness_at": row.data_freshness_at.isoformat() if row.data_freshness_at else None,
+    }
+
+
+def sse_stream(
+    bus: EventBus, *, allow: Callable[[dict[str, Any]], bool], heartbeat_s: float = 15.0
+) -> Iterator[str]:
+    """Server-Sent Events text for the events ``allow`` admits, with heartbeats."""
+    q = bus.subscribe()
+    try:
+        yield "retry: 3000\n\n"
+        while True:
+            try:
+                payload = q.get(timeout=heartbeat_s)
+            except queue.Empty:
+                yield ": keep-alive\n\n"
+                continue
+            if allow(payload):
+                yield f"event: {payload.get('type', 'message')}\ndata: {json.dumps(payload)}\n\n"
+    finally:
+        bus.unsubscribe(q)
