@@ -14,7 +14,7 @@
 #   PYTHON                       interpreter with psycopg (default .venv/bin/python)
 #   BASE_IMAGE                   default localhost/python-base:3.11-bookworm
 #   IMAGE                        tag to build (default localhost/vitalcast:test)
-#   SYNTH_PATIENTS               synthetic ICU stays to generate (default 300)
+#   SYNTH_PATIENTS               synthetic ICU stays to generate (default 200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +25,7 @@ else
 fi
 BASE_IMAGE=${BASE_IMAGE:-localhost/python-base:3.11-bookworm}
 IMAGE=${IMAGE:-localhost/vitalcast:test}
-SYNTH_PATIENTS=${SYNTH_PATIENTS:-300}
+SYNTH_PATIENTS=${SYNTH_PATIENTS:-200}
 ADMIN_URL=${VITALCAST_TEST_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}
 PYTHON=${PYTHON:-.venv/bin/python}
 
@@ -197,8 +197,8 @@ done
 step "ingest: vitalcast synth --patients ${SYNTH_PATIENTS}"
 job synth --patients "$SYNTH_PATIENTS"
 
-step "train: vitalcast train --task icu-mortality"
-job train --task icu-mortality
+step "train: vitalcast train --task icu-mortality --budget fast"
+job train --task icu-mortality --budget fast
 
 step "reload the server (SIGHUP: gunicorn restarts its workers, which load the new champion)"
 podman kill --signal HUP "$NAME" >/dev/null

@@ -32,7 +32,6 @@ IMAGE_UID = 10001  # the Dockerfile's VITALCAST_UID
 PENDING_COMMANDS = {
     ("stream", "mqtt"): "ingest-messages (MQTT consumer)",
     ("monitor", "run"): "monitoring",
-    ("train",): "modeling",
 }
 
 
