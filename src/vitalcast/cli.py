@@ -49,6 +49,7 @@ def main() -> None:
 
 
 def _register() -> None:
+    from vitalcast.batch.cli import score_batch_command
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
     from vitalcast.ingest.cli_messages import listen
@@ -67,6 +68,7 @@ def _register() -> None:
     main.add_command(listen)
     for command in MODELING_COMMANDS:
         main.add_command(command)
+    main.add_command(score_batch_command)
 
 
 _register()
