@@ -52,7 +52,7 @@ def _register() -> None:
     from vitalcast.batch.cli import score_batch_command
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
-    from vitalcast.ingest.cli_messages import listen
+    from vitalcast.ingest.cli_messages import listen, stream
     from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
     from vitalcast.security.cli import apikeys_group, users_group
     from vitalcast.serving.cli import demo_command, serve_command
@@ -68,6 +68,7 @@ def _register() -> None:
     main.add_command(listen)
     for command in MODELING_COMMANDS:
         main.add_command(command)
+    main.add_command(stream)
     main.add_command(score_batch_command)
 
 

@@ -24,7 +24,6 @@ from vitalcast.config import Settings
 from vitalcast.db import create_db_engine, session_scope, upgrade_database
 from vitalcast.db.base import utcnow
 from vitalcast.db.session import make_session_factory
-from vitalcast.ingest.service import store_batch
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.service import create_user
@@ -65,27 +64,36 @@ def prepare_demo(settings: Settings, *, echo: Callable[[str], None]) -> DemoInfo
     with sessions() as session:
         patients = session.scalar(select(func.count()).select_from(Patient)) or 0
     if patients == 0:
-        from vitalcast.synth import generate_cohort
+        from vitalcast.synth import generate_cohort, store_cohort
 
+        now = utcnow()
         echo(f"generating {settings.demo_patients} current and {DEMO_HISTORIC} past ICU stays ...")
         batch = generate_cohort(
-            n_current=settings.demo_patients, n_historic=DEMO_HISTORIC, seed=DEMO_SEED, now=utcnow()
+            n_current=settings.demo_patients, n_historic=DEMO_HISTORIC, seed=DEMO_SEED, now=now
         )
-        with session_scope(sessions) as session:
-            report = store_batch(session, batch, source="synthetic", location="demo", cipher=cipher)
+        with sessions() as session:
+            report = store_cohort(session=session, batch=batch, cipher=cipher, now=now)
         echo(report.render().splitlines()[0])
         with sessions() as session:
             patients = session.scalar(select(func.count()).select_from(Patient)) or 0
 
     from vitalcast.modeling.service import get_champion, train_and_register
+    from vitalcast.modeling.train import FAST_BUDGET
 
     with sessions() as session:
         champion = get_champion(session, "icu-mortality")
     if champion is None:
         echo("training the first icu-mortality model on the synthetic cohort ...")
         with session_scope(sessions) as session:
+            # The fast search budget and 3 folds keep a first demo within a minute or two;
+            # `vitalcast train` uses the full documented budget.
             result = train_and_register(
-                "icu-mortality", session=session, registry_dir=settings.resolved_registry_dir
+                "icu-mortality",
+                session=session,
+                registry_dir=settings.resolved_registry_dir,
+                budget=FAST_BUDGET,
+                n_splits=3,
+                n_boot=50,
             )
         version: str | None = result.version
     else:
