@@ -30,7 +30,6 @@ IMAGE_UID = 10001  # the Dockerfile's VITALCAST_UID
 # when its command lands: the test fails while a listed command exists, so this list
 # cannot silently go stale, and any other unknown command fails at once.
 PENDING_COMMANDS = {
-    ("stream", "mqtt"): "ingest-messages (MQTT consumer)",
     ("monitor", "run"): "monitoring",
 }
 

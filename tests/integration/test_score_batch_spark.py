@@ -37,9 +37,6 @@ pytestmark = [
     # PySpark 4 warns that it does not yet fully support pandas 3; this test is what
     # checks that the path vitalcast uses works with it.
     pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
-    # shap's import calls matplotlib's Colormap.set_bad, which matplotlib 3.11 flags as
-    # pending deprecation; not ours to fix, and not a behaviour this test checks.
-    pytest.mark.filterwarnings("ignore:The set_bad function:PendingDeprecationWarning"),
 ]
 
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
