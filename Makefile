@@ -17,13 +17,20 @@ $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.installed: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+# The demo needs only the runtime dependencies (a faster first install); tests need the
+# dev group too (test servers, browser driver, Spark). --inexact keeps whichever set is
+# already there, so the two targets never uninstall each other's packages.
+$(VENV)/.runtime: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --inexact --no-dev --python $(PYTHON)
 	@touch $@
+
+$(VENV)/.installed: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --inexact --python $(PYTHON)
+	@touch $@ $(VENV)/.runtime
 
 install: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.runtime
 	$(VENV)/bin/vitalcast demo
 
 lint: install
