@@ -78,6 +78,9 @@ def register_blueprints(app: Flask) -> None:
     from vitalcast.serving.api import api
     from vitalcast.serving.health import health
     from vitalcast.serving.patient_api import patient_api
+    from vitalcast.web.admin_views import web_admin
+    from vitalcast.web.model_views import web_models
+    from vitalcast.web.patient_views import web_patient
     from vitalcast.web.views import web
 
     app.register_blueprint(health)
@@ -85,6 +88,9 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(admin, url_prefix="/api/v1")
     app.register_blueprint(patient_api, url_prefix="/api/v1")
     app.register_blueprint(web)
+    app.register_blueprint(web_patient)
+    app.register_blueprint(web_models)
+    app.register_blueprint(web_admin)
 
     @public
     def static(filename: str) -> Response:
