@@ -51,6 +51,7 @@ def main() -> None:
 def _register() -> None:
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
+    from vitalcast.ingest.cli_messages import listen
     from vitalcast.security.cli import apikeys_group, users_group
     from vitalcast.serving.cli import demo_command, serve_command
     from vitalcast.synth.cli import synth
@@ -62,6 +63,7 @@ def _register() -> None:
     main.add_command(ingest)
     main.add_command(users_group)
     main.add_command(apikeys_group)
+    main.add_command(listen)
 
 
 _register()

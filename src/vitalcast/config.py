@@ -94,6 +94,41 @@ class Settings(BaseSettings):
     mqtt_url: str | None = Field(
         None, description="MQTT broker URL for device streams, e.g. `mqtt://127.0.0.1:1883`."
     )
+    cds_trusted_issuers: dict[str, str] = Field(
+        default_factory=dict,
+        description="CDS Hooks: JSON object mapping each trusted EHR issuer (`iss`) to its JWKS,"
+        " given as an https URL or a file path. Requests signed by any other issuer get 401.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="External base URL of this server (e.g. `https://vitalcast.example.org`),"
+        " used for links in CDS cards and as the expected JWT audience. Default: the"
+        " request's own URL.",
+    )
+    mqtt_client_id: str = Field(
+        "vitalcast-ingest",
+        description="Fixed MQTT client id of `vitalcast stream mqtt`: with a persistent"
+        " session the broker keeps unacknowledged QoS 1 messages for it across restarts.",
+    )
+    mqtt_batch_size: int = Field(
+        500,
+        description="Device messages stored per database commit by `vitalcast stream mqtt`"
+        " (each is acknowledged only after its commit).",
+    )
+    mqtt_batch_wait_ms: int = Field(
+        200,
+        description="Longest wait before committing a partial batch of device messages.",
+    )
+    hl7_timezone: str = Field(
+        "UTC",
+        description="IANA time zone of HL7 v2 times that carry no UTC offset (the sending"
+        " system's local time), e.g. `Europe/Paris`.",
+    )
+    mllp_port: int = Field(2575, description="TCP port of `vitalcast listen hl7` (MLLP).")
+    mllp_max_message_bytes: int = Field(
+        1024 * 1024,
+        description="Largest HL7 v2 message accepted over MLLP; larger ones get ACK AR.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -174,3 +209,22 @@ def _with_local_secrets(settings: Settings) -> Settings:
                 fh.write(f"demo1:{key}" if name == "field_key" else key)
         values[name] = SecretStr(path.read_text().strip())
     return settings.model_copy(update=values)
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, as docs/configuration.md shows it."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, Path):
+            shown = f"`{default.as_posix()}`"
+        else:
+            shown = f"`{default}`"
+        rows.append(f"| `VITALCAST_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m vitalcast.config: print the docs table
+    print(settings_table(), end="")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vitalcast.config import Settings, load_settings
+from vitalcast.config import Settings, load_settings, settings_table
 from vitalcast.errors import ConfigError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -17,6 +17,8 @@ def test_every_setting_is_documented() -> None:
     text = DOC.read_text()
     missing = [n for n in Settings.model_fields if f"`VITALCAST_{n.upper()}`" not in text]
     assert missing == []
+    # The table is exactly what the code says (defaults and descriptions included).
+    assert settings_table() in text, "regenerate the table: python -m vitalcast.config"
 
 
 def test_documented_settings_exist() -> None:

@@ -12,6 +12,7 @@ def all_metadata() -> MetaData:
     from vitalcast.ingest import tables as _ingest  # noqa: F401
     from vitalcast.modeling import tables as _modeling  # noqa: F401
     from vitalcast.security import tables as _security  # noqa: F401
+    from vitalcast.serving import tables as _serving  # noqa: F401
     from vitalcast.web import tables as _web  # noqa: F401
 
     return Base.metadata

@@ -33,6 +33,10 @@ class IngestReport:
     rejects: list[dict[str, str]] = field(default_factory=list)
     touched_encounters: set[int] = field(default_factory=set)
     run_id: int | None = None
+    # Items deliberately not stored, by reason (e.g. FHIR resource types without a
+    # canonical table: "not_modelled:Claim"); counted so that every input item is
+    # accounted for, but outside received/stored/duplicates/quarantined.
+    skipped: Counter[str] = field(default_factory=Counter)
 
     def count(self, kind: str) -> KindCounts:
         return self.kinds.setdefault(kind, KindCounts())
@@ -80,6 +84,7 @@ class IngestReport:
         room = MAX_LISTED_REJECTS - len(self.rejects)
         self.rejects.extend(other.rejects[: max(room, 0)])
         self.touched_encounters |= other.touched_encounters
+        self.skipped.update(other.skipped)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +97,7 @@ class IngestReport:
             "balanced": self.balanced(),
             "by_kind": {k: vars(v) for k, v in sorted(self.kinds.items())},
             "reasons": dict(self.reasons.most_common()),
+            "skipped": dict(self.skipped.most_common()),
             "rejects": self.rejects,
         }
 
@@ -108,6 +114,8 @@ class IngestReport:
             )
         for reason, n in self.reasons.most_common():
             lines.append(f"  quarantined {reason}: {n}")
+        for reason, n in self.skipped.most_common():
+            lines.append(f"  skipped {reason}: {n}")
         for item in self.rejects[:10]:
             lines.append(f"    {item['location']}: {item['reason']}")
         if len(self.rejects) > 10:

@@ -76,6 +76,8 @@ def register_blueprints(app: Flask) -> None:
     """The URL map, in one place."""
     from vitalcast.serving.admin import admin
     from vitalcast.serving.api import api
+    from vitalcast.serving.cds_hooks import cds
+    from vitalcast.serving.fhir_api import fhir
     from vitalcast.serving.health import health
     from vitalcast.serving.patient_api import patient_api
     from vitalcast.web.admin_views import web_admin
@@ -87,6 +89,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(admin, url_prefix="/api/v1")
     app.register_blueprint(patient_api, url_prefix="/api/v1")
+    app.register_blueprint(fhir, url_prefix="/fhir")
+    app.register_blueprint(cds, url_prefix="/cds-services")
     app.register_blueprint(web)
     app.register_blueprint(web_patient)
     app.register_blueprint(web_models)

@@ -25,6 +25,7 @@ from vitalcast.logging import request_context
 from vitalcast.security.permissions import PUBLIC, Permission, declared_permission, role_allows
 from vitalcast.security.service import Principal, verify_api_key
 from vitalcast.security.tables import User
+from vitalcast.serving.cds_auth import verify_cds_jwt
 from vitalcast.serving.context import audit_event, db, new_request_id
 from vitalcast.serving.errors import render_error, wants_json
 from vitalcast.serving.state import get_state
@@ -90,8 +91,19 @@ def _session_principal(idle: timedelta) -> Principal | None:
     return Principal("user", user.id, user.username, user.role, tuple(user.units or ()))
 
 
+def _cds_principal(header: str) -> Principal:
+    """An EHR calling a CDS service with its signed JWT (CDS Hooks 2.0)."""
+    settings = get_state().settings
+    base = (settings.public_url or request.host_url).rstrip("/")
+    path = request.path.removesuffix("/feedback")
+    claims = verify_cds_jwt(header, audience=base + path, trusted=settings.cds_trusted_issuers)
+    return Principal("cds_client", 0, str(claims["iss"]), "integration")
+
+
 def _authenticate() -> Principal | None:
     header = request.headers.get("Authorization")
+    if header and request.path.startswith("/cds-services/") and header.count(".") == 2:
+        return _cds_principal(header)
     if header:
         who = _api_key_principal(header)
         if who is None:

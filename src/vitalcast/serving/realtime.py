@@ -131,7 +131,7 @@ class EventBus:
         import redis
 
         client = redis.Redis.from_url(str(self.redis_url))
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(CHANNEL)
         try:
             while not self._stop.is_set():

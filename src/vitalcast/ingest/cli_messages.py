@@ -1,0 +1,124 @@
+"""Commands for message sources: ``ingest fhir``, ``ingest hl7``, ``listen hl7``, ``stream mqtt``.
+
+Thin: parse options, call a service, print the report. Exit 0 when the input was read
+(even with quarantined items), 1 when some file or message could not be read at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitalcast.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _context(ctx: click.Context) -> tuple[Any, sessionmaker[Session], Any]:
+    # Imported here: vitalcast.cli imports this module while registering commands.
+    from vitalcast.cli import get_settings
+    from vitalcast.db.session import create_db_engine, make_session_factory
+    from vitalcast.security.crypto import cipher_from_settings
+
+    settings = get_settings(ctx)
+    engine = create_db_engine(settings.resolved_database_url)
+    return settings, make_session_factory(engine), cipher_from_settings(settings)
+
+
+def _timezone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"VITALCAST_HL7_TIMEZONE: unknown time zone {name!r}") from None
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM stops like Ctrl-C. A message cut mid-way was never ACKed: the sender
+    resends it, and the dedup keys make the resend a no-op if it had been committed."""
+    raise KeyboardInterrupt
+
+
+def _finish(result: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.report.to_dict() | {"errors": result.errors}, indent=2))
+    else:
+        click.echo(result.report.render())
+        for error in result.errors:
+            click.echo(f"error: {error}", err=True)
+    if result.errors:
+        sys.exit(1)
+
+
+@click.command("fhir")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def ingest_fhir(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
+    """FHIR R4 Bundles (.json), Bulk Data files (.ndjson), folders or .tar.gz of them."""
+    from vitalcast.ingest.sources.fhir import SOURCE, iter_units
+    from vitalcast.ingest.units import ingest_units
+
+    _settings, factory, cipher = _context(ctx)
+    location = ", ".join(p.name for p in paths)[:500]
+    result = ingest_units(
+        factory, iter_units(list(paths)), source=SOURCE, location=location, cipher=cipher
+    )
+    _finish(result, as_json)
+
+
+@click.command("hl7")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def ingest_hl7(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
+    """HL7 v2 files (ADT^A01/A03/A08, ORU^R01), one or many messages each."""
+    from vitalcast.ingest.sources.hl7v2 import SOURCE, iter_file_messages
+    from vitalcast.ingest.units import ingest_units
+
+    settings, factory, cipher = _context(ctx)
+    units = iter_file_messages(
+        list(paths), pseudonym=cipher.mrn_hash, tz=_timezone(settings.hl7_timezone)
+    )
+    location = ", ".join(p.name for p in paths)[:500]
+    result = ingest_units(factory, units, source=SOURCE, location=location, cipher=cipher)
+    _finish(result, as_json)
+
+
+@click.group("listen")
+def listen() -> None:
+    """Network listeners that receive clinical messages."""
+
+
+@listen.command("hl7")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=None, help="TCP port (default VITALCAST_MLLP_PORT).")
+@click.pass_context
+def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
+    """Receive HL7 v2 over MLLP; ACK each message after it is committed."""
+    from vitalcast.ingest.mllp import MessageHandler, MllpServer
+
+    settings, factory, cipher = _context(ctx)
+    handler = MessageHandler(
+        factory,
+        cipher,
+        tz=_timezone(settings.hl7_timezone),
+        max_bytes=settings.mllp_max_message_bytes,
+    )
+    server = MllpServer((host, port or settings.mllp_port), handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    click.echo(f"listening for HL7 v2 (MLLP) on {host}:{server.port}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,249 @@
+"""An HL7 v2 MLLP listener: each framed message is stored, committed, then acknowledged.
+
+MLLP (HL7 v2.5.1 Appendix C, "Minimal Lower Layer Protocol") frames a message as
+``<VT> message <FS><CR>``. The ACK follows original acknowledgment mode: ``AA`` once the
+message's unit of work is committed (quarantined items included: they are kept for
+review, and MSA-3 says how many), ``AR`` for a message that cannot be read at all (not
+HL7, unsupported type, not UTF-8, too large: resending will not help), ``AE`` when storing
+failed (the transaction was rolled back; the sender should resend). The ACK is sent only
+after the commit, so an AA never covers data that is not in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import socketserver
+import threading
+from datetime import UTC, datetime, tzinfo
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitalcast.db.session import session_scope
+from vitalcast.ingest.sources.hl7v2 import (
+    SOURCE,
+    Hl7FormatError,
+    Pseudonym,
+    decode_text,
+    parse_message,
+)
+from vitalcast.ingest.units import store_unit
+from vitalcast.security.crypto import FieldCipher
+
+logger = logging.getLogger(__name__)
+
+START, END = b"\x0b", b"\x1c\x0d"
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+# ERR-3 codes (HL7 table 0357).
+_ERR_CODES = {"AR": "200^Unsupported message type^HL70357", "AE": "207^Application error^HL70357"}
+_MSH_FIELDS = re.compile(r"MSH(.)")
+
+
+def _escape(text: str) -> str:
+    """HL7 escape sequences for the default delimiters (v2.5 section 2.7)."""
+    return (
+        text.replace("\\", "\\E\\")
+        .replace("|", "\\F\\")
+        .replace("^", "\\S\\")
+        .replace("~", "\\R\\")
+        .replace("&", "\\T\\")
+        .replace("\r", " ")
+        .replace("\n", " ")
+    )
+
+
+def build_ack(
+    code: str,
+    *,
+    control_id: str,
+    text: str = "",
+    sending: tuple[str, str] = ("", ""),
+    receiving: tuple[str, str] = ("", ""),
+    trigger: str = "",
+    version: str = "2.5",
+    now: datetime | None = None,
+) -> str:
+    """An ACK message; for AE/AR an ERR segment repeats the reason."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
+    ack_id = f"ACK{stamp}{control_id}"[:20]
+    segments = [
+        f"MSH|^~\\&|{_escape(receiving[0])}|{_escape(receiving[1])}|{_escape(sending[0])}"
+        f"|{_escape(sending[1])}|{stamp}||ACK^{_escape(trigger)}^ACK|{_escape(ack_id)}|P|{version}",
+        f"MSA|{code}|{_escape(control_id)}|{_escape(text[:80])}",
+    ]
+    if code != "AA":
+        segments.append(f"ERR|||{_ERR_CODES.get(code, _ERR_CODES['AE'])}|E||||{_escape(text)}")
+    return "\r".join(segments) + "\r"
+
+
+def _guess_header(text: str) -> tuple[str, tuple[str, str], tuple[str, str], str]:
+    """Control id, sender, receiver and trigger of an unreadable message, if its MSH is."""
+    match = _MSH_FIELDS.match(text.lstrip())
+    if not match:
+        return "", ("", ""), ("", ""), ""
+    fields = text.lstrip().split("\r")[0].split("\n")[0].split(match.group(1))
+    fields += [""] * 10
+    trigger = fields[8].split("^")[1] if "^" in fields[8] else ""
+    return fields[9], (fields[2], fields[3]), (fields[4], fields[5]), trigger
+
+
+class MessageHandler:
+    """Turns one framed payload into an ACK, storing the message in between."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        cipher: FieldCipher,
+        *,
+        tz: tzinfo = UTC,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.factory = factory
+        self.cipher = cipher
+        self.tz = tz
+        self.max_bytes = max_bytes
+        self.pseudonym: Pseudonym = cipher.mrn_hash
+
+    def handle(self, payload: bytes, peer: str) -> str:
+        """Store the message and return the ACK text (never raises)."""
+        origin = f"mllp:{peer}"
+        text = payload.decode("utf-8", errors="replace")
+        control_id, sending, receiving, trigger = _guess_header(text)
+        if len(payload) > self.max_bytes:
+            return build_ack(
+                "AR",
+                control_id=control_id,
+                text=f"message larger than {self.max_bytes} bytes",
+                sending=sending,
+                receiving=receiving,
+                trigger=trigger,
+            )
+        try:
+            message = parse_message(
+                decode_text(payload, origin), origin=origin, pseudonym=self.pseudonym, tz=self.tz
+            )
+        except Hl7FormatError as exc:
+            reason = exc.message.removeprefix(f"{origin}: ").removeprefix(f"{origin}#")
+            return build_ack(
+                "AR",
+                control_id=control_id,
+                text=reason,
+                sending=sending,
+                receiving=receiving,
+                trigger=trigger,
+            )
+        try:
+            with session_scope(self.factory) as session:
+                report = store_unit(session, message.unit, source=SOURCE, cipher=self.cipher)
+        except Exception as exc:
+            # Nothing was committed; AE tells the sender to resend (e.g. database down).
+            if isinstance(exc, SQLAlchemyError):
+                logger.error(
+                    "hl7 message not stored",
+                    extra={"control_id": message.control_id, "error": type(exc).__name__},
+                )
+            else:
+                logger.exception("hl7 message failed", extra={"control_id": message.control_id})
+            return build_ack(
+                "AE",
+                control_id=message.control_id,
+                text="storage error; nothing was stored, resend later",
+                sending=message.sending,
+                receiving=message.receiving,
+                trigger=message.message_type.split("^")[1],
+                version=message.version,
+            )
+        note = f"stored {report.stored}, duplicates {report.duplicates}"
+        if report.quarantined:
+            reasons = ", ".join(f"{k} {v}" for k, v in report.reasons.most_common(3))
+            note += f", quarantined {report.quarantined} ({reasons})"
+        logger.info(
+            "hl7 message stored",
+            extra={"control_id": message.control_id, "run_id": report.run_id},
+        )
+        return build_ack(
+            "AA",
+            control_id=message.control_id,
+            text=note,
+            sending=message.sending,
+            receiving=message.receiving,
+            trigger=message.message_type.split("^")[1],
+            version=message.version,
+        )
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    server: MllpServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(self.server.idle_timeout_s)
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        buffer = b""
+        limit = self.server.handler.max_bytes + 16
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, OSError):
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while True:
+                start = buffer.find(START)
+                end = buffer.find(END, start + 1) if start >= 0 else -1
+                if start < 0 or end < 0:
+                    break
+                payload, buffer = buffer[start + 1 : end], buffer[end + 2 :]
+                ack = self.server.handler.handle(payload, peer)
+                sock.sendall(START + ack.encode() + END)
+            if len(buffer) > limit:
+                ack = self.server.handler.handle(buffer[buffer.find(START) + 1 :], peer)
+                sock.sendall(START + ack.encode() + END)
+                return  # framing lost: close rather than guess where the next one starts
+
+
+class MllpServer(socketserver.ThreadingTCPServer):
+    """Threaded MLLP server: one thread per connection, messages in order per connection."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: MessageHandler, *, idle_timeout_s: float = 300
+    ) -> None:
+        self.handler = handler
+        self.idle_timeout_s = idle_timeout_s
+        super().__init__(address, _Connection)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def start_background(self) -> threading.Thread:
+        """Serve in a daemon thread (tests, embedding); stop with ``shutdown()``."""
+        thread = threading.Thread(target=self.serve_forever, name="mllp", daemon=True)
+        thread.start()
+        return thread
+
+
+def send_messages(host: str, port: int, messages: list[str], *, timeout_s: float = 10) -> list[str]:
+    """A minimal MLLP client: send each message, wait for its ACK (tools and tests)."""
+    acks: list[str] = []
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        for message in messages:
+            sock.sendall(START + message.encode() + END)
+            acks.append(_read_frame(sock))
+    return acks
+
+
+def _read_frame(sock: socket.socket) -> str:
+    buffer = b""
+    while END not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed before the ACK")
+        buffer += chunk
+    return buffer[buffer.find(START) + 1 : buffer.find(END)].decode()

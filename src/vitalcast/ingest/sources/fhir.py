@@ -1,0 +1,365 @@
+"""FHIR R4 input: Bundles (transaction, batch, collection, searchset) and Bulk Data ndjson.
+
+Resources are validated with ``fhir.resources``. Version 8 of that package defaults to
+FHIR R5 and ships R4B (4.3.0) and STU3 sub-packages, not R4 itself; R4B is the release
+closest to R4 (4.0.1) and every R4 resource we model (Patient, Encounter, Observation,
+Condition, ImagingStudy) has the same shape there, so we pin ``fhir.resources.R4B``.
+
+Every bundle entry is accounted for: a modelled resource becomes records or quarantined
+items (with a FHIR path such as ``b.json#Bundle.entry[12].resource(Observation/abc)
+.component[1]``); anything else is counted in ``ParsedUnit.skipped`` by reason
+(``not_modelled:Claim``, ``request:DELETE``). MedicationRequest, Procedure and
+DiagnosticReport have no canonical table yet: they are counted as ``not_modelled`` (a
+DiagnosticReport's results arrive as their own Observations).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from vitalcast.clinical.records import Rejected
+from vitalcast.errors import IngestError
+from vitalcast.ingest.sources.fhir_map import (
+    ResourceProblem,
+    map_condition,
+    map_encounter,
+    map_imaging_study,
+    map_observation,
+    map_patient,
+)
+from vitalcast.ingest.units import Loader, ParsedUnit
+
+SOURCE = "fhir"
+FHIR_RELEASE = "R4B"  # see the module docstring
+DATA_BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "searchset"})
+KINDS = {
+    "Patient": "patient",
+    "Encounter": "encounter",
+    "Observation": "observation",
+    "Condition": "condition",
+    "ImagingStudy": "imaging_study",
+}
+_TYPE_HINT = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]+)"')
+# Load order of loose files, so that references resolve: people, then stays, then the rest.
+_RANK = {"Patient": 0, "Encounter": 1}
+
+
+class FhirFormatError(IngestError):
+    """The input is not FHIR we can read at all (not one bad resource)."""
+
+
+def decode_json(data: bytes, name: str) -> Any:
+    """Parse UTF-8 JSON, or raise :class:`FhirFormatError` saying where it broke."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FhirFormatError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FhirFormatError(
+            f"{name}: malformed JSON at line {exc.lineno} column {exc.colno} ({exc.msg})"
+        ) from None
+
+
+def validation_problems(exc: ValidationError, where: str, limit: int = 5) -> str:
+    """Pydantic errors as FHIR paths; input values are left out (they may be PHI)."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        parts.append(f"{where}{path}: {err['msg']}")
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def is_resource_type(name: str) -> bool:
+    """Whether ``name`` is a FHIR R4B resource type."""
+    try:
+        get_fhir_model_class(name)
+    except (ValueError, KeyError):
+        return False
+    return True
+
+
+class _Walker:
+    """Walks one document, resolving references across its fullUrls and ``Type/id``."""
+
+    def __init__(self, name: str) -> None:
+        self.unit = ParsedUnit(name)
+        self.full_urls: dict[str, str] = {}
+        self.report_times: dict[str, str] = {}  # Observation key -> its report's time
+
+    def resolve(self, ref: str) -> str | None:
+        ref = ref.strip()
+        if ref in self.full_urls:
+            return self.full_urls[ref]
+        if ref.startswith(("urn:", "#")) or "?" in ref:
+            return None  # a uuid outside this bundle, a contained or a conditional reference
+        parts = ref.rstrip("/").split("/")
+        if len(parts) >= 4 and parts[-2] == "_history":
+            parts = parts[:-2]
+        if len(parts) >= 2 and parts[-2][:1].isupper() and parts[-1]:
+            return f"{parts[-2]}/{parts[-1]}"
+        return None
+
+    def index(self, entries: list[Any]) -> None:
+        for entry in entries:
+            res = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(res, dict):
+                continue
+            key = _key(res, entry.get("fullUrl"))
+            if key and entry.get("fullUrl"):
+                self.full_urls[str(entry["fullUrl"])] = key
+            if res.get("resourceType") == "Bundle":
+                self.index(res.get("entry") or [])
+
+    def index_reports(self, entries: list[Any]) -> None:
+        """After :meth:`index`: the time of each DiagnosticReport, by result reference."""
+        for entry in entries:
+            res = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(res, dict):
+                continue
+            if res.get("resourceType") == "Bundle":
+                self.index_reports(res.get("entry") or [])
+            elif res.get("resourceType") == "DiagnosticReport":
+                self._index_report(res)
+
+    def _index_report(self, report: dict[str, Any]) -> None:
+        period = report.get("effectivePeriod") or {}
+        when = report.get("effectiveDateTime") or period.get("start") or report.get("issued")
+        if not isinstance(when, str):
+            return
+        for result in report.get("result") or []:
+            ref = result.get("reference") if isinstance(result, dict) else None
+            key = self.resolve(ref) if isinstance(ref, str) else None
+            if key:
+                self.report_times.setdefault(key, when)
+
+    def bundle(self, bundle: dict[str, Any], where: str, *, top: bool) -> None:
+        btype = bundle.get("type")
+        if btype not in DATA_BUNDLE_TYPES:
+            message = (
+                f"Bundle.type {btype!r} is not ingested; send a transaction, batch,"
+                " collection or searchset Bundle"
+            )
+            if top:
+                raise FhirFormatError(f"{self.unit.name}: {message}")
+            self.unit.skipped[f"bundle_type:{btype}"] += 1
+            return
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            raise FhirFormatError(f"{self.unit.name}: Bundle.entry must be a list")
+        if top:
+            self.index(entries)
+            self.index_reports(entries)
+        for i, entry in enumerate(entries):
+            at = f"{where}.entry[{i}]"
+            if not isinstance(entry, dict):
+                self.unit.batch.received += 1
+                self.unit.batch.rejected.append(
+                    Rejected(at, "malformed_entry", "entry is not an object", None, "resource")
+                )
+                continue
+            res = entry.get("resource")
+            if res is None:
+                method = (entry.get("request") or {}).get("method") or "none"
+                self.unit.skipped[f"request:{method}"] += 1
+                continue
+            self.resource(res, f"{at}.resource", entry.get("fullUrl"))
+
+    def resource(self, res: Any, prefix: str, full_url: str | None = None) -> None:
+        """Map one resource found at ``prefix`` (a FHIR path inside the document)."""
+        batch = self.unit.batch
+        rtype = res.get("resourceType") if isinstance(res, dict) else None
+        if not isinstance(rtype, str) or not is_resource_type(rtype):
+            batch.received += 1
+            batch.rejected.append(
+                Rejected(
+                    prefix,
+                    "wrong_resource_type",
+                    f"resourceType {rtype!r} is not a FHIR resource type",
+                    _raw(res),
+                    "resource",
+                )
+            )
+            return
+        assert isinstance(res, dict)
+        if rtype == "Bundle":
+            self.bundle(res, f"{prefix}(Bundle/{res.get('id', '')})", top=False)
+            return
+        if rtype not in KINDS:
+            self.unit.skipped[f"not_modelled:{rtype}"] += 1
+            return
+        key = _key(res, full_url)
+        where = f"{self.unit.name}#{prefix}({key or rtype})"
+        kind = KINDS[rtype]
+        try:
+            get_fhir_model_class(rtype).model_validate(res)
+        except ValidationError as exc:
+            self._reject(kind, where, "invalid_resource", validation_problems(exc, where), res)
+            return
+        try:
+            if rtype == "Observation":
+                report_time = self.report_times.get(key) if key else None
+                map_observation(res, where, self.resolve, batch, report_time)
+            elif key is None:
+                raise ResourceProblem("no_id", f"{rtype} has neither an id nor a fullUrl")
+            elif rtype == "Patient":
+                map_patient(res, where, key, batch)
+            elif rtype == "Encounter":
+                map_encounter(res, where, key, self.resolve, batch)
+            elif rtype == "Condition":
+                map_condition(res, where, self.resolve, batch)
+            else:
+                map_imaging_study(res, where, self.resolve, batch)
+        except ResourceProblem as exc:
+            self._reject(kind, where, exc.code, str(exc), res)
+
+    def _reject(self, kind: str, where: str, code: str, reason: str, res: Any) -> None:
+        self.unit.batch.received += 1
+        self.unit.batch.rejected.append(Rejected(where, code, reason, _raw(res), kind))
+
+
+def _key(res: dict[str, Any], full_url: str | None) -> str | None:
+    """Canonical ``Type/id`` of a resource (its id, else the uuid of its fullUrl)."""
+    rtype = res.get("resourceType")
+    if not isinstance(rtype, str):
+        return None
+    if res.get("id"):
+        return f"{rtype}/{res['id']}"
+    if full_url and full_url.startswith("urn:uuid:"):
+        return f"{rtype}/{full_url.removeprefix('urn:uuid:')}"
+    if full_url and f"/{rtype}/" in full_url:
+        return f"{rtype}/{full_url.rstrip('/').rsplit('/', 1)[-1]}"
+    return None
+
+
+def _raw(res: Any) -> str:
+    return json.dumps(res, default=str)[:20000]
+
+
+def parse_document(data: bytes, name: str) -> ParsedUnit:
+    """Parse a JSON document: a data Bundle or one resource.
+
+    Raises:
+        FhirFormatError: not UTF-8, malformed JSON, not a resource, or a Bundle type that
+            carries no data to ingest (e.g. ``transaction-response``).
+    """
+    doc = decode_json(data, name)
+    if not isinstance(doc, dict) or "resourceType" not in doc:
+        raise FhirFormatError(f"{name}: not a FHIR resource (no resourceType)")
+    rtype = doc["resourceType"]
+    if not isinstance(rtype, str) or not is_resource_type(rtype):
+        raise FhirFormatError(f"{name}: resourceType {rtype!r} is not a FHIR resource type")
+    walker = _Walker(name)
+    if rtype == "Bundle":
+        walker.bundle(doc, "Bundle", top=True)
+    else:
+        walker.resource(doc, "resource")
+    return walker.unit
+
+
+def parse_ndjson(data: bytes, name: str) -> ParsedUnit:
+    """Parse a Bulk Data ndjson file: one resource per line; a bad line is one bad item.
+
+    References resolve as ``Type/id`` (Bulk Data files reference across files by id).
+
+    Raises:
+        FhirFormatError: the file is not UTF-8 text.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FhirFormatError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+    walker = _Walker(name)
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            res = json.loads(line)
+        except json.JSONDecodeError as exc:
+            walker.unit.batch.received += 1
+            walker.unit.batch.rejected.append(
+                Rejected(
+                    f"{name}#line[{lineno}]",
+                    "malformed_json",
+                    f"malformed JSON at column {exc.colno} ({exc.msg})",
+                    line[:20000],
+                    "resource",
+                )
+            )
+            continue
+        walker.resource(res, f"line[{lineno}]")
+    return walker.unit
+
+
+def parse_bytes(data: bytes, name: str) -> ParsedUnit:
+    """Parse by file name: ``.ndjson`` is Bulk Data, anything else one JSON document."""
+    if name.endswith((".ndjson", ".ndjson.txt", ".jsonl")):
+        return parse_ndjson(data, name)
+    return parse_document(data, name)
+
+
+def iter_units(paths: list[Path]) -> Iterator[tuple[str, Loader]]:
+    """Yield (name, loader) per file in folders, files and ``.tar.gz`` archives.
+
+    Loose files are ordered Patient, Encounter, then the rest (by their first
+    resourceType), so that one-resource-per-file sets and Bulk Data exports resolve their
+    references whatever the file names. Archive members keep their order.
+
+    Raises:
+        FhirFormatError: a path does not exist or an archive cannot be read.
+    """
+    loose: list[tuple[int, str, Path]] = []
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if (
+                    file.is_file()
+                    and file.suffix in (".json", ".ndjson")
+                    and file.name != "package.json"
+                ):
+                    loose.append((_rank(file), str(file.relative_to(path.parent)), file))
+        elif path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            yield from _archive_units(path)
+        elif path.is_file():
+            loose.append((_rank(path), path.name, path))
+        else:
+            raise FhirFormatError(f"{path}: no such file or folder")
+    for _, name, file in sorted(loose, key=lambda t: (t[0], t[1])):
+        yield name, partial(_parse_file, file, name)
+
+
+def _parse_file(path: Path, name: str) -> ParsedUnit:
+    return parse_bytes(path.read_bytes(), name)
+
+
+def _rank(path: Path) -> int:
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    match = _TYPE_HINT.search(head)
+    return _RANK.get(match.group(1).decode(), 2) if match else 2
+
+
+def _archive_units(path: Path) -> Iterator[tuple[str, Loader]]:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.endswith((".json", ".ndjson")):
+                    continue
+                fh = tar.extractfile(member)
+                if fh is None:
+                    continue
+                data = fh.read()
+                yield member.name, partial(parse_bytes, data, member.name)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise FhirFormatError(f"{path.name}: cannot read archive ({exc})") from None

@@ -1,0 +1,387 @@
+"""Map single FHIR R4 resources (as validated JSON) to canonical records.
+
+Pure functions: no I/O, no database. :mod:`.fhir` walks files and bundles, validates each
+resource with ``fhir.resources`` and calls :func:`map_resource` with a reference resolver.
+Every Observation becomes one item per value it carries (its own ``value[x]`` and each
+``component``), and every item ends as a record or a :class:`Rejected` with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any
+
+from vitalcast.clinical.codes import BY_CODE, LOINC
+from vitalcast.clinical.records import (
+    ConditionRecord,
+    EncounterRecord,
+    ImagingStudyRecord,
+    ObservationRecord,
+    PatientRecord,
+    RecordBatch,
+    Rejected,
+    Sex,
+)
+
+Resolve = Callable[[str], str | None]  # reference text -> canonical "Type/id" or None
+
+UCUM = "http://unitsofmeasure.org"
+MAX_CODE_CHARS = 32
+_SEXES: frozenset[str] = frozenset({"female", "male", "other", "unknown"})
+# Encounter.class (v3 ActCode) -> the store's encounter kinds.
+_ENCOUNTER_KINDS = {
+    "IMP": "inpatient",
+    "ACUTE": "inpatient",
+    "NONAC": "inpatient",
+    "EMER": "emergency",
+    "AMB": "outpatient",
+    "HH": "outpatient",
+    "VR": "outpatient",
+    "OBSENC": "outpatient",
+    "SS": "outpatient",
+    "FLD": "outpatient",
+    "PRENC": "outpatient",
+}
+# Observation.status values whose result must not reach a model (FHIR R4 ObservationStatus).
+_WITHDRAWN = {"entered-in-error": "entered_in_error", "cancelled": "cancelled"}
+
+
+class ResourceProblem(ValueError):
+    """A resource-level problem: ``code`` is the quarantine reason code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_instant(text: str | None, *, what: str) -> datetime:
+    """A FHIR dateTime with a time of day, as aware UTC.
+
+    Day-precision values ("2012-09-17", "2012") are refused rather than placed at an
+    invented time: point-in-time features must never see a value before it existed.
+
+    Raises:
+        ResourceProblem: missing, day-precision or timezone-less time.
+    """
+    if not text:
+        raise ResourceProblem("no_time", f"{what} is missing")
+    if "T" not in text:
+        raise ResourceProblem(
+            "imprecise_time", f"{what} {text!r} has no time of day; a point in time is needed"
+        )
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ResourceProblem("bad_time", f"{what} {text!r} is not a FHIR dateTime") from None
+    if value.tzinfo is None:
+        raise ResourceProblem("naive_time", f"{what} {text!r} has no timezone")
+    return value.astimezone(UTC)
+
+
+def _optional_instant(text: str | None, *, what: str) -> datetime | None:
+    try:
+        return parse_instant(text, what=what) if text else None
+    except ResourceProblem:
+        return None
+
+
+def identity_of(resource: dict[str, Any]) -> str | None:
+    """Stable identity of a resource version: ``Type/id|versionId-or-lastUpdated``."""
+    rid = resource.get("id")
+    if not rid:
+        return None
+    meta = resource.get("meta") or {}
+    version = meta.get("versionId") or meta.get("lastUpdated") or ""
+    return f"{resource['resourceType']}/{rid}|{version}"
+
+
+def _reference(resource: dict[str, Any], name: str, resolve: Resolve, want: str) -> str | None:
+    """Resolve ``resource[name].reference`` to ``want/id``.
+
+    Raises:
+        ResourceProblem: the reference is missing, of another type, or unresolvable.
+    """
+    ref = (resource.get(name) or {}).get("reference")
+    if not ref:
+        if name == "subject":
+            raise ResourceProblem("missing_subject", "subject reference is missing")
+        return None
+    key = resolve(ref)
+    if key is None:
+        raise ResourceProblem(
+            "unresolved_reference", f"{name} reference {ref!r} cannot be resolved"
+        )
+    if not key.startswith(f"{want}/"):
+        raise ResourceProblem(
+            "unsupported_subject" if name == "subject" else "unresolved_reference",
+            f"{name} refers to a {key.split('/', 1)[0]}, expected a {want}",
+        )
+    return key
+
+
+def _codings(concept: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [c for c in (concept or {}).get("coding") or [] if c.get("code")]
+
+
+def pick_code(concept: dict[str, Any] | None) -> str | None:
+    """The concept's code in our vocabulary if any coding has one, else LOINC, else first.
+
+    A code outside the vocabulary still becomes an item, which the store quarantines as
+    ``unknown_code``: the report then names every code we do not model.
+    """
+    codings = _codings(concept)
+    for coding in codings:
+        if (
+            coding["code"] in BY_CODE
+            and coding.get("system", LOINC) == BY_CODE[coding["code"]].system
+        ):
+            return str(coding["code"])
+    loinc = [c for c in codings if c.get("system") == LOINC]
+    return str((loinc or codings)[0]["code"]) if codings else None
+
+
+def _concept_text(concept: dict[str, Any]) -> str | None:
+    for coding in _codings(concept):
+        return str(coding.get("display") or coding["code"])
+    text = concept.get("text")
+    return str(text) if text else None
+
+
+def _value(holder: dict[str, Any]) -> tuple[float | None, str | None, str | None]:
+    """``(value, unit, value_text)`` of an Observation or component ``value[x]``.
+
+    Raises:
+        ResourceProblem: no value (with ``dataAbsentReason`` as the reason when given).
+    """
+    if "valueQuantity" in holder:
+        qty = holder["valueQuantity"]
+        if qty.get("value") is None:
+            raise ResourceProblem("no_value", "valueQuantity has no value")
+        # The UCUM code is the machine-readable unit; ``unit`` is only for display.
+        unit = qty.get("code") if qty.get("system") == UCUM and qty.get("code") else qty.get("unit")
+        return float(qty["value"]), unit, None
+    if "valueCodeableConcept" in holder:
+        return None, None, _concept_text(holder["valueCodeableConcept"])
+    if "valueInteger" in holder:
+        return float(holder["valueInteger"]), None, None
+    if "valueBoolean" in holder:
+        return (1.0 if holder["valueBoolean"] else 0.0), "1", None
+    if "valueString" in holder:
+        return None, None, str(holder["valueString"])[:200]
+    absent = holder.get("dataAbsentReason")
+    if absent:
+        reason = _concept_text(absent) or "unspecified"
+        raise ResourceProblem("data_absent", f"data absent: {reason}")
+    kinds = [k for k in holder if k.startswith("value")]
+    if kinds:
+        raise ResourceProblem("unsupported_value", f"{kinds[0]} is not a supported value type")
+    raise ResourceProblem("no_value", "no value[x], component or dataAbsentReason")
+
+
+def map_observation(
+    res: dict[str, Any],
+    where: str,
+    resolve: Resolve,
+    batch: RecordBatch,
+    report_time: str | None = None,
+) -> None:
+    """One item per value: ``value[x]`` (or its absence) and each component.
+
+    Without ``effective[x]`` the time falls back to the effective time of the
+    DiagnosticReport listing this result (``report_time``), then to ``issued``: both are
+    no earlier than the measurement, so a point-in-time feature never sees it too soon.
+    """
+    identity = identity_of(res)
+    components = res.get("component") or []
+    has_own = any(k.startswith("value") for k in res) or "dataAbsentReason" in res
+    slots: list[tuple[str, dict[str, Any], str]] = []
+    if has_own or not components:
+        slots.append((where, res, "value"))
+    slots += [(f"{where}.component[{i}]", c, f"component[{i}]") for i, c in enumerate(components)]
+    raw = json.dumps(res, default=str)[:20000]
+    try:
+        status = res.get("status", "")
+        if status in _WITHDRAWN:
+            raise ResourceProblem(_WITHDRAWN[status], f"status is {status}")
+        patient = _reference(res, "subject", resolve, "Patient")
+        encounter = _reference(res, "encounter", resolve, "Encounter")
+        period = res.get("effectivePeriod") or {}
+        effective = parse_instant(
+            res.get("effectiveDateTime")
+            or res.get("effectiveInstant")
+            or period.get("start")
+            or report_time
+            or res.get("issued"),
+            what="effective time",
+        )
+    except ResourceProblem as exc:
+        for loc, _holder, _slot in slots:
+            batch.rejected.append(Rejected(loc, exc.code, str(exc), raw))
+        batch.received += len(slots)
+        return
+    assert patient is not None  # _reference raises for a missing subject
+    for loc, holder, slot in slots:
+        batch.received += 1
+        code = pick_code(holder.get("code"))
+        try:
+            if code is None:
+                raise ResourceProblem("no_code", "no coded Observation.code")
+            if len(code) > MAX_CODE_CHARS:
+                # Longer than any vocabulary code (and than the quarantine's code column).
+                raise ResourceProblem("unknown_code", f"code {code!r} is not in the vocabulary")
+            if slot == "value" and components and not has_own:
+                raise ResourceProblem("no_value", "panel without its own value")
+            if slot == "value" and not has_own and res.get("hasMember"):
+                raise ResourceProblem(
+                    "no_value", "grouping panel: its members (hasMember) are separate items"
+                )
+            value, unit, text = _value(holder)
+        except ResourceProblem as exc:
+            batch.rejected.append(Rejected(loc, exc.code, f"{code or '?'}: {exc}", raw))
+            continue
+        batch.observations.append(
+            ObservationRecord(
+                patient_ref=patient,
+                encounter_ref=encounter,
+                code=code,
+                effective_at=effective,
+                value=value,
+                unit=unit,
+                value_text=text,
+                source_ref=loc,
+                identity=f"{identity}|{slot}" if identity else None,
+            )
+        )
+
+
+def map_patient(res: dict[str, Any], where: str, key: str, batch: RecordBatch) -> None:
+    names = res.get("name") or []
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
+    full = " ".join([*(name.get("given") or []), name.get("family") or ""]).strip() if name else ""
+    mrn = next(
+        (
+            i.get("value")
+            for i in res.get("identifier") or []
+            if any(c.get("code") == "MR" for c in _codings(i.get("type")))
+        ),
+        None,
+    )
+    telecom = res.get("telecom") or []
+    gender = res.get("gender", "unknown")
+    sex: Sex = gender if gender in _SEXES else "unknown"
+    batch.received += 1
+    batch.patients.append(
+        PatientRecord(
+            ref=key,
+            sex=sex,
+            mrn=mrn,
+            name=full or None,
+            birth_date=_full_date(res.get("birthDate")),
+            address=_address(res.get("address") or []),
+            phone=next((t.get("value") for t in telecom if t.get("system") == "phone"), None),
+            email=next((t.get("value") for t in telecom if t.get("system") == "email"), None),
+            source_ref=where,
+        )
+    )
+
+
+def _full_date(text: str | None) -> date | None:
+    """Only a full date; a partial birth date ("1974") stays in the raw resource."""
+    try:
+        return date.fromisoformat(text) if text and len(text) == 10 else None
+    except ValueError:
+        return None
+
+
+def _address(addresses: list[dict[str, Any]]) -> str | None:
+    if not addresses:
+        return None
+    a = addresses[0]
+    parts = [*(a.get("line") or []), a.get("city"), a.get("postalCode"), a.get("country")]
+    return ", ".join(str(p) for p in parts if p) or None
+
+
+def map_encounter(
+    res: dict[str, Any], where: str, key: str, resolve: Resolve, batch: RecordBatch
+) -> None:
+    period = res.get("period") or {}
+    admitted = parse_instant(period.get("start"), what="Encounter.period.start")
+    patient = _reference(res, "subject", resolve, "Patient")
+    assert patient is not None
+    cls = res.get("class") or {}
+    locations = res.get("location") or []
+    unit = (locations[0].get("location") or {}).get("display") if locations else None
+    batch.received += 1
+    batch.encounters.append(
+        EncounterRecord(
+            ref=key,
+            patient_ref=patient,
+            admitted_at=admitted,
+            discharged_at=_optional_instant(period.get("end"), what="Encounter.period.end"),
+            kind=_ENCOUNTER_KINDS.get(cls.get("code", ""), "inpatient"),  # type: ignore[arg-type]
+            unit=str(unit)[:64] if unit else None,
+            source_ref=where,
+        )
+    )
+
+
+def map_condition(res: dict[str, Any], where: str, resolve: Resolve, batch: RecordBatch) -> None:
+    patient = _reference(res, "subject", resolve, "Patient")
+    encounter = _reference(res, "encounter", resolve, "Encounter")
+    codings = _codings(res.get("code"))
+    if not codings:
+        raise ResourceProblem("no_code", "Condition.code has no coding")
+    assert patient is not None
+    onset = res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start")
+    batch.received += 1
+    batch.conditions.append(
+        ConditionRecord(
+            patient_ref=patient,
+            code=str(codings[0]["code"])[:32],
+            system=str(codings[0].get("system", ""))[:100],
+            display=codings[0].get("display") or res["code"].get("text"),
+            onset_at=_optional_instant(onset, what="onset"),
+            encounter_ref=encounter,
+            source_ref=where,
+        )
+    )
+
+
+def map_imaging_study(
+    res: dict[str, Any], where: str, resolve: Resolve, batch: RecordBatch
+) -> None:
+    patient = _reference(res, "subject", resolve, "Patient")
+    encounter = _reference(res, "encounter", resolve, "Encounter")
+    uid = next(
+        (
+            str(i["value"]).removeprefix("urn:oid:")
+            for i in res.get("identifier") or []
+            if i.get("system") == "urn:dicom:uid" and i.get("value")
+        ),
+        None,
+    )
+    if uid is None:
+        raise ResourceProblem("no_study_uid", "no identifier with system urn:dicom:uid")
+    assert patient is not None
+    series = res.get("series") or []
+    modality = (res.get("modality") or [{}])[0].get("code") or (
+        (series[0].get("modality") or {}).get("code") if series else None
+    )
+    body = (series[0].get("bodySite") or {}) if series else {}
+    batch.received += 1
+    batch.imaging_studies.append(
+        ImagingStudyRecord(
+            patient_ref=patient,
+            study_uid=uid,
+            modality=modality,
+            body_part=body.get("display") or body.get("code"),
+            started_at=_optional_instant(res.get("started"), what="started"),
+            description=res.get("description"),
+            series_count=res.get("numberOfSeries"),
+            instance_count=res.get("numberOfInstances"),
+            encounter_ref=encounter,
+            source_ref=where,
+        )
+    )

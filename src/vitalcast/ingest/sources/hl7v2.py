@@ -1,0 +1,395 @@
+"""HL7 v2 messages: ADT^A01/A03/A08 (admit, discharge, update) and ORU^R01 (results).
+
+Parsed with the ``hl7`` package. Each message is one unit of work. Field positions follow
+HL7 v2.5 (PID-3 identifiers, PID-5 name, PID-7 birth date, PID-8 sex; PV1-2 patient
+class, PV1-3 assigned location, PV1-19 visit number, PV1-44/45 admit/discharge times;
+OBR-7 and OBX-14 observation times; OBX-2 value type, OBX-3 identifier, OBX-5 value,
+OBX-6 units, OBX-11 result status, OBX-18 equipment instance).
+
+Identifiers in messages (MRN, visit number) are direct identifiers under HIPAA, so the
+source references the store keeps are keyed hashes of them (``pseudonym``), never the
+values; the MRN itself goes only into the encrypted identifier payload.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from pathlib import Path
+from typing import Any
+
+import hl7
+
+from vitalcast.clinical.codes import BY_CODE
+from vitalcast.clinical.records import (
+    EncounterRecord,
+    ObservationRecord,
+    PatientRecord,
+    RecordBatch,
+    Rejected,
+    Sex,
+)
+from vitalcast.errors import IngestError
+from vitalcast.ingest.units import ParsedUnit
+
+SOURCE = "hl7v2"
+SUPPORTED = frozenset({"ADT^A01", "ADT^A03", "ADT^A08", "ORU^R01"})
+Pseudonym = Callable[[str], str]
+
+_SEX: dict[str, Sex] = {"F": "female", "M": "male", "O": "other", "A": "other", "U": "unknown"}
+# PV1-2 patient class (HL7 table 0004) -> the store's encounter kinds.
+_KIND = {"I": "inpatient", "E": "emergency", "O": "outpatient", "P": "outpatient"}
+# OBX-11 result status (HL7 table 0085): results that must not reach a model.
+_WITHDRAWN = {"X": "result cannot be obtained", "D": "result deleted", "W": "result was wrong"}
+_LOINC_SYSTEMS = frozenset({"LN", "LOINC", "http://loinc.org"})
+_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+MAX_CODE_CHARS = 32
+
+
+class Hl7FormatError(IngestError):
+    """The message cannot be read at all; an MLLP listener answers it with AR."""
+
+
+@dataclass(frozen=True)
+class Hl7Message:
+    """One parsed message, with what an ACK needs."""
+
+    unit: ParsedUnit
+    control_id: str
+    message_type: str
+    version: str
+    sending: tuple[str, str]  # MSH-3 application, MSH-4 facility
+    receiving: tuple[str, str]  # MSH-5, MSH-6
+
+
+class _Seg:
+    """String access to fields and components, unescaped (the ``hl7`` containers nest
+    differently with and without repetitions; plain strings are predictable)."""
+
+    def __init__(self, msg: Any, seg: Any) -> None:
+        self.msg, self.seg = msg, seg
+        self.rep_sep, self.comp_sep = msg.separators[2], msg.separators[3]
+
+    def field(self, n: int) -> str:
+        return str(self.seg[n]) if n < len(self.seg) else ""
+
+    def reps(self, n: int) -> list[list[str]]:
+        text = self.field(n)
+        return [
+            [self.msg.unescape(c) for c in rep.split(self.comp_sep)]
+            for rep in text.split(self.rep_sep)
+            if rep
+        ]
+
+    def comp(self, n: int, c: int = 1) -> str:
+        reps = self.reps(n)
+        return reps[0][c - 1].strip() if reps and len(reps[0]) >= c else ""
+
+
+def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> datetime | None:
+    """An HL7 DTM (``YYYYMMDDHHMM[SS[.S]][+ZZZZ]``) as aware UTC; ``None`` when empty.
+
+    Times without an offset are the sender's local time, taken to be ``tz``.
+
+    Raises:
+        ValueError: malformed, or day precision where a time of day is needed.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    m = _DTM.match(text)
+    if not m or not m.group(2) or not m.group(3):
+        raise ValueError(f"{what} {text!r} is not an HL7 date/time")
+    if m.group(4) is None and need_time:
+        raise ValueError(f"{what} {text!r} has no time of day")
+    y, mo, d, h, mi, s = (int(g) if g else 0 for g in m.groups()[:6])
+    micro = int(float(m.group(7)) * 1e6) if m.group(7) else 0
+    zone: tzinfo = tz
+    if m.group(8):
+        sign = 1 if m.group(8)[0] == "+" else -1
+        zone = timezone(sign * timedelta(hours=int(m.group(8)[1:3]), minutes=int(m.group(8)[3:])))
+    return datetime(y, mo, d, h, mi, s, micro, tzinfo=zone).astimezone(UTC)
+
+
+def split_messages(text: str) -> list[str]:
+    """Messages in a text: segments end with CR, LF or CRLF; each MSH starts a message."""
+    text = text.replace("\x0b", "").replace("\x1c", "")
+    messages: list[list[str]] = []
+    for line in re.split(r"\r\n|\r|\n", text):
+        if not line.strip():
+            continue
+        if line.startswith("MSH") or not messages:
+            messages.append([])
+        messages[-1].append(line)
+    return ["\r".join(segs) for segs in messages]
+
+
+def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = UTC) -> Hl7Message:
+    """Parse one message into a unit of canonical records.
+
+    Raises:
+        Hl7FormatError: not an HL7 v2 message, an unsupported type, or no usable PID-3.
+    """
+    try:
+        msg = hl7.parse(text.strip().replace("\n", "\r"))
+        msh = _Seg(msg, msg.segment("MSH"))
+    except (hl7.ParseException, KeyError, IndexError, ValueError) as exc:
+        raise Hl7FormatError(f"{origin}: not an HL7 v2 message ({exc})") from None
+    control_id = msh.comp(10) or "?"
+    mtype = f"{msh.comp(9, 1)}^{msh.comp(9, 2)}"
+    where = f"{origin}#{control_id}"
+    if mtype not in SUPPORTED:
+        raise Hl7FormatError(
+            f"{where}: message type {mtype} is not supported"
+            f" (supported: {', '.join(sorted(SUPPORTED))})"
+        )
+    segs = [_Seg(msg, s) for s in msg]
+    unit = ParsedUnit(where)
+    pid = next((s for s in segs if str(s.seg[0]) == "PID"), None)
+    if pid is None:
+        raise Hl7FormatError(f"{where}: {mtype} without a PID segment")
+    patient = _patient(pid, where, pseudonym)
+    unit.batch.patients.append(patient)
+    unit.batch.received += 1
+    pv1 = next((s for s in segs if str(s.seg[0]) == "PV1"), None)
+    evn = next((s for s in segs if str(s.seg[0]) == "EVN"), None)
+    encounter_ref = None
+    if pv1 is not None:
+        encounter_ref = _encounter(
+            pv1, evn, patient.ref, where, pseudonym, tz, unit.batch, is_adt=mtype != "ORU^R01"
+        )
+    if mtype == "ORU^R01":
+        _results(segs, patient.ref, encounter_ref, where, tz, unit.batch)
+    return Hl7Message(
+        unit=unit,
+        control_id=control_id,
+        message_type=mtype,
+        version=msh.comp(12) or "2.5",
+        sending=(msh.comp(3), msh.comp(4)),
+        receiving=(msh.comp(5), msh.comp(6)),
+    )
+
+
+def _patient(pid: _Seg, where: str, pseudonym: Pseudonym) -> PatientRecord:
+    ids = pid.reps(3)
+    chosen = next((r for r in ids if len(r) >= 5 and r[4] == "MR"), ids[0] if ids else None)
+    if not chosen or not chosen[0].strip():
+        raise Hl7FormatError(f"{where}: PID-3 (patient identifier) is empty")
+    mrn = chosen[0].strip()
+    authority = chosen[3].strip() if len(chosen) >= 4 else ""
+    name = pid.reps(5)
+    full = " ".join(p for p in (*name[0][1:3], name[0][0]) if p).strip() if name else ""
+    try:
+        birth: date | None = datetime.strptime(pid.comp(7)[:8], "%Y%m%d").date()
+    except ValueError:
+        birth = None
+    return PatientRecord(
+        ref=f"mrn:{pseudonym(f'{authority}|{mrn}')[:40]}",
+        sex=_SEX.get(pid.comp(8).upper()[:1], "unknown"),
+        mrn=mrn,
+        name=full or None,
+        birth_date=birth,
+        source_ref=f"{where}.PID",
+    )
+
+
+def _encounter(
+    pv1: _Seg,
+    evn: _Seg | None,
+    patient_ref: str,
+    where: str,
+    pseudonym: Pseudonym,
+    tz: tzinfo,
+    batch: RecordBatch,
+    *,
+    is_adt: bool,
+) -> str | None:
+    """The visit's encounter reference; ADT messages also create or complete it.
+
+    In an ORU, PV1 only points at the visit (its admit time is usually absent): results
+    join the encounter an ADT^A01 created, and are quarantined if there is none.
+    """
+    visit = pv1.comp(19)
+    if not is_adt and not pv1.comp(44):
+        return f"visit:{pseudonym(f'visit|{visit}')[:40]}" if visit else None
+    try:
+        admitted = parse_dtm(pv1.comp(44), tz=tz, what="PV1-44 admit time")
+        if admitted is None and evn is not None:
+            admitted = parse_dtm(evn.comp(6) or evn.comp(2), tz=tz, what="EVN event time")
+        discharged = parse_dtm(pv1.comp(45), tz=tz, what="PV1-45 discharge time")
+    except ValueError as exc:
+        admitted, discharged, problem = None, None, str(exc)
+    else:
+        problem = "no admit time (PV1-44 or EVN)" if admitted is None else ""
+    ref = (
+        f"visit:{pseudonym(f'visit|{visit}')[:40]}"
+        if visit
+        else f"{patient_ref}@{admitted.isoformat() if admitted else '?'}"
+    )
+    batch.received += 1
+    if admitted is None:
+        batch.rejected.append(Rejected(f"{where}.PV1", "no_time", problem, None, "encounter"))
+        return ref
+    batch.encounters.append(
+        EncounterRecord(
+            ref=ref,
+            patient_ref=patient_ref,
+            admitted_at=admitted,
+            discharged_at=discharged,
+            kind=_KIND.get(pv1.comp(2).upper(), "inpatient"),  # type: ignore[arg-type]
+            unit=pv1.comp(3, 1)[:64] or None,
+            admission_source=pv1.comp(14)[:64] or None,
+            source_ref=f"{where}.PV1",
+        )
+    )
+    return ref
+
+
+def _results(
+    segs: list[_Seg],
+    patient_ref: str,
+    encounter_ref: str | None,
+    where: str,
+    tz: tzinfo,
+    batch: RecordBatch,
+) -> None:
+    obr_time = ""
+    n_obx = 0
+    for seg in segs:
+        kind = str(seg.seg[0])
+        if kind == "OBR":
+            obr_time = seg.comp(7)
+        if kind != "OBX":
+            continue
+        n_obx += 1
+        loc = f"{where}.OBX[{n_obx}]"
+        raw = str(seg.seg)
+        batch.received += 1
+        try:
+            rec = _observation(seg, patient_ref, encounter_ref, obr_time, loc, tz)
+        except _Problem as exc:
+            batch.rejected.append(Rejected(loc, exc.code, str(exc), raw))
+            continue
+        batch.observations.append(rec)
+
+
+class _Problem(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _code(ident: list[list[str]]) -> str:
+    """OBX-3: the LOINC code, from the identifier or its alternate (components 4-6)."""
+    if not ident:
+        return ""
+    comps = ident[0] + [""] * 6
+    if comps[2].strip() in _LOINC_SYSTEMS or not comps[5].strip():
+        return comps[0].strip()
+    if comps[5].strip() in _LOINC_SYSTEMS:
+        return comps[3].strip()
+    return comps[0].strip()
+
+
+def _observation(
+    seg: _Seg,
+    patient_ref: str,
+    encounter_ref: str | None,
+    obr_time: str,
+    loc: str,
+    tz: tzinfo,
+) -> ObservationRecord:
+    code = _code(seg.reps(3))
+    if not code:
+        raise _Problem("no_code", "OBX-3 has no observation identifier")
+    if len(code) > MAX_CODE_CHARS:
+        raise _Problem("unknown_code", f"code {code!r} is not in the vocabulary")
+    status = seg.comp(11).upper()
+    if status in _WITHDRAWN:
+        raise _Problem("withdrawn_result", f"OBX-11 status {status}: {_WITHDRAWN[status]}")
+    try:
+        when = parse_dtm(seg.comp(14) or obr_time, tz=tz, what="observation time")
+    except ValueError as exc:
+        raise _Problem("bad_time", str(exc)) from None
+    if when is None:
+        raise _Problem("no_time", "no observation time (OBX-14 or OBR-7)")
+    vtype = seg.comp(2).upper()
+    values = seg.reps(5)
+    first = values[0] if values else []
+    value: float | None = None
+    text: str | None = None
+    if vtype in ("NM", "SN"):
+        # SN is comparator^number; only an exact ("=" or empty comparator) value is a number.
+        number = first[1] if vtype == "SN" and len(first) > 1 else (first[0] if first else "")
+        comparator = first[0] if vtype == "SN" and len(first) > 1 else ""
+        try:
+            if comparator not in ("", "="):
+                raise ValueError
+            value = float(number)
+        except ValueError:
+            raise _Problem(
+                "non_numeric_value", f"{code}: {vtype} value is not an exact number"
+            ) from None
+    elif vtype in ("CE", "CWE", "CNE"):
+        text = (first[1] if len(first) > 1 and first[1] else first[0] if first else "")[:200]
+    else:
+        text = (first[0] if first else "")[:200]
+    if value is None and code in BY_CODE:
+        raise _Problem("non_numeric_value", f"{code}: value type {vtype or '?'} is not numeric")
+    if value is None and not text:
+        raise _Problem("no_value", f"{code}: OBX-5 is empty")
+    return ObservationRecord(
+        patient_ref=patient_ref,
+        encounter_ref=encounter_ref,
+        code=code,
+        effective_at=when,
+        value=value,
+        unit=seg.comp(6, 1) or None,
+        value_text=text,
+        device_id=seg.comp(18, 1)[:64] or None,
+        source_ref=loc,
+        # No identity: the content key (patient, visit, code, time, value) makes a resent
+        # message a no-op whatever connection or file it arrives through.
+        identity=None,
+    )
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """HL7 v2 files and frames as text: UTF-8, else an error (no guessed code pages).
+
+    Raises:
+        Hl7FormatError: not UTF-8.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Hl7FormatError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+
+
+def iter_file_messages(
+    paths: list[Path], *, pseudonym: Pseudonym, tz: tzinfo = UTC
+) -> Iterator[tuple[str, Callable[[], ParsedUnit]]]:
+    """Yield (name, loader) per message in the files (one or many messages each).
+
+    Raises:
+        Hl7FormatError: a path does not exist or is not UTF-8.
+    """
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise Hl7FormatError(f"{path}: no such file or folder")
+    for file in files:
+        text = decode_text(file.read_bytes(), file.name)
+        for n, message in enumerate(split_messages(text), start=1):
+            origin = f"{file.name}:msg[{n}]"
+
+            def load(message: str = message, origin: str = origin) -> ParsedUnit:
+                return parse_message(message, origin=origin, pseudonym=pseudonym, tz=tz).unit
+
+            yield origin, load

@@ -1,0 +1,30 @@
+"""Synthetic HL7 v2 messages (no real patients) shared by the HL7 tests."""
+
+from __future__ import annotations
+
+ADT_A01 = (
+    "MSH|^~\\&|ADT|HOSP|VITALCAST|HOSP|20240301080000||ADT^A01|ADM0001|P|2.5\r"
+    "EVN|A01|20240301080000\r"
+    "PID|1||MRN0001^^^HOSP^MR||Testpatient^Alpha||19500102|F\r"
+    "PV1|1|I|MICU^12^A||||||||||||||||V0001|||||||||||||||||||||||||20240301075500+0000"
+)
+ADT_A03 = (
+    "MSH|^~\\&|ADT|HOSP|VITALCAST|HOSP|20240305120000||ADT^A03|ADM0002|P|2.5\r"
+    "EVN|A03|20240305120000\r"
+    "PID|1||MRN0001^^^HOSP^MR||Testpatient^Alpha||19500102|F\r"
+    "PV1|1|I|MICU^12^A||||||||||||||||V0001|||||||||||||||||||||||||20240301075500+0000|20240305113000+0000"
+)
+ORU_R01 = (
+    "MSH|^~\\&|MON|ICU|VITALCAST|HOSP|20240301100000||ORU^R01|ORU0001|P|2.5\r"
+    "PID|1||MRN0001^^^HOSP^MR||Testpatient^Alpha||19500102|F\r"
+    "PV1|1|I|MICU^12^A||||||||||||||||V0001\r"
+    "OBR|1|||VITALS|||20240301095500+0000\r"
+    "OBX|1|NM|8867-4^Heart rate^LN||92|/min|||||F|||20240301095500+0000||||MON-7\r"
+    "OBX|2|NM|8310-5^Body temperature^LN||101.3|[degF]|||||F\r"  # OBR-7 time; °F -> °C
+    "OBX|3|NM|2345-7^Glucose^LN||7.2|mmol/L|||||F\r"  # mmol/L -> mg/dL
+    "OBX|4|NM|8867-4^Heart rate^LN||abc|/min|||||F\r"  # not a number
+    "OBX|5|NM|8480-6^Systolic BP^LN||120|furlongs|||||F\r"  # unknown unit
+    "OBX|6|NM|9279-1^Resp rate^LN||18|/min|||||X\r"  # result cannot be obtained
+    "OBX|7|ST|99999-9^Something else^LN||text|||||F\r"  # not in the vocabulary
+    "OBX|8|SN|2524-7^Lactate^LN||>^10|mmol/L|||||F"  # a comparator is not an exact value
+)

@@ -1,0 +1,93 @@
+"""HL7 v2 over a real MLLP socket into real PostgreSQL: ACK after commit, clear NACKs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from tests.hl7_samples import ADT_A01, ADT_A03, ORU_R01
+from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.db.session import create_db_engine, make_session_factory
+from vitalcast.ingest.mllp import MessageHandler, MllpServer, send_messages
+from vitalcast.ingest.tables import QuarantineItem
+from vitalcast.security.crypto import FieldCipher
+
+
+def _msa(ack: str) -> list[str]:
+    return next(s for s in ack.split("\r") if s.startswith("MSA")).split("|")
+
+
+@pytest.fixture
+def server(pg_engine: Engine, cipher: FieldCipher) -> Iterator[MllpServer]:
+    srv = MllpServer(("127.0.0.1", 0), MessageHandler(make_session_factory(pg_engine), cipher))
+    srv.start_background()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_admit_results_discharge_over_mllp(server: MllpServer, pg_engine: Engine) -> None:
+    acks = send_messages("127.0.0.1", server.port, [ADT_A01, ORU_R01, ADT_A03])
+    assert [_msa(a)[1:3] for a in acks] == [
+        ["AA", "ADM0001"],
+        ["AA", "ORU0001"],
+        ["AA", "ADM0002"],
+    ]
+    # 8 OBX: 3 stored (°F, mmol/L converted), 5 quarantined; the patient is a duplicate.
+    assert _msa(acks[1])[3].startswith("stored 3, duplicates 1, quarantined 5")
+    with make_session_factory(pg_engine)() as s:
+        assert s.scalar(select(func.count()).select_from(Patient)) == 1
+        enc = s.scalars(select(Encounter)).one()
+        assert enc.unit == "MICU"
+        assert enc.discharged_at is not None
+        values = {c: v for c, v in s.execute(select(Observation.code, Observation.value))}
+        assert values["8867-4"] == 92
+        assert values["8310-5"] == pytest.approx((101.3 - 32) * 5 / 9)
+        assert values["2345-7"] == pytest.approx(7.2 * 18.016)
+        reasons = sorted(s.scalars(select(QuarantineItem.reason_code)))
+        assert reasons == [
+            "non_numeric_value",
+            "non_numeric_value",
+            "unknown_code",
+            "unknown_unit",
+            "withdrawn_result",
+        ]
+        # No direct identifier in clear text anywhere a reference is kept.
+        refs = [p.source_ref for p in s.scalars(select(Patient))]
+        assert all("MRN0001" not in r for r in refs)
+
+    # A resent message (the sender missed our ACK) is acknowledged and changes nothing.
+    (again,) = send_messages("127.0.0.1", server.port, [ORU_R01])
+    assert _msa(again)[1] == "AA"
+    assert _msa(again)[3].startswith("stored 0, duplicates 4")  # the patient and 3 results
+    with make_session_factory(pg_engine)() as s:
+        assert s.scalar(select(func.count()).select_from(Observation)) == 3
+
+
+def test_unreadable_messages_get_ar_with_reason(server: MllpServer, pg_engine: Engine) -> None:
+    unsupported = ADT_A01.replace("ADT^A01", "ADT^A99")
+    acks = send_messages("127.0.0.1", server.port, [unsupported, "not hl7 at all"])
+    msa0, msa1 = _msa(acks[0]), _msa(acks[1])
+    assert msa0[1:3] == ["AR", "ADM0001"]
+    assert "message type ADT\\S\\A99 is not supported" in msa0[3]
+    assert any(s.startswith("ERR|||200^") for s in acks[0].split("\r"))
+    assert msa1[1] == "AR"
+    assert "not an HL7 v2 message" in acks[1]
+    with make_session_factory(pg_engine)() as s:
+        assert s.scalar(select(func.count()).select_from(Patient)) == 0
+
+
+def test_database_failure_gets_ae_and_stores_nothing(cipher: FieldCipher, pg_url: str) -> None:
+    broken = create_db_engine(pg_url.rsplit("/", 1)[0] + "/no_such_database", check=False)
+    srv = MllpServer(("127.0.0.1", 0), MessageHandler(make_session_factory(broken), cipher))
+    srv.start_background()
+    try:
+        (ack,) = send_messages("127.0.0.1", srv.port, [ADT_A01])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        broken.dispose()
+    assert _msa(ack)[1:3] == ["AE", "ADM0001"]
+    assert "nothing was stored, resend later" in _msa(ack)[3]

@@ -1,0 +1,102 @@
+"""HL7 v2 parsing: segments to canonical records, times, units and clear rejections."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.hl7_samples import ADT_A01, ORU_R01
+from vitalcast.ingest.mllp import build_ack
+from vitalcast.ingest.sources.hl7v2 import (
+    Hl7FormatError,
+    parse_dtm,
+    parse_message,
+    split_messages,
+)
+
+
+def pseudonym(text: str) -> str:
+    return hashlib.sha256(b"test-key" + text.encode()).hexdigest()
+
+
+def test_adt_a01_gives_patient_and_encounter_without_identifiers_in_refs() -> None:
+    msg = parse_message(ADT_A01, origin="f.hl7", pseudonym=pseudonym)
+    assert (msg.message_type, msg.control_id) == ("ADT^A01", "ADM0001")
+    (patient,) = msg.unit.batch.patients
+    assert (patient.sex, patient.mrn, patient.name) == ("female", "MRN0001", "Alpha Testpatient")
+    assert patient.birth_date is not None
+    assert patient.birth_date.isoformat() == "1950-01-02"
+    assert "MRN0001" not in patient.ref
+    (enc,) = msg.unit.batch.encounters
+    assert enc.unit == "MICU"
+    assert enc.kind == "inpatient"
+    assert enc.admitted_at == datetime(2024, 3, 1, 7, 55, tzinfo=UTC)
+    assert "V0001" not in enc.ref
+    assert msg.unit.batch.received == 2
+
+
+def test_oru_r01_observations_and_rejections() -> None:
+    msg = parse_message(ORU_R01, origin="f.hl7", pseudonym=pseudonym)
+    batch = msg.unit.batch
+    kept = {o.source_ref.rsplit(".", 1)[1]: o for o in batch.observations}
+    rejected = {r.location.rsplit(".", 1)[1]: r.reason_code for r in batch.rejected}
+    assert rejected == {
+        "OBX[4]": "non_numeric_value",
+        "OBX[6]": "withdrawn_result",
+        "OBX[8]": "non_numeric_value",
+    }
+    # Unit conversion and unknown units/codes are the store's rules; they stay records here.
+    assert set(kept) == {"OBX[1]", "OBX[2]", "OBX[3]", "OBX[5]", "OBX[7]"}
+    assert kept["OBX[1]"].device_id == "MON-7"
+    assert kept["OBX[2]"].effective_at == datetime(2024, 3, 1, 9, 55, tzinfo=UTC)  # from OBR-7
+    assert kept["OBX[7]"].value_text == "text"
+    assert batch.received == 1 + 8  # PID and 8 OBX; in an ORU, PV1 only points at the visit
+    assert batch.encounters == []
+
+
+def test_times_without_offset_use_the_sender_timezone() -> None:
+    paris = ZoneInfo("Europe/Paris")
+    assert parse_dtm("202407011200", tz=paris, what="t") == datetime(2024, 7, 1, 10, tzinfo=UTC)
+    assert parse_dtm("20240701120000-0500", tz=paris, what="t") == datetime(
+        2024, 7, 1, 17, tzinfo=UTC
+    )
+    with pytest.raises(ValueError, match="no time of day"):
+        parse_dtm("20240701", tz=UTC, what="t")
+    with pytest.raises(ValueError, match="not an HL7 date/time"):
+        parse_dtm("yesterday", tz=UTC, what="t")
+
+
+def test_split_messages_accepts_cr_lf_and_crlf() -> None:
+    text = ADT_A01.replace("\r", "\n") + "\r\n\r\n" + ORU_R01.replace("\r", "\r\n")
+    parts = split_messages(text)
+    assert len(parts) == 2
+    assert parts[1].startswith("MSH")
+    assert parts[1].count("\r") == ORU_R01.count("\r")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("hello", "not an HL7 v2 message"),
+        (ADT_A01.replace("ADT^A01", "ADT^A99"), "message type ADT^A99 is not supported"),
+        (ADT_A01.split("\rPID")[0], "without a PID segment"),
+        (ADT_A01.replace("MRN0001^^^HOSP^MR", ""), "PID-3 (patient identifier) is empty"),
+    ],
+)
+def test_unreadable_messages_give_clear_errors(text: str, message: str) -> None:
+    with pytest.raises(
+        Hl7FormatError, match=message.replace("^", r"\^").replace("(", r"\(").replace(")", r"\)")
+    ) as info:
+        parse_message(text, origin="f.hl7", pseudonym=pseudonym)
+    assert "MRN0001" not in str(info.value)
+    assert "Testpatient" not in str(info.value)
+
+
+def test_ack_escapes_delimiters_and_carries_err_for_rejects() -> None:
+    ack = build_ack("AR", control_id="X1", text="bad | field ^ here", trigger="R01")
+    msa, err = ack.split("\r")[1:3]
+    assert msa == "MSA|AR|X1|bad \\F\\ field \\S\\ here"
+    assert err.startswith("ERR|||200^Unsupported message type^HL70357|E")
