@@ -52,6 +52,7 @@ def _register() -> None:
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
     from vitalcast.ingest.cli_messages import listen
+    from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
     from vitalcast.security.cli import apikeys_group, users_group
     from vitalcast.serving.cli import demo_command, serve_command
     from vitalcast.synth.cli import synth
@@ -64,6 +65,8 @@ def _register() -> None:
     main.add_command(users_group)
     main.add_command(apikeys_group)
     main.add_command(listen)
+    for command in MODELING_COMMANDS:
+        main.add_command(command)
 
 
 _register()

@@ -1,0 +1,89 @@
+"""Clinical words for feature names: what explanations show instead of ``lactate_last_all``."""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+from vitalcast.clinical.codes import BY_KEY, VariableSpec
+from vitalcast.features.stay import TIME_SERIES_VARIABLES
+
+_STAT_WORDS = {
+    "last": "latest",
+    "first": "first",
+    "min": "lowest",
+    "max": "highest",
+    "mean": "average",
+    "count": "number of measurements",
+    "sum": "total",
+    "slope": "trend per hour",
+    "hours_since_last": "hours since last measurement",
+}
+_WINDOW_WORDS = {"all": "this stay", "24h": "last 24 h", "6h": "last 6 h"}
+_STATIC = {
+    "age_years": ("Age", "years"),
+    "sex_male": ("Sex (male)", ""),
+    "height_cm": ("Height", "cm"),
+    "weight_kg": ("Weight at admission", "kg"),
+    "bmi": ("Body-mass index", "kg/m²"),
+    "unit_ccu": ("Coronary care unit", ""),
+    "unit_csru": ("Cardiac surgery recovery unit", ""),
+    "unit_micu": ("Medical ICU", ""),
+    "unit_sicu": ("Surgical ICU", ""),
+    "hours_since_admission": ("Time since admission", "h"),
+    "pf_ratio_last": ("PaO₂/FiO₂ ratio (latest)", "mmHg"),
+    "shock_index_last": ("Shock index (HR/SBP, latest)", ""),
+    "urine_ml_kg_h_24h": ("Urine output, last 24 h", "mL/kg/h"),
+}
+
+
+@cache
+def _parse(name: str) -> tuple[VariableSpec, str, str] | None:
+    for key in sorted(TIME_SERIES_VARIABLES, key=len, reverse=True):
+        if name.startswith(key + "_"):
+            stat, _, window = name[len(key) + 1 :].rpartition("_")
+            if stat in _STAT_WORDS and window in _WINDOW_WORDS:
+                return BY_KEY[key], stat, window
+    return None
+
+
+def feature_label(name: str) -> str:
+    """``"lactate_max_24h"`` -> ``"Lactate, highest (last 24 h)"``; unknown names unchanged."""
+    if name in _STATIC:
+        return _STATIC[name][0]
+    parsed = _parse(name)
+    if parsed is None:
+        return name.replace("_", " ")
+    spec, stat, window = parsed
+    return f"{spec.label}, {_STAT_WORDS[stat]} ({_WINDOW_WORDS[window]})"
+
+
+def _unit(name: str) -> str:
+    if name in _STATIC:
+        return _STATIC[name][1]
+    parsed = _parse(name)
+    if parsed is None:
+        return ""
+    spec, stat, _window = parsed
+    if stat == "count":
+        return ""
+    if stat == "hours_since_last":
+        return "h"
+    if stat == "slope":
+        return f"{spec.display_unit}/h".lstrip("/")
+    return spec.display_unit
+
+
+def describe_feature(name: str, value: float | str | None) -> str:
+    """The feature and its value as a clinician would say it, e.g. ``Lactate, latest
+    (this stay) 4.1 mmol/L`` or ``... not measured``."""
+    label = feature_label(name)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{label}: not measured"
+    if isinstance(value, str):
+        return f"{label}: {value}"
+    if name.startswith("unit_") or name == "sex_male":
+        return f"{label}: {'yes' if value >= 0.5 else 'no'}"
+    unit = _unit(name)
+    shown = f"{value:+.3g}" if name.endswith(("_slope_all", "_slope_24h")) else f"{value:.3g}"
+    return f"{label}: {shown} {unit}".rstrip()

@@ -1,0 +1,203 @@
+"""Features of one stay as of a time ``t``: the single code path for training and serving.
+
+Only observations with ``effective_at <= as_of`` are used, so a score at hour 7 sees what a
+clinician could have seen at hour 7 (no look-ahead). Missing values are NaN; the model's
+preprocessing imputes them and adds missingness indicators, fitted inside training folds.
+
+Per variable and window (whole stay so far, last 24 h, last 6 h) we compute summary
+statistics; the choice follows the 2012 challenge's strongest entries (extremes, latest
+value and trend of each variable over the stay) plus short windows that make a score
+responsive to recent deterioration.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import pairwise
+
+from vitalcast.clinical.codes import ICU_TYPES, VARIABLES
+
+ObservationTuple = tuple[str, float, datetime]
+NAN = math.nan
+
+# Height is a descriptor only; every other variable of the vocabulary is a time series.
+TIME_SERIES_VARIABLES: tuple[str, ...] = tuple(v.key for v in VARIABLES if v.key != "height")
+_KEY_BY_CODE: dict[str, str] = {v.code: v.key for v in VARIABLES if v.key != "height"}
+_OUTPUT_KEYS = frozenset(v.key for v in VARIABLES if v.kind == "output")
+
+# (window name, length in hours; None = whole stay so far)
+WINDOWS: tuple[tuple[str, float | None], ...] = (("all", None), ("24h", 24.0), ("6h", 6.0))
+_STATS: dict[str, tuple[str, ...]] = {
+    "all": ("last", "min", "max", "mean", "count", "slope", "hours_since_last"),
+    "24h": ("min", "max", "mean", "count"),
+    "6h": ("mean", "count"),
+}
+
+_UNITS = tuple(ICU_TYPES.values())  # CCU, CSRU, MICU, SICU
+DESCRIPTOR_FEATURES: tuple[str, ...] = (
+    "age_years",
+    "sex_male",
+    "height_cm",
+    "weight_kg",
+    "bmi",
+    *(f"unit_{u.lower()}" for u in _UNITS),
+    "hours_since_admission",
+)
+# Derived bedside indices: PaO2/FiO2 (Berlin ARDS definition), shock index (HR/SBP), and
+# urine output per kg per hour over the last 24 h (KDIGO oliguria < 0.5 mL/kg/h).
+DERIVED_FEATURES: tuple[str, ...] = ("pf_ratio_last", "shock_index_last", "urine_ml_kg_h_24h")
+
+
+def _variable_feature_names() -> tuple[str, ...]:
+    names: list[str] = []
+    for key in TIME_SERIES_VARIABLES:
+        for window, _hours in WINDOWS:
+            stats = _STATS[window] + (("sum",) if key in _OUTPUT_KEYS else ())
+            names.extend(f"{key}_{stat}_{window}" for stat in stats)
+    return tuple(names)
+
+
+FEATURE_NAMES: tuple[str, ...] = DESCRIPTOR_FEATURES + DERIVED_FEATURES + _variable_feature_names()
+
+
+def feature_names(task: str = "icu-mortality") -> tuple[str, ...]:
+    """The ordered candidate feature names of a time-series task.
+
+    A trained model may use a subset (columns that were empty in its training data are
+    dropped); its registry sidecar holds the authoritative list.
+    """
+    if task != "icu-mortality":
+        raise KeyError(f"task {task!r} has no time-series feature definition")
+    return FEATURE_NAMES
+
+
+@dataclass(frozen=True, slots=True)
+class StayInput:
+    """What the features of one stay are computed from (canonical units, UTC times)."""
+
+    admitted_at: datetime
+    age_years: float | None
+    sex: str
+    unit: str | None
+    height_cm: float | None
+    weight_kg: float | None
+    observations: Sequence[ObservationTuple] = field(default_factory=tuple)
+
+
+def stay_features(stay: StayInput, as_of: datetime) -> dict[str, float]:
+    """Features of ``stay`` from observations with ``effective_at <= as_of`` only."""
+    t_end = (as_of - stay.admitted_at).total_seconds() / 3600.0
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    admitted = stay.admitted_at
+    for code, value, at in stay.observations:
+        if at > as_of:
+            continue
+        key = _KEY_BY_CODE.get(code)
+        if key is None or value is None or value != value:
+            continue
+        pair = series.get(key)
+        if pair is None:
+            pair = series[key] = ([], [])
+        pair[0].append((at - admitted).total_seconds() / 3600.0)
+        pair[1].append(float(value))
+    out: dict[str, float] = {}
+    _descriptors(stay, t_end, out)
+    empty: tuple[list[float], list[float]] = ([], [])
+    for key in TIME_SERIES_VARIABLES:
+        ts, vs = series.get(key, empty)
+        if ts and any(b < a for a, b in pairwise(ts)):
+            order = sorted(range(len(ts)), key=ts.__getitem__)
+            ts, vs = [ts[i] for i in order], [vs[i] for i in order]
+        extra = ("sum",) if key in _OUTPUT_KEYS else ()
+        for window, hours in WINDOWS:
+            lo = 0 if hours is None else bisect_right(ts, t_end - hours)
+            _window_stats(ts, vs, lo, t_end, _STATS[window] + extra, f"_{window}", key, out)
+    _derived(out, t_end)
+    return out
+
+
+def _descriptors(stay: StayInput, t_end: float, out: dict[str, float]) -> None:
+    out["age_years"] = _num(stay.age_years)
+    out["sex_male"] = {"male": 1.0, "female": 0.0}.get(stay.sex, NAN)
+    height, weight = _num(stay.height_cm), _num(stay.weight_kg)
+    out["height_cm"], out["weight_kg"] = height, weight
+    # BMI only for plausible heights: PhysioNet heights are often missing or mis-keyed.
+    out["bmi"] = weight / (height / 100.0) ** 2 if 120 <= height <= 230 and weight > 0 else NAN
+    for unit in _UNITS:
+        out[f"unit_{unit.lower()}"] = NAN if stay.unit is None else float(stay.unit == unit)
+    out["hours_since_admission"] = t_end
+
+
+def _num(value: float | None) -> float:
+    return NAN if value is None else float(value)
+
+
+def _window_stats(
+    ts: list[float],
+    vs: list[float],
+    lo: int,
+    t_end: float,
+    stats: tuple[str, ...],
+    suffix: str,
+    key: str,
+    out: dict[str, float],
+) -> None:
+    window_v = vs[lo:]
+    n = len(window_v)
+    for stat in stats:
+        name = f"{key}_{stat}{suffix}"
+        if stat == "count":
+            out[name] = float(n)
+        elif n == 0:
+            out[name] = 0.0 if stat == "sum" else NAN
+        elif stat == "last":
+            out[name] = window_v[-1]
+        elif stat == "first":
+            out[name] = window_v[0]
+        elif stat == "min":
+            out[name] = min(window_v)
+        elif stat == "max":
+            out[name] = max(window_v)
+        elif stat == "mean":
+            out[name] = math.fsum(window_v) / n
+        elif stat == "sum":
+            out[name] = math.fsum(window_v)
+        elif stat == "hours_since_last":
+            out[name] = t_end - ts[-1]
+        elif stat == "slope":
+            out[name] = _slope(ts[lo:], window_v)
+
+
+def _slope(ts: list[float], vs: list[float]) -> float:
+    """Least-squares change per hour; NaN with fewer than two distinct times."""
+    n = len(ts)
+    if n < 2:
+        return NAN
+    mt = math.fsum(ts) / n
+    mv = math.fsum(vs) / n
+    sxx = math.fsum((t - mt) ** 2 for t in ts)
+    if sxx <= 1e-12:
+        return NAN
+    return math.fsum((t - mt) * (v - mv) for t, v in zip(ts, vs, strict=True)) / sxx
+
+
+def _derived(out: dict[str, float], t_end: float) -> None:
+    pao2, fio2 = out["pao2_last_all"], out["fio2_last_all"]
+    out["pf_ratio_last"] = pao2 / (fio2 / 100.0) if fio2 > 0 else NAN  # NaN propagates
+    sbp = out["art_sbp_last_all"]
+    if sbp != sbp:
+        sbp = out["sbp_last_all"]
+    hr = out["hr_last_all"]
+    out["shock_index_last"] = hr / sbp if sbp > 0 else NAN
+    weight = out["weight_kg"]
+    if weight != weight:
+        weight = out["weight_min_all"]
+    hours = min(24.0, t_end)
+    if out["urine_count_24h"] > 0 and weight > 0 and hours > 0:
+        out["urine_ml_kg_h_24h"] = out["urine_sum_24h"] / weight / hours
+    else:
+        out["urine_ml_kg_h_24h"] = NAN

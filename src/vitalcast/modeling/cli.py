@@ -1,0 +1,292 @@
+"""``vitalcast train | evaluate | models | report``: thin commands over modeling services."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.orm import Session
+
+from vitalcast.modeling.tasks import TASKS
+
+
+def _settings(ctx: click.Context) -> Any:
+    from vitalcast.cli import get_settings
+
+    return get_settings(ctx)
+
+
+@contextmanager
+def _session(ctx: click.Context) -> Iterator[Session]:
+    """One unit of work on the configured database."""
+    from vitalcast.db import create_db_engine
+    from vitalcast.db.session import make_session_factory, session_scope
+
+    engine = create_db_engine(_settings(ctx).resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _registry(ctx: click.Context, registry: Path | None) -> Path:
+    return registry or Path(_settings(ctx).resolved_registry_dir)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(_clean(obj), sort_keys=False, default=str))
+
+
+_HEADLINE = (
+    "n",
+    "prevalence",
+    "auroc",
+    "auprc",
+    "brier",
+    "calibration_slope",
+    "calibration_intercept",
+    "ece",
+    "hl_h",
+    "event1",
+    "threshold",
+)
+
+
+def _print_summary(title: str, metrics: dict[str, Any]) -> None:
+    click.echo(title)
+    for key in _HEADLINE:
+        if key in metrics:
+            ci = metrics.get(f"{key}_ci")
+            ci_text = f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
+            value = metrics[key]
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            click.echo(f"  {key:<22} {shown}{ci_text}")
+
+
+task_option = click.option(
+    "--task", "task_name", type=click.Choice(list(TASKS)), help="Prediction task."
+)
+data_option = click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    help="Data file or folder (PhysioNet set, CSV); default: the store.",
+)
+outcomes_option = click.option(
+    "--outcomes",
+    type=click.Path(path_type=Path, exists=True),
+    help="PhysioNet Outcomes file (icu-mortality from files).",
+)
+task_file_option = click.option(
+    "--task-file",
+    type=click.Path(path_type=Path, exists=True),
+    help="YAML task file (task tabular).",
+)
+registry_option = click.option(
+    "--registry",
+    type=click.Path(path_type=Path),
+    help="Registry directory (default VITALCAST_REGISTRY_DIR).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.command()
+@click.option(
+    "--task", "task_name", type=click.Choice(list(TASKS)), required=True, help="Prediction task."
+)
+@data_option
+@outcomes_option
+@task_file_option
+@registry_option
+@click.option("--seed", type=int, default=None, help="Random seed (default: fixed).")
+@click.option(
+    "--budget",
+    type=click.Choice(["full", "fast"]),
+    default="full",
+    help="Search budget: full (documented default) or fast (demo, tests).",
+)
+@json_option
+@click.pass_context
+def train(
+    ctx: click.Context,
+    task_name: str,
+    data: Path | None,
+    outcomes: Path | None,
+    task_file: Path | None,
+    registry: Path | None,
+    seed: int | None,
+    budget: str,
+    as_json: bool,
+) -> None:
+    """Train, validate, calibrate and register a model for a task."""
+    from vitalcast.modeling.service import train_and_register
+    from vitalcast.modeling.train import DEFAULT_SEED, FAST_BUDGET, SEARCH_BUDGET
+
+    with _session(ctx) as session:
+        out = train_and_register(
+            task_name,
+            session=session,
+            registry_dir=_registry(ctx, registry),
+            data=data,
+            outcomes=outcomes,
+            task_file=task_file,
+            seed=DEFAULT_SEED if seed is None else seed,
+            budget=FAST_BUDGET if budget == "fast" else SEARCH_BUDGET,
+        )
+    if as_json:
+        _print_json(
+            {
+                "version": out.version,
+                "task": out.task,
+                "alias": out.alias,
+                "threshold": out.threshold,
+                "metrics": out.metrics,
+            }
+        )
+        return
+    _print_summary(f"registered {out.version} ({out.alias or 'no alias'})", out.metrics)
+
+
+@click.command()
+@click.option(
+    "--model",
+    "model_ref",
+    required=True,
+    help="Version name, `champion` or `challenger` (with --task).",
+)
+@task_option
+@data_option
+@outcomes_option
+@task_file_option
+@registry_option
+@click.option(
+    "--landmark",
+    type=float,
+    default=None,
+    help="Landmark hour to score at (time-series tasks; default the task's).",
+)
+@json_option
+@click.pass_context
+def evaluate(
+    ctx: click.Context,
+    model_ref: str,
+    task_name: str | None,
+    data: Path | None,
+    outcomes: Path | None,
+    task_file: Path | None,
+    registry: Path | None,
+    landmark: float | None,
+    as_json: bool,
+) -> None:
+    """Evaluate a registered model on labelled data it has not seen."""
+    from vitalcast.modeling.service import evaluate_version
+
+    with _session(ctx) as session:
+        metrics = evaluate_version(
+            session=session,
+            model=model_ref,
+            task=task_name,
+            registry_dir=_registry(ctx, registry),
+            data=data,
+            outcomes=outcomes,
+            task_file=task_file,
+            landmark_h=landmark,
+        )
+    if as_json:
+        _print_json(metrics)
+        return
+    _print_summary(f"{metrics['model']} on {metrics['data']}", metrics)
+
+
+@click.group()
+def models() -> None:
+    """List, inspect, promote and roll back registered models."""
+
+
+@models.command("list")
+@click.option("--task", "task_name", default=None, help="Only this task.")
+@json_option
+@click.pass_context
+def models_list(ctx: click.Context, task_name: str | None, as_json: bool) -> None:
+    """Registered versions, newest first."""
+    from vitalcast.modeling.service import list_versions
+
+    with _session(ctx) as session:
+        rows = [
+            {
+                "version": r.version,
+                "task": r.task,
+                "alias": r.alias,
+                "auroc": r.metrics.get("auroc"),
+                "threshold": r.threshold,
+                "created_at": r.created_at.isoformat(),
+            }
+            for r in list_versions(session, task_name)
+        ]
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        auroc = f"{r['auroc']:.3f}" if isinstance(r["auroc"], float) else "-"
+        click.echo(f"{r['version']:<48} {r['alias'] or '':<10} AUROC {auroc}  {r['created_at']}")
+
+
+@models.command("show")
+@click.argument("version")
+@click.option("--task", "task_name", default=None, help="Task, when VERSION is an alias.")
+@click.pass_context
+def models_show(ctx: click.Context, version: str, task_name: str | None) -> None:
+    """The sidecar of VERSION (or of a task's champion/challenger), as JSON."""
+    from vitalcast.modeling.service import get_version_or_raise, sidecar_of
+
+    with _session(ctx) as session:
+        row = get_version_or_raise(session, version, task_name)
+        sidecar = sidecar_of(row)
+        sidecar.pop("reference", None)
+        sidecar["alias"] = row.alias
+    _print_json(sidecar)
+
+
+@models.command("promote")
+@click.argument("version")
+@click.option("--alias", type=click.Choice(["champion", "challenger"]), default="champion")
+@click.pass_context
+def models_promote(ctx: click.Context, version: str, alias: str) -> None:
+    """Make VERSION the task's champion (or challenger)."""
+    from vitalcast.modeling.service import load_registered, promote
+
+    with _session(ctx) as session:
+        row = promote(session, version=version, alias=alias)
+        load_registered(session, row)  # refuse to promote an artifact that would not load
+    click.echo(f"{version} is now {alias} of {row.task}")
+
+
+@models.command("rollback")
+@click.option("--task", "task_name", type=click.Choice(list(TASKS)), required=True)
+@click.pass_context
+def models_rollback(ctx: click.Context, task_name: str) -> None:
+    """Make the previous champion of a task champion again."""
+    from vitalcast.modeling.service import load_registered, rollback
+
+    with _session(ctx) as session:
+        row = rollback(session, task=task_name)
+        load_registered(session, row)
+    click.echo(f"{row.version} is champion of {task_name} again")
+
+
+COMMANDS = (train, evaluate, models)

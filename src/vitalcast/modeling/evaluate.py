@@ -1,0 +1,237 @@
+"""Metrics of a risk model on labelled data (pure: numpy, scipy and scikit-learn only).
+
+Discrimination (AUROC, AUPRC), calibration (Brier, slope and intercept, ECE, the 2012
+challenge's Hosmer–Lemeshow H), the operating point (Event 1 = min(Se, PPV), Se, Sp, PPV,
+NPV, net benefit) and 95 % percentile-bootstrap intervals over patients' rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+_EPS = 1e-12
+
+
+def auroc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else math.nan
+
+
+def auprc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(average_precision_score(y, p)) if y.sum() > 0 else math.nan
+
+
+def brier(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean((p - y) ** 2))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.asarray(np.log(q / (1 - q)))
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+    """Unpenalised logistic regression by Newton–Raphson (IRLS); x includes the intercept."""
+    beta = np.zeros(x.shape[1])
+    off = np.zeros(len(y)) if offset is None else offset
+    for _ in range(50):
+        eta = x @ beta + off
+        mu = 1 / (1 + np.exp(-eta))
+        w = np.maximum(mu * (1 - mu), 1e-9)
+        grad = x.T @ (y - mu)
+        hess = x.T @ (x * w[:, None])
+        step = np.linalg.solve(hess + 1e-10 * np.eye(len(beta)), grad)
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return beta
+
+
+def calibration_slope(y: np.ndarray, p: np.ndarray) -> float:
+    """Slope of logit(P(y)) on logit(p); 1 is ideal, < 1 means over-confident (Cox 1958)."""
+    if not 0 < y.sum() < len(y):
+        return math.nan
+    lp = _logit(p)
+    x = np.column_stack([np.ones_like(lp), lp])
+    return float(_logistic_fit(x, y.astype(float), None)[1])
+
+
+def calibration_intercept(y: np.ndarray, p: np.ndarray) -> float:
+    """Calibration-in-the-large: intercept with logit(p) as offset; 0 is ideal."""
+    if not 0 < y.sum() < len(y):
+        return math.nan
+    x = np.ones((len(y), 1))
+    return float(_logistic_fit(x, y.astype(float), _logit(p))[0])
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over ten equal-width probability bins."""
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            total += sel.sum() * abs(float(p[sel].mean()) - float(y[sel].mean()))
+    return total / len(y)
+
+
+def hosmer_lemeshow_h(y: np.ndarray, p: np.ndarray, groups: int = 10) -> float:
+    """The 2012 challenge's Event 2 score, as its ``lemeshow.m`` computes it.
+
+    Patients sorted by risk fall into ten equal groups; H = Σ (O−E)² / (M·c·(1−c) + 0.001)
+    with O observed deaths, E expected deaths, M group size and c the group's mean risk,
+    divided by the range of the group mean risks (max c − min c).
+    """
+    order = np.argsort(p, kind="mergesort")
+    h = 0.0
+    means: list[float] = []
+    for part in np.array_split(order, groups):
+        if len(part) == 0:
+            continue
+        m = len(part)
+        c = float(p[part].mean())
+        o = float(y[part].sum())
+        e = float(p[part].sum())
+        h += (o - e) ** 2 / (m * c * (1 - c) + 0.001)
+        means.append(c)
+    spread = max(means) - min(means)
+    return h / spread if spread > 0 else math.inf
+
+
+def confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """Se, Sp, PPV, NPV, Event 1 and net benefit at ``p >= threshold``."""
+    pred = p >= threshold
+    tp = float(np.sum(pred & (y == 1)))
+    fp = float(np.sum(pred & (y == 0)))
+    fn = float(np.sum(~pred & (y == 1)))
+    tn = float(np.sum(~pred & (y == 0)))
+    se = tp / (tp + fn) if tp + fn else math.nan
+    sp = tn / (tn + fp) if tn + fp else math.nan
+    ppv = tp / (tp + fp) if tp + fp else math.nan
+    npv = tn / (tn + fn) if tn + fn else math.nan
+    n = len(y)
+    # Net benefit (Vickers & Elkin 2006): TP/n − FP/n × pt/(1−pt).
+    nb = tp / n - fp / n * threshold / (1 - threshold) if threshold < 1 else math.nan
+    return {
+        "sensitivity": se,
+        "specificity": sp,
+        "ppv": ppv,
+        "npv": npv,
+        "event1": min(se, ppv) if not (math.isnan(se) or math.isnan(ppv)) else math.nan,
+        "net_benefit": nb,
+        "flagged_fraction": (tp + fp) / n,
+    }
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float:
+    """Operating threshold on validation predictions by the task's rule.
+
+    ``max_min_se_ppv`` maximises min(Se, PPV) (2012 challenge Event 1); ``youden``
+    maximises Se + Sp − 1.
+    """
+    candidates = np.unique(np.round(p, 6))
+    if len(candidates) > 400:
+        candidates = np.unique(np.quantile(p, np.linspace(0.5 / 400, 1 - 0.5 / 400, 400)))
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    tp = np.cumsum(ys)
+    fp = np.cumsum(1 - ys)
+    pos, neg = max(ys.sum(), 1), max(len(ys) - ys.sum(), 1)
+    best_t, best = float(candidates[-1]), -math.inf
+    for t in candidates:
+        k = int(np.searchsorted(-ps, -t, side="right"))  # rows with p >= t
+        if k == 0:
+            continue
+        se = tp[k - 1] / pos
+        if rule == "max_min_se_ppv":
+            score = min(se, tp[k - 1] / k)
+        elif rule == "youden":
+            score = se + (1 - fp[k - 1] / neg) - 1
+        else:
+            raise ValueError(f"unknown threshold rule {rule!r}")
+        if score > best:
+            best, best_t = score, float(t)
+    return best_t
+
+
+POINT_METRICS: dict[str, Metric] = {
+    "auroc": auroc,
+    "auprc": auprc,
+    "brier": brier,
+    "calibration_slope": calibration_slope,
+    "calibration_intercept": calibration_intercept,
+    "ece": ece,
+    "hl_h": hosmer_lemeshow_h,
+}
+
+
+def evaluate(
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every metric with a 95 % percentile-bootstrap interval (``<name>_ci: [lo, hi]``)."""
+    y = np.asarray(y, dtype=np.int64)
+    p = np.asarray(p, dtype=float)
+
+    def point(yy: np.ndarray, pp: np.ndarray) -> dict[str, float]:
+        values = {name: fn(yy, pp) for name, fn in POINT_METRICS.items()}
+        values.update(confusion(yy, pp, threshold))
+        return values
+
+    out: dict[str, Any] = {
+        "n": len(y),
+        "events": int(y.sum()),
+        "prevalence": float(y.mean()) if len(y) else math.nan,
+        "threshold": threshold,
+    }
+    base = point(y, p)
+    out.update(base)
+    if n_boot > 0 and len(y) > 1:
+        rng = np.random.default_rng(seed)
+        samples: dict[str, list[float]] = {k: [] for k in base}
+        for _ in range(n_boot):
+            idx = rng.integers(0, len(y), len(y))
+            for k, v in point(y[idx], p[idx]).items():
+                samples[k].append(v)
+        for k, vals in samples.items():
+            arr = np.asarray(vals, dtype=float)
+            arr = arr[np.isfinite(arr)]
+            out[f"{k}_ci"] = (
+                [float(np.quantile(arr, 0.025)), float(np.quantile(arr, 0.975))]
+                if len(arr)
+                else [math.nan, math.nan]
+            )
+    return out
+
+
+def subgroup_metrics(
+    y: np.ndarray, p: np.ndarray, labels: np.ndarray, threshold: float, *, min_n: int = 30
+) -> dict[str, dict[str, float]]:
+    """Point metrics per subgroup value (groups under ``min_n`` rows are reported by size
+    only, since their estimates would be noise)."""
+    out: dict[str, dict[str, float]] = {}
+    for value in sorted({str(v) for v in labels}):
+        sel = np.asarray([str(v) == value for v in labels])
+        yy, pp = y[sel], p[sel]
+        row: dict[str, float] = {"n": float(sel.sum()), "prevalence": float(yy.mean())}
+        if sel.sum() >= min_n:
+            row.update(
+                {
+                    "auroc": auroc(yy, pp),
+                    "brier": brier(yy, pp),
+                    "mean_risk": float(pp.mean()),
+                    "calibration_intercept": calibration_intercept(yy, pp),
+                }
+            )
+            row.update(confusion(yy, pp, threshold))
+        out[value] = row
+    return out

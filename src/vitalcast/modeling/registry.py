@@ -1,0 +1,320 @@
+"""Versioned model artifacts on disk: a joblib file plus a JSON sidecar, verified on load.
+
+Layout: ``<registry_dir>/<version>/model.joblib`` and ``model.json``. The sidecar holds the
+artifact's sha256, the Python/scikit-learn/numpy versions, the task, feature list,
+threshold, metrics, training-data fingerprint and the training reference distributions
+that drift monitoring compares against. joblib runs code when it loads, so
+:func:`load_model` checks the hash against the caller's record (the database row) and the
+library versions *before* unpickling, and refuses anything else.
+
+Risk bands, relative to the task's operating threshold ``t`` (chosen on validation data):
+
+=========  ==========================  ===========================================
+band       probability ``p``           meaning
+=========  ==========================  ===========================================
+low        ``p < t/2``                 well under the alerting threshold
+medium     ``t/2 <= p < t``            approaching the threshold
+high       ``t <= p < c``              at or above the threshold (alert)
+critical   ``p >= c``                  ``c = min(2t, (1+t)/2)``: twice the threshold
+=========  ==========================  ===========================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.exceptions import InconsistentVersionWarning
+
+from vitalcast.errors import VitalcastError
+from vitalcast.features import describe_feature, feature_label
+from vitalcast.modeling.explain import Explainer, top_factors
+
+ARTIFACT = "model.joblib"
+SIDECAR = "model.json"
+FORMAT = 1
+
+
+class RegistryError(VitalcastError):
+    """A model version is missing or cannot be used."""
+
+
+class ArtifactIntegrityError(RegistryError):
+    """The artifact's bytes do not match the recorded sha256 (altered or corrupt)."""
+
+
+class IncompatibleArtifactError(RegistryError):
+    """The artifact was saved with another scikit-learn (or format) version."""
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "sklearn": sklearn.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "joblib": joblib.__version__,
+    }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Factor:
+    """One reason behind a prediction, in clinical words."""
+
+    feature: str
+    label: str  # e.g. "Lactate, highest (last 24 h)"
+    value: float | str | None
+    contribution: float  # log-odds added to the base risk
+    direction: str  # "raises" or "lowers"
+    text: str  # e.g. "Lactate, highest (last 24 h): 4.1 mmol/L"
+
+    def to_dict(self) -> dict[str, Any]:
+        value = self.value
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        return {
+            "feature": self.feature,
+            "label": self.label,
+            "value": value,
+            "contribution": self.contribution,
+            "direction": self.direction,
+            "text": self.text,
+        }
+
+
+def band_for(p: float, threshold: float) -> str:
+    """Risk band of ``p`` (see the module docstring for the cut-points)."""
+    critical = min(2 * threshold, (1 + threshold) / 2)
+    if p >= critical:
+        return "critical"
+    if p >= threshold:
+        return "high"
+    if p >= threshold / 2:
+        return "medium"
+    return "low"
+
+
+@dataclass
+class LoadedModel:
+    """A verified model ready to score: the one object serving needs."""
+
+    version: str
+    task: str
+    threshold: float
+    feature_names: list[str]
+    categorical: list[str]
+    pipeline: Any  # sklearn estimator: predict_proba(DataFrame[feature_names])
+    sidecar: dict[str, Any]
+    path: Path
+    sha256: str
+    _explainer: Explainer | None = field(default=None, repr=False)
+
+    def frame(self, features: Mapping[str, Any]) -> pd.DataFrame:
+        """One-row frame in the model's column order; absent features are missing (NaN)."""
+        row = {
+            name: features.get(name, None if name in self.categorical else math.nan)
+            for name in self.feature_names
+        }
+        return self.frame_of([row])
+
+    def frame_of(self, rows: list[Mapping[str, Any]]) -> pd.DataFrame:
+        df = pd.DataFrame.from_records(rows, columns=self.feature_names)
+        numeric = [c for c in self.feature_names if c not in self.categorical]
+        df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
+        for c in self.categorical:
+            df[c] = df[c].astype(object)
+        return df
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.pipeline.predict_proba(frame[self.feature_names])[:, 1])
+
+    def predict_proba_row(self, features: Mapping[str, Any]) -> float:
+        return float(self.predict_proba(self.frame(features))[0])
+
+    def missing_inputs(self, features: Mapping[str, Any]) -> list[str]:
+        """Model inputs absent or NaN in ``features`` (imputed by the pipeline)."""
+        out = []
+        for name in self.feature_names:
+            v = features.get(name)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                out.append(name)
+        return out
+
+    def band(self, p: float) -> str:
+        return band_for(p, self.threshold)
+
+    @property
+    def explainer(self) -> Explainer:
+        if self._explainer is None:
+            self._explainer = Explainer(self.pipeline, self.feature_names)
+        return self._explainer
+
+    def explain(self, features: Mapping[str, Any], top: int = 5) -> list[Factor]:
+        """The ``top`` features that moved this prediction most, in log-odds."""
+        frame = self.frame(features)
+        contrib = self.explainer.contributions(frame)
+        factors = []
+        for name, value in top_factors(self.feature_names, contrib.values[0], top):
+            raw = frame.at[0, name]
+            shown = None if raw is None or (isinstance(raw, float) and math.isnan(raw)) else raw
+            if isinstance(shown, np.floating | np.integer):
+                shown = float(shown)
+            factors.append(
+                Factor(
+                    feature=name,
+                    label=feature_label(name),
+                    value=shown,
+                    contribution=value,
+                    direction="raises" if value > 0 else "lowers",
+                    text=describe_feature(name, shown),
+                )
+            )
+        return factors
+
+
+def new_version(task: str, sha256: str, at: datetime | None = None) -> str:
+    at = at or datetime.now(UTC)
+    return f"{task}-{at:%Y%m%d-%H%M%S}-{sha256[:8]}"
+
+
+def save_model(
+    registry_dir: Path,
+    estimator: Any,
+    *,
+    task: str,
+    feature_names: list[str],
+    categorical: list[str],
+    threshold: float,
+    metrics: Mapping[str, Any],
+    fingerprint: str,
+    reference: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[str, Path, str, dict[str, Any]]:
+    """Write the artifact and sidecar; returns (version, artifact path, sha256, sidecar)."""
+    registry_dir.mkdir(parents=True, exist_ok=True)
+    staging = registry_dir / f".staging-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
+    staging.mkdir()
+    joblib.dump(estimator, staging / ARTIFACT, compress=3)
+    sha = sha256_file(staging / ARTIFACT)
+    version = new_version(task, sha)
+    sidecar: dict[str, Any] = {
+        "format": FORMAT,
+        "version": version,
+        "task": task,
+        "artifact": ARTIFACT,
+        "sha256": sha,
+        "created_at": datetime.now(UTC).isoformat(),
+        "versions": library_versions(),
+        "feature_names": list(feature_names),
+        "categorical": list(categorical),
+        "threshold": threshold,
+        "metrics": _jsonable(dict(metrics)),
+        "training_data_fingerprint": fingerprint,
+        "reference": _jsonable(dict(reference)),
+        **_jsonable(dict(extra or {})),
+    }
+    (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+    target = registry_dir / version
+    staging.rename(target)  # atomic: a version directory is complete or absent
+    return version, target / ARTIFACT, sha, sidecar
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf become null (JSON has neither); numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def resolve(path_or_version: str | Path, registry_dir: Path | None = None) -> Path:
+    """The version directory for a path (directory or artifact file) or a version name."""
+    p = Path(path_or_version)
+    if p.is_file():
+        return p.parent
+    if p.is_dir():
+        return p
+    if registry_dir is not None and (registry_dir / str(path_or_version)).is_dir():
+        return registry_dir / str(path_or_version)
+    raise RegistryError(f"model {str(path_or_version)!r} not found in the registry")
+
+
+def read_sidecar(path_or_version: str | Path, registry_dir: Path | None = None) -> dict[str, Any]:
+    folder = resolve(path_or_version, registry_dir)
+    try:
+        data: dict[str, Any] = json.loads((folder / SIDECAR).read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{folder.name}: sidecar {SIDECAR} unreadable ({exc})") from None
+    return data
+
+
+def load_model(
+    path_or_version: str | Path, expected_sha256: str, *, registry_dir: Path | None = None
+) -> LoadedModel:
+    """Load a registered artifact after verifying its hash and library versions.
+
+    Raises:
+        RegistryError: no such version, or an unreadable sidecar.
+        ArtifactIntegrityError: the artifact's sha256 differs from ``expected_sha256``.
+        IncompatibleArtifactError: saved with another scikit-learn or format version.
+    """
+    folder = resolve(path_or_version, registry_dir)
+    sidecar = read_sidecar(folder)
+    artifact = folder / str(sidecar.get("artifact", ARTIFACT))
+    if not artifact.is_file():
+        raise RegistryError(f"{folder.name}: artifact {artifact.name} is missing")
+    actual = sha256_file(artifact)
+    if actual != expected_sha256 or sidecar.get("sha256") != expected_sha256:
+        raise ArtifactIntegrityError(
+            f"{folder.name}: artifact sha256 {actual[:12]}… does not match the registered"
+            f" {expected_sha256[:12]}…; it was altered or corrupted. Retrain or restore it;"
+            " it will not be loaded"
+        )
+    saved = sidecar.get("versions", {}).get("sklearn")
+    if saved != sklearn.__version__ or sidecar.get("format") != FORMAT:
+        raise IncompatibleArtifactError(
+            f"{folder.name}: saved with scikit-learn {saved} (format {sidecar.get('format')}),"
+            f" this is scikit-learn {sklearn.__version__}; retrain the model with this version"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        try:
+            pipeline = joblib.load(artifact)
+        except InconsistentVersionWarning as exc:
+            raise IncompatibleArtifactError(f"{folder.name}: {exc}") from None
+    return LoadedModel(
+        version=str(sidecar["version"]),
+        task=str(sidecar["task"]),
+        threshold=float(sidecar["threshold"]),
+        feature_names=list(sidecar["feature_names"]),
+        categorical=list(sidecar.get("categorical", [])),
+        pipeline=pipeline,
+        sidecar=sidecar,
+        path=artifact,
+        sha256=actual,
+    )

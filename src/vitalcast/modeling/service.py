@@ -1,0 +1,369 @@
+"""Use cases of the model registry: train and register, evaluate, promote, roll back.
+
+Functions take keyword-only arguments and never commit: the caller (CLI command, request,
+job) owns the unit of work.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vitalcast.db.base import utcnow
+from vitalcast.modeling import evaluate as ev
+from vitalcast.modeling.datasets import Dataset
+from vitalcast.modeling.loaders import load_dataset
+from vitalcast.modeling.registry import (
+    LoadedModel,
+    RegistryError,
+    load_model,
+    read_sidecar,
+    save_model,
+)
+from vitalcast.modeling.tables import ModelVersion
+from vitalcast.modeling.tasks import Task, get_task
+from vitalcast.modeling.train import DEFAULT_SEED, SEARCH_BUDGET, CandidateSpec, fit_model
+
+logger = logging.getLogger(__name__)
+
+ALIASES = ("champion", "challenger")
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What ``train_and_register`` produced."""
+
+    version: str
+    task: str
+    metrics: dict[str, Any]
+    threshold: float
+    artifact_path: Path
+    sha256: str
+    alias: str | None
+    seconds: float
+
+
+def train_and_register(
+    task: str,
+    *,
+    session: Session | None,
+    registry_dir: Path,
+    data: Path | None = None,
+    outcomes: Path | None = None,
+    task_file: Path | None = None,
+    dataset: Dataset | None = None,
+    seed: int = DEFAULT_SEED,
+    budget: tuple[CandidateSpec, ...] = SEARCH_BUDGET,
+    n_splits: int = 5,
+    n_boot: int = 200,
+) -> TrainOutcome:
+    """Train ``task`` (from files, a given dataset, or the store) and register the model.
+
+    The new version becomes ``champion`` when the task has none. Without ``session`` the
+    artifact is written but no registry row (offline use).
+    """
+    spec = get_task(task)
+    if dataset is None:
+        dataset = load_dataset(
+            spec, session=session, data=data, outcomes=outcomes, task_file=task_file
+        )
+    result = fit_model(dataset, spec, seed=seed, n_splits=n_splits, budget=budget)
+    metrics = validation_metrics(spec, dataset, result.oof_proba, result.threshold, n_boot=n_boot)
+    metrics["validation"] = (
+        f"{result.n_splits}-fold cross-validation grouped by patient (out-of-fold,"
+        " calibration cross-fitted)"
+    )
+    features = result.feature_names
+    version, path, sha, _sidecar = save_model(
+        registry_dir,
+        result.estimator,
+        task=spec.name,
+        feature_names=features,
+        categorical=result.categorical,
+        threshold=result.threshold,
+        metrics=metrics,
+        fingerprint=dataset.fingerprint,
+        reference=reference_distributions(
+            dataset.X[features], result.categorical, result.oof_proba
+        ),
+        extra={
+            "model": {
+                "candidate": result.candidate.name,
+                "family": result.candidate.family,
+                "params": result.candidate.params,
+                "calibration": result.calibration,
+                "seed": result.seed,
+                "search": result.search,
+                "train_seconds": result.seconds,
+            },
+            "data": {
+                "source": dataset.source,
+                "rows": len(dataset.y),
+                "patients": len(np.unique(dataset.groups)),
+                "events": int(dataset.y.sum()),
+                "landmarks_h": list(spec.landmarks_h),
+                "notes": dataset.notes,
+            },
+        },
+    )
+    alias = None
+    if session is not None:
+        alias = register_version(
+            session,
+            version=version,
+            task=spec.name,
+            path=path,
+            sha256=sha,
+            threshold=result.threshold,
+            metrics=metrics,
+        )
+    logger.info("registered %s (%s, alias %s)", version, result.candidate.name, alias)
+    return TrainOutcome(
+        version, spec.name, metrics, result.threshold, path, sha, alias, result.seconds
+    )
+
+
+def register_version(
+    session: Session,
+    *,
+    version: str,
+    task: str,
+    path: Path,
+    sha256: str,
+    threshold: float,
+    metrics: dict[str, Any],
+) -> str | None:
+    """Add the registry row; make it champion when the task has none."""
+    alias = None if get_champion(session, task) else "champion"
+    session.add(
+        ModelVersion(
+            version=version,
+            task=task,
+            artifact_path=str(path.resolve()),
+            sha256=sha256,
+            threshold=threshold,
+            metrics=_headline(metrics),
+            alias=alias,
+            promoted_at=utcnow() if alias else None,
+        )
+    )
+    session.flush()
+    return alias
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The row keeps flat headline metrics; the sidecar keeps everything."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+
+
+def validation_metrics(
+    task: Task, ds: Dataset, proba: np.ndarray, threshold: float, *, n_boot: int = 200
+) -> dict[str, Any]:
+    """Headline metrics at the primary landmark, plus by landmark, subgroup and baseline."""
+    rows = ds.rows_at(task.primary_landmark_h)
+    y, p = ds.y[rows], proba[rows]
+    out: dict[str, Any] = ev.evaluate(y, p, threshold, n_boot=n_boot)
+    if task.primary_landmark_h is not None:
+        out["landmark_h"] = task.primary_landmark_h
+        out["by_landmark"] = {
+            f"{h:g}": {
+                "n": int(ds.rows_at(h).sum()),
+                "auroc": ev.auroc(ds.y[ds.rows_at(h)], proba[ds.rows_at(h)]),
+                "brier": ev.brier(ds.y[ds.rows_at(h)], proba[ds.rows_at(h)]),
+            }
+            for h in task.landmarks_h
+            if ds.rows_at(h).any()
+        }
+    meta = ds.meta.loc[rows]
+    out["subgroups"] = {
+        col: ev.subgroup_metrics(y, p, meta[col].to_numpy(), threshold)
+        for col in ("sex", "age_band", "unit")
+        if col in meta
+    }
+    baseline = baseline_scores(task, ds.X.loc[rows])
+    if baseline is not None:
+        name, scores = baseline
+        out["baseline"] = {"name": name, "auroc": ev.auroc(y, scores)}
+    return out
+
+
+def baseline_scores(task: Task, X: pd.DataFrame) -> tuple[str, np.ndarray] | None:
+    """A simple clinical score on the same rows, so the model's added value shows."""
+    if task.name == "icu-mortality":
+        from vitalcast.modeling.baseline import news2_scores
+
+        return "NEWS2 (latest vitals)", news2_scores(X)
+    return None
+
+
+def reference_distributions(
+    X: pd.DataFrame, categorical: list[str], scores: np.ndarray
+) -> dict[str, Any]:
+    """Training distributions drift monitoring compares live data against."""
+    qs = np.linspace(0, 1, 11)
+    features: dict[str, Any] = {}
+    for col in X.columns:
+        s = X[col]
+        missing = float(s.isna().mean())
+        if col in categorical:
+            freq = s.dropna().astype(str).value_counts(normalize=True).head(30)
+            features[col] = {
+                "type": "categorical",
+                "missing_rate": missing,
+                "frequencies": {str(k): float(v) for k, v in freq.items()},
+            }
+            continue
+        v = s.dropna().to_numpy(dtype=float)
+        features[col] = {
+            "type": "numeric",
+            "missing_rate": missing,
+            "mean": float(v.mean()) if len(v) else None,
+            "std": float(v.std()) if len(v) else None,
+            "quantiles": [float(q) for q in np.quantile(v, qs)] if len(v) else [],
+        }
+    counts, edges = np.histogram(scores, bins=20, range=(0.0, 1.0))
+    return {
+        "n": len(X),
+        "features": features,
+        "score": {
+            "bin_edges": [float(e) for e in edges],
+            "counts": [int(c) for c in counts],
+            "quantiles": [float(q) for q in np.quantile(scores, qs)],
+        },
+    }
+
+
+# --- registry queries and aliases ---------------------------------------------------
+
+
+def get_champion(session: Session, task: str) -> ModelVersion | None:
+    """The task's champion row, or None."""
+    return session.scalar(
+        select(ModelVersion).where(ModelVersion.task == task, ModelVersion.alias == "champion")
+    )
+
+
+def get_version(session: Session, version: str) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+
+
+def get_version_or_raise(session: Session, version: str, task: str | None = None) -> ModelVersion:
+    """A version by name, or ``champion``/``challenger`` of ``task``."""
+    if version in ALIASES:
+        if task is None:
+            raise RegistryError(f"--model {version} needs --task to say which task's {version}")
+        row = session.scalar(
+            select(ModelVersion).where(ModelVersion.task == task, ModelVersion.alias == version)
+        )
+    else:
+        row = get_version(session, version)
+    if row is None:
+        raise RegistryError(f"model {version!r} is not registered; see `vitalcast models list`")
+    return row
+
+
+def list_versions(session: Session, task: str | None = None) -> list[ModelVersion]:
+    q = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+    if task:
+        q = q.where(ModelVersion.task == task)
+    return list(session.scalars(q))
+
+
+def promote(session: Session, *, version: str, alias: str = "champion") -> ModelVersion:
+    """Give ``version`` the alias; the previous holder is retired (champion) or cleared."""
+    if alias not in ALIASES:
+        raise RegistryError(f"alias must be one of {', '.join(ALIASES)}")
+    row = get_version_or_raise(session, version)
+    current = session.scalar(
+        select(ModelVersion).where(ModelVersion.task == row.task, ModelVersion.alias == alias)
+    )
+    if current is not None and current.id != row.id:
+        current.alias = "retired" if alias == "champion" else None
+    row.alias = alias
+    row.promoted_at = utcnow()
+    session.flush()
+    return row
+
+
+def rollback(session: Session, *, task: str) -> ModelVersion:
+    """Make the previously promoted champion of ``task`` champion again."""
+    current = get_champion(session, task)
+    previous = session.scalar(
+        select(ModelVersion)
+        .where(
+            ModelVersion.task == task,
+            ModelVersion.alias == "retired",
+            ModelVersion.promoted_at.is_not(None),
+        )
+        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+    )
+    if previous is None:
+        raise RegistryError(f"{task}: no earlier champion to roll back to")
+    row = promote(session, version=previous.version)
+    if current is not None:
+        current.alias = "retired"
+    return row
+
+
+def load_registered(session: Session, row: ModelVersion) -> LoadedModel:
+    """Load a registry row's artifact, verified against the row's sha256."""
+    return load_model(row.artifact_path, row.sha256)
+
+
+def load_champion(session: Session, task: str) -> LoadedModel | None:
+    """The task's champion, verified and ready to score; None when there is none."""
+    row = get_champion(session, task)
+    return None if row is None else load_registered(session, row)
+
+
+def sidecar_of(row: ModelVersion) -> dict[str, Any]:
+    return read_sidecar(Path(row.artifact_path))
+
+
+def evaluate_version(
+    *,
+    session: Session | None,
+    model: str,
+    task: str | None,
+    registry_dir: Path,
+    data: Path | None = None,
+    outcomes: Path | None = None,
+    task_file: Path | None = None,
+    landmark_h: float | None = None,
+    n_boot: int = 200,
+) -> dict[str, Any]:
+    """Metrics of a registered model on labelled data (external validation).
+
+    The model is found in the database (its row's sha256 is the reference); a version
+    directory present only in ``registry_dir`` is verified against its sidecar.
+    """
+    row = None
+    if session is not None:
+        if model in ALIASES:
+            row = get_version_or_raise(session, model, task)
+        else:
+            row = get_version(session, model)
+    if row is not None:
+        loaded = load_registered(session, row)  # type: ignore[arg-type]
+    else:
+        sidecar = read_sidecar(model, registry_dir)
+        loaded = load_model(model, str(sidecar.get("sha256")), registry_dir=registry_dir)
+    spec = get_task(loaded.task)
+    if task is not None and task != spec.name:
+        raise RegistryError(f"model {loaded.version} is for {spec.name}, not {task}")
+    if landmark_h is not None and spec.kind == "timeseries":
+        spec = replace(spec, landmarks_h=(landmark_h,), primary_landmark_h=landmark_h)
+    ds = load_dataset(spec, session=session, data=data, outcomes=outcomes, task_file=task_file)
+    proba = loaded.predict_proba(ds.X)
+    metrics = validation_metrics(spec, ds, proba, loaded.threshold, n_boot=n_boot)
+    metrics["model"] = loaded.version
+    metrics["data"] = ds.source
+    metrics["data_fingerprint"] = ds.fingerprint
+    return metrics
