@@ -57,9 +57,12 @@ def test_ward_sorted_by_risk_with_trend_stale_and_missing(
     assert isinstance(scored, list)
     expected_high = sum(1 for s in scored if s.scores[-1] >= 0.3)
     assert f'id="count-high">{expected_high}<' in html
-    assert "rising" in html and "falling" in html and "steady" in html
+    assert "rising" in html
+    assert "falling" in html
+    assert "steady" in html
     assert "Missing: Lactate" in html  # every fourth stay lacks lactate features
-    assert 'data-spark="' in html and "Risk over 24 h:" in html
+    assert 'data-spark="' in html
+    assert "Risk over 24 h:" in html
     # names are shown to a nurse (identifiers:read)
     ids = ward["ids"]
     assert isinstance(ids, dict)
@@ -100,11 +103,13 @@ def test_data_scientist_sees_no_identifiers_and_cannot_search(
     html = client.get("/ward").get_data(as_text=True)
     ids = ward["ids"]
     assert isinstance(ids, dict)
-    assert ids["mrn"] not in html and ids["name"] not in html
+    assert ids["mrn"] not in html
+    assert ids["name"] not in html
     assert 'name="mrn"' not in html
     assert client.post("/ward", data={"csrf_token": token, "mrn": ids["mrn"]}).status_code == 403
     patient = client.get(f"/patients/{ward['patient']}").get_data(as_text=True)
-    assert ids["mrn"] not in patient and "Identifiers are hidden for your role" in patient
+    assert ids["mrn"] not in patient
+    assert "Identifiers are hidden for your role" in patient
     assert "Your response" not in patient  # no feedback:write
 
 
@@ -126,15 +131,19 @@ def test_patient_page_and_feedback_stored_and_audited(
     html = client.get(url).get_data(as_text=True)
     ids = ward["ids"]
     assert isinstance(ids, dict)
-    assert ids["name"] in html and ids["mrn"] in html
-    assert "Lowest Glasgow Coma Scale" in html and "alert threshold of 30 %" in html
-    assert 'id="risk-chart"' in html and 'id="vitals-charts"' in html
+    assert ids["name"] in html
+    assert ids["mrn"] in html
+    assert "Lowest Glasgow Coma Scale" in html
+    assert "alert threshold of 30 %" in html
+    assert 'id="risk-chart"' in html
+    assert 'id="vitals-charts"' in html
     prediction_id = re.search(r'name="prediction_id" value="([0-9a-f]+)"', html)
     assert prediction_id
     pid = prediction_id.group(1)
     # disagree needs a reason; the error page lists the problem
     bad = client.post(url + "/feedback", data={"csrf_token": token, "kind": "disagree"})
-    assert bad.status_code == 422 and "say why you disagree" in bad.get_data(as_text=True)
+    assert bad.status_code == 422
+    assert "say why you disagree" in bad.get_data(as_text=True)
     # no CSRF token: refused
     assert client.post(url + "/feedback", data={"kind": "acknowledge"}).status_code == 403
     ok = client.post(
@@ -152,7 +161,8 @@ def test_patient_page_and_feedback_stored_and_audited(
     )
     assert ack.status_code == 302
     after = client.get(url).get_data(as_text=True)
-    assert "on vasopressors" in after and "Alert acknowledged" in after
+    assert "on vasopressors" in after
+    assert "Alert acknowledged" in after
     with session_scope(get_state(client.application).sessions) as session:
         rows = session.scalars(select(Feedback).order_by(Feedback.id)).all()
         assert [(r.kind, r.reason, r.actor) for r in rows] == [
@@ -175,7 +185,8 @@ def test_clinician_cannot_open_admin_pages(
         page = client.get(path)
         html = page.get_data(as_text=True)
         assert page.status_code == 403, path
-        assert "Not allowed" in html and "Request id:" in html
+        assert "Not allowed" in html
+        assert "Request id:" in html
     assert client.get("/patients/" + "0" * 32).status_code == 404
     assert "Admin" not in client.get("/ward").get_data(as_text=True)
 
@@ -212,7 +223,8 @@ def test_admin_pages_users_keys_and_audit_filters(
     )
     with session_scope(get_state(client.application).sessions) as session:
         row = session.scalar(select(ApiKey).where(ApiKey.name == "monitor feed"))
-        assert row is not None and key.group(1).split("_", 2)[2] not in row.secret_hash
+        assert row is not None
+        assert key.group(1).split("_", 2)[2] not in row.secret_hash
         prefix = row.prefix
     assert key.group(1) not in client.get("/admin/api-keys").get_data(as_text=True)
     client.post(f"/admin/api-keys/{prefix}/revoke", data={"csrf_token": token})
@@ -233,7 +245,8 @@ def test_models_and_monitoring_pages(
 ) -> None:
     creds.login(client, creds.user("ada", "admin"))
     models = client.get("/models").get_data(as_text=True)
-    assert "test-0001" in models and "AUROC 0.810" in models
+    assert "test-0001" in models
+    assert "AUROC 0.810" in models
     detail = client.get("/models/test-0001").get_data(as_text=True)
     assert "calibration.slope" in detail
     assert client.get("/models/none").status_code == 404
@@ -269,4 +282,5 @@ def test_background_requests_do_not_keep_a_session_alive(
     with client.session_transaction() as s:
         s["seen"] = (datetime.now(UTC) - timedelta(minutes=idle + 1)).timestamp()
     expired = client.get("/ward")
-    assert expired.status_code == 302 and "/login" in expired.headers["Location"]
+    assert expired.status_code == 302
+    assert "/login" in expired.headers["Location"]
