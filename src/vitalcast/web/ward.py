@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_KEY, VARIABLES
@@ -133,11 +133,18 @@ def _histories(
 def _newest_vitals(session: Session, encounter_public_ids: Sequence[str]) -> dict[str, datetime]:
     if not encounter_public_ids:
         return {}
+    # One backward index scan per stay on (encounter_id, effective_at) that stops at the
+    # first vital sign, instead of aggregating every observation of the ward.
+    newest = (
+        select(Observation.effective_at)
+        .where(Observation.encounter_id == Encounter.id, Observation.code.in_(VITAL_CODES))
+        .order_by(Observation.effective_at.desc())
+        .limit(1)
+        .correlate(Encounter)
+        .scalar_subquery()
+    )
     rows = session.execute(
-        select(Encounter.public_id, func.max(Observation.effective_at))
-        .join(Observation, Observation.encounter_id == Encounter.id)
-        .where(Encounter.public_id.in_(encounter_public_ids), Observation.code.in_(VITAL_CODES))
-        .group_by(Encounter.public_id)
+        select(Encounter.public_id, newest).where(Encounter.public_id.in_(encounter_public_ids))
     ).all()
     return {enc: at for enc, at in rows if at is not None}
 
