@@ -23,6 +23,7 @@ from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.state import get_state
 from vitalcast.web.tables import FEEDBACK_KINDS, Feedback
+from vitalcast.web.ward import missing_key_inputs
 
 web_patient = Blueprint("web_patient", __name__)
 
@@ -82,6 +83,20 @@ def patient(patient_id: str) -> str:
         resource="Patient",
         details={"identifiers": show_ids, "page": "patient"},
     )
+    predictor = state.predictor
+    same_model = (
+        predictor is not None
+        and current is not None
+        and (predictor.model_version_id == current.model_version_id)
+    )
+    missing_key = (
+        missing_key_inputs(
+            current.missing_inputs or [],
+            predictor.feature_names if same_model and predictor else None,
+        )
+        if current is not None
+        else []
+    )
     threshold = (
         version.threshold if version else (state.predictor.threshold if state.predictor else None)
     )
@@ -102,6 +117,7 @@ def patient(patient_id: str) -> str:
         landmarks=landmarks,
         can_feedback=role_allows(who.role, Permission.FEEDBACK_WRITE),
         variables=CHART_VARIABLES,
+        missing_key=missing_key,
         now=utcnow(),
     )
 

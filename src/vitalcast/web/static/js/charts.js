@@ -65,7 +65,8 @@
     var id = "chart" + (++uid);
     var fig = htmlEl("figure", { class: "tchart" }, null, container);
     htmlEl("figcaption", { id: id + "-t" }, opts.title + (opts.unit ? " (" + opts.unit + ")" : ""), fig);
-    var W = opts.width || 640, H = opts.height || 180, L = 48, R = 12, T = 10, B = 28;
+    var W = opts.width || 640, H = opts.height || 180, L = 48, R = 12, B = 28;
+    var T = opts.markers && opts.markers.length ? 30 : 10; // marker labels sit above the plot
     var s = opts.series;
     var vals = s.map(function (p) { return p.v; });
     var times = s.map(function (p) { return +p.t; })
@@ -92,21 +93,22 @@
       ? s.length + " values; latest " + (opts.percent ? Math.round(lastVal * 100) + " %" : fmtNum(lastVal) + " " + (opts.unit || "")) + ". The table below lists them."
       : "No values.";
     // grid and y axis
+    var decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
     for (var v = lo; v <= hi + step / 2; v += step) {
       svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }, svg);
       svgEl("text", { x: L - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, svg).textContent =
-        opts.percent ? Math.round(v * 100) + " %" : fmtNum(v);
+        opts.percent ? Math.round(v * 100) + " %" : v.toFixed(decimals);
     }
     // x axis: time ticks, with the day where it changes
-    var tstep = niceHours(xMax - xMin);
-    var first = Math.ceil(xMin / tstep) * tstep;
-    var lastDay = "";
+    var tstep = niceHours(xMax - xMin, Math.max(2, Math.floor((W - L - R) / 64)));
+    var offset = new Date().getTimezoneOffset() * 60000; // ticks on local hours
+    var first = Math.ceil((xMin - offset) / tstep) * tstep + offset;
     for (var t = first; t <= xMax; t += tstep) {
       svgEl("line", { x1: x(t), x2: x(t), y1: H - B, y2: H - B + 4, class: "axis" }, svg);
-      var day = dayFmt.format(new Date(t));
-      var label = timeFmt.format(new Date(t)) + (day !== lastDay ? " " + day : "");
-      lastDay = day;
-      svgEl("text", { x: x(t), y: H - 8, class: "tick", "text-anchor": "middle" }, svg).textContent = label;
+      var d = new Date(t);
+      var midnight = d.getHours() === 0 && d.getMinutes() === 0;
+      svgEl("text", { x: x(t), y: H - 8, class: midnight ? "tick tick-day" : "tick", "text-anchor": "middle" }, svg).textContent =
+        midnight || tstep >= 86400000 ? dayFmt.format(d) : timeFmt.format(d);
     }
     svgEl("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }, svg);
     // threshold
@@ -119,7 +121,7 @@
     (opts.markers || []).forEach(function (m, i) {
       var mx = x(+m.t);
       svgEl("line", { x1: mx, x2: mx, y1: T, y2: H - B, class: "marker" }, svg);
-      var tx = svgEl("text", { x: mx + 3, y: T + 10 + (i % 3) * 11, class: "marker-label" }, svg);
+      var tx = svgEl("text", { x: mx + 3, y: 10 + (i % 2) * 11, class: "marker-label" }, svg);
       tx.textContent = m.label;
     });
     // the series
@@ -160,10 +162,10 @@
     return fig;
   };
 
-  function niceHours(spanMs) {
+  function niceHours(spanMs, maxTicks) {
     var h = 3600000;
     var options = [h, 2 * h, 3 * h, 6 * h, 12 * h, 24 * h, 48 * h, 96 * h, 168 * h];
-    for (var i = 0; i < options.length; i++) if (spanMs / options[i] <= 7) return options[i];
+    for (var i = 0; i < options.length; i++) if (spanMs / options[i] <= maxTicks) return options[i];
     return options[options.length - 1];
   }
 
@@ -172,18 +174,19 @@
   VC.factorBars = function (container, items) {
     container.textContent = "";
     if (!items.length) return;
-    var W = 640, rowH = 26, L = 250, R = 16, T = 6;
+    var W = 760, rowH = 26, L = 400, R = 8, T = 6;
     var H = T + items.length * rowH + 22;
     var max = Math.max.apply(null, items.map(function (f) { return Math.abs(f.contribution); })) || 1;
-    var mid = L + (W - L - R) / 2, half = (W - L - R) / 2 - 70;
+    var mid = L + (W - L - R) / 2, half = (W - L - R) / 2 - 92;
     var svg = svgEl("svg", { viewBox: "0 0 " + W + " " + H, class: "barsvg", "aria-hidden": "true", focusable: "false" }, container);
     svgEl("line", { x1: mid, x2: mid, y1: T - 2, y2: H - 20, class: "axis" }, svg);
     items.forEach(function (f, i) {
       var yy = T + i * rowH;
       var len = (Math.abs(f.contribution) / max) * half;
       var up = f.contribution > 0;
+      var label = f.label.length > 44 ? f.label.slice(0, 43) + "…" : f.label;
       svgEl("text", { x: L - 8, y: yy + 16, class: "bar-label", "text-anchor": "end" }, svg).textContent =
-        f.label + (f.value !== null && f.value !== undefined ? " = " + (typeof f.value === "number" ? fmtNum(f.value) : f.value) : " (missing)");
+        label + (f.value !== null && f.value !== undefined ? " = " + (typeof f.value === "number" ? fmtNum(f.value) : f.value) : " (missing)");
       svgEl("rect", { x: up ? mid : mid - len, y: yy + 4, width: Math.max(len, 1), height: rowH - 10, class: up ? "bar-up" : "bar-down" }, svg);
       svgEl("text", { x: up ? mid + len + 4 : mid - len - 4, y: yy + 16, class: "bar-value", "text-anchor": up ? "start" : "end" }, svg).textContent =
         (up ? "▲ raises " : "▼ lowers ") + (f.contribution > 0 ? "+" : "") + f.contribution.toFixed(2);
