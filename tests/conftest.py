@@ -12,7 +12,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from tests.services import REQUIRE, DatabaseFactory, postgres_server, service_missing
+from tests.services import (
+    REQUIRE,
+    DatabaseFactory,
+    mqtt_broker,
+    postgres_server,
+    service_missing,
+)
 from vitalcast.config import Settings, load_settings
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.security.crypto import FieldCipher, cipher_from_settings
@@ -138,3 +144,10 @@ def _csrf_from(html: str) -> str:
 @pytest.fixture
 def creds(app: Flask) -> Credentials:
     return Credentials(app)
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> Iterator[str]:
+    """A real MQTT broker: CI's Mosquitto (VITALCAST_TEST_MQTT_URL) or a throwaway one."""
+    with mqtt_broker() as url:
+        yield url

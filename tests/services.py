@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, create_engine, text
@@ -111,3 +112,82 @@ class DatabaseFactory:
             for name in reversed(self.created):
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         self.admin.dispose()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: Any, timeout_s: float = 15) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"broker did not open port {port} within {timeout_s} s")
+
+
+@contextmanager
+def mqtt_broker() -> Iterator[str]:
+    """Yield an MQTT URL: ``VITALCAST_TEST_MQTT_URL``, else a throwaway real broker.
+
+    The throwaway broker is Debian's ``mosquitto`` when installed (MQTT 5), else ``amqtt``
+    from the dev group (MQTT 3.1.1 only, hence ``?protocol=3.1.1``). Never a mock.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    url = os.environ.get("VITALCAST_TEST_MQTT_URL")
+    if url:
+        yield url
+        return
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="vitalcast-mqtt-") as tmp:
+        mosquitto = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
+        if mosquitto:
+            conf = Path(tmp) / "mosquitto.conf"
+            conf.write_text(
+                f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                "max_queued_messages 0\nmax_inflight_messages 0\npersistence false\n"
+            )
+            cmd = [mosquitto, "-c", str(conf)]
+            url = f"mqtt://127.0.0.1:{port}"
+        else:
+            amqtt = Path(sys.executable).with_name("amqtt")
+            if not amqtt.exists():
+                service_missing("MQTT broker (set VITALCAST_TEST_MQTT_URL, or install mosquitto)")
+            conf = Path(tmp) / "amqtt.yaml"
+            conf.write_text(
+                "listeners:\n  default:\n    type: tcp\n"
+                f"    bind: 127.0.0.1:{port}\n"
+                "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+                "    allow_anonymous: true\n"
+            )
+            cmd = [str(amqtt), "-c", str(conf)]
+            url = f"mqtt://127.0.0.1:{port}?protocol=3.1.1"
+        log = (Path(tmp) / "broker.log").open("w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            try:
+                _wait_for_port(port, proc)
+            except RuntimeError as exc:
+                service_missing(f"MQTT broker ({exc})")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            log.close()

@@ -51,7 +51,7 @@ def main() -> None:
 def _register() -> None:
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
-    from vitalcast.ingest.cli_messages import listen
+    from vitalcast.ingest.cli_messages import listen, stream
     from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
     from vitalcast.security.cli import apikeys_group, users_group
     from vitalcast.serving.cli import demo_command, serve_command
@@ -67,6 +67,7 @@ def _register() -> None:
     main.add_command(listen)
     for command in MODELING_COMMANDS:
         main.add_command(command)
+    main.add_command(stream)
 
 
 _register()

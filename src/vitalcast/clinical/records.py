@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
 
+# References to rows already in the store, by public id, whatever source created them
+# (device bindings, API payloads). The ingestion resolver understands these prefixes.
+PUBLIC_PATIENT_REF = "vitalcast:patient/"
+PUBLIC_ENCOUNTER_REF = "vitalcast:encounter/"
+
 Sex = Literal["female", "male", "other", "unknown"]
 OutcomeKind = Literal["in_hospital_death", "readmission_30d", "length_of_stay_days"]
 

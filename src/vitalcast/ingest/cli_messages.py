@@ -122,3 +122,61 @@ def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
         pass
     finally:
         server.server_close()
+
+
+@click.group("stream")
+def stream() -> None:
+    """Streaming consumers of device data."""
+
+
+@stream.command("mqtt")
+@click.option("--url", default=None, help="Broker URL (default VITALCAST_MQTT_URL).")
+@click.option("--client-id", default=None, help="Client id (default VITALCAST_MQTT_CLIENT_ID).")
+@click.option(
+    "--topic-prefix",
+    default="vitalcast/devices",
+    show_default=True,
+    help="Topics are PREFIX/{device_id}/observations.",
+)
+@click.option(
+    "--idle-exit",
+    type=float,
+    default=None,
+    help="Exit after this many seconds without messages (batch jobs, benchmarks).",
+)
+@click.pass_context
+def stream_mqtt(
+    ctx: click.Context,
+    url: str | None,
+    client_id: str | None,
+    topic_prefix: str,
+    idle_exit: float | None,
+) -> None:
+    """Consume device observations (QoS 1, persistent session, ack after commit)."""
+    import threading
+
+    from vitalcast.ingest.mqtt import DeviceStreamConsumer, MqttConfig, parse_mqtt_url
+
+    settings, factory, cipher = _context(ctx)
+    url = url or settings.mqtt_url
+    if not url:
+        raise ConfigError("VITALCAST_MQTT_URL: no broker configured (or pass --url)")
+    config = MqttConfig(
+        **parse_mqtt_url(url),
+        client_id=client_id or settings.mqtt_client_id,
+        topic_prefix=topic_prefix,
+        batch_size=settings.mqtt_batch_size,
+        batch_wait_s=settings.mqtt_batch_wait_ms / 1000,
+    )
+    consumer = DeviceStreamConsumer(factory, cipher, config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        consumer.connect_check()
+    except OSError as exc:
+        raise ConfigError(f"VITALCAST_MQTT_URL: cannot reach the broker ({exc})") from None
+    click.echo(f"consuming {config.topic} from {config.host}:{config.port}", err=True)
+    stats = consumer.run(stop, idle_exit_s=idle_exit)
+    click.echo(f"stopped after {stats.messages} messages in {stats.batches} batches", err=True)
+    click.echo(stats.report.render())

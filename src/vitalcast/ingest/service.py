@@ -18,6 +18,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.records import (
+    PUBLIC_ENCOUNTER_REF,
+    PUBLIC_PATIENT_REF,
     ConditionRecord,
     EncounterRecord,
     ImagingStudyRecord,
@@ -57,9 +59,12 @@ class _Resolver:
 
     def patient(self, ref: str) -> int | None:
         if ref not in self.patients:
-            pid = self.session.scalar(
-                select(Patient.id).where(Patient.source == self.source, Patient.source_ref == ref)
+            where = (
+                Patient.public_id == ref.removeprefix(PUBLIC_PATIENT_REF)
+                if ref.startswith(PUBLIC_PATIENT_REF)
+                else (Patient.source == self.source) & (Patient.source_ref == ref)
             )
+            pid = self.session.scalar(select(Patient.id).where(where))
             if pid is None:
                 return None
             self.patients[ref] = pid
@@ -67,10 +72,13 @@ class _Resolver:
 
     def encounter(self, ref: str) -> tuple[int, int] | None:
         if ref not in self.encounters:
+            where = (
+                Encounter.public_id == ref.removeprefix(PUBLIC_ENCOUNTER_REF)
+                if ref.startswith(PUBLIC_ENCOUNTER_REF)
+                else (Encounter.source == self.source) & (Encounter.source_ref == ref)
+            )
             row = self.session.execute(
-                select(Encounter.id, Encounter.patient_id).where(
-                    Encounter.source == self.source, Encounter.source_ref == ref
-                )
+                select(Encounter.id, Encounter.patient_id).where(where)
             ).first()
             if row is None:
                 return None

@@ -78,14 +78,22 @@ def prepare_demo(settings: Settings, *, echo: Callable[[str], None]) -> DemoInfo
             patients = session.scalar(select(func.count()).select_from(Patient)) or 0
 
     from vitalcast.modeling.service import get_champion, train_and_register
+    from vitalcast.modeling.train import FAST_BUDGET
 
     with sessions() as session:
         champion = get_champion(session, "icu-mortality")
     if champion is None:
         echo("training the first icu-mortality model on the synthetic cohort ...")
         with session_scope(sessions) as session:
+            # The fast search budget and 3 folds keep a first demo within a minute or two;
+            # `vitalcast train` uses the full documented budget.
             result = train_and_register(
-                "icu-mortality", session=session, registry_dir=settings.resolved_registry_dir
+                "icu-mortality",
+                session=session,
+                registry_dir=settings.resolved_registry_dir,
+                budget=FAST_BUDGET,
+                n_splits=3,
+                n_boot=50,
             )
         version: str | None = result.version
     else:

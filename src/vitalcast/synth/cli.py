@@ -10,10 +10,11 @@ import click
 from sqlalchemy.orm import Session
 
 from vitalcast.cli import get_settings
+from vitalcast.clinical.records import RecordBatch
 from vitalcast.db import create_db_engine, upgrade_database
 from vitalcast.security.crypto import cipher_from_settings
-from vitalcast.synth.cohort import generate_cohort
-from vitalcast.synth.service import store_cohort
+from vitalcast.synth.cohort import FIRST_RECORD_ID, generate_cohort
+from vitalcast.synth.service import next_record_id, store_cohort
 
 
 @click.command("synth")
@@ -64,8 +65,9 @@ def synth(
 ) -> None:
     """Generate synthetic adult ICU stays in the PhysioNet 2012 style.
 
-    The same --seed and --now give the same stays. Identifiers (names, MRNs, contact
-    details) are invented and belong to nobody.
+    The same --seed and --now give the same stays. With --format db the stays are added
+    to the configured database, numbered after any stays an earlier run stored there.
+    Identifiers (names, MRNs, contact details) are invented and belong to nobody.
     """
     if fmt != "db" and out is None:
         raise click.UsageError(f"--format {fmt} needs --out DIR")
@@ -73,16 +75,14 @@ def synth(
     ref_time = (now.replace(tzinfo=UTC) if now else datetime.now(UTC)).replace(
         second=0, microsecond=0
     )
-    started = time.perf_counter()
-    batch = generate_cohort(n_current=n_current, n_historic=historic, seed=seed, now=ref_time)
-    click.echo(
-        f"generated {n_current} current and {historic} historic stays,"
-        f" {len(batch.observations)} observations in {time.perf_counter() - started:.1f} s"
-    )
+    if fmt == "db":
+        _into_database(ctx, n_current, historic, seed, ref_time)
+        return
+    assert out is not None
+    batch = _generate(n_current, historic, seed, ref_time, FIRST_RECORD_ID)
     if fmt == "physionet":
         from vitalcast.synth.physionet import write_physionet
 
-        assert out is not None
         written = write_physionet(batch, out)
         click.echo(
             f"wrote {written.records} record files and {written.outcomes} outcomes to {out}"
@@ -92,23 +92,43 @@ def synth(
     if fmt == "fhir":
         from vitalcast.synth.fhir import write_fhir_ndjson
 
-        assert out is not None
         counts = write_fhir_ndjson(batch, out)
         summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
         click.echo(f"wrote {summary} to {out}")
         return
+
+
+def _generate(n_current: int, historic: int, seed: int, now: datetime, first: int) -> RecordBatch:
+    started = time.perf_counter()
+    batch = generate_cohort(
+        n_current=n_current, n_historic=historic, seed=seed, now=now, first_record_id=first
+    )
+    click.echo(
+        f"generated {n_current} current and {historic} historic stays,"
+        f" {len(batch.observations)} observations in {time.perf_counter() - started:.1f} s"
+    )
+    return batch
+
+
+def _into_database(
+    ctx: click.Context, n_current: int, historic: int, seed: int, now: datetime
+) -> None:
+    """Add the cohort to the configured database, numbered after any earlier cohort."""
     settings = get_settings(ctx)
     cipher = cipher_from_settings(settings)
     engine = create_db_engine(settings.resolved_database_url)
     try:
         upgrade_database(engine)
-        started = time.perf_counter()
         with Session(engine, expire_on_commit=False) as session:
+            first = next_record_id(session)
+            session.rollback()  # end the read transaction before the chunked writes
+            batch = _generate(n_current, historic, seed, now, first)
+            started = time.perf_counter()
             report = store_cohort(
                 session=session,
                 batch=batch,
                 cipher=cipher,
-                now=ref_time,
+                now=now,
                 location=f"synth seed={seed}",
             )
     finally:

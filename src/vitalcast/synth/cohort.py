@@ -15,7 +15,7 @@ can learn the risk from data, but not perfectly (a realistic AUROC, not 0.99).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -39,7 +39,7 @@ FIRST_RECORD_ID = 200_001  # above PhysioNet 2012's RecordIDs (132539-163037)
 
 _UNIT_SHARE = {3: 0.37, 4: 0.27, 2: 0.22, 1: 0.14}  # ICUType -> share of stays
 _UNIT_LOGIT = {3: 0.25, 4: 0.0, 2: -1.3, 1: 0.0}  # CSRU (2) has the lowest mortality
-_ACUITY_LOGIT = 1.35  # per SD of latent acuity
+_ACUITY_LOGIT = 1.1  # per SD of latent acuity
 _AGE_LOGIT = 0.035  # per year above 65
 _HISTORIC_YEARS = 2.0  # historic discharges spread over this many years before now
 
@@ -53,18 +53,30 @@ class _Population:
     died: np.ndarray
 
 
-def generate_cohort(*, n_current: int, n_historic: int, seed: int, now: datetime) -> RecordBatch:
+def generate_cohort(
+    *,
+    n_current: int,
+    n_historic: int,
+    seed: int,
+    now: datetime,
+    first_record_id: int = FIRST_RECORD_ID,
+) -> RecordBatch:
     """Generate ``n_historic`` completed stays with outcomes and ``n_current`` open stays.
 
     Historic stays lasted 48-240 h, ended before ``now`` and carry an in-hospital-death
     outcome known at discharge. Current stays were admitted 1-96 h before ``now`` and have
     observations up to ``now`` and no outcome. The result depends only on the arguments.
+    Stays are numbered from ``first_record_id`` (their RecordID, reference
+    ``synth:<RecordID>`` and MRN), so a second cohort in the same store must start after
+    the first one's numbers.
 
     Raises:
         ValueError: negative counts or a naive ``now``.
     """
     if n_current < 0 or n_historic < 0:
         raise ValueError("stay counts must not be negative")
+    if first_record_id < 1:
+        raise ValueError("first_record_id must be positive")
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     now = now.astimezone(UTC).replace(second=0, microsecond=0)
@@ -75,6 +87,7 @@ def generate_cohort(*, n_current: int, n_historic: int, seed: int, now: datetime
     for i, child in enumerate(stay_seq.spawn(n)):
         rng = np.random.default_rng(child)
         plan = _plan_stay(i, pop, historic=i >= n_current, now=now, rng=rng)
+        plan = replace(plan, record_id=first_record_id + i, ref=f"{SOURCE}:{first_record_id + i}")
         _add_stay(batch, plan, rng)
     deaths = sum(1 for o in batch.outcomes if o.value == 1.0)
     logger.info(

@@ -60,35 +60,35 @@ class VarModel:
 MODELS: dict[str, VarModel] = {m.key: m for m in (
     # Vital signs (PhysioNet 2012 set A medians: HR 86, NISysABP 116, NIDiasABP 56,
     # RespRate 19, Temp 37.1).
-    VarModel("hr", "cardio", 86, 11, 7, 7, 35, 190, 0),
+    VarModel("hr", "cardio", 86, 13, 7, 9, 35, 190, 0),
     VarModel("resp_rate", "resp", 19, 3, 2.5, 2.5, 6, 48, 0),
-    VarModel("temp", "infect", 37.1, 0.35, 0.15, 0.3, 33.5, 41.0, 1),
-    VarModel("sbp", "cardio", 118, 14, -8, 9, 60, 220, 0),
+    VarModel("temp", "infect", 37.1, 0.45, 0.15, 0.35, 33.5, 41.0, 1),
+    VarModel("sbp", "cardio", 118, 16, -8, 10, 60, 220, 0),
     VarModel("dbp", "cardio", 57, 9, -4.5, 6, 25, 125, 0),
-    VarModel("art_sbp", "cardio", 118, 14, -8, 7, 60, 220, 0),
+    VarModel("art_sbp", "cardio", 118, 16, -8, 8, 60, 220, 0),
     VarModel("art_dbp", "cardio", 58, 8, -4.5, 4, 25, 125, 0),
     VarModel("spo2", "resp", 97, 1.2, -1.2, 1.2, 75, 100, 0),
     VarModel("urine", "renal", 80, 0.35, -0.4, 0.7, 5, 1500, 0, log=True),
     # Laboratory results.
     VarModel("hct", "haem", 30.3, 3.5, -1.0, 1.2, 16, 52, 1),
-    VarModel("platelets", "haem", 172, 0.4, -0.25, 0.08, 12, 900, 0, log=True),
-    VarModel("wbc", "infect", 11.3, 0.35, 0.18, 0.1, 0.5, 80, 1, log=True),
-    VarModel("bun", "renal", 20, 0.5, 0.35, 0.06, 3, 180, 0, log=True),
-    VarModel("creatinine", "renal", 1.0, 0.4, 0.32, 0.06, 0.2, 15, 1, log=True),
+    VarModel("platelets", "haem", 172, 0.5, -0.25, 0.08, 12, 900, 0, log=True),
+    VarModel("wbc", "infect", 11.3, 0.45, 0.18, 0.1, 0.5, 80, 1, log=True),
+    VarModel("bun", "renal", 20, 0.6, 0.35, 0.06, 3, 180, 0, log=True),
+    VarModel("creatinine", "renal", 1.0, 0.55, 0.32, 0.06, 0.2, 15, 1, log=True),
     VarModel("sodium", "metabolic", 139, 4, 0.5, 1.0, 118, 165, 0),
     VarModel("potassium", "renal", 4.1, 0.35, 0.15, 0.2, 2.5, 7.5, 1),
-    VarModel("hco3", "metabolic", 23.5, 3, -1.8, 0.8, 8, 45, 0),
+    VarModel("hco3", "metabolic", 23.5, 3.8, -1.8, 0.8, 8, 45, 0),
     VarModel("magnesium", "none", 2.0, 0.25, 0.0, 0.15, 1.0, 4.0, 1),
-    VarModel("glucose", "metabolic", 127, 0.25, 0.08, 0.18, 40, 700, 0, log=True),
-    VarModel("lactate", "metabolic", 1.6, 0.35, 0.35, 0.15, 0.4, 20, 1, log=True),
-    VarModel("ph", "metabolic", 7.385, 0.04, -0.035, 0.02, 6.9, 7.65, 2),
-    VarModel("paco2", "resp", 40, 5, 1.0, 3, 20, 90, 0),
-    VarModel("pao2", "resp", 120, 0.35, -0.2, 0.15, 40, 500, 0, log=True),
+    VarModel("glucose", "metabolic", 127, 0.3, 0.08, 0.25, 40, 700, 0, log=True),
+    VarModel("lactate", "metabolic", 1.6, 0.45, 0.35, 0.15, 0.4, 20, 1, log=True),
+    VarModel("ph", "metabolic", 7.385, 0.05, -0.035, 0.02, 6.9, 7.65, 2),
+    VarModel("paco2", "resp", 40, 7, 1.0, 3, 20, 90, 0),
+    VarModel("pao2", "resp", 120, 0.45, -0.2, 0.15, 40, 500, 0, log=True),
     VarModel("sao2", "resp", 97, 1.2, -1.0, 0.8, 75, 100, 0),
-    VarModel("ast", "hepatic", 45, 0.9, 0.5, 0.15, 8, 15000, 0, log=True),
-    VarModel("alt", "hepatic", 35, 0.9, 0.45, 0.15, 5, 11000, 0, log=True),
+    VarModel("ast", "hepatic", 45, 1.2, 0.5, 0.15, 8, 15000, 0, log=True),
+    VarModel("alt", "hepatic", 35, 1.2, 0.45, 0.15, 5, 11000, 0, log=True),
     VarModel("alp", "hepatic", 82, 0.45, 0.2, 0.08, 20, 1500, 0, log=True),
-    VarModel("bilirubin", "hepatic", 0.8, 0.7, 0.35, 0.1, 0.1, 40, 1, log=True),
+    VarModel("bilirubin", "hepatic", 0.8, 0.9, 0.35, 0.1, 0.1, 40, 1, log=True),
     VarModel("albumin", "hepatic", 2.9, 0.45, -0.2, 0.15, 1.0, 5.0, 1),
     VarModel("troponin_t", "cardio", 0.15, 1.4, 0.3, 0.2, 0.01, 25, 2, log=True),
     VarModel("troponin_i", "cardio", 2.0, 1.2, 0.3, 0.2, 0.3, 50, 1, log=True),
@@ -109,7 +109,10 @@ ARTEFACTS: dict[str, tuple[float, float]] = {
 
 def draw_baselines(rng: np.random.Generator) -> dict[str, float]:
     """One patient's own baseline offset per variable (in model units)."""
-    return {key: float(rng.normal(0.0, m.between_sd)) for key, m in MODELS.items()}
+    # Student t with 5 degrees of freedom, scaled to SD ``between_sd``: ICU values have
+    # heavier tails than a normal (a few patients with creatinine 10 or AST 10,000).
+    scale = np.sqrt(3.0 / 5.0)
+    return {key: float(rng.standard_t(5) * scale * m.between_sd) for key, m in MODELS.items()}
 
 
 def values(

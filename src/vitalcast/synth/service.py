@@ -13,15 +13,25 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.records import ObservationRecord, OutcomeRecord, RecordBatch
+from vitalcast.clinical.tables import Encounter
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.service import store_batch
 from vitalcast.security.crypto import FieldCipher
-from vitalcast.synth.cohort import SOURCE
+from vitalcast.synth.cohort import FIRST_RECORD_ID, SOURCE
 
 logger = logging.getLogger(__name__)
+
+
+def next_record_id(session: Session) -> int:
+    """The first free synthetic RecordID in the store, so a new cohort never reuses
+    references (and MRNs) of stays stored by an earlier run."""
+    refs = session.scalars(select(Encounter.source_ref).where(Encounter.source == SOURCE))
+    numbers = [int(r.rsplit(":", 1)[-1]) for r in refs if r.rsplit(":", 1)[-1].isdigit()]
+    return max(numbers, default=FIRST_RECORD_ID - 1) + 1
 
 
 def split_by_stay(batch: RecordBatch, stays_per_chunk: int) -> Iterator[RecordBatch]:

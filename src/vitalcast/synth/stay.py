@@ -34,7 +34,7 @@ from vitalcast.synth.physiology import (
     values,
 )
 
-_ORGAN_CORRELATION = 0.75  # loading of each organ state on the stay's latent acuity
+_ORGAN_CORRELATION = 0.65  # loading of each organ state on the stay's latent acuity
 
 _Draw = Callable[[str, np.ndarray], np.ndarray]
 
@@ -75,7 +75,7 @@ class _Trajectory:
         if plan.died:
             # Terminal deterioration in two or three failing organs.
             span = rng.uniform(24.0, 72.0)
-            amp = rng.uniform(1.0, 2.2)
+            amp = rng.uniform(0.6, 1.6)
             weights = np.full(len(ORGANS), 0.35)
             weights[rng.choice(len(ORGANS), size=int(rng.integers(2, 4)), replace=False)] = 1.0
             ramp = np.clip((self.grid - (plan.los_hours - span)) / span, 0.0, 1.0) ** 1.5
@@ -193,7 +193,7 @@ def stay_observations(plan: StayPlan, rng: np.random.Generator) -> list[Observat
     if vent_until:
         vent_t = _subset(rounds[ventilated], 0.3, rng)
         # FiO2 is set in steps of 5 % and raised when oxygenation fails.
-        fio2 = 40 + 9 * traj.at("resp", vent_t) + rng.normal(0, 6, len(vent_t))
+        fio2 = 42 + 10 * traj.at("resp", vent_t) + rng.normal(0, 9, len(vent_t))
         out.add("fio2", vent_t, np.clip(np.round(fio2 / 5) * 5, 30, 100))
         out.add("mech_vent", vent_t, np.ones(len(vent_t)))
     if plan.weight_kg is not None and rng.random() < 0.65:
@@ -244,7 +244,7 @@ def _gcs(
 ) -> None:
     """GCS every 3-4 h: brain dysfunction and, while ventilated, sedation lower it."""
     t = _subset(rounds, 0.28, rng)
-    sedation = np.where(t < vent_until, rng.uniform(2, 7), 0.0)
+    sedation = np.where(t < vent_until, rng.uniform(3, 9), 0.0)
     loss = 3.0 * np.maximum(traj.at("neuro", t) + 0.2, 0) + sedation + rng.normal(0, 1, len(t))
     out.add("gcs", t, np.clip(np.round(15 - np.maximum(loss, 0)), 3, 15))
 

@@ -1,0 +1,274 @@
+"""Device streams over MQTT: QoS 1, persistent session, commit before acknowledging.
+
+The consumer subscribes to ``vitalcast/devices/+/observations`` with QoS 1 under a fixed
+client id and a persistent session (MQTT 3.1.1 ``clean_session=0``; MQTT 5
+``clean_start=0`` with a session that never expires), and acknowledges manually: a
+message's PUBACK is sent only after the database transaction holding it has committed.
+If the consumer or the broker dies in between, the broker redelivers, and the dedup keys
+make the redelivery a no-op. So nothing is lost and nothing is stored twice.
+
+Messages are committed in batches (``mqtt_batch_size`` or ``mqtt_batch_wait_ms``) for
+throughput; the commit-before-ack rule holds per batch. MQTT 5 is used by default because
+its Receive Maximum (65,535 unless the client lowers it) lets the broker keep a whole
+batch in flight; MQTT 3.1.1 brokers cap in-flight messages (Mosquitto: 20 by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitalcast.clinical.records import RecordBatch, Rejected
+from vitalcast.db.session import session_scope
+from vitalcast.errors import ConfigError
+from vitalcast.ingest.report import IngestReport
+from vitalcast.ingest.service import store_batch
+from vitalcast.ingest.sources.device_payload import (
+    CompactObservation,
+    attach_devices,
+    compact_record,
+    fhir_observation_batch,
+)
+from vitalcast.security.crypto import FieldCipher
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "mqtt"
+DEFAULT_PREFIX = "vitalcast/devices"
+_RETRY_S = (0.5, 1, 2, 5, 10)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Where and how to consume."""
+
+    host: str
+    port: int
+    client_id: str
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5
+    username: str | None = None
+    password: str | None = None
+    topic_prefix: str = DEFAULT_PREFIX
+    batch_size: int = 500
+    batch_wait_s: float = 0.2
+
+    @property
+    def topic(self) -> str:
+        return f"{self.topic_prefix}/+/observations"
+
+
+def parse_mqtt_url(url: str) -> dict[str, Any]:
+    """``mqtt://user:pass@host:port?protocol=3.1.1`` -> connection keywords.
+
+    Raises:
+        ConfigError: not an ``mqtt://`` URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise ConfigError(f"VITALCAST_MQTT_URL: expected mqtt://host:port, got {parts.scheme!r}")
+    proto = parse_qs(parts.query).get("protocol", ["5"])[0]
+    if proto not in ("5", "3.1.1"):
+        raise ConfigError("VITALCAST_MQTT_URL: protocol must be 5 or 3.1.1")
+    return {
+        "host": parts.hostname,
+        "port": parts.port or 1883,
+        "username": parts.username,
+        "password": parts.password,
+        "protocol": MQTTProtocolVersion.MQTTv5 if proto == "5" else MQTTProtocolVersion.MQTTv311,
+    }
+
+
+@dataclass
+class StreamStats:
+    """Running totals of one consumer process."""
+
+    messages: int = 0
+    batches: int = 0
+    report: IngestReport = field(default_factory=lambda: IngestReport(SOURCE, "stream"))
+
+
+def parse_message(topic: str, payload: bytes, prefix: str, seq: int) -> RecordBatch:
+    """Readings of one MQTT message (device readings not yet attached to a patient)."""
+    batch = RecordBatch()
+    parts = topic.split("/")
+    head = prefix.split("/")
+    where = f"{topic}#{seq}"
+    if len(parts) != len(head) + 2 or parts[: len(head)] != head or parts[-1] != "observations":
+        batch.received += 1
+        batch.rejected.append(Rejected(where, "bad_topic", "unexpected topic", None))
+        return batch
+    device_id = parts[-2]
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        batch.received += 1
+        reason = (
+            "not UTF-8" if isinstance(exc, UnicodeDecodeError) else f"malformed JSON ({exc.msg})"
+        )
+        batch.rejected.append(
+            Rejected(where, "malformed_payload", reason, payload[:2000].decode("utf-8", "replace"))
+        )
+        return batch
+    items = doc if isinstance(doc, list) else [doc]
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]" if isinstance(doc, list) else where
+        try:
+            if isinstance(item, dict) and item.get("resourceType") == "Observation":
+                batch.extend(fhir_observation_batch(item, at, device_id))
+                continue
+            if isinstance(item, dict) and "resourceType" in item:
+                raise ValueError(f"resourceType {item['resourceType']!r}: send an Observation")
+            rec = compact_record(CompactObservation.model_validate(item), at, device_id)
+        except (ValidationError, ValueError) as exc:
+            batch.received += 1
+            msg = (
+                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+                if isinstance(exc, ValidationError)
+                else str(exc)
+            )
+            batch.rejected.append(
+                Rejected(at, "invalid_payload", msg[:500], json.dumps(item, default=str)[:2000])
+            )
+            continue
+        batch.received += 1
+        batch.observations.append(rec)
+    return batch
+
+
+class DeviceStreamConsumer:
+    """Consumes device messages until ``stop`` is set."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        cipher: FieldCipher,
+        config: MqttConfig,
+    ) -> None:
+        self.factory = factory
+        self.cipher = cipher
+        self.config = config
+        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.stats = StreamStats()
+        self.subscribed = threading.Event()
+        self._seq = 0
+        self._started = False
+        self.client = self._client()
+
+    def _client(self) -> mqtt.Client:
+        cfg = self.config
+        v5 = cfg.protocol == MQTTProtocolVersion.MQTTv5
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=cfg.protocol,
+            manual_ack=True,
+            clean_session=None if v5 else False,
+        )
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password)
+        client.on_connect = self._on_connect
+        client.on_subscribe = lambda *_: self.subscribed.set()
+        client.on_message = lambda _c, _u, msg: self.inbox.put(msg)
+        client.reconnect_delay_set(1, 10)
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            logger.error("mqtt connect refused", extra={"reason": str(rc)})
+            return
+        client.subscribe(self.config.topic, qos=1)
+
+    def connect(self) -> None:
+        """Connect with a persistent session and start the network thread."""
+        cfg = self.config
+        if cfg.protocol == MQTTProtocolVersion.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0xFFFFFFFF  # the session outlives any restart
+            self.client.connect(
+                cfg.host, cfg.port, keepalive=30, clean_start=False, properties=props
+            )
+        else:
+            self.client.connect(cfg.host, cfg.port, keepalive=30)
+        self.client.loop_start()
+        self._started = True
+
+    def connect_check(self) -> None:
+        """Connect now, so that an unreachable broker fails before ``run``.
+
+        Raises:
+            OSError: the broker cannot be reached.
+        """
+        self.connect()
+
+    def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> StreamStats:
+        """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
+        if not self._started:
+            self.connect()
+        last = time.monotonic()
+        try:
+            while not stop.is_set():
+                msgs = self._collect()
+                if msgs:
+                    self._store_and_ack(msgs, stop)
+                    last = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                    break
+        finally:
+            self.client.loop_stop()
+            self.client.disconnect()
+        return self.stats
+
+    def _collect(self) -> list[mqtt.MQTTMessage]:
+        try:
+            msgs = [self.inbox.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self.config.batch_wait_s
+        while len(msgs) < self.config.batch_size:
+            try:
+                msgs.append(self.inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return msgs
+
+    def process(self, msgs: list[mqtt.MQTTMessage]) -> IngestReport:
+        """Store one batch in one transaction (committed when this returns)."""
+        batch = RecordBatch()
+        for msg in msgs:
+            self._seq += 1
+            batch.extend(
+                parse_message(msg.topic, bytes(msg.payload), self.config.topic_prefix, self._seq)
+            )
+        with session_scope(self.factory) as session:
+            attached = attach_devices(session, batch)
+            where = f"mqtt {self.config.client_id} batch of {len(msgs)}"
+            return store_batch(session, attached, source=SOURCE, location=where, cipher=self.cipher)
+
+    def _store_and_ack(self, msgs: list[mqtt.MQTTMessage], stop: threading.Event) -> None:
+        for attempt in range(len(_RETRY_S) + 1):
+            try:
+                report = self.process(msgs)
+                break
+            except Exception:
+                # Not committed, not acknowledged: retry; if we die, the broker redelivers.
+                logger.exception("device batch not stored", extra={"attempt": attempt + 1})
+                if attempt == len(_RETRY_S) or stop.wait(_RETRY_S[attempt]):
+                    raise
+        for msg in msgs:  # PUBACK only after the commit above
+            self.client.ack(msg.mid, msg.qos)
+        self.stats.messages += len(msgs)
+        self.stats.batches += 1
+        self.stats.report.merge(report)

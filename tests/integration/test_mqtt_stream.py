@@ -1,0 +1,190 @@
+"""Device streams through a real MQTT broker into real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select
+
+from tests.mqtt_helpers import Publisher
+from vitalcast.clinical.records import PatientRecord, RecordBatch
+from vitalcast.clinical.tables import Observation, Patient
+from vitalcast.config import Settings
+from vitalcast.db.session import make_session_factory, session_scope
+from vitalcast.ingest.devices import bind_device, unbind_device
+from vitalcast.ingest.mqtt import DeviceStreamConsumer, MqttConfig, parse_mqtt_url
+from vitalcast.ingest.service import store_batch
+from vitalcast.ingest.tables import QuarantineItem
+from vitalcast.security.crypto import FieldCipher
+
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def _patient(engine: Engine, cipher: FieldCipher, ref: str) -> str:
+    factory = make_session_factory(engine)
+    with session_scope(factory) as s:
+        store_batch(
+            s,
+            RecordBatch(patients=[PatientRecord(ref=ref)]),
+            source="test",
+            location="t",
+            cipher=cipher,
+        )
+    with factory() as s:
+        return s.scalars(select(Patient.public_id).where(Patient.source_ref == ref)).one()
+
+
+def _hr(t: datetime, value: float) -> dict[str, object]:
+    return {"code": "8867-4", "value": value, "unit": "/min", "time": t.isoformat()}
+
+
+def _count(engine: Engine, table: type) -> int:
+    with make_session_factory(engine)() as s:
+        return int(s.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def test_bindings_duplicates_order_and_bad_payloads(
+    mqtt_url: str, pg_engine: Engine, cipher: FieldCipher
+) -> None:
+    pid = _patient(pg_engine, cipher, "p1")
+    factory = make_session_factory(pg_engine)
+    with session_scope(factory) as s:
+        bind_device(s, device_id="mon-1", patient_public_id=pid, now=T0)
+    with session_scope(factory) as s:
+        unbind_device(s, device_id="mon-1", now=T0 + timedelta(hours=2))
+    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
+    config = MqttConfig(
+        **parse_mqtt_url(mqtt_url),
+        client_id=f"vc-{uuid.uuid4().hex[:8]}",
+        topic_prefix=prefix,
+        batch_size=50,
+        batch_wait_s=0.1,
+    )
+    consumer = DeviceStreamConsumer(factory, cipher, config)
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,))
+    worker.start()
+    assert consumer.subscribed.wait(10)
+    pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+    topic = f"{prefix}/mon-1/observations"
+    fhir = {
+        "resourceType": "Observation",
+        "id": "spo2-1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "59408-5"}]},
+        "effectiveDateTime": (T0 + timedelta(minutes=5)).isoformat(),
+        "valueQuantity": {
+            "value": 97,
+            "unit": "%",
+            "system": "http://unitsofmeasure.org",
+            "code": "%",
+        },
+    }
+    payloads: list[tuple[str, object]] = [
+        (topic, _hr(T0 + timedelta(minutes=30), 80)),
+        (topic, _hr(T0 + timedelta(minutes=30), 80)),  # duplicate (a resend)
+        (topic, _hr(T0 + timedelta(minutes=10), 75)),  # out of order: older, still bound
+        (topic, fhir),
+        (topic, _hr(T0 + timedelta(hours=3), 90)),  # measured after the unbind
+        (topic, _hr(T0 - timedelta(minutes=1), 90)),  # measured before the bind
+        (f"{prefix}/mon-2/observations", _hr(T0, 70)),  # never bound
+        (topic, b"{not json"),
+        (topic, {"code": "8867-4", "value": 1, "time": "2025-06-01T12:00:00"}),  # naive time
+    ]
+    for t, p in payloads:
+        pub.publish(t, p)
+    pub.close()
+    deadline = time.monotonic() + 30
+    while consumer.stats.messages < len(payloads) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    worker.join(10)
+    assert consumer.stats.messages == len(payloads)
+    report = consumer.stats.report
+    assert report.balanced()
+    with factory() as s:
+        stored = sorted(
+            (o.effective_at, o.code, o.value, o.device_id) for o in s.scalars(select(Observation))
+        )
+        reasons = sorted(s.scalars(select(QuarantineItem.reason_code)))
+    assert stored == [
+        (T0 + timedelta(minutes=5), "59408-5", 97.0, "mon-1"),
+        (T0 + timedelta(minutes=10), "8867-4", 75.0, "mon-1"),
+        (T0 + timedelta(minutes=30), "8867-4", 80.0, "mon-1"),
+    ]
+    assert report.kinds["observation"].duplicates == 1
+    assert reasons == [
+        "invalid_payload",
+        "malformed_payload",
+        "unbound_device",
+        "unbound_device",
+        "unbound_device",
+    ]
+
+
+def test_forced_consumer_restart_loses_nothing(
+    mqtt_url: str, settings: Settings, pg_engine: Engine, cipher: FieldCipher
+) -> None:
+    pid = _patient(pg_engine, cipher, "p2")
+    with session_scope(make_session_factory(pg_engine)) as s:
+        bind_device(s, device_id="bed-7", patient_public_id=pid, now=T0)
+    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
+    env = {
+        **os.environ,
+        "VITALCAST_ENV": "test",
+        "VITALCAST_DATA_DIR": str(settings.data_dir),
+        "VITALCAST_DATABASE_URL": str(settings.database_url),
+        "VITALCAST_MQTT_URL": mqtt_url,
+        "VITALCAST_MQTT_CLIENT_ID": f"vc-restart-{uuid.uuid4().hex[:8]}",
+        "VITALCAST_MQTT_BATCH_SIZE": "100",
+    }
+    cmd = [
+        str(Path(sys.executable).with_name("vitalcast")),
+        "stream",
+        "mqtt",
+        "--topic-prefix",
+        prefix,
+    ]
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # printed once connected
+        assert line.startswith("consuming"), line
+        return proc
+
+    total = 1200  # below Mosquitto's default max_queued_messages (1000) while it is down
+    first = start()
+    pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+    topic = f"{prefix}/bed-7/observations"
+    for i in range(total):
+        pub.publish(topic, _hr(T0 + timedelta(seconds=i), 60 + i % 80))
+        if i == 400:
+            pub.flush()
+            deadline = time.monotonic() + 30
+            while _count(pg_engine, Observation) < 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            first.send_signal(signal.SIGKILL)  # mid-stream, no clean shutdown
+            first.communicate(timeout=10)
+    pub.close()
+    killed_at = _count(pg_engine, Observation)
+    assert 0 < killed_at < total
+    second = start()
+    deadline = time.monotonic() + 60
+    while _count(pg_engine, Observation) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second.send_signal(signal.SIGTERM)
+    _out, err = second.communicate(timeout=20)
+    assert second.returncode == 0, err
+    assert _count(pg_engine, Observation) == total
+    assert _count(pg_engine, QuarantineItem) == 0

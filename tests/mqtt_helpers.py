@@ -1,0 +1,41 @@
+"""A real MQTT publisher for tests and benchmarks (paho-mqtt, QoS 1)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from vitalcast.ingest.mqtt import parse_mqtt_url
+
+
+class Publisher:
+    """Publishes with QoS 1 and waits until the broker has acknowledged every message."""
+
+    def __init__(self, url: str, client_id: str) -> None:
+        opts = parse_mqtt_url(url)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=opts["protocol"]
+        )
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.connect(opts["host"], opts["port"])
+        self.client.loop_start()
+        self.pending: list[mqtt.MQTTMessageInfo] = []
+
+    def publish(self, topic: str, payload: Any) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.pending.append(self.client.publish(topic, data, qos=1))
+
+    def flush(self, timeout_s: float = 60) -> None:
+        for info in self.pending:
+            info.wait_for_publish(timeout=timeout_s)
+            assert info.is_published(), "broker did not acknowledge a message"
+        self.pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.client.loop_stop()
+        self.client.disconnect()

@@ -1,0 +1,119 @@
+"""FHIR adapter on small hand-made resources: panels, absent data, references, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from vitalcast.ingest.sources.fhir import FhirFormatError, parse_bytes
+
+PATIENT = {
+    "resourceType": "Patient",
+    "id": "p1",
+    "gender": "male",
+    "birthDate": "1950-02-03",
+    "identifier": [{"type": {"coding": [{"code": "MR"}]}, "value": "M-1"}],
+}
+
+
+def _obs(**extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "meta": {"versionId": "2"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "urn:uuid:aaaa"},
+        "effectiveDateTime": "2024-05-01T10:00:00+02:00",
+        **extra,
+    }
+
+
+def _bundle(*resources: dict[str, Any], btype: str = "transaction") -> bytes:
+    entries = [
+        {
+            "fullUrl": "urn:uuid:aaaa",
+            "resource": PATIENT,
+            "request": {"method": "POST", "url": "Patient"},
+        }
+    ]
+    entries += [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)]
+    return json.dumps({"resourceType": "Bundle", "type": btype, "entry": entries}).encode()
+
+
+def test_bp_panel_components_and_urn_uuid_subject() -> None:
+    bp = _obs(
+        code={"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        component=[
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {
+                    "value": 130,
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mm[Hg]",
+                },
+            },
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                "dataAbsentReason": {
+                    "coding": [{"code": "asked-unknown", "display": "Asked But Unknown"}]
+                },
+            },
+        ],
+    )
+    unit = parse_bytes(_bundle(bp), "b.json")
+    (sbp,) = unit.batch.observations
+    assert (sbp.code, sbp.value, sbp.unit, sbp.patient_ref) == (
+        "8480-6",
+        130,
+        "mm[Hg]",
+        "Patient/p1",
+    )
+    assert sbp.source_ref == "b.json#Bundle.entry[1].resource(Observation/o1).component[0]"
+    assert sbp.identity == "Observation/o1|2|component[0]"
+    assert sbp.effective_at.isoformat() == "2024-05-01T08:00:00+00:00"
+    (absent,) = unit.batch.rejected
+    assert absent.reason_code == "data_absent"
+    assert "Asked But Unknown" in absent.reason
+    (patient,) = unit.batch.patients
+    assert (patient.ref, patient.mrn, patient.sex) == ("Patient/p1", "M-1", "male")
+
+
+def test_missing_subject_and_invalid_resource_are_quarantined_with_paths() -> None:
+    no_subject = {k: v for k, v in _obs().items() if k != "subject"}
+    invalid = _obs(id="o2", valueQuantity={"value": "abc"})
+    unit = parse_bytes(_bundle(no_subject, invalid), "b.json")
+    reasons = {r.location: r.reason_code for r in unit.batch.rejected}
+    assert reasons == {
+        "b.json#Bundle.entry[1].resource(Observation/o1)": "missing_subject",
+        "b.json#Bundle.entry[2].resource(Observation/o2)": "invalid_resource",
+    }
+    assert "valueQuantity.value" in unit.batch.rejected[1].reason
+
+
+def test_ndjson_bad_line_is_one_item() -> None:
+    lines = [
+        json.dumps(PATIENT),
+        "{oops",
+        json.dumps(_obs(subject={"reference": "Patient/p1"}, valueQuantity={"value": 70})),
+    ]
+    unit = parse_bytes("\n".join(lines).encode(), "Observation.ndjson")
+    assert len(unit.batch.observations) == 1
+    assert [r.location for r in unit.batch.rejected] == ["Observation.ndjson#line[2]"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"{", "malformed JSON at line 1"),
+        (b"\xff\x00", "not UTF-8"),
+        (b'{"resourceType": "Nonsense"}', "is not a FHIR resource type"),
+        (b"[1, 2]", "not a FHIR resource"),
+        (_bundle(btype="transaction-response"), "is not ingested"),
+    ],
+)
+def test_unreadable_documents(data: bytes, message: str) -> None:
+    with pytest.raises(FhirFormatError, match=message):
+        parse_bytes(data, "x.json")
