@@ -44,7 +44,7 @@ CHROMIUM_ARGS = [
 INSTALL_HINT = "command -v chromium || (apt-get update -qq && apt-get install -y -qq chromium)"
 PASSWORD = "correct horse battery"
 CURRENT_STAYS = 24
-HISTORIC_STAYS = 240
+HISTORIC_STAYS = 200
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 BIN = Path(sys.executable).parent
 

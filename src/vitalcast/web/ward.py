@@ -101,7 +101,8 @@ def trend_of(points: Sequence[tuple[datetime, float]]) -> tuple[str, float | Non
     """Direction and size of the change over the window (see TREND_MIN_CHANGE)."""
     if len(points) < 2:
         return "none", None
-    change = points[-1][1] - points[0][1]
+    # Rounded so that a change displayed as "+5 pts" is a trend (0.15 - 0.10 < 0.05 in floats).
+    change = round(points[-1][1] - points[0][1], 9)
     if change >= TREND_MIN_CHANGE:
         return "up", change
     if change <= -TREND_MIN_CHANGE:
