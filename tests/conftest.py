@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from tests.services import (
@@ -151,3 +153,70 @@ def mqtt_url() -> Iterator[str]:
     """A real MQTT broker: CI's Mosquitto (VITALCAST_TEST_MQTT_URL) or a throwaway one."""
     with mqtt_broker() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def trained_model(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An icu-mortality model trained once per session on a small synthetic cohort."""
+    from vitalcast.db.session import make_session_factory
+    from vitalcast.modeling.service import train_and_register
+    from vitalcast.modeling.train import FAST_BUDGET
+    from vitalcast.synth import generate_cohort, store_cohort
+
+    home = tmp_path_factory.mktemp("trained")
+    settings = load_settings(env="test", data_dir=home, database_url=databases.new())
+    engine = create_db_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+    batch = generate_cohort(n_current=0, n_historic=400, seed=11, now=MODEL_NOW)
+    with sessions() as session:
+        store_cohort(
+            session=session, batch=batch, cipher=cipher_from_settings(settings), now=MODEL_NOW
+        )
+    with session_scope(sessions) as session:
+        outcome = train_and_register(
+            "icu-mortality",
+            session=session,
+            registry_dir=home / "registry",
+            budget=FAST_BUDGET,
+            n_splits=3,
+            n_boot=20,
+        )
+    engine.dispose()
+    return outcome
+
+
+MODEL_NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def ward(app: Flask, trained_model: Any) -> list[str]:
+    """The app with the trained model as champion and 25 current stays stored and scored.
+
+    Returns the patients' public ids.
+    """
+    from vitalcast.clinical.tables import Patient
+    from vitalcast.modeling.service import register_version
+    from vitalcast.serving.models import refresh_models
+    from vitalcast.serving.scoring import score_current_encounters
+    from vitalcast.synth import generate_cohort, store_cohort
+
+    state = get_state(app)
+    now = datetime.now(UTC)
+    with session_scope(state.sessions) as session:
+        register_version(
+            session,
+            version=trained_model.version,
+            task="icu-mortality",
+            path=trained_model.artifact_path,
+            sha256=trained_model.sha256,
+            threshold=trained_model.threshold,
+            metrics=trained_model.metrics,
+        )
+    refresh_models(state)
+    assert state.predictor is not None
+    batch = generate_cohort(n_current=25, n_historic=0, seed=5, now=now)
+    with state.sessions() as session:
+        store_cohort(session=session, batch=batch, cipher=state.cipher, now=now)
+    with session_scope(state.sessions) as session:
+        score_current_encounters(session, state.predictor, as_of=now)
+        return list(session.scalars(select(Patient.public_id)))

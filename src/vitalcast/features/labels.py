@@ -70,7 +70,7 @@ def _unit(name: str) -> str:
     if stat == "hours_since_last":
         return "h"
     if stat == "slope":
-        return f"{spec.display_unit}/h".lstrip("/")
+        return f"{spec.display_unit}/h" if spec.display_unit else "per h"
     return spec.display_unit
 
 
@@ -85,5 +85,5 @@ def describe_feature(name: str, value: float | str | None) -> str:
     if name.startswith("unit_") or name == "sex_male":
         return f"{label}: {'yes' if value >= 0.5 else 'no'}"
     unit = _unit(name)
-    shown = f"{value:+.3g}" if name.endswith(("_slope_all", "_slope_24h")) else f"{value:.3g}"
+    shown = f"{value:+.3g}" if "_slope_" in name else f"{value:.3g}"
     return f"{label}: {shown} {unit}".rstrip()

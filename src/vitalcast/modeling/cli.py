@@ -289,4 +289,33 @@ def models_rollback(ctx: click.Context, task_name: str) -> None:
     click.echo(f"{row.version} is champion of {task_name} again")
 
 
-COMMANDS = (train, evaluate, models)
+@click.command()
+@click.option("--model", "model_ref", required=True, help="Version, or champion with --task.")
+@click.option("--task", "task_name", default=None, help="Task, when --model is an alias.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the HTML here (default: model-report-VERSION.html).",
+)
+@click.option("--markdown", is_flag=True, help="Print the Markdown summary instead.")
+@click.pass_context
+def report(
+    ctx: click.Context, model_ref: str, task_name: str | None, out: Path | None, markdown: bool
+) -> None:
+    """Write the HTML model card (model card + TRIPOD+AI items, plots, subgroups)."""
+    from vitalcast.modeling.report import render_html, render_markdown
+    from vitalcast.modeling.service import get_version_or_raise, sidecar_of
+
+    with _session(ctx) as session:
+        row = get_version_or_raise(session, model_ref, task_name)
+        sidecar = sidecar_of(row)
+    if markdown:
+        click.echo(render_markdown(sidecar))
+        return
+    target = out or Path(f"model-report-{sidecar['version']}.html")
+    target.write_text(render_html(sidecar), encoding="utf-8")
+    click.echo(str(target))
+
+
+COMMANDS = (train, evaluate, models, report)

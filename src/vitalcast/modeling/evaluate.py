@@ -12,7 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 _EPS = 1e-12
@@ -235,3 +240,23 @@ def subgroup_metrics(
             row.update(confusion(yy, pp, threshold))
         out[value] = row
     return out
+
+
+def curves(y: np.ndarray, p: np.ndarray, points: int = 100) -> dict[str, Any]:
+    """ROC, precision-recall and decile calibration points, small enough for a sidecar."""
+    if not 0 < y.sum() < len(y):
+        return {}
+    fpr, tpr, _ = roc_curve(y, p)
+    prec, rec, _ = precision_recall_curve(y, p)
+
+    def thin(a: np.ndarray, b: np.ndarray) -> list[list[float]]:
+        idx = np.unique(np.linspace(0, len(a) - 1, min(points, len(a))).astype(int))
+        return [[float(a[i]), float(b[i])] for i in idx]
+
+    order = np.argsort(p, kind="mergesort")
+    deciles = [
+        [float(p[part].mean()), float(y[part].mean()), len(part)]
+        for part in np.array_split(order, 10)
+        if len(part)
+    ]
+    return {"roc": thin(fpr, tpr), "pr": thin(rec, prec), "calibration": deciles}

@@ -13,6 +13,7 @@ exact in sum, approximate per feature (documented in the model report).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +89,11 @@ class Explainer:
             coef = self.model.coef_[0]
             return np.full(len(Z), float(self.model.intercept_[0])), Z * coef, True
         if self._tree is None:
-            import shap
+            with warnings.catch_warnings():
+                # shap's import touches matplotlib colormap APIs slated for deprecation.
+                warnings.simplefilter("ignore", PendingDeprecationWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import shap
 
             self._tree = shap.TreeExplainer(self.model)
         values = self._tree.shap_values(Z, check_additivity=False)

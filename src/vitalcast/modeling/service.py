@@ -160,7 +160,7 @@ def register_version(
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The row keeps flat headline metrics; the sidecar keeps everything."""
-    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict) and k != "curves"}
 
 
 def validation_metrics(
@@ -181,6 +181,7 @@ def validation_metrics(
             for h in task.landmarks_h
             if ds.rows_at(h).any()
         }
+    out["curves"] = ev.curves(y, p)
     meta = ds.meta.loc[rows]
     out["subgroups"] = {
         col: ev.subgroup_metrics(y, p, meta[col].to_numpy(), threshold)

@@ -87,7 +87,9 @@ def make_preprocessor(
 ) -> ColumnTransformer:
     """Imputation (+ missingness indicators), scaling and one-hot: the compilable shape.
 
-    Trees get no indicator columns: the per-window ``count`` features already say what was
+    ``keep_empty_features``: a column empty in one training fold keeps its place (imputed
+    0), so every fitted preprocessor has the same output layout. Trees get no indicator
+    columns: the per-window ``count`` features already say what was
     not measured, and doubling the columns doubles histogram-building time.
     """
     parts: list[tuple[str, Any, list[str]]] = []
@@ -97,7 +99,14 @@ def make_preprocessor(
                 "num",
                 Pipeline(
                     [
-                        ("impute", SimpleImputer(strategy="median", add_indicator=indicators)),
+                        (
+                            "impute",
+                            SimpleImputer(
+                                strategy="median",
+                                add_indicator=indicators,
+                                keep_empty_features=True,
+                            ),
+                        ),
                         ("scale", StandardScaler()),
                     ]
                 ),
@@ -110,7 +119,10 @@ def make_preprocessor(
                 "cat",
                 Pipeline(
                     [
-                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        (
+                            "impute",
+                            SimpleImputer(strategy="most_frequent", keep_empty_features=True),
+                        ),
                         ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
                     ]
                 ),

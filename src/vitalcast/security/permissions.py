@@ -20,6 +20,7 @@ class Permission(StrEnum):
     IDENTIFIERS_READ = "identifiers:read"  # names, MRNs, birth dates in clear
     PREDICT = "predictions:create"  # score a feature vector or a patient
     OBSERVATIONS_WRITE = "observations:write"  # push data (integrations, devices)
+    DEVICES_MANAGE = "devices:manage"  # bind a bedside or wearable device to a patient
     FEEDBACK_WRITE = "feedback:write"  # acknowledge alerts, agree/disagree
     MODELS_READ = "models:read"  # model reports, metrics
     MODELS_MANAGE = "models:manage"  # promote, roll back, retrain
@@ -32,6 +33,7 @@ class Permission(StrEnum):
 ROLES = ("clinician", "nurse", "data_scientist", "admin", "integration")
 
 _CLINICAL = {
+    Permission.DEVICES_MANAGE,
     Permission.PATIENTS_READ,
     Permission.IDENTIFIERS_READ,
     Permission.PREDICT,
@@ -56,7 +58,12 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "admin": frozenset(Permission),
     # Machines: push data, ask for scores, read results (CDS Hooks, EHR integration).
     "integration": frozenset(
-        {Permission.OBSERVATIONS_WRITE, Permission.PREDICT, Permission.PATIENTS_READ}
+        {
+            Permission.OBSERVATIONS_WRITE,
+            Permission.DEVICES_MANAGE,
+            Permission.PREDICT,
+            Permission.PATIENTS_READ,
+        }
     ),
 }
 

@@ -79,6 +79,7 @@ def register_blueprints(app: Flask) -> None:
     from vitalcast.serving.cds_hooks import cds
     from vitalcast.serving.fhir_api import fhir
     from vitalcast.serving.health import health
+    from vitalcast.serving.ingest_api import ingest_api
     from vitalcast.serving.patient_api import patient_api
     from vitalcast.web.admin_views import web_admin
     from vitalcast.web.model_views import web_models
@@ -89,6 +90,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(admin, url_prefix="/api/v1")
     app.register_blueprint(patient_api, url_prefix="/api/v1")
+    app.register_blueprint(ingest_api, url_prefix="/api/v1")
     app.register_blueprint(fhir, url_prefix="/fhir")
     app.register_blueprint(cds, url_prefix="/cds-services")
     app.register_blueprint(web)

@@ -24,7 +24,6 @@ from vitalcast.config import Settings
 from vitalcast.db import create_db_engine, session_scope, upgrade_database
 from vitalcast.db.base import utcnow
 from vitalcast.db.session import make_session_factory
-from vitalcast.ingest.service import store_batch
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.service import create_user
@@ -65,14 +64,15 @@ def prepare_demo(settings: Settings, *, echo: Callable[[str], None]) -> DemoInfo
     with sessions() as session:
         patients = session.scalar(select(func.count()).select_from(Patient)) or 0
     if patients == 0:
-        from vitalcast.synth import generate_cohort
+        from vitalcast.synth import generate_cohort, store_cohort
 
+        now = utcnow()
         echo(f"generating {settings.demo_patients} current and {DEMO_HISTORIC} past ICU stays ...")
         batch = generate_cohort(
-            n_current=settings.demo_patients, n_historic=DEMO_HISTORIC, seed=DEMO_SEED, now=utcnow()
+            n_current=settings.demo_patients, n_historic=DEMO_HISTORIC, seed=DEMO_SEED, now=now
         )
-        with session_scope(sessions) as session:
-            report = store_batch(session, batch, source="synthetic", location="demo", cipher=cipher)
+        with sessions() as session:
+            report = store_cohort(session=session, batch=batch, cipher=cipher, now=now)
         echo(report.render().splitlines()[0])
         with sessions() as session:
             patients = session.scalar(select(func.count()).select_from(Patient)) or 0

@@ -1,0 +1,63 @@
+"""Benchmark: train icu-mortality on PhysioNet 2012 set A end to end, then score set B.
+
+Prints the wall time of each stage (parse + features at every landmark, search with
+cross-validation, calibration, registration) and set B metrics at 48 h. Not a test.
+
+    VITALCAST_SHARED_DATA=/work/shared/data .venv/bin/python bench/train_icu_mortality.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vitalcast.modeling.loaders import load_dataset
+from vitalcast.modeling.registry import load_model
+from vitalcast.modeling.service import train_and_register, validation_metrics
+from vitalcast.modeling.tasks import get_task
+
+
+def main() -> int:
+    root = Path(os.environ.get("VITALCAST_SHARED_DATA", "../shared/data")) / "physionet2012"
+    task = get_task("icu-mortality")
+    t0 = time.perf_counter()
+    ds = load_dataset(
+        task, session=None, data=root / "set-a.tar.gz", outcomes=root / "Outcomes-a.txt"
+    )
+    t_features = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as reg:
+        out = train_and_register(task.name, session=None, registry_dir=Path(reg), dataset=ds)
+        t_total = time.perf_counter() - t0
+        model = load_model(out.artifact_path, out.sha256)
+        print(f"set A: {len(ds.y)} rows, {ds.X.shape[1]} candidate features")
+        print(f"parse + features (all landmarks): {t_features:.1f} s")
+        print(f"search + calibration + threshold: {out.seconds:.1f} s")
+        print(f"end to end (parse .. registered): {t_total:.1f} s")
+        chosen = model.sidecar["model"]
+        print(f"chosen: {chosen['candidate']} / {chosen['calibration']}")
+        print("search:", json.dumps(model.sidecar["model"]["search"]))
+        print(
+            f"internal (CV) 48 h: AUROC {out.metrics['auroc']:.4f}"
+            f" event1 {out.metrics['event1']:.4f}"
+            f" H {out.metrics['hl_h']:.2f} threshold {out.threshold:.4f}"
+        )
+        b = load_dataset(
+            task, session=None, data=root / "set-b.tar.gz", outcomes=root / "Outcomes-b.txt"
+        )
+        proba = model.predict_proba(b.X)
+        m = validation_metrics(task, b, proba, model.threshold, n_boot=200)
+        print(
+            f"set B 48 h: AUROC {m['auroc']:.4f} {m['auroc_ci']} event1 {m['event1']:.4f}"
+            f" H {m['hl_h']:.2f} slope {m['calibration_slope']:.3f}"
+            f" brier {m['brier']:.4f} NEWS2 AUROC {m['baseline']['auroc']:.4f}"
+        )
+        print("set B by landmark:", json.dumps(m["by_landmark"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

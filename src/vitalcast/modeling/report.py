@@ -1,0 +1,220 @@
+"""Model reports from the registry: an HTML model card and a Markdown summary.
+
+Sections follow Mitchell et al. 2019 (model cards) and the TRIPOD+AI items that apply
+(Collins et al., BMJ 2024): source of data, outcome, predictors, sample size, missing data,
+model building, internal validation, performance with intervals, calibration, subgroups.
+Every figure comes from the sidecar written at training time, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+from vitalcast.modeling.tasks import get_task
+
+_ROWS = (
+    ("auroc", "AUROC"),
+    ("auprc", "AUPRC"),
+    ("brier", "Brier score"),
+    ("calibration_slope", "Calibration slope"),
+    ("calibration_intercept", "Calibration intercept"),
+    ("ece", "Expected calibration error"),
+    ("hl_h", "Hosmer–Lemeshow H (2012 challenge)"),
+    ("event1", "Event 1 = min(Se, PPV)"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("ppv", "PPV"),
+    ("npv", "NPV"),
+    ("net_benefit", "Net benefit at threshold"),
+)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, value, 95 % CI) for each headline metric present."""
+    out = []
+    for key, label in _ROWS:
+        if key in metrics:
+            ci = metrics.get(f"{key}_ci")
+            ci_text = f"{_fmt(ci[0])} – {_fmt(ci[1])}" if ci else ""
+            out.append((label, _fmt(metrics[key]), ci_text))
+    return out
+
+
+def _plots(curves: dict[str, Any]) -> str:
+    if not curves:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    roc, pr, cal = curves["roc"], curves["pr"], curves["calibration"]
+    axes[0].plot([a for a, _ in roc], [b for _, b in roc])
+    axes[0].plot([0, 1], [0, 1], ls=":", c="grey")
+    axes[0].set(title="ROC", xlabel="1 − specificity", ylabel="sensitivity")
+    axes[1].plot([a for a, _ in pr], [b for _, b in pr])
+    axes[1].set(title="Precision–recall", xlabel="recall", ylabel="precision")
+    axes[2].plot([c[0] for c in cal], [c[1] for c in cal], marker="o")
+    top = max(max(c[0] for c in cal), max(c[1] for c in cal)) * 1.05
+    axes[2].plot([0, top], [0, top], ls=":", c="grey")
+    axes[2].set(title="Calibration (deciles)", xlabel="predicted", ylabel="observed")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(sidecar: dict[str, Any]) -> str:
+    """The model card of one registered version."""
+    task = get_task(sidecar["task"])
+    m = sidecar.get("metrics", {})
+    model, data = sidecar.get("model", {}), sidecar.get("data", {})
+    parts = [
+        f"<h1>Model card: {html.escape(sidecar['version'])}</h1>",
+        "<h2>Model details</h2>",
+        _table(
+            ["item", "value"],
+            [
+                ["Task", task.name],
+                ["Model", f"{model.get('candidate')} ({model.get('family')})"],
+                ["Calibration", str(model.get("calibration"))],
+                ["Operating threshold", _fmt(sidecar.get("threshold"))],
+                ["Threshold rule", task.threshold_rule],
+                ["Seed", str(model.get("seed"))],
+                ["Artifact sha256", sidecar["sha256"]],
+                ["Created", sidecar["created_at"]],
+                ["Library versions", ", ".join(f"{k} {v}" for k, v in sidecar["versions"].items())],
+            ],
+        ),
+        "<h2>Intended use</h2>",
+        f"<p>{html.escape(task.description)} Decision support for clinicians; not a"
+        " diagnosis. Out of scope: paediatric patients, populations unlike the training"
+        " data (see data), use without clinical review.</p>",
+        "<h2>Data (TRIPOD+AI 5–9)</h2>",
+        _table(
+            ["item", "value"],
+            [
+                ["Source", str(data.get("source"))],
+                ["Rows (stay × landmark)", str(data.get("rows"))],
+                ["Patients", str(data.get("patients"))],
+                ["Events", str(data.get("events"))],
+                ["Landmarks (h)", ", ".join(f"{h:g}" for h in data.get("landmarks_h", []))],
+                ["Predictors", str(len(sidecar["feature_names"]))],
+                ["Training-data fingerprint", sidecar["training_data_fingerprint"]],
+                ["Notes", "; ".join(data.get("notes", []))],
+            ],
+        ),
+        "<p>Missing values: median imputation with missingness indicators (linear models)"
+        " or measurement counts (trees), fitted inside each training fold.</p>",
+        f"<h2>Performance: {html.escape(str(m.get('validation', '')))}</h2>",
+        _table(["metric", "value", "95 % CI"], [list(r) for r in metric_rows(m)]),
+    ]
+    if "by_landmark" in m:
+        parts += [
+            "<h3>By landmark</h3>",
+            _table(
+                ["landmark (h)", "n", "AUROC", "Brier"],
+                [
+                    [h, str(v["n"]), _fmt(v["auroc"]), _fmt(v["brier"])]
+                    for h, v in m["by_landmark"].items()
+                ],
+            ),
+        ]
+    if "baseline" in m:
+        parts.append(
+            f"<p>Baseline {html.escape(m['baseline']['name'])}: AUROC"
+            f" {_fmt(m['baseline']['auroc'])} on the same rows.</p>"
+        )
+    png = _plots(m.get("curves", {}))
+    if png:
+        parts.append(f'<img alt="ROC, PR and calibration plots" src="data:image/png;base64,{png}">')
+    for col, groups in m.get("subgroups", {}).items():
+        parts += [
+            f"<h3>Subgroups by {html.escape(col)}</h3>",
+            _table(
+                ["group", "n", "prevalence", "AUROC", "mean risk", "Se", "PPV"],
+                [
+                    [
+                        g,
+                        _fmt(v.get("n")),
+                        _fmt(v.get("prevalence")),
+                        _fmt(v.get("auroc")),
+                        _fmt(v.get("mean_risk")),
+                        _fmt(v.get("sensitivity")),
+                        _fmt(v.get("ppv")),
+                    ]
+                    for g, v in groups.items()
+                ],
+            ),
+        ]
+    parts += [
+        "<h2>Model building (TRIPOD+AI 12)</h2>",
+        _table(
+            ["candidate", "out-of-fold AUROC", "seconds"],
+            [
+                [s["candidate"], _fmt(s["oof_auroc"]), _fmt(s["seconds"])]
+                for s in model.get("search", [])
+            ],
+        ),
+        "<h2>Ethical considerations and caveats</h2>",
+        "<p>Check the subgroup tables for unequal performance before use. Explanations are"
+        " SHAP values (trees) or coefficient × standardised value (linear), in log-odds.</p>",
+    ]
+    style = (
+        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'>{style}</head><body>"
+        + "".join(parts)
+        + "</body></html>"
+    )
+
+
+def render_markdown(sidecar: dict[str, Any], external: dict[str, Any] | None = None) -> str:
+    """A Markdown summary (docs/model-report.md), optionally with external validation."""
+    lines = [
+        f"## {sidecar['task']}: `{sidecar['version']}`",
+        "",
+        f"Model {sidecar['model']['candidate']}, calibration"
+        f" {sidecar['model']['calibration']}, threshold {_fmt(sidecar['threshold'])}.",
+        "",
+    ]
+    blocks = [
+        ("Internal validation: " + str(sidecar["metrics"].get("validation")), sidecar["metrics"])
+    ]
+    if external:
+        blocks.append((f"External validation on {external.get('data')}", external))
+    for title, m in blocks:
+        lines += [f"### {title}", "", "| metric | value | 95 % CI |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in metric_rows(m)]
+        if "baseline" in m:
+            lines += [
+                "",
+                f"Baseline {m['baseline']['name']}: AUROC {_fmt(m['baseline']['auroc'])}.",
+            ]
+        if "by_landmark" in m:
+            lines += [
+                "",
+                "AUROC by landmark: "
+                + ", ".join(f"{h} h {_fmt(v['auroc'])}" for h, v in m["by_landmark"].items()),
+            ]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The prediction and patient API on real PostgreSQL with a trained model."""
+
+from __future__ import annotations
+
+import math
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from tests.conftest import Credentials
+from vitalcast.modeling.tables import Prediction
+from vitalcast.security.tables import AuditEvent
+from vitalcast.serving.state import get_state
+
+
+def test_ward_list_sorted_by_risk_with_pagination(
+    app: Flask, client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    headers = creds.api_key("integration")
+    first = client.get("/api/v1/patients?limit=10", headers=headers).get_json()
+    second = client.get("/api/v1/patients?limit=10&offset=10", headers=headers).get_json()
+    assert first["total"] == len(ward) == 25
+    scores = [p["risk"]["probability"] for p in first["items"] + second["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 < s < 1.0 for s in scores)
+    assert first["items"][0]["identifiers"] is None  # integration keys never see identifiers
+
+
+def test_identifiers_only_for_roles_allowed(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    clinician = client.get("/api/v1/patients?limit=1", headers=creds.api_key("clinician"))
+    scientist = client.get("/api/v1/patients?limit=1", headers=creds.api_key("data_scientist"))
+    assert clinician.get_json()["items"][0]["identifiers"]["mrn"]
+    assert scientist.get_json()["items"][0]["identifiers"] is None
+
+
+def test_predict_feature_vector(
+    app: Flask, client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    predictor = get_state(app).predictor
+    assert predictor is not None
+    features = {name: None for name in predictor.feature_names}
+    response = client.post("/api/v1/predict", json=features, headers=creds.api_key("integration"))
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert 0.0 < body["probability"] < 1.0
+    assert body["model_version"] == predictor.version
+    assert body["band"] in ("low", "medium", "high", "critical")
+    assert set(body["missing"]) == set(predictor.feature_names)
+    # The response equals the model's own probability for the same row.
+    expected = predictor.model.predict_proba_row({n: math.nan for n in predictor.feature_names})
+    assert abs(body["probability"] - expected) < 1e-6
+
+
+def test_predict_rejects_every_bad_field_at_once(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    response = client.post(
+        "/api/v1/predict",
+        json={"no_such_feature": 1, "hr_last_6h": "fast", "age": True},
+        headers=creds.api_key("integration"),
+    )
+    assert response.status_code == 422
+    locs = {tuple(d["loc"]) for d in response.get_json()["error"]["details"]}
+    assert ("body", "no_such_feature") in locs
+    assert len(locs) == 3
+
+
+def test_predict_stored_patient_is_stored_and_audited(
+    app: Flask, client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    response = client.post(
+        "/api/v1/predict", json={"patient_id": ward[0]}, headers=creds.api_key("clinician")
+    )
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["data_freshness_at"] is not None
+    assert body["factors"], "a stored patient's prediction carries its top factors"
+    with get_state(app).sessions() as session:
+        stored = session.scalar(select(Prediction).where(Prediction.public_id == body["id"]))
+        assert stored is not None
+        audit = session.scalars(
+            select(AuditEvent).where(AuditEvent.event == "prediction.served")
+        ).all()
+    assert any(a.patient_id == ward[0] for a in audit)
+    unknown = client.post(
+        "/api/v1/predict", json={"patient_id": "nope"}, headers=creds.api_key("clinician")
+    )
+    assert unknown.status_code == 404
+
+
+def test_patient_detail_history_and_observations(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    headers = creds.api_key("clinician")
+    detail = client.get(f"/api/v1/patients/{ward[0]}", headers=headers).get_json()
+    assert detail["risk"]["probability"] > 0
+    assert detail["encounter"]["unit"] in ("MICU", "SICU", "CCU", "CSRU")
+    history = client.get(f"/api/v1/patients/{ward[0]}/predictions", headers=headers).get_json()
+    assert len(history["items"]) >= 1
+    obs = client.get(f"/api/v1/patients/{ward[0]}/observations?code=hr", headers=headers)
+    items = obs.get_json()["items"]
+    assert items
+    assert {o["code"] for o in items} == {"8867-4"}
+    bad = client.get(
+        f"/api/v1/patients/{ward[0]}/observations?code=zzz&since=yesterday", headers=headers
+    )
+    assert bad.status_code == 422
+    assert len(bad.get_json()["error"]["details"]) == 2
+
+
+def test_no_champion_gives_503(client: FlaskClient, creds: Credentials) -> None:
+    response = client.post("/api/v1/predict", json={"x": 1}, headers=creds.api_key("integration"))
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "model_unavailable"
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["model"] == "no champion model"

@@ -1,0 +1,212 @@
+"""Training from the clinical store on PostgreSQL, the registry aliases, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tests.modeling_data import physionet_texts
+from vitalcast.cli import main
+from vitalcast.clinical.records import RecordBatch
+from vitalcast.clinical.tables import Encounter
+from vitalcast.features import stay_features
+from vitalcast.ingest.service import store_batch
+from vitalcast.ingest.sources.physionet import parse_outcomes, parse_record
+from vitalcast.modeling.datasets import load_physionet, load_stays_from_db
+from vitalcast.modeling.service import (
+    get_champion,
+    load_champion,
+    promote,
+    rollback,
+    train_and_register,
+)
+from vitalcast.modeling.train import FAST_BUDGET
+from vitalcast.security.crypto import FieldCipher
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _store(session: Session, cipher: FieldCipher, n: int) -> tuple[list, str]:
+    records, outcomes = physionet_texts(n)
+    batch = RecordBatch()
+    for rec in records:
+        batch.extend(parse_record(rec))
+    batch.extend(parse_outcomes(outcomes))
+    store_batch(session, batch, source="physionet2012", location="t", cipher=cipher, now=NOW)
+    session.commit()
+    return records, outcomes
+
+
+def test_store_features_equal_file_features(
+    db_session: Session, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    records, outcomes = _store(db_session, cipher, 8)
+    folder = tmp_path / "set-t"
+    folder.mkdir()
+    for rec in records:
+        (folder / rec.name.split("/")[-1]).write_text(rec.text)
+    (tmp_path / "Outcomes-t.txt").write_text(outcomes)
+    files, labels_f, _g, _n = load_physionet(folder, tmp_path / "Outcomes-t.txt")
+    store, labels_s, _g2, _e = load_stays_from_db(db_session, "in_hospital_death")
+    assert len(store) == len(files) == 8
+    refs = {i: r for i, r in db_session.execute(select(Encounter.id, Encounter.source_ref))}
+    # The same encounter read from files (offline) and from the store (online) gives the
+    # same features at the same time.
+    for key, stay in store.items():
+        twin = files[refs[int(key)]]
+        assert len(twin.observations) == len(stay.observations)
+        at = stay.admitted_at + timedelta(hours=13)
+        a, b = stay_features(stay, at), stay_features(twin, at)
+        assert all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
+    assert sorted(labels_f.values()) == sorted(labels_s.values())
+
+
+@pytest.mark.slow
+def test_train_from_store_champion_promote_rollback(
+    db_session: Session, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    _store(db_session, cipher, 120)
+    first = train_and_register(
+        "icu-mortality",
+        session=db_session,
+        registry_dir=tmp_path,
+        budget=FAST_BUDGET,
+        n_splits=3,
+        n_boot=10,
+    )
+    db_session.commit()
+    assert first.alias == "champion"
+    second = train_and_register(
+        "icu-mortality",
+        session=db_session,
+        registry_dir=tmp_path,
+        budget=FAST_BUDGET,
+        n_splits=3,
+        n_boot=10,
+        seed=1,
+    )
+    db_session.commit()
+    assert second.alias is None
+    champion = get_champion(db_session, "icu-mortality")
+    assert champion is not None
+    assert champion.version == first.version
+    promote(db_session, version=second.version)
+    assert get_champion(db_session, "icu-mortality").version == second.version  # type: ignore[union-attr]
+    rollback(db_session, task="icu-mortality")
+    assert get_champion(db_session, "icu-mortality").version == first.version  # type: ignore[union-attr]
+    loaded = load_champion(db_session, "icu-mortality")
+    assert loaded is not None
+    assert loaded.version == first.version
+
+
+@pytest.mark.slow
+def test_cli_train_evaluate_and_errors(
+    pg_url: str, db_session: Session, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    records, outcomes = physionet_texts(120, seed=3)
+    folder = tmp_path / "set-t"
+    folder.mkdir()
+    for rec in records:
+        (folder / rec.name.split("/")[-1]).write_text(rec.text)
+    (tmp_path / "Outcomes-t.txt").write_text(outcomes)
+    env = {
+        "VITALCAST_DATABASE_URL": pg_url,
+        "VITALCAST_DATA_DIR": str(tmp_path / "var"),
+        "VITALCAST_ENV": "test",
+    }
+    runner = CliRunner()
+    reg = str(tmp_path / "reg")
+    res = runner.invoke(
+        main,
+        [
+            "train",
+            "--task",
+            "icu-mortality",
+            "--data",
+            str(folder),
+            "--outcomes",
+            str(tmp_path / "Outcomes-t.txt"),
+            "--registry",
+            reg,
+            "--budget",
+            "fast",
+            "--json",
+        ],
+        env=env,
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["task"] == "icu-mortality"
+    assert out["alias"] == "champion"
+    assert 0 <= out["metrics"]["auroc"] <= 1
+    res = runner.invoke(
+        main,
+        [
+            "evaluate",
+            "--model",
+            "champion",
+            "--task",
+            "icu-mortality",
+            "--data",
+            str(folder),
+            "--outcomes",
+            str(tmp_path / "Outcomes-t.txt"),
+            "--json",
+        ],
+        env=env,
+    )
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.output.strip().splitlines()[-1])
+    for key in (
+        "n",
+        "prevalence",
+        "auroc",
+        "auprc",
+        "brier",
+        "calibration_slope",
+        "calibration_intercept",
+        "hl_h",
+        "event1",
+        "threshold",
+        "auroc_ci",
+    ):
+        assert key in ev
+    res = runner.invoke(main, ["models", "list", "--json"], env=env)
+    assert json.loads(res.output)[0]["version"] == out["version"]
+    # Bad inputs end with one clear line and exit code 2, never a traceback.
+    bad = tmp_path / "bad.txt"
+    bad.write_text("not a record\n")
+    res = runner.invoke(
+        main,
+        ["train", "--task", "icu-mortality", "--data", str(bad), "--outcomes", str(bad)],
+        env=env,
+    )
+    assert res.exit_code == 2
+    assert "not PhysioNet 2012 data" in res.output
+    artifact = Path(reg) / out["version"] / "model.joblib"
+    data = bytearray(artifact.read_bytes())
+    data[100] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    res = runner.invoke(
+        main,
+        [
+            "evaluate",
+            "--model",
+            out["version"],
+            "--data",
+            str(folder),
+            "--outcomes",
+            str(tmp_path / "Outcomes-t.txt"),
+        ],
+        env=env,
+    )
+    assert res.exit_code == 2
+    assert "does not match the registered" in res.output
+    res = runner.invoke(main, ["train", "--task", "nope"], env=env)
+    assert res.exit_code == 2

@@ -1,0 +1,136 @@
+"""Real time across processes: an observation posted to one gunicorn worker reaches an SSE
+subscriber served by any worker, rescored, within a second or two."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from tests.live import LiveServer, live_server
+from tests.services import DatabaseFactory
+from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.config import load_settings
+from vitalcast.db import create_db_engine, session_scope
+from vitalcast.db.session import make_session_factory
+from vitalcast.modeling.service import register_version
+from vitalcast.security.crypto import cipher_from_settings
+from vitalcast.security.service import create_api_key
+from vitalcast.synth import generate_cohort, store_cohort
+
+
+@pytest.fixture
+def served(
+    databases: DatabaseFactory, trained_model: Any, tmp_path: Path
+) -> Iterator[tuple[LiveServer, dict[str, str], list[tuple[str, str]]]]:
+    url = databases.new()
+    home = tmp_path / "var"
+    settings = load_settings(env="test", data_dir=home, database_url=url)
+    engine = create_db_engine(url)
+    sessions = make_session_factory(engine)
+    now = datetime.now(UTC)
+    with sessions() as session:
+        store_cohort(
+            session=session,
+            batch=generate_cohort(n_current=5, n_historic=0, seed=3, now=now),
+            cipher=cipher_from_settings(settings),
+            now=now,
+        )
+    with session_scope(sessions) as session:
+        register_version(
+            session,
+            version=trained_model.version,
+            task="icu-mortality",
+            path=trained_model.artifact_path,
+            sha256=trained_model.sha256,
+            threshold=trained_model.threshold,
+            metrics=trained_model.metrics,
+        )
+        _, key = create_api_key(session, name="e2e", role="integration")
+        stays = [
+            (p, e)
+            for p, e in session.execute(
+                select(Patient.public_id, Encounter.public_id).join(
+                    Encounter, Encounter.patient_id == Patient.id
+                )
+            )
+        ]
+    engine.dispose()
+    env = {"VITALCAST_ENV": "test", "VITALCAST_DATA_DIR": str(home), "VITALCAST_DATABASE_URL": url}
+    with live_server(env, workers=2) as server:
+        yield server, {"Authorization": f"Bearer {key}"}, stays
+
+
+def _listen(
+    url: str,
+    headers: dict[str, str],
+    out: queue.Queue[dict[str, Any]],
+    ready: threading.Event,
+    stop: threading.Event,
+) -> None:
+    with httpx.stream("GET", f"{url}/api/v1/events", headers=headers, timeout=30.0) as response:
+        ready.set()
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                out.put(json.loads(line[6:]))
+            if stop.is_set():
+                return
+
+
+def test_posted_observation_reaches_sse_subscribers(
+    served: tuple[LiveServer, dict[str, str], list[tuple[str, str]]],
+) -> None:
+    server, headers, stays = served
+    patient_id, encounter_id = stays[0]
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    listeners = []
+    stop = threading.Event()
+    for _ in range(3):  # several streams, so that both workers hold subscribers
+        ready = threading.Event()
+        t = threading.Thread(
+            target=_listen, args=(server.url, headers, events, ready, stop), daemon=True
+        )
+        t.start()
+        assert ready.wait(10), "SSE stream did not open"
+        listeners.append(t)
+    time.sleep(0.5)
+    body = [
+        {
+            "code": "8867-4",
+            "value": 131,
+            "unit": "/min",
+            "time": datetime.now(UTC).isoformat(),
+            "patient": patient_id,
+            "encounter": encounter_id,
+        }
+    ]
+    posted_at = time.monotonic()
+    response = httpx.post(
+        f"{server.url}/api/v1/observations", json=body, headers=headers, timeout=10.0
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["report"]["stored"] == 1
+    received = []
+    deadline = time.monotonic() + 5.0
+    while len(received) < 3 and time.monotonic() < deadline:
+        try:
+            received.append(events.get(timeout=0.2))
+        except queue.Empty:
+            continue
+    stop.set()
+    latency = time.monotonic() - posted_at
+    assert len(received) == 3, (
+        f"only {len(received)} of 3 streams got the event:\n" + server.log.read_text()[-2000:]
+    )
+    assert {e["patient_id"] for e in received} == {patient_id}
+    assert received[0]["probability"] == response.json()["rescored"][0]["probability"]
+    assert latency < 5.0

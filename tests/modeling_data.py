@@ -1,0 +1,80 @@
+"""Small, seeded synthetic ICU stays for model tests (signal plus plenty of noise)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from vitalcast.features import StayInput
+from vitalcast.ingest.sources.physionet import RecordText
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+HR, LACTATE, GCS, SBP = "8867-4", "2524-7", "9269-2", "8480-6"
+
+
+def synthetic_stays(
+    n: int, seed: int = 7
+) -> tuple[dict[str, StayInput], dict[str, float], dict[str, str]]:
+    """``n`` stays, about 20 % deaths; deaths have higher HR and lactate, lower GCS."""
+    rng = np.random.default_rng(seed)
+    stays: dict[str, StayInput] = {}
+    labels: dict[str, float] = {}
+    groups: dict[str, str] = {}
+    for i in range(n):
+        risk = rng.normal()
+        died = int(rng.random() < 1 / (1 + np.exp(-(risk * 1.5 - 1.6))))
+        obs: list[tuple[str, float, datetime]] = []
+        for h in range(0, 48, 3):
+            at = T0 + timedelta(hours=h, minutes=int(rng.integers(0, 60)))
+            obs.append((HR, float(85 + 8 * risk + rng.normal(0, 12)), at))
+            obs.append((SBP, float(120 - 6 * risk + rng.normal(0, 15)), at))
+            if h % 12 == 0 and rng.random() < 0.7:
+                obs.append((LACTATE, float(max(0.3, 1.8 + 0.6 * risk + rng.normal(0, 0.8))), at))
+            if h % 6 == 0:
+                obs.append(
+                    (GCS, float(np.clip(round(13 - 1.5 * risk + rng.normal(0, 2)), 3, 15)), at)
+                )
+        obs.sort(key=lambda o: o[2])
+        key = f"s{i}"
+        stays[key] = StayInput(
+            admitted_at=T0,
+            age_years=float(np.clip(65 + 6 * risk + rng.normal(0, 14), 18, 95)),
+            sex="male" if rng.random() < 0.55 else "female",
+            unit=["CCU", "CSRU", "MICU", "SICU"][i % 4],
+            height_cm=None if i % 5 == 0 else float(rng.normal(170, 10)),
+            weight_kg=float(rng.normal(80, 15)),
+            observations=tuple(obs),
+        )
+        labels[key] = float(died)
+        groups[key] = f"p{i // 2}"  # two stays per patient: grouping matters
+    return stays, labels, groups
+
+
+def physionet_texts(n: int, seed: int = 11) -> tuple[list[RecordText], str]:
+    """``n`` record files in the challenge format and their Outcomes file text."""
+    rng = np.random.default_rng(seed)
+    records: list[RecordText] = []
+    outcomes = ["RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"]
+    for i in range(n):
+        rid = 900000 + i
+        risk = rng.normal()
+        died = int(rng.random() < 1 / (1 + np.exp(-(risk * 1.5 - 1.6))))
+        lines = [
+            "Time,Parameter,Value",
+            f"00:00,RecordID,{rid}",
+            f"00:00,Age,{int(np.clip(65 + 8 * risk + rng.normal(0, 12), 18, 95))}",
+            f"00:00,Gender,{int(rng.random() < 0.55)}",
+            "00:00,Height,-1",
+            f"00:00,ICUType,{1 + i % 4}",
+            f"00:00,Weight,{rng.normal(80, 12):.1f}",
+        ]
+        for h in range(0, 48, 4):
+            m = int(rng.integers(0, 60))
+            lines.append(f"{h:02d}:{m:02d},HR,{85 + 8 * risk + rng.normal(0, 10):.0f}")
+            if h % 12 == 0:
+                lines.append(f"{h:02d}:{m:02d},Lactate,{max(0.3, 1.8 + 0.7 * risk):.1f}")
+                lines.append(f"{h:02d}:{m:02d},FiO2,0.5")
+        records.append(RecordText(f"set-t/{rid}.txt", "\n".join(lines) + "\n"))
+        outcomes.append(f"{rid},-1,-1,{5 + i % 7},-1,{died}")
+    return records, "\n".join(outcomes) + "\n"

@@ -1,0 +1,117 @@
+"""Point-in-time features: exact values, no look-ahead, one code path for batch and online."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.modeling_data import GCS, HR, T0, synthetic_stays
+from vitalcast.features import (
+    FEATURE_NAMES,
+    StayInput,
+    build_feature_frame,
+    describe_feature,
+    feature_label,
+    stay_features,
+)
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a.keys() == b.keys() and all(
+        (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a
+    )
+
+
+def _stay(obs: list[tuple[str, float, int]]) -> StayInput:
+    """Observations given as (code, value, minutes since admission)."""
+    rows = sorted(((c, v, T0 + timedelta(minutes=m)) for c, v, m in obs), key=lambda r: r[2])
+    return StayInput(T0, 70.0, "female", "MICU", 165.0, 70.0, tuple(rows))
+
+
+def test_window_statistics_are_exact() -> None:
+    stay = _stay([(HR, 100, 60), (HR, 80, 120), (HR, 90, 20 * 60), (HR, 70, 29 * 60)])
+    f = stay_features(stay, T0 + timedelta(hours=30))
+    assert f["hr_last_all"] == 70
+    assert f["hr_min_all"] == 70
+    assert f["hr_max_all"] == 100
+    assert f["hr_mean_all"] == 85
+    assert f["hr_count_all"] == 4
+    assert f["hr_hours_since_last_all"] == pytest.approx(1.0)
+    # Least-squares slope of (1,100), (2,80), (20,90), (29,70) in per-hour units.
+    ts, vs = [1, 2, 20, 29], [100, 80, 90, 70]
+    mt, mv = sum(ts) / 4, sum(vs) / 4
+    slope = sum((t - mt) * (v - mv) for t, v in zip(ts, vs, strict=True)) / sum(
+        (t - mt) ** 2 for t in ts
+    )
+    assert f["hr_slope_all"] == pytest.approx(slope)
+    # Last 24 h is (6 h, 30 h]: only the two late values; last 6 h is (24 h, 30 h].
+    assert (f["hr_count_24h"], f["hr_mean_24h"]) == (2, 80)
+    assert (f["hr_count_6h"], f["hr_mean_6h"]) == (1, 70)
+    assert math.isnan(f["lactate_last_all"])
+    assert f["lactate_count_all"] == 0
+    assert f["hours_since_admission"] == 30
+    assert f["unit_micu"] == 1
+    assert f["unit_sicu"] == 0
+    assert f["sex_male"] == 0
+    assert f["bmi"] == pytest.approx(70 / 1.65**2)
+
+
+def test_names_are_the_ordered_keys() -> None:
+    f = stay_features(_stay([(HR, 90, 5)]), T0 + timedelta(hours=1))
+    assert set(f) == set(FEATURE_NAMES)
+    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    past=st.lists(
+        st.tuples(st.sampled_from([HR, GCS]), st.floats(3, 200), st.integers(0, 600)),
+        max_size=12,
+    ),
+    future=st.lists(
+        st.tuples(st.sampled_from([HR, GCS]), st.floats(3, 200), st.integers(601, 3000)),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_future_observations_never_change_features_at_t(
+    past: list[tuple[str, float, int]], future: list[tuple[str, float, int]]
+) -> None:
+    as_of = T0 + timedelta(minutes=600)
+    assert _same(stay_features(_stay(past), as_of), stay_features(_stay(past + future), as_of))
+
+
+def test_batch_frame_uses_the_per_stay_path() -> None:
+    stays, _labels, _groups = synthetic_stays(12)
+    frame = build_feature_frame(stays, (6.0, 24.0))
+    assert len(frame) == 24
+    for _i, row in frame.iterrows():
+        online = stay_features(stays[row["stay_id"]], T0 + timedelta(hours=row["landmark_h"]))
+        assert _same({k: float(row[k]) for k in FEATURE_NAMES}, online)
+
+
+def test_landmarks_after_the_end_of_a_stay_are_skipped() -> None:
+    stays, _labels, _groups = synthetic_stays(2)
+    ends = {"s0": T0 + timedelta(hours=10), "s1": None}
+    frame = build_feature_frame(stays, (6.0, 12.0), ends_at=ends)
+    assert list(zip(frame["stay_id"], frame["landmark_h"], strict=True)) == [
+        ("s0", 6.0),
+        ("s1", 6.0),
+        ("s1", 12.0),
+    ]
+
+
+def test_clinical_words() -> None:
+    assert feature_label("lactate_max_24h") == "Lactate, highest (last 24 h)"
+    assert describe_feature("lactate_last_all", 4.1) == "Lactate, latest (this stay): 4.1 mmol/L"
+    assert (
+        describe_feature("gcs_min_all", math.nan)
+        == "Glasgow Coma Scale, lowest (this stay): not measured"
+    )
+    assert describe_feature("resp_rate_slope_all", 0.5) == (
+        "Respiratory rate, trend per hour (this stay): +0.5 /min/h"
+    )

@@ -1,0 +1,72 @@
+"""Metrics against hand-derived values (the challenge's H and Event 1 included)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from vitalcast.modeling import evaluate as ev
+
+
+def test_hosmer_lemeshow_h_by_hand() -> None:
+    # 20 patients -> ten groups of two, sorted by risk.
+    p = np.repeat(np.linspace(0.05, 0.95, 10), 2)
+    y = np.array([0, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1])
+    expected = 0.0
+    for g in range(10):
+        c = p[2 * g]
+        o = y[2 * g : 2 * g + 2].sum()
+        expected += (o - 2 * c) ** 2 / (2 * c * (1 - c) + 0.001)
+    expected /= 0.95 - 0.05
+    assert ev.hosmer_lemeshow_h(y, p) == pytest.approx(expected)
+
+
+def test_event1_and_confusion() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.2, 0.7, 0.1, 0.1, 0.1, 0.1])
+    c = ev.confusion(y, p, 0.5)  # TP 2, FP 1, FN 1, TN 4
+    assert c["sensitivity"] == pytest.approx(2 / 3)
+    assert c["ppv"] == pytest.approx(2 / 3)
+    assert c["specificity"] == pytest.approx(4 / 5)
+    assert c["npv"] == pytest.approx(4 / 5)
+    assert c["event1"] == pytest.approx(2 / 3)
+    assert c["net_benefit"] == pytest.approx(2 / 8 - 1 / 8 * 1.0)
+
+
+def test_threshold_maximises_min_se_ppv() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.2, 0.7, 0.1, 0.1, 0.1, 0.1])
+    t = ev.choose_threshold(y, p, "max_min_se_ppv")
+    # Candidates: 0.9 -> min(1/3, 1); 0.8 -> min(2/3, 1); 0.7 -> min(2/3, 2/3);
+    # 0.2 -> min(1, 3/4) = 0.75 (best); 0.1 -> min(1, 3/8).
+    assert t == pytest.approx(0.2)
+    assert ev.confusion(y, p, t)["event1"] == pytest.approx(0.75)
+
+
+def test_discrimination_matches_sklearn_and_calibration_of_a_calibrated_model() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.02, 0.9, 20000)
+    y = (rng.random(20000) < p).astype(int)  # calibrated by construction
+    assert ev.auroc(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert ev.calibration_slope(y, p) == pytest.approx(1.0, abs=0.06)
+    assert ev.calibration_intercept(y, p) == pytest.approx(0.0, abs=0.05)
+    assert ev.ece(y, p) < 0.02
+    # Over-confident predictions (logits doubled) have slope about 1/2.
+    logit = np.log(p / (1 - p))
+    sharp = 1 / (1 + np.exp(-2 * logit))
+    assert ev.calibration_slope(y, sharp) == pytest.approx(0.5, abs=0.04)
+
+
+def test_bootstrap_intervals_bracket_the_estimate() -> None:
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0, 1, 500)
+    y = (rng.random(500) < p).astype(int)
+    m = ev.evaluate(y, p, 0.5, n_boot=100)
+    lo, hi = m["auroc_ci"]
+    assert lo < m["auroc"] < hi
+    assert m["n"] == 500
+    assert m["prevalence"] == pytest.approx(y.mean())
+    assert math.isfinite(m["hl_h"])

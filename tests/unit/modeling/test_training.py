@@ -1,0 +1,187 @@
+"""Training, registry and explanations on small seeded synthetic stays (no database)."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.calibration import CalibratedClassifierCV
+
+from tests.modeling_data import T0, synthetic_stays
+from vitalcast.errors import VitalcastError
+from vitalcast.features import stay_features
+from vitalcast.modeling.datasets import Dataset, timeseries_dataset
+from vitalcast.modeling.explain import Explainer
+from vitalcast.modeling.registry import (
+    ArtifactIntegrityError,
+    IncompatibleArtifactError,
+    band_for,
+    load_model,
+)
+from vitalcast.modeling.service import TrainOutcome, train_and_register
+from vitalcast.modeling.tasks import TaskError, get_task
+from vitalcast.modeling.train import FAST_BUDGET, CandidateSpec, grouped_folds, make_pipeline
+
+TASK = get_task("icu-mortality")
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    stays, labels, groups = synthetic_stays(240)
+    return timeseries_dataset(TASK, stays, labels, groups, landmarks_h=(12.0, 48.0))
+
+
+def _train(ds: Dataset, registry: Path) -> TrainOutcome:
+    return train_and_register(
+        TASK.name,
+        session=None,
+        registry_dir=registry,
+        dataset=ds,
+        budget=FAST_BUDGET,
+        n_splits=3,
+        n_boot=20,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> TrainOutcome:
+    return _train(dataset, tmp_path_factory.mktemp("registry"))
+
+
+def test_metric_floor_and_sidecar(trained: TrainOutcome) -> None:
+    assert trained.metrics["auroc"] > 0.75  # synthetic risk is learnable; chance is 0.5
+    sidecar = json.loads((trained.artifact_path.parent / "model.json").read_text())
+    assert sidecar["sha256"] == trained.sha256
+    assert sidecar["task"] == "icu-mortality"
+    assert set(sidecar["versions"]) >= {"python", "sklearn", "numpy"}
+    assert sidecar["threshold"] == trained.threshold
+    assert len(sidecar["training_data_fingerprint"]) == 64
+    ref = sidecar["reference"]["features"]["hr_last_all"]
+    assert ref["missing_rate"] == 0
+    assert len(ref["quantiles"]) == 11
+    assert sidecar["model"]["calibration"] in {"sigmoid", "isotonic"}
+    assert set(sidecar["metrics"]["by_landmark"]) == {"12", "48"}
+
+
+def test_retrain_gives_the_same_model(
+    dataset: Dataset, trained: TrainOutcome, tmp_path: Path
+) -> None:
+    again = _train(dataset, tmp_path)
+    a = load_model(trained.artifact_path, trained.sha256)
+    b = load_model(again.artifact_path, again.sha256)
+    assert a.sidecar["training_data_fingerprint"] == b.sidecar["training_data_fingerprint"]
+    np.testing.assert_array_equal(a.predict_proba(dataset.X), b.predict_proba(dataset.X))
+    assert again.threshold == trained.threshold
+
+
+def test_save_load_predict_round_trip(dataset: Dataset, trained: TrainOutcome) -> None:
+    model = load_model(trained.artifact_path, trained.sha256)
+    # The served object and a row scored through the online path agree exactly.
+    stays, _l, _g = synthetic_stays(240)
+    features = stay_features(stays["s3"], T0 + timedelta(hours=12))
+    row = dataset.X.iloc[[int(np.flatnonzero(dataset.meta["stay_id"] == "s3")[0])]]
+    assert model.predict_proba_row(features) == model.predict_proba(row)[0]
+    p = model.predict_proba_row(features)
+    assert 0 < p < 1
+    assert model.band(p) in {"low", "medium", "high", "critical"}
+
+
+def test_altered_artifact_is_refused(trained: TrainOutcome, tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    data = bytearray(trained.artifact_path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (folder / "model.joblib").write_bytes(bytes(data))
+    (folder / "model.json").write_bytes((trained.artifact_path.parent / "model.json").read_bytes())
+    with pytest.raises(ArtifactIntegrityError, match="does not match") as exc:
+        load_model(folder, trained.sha256)
+    assert isinstance(exc.value, VitalcastError)
+
+
+def test_other_sklearn_version_is_refused(trained: TrainOutcome, tmp_path: Path) -> None:
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "model.joblib").write_bytes(trained.artifact_path.read_bytes())
+    sidecar = json.loads((trained.artifact_path.parent / "model.json").read_text())
+    sidecar["versions"]["sklearn"] = "1.2.0"
+    (folder / "model.json").write_text(json.dumps(sidecar))
+    with pytest.raises(IncompatibleArtifactError, match=r"scikit-learn 1\.2\.0"):
+        load_model(folder, trained.sha256)
+
+
+def test_one_class_label_is_refused(dataset: Dataset, tmp_path: Path) -> None:
+    one = Dataset(
+        dataset.X, np.zeros_like(dataset.y), dataset.groups, dataset.meta, dataset.numeric
+    )
+    with pytest.raises(TaskError, match="1 class"):
+        _train(one, tmp_path)
+
+
+def test_explanations_are_clinical_and_add_up(trained: TrainOutcome) -> None:
+    model = load_model(trained.artifact_path, trained.sha256)
+    stays, _l, _g = synthetic_stays(240)
+    features = stay_features(stays["s5"], T0 + timedelta(hours=48))
+    factors = model.explain(features, top=5)
+    assert 1 <= len(factors) <= 5
+    assert all(f.direction == ("raises" if f.contribution > 0 else "lowers") for f in factors)
+    assert all("_" not in f.label for f in factors)
+    contrib = model.explainer.contributions(model.frame(features))
+    p = model.predict_proba_row(features)
+    assert contrib.base[0] + contrib.values[0].sum() == pytest.approx(
+        math.log(p / (1 - p)), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "method"),
+    [
+        (CandidateSpec("lr", "lr", {"C": 0.1}), "sigmoid"),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "sigmoid"),
+        (CandidateSpec("rf", "rf", {"n_estimators": 20, "min_samples_leaf": 5}), "sigmoid"),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic"),
+    ],
+)
+def test_contributions_sum_to_the_log_odds(
+    dataset: Dataset, spec: CandidateSpec, method: str
+) -> None:
+    cols = [c for c in dataset.numeric if dataset.X[c].notna().any()]
+    folds = grouped_folds(dataset.y, dataset.groups, 3, 0)
+    est = CalibratedClassifierCV(
+        make_pipeline(spec, cols, [], 0), method=method, cv=folds, ensemble=False
+    ).fit(dataset.X[cols], dataset.y)
+    X = dataset.X[cols].iloc[:40]
+    contrib = Explainer(est, cols).contributions(X)
+    p = np.clip(est.predict_proba(X)[:, 1], 1e-6, 1 - 1e-6)
+    np.testing.assert_allclose(
+        contrib.base + contrib.values.sum(axis=1), np.log(p / (1 - p)), atol=1e-6
+    )
+
+
+def test_bands_are_relative_to_the_threshold() -> None:
+    t = 0.2
+    assert [band_for(p, t) for p in (0.05, 0.1, 0.2, 0.39, 0.4, 0.9)] == [
+        "low",
+        "medium",
+        "high",
+        "high",
+        "critical",
+        "critical",
+    ]
+    assert band_for(0.7, 0.6) == "high"
+    assert band_for(0.8, 0.6) == "critical"
+
+
+def test_report_is_generated_from_the_sidecar(trained: TrainOutcome) -> None:
+    from vitalcast.modeling.report import render_html, render_markdown
+
+    sidecar = json.loads((trained.artifact_path.parent / "model.json").read_text())
+    page = render_html(sidecar)
+    assert trained.version in page
+    assert "data:image/png;base64," in page
+    assert f"{sidecar['metrics']['auroc']:.3f}" in page
+    md = render_markdown(sidecar)
+    assert f"| AUROC | {sidecar['metrics']['auroc']:.3f} |" in md
