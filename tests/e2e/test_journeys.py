@@ -83,61 +83,63 @@ def test_feedback_from_the_patient_page(page: Page, server: Server) -> None:
     ).to_have_count(1)
 
 
+def _post(server: Server, items: list[dict[str, object]]) -> httpx.Response:
+    return httpx.post(
+        server.url + "/api/v1/observations",
+        json=items,
+        headers={"Authorization": f"Bearer {server.api_key}"},
+        timeout=20,
+    )
+
+
+def _spark_points(page: Page, patient_id: str) -> int:
+    raw = page.locator(f'#ward-table tr[data-patient="{patient_id}"] .spark').get_attribute(
+        "data-spark"
+    )
+    return len(raw.split(",")) if raw else 0
+
+
 def test_live_update_after_posting_an_observation(page: Page, server: Server) -> None:
     sign_in(page, "carla")
-    first = page.locator("#ward-table tbody tr[data-patient]").last
-    patient_id = first.get_attribute("data-patient")
-    before = first.get_attribute("data-score")
+    row = page.locator("#ward-table tbody tr[data-patient]").last
+    patient_id = row.get_attribute("data-patient")
+    assert patient_id
+    before = _spark_points(page, patient_id)
     expect(page.locator("#live-status")).to_have_text(re.compile("Live updates: on"))
-    body = {
-        "patient_id": patient_id,
-        "observations": [
-            {
-                "code": "8867-4",
-                "value": 148,
-                "unit": "/min",
-                "effective_at": datetime.now(UTC).isoformat(),
-            },
-            {
-                "code": "9269-2",
-                "value": 5,
-                "unit": "{score}",
-                "effective_at": datetime.now(UTC).isoformat(),
-            },
+    now = datetime.now(UTC).isoformat()
+    response = _post(
+        server,
+        [
+            {"patient": patient_id, "code": "8867-4", "value": 148, "unit": "/min", "time": now},
+            {"patient": patient_id, "code": "9269-2", "value": 5, "unit": "{score}", "time": now},
+            {"patient": patient_id, "code": "2524-7", "value": 9.5, "unit": "mmol/L", "time": now},
         ],
-    }
-    response = httpx.post(
-        server.url + "/api/v1/observations",
-        json=body,
-        headers={"Authorization": f"Bearer {server.api_key}"},
-        timeout=10,
     )
-    if response.status_code in (404, 405):
-        pytest.xfail("POST /api/v1/observations is not wired yet (ingestion, lead)")
-    assert response.status_code in (200, 201, 202), response.text
-    row = page.locator(f'#ward-table tr[data-patient="{patient_id}"]')
-    expect(row).to_have_class(re.compile("updated"), timeout=10_000)
-    assert row.get_attribute("data-score") != before
+    assert response.status_code == 201, response.text
+    assert response.json()["rescored"], response.text
+    # The row is replaced in place (no reload): one more score in its sparkline, the
+    # highlight, its new risk, and the table still sorted by risk.
+    live_row = page.locator(f'#ward-table tr[data-patient="{patient_id}"]')
+    expect(live_row).to_have_class(re.compile("updated"), timeout=15_000)
+    assert _spark_points(page, patient_id) == before + 1
+    new_score = response.json()["rescored"][0]["probability"]
+    assert float(live_row.get_attribute("data-score") or "nan") == pytest.approx(
+        new_score, abs=1e-4
+    )
     assert _ward_scores(page) == sorted(_ward_scores(page), reverse=True)
-    row.locator(".who-cell a").click()
+    screenshot(page, "ward-live-update.png", full_page=False)
+    # On the patient page, a new observation adds a point to the risk chart live.
+    live_row.locator(".who-cell a").click()
+    page.locator("#risk-chart figure").wait_for()
     points = page.locator("#risk-chart circle.pt").count()
-    response = httpx.post(
-        server.url + "/api/v1/observations",
-        json=body
-        | {
-            "observations": [
-                dict(
-                    body["observations"][0],
-                    value=40,  # type: ignore[call-overload]
-                    effective_at=datetime.now(UTC).isoformat(),
-                )
-            ]
-        },
-        headers={"Authorization": f"Bearer {server.api_key}"},
-        timeout=10,
+    later = datetime.now(UTC).isoformat()
+    response = _post(
+        server,
+        [{"patient": patient_id, "code": "8867-4", "value": 41, "unit": "/min", "time": later}],
     )
-    assert response.status_code in (200, 201, 202), response.text
-    expect(page.locator("#risk-chart circle.pt")).to_have_count(points + 1, timeout=10_000)
+    assert response.status_code == 201, response.text
+    expect(page.locator("#risk-chart circle.pt")).to_have_count(points + 1, timeout=15_000)
+    expect(page.locator("#live-note")).to_contain_text("Updated live")
 
 
 def test_clinician_cannot_open_admin_pages(page: Page, server: Server) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, render_template
+from flask import Blueprint, Response, render_template
 from sqlalchemy import func, select
 
 from vitalcast.db.base import utcnow
@@ -59,6 +59,35 @@ def model(version: str) -> str:
         raise NotFound("no model with that version")
     audit_event("model.viewed", "R", resource=f"ModelVersion/{row.version}")
     return render_template("web/model.html", m=row, metrics=flat_metrics(row.metrics or {}))
+
+
+# The model card is a self-contained document with its own inline style sheet; it gets a
+# policy allowing that style and nothing else (still no scripts, no other origin).
+REPORT_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@web_models.get("/models/<version>/report")
+@requires(Permission.MODELS_READ)
+def model_report(version: str) -> Response:
+    """The model card (modeling.report) rendered from the version's registry sidecar."""
+    from vitalcast.modeling.registry import RegistryError
+    from vitalcast.modeling.report import render_html
+    from vitalcast.modeling.service import sidecar_of
+
+    row = db().scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        raise NotFound("no model with that version")
+    try:
+        document = render_html(sidecar_of(row))
+    except RegistryError as exc:
+        raise NotFound(f"no report for this version: {exc}") from exc
+    audit_event("model.report.viewed", "R", resource=f"ModelVersion/{row.version}")
+    response = Response(document, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = REPORT_CSP
+    return response
 
 
 @web_models.get("/monitoring")
