@@ -23,8 +23,8 @@ from tests.services import (
     service_missing,
 )
 from vitalcast.config import Settings, load_settings
-from vitalcast.errors import ConfigError
 from vitalcast.db import create_db_engine, session_scope
+from vitalcast.errors import ConfigError
 from vitalcast.security.crypto import FieldCipher, cipher_from_settings
 from vitalcast.security.service import create_api_key, create_user
 from vitalcast.serving.app import create_app
