@@ -122,12 +122,12 @@ def test_set_counts_add_up(
     hr_zero = db_session.scalar(
         select(func.count())
         .select_from(QuarantineItem)
-        .where(QuarantineItem.code == "8867-4", QuarantineItem.raw.like("%,HR,0"))
+        .where(QuarantineItem.code == "8867-4", QuarantineItem.reason.like("Heart rate 0 %"))
     )
     temp = db_session.scalar(
         select(func.count())
         .select_from(QuarantineItem)
-        .where(QuarantineItem.raw.like("%,Temp,-17.8"))
+        .where(QuarantineItem.code == "8310-5", QuarantineItem.reason.like("Temperature -17.8 %"))
     )
     assert (hr_zero, temp) == (exp.hr_zero, exp.temp_minus_17_8)
 
