@@ -9,7 +9,6 @@ from sqlalchemy import select
 
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.base import utcnow
-from vitalcast.db.types import new_public_id
 from vitalcast.errors import ModelUnavailable, NotFound
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.permissions import Permission, requires, role_allows
@@ -18,7 +17,7 @@ from vitalcast.serving.fastpath import predict_one
 from vitalcast.serving.patients import list_ward
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.realtime import sse_stream
-from vitalcast.serving.scoring import features_digest, score_encounter
+from vitalcast.serving.scoring import record_prediction, score_encounter
 from vitalcast.serving.state import get_state
 from vitalcast.serving.validation import int_arg, json_body, raise_if
 
@@ -64,21 +63,14 @@ def predict() -> Response:
     else:
         predict_one(predictor.scorer, body)  # validates: every bad field reported at once
         features = {name: body.get(name) for name in predictor.feature_names}
-        result = predictor.score(features, explain=request.args.get("explain") != "false")
-        prediction = Prediction(
-            public_id=new_public_id(),
-            model_version_id=predictor.model_version_id,
-            task=predictor.task,
+        prediction = record_prediction(
+            session,
+            predictor,
+            features,
             role="adhoc",
-            score=result.probability,
-            band=result.band,
             as_of=utcnow(),
-            features_digest=features_digest(features),
-            explanation=result.factors,
-            missing_inputs=result.missing,
+            explain=request.args.get("explain") != "false",
         )
-        session.add(prediction)
-        session.flush()
         audit_event("prediction.served", "E", resource=f"Prediction/{prediction.public_id}")
     return jsonify(_prediction_body(predictor, prediction))
 

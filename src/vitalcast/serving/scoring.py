@@ -73,12 +73,35 @@ def score_encounter(
     as_of = as_of or utcnow()
     stay = stay_input(session, encounter, as_of)
     features = stay_features(stay, as_of)
-    result = predictor.score(features)
     freshness = stay.observations[-1][2] if stay.observations else None
+    return record_prediction(
+        session,
+        predictor,
+        features,
+        role=role,
+        as_of=as_of,
+        freshness=freshness,
+        encounter=encounter,
+    )
+
+
+def record_prediction(
+    session: Session,
+    predictor: Predictor,
+    features: Mapping[str, Any],
+    *,
+    role: str,
+    as_of: datetime,
+    freshness: datetime | None = None,
+    encounter: Encounter | None = None,
+    explain: bool = True,
+) -> Prediction:
+    """Score ``features`` and store the prediction with what it was based on."""
+    result = predictor.score(features, explain=explain)
     prediction = Prediction(
         public_id=new_public_id(),
-        patient_id=encounter.patient_id,
-        encounter_id=encounter.id,
+        patient_id=encounter.patient_id if encounter is not None else None,
+        encounter_id=encounter.id if encounter is not None else None,
         model_version_id=predictor.model_version_id,
         task=predictor.task,
         role=role,
