@@ -55,6 +55,7 @@ def _register() -> None:
     from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
     from vitalcast.security.cli import apikeys_group, users_group
     from vitalcast.security.cli_audit import audit_group, db_harden
+    from vitalcast.security.cli_export import export_command
     from vitalcast.security.cli_keys import keys_group
     from vitalcast.serving.cli import demo_command, serve_command
     from vitalcast.synth.cli import synth
@@ -69,6 +70,7 @@ def _register() -> None:
     main.add_command(audit_group)  # security
     db_group.add_command(db_harden)  # security
     main.add_command(keys_group)  # security
+    main.add_command(export_command)  # security
     main.add_command(listen)
     for command in MODELING_COMMANDS:
         main.add_command(command)
