@@ -13,6 +13,7 @@ from vitalcast.db import create_db_engine
 from vitalcast.db.session import make_session_factory
 from vitalcast.logging import configure_logging
 from vitalcast.security.crypto import cipher_from_settings
+from vitalcast.security.http import register_hardening
 from vitalcast.security.permissions import public
 from vitalcast.serving.errors import register_error_handlers
 from vitalcast.serving.guard import check_routes_declared, register_guard
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_guard(app)
     register_blueprints(app)
     register_error_handlers(app)
+    register_hardening(app)  # security: trusted proxies, rate limits, JSON depth
     check_routes_declared(app)
     load_predictor(app)
     return app
