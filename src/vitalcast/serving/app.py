@@ -14,6 +14,7 @@ from vitalcast.db.session import make_session_factory
 from vitalcast.logging import configure_logging
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.http import register_hardening
+from vitalcast.security.oidc import register_oidc
 from vitalcast.security.permissions import public
 from vitalcast.serving.errors import register_error_handlers
 from vitalcast.serving.guard import check_routes_declared, register_guard
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_extensions(app, settings)
     register_guard(app)
     register_blueprints(app)
+    register_oidc(app)  # security: optional OpenID Connect sign-in
     register_error_handlers(app)
     register_hardening(app)  # security: trusted proxies, rate limits, JSON depth
     check_routes_declared(app)
