@@ -56,6 +56,9 @@ def _register() -> None:
     from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
     from vitalcast.monitoring.cli import monitor, retrain_command
     from vitalcast.security.cli import apikeys_group, users_group
+    from vitalcast.security.cli_audit import audit_group, db_harden
+    from vitalcast.security.cli_export import export_command
+    from vitalcast.security.cli_keys import keys_group
     from vitalcast.serving.cli import demo_command, serve_command
     from vitalcast.synth.cli import synth
 
@@ -66,6 +69,10 @@ def _register() -> None:
     main.add_command(ingest)
     main.add_command(users_group)
     main.add_command(apikeys_group)
+    main.add_command(audit_group)  # security
+    db_group.add_command(db_harden)  # security
+    main.add_command(keys_group)  # security
+    main.add_command(export_command)  # security
     main.add_command(listen)
     main.add_command(monitor)
     main.add_command(retrain_command)
