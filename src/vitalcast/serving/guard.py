@@ -136,6 +136,8 @@ def _before_request() -> ResponseReturnValue | None:
         if who is None:
             if not wants_json():
                 return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
+            if request.path.startswith("/cds-services/"):
+                raise Unauthorized("CDS Hooks requests need a JWT: Authorization: Bearer <jwt>")
             raise Unauthorized("sign in or send an API key: Authorization: Bearer <key>")
         g.principal = who
         request_context.set(
