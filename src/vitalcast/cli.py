@@ -49,6 +49,7 @@ def main() -> None:
 
 
 def _register() -> None:
+    from vitalcast.batch.cli import score_batch_command
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
     from vitalcast.ingest.cli_messages import listen, stream
@@ -71,6 +72,7 @@ def _register() -> None:
     for command in MODELING_COMMANDS:
         main.add_command(command)
     main.add_command(stream)
+    main.add_command(score_batch_command)
 
 
 _register()

@@ -14,5 +14,6 @@ def all_metadata() -> MetaData:
     from vitalcast.monitoring import tables as _monitoring  # noqa: F401
     from vitalcast.security import tables as _security  # noqa: F401
     from vitalcast.serving import tables as _serving  # noqa: F401
+    from vitalcast.web import tables as _web  # noqa: F401
 
     return Base.metadata

@@ -83,6 +83,9 @@ def register_blueprints(app: Flask) -> None:
     from vitalcast.serving.health import health
     from vitalcast.serving.ingest_api import ingest_api
     from vitalcast.serving.patient_api import patient_api
+    from vitalcast.web.admin_views import web_admin
+    from vitalcast.web.model_views import web_models
+    from vitalcast.web.patient_views import web_patient
     from vitalcast.web.views import web
 
     app.register_blueprint(health)
@@ -93,6 +96,9 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(fhir, url_prefix="/fhir")
     app.register_blueprint(cds, url_prefix="/cds-services")
     app.register_blueprint(web)
+    app.register_blueprint(web_patient)
+    app.register_blueprint(web_models)
+    app.register_blueprint(web_admin)
 
     @public
     def static(filename: str) -> Response:

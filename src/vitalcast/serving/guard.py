@@ -63,6 +63,15 @@ def _api_key_principal(header: str) -> Principal | None:
     return Principal("api_key", key.id, key.name, key.role)
 
 
+def _background_request() -> bool:
+    """Requests a page makes by itself (live updates) are not user activity.
+
+    Otherwise an open ward page would keep its session alive forever and the automatic
+    sign-out after inactivity (HIPAA 164.312(a)(2)(iii)) would never happen.
+    """
+    return request.endpoint == "api.events" or request.headers.get("X-Background") == "1"
+
+
 def _session_principal(idle: timedelta) -> Principal | None:
     user_id = session.get("user_id")
     if user_id is None:
@@ -77,7 +86,8 @@ def _session_principal(idle: timedelta) -> Principal | None:
     if user is None or not user.active:
         session.clear()
         return None
-    session["seen"] = now.timestamp()
+    if not _background_request():
+        session["seen"] = now.timestamp()
     return Principal("user", user.id, user.username, user.role, tuple(user.units or ()))
 
 

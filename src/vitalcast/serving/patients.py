@@ -64,7 +64,9 @@ def _latest_predictions() -> Any:
     )
 
 
-def _ward_query(unit: str | None) -> Select[Encounter, Patient, Prediction]:
+def _ward_query(
+    unit: str | None, mrn_hmac: str | None = None, patient_public_id: str | None = None
+) -> Select[Encounter, Patient, Prediction]:
     latest = _latest_predictions()
     query = (
         select(Encounter, Patient, Prediction)
@@ -75,6 +77,10 @@ def _ward_query(unit: str | None) -> Select[Encounter, Patient, Prediction]:
     )
     if unit:
         query = query.where(Encounter.unit == unit)
+    if mrn_hmac:
+        query = query.where(Patient.mrn_hmac == mrn_hmac)
+    if patient_public_id:
+        query = query.where(Patient.public_id == patient_public_id)
     return query
 
 
@@ -85,12 +91,19 @@ def list_ward(
     limit: int = 50,
     offset: int = 0,
     cipher: FieldCipher | None = None,
+    mrn_hmac: str | None = None,
+    patient_public_id: str | None = None,
 ) -> tuple[list[WardRow], int]:
-    """In-progress stays, highest current risk first; with identifiers when a cipher is given."""
-    total = session.scalar(select(func.count()).select_from(_ward_query(unit).subquery())) or 0
+    """In-progress stays, highest current risk first; with identifiers when a cipher is given.
+
+    ``mrn_hmac`` restricts the list to the patient whose keyed MRN hash matches (exact MRN
+    search without decrypting anyone); ``patient_public_id`` to one patient's stay (the
+    live ward row).
+    """
+    base = _ward_query(unit, mrn_hmac, patient_public_id)
+    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
     query = (
-        _ward_query(unit)
-        .order_by(Prediction.score.desc().nulls_last(), Encounter.id)
+        base.order_by(Prediction.score.desc().nulls_last(), Encounter.id)
         .limit(limit)
         .offset(offset)
     )

@@ -1,23 +1,48 @@
-"""Clinician web UI: sign-in and the ward list (server-rendered, no inline scripts)."""
+"""Clinician web UI: sign-in, sign-out and the ward list (server-rendered, no inline scripts).
+
+Searches that carry identifiers (MRN, name) are POSTed, never put in a URL: URLs end up
+in access logs, browser history and Referer headers.
+"""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 
-from vitalcast.errors import Forbidden
+from vitalcast.db.base import utcnow
+from vitalcast.errors import Forbidden, NotFound
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.security.service import authenticate
-from vitalcast.serving.context import audit_event, current_principal, db
+from vitalcast.serving.context import audit_event, current_principal, db, principal
 from vitalcast.serving.guard import csrf_token
-from vitalcast.serving.patients import list_ward, ward_units
+from vitalcast.serving.patients import ward_units
 from vitalcast.serving.state import get_state
+from vitalcast.web.ward import TREND_MIN_CHANGE, WardPage, build_ward, restrict_to_units
 
 web = Blueprint("web", __name__)
 
 WARD_PAGE_SIZE = 500
+_MAX_SEARCH_CHARS = 64
+
+
+@web.app_context_processor
+def _page_context() -> dict[str, Any]:
+    """What every page (error pages included) needs: the caller and what they may open."""
+    who = principal()
+    settings = get_state().settings
+
+    def can(permission: str) -> bool:
+        return who is not None and role_allows(who.role, Permission(permission))
+
+    return {
+        "user": who if who is not None and who.kind == "user" else None,
+        "can": can,
+        "idle_minutes": settings.session_idle_minutes,
+    }
 
 
 def _safe_next(target: str | None) -> str:
@@ -79,32 +104,124 @@ def logout() -> Response:
     return redirect(url_for("web.login"))  # type: ignore[return-value]
 
 
+def _ward(
+    *,
+    unit: str | None,
+    mrn: str = "",
+    name: str = "",
+    patient: str | None = None,
+) -> tuple[WardPage, bool]:
+    who = current_principal()
+    show_ids = role_allows(who.role, Permission.IDENTIFIERS_READ)
+    if (mrn or name) and not show_ids:
+        raise Forbidden("searching by MRN or name needs the identifiers:read permission")
+    state = get_state()
+    predictor = state.predictor
+    page = build_ward(
+        db(),
+        now=utcnow(),
+        stale_after=_stale_after(),
+        unit=unit,
+        limit=WARD_PAGE_SIZE,
+        cipher=state.cipher if show_ids else None,
+        mrn_hmac=state.cipher.mrn_hash(mrn) if mrn else None,
+        patient_public_id=patient,
+        name_query=name or None,
+        feature_names=predictor.feature_names if predictor else None,
+    )
+    if who.units:
+        page = restrict_to_units(page, set(who.units))
+    details: dict[str, Any] = {
+        "patients": [e.row.patient_id for e in page.entries],
+        "identifiers": show_ids,
+    }
+    if mrn or name:
+        # What was searched for is itself identifying; record only how.
+        details["search"] = "mrn" if mrn else "name"
+    audit_event("patient.list", "R", resource="ward", details=details)
+    return page, show_ids
+
+
+def _stale_after() -> timedelta:
+    return timedelta(minutes=get_state().settings.stale_after_minutes)
+
+
+def _render_ward(page: WardPage, show_ids: bool, unit: str | None, **extra: Any) -> str:
+    return render_template(
+        "web/ward.html",
+        page=page,
+        unit=unit,
+        units=ward_units(db()),
+        model=get_state().predictor,
+        show_ids=show_ids,
+        stale_minutes=get_state().settings.stale_after_minutes,
+        trend_min_points=round(TREND_MIN_CHANGE * 100),
+        now=utcnow(),
+        **extra,
+    )
+
+
 @web.get("/ward")
 @requires(Permission.PATIENTS_READ)
 def ward() -> str:
     """Patients of the chosen unit, highest current risk first."""
-    who = current_principal()
-    show_ids = role_allows(who.role, Permission.IDENTIFIERS_READ)
     unit = request.args.get("unit") or None
-    state = get_state()
-    rows, total = list_ward(
-        db(), unit=unit, limit=WARD_PAGE_SIZE, cipher=state.cipher if show_ids else None
-    )
-    audit_event(
-        "patient.list",
-        "R",
-        resource="ward",
-        details={"patients": [r.patient_id for r in rows], "identifiers": show_ids},
-    )
-    predictor = state.predictor
+    page, show_ids = _ward(unit=unit)
+    return _render_ward(page, show_ids, unit)
+
+
+@web.post("/ward")
+@requires(Permission.PATIENTS_READ)
+def ward_search() -> str:
+    """Search by exact MRN (keyed hash) or by name (within this ward's decrypted page)."""
+    unit = request.form.get("unit") or None
+    mrn = request.form.get("mrn", "").strip()[:_MAX_SEARCH_CHARS]
+    name = request.form.get("name", "").strip()[:_MAX_SEARCH_CHARS]
+    page, show_ids = _ward(unit=None if mrn else unit, mrn=mrn, name=name)
+    return _render_ward(page, show_ids, unit, searched="mrn" if mrn else ("name" if name else None))
+
+
+@web.get("/ward/rows/<patient_id>")
+@requires(Permission.PATIENTS_READ)
+def ward_row(patient_id: str) -> str:
+    """One patient's ward row, re-rendered for a live update (the page swaps it in)."""
+    page, show_ids = _ward(unit=None, patient=patient_id)
+    if not page.entries:
+        raise NotFound("no stay in progress for that patient")
     return render_template(
-        "web/ward.html",
-        rows=rows,
-        total=total,
-        unit=unit,
-        units=ward_units(db()),
-        high_risk=sum(1 for r in rows if r.band in ("high", "critical")),
-        model=predictor,
+        "web/_ward_row.html",
+        e=page.entries[0],
         show_ids=show_ids,
-        user=who,
+        now=utcnow(),
+        model=get_state().predictor,
+        stale_minutes=get_state().settings.stale_after_minutes,
     )
+
+
+@web.get("/session/keepalive")
+@requires(Permission.PATIENTS_READ)
+def keepalive() -> tuple[str, int]:
+    """ "Stay signed in": a request, so the server's idle clock restarts too."""
+    return "", 204
+
+
+@web.app_template_filter("ago")
+def ago(moment: datetime | None, now: datetime | None = None) -> str:
+    """'35 min ago', '5 h 10 min ago', '3 d ago': data age as clinicians say it."""
+    if moment is None:
+        return "never"
+    minutes = int(((now or utcnow()) - moment).total_seconds() // 60)
+    if minutes < 1:
+        return "just now"
+    if minutes < 60:
+        return f"{minutes} min ago"
+    hours, rest = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {rest} min ago" if rest else f"{hours} h ago"
+    return f"{hours // 24} d ago"
+
+
+@web.app_template_filter("when")
+def when(moment: datetime | None) -> str:
+    """A UTC time for pages (the browser script rewrites it in local time)."""
+    return moment.strftime("%d %b %Y %H:%M UTC") if moment else "—"

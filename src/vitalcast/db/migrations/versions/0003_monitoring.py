@@ -1,6 +1,6 @@
 """monitoring: drift runs, alerts, monitor runs
 
-Revision ID: 0002_monitoring
+Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-28 13:41:15.050323
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_monitoring"
+revision: str = "0003"
 # Written after 0002 (CDS feedback) on this branch; the lead re-chains if needed.
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None

@@ -1,0 +1,163 @@
+"""Administration pages: users and roles, API keys, and the audit log with filters."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from vitalcast.db.base import utcnow
+from vitalcast.errors import InvalidInput, NotFound
+from vitalcast.security.permissions import ROLE_PERMISSIONS, ROLES, Permission, requires
+from vitalcast.security.service import create_api_key, create_user
+from vitalcast.security.tables import ApiKey, AuditEvent, User
+from vitalcast.serving.context import audit_event, current_principal, db
+
+web_admin = Blueprint("web_admin", __name__, url_prefix="/admin")
+
+AUDIT_PAGE = 100
+
+
+@web_admin.get("/users")
+@requires(Permission.USERS_MANAGE)
+def users() -> str:
+    rows = db().scalars(select(User).order_by(User.username)).all()
+    audit_event("user.list", "R", resource="User")
+    matrix = {role: sorted(p.value for p in ROLE_PERMISSIONS[role]) for role in ROLES}
+    return render_template(
+        "web/admin_users.html", users=rows, roles=ROLES, matrix=matrix, now=utcnow()
+    )
+
+
+@web_admin.post("/users")
+@requires(Permission.USERS_MANAGE)
+def create_user_view() -> Response:
+    form = request.form
+    units = [u.strip() for u in form.get("units", "").split(",") if u.strip()]
+    user = create_user(
+        db(),
+        username=form.get("username", "").strip(),
+        password=form.get("password", ""),
+        role=form.get("role", ""),
+        units=units or None,
+    )
+    audit_event("user.created", "C", resource=f"User/{user.id}", details={"role": user.role})
+    flash(f"User {user.username} created with role {user.role}.")
+    return redirect(url_for("web_admin.users"))  # type: ignore[return-value]
+
+
+@web_admin.post("/users/<int:user_id>/active")
+@requires(Permission.USERS_MANAGE)
+def set_active(user_id: int) -> Response:
+    user = db().get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    active = request.form.get("active") == "1"
+    if not active and current_principal().kind == "user" and current_principal().id == user.id:
+        raise InvalidInput(
+            "you cannot deactivate your own account",
+            details=[{"loc": ["form", "active"], "msg": "ask another administrator"}],
+        )
+    user.active = active
+    audit_event("user.updated", "U", resource=f"User/{user.id}", details={"active": active})
+    flash(f"User {user.username} {'activated' if active else 'deactivated'}.")
+    return redirect(url_for("web_admin.users"))  # type: ignore[return-value]
+
+
+@web_admin.get("/api-keys")
+@requires(Permission.USERS_MANAGE)
+def api_keys() -> str:
+    rows = db().scalars(select(ApiKey).order_by(ApiKey.created_at.desc())).all()
+    audit_event("apikey.list", "R", resource="ApiKey")
+    return render_template("web/admin_keys.html", keys=rows, roles=ROLES, now=utcnow())
+
+
+@web_admin.post("/api-keys")
+@requires(Permission.USERS_MANAGE)
+def create_key() -> str:
+    """Create a key and show it once (only its hash is stored)."""
+    name = request.form.get("name", "").strip()
+    if not name or len(name) > 100:
+        raise InvalidInput(
+            "the key needs a name", details=[{"loc": ["form", "name"], "msg": "1-100 characters"}]
+        )
+    days = request.form.get("days", "").strip()
+    expires = None
+    if days:
+        if not days.isdigit() or not 1 <= int(days) <= 3650:
+            raise InvalidInput(
+                "invalid lifetime", details=[{"loc": ["form", "days"], "msg": "1-3650 days"}]
+            )
+        expires = utcnow() + timedelta(days=int(days))
+    who = current_principal()
+    row, secret = create_api_key(
+        db(),
+        name=name,
+        role=request.form.get("role", ""),
+        expires_at=expires,
+        created_by=who.id if who.kind == "user" else None,
+    )
+    audit_event("apikey.created", "C", resource=f"ApiKey/{row.prefix}", details={"role": row.role})
+    rows = db().scalars(select(ApiKey).order_by(ApiKey.created_at.desc())).all()
+    return render_template(
+        "web/admin_keys.html", keys=rows, roles=ROLES, now=utcnow(), new_key=secret, new_row=row
+    )
+
+
+@web_admin.post("/api-keys/<prefix>/revoke")
+@requires(Permission.USERS_MANAGE)
+def revoke_key(prefix: str) -> Response:
+    row = db().scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if row is None:
+        raise NotFound("no such API key")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        audit_event("apikey.revoked", "U", resource=f"ApiKey/{row.prefix}")
+    flash(f"API key {row.name} revoked.")
+    return redirect(url_for("web_admin.api_keys"))  # type: ignore[return-value]
+
+
+def _day(name: str, problems: list[dict[str, Any]]) -> datetime | None:
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw).replace(tzinfo=utcnow().tzinfo)
+    except ValueError:
+        problems.append({"loc": ["query", name], "msg": "a date like 2026-11-28"})
+        return None
+
+
+@web_admin.get("/audit")
+@requires(Permission.AUDIT_READ)
+def audit() -> str:
+    """The audit log, newest first, filtered by actor, event, patient, outcome and dates."""
+    problems: list[dict[str, Any]] = []
+    since, until = _day("since", problems), _day("until", problems)
+    if problems:
+        raise InvalidInput("invalid filter", details=problems)
+    filters = {
+        k: request.args.get(k, "").strip() for k in ("actor", "event", "patient_id", "outcome")
+    }
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(AUDIT_PAGE)
+    for field, value in filters.items():
+        if value:
+            query = query.where(getattr(AuditEvent, field) == value)
+    if since is not None:
+        query = query.where(AuditEvent.occurred_at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.occurred_at < until + timedelta(days=1))
+    rows = db().scalars(query).all()
+    audit_event(
+        "audit.read", "R", resource="AuditEvent", details={k: v for k, v in filters.items() if v}
+    )
+    return render_template(
+        "web/admin_audit.html",
+        rows=rows,
+        filters=filters,
+        since=request.args.get("since", ""),
+        until=request.args.get("until", ""),
+        page_size=AUDIT_PAGE,
+    )

@@ -1,0 +1,131 @@
+"""Model governance pages: registered versions and their metrics, and monitoring.
+
+They show what the registry rows hold (alias, threshold, metrics sidecar); the richer
+report (plots, subgroups) and the monitoring figures come from the modeling and
+monitoring capabilities as they land, through the same rows.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, Response, render_template
+from sqlalchemy import func, select
+
+from vitalcast.db.base import utcnow
+from vitalcast.errors import NotFound
+from vitalcast.ingest.tables import QuarantineItem
+from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.security.permissions import Permission, requires
+from vitalcast.serving.context import audit_event, db
+from vitalcast.web.tables import Feedback
+
+web_models = Blueprint("web_models", __name__)
+
+_ALIAS_ORDER = {"champion": 0, "challenger": 1}
+
+
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested metric dicts as (dotted name, value) rows, for a plain table."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.extend(flat_metrics(value, name + "."))
+        elif isinstance(value, list) and len(value) > 12:
+            rows.append((name, f"{len(value)} values"))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+@web_models.get("/models")
+@requires(Permission.MODELS_READ)
+def models() -> str:
+    """Every registered version, champion and challenger first."""
+    rows = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+    ordered = sorted(rows, key=lambda m: (_ALIAS_ORDER.get(m.alias or "", 2), -m.id))
+    audit_event("model.list", "R", resource="ModelVersion")
+    return render_template("web/models.html", versions=ordered)
+
+
+@web_models.get("/models/<version>")
+@requires(Permission.MODELS_READ)
+def model(version: str) -> str:
+    """One version's registry record and metrics."""
+    row = db().scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        raise NotFound("no model with that version")
+    audit_event("model.viewed", "R", resource=f"ModelVersion/{row.version}")
+    return render_template("web/model.html", m=row, metrics=flat_metrics(row.metrics or {}))
+
+
+# The model card is a self-contained document with its own inline style sheet; it gets a
+# policy allowing that style and nothing else (still no scripts, no other origin).
+REPORT_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@web_models.get("/models/<version>/report")
+@requires(Permission.MODELS_READ)
+def model_report(version: str) -> Response:
+    """The model card (modeling.report) rendered from the version's registry sidecar."""
+    from vitalcast.modeling.registry import RegistryError
+    from vitalcast.modeling.report import render_html
+    from vitalcast.modeling.service import sidecar_of
+
+    row = db().scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        raise NotFound("no model with that version")
+    try:
+        document = render_html(sidecar_of(row))
+    except RegistryError as exc:
+        raise NotFound(f"no report for this version: {exc}") from exc
+    audit_event("model.report.viewed", "R", resource=f"ModelVersion/{row.version}")
+    response = Response(document, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = REPORT_CSP
+    return response
+
+
+@web_models.get("/monitoring")
+@requires(Permission.MONITORING_READ)
+def monitoring() -> str:
+    """Operational figures from the store until the monitoring capability fills the page."""
+    session = db()
+    now = utcnow()
+    day = now - timedelta(hours=24)
+    hour = now - timedelta(hours=1)
+    scored_day = session.scalar(
+        select(func.count()).select_from(Prediction).where(Prediction.created_at >= day)
+    )
+    scored_hour = session.scalar(
+        select(func.count()).select_from(Prediction).where(Prediction.created_at >= hour)
+    )
+    by_band = session.execute(
+        select(Prediction.band, func.count())
+        .where(Prediction.created_at >= day, Prediction.role == "champion")
+        .group_by(Prediction.band)
+    ).all()
+    quarantined = session.execute(
+        select(QuarantineItem.reason_code, func.count())
+        .where(QuarantineItem.received_at >= day)
+        .group_by(QuarantineItem.reason_code)
+        .order_by(func.count().desc())
+    ).all()
+    verdicts = session.execute(
+        select(Feedback.kind, func.count())
+        .where(Feedback.created_at >= day)
+        .group_by(Feedback.kind)
+    ).all()
+    audit_event("monitoring.viewed", "R", resource="Monitoring")
+    return render_template(
+        "web/monitoring.html",
+        scored_day=scored_day or 0,
+        scored_hour=scored_hour or 0,
+        by_band=sorted(by_band),
+        quarantined=quarantined,
+        verdicts=sorted(verdicts),
+    )

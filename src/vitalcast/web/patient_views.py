@@ -1,0 +1,185 @@
+"""The patient page and clinician feedback on the risk shown there.
+
+The page is rendered on the server with everything that is text (demographics, current
+risk, factors, conditions, imaging, feedback); the charts are drawn in the browser from
+the patient JSON API, each with its numbers as a table for screen readers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from vitalcast.clinical.codes import VARIABLES
+from vitalcast.clinical.tables import Condition, ImagingStudy
+from vitalcast.db.base import utcnow
+from vitalcast.errors import InvalidInput
+from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.security.permissions import Permission, requires, role_allows
+from vitalcast.serving.context import audit_event, current_principal, db
+from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
+from vitalcast.serving.patients import decrypt_identifiers
+from vitalcast.serving.state import get_state
+from vitalcast.web.tables import FEEDBACK_KINDS, Feedback
+from vitalcast.web.ward import missing_key_inputs
+
+web_patient = Blueprint("web_patient", __name__)
+
+MAX_REASON_CHARS = 500
+
+# What the charts need to know of each variable, in the vocabulary's order (vital signs
+# first, as clinicians read a chart).
+CHART_VARIABLES = {
+    v.code: {"label": v.label, "unit": v.display_unit, "kind": v.kind} for v in VARIABLES
+}
+
+
+@web_patient.get("/patients/<patient_id>")
+@requires(Permission.PATIENTS_READ)
+def patient(patient_id: str) -> str:
+    """One patient: who, the current risk and why, its history, the data behind it."""
+    session = db()
+    who = current_principal()
+    show_ids = role_allows(who.role, Permission.IDENTIFIERS_READ)
+    record = get_patient_or_raise(session, patient_id)
+    encounter = latest_encounter(session, record)
+    current = None
+    version = None
+    if encounter is not None:
+        row = session.execute(
+            select(Prediction, ModelVersion)
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.encounter_id == encounter.id, Prediction.role == "champion")
+            .order_by(Prediction.id.desc())
+            .limit(1)
+        ).first()
+        if row is not None:
+            current, version = row[0], row[1]
+    feedback = (
+        session.scalars(
+            select(Feedback)
+            .where(Feedback.encounter_id == encounter.id)
+            .order_by(Feedback.created_at.desc())
+            .limit(20)
+        ).all()
+        if encounter is not None
+        else []
+    )
+    conditions = session.scalars(
+        select(Condition).where(Condition.patient_id == record.id).order_by(Condition.onset_at)
+    ).all()
+    studies = session.scalars(
+        select(ImagingStudy)
+        .where(ImagingStudy.patient_id == record.id)
+        .order_by(ImagingStudy.started_at)
+    ).all()
+    state = get_state()
+    audit_event(
+        "patient.viewed",
+        "R",
+        patient_id=record.public_id,
+        resource="Patient",
+        details={"identifiers": show_ids, "page": "patient"},
+    )
+    predictor = state.predictor
+    same_model = (
+        predictor is not None
+        and current is not None
+        and (predictor.model_version_id == current.model_version_id)
+    )
+    missing_key = (
+        missing_key_inputs(
+            current.missing_inputs or [],
+            predictor.feature_names if same_model and predictor else None,
+        )
+        if current is not None
+        else []
+    )
+    threshold = (
+        version.threshold if version else (state.predictor.threshold if state.predictor else None)
+    )
+    landmarks: list[dict[str, Any]] = [
+        {"at": f.created_at.isoformat(), "label": _feedback_label(f.kind)} for f in feedback
+    ]
+    return render_template(
+        "web/patient.html",
+        patient=record,
+        identifiers=decrypt_identifiers(state.cipher, record) if show_ids else None,
+        encounter=encounter,
+        current=current,
+        version=version,
+        threshold=threshold,
+        feedback=feedback,
+        conditions=conditions,
+        studies=studies,
+        landmarks=landmarks,
+        can_feedback=role_allows(who.role, Permission.FEEDBACK_WRITE),
+        variables=CHART_VARIABLES,
+        missing_key=missing_key,
+        now=utcnow(),
+    )
+
+
+def _feedback_label(kind: str) -> str:
+    return {
+        "acknowledge": "Alert acknowledged",
+        "agree": "Agreed with the risk",
+        "disagree": "Disagreed with the risk",
+    }.get(kind, kind)
+
+
+@web_patient.post("/patients/<patient_id>/feedback")
+@requires(Permission.FEEDBACK_WRITE)
+def feedback(patient_id: str) -> Response:
+    """Store an acknowledgement or an agree/disagree verdict on the current risk, audited."""
+    session = db()
+    record = get_patient_or_raise(session, patient_id)
+    encounter = latest_encounter(session, record)
+    kind = request.form.get("kind", "")
+    reason = request.form.get("reason", "").strip()
+    problems = []
+    if kind not in FEEDBACK_KINDS:
+        problems.append({"loc": ["form", "kind"], "msg": f"one of {', '.join(FEEDBACK_KINDS)}"})
+    if kind == "disagree" and not reason:
+        problems.append({"loc": ["form", "reason"], "msg": "say why you disagree"})
+    if len(reason) > MAX_REASON_CHARS:
+        problems.append(
+            {"loc": ["form", "reason"], "msg": f"at most {MAX_REASON_CHARS} characters"}
+        )
+    if problems:
+        raise InvalidInput("the feedback form has problems", details=problems)
+    prediction = None
+    sent_id = request.form.get("prediction_id")
+    if sent_id:
+        prediction = session.scalar(select(Prediction).where(Prediction.public_id == sent_id))
+        if prediction is None or prediction.patient_id != record.id:
+            raise InvalidInput(
+                "the score you answered is not this patient's; reload the page",
+                details=[{"loc": ["form", "prediction_id"], "msg": "unknown for this patient"}],
+            )
+    who = current_principal()
+    row = Feedback(
+        patient_id=record.id,
+        encounter_id=encounter.id if encounter is not None else None,
+        prediction_id=prediction.id if prediction is not None else None,
+        kind=kind,
+        reason=reason or None,
+        user_id=who.id if who.kind == "user" else None,
+        actor=who.actor,
+        score_shown_permille=round(prediction.score * 1000) if prediction is not None else None,
+    )
+    session.add(row)
+    session.flush()
+    # The reason is free text that may name people; it stays in the access-controlled
+    # feedback table, and the audit trail records that feedback was given and of what kind.
+    audit_event(
+        "feedback.recorded",
+        "C",
+        patient_id=record.public_id,
+        resource=f"Prediction/{sent_id}" if sent_id else "Patient",
+        details={"kind": kind, "feedback_id": row.id, "has_reason": bool(reason)},
+    )
+    flash(_feedback_label(kind) + " — recorded.")
+    return redirect(url_for("web_patient.patient", patient_id=record.public_id))  # type: ignore[return-value]

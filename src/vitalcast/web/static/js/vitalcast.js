@@ -1,0 +1,111 @@
+/* vitalcast: shared page behaviour — JSON fetches with the CSRF token, local times, and the
+   automatic sign-out after inactivity.
+
+   Idle rule (the same as the server's, VITALCAST_SESSION_IDLE_MINUTES): the session ends
+   when no user request has reached the server for that long. Requests the page makes on
+   its own (live updates) send "X-Background: 1" and do not count, on either side. Tabs
+   share the time of the last user request through localStorage, so an active tab keeps
+   an idle one from signing the user out. */
+(function () {
+  "use strict";
+  var VC = (window.VC = window.VC || {});
+
+  function meta(name) {
+    var el = document.querySelector('meta[name="' + name + '"]');
+    return el ? el.getAttribute("content") : null;
+  }
+  VC.meta = meta;
+
+  /* GET JSON; background requests do not count as user activity. A redirect to the
+     sign-in page means the session ended: go there instead of failing silently. */
+  VC.getJSON = function (url, background) {
+    var headers = { Accept: "application/json" };
+    if (background) headers["X-Background"] = "1";
+    return fetch(url, { credentials: "same-origin", headers: headers }).then(function (res) {
+      if (res.status === 401) { VC.expired(); throw new Error("signed out"); }
+      if (!res.ok) throw new Error("HTTP " + res.status + " for " + url);
+      return res.json();
+    });
+  };
+
+  VC.getHTML = function (url, background) {
+    var headers = { Accept: "text/html" };
+    if (background) headers["X-Background"] = "1";
+    return fetch(url, { credentials: "same-origin", headers: headers }).then(function (res) {
+      if (res.redirected && res.url.indexOf("/login") !== -1) { VC.expired(); throw new Error("signed out"); }
+      if (!res.ok) throw new Error("HTTP " + res.status + " for " + url);
+      return res.text();
+    });
+  };
+
+  VC.expired = function () {
+    var target = meta("expired-url") || "/login?expired=1";
+    window.location.assign(target);
+  };
+
+  /* Times: the server writes UTC; show them in the reader's local time, same words. */
+  var fmt = new Intl.DateTimeFormat(undefined, {
+    day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit",
+  });
+  VC.localTime = function (iso) { return fmt.format(new Date(iso)); };
+  function localiseTimes(root) {
+    (root || document).querySelectorAll("time[data-local]").forEach(function (el) {
+      el.textContent = VC.localTime(el.getAttribute("datetime"));
+    });
+  }
+  VC.localiseTimes = localiseTimes;
+
+  /* Automatic sign-out. */
+  var KEY = "vitalcast.lastRequest";
+  var WARN_MS = 60 * 1000;
+  function lastRequest() {
+    var stored = Number(window.localStorage.getItem(KEY) || 0);
+    return Math.max(stored, VC.loadedAt);
+  }
+  VC.markActivity = function () {
+    window.localStorage.setItem(KEY, String(Date.now()));
+  };
+  function startIdleTimer(idleMinutes) {
+    var idleMs = idleMinutes * 60 * 1000;
+    var box = document.getElementById("idle-warning");
+    var secs = document.getElementById("idle-seconds");
+    var stay = document.getElementById("idle-stay");
+    var warned = false;
+    var signingOut = false;
+    function signOut() {
+      if (signingOut) return;
+      signingOut = true;
+      var body = new URLSearchParams({ csrf_token: meta("csrf-token") || "" });
+      fetch(meta("logout-url"), {
+        method: "POST", credentials: "same-origin", body: body,
+        headers: { "X-CSRF-Token": meta("csrf-token") || "", "X-Background": "1" },
+      }).finally(VC.expired);
+    }
+    function tick() {
+      var left = idleMs - (Date.now() - lastRequest());
+      if (left <= 0) { signOut(); return; }
+      if (left <= WARN_MS) {
+        secs.textContent = String(Math.ceil(left / 1000));
+        if (!warned) { box.hidden = false; warned = true; stay.focus(); }
+      } else if (warned) {
+        box.hidden = true; warned = false;
+      }
+    }
+    stay.addEventListener("click", function () {
+      fetch(meta("keepalive-url"), { credentials: "same-origin" }).then(function (res) {
+        if (res.ok && !res.redirected) { VC.markActivity(); tick(); } else { VC.expired(); }
+      });
+    });
+    window.setInterval(tick, 1000);
+  }
+
+  VC.loadedAt = Date.now();
+  document.addEventListener("DOMContentLoaded", function () {
+    localiseTimes(document);
+    var idle = Number(meta("idle-minutes"));
+    if (idle > 0) {
+      VC.markActivity(); // this page load was a user request
+      startIdleTimer(idle);
+    }
+  });
+})();

@@ -1,0 +1,221 @@
+"""The ward page's read model: each in-progress stay with its risk trend, data age and gaps.
+
+Built on :func:`vitalcast.serving.patients.list_ward` (the same ordering the API serves)
+plus two set-based queries for the whole page — 24 h risk history and the newest vital
+sign per stay — so the page costs a fixed number of queries whatever the ward size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vitalcast.clinical.codes import BY_KEY, VARIABLES
+from vitalcast.clinical.tables import Encounter, Observation
+from vitalcast.modeling.tables import Prediction
+from vitalcast.security.crypto import FieldCipher
+from vitalcast.serving.patients import WardRow, list_ward
+
+SPARK_WINDOW = timedelta(hours=24)
+# A change of at least 5 percentage points over the sparkline window counts as a trend;
+# smaller moves are within the noise of hourly rescoring and are shown as "steady".
+TREND_MIN_CHANGE = 0.05
+
+VITAL_CODES = tuple(v.code for v in VARIABLES if v.kind == "vital")
+
+# Inputs whose absence a clinician should know about before trusting a score: the
+# physiology of the early-warning scores (NEWS2, SAPS) plus the labs that drive ICU
+# mortality models. A group is missing only when every variable in it is missing (a
+# cuff or an arterial-line pressure both count as "blood pressure").
+KEY_INPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Heart rate", ("hr",)),
+    ("Blood pressure", ("sbp", "map", "art_sbp", "art_map")),
+    ("Respiratory rate", ("resp_rate",)),
+    ("Temperature", ("temp",)),
+    ("GCS", ("gcs",)),
+    (BY_KEY["creatinine"].label, ("creatinine",)),
+    (BY_KEY["lactate"].label, ("lactate",)),
+    (BY_KEY["wbc"].label, ("wbc",)),
+)
+
+
+@dataclass(frozen=True)
+class WardEntry:
+    """A ward row plus what the page shows about it beyond the current score."""
+
+    row: WardRow
+    spark: list[tuple[datetime, float]] = field(default_factory=list)
+    trend: str = "none"  # "up", "down", "steady" or "none" (fewer than two scores)
+    change: float | None = None  # latest minus first score of the window
+    newest_vital_at: datetime | None = None
+    stale: bool = True
+    missing_key: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str | None:
+        ids = self.row.identifiers or {}
+        return ids.get("name")
+
+
+@dataclass(frozen=True)
+class WardPage:
+    entries: list[WardEntry]
+    total: int
+    high_risk: int
+    stale_count: int
+
+
+def _variable_of(feature: str, keys: Sequence[str]) -> str | None:
+    for key in keys:
+        if feature == key or feature.startswith(key + "_"):
+            return key
+    return None
+
+
+def missing_key_inputs(missing: Sequence[str], feature_names: Sequence[str] | None) -> list[str]:
+    """Labels of the key input groups with no usable value in a score's inputs.
+
+    ``missing`` lists the model features that were missing (imputed). With the model's
+    ``feature_names`` a variable counts as missing only when all its features are (a stay
+    with one heart rate lacks a heart-rate trend, not a heart rate); without them, any
+    missing feature of the variable counts.
+    """
+    missing_set = set(missing)
+    result = []
+    for label, keys in KEY_INPUTS:
+        if feature_names is not None:
+            feats = [f for f in feature_names if _variable_of(f, keys)]
+            if feats and all(f in missing_set for f in feats):
+                result.append(label)
+        elif all(any(_variable_of(m, (key,)) for m in missing_set) for key in keys):
+            result.append(label)
+    return result
+
+
+def trend_of(points: Sequence[tuple[datetime, float]]) -> tuple[str, float | None]:
+    """Direction and size of the change over the window (see TREND_MIN_CHANGE)."""
+    if len(points) < 2:
+        return "none", None
+    # Rounded so that a change displayed as "+5 pts" is a trend (0.15 - 0.10 < 0.05 in floats).
+    change = round(points[-1][1] - points[0][1], 9)
+    if change >= TREND_MIN_CHANGE:
+        return "up", change
+    if change <= -TREND_MIN_CHANGE:
+        return "down", change
+    return "steady", change
+
+
+def _histories(
+    session: Session, encounter_public_ids: Sequence[str], since: datetime
+) -> dict[str, list[tuple[datetime, float]]]:
+    if not encounter_public_ids:
+        return {}
+    rows = session.execute(
+        select(Encounter.public_id, Prediction.as_of, Prediction.score)
+        .join(Prediction, Prediction.encounter_id == Encounter.id)
+        .where(
+            Encounter.public_id.in_(encounter_public_ids),
+            Prediction.role == "champion",
+            Prediction.as_of >= since,
+        )
+        .order_by(Encounter.public_id, Prediction.as_of, Prediction.id)
+    ).all()
+    result: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
+    for enc, as_of, score in rows:
+        result[enc].append((as_of, float(score)))
+    return result
+
+
+def _newest_vitals(session: Session, encounter_public_ids: Sequence[str]) -> dict[str, datetime]:
+    if not encounter_public_ids:
+        return {}
+    # One backward index scan per stay on (encounter_id, effective_at) that stops at the
+    # first vital sign, instead of aggregating every observation of the ward.
+    newest = (
+        select(Observation.effective_at)
+        .where(Observation.encounter_id == Encounter.id, Observation.code.in_(VITAL_CODES))
+        .order_by(Observation.effective_at.desc())
+        .limit(1)
+        .correlate(Encounter)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(Encounter.public_id, newest).where(Encounter.public_id.in_(encounter_public_ids))
+    ).all()
+    return {enc: at for enc, at in rows if at is not None}
+
+
+def build_ward(
+    session: Session,
+    *,
+    now: datetime,
+    stale_after: timedelta,
+    unit: str | None = None,
+    limit: int = 500,
+    cipher: FieldCipher | None = None,
+    mrn_hmac: str | None = None,
+    patient_public_id: str | None = None,
+    name_query: str | None = None,
+    feature_names: Sequence[str] | None = None,
+) -> WardPage:
+    """The ward page: rows sorted by risk, each with its 24 h history, trend and data age.
+
+    ``name_query`` filters by a case-insensitive substring of the decrypted name, and can
+    only do so within the ``limit`` stays fetched: names are encrypted at rest, so there
+    is no index to search them across the whole store (MRNs have the keyed hash instead).
+    """
+    rows, total = list_ward(
+        session,
+        unit=unit,
+        limit=limit,
+        cipher=cipher,
+        mrn_hmac=mrn_hmac,
+        patient_public_id=patient_public_id,
+    )
+    if name_query and cipher is not None:
+        needle = name_query.casefold().strip()
+        rows = [r for r in rows if needle in (r.identifiers or {}).get("name", "").casefold()]
+        total = len(rows)
+    ids = [r.encounter_id for r in rows]
+    histories = _histories(session, ids, now - SPARK_WINDOW)
+    vitals = _newest_vitals(session, ids)
+    entries = []
+    for r in rows:
+        points = histories.get(r.encounter_id, [])
+        trend, change = trend_of(points)
+        newest = vitals.get(r.encounter_id)
+        entries.append(
+            WardEntry(
+                row=r,
+                spark=points,
+                trend=trend,
+                change=change,
+                newest_vital_at=newest,
+                stale=newest is None or now - newest > stale_after,
+                missing_key=missing_key_inputs(r.missing_inputs, feature_names)
+                if r.score is not None
+                else [],
+            )
+        )
+    return WardPage(
+        entries=entries,
+        total=total,
+        high_risk=sum(1 for e in entries if e.row.band in ("high", "critical")),
+        stale_count=sum(1 for e in entries if e.stale),
+    )
+
+
+def restrict_to_units(page: WardPage, units: set[str]) -> WardPage:
+    """The page limited to the units a user is assigned to (others' patients stay unseen)."""
+    entries = [e for e in page.entries if e.row.unit in units]
+    return WardPage(
+        entries=entries,
+        total=len(entries),
+        high_risk=sum(1 for e in entries if e.row.band in ("high", "critical")),
+        stale_count=sum(1 for e in entries if e.stale),
+    )

@@ -1,0 +1,256 @@
+"""End-to-end fixtures: a real vitalcast server process, real data and a real Chromium.
+
+The server is ``vitalcast serve`` (gunicorn, two workers) on a free loopback port against
+a fresh PostgreSQL database that holds a synthetic cohort stored by ``vitalcast synth``,
+a model trained by ``vitalcast train`` and a 24 h risk history scored by that model. The
+browser is Debian's Chromium driven by Playwright (Playwright's own browser download is
+not used). A dead server fails the test with its output.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.services import DatabaseFactory, service_missing
+from vitalcast.config import Settings, load_settings
+from vitalcast.db import create_db_engine, session_scope
+from vitalcast.db.session import make_session_factory
+from vitalcast.security.crypto import cipher_from_settings
+from vitalcast.security.service import create_api_key, create_user
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+INSTALL_HINT = "command -v chromium || (apt-get update -qq && apt-get install -y -qq chromium)"
+PASSWORD = "correct horse battery"
+CURRENT_STAYS = 24
+HISTORIC_STAYS = 200
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    settings: Settings
+    api_key: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _run(args: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [str(BIN / "vitalcast"), *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        pytest.fail(f"vitalcast {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def _train(settings: Settings) -> None:
+    """Train and register the champion with the real training code, on a small budget.
+
+    In process rather than through ``vitalcast train`` only to cut the bootstrap and fold
+    counts, which set the precision of the report's intervals, not what is served.
+    """
+    from vitalcast.modeling.service import train_and_register
+    from vitalcast.modeling.train import FAST_BUDGET
+
+    engine = create_db_engine(settings.resolved_database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        outcome = train_and_register(
+            "icu-mortality",
+            session=session,
+            registry_dir=settings.resolved_registry_dir,
+            budget=FAST_BUDGET,
+            n_splits=3,
+            n_boot=20,
+        )
+    engine.dispose()
+    assert outcome.version
+
+
+def _backfill_scores(settings: Settings) -> int:
+    """Score every open stay with the champion every 4 h of the last day (as of then)."""
+    from sqlalchemy import select
+
+    from vitalcast.clinical.tables import Encounter
+    from vitalcast.serving.predictor import load_champion
+    from vitalcast.serving.scoring import score_encounter
+    from vitalcast.serving.state import AppState
+
+    engine = create_db_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+    state = AppState(
+        settings=settings, engine=engine, sessions=sessions, cipher=cipher_from_settings(settings)
+    )
+    predictor = load_champion(state)
+    assert predictor is not None, "vitalcast train registered no champion"
+    now = datetime.now(UTC)
+    n = 0
+    with session_scope(sessions) as session:
+        for enc in session.scalars(select(Encounter).where(Encounter.discharged_at.is_(None))):
+            for hours_ago in range(24, -1, -4):
+                as_of = now - timedelta(hours=hours_ago)
+                if as_of >= enc.admitted_at:
+                    score_encounter(session, predictor, enc, as_of=as_of)
+                    n += 1
+    engine.dispose()
+    return n
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        service_missing(f"Chromium at {CHROMIUM} (install it: {INSTALL_HINT})")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def server(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The real server with data, a trained champion, users and an integration key."""
+    data_dir = tmp_path_factory.mktemp("e2e") / "var"
+    url = databases.new()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "VITALCAST_ENV": "test",
+        "VITALCAST_DATA_DIR": str(data_dir),
+        "VITALCAST_DATABASE_URL": url,
+        "VITALCAST_LOG_JSON": "false",
+        "VITALCAST_STALE_AFTER_MINUTES": "120",
+    }
+    env.pop("VITALCAST_REDIS_URL", None)
+    settings = load_settings(
+        env="test", data_dir=data_dir, database_url=url, log_json=False, stale_after_minutes=120
+    )
+    _run(["synth", "--patients", str(CURRENT_STAYS), "--historic", str(HISTORIC_STAYS)], env)
+    _train(settings)
+    _backfill_scores(settings)
+    engine = create_db_engine(url)
+    with session_scope(make_session_factory(engine)) as session:
+        for name, role in (("carla", "clinician"), ("adam", "admin"), ("dana", "data_scientist")):
+            create_user(session, username=name, password=PASSWORD, role=role)
+        _, key = create_api_key(session, name="e2e-integration", role="integration")
+    engine.dispose()
+    log = data_dir / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "vitalcast"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, proc, log)
+        yield Server(base, settings, key, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"vitalcast serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            response = httpx.get(base + "/readyz", timeout=2)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    pytest.fail(f"server not ready after 90 s ({last}):\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def browser(chromium: str) -> Iterator[Browser]:
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: Server) -> Iterator[Page]:
+    context = browser.new_context(
+        base_url=server.url,
+        viewport={"width": 1366, "height": 900},
+        locale="en-GB",
+        timezone_id="UTC",
+    )
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Status codes are asserted by the tests; any other console error (a script error, a
+    # CSP violation) fails the test.
+    tab.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type == "error" and not msg.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    yield tab
+    context.close()
+    # A script error or a CSP violation on any page is a failure, not noise.
+    assert not errors, errors
+
+
+def sign_in(page: Page, username: str) -> None:
+    page.goto("/login")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url("**/ward")
+
+
+def screenshot(page: Page, name: str, full_page: bool = True) -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(IMAGES / name), full_page=full_page)

@@ -1,0 +1,261 @@
+"""Clinician and administrator journeys in a real browser against a real server."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import Server, screenshot, sign_in
+
+pytestmark = pytest.mark.e2e
+
+
+def _ward_scores(page: Page) -> list[float]:
+    raw = page.eval_on_selector_all(
+        "#ward-table tbody tr[data-patient]", "rows => rows.map(r => r.dataset.score)"
+    )
+    return [float(s) if s else -1.0 for s in raw]
+
+
+def test_sign_in_and_ward_sorted_by_risk(page: Page, server: Server) -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    screenshot(page, "login.png", full_page=False)
+    sign_in(page, "carla")
+    scores = _ward_scores(page)
+    assert len(scores) >= 20
+    assert scores == sorted(scores, reverse=True)
+    bands = page.eval_on_selector_all(
+        "#ward-table tbody tr[data-patient]", "rows => rows.map(r => r.dataset.band)"
+    )
+    high = sum(1 for b in bands if b in ("high", "critical"))
+    expect(page.locator("#count-high")).to_have_text(str(high))
+    # Every row says its band in words, and has a drawn sparkline and a trend cell.
+    for row in page.locator("#ward-table tbody tr[data-patient]").all()[:5]:
+        expect(row.locator(".band")).to_have_text(re.compile(r"Low|Medium|High|Critical"))
+        expect(row.locator(".spark svg")).to_have_count(1)
+    expect(page.locator("#live-status")).to_have_text(re.compile("Live updates: on"))
+    screenshot(page, "ward.png", full_page=False)
+
+
+def test_open_patient_explanation_and_charts(page: Page, server: Server) -> None:
+    sign_in(page, "carla")
+    page.locator("#ward-table tbody tr[data-patient] .who-cell a").first.click()
+    page.wait_for_url(re.compile(r"/patients/[0-9a-f]{32}$"))
+    expect(page.locator(".riskbox .bigpct")).to_have_text(re.compile(r"\d+ %"))
+    expect(page.locator(".riskbox")).to_contain_text("alert threshold")
+    factors = page.locator("#factors-table tbody tr").count()
+    assert factors >= 1
+    expect(page.locator("#factors-chart rect")).to_have_count(factors)
+    # Risk over time: a line, the threshold and the admission marker, with its table.
+    risk = page.locator("#risk-chart figure")
+    expect(risk.locator("line.thr-line")).to_have_count(1)
+    expect(risk.locator("text.marker-label").first).to_have_text("Admission")
+    assert risk.locator("circle.pt").count() >= 2
+    risk.locator("summary").click()
+    expect(risk.locator("table tbody tr").first).to_be_visible()
+    # Vital signs and labs as charts, each labelled and with its numbers.
+    vitals = page.locator("#vitals-charts figure")
+    assert vitals.count() >= 3
+    expect(vitals.first.locator("svg[role=img]")).to_have_attribute(
+        "aria-labelledby", re.compile(r"chart\d+-t chart\d+-d")
+    )
+    assert page.locator("#labs-charts figure").count() >= 1
+    screenshot(page, "patient.png")
+
+
+def test_feedback_from_the_patient_page(page: Page, server: Server) -> None:
+    sign_in(page, "carla")
+    page.locator("#ward-table tbody tr[data-patient] .who-cell a").nth(1).click()
+    page.get_by_label("Disagree").check()
+    page.fill("#reason", "Recent extubation; observations reflect sedation")
+    page.get_by_role("button", name="Send feedback").click()
+    expect(page.locator(".flash")).to_contain_text("Disagreed with the risk")
+    expect(page.locator(".fblist")).to_contain_text("Recent extubation")
+    page.get_by_role("button", name="Acknowledge alert").click()
+    expect(page.locator(".flash")).to_contain_text("Alert acknowledged")
+    expect(
+        page.locator("#risk-chart text.marker-label", has_text="Alert acknowledged")
+    ).to_have_count(1)
+
+
+def _post(server: Server, items: list[dict[str, object]]) -> httpx.Response:
+    return httpx.post(
+        server.url + "/api/v1/observations",
+        json=items,
+        headers={"Authorization": f"Bearer {server.api_key}"},
+        timeout=20,
+    )
+
+
+def _spark_points(page: Page, patient_id: str) -> int:
+    raw = page.locator(f'#ward-table tr[data-patient="{patient_id}"] .spark').get_attribute(
+        "data-spark"
+    )
+    return len(raw.split(",")) if raw else 0
+
+
+def test_live_update_after_posting_an_observation(page: Page, server: Server) -> None:
+    sign_in(page, "carla")
+    row = page.locator("#ward-table tbody tr[data-patient]").last
+    patient_id = row.get_attribute("data-patient")
+    assert patient_id
+    before = _spark_points(page, patient_id)
+    expect(page.locator("#live-status")).to_have_text(re.compile("Live updates: on"))
+    now = datetime.now(UTC).isoformat()
+    response = _post(
+        server,
+        [
+            {"patient": patient_id, "code": "8867-4", "value": 148, "unit": "/min", "time": now},
+            {"patient": patient_id, "code": "9269-2", "value": 5, "unit": "{score}", "time": now},
+            {"patient": patient_id, "code": "2524-7", "value": 9.5, "unit": "mmol/L", "time": now},
+        ],
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["rescored"], response.text
+    # The row is replaced in place (no reload): one more score in its sparkline, the
+    # highlight, its new risk, and the table still sorted by risk.
+    live_row = page.locator(f'#ward-table tr[data-patient="{patient_id}"]')
+    expect(live_row).to_have_class(re.compile("updated"), timeout=15_000)
+    assert _spark_points(page, patient_id) == before + 1
+    new_score = response.json()["rescored"][0]["probability"]
+    assert float(live_row.get_attribute("data-score") or "nan") == pytest.approx(
+        new_score, abs=1e-4
+    )
+    assert _ward_scores(page) == sorted(_ward_scores(page), reverse=True)
+    screenshot(page, "ward-live-update.png", full_page=False)
+    # On the patient page, a new observation adds a point to the risk chart live.
+    live_row.locator(".who-cell a").click()
+    page.locator("#risk-chart figure").wait_for()
+    points = page.locator("#risk-chart circle.pt").count()
+    later = datetime.now(UTC).isoformat()
+    response = _post(
+        server,
+        [{"patient": patient_id, "code": "8867-4", "value": 41, "unit": "/min", "time": later}],
+    )
+    assert response.status_code == 201, response.text
+    expect(page.locator("#risk-chart circle.pt")).to_have_count(points + 1, timeout=15_000)
+    expect(page.locator("#live-note")).to_contain_text("Updated live")
+
+
+def test_clinician_cannot_open_admin_pages(page: Page, server: Server) -> None:
+    sign_in(page, "carla")
+    expect(page.get_by_role("navigation", name="Main").get_by_role("link")).to_have_text(
+        ["Ward", "Models"]
+    )
+    for path in ("/admin/users", "/admin/api-keys", "/admin/audit", "/monitoring"):
+        response = page.goto(path)
+        assert response is not None
+        assert response.status == 403, path
+        expect(page.locator("h1")).to_contain_text("Not allowed")
+        expect(page.locator("code.rid")).to_have_text(re.compile(r"[0-9a-f]{32}"))
+    screenshot(page, "error-403.png", full_page=False)
+    page.goto("/patients/" + "0" * 32)
+    expect(page.locator("h1")).to_contain_text("Not found")
+
+
+def test_admin_pages(page: Page, server: Server) -> None:
+    sign_in(page, "adam")
+    page.get_by_role("link", name="Users").click()
+    expect(page.locator("table.data").first).to_contain_text("carla")
+    screenshot(page, "admin-users.png")
+    page.get_by_role("link", name="API keys").click()
+    page.fill("#nk-name", "bedside monitors")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.locator("code.secret")).to_have_text(re.compile(r"^vc_[0-9a-f]+_"))
+    screenshot(page, "admin-keys.png")
+    page.get_by_role("link", name="Audit log").click()
+    page.fill("#f-event", "apikey.created")
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator("table.audit tbody tr")
+    expect(rows).to_have_count(1)
+    page.fill("#f-event", "")
+    page.get_by_role("button", name="Filter").click()
+    screenshot(page, "admin-audit.png", full_page=False)
+    page.get_by_role("link", name="Models").click()
+    expect(page.locator(".badge-champion")).to_have_count(1)
+    screenshot(page, "models.png", full_page=False)
+    page.get_by_role("link", name="Monitoring").click()
+    screenshot(page, "monitoring.png", full_page=False)
+
+
+def _tab_through(page: Page, limit: int = 400) -> set[str]:
+    """Press Tab until focus comes back round; the ids of the elements it stopped on."""
+    page.evaluate(
+        """() => { let n = 0; document.querySelectorAll(
+          'a[href], button, input:not([type=hidden]), select, textarea, summary')
+          .forEach(el => { if (!el.dataset.kb) el.dataset.kb = 'k' + (n++); }); }"""
+    )
+    page.locator("body").focus()
+    seen: list[str] = []
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        key = page.evaluate("() => document.activeElement && document.activeElement.dataset.kb")
+        if key is None:
+            continue
+        if seen and key == seen[0]:
+            break
+        seen.append(key)
+    return set(seen)
+
+
+def _controls(page: Page) -> dict[str, str]:
+    """Every visible interactive control (one per radio group), by its keyboard id."""
+    items: dict[str, str] = page.evaluate(
+        """() => { const out = {}; const radios = new Set();
+          document.querySelectorAll('[data-kb]').forEach(el => {
+            const r = el.getBoundingClientRect();
+            if (el.disabled || r.width === 0 || r.height === 0) return;
+            if (el.type === 'radio') { if (radios.has(el.name)) return; radios.add(el.name); }
+            out[el.dataset.kb] = el.outerHTML.slice(0, 80); });
+          return out; }"""
+    )
+    return items
+
+
+def test_keyboard_only_reaches_every_control(page: Page, server: Server) -> None:
+    page.goto("/login")
+    page.keyboard.press("Tab")  # the skip link comes first
+    assert page.evaluate("() => document.activeElement.className") == "skip"
+    page.keyboard.press("Tab")
+    page.keyboard.type("carla")
+    page.keyboard.press("Tab")
+    page.keyboard.type("correct horse battery")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/ward")
+    for path in (None, "patient"):
+        if path == "patient":
+            link = page.locator("#ward-table tbody tr[data-patient] .who-cell a").first
+            link.focus()
+            page.keyboard.press("Enter")
+            page.wait_for_url(re.compile(r"/patients/"))
+            page.locator("#risk-chart figure").wait_for()
+        reached = _tab_through(page)
+        controls = _controls(page)
+        missed = {k: v for k, v in controls.items() if k not in reached}
+        radios = {k for k, v in controls.items() if 'type="radio"' in v}
+        # A radio group is one tab stop; the arrow keys move inside it.
+        missed = {k: v for k, v in missed.items() if k not in radios or not reached & radios}
+        assert not missed, missed
+        # Focus is visible: the focused control gets the outline of :focus-visible.
+        outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+        assert outline != "none"
+
+
+def test_automatic_sign_out_after_inactivity(page: Page, server: Server) -> None:
+    page.clock.install()
+    sign_in(page, "carla")
+    idle_ms = server.settings.session_idle_minutes * 60_000
+    page.clock.fast_forward(idle_ms - 50_000)
+    expect(page.locator("#idle-warning")).to_be_visible()
+    expect(page.locator("#idle-stay")).to_be_focused()
+    screenshot(page, "idle-warning.png", full_page=False)
+    page.clock.fast_forward(55_000)
+    page.wait_for_url(re.compile(r"/login\?expired=1"))
+    expect(page.locator(".notice")).to_contain_text("inactivity")
+    page.goto("/ward")  # the server session ended too, not only the page
+    expect(page).to_have_url(re.compile(r"/login"))

@@ -1,0 +1,286 @@
+"""The clinician and admin pages, through the real app on PostgreSQL (no browser)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from tests.conftest import Credentials
+from tests.webdata import record_risk_history, register_version, store_synthetic_ward
+from vitalcast.clinical.tables import Patient
+from vitalcast.db import session_scope
+from vitalcast.security.tables import ApiKey, AuditEvent
+from vitalcast.serving.patients import decrypt_identifiers
+from vitalcast.serving.state import get_state
+from vitalcast.web.tables import Feedback
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def ward(app: Flask) -> dict[str, object]:
+    state = get_state(app)
+    with session_scope(state.sessions) as session:
+        store_synthetic_ward(session, state.cipher, n_current=12, now=NOW)
+    with session_scope(state.sessions) as session:
+        version_id = register_version(session)
+        scored = record_risk_history(session, version_id=version_id, now=NOW)
+    with state.sessions() as session:
+        patient = session.scalars(select(Patient).order_by(Patient.id)).first()
+        assert patient is not None
+        ids = decrypt_identifiers(state.cipher, patient)
+    return {"scored": scored, "patient": patient.public_id, "ids": ids}
+
+
+def _rows(html: str) -> list[str]:
+    return re.findall(r'<tr class="band-row-[a-z]+" data-patient="([0-9a-f]+)"', html)
+
+
+def _scores(html: str) -> list[float]:
+    return [float(s) for s in re.findall(r'data-score="([0-9.]+)"', html)]
+
+
+def test_ward_sorted_by_risk_with_trend_stale_and_missing(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    creds.login(client, creds.user("nina", "nurse"))
+    html = client.get("/ward").get_data(as_text=True)
+    scores = _scores(html)
+    assert len(scores) == 12
+    assert scores == sorted(scores, reverse=True)
+    scored = ward["scored"]
+    assert isinstance(scored, list)
+    expected_high = sum(1 for s in scored if s.scores[-1] >= 0.3)
+    assert f'id="count-high">{expected_high}<' in html
+    assert "rising" in html
+    assert "falling" in html
+    assert "steady" in html
+    assert "Missing: Lactate" in html  # every fourth stay lacks lactate features
+    assert 'data-spark="' in html
+    assert "Risk over 24 h:" in html
+    # names are shown to a nurse (identifiers:read)
+    ids = ward["ids"]
+    assert isinstance(ids, dict)
+    assert ids["mrn"] in html
+
+
+def test_mrn_search_uses_the_keyed_hash_and_never_a_url(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    token = creds.login(client, creds.user("nina", "nurse"))
+    ids = ward["ids"]
+    assert isinstance(ids, dict)
+    page = client.post("/ward", data={"csrf_token": token, "mrn": ids["mrn"].lower()})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert _rows(html) == [ward["patient"]]
+    assert "1 match for the MRN searched" in html
+    miss = client.post("/ward", data={"csrf_token": token, "mrn": "NOPE0000"})
+    assert _rows(miss.get_data(as_text=True)) == []
+    # Name search over the listed (decrypted) page: a part of the name, any case.
+    part = ids["name"].split()[-1][1:4].upper()
+    by_name = client.post("/ward", data={"csrf_token": token, "name": part}).get_data(as_text=True)
+    assert ward["patient"] in _rows(by_name)
+    with session_scope(get_state(client.application).sessions) as session:
+        events = session.scalars(select(AuditEvent).where(AuditEvent.event == "patient.list")).all()
+        assert [e.details["search"] for e in events if "search" in e.details] == [
+            "mrn",
+            "mrn",
+            "name",
+        ]
+        assert all(ids["mrn"] not in str(e.details) for e in events)
+
+
+def test_data_scientist_sees_no_identifiers_and_cannot_search(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    token = creds.login(client, creds.user("dora", "data_scientist"))
+    html = client.get("/ward").get_data(as_text=True)
+    ids = ward["ids"]
+    assert isinstance(ids, dict)
+    assert ids["mrn"] not in html
+    assert ids["name"] not in html
+    assert 'name="mrn"' not in html
+    assert client.post("/ward", data={"csrf_token": token, "mrn": ids["mrn"]}).status_code == 403
+    patient = client.get(f"/patients/{ward['patient']}").get_data(as_text=True)
+    assert ids["mrn"] not in patient
+    assert "Identifiers are hidden for your role" in patient
+    assert "Your response" not in patient  # no feedback:write
+
+
+def test_live_row_fragment(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    creds.login(client, creds.user("nina", "nurse"))
+    row = client.get(f"/ward/rows/{ward['patient']}")
+    assert row.status_code == 200
+    assert _rows(row.get_data(as_text=True)) == [ward["patient"]]
+    assert client.get("/ward/rows/" + "0" * 32).status_code == 404
+
+
+def test_patient_page_and_feedback_stored_and_audited(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    token = creds.login(client, creds.user("carl", "clinician"))
+    url = f"/patients/{ward['patient']}"
+    html = client.get(url).get_data(as_text=True)
+    ids = ward["ids"]
+    assert isinstance(ids, dict)
+    assert ids["name"] in html
+    assert ids["mrn"] in html
+    assert "Lowest Glasgow Coma Scale" in html
+    assert "alert threshold of 30 %" in html
+    assert 'id="risk-chart"' in html
+    assert 'id="vitals-charts"' in html
+    prediction_id = re.search(r'name="prediction_id" value="([0-9a-f]+)"', html)
+    assert prediction_id
+    pid = prediction_id.group(1)
+    # disagree needs a reason; the error page lists the problem
+    bad = client.post(url + "/feedback", data={"csrf_token": token, "kind": "disagree"})
+    assert bad.status_code == 422
+    assert "say why you disagree" in bad.get_data(as_text=True)
+    # no CSRF token: refused
+    assert client.post(url + "/feedback", data={"kind": "acknowledge"}).status_code == 403
+    ok = client.post(
+        url + "/feedback",
+        data={
+            "csrf_token": token,
+            "kind": "disagree",
+            "reason": "on vasopressors",
+            "prediction_id": pid,
+        },
+    )
+    assert ok.status_code == 302
+    ack = client.post(
+        url + "/feedback", data={"csrf_token": token, "kind": "acknowledge", "prediction_id": pid}
+    )
+    assert ack.status_code == 302
+    after = client.get(url).get_data(as_text=True)
+    assert "on vasopressors" in after
+    assert "Alert acknowledged" in after
+    with session_scope(get_state(client.application).sessions) as session:
+        rows = session.scalars(select(Feedback).order_by(Feedback.id)).all()
+        assert [(r.kind, r.reason, r.actor) for r in rows] == [
+            ("disagree", "on vasopressors", "user:carl"),
+            ("acknowledge", None, "user:carl"),
+        ]
+        assert rows[0].score_shown_permille is not None
+        audited = session.scalars(
+            select(AuditEvent).where(AuditEvent.event == "feedback.recorded")
+        ).all()
+        assert [a.details["kind"] for a in audited] == ["disagree", "acknowledge"]
+        assert all("vasopressors" not in str(a.details) for a in audited)
+
+
+def test_clinician_cannot_open_admin_pages(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    creds.login(client, creds.user("carl", "clinician"))
+    for path in ("/admin/users", "/admin/api-keys", "/admin/audit", "/monitoring"):
+        page = client.get(path)
+        html = page.get_data(as_text=True)
+        assert page.status_code == 403, path
+        assert "Not allowed" in html
+        assert "Request id:" in html
+    assert client.get("/patients/" + "0" * 32).status_code == 404
+    assert "Admin" not in client.get("/ward").get_data(as_text=True)
+
+
+def test_admin_pages_users_keys_and_audit_filters(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    token = creds.login(client, creds.user("ada", "admin"))
+    assert "ada" in client.get("/admin/users").get_data(as_text=True)
+    made = client.post(
+        "/admin/users",
+        data={
+            "csrf_token": token,
+            "username": "new.nurse",
+            "password": "long enough pass",
+            "role": "nurse",
+            "units": "MICU",
+        },
+    )
+    assert made.status_code == 302
+    assert "new.nurse" in client.get("/admin/users").get_data(as_text=True)
+    created = client.post(
+        "/admin/api-keys",
+        data={"csrf_token": token, "name": "monitor feed", "role": "integration", "days": "30"},
+    ).get_data(as_text=True)
+    key = re.search(r"(vc_[0-9a-f]+_[A-Za-z0-9_-]+)", created)
+    assert key, created
+    # the key works once, and its secret is not stored
+    assert (
+        client.get(
+            "/api/v1/patients", headers={"Authorization": f"Bearer {key.group(1)}"}
+        ).status_code
+        == 200
+    )
+    with session_scope(get_state(client.application).sessions) as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.name == "monitor feed"))
+        assert row is not None
+        assert key.group(1).split("_", 2)[2] not in row.secret_hash
+        prefix = row.prefix
+    assert key.group(1) not in client.get("/admin/api-keys").get_data(as_text=True)
+    client.post(f"/admin/api-keys/{prefix}/revoke", data={"csrf_token": token})
+    assert (
+        client.get(
+            "/api/v1/patients", headers={"Authorization": f"Bearer {key.group(1)}"}
+        ).status_code
+        == 401
+    )
+    audit = client.get("/admin/audit?event=apikey.created").get_data(as_text=True)
+    assert audit.count("<td>apikey.created</td>") == 1
+    assert "<td>user.login</td>" not in audit
+    assert client.get("/admin/audit?since=yesterday").status_code == 422
+
+
+def test_models_and_monitoring_pages(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    creds.login(client, creds.user("ada", "admin"))
+    models = client.get("/models").get_data(as_text=True)
+    assert "test-0001" in models
+    assert "AUROC 0.810" in models
+    detail = client.get("/models/test-0001").get_data(as_text=True)
+    assert "calibration.slope" in detail
+    assert client.get("/models/none").status_code == 404
+    monitoring = client.get("/monitoring").get_data(as_text=True)
+    with session_scope(get_state(client.application).sessions) as session:
+        from vitalcast.modeling.tables import Prediction
+
+        n = session.scalar(
+            select(func.count())
+            .select_from(Prediction)
+            .where(Prediction.created_at >= datetime.now(UTC) - timedelta(hours=24))
+        )
+    assert f"<strong>{n}</strong> scores in 24 h" in monitoring
+
+
+def test_background_requests_do_not_keep_a_session_alive(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    creds.login(client, creds.user("nina", "nurse"))
+    idle = get_state(client.application).settings.session_idle_minutes
+    almost = (datetime.now(UTC) - timedelta(minutes=idle, seconds=-30)).timestamp()
+    with client.session_transaction() as s:
+        s["seen"] = almost
+    assert (
+        client.get(f"/ward/rows/{ward['patient']}", headers={"X-Background": "1"}).status_code
+        == 200
+    )
+    with client.session_transaction() as s:
+        assert s["seen"] == almost  # live updates are not user activity
+    assert client.get("/session/keepalive").status_code == 204
+    with client.session_transaction() as s:
+        assert s["seen"] > almost
+    with client.session_transaction() as s:
+        s["seen"] = (datetime.now(UTC) - timedelta(minutes=idle + 1)).timestamp()
+    expired = client.get("/ward")
+    assert expired.status_code == 302
+    assert "/login" in expired.headers["Location"]

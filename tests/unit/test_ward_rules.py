@@ -1,0 +1,54 @@
+"""The ward page's rules: trend arrows and missing key inputs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from vitalcast.web.ward import missing_key_inputs, trend_of
+
+T0 = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+def _points(*scores: float) -> list[tuple[datetime, float]]:
+    return [(T0 + timedelta(hours=4 * i), s) for i, s in enumerate(scores)]
+
+
+@pytest.mark.parametrize(
+    ("scores", "trend"),
+    [
+        ((0.10,), "none"),
+        ((0.10, 0.30, 0.15), "up"),  # +5 points over the window, however it got there
+        ((0.10, 0.149), "steady"),
+        ((0.40, 0.35), "down"),
+        ((0.40, 0.351), "steady"),
+    ],
+)
+def test_trend_is_the_change_over_the_window(scores: tuple[float, ...], trend: str) -> None:
+    assert trend_of(_points(*scores))[0] == trend
+
+
+FEATURES = ["hr_last", "hr_mean_24h", "sbp_last", "map_last", "art_map_last", "lactate_max", "age"]
+
+
+def test_a_variable_is_missing_only_when_all_its_features_are() -> None:
+    assert missing_key_inputs(["hr_mean_24h"], FEATURES) == []
+    assert missing_key_inputs(["hr_last", "hr_mean_24h"], FEATURES) == ["Heart rate"]
+
+
+def test_blood_pressure_counts_cuff_or_arterial_line() -> None:
+    assert missing_key_inputs(["sbp_last", "map_last"], FEATURES) == []
+    assert missing_key_inputs(["sbp_last", "map_last", "art_map_last"], FEATURES) == [
+        "Blood pressure"
+    ]
+
+
+def test_inputs_the_model_does_not_use_are_never_reported_missing() -> None:
+    # FEATURES has no temperature, GCS, creatinine or white cell count.
+    assert missing_key_inputs(["lactate_max"], FEATURES) == ["Lactate"]
+
+
+def test_without_the_feature_list_a_missing_feature_names_its_variable() -> None:
+    assert missing_key_inputs(["lactate_last", "gcs_min"], None) == ["GCS", "Lactate"]
+    assert missing_key_inputs(["sbp_last"], None) == []  # other pressures may be present
