@@ -237,7 +237,7 @@ def _scrape_token_gate() -> Response | None:
 
 
 def register_monitoring(app: Flask) -> None:
-    """Time every request, and serve ``GET /metrics``.
+    """Time every request, serve ``GET /metrics`` and the monitoring read API.
 
     Call from ``create_app`` (anywhere among the ``register_*`` steps).
     """
@@ -248,4 +248,8 @@ def register_monitoring(app: Flask) -> None:
     app.add_url_rule(
         "/metrics", endpoint="metrics", view_func=requires(Permission.MONITORING_READ)(metrics_view)
     )
+    from vitalcast.monitoring.api import monitoring_api
+
+    # The lead may move this line into register_blueprints (the URL map in one place).
+    app.register_blueprint(monitoring_api, url_prefix="/api/v1")
     app.before_request_funcs.setdefault(None, []).insert(0, _scrape_token_gate)

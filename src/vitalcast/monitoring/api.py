@@ -1,0 +1,85 @@
+"""Monitoring read API for the UI and for people: drift, performance, alerts (monitoring:read).
+
+No patient data is served here: features, units, rates and model versions only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import select
+
+from vitalcast.monitoring.alerts import list_alerts
+from vitalcast.monitoring.service import latest_drift_run
+from vitalcast.monitoring.tables import DriftRun, MonitorAlert, MonitorRun
+from vitalcast.security.permissions import Permission, requires
+from vitalcast.serving.context import db
+
+monitoring_api = Blueprint("monitoring_api", __name__)
+
+DEFAULT_TASK = "icu-mortality"
+
+
+def _drift(run: DriftRun | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {
+        "id": run.id,
+        "model_version_id": run.model_version_id,
+        "window_start": run.window_start.isoformat(),
+        "window_end": run.window_end.isoformat(),
+        "n_recent": run.n_recent,
+        "severity": run.severity,
+        "flagged": run.flagged,
+        "created_at": run.created_at.isoformat(),
+        "features": [r.details | {"feature": r.feature} for r in run.results],
+    }
+
+
+def _alert(a: MonitorAlert) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "rule": a.rule,
+        "severity": a.severity,
+        "state": a.state,
+        "dedup_key": a.dedup_key,
+        "summary": a.summary,
+        "details": a.details,
+        "first_seen_at": a.first_seen_at.isoformat(),
+        "last_seen_at": a.last_seen_at.isoformat(),
+        "occurrences": a.occurrences,
+        "acknowledged_by": a.acknowledged_by,
+        "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None,
+        "delivery": a.delivery,
+    }
+
+
+@monitoring_api.get("/monitoring/summary")
+@requires(Permission.MONITORING_READ)
+def summary() -> Response:
+    """Latest drift run, latest monitoring run (realised performance and CBPE estimate,
+    each labelled), and live alerts, for one task."""
+    task = request.args.get("task", DEFAULT_TASK)
+    session = db()
+    run = session.scalar(
+        select(MonitorRun).where(MonitorRun.task == task).order_by(MonitorRun.id.desc()).limit(1)
+    )
+    return jsonify(
+        {
+            "task": task,
+            "drift": _drift(latest_drift_run(session, task=task)),
+            "monitor_run": None
+            if run is None
+            else {"id": run.id, "started_at": run.started_at.isoformat(), **run.results},
+            "alerts": [_alert(a) for a in list_alerts(session)],
+        }
+    )
+
+
+@monitoring_api.get("/monitoring/alerts")
+@requires(Permission.MONITORING_READ)
+def alerts() -> Response:
+    """Monitoring alerts, newest first (``?all=1`` includes resolved ones)."""
+    include = request.args.get("all") in {"1", "true"}
+    return jsonify({"items": [_alert(a) for a in list_alerts(db(), include_resolved=include)]})
