@@ -49,11 +49,16 @@ def main() -> None:
 
 
 def _register() -> None:
+    from vitalcast.batch.cli import score_batch_command
     from vitalcast.db.cli import db_group
     from vitalcast.ingest.cli import ingest
     from vitalcast.ingest.cli_messages import listen, stream
     from vitalcast.modeling.cli import COMMANDS as MODELING_COMMANDS
+    from vitalcast.monitoring.cli import monitor, retrain_command
     from vitalcast.security.cli import apikeys_group, users_group
+    from vitalcast.security.cli_audit import audit_group, db_harden
+    from vitalcast.security.cli_export import export_command
+    from vitalcast.security.cli_keys import keys_group
     from vitalcast.serving.cli import demo_command, serve_command
     from vitalcast.synth.cli import synth
 
@@ -64,10 +69,17 @@ def _register() -> None:
     main.add_command(ingest)
     main.add_command(users_group)
     main.add_command(apikeys_group)
+    main.add_command(audit_group)  # security
+    db_group.add_command(db_harden)  # security
+    main.add_command(keys_group)  # security
+    main.add_command(export_command)  # security
     main.add_command(listen)
+    main.add_command(monitor)
+    main.add_command(retrain_command)
     for command in MODELING_COMMANDS:
         main.add_command(command)
     main.add_command(stream)
+    main.add_command(score_batch_command)
 
 
 _register()

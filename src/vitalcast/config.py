@@ -130,6 +130,72 @@ class Settings(BaseSettings):
         description="Largest HL7 v2 message accepted over MLLP; larger ones get ACK AR.",
     )
 
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token a Prometheus server presents to scrape `GET /metrics`"
+        " (`Authorization: Bearer <token>`). Without it, `/metrics` needs an API key or"
+        " session whose role holds monitoring:read.",
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description="Directory of prometheus-client's multiprocess files under gunicorn;"
+        " `vitalcast serve` empties it and exports it as `PROMETHEUS_MULTIPROC_DIR`."
+        " Default: `metrics/` in the data directory.",
+    )
+    metrics_url: str | None = Field(
+        None,
+        description="URL of this service's `/metrics` that `vitalcast monitor run` scrapes"
+        " (with the metrics token) for the HTTP error-rate rule, e.g."
+        " `http://127.0.0.1:8000/metrics`. Unset: that rule is skipped.",
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="URL that receives monitoring alerts as JSON POSTs when they open,"
+        " escalate or resolve (`vitalcast monitor run`). Unset: alerts are only stored.",
+    )
+    # --- security hardening (issue 7) ---
+    proxy_hops: int = Field(
+        0,
+        description="Reverse proxies / load balancers in front of vitalcast whose"
+        " X-Forwarded-For and X-Forwarded-Proto to trust (client address for rate limits and"
+        " audit; https for HSTS and Secure cookies). 0 trusts none.",
+    )
+    rate_limit_enabled: bool = Field(
+        True, description="Rate-limit requests (429 above the limits below)."
+    )
+    rate_limit_per_caller: str = Field(
+        "3000/minute",
+        description="Requests allowed per API key (or signed-in user; else per address),"
+        " across all routes, in flask-limiter notation.",
+    )
+    rate_limit_per_address: str = Field(
+        "6000/minute", description="Requests allowed per client address, across all routes."
+    )
+    rate_limit_login: str = Field(
+        "10/minute", description="Sign-in attempts (POST /login) allowed per client address."
+    )
+    max_json_depth: int = Field(
+        64, description="Deepest JSON nesting accepted in a request body (400 above it)."
+    )
+    oidc_issuer: str | None = Field(
+        None,
+        description="OpenID Connect single sign-on: the issuer URL (its"
+        " `/.well-known/openid-configuration` is read). Unset: password sign-in only.",
+    )
+    oidc_client_id: str | None = Field(None, description="OIDC client id of vitalcast.")
+    oidc_client_secret: SecretStr | None = Field(
+        None, description="OIDC client secret of vitalcast (required with an issuer)."
+    )
+    oidc_role_claim: str = Field(
+        "roles",
+        description="ID-token claim listing the user's roles or groups (string or list).",
+    )
+    oidc_role_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object mapping identity-provider role/group values to vitalcast"
+        " roles; empty: the claim must hold vitalcast role names.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
@@ -151,6 +217,7 @@ class Settings(BaseSettings):
         for name in ("secret_key", "field_key", "hmac_key", "database_url"):
             if getattr(self, name) is None:
                 raise ValueError(f"VITALCAST_{name.upper()} is required in production")
+        _refuse_default_secrets(self)
         return self
 
     @property
@@ -164,9 +231,54 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'vitalcast.db').resolve()}"
 
     @property
+    def resolved_metrics_dir(self) -> Path:
+        """Where gunicorn workers keep their Prometheus multiprocess files."""
+        return self.metrics_dir or self.data_dir / "metrics"
+
+    @property
     def resolved_registry_dir(self) -> Path:
         """Where model artifacts live."""
         return self.registry_dir or self.data_dir / "registry"
+
+
+# Passwords that ship in examples, images and tutorials; production refuses them.
+DEFAULT_PASSWORDS = frozenset(
+    {
+        "", "admin", "changeme", "change-me", "default", "example", "letmein", "pass",
+        "password", "postgres", "root", "secret", "test", "vitalcast", "guest", "redis",
+        "mosquitto", "123456",
+    }
+)  # fmt: skip
+MIN_SECRET_KEY_CHARS = 32
+
+
+def _refuse_default_secrets(settings: Settings) -> None:
+    """Production rule: no default password in a service URL, no short session secret."""
+    from urllib.parse import urlsplit
+
+    for name in ("database_url", "redis_url", "mqtt_url"):
+        url = getattr(settings, name)
+        if not url:
+            continue
+        password = urlsplit(url).password
+        if password is not None and password.lower() in DEFAULT_PASSWORDS:
+            raise ValueError(
+                f"VITALCAST_{name.upper()} uses a default password; set a generated one"
+            )
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
+    if len(secret) < MIN_SECRET_KEY_CHARS or secret.lower() in DEFAULT_PASSWORDS:
+        raise ValueError(
+            f"VITALCAST_SECRET_KEY must be a random value of at least {MIN_SECRET_KEY_CHARS}"
+            " characters in production"
+        )
+    if settings.oidc_issuer is not None:
+        if not settings.oidc_issuer.startswith("https://"):
+            raise ValueError("VITALCAST_OIDC_ISSUER must be an https URL in production")
+        if settings.oidc_client_id is None or settings.oidc_client_secret is None:
+            raise ValueError(
+                "VITALCAST_OIDC_CLIENT_ID and VITALCAST_OIDC_CLIENT_SECRET are required"
+                " with an OIDC issuer"
+            )
 
 
 def load_settings(**overrides: object) -> Settings:

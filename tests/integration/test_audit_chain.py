@@ -1,8 +1,13 @@
-"""The audit chain detects a changed, deleted or reordered row."""
+"""The audit chain detects a changed, deleted or reordered row.
+
+The database refuses such changes (migration 0005's trigger), so these tests play a
+superuser who switches triggers off (``session_replication_role = replica``): the chain
+must catch even what the guard cannot stop.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 
 from vitalcast.security import audit
@@ -23,6 +28,10 @@ def _fill(session: Session, n: int = 5) -> list[int]:
     return ids
 
 
+def _as_superuser_bypassing_triggers(session: Session) -> None:
+    session.execute(text("SET session_replication_role = replica"))
+
+
 def test_intact_chain_verifies(db_session: Session) -> None:
     _fill(db_session)
     result = audit.verify_chain(db_session)
@@ -31,6 +40,7 @@ def test_intact_chain_verifies(db_session: Session) -> None:
 
 def test_changed_row_is_found(db_session: Session) -> None:
     ids = _fill(db_session)
+    _as_superuser_bypassing_triggers(db_session)
     db_session.execute(update(AuditEvent).where(AuditEvent.id == ids[2]).values(actor="user:evil"))
     db_session.commit()
     result = audit.verify_chain(db_session)
@@ -40,6 +50,7 @@ def test_changed_row_is_found(db_session: Session) -> None:
 
 def test_deleted_row_is_found(db_session: Session) -> None:
     ids = _fill(db_session)
+    _as_superuser_bypassing_triggers(db_session)
     db_session.execute(delete(AuditEvent).where(AuditEvent.id == ids[1]))
     db_session.commit()
     result = audit.verify_chain(db_session)
@@ -48,6 +59,7 @@ def test_deleted_row_is_found(db_session: Session) -> None:
 
 def test_reordered_rows_are_found(db_session: Session) -> None:
     ids = _fill(db_session)
+    _as_superuser_bypassing_triggers(db_session)
     rows = {r.id: r for r in db_session.scalars(select(AuditEvent))}
     a, b = rows[ids[1]], rows[ids[3]]
     cols = ("event", "patient_id", "details", "prev_hash", "hash")

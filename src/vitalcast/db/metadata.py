@@ -11,6 +11,7 @@ def all_metadata() -> MetaData:
     from vitalcast.db.base import Base
     from vitalcast.ingest import tables as _ingest  # noqa: F401
     from vitalcast.modeling import tables as _modeling  # noqa: F401
+    from vitalcast.monitoring import tables as _monitoring  # noqa: F401
     from vitalcast.security import tables as _security  # noqa: F401
     from vitalcast.serving import tables as _serving  # noqa: F401
     from vitalcast.web import tables as _web  # noqa: F401

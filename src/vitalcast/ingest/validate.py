@@ -1,12 +1,26 @@
-"""The preprocessing rules every source shares: codes, units, ranges and times."""
+"""The preprocessing rules every source shares: codes, units, ranges and times.
+
+Every adapter hands its records to :func:`vitalcast.ingest.service.store_batch`, which
+applies these rules, so a FHIR Observation, an HL7 OBX segment, a PhysioNet row and an
+MQTT message are held to the same standard:
+
+- times carry a timezone and are normalised to UTC; times in the future (beyond a small
+  clock-drift tolerance) and times before the patient's birth are rejected;
+- every code is in the vocabulary (:mod:`vitalcast.clinical.codes`) and every value is
+  converted to its code's one canonical UCUM unit; an unknown unit is never guessed;
+- values outside the variable's plausible physiological range are device artefacts or
+  transcription errors (HR 0, temperature -17.8 °C in PhysioNet 2012) and are rejected.
+
+A rejected record raises :class:`Invalid`; its ``code`` is the quarantine reason code.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from vitalcast.clinical.codes import BY_CODE, is_plausible
-from vitalcast.clinical.records import ObservationRecord
+from vitalcast.clinical.records import EncounterRecord, ObservationRecord
 from vitalcast.clinical.units import UnknownUnit, to_canonical
 
 # Clocks of bedside devices drift; a few minutes ahead is tolerated, more is an error.
@@ -21,21 +35,33 @@ class Invalid(ValueError):
         self.code = code
 
 
-def check_observation(obs: ObservationRecord, *, now: datetime) -> ObservationRecord:
-    """Return the observation in canonical form, or raise :class:`Invalid`."""
+def check_time(at: datetime, *, now: datetime, born_on: date | None, what: str) -> datetime:
+    """``at`` in UTC, or :class:`Invalid` when naive, in the future or before birth."""
+    if at.tzinfo is None:
+        raise Invalid("naive_time", f"{what} has no timezone")
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    if at > now + FUTURE_TOLERANCE:
+        raise Invalid("future_time", f"{what} {at.isoformat()} is in the future")
+    # Birth dates are calendar dates without a time zone: compare by date, so that a
+    # measurement on the day of birth is never rejected.
+    if born_on is not None and at.date() < born_on:
+        raise Invalid("before_birth", f"{what} {at.date().isoformat()} is before birth")
+    return at
+
+
+def check_observation(
+    obs: ObservationRecord, *, now: datetime, born_on: date | None = None
+) -> ObservationRecord:
+    """Return the observation in canonical form (UTC, canonical unit), or raise Invalid."""
     spec = BY_CODE.get(obs.code)
     if spec is None:
         raise Invalid("unknown_code", f"code {obs.code!r} is not in the vocabulary")
-    if obs.effective_at.tzinfo is None:
-        raise Invalid("naive_time", "effective time has no timezone")
-    if obs.effective_at > now + FUTURE_TOLERANCE:
-        raise Invalid(
-            "future_time", f"effective time {obs.effective_at.isoformat()} is in the future"
-        )
+    at = check_time(obs.effective_at, now=now, born_on=born_on, what="effective time")
     if obs.value is None:
         if obs.value_text is None:
             raise Invalid("no_value", "observation has neither a value nor a text value")
-        return obs
+        return obs if at is obs.effective_at else replace(obs, effective_at=at)
     if obs.value != obs.value:  # NaN
         raise Invalid("no_value", "value is not a number")
     try:
@@ -48,6 +74,15 @@ def check_observation(obs: ObservationRecord, *, now: datetime) -> ObservationRe
             f"{spec.label} {value:g} {spec.display_unit} outside plausible range"
             f" {spec.low:g}-{spec.high:g}",
         )
-    if value == obs.value and unit == obs.unit:
+    if value == obs.value and unit == obs.unit and at is obs.effective_at:
         return obs
-    return replace(obs, value=value, unit=unit)
+    return replace(obs, value=value, unit=unit, effective_at=at)
+
+
+def check_encounter(rec: EncounterRecord, *, now: datetime, born_on: date | None = None) -> None:
+    """Raise :class:`Invalid` when the stay's times break the rules above."""
+    admitted = check_time(rec.admitted_at, now=now, born_on=born_on, what="admission time")
+    if rec.discharged_at is not None:
+        discharged = check_time(rec.discharged_at, now=now, born_on=born_on, what="discharge time")
+        if discharged < admitted:
+            raise Invalid("discharge_before_admission", "discharge time is before admission")

@@ -207,37 +207,24 @@ def baseline_scores(task: Task, X: pd.DataFrame) -> tuple[str, np.ndarray] | Non
 def reference_distributions(
     X: pd.DataFrame, categorical: list[str], scores: np.ndarray
 ) -> dict[str, Any]:
-    """Training distributions drift monitoring compares live data against."""
-    qs = np.linspace(0, 1, 11)
+    """Training distributions drift monitoring compares live data against.
+
+    One :func:`vitalcast.monitoring.drift.reference_profile` per feature and for the
+    out-of-fold scores (bin counts, percentile grid, missing rate; aggregates only).
+    """
+    from vitalcast.monitoring.drift import reference_profile
+
     features: dict[str, Any] = {}
     for col in X.columns:
         s = X[col]
-        missing = float(s.isna().mean())
         if col in categorical:
-            freq = s.dropna().astype(str).value_counts(normalize=True).head(30)
-            features[col] = {
-                "type": "categorical",
-                "missing_rate": missing,
-                "frequencies": {str(k): float(v) for k, v in freq.items()},
-            }
-            continue
-        v = s.dropna().to_numpy(dtype=float)
-        features[col] = {
-            "type": "numeric",
-            "missing_rate": missing,
-            "mean": float(v.mean()) if len(v) else None,
-            "std": float(v.std()) if len(v) else None,
-            "quantiles": [float(q) for q in np.quantile(v, qs)] if len(v) else [],
-        }
-    counts, edges = np.histogram(scores, bins=20, range=(0.0, 1.0))
+            features[col] = reference_profile(None if pd.isna(v) else str(v) for v in s)
+        else:
+            features[col] = reference_profile(s.to_numpy(dtype=float).tolist())
     return {
         "n": len(X),
         "features": features,
-        "score": {
-            "bin_edges": [float(e) for e in edges],
-            "counts": [int(c) for c in counts],
-            "quantiles": [float(q) for q in np.quantile(scores, qs)],
-        },
+        "score": reference_profile(np.asarray(scores, dtype=float).tolist()),
     }
 
 

@@ -30,6 +30,20 @@ class Permission(StrEnum):
     EXPORT = "data:export"  # de-identified extracts
 
 
+DESCRIPTIONS: dict[Permission, str] = {
+    Permission.PATIENTS_READ: "ward list, patient pages, observations, risk history",
+    Permission.IDENTIFIERS_READ: "names, MRNs, birth dates in clear",
+    Permission.PREDICT: "score a feature vector or a patient",
+    Permission.OBSERVATIONS_WRITE: "push data (integrations, devices)",
+    Permission.FEEDBACK_WRITE: "acknowledge alerts, agree/disagree",
+    Permission.MODELS_READ: "model reports, metrics",
+    Permission.MODELS_MANAGE: "promote, roll back, retrain",
+    Permission.MONITORING_READ: "drift, performance, operational metrics",
+    Permission.USERS_MANAGE: "users, roles, API keys",
+    Permission.AUDIT_READ: "the audit log",
+    Permission.EXPORT: "de-identified extracts",
+}
+
 ROLES = ("clinician", "nurse", "data_scientist", "admin", "integration")
 
 _CLINICAL = {
@@ -95,3 +109,20 @@ def declared_permission(view: Callable[..., Any]) -> Permission | str | None:
 def role_allows(role: str, permission: Permission) -> bool:
     """Whether ``role`` holds ``permission``."""
     return permission in ROLE_PERMISSIONS.get(role, frozenset())
+
+
+def permission_matrix_markdown() -> str:
+    """The role × permission table of docs/security.md, generated from the matrix."""
+    header = "| permission | grants | " + " | ".join(f"`{r}`" for r in ROLES) + " |"
+    rule = "| --- | --- |" + " :---: |" * len(ROLES)
+    rows = [
+        f"| `{p.value}` | {DESCRIPTIONS[p]} | "
+        + " | ".join("yes" if role_allows(r, p) else "—" for r in ROLES)
+        + " |"
+        for p in Permission
+    ]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+if __name__ == "__main__":  # python -m vitalcast.security.permissions: print the table
+    print(permission_matrix_markdown(), end="")

@@ -33,99 +33,189 @@ IntArray = NDArray[np.intp]
 _BATCH_CELLS = 1 << 20
 
 
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+_ZERO = np.uint64(0)
+# Trees with more leaves than one machine word are walked level by level instead.
+_MAX_WORD_LEAVES = 64
+
+
 @dataclass
 class Forest:
-    """All trees of an ensemble as flat node arrays; ``roots[t]`` is tree t's first node."""
+    """All trees of an ensemble as flat arrays, scored with one of two strategies.
 
+    *Bitvector* (QuickScorer, Lucchese et al., SIGIR 2015), for trees of at most 64 leaves
+    such as gradient boosting's: number each tree's leaves left to right; every internal
+    node carries a mask clearing the leaves of its left subtree. The exit leaf is the lowest
+    bit left set after AND-ing the masks of the nodes whose test sends the row right, so a
+    row costs a fixed handful of numpy calls over all internal nodes and no depth loop.
+
+    *Level walk*, for deep random-forest trees: all trees step one level per numpy call;
+    leaves point to themselves so walking past a leaf is harmless.
+
+    Missing values: the row is widened to ``[z, z with NaN -> -inf]``; a node whose
+    ``missing_go_to_left`` is set reads the second half (``-inf <= t`` goes left), the
+    others read the first (``NaN <= t`` is False, so NaN goes right). Same decisions as
+    the scikit-learn kernels, without an ``isnan`` branch per node.
+    """
+
+    n_inputs: int
+    float32_input: bool
+    bitvector: bool
+    # bitvector strategy, over internal nodes (one always-true dummy for a lone leaf)
     feature: IntArray
     threshold: FloatArray
-    missing_left: NDArray[np.bool_]
-    left: IntArray
-    right: IntArray
+    mask: NDArray[np.uint64]
+    tree_start: IntArray
+    leaf_start: IntArray
+    leaf_value: FloatArray
+    # level strategy, over all nodes
+    children: NDArray[np.intp]
+    node_value: FloatArray
     is_leaf: NDArray[np.bool_]
-    value: FloatArray
     roots: IntArray
     depth: int
-    float32_input: bool
-    # True: evaluate every node's split once per row, then hop child pointers (cheap when
-    # the trees are small, as in gradient boosting); False: walk level by level (deep
-    # random-forest trees, where nodes vastly outnumber trees).
-    all_nodes: bool
+
+    @property
+    def n_trees(self) -> int:
+        return int(self.roots.shape[0])
+
+    def _widen(self, z: FloatArray) -> FloatArray:
+        if self.float32_input:
+            z = z.astype(np.float32).astype(np.float64)
+        return np.concatenate((z, np.where(np.isnan(z), -np.inf, z)), axis=-1)
 
     def leaf_values_row(self, z: FloatArray) -> FloatArray:
         """The value of the leaf each tree reaches for one transformed row."""
-        if self.float32_input:
-            z = z.astype(np.float32).astype(np.float64)
+        zz = self._widen(z)
+        if self.bitvector:
+            # a true test keeps every bit: OR with all-ones (0 - 1 wraps); np.where on
+            # uint64 is ~20x slower than this
+            keep = zz[self.feature] <= self.threshold
+            masks = self.mask | (_ZERO - keep.astype(np.uint64))
+            alive = np.bitwise_and.reduceat(masks, self.tree_start)
+            lowest = alive & (~alive + np.uint64(1))
+            leaf = np.log2(lowest).astype(np.intp)
+            values: FloatArray = self.leaf_value[self.leaf_start + leaf]
+            return values
         idx = self.roots
-        if self.all_nodes:
-            v = z[self.feature]
-            go_left = np.where(np.isnan(v), self.missing_left, v <= self.threshold)
-            child = np.where(go_left, self.left, self.right)
-            for _ in range(self.depth):
-                idx = child[idx]
-        else:
-            for level in range(self.depth):
-                v = z[self.feature[idx]]
-                go_left = np.where(np.isnan(v), self.missing_left[idx], v <= self.threshold[idx])
-                idx = np.where(go_left, self.left[idx], self.right[idx])
-                if level % 8 == 7 and self.is_leaf[idx].all():
-                    break
-        return self.value[idx]
+        for level in range(self.depth):
+            # NaN <= t is False: NaN takes the right child unless the node reads -inf
+            right = ~(zz[self.feature[idx]] <= self.threshold[idx])
+            idx = self.children[idx, right.view(np.uint8)]
+            if level % 8 == 7 and self.is_leaf[idx].all():
+                break
+        return self.node_value[idx]
 
     def leaf_values_batch(self, z: FloatArray) -> FloatArray:
         """Leaf values, shape (rows, trees), for a transformed matrix."""
-        if self.float32_input:
-            z = z.astype(np.float32).astype(np.float64)
-        out = np.empty((z.shape[0], self.roots.shape[0]))
-        step = max(1, _BATCH_CELLS // max(1, self.roots.shape[0]))
+        out = np.empty((z.shape[0], self.n_trees))
+        width = self.feature.shape[0] if self.bitvector else self.n_trees
+        step = max(1, _BATCH_CELLS // max(1, width))
         for start in range(0, z.shape[0], step):
-            chunk = z[start : start + step]
-            idx = np.broadcast_to(self.roots, (chunk.shape[0], self.roots.shape[0]))
+            zz = self._widen(z[start : start + step])
+            if self.bitvector:
+                keep = zz[:, self.feature] <= self.threshold
+                masks = self.mask | (_ZERO - keep.astype(np.uint64))
+                alive = np.bitwise_and.reduceat(masks, self.tree_start, axis=1)
+                lowest = alive & (~alive + np.uint64(1))
+                leaf = np.log2(lowest).astype(np.intp)
+                out[start : start + step] = self.leaf_value[self.leaf_start + leaf]
+                continue
+            idx = np.broadcast_to(self.roots, (zz.shape[0], self.n_trees))
             for level in range(self.depth):
-                v = np.take_along_axis(chunk, self.feature[idx], axis=1)
-                go_left = np.where(np.isnan(v), self.missing_left[idx], v <= self.threshold[idx])
-                idx = np.where(go_left, self.left[idx], self.right[idx])
+                v = np.take_along_axis(zz, self.feature[idx], axis=1)
+                right = ~(v <= self.threshold[idx])
+                idx = self.children[idx, right.view(np.uint8)]
                 if level % 8 == 7 and self.is_leaf[idx].all():
                     break
-            out[start : start + step] = self.value[idx]
+            out[start : start + step] = self.node_value[idx]
         return out
 
 
-def _choose_all_nodes(n_nodes: int, n_trees: int, depth: int) -> bool:
-    # Rough per-row cost in microseconds of the two strategies on one core: numpy calls
-    # cost about 1 us each plus a few ns per element (measured in bench/serving_hotpath.py).
-    all_nodes = 6 * (1.0 + 0.004 * n_nodes) + depth * (0.4 + 0.002 * n_trees)
-    by_level = depth * 7 * (1.0 + 0.004 * n_trees)
-    return all_nodes < by_level
+def _leaf_order(
+    left: IntArray, right: IntArray, leaf: NDArray[np.bool_]
+) -> tuple[list[int], dict[int, tuple[int, int]]]:
+    """Leaves left to right, and for each internal node the leaf range of its left subtree."""
+    order: list[int] = []
+    span: dict[int, tuple[int, int]] = {}
+    # iterative post-order: (node, expanded?)
+    stack: list[tuple[int, bool]] = [(0, False)]
+    first: dict[int, int] = {}
+    while stack:
+        node, expanded = stack.pop()
+        if leaf[node]:
+            first[node] = len(order)
+            order.append(node)
+        elif not expanded:
+            stack.append((node, True))
+            stack.append((int(right[node]), False))
+            stack.append((int(left[node]), False))
+        else:
+            first[node] = first[int(left[node])]
+            span[node] = (first[int(left[node])], first[int(right[node])])
+    return order, span
 
 
-def _assemble(trees: list[dict[str, Any]], float32_input: bool) -> Forest:
-    offsets = np.cumsum([0] + [len(t["feature"]) for t in trees])
-    parts: dict[str, list[Any]] = {k: [] for k in trees[0] if k != "depth"}
-    for off, tree in zip(offsets, trees, strict=False):
-        own = off + np.arange(len(tree["feature"]), dtype=np.intp)
-        leaf = tree["is_leaf"]
-        tree = dict(tree)
-        tree["left"] = np.where(leaf, own, off + tree["left"])
-        tree["right"] = np.where(leaf, own, off + tree["right"])
-        tree["feature"] = np.where(leaf, 0, tree["feature"])
-        for k in parts:
-            parts[k].append(tree[k])
-    flat = {k: np.concatenate(v) for k, v in parts.items()}
-    depth = max(int(t["depth"]) for t in trees)
-    n_nodes, n_trees = int(offsets[-1]), len(trees)
+def _assemble(trees: list[dict[str, Any]], n_inputs: int, float32_input: bool) -> Forest:
+    bitvector = all(int(t["is_leaf"].sum()) <= _MAX_WORD_LEAVES for t in trees)
+    feat: list[int] = []
+    thr: list[float] = []
+    mask: list[int] = []
+    tree_start: list[int] = []
+    leaf_start: list[int] = []
+    leaf_value: list[float] = []
+    node_off = 0
+    children, node_value, is_leaf, roots, node_feat, node_thr = [], [], [], [], [], []
+    for tree in trees:
+        left, right, leaf = tree["left"], tree["right"], tree["is_leaf"]
+        # missing-left nodes read the NaN -> -inf half of the widened row
+        wide = np.where(
+            tree["missing_left"].astype(bool), tree["feature"] + n_inputs, tree["feature"]
+        )
+        wide = np.where(leaf, 0, wide)
+        own = node_off + np.arange(len(leaf), dtype=np.intp)
+        children.append(
+            np.stack(
+                [np.where(leaf, own, node_off + left), np.where(leaf, own, node_off + right)], 1
+            )
+        )
+        node_value.append(tree["value"])
+        is_leaf.append(leaf)
+        roots.append(node_off)
+        node_feat.append(wide)
+        node_thr.append(np.where(leaf, np.inf, tree["threshold"]))
+        node_off += len(leaf)
+        if not bitvector:
+            continue
+        order, span = _leaf_order(left, right, leaf)
+        tree_start.append(len(feat))
+        leaf_start.append(len(leaf_value))
+        leaf_value.extend(float(tree["value"][n]) for n in order)
+        if not span:  # a single leaf: one always-true test keeps every bit
+            feat.append(n_inputs)
+            thr.append(np.inf)
+            mask.append(int(_ALL))
+        for node, (lo, hi) in span.items():
+            feat.append(int(wide[node]))
+            thr.append(float(tree["threshold"][node]))
+            mask.append(int(_ALL) & ~(((1 << (hi - lo)) - 1) << lo))
+    level_feat = np.concatenate(node_feat).astype(np.intp)
+    level_thr = np.concatenate(node_thr).astype(np.float64)
     return Forest(
-        feature=flat["feature"].astype(np.intp),
-        threshold=flat["threshold"].astype(np.float64),
-        missing_left=flat["missing_left"].astype(bool),
-        left=flat["left"].astype(np.intp),
-        right=flat["right"].astype(np.intp),
-        is_leaf=flat["is_leaf"].astype(bool),
-        value=flat["value"].astype(np.float64),
-        roots=offsets[:-1].astype(np.intp),
-        depth=depth,
+        n_inputs=n_inputs,
         float32_input=float32_input,
-        all_nodes=_choose_all_nodes(n_nodes, n_trees, depth),
+        bitvector=bitvector,
+        feature=np.asarray(feat, dtype=np.intp) if bitvector else level_feat,
+        threshold=np.asarray(thr, dtype=np.float64) if bitvector else level_thr,
+        mask=np.asarray(mask, dtype=np.uint64),
+        tree_start=np.asarray(tree_start, dtype=np.intp),
+        leaf_start=np.asarray(leaf_start, dtype=np.intp),
+        leaf_value=np.asarray(leaf_value, dtype=np.float64),
+        children=np.concatenate(children).astype(np.intp),
+        node_value=np.concatenate(node_value).astype(np.float64),
+        is_leaf=np.concatenate(is_leaf).astype(bool),
+        roots=np.asarray(roots, dtype=np.intp),
+        depth=max(int(t["depth"]) for t in trees),
     )
 
 
@@ -155,7 +245,7 @@ def flatten_hist_gradient_boosting(est: Any) -> tuple[Forest, float]:
     if not trees:
         raise Uncompilable("HistGradientBoosting has no trees")
     baseline = float(np.asarray(est._baseline_prediction).reshape(-1)[0])
-    return _assemble(trees, float32_input=False), baseline
+    return _assemble(trees, int(est.n_features_in_), float32_input=False), baseline
 
 
 def flatten_forest(est: Any) -> Forest:
@@ -181,4 +271,4 @@ def flatten_forest(est: Any) -> Forest:
                 "depth": int(t.max_depth),
             }
         )
-    return _assemble(trees, float32_input=True)
+    return _assemble(trees, int(est.n_features_in_), float32_input=True)

@@ -9,17 +9,17 @@ from sqlalchemy import select
 
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.base import utcnow
-from vitalcast.db.types import new_public_id
 from vitalcast.errors import ModelUnavailable, NotFound
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
+from vitalcast.serving.fastpath import predict_one
 from vitalcast.serving.patients import list_ward
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.realtime import sse_stream
-from vitalcast.serving.scoring import features_digest, score_encounter
+from vitalcast.serving.scoring import record_prediction, score_encounter
 from vitalcast.serving.state import get_state
-from vitalcast.serving.validation import feature_vector, int_arg, json_body, raise_if
+from vitalcast.serving.validation import int_arg, json_body, raise_if
 
 api = Blueprint("api", __name__)
 
@@ -55,31 +55,22 @@ def _prediction_body(predictor: Predictor, prediction: Prediction) -> dict[str, 
 @requires(Permission.PREDICT)
 def predict() -> Response:
     """Score one patient: a flat object of features, or ``{"patient_id": ...}``."""
+    body = json_body()  # a malformed body is the caller's problem whatever the model state
     predictor = _predictor()
-    body = json_body()
     session = db()
     if isinstance(body, dict) and set(body) == {"patient_id"}:
         prediction = _predict_stored_patient(session, predictor, body["patient_id"])
     else:
-        features, problems = feature_vector(body, set(predictor.feature_names))
-        raise_if(problems, "the feature object has problems")
-        result = predictor.score(features)
-        prediction = Prediction(
-            public_id=new_public_id(),
-            model_version_id=predictor.model_version_id,
-            task=predictor.task,
+        predict_one(predictor.scorer, body)  # validates: every bad field reported at once
+        features = {name: body.get(name) for name in predictor.feature_names}
+        prediction = record_prediction(
+            session,
+            predictor,
+            features,
             role="adhoc",
-            score=result.probability,
-            band=result.band,
             as_of=utcnow(),
-            features_digest=features_digest(
-                {n: features.get(n, float("nan")) for n in predictor.feature_names}
-            ),
-            explanation=result.factors,
-            missing_inputs=result.missing,
+            explain=request.args.get("explain") != "false",
         )
-        session.add(prediction)
-        session.flush()
         audit_event("prediction.served", "E", resource=f"Prediction/{prediction.public_id}")
     return jsonify(_prediction_body(predictor, prediction))
 

@@ -12,7 +12,10 @@ from vitalcast.config import Settings, load_settings
 from vitalcast.db import create_db_engine
 from vitalcast.db.session import make_session_factory
 from vitalcast.logging import configure_logging
+from vitalcast.monitoring.metrics import register_monitoring
 from vitalcast.security.crypto import cipher_from_settings
+from vitalcast.security.http import register_hardening
+from vitalcast.security.oidc import register_oidc
 from vitalcast.security.permissions import public
 from vitalcast.serving.errors import register_error_handlers
 from vitalcast.serving.guard import check_routes_declared, register_guard
@@ -36,8 +39,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(level=settings.log_level, json_lines=settings.log_json)
     register_extensions(app, settings)
     register_guard(app)
+    register_monitoring(app)
     register_blueprints(app)
+    register_oidc(app)  # security: optional OpenID Connect sign-in
     register_error_handlers(app)
+    register_hardening(app)  # security: trusted proxies, rate limits, JSON depth
     check_routes_declared(app)
     load_predictor(app)
     return app

@@ -24,7 +24,6 @@ from sqlalchemy import select
 
 from vitalcast.clinical.records import RecordBatch
 from vitalcast.db.base import utcnow
-from vitalcast.db.types import new_public_id
 from vitalcast.errors import BadRequest, InvalidInput, ModelUnavailable, NotFound
 from vitalcast.features import StayInput, stay_features
 from vitalcast.ingest.validate import Invalid, check_observation
@@ -32,7 +31,7 @@ from vitalcast.modeling.tables import Prediction
 from vitalcast.security.permissions import Permission, public, requires
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
-from vitalcast.serving.scoring import features_digest
+from vitalcast.serving.scoring import record_prediction
 from vitalcast.serving.state import get_state
 from vitalcast.serving.tables import CdsFeedback
 from vitalcast.serving.validation import json_body
@@ -211,23 +210,14 @@ def service(service_id: str) -> Response:
     now = datetime.now(UTC)
     stay = _stay(_records(_fetch(hook)), now)
     features = stay_features(stay, now)
-    result = predictor.score(features)
-    prediction = Prediction(
-        public_id=new_public_id(),
-        model_version_id=predictor.model_version_id,
-        task=predictor.task,
+    prediction = record_prediction(
+        db(),
+        predictor,
+        features,
         role="cds",
-        score=result.probability,
-        band=result.band,
         as_of=now,
-        data_freshness_at=stay.observations[-1][2] if stay.observations else None,
-        features_digest=features_digest(features),
-        explanation=result.factors,
-        missing_inputs=result.missing,
+        freshness=stay.observations[-1][2] if stay.observations else None,
     )
-    session = db()
-    session.add(prediction)
-    session.flush()
     audit_event(
         "cds.patient-view",
         "E",

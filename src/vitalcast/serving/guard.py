@@ -119,7 +119,7 @@ def _authenticate() -> Principal | None:
 
 
 def _before_request() -> ResponseReturnValue | None:
-    g.request_id = new_request_id()
+    g.request_id = g.get("request_id") or new_request_id()  # security.http may set it first
     g.started = utcnow()
     request_context.set({"request_id": g.request_id, "route": request.endpoint})
     limit = get_state().settings.max_request_bytes

@@ -51,6 +51,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from vitalcast.serving._fuse import fuse_calibrated
 from vitalcast.serving._nodes import (
     Averaged,
     Boosted,
@@ -140,7 +141,7 @@ class _Compiler:
                     float(cal.X_max_),
                 )
             members.append((node, calibrator))
-        return Calibrated(members)
+        return fuse_calibrated(Calibrated(members))
 
 
 class CompiledScorer:
@@ -169,10 +170,10 @@ class CompiledScorer:
         self.fallback_reason = fallback_reason
         self.categories = categories
         self._node = node
-        self._codes = {
+        self.category_codes = {
             name: {c: i for i, c in enumerate(cats)} for name, cats in categories.items()
         }
-        self._index = {name: i for i, name in enumerate(self.feature_names)}
+        self.feature_index = {name: i for i, name in enumerate(self.feature_names)}
 
     # -- encoding ------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class CompiledScorer:
         ``vitalcast.serving.fastpath``) rejects them before scoring.
         """
         x = np.full(self.n_features, math.nan)
-        codes = self._codes
+        codes = self.category_codes
         for i, name in enumerate(self.feature_names):
             value = values.get(name)
             if value is None:

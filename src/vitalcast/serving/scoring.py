@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -47,10 +49,16 @@ def stay_input(session: Session, encounter: Encounter, as_of: datetime) -> StayI
     )
 
 
-def features_digest(features: dict[str, float]) -> str:
-    """A stable fingerprint of a feature vector (NaN written as null)."""
-    clean = {k: (None if math.isnan(v) else round(v, 10)) for k, v in sorted(features.items())}
-    return hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()
+def features_digest(features: Mapping[str, Any]) -> str:
+    """A stable fingerprint of a feature vector (missing values written as null)."""
+
+    def clean(value: Any) -> Any:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        return round(value, 10) if isinstance(value, int | float) else str(value)
+
+    body = {k: clean(v) for k, v in sorted(features.items())}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def score_encounter(
@@ -65,12 +73,35 @@ def score_encounter(
     as_of = as_of or utcnow()
     stay = stay_input(session, encounter, as_of)
     features = stay_features(stay, as_of)
-    result = predictor.score(features)
     freshness = stay.observations[-1][2] if stay.observations else None
+    return record_prediction(
+        session,
+        predictor,
+        features,
+        role=role,
+        as_of=as_of,
+        freshness=freshness,
+        encounter=encounter,
+    )
+
+
+def record_prediction(
+    session: Session,
+    predictor: Predictor,
+    features: Mapping[str, Any],
+    *,
+    role: str,
+    as_of: datetime,
+    freshness: datetime | None = None,
+    encounter: Encounter | None = None,
+    explain: bool = True,
+) -> Prediction:
+    """Score ``features`` and store the prediction with what it was based on."""
+    result = predictor.score(features, explain=explain)
     prediction = Prediction(
         public_id=new_public_id(),
-        patient_id=encounter.patient_id,
-        encounter_id=encounter.id,
+        patient_id=encounter.patient_id if encounter is not None else None,
+        encounter_id=encounter.id if encounter is not None else None,
         model_version_id=predictor.model_version_id,
         task=predictor.task,
         role=role,

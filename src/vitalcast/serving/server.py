@@ -36,7 +36,11 @@ class VitalcastServer(BaseApplication):  # type: ignore[misc]
 
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     """Serve until interrupted."""
+    from vitalcast.monitoring.multiproc import prepare_multiprocess_dir, worker_exit
+
     limit_native_threads()
+    # Before any worker imports prometheus-client (docs: monitoring/multiproc.py).
+    prepare_multiprocess_dir(settings.resolved_metrics_dir)
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -49,5 +53,6 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
         "errorlog": "-",
         "loglevel": "warning",
         "proc_name": "vitalcast",
+        "child_exit": worker_exit,
     }
     VitalcastServer(settings, options).run()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from flask import request
@@ -48,26 +47,3 @@ def int_arg(name: str, default: int, *, low: int, high: int, problems: list[dict
 def raise_if(problems: list[dict[str, Any]], message: str = "invalid request") -> None:
     if problems:
         raise InvalidInput(message, details=problems)
-
-
-def feature_vector(
-    body: Any, known: frozenset[str] | set[str], loc: tuple[str | int, ...] = ("body",)
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Validate a flat ``{feature: number | null}`` object; null means missing."""
-    problems: list[dict[str, Any]] = []
-    if not isinstance(body, dict):
-        return {}, [{"loc": list(loc), "msg": "must be a JSON object of feature: number"}]
-    values: dict[str, float] = {}
-    for key, value in body.items():
-        where = [*loc, key]
-        if key not in known:
-            problems.append({"loc": where, "msg": "unknown feature for this model"})
-        elif value is None:
-            values[key] = math.nan
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append({"loc": where, "msg": "must be a number or null"})
-        elif not math.isfinite(float(value)):
-            problems.append({"loc": where, "msg": "must be a finite number"})
-        else:
-            values[key] = float(value)
-    return values, problems

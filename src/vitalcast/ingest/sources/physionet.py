@@ -15,8 +15,8 @@ from __future__ import annotations
 import csv
 import io
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -67,9 +67,17 @@ def _number(text: str) -> float | None:
 
 
 def parse_record(
-    record: RecordText, *, anchor: datetime = DEFAULT_ANCHOR, prefix: str = SOURCE
+    record: RecordText,
+    *,
+    anchor: datetime = DEFAULT_ANCHOR,
+    prefix: str = SOURCE,
+    discharged_at: datetime | None = None,
 ) -> RecordBatch:
     """Parse one record file into patient, encounter and observation records.
+
+    ``discharged_at`` (from the Outcomes file) completes the encounter. Two rows with the
+    same time, parameter and value are the same measurement (the challenge files repeat
+    some): they share a dedup identity, so the second is counted as a duplicate.
 
     Raises:
         PhysionetFormatError: no header, or no RecordID descriptor.
@@ -80,19 +88,22 @@ def parse_record(
         raise PhysionetFormatError(f"{record.name}: first line must be 'Time,Parameter,Value'")
     descriptors: dict[str, str] = {}
     rows: list[tuple[int, str, str, str]] = []
-    for lineno, row in enumerate(csv.reader(lines[1:]), start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        where = f"{record.name}:{lineno}"
+    for lineno, line in enumerate(lines[1:], start=2):
+        row = line.split(",")
         if len(row) != 3:
+            if not line.strip():
+                continue
             batch.received += 1
             batch.rejected.append(
                 Rejected(
-                    where, "malformed_line", "expected 3 comma-separated fields", ",".join(row)
+                    f"{record.name}:{lineno}",
+                    "malformed_line",
+                    "expected 3 comma-separated fields",
+                    line,
                 )
             )
             continue
-        stamp, parameter, value = (cell.strip() for cell in row)
+        stamp, parameter, value = row[0].strip(), row[1].strip(), row[2].strip()
         if parameter in DESCRIPTORS and stamp == "00:00" and parameter not in descriptors:
             descriptors[parameter] = value
             continue
@@ -101,50 +112,58 @@ def parse_record(
     if not record_id:
         raise PhysionetFormatError(f"{record.name}: no RecordID descriptor")
     ref = f"{prefix}:{record_id}"
-    patient = PatientRecord(
-        ref=ref, sex=_SEX.get(descriptors.get("Gender", ""), "unknown"), source_ref=record.name
+    batch.patients.append(
+        PatientRecord(
+            ref=ref, sex=_SEX.get(descriptors.get("Gender", ""), "unknown"), source_ref=record.name
+        )
     )
     icu_type = descriptors.get("ICUType", "")
-    encounter = EncounterRecord(
-        ref=ref,
-        patient_ref=ref,
-        admitted_at=anchor,
-        kind="icu",
-        unit=ICU_TYPES.get(int(float(icu_type))) if icu_type.strip("-").isdigit() else None,
-        age_years=_safe_number(descriptors.get("Age")),
-        height_cm=_safe_number(descriptors.get("Height")),
-        weight_kg=_safe_number(descriptors.get("Weight")),
-        source_ref=record.name,
+    batch.encounters.append(
+        EncounterRecord(
+            ref=ref,
+            patient_ref=ref,
+            admitted_at=anchor,
+            discharged_at=discharged_at,
+            kind="icu",
+            unit=ICU_TYPES.get(int(icu_type)) if icu_type.isdigit() else None,
+            age_years=_safe_number(descriptors.get("Age")),
+            height_cm=_safe_number(descriptors.get("Height")),
+            weight_kg=_safe_number(descriptors.get("Weight")),
+            source_ref=record.name,
+        )
     )
-    batch.patients.append(patient)
-    batch.encounters.append(encounter)
+    times: dict[str, datetime] = {}  # many rows share a time stamp
+    observations = batch.observations
+    rejected = batch.rejected
     for lineno, stamp, parameter, value in rows:
-        where = f"{record.name}:{lineno}"
-        raw = f"{stamp},{parameter},{value}"
-        batch.received += 1
         spec = BY_PHYSIONET.get(parameter)
+        raw = f"{stamp},{parameter},{value}"
         if spec is None:
             code = "empty_parameter" if not parameter else "unknown_parameter"
-            batch.rejected.append(Rejected(where, code, f"unknown parameter {parameter!r}", raw))
+            where = f"{record.name}:{lineno}"
+            rejected.append(Rejected(where, code, f"unknown parameter {parameter!r}", raw))
             continue
         try:
-            minutes = parse_minutes(stamp)
+            at = times.get(stamp)
+            if at is None:
+                at = times[stamp] = anchor + timedelta(minutes=parse_minutes(stamp))
             number = float(value)
         except ValueError as exc:
-            batch.rejected.append(Rejected(where, "malformed_line", str(exc), raw))
+            rejected.append(Rejected(f"{record.name}:{lineno}", "malformed_line", str(exc), raw))
             continue
-        batch.observations.append(
+        observations.append(
             ObservationRecord(
                 patient_ref=ref,
                 encounter_ref=ref,
                 code=spec.code,
-                effective_at=anchor + timedelta(minutes=minutes),
+                effective_at=at,
                 value=number,
                 unit=_SOURCE_UNITS.get(parameter, spec.unit),
-                source_ref=where,
-                identity=f"{ref}|{lineno}|{raw}",
+                source_ref=f"{record.name}:{lineno}",
+                identity=f"{ref}|{raw}",
             )
         )
+    batch.received += len(rows)
     return batch
 
 
@@ -196,8 +215,13 @@ def parse_outcomes(
 ) -> RecordBatch:
     """Parse an Outcomes file: in-hospital death and length of stay per RecordID.
 
-    Length of stay (days from ICU admission to hospital discharge) also completes the
-    encounter's discharge time; the outcome becomes known at discharge.
+    Each row gives two outcome records. Length_of_stay is days from ICU admission to the
+    end of the hospital stay, so it places the discharge (which is also when both labels
+    become known); Survival is days from ICU admission to death (-1: no recorded death).
+    A missing length of stay (-1) quarantines that outcome, never a guessed value.
+
+    Raises:
+        PhysionetFormatError: the header lacks a required column.
     """
     batch = RecordBatch()
     reader = csv.DictReader(io.StringIO(text))
@@ -206,18 +230,117 @@ def parse_outcomes(
         raise PhysionetFormatError(f"{name}: header must include {', '.join(sorted(need))}")
     for lineno, row in enumerate(reader, start=2):
         where = f"{name}:{lineno}"
-        batch.received += 1
+        raw = ",".join(str(v) for v in row.values())
+        batch.received += 2
         try:
             ref = f"{prefix}:{int(row['RecordID'])}"
             los_days = float(row["Length_of_stay"])
             death = int(row["In-hospital_death"])
+            survival_days = float(row.get("Survival") or -1)
         except (TypeError, ValueError):
-            batch.rejected.append(
-                Rejected(where, "malformed_line", "non-numeric outcome fields", str(row), "outcome")
-            )
+            reason = "non-numeric outcome fields"
+            for _ in range(2):
+                batch.rejected.append(Rejected(where, "malformed_line", reason, raw, "outcome"))
             continue
         discharge = anchor + timedelta(days=los_days) if los_days >= 0 else None
+        died_at = anchor + timedelta(days=survival_days) if death and survival_days >= 0 else None
         batch.outcomes.append(
-            OutcomeRecord(ref, ref, "in_hospital_death", float(death), discharge, discharge, where)
+            OutcomeRecord(
+                ref,
+                ref,
+                "in_hospital_death",
+                float(death),
+                died_at or discharge,
+                discharge,
+                f"{where} In-hospital_death",
+            )
+        )
+        if discharge is None:
+            batch.rejected.append(
+                Rejected(
+                    f"{where} Length_of_stay",
+                    "missing_value",
+                    "length of stay not recorded (-1)",
+                    raw,
+                    "outcome",
+                )
+            )
+            continue
+        batch.outcomes.append(
+            OutcomeRecord(
+                ref,
+                ref,
+                "length_of_stay_days",
+                los_days,
+                discharge,
+                discharge,
+                f"{where} Length_of_stay",
+            )
         )
     return batch
+
+
+def read_outcomes(
+    path: Path, *, anchor: datetime = DEFAULT_ANCHOR, prefix: str = SOURCE
+) -> RecordBatch:
+    """Read and parse an Outcomes file.
+
+    Raises:
+        PhysionetFormatError: missing, not UTF-8, or not an Outcomes file.
+    """
+    if not path.is_file():
+        raise PhysionetFormatError(f"{path}: no such outcomes file")
+    return parse_outcomes(
+        _decode(path.read_bytes(), path.name), name=path.name, anchor=anchor, prefix=prefix
+    )
+
+
+def discharge_times(outcomes: RecordBatch) -> dict[str, datetime]:
+    """Encounter ref -> discharge time, from parsed outcomes."""
+    return {
+        o.encounter_ref: o.occurred_at
+        for o in outcomes.outcomes
+        if o.kind == "length_of_stay_days" and o.occurred_at is not None
+    }
+
+
+def iter_batches(
+    records: Sequence[RecordText],
+    outcomes: RecordBatch | None = None,
+    *,
+    records_per_batch: int = 500,
+    anchor: datetime = DEFAULT_ANCHOR,
+    prefix: str = SOURCE,
+) -> Iterator[RecordBatch]:
+    """Parse records into batches of ``records_per_batch`` stays, each with its outcomes.
+
+    Outcomes whose RecordID is not among ``records`` come in the last batch, where the
+    store quarantines them as referring to an unknown encounter. Bounded batches keep
+    memory flat for the 1.7 million rows of a set; the caller stores every batch in one
+    transaction, so the archive is still all-or-nothing.
+    """
+    discharges = discharge_times(outcomes) if outcomes else {}
+    by_ref: dict[str, list[OutcomeRecord]] = {}
+    for out in outcomes.outcomes if outcomes else []:
+        by_ref.setdefault(out.encounter_ref, []).append(out)
+    pending_rejects = list(outcomes.rejected) if outcomes else []
+    pending_received = outcomes.received if outcomes else 0
+    batch = RecordBatch()
+    for n, record in enumerate(records, start=1):
+        part = parse_record(record, anchor=anchor, prefix=prefix)
+        ref = part.encounters[0].ref
+        if ref in discharges:
+            part.encounters[0] = replace(part.encounters[0], discharged_at=discharges[ref])
+        for out in by_ref.pop(ref, []):
+            part.outcomes.append(out)
+            part.received += 1
+            pending_received -= 1
+        batch.extend(part)
+        if n % records_per_batch == 0:
+            yield batch
+            batch = RecordBatch()
+    for outs in by_ref.values():
+        batch.outcomes.extend(outs)
+    batch.rejected.extend(pending_rejects)
+    batch.received += pending_received
+    yield batch

@@ -1,0 +1,181 @@
+"""DICOM headers to imaging-study records (pydicom; pixel data is never read).
+
+Files are read with ``stop_before_pixels=True``: vitalcast keeps what a risk model or a
+clinician's overview needs (modality, body part, study time, series and instance
+counts), never images. Instances are grouped by Study Instance UID (0020,000D).
+
+The study is attached to a patient by Patient ID (0010,0020), which is an MRN: it is
+matched through the keyed MRN hash (:meth:`FieldCipher.mrn_hash`), so the plaintext
+MRN is never stored, logged, or used as a reference. A study whose patient is unknown
+is quarantined (``unknown_patient``), never attached to a guessed patient.
+
+Study time: StudyDate + StudyTime (DICOM PS3.5 DA/TM), in the Timezone Offset From UTC
+(0008,0201) when the file has one, else in ``assume_tz`` (the site's time zone).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from vitalcast.clinical.records import ImagingStudyRecord, RecordBatch, Rejected
+from vitalcast.security.crypto import FieldCipher
+
+SOURCE = "dicom"
+_PREAMBLE_MAGIC = b"DICM"
+
+
+class DicomInputError(ValueError):
+    """A named input that does not exist or is not DICOM at all."""
+
+
+@dataclass
+class _Study:
+    uid: str
+    patient_hash: str | None
+    where: str
+    modalities: Counter[str] = field(default_factory=Counter)
+    body_part: str | None = None
+    started_at: datetime | None = None
+    description: str | None = None
+    series: set[str] = field(default_factory=set)
+    instances: set[str] = field(default_factory=set)
+    files: int = 0
+
+
+def find_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand folders (recursively) into DICOM files; named files are taken as given.
+
+    In a folder, files that are neither ``*.dcm`` nor carry the ``DICM`` preamble magic
+    (PS3.10 §7.1) are other content (READMEs, reports) and are not DICOM input.
+
+    Raises:
+        DicomInputError: a path does not exist.
+    """
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(p for p in sorted(path.rglob("*")) if p.is_file() and _looks_like_dicom(p))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DicomInputError(f"{path}: no such file or folder")
+    return files
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    with path.open("rb") as fh:
+        return fh.read(132)[128:132] == _PREAMBLE_MAGIC
+
+
+def parse_files(files: list[Path], *, cipher: FieldCipher, assume_tz: tzinfo = UTC) -> RecordBatch:
+    """Group instance headers by study; each file is one input item."""
+    batch = RecordBatch()
+    studies: dict[str, _Study] = {}
+    for path in files:
+        where = path.name
+        batch.received += 1
+        try:
+            with warnings.catch_warnings():
+                # pydicom warns about recoverable encoding quirks; the header is still read.
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            reason = f"not a readable DICOM file ({type(exc).__name__})"
+            batch.rejected.append(
+                Rejected(where, "unreadable_dicom", reason, None, "imaging_study")
+            )
+            continue
+        uid = str(ds.get("StudyInstanceUID") or "").strip()
+        if not uid:
+            raw = _summary(ds)
+            reason = "no Study Instance UID (0020,000D)"
+            batch.rejected.append(
+                Rejected(where, "missing_study_uid", reason, raw, "imaging_study")
+            )
+            continue
+        patient_id = str(ds.get("PatientID") or "").strip()
+        study = studies.get(uid)
+        if study is None:
+            study = studies[uid] = _Study(
+                uid=uid,
+                patient_hash=cipher.mrn_hash(patient_id) if patient_id else None,
+                where=where,
+                body_part=_text(ds, "BodyPartExamined", 64),
+                started_at=_study_time(ds, assume_tz),
+                description=_text(ds, "StudyDescription", 300),
+            )
+        study.files += 1
+        if ds.get("Modality"):
+            study.modalities[str(ds.Modality)[:16]] += 1
+        if ds.get("SeriesInstanceUID"):
+            study.series.add(str(ds.SeriesInstanceUID))
+        if ds.get("SOPInstanceUID"):
+            study.instances.add(str(ds.SOPInstanceUID))
+    for study in studies.values():
+        # Instances of one study count as one item once grouped: the study record.
+        batch.received -= study.files - 1
+        ref = f"mrn-hmac:{study.patient_hash}" if study.patient_hash else "no-patient-id"
+        batch.imaging_studies.append(
+            ImagingStudyRecord(
+                patient_ref=ref,
+                study_uid=study.uid[:128],
+                modality=study.modalities.most_common(1)[0][0] if study.modalities else None,
+                body_part=study.body_part,
+                started_at=study.started_at,
+                description=study.description,
+                series_count=len(study.series) or None,
+                instance_count=len(study.instances) or study.files,
+                source_ref=f"{study.where} (+{study.files - 1} files)"
+                if study.files > 1
+                else study.where,
+            )
+        )
+    return batch
+
+
+def _text(ds: Any, keyword: str, limit: int) -> str | None:
+    value = ds.get(keyword)
+    return str(value).strip()[:limit] or None if value is not None else None
+
+
+def _study_time(ds: Any, assume_tz: tzinfo) -> datetime | None:
+    """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.FFFFFF, parts optional) as aware UTC."""
+    date_text = str(ds.get("StudyDate") or "").strip()
+    if len(date_text) != 8 or not date_text.isdigit():
+        return None
+    time_text = str(ds.get("StudyTime") or "").strip().replace(":", "")
+    whole, _, frac = time_text.partition(".")
+    whole = (whole + "000000")[:6] if whole.isdigit() else "000000"
+    micros = int((frac + "000000")[:6]) if frac.isdigit() else 0
+    try:
+        local = datetime.strptime(date_text + whole, "%Y%m%d%H%M%S").replace(microsecond=micros)
+    except ValueError:
+        return None
+    tz = _offset(str(ds.get("TimezoneOffsetFromUTC") or "").strip()) or assume_tz
+    return local.replace(tzinfo=tz).astimezone(UTC)
+
+
+def _offset(text: str) -> tzinfo | None:
+    """``-0500`` -> UTC-05:00 (DICOM PS3.3 C.12.1.1.8)."""
+    if len(text) != 5 or text[0] not in "+-" or not text[1:].isdigit():
+        return None
+    minutes = int(text[1:3]) * 60 + int(text[3:5])
+    return timezone(timedelta(minutes=-minutes if text[0] == "-" else minutes))
+
+
+def _summary(ds: Any) -> str:
+    """Non-identifying header summary for the quarantine (no names, no Patient ID)."""
+    keys = ("Modality", "SOPClassUID", "SeriesInstanceUID", "SOPInstanceUID")
+    return json.dumps({k: str(ds.get(k)) for k in keys if ds.get(k) is not None})

@@ -1,0 +1,146 @@
+"""``vitalcast monitor ...``: drift runs, the rule evaluation with alerting, alert handling."""
+
+from __future__ import annotations
+
+import click
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitalcast.db.session import create_db_engine, make_session_factory, session_scope
+
+DEFAULT_TASK = "icu-mortality"
+
+
+def _sessions(ctx: click.Context) -> sessionmaker[Session]:
+    from vitalcast.cli import get_settings
+
+    return make_session_factory(create_db_engine(get_settings(ctx).resolved_database_url))
+
+
+@click.group("monitor")
+def monitor() -> None:
+    """Model monitoring: drift, outcome-joined performance, alerts (schedule `run`)."""
+
+
+@monitor.command("drift")
+@click.option("--task", default=DEFAULT_TASK, show_default=True)
+@click.option("--window-days", type=click.FloatRange(min=0.01), default=7.0, show_default=True)
+@click.pass_context
+def drift_command(ctx: click.Context, task: str, window_days: float) -> None:
+    """Compare the champion's recent inputs and scores with its training reference."""
+    from vitalcast.monitoring.service import run_drift
+
+    with session_scope(_sessions(ctx)) as session:
+        run = run_drift(session, task=task, window_days=window_days, actor="cli")
+        click.echo(
+            f"drift run {run.id}: {run.n_recent} stays in the last {window_days:g} days,"
+            f" {run.flagged} of {len(run.results)} inputs flagged (worst: {run.severity})"
+        )
+        for r in run.results:
+            if r.severity != "none":
+                reasons = "; ".join(r.details.get("reasons", []))
+                click.echo(f"  {r.feature}: {r.severity} — {reasons}")
+
+
+@monitor.command("run")
+@click.option("--task", default=DEFAULT_TASK, show_default=True)
+@click.option("--fail-on-alert", is_flag=True, help="Exit 1 when any rule is firing.")
+@click.pass_context
+def run_command(ctx: click.Context, task: str, fail_on_alert: bool) -> None:
+    """Evaluate every monitoring rule, update alerts and notify the webhook."""
+    from vitalcast.cli import get_settings
+    from vitalcast.monitoring.alerts import webhook_notifier
+    from vitalcast.monitoring.jobs import run_monitor
+
+    settings = get_settings(ctx)
+    with session_scope(_sessions(ctx)) as session:
+        report = run_monitor(
+            session,
+            settings=settings,
+            task=task,
+            notify=webhook_notifier(settings.alert_webhook_url),
+        )
+        for result in report.results:
+            click.echo(f"{result.rule:<12} {result.status:<8} {result.note}")
+        rec = report.reconciled
+        click.echo(
+            f"alerts: {len(rec.opened)} opened, {len(rec.escalated)} escalated,"
+            f" {len(rec.repeated)} still firing, {len(rec.resolved)} resolved"
+        )
+        firing = report.run.firing
+    if fail_on_alert and firing:
+        ctx.exit(1)
+
+
+@monitor.command("alerts")
+@click.option("--all", "include_resolved", is_flag=True, help="Include resolved alerts.")
+@click.pass_context
+def alerts_command(ctx: click.Context, include_resolved: bool) -> None:
+    """List monitoring alerts (live ones unless --all)."""
+    from vitalcast.monitoring.alerts import list_alerts
+
+    with session_scope(_sessions(ctx)) as session:
+        rows = list_alerts(session, include_resolved=include_resolved)
+        for a in rows:
+            click.echo(
+                f"{a.id:>5} {a.state:<12} {a.severity:<8} {a.rule:<12}"
+                f" last {a.last_seen_at:%Y-%m-%d %H:%M} ×{a.occurrences}  {a.summary}"
+            )
+        if not rows:
+            click.echo("no alerts")
+
+
+@monitor.command("ack")
+@click.argument("alert_id", type=int)
+@click.option("--by", "actor", required=True, help="Who is handling the alert.")
+@click.pass_context
+def ack_command(ctx: click.Context, alert_id: int, actor: str) -> None:
+    """Acknowledge an alert (audited); it resolves itself when its condition clears."""
+    from vitalcast.monitoring.alerts import acknowledge_alert
+
+    with session_scope(_sessions(ctx)) as session:
+        alert = acknowledge_alert(session, alert_id=alert_id, actor=actor)
+        click.echo(f"alert {alert.id} acknowledged by {actor}")
+
+
+@click.command("retrain")
+@click.option("--task", default=DEFAULT_TASK, show_default=True)
+@click.option(
+    "--holdout-days",
+    type=click.FloatRange(min=1),
+    default=90.0,
+    show_default=True,
+    help="The most recent period, held out to judge the challenger.",
+)
+@click.option(
+    "--auto-promote", is_flag=True, help="Promote the challenger if (and only if) the gate passes."
+)
+@click.pass_context
+def retrain_command(ctx: click.Context, task: str, holdout_days: float, auto_promote: bool) -> None:
+    """Train a challenger on the store with a temporal holdout and apply the promotion gate.
+
+    Exit code 1 when --auto-promote was asked for and the gate refused the challenger.
+    """
+    from vitalcast.cli import get_settings
+    from vitalcast.monitoring.retrain import retrain
+
+    settings = get_settings(ctx)
+    with session_scope(_sessions(ctx)) as session:
+        report = retrain(
+            session,
+            settings=settings,
+            task=task,
+            holdout_days=holdout_days,
+            auto_promote=auto_promote,
+        )
+        click.echo(
+            f"{report.version}: trained on {report.train_stays} stays, judged on"
+            f" {report.holdout_stays} held-out stays of the last {holdout_days:g} days"
+        )
+        for c in report.gate.criteria:
+            click.echo(f"  {'pass' if c.passed else 'FAIL'}  {c.detail}")
+        verdict = "passes" if report.gate.passed else "fails"
+        click.echo(f"gate {verdict}; alias now: {report.alias or 'none'}")
+        refused = auto_promote and report.champion_before is not None and not report.promoted
+    if refused:
+        click.echo("not promoted: " + "; ".join(report.gate.reasons), err=True)
+        ctx.exit(1)

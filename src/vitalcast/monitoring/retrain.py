@@ -1,0 +1,186 @@
+"""Governed retraining: train a challenger on all but the most recent period, gate it, and
+promote it only when the predetermined criteria hold (docs/maintenance-plan.md).
+
+The challenger is trained on stays admitted before ``now − holdout_days`` and judged
+against the champion on the stays admitted since (a temporal holdout: the period the
+model will actually face next). The artifact that passes is the artifact promoted, never a
+refit: what is served is what was validated. Retraining, the gate's verdict and any
+promotion are audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vitalcast.clinical.tables import Encounter
+from vitalcast.config import Settings
+from vitalcast.db.base import utcnow
+from vitalcast.modeling.datasets import Dataset
+from vitalcast.modeling.registry import LoadedModel
+from vitalcast.modeling.tasks import TaskError, get_task
+from vitalcast.modeling.train import SEARCH_BUDGET, CandidateSpec
+from vitalcast.monitoring.gate import GatePolicy, GateResult, evaluate_gate
+from vitalcast.security import audit
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainReport:
+    """What one retraining did."""
+
+    task: str
+    version: str
+    alias: str | None
+    champion_before: str | None
+    train_stays: int
+    holdout_stays: int
+    gate: GateResult
+    promoted: bool
+
+
+def _subset(ds: Dataset, mask: np.ndarray) -> Dataset:
+    return Dataset(
+        X=ds.X.loc[mask].reset_index(drop=True),
+        y=ds.y[mask],
+        groups=ds.groups[mask],
+        meta=ds.meta.loc[mask].reset_index(drop=True),
+        numeric=ds.numeric,
+        categorical=ds.categorical,
+        source=f"{ds.source} (temporal split)",
+        notes=ds.notes,
+    )
+
+
+def _scores(model: LoadedModel, ds: Dataset) -> np.ndarray:
+    records: list[Mapping[str, Any]] = list(ds.X.to_dict("records"))
+    return model.predict_proba(model.frame_of(records))
+
+
+def retrain(
+    session: Session,
+    *,
+    settings: Settings,
+    task: str,
+    holdout_days: float = 90.0,
+    auto_promote: bool = False,
+    now: datetime | None = None,
+    policy: GatePolicy | None = None,
+    budget: tuple[CandidateSpec, ...] = SEARCH_BUDGET,
+    n_splits: int = 5,
+    n_boot: int = 200,
+    actor: str = "cli",
+) -> RetrainReport:
+    """Train a challenger with a temporal holdout, gate it, and promote it if allowed.
+
+    Raises:
+        TaskError: the task cannot be retrained from the store, or a side of the split
+            is empty (the message says which and how to change ``holdout_days``).
+    """
+    from vitalcast.modeling.loaders import load_dataset
+    from vitalcast.modeling.service import (
+        get_champion,
+        get_version_or_raise,
+        load_registered,
+        promote,
+    )
+    from vitalcast.modeling.service import train_and_register as train
+
+    spec = get_task(task)
+    if spec.kind != "timeseries":
+        raise TaskError(f"{task}: retraining from the store supports time-series tasks only")
+    now = now or utcnow()
+    cutoff = now - timedelta(days=holdout_days)
+    ds = load_dataset(spec, session=session)
+    stay_ids = [int(s) for s in ds.meta["stay_id"]]
+    admitted = dict(
+        session.execute(
+            select(Encounter.id, Encounter.admitted_at).where(Encounter.id.in_(set(stay_ids)))
+        ).all()
+    )
+    recent = np.array([admitted[s] >= cutoff for s in stay_ids])
+    if recent.all() or not recent.any():
+        side = "training" if recent.all() else "holdout"
+        raise TaskError(
+            f"{task}: the {side} side of a {holdout_days:g}-day temporal split is empty;"
+            " change --holdout-days"
+        )
+    champion_row = get_champion(session, task)
+    champion_before = champion_row.version if champion_row else None
+    outcome = train(
+        task,
+        session=session,
+        registry_dir=settings.resolved_registry_dir,
+        dataset=_subset(ds, ~recent),
+        budget=budget,
+        n_splits=n_splits,
+        n_boot=n_boot,
+    )
+    alias = outcome.alias
+    if champion_row is not None:
+        alias = promote(session, version=outcome.version, alias="challenger").alias
+    challenger_row = get_version_or_raise(session, outcome.version)
+    rows = recent & ds.rows_at(spec.primary_landmark_h)  # one row per stay
+    holdout = _subset(ds, rows)
+    p_new = _scores(load_registered(session, challenger_row), holdout)
+    p_old = _scores(load_registered(session, champion_row), holdout) if champion_row else None
+    subgroups = {k: holdout.meta[k].astype(str).tolist() for k in ("sex", "age_band", "unit")}
+    gate = evaluate_gate(
+        holdout.y.tolist(),
+        None if p_old is None else p_old.tolist(),
+        p_new.tolist(),
+        subgroups=subgroups,
+        policy=policy,
+    )
+    audit.record(
+        session,
+        audit.Event(
+            "model.retrained",
+            "C",
+            actor=actor,
+            resource=f"model/{outcome.version}",
+            details={
+                "task": task,
+                "holdout_days": holdout_days,
+                "gate_passed": gate.passed,
+                "reasons": gate.reasons,
+                "champion": champion_before,
+            },
+        ),
+    )
+    promoted = False
+    if auto_promote and champion_row is not None and gate.passed:
+        alias = promote(session, version=outcome.version, alias="champion").alias
+        promoted = True
+        audit.record(
+            session,
+            audit.Event(
+                "model.promoted",
+                "U",
+                actor=actor,
+                resource=f"model/{outcome.version}",
+                details={"task": task, "replaced": champion_before, "by": "gate"},
+            ),
+        )
+    logger.info(
+        "retrained",
+        extra={"task": task, "version": outcome.version, "gate": gate.passed, "promoted": promoted},
+    )
+    return RetrainReport(
+        task=task,
+        version=outcome.version,
+        alias=alias,
+        champion_before=champion_before,
+        train_stays=len(set(np.asarray(stay_ids)[~recent])),
+        holdout_stays=int(rows.sum()),
+        gate=gate,
+        promoted=promoted,
+    )

@@ -1,0 +1,229 @@
+"""Offline checks of the deployment files: schemas, security posture, and CLI consistency.
+
+The Kubernetes manifests are validated against the official OpenAPI-derived JSON schemas
+that the ``kubernetes-validate`` wheel ships (strict: unknown fields are errors); the
+compose file against the Compose Specification schema vendored in ``check-jsonschema``.
+Neither needs a cluster, a Docker engine or the network.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from vitalcast.cli import main
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S = DEPLOY / "k8s"
+K8S_VERSION = "1.33.0"  # oldest minor GKE's and EKS's regular channels still run
+IMAGE_UID = 10001  # the Dockerfile's VITALCAST_UID
+
+# vitalcast commands the manifests run whose branch is not merged yet. Remove an entry
+# when its command lands: the test fails while a listed command exists, so this list
+# cannot silently go stale, and any other unknown command fails at once.
+PENDING_COMMANDS: dict[tuple[str, ...], str] = {}
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _k8s_files() -> list[Path]:
+    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _k8s_docs() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{p.name}:{d['kind']}/{d['metadata']['name']}", d)
+        for p in _k8s_files()
+        for d in _documents(p)
+    ]
+
+
+def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    specs = []
+    for name, doc in _k8s_docs():
+        spec = doc.get("spec", {})
+        if doc["kind"] == "CronJob":
+            specs.append((name, spec["jobTemplate"]["spec"]["template"]["spec"]))
+        elif doc["kind"] in ("Deployment", "Job"):
+            specs.append((name, spec["template"]["spec"]))
+    return specs
+
+
+@pytest.mark.parametrize("path", _k8s_files(), ids=lambda p: p.name)
+def test_kubernetes_manifest_matches_the_api_schema(path: Path) -> None:
+    for doc in _documents(path):
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{path.name} {doc.get('kind')}: {exc.message} at {list(exc.path)}")
+
+
+def test_schema_check_rejects_a_broken_manifest() -> None:
+    """The validator really checks: a misspelt field and a wrong type both fail."""
+    doc = _documents(K8S / "deployment-web.yaml")[0]
+    doc["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    doc = _documents(K8S / "hpa.yaml")[0]
+    doc["spec"]["minReplicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in _k8s_files()}
+
+
+def test_required_kinds_are_present() -> None:
+    kinds = {doc["kind"] for _, doc in _k8s_docs()}
+    required = {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "CronJob"}
+    assert required | {"NetworkPolicy", "Job"} <= kinds
+    names = {doc["metadata"]["name"] for _, doc in _k8s_docs() if doc["kind"] == "CronJob"}
+    assert names == {"vitalcast-monitor", "vitalcast-retrain"}
+
+
+@pytest.mark.parametrize(("name", "pod"), _pod_specs(), ids=[n for n, _ in _pod_specs()])
+def test_every_pod_runs_non_root_read_only_without_privileges(
+    name: str, pod: dict[str, Any]
+) -> None:
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] == IMAGE_UID
+    assert security["seccompProfile"]["type"] == "RuntimeDefault"
+    for container in pod["containers"]:
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        assert {"requests", "limits"} <= set(container["resources"])
+        refs = [next(iter(src.values()))["name"] for src in container["envFrom"]]
+        assert refs == ["vitalcast-config", "vitalcast-secrets"]
+        assert "env" not in container or all("value" not in e for e in container["env"]), (
+            "settings come from the ConfigMap; secrets only by reference"
+        )
+
+
+def test_web_probes_use_health_endpoints() -> None:
+    web = _documents(K8S / "deployment-web.yaml")[0]
+    container = web["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_no_secret_values_in_git() -> None:
+    kinds = {doc["kind"] for _, doc in _k8s_docs()}
+    assert "Secret" not in kinds
+    config = _documents(K8S / "configmap.yaml")[0]["data"]
+    for secret in ("VITALCAST_SECRET_KEY", "VITALCAST_FIELD_KEY", "VITALCAST_HMAC_KEY"):
+        assert secret not in config
+    assert "VITALCAST_DATABASE_URL" not in config  # it carries the password
+
+
+def test_network_policy_denies_by_default() -> None:
+    docs = _documents(K8S / "networkpolicy.yaml")
+    deny = next(d for d in docs if d["metadata"]["name"] == "default-deny")
+    assert deny["spec"]["podSelector"] == {}
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny["spec"]
+    assert "egress" not in deny["spec"]
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return loaded
+
+
+def _compose_schema() -> dict[str, Any]:
+    text = (
+        resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    ).read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    schema = _compose_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(_compose()), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+    broken = _compose()
+    broken["services"]["web"]["healthcheck"]["retires"] = 3  # misspelt key
+    assert list(validator.iter_errors(broken)), "the schema check must reject a bad file"
+
+
+def test_compose_services_have_healthchecks_and_named_volumes() -> None:
+    compose = _compose()
+    services = compose["services"]
+    assert {"web", "worker", "monitor", "migrate", "postgres", "mosquitto", "redis"} <= set(
+        services
+    )
+    for name in ("web", "postgres", "mosquitto", "redis"):
+        assert "test" in services[name]["healthcheck"], name
+    assert services["web"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    named = set(compose["volumes"])
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source.startswith("./") or source in named, volume
+    assert services["postgres"]["volumes"][0].startswith("pgdata:")
+    assert compose["networks"]["backend"]["internal"] is True
+    assert services["postgres"]["networks"] == ["backend"]
+
+
+def _commands_run() -> set[tuple[str, ...]]:
+    """Every vitalcast command line the compose file and the manifests run."""
+    found: set[tuple[str, ...]] = set()
+    for _, pod in _pod_specs():
+        found.update(tuple(c["args"]) for c in pod["containers"])
+    for service in _compose()["services"].values():
+        if "build" not in service:  # not the vitalcast image
+            continue
+        if service.get("entrypoint") is None:
+            found.add(tuple(service["command"]))
+            continue
+        for part in service["command"]:  # a shell loop: "... vitalcast monitor run ..."
+            for chunk in part.split("vitalcast ")[1:]:
+                found.add(tuple(chunk.split("||")[0].split()))
+    return found
+
+
+def _resolve(args: tuple[str, ...]) -> bool:
+    """Whether ``args`` names a command of the real CLI (options are not checked)."""
+    command: click.Command = main
+    for word in args:
+        if word.startswith("-") or not isinstance(command, click.Group):
+            break
+        sub = command.commands.get(word)
+        if sub is None:
+            return False
+        command = sub
+    return True
+
+
+def _pending(args: tuple[str, ...]) -> tuple[str, ...] | None:
+    return next((p for p in PENDING_COMMANDS if args[: len(p)] == p), None)
+
+
+def test_every_command_the_deployments_run_exists() -> None:
+    commands = _commands_run()
+    assert {("serve",), ("db", "upgrade")} <= commands
+    missing = {args for args in commands if not _resolve(args)}
+    unknown = {args for args in missing if _pending(args) is None}
+    assert not unknown, f"deployment files run commands the CLI does not have: {unknown}"
+    landed = set(PENDING_COMMANDS) - {_pending(args) for args in missing}
+    assert not landed, f"remove from PENDING_COMMANDS, these exist now: {landed}"

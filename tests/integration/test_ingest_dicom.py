@@ -1,0 +1,98 @@
+"""DICOM headers from the files pydicom ships: studies attached by MRN hash or quarantined."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom.data
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vitalcast.clinical.records import PatientRecord, RecordBatch
+from vitalcast.clinical.tables import ImagingStudy
+from vitalcast.errors import IngestError
+from vitalcast.ingest.files import ingest_dicom
+from vitalcast.ingest.service import store_batch
+from vitalcast.ingest.tables import QuarantineItem
+from vitalcast.security.crypto import FieldCipher
+
+# The files inside the pydicom wheel (get_testdata_files would also fetch the larger
+# ones over the network; the tests use only what the wheel itself contains).
+TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_wheel_ships_test_files() -> None:
+    assert (TEST_FILES / "CT_small.dcm").is_file()
+    assert (TEST_FILES / "MR_small.dcm").is_file()
+
+
+def test_study_attached_by_mrn_or_quarantined(db_session: Session, cipher: FieldCipher) -> None:
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm", stop_before_pixels=True)
+    known = RecordBatch(patients=[PatientRecord(ref="ehr:1", mrn=str(ct.PatientID))])
+    store_batch(db_session, known, source="fhir", location="t", cipher=cipher, now=NOW)
+
+    report = ingest_dicom(
+        db_session,
+        [TEST_FILES / "CT_small.dcm", TEST_FILES / "MR_small.dcm"],
+        cipher=cipher,
+        now=NOW,
+    )
+    db_session.commit()
+    assert report.balanced()
+    studies = report.kinds["imaging_study"]
+    assert (studies.received, studies.stored, studies.quarantined) == (2, 1, 1)
+    assert report.reasons["unknown_patient"] == 1
+    study = db_session.scalars(select(ImagingStudy)).one()
+    assert study.study_uid == str(ct.StudyInstanceUID)
+    assert study.modality == "CT"
+    assert (study.series_count, study.instance_count) == (1, 1)
+    # StudyDate 20040119, StudyTime 072730, Timezone Offset From UTC -0500.
+    assert study.started_at == datetime(2004, 1, 19, 12, 27, 30, tzinfo=UTC)
+    raws = " ".join(r or "" for r in db_session.scalars(select(QuarantineItem.raw)))
+    assert str(ct.PatientID) not in raws
+    assert "4MR1" not in raws
+
+
+def is_dicom_candidate(path: Path) -> bool:
+    """A .dcm file, or any file with the DICM magic at byte 128 (PS3.10 7.1)."""
+    return path.suffix.lower() == ".dcm" or path.read_bytes()[128:132] == b"DICM"
+
+
+def test_folder_of_test_files_adds_up(db_session: Session, cipher: FieldCipher) -> None:
+    report = ingest_dicom(db_session, [TEST_FILES], cipher=cipher, now=NOW)
+    db_session.commit()
+    assert report.balanced()
+    files = [p for p in TEST_FILES.rglob("*") if p.is_file() and is_dicom_candidate(p)]
+    readable, no_uid, uids = 0, 0, set()
+    for path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        readable += 1
+        if ds.get("StudyInstanceUID"):
+            uids.add(str(ds.StudyInstanceUID))
+        else:
+            no_uid += 1
+    studies = report.kinds["imaging_study"]
+    assert studies.received == len(uids) + (len(files) - readable) + no_uid
+    assert report.reasons["missing_study_uid"] == no_uid
+    assert report.reasons.get("unreadable_dicom", 0) == len(files) - readable
+    # No patient is known in this store: every study is quarantined, none attached.
+    assert studies.stored == 0
+    assert report.reasons["unknown_patient"] == len(uids)
+
+
+def test_missing_path_is_an_error(db_session: Session, cipher: FieldCipher, tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match="no such file"):
+        ingest_dicom(db_session, [tmp_path / "absent.dcm"], cipher=cipher)
+    text = tmp_path / "notes.dcm"
+    text.write_text("not dicom")
+    with pytest.raises(IngestError, match="no readable DICOM"):
+        ingest_dicom(db_session, [text], cipher=cipher)

@@ -1,0 +1,107 @@
+"""``vitalcast score-batch`` on Spark (local mode) gives the online path's scores.
+
+A synthetic cohort is stored in PostgreSQL and a model is trained and registered; then
+every in-progress stay is scored twice at the same time: by the online path
+(:func:`vitalcast.serving.scoring.score_encounter`, what the API runs) and by the real
+``score-batch`` command, which runs the Spark job through ``mapInPandas``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from tests.services import service_missing
+from vitalcast.cli import main
+from vitalcast.clinical.tables import Encounter
+from vitalcast.config import Settings
+from vitalcast.db import create_db_engine, session_scope
+from vitalcast.db.session import make_session_factory
+from vitalcast.ingest.service import store_batch
+from vitalcast.modeling.registry import load_model
+from vitalcast.modeling.service import get_champion, train_and_register
+from vitalcast.modeling.train import FAST_BUDGET
+from vitalcast.security.crypto import FieldCipher
+from vitalcast.serving.predictor import Predictor
+from vitalcast.serving.scoring import score_encounter
+from vitalcast.synth import generate_cohort
+
+pytestmark = [
+    pytest.mark.slow,
+    # PySpark 4 warns that it does not yet fully support pandas 3; this test is what
+    # checks that the path vitalcast uses works with it.
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
+
+NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def test_spark_batch_scores_equal_the_online_scores(
+    settings: Settings, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    if shutil.which("java") is None:
+        service_missing("Java 17+ (for Spark local mode)")
+    engine = create_db_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+    batch = generate_cohort(n_current=15, n_historic=240, seed=11, now=NOW)
+    with session_scope(sessions) as session:
+        store_batch(session, batch, source="synthetic", location="spark-test", cipher=cipher)
+    with session_scope(sessions) as session:
+        train_and_register(
+            "icu-mortality",
+            session=session,
+            registry_dir=settings.resolved_registry_dir,
+            budget=FAST_BUDGET,
+            n_splits=3,
+            n_boot=10,
+        )
+
+    online: dict[str, tuple[float, str]] = {}
+    with session_scope(sessions) as session:
+        champion = get_champion(session, "icu-mortality")
+        assert champion is not None
+        predictor = Predictor(
+            load_model(Path(champion.artifact_path), expected_sha256=champion.sha256),
+            model_version_id=champion.id,
+        )
+        for encounter in session.scalars(
+            select(Encounter).where(Encounter.discharged_at.is_(None))
+        ):
+            prediction = score_encounter(session, predictor, encounter, as_of=NOW)
+            online[encounter.public_id] = (prediction.score, prediction.features_digest)
+    engine.dispose()
+    assert len(online) == 15
+
+    output = tmp_path / "scores"
+    result = CliRunner().invoke(
+        main,
+        [
+            "score-batch",
+            "--master",
+            "local[2]",
+            "--as-of",
+            NOW.strftime("%Y-%m-%dT%H:%M"),
+            "--output",
+            str(output),
+        ],
+        obj={"settings": settings},
+    )
+    assert result.exit_code == 0, result.output
+    assert f"scored 15 stays as of {NOW.isoformat()} with {champion.version}" in result.output
+
+    scores = pd.read_parquet(output).set_index("stay_id")
+    assert set(scores.index) == set(online)
+    assert (scores["model_version"] == champion.version).all()
+    for stay_id, (probability, digest) in online.items():
+        row = scores.loc[stay_id]
+        assert row["features_digest"] == digest, stay_id  # identical features
+        # One predict_proba call per batch instead of per row: equal to rounding error.
+        assert row["probability"] == pytest.approx(probability, rel=0, abs=1e-12), stay_id
+        assert row["band"] == predictor.model.band(probability)
+    assert scores["probability"].nunique() > 1  # a real model, not a constant

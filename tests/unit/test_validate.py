@@ -1,0 +1,73 @@
+"""The shared preprocessing rules: times (UTC, future, birth), units and ranges."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+
+from vitalcast.clinical.records import EncounterRecord, ObservationRecord
+from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
+
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+def obs(**kw: object) -> ObservationRecord:
+    base: dict[str, object] = {
+        "patient_ref": "p",
+        "code": "8867-4",
+        "effective_at": NOW - timedelta(hours=1),
+        "value": 80.0,
+        "unit": "/min",
+    }
+    return ObservationRecord(**(base | kw))  # type: ignore[arg-type]
+
+
+def reason(record: ObservationRecord, **kw: object) -> str:
+    with pytest.raises(Invalid) as info:
+        check_observation(record, now=NOW, **kw)  # type: ignore[arg-type]
+    return info.value.code
+
+
+def test_times_are_normalised_to_utc() -> None:
+    eastern = timezone(timedelta(hours=-5))
+    clean = check_observation(obs(effective_at=datetime(2025, 6, 1, 7, tzinfo=eastern)), now=NOW)
+    assert clean.effective_at == datetime(2025, 6, 1, 12, tzinfo=UTC)
+    assert clean.effective_at.tzinfo is UTC
+
+
+def test_time_rules() -> None:
+    assert reason(obs(effective_at=datetime(2025, 1, 1))) == "naive_time"
+    assert reason(obs(effective_at=NOW + timedelta(hours=1))) == "future_time"
+    # A few minutes of device clock drift are tolerated.
+    check_observation(obs(effective_at=NOW + timedelta(minutes=2)), now=NOW)
+    born = date(2025, 12, 31)
+    assert reason(obs(effective_at=datetime(2025, 12, 30, tzinfo=UTC)), born_on=born) == (
+        "before_birth"
+    )
+    check_observation(
+        obs(effective_at=datetime(2025, 12, 31, 0, 5, tzinfo=UTC)), now=NOW, born_on=born
+    )
+
+
+def test_units_and_ranges() -> None:
+    temp = check_observation(obs(code="8310-5", value=98.6, unit="°F"), now=NOW)
+    assert temp.unit == "Cel"
+    assert temp.value == pytest.approx(37.0)
+    assert reason(obs(code="8310-5", value=-17.8, unit="Cel")) == "implausible_value"
+    assert reason(obs(value=0.0)) == "implausible_value"  # HR 0: device artefact
+    assert reason(obs(unit="furlongs")) == "unknown_unit"
+    assert reason(obs(code="0000-0")) == "unknown_code"
+
+
+def test_encounter_times() -> None:
+    admitted = NOW - timedelta(days=2)
+    check_encounter(EncounterRecord("e", "p", admitted, NOW - timedelta(days=1)), now=NOW)
+    with pytest.raises(Invalid, match="before admission"):
+        check_encounter(EncounterRecord("e", "p", admitted, admitted - timedelta(hours=1)), now=NOW)
+    with pytest.raises(Invalid) as info:
+        check_encounter(EncounterRecord("e", "p", NOW + timedelta(days=1)), now=NOW)
+    assert info.value.code == "future_time"
+    with pytest.raises(Invalid) as info:
+        check_encounter(EncounterRecord("e", "p", admitted), now=NOW, born_on=NOW.date())
+    assert info.value.code == "before_birth"
