@@ -71,7 +71,7 @@ def test_open_patient_explanation_and_charts(page: Page, server: Server) -> None
 def test_feedback_from_the_patient_page(page: Page, server: Server) -> None:
     sign_in(page, "carla")
     page.locator("#ward-table tbody tr[data-patient] .who-cell a").nth(1).click()
-    page.get_by_label("Disagree").check()
+    page.get_by_role("radio", name="Disagree").check()
     page.fill("#reason", "Recent extubation; observations reflect sedation")
     page.get_by_role("button", name="Send feedback").click()
     expect(page.locator(".flash")).to_contain_text("Disagreed with the risk")
@@ -103,16 +103,19 @@ def test_live_update_after_posting_an_observation(page: Page, server: Server) ->
     sign_in(page, "carla")
     row = page.locator("#ward-table tbody tr[data-patient]").last
     patient_id = row.get_attribute("data-patient")
+    encounter_id = row.get_attribute("data-encounter")
     assert patient_id
+    assert encounter_id
+    where = {"patient": patient_id, "encounter": encounter_id}
     before = _spark_points(page, patient_id)
     expect(page.locator("#live-status")).to_have_text(re.compile("Live updates: on"))
     now = datetime.now(UTC).isoformat()
     response = _post(
         server,
         [
-            {"patient": patient_id, "code": "8867-4", "value": 148, "unit": "/min", "time": now},
-            {"patient": patient_id, "code": "9269-2", "value": 5, "unit": "{score}", "time": now},
-            {"patient": patient_id, "code": "2524-7", "value": 9.5, "unit": "mmol/L", "time": now},
+            where | {"code": "8867-4", "value": 148, "unit": "/min", "time": now},
+            where | {"code": "9269-2", "value": 5, "unit": "{score}", "time": now},
+            where | {"code": "2524-7", "value": 9.5, "unit": "mmol/L", "time": now},
         ],
     )
     assert response.status_code == 201, response.text
@@ -135,7 +138,7 @@ def test_live_update_after_posting_an_observation(page: Page, server: Server) ->
     later = datetime.now(UTC).isoformat()
     response = _post(
         server,
-        [{"patient": patient_id, "code": "8867-4", "value": 41, "unit": "/min", "time": later}],
+        [where | {"code": "8867-4", "value": 41, "unit": "/min", "time": later}],
     )
     assert response.status_code == 201, response.text
     expect(page.locator("#risk-chart circle.pt")).to_have_count(points + 1, timeout=15_000)
@@ -183,7 +186,7 @@ def test_admin_pages(page: Page, server: Server) -> None:
     screenshot(page, "monitoring.png", full_page=False)
 
 
-def _tab_through(page: Page, limit: int = 400) -> set[str]:
+def _tab_through(page: Page, limit: int = 400) -> list[str]:
     """Press Tab until focus comes back round; the ids of the elements it stopped on."""
     page.evaluate(
         """() => { let n = 0; document.querySelectorAll(
@@ -200,7 +203,7 @@ def _tab_through(page: Page, limit: int = 400) -> set[str]:
         if seen and key == seen[0]:
             break
         seen.append(key)
-    return set(seen)
+    return seen
 
 
 def _controls(page: Page) -> dict[str, str]:
@@ -219,9 +222,8 @@ def _controls(page: Page) -> dict[str, str]:
 
 def test_keyboard_only_reaches_every_control(page: Page, server: Server) -> None:
     page.goto("/login")
-    page.keyboard.press("Tab")  # the skip link comes first
-    assert page.evaluate("() => document.activeElement.className") == "skip"
-    page.keyboard.press("Tab")
+    # The username field has the focus on arrival (autofocus).
+    assert page.evaluate("() => document.activeElement.id") == "username"
     page.keyboard.type("carla")
     page.keyboard.press("Tab")
     page.keyboard.type("correct horse battery")
@@ -234,7 +236,10 @@ def test_keyboard_only_reaches_every_control(page: Page, server: Server) -> None
             page.keyboard.press("Enter")
             page.wait_for_url(re.compile(r"/patients/"))
             page.locator("#risk-chart figure").wait_for()
-        reached = _tab_through(page)
+        order = _tab_through(page)
+        reached = set(order)
+        # From the top of the page, the first stop is "Skip to content".
+        assert order[0] == page.evaluate("() => document.querySelector('.skip').dataset.kb")
         controls = _controls(page)
         missed = {k: v for k, v in controls.items() if k not in reached}
         radios = {k for k, v in controls.items() if 'type="radio"' in v}

@@ -66,10 +66,27 @@ def _latest_predictions() -> Any:
 
 def _ward_query(
     unit: str | None, mrn_hmac: str | None = None, patient_public_id: str | None = None
-) -> Select[Encounter, Patient, Prediction]:
+) -> Select[*tuple[Any, ...]]:
+    # Columns, not entities: the ward page lists hundreds of stays, and loading full ORM
+    # objects (with every prediction's explanation JSON) cost more than the queries.
     latest = _latest_predictions()
-    query = (
-        select(Encounter, Patient, Prediction)
+    query: Select[*tuple[Any, ...]] = (
+        select(
+            Encounter.public_id,
+            Encounter.unit,
+            Encounter.age_years,
+            Encounter.admitted_at,
+            Patient.public_id,
+            Patient.sex,
+            Patient.identifiers_enc,
+            Patient.key_id,
+            Prediction.score,
+            Prediction.band,
+            Prediction.as_of,
+            Prediction.data_freshness_at,
+            Prediction.model_version_id,
+            Prediction.missing_inputs,
+        )
         .join(Patient, Patient.id == Encounter.patient_id)
         .outerjoin(latest, latest.c.encounter_id == Encounter.id)
         .outerjoin(Prediction, Prediction.id == latest.c.pid)
@@ -108,22 +125,44 @@ def list_ward(
         .offset(offset)
     )
     rows = []
-    for encounter, patient, prediction in session.execute(query).all():
+    for (
+        enc_id,
+        unit_name,
+        age,
+        admitted_at,
+        patient_id,
+        sex,
+        blob,
+        key_id,
+        score,
+        band,
+        as_of,
+        freshness,
+        version_id,
+        missing,
+    ) in session.execute(query).all():
+        identifiers = None
+        if cipher is not None:
+            identifiers = (
+                cipher.decrypt(blob, key_id, context=f"patient:{patient_id}")
+                if blob is not None and key_id is not None
+                else {}
+            )
         rows.append(
             WardRow(
-                patient_id=patient.public_id,
-                encounter_id=encounter.public_id,
-                unit=encounter.unit,
-                age_years=encounter.age_years,
-                sex=patient.sex,
-                admitted_at=encounter.admitted_at,
-                score=prediction.score if prediction else None,
-                band=prediction.band if prediction else None,
-                scored_at=prediction.as_of if prediction else None,
-                data_freshness_at=prediction.data_freshness_at if prediction else None,
-                model_version_id=prediction.model_version_id if prediction else None,
-                missing_inputs=list(prediction.missing_inputs or []) if prediction else [],
-                identifiers=decrypt_identifiers(cipher, patient) if cipher else None,
+                patient_id=patient_id,
+                encounter_id=enc_id,
+                unit=unit_name,
+                age_years=age,
+                sex=sex,
+                admitted_at=admitted_at,
+                score=score,
+                band=band,
+                scored_at=as_of,
+                data_freshness_at=freshness,
+                model_version_id=version_id,
+                missing_inputs=list(missing or []),
+                identifiers=identifiers,
             )
         )
     return rows, int(total)

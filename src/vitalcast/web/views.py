@@ -189,7 +189,7 @@ def ward_row(patient_id: str) -> str:
     if not page.entries:
         raise NotFound("no stay in progress for that patient")
     return render_template(
-        "web/_ward_row.html",
+        "web/ward_row.html",
         e=page.entries[0],
         show_ids=show_ids,
         now=utcnow(),

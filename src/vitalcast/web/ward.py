@@ -55,6 +55,7 @@ class WardEntry:
     newest_vital_at: datetime | None = None
     stale: bool = True
     missing_key: list[str] = field(default_factory=list)
+    spark_attr: str = ""  # "epoch:score,..." for the browser to draw
 
     @property
     def name(self) -> str | None:
@@ -197,6 +198,7 @@ def build_ward(
                 change=change,
                 newest_vital_at=newest,
                 stale=newest is None or now - newest > stale_after,
+                spark_attr=",".join(f"{int(at.timestamp())}:{s:.4f}" for at, s in points),
                 missing_key=missing_key_inputs(r.missing_inputs, feature_names)
                 if r.score is not None
                 else [],

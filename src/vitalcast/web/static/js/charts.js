@@ -46,9 +46,14 @@
     var svg = svgEl("svg", { width: w, height: h, viewBox: "0 0 " + w + " " + h, "aria-hidden": "true", focusable: "false", class: "sparksvg" }, el);
     if (!points.length) return;
     var t0 = points[0][0], t1 = points[points.length - 1][0];
-    var vmax = Math.max(0.2, threshold || 0, Math.max.apply(null, points.map(function (p) { return p[1]; }))) * 1.05;
+    // Scale to the values and the threshold, but never to less than 10 percentage points,
+    // so that hourly noise does not look like a trend.
+    var vals = points.map(function (p) { return p[1]; }).concat(threshold ? [threshold] : []);
+    var vmin = Math.min.apply(null, vals), vmax = Math.max.apply(null, vals);
+    var mid = (vmin + vmax) / 2, span = Math.max(vmax - vmin, 0.1);
+    vmin = Math.max(0, mid - span / 2); vmax = vmin + span;
     function x(t) { return t1 === t0 ? w - pad : pad + ((t - t0) / (t1 - t0)) * (w - 2 * pad); }
-    function y(v) { return h - pad - (v / vmax) * (h - 2 * pad); }
+    function y(v) { return h - pad - ((v - vmin) / (vmax - vmin)) * (h - 2 * pad); }
     if (threshold) svgEl("line", { x1: 0, x2: w, y1: y(threshold), y2: y(threshold), class: "spark-thr" }, svg);
     if (points.length > 1) {
       svgEl("polyline", { points: points.map(function (p) { return x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1); }).join(" "), class: "spark-line" }, svg);
