@@ -57,6 +57,20 @@ class Dataset:
         h.update(",".join(self.X.columns).encode())
         return h.hexdigest()
 
+    def subset(self, mask: np.ndarray, note: str) -> Dataset:
+        """The rows where ``mask`` is true (index reset), with ``note`` appended."""
+        idx = np.flatnonzero(mask)
+        return Dataset(
+            X=self.X.iloc[idx].reset_index(drop=True),
+            y=self.y[idx],
+            groups=self.groups[idx],
+            meta=self.meta.iloc[idx].reset_index(drop=True),
+            numeric=list(self.numeric),
+            categorical=list(self.categorical),
+            source=self.source,
+            notes=[*self.notes, note],
+        )
+
     def rows_at(self, landmark_h: float | None) -> np.ndarray:
         """Boolean mask of rows at one landmark (all rows when None or tabular)."""
         if landmark_h is None or "landmark_h" not in self.meta:

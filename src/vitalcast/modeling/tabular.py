@@ -163,7 +163,8 @@ def load_readmission(path: Path) -> Dataset:
 def load_tabular(task_file: Path, data: Path) -> Dataset:
     """A CSV described by a YAML task file.
 
-    The YAML names ``label`` (column), ``positive`` (label value meaning 1; default 1),
+    The YAML names ``label`` (column), ``positive`` (the label value, or list of values,
+    meaning 1; default 1),
     ``id_column`` (optional; rows of one id never straddle folds), and ``features``:
     ``{numeric: [...], categorical: [...]}``.
     """
@@ -193,8 +194,11 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
     if not numeric and not categorical:
         raise TaskError(f"{task_file.name}: list at least one feature")
     df = df[df[label].notna()].reset_index(drop=True)
-    positive = str(spec.get("positive", "1"))
-    y = (df[label].astype(str).str.strip() == positive).to_numpy(dtype=np.int64)
+    raw_positive = spec.get("positive", "1")
+    positive = (
+        {str(v) for v in raw_positive} if isinstance(raw_positive, list) else {str(raw_positive)}
+    )
+    y = df[label].astype(str).str.strip().isin(positive).to_numpy(dtype=np.int64)
     X = pd.DataFrame(index=df.index)
     for c in numeric:
         X[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
