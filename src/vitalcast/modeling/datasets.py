@@ -125,12 +125,13 @@ def timeseries_dataset(
 
 
 def load_physionet(
-    data: Path, outcomes: Path | None
+    data: Path, outcomes: Path | None, *, limit: int | None = None
 ) -> tuple[dict[str, StayInput], dict[str, float], dict[str, str], list[str]]:
     """Stays, in-hospital death labels and patient groups from challenge files.
 
     Values go through the ingestion rules (units, plausibility) exactly as stored data
-    would; the counts of dropped values come back as notes.
+    would; the counts of dropped values come back as notes. ``limit`` reads only the
+    first records of the archive (in archive order): quick real-data tests.
 
     Raises:
         TaskError: the files are not in the challenge format.
@@ -141,6 +142,8 @@ def load_physionet(
     rejected = 0
     try:
         for record in iter_records(data):
+            if limit is not None and len(stays) >= limit:
+                break
             batch = parse_record(record)
             enc = batch.encounters[0]
             rejected += len(batch.rejected)
