@@ -305,13 +305,13 @@ def report(
 ) -> None:
     """Write the HTML model card (model card + TRIPOD+AI items, plots, subgroups)."""
     from vitalcast.modeling.report import render_html, render_markdown
-    from vitalcast.modeling.service import get_version_or_raise, sidecar_of
+    from vitalcast.modeling.service import evaluations_of, get_version_or_raise, sidecar_of
 
     with _session(ctx) as session:
         row = get_version_or_raise(session, model_ref, task_name)
         sidecar = sidecar_of(row)
     if markdown:
-        click.echo(render_markdown(sidecar))
+        click.echo(render_markdown(sidecar, evaluations_of(Path(row.artifact_path).parent)))
         return
     target = out or Path(f"model-report-{sidecar['version']}.html")
     target.write_text(render_html(sidecar), encoding="utf-8")

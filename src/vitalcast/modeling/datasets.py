@@ -57,6 +57,20 @@ class Dataset:
         h.update(",".join(self.X.columns).encode())
         return h.hexdigest()
 
+    def subset(self, mask: np.ndarray, note: str) -> Dataset:
+        """The rows where ``mask`` is true (index reset), with ``note`` appended."""
+        idx = np.flatnonzero(mask)
+        return Dataset(
+            X=self.X.iloc[idx].reset_index(drop=True),
+            y=self.y[idx],
+            groups=self.groups[idx],
+            meta=self.meta.iloc[idx].reset_index(drop=True),
+            numeric=list(self.numeric),
+            categorical=list(self.categorical),
+            source=self.source,
+            notes=[*self.notes, note],
+        )
+
     def rows_at(self, landmark_h: float | None) -> np.ndarray:
         """Boolean mask of rows at one landmark (all rows when None or tabular)."""
         if landmark_h is None or "landmark_h" not in self.meta:
@@ -111,12 +125,13 @@ def timeseries_dataset(
 
 
 def load_physionet(
-    data: Path, outcomes: Path | None
+    data: Path, outcomes: Path | None, *, limit: int | None = None
 ) -> tuple[dict[str, StayInput], dict[str, float], dict[str, str], list[str]]:
     """Stays, in-hospital death labels and patient groups from challenge files.
 
     Values go through the ingestion rules (units, plausibility) exactly as stored data
-    would; the counts of dropped values come back as notes.
+    would; the counts of dropped values come back as notes. ``limit`` reads only the
+    first records of the archive (in archive order): quick real-data tests.
 
     Raises:
         TaskError: the files are not in the challenge format.
@@ -127,6 +142,8 @@ def load_physionet(
     rejected = 0
     try:
         for record in iter_records(data):
+            if limit is not None and len(stays) >= limit:
+                break
             batch = parse_record(record)
             enc = batch.encounters[0]
             rejected += len(batch.rejected)

@@ -86,25 +86,28 @@ def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
 
 
 def hosmer_lemeshow_h(y: np.ndarray, p: np.ndarray, groups: int = 10) -> float:
-    """The 2012 challenge's Event 2 score, as its ``lemeshow.m`` computes it.
+    """The 2012 challenge's Event 2 score, exactly as its ``lemeshow.m`` (v1.4) computes it.
 
-    Patients sorted by risk fall into ten equal groups; H = Σ (O−E)² / (M·c·(1−c) + 0.001)
-    with O observed deaths, E expected deaths, M group size and c the group's mean risk,
-    divided by the range of the group mean risks (max c − min c).
+    Patients sorted by risk (stable sort) fall into ten groups of ``M = floor(N/10)``
+    consecutive patients (the ``N mod 10`` highest-risk rows are left out, as in
+    ``lemeshow.m``); H = Σ (O−E)² / (M·c·(1−c) + 0.001) with O observed deaths, E = M·c
+    expected deaths and c the group's mean risk, divided by the range of the group mean
+    risks (c of the top group − c of the bottom group).
     """
+    n = len(y)
+    m = n // groups
+    if m == 0:
+        return math.nan
     order = np.argsort(p, kind="mergesort")
     h = 0.0
     means: list[float] = []
-    for part in np.array_split(order, groups):
-        if len(part) == 0:
-            continue
-        m = len(part)
+    for i in range(groups):
+        part = order[i * m : (i + 1) * m]
         c = float(p[part].mean())
         o = float(y[part].sum())
-        e = float(p[part].sum())
-        h += (o - e) ** 2 / (m * c * (1 - c) + 0.001)
+        h += (o - m * c) ** 2 / (m * c * (1 - c) + 0.001)
         means.append(c)
-    spread = max(means) - min(means)
+    spread = means[-1] - means[0]
     return h / spread if spread > 0 else math.inf
 
 

@@ -12,7 +12,7 @@ from vitalcast.modeling.datasets import (
     load_stays_from_db,
     timeseries_dataset,
 )
-from vitalcast.modeling.tasks import Task, TaskError
+from vitalcast.modeling.tasks import Part, Task, TaskError, in_holdout
 
 
 def load_dataset(
@@ -23,8 +23,12 @@ def load_dataset(
     outcomes: Path | None = None,
     task_file: Path | None = None,
     landmarks_h: tuple[float, ...] | None = None,
+    part: Part = "all",
 ) -> Dataset:
     """The labelled rows of ``task`` from ``data`` (and ``outcomes``) or the store.
+
+    ``part`` selects a side of the task's patient-level hold-out split (tasks with a
+    ``holdout_fraction``): training reads ``train``, evaluation ``holdout``.
 
     Raises:
         TaskError: missing or unreadable inputs, with what to pass instead.
@@ -61,7 +65,7 @@ def load_dataset(
 
         if data is None:
             raise TaskError("readmission-30d needs --data diabetic_data.csv.gz")
-        return load_readmission(data)
+        return _split(task, load_readmission(data), part)
     if task.name == "tabular":
         from vitalcast.modeling.tabular import load_tabular
 
@@ -69,3 +73,19 @@ def load_dataset(
             raise TaskError("tabular needs --task-file FILE.yaml and --data FILE.csv")
         return load_tabular(task_file, data)
     raise TaskError(f"task {task.name!r} has no data loader")
+
+
+def _split(task: Task, ds: Dataset, part: Part) -> Dataset:
+    if part == "all" or task.holdout_fraction is None:
+        return ds
+    held = in_holdout(ds.groups.tolist(), task)
+    mask = held if part == "holdout" else ~held
+    note = (
+        f"{part} side of the patient-level split ({task.holdout_fraction:.0%} of patients"
+        f" held out by hashed id): {int(mask.sum())} rows,"
+        f" {len(set(ds.groups[mask].tolist()))} patients"
+    )
+    out = ds.subset(mask, note)
+    if len(out.y) == 0:
+        raise TaskError(f"{task.name}: no rows on the {part} side of the patient split")
+    return out

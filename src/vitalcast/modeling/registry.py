@@ -228,10 +228,10 @@ def save_model(
         "feature_names": list(feature_names),
         "categorical": list(categorical),
         "threshold": threshold,
-        "metrics": _jsonable(dict(metrics)),
+        "metrics": jsonable(dict(metrics)),
         "training_data_fingerprint": fingerprint,
-        "reference": _jsonable(dict(reference)),
-        **_jsonable(dict(extra or {})),
+        "reference": jsonable(dict(reference)),
+        **jsonable(dict(extra or {})),
     }
     (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
     target = registry_dir / version
@@ -239,12 +239,12 @@ def save_model(
     return version, target / ARTIFACT, sha, sidecar
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """NaN/inf become null (JSON has neither); numpy scalars become Python numbers."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -188,33 +188,85 @@ def render_html(sidecar: dict[str, Any]) -> str:
     )
 
 
-def render_markdown(sidecar: dict[str, Any], external: dict[str, Any] | None = None) -> str:
-    """A Markdown summary (docs/model-report.md), optionally with external validation."""
+def render_markdown(
+    sidecar: dict[str, Any], evaluations: list[dict[str, Any]] | None = None
+) -> str:
+    """A Markdown summary (for docs/model-report.md): internal validation, then every
+    stored evaluation on data the model never saw, each with landmarks, baseline and
+    subgroup tables. Every figure is read from the registry."""
+    model, data = sidecar.get("model", {}), sidecar.get("data", {})
     lines = [
         f"## {sidecar['task']}: `{sidecar['version']}`",
         "",
-        f"Model {sidecar['model']['candidate']}, calibration"
-        f" {sidecar['model']['calibration']}, threshold {_fmt(sidecar['threshold'])}.",
+        f"Model {model.get('candidate')} ({model.get('family')}), calibration"
+        f" {model.get('calibration')}, operating threshold {_fmt(sidecar['threshold'])}"
+        f" ({get_task(sidecar['task']).threshold_rule}). Trained on {data.get('source')}:"
+        f" {data.get('rows')} rows, {data.get('patients')} patients, {data.get('events')}"
+        f" events; {len(sidecar['feature_names'])} predictors. Training"
+        f" {_fmt(model.get('train_seconds'))} s. Artifact sha256 `{sidecar['sha256'][:16]}…`.",
         "",
     ]
+    if data.get("notes"):
+        lines += ["Data notes: " + "; ".join(data["notes"]) + ".", ""]
+    if model.get("search"):
+        lines += ["Search (fixed budget, out-of-fold AUROC):", ""]
+        lines += ["| candidate | out-of-fold AUROC | seconds |", "|---|---|---|"]
+        lines += [
+            f"| {r['candidate']} | {_fmt(r['oof_auroc'])} | {_fmt(r['seconds'])} |"
+            for r in model["search"]
+        ]
+        lines.append("")
     blocks = [
         ("Internal validation: " + str(sidecar["metrics"].get("validation")), sidecar["metrics"])
     ]
-    if external:
-        blocks.append((f"External validation on {external.get('data')}", external))
+    for ev in evaluations or []:
+        blocks.append((f"Validation on unseen data: {ev.get('validation') or ev.get('data')}", ev))
     for title, m in blocks:
-        lines += [f"### {title}", "", "| metric | value | 95 % CI |", "|---|---|---|"]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in metric_rows(m)]
-        if "baseline" in m:
-            lines += [
-                "",
-                f"Baseline {m['baseline']['name']}: AUROC {_fmt(m['baseline']['auroc'])}.",
-            ]
-        if "by_landmark" in m:
-            lines += [
-                "",
-                "AUROC by landmark: "
-                + ", ".join(f"{h} h {_fmt(v['auroc'])}" for h, v in m["by_landmark"].items()),
-            ]
-        lines.append("")
+        lines += _markdown_block(title, m)
     return "\n".join(lines)
+
+
+def _markdown_block(title: str, m: dict[str, Any]) -> list[str]:
+    lines = [
+        f"### {title}",
+        "",
+        f"n = {m.get('n')}, events = {m.get('events')}, prevalence {_fmt(m.get('prevalence'))}.",
+        "",
+        "| metric | value | 95 % CI |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in metric_rows(m)]
+    lines.append("")
+    if "baseline" in m:
+        b = m["baseline"]
+        lines += [
+            f"Baseline {b['name']} on the same rows: AUROC {_fmt(b['auroc'])}"
+            f" (model {_fmt(m.get('auroc'))}).",
+            "",
+        ]
+    if m.get("by_landmark"):
+        lines += [
+            "| landmark (h) | n | AUROC | Brier | calibration slope | calibration intercept |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {h} | {v.get('n')} | {_fmt(v.get('auroc'))} | {_fmt(v.get('brier'))} |"
+            f" {_fmt(v.get('calibration_slope'))} | {_fmt(v.get('calibration_intercept'))} |"
+            for h, v in m["by_landmark"].items()
+        ]
+        lines.append("")
+    for col, groups in m.get("subgroups", {}).items():
+        lines += [
+            f"Subgroups by {col}:",
+            "",
+            "| group | n | prevalence | AUROC | mean risk | calibration intercept | Se | PPV |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {g} | {int(v.get('n') or 0)} | {_fmt(v.get('prevalence'))} | {_fmt(v.get('auroc'))}"
+            f" | {_fmt(v.get('mean_risk'))} | {_fmt(v.get('calibration_intercept'))}"
+            f" | {_fmt(v.get('sensitivity'))} | {_fmt(v.get('ppv'))} |"
+            for g, v in groups.items()
+        ]
+        lines.append("")
+    return lines

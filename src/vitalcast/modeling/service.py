@@ -6,6 +6,7 @@ job) owns the unit of work.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.registry import (
     LoadedModel,
     RegistryError,
+    jsonable,
     load_model,
     read_sidecar,
     save_model,
@@ -72,7 +74,12 @@ def train_and_register(
     spec = get_task(task)
     if dataset is None:
         dataset = load_dataset(
-            spec, session=session, data=data, outcomes=outcomes, task_file=task_file
+            spec,
+            session=session,
+            data=data,
+            outcomes=outcomes,
+            task_file=task_file,
+            part="train",
         )
     result = fit_model(dataset, spec, seed=seed, n_splits=n_splits, budget=budget)
     metrics = validation_metrics(spec, dataset, result.oof_proba, result.threshold, n_boot=n_boot)
@@ -172,11 +179,18 @@ def validation_metrics(
     out: dict[str, Any] = ev.evaluate(y, p, threshold, n_boot=n_boot)
     if task.primary_landmark_h is not None:
         out["landmark_h"] = task.primary_landmark_h
+        # Landmarking claims validity at every landmark: discrimination *and* calibration.
         out["by_landmark"] = {
             f"{h:g}": {
                 "n": int(ds.rows_at(h).sum()),
                 "auroc": ev.auroc(ds.y[ds.rows_at(h)], proba[ds.rows_at(h)]),
                 "brier": ev.brier(ds.y[ds.rows_at(h)], proba[ds.rows_at(h)]),
+                "calibration_slope": ev.calibration_slope(
+                    ds.y[ds.rows_at(h)], proba[ds.rows_at(h)]
+                ),
+                "calibration_intercept": ev.calibration_intercept(
+                    ds.y[ds.rows_at(h)], proba[ds.rows_at(h)]
+                ),
             }
             for h in task.landmarks_h
             if ds.rows_at(h).any()
@@ -335,6 +349,7 @@ def evaluate_version(
     row = None
     if session is not None:
         if model in ALIASES:
+            task = task or _infer_task(session, model, outcomes=outcomes, task_file=task_file)
             row = get_version_or_raise(session, model, task)
         else:
             row = get_version(session, model)
@@ -348,10 +363,68 @@ def evaluate_version(
         raise RegistryError(f"model {loaded.version} is for {spec.name}, not {task}")
     if landmark_h is not None and spec.kind == "timeseries":
         spec = replace(spec, landmarks_h=(landmark_h,), primary_landmark_h=landmark_h)
-    ds = load_dataset(spec, session=session, data=data, outcomes=outcomes, task_file=task_file)
+    ds = load_dataset(
+        spec,
+        session=session,
+        data=data,
+        outcomes=outcomes,
+        task_file=task_file,
+        part="holdout",
+    )
     proba = loaded.predict_proba(ds.X)
     metrics = validation_metrics(spec, ds, proba, loaded.threshold, n_boot=n_boot)
     metrics["model"] = loaded.version
     metrics["data"] = ds.source
     metrics["data_fingerprint"] = ds.fingerprint
+    metrics["notes"] = ds.notes
+    if spec.kind == "timeseries":
+        metrics["validation"] = (
+            f"external: one prediction per stay at {spec.primary_landmark_h:g} h ({ds.source})"
+        )
+    elif spec.holdout_fraction is not None:
+        metrics["validation"] = f"held-out patients of the patient-level split ({ds.source})"
+    save_evaluation(loaded.path.parent, metrics)
     return metrics
+
+
+def save_evaluation(version_dir: Path, metrics: dict[str, Any]) -> Path:
+    """Keep an evaluation beside the version (``evaluations/<data fingerprint>.json``) so
+    reports are rendered from the registry, never retyped. The artifact and its sha256
+    are untouched; re-evaluating the same data replaces the record."""
+    folder = version_dir / "evaluations"
+    folder.mkdir(exist_ok=True)
+    target = folder / f"{str(metrics['data_fingerprint'])[:16]}.json"
+    payload = {**metrics, "evaluated_at": utcnow().isoformat()}
+    target.write_text(json.dumps(jsonable(payload), indent=2, sort_keys=True))
+    return target
+
+
+def evaluations_of(version_dir: Path) -> list[dict[str, Any]]:
+    """Stored evaluations of a version, oldest first."""
+    folder = version_dir / "evaluations"
+    if not folder.is_dir():
+        return []
+    records = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    return sorted(records, key=lambda r: str(r.get("evaluated_at", "")))
+
+
+def _infer_task(
+    session: Session, alias: str, *, outcomes: Path | None, task_file: Path | None
+) -> str:
+    """Which task's ``alias`` ``--model`` means when ``--task`` is not given: the only task
+    that has one, else the task the inputs imply (``--task-file``: tabular; ``--outcomes``:
+    icu-mortality)."""
+    holders = sorted(
+        {r.task for r in session.scalars(select(ModelVersion).where(ModelVersion.alias == alias))}
+    )
+    if len(holders) == 1:
+        return holders[0]
+    if task_file is not None:
+        return "tabular"
+    if outcomes is not None:
+        return "icu-mortality"
+    if not holders:
+        raise RegistryError(f"no task has a {alias}; see `vitalcast models list`")
+    raise RegistryError(
+        f"--model {alias} is ambiguous ({', '.join(holders)} each have one); add --task"
+    )

@@ -108,6 +108,34 @@ def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
         raise TaskError(f"{path.name}: cannot read as CSV ({exc})") from None
 
 
+def _history(df: pd.DataFrame) -> pd.DataFrame:
+    """The patient's earlier encounters in this health system, known at this discharge.
+
+    Rows must be sorted by ``encounter_id`` (ids grow with time in this export). Every
+    column uses only encounters *before* the current one, never the current label:
+
+    - ``prior_encounters``: how many earlier encounters (of any disposition);
+    - ``prior_readmissions_30d``: how many earlier encounters were followed by a
+      readmission within 30 days. An earlier encounter's readmission happened at or before
+      the current admission (the current encounter is a later one), so it is known by now;
+    - ``is_readmission_30d``: this admission itself came within 30 days of the previous
+      discharge (the previous encounter is labelled ``<30``), which a hospital knows at
+      admission.
+    """
+    by_patient = df.groupby("patient_nbr", sort=False)
+    was_30 = (df["readmitted"] == "<30").astype(float)
+    prior_30 = was_30.groupby(df["patient_nbr"], sort=False).cumsum() - was_30
+    previous = by_patient["readmitted"].shift(1)
+    return pd.DataFrame(
+        {
+            "prior_encounters": by_patient.cumcount().astype(float),
+            "prior_readmissions_30d": prior_30.astype(float),
+            "is_readmission_30d": (previous == "<30").astype(float),
+        },
+        index=df.index,
+    )
+
+
 def load_readmission(path: Path) -> Dataset:
     """Diabetes 130 encounters at discharge, labelled readmitted within 30 days."""
     df = _read_csv(path, dtype=str, keep_default_na=False, na_values=["?"])
@@ -116,15 +144,16 @@ def load_readmission(path: Path) -> Dataset:
     if missing:
         raise TaskError(f"{path.name}: not Diabetes 130 data (missing {', '.join(missing[:5])})")
     before = len(df)
-    df = df[~df["discharge_disposition_id"].isin(_EXCLUDED_DISPOSITIONS)].copy()
     df["encounter_id"] = df["encounter_id"].astype(np.int64)
     df = df.sort_values("encounter_id", kind="mergesort").reset_index(drop=True)
+    history = _history(df)
+    keep = ~df["discharge_disposition_id"].isin(_EXCLUDED_DISPOSITIONS).to_numpy()
+    df = df[keep].reset_index(drop=True)
     X = pd.DataFrame(index=df.index)
     for col in _NUMERIC:
         X[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    # Earlier encounters of the same patient in this health system (encounter ids grow
-    # with time): history known at discharge, like number_inpatient.
-    X["prior_encounters"] = df.groupby("patient_nbr").cumcount().astype(float)
+    for col in history.columns:
+        X[col] = history[col].to_numpy()[keep]
     X["age_mid_years"] = df["age"].str.extract(r"\[(\d+)-")[0].astype(float) + 5.0
     meds = [m for m in _MEDICATIONS if m in df]
     X["medications_changed"] = df[meds].isin(["Up", "Down"]).sum(axis=1).astype(float)
@@ -163,7 +192,8 @@ def load_readmission(path: Path) -> Dataset:
 def load_tabular(task_file: Path, data: Path) -> Dataset:
     """A CSV described by a YAML task file.
 
-    The YAML names ``label`` (column), ``positive`` (label value meaning 1; default 1),
+    The YAML names ``label`` (column), ``positive`` (the label value, or list of values,
+    meaning 1; default 1),
     ``id_column`` (optional; rows of one id never straddle folds), and ``features``:
     ``{numeric: [...], categorical: [...]}``.
     """
@@ -193,8 +223,11 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
     if not numeric and not categorical:
         raise TaskError(f"{task_file.name}: list at least one feature")
     df = df[df[label].notna()].reset_index(drop=True)
-    positive = str(spec.get("positive", "1"))
-    y = (df[label].astype(str).str.strip() == positive).to_numpy(dtype=np.int64)
+    raw_positive = spec.get("positive", "1")
+    positive = (
+        {str(v) for v in raw_positive} if isinstance(raw_positive, list) else {str(raw_positive)}
+    )
+    y = df[label].astype(str).str.strip().isin(positive).to_numpy(dtype=np.int64)
     X = pd.DataFrame(index=df.index)
     for c in numeric:
         X[c] = pd.to_numeric(df[c], errors="coerce").astype(float)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from vitalcast.errors import VitalcastError
 
 ThresholdRule = Literal["max_min_se_ppv", "youden"]
+Part = Literal["train", "holdout", "all"]
 
 
 class TaskError(VitalcastError):
@@ -26,6 +31,10 @@ class Task:
     landmarks_h: tuple[float, ...] = ()
     # Landmark whose out-of-fold predictions pick the threshold and headline metrics.
     primary_landmark_h: float | None = None
+    # Patient-level hold-out inside one file (tasks whose data has no separate test set):
+    # patients whose salted hash falls in this fraction never train and are what
+    # `evaluate` scores. None: train on everything given, evaluate on everything given.
+    holdout_fraction: float | None = None
 
 
 TASKS: dict[str, Task] = {
@@ -51,6 +60,7 @@ TASKS: dict[str, Task] = {
             " discharge (Diabetes 130 cohort; encounters ending in death or hospice excluded)."
         ),
         threshold_rule="youden",
+        holdout_fraction=0.2,
     ),
     "tabular": Task(
         name="tabular",
@@ -72,3 +82,20 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise TaskError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+
+
+def in_holdout(patient_ids: Sequence[object], task: Task) -> np.ndarray:
+    """Boolean mask: which rows belong to held-out patients of ``task``'s split.
+
+    The split is a pure function of the patient identifier (sha256 of
+    ``"<task>:<id>"``), so it is stable across runs, machines and row order, and a patient
+    is always wholly on one side.
+    """
+    if task.holdout_fraction is None:
+        return np.zeros(len(patient_ids), dtype=bool)
+    cut = task.holdout_fraction * 2**64
+    out = np.empty(len(patient_ids), dtype=bool)
+    for i, pid in enumerate(patient_ids):
+        digest = hashlib.sha256(f"{task.name}:{pid}".encode()).digest()
+        out[i] = int.from_bytes(digest[:8], "big") < cut
+    return out

@@ -70,3 +70,16 @@ def test_bootstrap_intervals_bracket_the_estimate() -> None:
     assert m["n"] == 500
     assert m["prevalence"] == pytest.approx(y.mean())
     assert math.isfinite(m["hl_h"])
+
+
+def test_hosmer_lemeshow_h_drops_the_remainder_like_lemeshow_m() -> None:
+    # lemeshow.m: M = floor(N/10) rows per group; the N mod 10 highest-risk rows are unused.
+    p = np.concatenate([np.repeat(np.linspace(0.05, 0.95, 10), 2), [0.99, 0.99, 0.99]])
+    y = np.concatenate(
+        [np.array([0, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1]), [0, 0, 0]]
+    )
+    assert ev.hosmer_lemeshow_h(y, p) == pytest.approx(ev.hosmer_lemeshow_h(y[:20], p[:20]))
+    # A model that predicts 0 for a group with deaths explodes H (why 0/1 must never appear).
+    q = p[:20].copy()
+    q[2:4] = 0.0  # a group holding one death predicted at exactly 0
+    assert ev.hosmer_lemeshow_h(y[:20], q) > 10 * ev.hosmer_lemeshow_h(y[:20], p[:20])

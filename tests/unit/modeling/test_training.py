@@ -186,3 +186,26 @@ def test_report_is_generated_from_the_sidecar(trained: TrainOutcome) -> None:
     assert f"{sidecar['metrics']['auroc']:.3f}" in page
     md = render_markdown(sidecar)
     assert f"| AUROC | {sidecar['metrics']['auroc']:.3f} |" in md
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_assembled_calibrated_model_is_calibrator_of_scores_and_compiles(
+    dataset: Dataset, method: str
+) -> None:
+    """The served object is exactly calibrator(decision_function(pipeline)), stays inside
+    (0, 1), and the serving hot path compiles it to the same numbers."""
+    from vitalcast.modeling.train import assemble_calibrated, fit_calibrator
+    from vitalcast.serving.scorer import compile_model
+
+    cols = [c for c in dataset.numeric if dataset.X[c].notna().any()]
+    spec = CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7})
+    pipe = make_pipeline(spec, cols, [], 0).fit(dataset.X[cols], dataset.y)
+    scores = pipe.decision_function(dataset.X[cols])
+    calibrator = fit_calibrator(method, scores, dataset.y)
+    est = assemble_calibrated(pipe, calibrator, method)
+    p = est.predict_proba(dataset.X[cols])[:, 1]
+    np.testing.assert_array_equal(p, calibrator.predict(scores))
+    assert ((p > 0) & (p < 1)).all()
+    scorer = compile_model(est, cols)
+    assert scorer.compiled, scorer.fallback_reason
+    np.testing.assert_allclose(scorer.score_batch(dataset.X[cols].to_numpy()), p, atol=1e-9)
