@@ -11,6 +11,7 @@ from vitalcast.ingest.devices import bind_device, unbind_device
 from vitalcast.ingest.payloads import parse_observations_payload
 from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.device_payload import attach_devices
+from vitalcast.monitoring.metrics import observe_ingest
 from vitalcast.security.permissions import Permission, requires
 from vitalcast.serving.context import audit_event, db, request_id
 from vitalcast.serving.rescoring import rescore_encounters
@@ -31,6 +32,7 @@ def post_observations() -> tuple[Response, int]:
     report = store_batch(
         session, batch, source="api", location=f"request {request_id()}", cipher=state.cipher
     )
+    observe_ingest(report)
     predictions = rescore_encounters(session, state, report.touched_encounters)
     audit_event(
         "observation.created",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.errors import VitalcastError
 from vitalcast.modeling.tables import ModelVersion
+from vitalcast.monitoring.metrics import observe_model_load
 from vitalcast.serving.scorer import compile_model
 
 if TYPE_CHECKING:
@@ -98,13 +100,16 @@ def load_predictor(sessions: sessionmaker[Session], task: str, alias: str) -> Pr
     if row is None:
         logger.warning("no model registered", extra={"task": task, "alias": alias})
         return None
+    started = time.monotonic()
     try:
         model = load_model(Path(row.artifact_path), expected_sha256=row.sha256)
+        predictor = Predictor(model, model_version_id=row.id)
     except VitalcastError:
         logger.exception("model failed verification", extra={"version": row.version})
         return None
+    observe_model_load(model_version=row.version, role=alias, seconds=time.monotonic() - started)
     logger.info("model loaded", extra={"task": task, "alias": alias, "version": row.version})
-    return Predictor(model, model_version_id=row.id)
+    return predictor
 
 
 def load_champion(state: AppState, task: str = DEFAULT_TASK) -> Predictor | None:

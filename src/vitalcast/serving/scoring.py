@@ -21,6 +21,7 @@ from vitalcast.db.base import utcnow
 from vitalcast.db.types import new_public_id
 from vitalcast.features import StayInput, stay_features
 from vitalcast.modeling.tables import Prediction
+from vitalcast.monitoring.metrics import observe_prediction
 from vitalcast.serving.predictor import Predictor
 
 
@@ -115,6 +116,7 @@ def record_prediction(
     )
     session.add(prediction)
     session.flush()
+    observe_prediction(model_version=predictor.version, band=result.band, role=role)
     return prediction
 
 
