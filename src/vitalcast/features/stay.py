@@ -32,7 +32,7 @@ _OUTPUT_KEYS = frozenset(v.key for v in VARIABLES if v.kind == "output")
 # (window name, length in hours; None = whole stay so far)
 WINDOWS: tuple[tuple[str, float | None], ...] = (("all", None), ("24h", 24.0), ("6h", 6.0))
 _STATS: dict[str, tuple[str, ...]] = {
-    "all": ("first", "last", "min", "max", "mean", "count", "slope", "hours_since_last"),
+    "all": ("last", "min", "max", "mean", "count", "slope", "hours_since_last"),
     "24h": ("min", "max", "mean", "count"),
     "6h": ("mean", "count"),
 }

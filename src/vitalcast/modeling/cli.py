@@ -24,11 +24,22 @@ def _settings(ctx: click.Context) -> Any:
 @contextmanager
 def _session(ctx: click.Context) -> Iterator[Session]:
     """One unit of work on the configured database."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError
+
     from vitalcast.db import create_db_engine
     from vitalcast.db.session import make_session_factory, session_scope
+    from vitalcast.errors import VitalcastError
 
     engine = create_db_engine(_settings(ctx).resolved_database_url)
     try:
+        try:
+            ready = inspect(engine).has_table("model_versions")
+        except OperationalError as exc:
+            raise VitalcastError(f"cannot reach the database ({exc.orig})") from None
+        if not ready:
+            # A fresh database: say what to run instead of failing on a missing table.
+            raise VitalcastError("the database has no schema yet; run `vitalcast db upgrade`")
         with session_scope(make_session_factory(engine)) as session:
             yield session
     finally:
