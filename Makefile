@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest bench audit clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -37,6 +37,15 @@ test: lint typecheck pytest
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+# Known vulnerabilities in the locked runtime dependencies (needs the PyPI JSON API or
+# OSV). --strict: a package that cannot be checked fails the run instead of passing
+# silently. Accepted findings, with reasons, live in pip-audit-allowlist.txt.
+audit: install
+	$(UV) export --frozen --no-dev --no-emit-project --quiet -o $(VENV)/requirements-audit.txt
+	$(VENV)/bin/pip-audit --strict --disable-pip --progress-spinner off \
+		-r $(VENV)/requirements-audit.txt \
+		$$(grep -v '^#' pip-audit-allowlist.txt | awk 'NF {print "--ignore-vuln", $$1}')
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ _SEX: dict[str, Sex] = {"0": "female", "1": "male"}
 _SOURCE_UNITS = {"FiO2": "1"}
 
 
+# Far beyond the challenge's 48 h; bounds times so that a corrupt stamp cannot overflow.
+MAX_HOURS = 24 * 366
+MAX_LOS_DAYS = 3660
+
+
 class PhysionetFormatError(ValueError):
     """The input is not in the challenge format at all (not one bad row)."""
 
@@ -56,9 +62,16 @@ class RecordText:
 def parse_minutes(stamp: str) -> int:
     """``"47:59"`` -> 2879 minutes since ICU admission."""
     hours, sep, minutes = stamp.strip().partition(":")
-    if not sep or not hours.isdigit() or not minutes.isdigit() or int(minutes) >= 60:
+    # isdecimal() alone admits non-ASCII digits ("²", "٣") that int() then rejects.
+    if not sep or not _ascii_digits(hours) or not _ascii_digits(minutes) or int(minutes) >= 60:
         raise ValueError(f"time {stamp!r} is not HH:MM")
+    if int(hours) > MAX_HOURS:
+        raise ValueError(f"time {stamp!r} is more than {MAX_HOURS} hours after admission")
     return int(hours) * 60 + int(minutes)
+
+
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def _number(text: str) -> float | None:
@@ -110,7 +123,7 @@ def parse_record(
         patient_ref=ref,
         admitted_at=anchor,
         kind="icu",
-        unit=ICU_TYPES.get(int(float(icu_type))) if icu_type.strip("-").isdigit() else None,
+        unit=ICU_TYPES.get(int(icu_type)) if _ascii_digits(icu_type) else None,
         age_years=_safe_number(descriptors.get("Age")),
         height_cm=_safe_number(descriptors.get("Height")),
         weight_kg=_safe_number(descriptors.get("Weight")),
@@ -200,11 +213,15 @@ def parse_outcomes(
     encounter's discharge time; the outcome becomes known at discharge.
     """
     batch = RecordBatch()
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # csv module does the newlines
     need = {"RecordID", "Length_of_stay", "In-hospital_death"}
     if reader.fieldnames is None or not need <= set(reader.fieldnames):
         raise PhysionetFormatError(f"{name}: header must include {', '.join(sorted(need))}")
-    for lineno, row in enumerate(reader, start=2):
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise PhysionetFormatError(f"{name}: not a CSV file ({exc})") from None
+    for lineno, row in enumerate(rows, start=2):
         where = f"{name}:{lineno}"
         batch.received += 1
         try:
@@ -214,6 +231,19 @@ def parse_outcomes(
         except (TypeError, ValueError):
             batch.rejected.append(
                 Rejected(where, "malformed_line", "non-numeric outcome fields", str(row), "outcome")
+            )
+            continue
+        # In-hospital_death is 0 (survived) or 1 (died); anything else would corrupt the
+        # label. Length_of_stay is days, -1 when unknown (challenge data description).
+        if death not in (0, 1) or not math.isfinite(los_days) or los_days > MAX_LOS_DAYS:
+            batch.rejected.append(
+                Rejected(
+                    where,
+                    "out_of_range",
+                    f"death must be 0 or 1 and length of stay at most {MAX_LOS_DAYS} days",
+                    str(row),
+                    "outcome",
+                )
             )
             continue
         discharge = anchor + timedelta(days=los_days) if los_days >= 0 else None
