@@ -50,4 +50,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
         "loglevel": "warning",
         "proc_name": "vitalcast",
     }
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        # TLS terminated by gunicorn itself (docs/security.md, transmission security).
+        options |= {"certfile": str(settings.tls_certfile), "keyfile": str(settings.tls_keyfile)}
     VitalcastServer(settings, options).run()
