@@ -154,6 +154,14 @@ class Settings(BaseSettings):
         " escalate or resolve (`vitalcast monitor run`). Unset: alerts are only stored.",
     )
     # --- security hardening (issue 7) ---
+    tls_certfile: Path | None = Field(
+        None,
+        description="PEM certificate (chain) for `vitalcast serve` to terminate TLS itself;"
+        " leave unset when a load balancer terminates TLS.",
+    )
+    tls_keyfile: Path | None = Field(
+        None, description="PEM private key matching VITALCAST_TLS_CERTFILE."
+    )
     proxy_hops: int = Field(
         0,
         description="Reverse proxies / load balancers in front of vitalcast whose"
@@ -271,6 +279,8 @@ def _refuse_default_secrets(settings: Settings) -> None:
             f"VITALCAST_SECRET_KEY must be a random value of at least {MIN_SECRET_KEY_CHARS}"
             " characters in production"
         )
+    if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
+        raise ValueError("VITALCAST_TLS_CERTFILE and VITALCAST_TLS_KEYFILE go together")
     if settings.oidc_issuer is not None:
         if not settings.oidc_issuer.startswith("https://"):
             raise ValueError("VITALCAST_OIDC_ISSUER must be an https URL in production")

@@ -55,4 +55,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
         "proc_name": "vitalcast",
         "child_exit": worker_exit,
     }
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        # TLS terminated by gunicorn itself (docs/security.md, transmission security).
+        options |= {"certfile": str(settings.tls_certfile), "keyfile": str(settings.tls_keyfile)}
     VitalcastServer(settings, options).run()

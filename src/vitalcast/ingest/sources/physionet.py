@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -53,12 +54,24 @@ class RecordText:
     text: str
 
 
+# Far beyond the challenge's 48 h; bounds times so that a corrupt stamp cannot overflow.
+MAX_HOURS = 24 * 366
+MAX_LOS_DAYS = 3660
+
+
 def parse_minutes(stamp: str) -> int:
     """``"47:59"`` -> 2879 minutes since ICU admission."""
     hours, sep, minutes = stamp.strip().partition(":")
-    if not sep or not hours.isdigit() or not minutes.isdigit() or int(minutes) >= 60:
+    # isdigit() alone admits non-ASCII digits ("²", "٣") that int() then rejects.
+    if not sep or not _ascii_digits(hours) or not _ascii_digits(minutes) or int(minutes) >= 60:
         raise ValueError(f"time {stamp!r} is not HH:MM")
+    if int(hours) > MAX_HOURS:
+        raise ValueError(f"time {stamp!r} is more than {MAX_HOURS} hours after admission")
     return int(hours) * 60 + int(minutes)
+
+
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def _number(text: str) -> float | None:
@@ -125,7 +138,7 @@ def parse_record(
             admitted_at=anchor,
             discharged_at=discharged_at,
             kind="icu",
-            unit=ICU_TYPES.get(int(icu_type)) if icu_type.isdigit() else None,
+            unit=ICU_TYPES.get(int(icu_type)) if _ascii_digits(icu_type) else None,
             age_years=_safe_number(descriptors.get("Age")),
             height_cm=_safe_number(descriptors.get("Height")),
             weight_kg=_safe_number(descriptors.get("Weight")),
@@ -224,11 +237,16 @@ def parse_outcomes(
         PhysionetFormatError: the header lacks a required column.
     """
     batch = RecordBatch()
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # csv module does the newlines
     need = {"RecordID", "Length_of_stay", "In-hospital_death"}
-    if reader.fieldnames is None or not need <= set(reader.fieldnames):
+    try:
+        fields = reader.fieldnames
+        rows = list(reader)
+    except csv.Error as exc:
+        raise PhysionetFormatError(f"{name}: not a CSV file ({exc})") from None
+    if fields is None or not need <= set(fields):
         raise PhysionetFormatError(f"{name}: header must include {', '.join(sorted(need))}")
-    for lineno, row in enumerate(reader, start=2):
+    for lineno, row in enumerate(rows, start=2):
         where = f"{name}:{lineno}"
         raw = ",".join(str(v) for v in row.values())
         batch.received += 2
@@ -241,6 +259,14 @@ def parse_outcomes(
             reason = "non-numeric outcome fields"
             for _ in range(2):
                 batch.rejected.append(Rejected(where, "malformed_line", reason, raw, "outcome"))
+            continue
+        # In-hospital_death is 0 (survived) or 1 (died); anything else would corrupt the
+        # label. Length_of_stay is days, -1 when unknown (challenge data description).
+        bounded = all(math.isfinite(v) and v <= MAX_LOS_DAYS for v in (los_days, survival_days))
+        if death not in (0, 1) or not bounded:
+            reason = "outcome fields out of range (death 0/1, days finite and bounded)"
+            for _ in range(2):
+                batch.rejected.append(Rejected(where, "out_of_range", reason, raw, "outcome"))
             continue
         discharge = anchor + timedelta(days=los_days) if los_days >= 0 else None
         died_at = anchor + timedelta(days=survival_days) if death and survival_days >= 0 else None
