@@ -35,6 +35,7 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.IDENTIFIERS_READ: "names, MRNs, birth dates in clear",
     Permission.PREDICT: "score a feature vector or a patient",
     Permission.OBSERVATIONS_WRITE: "push data (integrations, devices)",
+    Permission.DEVICES_MANAGE: "bind a bedside or wearable device to a patient",
     Permission.FEEDBACK_WRITE: "acknowledge alerts, agree/disagree",
     Permission.MODELS_READ: "model reports, metrics",
     Permission.MODELS_MANAGE: "promote, roll back, retrain",
