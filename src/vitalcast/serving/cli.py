@@ -48,6 +48,12 @@ def demo_command(ctx: click.Context, port: int, no_serve: bool) -> None:
     root.obj = root.obj or {}
     root.obj.setdefault("settings", load_settings(env="demo"))
     settings = root.obj["settings"]
+    if not no_serve:
+        from vitalcast.monitoring.multiproc import prepare_multiprocess_dir
+
+        # Preparing the demo scores patients (and counts them in prometheus-client), so
+        # the multiprocess metrics directory must be set before that first import.
+        prepare_multiprocess_dir(settings.resolved_metrics_dir)
     info = prepare_demo(settings, echo=click.echo)
     url = f"http://127.0.0.1:{port}"
     lines = [
