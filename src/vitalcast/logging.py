@@ -50,6 +50,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout`` is at emit time.
+
+    A handler that kept the stdout of the moment it was installed would write to a closed
+    stream after a test runner or CLI harness swaps stdout, turning log calls into
+    "--- Logging error ---" noise on stderr (and into the output of JSON-printing commands).
+    """
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(*, level: str = "INFO", json_lines: bool = True) -> None:
     """Install one stdout handler on the ``vitalcast`` logger (idempotent)."""
     logger = logging.getLogger("vitalcast")
@@ -58,7 +75,7 @@ def configure_logging(*, level: str = "INFO", json_lines: bool = True) -> None:
     for handler in list(logger.handlers):
         if getattr(handler, "_vitalcast", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler._vitalcast = True  # type: ignore[attr-defined]
     handler.addFilter(ContextFilter())
     handler.setFormatter(
