@@ -222,3 +222,13 @@ def ward(app: Flask, trained_model: Any) -> list[str]:
     with session_scope(state.sessions) as session:
         score_current_encounters(session, state.predictor, as_of=now)
         return list(session.scalars(select(Patient.public_id)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging() -> Iterator[None]:
+    """An app built by one test configures logging; no later test may inherit it (a CLI
+    test would then find JSON log lines in the command's own output)."""
+    yield
+    from vitalcast.logging import reset_logging
+
+    reset_logging()

@@ -84,3 +84,12 @@ def configure_logging(*, level: str = "INFO", json_lines: bool = True) -> None:
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
     logger.addHandler(handler)
+
+
+def reset_logging() -> None:
+    """Remove the handler :func:`configure_logging` installed (tests, embedded uses)."""
+    logger = logging.getLogger("vitalcast")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_vitalcast", False):
+            logger.removeHandler(handler)
+    logger.propagate = True
