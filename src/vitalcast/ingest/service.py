@@ -97,7 +97,7 @@ def store_batch(
                 "reason": reason[:500],
                 "raw": raw if isinstance(raw, str) or raw is None else _raw_json(raw),
                 "patient_id": extra.get("patient_id"),
-                "code": extra.get("code"),
+                "code": (extra.get("code") or None) and str(extra["code"])[:32],
                 "effective_at": extra.get("effective_at"),
                 "received_at": now,
             }
