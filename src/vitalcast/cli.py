@@ -82,4 +82,12 @@ def _register() -> None:
     main.add_command(score_batch_command)
 
 
-_register()
+if __name__ == "__main__":
+    # `python -m vitalcast.cli`: the command modules import `vitalcast.cli`, which is a
+    # different module object from this `__main__` copy, so run that one instead of
+    # registering the commands twice (a circular import).
+    from vitalcast.cli import main as _main
+
+    _main()
+else:
+    _register()
