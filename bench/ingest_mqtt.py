@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.services import mqtt_broker
 
+import _results
 from vitalcast.clinical.records import PatientRecord, RecordBatch
 from vitalcast.clinical.tables import Observation, Patient
 from vitalcast.config import load_settings
@@ -74,7 +75,9 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--mqtt-url", default=None)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--save", action="store_true", help="write bench/results/ingest_mqtt.json")
     args = ap.parse_args()
+    args.load_at_start = os.getloadavg()[0]
     admin_url = os.environ.get(
         "VITALCAST_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
@@ -186,6 +189,19 @@ def run(args: argparse.Namespace, db_url: str, data_dir: Path) -> None:
             " restart gap excluded)"
         )
         print(f"consumer rate:        {final / (t_end - first):,.0f} msg/s (restart gap included)")
+        if args.save:
+            figures = {
+                "messages": args.messages,
+                "devices": args.devices,
+                "published_per_s": round(args.messages / pub_s),
+                "stored": final,
+                "lost": args.messages - final,
+                "killed_at": killed_at[1],
+                "restart_gap_s": round(gap, 2),
+                "consumer_msg_per_s": round(final / busy),
+                "consumer_msg_per_s_with_gap": round(final / (t_end - first)),
+            }
+            _results.save("ingest_mqtt", figures, load_at_start=args.load_at_start)
         if final != args.messages:
             raise SystemExit(1)
 

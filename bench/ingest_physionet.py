@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+import _results
 from vitalcast.clinical.tables import Observation
 from vitalcast.db import create_db_engine, upgrade_database
 from vitalcast.ingest.files import ingest_physionet2012
@@ -40,7 +41,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data/physionet2012"))
     parser.add_argument("--sets", nargs="+", default=["a", "b"])
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--save", action="store_true", help="write bench/results/ingest_physionet.json"
+    )
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
+    per_set: dict[str, dict[str, float]] = {}
 
     admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
     name = f"vc_bench_{uuid.uuid4().hex[:8]}"
@@ -78,6 +84,15 @@ def main() -> None:
             rows += set_rows
             elapsed = time.perf_counter() - t0
             obs = report.kinds["observation"]
+            per_set[set_name] = {
+                "rows": set_rows,
+                "seconds": round(elapsed, 1),
+                "rows_per_s": round(set_rows / elapsed),
+                "cpu_python_s": round(py_cpu, 1),
+                "cpu_postgres_s": round(pg_cpu, 1),
+                "stored": obs.stored,
+                "quarantined": obs.quarantined,
+            }
             print(
                 f"set-{set_name}: {set_rows} rows in {elapsed:.1f} s"
                 f" ({set_rows / elapsed:,.0f} rows/s); observations stored {obs.stored},"
@@ -98,6 +113,16 @@ def main() -> None:
             f" = {busy:.1f} s -> {rows / busy:,.0f} rows per CPU-second (load average"
             f" {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the run)"
         )
+        if args.save:
+            figures = {
+                "rows": rows,
+                "seconds": round(total, 1),
+                "rows_per_s": round(rows / total),
+                "rows_per_cpu_s": round(rows / busy),
+                "observations_stored": stored,
+                "sets": per_set,
+            }
+            _results.save("ingest_physionet", figures, load_at_start=load_at_start)
     finally:
         engine.dispose()
         if not args.keep:
