@@ -105,6 +105,14 @@ class DatabaseFactory:
         self.created.append(name)
         return self._url(name)
 
+    def empty(self) -> str:
+        """URL of a new database with no schema at all (to migrate step by step)."""
+        name = f"{self.prefix}_{next(self._counter)}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"{self._strategy(conn)}'))
+        self.created.append(name)
+        return self._url(name)
+
     def drop_all(self) -> None:
         if hasattr(self, "_shared_engine"):
             self._shared_engine.dispose()

@@ -6,10 +6,16 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
 
+from tests.services import DatabaseFactory
+from vitalcast.clinical.tables import Observation
 from vitalcast.db import create_db_engine, upgrade_database
 from vitalcast.db.metadata import all_metadata
+from vitalcast.ingest.service import store_batch
+from vitalcast.ingest.sources.physionet import parse_record
+from vitalcast.security.crypto import FieldCipher
 
 
 def _diff(engine: Engine) -> list[object]:
@@ -27,3 +33,57 @@ def test_sqlite_schema_matches_tables(tmp_path: Path) -> None:
     upgrade_database(engine)
     assert _diff(engine) == []
     engine.dispose()
+
+
+def test_observation_keys_survive_the_0006_upgrade(
+    databases: DatabaseFactory, cipher: FieldCipher
+) -> None:
+    """Rows stored with the old 40-digit text keys are still recognised as duplicates by
+    the new 128-bit keys after 0006, on real PostgreSQL; nothing is stored twice."""
+    from tests.integration.test_store_batch import NOW, RECORD
+
+    engine = create_db_engine(databases.empty())
+    try:
+        upgrade_database(engine, "0005")
+        with Session(engine) as session:
+            # Store the record with today's code (it needs a unique index on (patient, key)
+            # for ON CONFLICT; a temporary one), then rewrite the keys to what the code
+            # before 0006 stored: 40 hex digits of the same SHA-256.
+            session.execute(
+                text("CREATE UNIQUE INDEX tmp_obs ON observations (patient_id, dedup_key)")
+            )
+            store_batch(
+                session,
+                parse_record(RECORD),
+                source="physionet2012",
+                location="t",
+                cipher=cipher,
+                now=NOW,
+            )
+            session.execute(
+                text(
+                    "UPDATE observations SET dedup_key = replace(dedup_key, '-', '') || 'c0ffee00'"
+                )
+            )
+            session.execute(text("DROP INDEX tmp_obs"))
+            session.commit()
+            keys = session.scalars(text("SELECT dedup_key FROM observations")).all()
+            assert len(keys) == 3
+            assert {len(k) for k in keys} == {40}
+        upgrade_database(engine)
+        assert _diff(engine) == []
+        with Session(engine) as session:
+            before = session.scalar(select(func.count()).select_from(Observation))
+            again = store_batch(
+                session,
+                parse_record(RECORD),
+                source="physionet2012",
+                location="t",
+                cipher=cipher,
+                now=NOW,
+            )
+            session.commit()
+            assert again.kinds["observation"].duplicates == 3
+            assert session.scalar(select(func.count()).select_from(Observation)) == before == 3
+    finally:
+        engine.dispose()

@@ -27,5 +27,6 @@ def test_every_saved_result_says_how_it_was_measured() -> None:
         record = json.loads(path.read_text())
         assert record["name"] == path.stem, path
         assert record["command"].startswith(".venv/bin/python bench/"), path
-        assert record["measured_at"] and record["figures"], path
+        assert record["measured_at"], path
+        assert record["figures"], path
         assert "load_average_at_end" in record["machine"], path

@@ -1,11 +1,11 @@
-"""Bulk writes of observation rows, idempotent through the unique ``dedup_key``.
+"""Bulk writes of observation rows, idempotent through the unique (patient, ``dedup_key``).
 
 PostgreSQL: rows are streamed with ``COPY`` into a temporary staging table, then moved
-with ``INSERT ... SELECT ... ON CONFLICT (dedup_key) DO NOTHING``. ``COPY`` is the fastest
-way into PostgreSQL, and ``ON CONFLICT`` makes a re-run, or a duplicate within the batch,
-a no-op even with concurrent writers (the MQTT consumer may store the same reading while
-a file is loaded). Other backends (the embedded SQLite demo) use ``executemany`` with
-``INSERT ... ON CONFLICT DO NOTHING``. Both run inside the caller's transaction.
+with ``INSERT ... SELECT ... ON CONFLICT (patient_id, dedup_key) DO NOTHING``. ``COPY``
+is the fastest way into PostgreSQL, and ``ON CONFLICT`` makes a re-run, or a duplicate
+within the batch, a no-op even with concurrent writers (the MQTT consumer may store the
+same reading while a file is loaded). Other backends (the embedded SQLite demo) use one
+``INSERT ... ON CONFLICT DO NOTHING`` per row. Both run inside the caller's transaction.
 
 Each row is ``(patient_id, encounter_id, code, value, value_text, unit, effective_at,
 source_ref, device_id, dedup_key)`` with ``effective_at`` naive UTC, as stored by
@@ -14,6 +14,7 @@ source_ref, device_id, dedup_key)`` with ``effective_at`` naive UTC, as stored b
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 Row = tuple[
-    int, int | None, str, float | None, str | None, str | None, datetime, str, str | None, str
+    int, int | None, str, float | None, str | None, str | None, datetime, str, str | None, uuid.UUID
 ]
 COLUMNS = (
     "patient_id",
@@ -65,7 +66,7 @@ def _insert_postgresql(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ("
             "patient_id integer, encounter_id integer, code varchar(32), value float8,"
             " value_text varchar(200), unit varchar(16), effective_at timestamp,"
-            " source_ref varchar(300), device_id varchar(64), dedup_key varchar(40)"
+            " source_ref varchar(300), device_id varchar(64), dedup_key uuid"
             ") ON COMMIT DROP"
         )
     )
@@ -77,7 +78,7 @@ def _insert_postgresql(
         cur.execute(
             f"WITH ins AS (INSERT INTO observations ({_COLS}, source, received_at)"
             f" SELECT {_COLS}, %s, %s FROM {_STAGE}"
-            " ON CONFLICT (dedup_key) DO NOTHING RETURNING encounter_id)"
+            " ON CONFLICT (patient_id, dedup_key) DO NOTHING RETURNING encounter_id)"
             " SELECT encounter_id, count(*) FROM ins GROUP BY encounter_id",
             (source, received_at.replace(tzinfo=None)),
         )
@@ -94,7 +95,7 @@ def _insert_generic(
     placeholders = ", ".join("?" for _ in range(len(COLUMNS) + 2))
     sql = (
         f"INSERT INTO observations ({_COLS}, source, received_at) VALUES ({placeholders})"
-        " ON CONFLICT (dedup_key) DO NOTHING"
+        " ON CONFLICT (patient_id, dedup_key) DO NOTHING"
     )
     stored: Counter[int | None] = Counter()
     at = received_at.strftime(_SQLITE_TIME)
@@ -103,7 +104,10 @@ def _insert_generic(
         # One statement per row keeps the per-encounter count exact (rowcount is 0 on a
         # conflict); SQLite runs this in-process, so a round trip costs microseconds.
         for row in rows:
-            cur.execute(sql, (*row[:6], row[6].strftime(_SQLITE_TIME), *row[7:], source, at))
+            cur.execute(
+                sql,
+                (*row[:6], row[6].strftime(_SQLITE_TIME), *row[7:9], row[9].hex, source, at),
+            )
             if cur.rowcount == 1:
                 stored[row[1]] += 1
     finally:

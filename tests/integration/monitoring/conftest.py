@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -80,7 +81,7 @@ class Deployment:
                     unit="mmol/L",
                     effective_at=at - timedelta(hours=2),
                     source="test",
-                    dedup_key=f"obs-{ref}",
+                    dedup_key=uuid.uuid5(uuid.NAMESPACE_URL, f"obs-{ref}"),
                 )
             )
             self.session.add(
