@@ -39,6 +39,7 @@ from vitalcast.ingest._resolve import (
     store_encounters,
     store_patients,
 )
+from vitalcast.ingest.quarantine import encrypt_raw
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.tables import IngestRun, QuarantineItem
 from vitalcast.ingest.validate import Invalid, check_observation, check_time
@@ -88,14 +89,18 @@ def store_batch(
         kind: str, where: str, reason_code: str, reason: str, raw: Any, **extra: Any
     ) -> None:
         report.reject(kind, where, reason_code, reason)
+        location = where[:500]
+        text = raw if isinstance(raw, str) or raw is None else _raw_json(raw)
+        blob, key_id = (None, None) if text is None else encrypt_raw(cipher, text, run.id, location)
         quarantine.append(
             {
                 "run_id": run.id,
                 "source": source,
-                "location": where[:500],
+                "location": location,
                 "reason_code": reason_code[:64],
                 "reason": reason[:500],
-                "raw": raw if isinstance(raw, str) or raw is None else _raw_json(raw),
+                "raw_enc": blob,
+                "key_id": key_id,
                 "patient_id": extra.get("patient_id"),
                 "code": (extra.get("code") or None) and str(extra["code"])[:32],
                 "effective_at": extra.get("effective_at"),

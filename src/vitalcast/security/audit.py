@@ -45,6 +45,49 @@ class Event:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Agent:
+    """Who performs an action (FHIR AuditEvent.agent), passed down to services.
+
+    Services that must audit what they do (model promotion, ingest batches, quarantine
+    reads) take an ``Agent`` rather than a bare actor string, so an HTTP caller can hand
+    over its role, client address and request id, and a CLI or job its own name.
+    """
+
+    actor: str
+    role: str | None = None
+    client_addr: str | None = None
+    request_id: str | None = None
+
+    def event(
+        self,
+        event: str,
+        action: Action,
+        *,
+        outcome: str = "success",
+        patient_id: str | None = None,
+        resource: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Event:
+        """An :class:`Event` performed by this agent."""
+        return Event(
+            event=event,
+            action=action,
+            actor=self.actor,
+            role=self.role,
+            outcome=outcome,
+            patient_id=patient_id,
+            resource=resource,
+            client_addr=self.client_addr,
+            request_id=self.request_id,
+            details=details or {},
+        )
+
+
+SYSTEM = Agent("system")
+CLI = Agent("cli")
+
+
 def _digest(prev_hash: str, occurred_at: datetime, ev: Event) -> str:
     body = json.dumps(
         {
