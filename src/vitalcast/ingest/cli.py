@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from vitalcast.ingest.cli_messages import ingest_fhir, ingest_hl7
 from vitalcast.ingest.report import IngestReport
+from vitalcast.security.audit import CLI
 from vitalcast.security.crypto import FieldCipher
 
 Job = Callable[[Session, FieldCipher], IngestReport]
@@ -70,7 +71,7 @@ def physionet2012(ctx: click.Context, path: Path, outcomes: Path | None, as_json
 
     _run(
         ctx,
-        lambda s, c: ingest_physionet2012(s, path, outcomes=outcomes, cipher=c),
+        lambda s, c: ingest_physionet2012(s, path, outcomes=outcomes, cipher=c, agent=CLI),
         as_json=as_json,
     )
 
@@ -88,7 +89,9 @@ def csv_command(ctx: click.Context, path: Path, profile: str, as_json: bool) -> 
     """A CSV file (plain or .gz) mapped to canonical records by a YAML profile."""
     from vitalcast.ingest.files import ingest_csv
 
-    _run(ctx, lambda s, c: ingest_csv(s, path, profile=profile, cipher=c), as_json=as_json)
+    _run(
+        ctx, lambda s, c: ingest_csv(s, path, profile=profile, cipher=c, agent=CLI), as_json=as_json
+    )
 
 
 @ingest.command("mimic-iv")
@@ -99,7 +102,7 @@ def mimic_iv(ctx: click.Context, directory: Path, as_json: bool) -> None:
     """A MIMIC-IV export (hosp/ and icu/ CSV.gz; chartevents is optional)."""
     from vitalcast.ingest.files import ingest_mimic_iv
 
-    _run(ctx, lambda s, c: ingest_mimic_iv(s, directory, cipher=c), as_json=as_json)
+    _run(ctx, lambda s, c: ingest_mimic_iv(s, directory, cipher=c, agent=CLI), as_json=as_json)
 
 
 @ingest.command("dicom")
@@ -126,7 +129,7 @@ def dicom(ctx: click.Context, paths: tuple[Path, ...], tz_name: str, as_json: bo
         raise IngestError(f"--timezone {tz_name!r} is not an IANA time zone") from None
     _run(
         ctx,
-        lambda s, c: ingest_dicom(s, list(paths), cipher=c, assume_tz=tz),
+        lambda s, c: ingest_dicom(s, list(paths), cipher=c, assume_tz=tz, agent=CLI),
         as_json=as_json,
     )
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
@@ -136,6 +136,55 @@ def record(session: Session, ev: Event) -> AuditEvent:
     session.add(row)
     session.flush()
     return row
+
+
+ACTIONS: dict[str, str] = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "execute"}
+OUTCOMES = ("success", "failure", "denied")
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What the admin audit view and ``vitalcast audit export`` select (all optional).
+
+    ``event`` ending in ``*`` matches a prefix (``model.*``: every model change); the time
+    range is ``since <= occurred_at < until``.
+    """
+
+    actor: str | None = None  # the user or key: "user:alice", "api_key:ehr", "cli"
+    patient_id: str | None = None
+    event: str | None = None
+    action: str | None = None  # FHIR AuditEvent.action: C, R, U, D or E
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        """``query`` (over :class:`AuditEvent`) restricted to the matching events."""
+        for column, value in (
+            (AuditEvent.actor, self.actor),
+            (AuditEvent.patient_id, self.patient_id),
+            (AuditEvent.action, self.action),
+            (AuditEvent.outcome, self.outcome),
+        ):
+            if value:
+                query = query.where(column == value)
+        if self.event and self.event.endswith("*"):
+            query = query.where(AuditEvent.event.startswith(self.event[:-1], autoescape=True))
+        elif self.event:
+            query = query.where(AuditEvent.event == self.event)
+        if self.since is not None:
+            query = query.where(AuditEvent.occurred_at >= self.since)
+        if self.until is not None:
+            query = query.where(AuditEvent.occurred_at < self.until)
+        return query
+
+    def describe(self) -> dict[str, str]:
+        """The filters in use, for the audit event that records the read itself."""
+        return {
+            k: v.isoformat() if isinstance(v, datetime) else v
+            for k, v in vars(self).items()
+            if v is not None and v != ""
+        }
 
 
 @dataclass(frozen=True)
