@@ -1,4 +1,4 @@
-"""Quarantine raw items encrypted at rest: ``quarantine.raw`` becomes ``raw_enc`` + ``key_id``
+"""Quarantine raw items encrypted at rest; source versions of patients, stays, observations
 
 Revision ID: 0006
 Revises: 0005
@@ -9,6 +9,10 @@ identifiers (an HL7 PID segment, a FHIR Patient, a CSV row with a name or an MRN
 is encrypted like ``patients.identifiers_enc`` (HIPAA 164.312(a)(2)(iv)): AES-256-GCM
 with the key id beside the ciphertext, the associated data binding it to its row
 (``quarantine:<run_id>:<location>``), the payload ``{"raw": <text>}``.
+
+``source_version`` (nullable) on patients, encounters and observations holds the sortable
+version of the source record (FHIR ``meta.versionId``/``lastUpdated``, an HL7 ADT's
+MSH-7), so that a newer version replaces the stored row and an older one does not.
 
 Existing rows are encrypted in place, in batches, with the field cipher handed to
 :func:`vitalcast.db.session.upgrade_database` (or, failing that, the one of the
@@ -30,6 +34,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _BATCH = 1000
+_VERSIONED = ("patients", "encounters", "observations")
 
 
 def _context(run_id: int | None, location: str) -> str:
@@ -95,9 +100,15 @@ def upgrade() -> None:
             last = rows[-1][0]
     with op.batch_alter_table("quarantine", schema=None) as batch_op:
         batch_op.drop_column("raw")
+    for table in _VERSIONED:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(sa.Column("source_version", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    for table in _VERSIONED:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column("source_version")
     bind = op.get_bind()
     q = _table()
     todo = bind.scalar(sa.select(sa.func.count()).select_from(q).where(q.c.raw_enc.is_not(None)))
