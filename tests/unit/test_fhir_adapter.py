@@ -72,7 +72,9 @@ def test_bp_panel_components_and_urn_uuid_subject() -> None:
         "Patient/p1",
     )
     assert sbp.source_ref == "b.json#Bundle.entry[1].resource(Observation/o1).component[0]"
-    assert sbp.identity == "Observation/o1|2|component[0]"
+    # The identity spans versions (a new version replaces the row); the version is apart.
+    assert sbp.identity == "Observation/o1|component[0]"
+    assert sbp.version == "|00000000000000000002"
     assert sbp.effective_at.isoformat() == "2024-05-01T08:00:00+00:00"
     (absent,) = unit.batch.rejected
     assert absent.reason_code == "data_absent"

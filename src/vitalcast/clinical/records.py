@@ -39,6 +39,10 @@ class PatientRecord:
     phone: str | None = None
     email: str | None = None
     source_ref: str = ""
+    # Sortable version of the source's record (FHIR meta, HL7 MSH-7 of an ADT); a newer
+    # version replaces the stored one, an equal or older one changes nothing. None: the
+    # source does not version (the first stored record stays).
+    version: str | None = None
 
     def identifiers(self) -> dict[str, str]:
         """The direct identifiers present, as strings (the encrypted payload)."""
@@ -69,6 +73,10 @@ class EncounterRecord:
     weight_kg: float | None = None
     attributes: dict[str, Any] | None = None  # tabular facts without a LOINC code
     source_ref: str = ""
+    version: str | None = None  # as PatientRecord.version
+    # False when admitted_at is a stand-in (an HL7 A03/A08 without PV1-44 uses the event
+    # time): an update then keeps the stored admission time.
+    admission_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +92,8 @@ class ObservationRecord:
     encounter_ref: str | None = None
     device_id: str | None = None
     source_ref: str = ""
-    identity: str | None = None  # stable source identity (FHIR id + version); else content
+    identity: str | None = None  # stable source identity (FHIR Type/id + slot); else content
+    version: str | None = None  # as PatientRecord.version (same identity, newer version)
 
     def dedup_key(self, source: str) -> uuid.UUID:
         """Key that makes re-ingesting the same measurement a no-op.

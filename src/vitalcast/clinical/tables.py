@@ -37,6 +37,7 @@ class Patient(Base):
     public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
     source: Mapped[str] = mapped_column(String(32))
     source_ref: Mapped[str] = mapped_column(String(200))
+    source_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     sex: Mapped[str] = mapped_column(String(8), default="unknown")
     identifiers_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -59,6 +60,7 @@ class Encounter(Base):
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
     source: Mapped[str] = mapped_column(String(32))
     source_ref: Mapped[str] = mapped_column(String(200))
+    source_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     kind: Mapped[str] = mapped_column(String(16), default="icu")
     unit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     admission_source: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -108,6 +110,7 @@ class Observation(Base):
     source_ref: Mapped[str] = mapped_column(String(300), default="")
     device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     dedup_key: Mapped[uuid.UUID] = mapped_column(Uuid)
+    source_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Condition(Base):

@@ -21,8 +21,12 @@ def upgrade(ctx: click.Context) -> None:
     from vitalcast.cli import get_settings
 
     settings = get_settings(ctx)
+    from vitalcast.security.crypto import cipher_from_settings
+
+    # Revision 0007 encrypts existing quarantined raw items with the field key.
+    keys = settings.field_key is not None and settings.hmac_key is not None
     engine = create_db_engine(settings.resolved_database_url)
-    upgrade_database(engine)
+    upgrade_database(engine, cipher=cipher_from_settings(settings) if keys else None)
     engine.dispose()
     click.echo(f"database schema is up to date ({engine.dialect.name})")
 

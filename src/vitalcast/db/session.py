@@ -76,8 +76,22 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def upgrade_database(engine: Engine, revision: str = "head") -> None:
-    """Run Alembic migrations up to ``revision`` on this engine."""
+def upgrade_database(engine: Engine, revision: str = "head", *, cipher: Any = None) -> None:
+    """Run Alembic migrations up to ``revision`` on this engine.
+
+    ``cipher`` (a :class:`~vitalcast.security.crypto.FieldCipher`) is handed to revisions
+    that encrypt existing data (0007, the quarantine's raw items); without it they use the
+    configured settings' keys, and stop with a message if there are none.
+    """
+    _alembic(engine, revision, cipher, "upgrade")
+
+
+def downgrade_database(engine: Engine, revision: str, *, cipher: Any = None) -> None:
+    """Run Alembic migrations down to ``revision`` on this engine (tests, recovery)."""
+    _alembic(engine, revision, cipher, "downgrade")
+
+
+def _alembic(engine: Engine, revision: str, cipher: Any, direction: str) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -85,4 +99,5 @@ def upgrade_database(engine: Engine, revision: str = "head") -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        cfg.attributes["field_cipher"] = cipher
+        getattr(command, direction)(cfg, revision)

@@ -8,8 +8,13 @@ same reading while a file is loaded). Other backends (the embedded SQLite demo) 
 ``INSERT ... ON CONFLICT DO NOTHING`` per row. Both run inside the caller's transaction.
 
 Each row is ``(patient_id, encounter_id, code, value, value_text, unit, effective_at,
-source_ref, device_id, dedup_key)`` with ``effective_at`` naive UTC, as stored by
-:class:`vitalcast.db.base.UTCDateTime`.
+source_ref, device_id, dedup_key, source_version)`` with ``effective_at`` naive UTC, as
+stored by :class:`vitalcast.db.base.UTCDateTime`.
+
+Versioned rows (a FHIR Observation's ``meta``): the dedup key names the resource, not
+its version, so a newer version *replaces* the stored row (``ON CONFLICT ... DO UPDATE
+... WHERE`` the incoming version is greater), while the same or an older version changes
+nothing. Unversioned rows never update (their version is NULL).
 """
 
 from __future__ import annotations
@@ -23,7 +28,17 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 Row = tuple[
-    int, int | None, str, float | None, str | None, str | None, datetime, str, str | None, uuid.UUID
+    int,
+    int | None,
+    str,
+    float | None,
+    str | None,
+    str | None,
+    datetime,
+    str,
+    str | None,
+    uuid.UUID,
+    str | None,
 ]
 COLUMNS = (
     "patient_id",
@@ -36,9 +51,17 @@ COLUMNS = (
     "source_ref",
     "device_id",
     "dedup_key",
+    "source_version",
 )
 _STAGE = "vc_observation_stage"
 _COLS = ", ".join(COLUMNS)
+_UPSERT = (
+    " ON CONFLICT (patient_id, dedup_key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("patient_id", "dedup_key"))
+    + ", received_at = excluded.received_at"
+    " WHERE excluded.source_version IS NOT NULL AND (observations.source_version IS NULL"
+    " OR excluded.source_version > observations.source_version)"
+)
 # SQLAlchemy's SQLite DateTime storage format: text compares in time order only when
 # every row uses exactly this form (microseconds included).
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -46,18 +69,33 @@ _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 def insert_observations(
     session: Session, rows: list[Row], *, source: str, received_at: datetime
-) -> Counter[int | None]:
-    """Insert rows whose dedup key is new; returns the stored count per encounter id."""
+) -> tuple[Counter[int | None], int]:
+    """Insert rows whose dedup key is new, replace older versions.
+
+    Returns the rows written (inserted or replaced) per encounter id, and how many of
+    them replaced an older version.
+    """
     if not rows:
-        return Counter()
+        return Counter(), 0
+    rows = _latest(rows)
     if session.get_bind().dialect.name == "postgresql":
         return _insert_postgresql(session, rows, source=source, received_at=received_at)
     return _insert_generic(session, rows, source=source, received_at=received_at)
 
 
+def _latest(rows: list[Row]) -> list[Row]:
+    """One row per dedup key (the highest version): an upsert may touch a row only once."""
+    best: dict[tuple[int, uuid.UUID], Row] = {}
+    for row in rows:
+        have = best.get((row[0], row[9]))
+        if have is None or (row[10] is not None and (have[10] is None or row[10] > have[10])):
+            best[(row[0], row[9])] = row
+    return rows if len(best) == len(rows) else list(best.values())
+
+
 def _insert_postgresql(
     session: Session, rows: list[Row], *, source: str, received_at: datetime
-) -> Counter[int | None]:
+) -> tuple[Counter[int | None], int]:
     conn = session.connection()
     # ON COMMIT DROP: the table lives for this transaction only; a second batch in the same
     # transaction reuses it (emptied below), and a rollback removes it with everything else.
@@ -66,8 +104,8 @@ def _insert_postgresql(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ("
             "patient_id integer, encounter_id integer, code varchar(32), value float8,"
             " value_text varchar(200), unit varchar(16), effective_at timestamp,"
-            " source_ref varchar(300), device_id varchar(64), dedup_key uuid"
-            ") ON COMMIT DROP"
+            " source_ref varchar(300), device_id varchar(64), dedup_key uuid,"
+            " source_version varchar(64)) ON COMMIT DROP"
         )
     )
     dbapi: Any = conn.connection.driver_connection
@@ -75,41 +113,64 @@ def _insert_postgresql(
         with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+        # xmax is 0 on a freshly inserted row, the updating transaction's id otherwise.
         cur.execute(
             f"WITH ins AS (INSERT INTO observations ({_COLS}, source, received_at)"
-            f" SELECT {_COLS}, %s, %s FROM {_STAGE}"
-            " ON CONFLICT (patient_id, dedup_key) DO NOTHING RETURNING encounter_id)"
-            " SELECT encounter_id, count(*) FROM ins GROUP BY encounter_id",
+            f" SELECT {_COLS}, %s, %s FROM {_STAGE}{_UPSERT}"
+            " RETURNING encounter_id, xmax = 0 AS inserted)"
+            " SELECT encounter_id, count(*), count(*) FILTER (WHERE NOT inserted)"
+            " FROM ins GROUP BY encounter_id",
             (source, received_at.replace(tzinfo=None)),
         )
-        stored: Counter[int | None] = Counter(dict(cur.fetchall()))
+        stored: Counter[int | None] = Counter()
+        updated = 0
+        for encounter_id, n, replaced in cur.fetchall():
+            stored[encounter_id] = n
+            updated += replaced
         cur.execute(f"TRUNCATE {_STAGE}")
-    return stored
+    return stored, updated
 
 
 def _insert_generic(
     session: Session, rows: list[Row], *, source: str, received_at: datetime
-) -> Counter[int | None]:
+) -> tuple[Counter[int | None], int]:
     conn = session.connection()
     dbapi: Any = conn.connection.driver_connection
     placeholders = ", ".join("?" for _ in range(len(COLUMNS) + 2))
     sql = (
-        f"INSERT INTO observations ({_COLS}, source, received_at) VALUES ({placeholders})"
-        " ON CONFLICT (patient_id, dedup_key) DO NOTHING"
+        f"INSERT INTO observations ({_COLS}, source, received_at) VALUES ({placeholders})" + _UPSERT
     )
     stored: Counter[int | None] = Counter()
+    updated = 0
     at = received_at.strftime(_SQLITE_TIME)
     cur = dbapi.cursor()
     try:
         # One statement per row keeps the per-encounter count exact (rowcount is 0 on a
-        # conflict); SQLite runs this in-process, so a round trip costs microseconds.
+        # conflict left alone); SQLite runs this in-process, so a round trip costs
+        # microseconds. A versioned row is looked up first to tell a replacement apart.
         for row in rows:
+            existed = row[10] is not None and (
+                cur.execute(
+                    "SELECT 1 FROM observations WHERE patient_id = ? AND dedup_key = ?",
+                    (row[0], row[9].hex),
+                ).fetchone()
+                is not None
+            )
             cur.execute(
                 sql,
-                (*row[:6], row[6].strftime(_SQLITE_TIME), *row[7:9], row[9].hex, source, at),
+                (
+                    *row[:6],
+                    row[6].strftime(_SQLITE_TIME),
+                    *row[7:9],
+                    row[9].hex,
+                    row[10],
+                    source,
+                    at,
+                ),
             )
             if cur.rowcount == 1:
                 stored[row[1]] += 1
+                updated += existed
     finally:
         cur.close()
-    return stored
+    return stored, updated

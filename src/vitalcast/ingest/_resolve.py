@@ -171,8 +171,14 @@ def store_patients(
     fresh: list[tuple[PatientRecord, str | None]] = []
     pending: set[str] = set()
     by_mrn: dict[str, str] = {}  # mrn hash -> ref of a new patient in this batch
+    newer: dict[str, PatientRecord] = {}  # known ref -> its latest version in this batch
     for rec in records:
         if rec.ref in resolver.patients or rec.ref in pending:
+            if rec.ref in resolver.patients and _newer(rec.version, newer.get(rec.ref)):
+                if rec.ref in newer:
+                    counts.duplicates += 1  # superseded within the batch
+                newer[rec.ref] = rec
+                continue
             counts.duplicates += 1
             continue
         mrn_hmac = cipher.mrn_hash(rec.mrn) if rec.mrn else None
@@ -209,6 +215,62 @@ def store_patients(
             resolver.patients[rec.ref] = resolver.patients[by_mrn[cipher.mrn_hash(rec.mrn)]]
         if rec.birth_date is not None:
             resolver.births[resolver.patients[rec.ref]] = rec.birth_date
+    if newer:
+        _update_patients(session, newer, resolver, report)
+
+
+def _newer(version: str | None, than: Any) -> bool:
+    """Whether ``version`` is set and later than ``than`` (a record, a text or None)."""
+    other = getattr(than, "version", than)
+    return version is not None and (other is None or version > other)
+
+
+def _update_patients(
+    session: Session, records: dict[str, PatientRecord], resolver: Resolver, report: IngestReport
+) -> None:
+    """Replace stored patients by the newer versions in ``records`` (ref -> record).
+
+    An equal or older version changes nothing (a duplicate), so re-ingesting a message
+    or resource, or receiving an old one late, never overwrites newer data.
+    """
+    counts = report.count("patient")
+    ids = {resolver.patients[ref]: rec for ref, rec in records.items()}
+    stored = {
+        pid: (public_id, version)
+        for pid, public_id, version in session.execute(
+            select(Patient.id, Patient.public_id, Patient.source_version).where(Patient.id.in_(ids))
+        )
+    }
+    changes: list[dict[str, Any]] = []
+    for pid, rec in ids.items():
+        public_id, version = stored[pid]
+        if not _newer(rec.version, version):
+            counts.duplicates += 1
+            continue
+        identifiers = rec.identifiers()
+        blob, key_id = (
+            resolver.cipher.encrypt(identifiers, context=f"patient:{public_id}")
+            if identifiers
+            else (None, None)
+        )
+        changes.append(
+            {
+                "id": pid,
+                "sex": rec.sex,
+                "identifiers_enc": blob,
+                "key_id": key_id,
+                "mrn_hmac": resolver.cipher.mrn_hash(rec.mrn) if rec.mrn else None,
+                "source_version": rec.version,
+            }
+        )
+        if rec.birth_date is not None:
+            resolver.births[pid] = rec.birth_date
+        else:
+            resolver.births.pop(pid, None)
+    if changes:
+        session.execute(update(Patient), changes)
+        counts.stored += len(changes)
+        report.updated["patient"] += len(changes)
 
 
 def _patient_row(
@@ -223,6 +285,7 @@ def _patient_row(
         "public_id": public_id,
         "source": source,
         "source_ref": rec.ref,
+        "source_version": rec.version,
         "sex": rec.sex,
         "identifiers_enc": blob,
         "key_id": key_id,
@@ -247,9 +310,23 @@ def store_encounters(
     resolver.load_patients(r.patient_ref for r in records)
     new: dict[str, dict[str, Any]] = {}
     completions: dict[int, Any] = {}
+    versions = _stored_versions(session, records, resolver)  # encounter id -> version
+    updates: dict[int, EncounterRecord] = {}
     for rec in records:
         where = rec.source_ref or rec.ref
         known = resolver.encounters.get(rec.ref)
+        if known is not None and _newer(rec.version, versions.get(known[0])):
+            try:
+                check_encounter(rec, now=now, born_on=resolver.births.get(known[1]))
+            except Invalid as exc:
+                reject("encounter", where, exc.code, str(exc), rec, patient_id=known[1])
+                continue
+            counts.received += 1
+            if known[0] in updates:
+                counts.duplicates += 1  # superseded by a newer version in this batch
+            updates[known[0]] = rec
+            versions[known[0]] = rec.version
+            continue
         if known is not None or rec.ref in new:
             counts.received += 1
             counts.duplicates += 1
@@ -291,6 +368,7 @@ def store_encounters(
             "height_cm": rec.height_cm,
             "weight_kg": rec.weight_kg,
             "attributes": rec.attributes,
+            "source_version": rec.version,
         }
     rows = list(new.values())
     insert_rows(session, Encounter, rows)
@@ -302,3 +380,48 @@ def store_encounters(
             update(Encounter),
             [{"id": eid, "discharged_at": at} for eid, at in completions.items()],
         )
+    if updates:
+        session.execute(update(Encounter), [_encounter_change(i, r) for i, r in updates.items()])
+        counts.stored += len(updates)
+        report.updated["encounter"] += len(updates)
+
+
+def _stored_versions(
+    session: Session, records: Sequence[EncounterRecord], resolver: Resolver
+) -> dict[int, str | None]:
+    """Stored versions of the known encounters that versioned records refer to."""
+    ids = sorted(
+        {
+            known[0]
+            for r in records
+            if r.version is not None and (known := resolver.encounters.get(r.ref)) is not None
+        }
+    )
+    found: dict[int, str | None] = {}
+    for chunk in chunks(ids):
+        rows = session.execute(
+            select(Encounter.id, Encounter.source_version).where(Encounter.id.in_(chunk))
+        )
+        found.update({eid: version for eid, version in rows})
+    return found
+
+
+def _encounter_change(encounter_id: int, rec: EncounterRecord) -> dict[str, Any]:
+    """The columns a newer version replaces; what it leaves out (None) is kept."""
+    change: dict[str, Any] = {
+        "id": encounter_id,
+        "kind": rec.kind,
+        "source_version": rec.version,
+    }
+    optional = {
+        "admitted_at": rec.admitted_at if rec.admission_known else None,
+        "discharged_at": rec.discharged_at,
+        "unit": rec.unit,
+        "admission_source": rec.admission_source,
+        "age_years": rec.age_years,
+        "height_cm": rec.height_cm,
+        "weight_kg": rec.weight_kg,
+        "attributes": rec.attributes,
+    }
+    change.update({k: v for k, v in optional.items() if v is not None})
+    return change

@@ -19,6 +19,7 @@ import click
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.errors import ConfigError
+from vitalcast.security import audit
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,12 @@ def ingest_fhir(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> N
     _settings, factory, cipher = _context(ctx)
     location = ", ".join(p.name for p in paths)[:500]
     result = ingest_units(
-        factory, iter_units(list(paths)), source=SOURCE, location=location, cipher=cipher
+        factory,
+        iter_units(list(paths)),
+        source=SOURCE,
+        location=location,
+        cipher=cipher,
+        agent=audit.CLI,
     )
     _finish(result, as_json)
 
@@ -89,7 +95,9 @@ def ingest_hl7(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> No
         list(paths), pseudonym=cipher.mrn_hash, tz=_timezone(settings.hl7_timezone)
     )
     location = ", ".join(p.name for p in paths)[:500]
-    result = ingest_units(factory, units, source=SOURCE, location=location, cipher=cipher)
+    result = ingest_units(
+        factory, units, source=SOURCE, location=location, cipher=cipher, agent=audit.CLI
+    )
     _finish(result, as_json)
 
 

@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session
 
 from vitalcast.errors import IngestError
 from vitalcast.ingest.report import IngestReport
-from vitalcast.ingest.service import store_batch
+from vitalcast.ingest.service import audit_ingest, store_batch
 from vitalcast.ingest.sources import physionet
+from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def ingest_physionet2012(
     cipher: FieldCipher,
     now: datetime | None = None,
     records_per_batch: int = 500,
+    agent: audit.Agent = audit.SYSTEM,
 ) -> IngestReport:
     """Store a PhysioNet 2012 set (folder or .tar.gz) and, optionally, its Outcomes file.
 
@@ -61,11 +63,15 @@ def ingest_physionet2012(
                 location=f"{location} [batch {n + 1}]",
                 cipher=cipher,
                 now=now,
+                audited=False,
             )
             report.merge(part)
             report.run_id = report.run_id or part.run_id
     except physionet.PhysionetFormatError as exc:
         raise IngestError(str(exc)) from None
+    # One event for the whole set, at the end: the audit chain's lock is then held only
+    # until the caller's commit, not through the minute-long load.
+    audit_ingest(session, report, agent)
     return report
 
 
@@ -93,6 +99,7 @@ def ingest_csv(
     profile: str,
     cipher: FieldCipher,
     now: datetime | None = None,
+    agent: audit.Agent = audit.SYSTEM,
 ) -> IngestReport:
     """Store a CSV file (plain or compressed) mapped by a profile.
 
@@ -108,7 +115,13 @@ def ingest_csv(
     rows = read_csv_rows(path, mapping)
     batch = csv_source.parse_rows(rows, mapping, name=path.name)
     return store_batch(
-        session, batch, source=mapping.source, location=path.name, cipher=cipher, now=now
+        session,
+        batch,
+        source=mapping.source,
+        location=path.name,
+        cipher=cipher,
+        now=now,
+        agent=agent,
     )
 
 
@@ -146,7 +159,12 @@ def read_csv_rows(path: Path, profile: Any) -> list[dict[str, str | None]]:
 
 
 def ingest_mimic_iv(
-    session: Session, folder: Path, *, cipher: FieldCipher, now: datetime | None = None
+    session: Session,
+    folder: Path,
+    *,
+    cipher: FieldCipher,
+    now: datetime | None = None,
+    agent: audit.Agent = audit.SYSTEM,
 ) -> IngestReport:
     """Store a MIMIC-IV export folder (hosp/, icu/).
 
@@ -161,7 +179,13 @@ def ingest_mimic_iv(
         raise IngestError(str(exc)) from None
     batch = mimic.parse_export(tables)
     return store_batch(
-        session, batch, source=mimic.SOURCE, location=folder.name, cipher=cipher, now=now
+        session,
+        batch,
+        source=mimic.SOURCE,
+        location=folder.name,
+        cipher=cipher,
+        now=now,
+        agent=agent,
     )
 
 
@@ -172,6 +196,7 @@ def ingest_dicom(
     cipher: FieldCipher,
     assume_tz: tzinfo = UTC,
     now: datetime | None = None,
+    agent: audit.Agent = audit.SYSTEM,
 ) -> IngestReport:
     """Store the studies of DICOM files/folders, attached to patients by MRN hash.
 
@@ -210,4 +235,5 @@ def ingest_dicom(
         cipher=cipher,
         now=now,
         known_patients=known,
+        agent=agent,
     )

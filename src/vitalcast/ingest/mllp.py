@@ -30,6 +30,7 @@ from vitalcast.ingest.sources.hl7v2 import (
     parse_message,
 )
 from vitalcast.ingest.units import store_unit
+from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,13 @@ class MessageHandler:
             )
         try:
             with session_scope(self.factory) as session:
-                report = store_unit(session, message.unit, source=SOURCE, cipher=self.cipher)
+                report = store_unit(
+                    session,
+                    message.unit,
+                    source=SOURCE,
+                    cipher=self.cipher,
+                    agent=audit.Agent("hl7-listener", client_addr=peer.rsplit(":", 1)[0]),
+                )
         except Exception as exc:
             # Nothing was committed; AE tells the sender to resend (e.g. database down).
             if isinstance(exc, SQLAlchemyError):

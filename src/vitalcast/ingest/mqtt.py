@@ -42,6 +42,7 @@ from vitalcast.ingest.sources.device_payload import (
     compact_record,
     fhir_observation_batch,
 )
+from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
 logger = logging.getLogger(__name__)
@@ -255,7 +256,14 @@ class DeviceStreamConsumer:
         with session_scope(self.factory) as session:
             attached = attach_devices(session, batch)
             where = f"mqtt {self.config.client_id} batch of {len(msgs)}"
-            return store_batch(session, attached, source=SOURCE, location=where, cipher=self.cipher)
+            return store_batch(
+                session,
+                attached,
+                source=SOURCE,
+                location=where,
+                cipher=self.cipher,
+                agent=audit.Agent(f"mqtt:{self.config.client_id}"),
+            )
 
     def _store_and_ack(self, msgs: list[mqtt.MQTTMessage], stop: threading.Event) -> None:
         for attempt in range(len(_RETRY_S) + 1):

@@ -37,6 +37,9 @@ class IngestReport:
     # canonical table: "not_modelled:Claim"); counted so that every input item is
     # accounted for, but outside received/stored/duplicates/quarantined.
     skipped: Counter[str] = field(default_factory=Counter)
+    # Items that replaced a stored record with a newer version of it (FHIR meta, an HL7
+    # ADT^A08/A03), per kind; they are also counted as stored (they were written).
+    updated: Counter[str] = field(default_factory=Counter)
 
     def count(self, kind: str) -> KindCounts:
         return self.kinds.setdefault(kind, KindCounts())
@@ -85,6 +88,7 @@ class IngestReport:
         self.rejects.extend(other.rejects[: max(room, 0)])
         self.touched_encounters |= other.touched_encounters
         self.skipped.update(other.skipped)
+        self.updated.update(other.updated)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +102,7 @@ class IngestReport:
             "by_kind": {k: vars(v) for k, v in sorted(self.kinds.items())},
             "reasons": dict(self.reasons.most_common()),
             "skipped": dict(self.skipped.most_common()),
+            "updated": dict(self.updated.most_common()),
             "rejects": self.rejects,
         }
 
@@ -114,6 +119,8 @@ class IngestReport:
             )
         for reason, n in self.reasons.most_common():
             lines.append(f"  quarantined {reason}: {n}")
+        for kind, n in self.updated.most_common():
+            lines.append(f"  {kind}: {n} of the stored replaced an older version")
         for reason, n in self.skipped.most_common():
             lines.append(f"  skipped {reason}: {n}")
         for item in self.rejects[:10]:

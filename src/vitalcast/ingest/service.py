@@ -39,9 +39,11 @@ from vitalcast.ingest._resolve import (
     store_encounters,
     store_patients,
 )
+from vitalcast.ingest.quarantine import encrypt_raw
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.tables import IngestRun, QuarantineItem
 from vitalcast.ingest.validate import Invalid, check_observation, check_time
+from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
 logger = logging.getLogger(__name__)
@@ -62,8 +64,16 @@ def store_batch(
     cipher: FieldCipher,
     now: datetime | None = None,
     known_patients: Mapping[str, int] | None = None,
+    agent: audit.Agent = audit.SYSTEM,
+    audited: bool = True,
 ) -> IngestReport:
     """Store ``batch`` (not committing) and return its report.
+
+    The batch is audited (``ingest.batch``: source, run id and counts, never an
+    identifier or a file name) in the same transaction, as the last write, so the audit
+    chain's lock is held only from there to the caller's commit. A caller that stores
+    several batches in one transaction passes ``audited=False`` and calls
+    :func:`audit_ingest` once with the merged report at the end.
 
     Args:
         session: the unit of work; the caller commits or rolls back.
@@ -73,6 +83,8 @@ def store_batch(
         now: the reference time for "future" checks (tests pin it).
         known_patients: patient refs the caller already resolved to ids (e.g. DICOM
             studies matched by MRN hash to a patient of another source).
+        agent: who ingests (the CLI, a listener, an API caller), for the audit trail.
+        audited: write the ``ingest.batch`` event (see above).
     """
     now = (now or utcnow()).astimezone(UTC)
     report = IngestReport(source=source, location=location)
@@ -88,14 +100,18 @@ def store_batch(
         kind: str, where: str, reason_code: str, reason: str, raw: Any, **extra: Any
     ) -> None:
         report.reject(kind, where, reason_code, reason)
+        location = where[:500]
+        text = raw if isinstance(raw, str) or raw is None else _raw_json(raw)
+        blob, key_id = (None, None) if text is None else encrypt_raw(cipher, text, run.id, location)
         quarantine.append(
             {
                 "run_id": run.id,
                 "source": source,
-                "location": where[:500],
+                "location": location,
                 "reason_code": reason_code[:64],
                 "reason": reason[:500],
-                "raw": raw if isinstance(raw, str) or raw is None else _raw_json(raw),
+                "raw_enc": blob,
+                "key_id": key_id,
                 "patient_id": extra.get("patient_id"),
                 "code": (extra.get("code") or None) and str(extra["code"])[:32],
                 "effective_at": extra.get("effective_at"),
@@ -118,6 +134,8 @@ def store_batch(
     run.duplicates, run.quarantined = report.duplicates, report.quarantined
     run.report = {k: vars(v) for k, v in report.kinds.items()} | {"reasons": dict(report.reasons)}
     session.flush()
+    if audited:
+        audit_ingest(session, report, agent)
     logger.info(
         "ingest run stored",
         extra={
@@ -130,6 +148,27 @@ def store_batch(
         },
     )
     return report
+
+
+def audit_ingest(session: Session, report: IngestReport, agent: audit.Agent) -> None:
+    """Write the ``ingest.batch`` audit event of a stored report (counts, no identifiers)."""
+    audit.record(
+        session,
+        agent.event(
+            "ingest.batch",
+            "C",
+            resource=f"IngestRun/{report.run_id}",
+            details={
+                "source": report.source,
+                "run_id": report.run_id,
+                "received": report.received,
+                "stored": report.stored,
+                "duplicates": report.duplicates,
+                "quarantined": report.quarantined,
+                "reasons": dict(report.reasons),
+            },
+        ),
+    )
 
 
 def _raw_json(obj: Any) -> str:
@@ -210,13 +249,16 @@ def _store_observations(
                 clean.source_ref[:300],
                 clean.device_id,
                 clean.dedup_key(source),
+                rec.version,
             )
         )
     counts.received += len(rows)
-    stored = insert_observations(session, rows, source=source, received_at=now)
+    stored, replaced = insert_observations(session, rows, source=source, received_at=now)
     n_stored = sum(stored.values())
     counts.stored += n_stored
     counts.duplicates += len(rows) - n_stored
+    if replaced:
+        report.updated["observation"] += replaced
     report.touched_encounters.update(eid for eid in stored if eid is not None)
 
 

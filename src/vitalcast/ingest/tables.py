@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from vitalcast.db.base import Base, UTCDateTime, utcnow
@@ -30,7 +30,12 @@ class IngestRun(Base):
 
 
 class QuarantineItem(Base):
-    """An input item that was not stored. The raw payload is kept for review."""
+    """An input item that was not stored. The raw payload is kept for review.
+
+    The raw item may hold direct identifiers (a PID segment, a FHIR Patient, a CSV row
+    with a name), so it is stored like ``Patient.identifiers_enc``: AES-GCM under
+    ``key_id``, bound to :func:`raw_context` of the row (see :mod:`.quarantine`).
+    """
 
     __tablename__ = "quarantine"
 
@@ -40,8 +45,14 @@ class QuarantineItem(Base):
     location: Mapped[str] = mapped_column(String(500))
     reason_code: Mapped[str] = mapped_column(String(64), index=True)
     reason: Mapped[str] = mapped_column(String(500))
-    raw: Mapped[str | None] = mapped_column(Text, nullable=True)
+    raw_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True)
     code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def raw_context(run_id: int | None, location: str) -> str:
+    """Associated data of a quarantined raw item's ciphertext (binds it to its row)."""
+    return f"quarantine:{run_id if run_id is not None else ''}:{location}"

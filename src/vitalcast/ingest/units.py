@@ -20,6 +20,7 @@ from vitalcast.db.session import session_scope
 from vitalcast.errors import IngestError
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.service import store_batch
+from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
 logger = logging.getLogger(__name__)
@@ -58,10 +59,17 @@ def store_unit(
     source: str,
     cipher: FieldCipher,
     now: datetime | None = None,
+    agent: audit.Agent = audit.SYSTEM,
 ) -> IngestReport:
     """Store one parsed unit in ``session`` (the caller commits) and count its skips."""
     report = store_batch(
-        session, unit.batch, source=source, location=unit.name, cipher=cipher, now=now
+        session,
+        unit.batch,
+        source=source,
+        location=unit.name,
+        cipher=cipher,
+        now=now,
+        agent=agent,
     )
     report.skipped.update(unit.skipped)
     return report
@@ -75,6 +83,7 @@ def ingest_units(
     location: str,
     cipher: FieldCipher,
     now: datetime | None = None,
+    agent: audit.Agent = audit.SYSTEM,
 ) -> RunResult:
     """Parse and store each unit in its own transaction; unreadable units are listed.
 
@@ -90,7 +99,7 @@ def ingest_units(
             logger.warning("ingest unit unreadable", extra={"source": source, "unit": name})
             continue
         with session_scope(factory) as session:
-            report = store_unit(session, unit, source=source, cipher=cipher, now=now)
+            report = store_unit(session, unit, source=source, cipher=cipher, now=now, agent=agent)
         result.report.merge(report)
         result.units += 1
     return result

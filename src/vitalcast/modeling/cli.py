@@ -46,6 +46,34 @@ def _session(ctx: click.Context) -> Iterator[Session]:
         engine.dispose()
 
 
+@contextmanager
+def _audited_failure(
+    ctx: click.Context, event: str, resource: str, details: dict[str, Any]
+) -> Iterator[None]:
+    """Audit a refused model change: its own transaction rolled back with the change."""
+    from vitalcast.errors import VitalcastError
+    from vitalcast.security import audit
+
+    try:
+        yield
+    except VitalcastError as exc:
+        try:
+            with _session(ctx) as session:
+                audit.record(
+                    session,
+                    audit.CLI.event(
+                        event,
+                        "U",
+                        outcome="failure",
+                        resource=resource,
+                        details=details | {"error": str(exc)[:300]},
+                    ),
+                )
+        except VitalcastError:
+            pass  # no database to audit into: that is the error the user sees
+        raise exc from None
+
+
 def _registry(ctx: click.Context, registry: Path | None) -> Path:
     return registry or Path(_settings(ctx).resolved_registry_dir)
 
@@ -147,6 +175,7 @@ def train(
     """Train, validate, calibrate and register a model for a task."""
     from vitalcast.modeling.service import train_and_register
     from vitalcast.modeling.train import DEFAULT_SEED, FAST_BUDGET, SEARCH_BUDGET
+    from vitalcast.security import audit
 
     with _session(ctx) as session:
         out = train_and_register(
@@ -158,6 +187,7 @@ def train(
             task_file=task_file,
             seed=DEFAULT_SEED if seed is None else seed,
             budget=FAST_BUDGET if budget == "fast" else SEARCH_BUDGET,
+            agent=audit.CLI,
         )
     if as_json:
         _print_json(
@@ -280,9 +310,13 @@ def models_show(ctx: click.Context, version: str, task_name: str | None) -> None
 def models_promote(ctx: click.Context, version: str, alias: str) -> None:
     """Make VERSION the task's champion (or challenger)."""
     from vitalcast.modeling.service import load_registered, promote
+    from vitalcast.security import audit
 
-    with _session(ctx) as session:
-        row = promote(session, version=version, alias=alias)
+    with (
+        _audited_failure(ctx, "model.promoted", f"model/{version}", {"alias": alias}),
+        _session(ctx) as session,
+    ):
+        row = promote(session, version=version, alias=alias, agent=audit.CLI)
         load_registered(session, row)  # refuse to promote an artifact that would not load
     click.echo(f"{version} is now {alias} of {row.task}")
 
@@ -293,9 +327,13 @@ def models_promote(ctx: click.Context, version: str, alias: str) -> None:
 def models_rollback(ctx: click.Context, task_name: str) -> None:
     """Make the previous champion of a task champion again."""
     from vitalcast.modeling.service import load_registered, rollback
+    from vitalcast.security import audit
 
-    with _session(ctx) as session:
-        row = rollback(session, task=task_name)
+    with (
+        _audited_failure(ctx, "model.rolled_back", f"task/{task_name}", {"task": task_name}),
+        _session(ctx) as session,
+    ):
+        row = rollback(session, task=task_name, agent=audit.CLI)
         load_registered(session, row)
     click.echo(f"{row.version} is champion of {task_name} again")
 

@@ -32,6 +32,7 @@ from vitalcast.modeling.registry import (
 from vitalcast.modeling.tables import ModelVersion
 from vitalcast.modeling.tasks import Task, get_task
 from vitalcast.modeling.train import DEFAULT_SEED, SEARCH_BUDGET, CandidateSpec, fit_model
+from vitalcast.security import audit
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,13 @@ def train_and_register(
     budget: tuple[CandidateSpec, ...] = SEARCH_BUDGET,
     n_splits: int = 5,
     n_boot: int = 200,
+    agent: audit.Agent = audit.SYSTEM,
 ) -> TrainOutcome:
     """Train ``task`` (from files, a given dataset, or the store) and register the model.
 
     The new version becomes ``champion`` when the task has none. Without ``session`` the
-    artifact is written but no registry row (offline use).
+    artifact is written but no registry row (offline use). The registration is audited
+    as done by ``agent``.
     """
     spec = get_task(task)
     if dataset is None:
@@ -130,6 +133,7 @@ def train_and_register(
             sha256=sha,
             threshold=result.threshold,
             metrics=metrics,
+            agent=agent,
         )
     logger.info("registered %s (%s, alias %s)", version, result.candidate.name, alias)
     return TrainOutcome(
@@ -146,8 +150,13 @@ def register_version(
     sha256: str,
     threshold: float,
     metrics: dict[str, Any],
+    agent: audit.Agent = audit.SYSTEM,
 ) -> str | None:
-    """Add the registry row; make it champion when the task has none."""
+    """Add the registry row; make it champion when the task has none.
+
+    Writes a ``model.registered`` audit event in the same transaction (HIPAA 164.312(b):
+    a model change is an auditable action, whoever makes it: CLI, HTTP route or job).
+    """
     alias = None if get_champion(session, task) else "champion"
     session.add(
         ModelVersion(
@@ -162,6 +171,15 @@ def register_version(
         )
     )
     session.flush()
+    audit.record(
+        session,
+        agent.event(
+            "model.registered",
+            "C",
+            resource=f"model/{version}",
+            details={"task": task, "sha256": sha256, "alias": alias},
+        ),
+    )
     return alias
 
 
@@ -278,24 +296,63 @@ def list_versions(session: Session, task: str | None = None) -> list[ModelVersio
     return list(session.scalars(q))
 
 
-def promote(session: Session, *, version: str, alias: str = "champion") -> ModelVersion:
-    """Give ``version`` the alias; the previous holder is retired (champion) or cleared."""
+def promote(
+    session: Session,
+    *,
+    version: str,
+    alias: str = "champion",
+    agent: audit.Agent = audit.SYSTEM,
+    details: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Give ``version`` the alias; the previous holder is retired (champion) or cleared.
+
+    Writes a ``model.promoted`` audit event (with ``details`` added) in the same
+    transaction.
+    """
+    promoted = _promote(session, version=version, alias=alias)
+    _audit_alias(session, "model.promoted", promoted, agent, details)
+    return promoted[0]
+
+
+def _promote(session: Session, *, version: str, alias: str) -> tuple[ModelVersion, str | None]:
     if alias not in ALIASES:
         raise RegistryError(f"alias must be one of {', '.join(ALIASES)}")
     row = get_version_or_raise(session, version)
     current = session.scalar(
         select(ModelVersion).where(ModelVersion.task == row.task, ModelVersion.alias == alias)
     )
+    replaced = None
     if current is not None and current.id != row.id:
         current.alias = "retired" if alias == "champion" else None
+        replaced = current.version
     row.alias = alias
     row.promoted_at = utcnow()
     session.flush()
-    return row
+    return row, replaced
 
 
-def rollback(session: Session, *, task: str) -> ModelVersion:
-    """Make the previously promoted champion of ``task`` champion again."""
+def _audit_alias(
+    session: Session,
+    event: str,
+    promoted: tuple[ModelVersion, str | None],
+    agent: audit.Agent,
+    details: dict[str, Any] | None,
+) -> None:
+    row, replaced = promoted
+    audit.record(
+        session,
+        agent.event(
+            event,
+            "U",
+            resource=f"model/{row.version}",
+            details={"task": row.task, "alias": row.alias, "replaced": replaced} | (details or {}),
+        ),
+    )
+
+
+def rollback(session: Session, *, task: str, agent: audit.Agent = audit.SYSTEM) -> ModelVersion:
+    """Make the previously promoted champion of ``task`` champion again (audited as
+    ``model.rolled_back`` in the same transaction)."""
     current = get_champion(session, task)
     previous = session.scalar(
         select(ModelVersion)
@@ -308,10 +365,11 @@ def rollback(session: Session, *, task: str) -> ModelVersion:
     )
     if previous is None:
         raise RegistryError(f"{task}: no earlier champion to roll back to")
-    row = promote(session, version=previous.version)
+    promoted = _promote(session, version=previous.version, alias="champion")
     if current is not None:
         current.alias = "retired"
-    return row
+    _audit_alias(session, "model.rolled_back", promoted, agent, None)
+    return promoted[0]
 
 
 def load_registered(session: Session, row: ModelVersion) -> LoadedModel:

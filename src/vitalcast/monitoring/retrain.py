@@ -123,10 +123,13 @@ def retrain(
         budget=budget,
         n_splits=n_splits,
         n_boot=n_boot,
+        agent=audit.Agent(actor),
     )
     alias = outcome.alias
     if champion_row is not None:
-        alias = promote(session, version=outcome.version, alias="challenger").alias
+        alias = promote(
+            session, version=outcome.version, alias="challenger", agent=audit.Agent(actor)
+        ).alias
     challenger_row = get_version_or_raise(session, outcome.version)
     rows = recent & ds.rows_at(spec.primary_landmark_h)  # one row per stay
     holdout = _subset(ds, rows)
@@ -158,18 +161,14 @@ def retrain(
     )
     promoted = False
     if auto_promote and champion_row is not None and gate.passed:
-        alias = promote(session, version=outcome.version, alias="champion").alias
-        promoted = True
-        audit.record(
+        alias = promote(
             session,
-            audit.Event(
-                "model.promoted",
-                "U",
-                actor=actor,
-                resource=f"model/{outcome.version}",
-                details={"task": task, "replaced": champion_before, "by": "gate"},
-            ),
-        )
+            version=outcome.version,
+            alias="champion",
+            agent=audit.Agent(actor),
+            details={"by": "gate"},
+        ).alias
+        promoted = True
     logger.info(
         "retrained",
         extra={"task": task, "version": outcome.version, "gate": gate.passed, "promoted": promoted},

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
@@ -43,6 +43,49 @@ class Event:
     client_addr: str | None = None
     request_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Agent:
+    """Who performs an action (FHIR AuditEvent.agent), passed down to services.
+
+    Services that must audit what they do (model promotion, ingest batches, quarantine
+    reads) take an ``Agent`` rather than a bare actor string, so an HTTP caller can hand
+    over its role, client address and request id, and a CLI or job its own name.
+    """
+
+    actor: str
+    role: str | None = None
+    client_addr: str | None = None
+    request_id: str | None = None
+
+    def event(
+        self,
+        event: str,
+        action: Action,
+        *,
+        outcome: str = "success",
+        patient_id: str | None = None,
+        resource: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Event:
+        """An :class:`Event` performed by this agent."""
+        return Event(
+            event=event,
+            action=action,
+            actor=self.actor,
+            role=self.role,
+            outcome=outcome,
+            patient_id=patient_id,
+            resource=resource,
+            client_addr=self.client_addr,
+            request_id=self.request_id,
+            details=details or {},
+        )
+
+
+SYSTEM = Agent("system")
+CLI = Agent("cli")
 
 
 def _digest(prev_hash: str, occurred_at: datetime, ev: Event) -> str:
@@ -93,6 +136,55 @@ def record(session: Session, ev: Event) -> AuditEvent:
     session.add(row)
     session.flush()
     return row
+
+
+ACTIONS: dict[str, str] = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "execute"}
+OUTCOMES = ("success", "failure", "denied")
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What the admin audit view and ``vitalcast audit export`` select (all optional).
+
+    ``event`` ending in ``*`` matches a prefix (``model.*``: every model change); the time
+    range is ``since <= occurred_at < until``.
+    """
+
+    actor: str | None = None  # the user or key: "user:alice", "api_key:ehr", "cli"
+    patient_id: str | None = None
+    event: str | None = None
+    action: str | None = None  # FHIR AuditEvent.action: C, R, U, D or E
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        """``query`` (over :class:`AuditEvent`) restricted to the matching events."""
+        for column, value in (
+            (AuditEvent.actor, self.actor),
+            (AuditEvent.patient_id, self.patient_id),
+            (AuditEvent.action, self.action),
+            (AuditEvent.outcome, self.outcome),
+        ):
+            if value:
+                query = query.where(column == value)
+        if self.event and self.event.endswith("*"):
+            query = query.where(AuditEvent.event.startswith(self.event[:-1], autoescape=True))
+        elif self.event:
+            query = query.where(AuditEvent.event == self.event)
+        if self.since is not None:
+            query = query.where(AuditEvent.occurred_at >= self.since)
+        if self.until is not None:
+            query = query.where(AuditEvent.occurred_at < self.until)
+        return query
+
+    def describe(self) -> dict[str, str]:
+        """The filters in use, for the audit event that records the read itself."""
+        return {
+            k: v.isoformat() if isinstance(v, datetime) else v
+            for k, v in vars(self).items()
+            if v is not None and v != ""
+        }
 
 
 @dataclass(frozen=True)

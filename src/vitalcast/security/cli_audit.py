@@ -86,10 +86,17 @@ def event_dict(row: AuditEvent) -> dict[str, Any]:
 @audit_group.command("export")
 @click.option("--since", help="Only events at or after this time (ISO 8601).")
 @click.option("--until", help="Only events before this time (ISO 8601).")
-@click.option("--actor", help="Only this actor, e.g. user:alice or api_key:ehr.")
+@click.option("--actor", help="Only this actor (the user), e.g. user:alice or api_key:ehr.")
 @click.option("--patient", "patient_id", help="Only events about this patient id.")
-@click.option("--event", "event_name", help="Only this event type, e.g. patient.viewed.")
-@click.option("--outcome", type=click.Choice(["success", "failure", "denied"]))
+@click.option(
+    "--event", "event_name", help="Only this event type, e.g. patient.viewed, or model.* ."
+)
+@click.option(
+    "--action",
+    type=click.Choice(list(audit.ACTIONS)),
+    help="Only this FHIR action: C(reate), R(ead), U(pdate), D(elete), E(xecute).",
+)
+@click.option("--outcome", type=click.Choice(list(audit.OUTCOMES)))
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="File (default: stdout)."
 )
@@ -101,24 +108,21 @@ def audit_export(
     actor: str | None,
     patient_id: str | None,
     event_name: str | None,
+    action: str | None,
     outcome: str | None,
     out: Path | None,
 ) -> None:
     """Write matching events as JSON lines, oldest first; the export is itself audited."""
-    start, end = _when(since, "--since"), _when(until, "--until")
-    query = select(AuditEvent).order_by(AuditEvent.id)
-    if start is not None:
-        query = query.where(AuditEvent.occurred_at >= start)
-    if end is not None:
-        query = query.where(AuditEvent.occurred_at < end)
-    for column, value in (
-        (AuditEvent.actor, actor),
-        (AuditEvent.patient_id, patient_id),
-        (AuditEvent.event, event_name),
-        (AuditEvent.outcome, outcome),
-    ):
-        if value is not None:
-            query = query.where(column == value)
+    selected = audit.AuditFilter(
+        actor=actor,
+        patient_id=patient_id,
+        event=event_name,
+        action=action,
+        outcome=outcome,
+        since=_when(since, "--since"),
+        until=_when(until, "--until"),
+    )
+    query = selected.apply(select(AuditEvent).order_by(AuditEvent.id))
     engine = create_db_engine(_settings(ctx).resolved_database_url)
     count = 0
     try:
@@ -139,18 +143,6 @@ def audit_export(
             finally:
                 if out:
                     fh.close()
-            filters = {
-                k: v
-                for k, v in {
-                    "since": since,
-                    "until": until,
-                    "actor": actor,
-                    "patient_id": patient_id,
-                    "event": event_name,
-                    "outcome": outcome,
-                }.items()
-                if v is not None
-            }
             audit.record(
                 session,
                 audit.Event(
@@ -158,7 +150,7 @@ def audit_export(
                     "E",
                     actor="cli",
                     resource="AuditEvent",
-                    details={"events": count, "filters": filters},
+                    details={"events": count, "filters": selected.describe()},
                 ),
             )
     finally:

@@ -9,7 +9,7 @@ import click
 
 from vitalcast.db.session import create_db_engine, make_session_factory
 from vitalcast.security.crypto import cipher_from_settings
-from vitalcast.security.identifiers import key_usage, rotate_identifiers
+from vitalcast.security.identifiers import key_usage, quarantine_key_usage, rotate_identifiers
 
 
 @click.group("keys")
@@ -27,7 +27,7 @@ def keys_generate(key_id: str) -> None:
 @keys_group.command("status")
 @click.pass_context
 def keys_status(ctx: click.Context) -> None:
-    """How many patients each key id encrypts, and which key is current."""
+    """How many patients and quarantined raw items each key id encrypts."""
     from vitalcast.cli import get_settings
 
     settings = get_settings(ctx)
@@ -36,19 +36,21 @@ def keys_status(ctx: click.Context) -> None:
     try:
         with make_session_factory(engine)() as session:
             usage = key_usage(session)
+            quarantined = quarantine_key_usage(session)
     finally:
         engine.dispose()
     click.echo(f"current key: {cipher.current}")
-    for key_id, count in sorted(usage.items()):
-        known = "" if key_id in cipher.keys else "  (NOT IN KEYRING: cannot decrypt)"
-        click.echo(f"{key_id}: {count} patients{known}")
+    for what, counts in (("patients", usage), ("quarantined raw items", quarantined)):
+        for key_id, count in sorted(counts.items()):
+            known = "" if key_id in cipher.keys else "  (NOT IN KEYRING: cannot decrypt)"
+            click.echo(f"{key_id}: {count} {what}{known}")
 
 
 @keys_group.command("rotate")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.pass_context
 def keys_rotate(ctx: click.Context, batch_size: int) -> None:
-    """Re-encrypt identifiers under the current (first) key, online, in batches."""
+    """Re-encrypt identifiers and quarantined raw items under the current (first) key."""
     from vitalcast.cli import get_settings
 
     settings = get_settings(ctx)
@@ -63,6 +65,10 @@ def keys_rotate(ctx: click.Context, batch_size: int) -> None:
     click.echo(
         f"re-encrypted {report.rotated} patients in {report.batches} batches under key"
         f" {report.current_key}; before: {report.before or 'no encrypted rows'}"
+    )
+    click.echo(
+        f"re-encrypted {report.quarantine_rotated} quarantined raw items;"
+        f" before: {report.quarantine_before or 'no encrypted rows'}"
     )
     if report.remaining:
         raise click.ClickException(

@@ -46,6 +46,17 @@ def current_principal() -> Principal:
     return who
 
 
+def current_agent() -> audit.Agent:
+    """The caller as an audit agent, for services that audit what they do."""
+    who = principal()
+    return audit.Agent(
+        who.actor if who else "anonymous",
+        role=who.role if who else None,
+        client_addr=request.remote_addr,
+        request_id=request_id(),
+    )
+
+
 def audit_event(
     event: str,
     action: audit.Action,
@@ -57,19 +68,14 @@ def audit_event(
     session: Session | None = None,
 ) -> None:
     """Write an audit event for the current request in its unit of work."""
-    who = principal()
     audit.record(
         session or db(),
-        audit.Event(
-            event=event,
-            action=action,
-            actor=who.actor if who else "anonymous",
-            role=who.role if who else None,
+        current_agent().event(
+            event,
+            action,
             outcome=outcome,
             patient_id=patient_id,
             resource=resource,
-            client_addr=request.remote_addr,
-            request_id=request_id(),
-            details=details or {},
+            details=details,
         ),
     )

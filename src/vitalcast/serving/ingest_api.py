@@ -13,7 +13,7 @@ from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.device_payload import attach_devices
 from vitalcast.monitoring.metrics import observe_ingest
 from vitalcast.security.permissions import Permission, requires
-from vitalcast.serving.context import audit_event, db, request_id
+from vitalcast.serving.context import audit_event, current_agent, db, request_id
 from vitalcast.serving.rescoring import rescore_encounters
 from vitalcast.serving.state import get_state
 from vitalcast.serving.validation import json_body
@@ -30,7 +30,12 @@ def post_observations() -> tuple[Response, int]:
     state = get_state()
     batch = attach_devices(session, batch)
     report = store_batch(
-        session, batch, source="api", location=f"request {request_id()}", cipher=state.cipher
+        session,
+        batch,
+        source="api",
+        location=f"request {request_id()}",
+        cipher=state.cipher,
+        agent=current_agent(),
     )
     observe_ingest(report)
     predictions = rescore_encounters(session, state, report.touched_encounters)

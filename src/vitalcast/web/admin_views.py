@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from vitalcast.db.base import utcnow
 from vitalcast.errors import InvalidInput, NotFound
+from vitalcast.security.audit import ACTIONS, OUTCOMES, AuditFilter
 from vitalcast.security.permissions import ROLE_PERMISSIONS, ROLES, Permission, requires
 from vitalcast.security.service import create_api_key, create_user
 from vitalcast.security.tables import ApiKey, AuditEvent, User
@@ -119,44 +120,52 @@ def revoke_key(prefix: str) -> Response:
     return redirect(url_for("web_admin.api_keys"))  # type: ignore[return-value]
 
 
-def _day(name: str, problems: list[dict[str, Any]]) -> datetime | None:
+def _when(name: str, problems: list[dict[str, Any]], *, end: bool) -> datetime | None:
+    """A date (the whole day) or a date and time (UTC unless it says otherwise)."""
     raw = request.args.get(name, "").strip()
     if not raw:
         return None
     try:
-        return datetime.fromisoformat(raw).replace(tzinfo=utcnow().tzinfo)
+        if len(raw) == 10:  # a day: "since" starts it, "until" includes it
+            day = date.fromisoformat(raw)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return start + timedelta(days=1) if end else start
+        parsed = datetime.fromisoformat(raw)
     except ValueError:
-        problems.append({"loc": ["query", name], "msg": "a date like 2026-11-28"})
+        problems.append(
+            {"loc": ["query", name], "msg": "a date like 2026-11-28 or 2026-11-28T09:30"}
+        )
         return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @web_admin.get("/audit")
 @requires(Permission.AUDIT_READ)
 def audit() -> str:
-    """The audit log, newest first, filtered by actor, event, patient, outcome and dates."""
+    """The audit log, newest first, filtered by user, patient, event, action, outcome, time."""
     problems: list[dict[str, Any]] = []
-    since, until = _day("since", problems), _day("until", problems)
+    since = _when("since", problems, end=False)
+    until = _when("until", problems, end=True)
+    texts = {
+        k: request.args.get(k, "").strip()
+        for k in ("actor", "event", "patient_id", "action", "outcome")
+    }
+    if texts["action"] and texts["action"] not in ACTIONS:
+        problems.append({"loc": ["query", "action"], "msg": "one of C, R, U, D, E"})
+    if texts["outcome"] and texts["outcome"] not in OUTCOMES:
+        problems.append({"loc": ["query", "outcome"], "msg": "success, failure or denied"})
     if problems:
         raise InvalidInput("invalid filter", details=problems)
-    filters = {
-        k: request.args.get(k, "").strip() for k in ("actor", "event", "patient_id", "outcome")
-    }
-    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(AUDIT_PAGE)
-    for field, value in filters.items():
-        if value:
-            query = query.where(getattr(AuditEvent, field) == value)
-    if since is not None:
-        query = query.where(AuditEvent.occurred_at >= since)
-    if until is not None:
-        query = query.where(AuditEvent.occurred_at < until + timedelta(days=1))
+    selected = AuditFilter(**{k: v or None for k, v in texts.items()}, since=since, until=until)
+    query = selected.apply(select(AuditEvent).order_by(AuditEvent.id.desc())).limit(AUDIT_PAGE)
     rows = db().scalars(query).all()
-    audit_event(
-        "audit.read", "R", resource="AuditEvent", details={k: v for k, v in filters.items() if v}
-    )
+    audit_event("audit.read", "R", resource="AuditEvent", details=selected.describe())
     return render_template(
         "web/admin_audit.html",
         rows=rows,
-        filters=filters,
+        filters=texts,
+        actions=ACTIONS,
+        outcomes=OUTCOMES,
         since=request.args.get("since", ""),
         until=request.args.get("until", ""),
         page_size=AUDIT_PAGE,

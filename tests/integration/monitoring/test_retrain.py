@@ -92,13 +92,18 @@ def test_retrain_promotes_only_through_the_gate(
     assert champion.version == accepted.version
 
     events = [
-        (e.event, (e.details or {}).get("gate_passed"))
+        (e.event, (e.details or {}).get("gate_passed"), (e.details or {}).get("alias"))
         for e in db_session.scalars(select(AuditEvent).order_by(AuditEvent.id))
         if e.event.startswith("model.")
     ]
     assert events == [
-        ("model.retrained", first.gate.passed),  # recorded; the first model needs no gate
-        ("model.retrained", False),
-        ("model.retrained", True),
-        ("model.promoted", None),
+        ("model.registered", None, "champion"),  # the first model of the task
+        ("model.retrained", first.gate.passed, None),  # recorded; it needs no gate
+        ("model.registered", None, None),
+        ("model.promoted", None, "challenger"),
+        ("model.retrained", False, None),
+        ("model.registered", None, None),
+        ("model.promoted", None, "challenger"),
+        ("model.retrained", True, None),
+        ("model.promoted", None, "champion"),  # by the gate
     ]

@@ -230,7 +230,12 @@ def _map_row(
         los = _number(row.get(enc.length_of_stay_days))
         if los is None or los < 0:
             raise ValueError(f"{enc.length_of_stay_days}: missing or negative length of stay")
-        discharged = admitted + timedelta(days=los)
+        try:
+            discharged = admitted + timedelta(days=los)
+        except OverflowError:  # found by fuzzing: "1e308" days crashed the whole file
+            raise ValueError(
+                f"{enc.length_of_stay_days}: length of stay {los:g} days is out of range"
+            ) from None
     age = _number(row.get(enc.age_years.column), enc.age_years.transform) if enc.age_years else None
     attributes: dict[str, Any] = {}
     for column, cell in row.items():

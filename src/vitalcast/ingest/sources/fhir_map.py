@@ -88,13 +88,42 @@ def _optional_instant(text: str | None, *, what: str) -> datetime | None:
 
 
 def identity_of(resource: dict[str, Any]) -> str | None:
-    """Stable identity of a resource version: ``Type/id|versionId-or-lastUpdated``."""
+    """Stable identity of a resource across its versions: ``Type/id``.
+
+    Every version of a resource shares it (and so its observations' dedup keys); which
+    version is stored is decided by :func:`version_of`.
+    """
     rid = resource.get("id")
     if not rid:
         return None
-    meta = resource.get("meta") or {}
-    version = meta.get("versionId") or meta.get("lastUpdated") or ""
-    return f"{resource['resourceType']}/{rid}|{version}"
+    return f"{resource['resourceType']}/{rid}"
+
+
+def version_of(resource: dict[str, Any]) -> str | None:
+    """A sortable key of the resource's version, or None when ``meta`` gives none.
+
+    ``lastUpdated`` (as UTC, fixed width) first, then ``versionId`` (numbers zero-padded,
+    so version 10 sorts after 9): a later or higher version compares greater as text,
+    which is how the store (and PostgreSQL's ``ON CONFLICT ... WHERE``) compares them.
+    """
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        return None
+    updated = ""
+    text = meta.get("lastUpdated")
+    if isinstance(text, str) and text:
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            at = None
+        if at is not None and at.tzinfo is not None:
+            updated = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    vid = meta.get("versionId")
+    number = str(vid).strip()[:30] if vid is not None else ""
+    number = number.zfill(20) if number.isdigit() else number
+    if not updated and not number:
+        return None
+    return f"{updated}|{number}"[:64]
 
 
 def _reference(resource: dict[str, Any], name: str, resolve: Resolve, want: str) -> str | None:
@@ -252,6 +281,7 @@ def map_observation(
                 value_text=text,
                 source_ref=loc,
                 identity=f"{identity}|{slot}" if identity else None,
+                version=version_of(res) if identity else None,
             )
         )
 
@@ -283,6 +313,7 @@ def map_patient(res: dict[str, Any], where: str, key: str, batch: RecordBatch) -
             phone=next((t.get("value") for t in telecom if t.get("system") == "phone"), None),
             email=next((t.get("value") for t in telecom if t.get("system") == "email"), None),
             source_ref=where,
+            version=version_of(res),
         )
     )
 
@@ -323,6 +354,7 @@ def map_encounter(
             kind=_ENCOUNTER_KINDS.get(cls.get("code", ""), "inpatient"),  # type: ignore[arg-type]
             unit=str(unit)[:64] if unit else None,
             source_ref=where,
+            version=version_of(res),
         )
     )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,11 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     pid = next((s for s in segs if str(s.seg[0]) == "PID"), None)
     if pid is None:
         raise Hl7FormatError(f"{where}: {mtype} without a PID segment")
-    patient = _patient(pid, where, pseudonym)
+    # An ADT is the source of truth for demographics and the stay: its message time
+    # (MSH-7) versions them, so an A08 sent later replaces what an A01 stored, and an
+    # older message arriving late changes nothing. Results (ORU) only refer to them.
+    version = _version(msh, tz) if mtype != "ORU^R01" else None
+    patient = replace(_patient(pid, where, pseudonym), version=version)
     unit.batch.patients.append(patient)
     unit.batch.received += 1
     pv1 = next((s for s in segs if str(s.seg[0]) == "PV1"), None)
@@ -158,7 +162,15 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     encounter_ref = None
     if pv1 is not None:
         encounter_ref = _encounter(
-            pv1, evn, patient.ref, where, pseudonym, tz, unit.batch, is_adt=mtype != "ORU^R01"
+            pv1,
+            evn,
+            patient.ref,
+            where,
+            pseudonym,
+            tz,
+            unit.batch,
+            is_adt=mtype != "ORU^R01",
+            version=version,
         )
     if mtype == "ORU^R01":
         _results(segs, patient.ref, encounter_ref, where, tz, unit.batch)
@@ -205,6 +217,7 @@ def _encounter(
     batch: RecordBatch,
     *,
     is_adt: bool,
+    version: str | None = None,
 ) -> str | None:
     """The visit's encounter reference; ADT messages also create or complete it.
 
@@ -216,11 +229,12 @@ def _encounter(
         return f"visit:{pseudonym(f'visit|{visit}')[:40]}" if visit else None
     try:
         admitted = parse_dtm(pv1.comp(44), tz=tz, what="PV1-44 admit time")
+        admission_known = admitted is not None
         if admitted is None and evn is not None:
             admitted = parse_dtm(evn.comp(6) or evn.comp(2), tz=tz, what="EVN event time")
         discharged = parse_dtm(pv1.comp(45), tz=tz, what="PV1-45 discharge time")
     except ValueError as exc:
-        admitted, discharged, problem = None, None, str(exc)
+        admitted, discharged, problem, admission_known = None, None, str(exc), False
     else:
         problem = "no admit time (PV1-44 or EVN)" if admitted is None else ""
     ref = (
@@ -242,6 +256,8 @@ def _encounter(
             unit=pv1.comp(3, 1)[:64] or None,
             admission_source=pv1.comp(14)[:64] or None,
             source_ref=f"{where}.PV1",
+            version=version,
+            admission_known=admission_known,
         )
     )
     return ref
@@ -273,6 +289,15 @@ def _results(
             batch.rejected.append(Rejected(loc, exc.code, str(exc), raw))
             continue
         batch.observations.append(rec)
+
+
+def _version(msh: _Seg, tz: tzinfo) -> str | None:
+    """MSH-7 (message time) as a sortable UTC text, or None when absent or unreadable."""
+    try:
+        at = parse_dtm(msh.comp(7), tz=tz, what="MSH-7 message time")
+    except ValueError:
+        return None
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") if at else None
 
 
 class _Problem(ValueError):

@@ -1,0 +1,235 @@
+"""A newer version of a source record replaces the stored one; the same or an older
+version changes nothing.
+
+HL7 v2: an ADT^A08 (update patient information) changes the known patient's
+demographics and the stay's unit, an ADT^A03 sets the discharge, and a stale A08 that
+arrives late (older MSH-7) overwrites nothing. FHIR: a new version of an Observation,
+Patient or Encounter (higher ``meta.versionId`` or later ``lastUpdated``) replaces the
+row instead of adding one, re-ingesting the same version is a duplicate, and an older
+version never overwrites a newer one. Both on PostgreSQL (COPY + upsert) and SQLite.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from tests.hl7_samples import ADT_A01, ADT_A03
+from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.db import create_db_engine, upgrade_database
+from vitalcast.ingest.report import IngestReport
+from vitalcast.ingest.sources.fhir import SOURCE as FHIR
+from vitalcast.ingest.sources.fhir import parse_bytes
+from vitalcast.ingest.sources.hl7v2 import SOURCE as HL7
+from vitalcast.ingest.sources.hl7v2 import parse_message
+from vitalcast.ingest.units import store_unit
+from vitalcast.security.crypto import FieldCipher
+
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+ADT_A08 = (
+    "MSH|^~\\&|ADT|HOSP|VITALCAST|HOSP|20240302090000||ADT^A08|ADM0003|P|2.5\r"
+    "EVN|A08|20240302090000\r"
+    "PID|1||MRN0001^^^HOSP^MR||Testpatient-Renamed^Alpha||19500103|F\r"
+    "PV1|1|I|CCU^3^B||||||||||||||||V0001"
+)
+
+
+def _stale(message: str, stamp: str) -> str:
+    """The same message with another MSH-7 (and control id)."""
+    fields = message.split("\r")[0].split("|")
+    fields[6], fields[9] = stamp, f"OLD{stamp[-6:]}"
+    return "\r".join(["|".join(fields), *message.split("\r")[1:]])
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        eng = create_db_engine(url)
+    else:
+        eng = create_db_engine(f"sqlite:///{tmp_path / 'demo.db'}")
+        upgrade_database(eng)
+    yield eng
+    eng.dispose()
+
+
+def _hl7(engine: Engine, cipher: FieldCipher, text: str) -> IngestReport:
+    msg = parse_message(text, origin="t.hl7", pseudonym=cipher.mrn_hash)
+    with Session(engine) as session:
+        report = store_unit(session, msg.unit, source=HL7, cipher=cipher, now=NOW)
+        session.commit()
+    assert report.balanced()
+    return report
+
+
+def _patient(engine: Engine, cipher: FieldCipher) -> tuple[dict[str, str], str, str | None]:
+    with Session(engine) as session:
+        row = session.scalars(select(Patient)).one()
+        ids = cipher.decrypt(
+            row.identifiers_enc or b"", row.key_id or "", context=f"patient:{row.public_id}"
+        )
+        return ids, row.sex, row.source_version
+
+
+def _stay(engine: Engine) -> Encounter:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.scalars(select(Encounter)).one()
+
+
+def test_hl7_a08_updates_and_a03_discharges(engine: Engine, cipher: FieldCipher) -> None:
+    _hl7(engine, cipher, ADT_A01)
+    admitted = _stay(engine).admitted_at
+    assert _patient(engine, cipher)[0]["name"] == "Alpha Testpatient"
+
+    report = _hl7(engine, cipher, ADT_A08)
+    assert report.updated == {"patient": 1, "encounter": 1}
+    ids, sex, _ = _patient(engine, cipher)
+    assert (ids["name"], ids["birth_date"], ids["mrn"], sex) == (
+        "Alpha Testpatient-Renamed",
+        "1950-01-03",
+        "MRN0001",
+        "female",
+    )
+    stay = _stay(engine)
+    assert stay.unit == "CCU"
+    assert stay.admitted_at == admitted  # A08 without PV1-44 keeps the admission time
+    assert stay.discharged_at is None
+
+    # The same A08 again, and an A08 older than the one stored: nothing changes.
+    again = _hl7(engine, cipher, ADT_A08)
+    late = _hl7(engine, cipher, _stale(ADT_A08.replace("CCU", "MICU"), "20240301090000"))
+    for r in (again, late):
+        assert r.updated == {}
+        assert r.count("patient").duplicates == r.count("encounter").duplicates == 1
+    assert _stay(engine).unit == "CCU"
+    assert _patient(engine, cipher)[0]["name"] == "Alpha Testpatient-Renamed"
+
+    discharged = _hl7(engine, cipher, ADT_A03)
+    assert discharged.updated["encounter"] == 1
+    stay = _stay(engine)
+    assert stay.discharged_at == datetime(2024, 3, 5, 11, 30, tzinfo=UTC)
+    assert stay.admitted_at == admitted
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Patient)) == 1
+        assert session.scalar(select(func.count()).select_from(Encounter)) == 1
+
+
+PATIENT: dict[str, Any] = {
+    "resourceType": "Patient",
+    "id": "pv-1",
+    "meta": {"versionId": "9"},
+    "identifier": [{"type": {"coding": [{"code": "MR"}]}, "value": "MRN-V-1"}],
+    "name": [{"family": "Versionne", "given": ["Ada"]}],
+    "gender": "female",
+    "birthDate": "1970-02-03",
+}
+ENCOUNTER: dict[str, Any] = {
+    "resourceType": "Encounter",
+    "id": "ev-1",
+    "meta": {"lastUpdated": "2026-10-01T10:00:00+02:00"},
+    "status": "in-progress",
+    "class": {"code": "IMP"},
+    "subject": {"reference": "Patient/pv-1"},
+    "period": {"start": "2026-10-01T07:00:00Z"},
+}
+OBSERVATION: dict[str, Any] = {
+    "resourceType": "Observation",
+    "id": "ov-1",
+    "meta": {"versionId": "9", "lastUpdated": "2026-10-01T08:00:00Z"},
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+    "subject": {"reference": "Patient/pv-1"},
+    "encounter": {"reference": "Encounter/ev-1"},
+    "effectiveDateTime": "2026-10-01T08:00:00Z",
+    "valueQuantity": {"value": 80, "unit": "/min", "system": "http://unitsofmeasure.org"},
+}
+
+
+def _fhir(engine: Engine, cipher: FieldCipher, *resources: dict[str, Any]) -> IngestReport:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in resources],
+    }
+    unit = parse_bytes(json.dumps(bundle).encode(), "v.json")
+    with Session(engine) as session:
+        report = store_unit(session, unit, source=FHIR, cipher=cipher, now=NOW)
+        session.commit()
+    assert report.balanced()
+    return report
+
+
+def _version(resource: dict[str, Any], **meta: str) -> dict[str, Any]:
+    new = copy.deepcopy(resource)
+    new["meta"] = meta
+    return new
+
+
+def _observations(engine: Engine) -> list[tuple[float | None, str | None]]:
+    with Session(engine) as session:
+        return [
+            (value, version)
+            for value, version in session.execute(
+                select(Observation.value, Observation.source_version)
+            )
+        ]
+
+
+def test_fhir_new_version_replaces_same_is_noop_older_is_ignored(
+    engine: Engine, cipher: FieldCipher
+) -> None:
+    first = _fhir(engine, cipher, PATIENT, ENCOUNTER, OBSERVATION)
+    assert first.stored == 3
+    assert [v for v, _ in _observations(engine)] == [80.0]
+
+    # versionId 10 > 9 (numerically: as text "10" < "9"); the value changed.
+    v10 = _version(OBSERVATION, versionId="10", lastUpdated="2026-10-01T08:00:00Z")
+    v10["valueQuantity"]["value"] = 95
+    report = _fhir(engine, cipher, v10)
+    assert (report.stored, report.duplicates, report.updated["observation"]) == (1, 0, 1)
+    assert [v for v, _ in _observations(engine)] == [95.0]
+
+    same = _fhir(engine, cipher, v10)
+    assert (same.stored, same.duplicates, same.updated) == (0, 1, {})
+    older = _fhir(engine, cipher, OBSERVATION)  # version 9 arriving late
+    assert (older.stored, older.duplicates) == (0, 1)
+    assert [v for v, _ in _observations(engine)] == [95.0]
+
+    # Patient and Encounter versions: demographics and the stay's end are replaced.
+    p2 = _version(PATIENT, versionId="10")
+    p2["name"] = [{"family": "Versionne-Neu", "given": ["Ada"]}]
+    e2 = _version(ENCOUNTER, lastUpdated="2026-10-03T09:00:00Z")
+    e2["period"] = {"start": "2026-10-01T07:00:00Z", "end": "2026-10-03T08:30:00Z"}
+    both = _fhir(engine, cipher, p2, e2)
+    assert both.updated == {"patient": 1, "encounter": 1}
+    assert _patient(engine, cipher)[0]["name"] == "Ada Versionne-Neu"
+    assert _stay(engine).discharged_at == datetime(2026, 10, 3, 8, 30, tzinfo=UTC)
+    # The older versions again (one of them in the same bundle as a newer one).
+    stale = _fhir(engine, cipher, PATIENT, ENCOUNTER, p2)
+    assert stale.updated == {}
+    assert _patient(engine, cipher)[0]["name"] == "Ada Versionne-Neu"
+    assert _stay(engine).discharged_at is not None
+    with Session(engine) as session:
+        counts = [
+            session.scalar(select(func.count()).select_from(t))
+            for t in (Patient, Encounter, Observation)
+        ]
+    assert counts == [1, 1, 1]
+
+
+def test_two_versions_in_one_bundle_keep_the_newest(engine: Engine, cipher: FieldCipher) -> None:
+    _fhir(engine, cipher, PATIENT, ENCOUNTER)
+    v2 = _version(OBSERVATION, versionId="11")
+    v2["valueQuantity"]["value"] = 101
+    report = _fhir(engine, cipher, v2, OBSERVATION)
+    assert report.count("observation").received == 2
+    assert (report.count("observation").stored, report.count("observation").duplicates) == (1, 1)
+    assert _observations(engine) == [(101.0, "|00000000000000000011")]
