@@ -284,7 +284,8 @@ def build_document(
                 "apiKey": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An API key: `vitalcast keys create` or the admin pages",
+                    "description": "An API key: `vitalcast apikeys create --role ROLE` "
+                    "or the admin pages",
                 },
                 "session": {
                     "type": "apiKey",
