@@ -15,6 +15,8 @@ from vitalcast.monitoring.service import latest_drift_run
 from vitalcast.monitoring.tables import DriftRun, MonitorAlert, MonitorRun
 from vitalcast.security.permissions import Permission, requires
 from vitalcast.serving.context import db
+from vitalcast.serving.openapi import operation
+from vitalcast.serving.schemas import AlertList, MonitoringSummary
 
 monitoring_api = Blueprint("monitoring_api", __name__)
 
@@ -57,6 +59,7 @@ def _alert(a: MonitorAlert) -> dict[str, Any]:
 
 @monitoring_api.get("/monitoring/summary")
 @requires(Permission.MONITORING_READ)
+@operation("Drift, performance and live alerts", MonitoringSummary, tags=("monitoring",))
 def summary() -> Response:
     """Latest drift run, latest monitoring run (realised performance and CBPE estimate,
     each labelled), and live alerts, for one task."""
@@ -79,6 +82,7 @@ def summary() -> Response:
 
 @monitoring_api.get("/monitoring/alerts")
 @requires(Permission.MONITORING_READ)
+@operation("Monitoring alerts", AlertList, tags=("monitoring",))
 def alerts() -> Response:
     """Monitoring alerts, newest first (``?all=1`` includes resolved ones)."""
     include = request.args.get("all") in {"1", "true"}

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 
 from vitalcast.security.permissions import Permission, requires
 from vitalcast.security.tables import AuditEvent, User
 from vitalcast.serving.context import audit_event, db
-from vitalcast.serving.validation import int_arg, raise_if
+from vitalcast.serving.openapi import operation
+from vitalcast.serving.schemas import AuditList, AuditQuery, UserList, parse_query
 
 admin = Blueprint("admin", __name__)
 
 
 @admin.get("/users")
 @requires(Permission.USERS_MANAGE)
+@operation("Users and their roles", UserList, tags=("admin",))
 def users() -> Response:
     """Users with their roles (never password hashes)."""
     rows = db().scalars(select(User).order_by(User.username)).all()
@@ -40,14 +40,13 @@ def users() -> Response:
 
 @admin.get("/audit-events")
 @requires(Permission.AUDIT_READ)
+@operation("The audit log", AuditList, query=AuditQuery, tags=("admin",))
 def audit_events() -> Response:
     """The audit log, newest first, filterable by actor, patient and event."""
-    problems: list[dict[str, Any]] = []
-    limit = int_arg("limit", 100, low=1, high=1000, problems=problems)
-    raise_if(problems, "invalid query parameters")
-    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    args = parse_query(AuditQuery)
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(args.limit)
     for field in ("actor", "patient_id", "event"):
-        value = request.args.get(field)
+        value = getattr(args, field)
         if value:
             query = query.where(getattr(AuditEvent, field) == value)
     rows = db().scalars(query).all()

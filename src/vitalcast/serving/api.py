@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import select
 
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.base import utcnow
-from vitalcast.errors import ModelUnavailable, NotFound
+from vitalcast.db.types import new_public_id
+from vitalcast.errors import ModelUnavailable, NotFound, PayloadTooLarge
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
-from vitalcast.serving.fastpath import predict_one
+from vitalcast.serving.fastpath import feature_errors, predict_one
+from vitalcast.serving.openapi import operation
 from vitalcast.serving.patients import list_ward
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.realtime import sse_stream
+from vitalcast.serving.schemas import (
+    MAX_BATCH_ROWS,
+    MAX_EXPLAINED_ROWS,
+    BatchQuery,
+    BatchRequest,
+    BatchResult,
+    PatientsQuery,
+    PredictionResult,
+    PredictPatient,
+    PredictQuery,
+    WardPage,
+    parse_query,
+)
 from vitalcast.serving.scoring import record_prediction, score_encounter
 from vitalcast.serving.state import get_state
-from vitalcast.serving.validation import int_arg, json_body, raise_if
+from vitalcast.serving.validation import json_body, raise_if
 
 api = Blueprint("api", __name__)
 
@@ -53,9 +70,30 @@ def _prediction_body(predictor: Predictor, prediction: Prediction) -> dict[str, 
 
 @api.post("/predict")
 @requires(Permission.PREDICT)
+@operation(
+    "Score one feature vector or one stored patient",
+    PredictionResult,
+    query=PredictQuery,
+    body={
+        "oneOf": [
+            {"$ref": "#/components/schemas/PredictPatient"},
+            {"$ref": "#/components/schemas/Features"},
+        ]
+    },
+    needs_model=True,
+    errors=(404,),
+    tags=("predictions",),
+    models=(PredictPatient,),
+)
 def predict() -> Response:
-    """Score one patient: a flat object of features, or ``{"patient_id": ...}``."""
+    """Score one patient: a flat object of features, or ``{"patient_id": ...}``.
+
+    A feature vector is validated against the champion's features (every unknown name,
+    non-number or unknown category reported at once) and stored as an ad hoc prediction;
+    a patient id scores the patient's latest stay from the stored observations.
+    """
     body = json_body()  # a malformed body is the caller's problem whatever the model state
+    explain = parse_query(PredictQuery).explain
     predictor = _predictor()
     session = db()
     if isinstance(body, dict) and set(body) == {"patient_id"}:
@@ -69,14 +107,117 @@ def predict() -> Response:
             features,
             role="adhoc",
             as_of=utcnow(),
-            explain=request.args.get("explain") != "false",
+            explain=explain,
         )
         audit_event("prediction.served", "E", resource=f"Prediction/{prediction.public_id}")
     return jsonify(_prediction_body(predictor, prediction))
 
 
+@api.post("/predict/batch")
+@requires(Permission.PREDICT)
+@operation(
+    f"Score up to {MAX_BATCH_ROWS} feature vectors at once",
+    BatchResult,
+    query=BatchQuery,
+    body=BatchRequest,
+    needs_model=True,
+    tags=("predictions",),
+)
+def predict_batch() -> Response:
+    """Score many flat feature objects in one vectorised call of the compiled scorer.
+
+    Every row is validated as ``POST /predict`` validates one, and all problems of all
+    rows come back at once, located as ``["body", "rows", <index>, <feature>]``; nothing
+    is scored unless every row is valid. Batches are audited as one event (row count,
+    model version, a digest of the inputs) and not stored row by row: they are for
+    cohort scoring and integration back-fills, not for the patient chart.
+    """
+    body = json_body()
+    query = parse_query(BatchQuery)
+    rows = _batch_rows(body)
+    if query.explain and len(rows) > MAX_EXPLAINED_ROWS:
+        raise_if(
+            [
+                {
+                    "loc": ["query", "explain"],
+                    "msg": f"at most {MAX_EXPLAINED_ROWS} rows with factors",
+                }
+            ]
+        )
+    predictor = _predictor()
+    scorer = predictor.scorer
+    matrix = np.full((len(rows), scorer.n_features), np.nan)
+    problems: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            problems.append({"loc": ["body", "rows", i], "msg": "expected an object"})
+            continue
+        for problem in feature_errors(scorer, row, matrix[i]):
+            problems.append(
+                {"loc": ["body", "rows", i, *problem["loc"][1:]], "msg": problem["msg"]}
+            )
+    raise_if(problems, f"{len(problems)} problem(s) in the batch; nothing was scored")
+    probabilities = scorer.score_batch(matrix)
+    names = predictor.feature_names
+    items = []
+    for i, row in enumerate(rows):
+        p = float(probabilities[i])
+        factors = None
+        if query.explain:
+            factors = predictor.score(row, explain=True).factors
+        items.append(
+            {
+                "index": i,
+                "probability": round(p, 6),
+                "band": predictor.model.band(p),
+                "missing": [n for n in names if row.get(n) is None],
+                "factors": factors,
+            }
+        )
+    batch_id = new_public_id()
+    audit_event(
+        "prediction.batch.served",
+        "E",
+        resource=f"PredictionBatch/{batch_id}",
+        details={
+            "rows": len(rows),
+            "model_version": predictor.version,
+            "inputs_sha256": hashlib.sha256(request.get_data(cache=True)).hexdigest(),
+        },
+    )
+    return jsonify(
+        {
+            "batch_id": batch_id,
+            "model_version": predictor.version,
+            "task": predictor.task,
+            "threshold": predictor.threshold,
+            "count": len(items),
+            "items": items,
+            "request_id": request_id(),
+        }
+    )
+
+
+def _batch_rows(body: Any) -> list[Any]:
+    """The ``rows`` list of a batch body, or every problem with its shape (422/413)."""
+    if not isinstance(body, dict):
+        raise_if([{"loc": ["body"], "msg": 'expected an object {"rows": [...]}'}])
+    problems = [{"loc": ["body", key], "msg": "unknown field"} for key in body if key != "rows"]
+    rows = body.get("rows")
+    if not isinstance(rows, list) or not rows:
+        problems.append({"loc": ["body", "rows"], "msg": "expected a non-empty list of objects"})
+    raise_if(problems)
+    assert isinstance(rows, list)
+    if len(rows) > MAX_BATCH_ROWS:
+        raise PayloadTooLarge(
+            f"{len(rows)} rows; at most {MAX_BATCH_ROWS} per batch, split the request",
+            details=[{"loc": ["body", "rows"], "msg": f"at most {MAX_BATCH_ROWS} rows"}],
+        )
+    return rows
+
+
 def _predict_stored_patient(session: Any, predictor: Predictor, patient_id: Any) -> Prediction:
-    if not isinstance(patient_id, str):
+    if not isinstance(patient_id, str) or "\x00" in patient_id:
         raise_if([{"loc": ["body", "patient_id"], "msg": "must be a string"}])
     patient = session.scalar(select(Patient).where(Patient.public_id == patient_id))
     if patient is None:
@@ -101,17 +242,16 @@ def _predict_stored_patient(session: Any, predictor: Predictor, patient_id: Any)
 
 @api.get("/patients")
 @requires(Permission.PATIENTS_READ)
+@operation("Ward list by current risk", WardPage, query=PatientsQuery, tags=("patients",))
 def patients() -> Response:
     """In-progress stays sorted by current risk, paginated (``?limit=&offset=&unit=``)."""
-    problems: list[dict[str, Any]] = []
-    limit = int_arg("limit", 50, low=1, high=500, problems=problems)
-    offset = int_arg("offset", 0, low=0, high=10_000_000, problems=problems)
-    raise_if(problems, "invalid query parameters")
+    query = parse_query(PatientsQuery)
+    limit, offset = query.limit, query.offset
     who = current_principal()
     show_ids = role_allows(who.role, Permission.IDENTIFIERS_READ)
     rows, total = list_ward(
         db(),
-        unit=request.args.get("unit") or None,
+        unit=query.unit or None,
         limit=limit,
         offset=offset,
         cipher=get_state().cipher if show_ids else None,
@@ -129,6 +269,13 @@ def patients() -> Response:
 
 @api.get("/events")
 @requires(Permission.PATIENTS_READ)
+@operation(
+    "Server-Sent Events stream of risk updates",
+    {"type": "string", "description": "`event: risk` lines with a JSON `data:` payload"},
+    media_type="text/event-stream",
+    errors=(503,),
+    tags=("realtime",),
+)
 def events() -> Response:
     """Server-Sent Events: risk updates of the patients the caller may see."""
     state = get_state()

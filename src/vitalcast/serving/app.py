@@ -86,6 +86,8 @@ def register_blueprints(app: Flask) -> None:
     from vitalcast.serving.fhir_api import fhir
     from vitalcast.serving.health import health
     from vitalcast.serving.ingest_api import ingest_api
+    from vitalcast.serving.model_api import model_api
+    from vitalcast.serving.openapi import openapi
     from vitalcast.serving.patient_api import patient_api
     from vitalcast.web.admin_views import web_admin
     from vitalcast.web.model_views import web_models
@@ -97,6 +99,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(admin, url_prefix="/api/v1")
     app.register_blueprint(patient_api, url_prefix="/api/v1")
     app.register_blueprint(ingest_api, url_prefix="/api/v1")
+    app.register_blueprint(model_api, url_prefix="/api/v1")
+    app.register_blueprint(openapi)
     app.register_blueprint(fhir, url_prefix="/fhir")
     app.register_blueprint(cds, url_prefix="/cds-services")
     app.register_blueprint(web)

@@ -32,10 +32,16 @@ from vitalcast.serving.scorer import CompiledScorer
 # A flat object of a few hundred features is a few kB; anything far larger is not a row.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
+# No clinical feature (values, counts, slopes per hour, hours) comes near 1e9; far larger
+# numbers are garbage, and near 1e308 they overflow the scaler's arithmetic.
+MAX_ABS_VALUE = 1e9
 
-def _feature_errors(
+
+def feature_errors(
     scorer: CompiledScorer, payload: dict[str, Any], x: np.ndarray
 ) -> list[dict[str, Any]]:
+    """Encode ``payload`` into the row ``x`` (in place); every problem, located at
+    ``["body", <feature>]``."""
     errors: list[dict[str, Any]] = []
     index = scorer.feature_index
     codes = scorer.category_codes
@@ -58,8 +64,10 @@ def _feature_errors(
                 x[i] = code
         elif isinstance(value, bool) or not isinstance(value, int | float):
             errors.append({"loc": ["body", key], "msg": "expected a number or null"})
-        elif not math.isfinite(value):
-            errors.append({"loc": ["body", key], "msg": "expected a finite number"})
+        elif not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
+            errors.append(
+                {"loc": ["body", key], "msg": f"expected a number between ±{MAX_ABS_VALUE:g}"}
+            )
         else:
             x[i] = value
     return errors
@@ -84,7 +92,7 @@ def predict_one(
             details=[{"loc": ["body"], "msg": "expected an object"}],
         )
     x = np.full(scorer.n_features, math.nan)
-    errors = _feature_errors(scorer, payload, x)
+    errors = feature_errors(scorer, payload, x)
     if errors:
         raise InvalidInput(f"{len(errors)} invalid feature(s); see details", details=errors)
     probability = scorer.score_row(x)

@@ -20,7 +20,7 @@ from flask import Flask, Response, g, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 
 from vitalcast.db.base import utcnow
-from vitalcast.errors import AppError, Forbidden, PayloadTooLarge, Unauthorized
+from vitalcast.errors import AppError, Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 from vitalcast.logging import request_context
 from vitalcast.security.permissions import PUBLIC, Permission, declared_permission, role_allows
 from vitalcast.security.service import Principal, verify_api_key
@@ -125,6 +125,9 @@ def _before_request() -> ResponseReturnValue | None:
     limit = get_state().settings.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
         return render_error(PayloadTooLarge(f"request body larger than {limit} bytes"))
+    nul = _nul_problems()
+    if nul:
+        return render_error(InvalidInput("NUL characters are not accepted", details=nul))
     view = get_state_view()
     if view is None:
         return None  # routing answers 404/405 through the error handler
@@ -157,6 +160,22 @@ def _before_request() -> ResponseReturnValue | None:
     except AppError as error:
         return render_error(error)
     return None
+
+
+def _nul_problems() -> list[dict[str, Any]]:
+    """Where a NUL character was sent: PostgreSQL cannot store or compare one, so it is
+    refused here as bad input (422) instead of failing in the driver as a 500."""
+    problems: list[dict[str, Any]] = []
+    if "\x00" in request.path:
+        problems.append({"loc": ["path"], "msg": "contains a NUL character"})
+    for name, value in request.args.items(multi=True):
+        if "\x00" in name or "\x00" in value:
+            problems.append({"loc": ["query", name.replace("\x00", "")], "msg": "contains NUL"})
+    if request.method in _UNSAFE and request.path.startswith(("/api/", "/fhir", "/cds-services")):
+        raw = request.get_data(cache=True)
+        if b"\\u0000" in raw or b"\x00" in raw:
+            problems.append({"loc": ["body"], "msg": "contains a NUL character (\\u0000)"})
+    return problems
 
 
 def get_state_view() -> Callable[..., Any] | None:

@@ -7,23 +7,30 @@ their reason so that charts can mark them instead of hiding them.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vitalcast.clinical.codes import BY_CODE, BY_KEY
+from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.tables import Condition, Encounter, ImagingStudy, Observation, Patient
 from vitalcast.errors import NotFound
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
+from vitalcast.serving.openapi import operation
 from vitalcast.serving.patients import decrypt_identifiers
+from vitalcast.serving.schemas import (
+    HistoryQuery,
+    ObservationList,
+    ObservationsQuery,
+    PatientDetail,
+    PredictionHistory,
+    parse_query,
+)
 from vitalcast.serving.state import get_state
-from vitalcast.serving.validation import int_arg, raise_if
 
 patient_api = Blueprint("patient_api", __name__)
 
@@ -52,21 +59,6 @@ def latest_encounter(session: Session, patient: Patient) -> Encounter | None:
     )
 
 
-def _time_arg(name: str, problems: list[dict[str, Any]]) -> datetime | None:
-    raw = request.args.get(name)
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        problems.append({"loc": ["query", name], "msg": "must be an ISO 8601 date-time"})
-        return None
-    if value.tzinfo is None:
-        problems.append({"loc": ["query", name], "msg": "must include a timezone"})
-        return None
-    return value
-
-
 def prediction_dict(p: Prediction, version: str | None = None) -> dict[str, Any]:
     return {
         "id": p.public_id,
@@ -83,6 +75,9 @@ def prediction_dict(p: Prediction, version: str | None = None) -> dict[str, Any]
 
 @patient_api.get("/patients/<patient_id>")
 @requires(Permission.PATIENTS_READ)
+@operation(
+    "One patient: stay, current risk, conditions, imaging", PatientDetail, tags=("patients",)
+)
 def patient_detail(patient_id: str) -> Response:
     """Demographics, the current stay, the current risk, conditions and imaging studies."""
     session = db()
@@ -159,12 +154,11 @@ def patient_detail(patient_id: str) -> Response:
 
 @patient_api.get("/patients/<patient_id>/predictions")
 @requires(Permission.PATIENTS_READ)
+@operation("Risk history", PredictionHistory, query=HistoryQuery, tags=("patients",))
 def patient_predictions(patient_id: str) -> Response:
     """Risk history of the patient's stays (champion scores), oldest first."""
-    problems: list[dict[str, Any]] = []
-    limit = int_arg("limit", 500, low=1, high=5000, problems=problems)
-    since = _time_arg("since", problems)
-    raise_if(problems, "invalid query parameters")
+    query_args = parse_query(HistoryQuery)
+    limit, since = query_args.limit, query_args.since
     session = db()
     patient = get_patient_or_raise(session, patient_id)
     query = (
@@ -185,17 +179,16 @@ def patient_predictions(patient_id: str) -> Response:
 
 @patient_api.get("/patients/<patient_id>/observations")
 @requires(Permission.PATIENTS_READ)
+@operation(
+    "Observations, with quarantined values",
+    ObservationList,
+    query=ObservationsQuery,
+    tags=("patients",),
+)
 def patient_observations(patient_id: str) -> Response:
     """Observations (``?code=`` LOINC or variable key, ``?since=``), with quarantined ones."""
-    problems: list[dict[str, Any]] = []
-    limit = int_arg("limit", 5000, low=1, high=50000, problems=problems)
-    since = _time_arg("since", problems)
-    code = request.args.get("code")
-    if code and code in BY_KEY:
-        code = BY_KEY[code].code
-    if code and code not in BY_CODE:
-        problems.append({"loc": ["query", "code"], "msg": "unknown code"})
-    raise_if(problems, "invalid query parameters")
+    query_args = parse_query(ObservationsQuery)
+    limit, since, code = query_args.limit, query_args.since, query_args.code
     session = db()
     patient = get_patient_or_raise(session, patient_id)
     query = select(Observation).where(Observation.patient_id == patient.id)
