@@ -38,6 +38,7 @@ COMMANDS = """\
 ```sh
 export OMP_NUM_THREADS=1 VITALCAST_REGISTRY_DIR=/tmp/vc-registry
 D=../shared/data
+vitalcast db upgrade   # the registry rows live in the configured database
 vitalcast train --task icu-mortality --data $D/physionet2012/set-a.tar.gz \\
     --outcomes $D/physionet2012/Outcomes-a.txt --json
 vitalcast evaluate --model ICU_VERSION --data $D/physionet2012/set-b.tar.gz \\
