@@ -244,6 +244,20 @@ def _markdown_block(title: str, m: dict[str, Any]) -> list[str]:
             f" (model {_fmt(m.get('auroc'))}).",
             "",
         ]
+    deciles = (m.get("curves") or {}).get("calibration")
+    if deciles:
+        # The groups H is computed from: where a large H comes from is visible here.
+        lines += [
+            "Calibration by risk decile (patients sorted by predicted risk):",
+            "",
+            "| decile | n | mean predicted risk | observed rate | expected | observed |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {i} | {int(n)} | {pred:.4f} | {obs:.4f} | {pred * n:.1f} | {round(obs * n)} |"
+            for i, (pred, obs, n) in enumerate(deciles, start=1)
+        ]
+        lines.append("")
     if m.get("by_landmark"):
         lines += [
             "| landmark (h) | n | AUROC | Brier | calibration slope | calibration intercept |",

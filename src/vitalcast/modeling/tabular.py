@@ -1,9 +1,9 @@
 """Task loaders for tables: Diabetes 130 readmission and YAML-described CSV tasks.
 
-Interim: these read the CSV with pandas directly. The CSV ingestion adapter lives on
-another branch; once merged, these loaders should read through it (one parser).
-Diabetes 130 marks missing values with ``?`` and uses the literal category ``None`` for
-"test not done" (A1Cresult, max_glu_serum), hence ``keep_default_na=False``.
+Diabetes 130 is read through the CSV ingestion adapter and its shipped profile (one
+parser; features from :mod:`vitalcast.features.encounter`). A YAML-described table is
+read with pandas (``keep_default_na=False``: a literal category such as ``None`` is a
+value, not missing).
 """
 
 from __future__ import annotations
@@ -15,90 +15,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from vitalcast.features.encounter import (
+    READMISSION_CATEGORICAL,
+    READMISSION_NUMERIC,
+    EncounterInput,
+    PriorHistory,
+    in_readmission_cohort,
+    readmission_features,
+)
 from vitalcast.modeling.datasets import Dataset
 from vitalcast.modeling.tasks import TaskError
-
-# Strack et al. 2014: encounters ending in death or hospice cannot be readmitted.
-_EXCLUDED_DISPOSITIONS = {"11", "13", "14", "19", "20", "21"}
-_MEDICATIONS = [
-    "metformin",
-    "repaglinide",
-    "nateglinide",
-    "chlorpropamide",
-    "glimepiride",
-    "acetohexamide",
-    "glipizide",
-    "glyburide",
-    "tolbutamide",
-    "pioglitazone",
-    "rosiglitazone",
-    "acarbose",
-    "miglitol",
-    "troglitazone",
-    "tolazamide",
-    "examide",
-    "citoglipton",
-    "insulin",
-    "glyburide-metformin",
-    "glipizide-metformin",
-    "glimepiride-pioglitazone",
-    "metformin-rosiglitazone",
-    "metformin-pioglitazone",
-]
-_NUMERIC = [
-    "time_in_hospital",
-    "num_lab_procedures",
-    "num_procedures",
-    "num_medications",
-    "number_outpatient",
-    "number_emergency",
-    "number_inpatient",
-    "number_diagnoses",
-]
-_CATEGORICAL = [
-    "race",
-    "gender",
-    "age",
-    "admission_type_id",
-    "discharge_disposition_id",
-    "admission_source_id",
-    "payer_code",
-    "medical_specialty",
-    "max_glu_serum",
-    "A1Cresult",
-    "change",
-    "diabetesMed",
-]
-
-
-def icd9_group(code: str) -> str:
-    """ICD-9 chapter groups of Strack et al. 2014 (Table 2)."""
-    if not code or code == "?":
-        return "missing"
-    if code[0] in "EV":
-        return "other"
-    try:
-        x = float(code)
-    except ValueError:
-        return "other"
-    if 250 <= x < 251:
-        return "diabetes"
-    for lo, hi, name in (
-        (390, 460, "circulatory"),
-        (785, 786, "circulatory"),
-        (460, 520, "respiratory"),
-        (786, 787, "respiratory"),
-        (520, 580, "digestive"),
-        (787, 788, "digestive"),
-        (800, 1000, "injury"),
-        (710, 740, "musculoskeletal"),
-        (580, 630, "genitourinary"),
-        (788, 789, "genitourinary"),
-        (140, 240, "neoplasms"),
-    ):
-        if lo <= x < hi:
-            return name
-    return "other"
 
 
 def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
@@ -108,85 +34,110 @@ def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
         raise TaskError(f"{path.name}: cannot read as CSV ({exc})") from None
 
 
-def _history(df: pd.DataFrame) -> pd.DataFrame:
-    """The patient's earlier encounters in this health system, known at this discharge.
-
-    Rows must be sorted by ``encounter_id`` (ids grow with time in this export). Every
-    column uses only encounters *before* the current one, never the current label:
-
-    - ``prior_encounters``: how many earlier encounters (of any disposition);
-    - ``prior_readmissions_30d``: how many earlier encounters were followed by a
-      readmission within 30 days. An earlier encounter's readmission happened at or before
-      the current admission (the current encounter is a later one), so it is known by now;
-    - ``is_readmission_30d``: this admission itself came within 30 days of the previous
-      discharge (the previous encounter is labelled ``<30``), which a hospital knows at
-      admission.
-    """
-    by_patient = df.groupby("patient_nbr", sort=False)
-    was_30 = (df["readmitted"] == "<30").astype(float)
-    prior_30 = was_30.groupby(df["patient_nbr"], sort=False).cumsum() - was_30
-    previous = by_patient["readmitted"].shift(1)
-    return pd.DataFrame(
-        {
-            "prior_encounters": by_patient.cumcount().astype(float),
-            "prior_readmissions_30d": prior_30.astype(float),
-            "is_readmission_30d": (previous == "<30").astype(float),
-        },
-        index=df.index,
-    )
-
-
 def load_readmission(path: Path) -> Dataset:
-    """Diabetes 130 encounters at discharge, labelled readmitted within 30 days."""
-    df = _read_csv(path, dtype=str, keep_default_na=False, na_values=["?"])
-    need = {"encounter_id", "patient_nbr", "readmitted", *(_NUMERIC), *(_CATEGORICAL)}
-    missing = sorted(need - set(df.columns))
-    if missing:
-        raise TaskError(f"{path.name}: not Diabetes 130 data (missing {', '.join(missing[:5])})")
-    before = len(df)
-    df["encounter_id"] = df["encounter_id"].astype(np.int64)
-    df = df.sort_values("encounter_id", kind="mergesort").reset_index(drop=True)
-    history = _history(df)
-    keep = ~df["discharge_disposition_id"].isin(_EXCLUDED_DISPOSITIONS).to_numpy()
-    df = df[keep].reset_index(drop=True)
-    X = pd.DataFrame(index=df.index)
-    for col in _NUMERIC:
-        X[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    for col in history.columns:
-        X[col] = history[col].to_numpy()[keep]
-    X["age_mid_years"] = df["age"].str.extract(r"\[(\d+)-")[0].astype(float) + 5.0
-    meds = [m for m in _MEDICATIONS if m in df]
-    X["medications_changed"] = df[meds].isin(["Up", "Down"]).sum(axis=1).astype(float)
-    X["medications_on"] = (df[meds] != "No").sum(axis=1).astype(float)
-    categorical = list(_CATEGORICAL)
-    for col in _CATEGORICAL:
-        X[col] = df[col].astype(object).where(df[col].notna(), None)
-    for i in (1, 2, 3):
-        X[f"diag_{i}_group"] = df[f"diag_{i}"].fillna("").map(icd9_group).astype(object)
-        categorical.append(f"diag_{i}_group")
-    for m in ("insulin", "metformin", "glipizide", "glyburide", "pioglitazone"):
-        if m in df:
-            X[f"med_{m}"] = df[m].astype(object)
-            categorical.append(f"med_{m}")
-    numeric = [c for c in X.columns if c not in categorical]
-    y = (df["readmitted"] == "<30").to_numpy(dtype=np.int64)
+    """Diabetes 130 encounters at discharge, labelled readmitted within 30 days.
+
+    The file is read by the CSV ingestion adapter with the shipped ``diabetes130``
+    profile (the parser ``vitalcast ingest`` uses, in memory; rows it quarantines are
+    counted in the notes), and every row's features come from
+    :func:`vitalcast.features.encounter.readmission_features`, the function a scorer
+    of stored encounters calls. Encounters ending in death or hospice are outside the
+    cohort (Strack et al. 2014). Each patient's history counts only encounters before
+    the current one, in ``encounter_id`` order (ids grow with time in this export).
+
+    Raises:
+        TaskError: the file cannot be read or is not Diabetes 130 data.
+    """
+    from vitalcast.errors import IngestError
+    from vitalcast.ingest.files import read_csv_rows
+    from vitalcast.ingest.sources.csv import load_profile, parse_rows
+
+    profile = load_profile("diabetes130")
+    try:
+        rows = read_csv_rows(path, profile)
+    except IngestError as exc:
+        raise TaskError(f"not Diabetes 130 data: {exc}") from None
+    batch = parse_rows(rows, profile, name=path.name)
+    del rows
+    if not batch.encounters:
+        raise TaskError(f"{path.name}: no Diabetes 130 encounter could be read")
+    sex = {p.ref: p.sex for p in batch.patients}
+    label = {o.encounter_ref: o.value for o in batch.outcomes if o.kind == "readmission_30d"}
+    slots = profile.conditions.columns if profile.conditions else []
+    diagnoses: dict[str, dict[str, str]] = {}
+    for c in batch.conditions:
+        if c.encounter_ref is not None:
+            # source_ref is "<file>:<line> <column>": the column says which diagnosis.
+            diagnoses.setdefault(c.encounter_ref, {})[c.source_ref.rsplit(" ", 1)[-1]] = c.code
+    encounters = sorted(batch.encounters, key=lambda e: (int(e.ref.rsplit(":", 1)[-1]), e.ref))
+    seen: dict[str, PriorHistory] = {}
+    records: list[dict[str, float | str | None]] = []
+    y: list[int] = []
+    patients: list[str] = []
+    excluded = 0
+    for enc in encounters:
+        history = seen.get(enc.patient_ref, PriorHistory())
+        readmitted = label[enc.ref] == 1.0
+        seen[enc.patient_ref] = PriorHistory(
+            encounters=history.encounters + 1,
+            readmissions_30d=history.readmissions_30d + int(readmitted),
+            previous_readmitted_30d=readmitted,
+        )
+        attributes = enc.attributes or {}
+        if not in_readmission_cohort(attributes):
+            excluded += 1
+            continue
+        los = None
+        if enc.discharged_at is not None:
+            los = (enc.discharged_at - enc.admitted_at).total_seconds() / 86400.0
+        codes = diagnoses.get(enc.ref, {})
+        records.append(
+            readmission_features(
+                EncounterInput(
+                    length_of_stay_days=los,
+                    age_years=enc.age_years,
+                    sex=sex.get(enc.patient_ref, "unknown"),
+                    attributes=attributes,
+                    diagnoses=[codes.get(col) for col in slots],
+                    history=history,
+                )
+            )
+        )
+        y.append(int(readmitted))
+        patients.append(enc.patient_ref)
+    numeric, categorical = list(READMISSION_NUMERIC), list(READMISSION_CATEGORICAL)
+    X = pd.DataFrame.from_records(records, columns=numeric + categorical)
+    X[numeric] = X[numeric].astype(float)
+    for col in categorical:
+        X[col] = X[col].astype(object).where(X[col].notna(), None)
     meta = pd.DataFrame(
         {
-            "sex": df["gender"].fillna("unknown").str.lower().to_numpy(),
-            "age_band": df["age"].fillna("unknown").to_numpy(),
-            "unit": df["admission_type_id"].fillna("unknown").to_numpy(),
+            "sex": X["gender"].fillna("unknown").to_numpy(),
+            "age_band": [age_band_label(a) for a in X["age_mid_years"]],
+            "unit": X["admission_type_id"].fillna("unknown").to_numpy(),
         }
     )
+    notes = [f"{excluded} encounters ending in death or hospice excluded"]
+    if batch.rejected:
+        notes.append(f"{len(batch.rejected)} rows quarantined by the CSV adapter")
     return Dataset(
-        X=X[numeric + categorical],
-        y=y,
-        groups=df["patient_nbr"].to_numpy(),
+        X=X,
+        y=np.asarray(y, dtype=np.int64),
+        groups=np.asarray(patients),
         meta=meta,
         numeric=numeric,
         categorical=categorical,
         source=path.name,
-        notes=[f"{before - len(df)} encounters ending in death or hospice excluded"],
+        notes=notes,
     )
+
+
+def age_band_label(age: float) -> str:
+    """The file's ten-year band from its midpoint (75 -> "[70-80)")."""
+    if age != age:
+        return "unknown"
+    lo = int(age // 10 * 10)
+    return f"[{lo}-{lo + 10})"
 
 
 def load_tabular(task_file: Path, data: Path) -> Dataset:

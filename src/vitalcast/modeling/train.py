@@ -8,8 +8,9 @@ calibrator learns from out-of-fold scores and the served base model is fitted on
 Search budget (fixed, documented, seeded — a retrain on the same data gives the same
 model): the candidates of :data:`SEARCH_BUDGET`, each scored by out-of-fold AUROC over
 ``n_splits`` folds grouped by patient and stratified by label; then the calibration map
-(Platt sigmoid or ε-bounded isotonic, fitted on every landmark or on the primary one)
-chosen by cross-fitted out-of-fold log loss at the primary landmark
+(Platt sigmoid, ε-bounded isotonic or centred isotonic, fitted on every landmark's
+out-of-fold scores or on the primary landmark's only) chosen by cross-fitted
+out-of-fold log loss at the primary landmark
 (:func:`choose_calibration`). The fold models of the search are fitted once: the served
 pipeline is refitted on all rows and paired with a calibrator fitted on the winner's
 out-of-fold scores (:func:`assemble_calibrated`). ``ensemble=False`` keeps one model per
@@ -284,7 +285,7 @@ ISOTONIC_EPS = 1e-3
 class CalibrationChoice:
     """The calibration map chosen by cross-fitted validation, and its evidence."""
 
-    method: str  # "sigmoid" or "isotonic"
+    method: str  # one of CALIBRATION_METHODS
     rows: str  # "all" landmarks or the task's "primary" landmark
     oof_proba: np.ndarray  # cross-fitted calibrated out-of-fold probabilities, every row
     losses: dict[str, float]
@@ -297,8 +298,9 @@ class CalibrationChoice:
 def choose_calibration(
     scores: np.ndarray, y: np.ndarray, folds: Folds, primary: np.ndarray
 ) -> CalibrationChoice:
-    """Sigmoid (Platt) or isotonic, fitted on every landmark's out-of-fold scores or on the
-    primary landmark's only; chosen by cross-fitted log loss at the primary landmark.
+    """A map of :data:`CALIBRATION_METHODS`, fitted on every landmark's out-of-fold scores
+    or on the primary landmark's only; chosen by cross-fitted log loss at the primary
+    landmark.
 
     Why the primary landmark decides: it is the task's stated evaluation protocol (for
     icu-mortality, one prediction per stay at 48 h, as the 2012 challenge scored). Why the
@@ -308,9 +310,9 @@ def choose_calibration(
     fitted on all landmarks under-disperses 48 h risks. Each fold's probabilities come
     from a calibrator that never saw that fold's rows (cross-fitting).
     """
-    options = [("sigmoid", "all"), ("isotonic", "all")]
+    options = [(m, "all") for m in CALIBRATION_METHODS]
     if not primary.all():
-        options += [("sigmoid", "primary"), ("isotonic", "primary")]
+        options += [(m, "primary") for m in CALIBRATION_METHODS]
     results: dict[tuple[str, str], np.ndarray] = {}
     everything = np.arange(len(y))
     for method, rows in options:
@@ -333,9 +335,52 @@ def choose_calibration(
     return CalibrationChoice(best[0], best[1], results[best], losses)
 
 
+# Calibration maps the search chooses between (by cross-fitted log loss).
+CALIBRATION_METHODS: tuple[str, ...] = ("sigmoid", "isotonic", "centred-isotonic")
+
+
+def sklearn_method(method: str) -> str:
+    """The ``CalibratedClassifierCV`` method a calibration map is stored as: the centred
+    isotonic map is an ``IsotonicRegression`` (same predict, same compiled form)."""
+    return "isotonic" if method == "centred-isotonic" else method
+
+
+def centred_isotonic(s: np.ndarray, y: np.ndarray) -> IsotonicRegression:
+    """Centred isotonic regression (Oron & Flournoy 2017), ε-bounded.
+
+    Plain isotonic regression (pool-adjacent-violators) is a step function: every
+    patient in a block gets the same risk, so ranks inside the block are lost (AUROC
+    drops) and a decile boundary falling inside a large block is arbitrary. CIR keeps
+    the PAV block values but places each at the mean score of its block and joins them
+    linearly, so the map is strictly increasing between the outermost block centres (no
+    ties there) while staying as flexible as isotonic; it is also less biased at the
+    ends. Why not Platt's sigmoid: on PhysioNet set A the out-of-fold gradient-boosting
+    scores at 48 h are not logistic in shape (sigmoid: slope 1.00 but decile H 39;
+    centred isotonic: H 15, lower log loss). The result is stored as an
+    ``IsotonicRegression`` fitted on the knots, whose linear interpolation is exactly the
+    CIR map, so serving and the compiled scorer need nothing new.
+    """
+    order = np.argsort(s, kind="mergesort")
+    xs = np.asarray(s, dtype=float)[order]
+    ys = np.asarray(y, dtype=float)[order]
+    pav = IsotonicRegression(y_min=ISOTONIC_EPS, y_max=1 - ISOTONIC_EPS).fit_transform(xs, ys)
+    starts = np.r_[0, np.flatnonzero(np.diff(pav) != 0) + 1]
+    ends = np.r_[starts[1:], len(xs)]
+    knots_x = np.array([xs[a:b].mean() for a, b in zip(starts, ends, strict=True)])
+    knots_y = pav[starts]
+    knots_x = np.r_[xs[0], knots_x, xs[-1]]
+    knots_y = np.r_[knots_y[0], knots_y, knots_y[-1]]
+    return IsotonicRegression(out_of_bounds="clip", y_min=ISOTONIC_EPS, y_max=1 - ISOTONIC_EPS).fit(
+        knots_x, knots_y
+    )
+
+
 def fit_calibrator(method: str, s: np.ndarray, y: np.ndarray) -> Any:
     """The calibrator scikit-learn's CalibratedClassifierCV would fit for ``method``
-    (Platt's sigmoid with its prior-corrected targets; isotonic, here bounded by ε)."""
+    (Platt's sigmoid with its prior-corrected targets; isotonic, here bounded by ε), or
+    the centred isotonic map (:func:`centred_isotonic`)."""
+    if method == "centred-isotonic":
+        return centred_isotonic(s, y)
     if method == "isotonic":
         return IsotonicRegression(
             out_of_bounds="clip", y_min=ISOTONIC_EPS, y_max=1 - ISOTONIC_EPS
@@ -356,10 +401,11 @@ def assemble_calibrated(pipeline: Pipeline, calibrator: Any, method: str) -> Cal
     artifact from another version is refused on load, and a unit test checks the
     assembled object against ``calibrator(decision_function)``.
     """
-    est = CalibratedClassifierCV(pipeline, method=method, ensemble=False)
+    stored = sklearn_method(method)
+    est = CalibratedClassifierCV(pipeline, method=stored, ensemble=False)
     est.classes_ = pipeline.classes_
     est.calibrated_classifiers_ = [
-        _CalibratedClassifier(pipeline, [calibrator], method=method, classes=pipeline.classes_)
+        _CalibratedClassifier(pipeline, [calibrator], method=stored, classes=pipeline.classes_)
     ]
     if hasattr(pipeline, "n_features_in_"):
         est.n_features_in_ = pipeline.n_features_in_

@@ -1,0 +1,103 @@
+"""readmission-30d on real Diabetes 130 rows: cohort rule, history without look-ahead,
+the patient-level split, and a clear error for a file of another format.
+
+CI-sized: the first 4,000 encounters of the real file (read through the CSV adapter, as
+training reads the whole file).
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitalcast.features.encounter import EXCLUDED_DISPOSITIONS
+from vitalcast.modeling.loaders import load_dataset
+from vitalcast.modeling.tabular import load_readmission
+from vitalcast.modeling.tasks import TaskError, get_task
+
+pytestmark = pytest.mark.shared_data
+
+N_ROWS = 4000
+
+
+@pytest.fixture(scope="module")
+def head_csv(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The header and first N_ROWS encounters of the real file."""
+    src = shared_data / "diabetes130" / "diabetic_data.csv.gz"
+    with gzip.open(src, "rt", encoding="utf-8") as fh:
+        lines = [next(fh) for _ in range(N_ROWS + 1)]
+    out = tmp_path_factory.mktemp("d130") / "head.csv"
+    out.write_text("".join(lines), encoding="utf-8")
+    return out
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return [line.rstrip("\n").split(",") for line in path.read_text().splitlines(True)]
+
+
+def test_cohort_excludes_death_and_hospice(head_csv: Path) -> None:
+    rows = _rows(head_csv)
+    col = rows[0].index("discharge_disposition_id")
+    excluded = sum(int(r[col]) in EXCLUDED_DISPOSITIONS for r in rows[1:])
+    assert excluded > 0  # the sample contains such encounters
+    ds = load_readmission(head_csv)
+    assert len(ds.y) == N_ROWS - excluded
+    kept = {int(v) for v in ds.X["discharge_disposition_id"]}
+    assert not kept & EXCLUDED_DISPOSITIONS
+    assert f"{excluded} encounters ending in death or hospice excluded" in ds.notes
+
+
+def test_history_uses_earlier_encounters_only(head_csv: Path, tmp_path: Path) -> None:
+    """A patient's later encounter and its label never change an earlier encounter's
+    features; the later encounter does see the earlier one."""
+    rows = _rows(head_csv)
+    header = rows[0]
+    pcol, lcol = header.index("patient_nbr"), header.index("readmitted")
+    dcol = header.index("discharge_disposition_id")
+    first_seen: dict[str, int] = {}
+    repeat = None
+    for i, r in enumerate(rows[1:], start=1):
+        if int(r[dcol]) in EXCLUDED_DISPOSITIONS:
+            continue
+        if r[pcol] in first_seen:
+            repeat = (first_seen[r[pcol]], i)
+            break
+        first_seen[r[pcol]] = i
+    assert repeat is not None, "the sample has no patient with two encounters"
+    base = load_readmission(head_csv)
+    # Flip the later encounter's label: nothing about the earlier encounter may change.
+    changed = [list(r) for r in rows]
+    changed[repeat[1]][lcol] = "NO" if rows[repeat[1]][lcol] == "<30" else "<30"
+    altered = tmp_path / "altered.csv"
+    altered.write_text("\n".join(",".join(r) for r in changed) + "\n", encoding="utf-8")
+    other = load_readmission(altered)
+    earlier = np.flatnonzero(base.groups == f"diabetes130:{rows[repeat[0]][pcol]}")
+    first, second = earlier[0], earlier[1]
+    assert base.X.iloc[second]["prior_encounters"] == base.X.iloc[first]["prior_encounters"] + 1
+    np.testing.assert_array_equal(
+        base.X.iloc[first][base.numeric].to_numpy(dtype=float),
+        other.X.iloc[first][other.numeric].to_numpy(dtype=float),
+    )
+    assert base.y[second] != other.y[second]
+
+
+def test_patient_level_split_is_disjoint(head_csv: Path) -> None:
+    task = get_task("readmission-30d")
+    train = load_dataset(task, session=None, data=head_csv, part="train")
+    held = load_dataset(task, session=None, data=head_csv, part="holdout")
+    assert not set(train.groups.tolist()) & set(held.groups.tolist())
+    assert 0.1 < len(held.y) / (len(held.y) + len(train.y)) < 0.3
+
+
+def test_wrong_format_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "other.csv"
+    bad.write_text("id,age,label\n1,50,0\n2,60,1\n", encoding="utf-8")
+    with pytest.raises(TaskError, match=r"not Diabetes 130 data: .*patient_nbr"):
+        load_readmission(bad)
+    binary = tmp_path / "binary.csv.gz"
+    binary.write_bytes(b"\x00\xff\x10 not a csv")
+    with pytest.raises(TaskError, match="not Diabetes 130 data"):
+        load_readmission(binary)
