@@ -279,11 +279,35 @@ def models_show(ctx: click.Context, version: str, task_name: str | None) -> None
 @click.pass_context
 def models_promote(ctx: click.Context, version: str, alias: str) -> None:
     """Make VERSION the task's champion (or challenger)."""
-    from vitalcast.modeling.service import load_registered, promote
+    from vitalcast.modeling.service import (
+        get_champion,
+        get_version_or_raise,
+        load_registered,
+        promote,
+    )
+    from vitalcast.security import audit
 
     with _session(ctx) as session:
+        target = get_version_or_raise(session, version)
+        before = get_champion(session, target.task) if alias == "champion" else None
         row = promote(session, version=version, alias=alias)
         load_registered(session, row)  # refuse to promote an artifact that would not load
+        # The change-control plan: every promotion is audited (docs/maintenance-plan.md).
+        audit.record(
+            session,
+            audit.Event(
+                "model.promoted",
+                "U",
+                actor="cli",
+                resource=f"model/{version}",
+                details={
+                    "task": row.task,
+                    "alias": alias,
+                    "replaced": before.version if before is not None else None,
+                    "by": "person",
+                },
+            ),
+        )
     click.echo(f"{version} is now {alias} of {row.task}")
 
 
@@ -293,10 +317,21 @@ def models_promote(ctx: click.Context, version: str, alias: str) -> None:
 def models_rollback(ctx: click.Context, task_name: str) -> None:
     """Make the previous champion of a task champion again."""
     from vitalcast.modeling.service import load_registered, rollback
+    from vitalcast.security import audit
 
     with _session(ctx) as session:
         row = rollback(session, task=task_name)
         load_registered(session, row)
+        audit.record(
+            session,
+            audit.Event(
+                "model.rolled_back",
+                "U",
+                actor="cli",
+                resource=f"model/{row.version}",
+                details={"task": task_name},
+            ),
+        )
     click.echo(f"{row.version} is champion of {task_name} again")
 
 
