@@ -26,6 +26,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
@@ -99,9 +101,8 @@ def _store(url: str, data_dir: Path, patients: int, now: datetime) -> None:
     print(f"stored {patients} open stays and {n} scores in {time.perf_counter() - started:.1f} s")
 
 
-def _measure(
-    url: str, data_dir: Path, username: str, runs: int
-) -> tuple[list[float], list[float], int, int]:
+def _signed_in(url: str, data_dir: Path, username: str) -> tuple[Flask, FlaskClient]:
+    """The real app in process and a client signed in through the real form."""
     settings = load_settings(env="test", data_dir=data_dir, database_url=url, log_json=True)
     app = create_app(settings)
     client = app.test_client()
@@ -112,6 +113,13 @@ def _measure(
         "/login", data={"username": username, "password": PASSWORD, "csrf_token": token.group(1)}
     )
     assert signed.status_code == 302, signed.status_code
+    return app, client
+
+
+def _measure(
+    url: str, data_dir: Path, username: str, runs: int
+) -> tuple[list[float], list[float], int, int]:
+    app, client = _signed_in(url, data_dir, username)
     times = []
     cpu = []
     rows = size = 0
@@ -137,6 +145,40 @@ def _measure(
     return times, cpu, rows, size
 
 
+def _profile(url: str, data_dir: Path, username: str, runs: int) -> None:
+    """cProfile of ``runs`` requests plus each SQL statement's count and total time."""
+    import cProfile
+    import pstats
+
+    from sqlalchemy import event
+
+    app, client = _signed_in(url, data_dir, username)
+    client.get("/ward")
+    sql: dict[str, list[float]] = {}
+    engine = get_state(app).engine
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        conn.info["t0"] = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        key = " ".join(statement.split())[:110]
+        sql.setdefault(key, []).append(time.perf_counter() - conn.info["t0"])
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(runs):
+        client.get("/ward")
+    profiler.disable()
+    stats = pstats.Stats(profiler).sort_stats("cumulative")
+    stats.print_stats(30)
+    stats.sort_stats("tottime").print_stats(20)
+    print("SQL per request (count, total ms):")
+    for key, times in sorted(sql.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {len(times) / runs:5.1f}  {1000 * sum(times) / runs:8.1f} ms  {key}")
+
+
 def _report(label: str, times: list[float], cpu: list[float], rows: int, size: int) -> None:
     """Wall time, and the app process's CPU time (what a quiet machine would approach)."""
     times = sorted(times)
@@ -154,6 +196,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--sqlite", action="store_true", help="embedded SQLite instead")
     parser.add_argument("--pg-admin-url", default=PG_ADMIN)
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile and SQL timings of the nurse's page"
+    )
     args = parser.parse_args()
     now = datetime.now(UTC).replace(microsecond=0)
     with tempfile.TemporaryDirectory(prefix="vc-bench-ward-") as tmp:
@@ -174,6 +219,9 @@ def main() -> None:
         try:
             print(f"database: {'SQLite' if args.sqlite else 'PostgreSQL'}", flush=True)
             _store(url, data_dir, args.patients, now)
+            if args.profile:
+                _profile(url, data_dir, "bench-nurse", min(args.runs, 5))
+                return
             for user, label in (
                 ("bench-nurse", "GET /ward (nurse: names decrypted)"),
                 ("bench-ds", "GET /ward (data scientist: no ids)"),

@@ -112,10 +112,23 @@ def ack_command(ctx: click.Context, alert_id: int, actor: str) -> None:
     help="The most recent period, held out to judge the challenger.",
 )
 @click.option(
+    "--train-days",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Train only on stays admitted in this many days before the holdout (default: all);"
+    " after a lasting change in the data, the period since the change.",
+)
+@click.option(
     "--auto-promote", is_flag=True, help="Promote the challenger if (and only if) the gate passes."
 )
 @click.pass_context
-def retrain_command(ctx: click.Context, task: str, holdout_days: float, auto_promote: bool) -> None:
+def retrain_command(
+    ctx: click.Context,
+    task: str,
+    holdout_days: float,
+    train_days: float | None,
+    auto_promote: bool,
+) -> None:
     """Train a challenger on the store with a temporal holdout and apply the promotion gate.
 
     Exit code 1 when --auto-promote was asked for and the gate refused the challenger.
@@ -130,6 +143,7 @@ def retrain_command(ctx: click.Context, task: str, holdout_days: float, auto_pro
             settings=settings,
             task=task,
             holdout_days=holdout_days,
+            train_days=train_days,
             auto_promote=auto_promote,
         )
         click.echo(

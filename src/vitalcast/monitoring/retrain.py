@@ -71,6 +71,7 @@ def retrain(
     settings: Settings,
     task: str,
     holdout_days: float = 90.0,
+    train_days: float | None = None,
     auto_promote: bool = False,
     now: datetime | None = None,
     policy: GatePolicy | None = None,
@@ -80,6 +81,12 @@ def retrain(
     actor: str = "cli",
 ) -> RetrainReport:
     """Train a challenger with a temporal holdout, gate it, and promote it if allowed.
+
+    ``train_days`` limits training to the stays admitted in that many days before the
+    holdout (default: all history). After a lasting change in the data (a new analyser's
+    units, a vital sign no longer charted), a model trained on a mixture of before and
+    after keeps the drift alert open, because its training reference is that mixture;
+    training on the period since the change is what lets the alert clear.
 
     Raises:
         TaskError: the task cannot be retrained from the store, or a side of the split
@@ -107,8 +114,10 @@ def retrain(
         ).all()
     )
     recent = np.array([admitted[s] >= cutoff for s in stay_ids])
-    if recent.all() or not recent.any():
-        side = "training" if recent.all() else "holdout"
+    earliest = None if train_days is None else cutoff - timedelta(days=train_days)
+    training = ~recent & np.array([earliest is None or admitted[s] >= earliest for s in stay_ids])
+    if not training.any() or not recent.any():
+        side = "holdout" if training.any() else "training"
         raise TaskError(
             f"{task}: the {side} side of a {holdout_days:g}-day temporal split is empty;"
             " change --holdout-days"
@@ -119,7 +128,7 @@ def retrain(
         task,
         session=session,
         registry_dir=settings.resolved_registry_dir,
-        dataset=_subset(ds, ~recent),
+        dataset=_subset(ds, training),
         budget=budget,
         n_splits=n_splits,
         n_boot=n_boot,
@@ -153,6 +162,7 @@ def retrain(
             details={
                 "task": task,
                 "holdout_days": holdout_days,
+                "train_days": train_days,
                 "gate_passed": gate.passed,
                 "reasons": gate.reasons,
                 "champion": champion_before,
@@ -178,7 +188,7 @@ def retrain(
         version=outcome.version,
         alias=alias,
         champion_before=champion_before,
-        train_stays=len(set(np.asarray(stay_ids)[~recent])),
+        train_stays=len(set(np.asarray(stay_ids)[training])),
         holdout_stays=int(rows.sum()),
         gate=gate,
         promoted=promoted,

@@ -8,7 +8,7 @@ Services take keyword-only arguments and never commit (the caller's unit of work
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,8 +29,21 @@ from vitalcast.security import audit
 logger = logging.getLogger(__name__)
 
 SCORE_FEATURE = "__score__"
+# How old the model's latest score before a window sample's time may be to stand for the
+# score at that time (live serving rescores on every update, i.e. at least hourly).
+SCORE_TOLERANCE = timedelta(hours=2)
 
-FeatureLoader = Callable[[Session, Sequence[Prediction]], dict[str, list[object]]]
+
+@dataclass(frozen=True)
+class WindowSample:
+    """One stay of a drift window: when its inputs are read, and the model's score then."""
+
+    encounter_id: int
+    as_of: datetime
+    score: float | None
+
+
+FeatureLoader = Callable[[Session, Sequence[WindowSample]], dict[str, list[object]]]
 
 
 # --------------------------------------------------------------------------- lookups
@@ -80,43 +93,171 @@ def reference_for(model: ModelVersion) -> dict[str, dict[str, Any]]:
 def window_predictions(
     session: Session, *, model: ModelVersion, start: datetime, end: datetime
 ) -> list[Prediction]:
-    """The latest prediction per encounter made by ``model`` in ``[start, end)``.
+    """The latest prediction per encounter by ``model`` about a time in ``[start, end)``.
 
     One row per stay: rescorings of the same patient are strongly correlated, and the
     drift tests assume independent values, as the training reference (one row per stay)
-    is.
+    is. The window is on ``as_of`` (the time the score is about), not on when the row was
+    written, so replayed or back-filled scores fall in the window of their data, as the
+    outcome-joined performance (``labelled_window``) already does.
     """
-    latest = (
-        select(Prediction.encounter_id, func.max(Prediction.id).label("id"))
+    ranked = (
+        select(
+            Prediction.id,
+            func.row_number()
+            .over(
+                partition_by=Prediction.encounter_id,
+                order_by=(Prediction.as_of.desc(), Prediction.id.desc()),
+            )
+            .label("rank"),
+        )
         .where(
             Prediction.model_version_id == model.id,
-            Prediction.created_at >= start,
-            Prediction.created_at < end,
+            Prediction.encounter_id.is_not(None),
+            Prediction.as_of >= start,
+            Prediction.as_of < end,
         )
-        .group_by(Prediction.encounter_id)
         .subquery()
     )
     return list(
-        session.scalars(select(Prediction).join(latest, Prediction.id == latest.c.id)).all()
+        session.scalars(
+            select(Prediction)
+            .join(ranked, Prediction.id == ranked.c.id)
+            .where(ranked.c.rank == 1)
+            .order_by(Prediction.encounter_id)
+        ).all()
     )
 
 
+def training_landmarks(model: ModelVersion) -> tuple[float, ...]:
+    """Hours after admission at which the model's training rows were taken (sidecar), or ()."""
+    from vitalcast.modeling.registry import RegistryError
+    from vitalcast.modeling.service import sidecar_of
+
+    try:
+        hours = (sidecar_of(model).get("data") or {}).get("landmarks_h") or ()
+    except (RegistryError, OSError):
+        return ()
+    return tuple(float(h) for h in hours)
+
+
+def drift_window(
+    session: Session,
+    *,
+    model: ModelVersion,
+    start: datetime,
+    end: datetime,
+    landmarks_h: Sequence[float] = (),
+) -> list[WindowSample]:
+    """The stays the model scored in ``[start, end)``, each read at one comparable time.
+
+    Without landmarks, each stay's latest prediction in the window. With the landmarks
+    the model was trained at (6/12/24/48 h for icu-mortality), each stay is read at one
+    landmark that it reached inside the window, with equal numbers of stays at every
+    landmark (:func:`balanced_landmarks`), so the window mixes landmarks as the training
+    reference does (one row per stay per landmark): comparing hour-40 inputs of a ward with
+    a reference a quarter of which is taken 6 h after admission would flag "drift" in every
+    count and time feature of every healthy ward. Stays left over are not used. The
+    score is the model's latest score at most ``SCORE_TOLERANCE`` before that time, or
+    missing.
+    """
+    predictions = window_predictions(session, model=model, start=start, end=end)
+    if not landmarks_h:
+        return [WindowSample(p.encounter_id or 0, p.as_of, p.score) for p in predictions]
+    ids = [p.encounter_id for p in predictions if p.encounter_id is not None]
+    admitted = dict(
+        session.execute(
+            select(Encounter.id, Encounter.admitted_at).where(Encounter.id.in_(ids))
+        ).all()
+    )
+    # Landmark index -> its time, per stay, for the landmarks reached inside the window.
+    reached: dict[int, dict[int, datetime]] = {}
+    for p in predictions:
+        admitted_at = admitted.get(p.encounter_id) if p.encounter_id is not None else None
+        if admitted_at is None or p.encounter_id is None:
+            continue
+        times = {
+            j: at
+            for j, h in enumerate(sorted(landmarks_h))
+            if start <= (at := admitted_at + timedelta(hours=h)) <= p.as_of
+        }
+        if times:
+            reached[p.encounter_id] = times
+    chosen = balanced_landmarks(reached, len(landmarks_h))
+    scores: dict[int, list[tuple[datetime, float]]] = {}
+    for enc_id, as_of, score in session.execute(
+        select(Prediction.encounter_id, Prediction.as_of, Prediction.score)
+        .where(
+            Prediction.model_version_id == model.id,
+            Prediction.encounter_id.in_(list(chosen)),
+            Prediction.as_of >= start - SCORE_TOLERANCE,
+            Prediction.as_of < end,
+        )
+        .order_by(Prediction.as_of, Prediction.id)
+    ):
+        if enc_id is not None:
+            scores.setdefault(enc_id, []).append((as_of, score))
+    samples = []
+    for enc_id, at in sorted(chosen.items()):
+        before = [s for t, s in scores.get(enc_id, []) if at - SCORE_TOLERANCE <= t <= at]
+        samples.append(WindowSample(enc_id, at, before[-1] if before else None))
+    return samples
+
+
+def _spread(encounter_id: int) -> int:
+    """A fixed pseudo-random order of stays (Knuth's multiplicative hash), so which stays
+    fill a landmark's quota does not follow admission order."""
+    return (encounter_id * 2654435761) % 2**32
+
+
+def balanced_landmarks(
+    reached: Mapping[int, Mapping[int, datetime]], n_landmarks: int
+) -> dict[int, datetime]:
+    """One landmark per stay, the same number of stays at every landmark, as many as possible.
+
+    The training reference has one row per stay at each landmark, i.e. equal shares. In a
+    live window, stays in progress reach the early landmarks more often than the late
+    ones, so letting each stay pick among those it reached would over-represent hour 6
+    and flag every time-dependent input (measured: 31 inputs of a healthy synthetic
+    ward). The largest equal quota ``k`` is found by bisection; each candidate is filled
+    greedily from the landmark the fewest stays reached, taking stays in a fixed
+    pseudo-random order.
+    """
+
+    def fill(k: int) -> dict[int, datetime] | None:
+        taken: dict[int, datetime] = {}
+        counts = {j: sum(j in r for r in reached.values()) for j in range(n_landmarks)}
+        for j in sorted(counts, key=lambda j: (counts[j], -j)):
+            pool = sorted((e for e, r in reached.items() if j in r and e not in taken), key=_spread)
+            if len(pool) < k:
+                return None
+            taken |= {e: reached[e][j] for e in pool[:k]}
+        return taken
+
+    lo, hi = 0, len(reached) // max(n_landmarks, 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fill(mid) is None:
+            hi = mid - 1
+        else:
+            lo = mid
+    return fill(lo) or {}
+
+
 def features_from_store(
-    session: Session, predictions: Sequence[Prediction]
+    session: Session, samples: Sequence[WindowSample]
 ) -> dict[str, list[object]]:
-    """Recompute each prediction's feature vector as of its time, with the serving code path."""
+    """Recompute each sample's feature vector as of its time, with the serving code path."""
     from vitalcast.features import stay_features
     from vitalcast.serving.scoring import stay_input
 
     rows: list[dict[str, float]] = []
-    for prediction in predictions:
-        encounter = session.get(Encounter, prediction.encounter_id)
+    for sample in samples:
+        encounter = session.get(Encounter, sample.encounter_id)
         if encounter is None:
             rows.append({})
             continue
-        rows.append(
-            stay_features(stay_input(session, encounter, prediction.as_of), prediction.as_of)
-        )
+        rows.append(stay_features(stay_input(session, encounter, sample.as_of), sample.as_of))
     names = sorted({name for row in rows for name in row})
     return {name: [row.get(name) for row in rows] for name in names}
 
@@ -138,17 +279,21 @@ def run_drift(
     profiles = reference_for(model)
     end = now or utcnow()
     start = end - timedelta(days=window_days)
-    predictions = window_predictions(session, model=model, start=start, end=end)
-    recent: dict[str, list[object]] = {SCORE_FEATURE: [p.score for p in predictions]}
-    if predictions and any(name != SCORE_FEATURE for name in profiles):
-        recent |= load_features(session, predictions)
+    samples = drift_window(
+        session, model=model, start=start, end=end, landmarks_h=training_landmarks(model)
+    )
+    recent: dict[str, list[object]] = {
+        SCORE_FEATURE: [s.score for s in samples if s.score is not None]
+    }
+    if samples and any(name != SCORE_FEATURE for name in profiles):
+        recent |= load_features(session, samples)
     results = drift.compare_all(profiles, recent)
     run = DriftRun(
         model_version_id=model.id,
         task=task,
         window_start=start,
         window_end=end,
-        n_recent=len(predictions),
+        n_recent=len(samples),
         severity=drift.worst_severity(results.values()),
         flagged=sum(r.flagged for r in results.values()),
     )

@@ -4,6 +4,11 @@
 synthetic cohort into SQLite under the data directory, trains and registers the first
 ``icu-mortality`` model and creates two demo users; later runs find all of it and only
 score patients that have no score yet, so the server is up within seconds.
+
+Each stay scored here also gets its risk history: hourly scores over the last
+:data:`HISTORY_HOURS` (or since admission), computed from the observations as they stood
+at each hour by the same feature and scoring code as live scores, so the ward's sparklines
+and the patient page's risk over time show a course instead of one point.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import logging
 import os
 import secrets
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,12 +37,16 @@ from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.service import create_user
 from vitalcast.security.tables import User
 
+if TYPE_CHECKING:
+    from vitalcast.serving.predictor import Predictor
+
 logger = logging.getLogger(__name__)
 
 DEMO_SEED = 2012
 DEMO_HISTORIC = 1500
 DEMO_USERS = (("clinician", "clinician"), ("admin", "admin"))
 _CHUNK = 100
+HISTORY_HOURS = 24
 
 
 @dataclass(frozen=True)
@@ -136,7 +148,6 @@ def _ensure_users(settings: Settings, sessions: sessionmaker[Session]) -> dict[s
 def _score_unscored(settings: Settings, sessions: sessionmaker[Session]) -> int:
     """Score in-progress stays that have no champion score yet (all of them on first run)."""
     from vitalcast.serving.predictor import load_champion
-    from vitalcast.serving.scoring import score_encounter
     from vitalcast.serving.state import AppState
 
     state = AppState(
@@ -163,8 +174,54 @@ def _score_unscored(settings: Settings, sessions: sessionmaker[Session]) -> int:
             for encounter_id in todo[start : start + _CHUNK]:
                 encounter = session.get(Encounter, encounter_id)
                 assert encounter is not None
-                score_encounter(session, predictor, encounter, as_of=now)
+                score_with_history(session, predictor, encounter, now=now)
     return len(todo)
+
+
+def score_with_history(
+    session: Session,
+    predictor: Predictor,
+    encounter: Encounter,
+    *,
+    now: datetime,
+    hours: int = HISTORY_HOURS,
+) -> int:
+    """Score ``encounter`` at each whole hour of the last ``hours`` and at ``now``.
+
+    The stay's observations are read once; :func:`~vitalcast.features.stay_features` uses
+    only those at or before each hour, exactly as a live score at that hour would have.
+    Past scores are stored without an explanation (the page explains the current one),
+    oldest first and the current score last, so "the newest score" means the same by
+    time of data and by time of storage. Returns the number of scores stored.
+    """
+    from vitalcast.features import stay_features
+    from vitalcast.serving.scoring import record_prediction, stay_input
+
+    stay = stay_input(session, encounter, now)
+    first = max(now - timedelta(hours=hours), encounter.admitted_at + timedelta(hours=1))
+    at = first.replace(minute=0, second=0, microsecond=0)
+    if at < first:
+        at += timedelta(hours=1)
+    times = []
+    while at < now:
+        times.append(at)
+        at += timedelta(hours=1)
+    observed = [t for _code, _value, t in stay.observations]
+    for i, moment in enumerate([*times, now]):
+        freshness = observed[bisect_right(observed, moment) - 1] if observed else None
+        if freshness is not None and freshness > moment:
+            freshness = None
+        record_prediction(
+            session,
+            predictor,
+            stay_features(stay, moment),
+            role="champion",
+            as_of=moment,
+            freshness=freshness,
+            encounter=encounter,
+            explain=i == len(times),
+        )
+    return len(times) + 1
 
 
 def _engine_of(sessions: sessionmaker[Session]) -> Engine:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Encounter, Patient
@@ -55,50 +55,38 @@ class WardRow:
         }
 
 
-def _latest_predictions() -> Any:
+def _latest_prediction_id() -> Any:
+    """The id of the listed encounter's newest champion prediction (correlated, per row).
+
+    One backward scan of ``ix_predictions_encounter_time`` per listed stay, so the ward's
+    cost follows the number of stays in progress, not the number of predictions ever
+    stored. The previous form, ``max(id) GROUP BY encounter_id`` over every champion
+    prediction (discharged stays included), grew with the history and, when PostgreSQL's
+    statistics were stale, was re-aggregated once per listed stay: 630 ms of the 520-stay
+    ward page (docs/benchmarks.md).
+    """
     return (
-        select(Prediction.encounter_id, func.max(Prediction.id).label("pid"))
-        .where(Prediction.role == "champion")
-        .group_by(Prediction.encounter_id)
-        .subquery()
+        select(Prediction.id)
+        .where(Prediction.encounter_id == Encounter.id, Prediction.role == "champion")
+        .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+        .limit(1)
+        .correlate(Encounter)
+        .scalar_subquery()
     )
 
 
-def _ward_query(
+def _open_stays(
     unit: str | None, mrn_hmac: str | None = None, patient_public_id: str | None = None
-) -> Select[*tuple[Any, ...]]:
-    # Columns, not entities: the ward page lists hundreds of stays, and loading full ORM
-    # objects (with every prediction's explanation JSON) cost more than the queries.
-    latest = _latest_predictions()
-    query: Select[*tuple[Any, ...]] = (
-        select(
-            Encounter.public_id,
-            Encounter.unit,
-            Encounter.age_years,
-            Encounter.admitted_at,
-            Patient.public_id,
-            Patient.sex,
-            Patient.identifiers_enc,
-            Patient.key_id,
-            Prediction.score,
-            Prediction.band,
-            Prediction.as_of,
-            Prediction.data_freshness_at,
-            Prediction.model_version_id,
-            Prediction.missing_inputs,
-        )
-        .join(Patient, Patient.id == Encounter.patient_id)
-        .outerjoin(latest, latest.c.encounter_id == Encounter.id)
-        .outerjoin(Prediction, Prediction.id == latest.c.pid)
-        .where(Encounter.discharged_at.is_(None))
-    )
+) -> Any:
+    """The filter of the ward: stays in progress, optionally one unit, MRN or patient."""
+    conditions: list[ColumnElement[bool]] = [Encounter.discharged_at.is_(None)]
     if unit:
-        query = query.where(Encounter.unit == unit)
+        conditions.append(Encounter.unit == unit)
     if mrn_hmac:
-        query = query.where(Patient.mrn_hmac == mrn_hmac)
+        conditions.append(Patient.mrn_hmac == mrn_hmac)
     if patient_public_id:
-        query = query.where(Patient.public_id == patient_public_id)
-    return query
+        conditions.append(Patient.public_id == patient_public_id)
+    return and_(*conditions)
 
 
 def list_ward(
@@ -116,38 +104,74 @@ def list_ward(
     ``mrn_hmac`` restricts the list to the patient whose keyed MRN hash matches (exact MRN
     search without decrypting anyone); ``patient_public_id`` to one patient's stay (the
     live ward row).
+
+    Two set-based reads whatever the ward size: the open stays with the id of each one's
+    newest champion prediction, then those predictions by primary key. The sort by risk
+    is done here, on the (hundreds of) stays in progress; a join of the scores in SQL let
+    the planner hash the whole predictions table.
     """
-    base = _ward_query(unit, mrn_hmac, patient_public_id)
-    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
-    query = (
-        base.order_by(Prediction.score.desc().nulls_last(), Encounter.id)
-        .limit(limit)
-        .offset(offset)
+    # Columns, not entities: the ward lists hundreds of stays, and loading full ORM
+    # objects (with every prediction's explanation JSON) cost more than the queries.
+    stays = session.execute(
+        select(
+            Encounter.id,
+            Encounter.public_id,
+            Encounter.unit,
+            Encounter.age_years,
+            Encounter.admitted_at,
+            Patient.public_id,
+            Patient.sex,
+            _latest_prediction_id(),
+        )
+        .join(Patient, Patient.id == Encounter.patient_id)
+        .where(_open_stays(unit, mrn_hmac, patient_public_id))
+    ).all()
+    latest_ids = [s[7] for s in stays if s[7] is not None]
+    scores = (
+        {
+            r.id: r
+            for r in session.execute(
+                select(
+                    Prediction.id,
+                    Prediction.score,
+                    Prediction.band,
+                    Prediction.as_of,
+                    Prediction.data_freshness_at,
+                    Prediction.model_version_id,
+                    Prediction.missing_inputs,
+                ).where(Prediction.id.in_(latest_ids))
+            )
+        }
+        if latest_ids
+        else {}
     )
+
+    def risk_order(stay: Any) -> tuple[bool, float, int]:
+        pred = scores.get(stay[7])
+        return (pred is None, -pred.score if pred is not None else 0.0, stay[0])
+
+    page = sorted(stays, key=risk_order)[offset : offset + limit]
+    blobs: dict[str, tuple[bytes | None, str | None]] = {}
+    if cipher is not None and page:
+        blobs = {
+            public_id: (blob, key_id)
+            for public_id, blob, key_id in session.execute(
+                select(Patient.public_id, Patient.identifiers_enc, Patient.key_id).where(
+                    Patient.public_id.in_([s[5] for s in page])
+                )
+            )
+        }
     rows = []
-    for (
-        enc_id,
-        unit_name,
-        age,
-        admitted_at,
-        patient_id,
-        sex,
-        blob,
-        key_id,
-        score,
-        band,
-        as_of,
-        freshness,
-        version_id,
-        missing,
-    ) in session.execute(query).all():
+    for _id, enc_id, unit_name, age, admitted_at, patient_id, sex, pred_id in page:
         identifiers = None
         if cipher is not None:
+            blob, key_id = blobs.get(patient_id, (None, None))
             identifiers = (
                 cipher.decrypt(blob, key_id, context=f"patient:{patient_id}")
                 if blob is not None and key_id is not None
                 else {}
             )
+        pred = scores.get(pred_id)
         rows.append(
             WardRow(
                 patient_id=patient_id,
@@ -156,16 +180,16 @@ def list_ward(
                 age_years=age,
                 sex=sex,
                 admitted_at=admitted_at,
-                score=score,
-                band=band,
-                scored_at=as_of,
-                data_freshness_at=freshness,
-                model_version_id=version_id,
-                missing_inputs=list(missing or []),
+                score=None if pred is None else pred.score,
+                band=None if pred is None else pred.band,
+                scored_at=None if pred is None else pred.as_of,
+                data_freshness_at=None if pred is None else pred.data_freshness_at,
+                model_version_id=None if pred is None else pred.model_version_id,
+                missing_inputs=[] if pred is None else list(pred.missing_inputs or []),
                 identifiers=identifiers,
             )
         )
-    return rows, int(total)
+    return rows, len(stays)
 
 
 def decrypt_identifiers(cipher: FieldCipher, patient: Patient) -> dict[str, str]:

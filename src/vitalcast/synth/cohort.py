@@ -60,11 +60,13 @@ def generate_cohort(
     seed: int,
     now: datetime,
     first_record_id: int = FIRST_RECORD_ID,
+    history_days: float = _HISTORIC_YEARS * 365,
 ) -> RecordBatch:
     """Generate ``n_historic`` completed stays with outcomes and ``n_current`` open stays.
 
-    Historic stays lasted 48-240 h, ended before ``now`` and carry an in-hospital-death
-    outcome known at discharge. Current stays were admitted 1-96 h before ``now`` and have
+    Historic stays lasted 48-240 h, ended in the ``history_days`` before ``now`` (two
+    years by default) and carry an in-hospital-death outcome known at discharge. Current
+    stays were admitted 1-96 h before ``now`` and have
     observations up to ``now`` and no outcome. The result depends only on the arguments.
     Stays are numbered from ``first_record_id`` (their RecordID, reference
     ``synth:<RecordID>`` and MRN), so a second cohort in the same store must start after
@@ -79,6 +81,8 @@ def generate_cohort(
         raise ValueError("first_record_id must be positive")
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    if history_days <= 0:
+        raise ValueError("history_days must be positive")
     now = now.astimezone(UTC).replace(second=0, microsecond=0)
     n = n_current + n_historic
     pop_seq, stay_seq = np.random.SeedSequence(seed).spawn(2)
@@ -86,7 +90,9 @@ def generate_cohort(
     batch = RecordBatch()
     for i, child in enumerate(stay_seq.spawn(n)):
         rng = np.random.default_rng(child)
-        plan = _plan_stay(i, pop, historic=i >= n_current, now=now, rng=rng)
+        plan = _plan_stay(
+            i, pop, historic=i >= n_current, now=now, rng=rng, history_h=history_days * 24
+        )
         plan = replace(plan, record_id=first_record_id + i, ref=f"{SOURCE}:{first_record_id + i}")
         _add_stay(batch, plan, rng)
     deaths = sum(1 for o in batch.outcomes if o.value == 1.0)
@@ -136,7 +142,13 @@ def _solve_intercept(eta: np.ndarray, rate: float) -> float:
 
 
 def _plan_stay(
-    i: int, pop: _Population, *, historic: bool, now: datetime, rng: np.random.Generator
+    i: int,
+    pop: _Population,
+    *,
+    historic: bool,
+    now: datetime,
+    rng: np.random.Generator,
+    history_h: float,
 ) -> StayPlan:
     died = bool(pop.died[i])
     icu_type = int(pop.icu_type[i])
@@ -144,7 +156,7 @@ def _plan_stay(
         # ICU stays of 2-10 days (PhysioNet 2012 keeps stays of at least 48 h), median
         # about 3 days with a long right tail.
         los_h = float(min(48.0 + rng.lognormal(np.log(30.0), 0.9), 240.0))
-        end_ago_h = float(rng.uniform(1.0, _HISTORIC_YEARS * 365 * 24))
+        end_ago_h = float(rng.uniform(1.0, history_h))
         observed_h = los_h
     else:
         observed_h = float(rng.uniform(1.0, 96.0))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Integer, cast, extract, func, select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_KEY, VARIABLES
@@ -49,7 +49,7 @@ class WardEntry:
     """A ward row plus what the page shows about it beyond the current score."""
 
     row: WardRow
-    spark: list[tuple[datetime, float]] = field(default_factory=list)
+    spark: list[tuple[int, float]] = field(default_factory=list)  # (epoch seconds, score)
     trend: str = "none"  # "up", "down", "steady" or "none" (fewer than two scores)
     change: float | None = None  # latest minus first score of the window
     newest_vital_at: datetime | None = None
@@ -98,7 +98,7 @@ def missing_key_inputs(missing: Sequence[str], feature_names: Sequence[str] | No
     return result
 
 
-def trend_of(points: Sequence[tuple[datetime, float]]) -> tuple[str, float | None]:
+def trend_of(points: Sequence[tuple[object, float]]) -> tuple[str, float | None]:
     """Direction and size of the change over the window (see TREND_MIN_CHANGE)."""
     if len(points) < 2:
         return "none", None
@@ -113,22 +113,40 @@ def trend_of(points: Sequence[tuple[datetime, float]]) -> tuple[str, float | Non
 
 def _histories(
     session: Session, encounter_public_ids: Sequence[str], since: datetime
-) -> dict[str, list[tuple[datetime, float]]]:
+) -> dict[str, list[tuple[int, float]]]:
+    """Each listed stay's hourly champion risk since ``since`` as (epoch seconds, score),
+    oldest first, in one query.
+
+    A stay is rescored on every new observation, which with bedside monitors streaming
+    is every minute or so; a sparkline needs one point per hour. So the database keeps the
+    newest score of each stay-hour and returns at most ~25 rows per stay, whatever the
+    rescoring rate. Times come back as whole epoch seconds (what the page's sparkline
+    draws) instead of timestamps to be made timezone-aware row by row.
+    """
     if not encounter_public_ids:
         return {}
-    rows = session.execute(
-        select(Encounter.public_id, Prediction.as_of, Prediction.score)
-        .join(Prediction, Prediction.encounter_id == Encounter.id)
+    epoch = cast(extract("epoch", Prediction.as_of), Integer)
+    hourly = (
+        select(func.max(Prediction.id).label("id"))
+        .join(Encounter, Prediction.encounter_id == Encounter.id)
         .where(
             Encounter.public_id.in_(encounter_public_ids),
             Prediction.role == "champion",
             Prediction.as_of >= since,
         )
-        .order_by(Encounter.public_id, Prediction.as_of, Prediction.id)
+        # Integer division on both PostgreSQL and SQLite: the hour since the epoch.
+        .group_by(Prediction.encounter_id, epoch // 3600)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Encounter.public_id, epoch, Prediction.score)
+        .join(hourly, hourly.c.id == Prediction.id)
+        .join(Encounter, Prediction.encounter_id == Encounter.id)
+        .order_by(Prediction.encounter_id, Prediction.as_of, Prediction.id)
     ).all()
-    result: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
-    for enc, as_of, score in rows:
-        result[enc].append((as_of, float(score)))
+    result: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for enc, at, score in rows:
+        result[enc].append((at, score))
     return result
 
 
@@ -198,7 +216,7 @@ def build_ward(
                 change=change,
                 newest_vital_at=newest,
                 stale=newest is None or now - newest > stale_after,
-                spark_attr=",".join(f"{int(at.timestamp())}:{s:.4f}" for at, s in points),
+                spark_attr=",".join([f"{at}:{s:.4f}" for at, s in points]),
                 missing_key=missing_key_inputs(r.missing_inputs, feature_names)
                 if r.score is not None
                 else [],
