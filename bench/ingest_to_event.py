@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.live import live_server
 from tests.services import DatabaseFactory
 
+import _results
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.config import load_settings
 from vitalcast.db import create_db_engine, session_scope
@@ -169,7 +170,11 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=10, help="first posts reported apart (cold start)"
     )
+    parser.add_argument(
+        "--save", action="store_true", help="write bench/results/ingest_to_event.json"
+    )
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     admin = os.environ.get(
         "VITALCAST_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
@@ -210,6 +215,20 @@ def main() -> None:
         f"first {args.warmup} posts after start (cold): max={max(cold, default=0):.1f} ms "
         f"(load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})"
     )
+    if args.save:
+        figures = {
+            "n": len(latencies),
+            "streams": args.streams,
+            "workers": 2,
+            "p50_ms": round(statistics.median(latencies), 1),
+            "p95_ms": round(percentile(latencies, 0.95), 1),
+            "p99_ms": round(percentile(latencies, 0.99), 1),
+            "max_ms": round(max(latencies), 1),
+            "post_p50_ms": round(statistics.median(posts), 1),
+            "post_p99_ms": round(percentile(posts, 0.99), 1),
+            "cold_max_ms": round(max(cold, default=0), 1),
+        }
+        _results.save("ingest_to_event", figures, load_at_start=load_at_start)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+import _results
 from vitalcast.serving.fastpath import handle_predict
 from vitalcast.serving.scorer import compile_model
 
@@ -449,7 +450,9 @@ def main() -> None:
     parser.add_argument("--duration-s", type=int, default=10)
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--save", action="store_true", help="write bench/results/<name>.json")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     if not args.skip_http and shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk (or pass --skip-http)")
     cond = conditions()
@@ -485,6 +488,39 @@ def main() -> None:
     if args.write_docs and web:
         write_docs(section)
         print("wrote docs/benchmarks.md")
+    if args.save:
+        _results.save("serving_hotpath", figures(lat, web), load_at_start=load_at_start)
+
+
+def figures(lat: list[dict[str, Any]], web: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The saved record: one-row latencies of the boosted model and the HTTP comparison."""
+    hgb = next(r for r in lat if r["model"] == "hgb_sigmoid")
+    out: dict[str, Any] = {
+        "in_process": {
+            "sklearn_median_us": round(hgb["sklearn"][0], 1),
+            "compiled_median_us": round(hgb["compiled_row"][0], 1),
+            "compiled_p99_us": round(hgb["compiled_row"][1], 1),
+            "fastpath_json_median_us": round(hgb["fastpath_json"][0], 1),
+            "max_abs_diff": hgb["max_abs_diff"],
+        }
+    }
+    if web:
+        naive = next(v for k, v in web.items() if k.startswith("naive"))
+        tuned = next(v for k, v in web.items() if k.startswith("tuned"))
+        label, best = max(
+            ((k, v) for k, v in web.items() if k.startswith("vitalcast")),
+            key=lambda kv: kv[1]["rps"],
+        )
+        pick = ("rps", "p50_ms", "p99_ms", "non2xx")
+        out["http"] = {
+            "naive": {k: round(naive[k], 2) for k in pick},
+            "tuned": {k: round(tuned[k], 2) for k in pick},
+            "vitalcast": {k: round(best[k], 2) for k in pick} | {"setup": label},
+            "all": {name: {k: round(r[k], 2) for k in pick} for name, r in web.items()},
+        }
+        out["ratio_naive"] = round(best["rps"] / naive["rps"], 1)
+        out["ratio_tuned"] = round(best["rps"] / tuned["rps"], 1)
+    return out
 
 
 if __name__ == "__main__":

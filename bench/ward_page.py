@@ -31,6 +31,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
+import _results
 from vitalcast.clinical.tables import Encounter
 from vitalcast.config import load_settings
 from vitalcast.db import create_db_engine, upgrade_database
@@ -199,7 +200,10 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="cProfile and SQL timings of the nurse's page"
     )
+    parser.add_argument("--save", action="store_true", help="write bench/results/ward_page.json")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
+    figures: dict[str, object] = {"patients": args.patients, "runs": args.runs}
     now = datetime.now(UTC).replace(microsecond=0)
     with tempfile.TemporaryDirectory(prefix="vc-bench-ward-") as tmp:
         data_dir = Path(tmp) / "var"
@@ -222,12 +226,22 @@ def main() -> None:
             if args.profile:
                 _profile(url, data_dir, "bench-nurse", min(args.runs, 5))
                 return
-            for user, label in (
-                ("bench-nurse", "GET /ward (nurse: names decrypted)"),
-                ("bench-ds", "GET /ward (data scientist: no ids)"),
+            for user, key, label in (
+                ("bench-nurse", "nurse", "GET /ward (nurse: names decrypted)"),
+                ("bench-ds", "data_scientist", "GET /ward (data scientist: no ids)"),
             ):
                 times, cpu, rows, size = _measure(url, data_dir, user, args.runs)
                 _report(label, times, cpu, rows, size)
+                figures[key] = {
+                    "rows": rows,
+                    "html_kib": round(size / 1024),
+                    "median_ms": round(statistics.median(times), 1),
+                    "max_ms": round(max(times), 1),
+                    "app_cpu_median_ms": round(statistics.median(cpu), 1),
+                }
+            figures["database"] = "SQLite" if args.sqlite else "PostgreSQL"
+            if args.save:
+                _results.save("ward_page", figures, load_at_start=load_at_start)
         finally:
             if admin is not None:
                 with admin.connect() as conn:
