@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -232,3 +233,12 @@ def _isolated_logging() -> Iterator[None]:
     from vitalcast.logging import reset_logging
 
     reset_logging()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect after every test, so that an unclosed connection is reported by the test
+    that leaked it (as a ResourceWarning, an error here), not by whichever test the
+    garbage collector happens to run in later."""
+    yield
+    gc.collect()

@@ -207,6 +207,17 @@ def test_hl7_garbled_fields(store: Engine, data: st.DataObject) -> None:
     _ingest_hl7(store, "\r".join(segments).encode())
 
 
+@pytest.mark.parametrize("msh2", ["00&", "^^\\&", "^~\\^", "^~a&"])
+def test_hl7_coinciding_delimiters_are_a_clear_error(msh2: str) -> None:
+    """Found by the fuzzer: MSH-2 characters that coincide made the hl7 package fail an
+    internal assertion instead of a parse error."""
+    fields = ADT_A01.split("\r")[0].split("|")
+    fields[1] = msh2
+    text = "\r".join(["|".join(fields), *ADT_A01.split("\r")[1:]])
+    with pytest.raises(IngestError, match=r"^fuzz\.hl7: not an HL7 v2 message \(MSH-1/MSH-2"):
+        parse_message(text, origin="fuzz.hl7", pseudonym=CIPHER.mrn_hash)
+
+
 # -- FHIR JSON ---------------------------------------------------------------------------
 @FUZZ
 @given(data=st.binary(max_size=300))

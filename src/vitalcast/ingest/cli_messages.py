@@ -70,14 +70,17 @@ def ingest_fhir(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> N
 
     _settings, factory, cipher = _context(ctx)
     location = ", ".join(p.name for p in paths)[:500]
-    result = ingest_units(
-        factory,
-        iter_units(list(paths)),
-        source=SOURCE,
-        location=location,
-        cipher=cipher,
-        agent=audit.CLI,
-    )
+    try:
+        result = ingest_units(
+            factory,
+            iter_units(list(paths)),
+            source=SOURCE,
+            location=location,
+            cipher=cipher,
+            agent=audit.CLI,
+        )
+    finally:
+        factory.kw["bind"].dispose()  # close the pool's connections, not leave them to GC
     _finish(result, as_json)
 
 
@@ -95,9 +98,12 @@ def ingest_hl7(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> No
         list(paths), pseudonym=cipher.mrn_hash, tz=_timezone(settings.hl7_timezone)
     )
     location = ", ".join(p.name for p in paths)[:500]
-    result = ingest_units(
-        factory, units, source=SOURCE, location=location, cipher=cipher, agent=audit.CLI
-    )
+    try:
+        result = ingest_units(
+            factory, units, source=SOURCE, location=location, cipher=cipher, agent=audit.CLI
+        )
+    finally:
+        factory.kw["bind"].dispose()
     _finish(result, as_json)
 
 

@@ -126,14 +126,35 @@ def split_messages(text: str) -> list[str]:
     return ["\r".join(segs) for segs in messages]
 
 
+def _check_delimiters(text: str, origin: str) -> None:
+    """MSH-1 and MSH-2 must be distinct, non-alphanumeric characters.
+
+    The ``hl7`` package builds its parse plan from them and fails an internal assertion
+    (not a parse error) when two coincide, so they are checked here first.
+    """
+    if not text.startswith("MSH") or len(text) < 5:
+        return  # not an MSH at all: hl7.parse reports that as a parse error
+    field = text[3]
+    delimiters = field + text[4:].split(field, 1)[0]
+    if len(set(delimiters)) != len(delimiters) or any(
+        c.isalnum() or c.isspace() for c in delimiters
+    ):
+        raise Hl7FormatError(
+            f"{origin}: not an HL7 v2 message (MSH-1/MSH-2 delimiters {delimiters!r} must be"
+            " distinct, non-alphanumeric characters)"
+        )
+
+
 def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = UTC) -> Hl7Message:
     """Parse one message into a unit of canonical records.
 
     Raises:
         Hl7FormatError: not an HL7 v2 message, an unsupported type, or no usable PID-3.
     """
+    text = text.strip().replace("\n", "\r")
+    _check_delimiters(text, origin)
     try:
-        msg = hl7.parse(text.strip().replace("\n", "\r"))
+        msg = hl7.parse(text)
         msh = _Seg(msg, msg.segment("MSH"))
     except (hl7.ParseException, KeyError, IndexError, ValueError) as exc:
         raise Hl7FormatError(f"{origin}: not an HL7 v2 message ({exc})") from None
