@@ -85,3 +85,15 @@ def test_docs_page_is_served_from_the_package(client: FlaskClient) -> None:
     assert "http://" not in script
     assert "https://" not in script
     assert "'self'" in page.headers["Content-Security-Policy"]
+
+
+def test_api_guide_reference_is_generated_from_the_document(client: FlaskClient) -> None:
+    from pathlib import Path
+
+    from vitalcast.serving.openapi_markdown import BEGIN, END, reference_markdown
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    start, stop = guide.index(BEGIN), guide.index(END) + len(END)
+    assert guide[start:stop] == reference_markdown(_document(client)), (
+        "regenerate the reference: python -m vitalcast.serving.openapi_markdown"
+    )
