@@ -111,6 +111,38 @@ def render(registry: Path, versions: dict[str, str]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+SAVED = (
+    "n",
+    "prevalence",
+    "auroc",
+    "auroc_ci",
+    "auprc",
+    "brier",
+    "calibration_slope",
+    "calibration_intercept",
+    "hl_h",
+    "event1",
+    "model",
+    "data",
+    "evaluated_at",
+)
+
+
+def save_figures(task: str, evaluations: list[dict[str, Any]], sidecar: dict[str, Any]) -> None:
+    """The newest stored evaluation of a task, for docs/project-report.md."""
+    import _results
+
+    if not evaluations:
+        raise SystemExit(f"{task}: the model has no stored evaluation; run vitalcast evaluate")
+    latest = max(evaluations, key=lambda e: str(e.get("evaluated_at", "")))
+    figures = {k: latest[k] for k in SAVED if k in latest}
+    baseline = latest.get("baseline")
+    if isinstance(baseline, dict):
+        figures["news2_auroc"] = baseline.get("auroc")
+    figures["train_seconds"] = sidecar.get("model", {}).get("train_seconds")
+    _results.save("model_" + task.replace("-", "_"), figures)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, required=True)
@@ -118,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         "--model", action="append", required=True, help="TASK=VERSION (repeatable)."
     )
     parser.add_argument("--out", type=Path, default=None, help="Write here (default stdout).")
+    parser.add_argument(
+        "--save", action="store_true", help="also write bench/results/model_<task>.json"
+    )
     args = parser.parse_args(argv)
     versions: dict[str, str] = {}
     for item in args.model:
@@ -126,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--model {item!r}: expected TASK=VERSION")
         versions[task] = version
     text = render(args.registry, versions)
+    if args.save:
+        for task, version in versions.items():
+            sidecar = read_sidecar(version, args.registry)
+            save_figures(task, evaluations_of(args.registry / version), sidecar)
     if args.out is None:
         sys.stdout.write(text)
     else:
