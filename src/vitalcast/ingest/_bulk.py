@@ -62,6 +62,7 @@ _UPSERT = (
     " WHERE excluded.source_version IS NOT NULL AND (observations.source_version IS NULL"
     " OR excluded.source_version > observations.source_version)"
 )
+_KEEP = " ON CONFLICT (patient_id, dedup_key) DO NOTHING"
 # SQLAlchemy's SQLite DateTime storage format: text compares in time order only when
 # every row uses exactly this form (microseconds included).
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -77,10 +78,15 @@ def insert_observations(
     """
     if not rows:
         return Counter(), 0
-    rows = _latest(rows)
+    # Unversioned batches (PhysioNet, CSV, HL7 results, devices: the bulk of the data)
+    # keep the plain DO NOTHING insert; only versioned ones pay for the upsert.
+    versioned = any(row[10] is not None for row in rows)
+    conflict = _UPSERT if versioned else _KEEP
+    if versioned:
+        rows = _latest(rows)
     if session.get_bind().dialect.name == "postgresql":
-        return _insert_postgresql(session, rows, source=source, received_at=received_at)
-    return _insert_generic(session, rows, source=source, received_at=received_at)
+        return _insert_postgresql(session, rows, source, received_at, conflict)
+    return _insert_generic(session, rows, source, received_at, conflict)
 
 
 def _latest(rows: list[Row]) -> list[Row]:
@@ -94,7 +100,7 @@ def _latest(rows: list[Row]) -> list[Row]:
 
 
 def _insert_postgresql(
-    session: Session, rows: list[Row], *, source: str, received_at: datetime
+    session: Session, rows: list[Row], source: str, received_at: datetime, conflict: str
 ) -> tuple[Counter[int | None], int]:
     conn = session.connection()
     # ON COMMIT DROP: the table lives for this transaction only; a second batch in the same
@@ -116,7 +122,7 @@ def _insert_postgresql(
         # xmax is 0 on a freshly inserted row, the updating transaction's id otherwise.
         cur.execute(
             f"WITH ins AS (INSERT INTO observations ({_COLS}, source, received_at)"
-            f" SELECT {_COLS}, %s, %s FROM {_STAGE}{_UPSERT}"
+            f" SELECT {_COLS}, %s, %s FROM {_STAGE}{conflict}"
             " RETURNING encounter_id, xmax = 0 AS inserted)"
             " SELECT encounter_id, count(*), count(*) FILTER (WHERE NOT inserted)"
             " FROM ins GROUP BY encounter_id",
@@ -132,13 +138,14 @@ def _insert_postgresql(
 
 
 def _insert_generic(
-    session: Session, rows: list[Row], *, source: str, received_at: datetime
+    session: Session, rows: list[Row], source: str, received_at: datetime, conflict: str
 ) -> tuple[Counter[int | None], int]:
     conn = session.connection()
     dbapi: Any = conn.connection.driver_connection
     placeholders = ", ".join("?" for _ in range(len(COLUMNS) + 2))
     sql = (
-        f"INSERT INTO observations ({_COLS}, source, received_at) VALUES ({placeholders})" + _UPSERT
+        f"INSERT INTO observations ({_COLS}, source, received_at) VALUES ({placeholders})"
+        + conflict
     )
     stored: Counter[int | None] = Counter()
     updated = 0

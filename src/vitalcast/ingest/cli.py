@@ -146,7 +146,7 @@ def dicom(ctx: click.Context, paths: tuple[Path, ...], tz_name: str, as_json: bo
     " active user whose role holds identifiers:read. Every item shown is audited.",
 )
 @click.option("--as", "username", help="The user on whose behalf the raw items are read.")
-@_JSON
+@click.option("--json", "as_json", is_flag=True, help="Print the items as JSON.")
 @click.pass_context
 def quarantine_command(
     ctx: click.Context,
