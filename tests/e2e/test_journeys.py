@@ -92,11 +92,13 @@ def _post(server: Server, items: list[dict[str, object]]) -> httpx.Response:
     )
 
 
-def _spark_points(page: Page, patient_id: str) -> int:
+def _spark_points(page: Page, patient_id: str) -> list[tuple[float, float]]:
+    """The sparkline's (epoch seconds, risk) points: the newest score of each hour."""
     raw = page.locator(f'#ward-table tr[data-patient="{patient_id}"] .spark').get_attribute(
         "data-spark"
     )
-    return len(raw.split(",")) if raw else 0
+    pairs = [p.split(":") for p in raw.split(",")] if raw else []
+    return [(float(t), float(v)) for t, v in pairs]
 
 
 def test_live_update_after_posting_an_observation(page: Page, server: Server) -> None:
@@ -120,12 +122,16 @@ def test_live_update_after_posting_an_observation(page: Page, server: Server) ->
     )
     assert response.status_code == 201, response.text
     assert response.json()["rescored"], response.text
-    # The row is replaced in place (no reload): one more score in its sparkline, the
-    # highlight, its new risk, and the table still sorted by risk.
+    # The row is replaced in place (no reload): the highlight, its new risk, the new
+    # score as the sparkline's newest point (one point per hour: a new hour adds a point,
+    # a score within the newest hour replaces it), and the table still sorted by risk.
     live_row = page.locator(f'#ward-table tr[data-patient="{patient_id}"]')
     expect(live_row).to_have_class(re.compile("updated"), timeout=15_000)
-    assert _spark_points(page, patient_id) == before + 1
     new_score = response.json()["rescored"][0]["probability"]
+    after = _spark_points(page, patient_id)
+    assert len(after) in (len(before), len(before) + 1)
+    assert after[-1][1] == pytest.approx(new_score, abs=1e-3)
+    assert after[-1][0] >= before[-1][0]
     assert float(live_row.get_attribute("data-score") or "nan") == pytest.approx(
         new_score, abs=1e-4
     )
