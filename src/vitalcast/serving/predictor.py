@@ -56,6 +56,10 @@ class Predictor:
                 "model not compiled; scoring through scikit-learn",
                 extra={"version": self.version, "reason": self.scorer.fallback_reason},
             )
+        # Build the explainer now (shap's TreeExplainer takes seconds for a boosted
+        # model) so that no clinician's first request after a start or a promotion waits
+        # for it: explaining a row with every input missing builds it once.
+        model.explain({})
 
     def score(self, features: Mapping[str, Any], *, explain: bool = True, top: int = 5) -> Score:
         """Probability, band and top factors for one row of raw values (None/NaN = missing)."""
