@@ -7,7 +7,9 @@ format at all raises PhysionetFormatError, never anything else.
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+import math
+
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vitalcast.ingest.sources.physionet import (
@@ -91,6 +93,7 @@ outcome_cells = st.one_of(
 
 @FAST
 @given(st.lists(st.tuples(outcome_cells, outcome_cells, outcome_cells), max_size=20))
+@example([("132539", "5.5", "0")])  # a valid stay: its length of stay is not a 0/1 label
 def test_outcome_files_never_crash(cells: list[tuple[str, str, str]]) -> None:
     lines = ["RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"]
     lines += [f"{rid},1,1,{los},-1,{death}" for rid, los, death in cells]
@@ -105,4 +108,10 @@ def test_outcome_files_never_crash(cells: list[tuple[str, str, str]]) -> None:
         return
     assert batch.received == len(batch.outcomes) + len(batch.rejected)
     for outcome in batch.outcomes:
-        assert outcome.value in (0.0, 1.0)
+        # Two kinds per stay: the label (0/1) and the length of stay in days.
+        assert outcome.kind in ("in_hospital_death", "length_of_stay_days")
+        if outcome.kind == "in_hospital_death":
+            assert outcome.value in (0.0, 1.0)
+        else:
+            assert math.isfinite(outcome.value)
+            assert outcome.value >= 0
