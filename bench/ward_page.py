@@ -138,11 +138,7 @@ def _measure(
         rows, size = html.count(b"data-patient="), len(html)
         if time.monotonic() > deadline:
             break
-    state = get_state(app)
-    state.stopping.set()
-    if state.bus is not None:
-        state.bus.close()
-    state.engine.dispose()
+    get_state(app).close()
     return times, cpu, rows, size
 
 

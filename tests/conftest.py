@@ -96,11 +96,7 @@ def app(settings: Settings) -> Iterator[Flask]:
     """The real app on a fresh PostgreSQL database."""
     application = create_app(settings)
     yield application
-    state = get_state(application)
-    state.stopping.set()
-    if state.bus is not None:
-        state.bus.close()
-    state.engine.dispose()
+    get_state(application).close()
 
 
 @pytest.fixture

@@ -43,9 +43,7 @@ def cds_app(settings: Settings, ehr_key: RSAKey, tmp_path: Path) -> Iterator[Fla
     jwks.write_text(json.dumps({"keys": [ehr_key.as_dict(private=False)]}))
     app = create_app(settings.model_copy(update={"cds_trusted_issuers": {ISSUER: str(jwks)}}))
     yield app
-    state = get_state(app)
-    state.stopping.set()
-    state.engine.dispose()
+    get_state(app).close()
 
 
 def _token(key: RSAKey, *, aud: str = BASE + SERVICE, iss: str = ISSUER, exp_in: int = 300) -> str:

@@ -24,11 +24,7 @@ def _app(settings: Settings, **changes: object) -> Flask:
 
 
 def _close(app: Flask) -> None:
-    state = get_state(app)
-    state.stopping.set()
-    if state.bus is not None:
-        state.bus.close()
-    state.engine.dispose()
+    get_state(app).close()
 
 
 @pytest.fixture

@@ -129,11 +129,7 @@ def test_identifiers_never_reach_the_logs(
     try:
         bodies = _browse(app, patient_ids, victim.mrn or "")
     finally:
-        state = get_state(app)
-        state.stopping.set()
-        if state.bus is not None:
-            state.bus.close()
-        state.engine.dispose()
+        get_state(app).close()
 
     out, err = capfd.readouterr()
     texts = [_record_text(r) for r in captured.records]

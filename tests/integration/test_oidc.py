@@ -39,11 +39,7 @@ def sso_app(settings: Settings, provider: OidcProvider) -> Iterator[Flask]:
         )
     )
     yield app
-    state = get_state(app)
-    state.stopping.set()
-    if state.bus is not None:
-        state.bus.close()
-    state.engine.dispose()
+    get_state(app).close()
 
 
 def _sign_in(client: FlaskClient, next_url: str = "/ward") -> int:

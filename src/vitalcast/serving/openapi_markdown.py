@@ -54,11 +54,7 @@ def _document() -> dict[str, Any]:
         try:
             return build_document(app)
         finally:
-            state = get_state(app)
-            state.stopping.set()
-            if state.bus is not None:
-                state.bus.close()
-            state.engine.dispose()
+            get_state(app).close()
 
 
 if __name__ == "__main__":

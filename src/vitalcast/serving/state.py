@@ -32,6 +32,14 @@ class AppState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
 
+    def close(self) -> None:
+        """Stop the background threads (model watcher, event bus) and close the pool: for
+        an app built outside a server (tests, benchmarks, document generation)."""
+        self.stopping.set()
+        if self.bus is not None:
+            self.bus.close()
+        self.engine.dispose()
+
 
 def init_state(app: Flask, state: AppState) -> None:
     app.extensions["vitalcast"] = state

@@ -150,11 +150,7 @@ def test_prediction_counter_and_database_gauges(
 def token_app(settings: Settings) -> Iterator[Flask]:
     app = create_app(settings.model_copy(update={"metrics_token": SecretStr("scrape-secret-1")}))
     yield app
-    state = get_state(app)
-    state.stopping.set()
-    if state.bus is not None:
-        state.bus.close()
-    state.engine.dispose()
+    get_state(app).close()
 
 
 def test_scrape_token_opens_metrics_and_nothing_else(token_app: Flask) -> None:
