@@ -184,6 +184,11 @@ def test_admin_pages(page: Page, server: Server) -> None:
     expect(rows).to_have_count(1)
     page.fill("#f-event", "")
     page.get_by_role("button", name="Filter").click()
+    # Clearing the filter navigates; wait for the unfiltered log (sign-ins, the key, this
+    # page's own views) before the screenshot, which fails if taken mid-navigation.
+    page.wait_for_url(re.compile(r"event=(&|$)"))
+    expect(rows.nth(1)).to_be_visible()
+    page.wait_for_load_state("load")
     screenshot(page, "admin-audit.png", full_page=False)
     page.get_by_role("link", name="Models").click()
     expect(page.locator(".badge-champion")).to_have_count(1)
