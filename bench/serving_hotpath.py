@@ -203,6 +203,30 @@ def _parse_wrk(out: str) -> dict[str, float]:
     }
 
 
+def run_wrk(
+    url: str, body_file: Path, duration_s: int, headers: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """wrk (2 threads, 8 connections) POSTing the bodies of ``body_file`` in turn, after a
+    2 s warm-up; returns requests/s, p50/p99 ms and error counts."""
+    wrk = ["wrk", "-t2", "-c8", "--latency"]
+    for header in headers:
+        wrk += ["-H", header]
+    wrk += ["-s", str(BENCH / "wrk_post_json.lua"), url]
+    wenv = {**os.environ, "WRK_BODY_FILE": str(body_file)}
+    subprocess.run(
+        [*wrk[:1], "-d2s", *wrk[1:]], env=wenv, capture_output=True, check=True, timeout=30
+    )
+    done = subprocess.run(
+        [*wrk[:1], f"-d{duration_s}s", *wrk[1:]],
+        env=wenv,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration_s + 30,
+    )
+    return _parse_wrk(done.stdout)
+
+
 def run_server(
     cmd: list[str], env: dict[str, str], port: int, body_file: Path, duration_s: int
 ) -> dict[str, float]:
@@ -216,28 +240,7 @@ def run_server(
     )
     try:
         _wait_ready(port, proc)
-        wrk = [
-            "wrk",
-            "-t2",
-            "-c8",
-            "--latency",
-            "-s",
-            str(BENCH / "wrk_post_json.lua"),
-            f"http://127.0.0.1:{port}/predict",
-        ]
-        wenv = {**os.environ, "WRK_BODY_FILE": str(body_file)}
-        subprocess.run(
-            [*wrk[:1], "-d2s", *wrk[1:]], env=wenv, capture_output=True, check=True, timeout=30
-        )
-        done = subprocess.run(
-            [*wrk[:1], f"-d{duration_s}s", *wrk[1:]],
-            env=wenv,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=duration_s + 30,
-        )
-        return _parse_wrk(done.stdout)
+        return run_wrk(f"http://127.0.0.1:{port}/predict", body_file, duration_s)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

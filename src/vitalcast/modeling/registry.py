@@ -173,11 +173,21 @@ class LoadedModel:
         """The ``top`` features that moved this prediction most, in log-odds."""
         frame = self.frame(features)
         contrib = self.explainer.contributions(frame)
+        return self.factors(frame.iloc[0].to_dict(), contrib.values[0], top)
+
+    def factors(self, row: Mapping[str, Any], values: np.ndarray, top: int = 5) -> list[Factor]:
+        """The ``top`` largest of one row's contributions ``values``, in clinical words.
+
+        ``row`` holds the row's values as the model read them (numeric features as
+        numbers, missing as None or NaN); they are shown beside each factor.
+        """
         factors = []
-        for name, value in top_factors(self.feature_names, contrib.values[0], top):
-            raw = frame.at[0, name]
+        for name, value in top_factors(self.feature_names, values, top):
+            raw = row.get(name)
             shown = None if raw is None or (isinstance(raw, float) and math.isnan(raw)) else raw
-            if isinstance(shown, np.floating | np.integer):
+            if isinstance(shown, np.floating | np.integer) or (
+                name not in self.categorical and isinstance(shown, int | float)
+            ):
                 shown = float(shown)
             factors.append(
                 Factor(

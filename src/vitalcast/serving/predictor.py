@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.errors import VitalcastError
 from vitalcast.modeling.tables import ModelVersion
 from vitalcast.monitoring.metrics import observe_model_load
-from vitalcast.serving.scorer import compile_model
+from vitalcast.serving._prep import Preprocessor, Uncompilable, compile_column_transformer
+from vitalcast.serving.scorer import CompiledScorer, compile_model
 
 if TYPE_CHECKING:
     from vitalcast.modeling.registry import LoadedModel
@@ -56,21 +58,50 @@ class Predictor:
                 "model not compiled; scoring through scikit-learn",
                 extra={"version": self.version, "reason": self.scorer.fallback_reason},
             )
+        # Explanations without a DataFrame: the explained pipeline's preprocessor compiled
+        # like the scorer's, fed the same array form (tests/unit/test_explain_fast.py
+        # checks the factors equal the scikit-learn path's). None: explain via pandas.
+        self._explain_prep = _compiled_explainer_prep(model, self.scorer)
         # Build the explainer now (shap's TreeExplainer takes seconds for a boosted
         # model) so that no clinician's first request after a start or a promotion waits
         # for it: explaining a row with every input missing builds it once.
-        model.explain({})
+        self.score({}, explain=True)
 
     def score(self, features: Mapping[str, Any], *, explain: bool = True, top: int = 5) -> Score:
         """Probability, band and top factors for one row of raw values (None/NaN = missing)."""
-        probability = self.scorer.score_row(features)
         factors: list[dict[str, Any]] = []
-        if explain:
-            row = {name: features.get(name) for name in self.feature_names}
-            ranked = sorted(self.model.explain(row), key=lambda f: -abs(f.contribution))
-            factors = [_factor_dict(f) for f in ranked[:top]]
+        if self._explain_prep is None or not explain:
+            probability = self.scorer.score_row(features)
+            if explain:
+                row = {name: features.get(name) for name in self.feature_names}
+                ranked = sorted(self.model.explain(row), key=lambda f: -abs(f.contribution))
+                factors = [_factor_dict(f) for f in ranked[:top]]
+        else:
+            x = self.scorer.encode(features)
+            probability = self.scorer.score_row(x)
+            z = self._explain_prep.transform_row(x)[None, :]
+            contrib = self.model.explainer.contributions_of(z, lambda: np.array([probability]))
+            factors = [
+                _factor_dict(f) for f in self.model.factors(features, contrib.values[0], top)
+            ]
         missing = [name for name in self.feature_names if _is_missing(features.get(name))]
         return Score(probability, self.model.band(probability), factors, missing)
+
+
+def _compiled_explainer_prep(model: LoadedModel, scorer: CompiledScorer) -> Preprocessor | None:
+    """The explained pipeline's preprocessor, compiled; None when that is not possible.
+
+    The explainer explains one member pipeline (see ``modeling/explain.py``); its one-hot
+    categories are the scorer's (``compile_model`` refuses members that disagree), so the
+    scorer's array form of a row is this preprocessor's input too.
+    """
+    if not scorer.compiled:
+        return None
+    try:
+        return compile_column_transformer(model.explainer.prep, list(model.feature_names))
+    except (Uncompilable, KeyError, AttributeError) as exc:
+        logger.warning("explanations not compiled; explaining through scikit-learn: %s", exc)
+        return None
 
 
 def _is_missing(value: Any) -> bool:

@@ -137,6 +137,17 @@ def test_explanations_are_clinical_and_add_up(trained: TrainOutcome) -> None:
     )
 
 
+def _calibrated(
+    dataset: Dataset, spec: CandidateSpec, method: str
+) -> tuple[list[str], CalibratedClassifierCV]:
+    cols = [c for c in dataset.numeric if dataset.X[c].notna().any()]
+    folds = grouped_folds(dataset.y, dataset.groups, 3, 0)
+    est = CalibratedClassifierCV(
+        make_pipeline(spec, cols, [], 0), method=method, cv=folds, ensemble=False
+    ).fit(dataset.X[cols], dataset.y)
+    return cols, est
+
+
 @pytest.mark.parametrize(
     ("spec", "method"),
     [
@@ -149,11 +160,7 @@ def test_explanations_are_clinical_and_add_up(trained: TrainOutcome) -> None:
 def test_contributions_sum_to_the_log_odds(
     dataset: Dataset, spec: CandidateSpec, method: str
 ) -> None:
-    cols = [c for c in dataset.numeric if dataset.X[c].notna().any()]
-    folds = grouped_folds(dataset.y, dataset.groups, 3, 0)
-    est = CalibratedClassifierCV(
-        make_pipeline(spec, cols, [], 0), method=method, cv=folds, ensemble=False
-    ).fit(dataset.X[cols], dataset.y)
+    cols, est = _calibrated(dataset, spec, method)
     X = dataset.X[cols].iloc[:40]
     contrib = Explainer(est, cols).contributions(X)
     p = np.clip(est.predict_proba(X)[:, 1], 1e-6, 1 - 1e-6)
@@ -232,3 +239,43 @@ def test_centred_isotonic_keeps_ranks_that_isotonic_ties() -> None:
     assert len(np.unique(p_cir[inner])) > 5 * len(np.unique(p_iso[inner]))
     # Calibration in the large is kept: mean predicted risk matches the event rate.
     assert abs(cir.predict(s).mean() - y.mean()) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("spec", "method"),
+    [
+        (CandidateSpec("lr", "lr", {"C": 0.1}), "sigmoid"),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic"),
+        (CandidateSpec("rf", "rf", {"n_estimators": 20, "min_samples_leaf": 5}), "sigmoid"),
+    ],
+)
+def test_served_factors_equal_the_scikit_learn_path(
+    dataset: Dataset, spec: CandidateSpec, method: str
+) -> None:
+    """Serving explains from the compiled array form; it must say what pandas+sklearn says."""
+    from vitalcast.modeling.registry import LoadedModel
+    from vitalcast.serving.predictor import Predictor
+
+    cols, est = _calibrated(dataset, spec, method)
+    model = LoadedModel(
+        version="v",
+        task=TASK.name,
+        threshold=0.3,
+        feature_names=cols,
+        categorical=[],
+        pipeline=est,
+        sidecar={},
+        path=Path("."),
+        sha256="",
+    )
+    predictor = Predictor(model, model_version_id=1)
+    assert predictor._explain_prep is not None, "the fast path must be the one under test"
+    rows = [{}, *dataset.X[cols].iloc[:30].to_dict("records")]
+    for row in rows:
+        served = predictor.score(row, explain=True, top=5)
+        reference = sorted(model.explain(row, top=5), key=lambda f: -abs(f.contribution))
+        assert [f["feature"] for f in served.factors] == [f.feature for f in reference]
+        for got, want in zip(served.factors, reference, strict=True):
+            assert got["contribution"] == pytest.approx(round(want.contribution, 4), abs=1e-4)
+            assert got["value"] == (None if want.value is None else pytest.approx(want.value))
+        assert served.probability == pytest.approx(model.predict_proba_row(row), abs=1e-9)
