@@ -6,11 +6,15 @@ machine is shared: wall time depends on it, CPU time much less), and set B metri
 48 h. Not a test.
 
     VITALCAST_SHARED_DATA=/work/shared/data OMP_NUM_THREADS=1 \
-        .venv/bin/python bench/train_icu_mortality.py
+        .venv/bin/python bench/train_icu_mortality.py [--save]
+
+``--save`` writes the timings to bench/results/train_icu_mortality.json (the set B
+figures of record come from bench/model_report.py, which evaluates a registered model).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -18,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _results
 from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.registry import load_model
 from vitalcast.modeling.service import train_and_register, validation_metrics
@@ -25,6 +30,10 @@ from vitalcast.modeling.tasks import get_task
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--save", action="store_true", help="write the timings to bench/results")
+    args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     root = Path(os.environ.get("VITALCAST_SHARED_DATA", "../shared/data")) / "physionet2012"
     task = get_task("icu-mortality")
     print(f"load average before: {os.getloadavg()}, cores: {os.cpu_count()}")
@@ -65,6 +74,19 @@ def main() -> int:
             k: round(m[k], 4) for k in ("sensitivity", "ppv", "specificity", "flagged_fraction")
         }
         print(f"set B 48 h at threshold {model.threshold:.4f}: {json.dumps(at_threshold)}")
+    if args.save:
+        _results.save(
+            "train_icu_mortality",
+            {
+                "end_to_end_s": round(t_total, 1),
+                "end_to_end_cpu_s": round(c_total, 1),
+                "features_s": round(t_features, 1),
+                "search_s": round(out.seconds, 1),
+                "rows": len(ds.y),
+                "chosen": f"{chosen['candidate']} / {chosen['calibration']}",
+            },
+            load_at_start=load_at_start,
+        )
     return 0
 
 
