@@ -92,6 +92,19 @@ def test_patient_level_split_is_disjoint(head_csv: Path) -> None:
     assert 0.1 < len(held.y) / (len(held.y) + len(train.y)) < 0.3
 
 
+def test_both_sides_of_the_split_keep_the_cohort_rule(head_csv: Path) -> None:
+    """``evaluate`` scores the hold-out side: it must exclude death and hospice too, and
+    the two sides together are exactly the cohort."""
+    task = get_task("readmission-30d")
+    cohort = load_readmission(head_csv)
+    sides = [load_dataset(task, session=None, data=head_csv, part=p) for p in ("train", "holdout")]
+    for side in sides:
+        kept = {int(v) for v in side.X["discharge_disposition_id"]}
+        assert kept
+        assert not kept & EXCLUDED_DISPOSITIONS
+    assert sum(len(side.y) for side in sides) == len(cohort.y)
+
+
 def test_wrong_format_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "other.csv"
     bad.write_text("id,age,label\n1,50,0\n2,60,1\n", encoding="utf-8")
