@@ -138,21 +138,24 @@ def test_explanations_are_clinical_and_add_up(trained: TrainOutcome) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "method"),
+    ("spec", "method", "ensemble"),
     [
-        (CandidateSpec("lr", "lr", {"C": 0.1}), "sigmoid"),
-        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "sigmoid"),
-        (CandidateSpec("rf", "rf", {"n_estimators": 20, "min_samples_leaf": 5}), "sigmoid"),
-        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic"),
+        (CandidateSpec("lr", "lr", {"C": 0.1}), "sigmoid", False),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "sigmoid", False),
+        (CandidateSpec("rf", "rf", {"n_estimators": 20, "min_samples_leaf": 5}), "sigmoid", False),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic", False),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "sigmoid", True),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic", True),
+        (CandidateSpec("lr", "lr", {"C": 0.1}), "isotonic", True),
     ],
 )
 def test_contributions_sum_to_the_log_odds(
-    dataset: Dataset, spec: CandidateSpec, method: str
+    dataset: Dataset, spec: CandidateSpec, method: str, ensemble: bool
 ) -> None:
     cols = [c for c in dataset.numeric if dataset.X[c].notna().any()]
     folds = grouped_folds(dataset.y, dataset.groups, 3, 0)
     est = CalibratedClassifierCV(
-        make_pipeline(spec, cols, [], 0), method=method, cv=folds, ensemble=False
+        make_pipeline(spec, cols, [], 0), method=method, cv=folds, ensemble=ensemble
     ).fit(dataset.X[cols], dataset.y)
     X = dataset.X[cols].iloc[:40]
     contrib = Explainer(est, cols).contributions(X)
