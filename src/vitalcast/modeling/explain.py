@@ -8,6 +8,12 @@ are scaled by its slope and stay exact (for forests too: their SHAP values add u
 an isotonic calibrator (or an uncalibrated probability-output forest) is not, so the
 change from the base log-odds is shared out in proportion to the raw contributions —
 exact in sum, approximate per feature (documented in the model report).
+
+An ensemble of calibrated members (``CalibratedClassifierCV(ensemble=True)``, what
+training serves: the cross-validation fold models) averages probabilities, which is not
+linear in any member's log-odds either; its contributions are the members' raw
+contributions averaged, shared out the same way (exact in sum). Its base is the log-odds
+of the members' average calibrated base probability.
 """
 
 from __future__ import annotations
@@ -68,24 +74,96 @@ class Explainer:
 
     def __init__(self, estimator: Any, feature_names: list[str]) -> None:
         self.feature_names = feature_names
-        if isinstance(estimator, CalibratedClassifierCV):
-            cc = estimator.calibrated_classifiers_[0]
-            self.pipeline: Pipeline = cc.estimator
-            self.calibrator: Any = cc.calibrators[0]
-        else:
-            self.pipeline, self.calibrator = estimator, None
         self.estimator = estimator
-        self.prep: ColumnTransformer = self.pipeline.named_steps["prep"]
-        self.model = self.pipeline.named_steps["model"]
+        if isinstance(estimator, CalibratedClassifierCV):
+            pairs = [(cc.estimator, cc.calibrators[0]) for cc in estimator.calibrated_classifiers_]
+        else:
+            pairs = [(estimator, None)]
+        self.members = [_Member(pipe, cal, feature_names) for pipe, cal in pairs]
+
+    @property
+    def preps(self) -> list[ColumnTransformer]:
+        """Each member's fitted preprocessor, in member order (what ``contributions_of``
+        expects its inputs to have been through)."""
+        return [member.prep for member in self.members]
+
+    def contributions(self, X: pd.DataFrame) -> Contributions:
+        """Contributions of the rows of ``X`` (raw features), through scikit-learn."""
+        X = X[self.feature_names]
+        Zs = [np.asarray(member.prep.transform(X), dtype=float) for member in self.members]
+        return self.contributions_of(Zs, lambda: self.estimator.predict_proba(X)[:, 1])
+
+    def contributions_of(
+        self, Zs: list[np.ndarray], probability: Callable[[], np.ndarray]
+    ) -> Contributions:
+        """Contributions from rows already through each member's preprocessor (``Zs``).
+
+        ``probability`` gives the served probabilities of the same rows; it is called only
+        when the link from raw output to probability is not linear. Serving passes the
+        compiled preprocessors' outputs and the compiled scorer's probability, so
+        explaining a request costs no DataFrame (a one-row frame through the
+        ColumnTransformer costs milliseconds for a few hundred columns); both equal
+        scikit-learn's, which ``contributions`` uses.
+        """
+        if len(self.members) == 1:
+            member = self.members[0]
+            base_raw, phi, raw_is_logodds = member.raw(Zs[0])
+            cal = member.calibrator
+            if cal is not None and hasattr(cal, "a_"):
+                # sklearn's sigmoid calibration: p = 1 / (1 + exp(a·f + b)), log-odds −(a·f + b).
+                base = -(cal.a_ * base_raw + cal.b_)
+                # Linear in the raw output, so exact whether that output is log-odds or P.
+                return Contributions(base, (phi * -cal.a_) @ member.agg, self.feature_names)
+            if cal is None and raw_is_logodds:
+                return Contributions(base_raw, phi @ member.agg, self.feature_names)
+            base = _logit(member.calibrated(base_raw))
+            return self._shared_out(probability, base, phi @ member.agg)
+        n_rows = len(Zs[0])
+        base_p = np.zeros(n_rows)
+        values = np.zeros((n_rows, len(self.feature_names)))
+        for member, Z in zip(self.members, Zs, strict=True):
+            base_raw, phi, _ = member.raw(Z)
+            base_p += member.calibrated(base_raw)
+            values += phi @ member.agg
+        n = len(self.members)
+        return self._shared_out(probability, _logit(base_p / n), values / n)
+
+    def _shared_out(
+        self, probability: Callable[[], np.ndarray], base: np.ndarray, raw: np.ndarray
+    ) -> Contributions:
+        """Non-linear link: share (final − base) out in proportion to raw contributions."""
+        final = _logit(np.asarray(probability(), dtype=float))
+        total = raw.sum(axis=1)
+        scale = np.divide(
+            final - base, total, out=np.zeros_like(total), where=np.abs(total) > 1e-12
+        )
+        return Contributions(base, raw * scale[:, None], self.feature_names)
+
+
+class _Member:
+    """One fitted pipeline (and its calibrator, if any) of the served estimator."""
+
+    def __init__(self, pipeline: Pipeline, calibrator: Any, feature_names: list[str]) -> None:
+        self.pipeline = pipeline
+        self.calibrator = calibrator
+        self.prep: ColumnTransformer = pipeline.named_steps["prep"]
+        self.model = pipeline.named_steps["model"]
         sources = output_sources(self.prep)
         index = {f: i for i, f in enumerate(feature_names)}
-        self._agg = np.zeros((len(sources), len(feature_names)))
+        # Sums each output column's contribution back onto its source feature.
+        self.agg = np.zeros((len(sources), len(feature_names)))
         for j, src in enumerate(sources):
-            self._agg[j, index[src]] = 1.0
+            self.agg[j, index[src]] = 1.0
         self._tree: Any = None
 
-    def _raw(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(base, per-column contributions, output is log-odds) in the model's raw space."""
+    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+        """The member's probability for raw output ``raw``."""
+        out = raw if self.calibrator is None else self.calibrator.predict(raw)
+        return np.asarray(out, dtype=float)
+
+    def raw(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(base, per-column contributions, output is log-odds) in the model's raw space,
+        for rows ``Z`` already through this member's preprocessor."""
         if isinstance(self.model, LogisticRegression):
             coef = self.model.coef_[0]
             return np.full(len(Z), float(self.model.intercept_[0])), Z * coef, True
@@ -106,43 +184,6 @@ class Explainer:
             base = float(expected[0])
         logodds = hasattr(self.model, "decision_function")
         return np.full(len(Z), base), values, logodds
-
-    def contributions(self, X: pd.DataFrame) -> Contributions:
-        """Contributions of the rows of ``X`` (raw features), through scikit-learn."""
-        frame = X[self.feature_names]
-        Z = np.asarray(self.prep.transform(frame), dtype=float)
-        return self.contributions_of(Z, lambda: self.estimator.predict_proba(frame)[:, 1])
-
-    def contributions_of(
-        self, Z: np.ndarray, probability: Callable[[], np.ndarray]
-    ) -> Contributions:
-        """Contributions from rows already through the explained pipeline's preprocessor.
-
-        ``probability`` gives the served probabilities of the same rows; it is called only
-        when the calibrator is not linear in the raw output. Serving passes the compiled
-        preprocessor's output and the compiled scorer's probability, so explaining a
-        request costs no DataFrame (a one-row frame through the ColumnTransformer costs
-        milliseconds for a few hundred columns); both are equal to scikit-learn's, which
-        ``contributions`` uses.
-        """
-        base_raw, phi, raw_is_logodds = self._raw(Z)
-        cal = self.calibrator
-        if cal is not None and hasattr(cal, "a_"):
-            # sklearn's sigmoid calibration: p = 1 / (1 + exp(a·f + b)), log-odds −(a·f + b).
-            base = -(cal.a_ * base_raw + cal.b_)
-            # Linear in the raw output, so exact whether that output is log-odds or P.
-            return Contributions(base, (phi * -cal.a_) @ self._agg, self.feature_names)
-        if cal is None and raw_is_logodds:
-            return Contributions(base_raw, phi @ self._agg, self.feature_names)
-        base_p = cal.predict(base_raw) if cal is not None else base_raw
-        base = _logit(np.asarray(base_p, dtype=float))
-        final = _logit(np.asarray(probability(), dtype=float))
-        # Non-linear link: share (final − base) out in proportion to raw contributions.
-        total = phi.sum(axis=1)
-        scale = np.divide(
-            final - base, total, out=np.zeros_like(total), where=np.abs(total) > 1e-12
-        )
-        return Contributions(base, (phi * scale[:, None]) @ self._agg, self.feature_names)
 
 
 def top_factors(names: list[str], values: np.ndarray, k: int) -> list[tuple[str, float]]:

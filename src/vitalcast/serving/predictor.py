@@ -61,7 +61,7 @@ class Predictor:
         # Explanations without a DataFrame: the explained pipeline's preprocessor compiled
         # like the scorer's, fed the same array form (tests/unit/test_explain_fast.py
         # checks the factors equal the scikit-learn path's). None: explain via pandas.
-        self._explain_prep = _compiled_explainer_prep(model, self.scorer)
+        self._explain_preps = _compiled_explainer_preps(model, self.scorer)
         # Build the explainer now (shap's TreeExplainer takes seconds for a boosted
         # model) so that no clinician's first request after a start or a promotion waits
         # for it: explaining a row with every input missing builds it once.
@@ -70,7 +70,7 @@ class Predictor:
     def score(self, features: Mapping[str, Any], *, explain: bool = True, top: int = 5) -> Score:
         """Probability, band and top factors for one row of raw values (None/NaN = missing)."""
         factors: list[dict[str, Any]] = []
-        if self._explain_prep is None or not explain:
+        if self._explain_preps is None or not explain:
             probability = self.scorer.score_row(features)
             if explain:
                 row = {name: features.get(name) for name in self.feature_names}
@@ -79,8 +79,8 @@ class Predictor:
         else:
             x = self.scorer.encode(features)
             probability = self.scorer.score_row(x)
-            z = self._explain_prep.transform_row(x)[None, :]
-            contrib = self.model.explainer.contributions_of(z, lambda: np.array([probability]))
+            zs = [prep.transform_row(x)[None, :] for prep in self._explain_preps]
+            contrib = self.model.explainer.contributions_of(zs, lambda: np.array([probability]))
             factors = [
                 _factor_dict(f) for f in self.model.factors(features, contrib.values[0], top)
             ]
@@ -88,17 +88,20 @@ class Predictor:
         return Score(probability, self.model.band(probability), factors, missing)
 
 
-def _compiled_explainer_prep(model: LoadedModel, scorer: CompiledScorer) -> Preprocessor | None:
-    """The explained pipeline's preprocessor, compiled; None when that is not possible.
+def _compiled_explainer_preps(
+    model: LoadedModel, scorer: CompiledScorer
+) -> list[Preprocessor] | None:
+    """The explained members' preprocessors, compiled; None when that is not possible.
 
-    The explainer explains one member pipeline (see ``modeling/explain.py``); its one-hot
-    categories are the scorer's (``compile_model`` refuses members that disagree), so the
-    scorer's array form of a row is this preprocessor's input too.
+    The explainer explains every member pipeline (see ``modeling/explain.py``); their
+    one-hot categories are the scorer's (``compile_model`` refuses members that disagree),
+    so the scorer's array form of a row is each compiled preprocessor's input too.
     """
     if not scorer.compiled:
         return None
+    names = list(model.feature_names)
     try:
-        return compile_column_transformer(model.explainer.prep, list(model.feature_names))
+        return [compile_column_transformer(prep, names) for prep in model.explainer.preps]
     except (Uncompilable, KeyError, AttributeError) as exc:
         logger.warning("explanations not compiled; explaining through scikit-learn: %s", exc)
         return None

@@ -138,29 +138,32 @@ def test_explanations_are_clinical_and_add_up(trained: TrainOutcome) -> None:
 
 
 def _calibrated(
-    dataset: Dataset, spec: CandidateSpec, method: str
+    dataset: Dataset, spec: CandidateSpec, method: str, ensemble: bool = False
 ) -> tuple[list[str], CalibratedClassifierCV]:
     cols = [c for c in dataset.numeric if dataset.X[c].notna().any()]
     folds = grouped_folds(dataset.y, dataset.groups, 3, 0)
     est = CalibratedClassifierCV(
-        make_pipeline(spec, cols, [], 0), method=method, cv=folds, ensemble=False
+        make_pipeline(spec, cols, [], 0), method=method, cv=folds, ensemble=ensemble
     ).fit(dataset.X[cols], dataset.y)
     return cols, est
 
 
 @pytest.mark.parametrize(
-    ("spec", "method"),
+    ("spec", "method", "ensemble"),
     [
-        (CandidateSpec("lr", "lr", {"C": 0.1}), "sigmoid"),
-        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "sigmoid"),
-        (CandidateSpec("rf", "rf", {"n_estimators": 20, "min_samples_leaf": 5}), "sigmoid"),
-        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic"),
+        (CandidateSpec("lr", "lr", {"C": 0.1}), "sigmoid", False),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "sigmoid", False),
+        (CandidateSpec("rf", "rf", {"n_estimators": 20, "min_samples_leaf": 5}), "sigmoid", False),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic", False),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "sigmoid", True),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic", True),
+        (CandidateSpec("lr", "lr", {"C": 0.1}), "isotonic", True),
     ],
 )
 def test_contributions_sum_to_the_log_odds(
-    dataset: Dataset, spec: CandidateSpec, method: str
+    dataset: Dataset, spec: CandidateSpec, method: str, ensemble: bool
 ) -> None:
-    cols, est = _calibrated(dataset, spec, method)
+    cols, est = _calibrated(dataset, spec, method, ensemble)
     X = dataset.X[cols].iloc[:40]
     contrib = Explainer(est, cols).contributions(X)
     p = np.clip(est.predict_proba(X)[:, 1], 1e-6, 1 - 1e-6)
@@ -242,21 +245,22 @@ def test_centred_isotonic_keeps_ranks_that_isotonic_ties() -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "method"),
+    ("spec", "method", "ensemble"),
     [
-        (CandidateSpec("lr", "lr", {"C": 0.1}), "sigmoid"),
-        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic"),
-        (CandidateSpec("rf", "rf", {"n_estimators": 20, "min_samples_leaf": 5}), "sigmoid"),
+        (CandidateSpec("lr", "lr", {"C": 0.1}), "sigmoid", False),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "isotonic", False),
+        (CandidateSpec("rf", "rf", {"n_estimators": 20, "min_samples_leaf": 5}), "sigmoid", False),
+        (CandidateSpec("hgb", "hgb", {"max_iter": 30, "max_leaf_nodes": 7}), "sigmoid", True),
     ],
 )
 def test_served_factors_equal_the_scikit_learn_path(
-    dataset: Dataset, spec: CandidateSpec, method: str
+    dataset: Dataset, spec: CandidateSpec, method: str, ensemble: bool
 ) -> None:
     """Serving explains from the compiled array form; it must say what pandas+sklearn says."""
     from vitalcast.modeling.registry import LoadedModel
     from vitalcast.serving.predictor import Predictor
 
-    cols, est = _calibrated(dataset, spec, method)
+    cols, est = _calibrated(dataset, spec, method, ensemble)
     model = LoadedModel(
         version="v",
         task=TASK.name,
@@ -269,7 +273,7 @@ def test_served_factors_equal_the_scikit_learn_path(
         sha256="",
     )
     predictor = Predictor(model, model_version_id=1)
-    assert predictor._explain_prep is not None, "the fast path must be the one under test"
+    assert predictor._explain_preps is not None, "the fast path must be the one under test"
     rows = [{}, *dataset.X[cols].iloc[:30].to_dict("records")]
     for row in rows:
         served = predictor.score(row, explain=True, top=5)
