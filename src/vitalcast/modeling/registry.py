@@ -138,12 +138,21 @@ class LoadedModel:
         return self.frame_of([row])
 
     def frame_of(self, rows: list[Mapping[str, Any]]) -> pd.DataFrame:
-        df = pd.DataFrame.from_records(rows, columns=self.feature_names)
-        numeric = [c for c in self.feature_names if c not in self.categorical]
-        df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
+        """Rows in the model's column order: numeric inputs as floats (anything that is not
+        a number is missing), categorical ones as objects; absent keys and None are NaN, the
+        missing value the pipeline's imputers look for.
+
+        Built as one float block rather than column by column: with ~500 inputs, pandas'
+        per-column conversion took ~0.3 s a row, paid by every explained prediction.
+        """
+        categorical = set(self.categorical)
+        numeric = [c for c in self.feature_names if c not in categorical]
+        block = np.array([[_as_float(r.get(c)) for c in numeric] for r in rows], dtype=float)
+        df = pd.DataFrame(block.reshape(len(rows), len(numeric)), columns=numeric)
         for c in self.categorical:
-            df[c] = df[c].astype(object)
-        return df
+            values = [r.get(c) for r in rows]
+            df[c] = pd.Series([math.nan if v is None else v for v in values], dtype=object)
+        return df[self.feature_names]
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.pipeline.predict_proba(frame[self.feature_names])[:, 1])
@@ -200,6 +209,21 @@ class LoadedModel:
                 )
             )
         return factors
+
+
+def _as_float(value: Any) -> float:
+    """``pd.to_numeric(errors="coerce")`` for one value: a number or numeric text, else NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def new_version(task: str, sha256: str, at: datetime | None = None) -> str:

@@ -101,7 +101,7 @@ def train_and_register(
         metrics=metrics,
         fingerprint=dataset.fingerprint,
         reference=reference_distributions(
-            dataset.X[features], result.categorical, result.oof_proba
+            dataset.X[features], result.categorical, result.oof_proba, meta=dataset.meta
         ),
         extra={
             "model": {
@@ -237,15 +237,29 @@ def baseline_scores(task: Task, X: pd.DataFrame) -> tuple[str, np.ndarray] | Non
 
 
 def reference_distributions(
-    X: pd.DataFrame, categorical: list[str], scores: np.ndarray
+    X: pd.DataFrame,
+    categorical: list[str],
+    scores: np.ndarray,
+    *,
+    meta: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Training distributions drift monitoring compares live data against.
 
     One :func:`vitalcast.monitoring.drift.reference_profile` per feature and for the
-    out-of-fold scores (bin counts, percentile grid, missing rate; aggregates only).
+    out-of-fold scores (bin counts, percentile grid, missing rate; aggregates only), over
+    one row per stay when ``meta`` gives each row's stay and landmark
+    (:func:`vitalcast.monitoring.drift.reference_rows`: a stay's landmark rows are not
+    independent samples); ``n`` is the number of rows profiled.
     """
-    from vitalcast.monitoring.drift import reference_profile
+    from vitalcast.monitoring.drift import reference_profile, reference_rows
 
+    if meta is not None and {"stay_id", "landmark_h"} <= set(meta.columns):
+        keep = reference_rows(
+            [str(s) for s in meta["stay_id"]], [float(h) for h in meta["landmark_h"]]
+        )
+        rows = np.flatnonzero(keep)
+        X = X.iloc[rows]
+        scores = np.asarray(scores)[rows]
     features: dict[str, Any] = {}
     for col in X.columns:
         s = X[col]

@@ -23,15 +23,23 @@ points) **and** statistically distinguishable from sampling noise (the matching 
 p-value below ``alpha``). Under no drift each of the two conditions fires with probability
 at most ``alpha`` (test validity), so a feature's false-alarm rate is at most
 ``2·alpha`` (Bonferroni); ``tests/unit/monitoring/test_drift.py`` measures it.
+
+The tests assume independent values on both sides, so both sides hold **one value per
+stay**: the window reads each stay at one landmark (:func:`balanced_landmarks`), and the
+training reference profiles one row per stay chosen the same way (:func:`reference_rows`),
+not the training set's several landmark rows of each stay, which repeat the same patient
+(a lab drawn once is in all of them) and would overstate the reference's size and every
+test's significance.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -164,6 +172,77 @@ def _numeric_profile(arr: NDArray[np.float64], bins: int) -> dict[str, Any]:
         "cdf": [float(x) for x in cdf],
         "quantiles": {f"p{q}": float(np.quantile(arr, q / 100)) for q in (5, 25, 50, 75, 95)},
     }
+
+
+# --------------------------------------------------------------------------- one per stay
+
+StayKey = TypeVar("StayKey", int, str)
+Row = TypeVar("Row")
+
+
+def _spread(key: int | str) -> int:
+    """A fixed pseudo-random order of stays (Knuth's multiplicative hash of an integer id,
+    CRC-32 of a text id), so which stays fill a landmark's quota does not follow
+    admission order."""
+    if isinstance(key, int):
+        return (key * 2654435761) % 2**32
+    return zlib.crc32(key.encode())
+
+
+def balanced_landmarks(
+    reached: Mapping[StayKey, Mapping[int, Row]], n_landmarks: int
+) -> dict[StayKey, Row]:
+    """One landmark per stay, the same number of stays at every landmark, as many as possible.
+
+    ``reached`` maps each stay to the landmarks (by index) it reached, each with what
+    stands for it (a time, a row number). In a live window, stays in progress reach the
+    early landmarks more often than the late ones, so letting each stay pick among those
+    it reached would over-represent hour 6 and flag every time-dependent input (measured:
+    31 inputs of a healthy synthetic ward). The largest equal quota ``k`` is found by
+    bisection; each candidate is filled greedily from the landmark the fewest stays
+    reached, taking stays in a fixed pseudo-random order.
+    """
+
+    def fill(k: int) -> dict[StayKey, Row] | None:
+        taken: dict[StayKey, Row] = {}
+        counts = {j: sum(j in r for r in reached.values()) for j in range(n_landmarks)}
+        for j in sorted(counts, key=lambda j: (counts[j], -j)):
+            pool = sorted((e for e, r in reached.items() if j in r and e not in taken), key=_spread)
+            if len(pool) < k:
+                return None
+            taken |= {e: reached[e][j] for e in pool[:k]}
+        return taken
+
+    lo, hi = 0, len(reached) // max(n_landmarks, 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fill(mid) is None:
+            hi = mid - 1
+        else:
+            lo = mid
+    return fill(lo) or {}
+
+
+def reference_rows(stay_ids: Sequence[StayKey], landmarks_h: Sequence[float]) -> NDArray[np.bool_]:
+    """Which training rows a drift reference profiles: one per stay, equal shares per landmark.
+
+    A training set has one row per stay *per landmark* (6/12/24/48 h); profiling them all
+    would count each stay up to four times although its rows are hours apart on the same
+    patient (an admission lab is in every one of them), overstating the reference's size
+    and so the significance of every test against it. The rows kept are chosen as a
+    monitoring window chooses its stays (:func:`balanced_landmarks`, over the landmarks
+    present in the training rows), so reference and window are both samples of
+    independent stays with the same landmark mix.
+    """
+    if len(stay_ids) != len(landmarks_h):
+        raise ValueError("one landmark per row is needed")
+    index = {h: j for j, h in enumerate(sorted(set(landmarks_h)))}
+    reached: dict[StayKey, dict[int, int]] = {}
+    for row, (stay, hours) in enumerate(zip(stay_ids, landmarks_h, strict=True)):
+        reached.setdefault(stay, {})[index[hours]] = row
+    keep = np.zeros(len(stay_ids), dtype=bool)
+    keep[list(balanced_landmarks(reached, len(index)).values())] = True
+    return keep
 
 
 def _check_profile(profile: Mapping[str, Any]) -> None:

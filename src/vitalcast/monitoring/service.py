@@ -8,7 +8,7 @@ Services take keyword-only arguments and never commit (the caller's unit of work
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +21,7 @@ from vitalcast.db.base import utcnow
 from vitalcast.errors import NotFound
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.monitoring import drift
+from vitalcast.monitoring.drift import balanced_landmarks
 from vitalcast.monitoring.performance import Labelled, OutcomePoint, PredictionPoint
 from vitalcast.monitoring.performance import join_outcomes as _join
 from vitalcast.monitoring.tables import DriftResult, DriftRun, MonitorAlert
@@ -154,8 +155,9 @@ def drift_window(
     Without landmarks, each stay's latest prediction in the window. With the landmarks
     the model was trained at (6/12/24/48 h for icu-mortality), each stay is read at one
     landmark that it reached inside the window, with equal numbers of stays at every
-    landmark (:func:`balanced_landmarks`), so the window mixes landmarks as the training
-    reference does (one row per stay per landmark): comparing hour-40 inputs of a ward with
+    landmark (:func:`~vitalcast.monitoring.drift.balanced_landmarks`), so the window mixes
+    landmarks as the training reference does (one row per stay, chosen the same way by
+    :func:`~vitalcast.monitoring.drift.reference_rows`): comparing hour-40 inputs of a ward with
     a reference a quarter of which is taken 6 h after admission would flag "drift" in every
     count and time feature of every healthy ward. Stays left over are not used. The
     score is the model's latest score at most ``SCORE_TOLERANCE`` before that time, or
@@ -202,46 +204,6 @@ def drift_window(
         before = [s for t, s in scores.get(enc_id, []) if at - SCORE_TOLERANCE <= t <= at]
         samples.append(WindowSample(enc_id, at, before[-1] if before else None))
     return samples
-
-
-def _spread(encounter_id: int) -> int:
-    """A fixed pseudo-random order of stays (Knuth's multiplicative hash), so which stays
-    fill a landmark's quota does not follow admission order."""
-    return (encounter_id * 2654435761) % 2**32
-
-
-def balanced_landmarks(
-    reached: Mapping[int, Mapping[int, datetime]], n_landmarks: int
-) -> dict[int, datetime]:
-    """One landmark per stay, the same number of stays at every landmark, as many as possible.
-
-    The training reference has one row per stay at each landmark, i.e. equal shares. In a
-    live window, stays in progress reach the early landmarks more often than the late
-    ones, so letting each stay pick among those it reached would over-represent hour 6
-    and flag every time-dependent input (measured: 31 inputs of a healthy synthetic
-    ward). The largest equal quota ``k`` is found by bisection; each candidate is filled
-    greedily from the landmark the fewest stays reached, taking stays in a fixed
-    pseudo-random order.
-    """
-
-    def fill(k: int) -> dict[int, datetime] | None:
-        taken: dict[int, datetime] = {}
-        counts = {j: sum(j in r for r in reached.values()) for j in range(n_landmarks)}
-        for j in sorted(counts, key=lambda j: (counts[j], -j)):
-            pool = sorted((e for e, r in reached.items() if j in r and e not in taken), key=_spread)
-            if len(pool) < k:
-                return None
-            taken |= {e: reached[e][j] for e in pool[:k]}
-        return taken
-
-    lo, hi = 0, len(reached) // max(n_landmarks, 1)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fill(mid) is None:
-            hi = mid - 1
-        else:
-            lo = mid
-    return fill(lo) or {}
 
 
 def features_from_store(

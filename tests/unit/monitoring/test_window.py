@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from vitalcast.monitoring.service import balanced_landmarks
+from vitalcast.monitoring.drift import balanced_landmarks
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 HOURS = (6, 12, 24, 48)
