@@ -139,8 +139,8 @@ class LoadedModel:
 
     def frame_of(self, rows: list[Mapping[str, Any]]) -> pd.DataFrame:
         """Rows in the model's column order: numeric inputs as floats (anything that is not
-        a number is missing), categorical ones as objects; absent keys and None are NaN, the
-        missing value the pipeline's imputers look for.
+        a number is missing, NaN), categorical ones as objects with None for missing, as
+        the training frames hold them; one-row and many-row frames are built alike.
 
         Built as one float block rather than column by column: with ~500 inputs, pandas'
         per-column conversion took ~0.3 s a row, paid by every explained prediction.
@@ -150,8 +150,9 @@ class LoadedModel:
         block = np.array([[_as_float(r.get(c)) for c in numeric] for r in rows], dtype=float)
         df = pd.DataFrame(block.reshape(len(rows), len(numeric)), columns=numeric)
         for c in self.categorical:
-            values = [r.get(c) for r in rows]
-            df[c] = pd.Series([math.nan if v is None else v for v in values], dtype=object)
+            # Missing (absent, None or NaN) is None: the form the training frames hold
+            # (modeling/tabular.py), so the fitted encoder sees what it was fitted on.
+            df[c] = pd.Series([None if _is_missing(r.get(c)) else r[c] for r in rows], dtype=object)
         return df[self.feature_names]
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
@@ -209,6 +210,10 @@ class LoadedModel:
                 )
             )
         return factors
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _as_float(value: Any) -> float:

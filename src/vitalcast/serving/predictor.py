@@ -52,7 +52,7 @@ class Predictor:
         self._known = frozenset(self.feature_names)
         # The hot path: the fitted pipeline compiled to numpy once, at load time; equal to
         # predict_proba within 1e-9 (tests/unit/test_scorer.py), sklearn as the fallback.
-        self.scorer = compile_model(model.pipeline, self.feature_names)
+        self.scorer = compile_model(model.pipeline, self.feature_names, frame_of=model.frame_of)
         if not self.scorer.compiled:
             logger.warning(
                 "model not compiled; scoring through scikit-learn",

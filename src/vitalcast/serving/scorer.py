@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,8 +162,10 @@ class CompiledScorer:
         node: Node | None,
         categories: dict[str, list[Any]],
         fallback_reason: str | None = None,
+        frame_of: Callable[[list[Mapping[str, Any]]], pd.DataFrame] | None = None,
     ) -> None:
         self.estimator = estimator
+        self._frame_of = frame_of
         self.feature_names = list(feature_names)
         self.n_features = len(self.feature_names)
         self.compiled = node is not None
@@ -229,6 +231,9 @@ class CompiledScorer:
         if not rows:
             return np.empty(0)
         if self._node is None:
+            if self._frame_of is not None:
+                frame = self._frame_of(list(rows))
+                return np.asarray(self.estimator.predict_proba(frame)[:, 1], dtype=np.float64)
             return np.array([self._sklearn_dict_proba(r) for r in rows])
         return self.score_batch(np.stack([self.encode(r) for r in rows]))
 
@@ -242,6 +247,8 @@ class CompiledScorer:
         return proba[:, 1]
 
     def _sklearn_dict_proba(self, values: Mapping[str, Any]) -> float:
+        if self._frame_of is not None:
+            return float(self.estimator.predict_proba(self._frame_of([values]))[0, 1])
         row = {n: math.nan if values.get(n) is None else values[n] for n in self.feature_names}
         data: Any = pd.DataFrame([row], columns=self.feature_names)
         if not hasattr(self.estimator, "feature_names_in_"):
@@ -249,8 +256,18 @@ class CompiledScorer:
         return float(self.estimator.predict_proba(data)[0, 1])
 
 
-def compile_model(estimator: Any, feature_names: Sequence[str]) -> CompiledScorer:
+def compile_model(
+    estimator: Any,
+    feature_names: Sequence[str],
+    frame_of: Callable[[list[Mapping[str, Any]]], pd.DataFrame] | None = None,
+) -> CompiledScorer:
     """Compile a fitted binary classifier whose input columns are ``feature_names``.
+
+    ``frame_of`` builds the DataFrame the estimator was fitted on from dict rows (a
+    registered model's ``LoadedModel.frame_of``: numeric and categorical inputs, and
+    their missing values, in the training frames' form); the scikit-learn fallback uses
+    it for dict rows, so a model that is not compiled is still served what it was
+    trained on.
 
     Never raises for an unsupported model: it returns a scorer that calls scikit-learn and
     says so in ``compiled``/``fallback_reason`` (and logs it once at load time).
@@ -265,8 +282,10 @@ def compile_model(estimator: Any, feature_names: Sequence[str]) -> CompiledScore
         categories = _shared_categories(compiler.preprocessors, names)
     except Uncompilable as exc:
         logger.warning("model not compiled, scoring falls back to scikit-learn: %s", exc)
-        return CompiledScorer(estimator, names, None, {}, fallback_reason=str(exc))
-    return CompiledScorer(estimator, names, node, categories)
+        return CompiledScorer(
+            estimator, names, None, {}, fallback_reason=str(exc), frame_of=frame_of
+        )
+    return CompiledScorer(estimator, names, node, categories, frame_of=frame_of)
 
 
 def _shared_categories(pres: list[Preprocessor], names: list[str]) -> dict[str, list[Any]]:

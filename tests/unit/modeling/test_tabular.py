@@ -115,6 +115,21 @@ def test_frame_and_row_predictions_agree(trained: TrainOutcome, files: tuple[Pat
     ]
     np.testing.assert_allclose(rows, batch, rtol=0, atol=1e-12)
     assert ((batch > 0) & (batch < 1)).all()
+    # The serving path (JSON: a missing category is null) scores what evaluation scores,
+    # also for the 6 rows with a missing `thal` or `ca`, and also when the pipeline is not
+    # compiled (its encoder learnt "missing" as a category) and scikit-learn serves it.
+    from vitalcast.serving.predictor import Predictor
+
+    predictor = Predictor(model, model_version_id=1)
+    served = [
+        predictor.score({k: (None if v != v else v) for k, v in rec.items()}, explain=False)
+        for rec in ds.X.to_dict("records")
+    ]
+    np.testing.assert_allclose([s.probability for s in served], batch, rtol=0, atol=1e-9)
+    dicts = [
+        {k: (None if v != v else v) for k, v in rec.items()} for rec in ds.X.to_dict("records")
+    ]
+    np.testing.assert_allclose(predictor.scorer.score_dicts(dicts), batch, rtol=0, atol=1e-9)
 
 
 def test_one_class_label_is_a_clear_error(files: tuple[Path, Path], tmp_path: Path) -> None:
