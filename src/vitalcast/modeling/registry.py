@@ -139,8 +139,7 @@ class LoadedModel:
 
     def frame_of(self, rows: list[Mapping[str, Any]]) -> pd.DataFrame:
         """Rows in the model's column order: numeric inputs as floats (anything that is not
-        a number is missing), categorical ones as objects; absent keys and None are NaN, the
-        missing value the pipeline's imputers look for.
+        a number is missing, NaN), categorical ones as objects, as pandas converts records.
 
         Built as one float block rather than column by column: with ~500 inputs, pandas'
         per-column conversion took ~0.3 s a row, paid by every explained prediction.
@@ -149,9 +148,12 @@ class LoadedModel:
         numeric = [c for c in self.feature_names if c not in categorical]
         block = np.array([[_as_float(r.get(c)) for c in numeric] for r in rows], dtype=float)
         df = pd.DataFrame(block.reshape(len(rows), len(numeric)), columns=numeric)
-        for c in self.categorical:
-            values = [r.get(c) for r in rows]
-            df[c] = pd.Series([math.nan if v is None else v for v in values], dtype=object)
+        if self.categorical:
+            # Few columns: pandas' own record conversion, whose None-versus-NaN choices the
+            # fitted encoders saw in training and must see again.
+            cats = pd.DataFrame.from_records(rows, columns=self.categorical)
+            for c in self.categorical:
+                df[c] = cats[c].astype(object)
         return df[self.feature_names]
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
