@@ -45,15 +45,22 @@ def test_frame_matches_pandas_conversion_for_every_kind_of_value() -> None:
         {"hr_last": np.int64(90), "gcs_min": " 9 "},
         {},
     ]
-    got = _model().frame_of(rows)
-    want = _columnwise(rows)
-    # Missing categorical inputs are None whatever form they came in (pandas made an
-    # explicit None NaN in a many-row frame but kept it in a one-row frame; training
-    # frames hold None, and the encoder treats None and NaN differently).
-    want["unit"] = pd.Series(["MICU", None, "CSRU", None, None], dtype=object)
-    assert list(got.columns) == NAMES
-    pd.testing.assert_frame_equal(got, want)
-    assert got["unit"].dtype == object
+    model = _model()
+    # Missing categorical inputs are None whatever form they came in, in a frame of many
+    # rows or of one (pandas turned an explicit None into NaN beside absent keys but kept
+    # a lone one): training frames hold None, and the fitted encoder treats None and NaN
+    # differently. Numeric columns are what pandas' column-wise conversion gave.
+    units = ["MICU", None, "CSRU", None, None]
+    for batch, want_units in [
+        (rows, units),
+        *(([r], [u]) for r, u in zip(rows, units, strict=True)),
+    ]:
+        got = model.frame_of(batch)
+        want = _columnwise(batch)
+        want["unit"] = pd.Series(want_units, dtype=object)
+        pd.testing.assert_frame_equal(got, want)
+        assert list(got.columns) == NAMES
+        assert got["unit"].dtype == object
 
 
 def test_one_row_and_no_rows() -> None:
