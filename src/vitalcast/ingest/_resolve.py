@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.records import (
@@ -153,6 +153,33 @@ def insert_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]]) ->
     """
     for chunk in chunks(rows):
         session.execute(table.__table__.insert(), list(chunk))
+    _refresh_statistics(session, table.__tablename__, len(rows))
+
+
+#: Rows one session may insert into a table before its planner statistics are refreshed.
+ANALYZE_AFTER = 10_000
+
+
+def _refresh_statistics(session: Session, table: str, inserted: int) -> None:
+    """ANALYZE ``table`` once this session has added ``ANALYZE_AFTER`` rows, then at each doubling.
+
+    The id look-ups after an insert (``source_ref IN (...)`` of up to 5,000 refs) are
+    planned from the table's statistics. A bulk load into a new or emptied table (a first
+    import, every test database) leaves them saying "empty", and PostgreSQL then checks
+    every row of the source against the whole list instead of probing the unique index:
+    5.6 s per look-up at 70,000 patients, 9 minutes for Diabetes 130. ANALYZE inside the
+    transaction samples its own new rows; doubling keeps the number of runs logarithmic.
+    A role that may not analyze the table gets a server warning, not an error.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    counts: dict[str, tuple[int, int]] = session.info.setdefault("vc_inserted_rows", {})
+    total, analyzed_at = counts.get(table, (0, 0))
+    total += inserted
+    if total >= ANALYZE_AFTER and total >= 2 * analyzed_at:
+        session.execute(text(f"ANALYZE {table}"))
+        analyzed_at = total
+    counts[table] = (total, analyzed_at)
 
 
 def store_patients(
