@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -118,3 +119,21 @@ def test_no_champion_gives_503(client: FlaskClient, creds: Credentials) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.get_json()["checks"]["model"] == "no champion model"
+
+
+def test_posted_batch_quarantines_a_bad_item_and_stores_the_rest(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    """An ingest batch is not refused for one wrong item: that item is quarantined with its
+    reason, the rest is stored, and the 201 report counts both (nothing lost)."""
+    now = datetime.now(UTC).isoformat()
+    good = {"code": "8867-4", "value": 88, "unit": "/min", "time": now, "patient": ward[0]}
+    bad = {**good, "value": False}
+    response = client.post(
+        "/api/v1/observations", json=[good, bad], headers=creds.api_key("integration")
+    )
+    assert response.status_code == 201, response.get_json()
+    report = response.get_json()["report"]
+    assert report["stored"] == 1
+    assert report["quarantined"] == 1
+    assert report["balanced"] is True

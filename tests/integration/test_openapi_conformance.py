@@ -17,8 +17,9 @@ import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from tests.conftest import Credentials
 from vitalcast.config import Settings, load_settings
@@ -44,14 +45,18 @@ EXAMPLES = 25
 # FHIR's schema, so a generated "schema-valid" FHIR resource is usually not a valid FHIR
 # one. Its 422s are still checked for shape, and the compact form is tested in test_api.
 NO_POSITIVE_ACCEPTANCE = {("POST", "/api/v1/observations")}
+# The same endpoint is an ingest: a wrong item in a batch (a boolean value, a bad time) is
+# quarantined with its reason and counted in the 201 report, not refused with the batch
+# (tests/integration/test_api.py and the ingest tests check that), so "schema-violating
+# request rejected" does not apply to it; its responses are still checked for shape.
+NO_NEGATIVE_REJECTION = {("POST", "/api/v1/observations")}
 
 
 def _run(operation: Any, mode: GenerationMode, headers: dict[str, str], **kwargs: Any) -> None:
-    excluded = (
-        [positive_data_acceptance]
-        if (operation.method.upper(), operation.path) in NO_POSITIVE_ACCEPTANCE
-        else []
-    )
+    key = (operation.method.upper(), operation.path)
+    excluded = [positive_data_acceptance] if key in NO_POSITIVE_ACCEPTANCE else []
+    if key in NO_NEGATIVE_REJECTION:
+        excluded.append(negative_data_rejection)
 
     @given(case=operation.as_strategy(generation_mode=mode, **kwargs))
     @hypothesis_settings(
@@ -69,7 +74,14 @@ def _run(operation: Any, mode: GenerationMode, headers: dict[str, str], **kwargs
 def test_api_conforms_to_its_document(app: Flask, creds: Credentials, ward: list[str]) -> None:
     headers = creds.api_key("admin")
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+    # Every case is sent with a real admin key (``headers`` replaces whatever was
+    # generated), so generated security parameters never reach the app; left on, a mutated
+    # Authorization header makes schemathesis count a request as schema-violating although
+    # what is sent is valid, and a 200 for it as "accepted negative data". Authentication
+    # failures are tested route by route in test_access_control.py.
+    schema.config.generation.update(with_security_parameters=False)
     failures: list[str] = []
+    unnegatable: list[str] = []
     tested = 0
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -83,7 +95,14 @@ def test_api_conforms_to_its_document(app: Flask, creds: Credentials, ward: list
                 tested += 1
                 try:
                     _run(operation, mode, headers, **kwargs)
+                except Unsatisfiable:
+                    # Nothing of this request can violate the document (no parameters or
+                    # body left to mutate once the key is fixed): no negative case exists.
+                    if mode is not GenerationMode.NEGATIVE:
+                        raise
+                    unnegatable.append(f"{operation.method.upper()} {operation.path}")
                 except (Exception, BaseExceptionGroup) as exc:  # report every failure
                     failures.append(f"{operation.method.upper()} {operation.path} [{mode}]: {exc}")
     assert tested >= 30
+    assert len(unnegatable) < tested // 4, unnegatable
     assert not failures, "\n\n".join(failures)

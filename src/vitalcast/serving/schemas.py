@@ -177,7 +177,7 @@ class PredictPatient(BaseModel):
     """Score a stored patient's current stay from the observations vitalcast holds."""
 
     model_config = ConfigDict(extra="forbid")
-    patient_id: str
+    patient_id: Token = Field(description="the public id of a stored patient")
 
 
 PredictFeatures = dict[str, FeatureValue]
