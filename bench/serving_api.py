@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import orjson
 from sqlalchemy import create_engine, text
 
 import _results
-from serving_hotpath import _free_port, run_wrk
+from serving_hotpath import _free_port, run_wrk, wait_ready
 from vitalcast.config import load_settings
 from vitalcast.db import create_db_engine, upgrade_database
 from vitalcast.db.session import make_session_factory, session_scope
@@ -159,7 +158,7 @@ def main() -> int:
         )
         results: dict[str, dict[str, float]] = {}
         try:
-            _wait_ready(port, proc)
+            wait_ready(port, proc, path="/readyz", timeout_s=90)
             for label, path in (
                 ("explain=false", "/api/v1/predict?explain=false"),
                 ("with factors (default)", "/api/v1/predict"),
@@ -215,23 +214,6 @@ def main() -> int:
             load_at_start=load_at_start,
         )
     return 0
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"vitalcast serve exited with {proc.returncode}: {err[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("vitalcast serve did not become ready")
 
 
 def _count_rows(url: str) -> dict[str, int]:

@@ -170,18 +170,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+def wait_ready(
+    port: int, proc: subprocess.Popen[bytes], path: str = "/health", timeout_s: float = 60
+) -> None:
+    """Poll ``path`` until it answers 200; fail with the server's stderr if it exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {err[-2000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise RuntimeError("server did not become ready")
+    raise RuntimeError(f"server did not answer {path} within {timeout_s:.0f} s")
 
 
 _UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -239,7 +243,7 @@ def run_server(
         start_new_session=True,
     )
     try:
-        _wait_ready(port, proc)
+        wait_ready(port, proc)
         return run_wrk(f"http://127.0.0.1:{port}/predict", body_file, duration_s)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

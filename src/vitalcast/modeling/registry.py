@@ -166,7 +166,7 @@ class LoadedModel:
         out = []
         for name in self.feature_names:
             v = features.get(name)
-            if v is None or (isinstance(v, float) and math.isnan(v)):
+            if _is_missing(v):
                 out.append(name)
         return out
 
@@ -194,7 +194,7 @@ class LoadedModel:
         factors = []
         for name, value in top_factors(self.feature_names, values, top):
             raw = row.get(name)
-            shown = None if raw is None or (isinstance(raw, float) and math.isnan(raw)) else raw
+            shown = None if _is_missing(raw) else raw
             if isinstance(shown, np.floating | np.integer) or (
                 name not in self.categorical and isinstance(shown, int | float)
             ):
@@ -220,11 +220,6 @@ def _as_float(value: Any) -> float:
     """``pd.to_numeric(errors="coerce")`` for one value: a number or numeric text, else NaN."""
     if value is None:
         return math.nan
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return math.nan
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -59,7 +59,7 @@ class Predictor:
                 extra={"version": self.version, "reason": self.scorer.fallback_reason},
             )
         # Explanations without a DataFrame: the explained pipeline's preprocessor compiled
-        # like the scorer's, fed the same array form (tests/unit/test_explain_fast.py
+        # like the scorer's, fed the same array form (tests/unit/modeling/test_training.py
         # checks the factors equal the scikit-learn path's). None: explain via pandas.
         self._explain_preps = _compiled_explainer_preps(model, self.scorer)
         # Build the explainer now (shap's TreeExplainer takes seconds for a boosted
