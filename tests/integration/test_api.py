@@ -110,6 +110,9 @@ def test_patient_detail_history_and_observations(
     )
     assert bad.status_code == 422
     assert len(bad.get_json()["error"]["details"]) == 2
+    # An empty code is not "no filter": the schema's enum has no "", so it is refused too.
+    empty = client.get(f"/api/v1/patients/{ward[0]}/observations?code=", headers=headers)
+    assert empty.status_code == 422
 
 
 def test_no_champion_gives_503(client: FlaskClient, creds: Credentials) -> None:

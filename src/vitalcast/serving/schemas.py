@@ -140,7 +140,7 @@ class ObservationsQuery(_Query):
     @field_validator("code")
     @classmethod
     def _known_code(cls, value: str | None) -> str | None:
-        if not value:
+        if value is None:
             return None
         if value in BY_KEY:
             return BY_KEY[value].code
