@@ -20,6 +20,7 @@ from vitalcast.features.encounter import (
     READMISSION_NUMERIC,
     EncounterInput,
     PriorHistory,
+    after_encounter,
     in_readmission_cohort,
     readmission_features,
 )
@@ -78,31 +79,25 @@ def load_readmission(path: Path) -> Dataset:
     for enc in encounters:
         history = seen.get(enc.patient_ref, PriorHistory())
         readmitted = label[enc.ref] == 1.0
-        seen[enc.patient_ref] = PriorHistory(
-            encounters=history.encounters + 1,
-            readmissions_30d=history.readmissions_30d + int(readmitted),
-            previous_readmitted_30d=readmitted,
-        )
         attributes = enc.attributes or {}
-        if not in_readmission_cohort(attributes):
-            excluded += 1
-            continue
         los = None
         if enc.discharged_at is not None:
             los = (enc.discharged_at - enc.admitted_at).total_seconds() / 86400.0
         codes = diagnoses.get(enc.ref, {})
-        records.append(
-            readmission_features(
-                EncounterInput(
-                    length_of_stay_days=los,
-                    age_years=enc.age_years,
-                    sex=sex.get(enc.patient_ref, "unknown"),
-                    attributes=attributes,
-                    diagnoses=[codes.get(col) for col in slots],
-                    history=history,
-                )
-            )
+        encounter = EncounterInput(
+            length_of_stay_days=los,
+            age_years=enc.age_years,
+            sex=sex.get(enc.patient_ref, "unknown"),
+            attributes=attributes,
+            diagnoses=[codes.get(col) for col in slots],
+            history=history,
         )
+        # Every encounter (in the cohort or not) is part of later encounters' history.
+        seen[enc.patient_ref] = after_encounter(history, encounter, readmitted)
+        if not in_readmission_cohort(attributes):
+            excluded += 1
+            continue
+        records.append(readmission_features(encounter))
         y.append(int(readmitted))
         patients.append(enc.patient_ref)
     numeric, categorical = list(READMISSION_NUMERIC), list(READMISSION_CATEGORICAL)
