@@ -84,12 +84,6 @@ ICD9_GROUPS: tuple[str, ...] = (
     "other",
 )
 
-# Discharge dispositions to another facility (IDS_mapping.csv of the UCI export): 3
-# skilled nursing, 4 intermediate care, 5 another inpatient unit, 10 neonatal aftercare
-# elsewhere, 15 swing bed, 22 rehabilitation, 23 long-term care hospital, 24 Medicaid
-# nursing facility, 27 federal facility, 28 psychiatric hospital.
-FACILITY_DISPOSITIONS: frozenset[int] = frozenset({3, 4, 5, 10, 15, 22, 23, 24, 27, 28})
-
 # Charlson comorbidity categories (Deyo/Quan ICD-9-CM coding) and their weights.
 CHARLSON_WEIGHTS: dict[str, int] = {
     "mi": 1,
