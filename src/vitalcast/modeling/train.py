@@ -381,8 +381,12 @@ def spline_calibration(s: np.ndarray, y: np.ndarray) -> IsotonicRegression:
     linear interpolation is what serving and the compiled scorer already evaluate.
     """
     x = np.asarray(s, dtype=float).reshape(-1, 1)
-    knots = np.quantile(x, SPLINE_KNOT_QUANTILES).reshape(-1, 1)
-    basis = SplineTransformer(knots=knots, degree=3, extrapolation="linear").fit(x)
+    # Tied scores (a coarse model, a small table) share quantiles; the spline needs
+    # distinct knots, and with fewer than two there is no curve to fit at all.
+    knots = np.unique(np.quantile(x, SPLINE_KNOT_QUANTILES))
+    if len(knots) < 2:
+        return centred_isotonic(s, y)
+    basis = SplineTransformer(knots=knots.reshape(-1, 1), degree=3, extrapolation="linear").fit(x)
     model = LogisticRegression(C=np.inf, max_iter=10_000).fit(basis.transform(x), y)
     grid = np.unique(np.quantile(x, np.linspace(0, 1, SPLINE_GRID)))
     values = model.predict_proba(basis.transform(grid.reshape(-1, 1)))[:, 1]

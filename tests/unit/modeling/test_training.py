@@ -178,6 +178,25 @@ def test_spline_calibration_follows_a_shape_the_sigmoid_cannot() -> None:
     assert abs(spline.predict(s).mean() - y.mean()) < 0.005
 
 
+@pytest.mark.parametrize("values", [(-2.0, -1.0, 0.5), (-1.0, 1.0), (0.3,)])
+def test_spline_calibration_fits_tied_scores(values: tuple[float, ...]) -> None:
+    """A coarse model gives few distinct scores, so several knot quantiles coincide (and
+    a constant score leaves no curve at all): the map still fits, monotone, inside
+    [ε, 1 − ε], and keeps calibration in the large."""
+    from vitalcast.modeling.train import ISOTONIC_EPS, fit_calibrator
+
+    rng = np.random.default_rng(3)
+    weights = np.linspace(3, 1, len(values))
+    s = rng.choice(np.array(values), size=2000, p=weights / weights.sum())
+    y = (rng.random(s.size) < 1 / (1 + np.exp(-(s - 1)))).astype(int)
+    spline = fit_calibrator("spline", s, y)
+    p = spline.predict(np.sort(s))
+    assert (np.diff(p) >= 0).all()
+    assert p.min() >= ISOTONIC_EPS
+    assert p.max() <= 1 - ISOTONIC_EPS
+    assert abs(spline.predict(s).mean() - y.mean()) < 0.01
+
+
 @pytest.mark.parametrize(
     ("spec", "method", "ensemble"),
     [
