@@ -226,9 +226,20 @@ READMISSION_CATEGORICAL: tuple[str, ...] = (
 )
 
 
+# What the next encounter reads of the previous one (see :func:`_history_features`).
+PREVIOUS_ATTRIBUTES: tuple[str, ...] = (
+    "num_medications",
+    "number_inpatient",
+    "number_diagnoses",
+    "discharge_disposition_id",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PreviousEncounter:
-    """The patient's most recent earlier encounter, as recorded at its discharge."""
+    """The patient's most recent earlier encounter, as recorded at its discharge: its
+    length of stay and its :data:`PREVIOUS_ATTRIBUTES` only (training keeps one per
+    patient, so not the whole attribute row)."""
 
     length_of_stay_days: float | None
     attributes: Mapping[str, Any]
@@ -269,9 +280,8 @@ def icd9_group(code: str | None) -> str:
         return "missing"
     if code[0] in "EV":
         return "other"
-    try:
-        x = float(code)
-    except ValueError:
+    x = _icd9_value(code)
+    if x is None:
         return "other"
     if 250 <= x < 251:
         return "diabetes"
@@ -403,7 +413,9 @@ def after_encounter(
         inpatient_visits_total=history.inpatient_visits_total
         + (inpatient if inpatient == inpatient else 0.0),
         emergency_visits_max=best,
-        previous=PreviousEncounter(enc.length_of_stay_days, dict(a)),
+        previous=PreviousEncounter(
+            enc.length_of_stay_days, {k: a.get(k) for k in PREVIOUS_ATTRIBUTES}
+        ),
     )
 
 
