@@ -157,7 +157,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
     "--budget",
     type=click.Choice(["full", "fast"]),
     default="full",
-    help="Search budget: full (documented default) or fast (demo, tests).",
+    help="Search budget: full (the task's documented default) or fast (demo, tests).",
 )
 @json_option
 @click.pass_context
@@ -174,7 +174,7 @@ def train(
 ) -> None:
     """Train, validate, calibrate and register a model for a task."""
     from vitalcast.modeling.service import train_and_register
-    from vitalcast.modeling.train import DEFAULT_SEED, FAST_BUDGET, SEARCH_BUDGET
+    from vitalcast.modeling.train import DEFAULT_SEED, FAST_BUDGET
     from vitalcast.security import audit
 
     with _session(ctx) as session:
@@ -186,7 +186,7 @@ def train(
             outcomes=outcomes,
             task_file=task_file,
             seed=DEFAULT_SEED if seed is None else seed,
-            budget=FAST_BUDGET if budget == "fast" else SEARCH_BUDGET,
+            budget=FAST_BUDGET if budget == "fast" else None,
             agent=audit.CLI,
         )
     if as_json:

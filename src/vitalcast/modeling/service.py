@@ -31,7 +31,7 @@ from vitalcast.modeling.registry import (
 )
 from vitalcast.modeling.tables import ModelVersion
 from vitalcast.modeling.tasks import Task, get_task
-from vitalcast.modeling.train import DEFAULT_SEED, SEARCH_BUDGET, CandidateSpec, fit_model
+from vitalcast.modeling.train import DEFAULT_SEED, CandidateSpec, fit_model
 from vitalcast.security import audit
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def train_and_register(
     task_file: Path | None = None,
     dataset: Dataset | None = None,
     seed: int = DEFAULT_SEED,
-    budget: tuple[CandidateSpec, ...] = SEARCH_BUDGET,
+    budget: tuple[CandidateSpec, ...] | None = None,
     n_splits: int = 5,
     n_boot: int = 200,
     agent: audit.Agent = audit.SYSTEM,
@@ -72,7 +72,8 @@ def train_and_register(
 
     The new version becomes ``champion`` when the task has none. Without ``session`` the
     artifact is written but no registry row (offline use). The registration is audited
-    as done by ``agent``.
+    as done by ``agent``. ``budget`` None searches the task's own documented budget
+    (:func:`vitalcast.modeling.train.search_budget`).
     """
     spec = get_task(task)
     if dataset is None:

@@ -26,7 +26,7 @@ from vitalcast.db.base import utcnow
 from vitalcast.modeling.datasets import Dataset
 from vitalcast.modeling.registry import LoadedModel
 from vitalcast.modeling.tasks import TaskError, get_task
-from vitalcast.modeling.train import SEARCH_BUDGET, CandidateSpec
+from vitalcast.modeling.train import CandidateSpec
 from vitalcast.monitoring.gate import GatePolicy, GateResult, evaluate_gate
 from vitalcast.security import audit
 
@@ -75,7 +75,7 @@ def retrain(
     auto_promote: bool = False,
     now: datetime | None = None,
     policy: GatePolicy | None = None,
-    budget: tuple[CandidateSpec, ...] = SEARCH_BUDGET,
+    budget: tuple[CandidateSpec, ...] | None = None,
     n_splits: int = 5,
     n_boot: int = 200,
     actor: str = "cli",
@@ -86,7 +86,9 @@ def retrain(
     holdout (default: all history). After a lasting change in the data (a new analyser's
     units, a vital sign no longer charted), a model trained on a mixture of before and
     after keeps the drift alert open, because its training reference is that mixture;
-    training on the period since the change is what lets the alert clear.
+    training on the period since the change is what lets the alert clear. ``budget``
+    None searches the task's documented budget
+    (:func:`vitalcast.modeling.train.search_budget`).
 
     Raises:
         TaskError: the task cannot be retrained from the store, or a side of the split
