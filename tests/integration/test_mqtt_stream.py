@@ -163,7 +163,11 @@ def test_forced_consumer_restart_loses_nothing(
         assert line.startswith("consuming"), line
         return proc
 
-    total = 1200  # below Mosquitto's default max_queued_messages (1000) while it is down
+    # Fewer messages in all than Mosquitto's default max_queued_messages (1000): the
+    # broker itself drops what exceeds its queue for a session, whatever the consumer
+    # does, and 1200 (assuming at least 200 acknowledged before the kill) overflowed it
+    # once on a slow machine (the broker logged "Outgoing messages are being dropped").
+    total = 900
     first = start()
     pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
     topic = f"{prefix}/bed-7/observations"
