@@ -36,7 +36,9 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
 
 COMMANDS = """\
 ```sh
-export OMP_NUM_THREADS=1 VITALCAST_REGISTRY_DIR=/tmp/vc-registry
+# HistGradientBoosting stores the OpenMP thread count in the artifact, so another count
+# gives another sha256 (and version id) but the same trees, calibration and predictions.
+export OMP_NUM_THREADS=2 VITALCAST_REGISTRY_DIR=/tmp/vc-registry
 D=../shared/data
 vitalcast db upgrade   # the registry rows live in the configured database
 vitalcast train --task icu-mortality --data $D/physionet2012/set-a.tar.gz \\
@@ -121,6 +123,8 @@ SAVED = (
     "calibration_slope",
     "calibration_intercept",
     "hl_h",
+    "hl_h_calibrated",
+    "hl_h_p",
     "event1",
     "model",
     "data",

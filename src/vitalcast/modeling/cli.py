@@ -102,6 +102,7 @@ _HEADLINE = (
     "calibration_intercept",
     "ece",
     "hl_h",
+    "hl_h_p",
     "event1",
     "threshold",
 )

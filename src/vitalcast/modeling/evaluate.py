@@ -167,6 +167,32 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float:
     return best_t
 
 
+def hl_h_if_calibrated(
+    p: np.ndarray, observed: float, *, draws: int = 200, seed: int = 0
+) -> dict[str, Any]:
+    """How large H gets from sampling noise alone, for these very predictions.
+
+    Why: the challenge's H is not chi-square distributed (it is divided by the range of the
+    group risks), so a bare "H = 25" says little. Drawing every patient's outcome from
+    their own predicted risk gives the H a perfectly calibrated model with exactly these
+    risks would score (a parametric bootstrap, as for the Hosmer–Lemeshow test itself).
+    Returns the median and 95th percentile of those draws and the share of draws with
+    H at least ``observed``: a goodness-of-fit p-value; a small one means the measured
+    miscalibration is more than noise.
+    """
+    rng = np.random.default_rng(seed)
+    values = np.array(
+        [hosmer_lemeshow_h((rng.random(len(p)) < p).astype(np.int64), p) for _ in range(draws)]
+    )
+    values = values[np.isfinite(values)]
+    if not len(values) or not math.isfinite(observed):
+        return {}
+    return {
+        "hl_h_calibrated": [float(np.median(values)), float(np.quantile(values, 0.95))],
+        "hl_h_p": float(np.mean(values >= observed)),
+    }
+
+
 POINT_METRICS: dict[str, Metric] = {
     "auroc": auroc,
     "auprc": auprc,
@@ -186,7 +212,8 @@ def evaluate(
     n_boot: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Every metric with a 95 % percentile-bootstrap interval (``<name>_ci: [lo, hi]``)."""
+    """Every metric with a 95 % percentile-bootstrap interval (``<name>_ci: [lo, hi]``), and
+    what H would be if the predictions were exactly calibrated (:func:`hl_h_if_calibrated`)."""
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(p, dtype=float)
 
@@ -203,6 +230,7 @@ def evaluate(
     }
     base = point(y, p)
     out.update(base)
+    out.update(hl_h_if_calibrated(p, base["hl_h"], seed=seed))
     if n_boot > 0 and len(y) > 1:
         rng = np.random.default_rng(seed)
         samples: dict[str, list[float]] = {k: [] for k in base}

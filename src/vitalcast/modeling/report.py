@@ -47,6 +47,20 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
+def h_noise_note(metrics: dict[str, Any]) -> str | None:
+    """What the measured H means against sampling noise (see
+    :func:`vitalcast.modeling.evaluate.hl_h_if_calibrated`), or None if not computed."""
+    null, share = metrics.get("hl_h_calibrated"), metrics.get("hl_h_p")
+    if not null or share is None:
+        return None
+    return (
+        f"H from sampling noise alone, had these predictions been exactly calibrated"
+        f" (each outcome drawn from its predicted risk, 200 draws): median {null[0]:.1f},"
+        f" 95th percentile {null[1]:.1f}; {share:.1%} of the draws reached the measured"
+        f" H of {metrics['hl_h']:.1f}."
+    )
+
+
 def _plots(curves: dict[str, Any]) -> str:
     if not curves:
         return ""
@@ -126,6 +140,8 @@ def render_html(sidecar: dict[str, Any]) -> str:
         f"<h2>Performance: {html.escape(str(m.get('validation', '')))}</h2>",
         _table(["metric", "value", "95 % CI"], [list(r) for r in metric_rows(m)]),
     ]
+    if note := h_noise_note(m):
+        parts.append(f"<p>{html.escape(note)}</p>")
     if "by_landmark" in m:
         parts += [
             "<h3>By landmark</h3>",
@@ -237,6 +253,8 @@ def _markdown_block(title: str, m: dict[str, Any]) -> list[str]:
     ]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in metric_rows(m)]
     lines.append("")
+    if note := h_noise_note(m):
+        lines += [note, ""]
     if "baseline" in m:
         b = m["baseline"]
         lines += [

@@ -83,3 +83,22 @@ def test_hosmer_lemeshow_h_drops_the_remainder_like_lemeshow_m() -> None:
     q = p[:20].copy()
     q[2:4] = 0.0  # a group holding one death predicted at exactly 0
     assert ev.hosmer_lemeshow_h(y[:20], q) > 10 * ev.hosmer_lemeshow_h(y[:20], p[:20])
+
+
+def test_h_if_calibrated_separates_noise_from_miscalibration() -> None:
+    # 4000 patients with ICU-like risks (mostly low, a long upper tail).
+    rng = np.random.default_rng(11)
+    p = rng.beta(0.6, 3.5, 4000)
+    y = (rng.random(4000) < p).astype(int)  # outcomes drawn from the risks: calibrated
+    fair = ev.evaluate(y, p, 0.5, n_boot=0)
+    median, p95 = fair["hl_h_calibrated"]
+    assert 0 < median < p95
+    assert fair["hl_h"] < p95
+    assert fair["hl_h_p"] > 0.05
+    # The same outcomes scored with the lower half's risks divided by five: those
+    # patients die five times as often as predicted.
+    low = p < np.median(p)
+    shrunk = np.where(low, p / 5, p)
+    off = ev.evaluate(y, shrunk, 0.5, n_boot=0)
+    assert off["hl_h"] > off["hl_h_calibrated"][1]
+    assert off["hl_h_p"] < 0.01

@@ -245,6 +245,11 @@ def test_report_is_generated_from_the_sidecar(trained: TrainOutcome) -> None:
     assert f"{sidecar['metrics']['auroc']:.3f}" in page
     md = render_markdown(sidecar)
     assert f"| AUROC | {sidecar['metrics']['auroc']:.3f} |" in md
+    # The measured H beside the H that calibrated predictions would score by chance.
+    median = sidecar["metrics"]["hl_h_calibrated"][0]
+    assert "H from sampling noise alone" in md
+    assert f"median {median:.1f}" in md
+    assert f"median {median:.1f}" in page
 
 
 @pytest.mark.parametrize("method", CALIBRATION_METHODS)
