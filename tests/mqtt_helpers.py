@@ -8,7 +8,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vitalcast.ingest.mqtt import parse_mqtt_url
+from vitalcast.ingest.mqtt import parse_mqtt_url, use_tls
 
 
 class Publisher:
@@ -21,6 +21,8 @@ class Publisher:
         )
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
+        if opts["tls"]:
+            use_tls(self.client, opts["cafile"])
         self.client.connect(opts["host"], opts["port"])
         self.client.loop_start()
         self.pending: list[mqtt.MQTTMessageInfo] = []

@@ -151,45 +151,60 @@ def _wait_for_port(port: int, proc: Any, timeout_s: float = 15) -> None:
 
 @contextmanager
 def mqtt_broker() -> Iterator[str]:
-    """Yield an MQTT URL: ``VITALCAST_TEST_MQTT_URL``, else a throwaway real broker.
-
-    The throwaway broker is Debian's ``mosquitto`` when installed (MQTT 5), else ``amqtt``
-    from the dev group (MQTT 3.1.1 only, hence ``?protocol=3.1.1``). Never a mock.
-    """
-    import shutil
-    import subprocess
-    import sys
-
+    """Yield an MQTT URL: ``VITALCAST_TEST_MQTT_URL``, else a throwaway real broker."""
     url = os.environ.get("VITALCAST_TEST_MQTT_URL")
     if url:
         yield url
         return
+    with throwaway_mqtt_broker() as url:
+        yield url
+
+
+@contextmanager
+def throwaway_mqtt_broker(tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Start a real broker and yield its URL; with ``tls`` (certificate, key) it listens
+    for MQTT over TLS only and the URL is ``mqtts://``.
+
+    The broker is Debian's ``mosquitto`` when installed (MQTT 5), else ``amqtt`` from the
+    dev group (MQTT 3.1.1 only, hence ``?protocol=3.1.1``). Never a mock.
+    """
+    import sys
+
     port = _free_port()
+    scheme = "mqtts" if tls else "mqtt"
     with tempfile.TemporaryDirectory(prefix="vitalcast-mqtt-") as tmp:
         mosquitto = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
         )
         if mosquitto:
             conf = Path(tmp) / "mosquitto.conf"
+            tls_conf = f"certfile {tls[0]}\nkeyfile {tls[1]}\n" if tls else ""
+            if tls and os.geteuid() == 0:
+                # Started as root, mosquitto switches to its own user, which cannot read
+                # the test's private temporary files; stay root (tests only).
+                tls_conf += "user root\n"
             conf.write_text(
-                f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                f"listener {port} 127.0.0.1\n{tls_conf}allow_anonymous true\n"
                 "max_queued_messages 0\nmax_inflight_messages 0\npersistence false\n"
             )
             cmd = [mosquitto, "-c", str(conf)]
-            url = f"mqtt://127.0.0.1:{port}"
+            url = f"{scheme}://127.0.0.1:{port}"
         else:
             amqtt = Path(sys.executable).with_name("amqtt")
             if not amqtt.exists():
                 service_missing("MQTT broker (set VITALCAST_TEST_MQTT_URL, or install mosquitto)")
             conf = Path(tmp) / "amqtt.yaml"
+            tls_conf = (
+                f"    ssl: true\n    certfile: {tls[0]}\n    keyfile: {tls[1]}\n" if tls else ""
+            )
             conf.write_text(
                 "listeners:\n  default:\n    type: tcp\n"
-                f"    bind: 127.0.0.1:{port}\n"
+                f"    bind: 127.0.0.1:{port}\n{tls_conf}"
                 "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
                 "    allow_anonymous: true\n"
             )
             cmd = [str(amqtt), "-c", str(conf)]
-            url = f"mqtt://127.0.0.1:{port}?protocol=3.1.1"
+            url = f"{scheme}://127.0.0.1:{port}?protocol=3.1.1"
         log = (Path(tmp) / "broker.log").open("w")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:

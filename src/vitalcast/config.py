@@ -92,7 +92,11 @@ class Settings(BaseSettings):
         None, description="Redis URL for rate-limit storage and pub/sub (optional)."
     )
     mqtt_url: str | None = Field(
-        None, description="MQTT broker URL for device streams, e.g. `mqtt://127.0.0.1:1883`."
+        None,
+        description="MQTT broker URL for device streams: `mqtt://host:1883` (same host or"
+        " pod), or `mqtts://user:password@host:8883` for MQTT over TLS, verified against the"
+        " system CAs or `?cafile=/path/ca.pem`. `?protocol=3.1.1` selects MQTT 3.1.1"
+        " (default 5; see docs/benchmarks.md).",
     )
     cds_trusted_issuers: dict[str, str] = Field(
         default_factory=dict,

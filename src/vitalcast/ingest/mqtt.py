@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class MqttConfig:
     topic_prefix: str = DEFAULT_PREFIX
     batch_size: int = 500
     batch_wait_s: float = 0.2
+    tls: bool = False
+    cafile: str | None = None  # PEM CA bundle to verify the broker (default: the system's)
 
     @property
     def topic(self) -> str:
@@ -72,24 +75,53 @@ class MqttConfig:
 
 
 def parse_mqtt_url(url: str) -> dict[str, Any]:
-    """``mqtt://user:pass@host:port?protocol=3.1.1`` -> connection keywords.
+    """``mqtt[s]://user:pass@host:port?protocol=3.1.1&cafile=/path/ca.pem`` -> connection
+    keywords.
+
+    ``mqtts://`` is MQTT over TLS (port 8883 by default): the broker's certificate is
+    verified against the system's CAs, or ``cafile`` (a hospital's private CA), and its
+    host name is checked. Readings carry patient data, so a broker reached over a network
+    should be ``mqtts://``; ``mqtt://`` is for a broker on the same host or pod.
 
     Raises:
-        ConfigError: not an ``mqtt://`` URL.
+        ConfigError: not an ``mqtt://`` or ``mqtts://`` URL, or an unknown option.
     """
     parts = urlsplit(url)
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise ConfigError(f"VITALCAST_MQTT_URL: expected mqtt://host:port, got {parts.scheme!r}")
-    proto = parse_qs(parts.query).get("protocol", ["5"])[0]
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(
+            f"VITALCAST_MQTT_URL: expected mqtt://host:port or mqtts://host:port,"
+            f" got {parts.scheme!r}"
+        )
+    query = parse_qs(parts.query)
+    unknown = sorted(set(query) - {"protocol", "cafile"})
+    if unknown:
+        raise ConfigError(f"VITALCAST_MQTT_URL: unknown option(s) {', '.join(unknown)}")
+    proto = query.get("protocol", ["5"])[0]
     if proto not in ("5", "3.1.1"):
         raise ConfigError("VITALCAST_MQTT_URL: protocol must be 5 or 3.1.1")
+    tls = parts.scheme == "mqtts"
+    cafile = query.get("cafile", [None])[0]
+    if cafile is not None and not tls:
+        raise ConfigError("VITALCAST_MQTT_URL: cafile applies to mqtts:// only")
     return {
         "host": parts.hostname,
-        "port": parts.port or 1883,
+        "port": parts.port or (8883 if tls else 1883),
         "username": parts.username,
         "password": parts.password,
         "protocol": MQTTProtocolVersion.MQTTv5 if proto == "5" else MQTTProtocolVersion.MQTTv311,
+        "tls": tls,
+        "cafile": cafile,
     }
+
+
+def use_tls(client: mqtt.Client, cafile: str | None) -> None:
+    """Speak TLS to the broker, verifying its certificate chain and host name (the
+    default context: TLS 1.2 or later, system CAs unless ``cafile`` names others)."""
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"VITALCAST_MQTT_URL: cannot read cafile {cafile} ({exc})") from None
+    client.tls_set_context(context)
 
 
 @dataclass
@@ -180,6 +212,8 @@ class DeviceStreamConsumer:
         )
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls:
+            use_tls(client, cfg.cafile)
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *_: self.subscribed.set()
         client.on_message = lambda _c, _u, msg: self.inbox.put(msg)
