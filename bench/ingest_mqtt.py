@@ -26,6 +26,7 @@ import uuid
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import create_engine, func, select, text
 
@@ -69,11 +70,25 @@ def publish(url: str, prefix: str, devices: int, messages: int) -> None:
     pub.close()
 
 
+def _with_protocol(url: str) -> str:
+    """``url`` with ``protocol=3.1.1`` (replacing any protocol it names)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "protocol"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("protocol", "3.1.1")])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=50000)
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--mqtt-url", default=None)
+    ap.add_argument(
+        "--protocol",
+        choices=["5", "3.1.1"],
+        default="5",
+        help="MQTT version the consumer speaks (3.1.1 needs the broker's"
+        " max_inflight_messages raised, as the private broker and deploy/mosquitto do)",
+    )
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--save", action="store_true", help="write bench/results/ingest_mqtt.json")
     args = ap.parse_args()
@@ -122,7 +137,7 @@ def run(args: argparse.Namespace, db_url: str, data_dir: Path) -> None:
             "VITALCAST_ENV": "test",
             "VITALCAST_DATA_DIR": str(data_dir),
             "VITALCAST_DATABASE_URL": db_url,
-            "VITALCAST_MQTT_URL": url,
+            "VITALCAST_MQTT_URL": url if args.protocol == "5" else _with_protocol(url),
             "VITALCAST_MQTT_CLIENT_ID": f"bench-{uuid.uuid4().hex[:6]}",
             "VITALCAST_LOG_LEVEL": "WARNING",
         }
@@ -181,6 +196,7 @@ def run(args: argparse.Namespace, db_url: str, data_dir: Path) -> None:
             f"messages published:   {args.messages} ({args.devices} devices, QoS 1)"
             f" in {pub_s:.1f} s ({args.messages / pub_s:,.0f} msg/s, one publisher)"
         )
+        print(f"consumer protocol:    MQTT {args.protocol}")
         print(f"observations stored:  {final} (lost {args.messages - final})")
         print(f"consumer killed at:   {killed_at[1]} stored (SIGKILL), restart gap {gap:.2f} s")
         busy = t_end - first - gap
@@ -192,6 +208,7 @@ def run(args: argparse.Namespace, db_url: str, data_dir: Path) -> None:
         if args.save:
             figures = {
                 "messages": args.messages,
+                "protocol": args.protocol,
                 "devices": args.devices,
                 "published_per_s": round(args.messages / pub_s),
                 "stored": final,
