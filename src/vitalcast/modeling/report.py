@@ -61,6 +61,12 @@ def h_noise_note(metrics: dict[str, Any]) -> str | None:
     )
 
 
+def by_landmark(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The per-landmark rows in time order (stored JSON sorts the keys as text: "12"
+    before "6")."""
+    return sorted(metrics.get("by_landmark", {}).items(), key=lambda kv: float(kv[0]))
+
+
 def _plots(curves: dict[str, Any]) -> str:
     if not curves:
         return ""
@@ -147,10 +153,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
             "<h3>By landmark</h3>",
             _table(
                 ["landmark (h)", "n", "AUROC", "Brier"],
-                [
-                    [h, str(v["n"]), _fmt(v["auroc"]), _fmt(v["brier"])]
-                    for h, v in m["by_landmark"].items()
-                ],
+                [[h, str(v["n"]), _fmt(v["auroc"]), _fmt(v["brier"])] for h, v in by_landmark(m)],
             ),
         ]
     if "baseline" in m:
@@ -284,7 +287,7 @@ def _markdown_block(title: str, m: dict[str, Any]) -> list[str]:
         lines += [
             f"| {h} | {v.get('n')} | {_fmt(v.get('auroc'))} | {_fmt(v.get('brier'))} |"
             f" {_fmt(v.get('calibration_slope'))} | {_fmt(v.get('calibration_intercept'))} |"
-            for h, v in m["by_landmark"].items()
+            for h, v in by_landmark(m)
         ]
         lines.append("")
     for col, groups in m.get("subgroups", {}).items():

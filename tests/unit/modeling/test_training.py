@@ -252,6 +252,26 @@ def test_report_is_generated_from_the_sidecar(trained: TrainOutcome) -> None:
     assert f"median {median:.1f}" in page
 
 
+def test_landmark_rows_are_in_time_order() -> None:
+    from vitalcast.modeling.report import render_markdown
+
+    # As stored: JSON with sorted keys puts "12" before "6".
+    rows = {h: {"n": 1, "auroc": 0.8, "brier": 0.1} for h in ("12", "24", "48", "6")}
+    sidecar = {
+        "task": "icu-mortality",
+        "version": "v",
+        "threshold": 0.3,
+        "sha256": "0" * 64,
+        "feature_names": ["a"],
+        "metrics": {"validation": "cv", "by_landmark": rows},
+    }
+    lines = render_markdown(sidecar).splitlines()
+    hours = [
+        c for line in lines if line.startswith("| ") and (c := line.split("|")[1].strip()) in rows
+    ]
+    assert hours == ["6", "12", "24", "48"]
+
+
 @pytest.mark.parametrize("method", CALIBRATION_METHODS)
 def test_assembled_calibrated_model_is_calibrator_of_scores_and_compiles(
     dataset: Dataset, method: str
