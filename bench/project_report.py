@@ -40,6 +40,7 @@ SOURCES = (
     "ward_page",
     "demo_startup",
     "drift_alarms",
+    "landmark_calibration",
 )
 
 
