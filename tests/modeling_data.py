@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -78,3 +79,18 @@ def physionet_texts(n: int, seed: int = 11) -> tuple[list[RecordText], str]:
         records.append(RecordText(f"set-t/{rid}.txt", "\n".join(lines) + "\n"))
         outcomes.append(f"{rid},-1,-1,{5 + i % 7},-1,{died}")
     return records, "\n".join(outcomes) + "\n"
+
+
+def register_champion(session: Any, trained: Any) -> None:
+    """Register a trained icu-mortality model (a ``TrainOutcome``) as the champion."""
+    from vitalcast.modeling.service import register_version
+
+    register_version(
+        session,
+        version=trained.version,
+        task="icu-mortality",
+        path=trained.artifact_path,
+        sha256=trained.sha256,
+        threshold=trained.threshold,
+        metrics=trained.metrics,
+    )

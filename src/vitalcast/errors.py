@@ -103,6 +103,13 @@ class ModelUnavailable(AppError):
     code = "model_unavailable"
 
 
+class Busy(AppError):
+    """A bounded resource of this server process is in use; the client should retry."""
+
+    status = 503
+    code = "busy"
+
+
 class IngestError(AppError):
     status = 422
     code = "ingest_error"

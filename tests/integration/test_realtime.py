@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,16 @@ import pytest
 from sqlalchemy import select
 
 from tests.live import LiveServer, live_server
+from tests.modeling_data import register_champion
 from tests.services import DatabaseFactory
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.config import load_settings
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.db.session import make_session_factory
-from vitalcast.modeling.service import register_version
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.service import create_api_key
+from vitalcast.serving.realtime import STREAM_RETRY_AFTER_S
+from vitalcast.serving.threads import REQUEST_THREADS_PER_WORKER
 from vitalcast.synth import generate_cohort, store_cohort
 
 
@@ -46,15 +49,7 @@ def served(
             now=now,
         )
     with session_scope(sessions) as session:
-        register_version(
-            session,
-            version=trained_model.version,
-            task="icu-mortality",
-            path=trained_model.artifact_path,
-            sha256=trained_model.sha256,
-            threshold=trained_model.threshold,
-            metrics=trained_model.metrics,
-        )
+        register_champion(session, trained_model)
         _, key = create_api_key(session, name="e2e", role="integration")
         stays = [
             (p, e)
@@ -131,3 +126,47 @@ def test_posted_observation_reaches_sse_subscribers(
     )
     assert {e["patient_id"] for e in received} == {patient_id}
     assert received[0]["probability"] == response.json()["rescored"][0]["probability"]
+
+
+def test_live_streams_leave_a_request_thread_free(
+    databases: DatabaseFactory, trained_model: Any, tmp_path: Path
+) -> None:
+    """One worker: its stream slots fill, the next stream is refused with 503 and
+    Retry-After, an ordinary request is still served at once, and a slot comes back when
+    a browser goes away."""
+    url = databases.new()
+    home = tmp_path / "var"
+    home.mkdir()
+    engine = create_db_engine(url)
+    with session_scope(make_session_factory(engine)) as session:
+        register_champion(session, trained_model)  # /readyz waits for a champion
+        _, key = create_api_key(session, name="viewer", role="integration")
+    engine.dispose()
+    env = {"VITALCAST_ENV": "test", "VITALCAST_DATA_DIR": str(home), "VITALCAST_DATABASE_URL": url}
+    headers = {"Authorization": f"Bearer {key}"}
+    slots = REQUEST_THREADS_PER_WORKER - 1
+    with live_server(env, workers=1) as server, ExitStack() as stack:
+        events = f"{server.url}/api/v1/events"
+        open_streams = [
+            stack.enter_context(httpx.stream("GET", events, headers=headers, timeout=30.0))
+            for _ in range(slots)
+        ]
+        assert [r.status_code for r in open_streams] == [200] * slots
+        refused = httpx.get(events, headers=headers, timeout=5.0)
+        assert refused.status_code == 503
+        # At least the stream's own delay (flask-limiter raises Retry-After to the end of
+        # the rate-limit window when that is later).
+        assert int(refused.headers["Retry-After"]) >= STREAM_RETRY_AFTER_S
+        assert refused.json()["error"]["code"] == "busy"
+        started = time.monotonic()
+        page = httpx.get(f"{server.url}/api/v1/patients", headers=headers, timeout=5.0)
+        assert page.status_code == 200
+        assert time.monotonic() - started < 2.0
+        open_streams[0].close()  # a browser goes away; noticed at the next heartbeat
+        deadline = time.monotonic() + 20
+        while True:
+            with httpx.stream("GET", events, headers=headers, timeout=30.0) as again:
+                if again.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the closed stream's slot never came back"
+            time.sleep(0.5)

@@ -6,21 +6,22 @@ import hashlib
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, make_response, request, stream_with_context
 from sqlalchemy import select
 
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.base import utcnow
 from vitalcast.db.types import new_public_id
-from vitalcast.errors import ModelUnavailable, NotFound, PayloadTooLarge
+from vitalcast.errors import Busy, ModelUnavailable, NotFound, PayloadTooLarge
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
+from vitalcast.serving.errors import render_error
 from vitalcast.serving.fastpath import feature_errors, predict_one
 from vitalcast.serving.openapi import operation
 from vitalcast.serving.patients import list_ward
 from vitalcast.serving.predictor import Predictor
-from vitalcast.serving.realtime import sse_stream
+from vitalcast.serving.realtime import STREAM_RETRY_AFTER_S, sse_stream
 from vitalcast.serving.schemas import (
     MAX_BATCH_ROWS,
     MAX_EXPLAINED_ROWS,
@@ -283,14 +284,26 @@ def events() -> Response:
         raise ModelUnavailable("live updates are not available in this process")
     who = current_principal()
     units = set(who.units)
+    if not state.bus.open_stream():
+        # Every stream slot of this process is taken: a 503 the page retries after
+        # Retry-After (ward.js, patient.js) keeps a request thread free for everything else.
+        response = make_response(
+            render_error(Busy("all live-update streams of this server process are in use"))
+        )
+        response.headers["Retry-After"] = str(STREAM_RETRY_AFTER_S)
+        return response
     audit_event("events.subscribe", "R", resource="RiskEvents", details={"units": sorted(units)})
 
     def allow(event: dict[str, Any]) -> bool:
         return not units or event.get("unit") in units
 
     stream = stream_with_context(sse_stream(state.bus, allow=allow))
-    return Response(
+    response = Response(
         stream,
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+    # The WSGI server closes the response when the stream ends or the browser goes away,
+    # even if the stream never started (a generator's own finally would not run then).
+    response.call_on_close(state.bus.close_stream)
+    return response

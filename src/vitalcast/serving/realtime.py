@@ -28,17 +28,34 @@ from sqlalchemy import Engine, event, select, text
 from sqlalchemy.orm import Session
 
 from vitalcast.modeling.tables import Prediction
+from vitalcast.serving.threads import REQUEST_THREADS_PER_WORKER
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "vitalcast_risk"
+# Seconds a page waits, at most, before asking again for a stream when every slot is
+# taken (web/static/js/vitalcast.js backs off 1, 2, 4, then this many seconds).
+STREAM_RETRY_AFTER_S = 5
 _QUEUE_SIZE = 1000
 
 
 class EventBus:
-    """Publishes events and fans received events out to local subscribers."""
+    """Publishes events and fans received events out to local subscribers.
 
-    def __init__(self, engine: Engine, redis_url: str | None = None) -> None:
+    It also counts this process's open streams: each holds a request thread for as long
+    as its browser listens (and a closed browser is noticed only at the next heartbeat),
+    so without a bound a few wards' screens would take every thread and ordinary requests
+    (a posted observation, a page) would wait for a stream to end. ``max_streams``
+    defaults to one less than a worker's request threads.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        redis_url: str | None = None,
+        *,
+        max_streams: int = REQUEST_THREADS_PER_WORKER - 1,
+    ) -> None:
         self.engine = engine
         self.kind = (
             "postgresql"
@@ -50,6 +67,16 @@ class EventBus:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._streams = threading.BoundedSemaphore(max_streams)
+
+    # -- stream slots -------------------------------------------------------------------
+    def open_stream(self) -> bool:
+        """Take a stream slot; False when this process already serves ``max_streams``."""
+        return self._streams.acquire(blocking=False)
+
+    def close_stream(self) -> None:
+        """Give back a slot taken by :meth:`open_stream` (once per slot)."""
+        self._streams.release()
 
     # -- publishing -------------------------------------------------------------------
     def publish(self, session: Session, payload: dict[str, Any]) -> None:
@@ -184,9 +211,12 @@ def risk_event(row: Prediction, *, patient_public_id: str | None, encounter: Any
 
 
 def sse_stream(
-    bus: EventBus, *, allow: Callable[[dict[str, Any]], bool], heartbeat_s: float = 15.0
+    bus: EventBus, *, allow: Callable[[dict[str, Any]], bool], heartbeat_s: float = 2.0
 ) -> Iterator[str]:
-    """Server-Sent Events text for the events ``allow`` admits, with heartbeats."""
+    """Server-Sent Events text for the events ``allow`` admits, with heartbeats.
+
+    The heartbeat is also how a closed browser is noticed (writing to its socket fails),
+    so it is short: the stream's request thread and slot come back within seconds."""
     q = bus.subscribe()
     try:
         yield "retry: 3000\n\n"

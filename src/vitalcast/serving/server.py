@@ -12,7 +12,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from vitalcast.config import Settings
-from vitalcast.serving.threads import limit_native_threads
+from vitalcast.serving.threads import REQUEST_THREADS_PER_WORKER, limit_native_threads
 
 
 class VitalcastServer(BaseApplication):  # type: ignore[misc]
@@ -45,7 +45,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
         "bind": f"{host}:{port}",
         "workers": workers,
         "worker_class": "gthread",
-        "threads": 4,
+        "threads": REQUEST_THREADS_PER_WORKER,
         "timeout": 60,
         "graceful_timeout": 20,
         "keepalive": 5,

@@ -26,6 +26,11 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 logger = logging.getLogger(__name__)
 
+# Request threads of each gunicorn worker (``vitalcast serve``: gthread workers). A live
+# update stream holds one for as long as the browser listens, so the realtime module
+# leaves at least one of them to ordinary requests (:class:`~vitalcast.serving.realtime.EventBus`).
+REQUEST_THREADS_PER_WORKER = 4
+
 _ENV_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",

@@ -126,23 +126,33 @@
         drawObservations(vitalsBox, labsBox, data, ctx);
       }).catch(function (err) { vitalsBox.textContent = "Could not load observations (" + err.message + ")."; });
     }
-    loadRisk(false);
+    var shown = null; // risk points on the chart once the page's own load has drawn them
+    loadRisk(false).then(function (items) { shown = items.length; });
     loadObservations(false);
 
-    if (window.EventSource) {
-      var source = new EventSource("/api/v1/events");
-      source.addEventListener("risk", function (msg) {
-        var ev = JSON.parse(msg.data);
-        if (ev.patient_id !== ctx.id) return;
-        updateRiskBox(ev, ctx.threshold);
-        loadRisk(true).then(function (items) {
-          var last = items[items.length - 1];
+    /* Redraw from the server. On a risk event for this patient, and whenever the live
+       stream (re)opens: events sent while it was closed are not replayed, so a new score
+       shows up either way. */
+    function refresh(live) {
+      loadRisk(true).then(function (items) {
+        var last = items[items.length - 1];
+        if (live || (shown !== null && items.length > shown)) {
           if (last && last.factors) drawFactors(last.factors);
           var note = document.getElementById("live-note");
           if (note) note.textContent = "Updated live " + VC.localTime(new Date()) + ". The factor table shows the score at page load; the chart shows the newest.";
-        });
-        loadObservations(true);
+        }
+        shown = items.length;
       });
+      loadObservations(true);
+    }
+
+    if (window.EventSource) {
+      VC.liveEvents("/api/v1/events", { risk: function (msg) {
+        var ev = JSON.parse(msg.data);
+        if (ev.patient_id !== ctx.id) return;
+        updateRiskBox(ev, ctx.threshold);
+        refresh(true);
+      } }, function (state) { if (state === "on") refresh(false); });
     }
   });
 })();

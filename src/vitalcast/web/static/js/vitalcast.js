@@ -38,6 +38,34 @@
     });
   };
 
+  /* Live updates (Server-Sent Events) that keep trying. The browser reconnects a dropped
+     stream itself, but gives up for good when the server answers with an error status:
+     a 503 when every stream slot of the server process is taken (the server keeps one
+     request thread for everything else). Then ask again after 1, 2, 4, then 5 seconds
+     (a closed page's slot comes back within seconds: the server's heartbeat finds it).
+     listeners: {eventName: handler}; onState(state) gets "on" or "reconnecting". */
+  VC.liveEvents = function (url, listeners, onState) {
+    var retryMs = 1000;
+    function connect() {
+      var source = new EventSource(url);
+      source.addEventListener("open", function () {
+        retryMs = 1000;
+        if (onState) onState("on");
+      });
+      source.addEventListener("error", function () {
+        if (onState) onState("reconnecting");
+        if (source.readyState === EventSource.CLOSED) {
+          window.setTimeout(connect, retryMs + Math.floor(Math.random() * 250));
+          retryMs = Math.min(retryMs * 2, 5000);
+        }
+      });
+      Object.keys(listeners).forEach(function (name) {
+        source.addEventListener(name, listeners[name]);
+      });
+    }
+    connect();
+  };
+
   VC.expired = function () {
     var target = meta("expired-url") || "/login?expired=1";
     window.location.assign(target);

@@ -62,10 +62,10 @@
     var searching = table.hasAttribute("data-searched");
     var pending = {};
     if (!window.EventSource) { status.textContent = "Live updates: not supported by this browser"; return; }
-    var source = new EventSource("/api/v1/events");
-    source.addEventListener("open", function () { status.textContent = "Live updates: on"; });
-    source.addEventListener("error", function () { status.textContent = "Live updates: reconnecting…"; });
-    source.addEventListener("risk", function (msg) {
+    VC.liveEvents("/api/v1/events", { risk: onRisk }, function (state) {
+      status.textContent = state === "on" ? "Live updates: on" : "Live updates: reconnecting…";
+    });
+    function onRisk(msg) {
       var ev = JSON.parse(msg.data);
       if (!ev.patient_id) return;
       var existing = tbody.querySelector('tr[data-patient="' + ev.patient_id + '"]');
@@ -91,7 +91,7 @@
           status.textContent = "Live updates: on · last update " + VC.localTime(new Date());
         }).catch(function () { delete pending[ev.patient_id]; });
       }, 250);
-    });
+    }
   }
 
   document.addEventListener("DOMContentLoaded", function () {
