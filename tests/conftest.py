@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from tests.modeling_data import register_champion
 from tests.services import (
     REQUIRE,
     DatabaseFactory,
@@ -194,7 +195,6 @@ def ward(app: Flask, trained_model: Any) -> list[str]:
     Returns the patients' public ids.
     """
     from vitalcast.clinical.tables import Patient
-    from vitalcast.modeling.service import register_version
     from vitalcast.serving.models import refresh_models
     from vitalcast.serving.scoring import score_current_encounters
     from vitalcast.synth import generate_cohort, store_cohort
@@ -202,15 +202,7 @@ def ward(app: Flask, trained_model: Any) -> list[str]:
     state = get_state(app)
     now = datetime.now(UTC)
     with session_scope(state.sessions) as session:
-        register_version(
-            session,
-            version=trained_model.version,
-            task="icu-mortality",
-            path=trained_model.artifact_path,
-            sha256=trained_model.sha256,
-            threshold=trained_model.threshold,
-            metrics=trained_model.metrics,
-        )
+        register_champion(session, trained_model)
     refresh_models(state)
     assert state.predictor is not None
     batch = generate_cohort(n_current=25, n_historic=0, seed=5, now=now)

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from werkzeug.serving import make_server
 
 from tests.conftest import Credentials
+from tests.modeling_data import register_champion
 from vitalcast.config import Settings
 from vitalcast.serving.app import create_app
 from vitalcast.serving.cds_hooks import SERVICE_ID
@@ -100,19 +101,10 @@ PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate
 
 def _register_champion(app: Flask, trained_model: Any) -> None:
     from vitalcast.db import session_scope
-    from vitalcast.modeling.service import register_version
     from vitalcast.serving.models import refresh_models
 
     with session_scope(get_state(app).sessions) as session:
-        register_version(
-            session,
-            version=trained_model.version,
-            task="icu-mortality",
-            path=trained_model.artifact_path,
-            sha256=trained_model.sha256,
-            threshold=trained_model.threshold,
-            metrics=trained_model.metrics,
-        )
+        register_champion(session, trained_model)
     refresh_models(get_state(app))
 
 

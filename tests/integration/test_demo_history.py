@@ -9,11 +9,11 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from tests.modeling_data import register_champion
 from vitalcast.clinical.tables import Encounter
 from vitalcast.config import Settings
 from vitalcast.db import session_scope
 from vitalcast.db.session import make_session_factory
-from vitalcast.modeling.service import register_version
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.serving.demo import score_with_history
@@ -29,15 +29,7 @@ def test_history_is_hourly_scored_like_live_and_current_score_is_newest(
     sessions = make_session_factory(pg_engine)
     now = datetime(2026, 6, 1, 12, 30, tzinfo=UTC)
     with session_scope(sessions) as session:
-        register_version(
-            session,
-            version=trained_model.version,
-            task="icu-mortality",
-            path=trained_model.artifact_path,
-            sha256=trained_model.sha256,
-            threshold=trained_model.threshold,
-            metrics=trained_model.metrics,
-        )
+        register_champion(session, trained_model)
     batch = generate_cohort(n_current=6, n_historic=0, seed=21, now=now)
     with sessions() as session:
         store_cohort(session=session, batch=batch, cipher=cipher_from_settings(settings), now=now)
