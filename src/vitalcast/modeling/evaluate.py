@@ -167,8 +167,12 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str) -> float:
     return best_t
 
 
+# Outcome draws behind hl_h_if_calibrated (model reports quote the number).
+HL_NULL_DRAWS = 200
+
+
 def hl_h_if_calibrated(
-    p: np.ndarray, observed: float, *, draws: int = 200, seed: int = 0
+    p: np.ndarray, observed: float, *, draws: int = HL_NULL_DRAWS, seed: int = 0
 ) -> dict[str, Any]:
     """How large H gets from sampling noise alone, for these very predictions.
 

@@ -13,6 +13,7 @@ import html
 import io
 from typing import Any
 
+from vitalcast.modeling.evaluate import HL_NULL_DRAWS
 from vitalcast.modeling.tasks import get_task
 
 _ROWS = (
@@ -55,7 +56,8 @@ def h_noise_note(metrics: dict[str, Any]) -> str | None:
         return None
     return (
         f"H from sampling noise alone, had these predictions been exactly calibrated"
-        f" (each outcome drawn from its predicted risk, 200 draws): median {null[0]:.1f},"
+        f" (each outcome drawn from its predicted risk, {HL_NULL_DRAWS} draws): median"
+        f" {null[0]:.1f},"
         f" 95th percentile {null[1]:.1f}; {share:.1%} of the draws reached the measured"
         f" H of {metrics['hl_h']:.1f}."
     )

@@ -285,24 +285,30 @@ def events() -> Response:
     who = current_principal()
     units = set(who.units)
     if not state.bus.open_stream():
-        # Every stream slot of this process is taken: a 503 the page retries after
-        # Retry-After (ward.js, patient.js) keeps a request thread free for everything else.
+        # Every stream slot of this process is taken: refusing keeps a request thread free
+        # for everything else; the pages ask again with their own back-off (vitalcast.js),
+        # since EventSource cannot read Retry-After.
         response = make_response(
             render_error(Busy("all live-update streams of this server process are in use"))
         )
         response.headers["Retry-After"] = str(STREAM_RETRY_AFTER_S)
         return response
-    audit_event("events.subscribe", "R", resource="RiskEvents", details={"units": sorted(units)})
+    try:
+        audit_event(
+            "events.subscribe", "R", resource="RiskEvents", details={"units": sorted(units)}
+        )
 
-    def allow(event: dict[str, Any]) -> bool:
-        return not units or event.get("unit") in units
+        def allow(event: dict[str, Any]) -> bool:
+            return not units or event.get("unit") in units
 
-    stream = stream_with_context(sse_stream(state.bus, allow=allow))
-    response = Response(
-        stream,
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+        response = Response(
+            stream_with_context(sse_stream(state.bus, allow=allow)),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+    except BaseException:
+        state.bus.close_stream()  # no response will carry the slot back
+        raise
     # The WSGI server closes the response when the stream ends or the browser goes away,
     # even if the stream never started (a generator's own finally would not run then).
     response.call_on_close(state.bus.close_stream)

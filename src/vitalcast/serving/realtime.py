@@ -33,8 +33,8 @@ from vitalcast.serving.threads import REQUEST_THREADS_PER_WORKER
 logger = logging.getLogger(__name__)
 
 CHANNEL = "vitalcast_risk"
-# Seconds a page waits, at most, before asking again for a stream when every slot is
-# taken (web/static/js/vitalcast.js backs off 1, 2, 4, then this many seconds).
+# Retry-After of a refused stream: the longest a page waits before asking again
+# (web/static/js/vitalcast.js backs off 1, 2, 4, then 5 seconds).
 STREAM_RETRY_AFTER_S = 5
 _QUEUE_SIZE = 1000
 
