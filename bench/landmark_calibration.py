@@ -1,12 +1,15 @@
-"""Set-A-only evidence for the next calibration step of icu-mortality: is one calibration
-map, fitted at the 48 h landmark (what is served), calibrated at 6, 12 and 24 h too?
+"""Set-A-only evidence for icu-mortality's calibration by the hour of the stay: is the served
+risk calibrated at 6, 12 and 24 h, and between the landmarks it was fitted at?
 
-The served model scores every hour of a stay, but its calibration map is fitted on the
-48 h rows only (the task's primary landmark, chosen by cross-fitted log loss there). This
-compares it with one map per landmark, both cross-fitted on the same five patient-grouped
-folds of set A (seed 2012) from the same out-of-fold scores of the served candidate
-(hgb-regularised), and prints, per landmark, log loss, calibration slope and intercept,
-and the challenge's H. Nothing is chosen here and set B and set C are never read.
+The served model keeps one calibration map per training landmark (6, 12, 24, 48 h) and
+blends the two around a row's hour in log-odds (``modeling/landmark_calibration.py``).
+This compares it, at the training landmarks and at hours it was never fitted at (9, 18 and
+36 h), with a single map fitted at the 48 h rows (what was served before). Both are
+cross-fitted on the same five patient-grouped folds of set A (seed 2012) from the
+out-of-fold scores of the served candidate (hgb-regularised), whose fold models are fitted
+on the training landmarks' rows only, as training does. Printed per hour: log loss,
+calibration slope and intercept, and the challenge's H. Nothing is chosen here and set B
+and set C are never read.
 
     VITALCAST_SHARED_DATA=/work/shared/data OMP_NUM_THREADS=2 \\
         .venv/bin/python bench/landmark_calibration.py [--save]
@@ -28,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _results
 from vitalcast.modeling import evaluate as ev
+from vitalcast.modeling.landmark_calibration import blend_landmark_maps
 from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.tasks import get_task
 from vitalcast.modeling.train import (
     DEFAULT_SEED,
     HGB_REGULARISED,
+    TIME_FEATURE,
     fit_calibrator,
     grouped_folds,
     make_pipeline,
@@ -40,6 +45,7 @@ from vitalcast.modeling.train import (
 )
 
 METHOD = "spline"  # the map the served model uses (docs/model-report.md)
+BETWEEN_H = (9.0, 18.0, 36.0)  # hours between landmarks, never fitted at
 
 
 def main() -> None:
@@ -49,37 +55,48 @@ def main() -> None:
     load_at_start = os.getloadavg()[0]
     root = Path(os.environ.get("VITALCAST_SHARED_DATA", "../shared/data")) / "physionet2012"
     task = get_task("icu-mortality")
+    marks = task.landmarks_h
     ds = load_dataset(
-        task, session=None, data=root / "set-a.tar.gz", outcomes=root / "Outcomes-a.txt"
+        task,
+        session=None,
+        data=root / "set-a.tar.gz",
+        outcomes=root / "Outcomes-a.txt",
+        landmarks_h=tuple(sorted(marks + BETWEEN_H)),
     )
     numeric = [c for c in ds.numeric if ds.X[c].notna().any()]
     categorical = [c for c in ds.categorical if ds.X[c].notna().any()]
     X, y = ds.X[numeric + categorical], ds.y
+    hour = ds.meta["landmark_h"].to_numpy(dtype=float)
+    assert np.array_equal(X[TIME_FEATURE].to_numpy(dtype=float), hour)
+    trained_at = np.isin(hour, marks)
     folds = grouped_folds(y, ds.groups, 5, DEFAULT_SEED)
     scores = np.zeros(len(y))
     for tr, te in folds:
+        tr = tr[trained_at[tr]]
         pipe = make_pipeline(HGB_REGULARISED, numeric, categorical, DEFAULT_SEED)
         scores[te] = raw_scores(pipe.fit(X.iloc[tr], y[tr]), X.iloc[te])
-    landmark = ds.meta["landmark_h"].to_numpy()
     primary = task.primary_landmark_h
     everything = np.arange(len(y))
-    served, own = np.zeros(len(y)), np.zeros(len(y))
+    single, served = np.zeros(len(y)), np.zeros(len(y))
     for _tr, te in folds:
         fit = np.setdiff1d(everything, te)
-        at_primary = fit[landmark[fit] == primary]
-        served[te] = fit_calibrator(METHOD, scores[at_primary], y[at_primary]).predict(scores[te])
-        for h in np.unique(landmark):
-            fit_h, te_h = fit[landmark[fit] == h], te[landmark[te] == h]
-            own[te_h] = fit_calibrator(METHOD, scores[fit_h], y[fit_h]).predict(scores[te_h])
+        at_primary = fit[hour[fit] == primary]
+        single[te] = fit_calibrator(METHOD, scores[at_primary], y[at_primary]).predict(scores[te])
+        maps = [
+            fit_calibrator(METHOD, scores[fit[hour[fit] == h]], y[fit[hour[fit] == h]])
+            for h in marks
+        ]
+        probas = np.stack([m.predict(scores[te]) for m in maps])
+        served[te] = blend_landmark_maps(probas, hour[te], marks)
     print(f"load average at start: {load_at_start:.2f}; {len(np.unique(ds.groups))} patients")
     figures: dict[str, dict[str, dict[str, float]]] = {}
-    print("| landmark (h) | map | log loss | calibration slope | intercept | H |")
+    print("| hour | map | log loss | calibration slope | intercept | H |")
     print("|---|---|---|---|---|---|")
-    for h in np.unique(landmark):
-        rows = landmark == h
+    for h in np.unique(hour):
+        rows = hour == h
         for key, name, p in (
-            ("served", f"fitted at {primary:g} h (served)", served),
-            ("own", "its own", own),
+            ("single", f"one map fitted at {primary:g} h", single),
+            ("served", "per landmark, blended (served)", served),
         ):
             yy, pp = y[rows], p[rows]
             m = {
@@ -89,8 +106,9 @@ def main() -> None:
                 "hl_h": ev.hosmer_lemeshow_h(yy, pp),
             }
             figures.setdefault(key, {})[f"{h:g}"] = m
+            where = "" if h in marks else " (between landmarks)"
             print(
-                f"| {h:g} | {name} | {m['log_loss']:.4f} | {m['calibration_slope']:.3f}"
+                f"| {h:g}{where} | {name} | {m['log_loss']:.4f} | {m['calibration_slope']:.3f}"
                 f" | {m['calibration_intercept']:.3f} | {m['hl_h']:.1f} |"
             )
     if args.save:

@@ -92,7 +92,8 @@ def main(seeds: list[int]) -> int:
                 f" refit on unseen {s_full[hold].std():.3f}, fold models on unseen"
                 f" {np.mean([s[hold].std() for s in members]):.3f}"
             )
-            choice = choose_calibration(oof, ytr, folds, prim)
+            landmark = ds.meta["landmark_h"].to_numpy(dtype=float)[otr]
+            choice = choose_calibration(oof, ytr, folds, prim, landmark)
             for c in cals:
                 if c == "chosen":
                     method, rows, cf = choice.method, choice.rows, choice.oof_proba
@@ -110,7 +111,9 @@ def main(seeds: list[int]) -> int:
                 else:
                     method, rows = c.split("/")
                     cf = crossfit(method, rows, oof, ytr, folds, prim)
-                fit_rows = prim if rows == "primary" else np.ones(len(ytr), dtype=bool)
+                # Scored at 48 h only, where a per-landmark map is the 48 h rows' map.
+                per_landmark = rows in ("primary", "landmark")
+                fit_rows = prim if per_landmark else np.ones(len(ytr), dtype=bool)
                 cal = fit_calibrator(method, oof[fit_rows], ytr[fit_rows])
                 thr = ev.choose_threshold(ytr[prim], cf[prim], task.threshold_rule)
                 served = {

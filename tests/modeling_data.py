@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,3 +95,36 @@ def register_champion(session: Any, trained: Any) -> None:
         threshold=trained.threshold,
         metrics=trained.metrics,
     )
+
+
+def assert_served_factors_match_sklearn(
+    estimator: Any, feature_names: list[str], rows: list[dict[str, Any]]
+) -> None:
+    """Serving scores and explains from the compiled array form; for every row it must say
+    what the pandas + scikit-learn path says (same factors, contributions, probability)."""
+    import pytest
+
+    from vitalcast.modeling.registry import LoadedModel
+    from vitalcast.serving.predictor import Predictor
+
+    model = LoadedModel(
+        version="v",
+        task="icu-mortality",
+        threshold=0.3,
+        feature_names=feature_names,
+        categorical=[],
+        pipeline=estimator,
+        sidecar={},
+        path=Path("."),
+        sha256="",
+    )
+    predictor = Predictor(model, model_version_id=1)
+    assert predictor._explain_preps is not None, "the fast path must be the one under test"
+    for row in rows:
+        served = predictor.score(row, explain=True, top=5)
+        reference = sorted(model.explain(row, top=5), key=lambda f: -abs(f.contribution))
+        assert [f["feature"] for f in served.factors] == [f.feature for f in reference]
+        for got, want in zip(served.factors, reference, strict=True):
+            assert got["contribution"] == pytest.approx(round(want.contribution, 4), abs=1e-4)
+            assert got["value"] == (None if want.value is None else pytest.approx(want.value))
+        assert served.probability == pytest.approx(model.predict_proba_row(row), abs=1e-9)

@@ -14,6 +14,11 @@ training serves: the cross-validation fold models) averages probabilities, which
 linear in any member's log-odds either; its contributions are the members' raw
 contributions averaged, shared out the same way (exact in sum). Its base is the log-odds
 of the members' average calibrated base probability.
+
+A landmark-calibrated model (``LandmarkCalibratedClassifier``: one map per landmark,
+blended by the hour of the stay) has one member whose link depends on the row's hours
+since admission; its base is the blended map of the base raw output at that row's hour,
+and the change from it is shared out the same way (exact in sum).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+
+from vitalcast.modeling.landmark_calibration import LandmarkCalibratedClassifier
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -70,16 +77,26 @@ def output_sources(prep: ColumnTransformer) -> list[str]:
 
 
 class Explainer:
-    """Explains a served estimator (``CalibratedClassifierCV`` or ``Pipeline``)."""
+    """Explains a served estimator (``CalibratedClassifierCV``,
+    ``LandmarkCalibratedClassifier`` or ``Pipeline``)."""
 
     def __init__(self, estimator: Any, feature_names: list[str]) -> None:
         self.feature_names = feature_names
         self.estimator = estimator
-        if isinstance(estimator, CalibratedClassifierCV):
+        self.landmark: LandmarkCalibratedClassifier | None = None
+        if isinstance(estimator, LandmarkCalibratedClassifier):
+            self.landmark = estimator
+            pairs = [(estimator.estimator, None)]
+        elif isinstance(estimator, CalibratedClassifierCV):
             pairs = [(cc.estimator, cc.calibrators[0]) for cc in estimator.calibrated_classifiers_]
         else:
             pairs = [(estimator, None)]
         self.members = [_Member(pipe, cal, feature_names) for pipe, cal in pairs]
+
+    @property
+    def time_feature(self) -> str | None:
+        """The input whose value ``contributions_of`` needs as ``hours`` (None: none)."""
+        return None if self.landmark is None else self.landmark.time_feature
 
     @property
     def preps(self) -> list[ColumnTransformer]:
@@ -91,10 +108,14 @@ class Explainer:
         """Contributions of the rows of ``X`` (raw features), through scikit-learn."""
         X = X[self.feature_names]
         Zs = [np.asarray(member.prep.transform(X), dtype=float) for member in self.members]
-        return self.contributions_of(Zs, lambda: self.estimator.predict_proba(X)[:, 1])
+        hours = None if self.landmark is None else self.landmark.hours_of(X)
+        return self.contributions_of(Zs, lambda: self.estimator.predict_proba(X)[:, 1], hours)
 
     def contributions_of(
-        self, Zs: list[np.ndarray], probability: Callable[[], np.ndarray]
+        self,
+        Zs: list[np.ndarray],
+        probability: Callable[[], np.ndarray],
+        hours: np.ndarray | None = None,
     ) -> Contributions:
         """Contributions from rows already through each member's preprocessor (``Zs``).
 
@@ -103,11 +124,16 @@ class Explainer:
         compiled preprocessors' outputs and the compiled scorer's probability, so
         explaining a request costs no DataFrame (a one-row frame through the
         ColumnTransformer costs milliseconds for a few hundred columns); both equal
-        scikit-learn's, which ``contributions`` uses.
+        scikit-learn's, which ``contributions`` uses. ``hours``: each row's value of
+        :attr:`time_feature` (needed for a landmark-calibrated model; NaN = unknown).
         """
         if len(self.members) == 1:
             member = self.members[0]
             base_raw, phi, raw_is_logodds = member.raw(Zs[0])
+            if self.landmark is not None:
+                when = np.full(len(base_raw), np.nan) if hours is None else hours
+                base = _logit(self.landmark.calibrate(base_raw, when))
+                return self._shared_out(probability, base, phi @ member.agg)
             cal = member.calibrator
             if cal is not None and hasattr(cal, "a_"):
                 # sklearn's sigmoid calibration: p = 1 / (1 + exp(a·f + b)), log-odds −(a·f + b).

@@ -10,8 +10,9 @@ model): the candidates of the task's budget (:func:`search_budget`: :data:`SEARC
 or a task's own entry in :data:`TASK_BUDGETS`), each scored by out-of-fold AUROC over
 ``n_splits`` folds grouped by patient and stratified by label; then the calibration map
 (Platt sigmoid, ε-bounded isotonic, centred isotonic or a cubic spline, fitted on every
-landmark's out-of-fold scores or on the primary landmark's only) chosen by cross-fitted
-out-of-fold log loss at the primary landmark (:func:`choose_calibration`). The fold
+landmark's out-of-fold scores together or one per landmark, then blended by the hour of
+the stay) chosen by cross-fitted out-of-fold log loss at the primary landmark
+(:func:`choose_calibration`). The fold
 models of the search are fitted once: the served pipeline is refitted on all rows and
 paired with a calibrator fitted on the winner's out-of-fold scores
 (:func:`assemble_calibrated`). ``ensemble=False`` keeps one model per prediction in
@@ -53,6 +54,7 @@ from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScal
 
 from vitalcast.modeling.datasets import Dataset
 from vitalcast.modeling.evaluate import auroc, choose_threshold
+from vitalcast.modeling.landmark_calibration import LandmarkCalibratedClassifier
 from vitalcast.modeling.tasks import Task, TaskError
 
 logger = logging.getLogger(__name__)
@@ -246,7 +248,7 @@ def raw_scores(estimator: Any, X: Any) -> np.ndarray:
 class TrainResult:
     """The fitted, calibrated estimator and how it was chosen."""
 
-    estimator: CalibratedClassifierCV
+    estimator: CalibratedClassifierCV | LandmarkCalibratedClassifier
     candidate: CandidateSpec
     calibration: str
     threshold: float
@@ -314,14 +316,20 @@ def fit_model(
     assert best is not None
     _score, spec, oof = best
     primary = ds.rows_at(task.primary_landmark_h)
-    choice = choose_calibration(oof, y, folds, primary)
+    landmark = landmark_of_rows(ds, numeric)
+    choice = choose_calibration(oof, y, folds, primary, landmark)
     for row in search:
         if row["candidate"] == spec.name:
             row["calibration_log_loss"] = choice.losses
     full = make_pipeline(spec, numeric, categorical, seed).fit(X, y)
-    fit_rows = primary if choice.rows == "primary" else np.ones(len(y), dtype=bool)
-    calibrator = fit_calibrator(choice.method, oof[fit_rows], y[fit_rows])
-    estimator = assemble_calibrated(full, calibrator, choice.method)
+    estimator: CalibratedClassifierCV | LandmarkCalibratedClassifier
+    if choice.rows == "landmark":
+        assert landmark is not None
+        marks = [float(h) for h in np.unique(landmark)]
+        maps = [fit_calibrator(choice.method, oof[landmark == h], y[landmark == h]) for h in marks]
+        estimator = LandmarkCalibratedClassifier(full, marks, maps, choice.method, TIME_FEATURE)
+    else:
+        estimator = assemble_calibrated(full, fit_calibrator(choice.method, oof, y), choice.method)
     threshold = choose_threshold(y[primary], choice.oof_proba[primary], task.threshold_rule)
     return TrainResult(
         estimator=estimator,
@@ -344,48 +352,78 @@ def fit_model(
 ISOTONIC_EPS = 1e-3
 
 
+# The input column that tells a landmark-calibrated model how far into the stay a row is
+# (``features/stay.py``; equal to the landmark on every training row).
+TIME_FEATURE = "hours_since_admission"
+
+
+def landmark_of_rows(ds: Dataset, numeric: list[str]) -> np.ndarray | None:
+    """Each row's landmark (hours), when the task has several and the model reads the time.
+
+    None for tabular tasks, a single landmark, or a feature set without
+    :data:`TIME_FEATURE` (a model that cannot see the hour cannot be calibrated by it).
+    """
+    if "landmark_h" not in ds.meta or TIME_FEATURE not in numeric:
+        return None
+    landmark = ds.meta["landmark_h"].to_numpy(dtype=float)
+    return landmark if len(np.unique(landmark)) > 1 else None
+
+
 @dataclass(frozen=True)
 class CalibrationChoice:
     """The calibration map chosen by cross-fitted validation, and its evidence."""
 
     method: str  # one of CALIBRATION_METHODS
-    rows: str  # "all" landmarks or the task's "primary" landmark
+    rows: str  # one map fitted on "all" landmarks, or one map per "landmark"
     oof_proba: np.ndarray  # cross-fitted calibrated out-of-fold probabilities, every row
     losses: dict[str, float]
 
     @property
     def label(self) -> str:
-        return self.method if self.rows == "all" else f"{self.method} (fitted at primary landmark)"
+        if self.rows == "all":
+            return self.method
+        return f"{self.method} (one map per landmark, blended by hours since admission)"
 
 
 def choose_calibration(
-    scores: np.ndarray, y: np.ndarray, folds: Folds, primary: np.ndarray
+    scores: np.ndarray,
+    y: np.ndarray,
+    folds: Folds,
+    primary: np.ndarray,
+    landmark: np.ndarray | None = None,
 ) -> CalibrationChoice:
     """A map of :data:`CALIBRATION_METHODS`, fitted on every landmark's out-of-fold scores
-    or on the primary landmark's only; chosen by cross-fitted log loss at the primary
-    landmark.
+    together or on each landmark's own (``landmark``: each row's landmark, None when the
+    task has one); chosen by cross-fitted log loss at the primary landmark.
 
     Why the primary landmark decides: it is the task's stated evaluation protocol (for
-    icu-mortality, one prediction per stay at 48 h, as the 2012 challenge scored). Why the
-    landmark the calibrator is fitted on is a candidate: one model serves every landmark,
-    but how far its raw scores should be stretched differs by landmark (on PhysioNet set
-    A the out-of-fold Platt slope rises from about 0.8 at 6 h to 0.93 at 48 h), so a map
-    fitted on all landmarks under-disperses 48 h risks. Each fold's probabilities come
-    from a calibrator that never saw that fold's rows (cross-fitting).
+    icu-mortality, one prediction per stay at 48 h, as the 2012 challenge scored). Why one
+    map per landmark is a candidate: one model serves every hour, but how far its raw
+    scores should be stretched differs by landmark (on PhysioNet set A the out-of-fold
+    Platt slope rises from about 0.8 at 6 h to 0.93 at 48 h), so a map fitted on all
+    landmarks under-disperses 48 h risks and a map fitted at 48 h over-disperses 6 h risks
+    (``bench/landmark_calibration.py``). Per-landmark maps are served blended by the hour
+    (:class:`~vitalcast.modeling.landmark_calibration.LandmarkCalibratedClassifier`). Each
+    fold's probabilities come from a calibrator that never saw that fold's rows
+    (cross-fitting), and a landmark's from a map fitted on that landmark's rows only.
     """
     options = [(m, "all") for m in CALIBRATION_METHODS]
-    if not primary.all():
-        options += [(m, "primary") for m in CALIBRATION_METHODS]
+    if landmark is not None:
+        options += [(m, "landmark") for m in CALIBRATION_METHODS]
     results: dict[tuple[str, str], np.ndarray] = {}
     everything = np.arange(len(y))
     for method, rows in options:
         proba = np.zeros(len(y))
         for _tr, te in folds:
             fit_idx = np.setdiff1d(everything, te)
-            if rows == "primary":
-                fit_idx = fit_idx[primary[fit_idx]]
-            calibrator = fit_calibrator(method, scores[fit_idx], y[fit_idx])
-            proba[te] = calibrator.predict(scores[te])
+            if rows == "all":
+                proba[te] = fit_calibrator(method, scores[fit_idx], y[fit_idx]).predict(scores[te])
+                continue
+            assert landmark is not None
+            for h in np.unique(landmark):
+                fit_h, te_h = fit_idx[landmark[fit_idx] == h], te[landmark[te] == h]
+                calibrator = fit_calibrator(method, scores[fit_h], y[fit_h])
+                proba[te_h] = calibrator.predict(scores[te_h])
         results[(method, rows)] = proba
     losses = {
         f"{m}/{r}": float(
@@ -393,7 +431,7 @@ def choose_calibration(
         )
         for (m, r), p in results.items()
     }
-    # Ties go to the simpler, smoother map (sigmoid, all rows).
+    # Ties go to the simpler, smoother map (sigmoid, one map for all rows).
     best = min(results, key=lambda k: (losses[f"{k[0]}/{k[1]}"], k[0] != "sigmoid", k[1]))
     return CalibrationChoice(best[0], best[1], results[best], losses)
 

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import expit
 
+from vitalcast.modeling.landmark_calibration import blend_landmark_maps
 from vitalcast.serving._prep import Preprocessor
 from vitalcast.serving._trees import Forest
 
@@ -149,6 +150,30 @@ class Calibrated:
             total += calibrator.apply(node.response_batch(x))
         out: FloatArray = total / len(self.members)
         return out
+
+
+@dataclass
+class LandmarkCalibrated:
+    """LandmarkCalibratedClassifier: every landmark's map of the inner response, blended by
+    the row's hours since admission (input column ``time_index``) with the estimator's own
+    :func:`blend_landmark_maps`."""
+
+    inner: Node
+    calibrators: list[Sigmoid | Isotonic]
+    landmarks: FloatArray
+    time_index: int
+    has_decision: bool = False
+
+    def _blend(self, raw: FloatArray, hours: FloatArray) -> FloatArray:
+        probas = np.stack([c.apply(raw) for c in self.calibrators])
+        return blend_landmark_maps(probas, hours, self.landmarks)
+
+    def response_row(self, x: FloatArray) -> float:
+        raw = np.array([self.inner.response_row(x)])
+        return float(self._blend(raw, x[self.time_index : self.time_index + 1])[0])
+
+    def response_batch(self, x: FloatArray) -> FloatArray:
+        return self._blend(self.inner.response_batch(x), x[:, self.time_index])
 
 
 @dataclass

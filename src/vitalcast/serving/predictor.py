@@ -80,7 +80,11 @@ class Predictor:
             x = self.scorer.encode(features)
             probability = self.scorer.score_row(x)
             zs = [prep.transform_row(x)[None, :] for prep in self._explain_preps]
-            contrib = self.model.explainer.contributions_of(zs, lambda: np.array([probability]))
+            explainer = self.model.explainer
+            hours = None
+            if explainer.time_feature is not None:
+                hours = x[[self.scorer.feature_index[explainer.time_feature]]]
+            contrib = explainer.contributions_of(zs, lambda: np.array([probability]), hours)
             factors = [
                 _factor_dict(f) for f in self.model.factors(features, contrib.values[0], top)
             ]

@@ -17,7 +17,9 @@ Compiled, and tested equal to ``predict_proba(X)[:, 1]`` within 1e-9 on held-out
 * estimators: binary ``LogisticRegression``, ``HistGradientBoostingClassifier`` (numeric
   splits), ``RandomForestClassifier`` and ``ExtraTreesClassifier``;
 * ``CalibratedClassifierCV`` (sigmoid or isotonic, ``ensemble`` True or False) around the
-  whole pipeline or around the final estimator.
+  whole pipeline or around the final estimator;
+* ``LandmarkCalibratedClassifier`` (one sigmoid or isotonic map per landmark, blended by
+  the row's hours since admission) around the whole pipeline.
 
 Anything else is scored by scikit-learn itself (``CompiledScorer.compiled`` is False and
 ``fallback_reason`` says why), so a new model type is never refused, only slower.
@@ -48,15 +50,18 @@ from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     RandomForestClassifier,
 )
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from vitalcast.modeling.landmark_calibration import LandmarkCalibratedClassifier
 from vitalcast.serving._fuse import fuse_calibrated
 from vitalcast.serving._nodes import (
     Averaged,
     Boosted,
     Calibrated,
     Isotonic,
+    LandmarkCalibrated,
     Linear,
     Node,
     Prepared,
@@ -96,6 +101,8 @@ class _Compiler:
             return self._chain(steps, raw_input=raw_input)
         if isinstance(est, CalibratedClassifierCV):
             return self._calibrated(est, raw_input=raw_input)
+        if isinstance(est, LandmarkCalibratedClassifier):
+            return self._landmark_calibrated(est, raw_input=raw_input)
         return self._estimator(est)
 
     def _chain(self, steps: list[Any], *, raw_input: bool = False) -> Node:
@@ -127,21 +134,36 @@ class _Compiler:
             if member.method not in ("sigmoid", "isotonic") or len(member.calibrators) != 1:
                 raise Uncompilable(f"calibration method {member.method!r} is not compiled")
             node = self.node(member.estimator, raw_input=raw_input)
-            cal = member.calibrators[0]
-            calibrator: Sigmoid | Isotonic
-            if member.method == "sigmoid":
-                calibrator = Sigmoid(float(cal.a_), float(cal.b_))
-            else:
-                if cal.out_of_bounds != "clip":
-                    raise Uncompilable("isotonic calibrator without out_of_bounds='clip'")
-                calibrator = Isotonic(
-                    np.asarray(cal.X_thresholds_, dtype=np.float64),
-                    np.asarray(cal.y_thresholds_, dtype=np.float64),
-                    float(cal.X_min_),
-                    float(cal.X_max_),
-                )
-            members.append((node, calibrator))
+            members.append((node, _calibrator(member.calibrators[0])))
         return fuse_calibrated(Calibrated(members))
+
+    def _landmark_calibrated(self, est: LandmarkCalibratedClassifier, *, raw_input: bool) -> Node:
+        if len(est.classes_) != 2:
+            raise Uncompilable("LandmarkCalibratedClassifier on more than two classes")
+        if not raw_input or est.time_feature not in self.feature_names:
+            raise Uncompilable(f"landmark calibration without its {est.time_feature} input")
+        return LandmarkCalibrated(
+            self.node(est.estimator, raw_input=raw_input),
+            [_calibrator(c) for c in est.calibrators],
+            np.asarray(est.landmarks_h, dtype=np.float64),
+            self.feature_names.index(est.time_feature),
+        )
+
+
+def _calibrator(cal: Any) -> Sigmoid | Isotonic:
+    """A fitted Platt (``_SigmoidCalibration``) or clipping isotonic map, compiled."""
+    if isinstance(cal, IsotonicRegression):
+        if cal.out_of_bounds != "clip":
+            raise Uncompilable("isotonic calibrator without out_of_bounds='clip'")
+        return Isotonic(
+            np.asarray(cal.X_thresholds_, dtype=np.float64),
+            np.asarray(cal.y_thresholds_, dtype=np.float64),
+            float(cal.X_min_),
+            float(cal.X_max_),
+        )
+    if hasattr(cal, "a_") and hasattr(cal, "b_"):
+        return Sigmoid(float(cal.a_), float(cal.b_))
+    raise Uncompilable(f"calibrator {type(cal).__name__} is not compiled")
 
 
 class CompiledScorer:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.calibration import CalibratedClassifierCV
 
-from tests.modeling_data import T0, synthetic_stays
+from tests.modeling_data import T0, assert_served_factors_match_sklearn, synthetic_stays
 from vitalcast.errors import VitalcastError
 from vitalcast.features import stay_features
 from vitalcast.modeling.datasets import Dataset, timeseries_dataset
@@ -331,29 +331,6 @@ def test_served_factors_equal_the_scikit_learn_path(
     dataset: Dataset, spec: CandidateSpec, method: str, ensemble: bool
 ) -> None:
     """Serving explains from the compiled array form; it must say what pandas+sklearn says."""
-    from vitalcast.modeling.registry import LoadedModel
-    from vitalcast.serving.predictor import Predictor
-
     cols, est = _calibrated(dataset, spec, method, ensemble)
-    model = LoadedModel(
-        version="v",
-        task=TASK.name,
-        threshold=0.3,
-        feature_names=cols,
-        categorical=[],
-        pipeline=est,
-        sidecar={},
-        path=Path("."),
-        sha256="",
-    )
-    predictor = Predictor(model, model_version_id=1)
-    assert predictor._explain_preps is not None, "the fast path must be the one under test"
     rows = [{}, *dataset.X[cols].iloc[:30].to_dict("records")]
-    for row in rows:
-        served = predictor.score(row, explain=True, top=5)
-        reference = sorted(model.explain(row, top=5), key=lambda f: -abs(f.contribution))
-        assert [f["feature"] for f in served.factors] == [f.feature for f in reference]
-        for got, want in zip(served.factors, reference, strict=True):
-            assert got["contribution"] == pytest.approx(round(want.contribution, 4), abs=1e-4)
-            assert got["value"] == (None if want.value is None else pytest.approx(want.value))
-        assert served.probability == pytest.approx(model.predict_proba_row(row), abs=1e-9)
+    assert_served_factors_match_sklearn(est, cols, rows)
