@@ -14,7 +14,9 @@ from tests.conftest import Credentials
 from tests.webdata import record_risk_history, register_version, store_synthetic_ward
 from vitalcast.clinical.tables import Patient
 from vitalcast.db import session_scope
+from vitalcast.modeling.tables import Prediction
 from vitalcast.security.tables import ApiKey, AuditEvent
+from vitalcast.serving.patient_api import latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.state import get_state
 from vitalcast.web.tables import Feedback
@@ -121,6 +123,33 @@ def test_live_row_fragment(
     assert row.status_code == 200
     assert _rows(row.get_data(as_text=True)) == [ward["patient"]]
     assert client.get("/ward/rows/" + "0" * 32).status_code == 404
+
+
+def test_a_risk_scored_before_the_first_landmark_is_marked_early(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    creds.login(client, creds.user("carl", "clinician"))
+    url = f"/patients/{ward['patient']}"
+    sessions = get_state(client.application).sessions
+
+    def admit(hours_before_score: float) -> str:
+        with session_scope(sessions) as session:
+            patient = session.scalars(
+                select(Patient).where(Patient.public_id == ward["patient"])
+            ).one()
+            encounter = latest_encounter(session, patient)
+            assert encounter is not None
+            scored = session.scalar(
+                select(func.max(Prediction.as_of)).where(Prediction.encounter_id == encounter.id)
+            )
+            assert scored is not None
+            encounter.admitted_at = scored - timedelta(hours=hours_before_score)
+        return client.get(url).get_data(as_text=True)
+
+    assert 'id="early-note"' not in admit(30)
+    early = admit(2.5)
+    assert 'id="early-note"' in early
+    assert "Scored 2.5 h after admission, before 6 h" in early
 
 
 def test_patient_page_and_feedback_stored_and_audited(

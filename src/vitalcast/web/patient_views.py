@@ -17,6 +17,7 @@ from vitalcast.clinical.tables import Condition, ImagingStudy
 from vitalcast.db.base import utcnow
 from vitalcast.errors import InvalidInput
 from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.modeling.tasks import TASKS
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
@@ -118,8 +119,28 @@ def patient(patient_id: str) -> str:
         can_feedback=role_allows(who.role, Permission.FEEDBACK_WRITE),
         variables=CHART_VARIABLES,
         missing_key=missing_key,
+        early=early_in_stay(current, encounter),
         now=utcnow(),
     )
+
+
+def early_in_stay(current: Prediction | None, encounter: Any) -> dict[str, float] | None:
+    """``{"hours": h, "first_landmark_h": L}`` when the risk shown was scored ``h`` hours
+    into the stay, before the task's first landmark ``L``; else None.
+
+    Why: the model is trained and calibrated from the first landmark on (6 h for
+    icu-mortality). Earlier risks rest on few observations and are extrapolated (on
+    PhysioNet set A at 3 h they run somewhat high; ``bench/landmark_calibration.py``), so
+    the page says so rather than showing them with the same authority.
+    """
+    if current is None or encounter is None:
+        return None
+    task = TASKS.get(current.task)
+    if task is None or not task.landmarks_h:
+        return None
+    hours = (current.as_of - encounter.admitted_at).total_seconds() / 3600.0
+    first = task.landmarks_h[0]
+    return {"hours": hours, "first_landmark_h": first} if 0 <= hours < first else None
 
 
 def _feedback_label(kind: str) -> str:
