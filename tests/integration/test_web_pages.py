@@ -147,9 +147,10 @@ def test_a_risk_scored_before_the_first_landmark_is_marked_early(
         return client.get(url).get_data(as_text=True)
 
     assert 'id="early-note"' not in admit(30)
+    assert 'id="early-note"' not in admit(4)
     early = admit(2.5)
     assert 'id="early-note"' in early
-    assert "Scored 2.5 h after admission, before 6 h" in early
+    assert "Scored 2.5 h after admission, before 3 h" in early
 
 
 def test_patient_page_and_feedback_stored_and_audited(

@@ -71,6 +71,14 @@ class Dataset:
             notes=[*self.notes, note],
         )
 
+    def training_rows(self, task: Task) -> np.ndarray:
+        """Boolean mask of the rows a model is fitted on: all but the task's
+        calibration-only landmarks."""
+        if not task.calibration_landmarks_h or "landmark_h" not in self.meta:
+            return np.ones(len(self.y), dtype=bool)
+        landmark = self.meta["landmark_h"].to_numpy(dtype=float)
+        return np.asarray(~np.isin(landmark, task.calibration_landmarks_h))
+
     def rows_at(self, landmark_h: float | None) -> np.ndarray:
         """Boolean mask of rows at one landmark (all rows when None or tabular)."""
         if landmark_h is None or "landmark_h" not in self.meta:
@@ -101,7 +109,7 @@ def timeseries_dataset(
     labelled = {k: s for k, s in stays.items() if k in labels}
     if not labelled:
         raise TaskError(f"{task.name}: no stay has a {task.outcome_kind} outcome")
-    frame = build_feature_frame(labelled, landmarks_h or task.landmarks_h, ends_at=ends_at)
+    frame = build_feature_frame(labelled, landmarks_h or task.all_landmarks_h, ends_at=ends_at)
     ids = frame["stay_id"].to_numpy()
     y = np.array([int(labels[s]) for s in ids], dtype=np.int64)
     meta = pd.DataFrame(

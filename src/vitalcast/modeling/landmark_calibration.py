@@ -17,11 +17,11 @@ no map was fitted at, the blend stays calibrated (slope 1.00, 0.98, 1.02 and H 7
 at 9, 18 and 36 h, against 0.81, 0.83, 0.95 and 81, 64, 28 for the 48 h map alone).
 Before the first landmark the first map applies, after the last the last (the model was
 never trained beyond it); a row without a time (``NaN``) gets the last landmark's map,
-the task's primary protocol. Before the first landmark the risk is an extrapolation: at
-3 h on set A it runs somewhat high (slope 0.95, intercept −0.12, H 35), and the patient
-page marks such risks as provisional. Training on 3 h rows as well was tried and not
-kept: it lowered the 48 h out-of-fold AUROC on set A from 0.860 to 0.851 (log loss
-0.288 → 0.295).
+the task's primary protocol. A map can also sit at a landmark the model is not trained
+at (``Task.calibration_landmarks_h``: icu-mortality's 3 h, whose rows are scored out of
+fold and calibrated but never fitted on); without it, the 6 h map applied at 3 h ran
+somewhat high on set A (slope 0.95, intercept −0.12, H 35). Before the first map the risk
+is an extrapolation, and the patient page marks it as provisional.
 
 :func:`blend_landmark_maps` is the only implementation of the blend: the scikit-learn
 estimator here, the compiled serving scorer (``serving/_nodes.py``) and the explanations

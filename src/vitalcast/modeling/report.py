@@ -138,6 +138,10 @@ def render_html(sidecar: dict[str, Any]) -> str:
                 ["Patients", str(data.get("patients"))],
                 ["Events", str(data.get("events"))],
                 ["Landmarks (h)", ", ".join(f"{h:g}" for h in data.get("landmarks_h", []))],
+                [
+                    "Calibration-only landmarks (h)",
+                    ", ".join(f"{h:g}" for h in data.get("calibration_landmarks_h", [])) or "none",
+                ],
                 ["Predictors", str(len(sidecar["feature_names"]))],
                 ["Training-data fingerprint", sidecar["training_data_fingerprint"]],
                 ["Notes", "; ".join(data.get("notes", []))],
@@ -227,6 +231,13 @@ def render_markdown(
         f" {_fmt(model.get('train_seconds'))} s. Artifact sha256 `{sidecar['sha256'][:16]}…`.",
         "",
     ]
+    if data.get("calibration_only_rows"):
+        hours = ", ".join(f"{h:g}" for h in data.get("calibration_landmarks_h", []))
+        lines += [
+            f"Calibration only (scored out of fold, never trained on):"
+            f" {data['calibration_only_rows']} rows at {hours} h.",
+            "",
+        ]
     if data.get("notes"):
         lines += ["Data notes: " + "; ".join(data["notes"]) + ".", ""]
     if model.get("search"):

@@ -86,6 +86,7 @@ def train_and_register(
             part="train",
         )
     result = fit_model(dataset, spec, seed=seed, n_splits=n_splits, budget=budget)
+    fits = dataset.training_rows(spec)
     metrics = validation_metrics(spec, dataset, result.oof_proba, result.threshold, n_boot=n_boot)
     metrics["validation"] = (
         f"{result.n_splits}-fold cross-validation grouped by patient (out-of-fold,"
@@ -101,8 +102,13 @@ def train_and_register(
         threshold=result.threshold,
         metrics=metrics,
         fingerprint=dataset.fingerprint,
+        # What monitoring compares live scores against: the rows the model was fitted on
+        # (its windows sample the training landmarks, not calibration-only ones).
         reference=reference_distributions(
-            dataset.X[features], result.categorical, result.oof_proba, meta=dataset.meta
+            dataset.X.loc[fits, features],
+            result.categorical,
+            result.oof_proba[fits],
+            meta=dataset.meta.loc[fits],
         ),
         extra={
             "model": {
@@ -116,10 +122,12 @@ def train_and_register(
             },
             "data": {
                 "source": dataset.source,
-                "rows": len(dataset.y),
-                "patients": len(np.unique(dataset.groups)),
-                "events": int(dataset.y.sum()),
+                "rows": int(fits.sum()),
+                "patients": len(np.unique(dataset.groups[fits])),
+                "events": int(dataset.y[fits].sum()),
                 "landmarks_h": list(spec.landmarks_h),
+                "calibration_only_rows": int((~fits).sum()),
+                "calibration_landmarks_h": list(spec.calibration_landmarks_h),
                 "notes": dataset.notes,
             },
         },
@@ -211,7 +219,7 @@ def validation_metrics(
                     ds.y[ds.rows_at(h)], proba[ds.rows_at(h)]
                 ),
             }
-            for h in task.landmarks_h
+            for h in task.all_landmarks_h
             if ds.rows_at(h).any()
         }
     out["curves"] = ev.curves(y, p)
@@ -435,7 +443,12 @@ def evaluate_version(
     if task is not None and task != spec.name:
         raise RegistryError(f"model {loaded.version} is for {spec.name}, not {task}")
     if landmark_h is not None and spec.kind == "timeseries":
-        spec = replace(spec, landmarks_h=(landmark_h,), primary_landmark_h=landmark_h)
+        spec = replace(
+            spec,
+            landmarks_h=(landmark_h,),
+            primary_landmark_h=landmark_h,
+            calibration_landmarks_h=(),
+        )
     ds = load_dataset(
         spec,
         session=session,

@@ -31,10 +31,19 @@ class Task:
     landmarks_h: tuple[float, ...] = ()
     # Landmark whose out-of-fold predictions pick the threshold and headline metrics.
     primary_landmark_h: float | None = None
+    # Earlier landmarks whose rows only calibrate: scored out of fold and given their own
+    # calibration map, never trained on (the model cannot learn from them without
+    # losing accuracy later in the stay; see ``TASKS["icu-mortality"]``).
+    calibration_landmarks_h: tuple[float, ...] = ()
     # Patient-level hold-out inside one file (tasks whose data has no separate test set):
     # patients whose salted hash falls in this fraction never train and are what
     # `evaluate` scores. None: train on everything given, evaluate on everything given.
     holdout_fraction: float | None = None
+
+    @property
+    def all_landmarks_h(self) -> tuple[float, ...]:
+        """Every landmark a data set of this task has rows at, in time order."""
+        return tuple(sorted(self.calibration_landmarks_h + self.landmarks_h))
 
 
 TASKS: dict[str, Task] = {
@@ -50,6 +59,10 @@ TASKS: dict[str, Task] = {
         threshold_rule="max_min_se_ppv",
         landmarks_h=(6.0, 12.0, 24.0, 48.0),
         primary_landmark_h=48.0,
+        # A 3 h map, so that risks in the first hours are calibrated too. Training on the
+        # 3 h rows as well lowered the 48 h out-of-fold AUROC on PhysioNet set A from
+        # 0.860 to 0.851 (log loss 0.288 -> 0.295), so they only calibrate.
+        calibration_landmarks_h=(3.0,),
     ),
     "readmission-30d": Task(
         name="readmission-30d",

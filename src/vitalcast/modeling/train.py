@@ -237,6 +237,31 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -
     return [(tr, te) for tr, te in cv.split(np.zeros(len(y)), y, groups)]
 
 
+def grouped_folds_around(
+    y: np.ndarray, groups: np.ndarray, fits: np.ndarray, n_splits: int, seed: int
+) -> Folds:
+    """:func:`grouped_folds` of the rows a model is fitted on (``fits``), with every other
+    row (a calibration-only landmark) in its patient's fold, so a patient's rows never
+    sit on both sides. The folds of the fitted rows are exactly those :func:`grouped_folds`
+    makes of them alone; a patient with calibration rows only goes to the folds in turn.
+    """
+    idx = np.flatnonzero(fits)
+    base = grouped_folds(y[idx], groups[idx], n_splits, seed)
+    if fits.all():
+        return base
+    fold = np.full(len(y), -1)
+    fold_of: dict[Any, int] = {}
+    for k, (_tr, te) in enumerate(base):
+        fold[idx[te]] = k
+        fold_of.update((g, k) for g in groups[idx[te]])
+    for row in np.flatnonzero(~fits):
+        g = groups[row]
+        if g not in fold_of:
+            fold_of[g] = len(fold_of) % n_splits
+        fold[row] = fold_of[g]
+    return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(len(base))]
+
+
 def raw_scores(estimator: Any, X: Any) -> np.ndarray:
     """What CalibratedClassifierCV calibrates: decision_function, else P(y=1)."""
     if hasattr(estimator, "decision_function"):
@@ -286,7 +311,11 @@ def fit_model(
     budget: tuple[CandidateSpec, ...] | None = None,
 ) -> TrainResult:
     """Search the budget (default: the task's, :func:`search_budget`), calibrate the
-    winner, and choose its operating threshold."""
+    winner, and choose its operating threshold.
+
+    Models are fitted on the training landmarks' rows only; the rows of a task's
+    calibration-only landmarks are scored out of fold with the rest of their patient's
+    fold and calibrate (:func:`grouped_folds_around`), so they change no fitted model."""
     check_trainable(ds, task)
     if budget is None:
         budget = search_budget(task)
@@ -295,18 +324,21 @@ def fit_model(
     categorical = [c for c in ds.categorical if ds.X[c].notna().any()]
     X = ds.X[numeric + categorical]
     y = ds.y
-    n_groups = len(np.unique(ds.groups))
-    n_splits = max(2, min(n_splits, n_groups, int(min(y.sum(), len(y) - y.sum()))))
-    folds = grouped_folds(y, ds.groups, n_splits, seed)
+    fits = ds.training_rows(task)
+    n_groups = len(np.unique(ds.groups[fits]))
+    events = int(y[fits].sum())
+    n_splits = max(2, min(n_splits, n_groups, min(events, int(fits.sum()) - events)))
+    folds = grouped_folds_around(y, ds.groups, fits, n_splits, seed)
     search: list[dict[str, Any]] = []
     best: tuple[float, CandidateSpec, np.ndarray] | None = None
     for spec in budget:
         t0 = time.perf_counter()
         oof = np.zeros(len(y))
         for tr, te in folds:
+            tr = tr[fits[tr]]
             pipe = make_pipeline(spec, numeric, categorical, seed).fit(X.iloc[tr], y[tr])
             oof[te] = raw_scores(pipe, X.iloc[te])
-        score = auroc(y, oof)
+        score = auroc(y[fits], oof[fits])
         search.append(
             {"candidate": spec.name, "oof_auroc": score, "seconds": time.perf_counter() - t0}
         )
@@ -321,7 +353,8 @@ def fit_model(
     for row in search:
         if row["candidate"] == spec.name:
             row["calibration_log_loss"] = choice.losses
-    full = make_pipeline(spec, numeric, categorical, seed).fit(X, y)
+    rows = np.flatnonzero(fits)
+    full = make_pipeline(spec, numeric, categorical, seed).fit(X.iloc[rows], y[rows])
     estimator: CalibratedClassifierCV | LandmarkCalibratedClassifier
     if choice.rows == "landmark":
         assert landmark is not None

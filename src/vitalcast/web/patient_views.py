@@ -128,18 +128,17 @@ def early_in_stay(current: Prediction | None, encounter: Any) -> dict[str, float
     """``{"hours": h, "first_landmark_h": L}`` when the risk shown was scored ``h`` hours
     into the stay, before the task's first landmark ``L``; else None.
 
-    Why: the model is trained and calibrated from the first landmark on (6 h for
-    icu-mortality). Earlier risks rest on few observations and are extrapolated (on
-    PhysioNet set A at 3 h they run somewhat high; ``bench/landmark_calibration.py``), so
+    Why: the model is calibrated from its first landmark on (3 h for icu-mortality).
+    Earlier risks rest on very few observations and are extrapolated from that map, so
     the page says so rather than showing them with the same authority.
     """
     if current is None or encounter is None:
         return None
     task = TASKS.get(current.task)
-    if task is None or not task.landmarks_h:
+    if task is None or not task.all_landmarks_h:
         return None
     hours = (current.as_of - encounter.admitted_at).total_seconds() / 3600.0
-    first = task.landmarks_h[0]
+    first = task.all_landmarks_h[0]
     return {"hours": hours, "first_landmark_h": first} if 0 <= hours < first else None
 
 

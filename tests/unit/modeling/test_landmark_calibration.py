@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,11 +19,14 @@ from vitalcast.modeling.landmark_calibration import (
 )
 from vitalcast.modeling.tasks import get_task
 from vitalcast.modeling.train import (
+    FAST_BUDGET,
     TIME_FEATURE,
     CandidateSpec,
     choose_calibration,
     fit_calibrator,
+    fit_model,
     grouped_folds,
+    grouped_folds_around,
     make_pipeline,
 )
 from vitalcast.serving.scorer import compile_model
@@ -144,3 +150,57 @@ def test_choice_takes_per_landmark_maps_when_the_score_means_more_later() -> Non
         assert abs(choice.oof_proba[rows].mean() - y[rows].mean()) < 0.01
     # Without landmarks there is one map for everything.
     assert choose_calibration(s, y, folds, primary).rows == "all"
+
+
+def test_folds_around_calibration_rows_keep_the_training_folds_and_patients_whole() -> None:
+    rng = np.random.default_rng(2)
+    n = 400
+    groups = np.repeat(np.arange(n // 2), 2)  # two stays per patient
+    y = (rng.random(n) < 0.2).astype(int)
+    every = np.ones(n, dtype=bool)
+    assert [(list(a), list(b)) for a, b in grouped_folds_around(y, groups, every, 5, 0)] == [
+        (list(a), list(b)) for a, b in grouped_folds(y, groups, 5, 0)
+    ]
+    # Each stay gains an earlier, calibration-only row; one patient has only such rows.
+    y_all = np.r_[y, y, [0, 1]]
+    groups_all = np.r_[groups, groups, [n, n]]
+    fits = np.r_[every, ~every, [False, False]]
+    folds = grouped_folds_around(y_all, groups_all, fits, 5, 0)
+    alone = grouped_folds(y, groups, 5, 0)
+    for (tr, te), (tr0, te0) in zip(folds, alone, strict=True):
+        np.testing.assert_array_equal(tr[fits[tr]], tr0)
+        np.testing.assert_array_equal(te[fits[te]], te0)
+        assert not set(groups_all[tr]) & set(groups_all[te])
+    tested = np.sort(np.concatenate([te for _tr, te in folds]))
+    np.testing.assert_array_equal(tested, np.arange(len(y_all)))
+
+
+def test_calibration_only_rows_get_a_map_but_never_train_the_model() -> None:
+    """icu-mortality's 3 h rows are scored out of fold and calibrated, never fitted on:
+    changing every 3 h feature value leaves the fitted model and its search as they were."""
+    task = get_task("icu-mortality")
+    assert task.calibration_landmarks_h == (3.0,)
+    stays, labels, groups = synthetic_stays(240)
+    ds = timeseries_dataset(task, stays, labels, groups)
+    early = np.asarray(ds.meta["landmark_h"] == 3.0)
+    assert early.any()
+    np.testing.assert_array_equal(ds.training_rows(task), ~early)
+    first = fit_model(ds, task, budget=FAST_BUDGET, n_splits=3)
+    assert ((first.oof_proba[early] > 0) & (first.oof_proba[early] < 1)).all()
+    noisy = ds.X.copy()
+    cols = [c for c in noisy.columns if c != TIME_FEATURE and noisy[c].notna().any()]
+    noisy.loc[early, cols] = noisy.loc[early, cols] * 3 + 1
+    second = fit_model(replace(ds, X=noisy), task, budget=FAST_BUDGET, n_splits=3)
+    X = ds.X[first.feature_names]
+    np.testing.assert_array_equal(
+        _pipeline(first.estimator).decision_function(X),
+        _pipeline(second.estimator).decision_function(X),
+    )
+    assert [r["oof_auroc"] for r in first.search] == [r["oof_auroc"] for r in second.search]
+
+
+def _pipeline(estimator: Any) -> Any:
+    """The fitted model inside a served estimator (whichever calibration was chosen)."""
+    if isinstance(estimator, LandmarkCalibratedClassifier):
+        return estimator.estimator
+    return estimator.calibrated_classifiers_[0].estimator
