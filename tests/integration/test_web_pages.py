@@ -132,7 +132,7 @@ def test_a_risk_scored_before_the_first_landmark_is_marked_early(
     url = f"/patients/{ward['patient']}"
     sessions = get_state(client.application).sessions
 
-    def admit(hours_before_score: float) -> str:
+    def admit(hours_before_score: float) -> tuple[str, str]:
         with session_scope(sessions) as session:
             patient = session.scalars(
                 select(Patient).where(Patient.public_id == ward["patient"])
@@ -144,13 +144,19 @@ def test_a_risk_scored_before_the_first_landmark_is_marked_early(
             )
             assert scored is not None
             encounter.admitted_at = scored - timedelta(hours=hours_before_score)
-        return client.get(url).get_data(as_text=True)
+        page = client.get(url).get_data(as_text=True)
+        row = client.get(f"/ward/rows/{ward['patient']}").get_data(as_text=True)
+        return page, row
 
-    assert 'id="early-note"' not in admit(30)
-    assert 'id="early-note"' not in admit(4)
-    early = admit(2.5)
-    assert 'id="early-note"' in early
-    assert "Scored 2.5 h after admission, before 3 h" in early
+    for later in (30, 4):
+        page, row = admit(later)
+        assert 'id="early-note"' not in page
+        assert ">Early<" not in row
+    page, row = admit(2.5)
+    assert 'id="early-note"' in page
+    assert "Scored 2.5 h after admission, before 3 h" in page
+    assert ">Early<" in row
+    assert "Scored 2.5 h after admission, before 3 h: provisional" in row
 
 
 def test_patient_page_and_feedback_stored_and_audited(

@@ -31,6 +31,7 @@ class WardRow:
     model_version_id: int | None
     missing_inputs: list[str]
     identifiers: dict[str, str] | None = None
+    task: str | None = None  # the task of the latest risk
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +140,7 @@ def list_ward(
                     Prediction.data_freshness_at,
                     Prediction.model_version_id,
                     Prediction.missing_inputs,
+                    Prediction.task,
                 ).where(Prediction.id.in_(latest_ids))
             )
         }
@@ -187,6 +189,7 @@ def list_ward(
                 model_version_id=None if pred is None else pred.model_version_id,
                 missing_inputs=[] if pred is None else list(pred.missing_inputs or []),
                 identifiers=identifiers,
+                task=None if pred is None else pred.task,
             )
         )
     return rows, len(stays)

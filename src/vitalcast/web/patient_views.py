@@ -17,14 +17,13 @@ from vitalcast.clinical.tables import Condition, ImagingStudy
 from vitalcast.db.base import utcnow
 from vitalcast.errors import InvalidInput
 from vitalcast.modeling.tables import ModelVersion, Prediction
-from vitalcast.modeling.tasks import TASKS
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.state import get_state
 from vitalcast.web.tables import FEEDBACK_KINDS, Feedback
-from vitalcast.web.ward import missing_key_inputs
+from vitalcast.web.ward import early_in_stay, missing_key_inputs
 
 web_patient = Blueprint("web_patient", __name__)
 
@@ -119,27 +118,11 @@ def patient(patient_id: str) -> str:
         can_feedback=role_allows(who.role, Permission.FEEDBACK_WRITE),
         variables=CHART_VARIABLES,
         missing_key=missing_key,
-        early=early_in_stay(current, encounter),
+        early=None
+        if current is None or encounter is None
+        else early_in_stay(current.task, encounter.admitted_at, current.as_of),
         now=utcnow(),
     )
-
-
-def early_in_stay(current: Prediction | None, encounter: Any) -> dict[str, float] | None:
-    """``{"hours": h, "first_landmark_h": L}`` when the risk shown was scored ``h`` hours
-    into the stay, before the task's first landmark ``L``; else None.
-
-    Why: the model is calibrated from its first landmark on (3 h for icu-mortality).
-    Earlier risks rest on very few observations and are extrapolated from that map, so
-    the page says so rather than showing them with the same authority.
-    """
-    if current is None or encounter is None:
-        return None
-    task = TASKS.get(current.task)
-    if task is None or not task.all_landmarks_h:
-        return None
-    hours = (current.as_of - encounter.admitted_at).total_seconds() / 3600.0
-    first = task.all_landmarks_h[0]
-    return {"hours": hours, "first_landmark_h": first} if 0 <= hours < first else None
 
 
 def _feedback_label(kind: str) -> str:
