@@ -136,6 +136,17 @@ def test_patient_view_card_from_prefetch_and_feedback(
     assert card["summary"].startswith("ICU mortality risk ")
     assert len(card["summary"]) <= 140
     assert card["links"][0]["type"] == "absolute"
+    # No encounter in the prefetch: the stay starts at its first observation, an hour ago,
+    # before the model's first calibrated hour (3 h), so the card calls the risk provisional.
+    assert card["summary"].endswith(", early)")
+    assert "Early in the stay: scored 1.0 h after admission, before 3 h" in card["detail"]
+    later = client.post(
+        SERVICE,
+        json=_hook(PATIENT, [*observations, _observation("8867-4", 120, "/min", 300)]),
+        headers={"Authorization": f"Bearer {_token(ehr_key)}"},
+    ).get_json()["cards"][0]
+    assert "early" not in later["summary"]
+    assert "Early in the stay" not in later["detail"]
     feedback = {
         "feedback": [
             {

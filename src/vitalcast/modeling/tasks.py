@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import numpy as np
@@ -112,3 +113,22 @@ def in_holdout(patient_ids: Sequence[object], task: Task) -> np.ndarray:
         digest = hashlib.sha256(f"{task.name}:{pid}".encode()).digest()
         out[i] = int.from_bytes(digest[:8], "big") < cut
     return out
+
+
+def early_in_stay(
+    task_name: str | None, admitted_at: datetime, scored_at: datetime | None
+) -> dict[str, float] | None:
+    """``{"hours": h, "first_landmark_h": L}`` when a risk was scored ``h`` hours into the
+    stay, before its task's first landmark ``L``; else None.
+
+    Why: a model is calibrated from its first landmark on (3 h for icu-mortality).
+    Earlier risks rest on very few observations and are extrapolated from that map, so the
+    ward list, the patient page and the CDS Hooks card say so rather than showing them
+    with the same authority.
+    """
+    task = TASKS.get(task_name or "")
+    if task is None or not task.all_landmarks_h or scored_at is None:
+        return None
+    hours = (scored_at - admitted_at).total_seconds() / 3600.0
+    first = task.all_landmarks_h[0]
+    return {"hours": hours, "first_landmark_h": first} if 0 <= hours < first else None

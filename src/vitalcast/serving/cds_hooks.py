@@ -28,6 +28,7 @@ from vitalcast.errors import BadRequest, InvalidInput, ModelUnavailable, NotFoun
 from vitalcast.features import StayInput, stay_features
 from vitalcast.ingest.validate import Invalid, check_observation
 from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.permissions import Permission, public, requires
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
@@ -178,20 +179,30 @@ def _stay(batch: RecordBatch, now: datetime) -> StayInput:
     )
 
 
-def _card(predictor: Predictor, prediction: Prediction, link: str) -> dict[str, Any]:
+def _card(
+    predictor: Predictor, prediction: Prediction, link: str, admitted_at: datetime
+) -> dict[str, Any]:
     pct = round(prediction.score * 100)
     factors = prediction.explanation or []
     detail = "\n".join(
         f"- {f['label']}: {'raises' if f['contribution'] > 0 else 'lowers'} the risk"
         for f in factors[:5]
     )
+    early = early_in_stay(prediction.task, admitted_at, prediction.as_of)
+    caution = (
+        f"Early in the stay: scored {early['hours']:.1f} h after admission, before"
+        f" {early['first_landmark_h']:g} h, the earliest time the model is calibrated at;"
+        " provisional.\n"
+        if early
+        else ""
+    )
+    threshold = f"{caution}Threshold {round(predictor.threshold * 100)}%."
+    band = f"{prediction.band}, early" if early else prediction.band
     return {
         "uuid": prediction.public_id,
-        "summary": f"ICU mortality risk {pct}% ({prediction.band})"[:140],
+        "summary": f"ICU mortality risk {pct}% ({band})"[:140],
         "indicator": _INDICATOR.get(prediction.band, "info"),
-        "detail": f"Threshold {round(predictor.threshold * 100)}%. Main factors:\n{detail}"
-        if factors
-        else f"Threshold {round(predictor.threshold * 100)}%.",
+        "detail": f"{threshold} Main factors:\n{detail}" if factors else threshold,
         "source": {"label": f"vitalcast ({predictor.version})", "url": link},
         "links": [{"label": "Open in vitalcast", "url": link, "type": "absolute"}],
     }
@@ -232,7 +243,8 @@ def service(service_id: str) -> Response:
     from flask import request
 
     base = (settings.public_url or request.host_url).rstrip("/")
-    return jsonify({"cards": [_card(predictor, prediction, f"{base}/ward")]})
+    card = _card(predictor, prediction, f"{base}/ward", stay.admitted_at)
+    return jsonify({"cards": [card]})
 
 
 @cds.post("/<service_id>/feedback")

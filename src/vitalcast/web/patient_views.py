@@ -17,13 +17,14 @@ from vitalcast.clinical.tables import Condition, ImagingStudy
 from vitalcast.db.base import utcnow
 from vitalcast.errors import InvalidInput
 from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.state import get_state
 from vitalcast.web.tables import FEEDBACK_KINDS, Feedback
-from vitalcast.web.ward import early_in_stay, missing_key_inputs
+from vitalcast.web.ward import missing_key_inputs
 
 web_patient = Blueprint("web_patient", __name__)
 

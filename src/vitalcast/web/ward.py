@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from vitalcast.clinical.codes import BY_KEY, VARIABLES
 from vitalcast.clinical.tables import Encounter, Observation
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import TASKS
+from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.patients import WardRow, list_ward
 
@@ -98,24 +98,6 @@ def missing_key_inputs(missing: Sequence[str], feature_names: Sequence[str] | No
         elif all(any(_variable_of(m, (key,)) for m in missing_set) for key in keys):
             result.append(label)
     return result
-
-
-def early_in_stay(
-    task_name: str | None, admitted_at: datetime, scored_at: datetime | None
-) -> dict[str, float] | None:
-    """``{"hours": h, "first_landmark_h": L}`` when a risk was scored ``h`` hours into the
-    stay, before its task's first landmark ``L``; else None.
-
-    Why: a model is calibrated from its first landmark on (3 h for icu-mortality).
-    Earlier risks rest on very few observations and are extrapolated from that map, so the
-    pages say so rather than showing them with the same authority.
-    """
-    task = TASKS.get(task_name or "")
-    if task is None or not task.all_landmarks_h or scored_at is None:
-        return None
-    hours = (scored_at - admitted_at).total_seconds() / 3600.0
-    first = task.all_landmarks_h[0]
-    return {"hours": hours, "first_landmark_h": first} if 0 <= hours < first else None
 
 
 def trend_of(points: Sequence[tuple[object, float]]) -> tuple[str, float | None]:
