@@ -32,13 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _results
 from vitalcast.modeling import evaluate as ev
-from vitalcast.modeling.landmark_calibration import blend_landmark_maps
+from vitalcast.modeling.landmark_calibration import TIME_FEATURE, blend_landmark_maps
 from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.tasks import get_task
 from vitalcast.modeling.train import (
     DEFAULT_SEED,
     HGB_REGULARISED,
-    TIME_FEATURE,
     fit_calibrator,
     grouped_folds_around,
     make_pipeline,

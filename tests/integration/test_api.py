@@ -10,7 +10,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from tests.conftest import Credentials
+from vitalcast.clinical.tables import Encounter
 from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.state import get_state
 
@@ -53,6 +55,13 @@ def test_predict_feature_vector(
     # The response equals the model's own probability for the same row.
     expected = predictor.model.predict_proba_row({n: math.nan for n in predictor.feature_names})
     assert abs(body["probability"] - expected) < 1e-6
+    assert body["early"] is None  # no hours since admission: not known to be early
+    assert predictor.task == "icu-mortality"
+    for hours, early in ((2.0, {"hours": 2.0, "first_landmark_h": 3.0}), (10.0, None)):
+        timed = {**features, "hours_since_admission": hours}
+        answer = client.post("/api/v1/predict", json=timed, headers=creds.api_key("integration"))
+        assert answer.status_code == 200, answer.get_json()
+        assert answer.get_json()["early"] == early
 
 
 def test_predict_rejects_every_bad_field_at_once(
@@ -82,6 +91,11 @@ def test_predict_stored_patient_is_stored_and_audited(
     with get_state(app).sessions() as session:
         stored = session.scalar(select(Prediction).where(Prediction.public_id == body["id"]))
         assert stored is not None
+        admitted = session.scalar(
+            select(Encounter.admitted_at).where(Encounter.id == stored.encounter_id)
+        )
+        assert admitted is not None
+        assert body["early"] == early_in_stay(stored.task, admitted, stored.as_of)
         audit = session.scalars(
             select(AuditEvent).where(AuditEvent.event == "prediction.served")
         ).all()

@@ -40,6 +40,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 FloatArray = NDArray[np.float64]
 
+# The input column that tells a landmark-calibrated model how far into the stay a row is
+# (``features/stay.py``; equal to the landmark on every training row).
+TIME_FEATURE = "hours_since_admission"
+
 # Probabilities are blended in log-odds; the calibrators already keep theirs inside
 # [1e-3, 1 − 1e-3] (isotonic, spline) or strictly inside (0, 1) (sigmoid), so this clip
 # only guards the logarithm.
@@ -101,7 +105,7 @@ class LandmarkCalibratedClassifier(ClassifierMixin, BaseEstimator):  # type: ign
         landmarks_h: Sequence[float],
         calibrators: Sequence[Any],
         method: str,
-        time_feature: str = "hours_since_admission",
+        time_feature: str = TIME_FEATURE,
     ) -> None:
         self.estimator = estimator
         self.landmarks_h = landmarks_h

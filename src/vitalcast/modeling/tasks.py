@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -126,9 +127,16 @@ def early_in_stay(
     ward list, the patient page and the CDS Hooks card say so rather than showing them
     with the same authority.
     """
-    task = TASKS.get(task_name or "")
-    if task is None or not task.all_landmarks_h or scored_at is None:
+    if scored_at is None:
         return None
-    hours = (scored_at - admitted_at).total_seconds() / 3600.0
+    return early_at(task_name, (scored_at - admitted_at).total_seconds() / 3600.0)
+
+
+def early_at(task_name: str | None, hours: float | None) -> dict[str, float] | None:
+    """:func:`early_in_stay` for a risk scored ``hours`` after admission (None or NaN:
+    unknown, never early)."""
+    task = TASKS.get(task_name or "")
+    if task is None or not task.all_landmarks_h or hours is None or math.isnan(hours):
+        return None
     first = task.all_landmarks_h[0]
     return {"hours": hours, "first_landmark_h": first} if 0 <= hours < first else None

@@ -54,7 +54,7 @@ from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScal
 
 from vitalcast.modeling.datasets import Dataset
 from vitalcast.modeling.evaluate import auroc, choose_threshold
-from vitalcast.modeling.landmark_calibration import LandmarkCalibratedClassifier
+from vitalcast.modeling.landmark_calibration import TIME_FEATURE, LandmarkCalibratedClassifier
 from vitalcast.modeling.tasks import Task, TaskError
 
 logger = logging.getLogger(__name__)
@@ -383,11 +383,6 @@ def fit_model(
 # clinically true, makes log loss infinite and explodes the challenge's H statistic (a
 # decile predicted at 0 % that holds one death adds (1 − 0)² / 0.001 = 1000).
 ISOTONIC_EPS = 1e-3
-
-
-# The input column that tells a landmark-calibrated model how far into the stay a row is
-# (``features/stay.py``; equal to the landmark on every training row).
-TIME_FEATURE = "hours_since_admission"
 
 
 def landmark_of_rows(ds: Dataset, numeric: list[str]) -> np.ndarray | None:

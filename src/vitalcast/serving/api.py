@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,9 @@ from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.base import utcnow
 from vitalcast.db.types import new_public_id
 from vitalcast.errors import Busy, ModelUnavailable, NotFound, PayloadTooLarge
+from vitalcast.modeling.landmark_calibration import TIME_FEATURE
 from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tasks import early_at, early_in_stay
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
 from vitalcast.serving.errors import render_error
@@ -51,7 +54,9 @@ def _predictor() -> Predictor:
     return predictor
 
 
-def _prediction_body(predictor: Predictor, prediction: Prediction) -> dict[str, Any]:
+def _prediction_body(
+    predictor: Predictor, prediction: Prediction, early: dict[str, float] | None
+) -> dict[str, Any]:
     return {
         "id": prediction.public_id,
         "probability": round(prediction.score, 6),
@@ -65,6 +70,7 @@ def _prediction_body(predictor: Predictor, prediction: Prediction) -> dict[str, 
         else None,
         "factors": prediction.explanation or [],
         "missing": prediction.missing_inputs or [],
+        "early": early,
         "request_id": request_id(),
     }
 
@@ -98,7 +104,8 @@ def predict() -> Response:
     predictor = _predictor()
     session = db()
     if isinstance(body, dict) and set(body) == {"patient_id"}:
-        prediction = _predict_stored_patient(session, predictor, body["patient_id"])
+        prediction, admitted_at = _predict_stored_patient(session, predictor, body["patient_id"])
+        early = early_in_stay(predictor.task, admitted_at, prediction.as_of)
     else:
         predict_one(predictor.scorer, body)  # validates: every bad field reported at once
         features = {name: body.get(name) for name in predictor.feature_names}
@@ -111,7 +118,9 @@ def predict() -> Response:
             explain=explain,
         )
         audit_event("prediction.served", "E", resource=f"Prediction/{prediction.public_id}")
-    return jsonify(_prediction_body(predictor, prediction))
+        hours = features.get(TIME_FEATURE)
+        early = early_at(predictor.task, None if hours is None else float(hours))
+    return jsonify(_prediction_body(predictor, prediction, early))
 
 
 @api.post("/predict/batch")
@@ -217,7 +226,10 @@ def _batch_rows(body: Any) -> list[Any]:
     return rows
 
 
-def _predict_stored_patient(session: Any, predictor: Predictor, patient_id: Any) -> Prediction:
+def _predict_stored_patient(
+    session: Any, predictor: Predictor, patient_id: Any
+) -> tuple[Prediction, datetime]:
+    """The stored patient's latest stay scored now, and that stay's admission time."""
     if not isinstance(patient_id, str) or "\x00" in patient_id:
         raise_if([{"loc": ["body", "patient_id"], "msg": "must be a string"}])
     patient = session.scalar(select(Patient).where(Patient.public_id == patient_id))
@@ -238,7 +250,7 @@ def _predict_stored_patient(session: Any, predictor: Predictor, patient_id: Any)
         patient_id=patient.public_id,
         resource=f"Prediction/{prediction.public_id}",
     )
-    return prediction
+    return prediction, encounter.admitted_at
 
 
 @api.get("/patients")

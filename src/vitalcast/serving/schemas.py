@@ -217,6 +217,11 @@ class Factor(BaseModel):
     direction: str
 
 
+class EarlyInStay(BaseModel):
+    hours: float = Field(description="hours after admission the risk was scored at")
+    first_landmark_h: float = Field(description="the earliest hour the model is calibrated at")
+
+
 class PredictionResult(BaseModel):
     id: str
     probability: float = Field(ge=0, le=1)
@@ -228,6 +233,11 @@ class PredictionResult(BaseModel):
     data_freshness_at: datetime | None = Field(description="newest observation used")
     factors: list[Factor]
     missing: list[str] = Field(description="inputs absent or null, imputed by the model")
+    early: EarlyInStay | None = Field(
+        description="set when the risk was scored before the model's first calibrated hour"
+        " of the stay (from the stay's admission, or from hours_since_admission in a feature"
+        " vector): a provisional risk resting on very few observations"
+    )
     request_id: str | None
 
 

@@ -14,13 +14,13 @@ from tests.modeling_data import assert_served_factors_match_sklearn, synthetic_s
 from vitalcast.modeling.datasets import Dataset, timeseries_dataset
 from vitalcast.modeling.explain import Explainer
 from vitalcast.modeling.landmark_calibration import (
+    TIME_FEATURE,
     LandmarkCalibratedClassifier,
     blend_landmark_maps,
 )
 from vitalcast.modeling.tasks import get_task
 from vitalcast.modeling.train import (
     FAST_BUDGET,
-    TIME_FEATURE,
     CandidateSpec,
     choose_calibration,
     fit_calibrator,
