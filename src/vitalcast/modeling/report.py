@@ -157,9 +157,21 @@ def render_html(sidecar: dict[str, Any]) -> str:
     if "by_landmark" in m:
         parts += [
             "<h3>By landmark</h3>",
+            # A risk is shown at every hour of a stay, so its calibration at each landmark
+            # belongs beside its discrimination there.
             _table(
-                ["landmark (h)", "n", "AUROC", "Brier"],
-                [[h, str(v["n"]), _fmt(v["auroc"]), _fmt(v["brier"])] for h, v in by_landmark(m)],
+                ["landmark (h)", "n", "AUROC", "Brier", "calibration slope", "intercept"],
+                [
+                    [
+                        h,
+                        str(v["n"]),
+                        _fmt(v["auroc"]),
+                        _fmt(v["brier"]),
+                        _fmt(v.get("calibration_slope")),
+                        _fmt(v.get("calibration_intercept")),
+                    ]
+                    for h, v in by_landmark(m)
+                ],
             ),
         ]
     if "baseline" in m:

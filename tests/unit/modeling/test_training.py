@@ -243,6 +243,12 @@ def test_report_is_generated_from_the_sidecar(trained: TrainOutcome) -> None:
     assert trained.version in page
     assert "data:image/png;base64," in page
     assert f"{sidecar['metrics']['auroc']:.3f}" in page
+    at_12 = sidecar["metrics"]["by_landmark"]["12"]
+    assert (
+        f"<td>12</td><td>{at_12['n']}</td><td>{at_12['auroc']:.3f}</td>"
+        f"<td>{at_12['brier']:.3f}</td><td>{at_12['calibration_slope']:.3f}</td>"
+        f"<td>{at_12['calibration_intercept']:.3f}</td>"
+    ) in page
     md = render_markdown(sidecar)
     assert f"| AUROC | {sidecar['metrics']['auroc']:.3f} |" in md
     # The measured H beside the H that calibrated predictions would score by chance.
