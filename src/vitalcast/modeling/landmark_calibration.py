@@ -81,9 +81,9 @@ def blend_landmark_maps(
     return out
 
 
-def _raw_scores(estimator: Any, X: Any) -> FloatArray:
-    """What the calibrators read: the decision function, else P(y=1) (as scikit-learn's
-    ``CalibratedClassifierCV`` does)."""
+def raw_scores(estimator: Any, X: Any) -> FloatArray:
+    """What a calibrator reads: the decision function, else P(y=1), as scikit-learn's
+    ``CalibratedClassifierCV`` does (training's out-of-fold scores come from here too)."""
     if hasattr(estimator, "decision_function"):
         return np.asarray(estimator.decision_function(X), dtype=np.float64)
     return np.asarray(estimator.predict_proba(X)[:, 1], dtype=np.float64)
@@ -150,7 +150,7 @@ class LandmarkCalibratedClassifier(ClassifierMixin, BaseEstimator):  # type: ign
         return np.asarray(pd.to_numeric(column, errors="coerce"), dtype=np.float64)
 
     def predict_proba(self, X: Any) -> FloatArray:
-        p1 = self.calibrate(_raw_scores(self.estimator, X), self.hours_of(X))
+        p1 = self.calibrate(raw_scores(self.estimator, X), self.hours_of(X))
         out: FloatArray = np.column_stack([1.0 - p1, p1])
         return out
 

@@ -54,7 +54,11 @@ from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScal
 
 from vitalcast.modeling.datasets import Dataset
 from vitalcast.modeling.evaluate import auroc, choose_threshold
-from vitalcast.modeling.landmark_calibration import TIME_FEATURE, LandmarkCalibratedClassifier
+from vitalcast.modeling.landmark_calibration import (
+    TIME_FEATURE,
+    LandmarkCalibratedClassifier,
+    raw_scores,
+)
 from vitalcast.modeling.tasks import Task, TaskError
 
 logger = logging.getLogger(__name__)
@@ -260,13 +264,6 @@ def grouped_folds_around(
             fold_of[g] = len(fold_of) % n_splits
         fold[row] = fold_of[g]
     return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(len(base))]
-
-
-def raw_scores(estimator: Any, X: Any) -> np.ndarray:
-    """What CalibratedClassifierCV calibrates: decision_function, else P(y=1)."""
-    if hasattr(estimator, "decision_function"):
-        return np.asarray(estimator.decision_function(X), dtype=float)
-    return np.asarray(estimator.predict_proba(X)[:, 1], dtype=float)
 
 
 @dataclass
