@@ -9,11 +9,13 @@ an isotonic calibrator (or an uncalibrated probability-output forest) is not, so
 change from the base log-odds is shared out in proportion to the raw contributions —
 exact in sum, approximate per feature (documented in the model report).
 
-An ensemble of calibrated members (``CalibratedClassifierCV(ensemble=True)``, what
-training serves: the cross-validation fold models) averages probabilities, which is not
-linear in any member's log-odds either; its contributions are the members' raw
-contributions averaged, shared out the same way (exact in sum). Its base is the log-odds
-of the members' average calibrated base probability.
+An ensemble of calibrated members (``CalibratedClassifierCV(ensemble=True)``: one
+model per cross-validation fold; training serves one refitted model instead, see
+``modeling/train.py``, but a registered model built otherwise is still explained)
+averages probabilities, which is not linear in any member's log-odds either; its
+contributions are the members' raw contributions averaged, shared out the same way
+(exact in sum). Its base is the log-odds of the members' average calibrated base
+probability.
 
 A landmark-calibrated model (``LandmarkCalibratedClassifier``: one map per landmark,
 blended by the hour of the stay) has one member whose link depends on the row's hours

@@ -2,8 +2,10 @@
 
 What we serve is what we validated: one ``Pipeline(prep, model)`` whose preprocessing
 (median imputation with missingness indicators, scaling, one-hot) is fitted inside each
-training fold only, wrapped in ``CalibratedClassifierCV(ensemble=False)`` so that the
-calibrator learns from out-of-fold scores and the served base model is fitted on all rows.
+training fold only, behind a calibration map that learns from out-of-fold scores, while
+the served base model is fitted on all rows: ``CalibratedClassifierCV(ensemble=False)``
+for one map, or a ``LandmarkCalibratedClassifier`` for one map per landmark blended by
+the hour of the stay (what icu-mortality serves).
 
 Search budget (fixed, documented, seeded — a retrain on the same data gives the same
 model): the candidates of the task's budget (:func:`search_budget`: :data:`SEARCH_BUDGET`,
