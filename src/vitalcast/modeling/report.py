@@ -13,7 +13,7 @@ import html
 import io
 from typing import Any
 
-from vitalcast.modeling.evaluate import HL_NULL_DRAWS
+from vitalcast.modeling.evaluate import HL_NULL_DRAWS, SUBGROUP_MIN_CLASS
 from vitalcast.modeling.tasks import get_task
 
 _ROWS = (
@@ -103,6 +103,22 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+# Internal validation chooses the candidate, the calibration map and the threshold on the
+# same out-of-fold predictions it then reports, so those figures lean optimistic.
+APPARENT_NOTE = (
+    "Internal validation figures are apparent: the candidate, the calibration map and the"
+    " operating threshold were chosen on the same out-of-fold predictions they are computed"
+    " from, so they lean optimistic (most at the threshold: Event 1, sensitivity, PPV)."
+    " Figures on data the model never saw are the honest estimate."
+)
+
+
+def _of_patients(data: dict[str, Any]) -> str:
+    """`` (554 patients)`` when the sidecar records how many patients had the outcome."""
+    n = data.get("event_patients")
+    return "" if n is None else f" ({n} patients)"
+
+
 def render_html(sidecar: dict[str, Any]) -> str:
     """The model card of one registered version."""
     task = get_task(sidecar["task"])
@@ -136,7 +152,8 @@ def render_html(sidecar: dict[str, Any]) -> str:
                 ["Source", str(data.get("source"))],
                 ["Rows (stay × landmark)", str(data.get("rows"))],
                 ["Patients", str(data.get("patients"))],
-                ["Events", str(data.get("events"))],
+                ["Rows with the outcome", str(data.get("events"))],
+                ["Patients with the outcome", str(data.get("event_patients", "not recorded"))],
                 ["Landmarks (h)", ", ".join(f"{h:g}" for h in data.get("landmarks_h", []))],
                 [
                     "Calibration-only landmarks (h)",
@@ -184,7 +201,9 @@ def render_html(sidecar: dict[str, Any]) -> str:
         parts.append(f'<img alt="ROC, PR and calibration plots" src="data:image/png;base64,{png}">')
     for col, groups in m.get("subgroups", {}).items():
         parts += [
-            f"<h3>Subgroups by {html.escape(col)}</h3>",
+            f"<h3>Subgroups by {html.escape(col.replace('_', ' '))}</h3>",
+            f"<p>Estimates only for groups with at least {SUBGROUP_MIN_CLASS} events and"
+            f" {SUBGROUP_MIN_CLASS} non-events; smaller groups by size only.</p>",
             _table(
                 ["group", "n", "prevalence", "AUROC", "mean risk", "Se", "PPV"],
                 [
@@ -204,7 +223,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
     parts += [
         "<h2>Model building (TRIPOD+AI 12)</h2>",
         _table(
-            ["candidate", "out-of-fold AUROC", "seconds"],
+            ["candidate", "out-of-fold AUROC (all training landmarks)", "seconds"],
             [
                 [s["candidate"], _fmt(s["oof_auroc"]), _fmt(s["seconds"])]
                 for s in model.get("search", [])
@@ -213,6 +232,8 @@ def render_html(sidecar: dict[str, Any]) -> str:
         "<h2>Ethical considerations and caveats</h2>",
         "<p>Check the subgroup tables for unequal performance before use. Explanations are"
         " SHAP values (trees) or coefficient × standardised value (linear), in log-odds.</p>",
+        f"<p>{html.escape(APPARENT_NOTE)}</p>",
+        *(f"<p>{html.escape(text)}</p>" for text in task.limitations),
     ]
     style = (
         "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
@@ -238,8 +259,9 @@ def render_markdown(
         f"Model {model.get('candidate')} ({model.get('family')}), calibration"
         f" {model.get('calibration')}, operating threshold {_fmt(sidecar['threshold'])}"
         f" ({get_task(sidecar['task']).threshold_rule}). Trained on {data.get('source')}:"
-        f" {data.get('rows')} rows, {data.get('patients')} patients, {data.get('events')}"
-        f" events; {len(sidecar['feature_names'])} predictors. Training"
+        f" {data.get('rows')} rows of {data.get('patients')} patients, the outcome in"
+        f" {data.get('events')} rows{_of_patients(data)};"
+        f" {len(sidecar['feature_names'])} predictors. Training"
         f" {_fmt(model.get('train_seconds'))} s. Artifact sha256 `{sidecar['sha256'][:16]}…`.",
         "",
     ]
@@ -252,8 +274,13 @@ def render_markdown(
         ]
     if data.get("notes"):
         lines += ["Data notes: " + "; ".join(data["notes"]) + ".", ""]
+    lines += [f"Limitation: {text}" for text in get_task(sidecar["task"]).limitations]
+    lines += ["", APPARENT_NOTE, ""]
     if model.get("search"):
-        lines += ["Search (fixed budget, out-of-fold AUROC):", ""]
+        lines += [
+            "Search (fixed budget; out-of-fold AUROC over every training landmark's rows):",
+            "",
+        ]
         lines += ["| candidate | out-of-fold AUROC | seconds |", "|---|---|---|"]
         lines += [
             f"| {r['candidate']} | {_fmt(r['oof_auroc'])} | {_fmt(r['seconds'])} |"
@@ -317,7 +344,8 @@ def _markdown_block(title: str, m: dict[str, Any]) -> list[str]:
         lines.append("")
     for col, groups in m.get("subgroups", {}).items():
         lines += [
-            f"Subgroups by {col}:",
+            f"Subgroups by {col.replace('_', ' ')} (estimates only for groups with at least"
+            f" {SUBGROUP_MIN_CLASS} events and {SUBGROUP_MIN_CLASS} non-events):",
             "",
             "| group | n | prevalence | AUROC | mean risk | calibration intercept | Se | PPV |",
             "|---|---|---|---|---|---|---|---|",

@@ -125,6 +125,7 @@ def train_and_register(
                 "rows": int(fits.sum()),
                 "patients": len(np.unique(dataset.groups[fits])),
                 "events": int(dataset.y[fits].sum()),
+                "event_patients": len(np.unique(dataset.groups[fits][dataset.y[fits] == 1])),
                 "landmarks_h": list(spec.landmarks_h),
                 "calibration_only_rows": int((~fits).sum()),
                 "calibration_landmarks_h": list(spec.calibration_landmarks_h),
@@ -197,13 +198,18 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, dict) and k != "curves"}
 
 
+# Subgroup tables, where the data has the column: sex, age band, ICU type
+# (icu-mortality) and admission type (readmission-30d).
+SUBGROUP_COLUMNS: tuple[str, ...] = ("sex", "age_band", "unit", "admission_type")
+
+
 def validation_metrics(
     task: Task, ds: Dataset, proba: np.ndarray, threshold: float, *, n_boot: int = 200
 ) -> dict[str, Any]:
     """Headline metrics at the primary landmark, plus by landmark, subgroup and baseline."""
     rows = ds.rows_at(task.primary_landmark_h)
     y, p = ds.y[rows], proba[rows]
-    out: dict[str, Any] = ev.evaluate(y, p, threshold, n_boot=n_boot)
+    out: dict[str, Any] = ev.evaluate(y, p, threshold, groups=ds.groups[rows], n_boot=n_boot)
     if task.primary_landmark_h is not None:
         out["landmark_h"] = task.primary_landmark_h
         # Landmarking claims validity at every landmark: discrimination *and* calibration.
@@ -226,7 +232,7 @@ def validation_metrics(
     meta = ds.meta.loc[rows]
     out["subgroups"] = {
         col: ev.subgroup_metrics(y, p, meta[col].to_numpy(), threshold)
-        for col in ("sex", "age_band", "unit")
+        for col in SUBGROUP_COLUMNS
         if col in meta
     }
     baseline = baseline_scores(task, ds.X.loc[rows])

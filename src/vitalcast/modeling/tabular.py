@@ -20,6 +20,7 @@ from vitalcast.features.encounter import (
     READMISSION_NUMERIC,
     EncounterInput,
     PriorHistory,
+    admission_type_name,
     after_encounter,
     in_readmission_cohort,
     readmission_features,
@@ -109,7 +110,7 @@ def load_readmission(path: Path) -> Dataset:
         {
             "sex": X["gender"].fillna("unknown").to_numpy(),
             "age_band": [age_band_label(a) for a in X["age_mid_years"]],
-            "unit": X["admission_type_id"].fillna("unknown").to_numpy(),
+            "admission_type": [admission_type_name(v) for v in X["admission_type_id"]],
         }
     )
     notes = [f"{excluded} encounters ending in death or hospice excluded"]

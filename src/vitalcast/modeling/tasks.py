@@ -41,6 +41,9 @@ class Task:
     # patients whose salted hash falls in this fraction never train and are what
     # `evaluate` scores. None: train on everything given, evaluate on everything given.
     holdout_fraction: float | None = None
+    # What the training data cannot tell about the served risk, printed in model cards
+    # and reports beside the figures.
+    limitations: tuple[str, ...] = ()
 
     @property
     def all_landmarks_h(self) -> tuple[float, ...]:
@@ -65,6 +68,13 @@ TASKS: dict[str, Task] = {
         # 3 h rows as well lowered the 48 h out-of-fold AUROC on PhysioNet set A from
         # 0.860 to 0.851 (log loss 0.288 -> 0.295), so they only calibrate.
         calibration_landmarks_h=(3.0,),
+        limitations=(
+            "PhysioNet 2012 holds only ICU stays of at least 48 h, so every training and"
+            " validation row at 3, 6, 12 and 24 h is a patient who went on to stay 48 h."
+            " Risks in the first two days are calibrated for such patients, not for those"
+            " who die or leave the ICU earlier; check early-hour calibration on local data"
+            " (silent mode, docs/maintenance-plan.md) before relying on them.",
+        ),
     ),
     "readmission-30d": Task(
         name="readmission-30d",
@@ -73,6 +83,11 @@ TASKS: dict[str, Task] = {
         description=(
             "Readmission within 30 days of discharge, from the encounter's record at"
             " discharge (Diabetes 130 cohort; encounters ending in death or hospice excluded)."
+        ),
+        limitations=(
+            "Diabetes 130 (130 US hospitals, 1999-2008) records only readmissions to the"
+            " same hospitals and only encounters of diabetic patients; its admission,"
+            " discharge and source codes are that data set's own.",
         ),
         threshold_rule="youden",
         holdout_fraction=0.2,

@@ -102,3 +102,54 @@ def test_h_if_calibrated_separates_noise_from_miscalibration() -> None:
     off = ev.evaluate(y, shrunk, 0.5, n_boot=0)
     assert off["hl_h"] > off["hl_h_calibrated"][1]
     assert off["hl_h_p"] < 0.01
+
+
+def test_h_interval_holds_its_estimate_where_the_percentile_one_did_not() -> None:
+    """Resampling inflates H (duplicated patients add noise to every decile), so its
+    percentile interval sat above the estimate; the basic interval is centred back on it,
+    and a clearly miscalibrated model's interval stays above a calibrated one's."""
+    rng = np.random.default_rng(11)
+    p = rng.beta(0.6, 3.5, 4000)
+    y = (rng.random(4000) < p).astype(int)
+    fair = ev.evaluate(y, p, 0.5, n_boot=100)
+    draws = []
+    for _ in range(100):
+        idx = rng.integers(0, 4000, 4000)
+        draws.append(ev.hosmer_lemeshow_h(y[idx], p[idx]))
+    assert np.mean(np.asarray(draws) > fair["hl_h"]) > 0.8  # the inflation, measured
+    lo, hi = fair["hl_h_ci"]
+    assert 0 <= lo <= fair["hl_h"] <= hi
+    off = ev.evaluate(y, np.where(p < np.median(p), p / 5, p), 0.5, n_boot=100)
+    assert off["hl_h_ci"][0] > hi
+
+
+def test_intervals_resample_patients_not_rows() -> None:
+    """Each patient's outcome repeated over three rows: resampling rows treats the copies
+    as independent and narrows the interval; resampling patients does not."""
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.05, 0.6, 600)
+    y = (rng.random(600) < p).astype(int)
+    rows_p, rows_y = np.repeat(p, 3), np.repeat(y, 3)
+    patients = np.repeat(np.arange(600), 3)
+    by_row = ev.evaluate(rows_y, rows_p, 0.3, n_boot=200)
+    by_patient = ev.evaluate(rows_y, rows_p, 0.3, groups=patients, n_boot=200)
+    once = ev.evaluate(y, p, 0.3, n_boot=200)
+
+    def width(m: dict[str, object]) -> float:
+        lo, hi = m["auroc_ci"]  # type: ignore[misc]
+        return float(hi - lo)
+
+    assert width(by_patient) > 1.4 * width(by_row)
+    assert width(by_patient) == pytest.approx(width(once), rel=0.25)
+
+
+def test_small_subgroups_are_reported_by_size_only() -> None:
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.05, 0.5, 400)
+    y = np.zeros(400, dtype=int)
+    y[:60] = 1  # group "a": 60 events; group "b" below: 3 events
+    labels = np.array(["a"] * 300 + ["b"] * 100)
+    y[300:303] = 1
+    out = ev.subgroup_metrics(y, p, labels, 0.3)
+    assert {"auroc", "prevalence", "ppv"} <= set(out["a"])
+    assert out["b"] == {"n": 100.0}

@@ -114,3 +114,17 @@ def test_wrong_format_file_is_a_clear_error(tmp_path: Path) -> None:
     binary.write_bytes(b"\x00\xff\x10 not a csv")
     with pytest.raises(TaskError, match="not Diabetes 130 data"):
         load_readmission(binary)
+
+
+def test_subgroups_are_named_admission_types(head_csv: Path) -> None:
+    """Reports group readmission-30d by the data set's admission types, by name (the
+    codes are not ICU units, and "6" tells a reader nothing)."""
+    rows = _rows(head_csv)
+    col = rows[0].index("admission_type_id")
+    ds = load_readmission(head_csv)
+    assert "unit" not in ds.meta
+    names = set(ds.meta["admission_type"])
+    assert {"Emergency", "Elective"} <= names
+    assert not any(name.isdigit() for name in names)
+    codes = {int(r[col]) for r in rows[1:] if r[col]}
+    assert len(names) <= len(codes)  # each code one named group; nothing split
