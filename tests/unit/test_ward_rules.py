@@ -52,3 +52,35 @@ def test_inputs_the_model_does_not_use_are_never_reported_missing() -> None:
 def test_without_the_feature_list_a_missing_feature_names_its_variable() -> None:
     assert missing_key_inputs(["lactate_last", "gcs_min"], None) == ["GCS", "Lactate"]
     assert missing_key_inputs(["sbp_last"], None) == []  # other pressures may be present
+
+
+def test_a_stay_never_measured_for_lactate_or_temperature_is_missing_them() -> None:
+    """With the real feature set: counts (0) and sums of a never-measured variable are not
+    imputed, and must not hide that the variable is missing."""
+    from datetime import UTC
+
+    from vitalcast.clinical.codes import BY_KEY
+    from vitalcast.features import stay_features
+    from vitalcast.features.stay import StayInput
+
+    at = datetime(2026, 11, 28, tzinfo=UTC)
+    observations = tuple(
+        (BY_KEY[key].code, value, at + timedelta(hours=h))
+        for h in range(0, 12, 2)
+        for key, value in (("hr", 90.0), ("sbp", 120.0), ("gcs", 14.0), ("creatinine", 1.0))
+    )
+    stay = StayInput(
+        admitted_at=at,
+        age_years=60.0,
+        sex="female",
+        unit="MICU",
+        height_cm=None,
+        weight_kg=70.0,
+        observations=observations,
+    )
+    features = stay_features(stay, at + timedelta(hours=12))
+    missing = [name for name, value in features.items() if value != value]
+    assert features["lactate_count_all"] == 0.0  # present, so never listed as missing
+    labels = missing_key_inputs(missing, list(features))
+    assert "Lactate" in labels and "Temperature" in labels and "White cell count" in labels
+    assert "Heart rate" not in labels and "GCS" not in labels

@@ -73,6 +73,16 @@ class WardPage:
     stale_count: int
 
 
+# Statistics that have a value (0) when a variable was never measured, so they are never
+# imputed and say nothing about whether the variable is missing.
+_TALLIES = ("count_", "sum_")
+
+
+def _tally(feature: str, keys: Sequence[str]) -> bool:
+    key = _variable_of(feature, keys)
+    return key is not None and feature[len(key) + 1 :].startswith(_TALLIES)
+
+
 def _variable_of(feature: str, keys: Sequence[str]) -> str | None:
     for key in keys:
         if feature == key or feature.startswith(key + "_"):
@@ -84,15 +94,16 @@ def missing_key_inputs(missing: Sequence[str], feature_names: Sequence[str] | No
     """Labels of the key input groups with no usable value in a score's inputs.
 
     ``missing`` lists the model features that were missing (imputed). With the model's
-    ``feature_names`` a variable counts as missing only when all its features are (a stay
-    with one heart rate lacks a heart-rate trend, not a heart rate); without them, any
-    missing feature of the variable counts.
+    ``feature_names`` a variable counts as missing only when all its value features are (a
+    stay with one heart rate lacks a heart-rate trend, not a heart rate); its counts and
+    sums are 0, never missing, so they do not count. Without them, any missing feature of
+    the variable counts.
     """
     missing_set = set(missing)
     result = []
     for label, keys in KEY_INPUTS:
         if feature_names is not None:
-            feats = [f for f in feature_names if _variable_of(f, keys)]
+            feats = [f for f in feature_names if _variable_of(f, keys) and not _tally(f, keys)]
             if feats and all(f in missing_set for f in feats):
                 result.append(label)
         elif all(any(_variable_of(m, (key,)) for m in missing_set) for key in keys):
