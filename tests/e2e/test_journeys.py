@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import Server, screenshot, sign_in
+from vitalcast.modeling.registry import band_cuts, risk_percent
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +67,13 @@ def test_open_patient_explanation_and_charts(page: Page, server: Server) -> None
     )
     assert page.locator("#labs-charts figure").count() >= 1
     screenshot(page, "patient.png")
+    # Live updates format risks in the browser exactly as the server renders them.
+    threshold = float(page.locator("#patient").get_attribute("data-threshold") or "nan")
+    grid = [i / 1000 for i in range(1001)] + [
+        c + d for c in band_cuts(threshold) for d in (-1e-4, 0, 1e-4)
+    ]
+    in_browser = page.evaluate("([ps, t]) => ps.map(p => VC.riskPct(p, t))", [grid, threshold])
+    assert in_browser == [risk_percent(p, threshold) for p in grid]
 
 
 def test_feedback_from_the_patient_page(page: Page, server: Server) -> None:

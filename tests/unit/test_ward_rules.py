@@ -84,3 +84,20 @@ def test_a_stay_never_measured_for_lactate_or_temperature_is_missing_them() -> N
     labels = missing_key_inputs(missing, list(features))
     assert "Lactate" in labels and "Temperature" in labels and "White cell count" in labels
     assert "Heart rate" not in labels and "GCS" not in labels
+
+
+def test_a_shown_risk_never_reads_as_two_bands() -> None:
+    """Whole percentages, except where the whole number sits on a band cut-point: then
+    one decimal, so the number shown and the band beside it always agree."""
+    from vitalcast.modeling.registry import band_for, risk_percent
+
+    threshold = 0.2074  # cut-points 10.37 %, 20.74 % and 41.48 %
+    assert risk_percent(0.30, threshold) == "30 %"
+    assert risk_percent(0.209, threshold) == "20.9 %"  # high
+    assert risk_percent(0.206, threshold) == "20.6 %"  # medium
+    assert risk_percent(0.206) == "21 %"  # no threshold: nothing to disagree with
+    shown: dict[str, set[str]] = {}
+    for i in range(10001):
+        p = i / 10000
+        shown.setdefault(risk_percent(p, threshold), set()).add(band_for(p, threshold))
+    assert all(len(bands) == 1 for text, bands in shown.items() if "." not in text)

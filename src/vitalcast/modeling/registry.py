@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +103,44 @@ class Factor:
         }
 
 
+def band_cuts(threshold: float) -> tuple[float, float, float]:
+    """Where the bands start: medium, high (the alert threshold) and critical."""
+    return threshold / 2, threshold, min(2 * threshold, (1 + threshold) / 2)
+
+
 def band_for(p: float, threshold: float) -> str:
     """Risk band of ``p`` (see the module docstring for the cut-points)."""
-    critical = min(2 * threshold, (1 + threshold) / 2)
+    medium, high, critical = band_cuts(threshold)
     if p >= critical:
         return "critical"
-    if p >= threshold:
+    if p >= high:
         return "high"
-    if p >= threshold / 2:
+    if p >= medium:
         return "medium"
     return "low"
+
+
+def risk_percent(p: float, threshold: float | None = None) -> str:
+    """``p`` as clinicians read it: a whole percentage, with one decimal only where the
+    whole number would sit on a band cut-point.
+
+    Why: with an alert threshold of 20.74 %, "21 %" could be Medium (20.6 %) or High
+    (20.9 %), and a page reading "21 % · Medium · below the alert threshold of 21 %"
+    contradicts itself. More digits everywhere would claim precision a risk does not
+    have; here they appear only where they decide the band.
+    """
+    whole = _whole_percent(p)
+    if threshold is not None and any(whole == _whole_percent(c) for c in band_cuts(threshold)):
+        # Half up on the exact binary value, as the browser's toFixed(1).
+        tenth = Decimal(p * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+        return f"{tenth} %"
+    return f"{whole} %"
+
+
+def _whole_percent(p: float) -> int:
+    # Half up, as the browser's Math.round (static/js/vitalcast.js VC.riskPct does the same
+    # for live updates), not Python's round-half-even.
+    return math.floor(p * 100 + 0.5)
 
 
 @dataclass

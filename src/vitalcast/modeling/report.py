@@ -209,7 +209,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
                 [
                     [
                         g,
-                        _fmt(v.get("n")),
+                        str(int(v.get("n") or 0)),
                         _fmt(v.get("prevalence")),
                         _fmt(v.get("auroc")),
                         _fmt(v.get("mean_risk")),

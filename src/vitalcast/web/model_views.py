@@ -35,9 +35,17 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, A
             rows.extend(flat_metrics(value, name + "."))
         elif isinstance(value, list) and len(value) > 12:
             rows.append((name, f"{len(value)} values"))
+        elif isinstance(value, list) and all(_is_number(v) for v in value):
+            # Numbers as the table shows single values; an interval (``auroc_ci``) as lo – hi.
+            joiner = " – " if key.endswith("_ci") else ", "
+            rows.append((name, joiner.join(f"{v:.4g}" for v in value)))
         else:
             rows.append((name, value))
     return rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @web_models.get("/models")

@@ -16,6 +16,7 @@ from vitalcast.clinical.codes import VARIABLES
 from vitalcast.clinical.tables import Condition, ImagingStudy
 from vitalcast.db.base import utcnow
 from vitalcast.errors import InvalidInput
+from vitalcast.modeling.registry import risk_percent
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.permissions import Permission, requires, role_allows
@@ -27,6 +28,20 @@ from vitalcast.web.tables import FEEDBACK_KINDS, Feedback
 from vitalcast.web.ward import missing_key_inputs
 
 web_patient = Blueprint("web_patient", __name__)
+
+
+@web_patient.app_template_filter("risk_pct")
+def risk_pct(p: float, threshold: float | None = None) -> str:
+    """A risk on every page (:func:`~vitalcast.modeling.registry.risk_percent`)."""
+    return risk_percent(p, threshold)
+
+
+@web_patient.app_template_filter("threshold_pct")
+def threshold_pct(threshold: float) -> str:
+    """An alert threshold: always one decimal, so a risk shown beside it is never
+    ambiguous (see :func:`risk_pct`)."""
+    return f"{threshold * 100:.1f} %"
+
 
 MAX_REASON_CHARS = 500
 

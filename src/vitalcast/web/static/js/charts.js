@@ -32,7 +32,8 @@
   function fmtNum(v) {
     if (v === null || v === undefined || isNaN(v)) return "—";
     var a = Math.abs(v);
-    return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : v.toFixed(2).replace(/\.?0+$/, "");
+    // No trailing zeros: a heart rate of 92 reads "92", not "92.0".
+    return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1).replace(/\.0$/, "") : v.toFixed(2).replace(/\.?0+$/, "");
   }
   VC.fmtNum = fmtNum;
   var timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
@@ -120,7 +121,7 @@
     if (opts.threshold !== undefined && opts.threshold !== null) {
       svgEl("line", { x1: L, x2: W - R, y1: y(opts.threshold), y2: y(opts.threshold), class: "thr-line" }, svg);
       svgEl("text", { x: W - R - 4, y: y(opts.threshold) - 4, class: "thr-label", "text-anchor": "end" }, svg).textContent =
-        "alert threshold " + Math.round(opts.threshold * 100) + " %";
+        "alert threshold " + VC.thresholdPct(opts.threshold);
     }
     // markers (admission, acknowledgements, ...)
     (opts.markers || []).forEach(function (m, i) {

@@ -88,7 +88,7 @@
   function updateRiskBox(latest, threshold) {
     var pct = document.querySelector(".riskbox .bigpct");
     if (!pct || !latest) return;
-    pct.textContent = Math.round(latest.probability * 100) + " %";
+    pct.textContent = VC.riskPct(latest.probability, threshold);
     var band = document.querySelector(".riskbox .band");
     if (band) {
       band.className = "band band-" + latest.band;
@@ -96,7 +96,7 @@
     }
     var thr = document.querySelector(".riskbox .thr");
     if (thr && threshold !== null) {
-      thr.textContent = (latest.probability >= threshold ? "above" : "below") + " the alert threshold of " + Math.round(threshold * 100) + " %";
+      thr.textContent = (latest.probability >= threshold ? "at or above" : "below") + " the alert threshold of " + VC.thresholdPct(threshold);
     }
   }
 

@@ -16,6 +16,22 @@
   }
   VC.meta = meta;
 
+  /* Risks as the server renders them (modeling/registry.py risk_percent): a whole
+     percentage, one decimal only where the whole number sits on a band cut-point
+     (half the threshold, the threshold, the critical cut), so that "21 %" is never both
+     Medium and High. Thresholds always with one decimal. */
+  VC.thresholdPct = function (threshold) { return (threshold * 100).toFixed(1) + " %"; };
+  VC.riskPct = function (p, threshold) {
+    var whole = Math.round(p * 100);
+    if (threshold !== null && threshold !== undefined) {
+      var cuts = [threshold / 2, threshold, Math.min(2 * threshold, (1 + threshold) / 2)];
+      for (var i = 0; i < cuts.length; i++) {
+        if (Math.round(cuts[i] * 100) === whole) return (p * 100).toFixed(1) + " %";
+      }
+    }
+    return whole + " %";
+  };
+
   /* GET JSON; background requests do not count as user activity. A redirect to the
      sign-in page means the session ended: go there instead of failing silently. */
   VC.getJSON = function (url, background) {
