@@ -170,7 +170,7 @@ def test_patient_page_and_feedback_stored_and_audited(
     assert ids["name"] in html
     assert ids["mrn"] in html
     assert "Lowest Glasgow Coma Scale" in html
-    assert "alert threshold of 30 %" in html
+    assert "alert threshold of 30.0 %" in html
     assert 'id="risk-chart"' in html
     assert 'id="vitals-charts"' in html
     prediction_id = re.search(r'name="prediction_id" value="([0-9a-f]+)"', html)
