@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import Credentials
 from tests.webdata import record_risk_history, register_version, store_synthetic_ward
-from vitalcast.clinical.tables import Patient
+from vitalcast.clinical.tables import Observation, Patient
 from vitalcast.db import session_scope
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.tables import ApiKey, AuditEvent
@@ -20,6 +20,7 @@ from vitalcast.serving.patient_api import latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.state import get_state
 from vitalcast.web.tables import Feedback
+from vitalcast.web.ward import VITAL_CODES
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -157,6 +158,34 @@ def test_a_risk_scored_before_the_first_landmark_is_marked_early(
     assert "Scored 2.5 h after admission, before 3 h" in page
     assert ">Early<" in row
     assert "Scored 2.5 h after admission, before 3 h: provisional" in row
+
+
+def test_patient_page_flags_stale_vitals_as_the_ward_does(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    """The ward's Stale rule on the patient page: a fresh lab does not make old vital
+    signs fresh (the page used to show only the newest observation of any kind)."""
+    creds.login(client, creds.user("carl", "clinician"))
+    url = f"/patients/{ward['patient']}"
+    page = client.get(url).get_data(as_text=True)
+    assert 'id="vital-age"' in page
+    assert "badge-stale" not in page.split('id="vital-age"')[1].split("</p>")[0]
+    with session_scope(get_state(client.application).sessions) as session:
+        patient = session.scalars(select(Patient).where(Patient.public_id == ward["patient"])).one()
+        encounter = latest_encounter(session, patient)
+        assert encounter is not None
+        for obs in session.scalars(
+            select(Observation).where(
+                Observation.encounter_id == encounter.id, Observation.code.in_(VITAL_CODES)
+            )
+        ):
+            obs.effective_at = obs.effective_at - timedelta(hours=10)
+    page = client.get(url).get_data(as_text=True)
+    line = page.split('id="vital-age"')[1].split("</p>")[0]
+    assert "badge-stale" in line
+    assert "no vital sign for more than 240 minutes" in line
+    row = client.get(f"/ward/rows/{ward['patient']}").get_data(as_text=True)
+    assert "badge-stale" in row  # the same verdict on the ward
 
 
 def test_patient_page_and_feedback_stored_and_audited(

@@ -7,6 +7,7 @@ the patient JSON API, each with its numbers as a table for screen readers.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
@@ -25,7 +26,7 @@ from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.state import get_state
 from vitalcast.web.tables import FEEDBACK_KINDS, Feedback
-from vitalcast.web.ward import missing_key_inputs
+from vitalcast.web.ward import missing_key_inputs, newest_vital_at
 
 web_patient = Blueprint("web_patient", __name__)
 
@@ -116,6 +117,12 @@ def patient(patient_id: str) -> str:
     threshold = (
         version.threshold if version else (state.predictor.threshold if state.predictor else None)
     )
+    now = utcnow()
+    vital_at = None if encounter is None else newest_vital_at(session, encounter.public_id)
+    stale_minutes = state.settings.stale_after_minutes
+    stale = encounter is not None and (
+        vital_at is None or now - vital_at > timedelta(minutes=stale_minutes)
+    )
     landmarks: list[dict[str, Any]] = [
         {"at": f.created_at.isoformat(), "label": _feedback_label(f.kind)} for f in feedback
     ]
@@ -137,7 +144,10 @@ def patient(patient_id: str) -> str:
         early=None
         if current is None or encounter is None
         else early_in_stay(current.task, encounter.admitted_at, current.as_of),
-        now=utcnow(),
+        now=now,
+        vital_at=vital_at,
+        stale=stale,
+        stale_minutes=stale_minutes,
     )
 
 

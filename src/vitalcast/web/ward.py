@@ -182,6 +182,12 @@ def _newest_vitals(session: Session, encounter_public_ids: Sequence[str]) -> dic
     return {enc: at for enc, at in rows if at is not None}
 
 
+def newest_vital_at(session: Session, encounter_public_id: str) -> datetime | None:
+    """When the stay's newest vital sign was taken (the ward's and the patient page's
+    rule for stale data: labs are hours apart by design, vital signs are not)."""
+    return _newest_vitals(session, [encounter_public_id]).get(encounter_public_id)
+
+
 def build_ward(
     session: Session,
     *,
