@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.db.types import new_public_id
+from vitalcast.features.labels import describe_feature, feature_label
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.synth.cohort import generate_cohort
@@ -87,7 +88,7 @@ def record_risk_history(
                 continue
             score = min(0.97, max(0.01, base + slope * (hours - h) - slope * hours / 2))
             scores.append(score)
-            missing = ["lactate_last", "lactate_max"] if enc.id % 4 == 0 else []
+            missing = ["lactate_last_all", "lactate_max_24h"] if enc.id % 4 == 0 else []
             session.add(
                 Prediction(
                     public_id=new_public_id(),
@@ -103,11 +104,12 @@ def record_risk_history(
                     features_digest="0" * 64,
                     explanation=[
                         {
-                            "feature": "gcs_min",
-                            "label": "Lowest Glasgow Coma Scale",
+                            "feature": "gcs_min_all",
+                            "label": feature_label("gcs_min_all"),
                             "value": 9.0,
                             "contribution": round(0.8 * math.log1p(score * 4), 4),
                             "direction": "up",
+                            "text": describe_feature("gcs_min_all", 9.0),
                         },
                         {
                             "feature": "age",

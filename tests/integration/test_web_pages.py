@@ -198,7 +198,7 @@ def test_patient_page_and_feedback_stored_and_audited(
     assert isinstance(ids, dict)
     assert ids["name"] in html
     assert ids["mrn"] in html
-    assert "Lowest Glasgow Coma Scale" in html
+    assert "Glasgow Coma Scale, lowest (this stay): 9 points" in html  # the factor in words
     assert "alert threshold of 30.0 %" in html
     assert 'id="risk-chart"' in html
     assert 'id="vitals-charts"' in html

@@ -17,6 +17,7 @@ from vitalcast.clinical.codes import VARIABLES
 from vitalcast.clinical.tables import Condition, ImagingStudy
 from vitalcast.db.base import utcnow
 from vitalcast.errors import InvalidInput
+from vitalcast.features.labels import feature_label
 from vitalcast.modeling.registry import risk_percent
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.modeling.tasks import early_in_stay
@@ -35,6 +36,12 @@ web_patient = Blueprint("web_patient", __name__)
 def risk_pct(p: float, threshold: float | None = None) -> str:
     """A risk on every page (:func:`~vitalcast.modeling.registry.risk_percent`)."""
     return risk_percent(p, threshold)
+
+
+@web_patient.app_template_filter("feature_label")
+def feature_label_filter(name: str) -> str:
+    """A model input in clinical words (``lactate_max_24h`` -> ``Lactate, highest (last 24 h)``)."""
+    return feature_label(name)
 
 
 @web_patient.app_template_filter("threshold_pct")

@@ -180,7 +180,7 @@
   VC.factorBars = function (container, items) {
     container.textContent = "";
     if (!items.length) return;
-    var W = 760, rowH = 26, L = 400, R = 8, T = 6;
+    var W = 800, rowH = 26, L = 470, R = 8, T = 6;
     var H = T + items.length * rowH + 22;
     var max = Math.max.apply(null, items.map(function (f) { return Math.abs(f.contribution); })) || 1;
     var mid = L + (W - L - R) / 2, half = (W - L - R) / 2 - 92;
@@ -190,9 +190,13 @@
       var yy = T + i * rowH;
       var len = (Math.abs(f.contribution) / max) * half;
       var up = f.contribution > 0;
-      var label = f.label.length > 44 ? f.label.slice(0, 43) + "…" : f.label;
-      svgEl("text", { x: L - 8, y: yy + 16, class: "bar-label", "text-anchor": "end" }, svg).textContent =
-        label + (f.value !== null && f.value !== undefined ? " = " + (typeof f.value === "number" ? fmtNum(f.value) : f.value) : " (missing)");
+      // The factor in clinical words with its value and unit ("Lactate, latest (this
+      // stay): 4.1 mmol/L", "Medical ICU: no"), as the server phrased it.
+      var text = f.text || (f.label + ": " + (f.value !== null && f.value !== undefined ? (typeof f.value === "number" ? fmtNum(f.value) : f.value) : "not measured"));
+      var label = text.length > 62 ? text.slice(0, 61) + "…" : text;
+      var el = svgEl("text", { x: L - 8, y: yy + 16, class: "bar-label", "text-anchor": "end" }, svg);
+      el.textContent = label;
+      if (label !== text) svgEl("title", {}, el).textContent = text;
       svgEl("rect", { x: up ? mid : mid - len, y: yy + 4, width: Math.max(len, 1), height: rowH - 10, class: up ? "bar-up" : "bar-down" }, svg);
       svgEl("text", { x: up ? mid + len + 4 : mid - len - 4, y: yy + 16, class: "bar-value", "text-anchor": up ? "start" : "end" }, svg).textContent =
         (up ? "▲ raises " : "▼ lowers ") + (f.contribution > 0 ? "+" : "") + f.contribution.toFixed(2);

@@ -18,11 +18,9 @@
   function factorsFromTable() {
     var out = [];
     document.querySelectorAll("#factors-table tbody tr").forEach(function (tr) {
-      var cells = tr.querySelectorAll("td");
-      var raw = cells[1].textContent.trim();
       out.push({
         label: tr.getAttribute("data-label"),
-        value: raw === "missing" ? null : (isNaN(Number(raw)) ? raw : Number(raw)),
+        text: tr.getAttribute("data-text"),
         contribution: Number(tr.getAttribute("data-contribution")),
       });
     });
