@@ -87,9 +87,11 @@
     window.location.assign(target);
   };
 
-  /* Times: the server writes UTC; show them in the reader's local time, same words. */
+  /* Times: the server writes UTC; show them in the reader's local time, with the year and
+     the zone, so that no time on a page can be read in the wrong clock. */
   var fmt = new Intl.DateTimeFormat(undefined, {
-    day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit",
+    year: "numeric", day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit",
+    timeZoneName: "short",
   });
   VC.localTime = function (iso) { return fmt.format(new Date(iso)); };
   function localiseTimes(root) {
