@@ -78,7 +78,18 @@ def test_open_patient_explanation_and_charts(page: Page, server: Server) -> None
 
 def test_feedback_from_the_patient_page(page: Page, server: Server) -> None:
     sign_in(page, "carla")
-    page.locator("#ward-table tbody tr[data-patient] .who-cell a").nth(1).click()
+    # Only an alert can be acknowledged: a patient below the threshold offers no button.
+    below = '#ward-table tbody tr[data-band="low"], #ward-table tbody tr[data-band="medium"]'
+    page.locator(below).locator(".who-cell a").first.click()
+    expect(page.get_by_role("button", name="Acknowledge alert")).to_have_count(0)
+    page.go_back()
+    alerts = '#ward-table tbody tr[data-band="high"], #ward-table tbody tr[data-band="critical"]'
+    page.locator(alerts).locator(".who-cell a").first.click()
+    # Disagreeing asks for the reason in the form, before anything is sent.
+    page.get_by_role("radio", name="Disagree").check()
+    expect(page.locator("#reason")).to_have_attribute("required", "")
+    page.get_by_role("radio", name="Agree").check()
+    expect(page.locator("#reason")).not_to_have_attribute("required", "")
     page.get_by_role("radio", name="Disagree").check()
     page.fill("#reason", "Recent extubation; observations reflect sedation")
     page.get_by_role("button", name="Send feedback").click()

@@ -98,7 +98,21 @@
     }
   }
 
+  /* A disagreement needs a reason: say so in the form before it is sent, instead of
+     leaving the page for the server's error (which still checks). */
+  function requireReasonToDisagree() {
+    var form = document.querySelector("form.verdict");
+    if (!form) return;
+    var reason = form.querySelector("#reason");
+    form.querySelectorAll('input[name="kind"]').forEach(function (radio) {
+      radio.addEventListener("change", function () {
+        reason.required = form.querySelector('input[name="kind"]:checked').value === "disagree";
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    requireReasonToDisagree();
     var root = document.getElementById("patient");
     if (!root) return;
     var ctx = {
