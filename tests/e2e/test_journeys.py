@@ -88,7 +88,7 @@ def test_feedback_from_the_patient_page(page: Page, server: Server) -> None:
     # Disagreeing asks for the reason in the form, before anything is sent.
     page.get_by_role("radio", name="Disagree").check()
     expect(page.locator("#reason")).to_have_attribute("required", "")
-    page.get_by_role("radio", name="Agree").check()
+    page.get_by_role("radio", name="Agree", exact=True).check()
     expect(page.locator("#reason")).not_to_have_attribute("required", "")
     page.get_by_role("radio", name="Disagree").check()
     page.fill("#reason", "Recent extubation; observations reflect sedation")
