@@ -259,4 +259,30 @@ def test_fhir_read_api(client: FlaskClient, creds: Credentials, ward: list[str])
     assert one.get_json()["id"] == entry["id"]
     bad = client.get(f"/fhir/Observation?patient={ward[0]}&date=yesterday", headers=headers)
     assert bad.status_code == 422
+    newest = client.get(
+        f"/fhir/Observation?patient={ward[0]}&_sort=-date&_count=5", headers=headers
+    ).get_json()["entry"]
+    times = [e["resource"]["effectiveDateTime"] for e in newest]
+    assert len(times) == 5
+    assert times == sorted(times, reverse=True)
+    assert times[0] == obs_all_last(client, ward[0], headers)
+    sort = client.get(f"/fhir/Observation?patient={ward[0]}&_sort=code", headers=headers)
+    assert sort.status_code == 422
+    stays = client.get(
+        f"/fhir/Encounter?patient={ward[0]}&status=in-progress", headers=headers
+    ).get_json()
+    (stay,) = [e["resource"] for e in stays["entry"]]
+    assert (stay["status"], stay["subject"]["reference"]) == ("in-progress", f"Patient/{ward[0]}")
+    assert stay["location"][0]["location"]["display"] in ("CCU", "CSRU", "MICU", "SICU")
+    assert "end" not in stay["period"]
+    finished = client.get(f"/fhir/Encounter?patient={ward[0]}&status=finished", headers=headers)
+    assert finished.get_json()["total"] == 0
+    assert client.get(f"/fhir/Encounter/{stay['id']}", headers=headers).get_json() == stay
+    assert client.get("/fhir/Encounter/nope", headers=headers).status_code == 404
     assert client.get("/fhir/metadata").get_json()["fhirVersion"] == "4.0.1"
+
+
+def obs_all_last(client: FlaskClient, patient: str, headers: dict[str, str]) -> str:
+    """The latest effective time of the patient's observations, in ascending order."""
+    entries = client.get(f"/fhir/Observation?patient={patient}", headers=headers).get_json()
+    return str(entries["entry"][-1]["resource"]["effectiveDateTime"])
