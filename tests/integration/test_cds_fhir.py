@@ -488,14 +488,21 @@ def test_only_a_signed_ehr_request_makes_vitalcast_read_a_fhir_server(
         creds_cds.user("nina", "nurse")
         csrf = creds_cds.login(browser, "nina")
         by_session = browser.post(SERVICE, json=body, headers={"X-CSRF-Token": csrf})
+        # With complete prefetch the same key gets its card, and fhirServer is not read.
+        complete = _hook(PATIENT, [_observation("8867-4", 128, "/min", 30)], [_encounter(600)])
+        complete |= {k: body[k] for k in ("fhirServer", "fhirAuthorization")}
+        prefetched = cds_app.test_client().post(SERVICE, json=complete, headers=key)
     assert canary.requests == []
+    assert prefetched.status_code == 200, prefetched.get_json()
+    assert prefetched.get_json()["cards"][0]["summary"].startswith("ICU mortality risk ")
     for response in (by_key, by_session):
         assert response.status_code == 412, response.get_json()
         message = response.get_json()["error"]["message"]
         assert "signed by a trusted EHR" in message
         assert "mrn-4711" not in response.get_data(as_text=True)
         assert base not in response.get_data(as_text=True)
-    rows = _audit_rows(cds_app)
+    *rows, success = _audit_rows(cds_app)
+    assert (success.outcome, success.details["fhir_server_read"]) == ("success", False)
     assert [(r.outcome, r.details["error"]) for r in rows] == [
         ("failure", "precondition_failed")
     ] * 2
