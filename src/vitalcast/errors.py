@@ -11,6 +11,7 @@
         ├── Forbidden       403
         ├── NotFound        404
         ├── Conflict        409
+        ├── PreconditionFailed 412  data the request needs could not be obtained
         ├── PayloadTooLarge 413
         ├── ModelUnavailable 503    no champion model is loaded
         └── IngestError     422     input that could not be read at all
@@ -91,6 +92,14 @@ class NotFound(AppError):
 class Conflict(AppError):
     status = 409
     code = "conflict"
+
+
+class PreconditionFailed(AppError):
+    """The data an answer needs is neither in the request nor obtainable (CDS Hooks: a
+    service that cannot get the FHIR data it needs answers 412)."""
+
+    status = 412
+    code = "precondition_failed"
 
 
 class PayloadTooLarge(AppError):

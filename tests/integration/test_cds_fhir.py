@@ -9,6 +9,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,9 @@ from werkzeug.serving import make_server
 
 from tests.conftest import Credentials
 from tests.modeling_data import register_champion
+from vitalcast.clinical.records import ObservationRecord
 from vitalcast.config import Settings
+from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.app import create_app
 from vitalcast.serving.cds_hooks import SERVICE_ID
 from vitalcast.serving.state import get_state
@@ -60,20 +65,51 @@ def _token(key: RSAKey, *, aud: str = BASE + SERVICE, iss: str = ISSUER, exp_in:
     return jwt.encode({"alg": "RS256", "kid": "ehr-1", "typ": "JWT"}, claims, key)
 
 
-def _hook(patient: dict[str, Any], observations: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in resources],
+    }
+
+
+def _hook(
+    patient: dict[str, Any],
+    observations: list[dict[str, Any]] | None,
+    encounters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A patient-view request with the prefetch keys the discovery document asks for."""
     body: dict[str, Any] = {
         "hook": "patient-view",
         "hookInstance": str(uuid.uuid4()),
         "context": {"userId": "Practitioner/1", "patientId": patient["id"]},
         "prefetch": {"patient": patient},
     }
+    if encounters is not None:
+        body["prefetch"]["encounters"] = _searchset(encounters)
     if observations is not None:
-        body["prefetch"]["observations"] = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "entry": [{"resource": o} for o in observations],
-        }
+        body["prefetch"]["observations"] = _searchset(observations)
     return body
+
+
+def _encounter(
+    minutes_ago: int, *, status: str = "in-progress", eid: str = "e1", unit: str = "MICU"
+) -> dict[str, Any]:
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    period = {"start": start.isoformat()}
+    if status == "finished":
+        period["end"] = (start + timedelta(days=3)).isoformat()
+    return {
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": status,
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "ACUTE"},
+        "subject": {"reference": "Patient/p1"},
+        "period": period,
+        "location": [{"location": {"display": unit}}],
+    }
 
 
 def _observation(code: str, value: float, unit: str, minutes_ago: int) -> dict[str, Any]:
@@ -127,7 +163,7 @@ def test_patient_view_card_from_prefetch_and_feedback(
     ]
     response = client.post(
         SERVICE,
-        json=_hook(PATIENT, observations),
+        json=_hook(PATIENT, observations, [_encounter(60)]),
         headers={"Authorization": f"Bearer {_token(ehr_key)}"},
     )
     assert response.status_code == 200, response.get_json()
@@ -136,13 +172,13 @@ def test_patient_view_card_from_prefetch_and_feedback(
     assert card["summary"].startswith("ICU mortality risk ")
     assert len(card["summary"]) <= 140
     assert card["links"][0]["type"] == "absolute"
-    # No encounter in the prefetch: the stay starts at its first observation, an hour ago,
-    # before the model's first calibrated hour (3 h), so the card calls the risk provisional.
+    # The encounter began an hour ago, before the model's first calibrated hour (3 h), so
+    # the card calls the risk provisional.
     assert card["summary"].endswith(", early)")
     assert "Early in the stay: scored 1.0 h after admission, before 3 h" in card["detail"]
     later = client.post(
         SERVICE,
-        json=_hook(PATIENT, [*observations, _observation("8867-4", 120, "/min", 300)]),
+        json=_hook(PATIENT, observations, [_encounter(300)]),
         headers={"Authorization": f"Bearer {_token(ehr_key)}"},
     ).get_json()["cards"][0]
     assert "early" not in later["summary"]
@@ -259,4 +295,336 @@ def test_fhir_read_api(client: FlaskClient, creds: Credentials, ward: list[str])
     assert one.get_json()["id"] == entry["id"]
     bad = client.get(f"/fhir/Observation?patient={ward[0]}&date=yesterday", headers=headers)
     assert bad.status_code == 422
+    newest = client.get(
+        f"/fhir/Observation?patient={ward[0]}&_sort=-date&_count=5", headers=headers
+    ).get_json()["entry"]
+    times = [e["resource"]["effectiveDateTime"] for e in newest]
+    assert len(times) == 5
+    assert times == sorted(times, reverse=True)
+    assert times[0] == obs_all_last(client, ward[0], headers)
+    sort = client.get(f"/fhir/Observation?patient={ward[0]}&_sort=code", headers=headers)
+    assert sort.status_code == 422
+    stays = client.get(
+        f"/fhir/Encounter?patient={ward[0]}&status=in-progress", headers=headers
+    ).get_json()
+    (stay,) = [e["resource"] for e in stays["entry"]]
+    assert (stay["status"], stay["subject"]["reference"]) == ("in-progress", f"Patient/{ward[0]}")
+    assert stay["location"][0]["location"]["display"] in ("CCU", "CSRU", "MICU", "SICU")
+    assert "end" not in stay["period"]
+    finished = client.get(f"/fhir/Encounter?patient={ward[0]}&status=finished", headers=headers)
+    assert finished.get_json()["total"] == 0
+    assert client.get(f"/fhir/Encounter/{stay['id']}", headers=headers).get_json() == stay
+    assert client.get("/fhir/Encounter/nope", headers=headers).status_code == 404
     assert client.get("/fhir/metadata").get_json()["fhirVersion"] == "4.0.1"
+
+
+@contextmanager
+def _served(application: Flask) -> Iterator[str]:
+    """``application`` over real HTTP on loopback; yields its base URL."""
+    server = make_server("127.0.0.1", 0, application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+class FakeFhir:
+    """A FHIR server that answers from canned resources and records every request."""
+
+    def __init__(self, routes: dict[str, tuple[int, Any]]) -> None:
+        self.requests: list[tuple[str, dict[str, str], str | None]] = []
+        self.app = Flask("fake-fhir")
+
+        @self.app.get("/<path:path>")
+        def answer(path: str) -> Any:
+            from flask import request
+
+            self.requests.append((path, dict(request.args), request.headers.get("Authorization")))
+            status, body = routes.get(path, (404, {"resourceType": "OperationOutcome"}))
+            return self.app.response_class(json.dumps(body), status=status)
+
+
+def _audit_rows(app: Flask, event: str = "cds.patient-view") -> list[AuditEvent]:
+    with get_state(app).sessions() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent).where(AuditEvent.event == event).order_by(AuditEvent.id)
+            )
+        )
+
+
+def test_prefetched_stay_scores_exactly_as_the_stored_stay(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """Train/serve parity: one stay, stored in the database and sent as FHIR prefetch,
+    gives the same feature vector and risk; an earlier stay's values do not count."""
+    from vitalcast.clinical.tables import Encounter
+    from vitalcast.features import stay_features
+    from vitalcast.modeling.tables import Prediction
+    from vitalcast.serving.scoring import features_digest, stay_input
+    from vitalcast.synth import generate_cohort, store_cohort
+    from vitalcast.synth.fhir import (
+        _descriptor_observations,
+        encounter_resource,
+        observation_resource,
+        patient_resource,
+    )
+
+    _register_champion(cds_app, trained_model)
+    state = get_state(cds_app)
+    now = datetime.now(UTC)
+    batch = generate_cohort(n_current=1, n_historic=0, seed=23, now=now)
+    # Both descriptors present (the generator leaves some out), so that both are compared.
+    batch.encounters[0] = replace(batch.encounters[0], height_cm=171.5, weight_kg=83.2)
+    with state.sessions() as session:
+        store_cohort(session=session, batch=batch, cipher=state.cipher, now=now)
+    (person,), (stay,) = batch.patients, batch.encounters
+    patient = patient_resource(person)
+    records = [*_descriptor_observations(stay), *batch.observations]
+    observations = [observation_resource(o, n) for n, o in enumerate(records, start=1)]
+    # The patient's previous stay, 400 days ago (finished), with a value of its own, and a
+    # value without an encounter reference two hours before this admission: neither counts.
+    previous = encounter_resource(
+        replace(
+            stay,
+            ref="synth:previous",
+            admitted_at=now - timedelta(days=400),
+            discharged_at=now - timedelta(days=396),
+        ),
+        died=False,
+    )
+    old = [
+        observation_resource(
+            ObservationRecord(
+                patient_ref=person.ref,
+                encounter_ref=ref,
+                code="8867-4",
+                effective_at=at,
+                value=160.0,
+                unit="/min",
+            ),
+            n,
+        )
+        for n, (ref, at) in enumerate(
+            [
+                ("synth:previous", now - timedelta(days=399)),
+                (None, stay.admitted_at - timedelta(hours=2)),
+            ],
+            start=90_000,
+        )
+    ]
+    body = _hook(patient, [*old, *observations], [previous, encounter_resource(stay, None)])
+    response = cds_app.test_client().post(
+        SERVICE, json=body, headers={"Authorization": f"Bearer {_token(ehr_key)}"}
+    )
+    assert response.status_code == 200, response.get_json()
+    (card,) = response.get_json()["cards"]
+    with state.sessions() as session:
+        served = session.scalars(select(Prediction).where(Prediction.role == "cds")).one()
+        encounter = session.scalars(select(Encounter)).one()
+        stored = stay_features(stay_input(session, encounter, served.as_of), served.as_of)
+    assert card["uuid"] == served.public_id
+    hours = (served.as_of - stay.admitted_at).total_seconds() / 3600
+    assert stored["hours_since_admission"] == pytest.approx(hours)
+    assert stored["hr_max_all"] < 160  # the old values would have been the maximum
+    assert (stored["height_cm"], stored["weight_kg"]) == (171.5, 83.2)
+    assert stored[f"unit_{stay.unit.lower()}"] == 1.0  # type: ignore[union-attr]
+    assert served.features_digest == features_digest(stored)
+    assert state.predictor is not None
+    assert served.score == pytest.approx(state.predictor.score(stored).probability)
+
+
+def test_no_stay_in_progress_gets_a_card_without_a_risk(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    _register_champion(cds_app, trained_model)
+    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    observations = [_observation("8867-4", 128, "/min", 30)]
+    client = cds_app.test_client()
+    for encounters in ([_encounter(600, status="finished")], []):
+        response = client.post(
+            SERVICE, json=_hook(PATIENT, observations, encounters), headers=headers
+        )
+        assert response.status_code == 200, response.get_json()
+        (card,) = response.get_json()["cards"]
+        assert "no stay in progress" in card["summary"]
+        assert "%" not in card["summary"]
+    none = _hook(PATIENT, observations)
+    none["prefetch"]["encounters"] = None  # CDS Hooks: the EHR had nothing for the query
+    assert (
+        "no stay"
+        in client.post(SERVICE, json=none, headers=headers).get_json()["cards"][0]["summary"]
+    )
+    with get_state(cds_app).sessions() as session:
+        from vitalcast.modeling.tables import Prediction
+
+        assert session.scalars(select(Prediction)).first() is None
+    rows = _audit_rows(cds_app)
+    assert [(r.outcome, (r.details or {})["scored"]) for r in rows] == [("success", False)] * 3
+
+
+def test_only_a_signed_ehr_request_makes_vitalcast_read_a_fhir_server(
+    cds_app: Flask, creds: Credentials, app: Flask, trained_model: Any
+) -> None:
+    """An API key (even a data scientist's) or a browser session cannot point vitalcast
+    at a URL: no request leaves, the answer is 412 and the attempt is audited."""
+    _register_champion(cds_app, trained_model)
+    canary = FakeFhir({})
+    with _served(canary.app) as base:
+        body = {
+            "hook": "patient-view",
+            "hookInstance": str(uuid.uuid4()),
+            "fhirServer": f"{base}/fhir",
+            "fhirAuthorization": {"access_token": "secret-token", "token_type": "Bearer"},
+            "context": {"userId": "Practitioner/1", "patientId": "mrn-4711"},
+        }
+        creds_cds = Credentials(cds_app)
+        key = creds_cds.api_key("data_scientist")
+        by_key = cds_app.test_client().post(SERVICE, json=body, headers=key)
+        browser = cds_app.test_client()
+        creds_cds.user("nina", "nurse")
+        csrf = creds_cds.login(browser, "nina")
+        by_session = browser.post(SERVICE, json=body, headers={"X-CSRF-Token": csrf})
+        # With complete prefetch the same key gets its card, and fhirServer is not read.
+        complete = _hook(PATIENT, [_observation("8867-4", 128, "/min", 30)], [_encounter(600)])
+        complete |= {k: body[k] for k in ("fhirServer", "fhirAuthorization")}
+        prefetched = cds_app.test_client().post(SERVICE, json=complete, headers=key)
+    assert canary.requests == []
+    assert prefetched.status_code == 200, prefetched.get_json()
+    assert prefetched.get_json()["cards"][0]["summary"].startswith("ICU mortality risk ")
+    for response in (by_key, by_session):
+        assert response.status_code == 412, response.get_json()
+        message = response.get_json()["error"]["message"]
+        assert "signed by a trusted EHR" in message
+        assert "mrn-4711" not in response.get_data(as_text=True)
+        assert base not in response.get_data(as_text=True)
+    *rows, success = _audit_rows(cds_app)
+    assert (success.outcome, success.details["fhir_server_read"]) == ("success", False)
+    assert [(r.outcome, r.details["error"]) for r in rows] == [
+        ("failure", "precondition_failed")
+    ] * 2
+    for row in rows:
+        text = json.dumps(row.details)
+        assert "mrn-4711" not in text
+        assert base not in text
+        assert row.patient_id is None
+        assert len(row.details["ehr_patient"]) == 32
+    assert rows[0].details["ehr_patient"] == rows[1].details["ehr_patient"]
+
+
+def test_fhir_server_failures_say_what_failed_without_url_or_patient(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    _register_champion(cds_app, trained_model)
+    fake = FakeFhir({})  # every read answers 404
+    with _served(fake.app) as base:
+        body = {
+            "hook": "patient-view",
+            "hookInstance": str(uuid.uuid4()),
+            "fhirServer": f"{base}/fhir",
+            "fhirAuthorization": {"access_token": "ehr-token", "token_type": "Bearer"},
+            "context": {"userId": "Practitioner/1", "patientId": "mrn-4711"},
+        }
+        response = cds_app.test_client().post(
+            SERVICE, json=body, headers={"Authorization": f"Bearer {_token(ehr_key)}"}
+        )
+    assert response.status_code == 412
+    error = response.get_json()["error"]
+    assert error["message"] == "the EHR's FHIR server answered 404 for the Patient resource"
+    assert "mrn-4711" not in response.get_data(as_text=True)
+    assert base not in response.get_data(as_text=True)
+    assert fake.requests == [("fhir/Patient/mrn-4711", {}, "Bearer ehr-token")]
+    (row,) = _audit_rows(cds_app)
+    assert (row.outcome, row.details["reason"]) == ("failure", error["message"])
+    assert row.details["fhir_server_read"] is True
+    assert "mrn-4711" not in json.dumps(row.details)
+
+
+def test_paging_stays_on_the_fhir_server_and_is_never_cut_short(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any, creds: Credentials, app: Flask
+) -> None:
+    """A next-page link to another server is not followed (the token stays on fhirServer);
+    a paged prefetch from an unsigned caller is refused rather than scored in part."""
+    _register_champion(cds_app, trained_model)
+    elsewhere = FakeFhir({"steal": (200, {"resourceType": "Bundle", "type": "searchset"})})
+    with _served(elsewhere.app) as other:
+        page = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": [{"relation": "next", "url": f"{other}/steal"}],
+            "entry": [{"resource": _observation("8867-4", 128, "/min", 30)}],
+        }
+        ehr = FakeFhir({"fhir/Observation": (200, page)})
+        with _served(ehr.app) as base:
+            body = _hook(PATIENT, None, [_encounter(600)])
+            body["fhirServer"] = f"{base}/fhir"
+            body["fhirAuthorization"] = {"access_token": "ehr-token", "token_type": "Bearer"}
+            signed = cds_app.test_client().post(
+                SERVICE, json=body, headers={"Authorization": f"Bearer {_token(ehr_key)}"}
+            )
+    assert signed.status_code == 412
+    assert "outside fhirServer" in signed.get_json()["error"]["message"]
+    assert elsewhere.requests == []
+    ((path, params, auth),) = ehr.requests
+    assert (path, params["_sort"], params["date"][:2], auth) == (
+        "fhir/Observation",
+        "-date",
+        "ge",
+        "Bearer ehr-token",
+    )
+    paged = _hook(PATIENT, None, [_encounter(600)])
+    paged["prefetch"]["observations"] = {**page, "link": [{"relation": "next", "url": "x"}]}
+    unsigned = cds_app.test_client().post(
+        SERVICE, json=paged, headers=Credentials(cds_app).api_key("integration")
+    )
+    assert unsigned.status_code == 412
+    assert "Observation search" in unsigned.get_json()["error"]["message"]
+
+
+def test_tls_to_the_pinned_address_is_verified_against_the_host_name(tmp_path: Path) -> None:
+    """The reader connects to the checked address, but TLS must still prove the name in
+    fhirServer: a certificate for the bare address (what a rebinding attacker could
+    present) is refused."""
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+
+    from tests.tls_helpers import self_signed_certificate
+    from vitalcast.errors import PreconditionFailed
+    from vitalcast.serving.cds_fhir import FhirReader, FhirTarget
+
+    fake = FakeFhir({"fhir/Patient/p1": (200, PATIENT)})
+    for folder, names in (
+        ("named", [x509.DNSName("localhost")]),
+        ("bare", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+    ):
+        cert, key = self_signed_certificate(tmp_path / folder, names=names)
+        server = make_server("127.0.0.1", 0, fake.app, threaded=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        target = FhirTarget("https", "localhost", server.server_port, "/fhir", "127.0.0.1")
+        trust = ssl.create_default_context(cafile=str(cert))
+        try:
+            with FhirReader(target, "tok", verify=trust) as reader:
+                if folder == "named":
+                    assert reader.read("Patient resource", "Patient/p1")["id"] == "p1"
+                else:
+                    with pytest.raises(PreconditionFailed, match="could not be reached"):
+                        reader.read("Patient resource", "Patient/p1")
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)
+    assert [path for path, _args, _auth in fake.requests] == ["fhir/Patient/p1"]
+
+
+def obs_all_last(client: FlaskClient, patient: str, headers: dict[str, str]) -> str:
+    """The latest effective time of the patient's observations, in ascending order."""
+    entries = client.get(f"/fhir/Observation?patient={patient}", headers=headers).get_json()
+    return str(entries["entry"][-1]["resource"]["effectiveDateTime"])

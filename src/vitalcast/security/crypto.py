@@ -89,6 +89,17 @@ class FieldCipher:
         norm = mrn.strip().upper()
         return hmac.new(self.hmac_key, norm.encode(), hashlib.sha256).hexdigest()
 
+    def pseudonym(self, namespace: str, value: str) -> str:
+        """Keyed hash of an outside identifier (e.g. an EHR's Patient id) for the audit trail.
+
+        Why: an identifier another system assigns may itself identify the person (some
+        EHRs use the MRN as the FHIR id), so the audit log keeps this instead; events about
+        the same outside patient share it, and with the HMAC key an auditor can recompute
+        it for a given id. ``namespace`` keeps it apart from MRN hashes.
+        """
+        message = f"{namespace}|{value}".encode()
+        return hmac.new(self.hmac_key, message, hashlib.sha256).hexdigest()[:32]
+
 
 def _b64(text: str, name: str) -> bytes:
     try:

@@ -3,33 +3,60 @@
 ``GET /cds-services`` describes the services; ``POST /cds-services/<id>`` answers the
 ``patient-view`` hook with a card holding the current risk, its trend and top factors;
 ``POST /cds-services/<id>/feedback`` stores what the clinician did with the card.
-Requests are authenticated by a JWT the EHR signs (see :mod:`.cds_auth`, wired into the
-request guard). Data comes from the hook's prefetch (a Patient and recent Observations)
-or, when absent, from the EHR's FHIR server with the access token the hook supplies; it
-passes through the same FHIR adapter and preprocessing rules as any ingested data.
 Spec: https://cds-hooks.hl7.org/2.0/
+
+Who may call: an EHR with a JWT it signed (see :mod:`.cds_auth`, wired into the request
+guard), and API keys or sessions whose role may score. Only a signed request may make
+vitalcast read the EHR's FHIR server (``fhirServer``, with ``fhirAuthorization``): the EHR
+that signed it names its own server. Anyone else must send the data in the prefetch, or
+gets 412, which the spec prescribes when a service cannot obtain the data it needs.
+:mod:`.cds_fhir` checks the server and keeps the token on it.
+
+What is scored: the stay in progress, built as training builds stays. The current
+Encounter (``context.encounterId`` when the EHR gives it, else the patient's in-progress
+encounter that started last) gives the admission time and the unit (through the FHIR
+ingestion adapter's mapping); observations before admission, or of another encounter, are
+dropped; height and the weight charted at admission are the stay's descriptors, as in
+PhysioNet 2012 and the store. Resources pass through the same FHIR adapter and
+preprocessing rules as ingested data, and features through the same function as
+training. Without an encounter in progress the card says so and carries no risk.
+
+Every answer and every failure is audited (``cds.patient-view``); the EHR's patient id is
+recorded as the store's public id when the store knows the patient, else as a keyed hash.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
 
-import httpx
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
-from vitalcast.clinical.records import RecordBatch
+from vitalcast.clinical.codes import BY_KEY
+from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
+from vitalcast.clinical.tables import Patient
 from vitalcast.db.base import utcnow
-from vitalcast.errors import BadRequest, InvalidInput, ModelUnavailable, NotFound
+from vitalcast.errors import (
+    AppError,
+    InvalidInput,
+    ModelUnavailable,
+    NotFound,
+    PreconditionFailed,
+)
 from vitalcast.features import StayInput, stay_features
 from vitalcast.ingest.validate import Invalid, check_observation
 from vitalcast.modeling.tables import Prediction
 from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.permissions import Permission, public, requires
+from vitalcast.serving.cds_fhir import PAGE_SIZE, FhirReader, check_fhir_server, next_link
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.scoring import record_prediction
@@ -43,10 +70,22 @@ cds = Blueprint("cds", __name__)
 
 SERVICE_ID = "vitalcast-icu-mortality"
 _INDICATOR = {"low": "info", "medium": "info", "high": "warning", "critical": "critical"}
-_FHIR_TIMEOUT_S = 5.0
+# FHIR R4 id: https://hl7.org/fhir/R4/datatypes.html#id. Ids go into request paths.
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_HEIGHT = BY_KEY["height"].code
+_WEIGHT = BY_KEY["weight"].code
+_ABSENT: Any = object()  # a prefetch key the EHR did not satisfy
 
 
 def discovery_document() -> dict[str, Any]:
+    """The services and their prefetch templates.
+
+    Prefetch tokens can only carry context fields, not the admission time, so the
+    observation template cannot ask for "since admission": it asks for the newest
+    observations, and the service drops those before admission. A paged answer (a
+    ``next`` link) is replaced by a search since admission on ``fhirServer`` when the
+    request is signed, else refused with 412, never scored from part of the stay.
+    """
     return {
         "services": [
             {
@@ -57,7 +96,9 @@ def discovery_document() -> dict[str, Any]:
                 "vital signs and laboratory results so far, with its main reasons.",
                 "prefetch": {
                     "patient": "Patient/{{context.patientId}}",
-                    "observations": "Observation?patient={{context.patientId}}&_count=1000",
+                    "encounters": "Encounter?patient={{context.patientId}}&status=in-progress",
+                    "observations": "Observation?patient={{context.patientId}}"
+                    f"&_sort=-date&_count={PAGE_SIZE}",
                 },
                 "usageRequirements": "Adult ICU patients; decision support only.",
             }
@@ -76,6 +117,7 @@ def discovery() -> Response:
 class HookRequest:
     hook_instance: str
     patient_id: str
+    encounter_id: str | None
     fhir_server: str | None
     access_token: str | None
     prefetch: dict[str, Any]
@@ -90,92 +132,233 @@ def _parse_hook(body: Any) -> HookRequest:
         )
     if body.get("hook") != "patient-view":
         problems.append({"loc": ["body", "hook"], "msg": "this service answers patient-view"})
-    for key in ("hookInstance",):
-        if not isinstance(body.get(key), str):
-            problems.append({"loc": ["body", key], "msg": "required string"})
-    context = body.get("context")
-    patient_id = context.get("patientId") if isinstance(context, dict) else None
-    if not isinstance(patient_id, str) or not patient_id:
-        problems.append({"loc": ["body", "context", "patientId"], "msg": "required string"})
+    if not isinstance(body.get("hookInstance"), str):
+        problems.append({"loc": ["body", "hookInstance"], "msg": "required string"})
+    raw_context = body.get("context")
+    context: dict[str, Any] = raw_context if isinstance(raw_context, dict) else {}
+    patient_id = context.get("patientId")
+    if not isinstance(patient_id, str) or not _FHIR_ID.match(patient_id):
+        problems.append({"loc": ["body", "context", "patientId"], "msg": "required FHIR id"})
+    encounter_id = context.get("encounterId")
+    if encounter_id is not None and (
+        not isinstance(encounter_id, str) or not _FHIR_ID.match(encounter_id)
+    ):
+        problems.append({"loc": ["body", "context", "encounterId"], "msg": "must be a FHIR id"})
     prefetch = body.get("prefetch") or {}
     if not isinstance(prefetch, dict):
         problems.append({"loc": ["body", "prefetch"], "msg": "must be an object"})
         prefetch = {}
-    auth = body.get("fhirAuthorization") or {}
-    token = auth.get("access_token") if isinstance(auth, dict) else None
     server = body.get("fhirServer")
-    if not prefetch.get("patient") and not isinstance(server, str):
-        problems.append(
-            {"loc": ["body", "fhirServer"], "msg": "needed when the patient is not prefetched"}
-        )
+    if server is not None and not isinstance(server, str):
+        problems.append({"loc": ["body", "fhirServer"], "msg": "must be a URL string"})
+    auth = body.get("fhirAuthorization")
+    token = auth.get("access_token") if isinstance(auth, dict) else None
+    if auth is not None and server is None:
+        # CDS Hooks 2.0 (cds-r-1): fhirAuthorization is only ever given with fhirServer.
+        problems.append({"loc": ["body", "fhirServer"], "msg": "required with fhirAuthorization"})
     if problems:
         raise InvalidInput("the CDS Hooks request has problems", details=problems)
-    return HookRequest(str(body["hookInstance"]), str(patient_id), server, token, prefetch)
+    return HookRequest(
+        str(body["hookInstance"])[:100],
+        str(patient_id),
+        str(encounter_id) if encounter_id else None,
+        str(server) if isinstance(server, str) else None,
+        str(token) if isinstance(token, str) and token else None,
+        prefetch,
+    )
 
 
-def _fetch(hook: HookRequest) -> dict[str, Any]:
-    """Fetch what the prefetch lacks from the EHR's FHIR server with the hook's token."""
-    prefetch = dict(hook.prefetch)
-    if prefetch.get("patient") and prefetch.get("observations"):
-        return prefetch
-    assert hook.fhir_server is not None
-    headers = {"Accept": "application/fhir+json"}
-    if hook.access_token:
-        headers["Authorization"] = f"Bearer {hook.access_token}"
-    base = hook.fhir_server.rstrip("/")
-    try:
-        with httpx.Client(timeout=_FHIR_TIMEOUT_S, headers=headers) as client:
-            if not prefetch.get("patient"):
-                response = client.get(f"{base}/Patient/{hook.patient_id}")
-                response.raise_for_status()
-                prefetch["patient"] = response.json()
-            if not prefetch.get("observations"):
-                response = client.get(
-                    f"{base}/Observation", params={"patient": hook.patient_id, "_count": 1000}
+def _prefetched(prefetch: dict[str, Any], key: str) -> Any:
+    """A prefetch value: None when the EHR had no data (the spec's ``null``), or
+    :data:`_ABSENT` when it did not satisfy the key (missing, or an OperationOutcome,
+    which CDS Hooks 2.0 lets a client send when its prefetch failed)."""
+    if key not in prefetch:
+        return _ABSENT
+    value = prefetch[key]
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("resourceType") == "OperationOutcome":
+        return _ABSENT
+    return value
+
+
+def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        e["resource"]
+        for e in bundle.get("entry") or []
+        if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
+
+
+class _Sources:
+    """Where the hook's data comes from: the prefetch first, then ``fhirServer``.
+
+    The reader is made on first need, and only for a request signed by a trusted EHR.
+    """
+
+    def __init__(self, hook: HookRequest, *, signed: bool, env: str) -> None:
+        self.hook = hook
+        self.signed = signed
+        self.env = env
+        self.read_server = False
+        self._reader: FhirReader | None = None
+
+    def reader(self, what: str) -> FhirReader:
+        if self._reader is None:
+            if self.hook.fhir_server is None:
+                raise PreconditionFailed(
+                    f"the prefetch lacks the {what} and the request names no fhirServer"
                 )
-                response.raise_for_status()
-                prefetch["observations"] = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise BadRequest(f"could not read the patient from fhirServer: {exc}") from None
-    return prefetch
+            if not self.signed:
+                raise PreconditionFailed(
+                    f"the prefetch lacks the {what}; vitalcast reads fhirServer only for"
+                    " requests signed by a trusted EHR (a CDS Hooks JWT), so send the"
+                    " prefetch (see the discovery document)"
+                )
+            target = check_fhir_server(self.hook.fhir_server, env=self.env)
+            self._reader = FhirReader(target, self.hook.access_token)
+            self.read_server = True
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    def patient(self) -> dict[str, Any]:
+        value = _prefetched(self.hook.prefetch, "patient")
+        if value is _ABSENT:
+            value = self.reader("Patient resource").read(
+                "Patient resource", f"Patient/{self.hook.patient_id}"
+            )
+        if value is None:
+            raise PreconditionFailed("the EHR has no Patient resource for the patient in context")
+        if value.get("resourceType") != "Patient" or value.get("id") != self.hook.patient_id:
+            raise PreconditionFailed("the Patient resource is not the patient in context")
+        return dict(value)
+
+    def encounters(self) -> list[dict[str, Any]]:
+        """Candidate Encounters: the prefetched in-progress ones, else read from the server."""
+        value = _prefetched(self.hook.prefetch, "encounters")
+        what = "in-progress Encounter search"
+        if value is None:
+            return []
+        if value is not _ABSENT and value.get("resourceType") == "Bundle":
+            if next_link(value) is None:
+                return _entries(value)
+            return self.reader(what).follow(what, value)
+        reader = self.reader(what)
+        if self.hook.encounter_id:
+            return [reader.read("Encounter resource", f"Encounter/{self.hook.encounter_id}")]
+        params = {"patient": self.hook.patient_id, "status": "in-progress", "_count": "100"}
+        return reader.search(what, "Encounter", params)
+
+    def observations(self, admitted_at: datetime) -> list[dict[str, Any]]:
+        """The stay's observations: the prefetch when complete, else a search since
+        admission, newest first (so that the recent windows are what a cap would keep)."""
+        value = _prefetched(self.hook.prefetch, "observations")
+        if value is None:
+            return []
+        complete = (
+            value is not _ABSENT
+            and value.get("resourceType") == "Bundle"
+            and next_link(value) is None
+        )
+        if complete:
+            return _entries(value)
+        what = "Observation search"
+        since = admitted_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        params = {
+            "patient": self.hook.patient_id,
+            "date": f"ge{since}",
+            "_sort": "-date",
+            "_count": str(PAGE_SIZE),
+        }
+        return self.reader(what).search(what, "Observation", params)
 
 
-def _records(prefetch: dict[str, Any]) -> RecordBatch:
-    """Prefetched resources through the same FHIR adapter as ingested files."""
+def _parse(resources: list[dict[str, Any]]) -> Any:
+    """Resources through the same FHIR adapter as ingested files (a RecordBatch)."""
     from vitalcast.ingest.sources.fhir import parse_document
 
-    entries = [{"resource": prefetch["patient"]}]
-    observations = prefetch.get("observations") or {}
-    if observations.get("resourceType") == "Bundle":
-        entries += [e for e in observations.get("entry") or [] if isinstance(e, dict)]
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
-    return parse_document(json.dumps(bundle).encode(), "cds-prefetch").batch
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in resources],
+    }
+    return parse_document(json.dumps(bundle).encode(), "cds-request").batch
 
 
-def _stay(batch: RecordBatch, now: datetime) -> StayInput:
-    patient = batch.patients[0] if batch.patients else None
-    age = None
-    if patient is not None and patient.birth_date is not None:
-        age = (now.date() - patient.birth_date).days / 365.25
-    observations = []
-    for rec in batch.observations:
+def _current_encounter(
+    resources: list[dict[str, Any]], patient_ref: str, encounter_id: str | None
+) -> EncounterRecord | None:
+    """The stay to score: the context's encounter if in progress, else the in-progress
+    encounter of this patient that started last (an ICU stay inside a hospital stay
+    starts after it). Mapped by the FHIR ingestion adapter (admission time, unit)."""
+    candidates = [
+        r
+        for r in resources
+        if r.get("resourceType") == "Encounter"
+        and r.get("status") == "in-progress"
+        and (encounter_id is None or r.get("id") == encounter_id)
+    ]
+    records = [e for e in _parse(candidates).encounters if e.patient_ref == patient_ref]
+    return max(records, key=lambda e: (e.admitted_at, e.ref), default=None)
+
+
+def _age_at(born: date | None, when: datetime) -> float | None:
+    """Age in completed years at admission, as training's stays carry it (PhysioNet's
+    Age descriptor, the store's encounter age): not a fraction, not at scoring time."""
+    if born is None:
+        return None
+    day = when.astimezone(UTC).date()
+    return float(day.year - born.year - ((day.month, day.day) < (born.month, born.day)))
+
+
+def stay_from_records(
+    patient: PatientRecord | None,
+    encounter: EncounterRecord,
+    observations: list[ObservationRecord],
+    now: datetime,
+) -> StayInput:
+    """The feature input of ``encounter`` from FHIR-mapped records, as training sees stays.
+
+    Observations of another patient or another encounter, failing the ingestion rules,
+    or from before admission are dropped: a value from an earlier stay must not count.
+    Height (a descriptor only) is the stay's first height; the weight charted at the
+    admission instant is the admission weight descriptor and not part of the weight series,
+    as PhysioNet 2012's 00:00 descriptor rows and the synthetic FHIR export have it.
+    """
+    patient_ref = encounter.patient_ref
+    born = patient.birth_date if patient is not None else None
+    kept: list[tuple[str, float, datetime]] = []
+    for rec in observations:
+        if rec.patient_ref != patient_ref or rec.encounter_ref not in (None, encounter.ref):
+            continue
         try:
-            clean = check_observation(rec, now=now)
+            clean = check_observation(rec, now=now, born_on=born)
         except Invalid:
             continue  # the same rules as ingestion: implausible or unknown values do not score
-        if clean.value is not None:
-            observations.append((clean.code, float(clean.value), clean.effective_at))
-    observations.sort(key=lambda o: o[2])
-    encounter = batch.encounters[0] if batch.encounters else None
-    admitted = encounter.admitted_at if encounter else (observations[0][2] if observations else now)
+        if clean.value is None or clean.effective_at < encounter.admitted_at:
+            continue
+        kept.append((clean.code, float(clean.value), clean.effective_at))
+    kept.sort(key=lambda o: o[2])
+    height = next((v for code, v, _at in kept if code == _HEIGHT), None)
+    admission_weight = next(
+        (
+            i
+            for i, (code, _v, at) in enumerate(kept)
+            if code == _WEIGHT and at == encounter.admitted_at
+        ),
+        None,
+    )
     return StayInput(
-        admitted_at=admitted,
-        age_years=age,
-        sex=patient.sex if patient else "unknown",
-        unit=encounter.unit if encounter else None,
-        height_cm=None,
-        weight_kg=None,
-        observations=tuple(observations),
+        admitted_at=encounter.admitted_at,
+        age_years=_age_at(born, encounter.admitted_at),
+        sex=patient.sex if patient is not None else "unknown",
+        unit=encounter.unit,
+        height_cm=height,
+        weight_kg=kept[admission_weight][1] if admission_weight is not None else None,
+        observations=tuple(o for i, o in enumerate(kept) if i != admission_weight),
     )
 
 
@@ -208,43 +391,122 @@ def _card(
     }
 
 
+def _no_stay_card(link: str, encounter_id: str | None) -> dict[str, Any]:
+    """The answer when there is no stay in progress: scoring another one would be wrong."""
+    which = "The encounter in context is" if encounter_id else "No encounter of this patient is"
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": "ICU mortality risk: no stay in progress, no risk computed",
+        "indicator": "info",
+        "detail": f"{which} in progress in the EHR. vitalcast scores the current stay"
+        " only, from its admission on.",
+        "source": {"label": "vitalcast", "url": link},
+    }
+
+
+@dataclass
+class _Audit:
+    """What the ``cds.patient-view`` audit event says, filled in as the request goes."""
+
+    details: dict[str, Any] = field(default_factory=dict)
+    patient_id: str | None = None
+
+    def patient(self, ehr_patient_id: str) -> None:
+        """Refer to the patient as the rest of the audit log does: the store's public id
+        when the store holds this EHR patient (FHIR ingestion keys it ``Patient/<id>``),
+        and a keyed hash of the EHR's id in any case, never the id itself."""
+        self.patient_id = db().scalar(
+            select(Patient.public_id).where(
+                Patient.source == "fhir", Patient.source_ref == f"Patient/{ehr_patient_id}"
+            )
+        )
+        self.details["ehr_patient"] = get_state().cipher.pseudonym("ehr-patient", ehr_patient_id)
+
+    def write(self, service_id: str, outcome: str) -> None:
+        audit_event(
+            "cds.patient-view",
+            "E",
+            outcome=outcome,
+            patient_id=self.patient_id,
+            resource=f"cds/{service_id}",
+            details=self.details,
+        )
+
+
+@contextmanager
+def _audited(service_id: str) -> Iterator[_Audit]:
+    """Audit the request whatever happens: a failure is rolled back (no half-written
+    prediction) and its audit event committed on its own before the error answer."""
+    record = _Audit(details={"client": current_principal().name})
+    try:
+        yield record
+    except Exception as exc:
+        session = db()
+        session.rollback()
+        if isinstance(exc, AppError):
+            # Messages of this module and of cds_fhir name what failed, never a URL or id.
+            record.details.update({"error": exc.code, "reason": exc.message[:300]})
+        else:
+            record.details["error"] = "internal_error"
+        try:
+            record.write(service_id, "failure")
+            session.commit()
+        except Exception:
+            logger.exception("could not audit a failed CDS Hooks request")
+            session.rollback()
+        raise
+    record.write(service_id, "success")
+
+
 @cds.post("/<service_id>")
 @requires(Permission.PREDICT)
 def service(service_id: str) -> Response:
-    """Answer a patient-view hook with one risk card."""
+    """Answer a patient-view hook with one risk card (or one saying there is no stay)."""
     if service_id != SERVICE_ID:
         raise NotFound(f"no CDS service {service_id!r}")
-    predictor = get_state().predictor
-    if predictor is None:
-        raise ModelUnavailable("no champion model is loaded")
-    hook = _parse_hook(json_body())
+    settings = get_state().settings
+    link = f"{(settings.public_url or request.host_url).rstrip('/')}/ward"
+    with _audited(service_id) as audit:
+        body = json_body()
+        hook = _parse_hook(body)
+        audit.details["hookInstance"] = hook.hook_instance
+        audit.patient(hook.patient_id)
+        predictor = get_state().predictor
+        if predictor is None:
+            raise ModelUnavailable("no champion model is loaded")
+        signed = current_principal().kind == "cds_client"
+        sources = _Sources(hook, signed=signed, env=settings.env)
+        try:
+            card = _answer(hook, sources, predictor, link, audit)
+        finally:
+            sources.close()
+            audit.details["fhir_server_read"] = sources.read_server
+    return jsonify({"cards": [card]})
+
+
+def _answer(
+    hook: HookRequest, sources: _Sources, predictor: Predictor, link: str, audit: _Audit
+) -> dict[str, Any]:
     now = datetime.now(UTC)
-    stay = _stay(_records(_fetch(hook)), now)
-    features = stay_features(stay, now)
+    patient_ref = f"Patient/{hook.patient_id}"
+    patient_resource = sources.patient()
+    encounter = _current_encounter(sources.encounters(), patient_ref, hook.encounter_id)
+    if encounter is None:
+        audit.details["scored"] = False
+        return _no_stay_card(link, hook.encounter_id)
+    batch = _parse([patient_resource, *sources.observations(encounter.admitted_at)])
+    patient = next((p for p in batch.patients if p.ref == patient_ref), None)
+    stay = stay_from_records(patient, encounter, batch.observations, now)
     prediction = record_prediction(
         db(),
         predictor,
-        features,
+        stay_features(stay, now),
         role="cds",
         as_of=now,
         freshness=stay.observations[-1][2] if stay.observations else None,
     )
-    audit_event(
-        "cds.patient-view",
-        "E",
-        resource=f"cds/{service_id}",
-        details={
-            "hookInstance": hook.hook_instance,
-            "card": prediction.public_id,
-            "client": current_principal().name,
-        },
-    )
-    settings = get_state().settings
-    from flask import request
-
-    base = (settings.public_url or request.host_url).rstrip("/")
-    card = _card(predictor, prediction, f"{base}/ward", stay.admitted_at)
-    return jsonify({"cards": [card]})
+    audit.details.update({"scored": True, "card": prediction.public_id})
+    return _card(predictor, prediction, link, stay.admitted_at)
 
 
 @cds.post("/<service_id>/feedback")

@@ -1,7 +1,8 @@
 """Read-only FHIR R4 endpoints over the canonical store (``/fhir``).
 
-EHRs and SMART apps read vitalcast's results in their own language: Patient, Observation
-(search by patient, code and date) and RiskAssessment built from stored predictions
+EHRs and SMART apps read vitalcast's results in their own language: Patient, Encounter
+(read, and search by patient and status), Observation (search by patient, code and date,
+sorted by date either way) and RiskAssessment built from stored predictions
 (``prediction.probabilityDecimal``, ``occurrenceDateTime``). Resources are built and
 validated with ``fhir.resources`` (its R4B models, whose shape equals R4 for these
 resources). Every read is audited like any other patient-data read.
@@ -14,6 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.encounter import Encounter as FhirEncounter
 from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.riskassessment import RiskAssessment
@@ -21,7 +23,7 @@ from flask import Blueprint, Response, request, url_for
 from sqlalchemy import Select, select
 
 from vitalcast.clinical.codes import BY_CODE, LOINC
-from vitalcast.clinical.tables import Observation, Patient
+from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.permissions import Permission, public, requires, role_allows
@@ -38,6 +40,10 @@ _Q = TypeVar("_Q", bound="Select[*tuple[Any, ...]]")
 UCUM = "http://unitsofmeasure.org"
 FHIR_JSON = "application/fhir+json"
 _OUTCOMES = {"icu-mortality": "In-hospital death", "readmission-30d": "Readmission within 30 days"}
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+# The store's encounter kinds as Encounter.class (v3 ActCode), the inverse of the choice
+# the FHIR ingestion adapter makes (ACUTE and IMP both read back as inpatient stays).
+_ENCOUNTER_CLASS = {"icu": "ACUTE", "inpatient": "IMP", "emergency": "EMER", "outpatient": "AMB"}
 
 
 def _respond(resource: Any, status: int = 200) -> Response:
@@ -85,6 +91,23 @@ def _observation_resource(obs: Observation, patient_id: str) -> FhirObservation:
     elif obs.value_text is not None:
         data["valueString"] = obs.value_text
     return FhirObservation.model_validate(data)
+
+
+def _encounter_resource(enc: Encounter, patient_id: str) -> FhirEncounter:
+    period = {"start": enc.admitted_at.isoformat()}
+    if enc.discharged_at is not None:
+        period["end"] = enc.discharged_at.isoformat()
+    data: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": enc.public_id,
+        "status": "finished" if enc.discharged_at is not None else "in-progress",
+        "class": {"system": ACT_CODE, "code": _ENCOUNTER_CLASS.get(enc.kind, "IMP")},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "period": period,
+    }
+    if enc.unit:
+        data["location"] = [{"location": {"display": enc.unit}}]
+    return FhirEncounter.model_validate(data)
 
 
 def _risk_resource(pred: Prediction, version: str, patient_id: str) -> RiskAssessment:
@@ -186,6 +209,14 @@ def metadata() -> Response:
                 "resource": [
                     {"type": "Patient", "interaction": [{"code": "read"}]},
                     {
+                        "type": "Encounter",
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                        "searchParam": [
+                            {"name": "patient", "type": "reference"},
+                            {"name": "status", "type": "token"},
+                        ],
+                    },
+                    {
                         "type": "Observation",
                         "interaction": [{"code": "search-type"}],
                         "searchParam": [
@@ -230,7 +261,14 @@ def search_observations() -> Response:
     if code:
         query = query.where(Observation.code == code.split("|")[-1])
     query = _date_filters(query, Observation.effective_at)
-    rows = db().scalars(query.order_by(Observation.effective_at).limit(count)).all()
+    sort = request.args.get("_sort", "date")
+    if sort not in ("date", "-date"):
+        raise InvalidInput(
+            "invalid FHIR search parameters",
+            details=[{"loc": ["query", "_sort"], "msg": "date or -date"}],
+        )
+    order = Observation.effective_at.desc() if sort == "-date" else Observation.effective_at
+    rows = db().scalars(query.order_by(order, Observation.id).limit(count)).all()
     audit_event(
         "observation.viewed",
         "R",
@@ -239,6 +277,52 @@ def search_observations() -> Response:
         details={"count": len(rows)},
     )
     return _searchset([_observation_resource(o, patient.public_id) for o in rows])
+
+
+@fhir.get("/Encounter/<encounter_id>")
+@requires(Permission.PATIENTS_READ)
+def read_encounter(encounter_id: str) -> Response:
+    enc = db().scalar(select(Encounter).where(Encounter.public_id == encounter_id))
+    if enc is None:
+        raise NotFound("no Encounter with that id")
+    patient = db().get(Patient, enc.patient_id)
+    assert patient is not None
+    get_patient_or_raise(db(), patient.public_id)  # unit restriction
+    audit_event(
+        "encounter.viewed",
+        "R",
+        patient_id=patient.public_id,
+        resource=f"fhir/Encounter/{encounter_id}",
+    )
+    return _respond(_encounter_resource(enc, patient.public_id))
+
+
+@fhir.get("/Encounter")
+@requires(Permission.PATIENTS_READ)
+def search_encounters() -> Response:
+    """A patient's encounters, latest admission first; ``status`` is in-progress (not
+    discharged) or finished."""
+    problems: list[dict[str, Any]] = []
+    count = int_arg("_count", 100, low=1, high=1000, problems=problems)
+    status = request.args.get("status")
+    if status not in (None, "in-progress", "finished"):
+        problems.append({"loc": ["query", "status"], "msg": "in-progress or finished"})
+    raise_if(problems, "invalid FHIR search parameters")
+    patient = get_patient_or_raise(db(), _patient_param())
+    query = select(Encounter).where(Encounter.patient_id == patient.id)
+    if status == "in-progress":
+        query = query.where(Encounter.discharged_at.is_(None))
+    elif status == "finished":
+        query = query.where(Encounter.discharged_at.is_not(None))
+    rows = db().scalars(query.order_by(Encounter.admitted_at.desc()).limit(count)).all()
+    audit_event(
+        "encounter.viewed",
+        "R",
+        patient_id=patient.public_id,
+        resource="fhir/Encounter",
+        details={"count": len(rows)},
+    )
+    return _searchset([_encounter_resource(e, patient.public_id) for e in rows])
 
 
 def _risk_query() -> Select[Prediction, str]:
