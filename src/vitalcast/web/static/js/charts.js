@@ -147,7 +147,7 @@
       svgEl("title", {}, g).textContent = "Quarantined " + VC.localTime(q.t) + ": " + q.reason;
     });
     // the numbers
-    var det = htmlEl("details", {}, null, fig);
+    var det = htmlEl("details", { "data-chart": opts.title }, null, fig);
     htmlEl("summary", {}, "Values of " + opts.title.toLowerCase() + " (" + s.length + (opts.quarantined && opts.quarantined.length ? ", " + opts.quarantined.length + " quarantined" : "") + ")", det);
     var table = htmlEl("table", { class: "data" }, null, det);
     var hr = htmlEl("tr", {}, null, htmlEl("thead", {}, null, table));

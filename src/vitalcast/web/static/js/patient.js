@@ -27,7 +27,27 @@
     return out;
   }
 
+  /* Live updates redraw the charts; a table the reader opened stays open. */
+  function openTables(boxes) {
+    var open = {};
+    boxes.forEach(function (b) {
+      b.querySelectorAll("details[data-chart][open]").forEach(function (d) { open[d.getAttribute("data-chart")] = true; });
+    });
+    return open;
+  }
+  function reopenTables(boxes, open) {
+    boxes.forEach(function (b) {
+      b.querySelectorAll("details[data-chart]").forEach(function (d) { if (open[d.getAttribute("data-chart")]) d.open = true; });
+    });
+  }
+
   function drawRisk(box, items, ctx) {
+    var open = openTables([box]);
+    drawRiskChart(box, items, ctx);
+    reopenTables([box], open);
+  }
+
+  function drawRiskChart(box, items, ctx) {
     box.textContent = "";
     var since = ctx.admitted ? +ctx.admitted : 0;
     var series = items.map(function (p) { return { t: new Date(p.as_of), v: p.probability, note: p.band + (p.model_version ? " · model " + p.model_version : "") }; })
@@ -59,6 +79,7 @@
       if (q.code && vars[q.code]) (byCode[q.code] = byCode[q.code] || { obs: [], q: [] }).q.push(item);
       else orphans.push(item);
     });
+    var open = openTables([vitalsBox, labsBox]);
     [vitalsBox, labsBox].forEach(function (b) { b.textContent = ""; });
     var order = Object.keys(vars);
     order.forEach(function (code) {
@@ -81,6 +102,7 @@
         orphans.slice(0, 5).map(function (o) { return o.reason; }).join("; ");
       vitalsBox.appendChild(p);
     }
+    reopenTables([vitalsBox, labsBox], open);
   }
 
   function updateRiskBox(latest, threshold) {
