@@ -8,9 +8,7 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, jsonify, make_response, request, stream_with_context
-from sqlalchemy import select
 
-from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.base import utcnow
 from vitalcast.db.types import new_public_id
 from vitalcast.errors import Busy, ModelUnavailable, NotFound, PayloadTooLarge
@@ -22,6 +20,7 @@ from vitalcast.serving.context import audit_event, current_principal, db, reques
 from vitalcast.serving.errors import render_error
 from vitalcast.serving.fastpath import feature_errors, predict_one
 from vitalcast.serving.openapi import operation
+from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import list_ward
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.realtime import STREAM_RETRY_AFTER_S, sse_stream
@@ -229,18 +228,16 @@ def _batch_rows(body: Any) -> list[Any]:
 def _predict_stored_patient(
     session: Any, predictor: Predictor, patient_id: Any
 ) -> tuple[Prediction, datetime]:
-    """The stored patient's latest stay scored now, and that stay's admission time."""
+    """The stored patient's latest stay scored now, and that stay's admission time.
+
+    The patient is looked up as the patient routes do (:func:`get_patient_or_raise`), so
+    a caller bound to units cannot score, and store a prediction for, a patient outside
+    them: the answer is the 404 an unknown id gets.
+    """
     if not isinstance(patient_id, str) or "\x00" in patient_id:
         raise_if([{"loc": ["body", "patient_id"], "msg": "must be a string"}])
-    patient = session.scalar(select(Patient).where(Patient.public_id == patient_id))
-    if patient is None:
-        raise NotFound("no patient with that id")
-    encounter = session.scalar(
-        select(Encounter)
-        .where(Encounter.patient_id == patient.id)
-        .order_by(Encounter.admitted_at.desc())
-        .limit(1)
-    )
+    patient = get_patient_or_raise(session, patient_id)
+    encounter = latest_encounter(session, patient)
     if encounter is None:
         raise NotFound("the patient has no encounter to score")
     prediction = score_encounter(session, predictor, encounter, role="champion")
@@ -257,7 +254,12 @@ def _predict_stored_patient(
 @requires(Permission.PATIENTS_READ)
 @operation("Ward list by current risk", WardPage, query=PatientsQuery, tags=("patients",))
 def patients() -> Response:
-    """In-progress stays sorted by current risk, paginated (``?limit=&offset=&unit=``)."""
+    """In-progress stays sorted by current risk, paginated (``?limit=&offset=&unit=``).
+
+    A caller bound to units sees only those units' stays; ``?unit=`` narrows within them
+    (another unit matches nothing rather than answering 403, which would confirm it has
+    patients).
+    """
     query = parse_query(PatientsQuery)
     limit, offset = query.limit, query.offset
     who = current_principal()
@@ -268,6 +270,7 @@ def patients() -> Response:
         limit=limit,
         offset=offset,
         cipher=get_state().cipher if show_ids else None,
+        units=who.units,
     )
     audit_event(
         "patient.list",

@@ -21,7 +21,7 @@ from vitalcast.serving.context import audit_event, current_principal, db, princi
 from vitalcast.serving.guard import csrf_token
 from vitalcast.serving.patients import ward_units
 from vitalcast.serving.state import get_state
-from vitalcast.web.ward import TREND_MIN_CHANGE, WardPage, build_ward, restrict_to_units
+from vitalcast.web.ward import TREND_MIN_CHANGE, WardPage, build_ward
 
 web = Blueprint("web", __name__)
 
@@ -128,9 +128,8 @@ def _ward(
         patient_public_id=patient,
         name_query=name or None,
         feature_names=predictor.feature_names if predictor else None,
+        units=who.units,
     )
-    if who.units:
-        page = restrict_to_units(page, set(who.units))
     details: dict[str, Any] = {
         "patients": [e.row.patient_id for e in page.entries],
         "identifiers": show_ids,
@@ -151,7 +150,7 @@ def _render_ward(page: WardPage, show_ids: bool, unit: str | None, **extra: Any)
         "web/ward.html",
         page=page,
         unit=unit,
-        units=ward_units(db()),
+        units=ward_units(db(), current_principal().units),
         model=get_state().predictor,
         show_ids=show_ids,
         stale_minutes=get_state().settings.stale_after_minutes,
