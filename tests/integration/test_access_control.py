@@ -111,3 +111,32 @@ def test_login_form_requires_csrf(client: FlaskClient, creds: Credentials) -> No
     creds.user("dora", "clinician")
     response = client.post("/login", data={"username": "dora", "password": creds.PASSWORD})
     assert response.status_code == 403
+
+
+def test_sign_in_is_audited_as_the_user_who_signed_in(
+    app: Flask, client: FlaskClient, creds: Credentials
+) -> None:
+    """A successful sign-in names the user as its actor; a failed one stays anonymous,
+    with the attempted username, and no password is ever recorded."""
+    creds.user("olga", "nurse", units=["MICU"])
+    page = client.get("/login").get_data(as_text=True)
+    token = page.split('name="csrf-token" content="')[1].split('"')[0]
+    wrong = "not her password"
+    failed = client.post(
+        "/login", data={"username": "olga", "password": wrong, "csrf_token": token}
+    )
+    assert failed.status_code == 401
+    creds.login(client, "olga")
+    with get_state(app).sessions() as session:
+        logins = session.scalars(
+            select(AuditEvent).where(AuditEvent.event == "user.login").order_by(AuditEvent.id)
+        ).all()
+    assert [(e.outcome, e.actor, e.role) for e in logins] == [
+        ("failure", "anonymous", None),
+        ("success", "user:olga", "nurse"),
+    ]
+    assert logins[0].details["username"] == "olga"
+    for event in logins:
+        recorded = str(event.details)
+        assert wrong not in recorded
+        assert creds.PASSWORD not in recorded

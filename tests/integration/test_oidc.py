@@ -73,6 +73,7 @@ def test_sign_in_creates_the_user_with_the_mapped_role(
     assert user.role == "nurse"
     logins = _events(sso_app, "user.login")
     assert [(e.outcome, (e.details or {}).get("method")) for e in logins] == [("success", "oidc")]
+    assert (logins[0].actor, logins[0].role) == ("user:oidc:248289761001", "nurse")
     assert len(_events(sso_app, "user.created")) == 1
 
 

@@ -41,7 +41,7 @@ from vitalcast.security.passwords import hash_password
 from vitalcast.security.permissions import ROLES, public
 from vitalcast.security.tables import User
 from vitalcast.serving.context import audit_event, db
-from vitalcast.serving.guard import csrf_token
+from vitalcast.serving.guard import csrf_token, signed_in
 from vitalcast.serving.state import get_state
 
 logger = logging.getLogger(__name__)
@@ -302,6 +302,7 @@ def _finish(settings: Settings) -> Response:
     session["user_id"] = user.id
     session["seen"] = time.time()
     csrf_token()
+    signed_in(user)
     audit_event("user.login", "E", details={"username": user.username, "method": "oidc"})
     return redirect(pending["next"])  # type: ignore[return-value]
 

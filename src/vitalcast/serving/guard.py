@@ -88,7 +88,26 @@ def _session_principal(idle: timedelta) -> Principal | None:
         return None
     if not _background_request():
         session["seen"] = now.timestamp()
+    return user_principal(user)
+
+
+def user_principal(user: User) -> Principal:
+    """The principal of a signed-in user: their role and units as stored right now."""
     return Principal("user", user.id, user.username, user.role, tuple(user.units or ()))
+
+
+def signed_in(user: User) -> None:
+    """Make ``user`` the caller of the rest of this request.
+
+    Sign-in runs on a public route, where the guard set no principal; without this the
+    ``user.login`` event would be audited as ``anonymous`` instead of the user who
+    signed in.
+    """
+    who = user_principal(user)
+    g.principal = who
+    request_context.set(
+        {"request_id": g.get("request_id"), "route": request.endpoint, "user": who.actor}
+    )
 
 
 def _cds_principal(header: str) -> Principal:

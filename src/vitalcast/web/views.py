@@ -18,7 +18,7 @@ from vitalcast.errors import Forbidden, NotFound
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.security.service import authenticate
 from vitalcast.serving.context import audit_event, current_principal, db, principal
-from vitalcast.serving.guard import csrf_token
+from vitalcast.serving.guard import csrf_token, signed_in
 from vitalcast.serving.patients import ward_units
 from vitalcast.serving.state import get_state
 from vitalcast.web.ward import TREND_MIN_CHANGE, WardPage, build_ward
@@ -77,7 +77,8 @@ def login() -> Response | str | tuple[str, int]:
             session["user_id"] = result.user.id
             session["seen"] = time.time()
             csrf_token()
-            audit_event("user.login", "E", details={"username": username}, session=db())
+            signed_in(result.user)
+            audit_event("user.login", "E", details={"username": username, "method": "password"})
             return redirect(_safe_next(request.args.get("next")))  # type: ignore[return-value]
         audit_event(
             "user.login",
