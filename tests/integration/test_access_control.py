@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from tests.conftest import Credentials
+from tests.conftest import Credentials, set_web_session
 from vitalcast.security.permissions import PUBLIC, ROLES, declared_permission, role_allows
 from vitalcast.security.tables import AuditEvent, User
 from vitalcast.serving.guard import check_routes_declared
@@ -99,8 +99,9 @@ def test_csrf_and_idle_timeout(app: Flask, client: FlaskClient, creds: Credentia
     creds.user("carl", "clinician")
     token = creds.login(client, "carl")
     assert client.post("/logout").status_code == 403  # no CSRF token
-    with client.session_transaction() as sess:
-        sess["seen"] = time.time() - 16 * 60  # idle longer than the 15-minute default
+    # Idle longer than the 15-minute default (plus the minute activity is rounded to),
+    # by the server's clock: the cookie holds no time a client could rewind.
+    set_web_session(client, last_seen_at=datetime.now(UTC) - timedelta(minutes=17))
     response = client.get("/ward")
     assert response.status_code == 302
     assert "/login" in response.headers["Location"]

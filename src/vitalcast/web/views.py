@@ -6,7 +6,6 @@ in access logs, browser history and Referer headers.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +17,7 @@ from vitalcast.errors import Forbidden, NotFound
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.security.service import authenticate
 from vitalcast.serving.context import audit_event, current_principal, db, principal
-from vitalcast.serving.guard import csrf_token, signed_in
+from vitalcast.serving.guard import end_current_session, start_session
 from vitalcast.serving.patients import ward_units
 from vitalcast.serving.state import get_state
 from vitalcast.web.ward import TREND_MIN_CHANGE, WardPage, build_ward
@@ -73,12 +72,7 @@ def login() -> Response | str | tuple[str, int]:
         username = request.form.get("username", "").strip()
         result = authenticate(db(), username=username, password=request.form.get("password", ""))
         if result.user is not None:
-            session.clear()
-            session["user_id"] = result.user.id
-            session["seen"] = time.time()
-            csrf_token()
-            signed_in(result.user)
-            audit_event("user.login", "E", details={"username": username, "method": "password"})
+            start_session(result.user, method="password")
             return redirect(_safe_next(request.args.get("next")))  # type: ignore[return-value]
         audit_event(
             "user.login",
@@ -100,8 +94,9 @@ def login() -> Response | str | tuple[str, int]:
 @web.post("/logout")
 @requires(Permission.PATIENTS_READ)
 def logout() -> Response:
+    """Sign out: the server-side session is revoked, so a copy of the cookie is useless."""
     audit_event("user.logout", "E")
-    session.clear()
+    end_current_session("logout")
     return redirect(url_for("web.login"))  # type: ignore[return-value]
 
 
