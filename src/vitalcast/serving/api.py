@@ -19,6 +19,7 @@ from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
 from vitalcast.serving.errors import render_error
 from vitalcast.serving.fastpath import feature_errors, predict_one
+from vitalcast.serving.guard import still_authorised
 from vitalcast.serving.openapi import operation
 from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import list_ward
@@ -287,13 +288,21 @@ def patients() -> Response:
 @requires(Permission.PATIENTS_READ)
 @operation(
     "Server-Sent Events stream of risk updates",
-    {"type": "string", "description": "`event: risk` lines with a JSON `data:` payload"},
+    {
+        "type": "string",
+        "description": "`event: risk` lines with a JSON `data:` payload; a last"
+        " `event: signed-out` when the caller's session or API key stops being valid",
+    },
     media_type="text/event-stream",
     errors=(503,),
     tags=("realtime",),
 )
 def events() -> Response:
-    """Server-Sent Events: risk updates of the patients the caller may see."""
+    """Server-Sent Events: risk updates of the patients the caller may see.
+
+    The caller's session or API key is re-checked while the stream is open (see
+    :func:`sse_stream`): signing out, being disabled or a revoked key end it.
+    """
     state = get_state()
     if state.bus is None:
         raise ModelUnavailable("live updates are not available in this process")
@@ -317,7 +326,9 @@ def events() -> Response:
             return not units or event.get("unit") in units
 
         response = Response(
-            stream_with_context(sse_stream(state.bus, allow=allow)),
+            stream_with_context(
+                sse_stream(state.bus, allow=allow, still_valid=still_authorised(who))
+            ),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

@@ -34,7 +34,7 @@ from vitalcast.security.sessions import (
     open_session,
     touch,
 )
-from vitalcast.security.tables import User
+from vitalcast.security.tables import ApiKey, User
 from vitalcast.serving.cds_auth import verify_cds_jwt
 from vitalcast.serving.context import audit_event, db, new_request_id
 from vitalcast.serving.errors import render_error, wants_json
@@ -137,6 +137,39 @@ def end_current_session(reason: str) -> None:
     if isinstance(token, str) and token:
         end_token(db(), token, reason)
     session.clear()
+
+
+def still_authorised(who: Principal) -> Callable[[], bool]:
+    """A re-check of the caller's credentials, for responses that outlive the request.
+
+    A live-update stream stays open for hours; it calls this to learn whether the session
+    is still valid (not signed out, revoked, idle or expired, its user active) or the API
+    key not revoked or expired. Each call reads the database on a short session of its
+    own (the request's was closed when the stream started). Any failure counts as "no":
+    the stream ends rather than deliver events it cannot vouch for.
+    """
+    state = get_state()
+    policy = SessionPolicy.of(state.settings)
+    token: str | None = g.get("web_session")
+
+    def check() -> bool:
+        try:
+            with state.sessions() as s:
+                now = utcnow()
+                if who.kind == "user":
+                    return token is not None and check_session(s, token, policy, now).valid
+                if who.kind == "api_key":
+                    key = s.get(ApiKey, who.id)
+                    return (
+                        key is not None
+                        and key.revoked_at is None
+                        and (key.expires_at is None or key.expires_at > now)
+                    )
+        except Exception:
+            logger.warning("credential re-check failed; ending the stream", exc_info=True)
+        return False
+
+    return check
 
 
 def signed_in(user: User) -> None:
