@@ -29,6 +29,8 @@ from vitalcast.db import create_db_engine, session_scope
 from vitalcast.errors import ConfigError
 from vitalcast.security.crypto import FieldCipher, cipher_from_settings
 from vitalcast.security.service import create_api_key, create_user
+from vitalcast.security.sessions import SESSION_KEY, token_digest
+from vitalcast.security.tables import WebSession
 from vitalcast.serving.app import create_app
 from vitalcast.serving.state import get_state
 
@@ -133,6 +135,30 @@ class Credentials:
         )
         assert response.status_code == 302, response.get_data(as_text=True)
         return _csrf_from(client.get("/ward").get_data(as_text=True))
+
+
+def web_session_id(client: FlaskClient) -> str:
+    """The stored id of ``client``'s server-side session (the digest of its cookie token)."""
+    with client.session_transaction() as cookie:
+        return token_digest(cookie[SESSION_KEY])
+
+
+def web_session(client: FlaskClient) -> WebSession:
+    """``client``'s server-side session row, as stored now."""
+    with get_state(client.application).sessions() as session:
+        row = session.get(WebSession, web_session_id(client))
+    assert row is not None, "the client has no server-side session"
+    return row
+
+
+def set_web_session(client: FlaskClient, **times: datetime) -> None:
+    """Move ``client``'s stored session times (``created_at``, ``last_seen_at``): how the
+    tests make a session idle or old without waiting."""
+    with session_scope(get_state(client.application).sessions) as session:
+        row = session.get(WebSession, web_session_id(client))
+        assert row is not None, "the client has no server-side session"
+        for name, value in times.items():
+            setattr(row, name, value)
 
 
 def _csrf_from(html: str) -> str:

@@ -77,7 +77,16 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port `vitalcast serve` binds to.")
     workers: int = Field(2, description="gunicorn worker processes for `vitalcast serve`.")
     session_idle_minutes: int = Field(
-        15, description="Sign a user out after this many minutes without a request."
+        15,
+        gt=0,
+        description="Sign a user out after this many minutes without a request (measured on"
+        " the server, to within a minute).",
+    )
+    session_max_hours: int = Field(
+        12,
+        gt=0,
+        description="End a browser session this many hours after sign-in, however active;"
+        " the user signs in again.",
     )
     max_request_bytes: int = Field(
         10 * 1024 * 1024, description="Largest request body accepted (413 above it)."

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from tests.conftest import Credentials
+from tests.conftest import Credentials, set_web_session
 from vitalcast.security.permissions import PUBLIC, ROLES, declared_permission, role_allows
 from vitalcast.security.tables import AuditEvent, User
 from vitalcast.serving.guard import check_routes_declared
@@ -99,8 +99,9 @@ def test_csrf_and_idle_timeout(app: Flask, client: FlaskClient, creds: Credentia
     creds.user("carl", "clinician")
     token = creds.login(client, "carl")
     assert client.post("/logout").status_code == 403  # no CSRF token
-    with client.session_transaction() as sess:
-        sess["seen"] = time.time() - 16 * 60  # idle longer than the 15-minute default
+    # Idle longer than the 15-minute default (plus the minute activity is rounded to),
+    # by the server's clock: the cookie holds no time a client could rewind.
+    set_web_session(client, last_seen_at=datetime.now(UTC) - timedelta(minutes=17))
     response = client.get("/ward")
     assert response.status_code == 302
     assert "/login" in response.headers["Location"]
@@ -111,3 +112,32 @@ def test_login_form_requires_csrf(client: FlaskClient, creds: Credentials) -> No
     creds.user("dora", "clinician")
     response = client.post("/login", data={"username": "dora", "password": creds.PASSWORD})
     assert response.status_code == 403
+
+
+def test_sign_in_is_audited_as_the_user_who_signed_in(
+    app: Flask, client: FlaskClient, creds: Credentials
+) -> None:
+    """A successful sign-in names the user as its actor; a failed one stays anonymous,
+    with the attempted username, and no password is ever recorded."""
+    creds.user("olga", "nurse", units=["MICU"])
+    page = client.get("/login").get_data(as_text=True)
+    token = page.split('name="csrf-token" content="')[1].split('"')[0]
+    wrong = "not her password"
+    failed = client.post(
+        "/login", data={"username": "olga", "password": wrong, "csrf_token": token}
+    )
+    assert failed.status_code == 401
+    creds.login(client, "olga")
+    with get_state(app).sessions() as session:
+        logins = session.scalars(
+            select(AuditEvent).where(AuditEvent.event == "user.login").order_by(AuditEvent.id)
+        ).all()
+    assert [(e.outcome, e.actor, e.role) for e in logins] == [
+        ("failure", "anonymous", None),
+        ("success", "user:olga", "nurse"),
+    ]
+    assert logins[0].details["username"] == "olga"
+    for event in logins:
+        recorded = str(event.details)
+        assert wrong not in recorded
+        assert creds.PASSWORD not in recorded

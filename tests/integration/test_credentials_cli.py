@@ -40,6 +40,9 @@ def test_role_change_and_disable(app: Flask, settings: Settings, creds: Credenti
     creds.login(client, "dana")
     assert client.get("/api/v1/users", headers={"Accept": "application/json"}).status_code == 403
     _run(settings, "users", "set-role", "dana", "admin")
+    # A role change ends the user's sessions: she signs in again, under the new role.
+    assert client.get("/api/v1/users", headers={"Accept": "application/json"}).status_code == 401
+    creds.login(client, "dana")
     assert client.get("/api/v1/users", headers={"Accept": "application/json"}).status_code == 200
     _run(settings, "users", "disable", "dana")
     assert client.get("/api/v1/users", headers={"Accept": "application/json"}).status_code == 401

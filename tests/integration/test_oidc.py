@@ -73,6 +73,7 @@ def test_sign_in_creates_the_user_with_the_mapped_role(
     assert user.role == "nurse"
     logins = _events(sso_app, "user.login")
     assert [(e.outcome, (e.details or {}).get("method")) for e in logins] == [("success", "oidc")]
+    assert (logins[0].actor, logins[0].role) == ("user:oidc:248289761001", "nurse")
     assert len(_events(sso_app, "user.created")) == 1
 
 
@@ -80,11 +81,17 @@ def test_a_changed_role_at_the_provider_is_applied_and_audited(
     sso_app: Flask, provider: OidcProvider
 ) -> None:
     provider.user = {"sub": "u-2", "groups": "icu-nurses"}
-    assert _sign_in(sso_app.test_client()) == 302
+    as_nurse = sso_app.test_client()
+    assert _sign_in(as_nurse) == 302
+    assert as_nurse.get("/ward").status_code == 200
     provider.user = {"sub": "u-2", "groups": "icu-doctors"}
-    assert _sign_in(sso_app.test_client()) == 302
+    as_doctor = sso_app.test_client()
+    assert _sign_in(as_doctor) == 302
     changed = _events(sso_app, "user.role_changed")
     assert [(e.details or {}).get("to") for e in changed] == ["clinician"]
+    # The session opened under the former role ends; the new sign-in's session works.
+    assert as_nurse.get("/ward", headers={"Accept": "application/json"}).status_code == 401
+    assert as_doctor.get("/ward").status_code == 200
 
 
 @pytest.mark.parametrize("misbehaviour", ["foreign_key", "other_audience", "stale_nonce"])

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from tests.conftest import Credentials
+from tests.conftest import Credentials, set_web_session, web_session
 from tests.webdata import record_risk_history, register_version, store_synthetic_ward
 from vitalcast.clinical.tables import Observation, Patient
 from vitalcast.db import session_scope
@@ -332,20 +332,16 @@ def test_background_requests_do_not_keep_a_session_alive(
 ) -> None:
     creds.login(client, creds.user("nina", "nurse"))
     idle = get_state(client.application).settings.session_idle_minutes
-    almost = (datetime.now(UTC) - timedelta(minutes=idle, seconds=-30)).timestamp()
-    with client.session_transaction() as s:
-        s["seen"] = almost
+    almost = datetime.now(UTC) - timedelta(minutes=idle, seconds=-30)
+    set_web_session(client, last_seen_at=almost)
     assert (
         client.get(f"/ward/rows/{ward['patient']}", headers={"X-Background": "1"}).status_code
         == 200
     )
-    with client.session_transaction() as s:
-        assert s["seen"] == almost  # live updates are not user activity
+    assert web_session(client).last_seen_at == almost  # live updates are not user activity
     assert client.get("/session/keepalive").status_code == 204
-    with client.session_transaction() as s:
-        assert s["seen"] > almost
-    with client.session_transaction() as s:
-        s["seen"] = (datetime.now(UTC) - timedelta(minutes=idle + 1)).timestamp()
+    assert web_session(client).last_seen_at > almost
+    set_web_session(client, last_seen_at=datetime.now(UTC) - timedelta(minutes=idle + 2))
     expired = client.get("/ward")
     assert expired.status_code == 302
     assert "/login" in expired.headers["Location"]

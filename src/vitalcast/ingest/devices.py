@@ -49,7 +49,8 @@ def check_device_id(device_id: str) -> str:
     return device_id
 
 
-def _active(session: Session, device_id: str) -> DeviceBinding | None:
+def active_binding(session: Session, device_id: str) -> DeviceBinding | None:
+    """The device's current (not yet ended) binding, if any."""
     return session.scalar(
         select(DeviceBinding).where(
             DeviceBinding.device_id == device_id, DeviceBinding.unbound_at.is_(None)
@@ -89,7 +90,7 @@ def bind_device(
                 details=[{"loc": ["encounter_id"], "msg": "not an encounter of this patient"}],
             )
         encounter_id = encounter.id
-    current = _active(session, device_id)
+    current = active_binding(session, device_id)
     if current is not None:
         if current.patient_id == patient.id and current.encounter_id == encounter_id:
             return current
@@ -113,7 +114,7 @@ def unbind_device(
     Raises:
         NotFound: the device is not bound.
     """
-    current = _active(session, check_device_id(device_id))
+    current = active_binding(session, check_device_id(device_id))
     if current is None:
         raise NotFound("device is not bound")
     current.unbound_at = now or utcnow()

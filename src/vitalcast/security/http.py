@@ -27,6 +27,7 @@ from flask_limiter import ApplicationLimit, Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from vitalcast.errors import BadRequest
+from vitalcast.security.sessions import SESSION_KEY, token_digest
 from vitalcast.serving.context import new_request_id
 from vitalcast.serving.state import get_state
 
@@ -72,20 +73,21 @@ def client_address() -> str:
 
 
 def caller_key() -> str:
-    """Who to count: API key prefix (no database look-up), signed-in user, else address.
+    """Who to count: API key prefix or browser session (no database look-up), else address.
 
-    An unverified prefix is fine here: inventing prefixes only moves the attacker onto
-    the per-address limit, and a real key's prefix cannot be spent by anyone else
-    without also failing authentication.
+    An unverified prefix or session token is fine here: inventing them only moves the
+    attacker onto the per-address limit, and a real key's prefix cannot be spent by
+    anyone else without also failing authentication. A session is counted by a digest
+    of its token, never the token itself (limiter keys may be stored in Redis).
     """
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         parts = token.strip().split("_", 2)
         if len(parts) == 3 and parts[0] == "vc":
             return f"apikey:{parts[1][:16]}"
-    user_id = session.get("user_id")
-    if user_id is not None:
-        return f"user:{user_id}"
+    sid = session.get(SESSION_KEY)
+    if isinstance(sid, str) and sid:
+        return f"session:{token_digest(sid)[:24]}"
     return f"addr:{client_address()}"
 
 

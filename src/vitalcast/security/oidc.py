@@ -21,7 +21,6 @@ import hmac
 import logging
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +40,7 @@ from vitalcast.security.passwords import hash_password
 from vitalcast.security.permissions import ROLES, public
 from vitalcast.security.tables import User
 from vitalcast.serving.context import audit_event, db
-from vitalcast.serving.guard import csrf_token
+from vitalcast.serving.guard import start_session
 from vitalcast.serving.state import get_state
 
 logger = logging.getLogger(__name__)
@@ -298,11 +297,7 @@ def _finish(settings: Settings) -> Response:
         id_token, provider, client_id=settings.oidc_client_id, nonce=pending["nonce"]
     )
     user = _provision(claims, role_from_claims(claims, settings))
-    session.clear()
-    session["user_id"] = user.id
-    session["seen"] = time.time()
-    csrf_token()
-    audit_event("user.login", "E", details={"username": user.username, "method": "oidc"})
+    start_session(user, method="oidc")
     return redirect(pending["next"])  # type: ignore[return-value]
 
 

@@ -1,12 +1,12 @@
-"""Tables of people, credentials and the audit trail."""
+"""Tables of people, credentials, browser sessions and the audit trail."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, event, inspect, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from vitalcast.db.base import Base, UTCDateTime, utcnow
 from vitalcast.db.types import BigIntPK
@@ -42,6 +42,63 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class WebSession(Base):
+    """One browser sign-in, so that it can be ended on the server.
+
+    The session cookie carries a random token; ``id`` is the SHA-256 of that token, so a
+    copy of this table (a backup, a replica) opens no session. A session is valid while
+    it is not revoked, younger than ``VITALCAST_SESSION_MAX_HOURS`` and active within
+    ``VITALCAST_SESSION_IDLE_MINUTES`` (see :mod:`vitalcast.security.sessions`).
+    """
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # "logout", "idle", "expired", "inactive", "disabled", "privileges_changed"
+    revoked_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+def _changed(user: User, name: str) -> bool:
+    history = inspect(user).attrs[name].history
+    return bool(history.added or history.deleted) and list(history.added) != list(history.deleted)
+
+
+@event.listens_for(Session, "before_flush")
+def _end_sessions_of_changed_users(session: Session, _context: Any, _instances: Any) -> None:
+    """Revoke a user's open sessions in the transaction that disables them or changes their
+    role or units, whichever code path does it (CLI, admin page, SSO sign-in, a script).
+
+    Each request rebuilds the caller from the stored user, so a change would apply anyway;
+    ending the sessions makes it unambiguous: whoever holds the old cookie, on whichever
+    workstation, must sign in again under the new rights, and a disabled user's open
+    pages and live-update streams end at once.
+    """
+    reasons: dict[int, str] = {}
+    for obj in session.dirty:
+        if not isinstance(obj, User) or obj.id is None:
+            continue
+        if _changed(obj, "active") and not obj.active:
+            reasons[obj.id] = "disabled"
+        elif _changed(obj, "role") or _changed(obj, "units"):
+            reasons[obj.id] = "privileges_changed"
+    if not reasons:
+        return
+    now = utcnow()
+    with session.no_autoflush:
+        open_sessions = session.scalars(
+            select(WebSession).where(
+                WebSession.user_id.in_(sorted(reasons)), WebSession.revoked_at.is_(None)
+            )
+        ).all()
+    for row in open_sessions:
+        row.revoked_at = now
+        row.revoked_reason = reasons[row.user_id]
 
 
 class AuditEvent(Base):

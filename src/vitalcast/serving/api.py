@@ -8,9 +8,7 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, jsonify, make_response, request, stream_with_context
-from sqlalchemy import select
 
-from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.base import utcnow
 from vitalcast.db.types import new_public_id
 from vitalcast.errors import Busy, ModelUnavailable, NotFound, PayloadTooLarge
@@ -21,7 +19,9 @@ from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
 from vitalcast.serving.errors import render_error
 from vitalcast.serving.fastpath import feature_errors, predict_one
+from vitalcast.serving.guard import still_authorised
 from vitalcast.serving.openapi import operation
+from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import list_ward
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.realtime import STREAM_RETRY_AFTER_S, sse_stream
@@ -229,18 +229,16 @@ def _batch_rows(body: Any) -> list[Any]:
 def _predict_stored_patient(
     session: Any, predictor: Predictor, patient_id: Any
 ) -> tuple[Prediction, datetime]:
-    """The stored patient's latest stay scored now, and that stay's admission time."""
+    """The stored patient's latest stay scored now, and that stay's admission time.
+
+    The patient is looked up as the patient routes do (:func:`get_patient_or_raise`), so
+    a caller bound to units cannot score, and store a prediction for, a patient outside
+    them: the answer is the 404 an unknown id gets.
+    """
     if not isinstance(patient_id, str) or "\x00" in patient_id:
         raise_if([{"loc": ["body", "patient_id"], "msg": "must be a string"}])
-    patient = session.scalar(select(Patient).where(Patient.public_id == patient_id))
-    if patient is None:
-        raise NotFound("no patient with that id")
-    encounter = session.scalar(
-        select(Encounter)
-        .where(Encounter.patient_id == patient.id)
-        .order_by(Encounter.admitted_at.desc())
-        .limit(1)
-    )
+    patient = get_patient_or_raise(session, patient_id)
+    encounter = latest_encounter(session, patient)
     if encounter is None:
         raise NotFound("the patient has no encounter to score")
     prediction = score_encounter(session, predictor, encounter, role="champion")
@@ -257,7 +255,12 @@ def _predict_stored_patient(
 @requires(Permission.PATIENTS_READ)
 @operation("Ward list by current risk", WardPage, query=PatientsQuery, tags=("patients",))
 def patients() -> Response:
-    """In-progress stays sorted by current risk, paginated (``?limit=&offset=&unit=``)."""
+    """In-progress stays sorted by current risk, paginated (``?limit=&offset=&unit=``).
+
+    A caller bound to units sees only those units' stays; ``?unit=`` narrows within them
+    (another unit matches nothing rather than answering 403, which would confirm it has
+    patients).
+    """
     query = parse_query(PatientsQuery)
     limit, offset = query.limit, query.offset
     who = current_principal()
@@ -268,6 +271,7 @@ def patients() -> Response:
         limit=limit,
         offset=offset,
         cipher=get_state().cipher if show_ids else None,
+        units=who.units,
     )
     audit_event(
         "patient.list",
@@ -284,13 +288,21 @@ def patients() -> Response:
 @requires(Permission.PATIENTS_READ)
 @operation(
     "Server-Sent Events stream of risk updates",
-    {"type": "string", "description": "`event: risk` lines with a JSON `data:` payload"},
+    {
+        "type": "string",
+        "description": "`event: risk` lines with a JSON `data:` payload; a last"
+        " `event: signed-out` when the caller's session or API key stops being valid",
+    },
     media_type="text/event-stream",
     errors=(503,),
     tags=("realtime",),
 )
 def events() -> Response:
-    """Server-Sent Events: risk updates of the patients the caller may see."""
+    """Server-Sent Events: risk updates of the patients the caller may see.
+
+    The caller's session or API key is re-checked while the stream is open (see
+    :func:`sse_stream`): signing out, being disabled or a revoked key end it.
+    """
     state = get_state()
     if state.bus is None:
         raise ModelUnavailable("live updates are not available in this process")
@@ -314,7 +326,9 @@ def events() -> Response:
             return not units or event.get("unit") in units
 
         response = Response(
-            stream_with_context(sse_stream(state.bus, allow=allow)),
+            stream_with_context(
+                sse_stream(state.bus, allow=allow, still_valid=still_authorised(who))
+            ),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

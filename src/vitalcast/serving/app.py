@@ -59,7 +59,7 @@ def configure_app(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.env == "production",
         SESSION_COOKIE_NAME="vitalcast_session",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_max_hours),
         JSON_SORT_KEYS=False,
     )
 

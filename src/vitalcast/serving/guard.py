@@ -2,7 +2,8 @@
 
 Runs before every view. The view's declared permission (security.permissions) decides:
 public views pass; others need a caller — an API key (``Authorization: Bearer``) or a
-signed-in session that has not idled out — whose role holds the permission. Browser
+server-side session (named by the cookie; not signed out, revoked, idle or past its
+lifetime) — whose role holds the permission. Browser
 sessions must also present the CSRF token on unsafe methods; API keys carry no ambient
 authority (no cookies), so they need none.
 """
@@ -13,7 +14,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, Response, g, redirect, request, session, url_for
@@ -24,7 +25,16 @@ from vitalcast.errors import AppError, Forbidden, InvalidInput, PayloadTooLarge,
 from vitalcast.logging import request_context
 from vitalcast.security.permissions import PUBLIC, Permission, declared_permission, role_allows
 from vitalcast.security.service import Principal, verify_api_key
-from vitalcast.security.tables import User
+from vitalcast.security.sessions import (
+    SESSION_KEY,
+    SessionPolicy,
+    check_session,
+    end_session,
+    end_token,
+    open_session,
+    touch,
+)
+from vitalcast.security.tables import ApiKey, User
 from vitalcast.serving.cds_auth import verify_cds_jwt
 from vitalcast.serving.context import audit_event, db, new_request_id
 from vitalcast.serving.errors import render_error, wants_json
@@ -72,23 +82,108 @@ def _background_request() -> bool:
     return request.endpoint == "api.events" or request.headers.get("X-Background") == "1"
 
 
-def _session_principal(idle: timedelta) -> Principal | None:
-    user_id = session.get("user_id")
-    if user_id is None:
+def _session_principal() -> Principal | None:
+    """The user of the server-side session the cookie names, if it is still valid.
+
+    An invalid session (signed out, revoked, idle, past its lifetime, or its user
+    disabled) clears the cookie; one that ran out is also marked revoked, committed at
+    once since the answer (401) rolls the request back. Activity is recorded at most once
+    a minute (see vitalcast.security.sessions), and committed at once as well, so that a
+    request answered with an error still counts as activity.
+    """
+    token = session.get(SESSION_KEY)
+    if not isinstance(token, str) or not token:
+        if session.get("user_id") is not None:  # a cookie of the former, client-side kind
+            session.clear()
         return None
-    seen = session.get("seen")
-    now = datetime.now(UTC)
-    if seen is None or now - datetime.fromtimestamp(float(seen), UTC) > idle:
+    now = utcnow()
+    check = check_session(db(), token, SessionPolicy.of(get_state().settings), now)
+    if not check.valid or check.row is None or check.user is None:
+        if check.row is not None and check.row.revoked_at is None:
+            end_session(check.row, check.status, now)
+            db().commit()
         session.clear()
-        g.session_expired = True
+        g.session_expired = check.status in ("idle", "expired")
         return None
-    user = db().get(User, int(user_id))
-    if user is None or not user.active:
-        session.clear()
-        return None
-    if not _background_request():
-        session["seen"] = now.timestamp()
+    if not _background_request() and touch(check.row, now):
+        db().commit()
+    g.web_session = token
+    return user_principal(check.user)
+
+
+def user_principal(user: User) -> Principal:
+    """The principal of a signed-in user: their role and units as stored right now."""
     return Principal("user", user.id, user.username, user.role, tuple(user.units or ()))
+
+
+def start_session(user: User, *, method: str) -> None:
+    """Sign ``user`` in: a new server-side session whose token alone goes in the cookie.
+
+    The cookie is emptied first (no state survives from before sign-in: no session
+    fixation), then gets the token and a fresh CSRF token; the sign-in is audited with
+    the user as actor. Password and SSO sign-in both end here.
+    """
+    token = open_session(db(), user, SessionPolicy.of(get_state().settings))
+    session.clear()
+    session[SESSION_KEY] = token
+    csrf_token()
+    signed_in(user)
+    audit_event("user.login", "E", details={"username": user.username, "method": method})
+
+
+def end_current_session(reason: str) -> None:
+    """Revoke the session of this request's cookie (sign-out) and empty the cookie."""
+    token = session.get(SESSION_KEY)
+    if isinstance(token, str) and token:
+        end_token(db(), token, reason)
+    session.clear()
+
+
+def still_authorised(who: Principal) -> Callable[[], bool]:
+    """A re-check of the caller's credentials, for responses that outlive the request.
+
+    A live-update stream stays open for hours; it calls this to learn whether the session
+    is still valid (not signed out, revoked, idle or expired, its user active) or the API
+    key not revoked or expired. Each call reads the database on a short session of its
+    own (the request's was closed when the stream started). Any failure counts as "no":
+    the stream ends rather than deliver events it cannot vouch for.
+    """
+    state = get_state()
+    policy = SessionPolicy.of(state.settings)
+    token: str | None = g.get("web_session")
+
+    def check() -> bool:
+        try:
+            with state.sessions() as s:
+                now = utcnow()
+                if who.kind == "user":
+                    return token is not None and check_session(s, token, policy, now).valid
+                if who.kind == "api_key":
+                    key = s.get(ApiKey, who.id)
+                    return (
+                        key is not None
+                        and key.revoked_at is None
+                        and (key.expires_at is None or key.expires_at > now)
+                    )
+        except Exception:
+            logger.warning("credential re-check failed; ending the stream", exc_info=True)
+        return False
+
+    return check
+
+
+def signed_in(user: User) -> None:
+    """Make ``user`` the caller of the rest of this request.
+
+    Sign-in runs on a public route, where the guard set no principal; without this the
+    ``user.login`` event would be audited as ``anonymous`` instead of the user who
+    signed in.
+    """
+    who = user_principal(user)
+    g.principal = who
+    request_context.set(
+        {"request_id": g.get("request_id"), "route": request.endpoint, "user": who.actor}
+    )
 
 
 def _cds_principal(header: str) -> Principal:
@@ -109,8 +204,7 @@ def _authenticate() -> Principal | None:
         if who is None:
             raise Unauthorized("invalid, expired or revoked API key")
         return who
-    idle = timedelta(minutes=get_state().settings.session_idle_minutes)
-    who = _session_principal(idle)
+    who = _session_principal()
     if who is not None and request.method in _UNSAFE:
         sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
         if not hmac.compare_digest(str(sent), str(session.get("csrf", ""))):

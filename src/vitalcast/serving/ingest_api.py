@@ -5,17 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_CODE
+from vitalcast.clinical.records import PUBLIC_PATIENT_REF, RecordBatch
+from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.errors import NotFound
 from vitalcast.ingest.devices import _DEVICE_ID as DEVICE_ID_RULE
-from vitalcast.ingest.devices import bind_device, unbind_device
+from vitalcast.ingest.devices import active_binding, bind_device, check_device_id, unbind_device
 from vitalcast.ingest.payloads import parse_observations_payload
 from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.device_payload import CompactObservation, attach_devices
 from vitalcast.monitoring.metrics import observe_ingest
 from vitalcast.security.permissions import Permission, requires
-from vitalcast.serving.context import audit_event, current_agent, db, request_id
+from vitalcast.serving.context import (
+    audit_event,
+    current_agent,
+    current_principal,
+    db,
+    request_id,
+)
 from vitalcast.serving.openapi import operation
+from vitalcast.serving.patient_api import get_patient_or_raise, patient_in_units
 from vitalcast.serving.rescoring import rescore_encounters
 from vitalcast.serving.schemas import (
     BindingResult,
@@ -89,15 +101,22 @@ ingest_api = Blueprint("ingest_api", __name__)
     IngestResult,
     status=201,
     body=_OBSERVATIONS_BODY,
+    errors=(404,),
     tags=("ingest",),
     models=(CompactObservation,),
 )
 def post_observations() -> tuple[Response, int]:
-    """Store a batch of observations (all-or-nothing on bad input) and rescore at once."""
+    """Store a batch of observations (all-or-nothing on bad input) and rescore at once.
+
+    A caller bound to units may write only to their patients: a batch naming any other
+    patient (directly, or through a device bound to one) is refused whole with 404, and
+    an unknown patient is then refused the same way, so the answer does not tell which.
+    """
     batch = parse_observations_payload(request.get_data(cache=False))
     session = db()
     state = get_state()
     batch = attach_devices(session, batch)
+    _check_units(session, batch)
     report = store_batch(
         session,
         batch,
@@ -131,6 +150,50 @@ def post_observations() -> tuple[Response, int]:
     ), 201
 
 
+def _check_units(session: Session, batch: RecordBatch) -> None:
+    """Refuse a batch that names a patient the unit-bound caller may not see.
+
+    Raises:
+        NotFound: a referenced patient is unknown or outside the caller's units.
+    """
+    units = current_principal().units
+    if not units:
+        return
+    public_ids = {
+        r.patient_ref.removeprefix(PUBLIC_PATIENT_REF)
+        for r in batch.observations
+        if r.patient_ref.startswith(PUBLIC_PATIENT_REF)
+    }
+    visible = 0
+    if public_ids:
+        visible = len(
+            session.scalars(
+                select(Patient.id)
+                .where(Patient.public_id.in_(sorted(public_ids)))
+                .where(
+                    select(Encounter.id)
+                    .where(Encounter.patient_id == Patient.id, Encounter.unit.in_(sorted(units)))
+                    .exists()
+                )
+            ).all()
+        )
+    if visible != len(public_ids) or any(
+        not r.patient_ref.startswith(PUBLIC_PATIENT_REF) for r in batch.observations
+    ):
+        # Committed at once, as the guard commits its denials: the 404 rolls back the rest.
+        audit_event(
+            "access.denied",
+            "C",
+            outcome="denied",
+            resource=request.path,
+            details={"reason": "outside the caller's units", "patients": len(public_ids)},
+        )
+        session.commit()
+        raise NotFound(
+            "the batch names a patient that is unknown or outside your units; nothing was stored"
+        )
+
+
 @ingest_api.put("/devices/<device_id>/binding")
 @requires(Permission.DEVICES_MANAGE)
 @operation(
@@ -142,8 +205,14 @@ def post_observations() -> tuple[Response, int]:
     tags=("ingest",),
 )
 def put_binding(device_id: str) -> Response:
-    """Bind a device to a patient (and optionally a stay): ``{"patient_id", "encounter_id"}``."""
+    """Bind a device to a patient (and optionally a stay): ``{"patient_id", "encounter_id"}``.
+
+    The patient is looked up as the patient routes do, so a caller bound to units cannot
+    bind a device (and so route its readings) to a patient outside them: 404, as for an
+    unknown id.
+    """
     body = parse_body(DeviceBinding, json_body())
+    get_patient_or_raise(db(), body.patient_id)
     binding = bind_device(
         db(),
         device_id=device_id,
@@ -158,10 +227,23 @@ def put_binding(device_id: str) -> Response:
 @requires(Permission.DEVICES_MANAGE)
 @operation("End a device's binding", UnbindingResult, path=_DEVICE_PATH, tags=("ingest",))
 def delete_binding(device_id: str) -> Response:
-    """End the device's current binding."""
-    binding = unbind_device(db(), device_id=device_id)
+    """End the device's current binding.
+
+    A device bound to a patient outside the caller's units answers as an unbound one
+    (404): unbinding it would cut that patient's monitoring off from their own unit.
+    """
+    session = db()
+    current = active_binding(session, check_device_id(device_id))
+    patient = session.get(Patient, current.patient_id) if current is not None else None
+    if patient is None or not patient_in_units(session, patient.id, current_principal().units):
+        raise NotFound("device is not bound")
+    binding = unbind_device(session, device_id=device_id)
     audit_event(
-        "device.unbound", "U", resource=f"Device/{device_id}", details={"binding": binding.id}
+        "device.unbound",
+        "U",
+        patient_id=patient.public_id,
+        resource=f"Device/{device_id}",
+        details={"binding": binding.id},
     )
     return jsonify(
         {

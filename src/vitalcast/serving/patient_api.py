@@ -7,9 +7,10 @@ their reason so that charts can mark them instead of hiding them.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -35,18 +36,46 @@ from vitalcast.serving.state import get_state
 patient_api = Blueprint("patient_api", __name__)
 
 
+def patient_in_units(session: Session, patient_id: int, units: Collection[str]) -> bool:
+    """Whether a unit-bound caller may see this patient (by internal id).
+
+    A patient belongs to every unit they have had a stay in: a clinician of the unit that
+    discharged a patient to another ward can still open that patient's record. Callers
+    bound to no unit (``units`` empty) see everyone.
+    """
+    if not units:
+        return True
+    seen = session.scalar(
+        select(Encounter.id)
+        .where(Encounter.patient_id == patient_id, Encounter.unit.in_(list(units)))
+        .limit(1)
+    )
+    return seen is not None
+
+
 def get_patient_or_raise(session: Session, public_id: str) -> Patient:
-    """The patient with this public id, visible to the caller, or NotFound."""
+    """The patient with this public id, visible to the caller, or NotFound.
+
+    The one lookup every route taking a patient id goes through, so unit restriction is
+    decided in one place. A patient outside the caller's units gets the very answer an
+    unknown id gets (existence is not revealed); the attempt is audited as denied and
+    committed at once, since the 404 rolls the request's unit of work back.
+    """
     patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
     if patient is None:
         raise NotFound("no patient with that id")
-    units = set(current_principal().units)
-    if units:
-        seen = session.scalars(
-            select(Encounter.unit).where(Encounter.patient_id == patient.id)
-        ).all()
-        if not units.intersection(u for u in seen if u):
-            raise NotFound("no patient with that id")  # do not reveal other units' patients
+    if not patient_in_units(session, patient.id, current_principal().units):
+        audit_event(
+            "access.denied",
+            "R",
+            outcome="denied",
+            patient_id=patient.public_id,
+            resource=request.path,
+            details={"reason": "outside the caller's units"},
+            session=session,
+        )
+        session.commit()
+        raise NotFound("no patient with that id")  # do not reveal other units' patients
     return patient
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,10 +78,20 @@ def _latest_prediction_id() -> Any:
 
 
 def _open_stays(
-    unit: str | None, mrn_hmac: str | None = None, patient_public_id: str | None = None
+    unit: str | None,
+    mrn_hmac: str | None = None,
+    patient_public_id: str | None = None,
+    units: Collection[str] = (),
 ) -> Any:
-    """The filter of the ward: stays in progress, optionally one unit, MRN or patient."""
+    """The filter of the ward: stays in progress, optionally one unit, MRN or patient.
+
+    ``units`` are the caller's units (empty: all). They are a condition of the query,
+    not a filter of its result, so that paging, totals and a ``unit`` outside them
+    (which matches nothing) can never show another unit's stays.
+    """
     conditions: list[ColumnElement[bool]] = [Encounter.discharged_at.is_(None)]
+    if units:
+        conditions.append(Encounter.unit.in_(sorted(units)))
     if unit:
         conditions.append(Encounter.unit == unit)
     if mrn_hmac:
@@ -99,9 +110,12 @@ def list_ward(
     cipher: FieldCipher | None = None,
     mrn_hmac: str | None = None,
     patient_public_id: str | None = None,
+    units: Collection[str] = (),
 ) -> tuple[list[WardRow], int]:
     """In-progress stays, highest current risk first; with identifiers when a cipher is given.
 
+    ``units`` are the units the caller is bound to (empty: every unit); every caller
+    passes its principal's, so a unit-bound user never sees another unit's stays.
     ``mrn_hmac`` restricts the list to the patient whose keyed MRN hash matches (exact MRN
     search without decrypting anyone); ``patient_public_id`` to one patient's stay (the
     live ward row).
@@ -125,7 +139,7 @@ def list_ward(
             _latest_prediction_id(),
         )
         .join(Patient, Patient.id == Encounter.patient_id)
-        .where(_open_stays(unit, mrn_hmac, patient_public_id))
+        .where(_open_stays(unit, mrn_hmac, patient_public_id, units))
     ).all()
     latest_ids = [s[7] for s in stays if s[7] is not None]
     scores = (
@@ -204,12 +218,12 @@ def decrypt_identifiers(cipher: FieldCipher, patient: Patient) -> dict[str, str]
     )
 
 
-def ward_units(session: Session) -> list[str]:
-    """Units that have patients in progress."""
-    rows = session.scalars(
-        select(Encounter.unit)
-        .where(and_(Encounter.discharged_at.is_(None), Encounter.unit.is_not(None)))
-        .distinct()
-        .order_by(Encounter.unit)
-    ).all()
+def ward_units(session: Session, units: Collection[str] = ()) -> list[str]:
+    """Units that have patients in progress (of ``units`` only, when the caller has any)."""
+    query = select(Encounter.unit).where(
+        and_(Encounter.discharged_at.is_(None), Encounter.unit.is_not(None))
+    )
+    if units:
+        query = query.where(Encounter.unit.in_(sorted(units)))
+    rows = session.scalars(query.distinct().order_by(Encounter.unit)).all()
     return [r for r in rows if r]

@@ -211,22 +211,50 @@ def risk_event(row: Prediction, *, patient_public_id: str | None, encounter: Any
 
 
 def sse_stream(
-    bus: EventBus, *, allow: Callable[[dict[str, Any]], bool], heartbeat_s: float = 2.0
+    bus: EventBus,
+    *,
+    allow: Callable[[dict[str, Any]], bool],
+    still_valid: Callable[[], bool] = lambda: True,
+    heartbeat_s: float = 2.0,
+    recheck_s: float = 1.0,
 ) -> Iterator[str]:
     """Server-Sent Events text for the events ``allow`` admits, with heartbeats.
 
     The heartbeat is also how a closed browser is noticed (writing to its socket fails),
-    so it is short: the stream's request thread and slot come back within seconds."""
+    so it is short: the stream's request thread and slot come back within seconds. It is
+    written whenever nothing was for ``heartbeat_s``, even while events the caller may
+    not see keep arriving.
+
+    The caller's credentials were checked when the stream opened, but a stream lives as
+    long as the page: ``still_valid`` re-checks them (session signed out, revoked, idle
+    or expired, user disabled, API key revoked) at every heartbeat, and before an event
+    is sent unless it was checked less than ``recheck_s`` ago, which bounds the checks to
+    one a second per stream however busy the ward. When the answer is no, the stream
+    says ``event: signed-out`` (the page goes to the sign-in page instead of reconnecting)
+    and ends.
+    """
     q = bus.subscribe()
     try:
         yield "retry: 3000\n\n"
+        checked = written = time.monotonic()
         while True:
             try:
-                payload = q.get(timeout=heartbeat_s)
+                payload: dict[str, Any] | None = q.get(timeout=heartbeat_s)
             except queue.Empty:
-                yield ": keep-alive\n\n"
-                continue
-            if allow(payload):
+                payload = None
+            now = time.monotonic()
+            if payload is not None and allow(payload):
+                if now - checked >= recheck_s:
+                    if not still_valid():
+                        break
+                    checked = now
                 yield f"event: {payload.get('type', 'message')}\ndata: {json.dumps(payload)}\n\n"
+                written = now
+            elif now - written >= heartbeat_s:
+                if not still_valid():
+                    break
+                checked = written = now
+                yield ": keep-alive\n\n"
+        yield "event: signed-out\ndata: {}\n\n"
     finally:
         bus.unsubscribe(q)

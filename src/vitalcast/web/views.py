@@ -6,7 +6,6 @@ in access logs, browser history and Referer headers.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,10 +17,10 @@ from vitalcast.errors import Forbidden, NotFound
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.security.service import authenticate
 from vitalcast.serving.context import audit_event, current_principal, db, principal
-from vitalcast.serving.guard import csrf_token
+from vitalcast.serving.guard import end_current_session, start_session
 from vitalcast.serving.patients import ward_units
 from vitalcast.serving.state import get_state
-from vitalcast.web.ward import TREND_MIN_CHANGE, WardPage, build_ward, restrict_to_units
+from vitalcast.web.ward import TREND_MIN_CHANGE, WardPage, build_ward
 
 web = Blueprint("web", __name__)
 
@@ -73,11 +72,7 @@ def login() -> Response | str | tuple[str, int]:
         username = request.form.get("username", "").strip()
         result = authenticate(db(), username=username, password=request.form.get("password", ""))
         if result.user is not None:
-            session.clear()
-            session["user_id"] = result.user.id
-            session["seen"] = time.time()
-            csrf_token()
-            audit_event("user.login", "E", details={"username": username}, session=db())
+            start_session(result.user, method="password")
             return redirect(_safe_next(request.args.get("next")))  # type: ignore[return-value]
         audit_event(
             "user.login",
@@ -99,8 +94,9 @@ def login() -> Response | str | tuple[str, int]:
 @web.post("/logout")
 @requires(Permission.PATIENTS_READ)
 def logout() -> Response:
+    """Sign out: the server-side session is revoked, so a copy of the cookie is useless."""
     audit_event("user.logout", "E")
-    session.clear()
+    end_current_session("logout")
     return redirect(url_for("web.login"))  # type: ignore[return-value]
 
 
@@ -128,9 +124,8 @@ def _ward(
         patient_public_id=patient,
         name_query=name or None,
         feature_names=predictor.feature_names if predictor else None,
+        units=who.units,
     )
-    if who.units:
-        page = restrict_to_units(page, set(who.units))
     details: dict[str, Any] = {
         "patients": [e.row.patient_id for e in page.entries],
         "identifiers": show_ids,
@@ -151,7 +146,7 @@ def _render_ward(page: WardPage, show_ids: bool, unit: str | None, **extra: Any)
         "web/ward.html",
         page=page,
         unit=unit,
-        units=ward_units(db()),
+        units=ward_units(db(), current_principal().units),
         model=get_state().predictor,
         show_ids=show_ids,
         stale_minutes=get_state().settings.stale_after_minutes,

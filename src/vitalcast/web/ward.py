@@ -8,7 +8,7 @@ sign per stay — so the page costs a fixed number of queries whatever the ward 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -200,12 +200,14 @@ def build_ward(
     patient_public_id: str | None = None,
     name_query: str | None = None,
     feature_names: Sequence[str] | None = None,
+    units: Collection[str] = (),
 ) -> WardPage:
     """The ward page: rows sorted by risk, each with its 24 h history, trend and data age.
 
     ``name_query`` filters by a case-insensitive substring of the decrypted name, and can
     only do so within the ``limit`` stays fetched: names are encrypted at rest, so there
     is no index to search them across the whole store (MRNs have the keyed hash instead).
+    ``units`` are the caller's units (see :func:`list_ward`).
     """
     rows, total = list_ward(
         session,
@@ -214,6 +216,7 @@ def build_ward(
         cipher=cipher,
         mrn_hmac=mrn_hmac,
         patient_public_id=patient_public_id,
+        units=units,
     )
     if name_query and cipher is not None:
         needle = name_query.casefold().strip()
@@ -245,17 +248,6 @@ def build_ward(
     return WardPage(
         entries=entries,
         total=total,
-        high_risk=sum(1 for e in entries if e.row.band in ("high", "critical")),
-        stale_count=sum(1 for e in entries if e.stale),
-    )
-
-
-def restrict_to_units(page: WardPage, units: set[str]) -> WardPage:
-    """The page limited to the units a user is assigned to (others' patients stay unseen)."""
-    entries = [e for e in page.entries if e.row.unit in units]
-    return WardPage(
-        entries=entries,
-        total=len(entries),
         high_risk=sum(1 for e in entries if e.row.band in ("high", "critical")),
         stale_count=sum(1 for e in entries if e.stale),
     )

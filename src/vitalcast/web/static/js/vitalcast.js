@@ -75,6 +75,9 @@
           retryMs = Math.min(retryMs * 2, 5000);
         }
       });
+      /* The server ends the stream this way when the session is no longer valid
+         (signed out elsewhere, idle, disabled): go to sign-in, do not reconnect. */
+      source.addEventListener("signed-out", function () { source.close(); VC.expired(); });
       Object.keys(listeners).forEach(function (name) {
         source.addEventListener(name, listeners[name]);
       });

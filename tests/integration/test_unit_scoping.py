@@ -1,0 +1,188 @@
+"""Users bound to units see and act on their units' patients only, on every route.
+
+A user created with ``--unit MICU`` signs in through the real form; each route that
+lists, scores, binds or writes to patients is called with that session on the real app
+and PostgreSQL, and a patient of another unit must answer exactly as an unknown one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from tests.conftest import Credentials
+from vitalcast.clinical.tables import DeviceBinding, Encounter, Observation, Patient
+from vitalcast.modeling.tables import Prediction
+from vitalcast.security.tables import AuditEvent
+from vitalcast.serving.state import get_state
+
+UNIT = "MICU"
+
+
+@pytest.fixture
+def units(app: Flask, ward: list[str]) -> dict[str, str]:
+    """Each stored patient's public id → the unit of their stay in progress."""
+    with get_state(app).sessions() as session:
+        rows = session.execute(
+            select(Patient.public_id, Encounter.unit)
+            .join(Encounter, Encounter.patient_id == Patient.id)
+            .where(Encounter.discharged_at.is_(None))
+        ).all()
+    by_patient = {p: str(u) for p, u in rows}
+    counts = Counter(by_patient.values())
+    assert counts[UNIT], f"the ward needs a {UNIT} stay: {counts}"
+    assert len(counts) > 1, f"the ward needs stays of other units: {counts}"
+    return by_patient
+
+
+def _one_in(units: dict[str, str], inside: bool) -> str:
+    return next(p for p, u in units.items() if (u == UNIT) == inside)
+
+
+def _signed_in(client: FlaskClient, creds: Credentials, role: str = "clinician") -> str:
+    """Sign a MICU-bound user in; returns the CSRF token for unsafe requests."""
+    return creds.login(client, creds.user(f"micu.{role}", role, units=[UNIT]))
+
+
+def test_patient_list_shows_only_the_callers_units(
+    app: Flask, client: FlaskClient, creds: Credentials, units: dict[str, str]
+) -> None:
+    _signed_in(client, creds)
+    mine = sorted(p for p, u in units.items() if u == UNIT)
+    listed = client.get("/api/v1/patients?limit=500").get_json()
+    assert listed["total"] == len(mine) < len(units)
+    assert sorted(item["id"] for item in listed["items"]) == mine
+    assert {item["unit"] for item in listed["items"]} == {UNIT}
+    other = next(u for u in units.values() if u != UNIT)
+    narrowed = client.get(f"/api/v1/patients?unit={other}").get_json()
+    assert (narrowed["total"], narrowed["items"]) == (0, [])
+    # Paging cannot reach past the caller's units either.
+    assert client.get(f"/api/v1/patients?offset={len(mine)}").get_json()["items"] == []
+    with get_state(app).sessions() as session:
+        audited = session.scalars(
+            select(AuditEvent.details).where(AuditEvent.event == "patient.list")
+        ).all()
+    assert sorted(audited[0]["patients"]) == mine
+    # The web ward offers only the caller's units to choose from.
+    ward_page = client.get("/ward").get_data(as_text=True)
+    assert f'value="{other}"' not in ward_page
+    # An unrestricted user still sees every unit.
+    everyone = client.get("/api/v1/patients?limit=500", headers=creds.api_key("clinician"))
+    assert everyone.get_json()["total"] == len(units)
+
+
+def test_predict_refuses_a_patient_outside_the_callers_units(
+    app: Flask, client: FlaskClient, creds: Credentials, units: dict[str, str]
+) -> None:
+    token = _signed_in(client, creds)
+    headers = {"X-CSRF-Token": token}
+    outside, inside = _one_in(units, False), _one_in(units, True)
+
+    def predictions_of(public_id: str) -> int:
+        with get_state(app).sessions() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(Prediction)
+                    .join(Patient, Patient.id == Prediction.patient_id)
+                    .where(Patient.public_id == public_id)
+                )
+                or 0
+            )
+
+    before = predictions_of(outside)
+    refused = client.post("/api/v1/predict", json={"patient_id": outside}, headers=headers)
+    detail = client.get(f"/api/v1/patients/{outside}")
+    unknown = client.post("/api/v1/predict", json={"patient_id": "0" * 32}, headers=headers)
+    assert refused.status_code == detail.status_code == unknown.status_code == 404
+    assert (
+        refused.get_json()["error"]["message"]
+        == detail.get_json()["error"]["message"]
+        == unknown.get_json()["error"]["message"]
+        == "no patient with that id"
+    )
+    assert predictions_of(outside) == before  # nothing scored or stored
+    with get_state(app).sessions() as session:
+        denied = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.event == "access.denied", AuditEvent.patient_id == outside
+            )
+        ).all()
+    assert {d.resource for d in denied} == {"/api/v1/predict", f"/api/v1/patients/{outside}"}
+    assert {d.actor for d in denied} == {"user:micu.clinician"}
+    allowed = client.post("/api/v1/predict", json={"patient_id": inside}, headers=headers)
+    assert allowed.status_code == 200, allowed.get_json()
+    assert predictions_of(inside) >= 1
+
+
+def test_device_binding_stays_within_the_callers_units(
+    app: Flask, client: FlaskClient, creds: Credentials, units: dict[str, str]
+) -> None:
+    token = _signed_in(client, creds, role="nurse")
+    headers = {"X-CSRF-Token": token}
+    outside, inside = _one_in(units, False), _one_in(units, True)
+    refused = client.put(
+        "/api/v1/devices/bed-7/binding", json={"patient_id": outside}, headers=headers
+    )
+    assert refused.status_code == 404
+    assert refused.get_json()["error"]["message"] == "no patient with that id"
+    assert outside not in refused.get_data(as_text=True)
+    with get_state(app).sessions() as session:
+        assert session.scalar(select(func.count()).select_from(DeviceBinding)) == 0
+    bound = client.put(
+        "/api/v1/devices/bed-7/binding", json={"patient_id": inside}, headers=headers
+    )
+    assert bound.status_code == 200, bound.get_json()
+    # A device an unrestricted admin bound to another unit's patient cannot be unbound
+    # from here: it answers as a device that is not bound.
+    admin = creds.api_key("admin")
+    other_bed = client.put(
+        "/api/v1/devices/bed-9/binding", json={"patient_id": outside}, headers=admin
+    )
+    assert other_bed.status_code == 200
+    hidden = client.delete("/api/v1/devices/bed-9/binding", headers=headers)
+    never_bound = client.delete("/api/v1/devices/bed-404/binding", headers=headers)
+    assert hidden.status_code == never_bound.status_code == 404
+    assert hidden.get_json()["error"]["message"] == never_bound.get_json()["error"]["message"]
+    assert client.delete("/api/v1/devices/bed-7/binding", headers=headers).status_code == 200
+    with get_state(app).sessions() as session:
+        active = session.scalars(
+            select(DeviceBinding.device_id).where(DeviceBinding.unbound_at.is_(None))
+        ).all()
+        unbound = session.scalar(select(AuditEvent).where(AuditEvent.event == "device.unbound"))
+    assert active == ["bed-9"]
+    assert unbound is not None
+    assert unbound.patient_id == inside
+
+
+def test_observations_for_another_units_patient_are_refused_whole(
+    app: Flask, client: FlaskClient, creds: Credentials, units: dict[str, str]
+) -> None:
+    token = _signed_in(client, creds, role="integration")
+    headers = {"X-CSRF-Token": token}
+    outside, inside = _one_in(units, False), _one_in(units, True)
+    now = datetime.now(UTC).isoformat()
+
+    def reading(patient: str) -> dict[str, object]:
+        return {"code": "8867-4", "value": 97, "unit": "/min", "time": now, "patient": patient}
+
+    def stored() -> int:
+        with get_state(app).sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(Observation)) or 0)
+
+    before = stored()
+    mixed = client.post(
+        "/api/v1/observations", json=[reading(inside), reading(outside)], headers=headers
+    )
+    unknown = client.post("/api/v1/observations", json=[reading("f" * 32)], headers=headers)
+    assert mixed.status_code == unknown.status_code == 404
+    assert mixed.get_json()["error"]["message"] == unknown.get_json()["error"]["message"]
+    assert stored() == before
+    ok = client.post("/api/v1/observations", json=[reading(inside)], headers=headers)
+    assert ok.status_code == 201, ok.get_json()
+    assert ok.get_json()["report"]["stored"] == 1
