@@ -189,7 +189,7 @@ def test_patient_view_card_from_prefetch_and_feedback(
                 "card": card["uuid"],
                 "outcome": "overridden",
                 "overrideReason": {"reason": {"code": "not-relevant", "display": "Not relevant"}},
-                "outcomeTimestamp": "2026-11-28T12:00:00Z",
+                "outcomeTimestamp": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
             }
         ]
     }
@@ -628,3 +628,182 @@ def obs_all_last(client: FlaskClient, patient: str, headers: dict[str, str]) -> 
     """The latest effective time of the patient's observations, in ascending order."""
     entries = client.get(f"/fhir/Observation?patient={patient}", headers=headers).get_json()
     return str(entries["entry"][-1]["resource"]["effectiveDateTime"])
+
+
+def _feedback_item(**fields: Any) -> dict[str, Any]:
+    item = {
+        "card": str(uuid.uuid4()),
+        "outcome": "overridden",
+        "outcomeTimestamp": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+    }
+    return {k: v for k, v in {**item, **fields}.items() if v is not None}
+
+
+COMMENT = "Jane Doe refused, see her chart"  # free text that may name a patient
+BAD_FEEDBACK = [
+    (
+        "card too long for its column",
+        _feedback_item(card="c" * 65, overrideReason={"userComment": COMMENT}),
+        ["card"],
+        "at most 64 characters",
+    ),
+    ("card missing", {**_feedback_item(), "card": None}, ["card"], "required string"),
+    ("card not a string", _feedback_item(card=12), ["card"], "must be a string"),
+    ("outcome unknown", _feedback_item(outcome="ignored"), ["outcome"], "accepted or overridden"),
+    (
+        "timestamp a number",
+        _feedback_item(outcomeTimestamp=1700000000),
+        ["outcomeTimestamp"],
+        "ISO 8601",
+    ),
+    (
+        "timestamp a date only",
+        _feedback_item(outcomeTimestamp="2026-01-01"),
+        ["outcomeTimestamp"],
+        "ISO 8601",
+    ),
+    (
+        "timestamp no such day",
+        _feedback_item(outcomeTimestamp="2026-02-30T00:00:00Z"),
+        ["outcomeTimestamp"],
+        "ISO 8601",
+    ),
+    (
+        "timestamp out of range",
+        _feedback_item(outcomeTimestamp="0001-01-01T00:00:00+14:00"),
+        ["outcomeTimestamp"],
+        "ISO 8601",
+    ),
+    (
+        "timestamp in the future",
+        _feedback_item(outcomeTimestamp="2999-01-01T00:00:00Z"),
+        ["outcomeTimestamp"],
+        "future",
+    ),
+    (
+        "override reason a string",
+        _feedback_item(overrideReason=COMMENT),
+        ["overrideReason"],
+        "must be an object",
+    ),
+    (
+        "reason not a Coding",
+        _feedback_item(overrideReason={"reason": COMMENT}),
+        ["overrideReason", "reason"],
+        "Coding",
+    ),
+    (
+        "reason code too long",
+        _feedback_item(overrideReason={"reason": {"code": "x" * 301}}),
+        ["overrideReason", "reason", "code"],
+        "at most 300",
+    ),
+    (
+        "reason display not text",
+        _feedback_item(overrideReason={"reason": {"display": ["x"]}}),
+        ["overrideReason", "reason", "display"],
+        "must be a string",
+    ),
+    (
+        "comment too long",
+        _feedback_item(overrideReason={"userComment": COMMENT * 40}),
+        ["overrideReason", "userComment"],
+        "at most 1000",
+    ),
+    (
+        "comment not text",
+        _feedback_item(overrideReason={"userComment": {"text": COMMENT}}),
+        ["overrideReason", "userComment"],
+        "must be a string",
+    ),
+    (
+        "override reason of an accepted card",
+        _feedback_item(outcome="accepted", overrideReason={"userComment": COMMENT}),
+        ["overrideReason"],
+        "only with outcome overridden",
+    ),
+    (
+        "suggestions not a list",
+        _feedback_item(outcome="accepted", acceptedSuggestions="x"),
+        ["acceptedSuggestions"],
+        "list of objects",
+    ),
+    (
+        "suggestions this service never made",
+        _feedback_item(outcome="accepted", acceptedSuggestions=[{"id": "s1"}]),
+        ["acceptedSuggestions"],
+        "no suggestions",
+    ),
+    ("item not an object", [COMMENT], [], "must be an object"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "item", "loc", "msg"), BAD_FEEDBACK, ids=[c[0] for c in BAD_FEEDBACK]
+)
+def test_bad_feedback_is_a_400_that_names_the_field_not_the_text(
+    cds_app: Flask,
+    ehr_key: RSAKey,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    item: Any,
+    loc: list[Any],
+    msg: str,
+) -> None:
+    """A card id longer than its column was a 500 whose log line carried the SQL
+    parameters, free-text comment included. Every field is checked, with a message that
+    names the field and the rule; nothing of the request is stored."""
+    good = _feedback_item(outcome="accepted")
+    items = [good, item[0]] if isinstance(item, list) else [good, item]
+    response = cds_app.test_client().post(
+        f"{SERVICE}/feedback",
+        json={"feedback": items},
+        headers={"Authorization": f"Bearer {_token(ehr_key)}"},
+    )
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "bad_request"
+    assert [d["loc"] for d in error["details"]] == [["body", "feedback", 1, *loc]]
+    assert msg in error["details"][0]["msg"]
+    assert msg in error["message"]
+    assert "Jane Doe" not in response.get_data(as_text=True)
+    logged = capsys.readouterr().out
+    assert "Jane Doe" not in logged
+    assert '"level": "ERROR"' not in logged
+    with get_state(cds_app).sessions() as session:
+        assert session.scalars(select(CdsFeedback)).first() is None
+
+
+def test_feedback_limits_and_unknown_services(cds_app: Flask, ehr_key: RSAKey) -> None:
+    """Feedback for a service that does not exist is 404 (it was stored, while the
+    service itself answered 404); values at their column's length are stored whole."""
+    client = cds_app.test_client()
+    unknown = "/cds-services/no-such-service"
+    response = client.post(
+        f"{unknown}/feedback",
+        json={"feedback": [_feedback_item()]},
+        headers={"Authorization": f"Bearer {_token(ehr_key, aud=BASE + unknown)}"},
+    )
+    assert response.status_code == 404, response.get_json()
+    assert response.get_json()["error"]["message"] == "no CDS service 'no-such-service'"
+    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    many = client.post(
+        f"{SERVICE}/feedback", json={"feedback": [_feedback_item()] * 101}, headers=headers
+    )
+    assert many.status_code == 400
+    assert many.get_json()["error"]["message"] == "at most 100 feedback items per request"
+    full = _feedback_item(
+        card="c" * 64,
+        overrideReason={"reason": {"code": "r" * 300}, "userComment": "x" * 1000},
+        outcomeTimestamp="2026-01-01T10:00:00",  # no offset: taken as UTC
+    )
+    stored = client.post(f"{SERVICE}/feedback", json={"feedback": [full]}, headers=headers)
+    assert stored.status_code == 200, stored.get_json()
+    with get_state(cds_app).sessions() as session:
+        (row,) = session.scalars(select(CdsFeedback))
+    assert (row.card_uuid, row.override_reason, row.user_comment) == (
+        "c" * 64,
+        "r" * 300,
+        "x" * 1000,
+    )
+    assert row.outcome_at == datetime(2026, 1, 1, 10, tzinfo=UTC)
