@@ -807,3 +807,25 @@ def test_feedback_limits_and_unknown_services(cds_app: Flask, ehr_key: RSAKey) -
         "x" * 1000,
     )
     assert row.outcome_at == datetime(2026, 1, 1, 10, tzinfo=UTC)
+
+
+def test_database_errors_do_not_carry_the_statement_parameters(cds_app: Flask) -> None:
+    """Should a value ever reach the database unchecked, the error (which is logged with
+    its traceback) names the statement, not the patient data in its parameters."""
+    from sqlalchemy.exc import DBAPIError
+
+    with get_state(cds_app).sessions() as session:
+        session.add(
+            CdsFeedback(
+                service_id=SERVICE_ID,
+                card_uuid="c" * 65,
+                outcome="overridden",
+                user_comment=COMMENT,
+                outcome_at=datetime.now(UTC),
+                client="test",
+            )
+        )
+        with pytest.raises(DBAPIError) as caught:
+            session.commit()
+    assert "cds_feedback" in str(caught.value)
+    assert "Jane Doe" not in str(caught.value)
