@@ -630,6 +630,202 @@ def obs_all_last(client: FlaskClient, patient: str, headers: dict[str, str]) -> 
     return str(entries["entry"][-1]["resource"]["effectiveDateTime"])
 
 
+# Robustness: bad input gets a 4xx saying what was wrong and where, never a 500, never a
+# silent drop, and no patient identifier in messages or logs.
+
+WHO = "mrn-4711"  # a patient id that must never be echoed
+
+
+def _who_hook(**prefetch: Any) -> dict[str, Any]:
+    """A well-formed request for patient :data:`WHO` with ``prefetch`` overriding keys."""
+    encounter = {**_encounter(300), "subject": {"reference": f"Patient/{WHO}"}}
+    observation = {
+        **_observation("8867-4", 128, "/min", 30),
+        "subject": {"reference": f"Patient/{WHO}"},
+    }
+    body = _hook({**PATIENT, "id": WHO}, [observation], [encounter])
+    body["prefetch"].update(prefetch)
+    return body
+
+
+def _bundle(*resources: Any, **fields: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in resources],
+        **fields,
+    }
+
+
+def _who_encounter(**fields: Any) -> dict[str, Any]:
+    return {**_encounter(300), "subject": {"reference": f"Patient/{WHO}"}, **fields}
+
+
+MALFORMED_PREFETCH = [
+    # (case, prefetch override, loc of the (first) problem, what its msg says)
+    ("observations a list", {"observations": [1, 2]}, ["observations"], "FHIR resource"),
+    (
+        "observation entries not objects",
+        {"observations": _bundle() | {"entry": [1, 2]}},
+        ["observations", "entry", 0],
+        "object",
+    ),
+    (
+        "observation entry a string",
+        {"observations": _bundle() | {"entry": "x"}},
+        ["observations", "entry"],
+        "list",
+    ),
+    (
+        "observation link not a list",
+        {"observations": _bundle(link=5)},
+        ["observations", "link"],
+        "list",
+    ),
+    (
+        "resource not an object",
+        {"observations": _bundle() | {"entry": [{"resource": "x"}]}},
+        ["observations", "entry", 0, "resource"],
+        "FHIR resource",
+    ),
+    (
+        "a Patient among observations",
+        {"observations": _bundle({**PATIENT, "id": WHO})},
+        ["observations", "entry", 0, "resource", "resourceType"],
+        "Observation",
+    ),
+    (
+        "observations not a Bundle",
+        {"observations": {**PATIENT, "id": WHO}},
+        ["observations"],
+        "search Bundle",
+    ),
+    ("encounters a string", {"encounters": "Encounter?patient=x"}, ["encounters"], "FHIR resource"),
+    ("patient a reference string", {"patient": f"Patient/{WHO}"}, ["patient"], "FHIR resource"),
+    ("patient a list", {"patient": [1]}, ["patient"], "FHIR resource"),
+    (
+        "patient an Observation",
+        {"patient": {**_observation("8867-4", 1, "/min", 1), "id": WHO}},
+        ["patient"],
+        "Patient resource",
+    ),
+    (
+        "patient another one",
+        {"patient": {**PATIENT, "id": "p2"}},
+        ["patient", "id"],
+        "patient in context",
+    ),
+    (
+        "birth date not a date",
+        {"patient": {**PATIENT, "id": WHO, "birthDate": "not-a-date"}},
+        ["patient"],
+        "Patient.birthDate",
+    ),
+    (
+        "birth date in the future",
+        {"patient": {**PATIENT, "id": WHO, "birthDate": "2990-01-01"}},
+        ["patient"],
+        "Patient.birthDate: is in the future",
+    ),
+    (
+        "gender not a FHIR code",
+        {"patient": {**PATIENT, "id": WHO, "gender": "F"}},
+        ["patient"],
+        "Patient.gender",
+    ),
+    (
+        "admission without a time",
+        {"encounters": _bundle(_who_encounter(period={"start": "2026-01-01"}))},
+        ["encounters", "entry", 0, "resource"],
+        "Encounter.period.start has no time of day",
+    ),
+    (
+        "admission in the future",
+        {
+            "encounters": _bundle(
+                _who_encounter(),
+                {**_who_encounter(id="e2"), "period": {"start": "2990-01-01T00:00:00Z"}},
+            )
+        },
+        ["encounters", "entry", 1, "resource"],
+        "admission time in the future",
+    ),
+    (
+        "stay of another patient",
+        {"encounters": _bundle(_encounter(300))},
+        ["encounters", "entry", 0, "resource"],
+        "another patient",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "prefetch", "loc", "msg"), MALFORMED_PREFETCH, ids=[c[0] for c in MALFORMED_PREFETCH]
+)
+def test_malformed_prefetch_is_a_400_that_says_where(
+    cds_app: Flask,
+    ehr_key: RSAKey,
+    trained_model: Any,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    prefetch: dict[str, Any],
+    loc: list[Any],
+    msg: str,
+) -> None:
+    """Shapes the service cannot read were a 500 (``[1, 2]``), or were taken as "not
+    sent" and scored from the rest (a Patient that is a string, a birth date that is not
+    a date): a risk without age or observations, with nothing saying so. Even a signed
+    request naming fhirServer gets 400 rather than a read of the server."""
+    _register_champion(cds_app, trained_model)
+    canary = FakeFhir({})
+    with _served(canary.app) as base:
+        body = _who_hook(**prefetch)
+        body["fhirServer"] = f"{base}/fhir"
+        response = cds_app.test_client().post(
+            SERVICE, json=body, headers={"Authorization": f"Bearer {_token(ehr_key)}"}
+        )
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "bad_request"
+    problem = next(d for d in error["details"] if d["loc"] == ["body", "prefetch", *loc])
+    assert msg in problem["msg"]
+    assert msg in error["message"]  # the message alone says what and where
+    assert canary.requests == []
+    text = response.get_data(as_text=True)
+    for secret in (WHO, "not-a-date", "2990-01-01", "2026-01-01"):
+        assert secret not in text
+    (row,) = _audit_rows(cds_app)
+    assert (row.outcome, row.details["error"]) == ("failure", "bad_request")
+    assert WHO not in json.dumps(row.details)
+    with get_state(cds_app).sessions() as session:
+        from vitalcast.modeling.tables import Prediction
+
+        assert session.scalars(select(Prediction)).first() is None
+    assert '"level": "ERROR"' not in capsys.readouterr().out
+
+
+def test_a_fhir_server_answer_with_a_malformed_bundle_is_a_412(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """The same Bundle checks hold for what fhirServer answers; it is the EHR server's
+    fault, not the caller's, hence 412 (the data cannot be obtained)."""
+    _register_champion(cds_app, trained_model)
+    page = {"resourceType": "Bundle", "type": "searchset", "entry": "x", "link": 5}
+    ehr = FakeFhir({"fhir/Observation": (200, page)})
+    with _served(ehr.app) as base:
+        body = _hook(PATIENT, None, [_encounter(600)])
+        body["fhirServer"] = f"{base}/fhir"
+        body["fhirAuthorization"] = {"access_token": "ehr-token", "token_type": "Bearer"}
+        response = cds_app.test_client().post(
+            SERVICE, json=body, headers={"Authorization": f"Bearer {_token(ehr_key)}"}
+        )
+    assert response.status_code == 412, response.get_json()
+    assert response.get_json()["error"]["message"] == (
+        "the EHR's FHIR server answered the Observation search with a malformed Bundle"
+        " (Bundle.entry: must be a list of entries)"
+    )
+
+
 def _feedback_item(**fields: Any) -> dict[str, Any]:
     item = {
         "card": str(uuid.uuid4()),

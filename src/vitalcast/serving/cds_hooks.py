@@ -21,13 +21,16 @@ PhysioNet 2012 and the store. Resources pass through the same FHIR adapter and
 preprocessing rules as ingested data, and features through the same function as
 training. Without an encounter in progress the card says so and carries no risk.
 
+What cannot be used is said, never guessed at: a malformed request or prefetch is a 400
+naming each problem and its place (:mod:`.cds_prefetch`), and an unusable answer of
+``fhirServer`` a 412.
+
 Every answer and every failure is audited (``cds.patient-view``); the EHR's patient id is
 recorded as the store's public id when the store knows the patient, else as a keyed hash.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -47,17 +50,29 @@ from vitalcast.db.base import utcnow
 from vitalcast.errors import (
     AppError,
     BadRequest,
-    InvalidInput,
     ModelUnavailable,
     NotFound,
     PreconditionFailed,
 )
 from vitalcast.features import StayInput, stay_features
-from vitalcast.ingest.validate import Invalid, check_observation
+from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
 from vitalcast.modeling.tables import Prediction
 from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.permissions import Permission, public, requires
-from vitalcast.serving.cds_fhir import PAGE_SIZE, FhirReader, check_fhir_server, next_link
+from vitalcast.serving.cds_fhir import (
+    PAGE_SIZE,
+    FhirReader,
+    bundle_resources,
+    check_fhir_server,
+    next_link,
+)
+from vitalcast.serving.cds_prefetch import (
+    entry_index,
+    parse_resources,
+    prefetch_problems,
+    read_patient,
+    rejection_text,
+)
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.scoring import record_prediction
@@ -73,6 +88,7 @@ SERVICE_ID = "vitalcast-icu-mortality"
 _INDICATOR = {"low": "info", "medium": "info", "high": "warning", "critical": "critical"}
 # FHIR R4 id: https://hl7.org/fhir/R4/datatypes.html#id. Ids go into request paths.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_HOOK_INSTANCE = re.compile(r"^[\x20-\x7e]{1,100}$")
 _HEIGHT = BY_KEY["height"].code
 _WEIGHT = BY_KEY["weight"].code
 _ABSENT: Any = object()  # a prefetch key the EHR did not satisfy
@@ -125,28 +141,48 @@ class HookRequest:
 
 
 def _parse_hook(body: Any) -> HookRequest:
+    """The request, or 400 listing every problem with its place (``loc``).
+
+    A malformed request, prefetch included (see :mod:`.cds_prefetch`), is the caller's
+    error: 400, as CDS Hooks services answer a request they cannot parse. 412 stays for
+    data that is missing and cannot be read from ``fhirServer``.
+    """
     problems: list[dict[str, Any]] = []
     if not isinstance(body, dict):
-        raise InvalidInput(
+        raise BadRequest(
             "a CDS Hooks request is a JSON object",
             details=[{"loc": ["body"], "msg": "must be an object"}],
         )
     if body.get("hook") != "patient-view":
         problems.append({"loc": ["body", "hook"], "msg": "this service answers patient-view"})
-    if not isinstance(body.get("hookInstance"), str):
-        problems.append({"loc": ["body", "hookInstance"], "msg": "required string"})
+    hook_instance = body.get("hookInstance")
+    if not isinstance(hook_instance, str) or not _HOOK_INSTANCE.fullmatch(hook_instance):
+        # It is audited: at most 100 printable characters (a UUID in practice).
+        problems.append(
+            {
+                "loc": ["body", "hookInstance"],
+                "msg": "required string of 1-100 printable characters",
+            }
+        )
     raw_context = body.get("context")
     context: dict[str, Any] = raw_context if isinstance(raw_context, dict) else {}
     patient_id = context.get("patientId")
-    if not isinstance(patient_id, str) or not _FHIR_ID.match(patient_id):
+    if not isinstance(patient_id, str) or not _FHIR_ID.fullmatch(patient_id):
         problems.append({"loc": ["body", "context", "patientId"], "msg": "required FHIR id"})
     encounter_id = context.get("encounterId")
     if encounter_id is not None and (
-        not isinstance(encounter_id, str) or not _FHIR_ID.match(encounter_id)
+        not isinstance(encounter_id, str) or not _FHIR_ID.fullmatch(encounter_id)
     ):
         problems.append({"loc": ["body", "context", "encounterId"], "msg": "must be a FHIR id"})
-    prefetch = body.get("prefetch") or {}
-    if not isinstance(prefetch, dict):
+    prefetch = body.get("prefetch")
+    if prefetch is None:
+        prefetch = {}
+    elif isinstance(prefetch, dict):
+        valid_id = (
+            patient_id if isinstance(patient_id, str) and _FHIR_ID.fullmatch(patient_id) else None
+        )
+        problems += prefetch_problems(prefetch, valid_id)
+    else:
         problems.append({"loc": ["body", "prefetch"], "msg": "must be an object"})
         prefetch = {}
     server = body.get("fhirServer")
@@ -154,13 +190,21 @@ def _parse_hook(body: Any) -> HookRequest:
         problems.append({"loc": ["body", "fhirServer"], "msg": "must be a URL string"})
     auth = body.get("fhirAuthorization")
     token = auth.get("access_token") if isinstance(auth, dict) else None
+    if auth is not None and not (isinstance(token, str) and token):
+        # A token that is not a string would be dropped, and the server read without it.
+        problems.append(
+            {
+                "loc": ["body", "fhirAuthorization", "access_token"],
+                "msg": "required string (fhirAuthorization is an object with access_token)",
+            }
+        )
     if auth is not None and server is None:
         # CDS Hooks 2.0 (cds-r-1): fhirAuthorization is only ever given with fhirServer.
         problems.append({"loc": ["body", "fhirServer"], "msg": "required with fhirAuthorization"})
     if problems:
-        raise InvalidInput("the CDS Hooks request has problems", details=problems)
+        raise _bad_request("the CDS Hooks request has problems", problems)
     return HookRequest(
-        str(body["hookInstance"])[:100],
+        str(hook_instance),
         str(patient_id),
         str(encounter_id) if encounter_id else None,
         str(server) if isinstance(server, str) else None,
@@ -181,23 +225,45 @@ def _bad_request(what: str, problems: list[dict[str, Any]]) -> BadRequest:
 def _prefetched(prefetch: dict[str, Any], key: str) -> Any:
     """A prefetch value: None when the EHR had no data (the spec's ``null``), or
     :data:`_ABSENT` when it did not satisfy the key (missing, or an OperationOutcome,
-    which CDS Hooks 2.0 lets a client send when its prefetch failed)."""
+    which CDS Hooks 2.0 lets a client send when its prefetch failed). Any other value
+    passed :func:`.cds_prefetch.prefetch_problems`: a Patient, or a well-formed Bundle."""
     if key not in prefetch:
         return _ABSENT
     value = prefetch[key]
     if value is None:
         return None
-    if not isinstance(value, dict) or value.get("resourceType") == "OperationOutcome":
+    if value.get("resourceType") == "OperationOutcome":
         return _ABSENT
     return value
 
 
-def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        e["resource"]
-        for e in bundle.get("entry") or []
-        if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-    ]
+@dataclass(frozen=True)
+class _Fetched:
+    """The resources of one prefetch key, and where they came from.
+
+    A resource that cannot be used is the caller's error when the request carried it (400,
+    with its place in the prefetch) and the EHR server's when vitalcast read it from
+    ``fhirServer`` (412: the data the answer needs cannot be obtained).
+    """
+
+    key: str
+    what: str  # names the search in messages, as :class:`.cds_fhir.FhirReader` does
+    resources: list[dict[str, Any]]
+    prefetched: bool
+
+    def unusable(self, index: int | None, message: str) -> AppError:
+        """The error for ``resources[index]`` (or the whole answer): ``message`` is a noun
+        phrase naming what is wrong, by FHIR path and rule, never by value."""
+        if not self.prefetched:
+            return PreconditionFailed(
+                f"the EHR's FHIR server answered the {self.what} with {message}"
+            )
+        loc: list[Any] = ["body", "prefetch", self.key]
+        where = f"prefetch.{self.key}"
+        if index is not None:
+            loc += ["entry", index, "resource"]
+            where += f".entry[{index}]"
+        return BadRequest(f"{where} holds {message}", details=[{"loc": loc, "msg": message}])
 
 
 class _Sources:
@@ -234,9 +300,15 @@ class _Sources:
         if self._reader is not None:
             self._reader.close()
 
-    def patient(self) -> dict[str, Any]:
+    def patient(self, today: date) -> PatientRecord:
+        """The patient in context, as the FHIR adapter maps it.
+
+        A prefetched Patient was checked with the request (:func:`_parse_hook`); one read
+        from ``fhirServer`` is checked here by the same rules.
+        """
         value = _prefetched(self.hook.prefetch, "patient")
-        if value is _ABSENT:
+        prefetched = value is not _ABSENT
+        if not prefetched:
             value = self.reader("Patient resource").read(
                 "Patient resource", f"Patient/{self.hook.patient_id}"
             )
@@ -244,38 +316,38 @@ class _Sources:
             raise PreconditionFailed("the EHR has no Patient resource for the patient in context")
         if value.get("resourceType") != "Patient" or value.get("id") != self.hook.patient_id:
             raise PreconditionFailed("the Patient resource is not the patient in context")
-        return dict(value)
+        record, problems = read_patient(value, today)
+        if record is None:
+            fetched = _Fetched("patient", "Patient resource", [value], prefetched)
+            raise fetched.unusable(None, f"a Patient that cannot be used ({'; '.join(problems)})")
+        return record
 
-    def encounters(self) -> list[dict[str, Any]]:
+    def encounters(self) -> _Fetched:
         """Candidate Encounters: the prefetched in-progress ones, else read from the server."""
         value = _prefetched(self.hook.prefetch, "encounters")
         what = "in-progress Encounter search"
         if value is None:
-            return []
-        if value is not _ABSENT and value.get("resourceType") == "Bundle":
+            return _Fetched("encounters", what, [], prefetched=True)
+        if value is not _ABSENT:
             if next_link(value) is None:
-                return _entries(value)
-            return self.reader(what).follow(what, value)
+                return _Fetched("encounters", what, bundle_resources(value), prefetched=True)
+            return _Fetched("encounters", what, self.reader(what).follow(what, value), False)
         reader = self.reader(what)
         if self.hook.encounter_id:
-            return [reader.read("Encounter resource", f"Encounter/{self.hook.encounter_id}")]
+            found = reader.read("Encounter resource", f"Encounter/{self.hook.encounter_id}")
+            return _Fetched("encounters", "Encounter resource", [found], prefetched=False)
         params = {"patient": self.hook.patient_id, "status": "in-progress", "_count": "100"}
-        return reader.search(what, "Encounter", params)
+        return _Fetched("encounters", what, reader.search(what, "Encounter", params), False)
 
-    def observations(self, admitted_at: datetime) -> list[dict[str, Any]]:
+    def observations(self, admitted_at: datetime) -> _Fetched:
         """The stay's observations: the prefetch when complete, else a search since
         admission, newest first (so that the recent windows are what a cap would keep)."""
         value = _prefetched(self.hook.prefetch, "observations")
-        if value is None:
-            return []
-        complete = (
-            value is not _ABSENT
-            and value.get("resourceType") == "Bundle"
-            and next_link(value) is None
-        )
-        if complete:
-            return _entries(value)
         what = "Observation search"
+        if value is None:
+            return _Fetched("observations", what, [], prefetched=True)
+        if value is not _ABSENT and next_link(value) is None:
+            return _Fetched("observations", what, bundle_resources(value), prefetched=True)
         since = admitted_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
         params = {
             "patient": self.hook.patient_id,
@@ -283,36 +355,65 @@ class _Sources:
             "_sort": "-date",
             "_count": str(PAGE_SIZE),
         }
-        return self.reader(what).search(what, "Observation", params)
+        found = self.reader(what).search(what, "Observation", params)
+        return _Fetched("observations", what, found, prefetched=False)
 
 
-def _parse(resources: list[dict[str, Any]]) -> Any:
-    """Resources through the same FHIR adapter as ingested files (a RecordBatch)."""
-    from vitalcast.ingest.sources.fhir import parse_document
-
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": r} for r in resources],
-    }
-    return parse_document(json.dumps(bundle).encode(), "cds-request").batch
+# Why the admission time of the stay breaks the ingestion rules (check_encounter's codes).
+_ADMISSION_RULES = {
+    "future_time": "an admission time in the future",
+    "before_birth": "an admission time before the patient's birth",
+    "naive_time": "an admission time without a timezone",
+    "discharge_before_admission": "a discharge time before its admission time",
+}
 
 
 def _current_encounter(
-    resources: list[dict[str, Any]], patient_ref: str, encounter_id: str | None
+    fetched: _Fetched, patient: PatientRecord, encounter_id: str | None, now: datetime
 ) -> EncounterRecord | None:
     """The stay to score: the context's encounter if in progress, else the in-progress
     encounter of this patient that started last (an ICU stay inside a hospital stay
-    starts after it). Mapped by the FHIR ingestion adapter (admission time, unit)."""
+    starts after it). Mapped by the FHIR ingestion adapter (admission time, unit).
+
+    Raises:
+        BadRequest, PreconditionFailed: an in-progress candidate cannot be read, belongs to
+            another patient, or breaks the ingestion rules on times (see
+            :meth:`_Fetched.unusable`). Passing over it would answer "no stay in
+            progress", or score another stay, without a word.
+    """
     candidates = [
-        r
-        for r in resources
+        (i, r)
+        for i, r in enumerate(fetched.resources)
         if r.get("resourceType") == "Encounter"
         and r.get("status") == "in-progress"
         and (encounter_id is None or r.get("id") == encounter_id)
     ]
-    records = [e for e in _parse(candidates).encounters if e.patient_ref == patient_ref]
-    return max(records, key=lambda e: (e.admitted_at, e.ref), default=None)
+    batch = parse_resources([r for _i, r in candidates])
+
+    def index(location: str) -> int | None:
+        k = entry_index(location)
+        return candidates[k][0] if k is not None and k < len(candidates) else None
+
+    for rejected in batch.rejected:
+        why = rejection_text(rejected, "Encounter")
+        raise fetched.unusable(
+            index(rejected.location), f"an in-progress Encounter that cannot be read ({why})"
+        )
+    for record in batch.encounters:
+        if record.patient_ref != patient.ref:
+            raise fetched.unusable(
+                index(record.source_ref), "an in-progress Encounter of another patient"
+            )
+    current = max(batch.encounters, key=lambda e: (e.admitted_at, e.ref), default=None)
+    if current is not None:
+        try:
+            check_encounter(current, now=now, born_on=patient.birth_date)
+        except Invalid as exc:
+            why = _ADMISSION_RULES.get(exc.code, exc.code)
+            raise fetched.unusable(
+                index(current.source_ref), f"an in-progress Encounter with {why}"
+            ) from None
+    return current
 
 
 def _age_at(born: date | None, when: datetime) -> float | None:
@@ -373,7 +474,10 @@ def stay_from_records(
 
 
 def _card(
-    predictor: Predictor, prediction: Prediction, link: str, admitted_at: datetime
+    predictor: Predictor,
+    prediction: Prediction,
+    link: str,
+    admitted_at: datetime,
 ) -> dict[str, Any]:
     pct = round(prediction.score * 100)
     factors = prediction.explanation or []
@@ -498,14 +602,16 @@ def _answer(
     hook: HookRequest, sources: _Sources, predictor: Predictor, link: str, audit: _Audit
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
-    patient_ref = f"Patient/{hook.patient_id}"
-    patient_resource = sources.patient()
-    encounter = _current_encounter(sources.encounters(), patient_ref, hook.encounter_id)
+    patient = sources.patient(now.date())
+    encounter = _current_encounter(sources.encounters(), patient, hook.encounter_id, now)
     if encounter is None:
         audit.details["scored"] = False
         return _no_stay_card(link, hook.encounter_id)
-    batch = _parse([patient_resource, *sources.observations(encounter.admitted_at)])
-    patient = next((p for p in batch.patients if p.ref == patient_ref), None)
+    fetched = sources.observations(encounter.admitted_at)
+    # OperationOutcomes of a search are its messages, not data (prefetch entries of other
+    # types were refused with the request).
+    resources = [r for r in fetched.resources if r.get("resourceType") == "Observation"]
+    batch = parse_resources(resources)
     stay = stay_from_records(patient, encounter, batch.observations, now)
     prediction = record_prediction(
         db(),
