@@ -804,6 +804,49 @@ def test_malformed_prefetch_is_a_400_that_says_where(
     assert '"level": "ERROR"' not in capsys.readouterr().out
 
 
+def test_left_out_observations_are_counted_on_the_card(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """Observations the FHIR adapter or the ingestion rules reject used to vanish without
+    a word; the card now says how many of a kind the model uses were left out (codes it
+    does not use, withdrawn results and earlier stays are not "left out")."""
+    _register_champion(cds_app, trained_model)
+    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    good = [_observation("8867-4", 128, "/min", 30), _observation("2524-7", 4.1, "mmol/L", 60)]
+    clean = cds_app.test_client().post(
+        SERVICE, json=_hook(PATIENT, good, [_encounter(300)]), headers=headers
+    )
+    assert "Left out" not in clean.get_json()["cards"][0]["detail"]
+    unreadable = _observation("8867-4", 128, "/min", 20)
+    unreadable["valueQuantity"]["value"] = "128 bpm"  # not a FHIR decimal
+    no_time = {
+        k: v
+        for k, v in _observation("2524-7", 3.0, "mmol/L", 20).items()
+        if k != "effectiveDateTime"
+    }
+    implausible = _observation("8867-4", 9999, "/min", 20)
+    other = {**_observation("8867-4", 90, "/min", 20), "subject": {"reference": "Patient/p9"}}
+    not_used = _observation("72514-3", 4, "{score}", 20)  # pain score: not a model input
+    withdrawn = {**_observation("8867-4", 200, "/min", 20), "status": "entered-in-error"}
+    earlier = _observation("8867-4", 170, "/min", 600)  # before this admission
+    observations = [*good, unreadable, no_time, implausible, other, not_used, withdrawn, earlier]
+    patient = {**PATIENT, "birthDate": "1950"}  # a valid but partial date: no age
+    response = cds_app.test_client().post(
+        SERVICE, json=_hook(patient, observations, [_encounter(300)]), headers=headers
+    )
+    assert response.status_code == 200, response.get_json()
+    detail = response.get_json()["cards"][0]["detail"]
+    assert (
+        "Left out of this risk: 2 observations that could not be read, 1 observation"
+        " outside the plausibility rules (value, unit or time), 1 observation of another"
+        " patient." in detail
+    )
+    assert "Age unknown: the Patient resource has no full birth date." in detail
+    *_clean, row = _audit_rows(cds_app)
+    assert row.details["left_out"] == {"unreadable": 2, "implausible": 1, "other_patient": 1}
+    assert row.details["unreadable"] == {"invalid_resource": 1, "no_time": 1}
+
+
 def test_a_fhir_server_answer_with_a_malformed_bundle_is_a_412(
     cds_app: Flask, ehr_key: RSAKey, trained_model: Any
 ) -> None:

@@ -22,8 +22,8 @@ preprocessing rules as ingested data, and features through the same function as
 training. Without an encounter in progress the card says so and carries no risk.
 
 What cannot be used is said, never guessed at: a malformed request or prefetch is a 400
-naming each problem and its place (:mod:`.cds_prefetch`), and an unusable answer of
-``fhirServer`` a 412.
+naming each problem and its place (:mod:`.cds_prefetch`), an unusable answer of
+``fhirServer`` a 412, and observations left out of the score are counted on the card.
 
 Every answer and every failure is audited (``cds.patient-view``); the EHR's patient id is
 recorded as the store's public id when the store knows the patient, else as a keyed hash.
@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ from vitalcast.serving.cds_fhir import (
     next_link,
 )
 from vitalcast.serving.cds_prefetch import (
+    counts_as_left_out,
     entry_index,
     parse_resources,
     prefetch_problems,
@@ -430,6 +432,7 @@ def stay_from_records(
     encounter: EncounterRecord,
     observations: list[ObservationRecord],
     now: datetime,
+    left_out: Counter[str] | None = None,
 ) -> StayInput:
     """The feature input of ``encounter`` from FHIR-mapped records, as training sees stays.
 
@@ -438,18 +441,33 @@ def stay_from_records(
     Height (a descriptor only) is the stay's first height; the weight charted at the
     admission instant is the admission weight descriptor and not part of the weight series,
     as PhysioNet 2012's 00:00 descriptor rows and the synthetic FHIR export have it.
+
+    ``left_out`` counts the drops the card must mention (data the score goes without):
+    ``implausible`` (a value, unit or time breaking the ingestion rules, or no number)
+    and ``other_patient``. Codes vitalcast does not use, other stays and times before
+    admission are not counted: leaving them out is what scoring this stay means.
     """
+    tally: Counter[str] = Counter() if left_out is None else left_out
     patient_ref = encounter.patient_ref
     born = patient.birth_date if patient is not None else None
     kept: list[tuple[str, float, datetime]] = []
     for rec in observations:
-        if rec.patient_ref != patient_ref or rec.encounter_ref not in (None, encounter.ref):
+        if rec.patient_ref != patient_ref:
+            tally["other_patient"] += 1
+            continue
+        if rec.encounter_ref not in (None, encounter.ref):
             continue
         try:
             clean = check_observation(rec, now=now, born_on=born)
-        except Invalid:
-            continue  # the same rules as ingestion: implausible or unknown values do not score
-        if clean.value is None or clean.effective_at < encounter.admitted_at:
+        except Invalid as exc:
+            # The same rules as ingestion: implausible or unknown values do not score.
+            if exc.code != "unknown_code":
+                tally["implausible"] += 1
+            continue
+        if clean.value is None:
+            tally["implausible"] += 1  # a text where the model needs a number
+            continue
+        if clean.effective_at < encounter.admitted_at:
             continue
         kept.append((clean.code, float(clean.value), clean.effective_at))
     kept.sort(key=lambda o: o[2])
@@ -473,11 +491,36 @@ def stay_from_records(
     )
 
 
+def _notes(left_out: Counter[str], patient: PatientRecord) -> list[str]:
+    """What the score went without, for the card: the clinician reading a risk must know
+    when data the EHR holds was not part of it."""
+    notes: list[str] = []
+    parts = [
+        f"{n} {_plural(n, 'observation')} {label}"
+        for key, label in (
+            ("unreadable", "that could not be read"),
+            ("implausible", "outside the plausibility rules (value, unit or time)"),
+            ("other_patient", "of another patient"),
+        )
+        if (n := left_out[key])
+    ]
+    if parts:
+        notes.append(f"Left out of this risk: {', '.join(parts)}.")
+    if patient.birth_date is None:
+        notes.append("Age unknown: the Patient resource has no full birth date.")
+    return notes
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else f"{word}s"
+
+
 def _card(
     predictor: Predictor,
     prediction: Prediction,
     link: str,
     admitted_at: datetime,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     pct = round(prediction.score * 100)
     factors = prediction.explanation or []
@@ -495,11 +538,12 @@ def _card(
     )
     threshold = f"{caution}Threshold {round(predictor.threshold * 100)}%."
     band = f"{prediction.band}, early" if early else prediction.band
+    text = f"{threshold} Main factors:\n{detail}" if factors else threshold
     return {
         "uuid": prediction.public_id,
         "summary": f"ICU mortality risk {pct}% ({band})"[:140],
         "indicator": _INDICATOR.get(prediction.band, "info"),
-        "detail": f"{threshold} Main factors:\n{detail}" if factors else threshold,
+        "detail": "\n\n".join([text, *(notes or [])]),
         "source": {"label": f"vitalcast ({predictor.version})", "url": link},
         "links": [{"label": "Open in vitalcast", "url": link, "type": "absolute"}],
     }
@@ -612,7 +656,18 @@ def _answer(
     # types were refused with the request).
     resources = [r for r in fetched.resources if r.get("resourceType") == "Observation"]
     batch = parse_resources(resources)
-    stay = stay_from_records(patient, encounter, batch.observations, now)
+    left_out: Counter[str] = Counter()
+    rejections: Counter[str] = Counter()
+    for rejected in batch.rejected:
+        if counts_as_left_out(rejected, resources):
+            left_out["unreadable"] += 1
+            rejections[rejected.reason_code] += 1
+    stay = stay_from_records(patient, encounter, batch.observations, now, left_out)
+    if left_out:
+        # Counts and rule codes only: the audit log holds no values.
+        audit.details["left_out"] = dict(left_out)
+        if rejections:
+            audit.details["unreadable"] = dict(rejections)
     prediction = record_prediction(
         db(),
         predictor,
@@ -622,7 +677,7 @@ def _answer(
         freshness=stay.observations[-1][2] if stay.observations else None,
     )
     audit.details.update({"scored": True, "card": prediction.public_id})
-    return _card(predictor, prediction, link, stay.admitted_at)
+    return _card(predictor, prediction, link, stay.admitted_at, _notes(left_out, patient))
 
 
 # Feedback limits: the columns of cds_feedback, and a bound on one request's work.

@@ -18,7 +18,10 @@ So, for the keys of the service's prefetch template (:data:`PREFETCH`):
   behind a read of ``fhirServer`` or a misleading 412;
 - the prefetched Patient must be the patient in context and must pass the FHIR ingestion
   adapter, plus the checks the adapter leaves to the store (gender code, a birth date that
-  is not in the future), because its age and sex are model features.
+  is not in the future), because its age and sex are model features;
+- Observations the adapter rejects are not an error (EHR searches return many
+  observations vitalcast does not use), but those of a kind the model uses are counted,
+  and the card says how many were left out (:func:`counts_as_left_out`).
 
 Messages quote FHIR paths and rule names, never values: a value may be a name, an
 identifier or a birth date.
@@ -31,14 +34,19 @@ import re
 from datetime import date
 from typing import Any
 
+from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.records import PatientRecord, RecordBatch, Rejected
+from vitalcast.ingest.sources.fhir_map import pick_code
 from vitalcast.serving.cds_fhir import bundle_problems
 
 # The prefetch keys of the discovery document and the resource type each one holds.
 PREFETCH = {"patient": "Patient", "encounters": "Encounter", "observations": "Observation"}
 # FHIR R4 AdministrativeGender, a required binding; the validator does not enforce it.
 _GENDERS = frozenset({"male", "female", "other", "unknown"})
+# Rejections that are not data: withdrawn results and results the EHR says are absent.
+_NOT_MEASUREMENTS = frozenset({"entered_in_error", "cancelled", "data_absent"})
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
+_COMPONENT = re.compile(r"\.component\[(\d+)\]")
 _QUOTED = re.compile(r"\s*(?:'[^']*'|\"[^\"]*\")")
 
 
@@ -138,3 +146,51 @@ def _patient_problems(
         return [{"loc": [*loc, "id"], "msg": "must be the patient in context (context.patientId)"}]
     _record, problems = read_patient(value, date.today())
     return [{"loc": loc, "msg": msg} for msg in problems]
+
+
+def counts_as_left_out(rejected: Rejected, resources: list[dict[str, Any]]) -> bool:
+    """Whether an Observation the adapter rejected is data the score goes without.
+
+    ``resources`` is what :func:`parse_resources` was given. Not counted: withdrawn
+    results (entered in error, cancelled), results the EHR marks absent, a panel's own
+    slot when its values are its components, and observations whose code vitalcast does
+    not use (an EHR's newest observations are mostly of such codes). Counted: anything
+    else whose code is in the vocabulary, or whose code cannot be told.
+    """
+    if rejected.reason_code in _NOT_MEASUREMENTS:
+        return False
+    index = entry_index(rejected.location)
+    found = resources[index] if index is not None and index < len(resources) else None
+    resource: dict[str, Any] = found if isinstance(found, dict) else {}
+    raw_components = resource.get("component")
+    components: list[Any] = raw_components if isinstance(raw_components, list) else []
+    # After the resource's key "(Observation/<id>)": an id cannot fake a component.
+    component = _COMPONENT.search(rejected.location.rsplit(")", 1)[-1])
+    if component is not None:
+        slot = int(component.group(1))
+        holders = components[slot : slot + 1]
+    elif rejected.reason_code == "invalid_resource":
+        holders = [resource, *components]  # rejected once for all its values
+    elif rejected.reason_code == "no_value" and _is_panel(resource):
+        return False
+    else:
+        holders = [resource]
+    codes = [_code(holder) for holder in holders] or [None]
+    return any(code is None or code in BY_CODE for code in codes)
+
+
+def _is_panel(resource: dict[str, Any]) -> bool:
+    """A panel whose values are its components or its members, with none of its own."""
+    own = any(k.startswith("value") for k in resource) or "dataAbsentReason" in resource
+    return not own and bool(resource.get("component") or resource.get("hasMember"))
+
+
+def _code(holder: Any) -> str | None:
+    """The code the adapter would pick, or None when the concept is not well formed."""
+    concept = holder.get("code") if isinstance(holder, dict) else None
+    if not isinstance(concept, dict):
+        return None
+    try:
+        return pick_code(concept)
+    except (AttributeError, TypeError, KeyError, IndexError):
+        return None
