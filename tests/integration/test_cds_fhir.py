@@ -189,7 +189,7 @@ def test_patient_view_card_from_prefetch_and_feedback(
                 "card": card["uuid"],
                 "outcome": "overridden",
                 "overrideReason": {"reason": {"code": "not-relevant", "display": "Not relevant"}},
-                "outcomeTimestamp": "2026-11-28T12:00:00Z",
+                "outcomeTimestamp": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
             }
         ]
     }
@@ -628,3 +628,443 @@ def obs_all_last(client: FlaskClient, patient: str, headers: dict[str, str]) -> 
     """The latest effective time of the patient's observations, in ascending order."""
     entries = client.get(f"/fhir/Observation?patient={patient}", headers=headers).get_json()
     return str(entries["entry"][-1]["resource"]["effectiveDateTime"])
+
+
+# Robustness: bad input gets a 4xx saying what was wrong and where, never a 500, never a
+# silent drop, and no patient identifier in messages or logs.
+
+WHO = "mrn-4711"  # a patient id that must never be echoed
+
+
+def _who_hook(**prefetch: Any) -> dict[str, Any]:
+    """A well-formed request for patient :data:`WHO` with ``prefetch`` overriding keys."""
+    encounter = {**_encounter(300), "subject": {"reference": f"Patient/{WHO}"}}
+    observation = {
+        **_observation("8867-4", 128, "/min", 30),
+        "subject": {"reference": f"Patient/{WHO}"},
+    }
+    body = _hook({**PATIENT, "id": WHO}, [observation], [encounter])
+    body["prefetch"].update(prefetch)
+    return body
+
+
+def _bundle(*resources: Any, **fields: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in resources],
+        **fields,
+    }
+
+
+def _who_encounter(**fields: Any) -> dict[str, Any]:
+    return {**_encounter(300), "subject": {"reference": f"Patient/{WHO}"}, **fields}
+
+
+MALFORMED_PREFETCH = [
+    # (case, prefetch override, loc of the (first) problem, what its msg says)
+    ("observations a list", {"observations": [1, 2]}, ["observations"], "FHIR resource"),
+    (
+        "observation entries not objects",
+        {"observations": _bundle() | {"entry": [1, 2]}},
+        ["observations", "entry", 0],
+        "object",
+    ),
+    (
+        "observation entry a string",
+        {"observations": _bundle() | {"entry": "x"}},
+        ["observations", "entry"],
+        "list",
+    ),
+    (
+        "observation link not a list",
+        {"observations": _bundle(link=5)},
+        ["observations", "link"],
+        "list",
+    ),
+    (
+        "resource not an object",
+        {"observations": _bundle() | {"entry": [{"resource": "x"}]}},
+        ["observations", "entry", 0, "resource"],
+        "FHIR resource",
+    ),
+    (
+        "a Patient among observations",
+        {"observations": _bundle({**PATIENT, "id": WHO})},
+        ["observations", "entry", 0, "resource", "resourceType"],
+        "Observation",
+    ),
+    (
+        "observations not a Bundle",
+        {"observations": {**PATIENT, "id": WHO}},
+        ["observations"],
+        "search Bundle",
+    ),
+    ("encounters a string", {"encounters": "Encounter?patient=x"}, ["encounters"], "FHIR resource"),
+    ("patient a reference string", {"patient": f"Patient/{WHO}"}, ["patient"], "FHIR resource"),
+    ("patient a list", {"patient": [1]}, ["patient"], "FHIR resource"),
+    (
+        "patient an Observation",
+        {"patient": {**_observation("8867-4", 1, "/min", 1), "id": WHO}},
+        ["patient"],
+        "Patient resource",
+    ),
+    (
+        "patient another one",
+        {"patient": {**PATIENT, "id": "p2"}},
+        ["patient", "id"],
+        "patient in context",
+    ),
+    (
+        "birth date not a date",
+        {"patient": {**PATIENT, "id": WHO, "birthDate": "not-a-date"}},
+        ["patient"],
+        "Patient.birthDate",
+    ),
+    (
+        "birth date in the future",
+        {"patient": {**PATIENT, "id": WHO, "birthDate": "2990-01-01"}},
+        ["patient"],
+        "Patient.birthDate: is in the future",
+    ),
+    (
+        "gender not a FHIR code",
+        {"patient": {**PATIENT, "id": WHO, "gender": "F"}},
+        ["patient"],
+        "Patient.gender",
+    ),
+    (
+        "admission without a time",
+        {"encounters": _bundle(_who_encounter(period={"start": "2026-01-01"}))},
+        ["encounters", "entry", 0, "resource"],
+        "Encounter.period.start has no time of day",
+    ),
+    (
+        "admission in the future",
+        {
+            "encounters": _bundle(
+                _who_encounter(),
+                {**_who_encounter(id="e2"), "period": {"start": "2990-01-01T00:00:00Z"}},
+            )
+        },
+        ["encounters", "entry", 1, "resource"],
+        "admission time in the future",
+    ),
+    (
+        "stay of another patient",
+        {"encounters": _bundle(_encounter(300))},
+        ["encounters", "entry", 0, "resource"],
+        "another patient",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "prefetch", "loc", "msg"), MALFORMED_PREFETCH, ids=[c[0] for c in MALFORMED_PREFETCH]
+)
+def test_malformed_prefetch_is_a_400_that_says_where(
+    cds_app: Flask,
+    ehr_key: RSAKey,
+    trained_model: Any,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    prefetch: dict[str, Any],
+    loc: list[Any],
+    msg: str,
+) -> None:
+    """Shapes the service cannot read were a 500 (``[1, 2]``), or were taken as "not
+    sent" and scored from the rest (a Patient that is a string, a birth date that is not
+    a date): a risk without age or observations, with nothing saying so. Even a signed
+    request naming fhirServer gets 400 rather than a read of the server."""
+    _register_champion(cds_app, trained_model)
+    canary = FakeFhir({})
+    with _served(canary.app) as base:
+        body = _who_hook(**prefetch)
+        body["fhirServer"] = f"{base}/fhir"
+        response = cds_app.test_client().post(
+            SERVICE, json=body, headers={"Authorization": f"Bearer {_token(ehr_key)}"}
+        )
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "bad_request"
+    problem = next(d for d in error["details"] if d["loc"] == ["body", "prefetch", *loc])
+    assert msg in problem["msg"]
+    assert msg in error["message"]  # the message alone says what and where
+    assert canary.requests == []
+    text = response.get_data(as_text=True)
+    for secret in (WHO, "not-a-date", "2990-01-01", "2026-01-01"):
+        assert secret not in text
+    (row,) = _audit_rows(cds_app)
+    assert (row.outcome, row.details["error"]) == ("failure", "bad_request")
+    assert WHO not in json.dumps(row.details)
+    with get_state(cds_app).sessions() as session:
+        from vitalcast.modeling.tables import Prediction
+
+        assert session.scalars(select(Prediction)).first() is None
+    assert '"level": "ERROR"' not in capsys.readouterr().out
+
+
+def test_left_out_observations_are_counted_on_the_card(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """Observations the FHIR adapter or the ingestion rules reject used to vanish without
+    a word; the card now says how many of a kind the model uses were left out (codes it
+    does not use, withdrawn results and earlier stays are not "left out")."""
+    _register_champion(cds_app, trained_model)
+    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    good = [_observation("8867-4", 128, "/min", 30), _observation("2524-7", 4.1, "mmol/L", 60)]
+    clean = cds_app.test_client().post(
+        SERVICE, json=_hook(PATIENT, good, [_encounter(300)]), headers=headers
+    )
+    assert "Left out" not in clean.get_json()["cards"][0]["detail"]
+    unreadable = _observation("8867-4", 128, "/min", 20)
+    unreadable["valueQuantity"]["value"] = "128 bpm"  # not a FHIR decimal
+    no_time = {
+        k: v
+        for k, v in _observation("2524-7", 3.0, "mmol/L", 20).items()
+        if k != "effectiveDateTime"
+    }
+    implausible = _observation("8867-4", 9999, "/min", 20)
+    other = {**_observation("8867-4", 90, "/min", 20), "subject": {"reference": "Patient/p9"}}
+    not_used = _observation("72514-3", 4, "{score}", 20)  # pain score: not a model input
+    withdrawn = {**_observation("8867-4", 200, "/min", 20), "status": "entered-in-error"}
+    earlier = _observation("8867-4", 170, "/min", 600)  # before this admission
+    observations = [*good, unreadable, no_time, implausible, other, not_used, withdrawn, earlier]
+    patient = {**PATIENT, "birthDate": "1950"}  # a valid but partial date: no age
+    response = cds_app.test_client().post(
+        SERVICE, json=_hook(patient, observations, [_encounter(300)]), headers=headers
+    )
+    assert response.status_code == 200, response.get_json()
+    detail = response.get_json()["cards"][0]["detail"]
+    assert (
+        "Left out of this risk: 2 observations that could not be read, 1 observation"
+        " outside the plausibility rules (value, unit or time), 1 observation of another"
+        " patient." in detail
+    )
+    assert "Age unknown: the Patient resource has no full birth date." in detail
+    *_clean, row = _audit_rows(cds_app)
+    assert row.details["left_out"] == {"unreadable": 2, "implausible": 1, "other_patient": 1}
+    assert row.details["unreadable"] == {"invalid_resource": 1, "no_time": 1}
+
+
+def test_a_fhir_server_answer_with_a_malformed_bundle_is_a_412(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """The same Bundle checks hold for what fhirServer answers; it is the EHR server's
+    fault, not the caller's, hence 412 (the data cannot be obtained)."""
+    _register_champion(cds_app, trained_model)
+    page = {"resourceType": "Bundle", "type": "searchset", "entry": "x", "link": 5}
+    ehr = FakeFhir({"fhir/Observation": (200, page)})
+    with _served(ehr.app) as base:
+        body = _hook(PATIENT, None, [_encounter(600)])
+        body["fhirServer"] = f"{base}/fhir"
+        body["fhirAuthorization"] = {"access_token": "ehr-token", "token_type": "Bearer"}
+        response = cds_app.test_client().post(
+            SERVICE, json=body, headers={"Authorization": f"Bearer {_token(ehr_key)}"}
+        )
+    assert response.status_code == 412, response.get_json()
+    assert response.get_json()["error"]["message"] == (
+        "the EHR's FHIR server answered the Observation search with a malformed Bundle"
+        " (Bundle.entry: must be a list of entries)"
+    )
+
+
+def _feedback_item(**fields: Any) -> dict[str, Any]:
+    item = {
+        "card": str(uuid.uuid4()),
+        "outcome": "overridden",
+        "outcomeTimestamp": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+    }
+    return {k: v for k, v in {**item, **fields}.items() if v is not None}
+
+
+COMMENT = "Jane Doe refused, see her chart"  # free text that may name a patient
+BAD_FEEDBACK = [
+    (
+        "card too long for its column",
+        _feedback_item(card="c" * 65, overrideReason={"userComment": COMMENT}),
+        ["card"],
+        "at most 64 characters",
+    ),
+    ("card missing", {**_feedback_item(), "card": None}, ["card"], "required string"),
+    ("card not a string", _feedback_item(card=12), ["card"], "must be a string"),
+    ("outcome unknown", _feedback_item(outcome="ignored"), ["outcome"], "accepted or overridden"),
+    (
+        "timestamp a number",
+        _feedback_item(outcomeTimestamp=1700000000),
+        ["outcomeTimestamp"],
+        "ISO 8601",
+    ),
+    (
+        "timestamp a date only",
+        _feedback_item(outcomeTimestamp="2026-01-01"),
+        ["outcomeTimestamp"],
+        "ISO 8601",
+    ),
+    (
+        "timestamp no such day",
+        _feedback_item(outcomeTimestamp="2026-02-30T00:00:00Z"),
+        ["outcomeTimestamp"],
+        "ISO 8601",
+    ),
+    (
+        "timestamp out of range",
+        _feedback_item(outcomeTimestamp="0001-01-01T00:00:00+14:00"),
+        ["outcomeTimestamp"],
+        "ISO 8601",
+    ),
+    (
+        "timestamp in the future",
+        _feedback_item(outcomeTimestamp="2999-01-01T00:00:00Z"),
+        ["outcomeTimestamp"],
+        "future",
+    ),
+    (
+        "override reason a string",
+        _feedback_item(overrideReason=COMMENT),
+        ["overrideReason"],
+        "must be an object",
+    ),
+    (
+        "reason not a Coding",
+        _feedback_item(overrideReason={"reason": COMMENT}),
+        ["overrideReason", "reason"],
+        "Coding",
+    ),
+    (
+        "reason code too long",
+        _feedback_item(overrideReason={"reason": {"code": "x" * 301}}),
+        ["overrideReason", "reason", "code"],
+        "at most 300",
+    ),
+    (
+        "reason display not text",
+        _feedback_item(overrideReason={"reason": {"display": ["x"]}}),
+        ["overrideReason", "reason", "display"],
+        "must be a string",
+    ),
+    (
+        "comment too long",
+        _feedback_item(overrideReason={"userComment": COMMENT * 40}),
+        ["overrideReason", "userComment"],
+        "at most 1000",
+    ),
+    (
+        "comment not text",
+        _feedback_item(overrideReason={"userComment": {"text": COMMENT}}),
+        ["overrideReason", "userComment"],
+        "must be a string",
+    ),
+    (
+        "override reason of an accepted card",
+        _feedback_item(outcome="accepted", overrideReason={"userComment": COMMENT}),
+        ["overrideReason"],
+        "only with outcome overridden",
+    ),
+    (
+        "suggestions not a list",
+        _feedback_item(outcome="accepted", acceptedSuggestions="x"),
+        ["acceptedSuggestions"],
+        "list of objects",
+    ),
+    (
+        "suggestions this service never made",
+        _feedback_item(outcome="accepted", acceptedSuggestions=[{"id": "s1"}]),
+        ["acceptedSuggestions"],
+        "no suggestions",
+    ),
+    ("item not an object", [COMMENT], [], "must be an object"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "item", "loc", "msg"), BAD_FEEDBACK, ids=[c[0] for c in BAD_FEEDBACK]
+)
+def test_bad_feedback_is_a_400_that_names_the_field_not_the_text(
+    cds_app: Flask,
+    ehr_key: RSAKey,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    item: Any,
+    loc: list[Any],
+    msg: str,
+) -> None:
+    """A card id longer than its column was a 500 whose log line carried the SQL
+    parameters, free-text comment included. Every field is checked, with a message that
+    names the field and the rule; nothing of the request is stored."""
+    good = _feedback_item(outcome="accepted")
+    items = [good, item[0]] if isinstance(item, list) else [good, item]
+    response = cds_app.test_client().post(
+        f"{SERVICE}/feedback",
+        json={"feedback": items},
+        headers={"Authorization": f"Bearer {_token(ehr_key)}"},
+    )
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "bad_request"
+    assert [d["loc"] for d in error["details"]] == [["body", "feedback", 1, *loc]]
+    assert msg in error["details"][0]["msg"]
+    assert msg in error["message"]
+    assert "Jane Doe" not in response.get_data(as_text=True)
+    logged = capsys.readouterr().out
+    assert "Jane Doe" not in logged
+    assert '"level": "ERROR"' not in logged
+    with get_state(cds_app).sessions() as session:
+        assert session.scalars(select(CdsFeedback)).first() is None
+
+
+def test_feedback_limits_and_unknown_services(cds_app: Flask, ehr_key: RSAKey) -> None:
+    """Feedback for a service that does not exist is 404 (it was stored, while the
+    service itself answered 404); values at their column's length are stored whole."""
+    client = cds_app.test_client()
+    unknown = "/cds-services/no-such-service"
+    response = client.post(
+        f"{unknown}/feedback",
+        json={"feedback": [_feedback_item()]},
+        headers={"Authorization": f"Bearer {_token(ehr_key, aud=BASE + unknown)}"},
+    )
+    assert response.status_code == 404, response.get_json()
+    assert response.get_json()["error"]["message"] == "no CDS service 'no-such-service'"
+    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    many = client.post(
+        f"{SERVICE}/feedback", json={"feedback": [_feedback_item()] * 101}, headers=headers
+    )
+    assert many.status_code == 400
+    assert many.get_json()["error"]["message"] == "at most 100 feedback items per request"
+    full = _feedback_item(
+        card="c" * 64,
+        overrideReason={"reason": {"code": "r" * 300}, "userComment": "x" * 1000},
+        outcomeTimestamp="2026-01-01T10:00:00",  # no offset: taken as UTC
+    )
+    stored = client.post(f"{SERVICE}/feedback", json={"feedback": [full]}, headers=headers)
+    assert stored.status_code == 200, stored.get_json()
+    with get_state(cds_app).sessions() as session:
+        (row,) = session.scalars(select(CdsFeedback))
+    assert (row.card_uuid, row.override_reason, row.user_comment) == (
+        "c" * 64,
+        "r" * 300,
+        "x" * 1000,
+    )
+    assert row.outcome_at == datetime(2026, 1, 1, 10, tzinfo=UTC)
+
+
+def test_database_errors_do_not_carry_the_statement_parameters(cds_app: Flask) -> None:
+    """Should a value ever reach the database unchecked, the error (which is logged with
+    its traceback) names the statement, not the patient data in its parameters."""
+    from sqlalchemy.exc import DBAPIError
+
+    with get_state(cds_app).sessions() as session:
+        session.add(
+            CdsFeedback(
+                service_id=SERVICE_ID,
+                card_uuid="c" * 65,
+                outcome="overridden",
+                user_comment=COMMENT,
+                outcome_at=datetime.now(UTC),
+                client="test",
+            )
+        )
+        with pytest.raises(DBAPIError) as caught:
+            session.commit()
+    assert "cds_feedback" in str(caught.value)
+    assert "Jane Doe" not in str(caught.value)

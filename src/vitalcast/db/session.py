@@ -24,7 +24,12 @@ def create_db_engine(url: str, *, check: bool = True, **kwargs: Any) -> Engine:
 
     SQLite gets WAL mode and foreign keys on, so that the embedded demo behaves like
     PostgreSQL where it matters (referential integrity, readers beside one writer).
+
+    Statement parameters are left out of SQLAlchemy's error messages: they are patient
+    data (names, free-text comments), and an unexpected database error is logged with
+    its traceback.
     """
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":

@@ -200,11 +200,15 @@ class FhirReader:
         while True:
             if bundle.get("resourceType") != "Bundle":
                 raise _refuse(f"the EHR's FHIR server did not answer the {what} with a Bundle")
-            resources += [
-                e["resource"]
-                for e in bundle.get("entry") or []
-                if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-            ]
+            problems = bundle_problems(bundle)
+            if problems:
+                loc, msg = problems[0]
+                where = ".".join(str(part) for part in ["Bundle", *loc])
+                raise _refuse(
+                    f"the EHR's FHIR server answered the {what} with a malformed Bundle"
+                    f" ({where}: {msg})"
+                )
+            resources += bundle_resources(bundle)
             link = next_link(bundle)
             if link is None:
                 return resources
@@ -257,8 +261,48 @@ class FhirReader:
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:
-    """The ``next`` page link of a search Bundle, if any."""
-    for link in bundle.get("link") or []:
+    """The ``next`` page link of a search Bundle, if any (see :func:`bundle_problems`)."""
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
             return str(link["url"])
     return None
+
+
+def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resources of a Bundle that :func:`bundle_problems` found well formed."""
+    entries = bundle.get("entry")
+    return [e["resource"] for e in entries] if isinstance(entries, list) else []
+
+
+def bundle_problems(bundle: dict[str, Any]) -> list[tuple[list[str | int], str]]:
+    """Where a search Bundle is malformed: ``(path inside the Bundle, what is wrong)``.
+
+    A Bundle whose ``entry`` is not a list of entries holding resources, or whose ``link``
+    is not a list of links, cannot be read in full; reading what can be read would score
+    a stay from part of its data without anyone knowing. Callers turn these into a 400
+    (prefetch sent by the caller) or a 412 (an answer of ``fhirServer``). Messages name
+    the place, never the value (which may identify the patient).
+    """
+    problems: list[tuple[list[str | int], str]] = []
+    entries = bundle.get("entry")
+    if entries is not None and not isinstance(entries, list):
+        problems.append((["entry"], "must be a list of entries"))
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, dict):
+            problems.append((["entry", i], "must be an object"))
+            continue
+        resource = entry.get("resource")
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            problems.append(
+                (["entry", i, "resource"], "must be a FHIR resource (with resourceType)")
+            )
+    links = bundle.get("link")
+    if links is not None and not isinstance(links, list):
+        problems.append((["link"], "must be a list of links"))
+    for i, link in enumerate(links if isinstance(links, list) else []):
+        if not isinstance(link, dict):
+            problems.append((["link", i], "must be an object"))
+        elif link.get("relation") == "next" and not isinstance(link.get("url"), str):
+            problems.append((["link", i, "url"], "the next-page link needs a URL string"))
+    return problems

@@ -21,20 +21,24 @@ PhysioNet 2012 and the store. Resources pass through the same FHIR adapter and
 preprocessing rules as ingested data, and features through the same function as
 training. Without an encounter in progress the card says so and carries no risk.
 
+What cannot be used is said, never guessed at: a malformed request or prefetch is a 400
+naming each problem and its place (:mod:`.cds_prefetch`), an unusable answer of
+``fhirServer`` a 412, and observations left out of the score are counted on the card.
+
 Every answer and every failure is audited (``cds.patient-view``); the EHR's patient id is
 recorded as the store's public id when the store knows the patient, else as a keyed hash.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -46,17 +50,31 @@ from vitalcast.clinical.tables import Patient
 from vitalcast.db.base import utcnow
 from vitalcast.errors import (
     AppError,
-    InvalidInput,
+    BadRequest,
     ModelUnavailable,
     NotFound,
     PreconditionFailed,
 )
 from vitalcast.features import StayInput, stay_features
-from vitalcast.ingest.validate import Invalid, check_observation
+from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
 from vitalcast.modeling.tables import Prediction
 from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.permissions import Permission, public, requires
-from vitalcast.serving.cds_fhir import PAGE_SIZE, FhirReader, check_fhir_server, next_link
+from vitalcast.serving.cds_fhir import (
+    PAGE_SIZE,
+    FhirReader,
+    bundle_resources,
+    check_fhir_server,
+    next_link,
+)
+from vitalcast.serving.cds_prefetch import (
+    counts_as_left_out,
+    entry_index,
+    parse_resources,
+    prefetch_problems,
+    read_patient,
+    rejection_text,
+)
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.scoring import record_prediction
@@ -72,6 +90,7 @@ SERVICE_ID = "vitalcast-icu-mortality"
 _INDICATOR = {"low": "info", "medium": "info", "high": "warning", "critical": "critical"}
 # FHIR R4 id: https://hl7.org/fhir/R4/datatypes.html#id. Ids go into request paths.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_HOOK_INSTANCE = re.compile(r"^[\x20-\x7e]{1,100}$")
 _HEIGHT = BY_KEY["height"].code
 _WEIGHT = BY_KEY["weight"].code
 _ABSENT: Any = object()  # a prefetch key the EHR did not satisfy
@@ -124,28 +143,48 @@ class HookRequest:
 
 
 def _parse_hook(body: Any) -> HookRequest:
+    """The request, or 400 listing every problem with its place (``loc``).
+
+    A malformed request, prefetch included (see :mod:`.cds_prefetch`), is the caller's
+    error: 400, as CDS Hooks services answer a request they cannot parse. 412 stays for
+    data that is missing and cannot be read from ``fhirServer``.
+    """
     problems: list[dict[str, Any]] = []
     if not isinstance(body, dict):
-        raise InvalidInput(
+        raise BadRequest(
             "a CDS Hooks request is a JSON object",
             details=[{"loc": ["body"], "msg": "must be an object"}],
         )
     if body.get("hook") != "patient-view":
         problems.append({"loc": ["body", "hook"], "msg": "this service answers patient-view"})
-    if not isinstance(body.get("hookInstance"), str):
-        problems.append({"loc": ["body", "hookInstance"], "msg": "required string"})
+    hook_instance = body.get("hookInstance")
+    if not isinstance(hook_instance, str) or not _HOOK_INSTANCE.fullmatch(hook_instance):
+        # It is audited: at most 100 printable characters (a UUID in practice).
+        problems.append(
+            {
+                "loc": ["body", "hookInstance"],
+                "msg": "required string of 1-100 printable characters",
+            }
+        )
     raw_context = body.get("context")
     context: dict[str, Any] = raw_context if isinstance(raw_context, dict) else {}
     patient_id = context.get("patientId")
-    if not isinstance(patient_id, str) or not _FHIR_ID.match(patient_id):
+    if not isinstance(patient_id, str) or not _FHIR_ID.fullmatch(patient_id):
         problems.append({"loc": ["body", "context", "patientId"], "msg": "required FHIR id"})
     encounter_id = context.get("encounterId")
     if encounter_id is not None and (
-        not isinstance(encounter_id, str) or not _FHIR_ID.match(encounter_id)
+        not isinstance(encounter_id, str) or not _FHIR_ID.fullmatch(encounter_id)
     ):
         problems.append({"loc": ["body", "context", "encounterId"], "msg": "must be a FHIR id"})
-    prefetch = body.get("prefetch") or {}
-    if not isinstance(prefetch, dict):
+    prefetch = body.get("prefetch")
+    if prefetch is None:
+        prefetch = {}
+    elif isinstance(prefetch, dict):
+        valid_id = (
+            patient_id if isinstance(patient_id, str) and _FHIR_ID.fullmatch(patient_id) else None
+        )
+        problems += prefetch_problems(prefetch, valid_id)
+    else:
         problems.append({"loc": ["body", "prefetch"], "msg": "must be an object"})
         prefetch = {}
     server = body.get("fhirServer")
@@ -153,13 +192,21 @@ def _parse_hook(body: Any) -> HookRequest:
         problems.append({"loc": ["body", "fhirServer"], "msg": "must be a URL string"})
     auth = body.get("fhirAuthorization")
     token = auth.get("access_token") if isinstance(auth, dict) else None
+    if auth is not None and not (isinstance(token, str) and token):
+        # A token that is not a string would be dropped, and the server read without it.
+        problems.append(
+            {
+                "loc": ["body", "fhirAuthorization", "access_token"],
+                "msg": "required string (fhirAuthorization is an object with access_token)",
+            }
+        )
     if auth is not None and server is None:
         # CDS Hooks 2.0 (cds-r-1): fhirAuthorization is only ever given with fhirServer.
         problems.append({"loc": ["body", "fhirServer"], "msg": "required with fhirAuthorization"})
     if problems:
-        raise InvalidInput("the CDS Hooks request has problems", details=problems)
+        raise _bad_request("the CDS Hooks request has problems", problems)
     return HookRequest(
-        str(body["hookInstance"])[:100],
+        str(hook_instance),
         str(patient_id),
         str(encounter_id) if encounter_id else None,
         str(server) if isinstance(server, str) else None,
@@ -168,26 +215,57 @@ def _parse_hook(body: Any) -> HookRequest:
     )
 
 
+def _bad_request(what: str, problems: list[dict[str, Any]]) -> BadRequest:
+    """400 with every problem in ``details``, and the first one, with its place, in the
+    message: an EHR's log often keeps only the message."""
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return BadRequest(f"{what}: {where}: {first['msg']}{more}", details=problems)
+
+
 def _prefetched(prefetch: dict[str, Any], key: str) -> Any:
     """A prefetch value: None when the EHR had no data (the spec's ``null``), or
     :data:`_ABSENT` when it did not satisfy the key (missing, or an OperationOutcome,
-    which CDS Hooks 2.0 lets a client send when its prefetch failed)."""
+    which CDS Hooks 2.0 lets a client send when its prefetch failed). Any other value
+    passed :func:`.cds_prefetch.prefetch_problems`: a Patient, or a well-formed Bundle."""
     if key not in prefetch:
         return _ABSENT
     value = prefetch[key]
     if value is None:
         return None
-    if not isinstance(value, dict) or value.get("resourceType") == "OperationOutcome":
+    if value.get("resourceType") == "OperationOutcome":
         return _ABSENT
     return value
 
 
-def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        e["resource"]
-        for e in bundle.get("entry") or []
-        if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-    ]
+@dataclass(frozen=True)
+class _Fetched:
+    """The resources of one prefetch key, and where they came from.
+
+    A resource that cannot be used is the caller's error when the request carried it (400,
+    with its place in the prefetch) and the EHR server's when vitalcast read it from
+    ``fhirServer`` (412: the data the answer needs cannot be obtained).
+    """
+
+    key: str
+    what: str  # names the search in messages, as :class:`.cds_fhir.FhirReader` does
+    resources: list[dict[str, Any]]
+    prefetched: bool
+
+    def unusable(self, index: int | None, message: str) -> AppError:
+        """The error for ``resources[index]`` (or the whole answer): ``message`` is a noun
+        phrase naming what is wrong, by FHIR path and rule, never by value."""
+        if not self.prefetched:
+            return PreconditionFailed(
+                f"the EHR's FHIR server answered the {self.what} with {message}"
+            )
+        loc: list[Any] = ["body", "prefetch", self.key]
+        where = f"prefetch.{self.key}"
+        if index is not None:
+            loc += ["entry", index, "resource"]
+            where += f".entry[{index}]"
+        return BadRequest(f"{where} holds {message}", details=[{"loc": loc, "msg": message}])
 
 
 class _Sources:
@@ -224,9 +302,15 @@ class _Sources:
         if self._reader is not None:
             self._reader.close()
 
-    def patient(self) -> dict[str, Any]:
+    def patient(self, today: date) -> PatientRecord:
+        """The patient in context, as the FHIR adapter maps it.
+
+        A prefetched Patient was checked with the request (:func:`_parse_hook`); one read
+        from ``fhirServer`` is checked here by the same rules.
+        """
         value = _prefetched(self.hook.prefetch, "patient")
-        if value is _ABSENT:
+        prefetched = value is not _ABSENT
+        if not prefetched:
             value = self.reader("Patient resource").read(
                 "Patient resource", f"Patient/{self.hook.patient_id}"
             )
@@ -234,38 +318,38 @@ class _Sources:
             raise PreconditionFailed("the EHR has no Patient resource for the patient in context")
         if value.get("resourceType") != "Patient" or value.get("id") != self.hook.patient_id:
             raise PreconditionFailed("the Patient resource is not the patient in context")
-        return dict(value)
+        record, problems = read_patient(value, today)
+        if record is None:
+            fetched = _Fetched("patient", "Patient resource", [value], prefetched)
+            raise fetched.unusable(None, f"a Patient that cannot be used ({'; '.join(problems)})")
+        return record
 
-    def encounters(self) -> list[dict[str, Any]]:
+    def encounters(self) -> _Fetched:
         """Candidate Encounters: the prefetched in-progress ones, else read from the server."""
         value = _prefetched(self.hook.prefetch, "encounters")
         what = "in-progress Encounter search"
         if value is None:
-            return []
-        if value is not _ABSENT and value.get("resourceType") == "Bundle":
+            return _Fetched("encounters", what, [], prefetched=True)
+        if value is not _ABSENT:
             if next_link(value) is None:
-                return _entries(value)
-            return self.reader(what).follow(what, value)
+                return _Fetched("encounters", what, bundle_resources(value), prefetched=True)
+            return _Fetched("encounters", what, self.reader(what).follow(what, value), False)
         reader = self.reader(what)
         if self.hook.encounter_id:
-            return [reader.read("Encounter resource", f"Encounter/{self.hook.encounter_id}")]
+            found = reader.read("Encounter resource", f"Encounter/{self.hook.encounter_id}")
+            return _Fetched("encounters", "Encounter resource", [found], prefetched=False)
         params = {"patient": self.hook.patient_id, "status": "in-progress", "_count": "100"}
-        return reader.search(what, "Encounter", params)
+        return _Fetched("encounters", what, reader.search(what, "Encounter", params), False)
 
-    def observations(self, admitted_at: datetime) -> list[dict[str, Any]]:
+    def observations(self, admitted_at: datetime) -> _Fetched:
         """The stay's observations: the prefetch when complete, else a search since
         admission, newest first (so that the recent windows are what a cap would keep)."""
         value = _prefetched(self.hook.prefetch, "observations")
-        if value is None:
-            return []
-        complete = (
-            value is not _ABSENT
-            and value.get("resourceType") == "Bundle"
-            and next_link(value) is None
-        )
-        if complete:
-            return _entries(value)
         what = "Observation search"
+        if value is None:
+            return _Fetched("observations", what, [], prefetched=True)
+        if value is not _ABSENT and next_link(value) is None:
+            return _Fetched("observations", what, bundle_resources(value), prefetched=True)
         since = admitted_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
         params = {
             "patient": self.hook.patient_id,
@@ -273,36 +357,65 @@ class _Sources:
             "_sort": "-date",
             "_count": str(PAGE_SIZE),
         }
-        return self.reader(what).search(what, "Observation", params)
+        found = self.reader(what).search(what, "Observation", params)
+        return _Fetched("observations", what, found, prefetched=False)
 
 
-def _parse(resources: list[dict[str, Any]]) -> Any:
-    """Resources through the same FHIR adapter as ingested files (a RecordBatch)."""
-    from vitalcast.ingest.sources.fhir import parse_document
-
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": r} for r in resources],
-    }
-    return parse_document(json.dumps(bundle).encode(), "cds-request").batch
+# Why the admission time of the stay breaks the ingestion rules (check_encounter's codes).
+_ADMISSION_RULES = {
+    "future_time": "an admission time in the future",
+    "before_birth": "an admission time before the patient's birth",
+    "naive_time": "an admission time without a timezone",
+    "discharge_before_admission": "a discharge time before its admission time",
+}
 
 
 def _current_encounter(
-    resources: list[dict[str, Any]], patient_ref: str, encounter_id: str | None
+    fetched: _Fetched, patient: PatientRecord, encounter_id: str | None, now: datetime
 ) -> EncounterRecord | None:
     """The stay to score: the context's encounter if in progress, else the in-progress
     encounter of this patient that started last (an ICU stay inside a hospital stay
-    starts after it). Mapped by the FHIR ingestion adapter (admission time, unit)."""
+    starts after it). Mapped by the FHIR ingestion adapter (admission time, unit).
+
+    Raises:
+        BadRequest, PreconditionFailed: an in-progress candidate cannot be read, belongs to
+            another patient, or breaks the ingestion rules on times (see
+            :meth:`_Fetched.unusable`). Passing over it would answer "no stay in
+            progress", or score another stay, without a word.
+    """
     candidates = [
-        r
-        for r in resources
+        (i, r)
+        for i, r in enumerate(fetched.resources)
         if r.get("resourceType") == "Encounter"
         and r.get("status") == "in-progress"
         and (encounter_id is None or r.get("id") == encounter_id)
     ]
-    records = [e for e in _parse(candidates).encounters if e.patient_ref == patient_ref]
-    return max(records, key=lambda e: (e.admitted_at, e.ref), default=None)
+    batch = parse_resources([r for _i, r in candidates])
+
+    def index(location: str) -> int | None:
+        k = entry_index(location)
+        return candidates[k][0] if k is not None and k < len(candidates) else None
+
+    for rejected in batch.rejected:
+        why = rejection_text(rejected, "Encounter")
+        raise fetched.unusable(
+            index(rejected.location), f"an in-progress Encounter that cannot be read ({why})"
+        )
+    for record in batch.encounters:
+        if record.patient_ref != patient.ref:
+            raise fetched.unusable(
+                index(record.source_ref), "an in-progress Encounter of another patient"
+            )
+    current = max(batch.encounters, key=lambda e: (e.admitted_at, e.ref), default=None)
+    if current is not None:
+        try:
+            check_encounter(current, now=now, born_on=patient.birth_date)
+        except Invalid as exc:
+            why = _ADMISSION_RULES.get(exc.code, exc.code)
+            raise fetched.unusable(
+                index(current.source_ref), f"an in-progress Encounter with {why}"
+            ) from None
+    return current
 
 
 def _age_at(born: date | None, when: datetime) -> float | None:
@@ -319,6 +432,7 @@ def stay_from_records(
     encounter: EncounterRecord,
     observations: list[ObservationRecord],
     now: datetime,
+    left_out: Counter[str] | None = None,
 ) -> StayInput:
     """The feature input of ``encounter`` from FHIR-mapped records, as training sees stays.
 
@@ -327,18 +441,33 @@ def stay_from_records(
     Height (a descriptor only) is the stay's first height; the weight charted at the
     admission instant is the admission weight descriptor and not part of the weight series,
     as PhysioNet 2012's 00:00 descriptor rows and the synthetic FHIR export have it.
+
+    ``left_out`` counts the drops the card must mention (data the score goes without):
+    ``implausible`` (a value, unit or time breaking the ingestion rules, or no number)
+    and ``other_patient``. Codes vitalcast does not use, other stays and times before
+    admission are not counted: leaving them out is what scoring this stay means.
     """
+    tally: Counter[str] = Counter() if left_out is None else left_out
     patient_ref = encounter.patient_ref
     born = patient.birth_date if patient is not None else None
     kept: list[tuple[str, float, datetime]] = []
     for rec in observations:
-        if rec.patient_ref != patient_ref or rec.encounter_ref not in (None, encounter.ref):
+        if rec.patient_ref != patient_ref:
+            tally["other_patient"] += 1
+            continue
+        if rec.encounter_ref not in (None, encounter.ref):
             continue
         try:
             clean = check_observation(rec, now=now, born_on=born)
-        except Invalid:
-            continue  # the same rules as ingestion: implausible or unknown values do not score
-        if clean.value is None or clean.effective_at < encounter.admitted_at:
+        except Invalid as exc:
+            # The same rules as ingestion: implausible or unknown values do not score.
+            if exc.code != "unknown_code":
+                tally["implausible"] += 1
+            continue
+        if clean.value is None:
+            tally["implausible"] += 1  # a text where the model needs a number
+            continue
+        if clean.effective_at < encounter.admitted_at:
             continue
         kept.append((clean.code, float(clean.value), clean.effective_at))
     kept.sort(key=lambda o: o[2])
@@ -362,8 +491,36 @@ def stay_from_records(
     )
 
 
+def _notes(left_out: Counter[str], patient: PatientRecord) -> list[str]:
+    """What the score went without, for the card: the clinician reading a risk must know
+    when data the EHR holds was not part of it."""
+    notes: list[str] = []
+    parts = [
+        f"{n} {_plural(n, 'observation')} {label}"
+        for key, label in (
+            ("unreadable", "that could not be read"),
+            ("implausible", "outside the plausibility rules (value, unit or time)"),
+            ("other_patient", "of another patient"),
+        )
+        if (n := left_out[key])
+    ]
+    if parts:
+        notes.append(f"Left out of this risk: {', '.join(parts)}.")
+    if patient.birth_date is None:
+        notes.append("Age unknown: the Patient resource has no full birth date.")
+    return notes
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else f"{word}s"
+
+
 def _card(
-    predictor: Predictor, prediction: Prediction, link: str, admitted_at: datetime
+    predictor: Predictor,
+    prediction: Prediction,
+    link: str,
+    admitted_at: datetime,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     pct = round(prediction.score * 100)
     factors = prediction.explanation or []
@@ -381,11 +538,12 @@ def _card(
     )
     threshold = f"{caution}Threshold {round(predictor.threshold * 100)}%."
     band = f"{prediction.band}, early" if early else prediction.band
+    text = f"{threshold} Main factors:\n{detail}" if factors else threshold
     return {
         "uuid": prediction.public_id,
         "summary": f"ICU mortality risk {pct}% ({band})"[:140],
         "indicator": _INDICATOR.get(prediction.band, "info"),
-        "detail": f"{threshold} Main factors:\n{detail}" if factors else threshold,
+        "detail": "\n\n".join([text, *(notes or [])]),
         "source": {"label": f"vitalcast ({predictor.version})", "url": link},
         "links": [{"label": "Open in vitalcast", "url": link, "type": "absolute"}],
     }
@@ -488,15 +646,28 @@ def _answer(
     hook: HookRequest, sources: _Sources, predictor: Predictor, link: str, audit: _Audit
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
-    patient_ref = f"Patient/{hook.patient_id}"
-    patient_resource = sources.patient()
-    encounter = _current_encounter(sources.encounters(), patient_ref, hook.encounter_id)
+    patient = sources.patient(now.date())
+    encounter = _current_encounter(sources.encounters(), patient, hook.encounter_id, now)
     if encounter is None:
         audit.details["scored"] = False
         return _no_stay_card(link, hook.encounter_id)
-    batch = _parse([patient_resource, *sources.observations(encounter.admitted_at)])
-    patient = next((p for p in batch.patients if p.ref == patient_ref), None)
-    stay = stay_from_records(patient, encounter, batch.observations, now)
+    fetched = sources.observations(encounter.admitted_at)
+    # OperationOutcomes of a search are its messages, not data (prefetch entries of other
+    # types were refused with the request).
+    resources = [r for r in fetched.resources if r.get("resourceType") == "Observation"]
+    batch = parse_resources(resources)
+    left_out: Counter[str] = Counter()
+    rejections: Counter[str] = Counter()
+    for rejected in batch.rejected:
+        if counts_as_left_out(rejected, resources):
+            left_out["unreadable"] += 1
+            rejections[rejected.reason_code] += 1
+    stay = stay_from_records(patient, encounter, batch.observations, now, left_out)
+    if left_out:
+        # Counts and rule codes only: the audit log holds no values.
+        audit.details["left_out"] = dict(left_out)
+        if rejections:
+            audit.details["unreadable"] = dict(rejections)
     prediction = record_prediction(
         db(),
         predictor,
@@ -506,59 +677,80 @@ def _answer(
         freshness=stay.observations[-1][2] if stay.observations else None,
     )
     audit.details.update({"scored": True, "card": prediction.public_id})
-    return _card(predictor, prediction, link, stay.admitted_at)
+    return _card(predictor, prediction, link, stay.admitted_at, _notes(left_out, patient))
+
+
+# Feedback limits: the columns of cds_feedback, and a bound on one request's work.
+MAX_FEEDBACK_ITEMS = 100
+_CARD_CHARS = 64
+_REASON_CHARS = 300
+_COMMENT_CHARS = 1000
+_SYSTEM_CHARS = 500
+# An outcome may be stamped by a clock slightly ahead of ours, not later than that.
+_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class _Feedback:
+    """One checked feedback item, ready to be stored."""
+
+    card: str
+    outcome: str
+    reason: str | None
+    comment: str | None
+    at: datetime | None
 
 
 @cds.post("/<service_id>/feedback")
 @requires(Permission.PREDICT)
 def feedback(service_id: str) -> Response:
-    """Store accepted/overridden outcomes of cards, with override reasons."""
+    """Store accepted/overridden outcomes of cards, with override reasons.
+
+    Only for a service that exists (feedback for another id would be stored against a
+    service nobody can call). Every field is checked for shape and for the length of its
+    column, and all problems are answered at once (400): a value too long for its column
+    used to fail in the database, as a 500 whose log carried the SQL parameters, free
+    text included. Messages name the field and the rule, never the text (a comment may
+    hold a patient's name).
+    """
+    if service_id != SERVICE_ID:
+        raise NotFound(f"no CDS service {service_id!r}")
     body = json_body()
     items = body.get("feedback") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
-        raise InvalidInput(
+        raise BadRequest(
             "feedback must be a non-empty list",
             details=[{"loc": ["body", "feedback"], "msg": "required list"}],
         )
-    problems: list[dict[str, Any]] = []
-    rows: list[CdsFeedback] = []
-    session = db()
-    for i, item in enumerate(items):
-        loc = ["body", "feedback", i]
-        if not isinstance(item, dict):
-            problems.append({"loc": loc, "msg": "must be an object"})
-            continue
-        outcome = item.get("outcome")
-        if outcome not in ("accepted", "overridden"):
-            problems.append({"loc": [*loc, "outcome"], "msg": "accepted or overridden"})
-        card = item.get("card")
-        if not isinstance(card, str):
-            problems.append({"loc": [*loc, "card"], "msg": "required string (card uuid)"})
-            continue
-        when = _timestamp(item.get("outcomeTimestamp"), [*loc, "outcomeTimestamp"], problems)
-        reason = item.get("overrideReason") or {}
-        reason_text = None
-        if isinstance(reason, dict):
-            coding = (reason.get("reason") or {}) if isinstance(reason.get("reason"), dict) else {}
-            reason_text = coding.get("display") or coding.get("code")
-            comment = reason.get("userComment")
-        else:
-            comment = None
-        prediction_id = session.scalar(select(Prediction.id).where(Prediction.public_id == card))
-        rows.append(
-            CdsFeedback(
-                service_id=service_id,
-                card_uuid=card,
-                prediction_id=prediction_id,
-                outcome=str(outcome),
-                override_reason=str(reason_text)[:300] if reason_text else None,
-                user_comment=str(comment)[:1000] if comment else None,
-                outcome_at=when or utcnow(),
-                client=current_principal().name[:200],
-            )
+    if len(items) > MAX_FEEDBACK_ITEMS:
+        raise BadRequest(
+            f"at most {MAX_FEEDBACK_ITEMS} feedback items per request",
+            details=[{"loc": ["body", "feedback"], "msg": f"at most {MAX_FEEDBACK_ITEMS} items"}],
         )
+    problems: list[dict[str, Any]] = []
+    now = utcnow()
+    checked = [
+        _feedback_item(item, ["body", "feedback", i], now, problems) for i, item in enumerate(items)
+    ]
     if problems:
-        raise InvalidInput("the feedback has problems", details=problems)
+        raise _bad_request("the feedback has problems", problems)
+    session = db()
+    rows = [
+        CdsFeedback(
+            service_id=service_id,
+            card_uuid=item.card,
+            prediction_id=session.scalar(
+                select(Prediction.id).where(Prediction.public_id == item.card)
+            ),
+            outcome=item.outcome,
+            override_reason=item.reason,
+            user_comment=item.comment,
+            outcome_at=item.at or now,
+            client=current_principal().name[:200],
+        )
+        for item in checked
+        if item is not None
+    ]
     session.add_all(rows)
     audit_event(
         "cds.feedback",
@@ -569,12 +761,115 @@ def feedback(service_id: str) -> Response:
     return jsonify({"stored": len(rows)})
 
 
-def _timestamp(raw: Any, loc: list[Any], problems: list[dict[str, Any]]) -> datetime | None:
+def _feedback_item(
+    item: Any, loc: list[Any], now: datetime, problems: list[dict[str, Any]]
+) -> _Feedback | None:
+    """One feedback item (CDS Hooks 2.0 "Feedback"), or None with its problems recorded.
+
+    ``outcomeTimestamp`` may be left out (the time received is stored). The cards of this
+    service carry no suggestions, so ``acceptedSuggestions`` can only be empty.
+    """
+    if not isinstance(item, dict):
+        problems.append({"loc": loc, "msg": "must be an object"})
+        return None
+    before = len(problems)
+    card = _text(item.get("card"), [*loc, "card"], _CARD_CHARS, problems, required=True)
+    outcome = item.get("outcome")
+    if outcome not in ("accepted", "overridden"):
+        problems.append({"loc": [*loc, "outcome"], "msg": "required: accepted or overridden"})
+    when = _timestamp(item.get("outcomeTimestamp"), [*loc, "outcomeTimestamp"], now, problems)
+    reason, comment = _override_reason(item.get("overrideReason"), outcome, loc, problems)
+    suggestions = item.get("acceptedSuggestions")
+    if suggestions is not None:
+        where = [*loc, "acceptedSuggestions"]
+        if not isinstance(suggestions, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("id"), str) for s in suggestions
+        ):
+            problems.append({"loc": where, "msg": "must be a list of objects with an id string"})
+        elif suggestions:
+            problems.append(
+                {
+                    "loc": where,
+                    "msg": "must be empty: the cards of this service have no suggestions",
+                }
+            )
+    if len(problems) > before or card is None:
+        return None
+    return _Feedback(card, str(outcome), reason, comment, when)
+
+
+def _override_reason(
+    raw: Any, outcome: Any, loc: list[Any], problems: list[dict[str, Any]]
+) -> tuple[str | None, str | None]:
+    """``(reason, userComment)`` of an overrideReason: the reason is its Coding's display,
+    else its code (what the clinician picked); the comment is free text."""
+    if raw is None:
+        return None, None
+    where = [*loc, "overrideReason"]
+    if not isinstance(raw, dict):
+        problems.append({"loc": where, "msg": "must be an object (reason, userComment)"})
+        return None, None
+    if outcome == "accepted":
+        problems.append({"loc": where, "msg": "only with outcome overridden"})
+    coding = raw.get("reason")
+    reason: str | None = None
+    if coding is not None:
+        if not isinstance(coding, dict):
+            problems.append({"loc": [*where, "reason"], "msg": "must be a Coding object"})
+        else:
+            at = [*where, "reason"]
+            _text(coding.get("system"), [*at, "system"], _SYSTEM_CHARS, problems)
+            code = _text(coding.get("code"), [*at, "code"], _REASON_CHARS, problems)
+            display = _text(coding.get("display"), [*at, "display"], _REASON_CHARS, problems)
+            reason = display or code
+    comment = _text(raw.get("userComment"), [*where, "userComment"], _COMMENT_CHARS, problems)
+    return reason, comment
+
+
+def _text(
+    raw: Any,
+    loc: list[Any],
+    max_chars: int,
+    problems: list[dict[str, Any]],
+    *,
+    required: bool = False,
+) -> str | None:
+    """A string field of at most ``max_chars`` (its column), or None if absent or empty.
+
+    The message never repeats the text. (NUL characters, which PostgreSQL cannot store,
+    are refused for every request by the request guard.)
+    """
+    if raw is None:
+        if required:
+            problems.append({"loc": loc, "msg": "required string"})
+        return None
+    if not isinstance(raw, str):
+        problems.append({"loc": loc, "msg": "must be a string"})
+    elif required and not raw:
+        problems.append({"loc": loc, "msg": "must not be empty"})
+    elif len(raw) > max_chars:
+        problems.append({"loc": loc, "msg": f"must be at most {max_chars} characters"})
+    else:
+        return raw or None
+    return None
+
+
+def _timestamp(
+    raw: Any, loc: list[Any], now: datetime, problems: list[dict[str, Any]]
+) -> datetime | None:
+    """An ISO 8601 date-time (UTC when it has no offset), not in the future."""
     if raw is None:
         return None
-    try:
-        value = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
-        problems.append({"loc": loc, "msg": "must be an ISO 8601 date-time"})
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value: datetime | None = None
+    if isinstance(raw, str) and "T" in raw:
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            value = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        except (ValueError, OverflowError):
+            value = None
+    if value is None:
+        problems.append({"loc": loc, "msg": "must be an ISO 8601 date-time string"})
+    elif value > now + _CLOCK_SKEW:
+        problems.append({"loc": loc, "msg": "must not be in the future"})
+        value = None
+    return value
