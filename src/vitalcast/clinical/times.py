@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime
+from pydantic import AfterValidator, AwareDatetime, WithJsonSchema
 
 MIN_YEAR = 1800
 MAX_YEAR = 2200
@@ -75,5 +75,13 @@ def in_clinical_range(value: datetime) -> datetime:
     return value
 
 
+#: JSON-schema pattern of the year range (1800-2200), so that the OpenAPI document says
+#: what the validator accepts and generated clients and tests keep to it.
+YEAR_PATTERN = "^(1[89][0-9]{2}|2[01][0-9]{2}|2200)-"
+
 #: An aware date-time (offset required) in the clinical year range, for pydantic models.
-ClinicalDateTime = Annotated[AwareDatetime, AfterValidator(in_clinical_range)]
+ClinicalDateTime = Annotated[
+    AwareDatetime,
+    AfterValidator(in_clinical_range),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": YEAR_PATTERN}),
+]
