@@ -13,18 +13,34 @@ import click
 
 from vitalcast import __version__
 from vitalcast.config import Settings, load_settings
-from vitalcast.errors import ConfigError, VitalcastError
+from vitalcast.errors import ConfigError, VitalcastError, error_kind
 
 
 class _Group(click.Group):
-    """A click group that turns vitalcast's own errors into one line and exit code 2."""
+    """A click group that turns vitalcast's own errors into one line and exit code 2.
+
+    A database error that escapes a command (the server went away, a constraint refused
+    a write) also ends with one line, exit code 1: a traceback would show the failed
+    statement and, from the driver's message, possibly values of the patient data being
+    written. The line names only the error class (e.g. ``UniqueViolation``); the unit of
+    work it interrupted was rolled back.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             return super().invoke(ctx)
         except (ConfigError, VitalcastError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except SQLAlchemyError as exc:
+            click.echo(
+                f"error: database error ({error_kind(exc)}); the interrupted unit of work"
+                " was rolled back",
+                err=True,
+            )
+            sys.exit(1)
 
 
 def get_settings(ctx: click.Context) -> Settings:

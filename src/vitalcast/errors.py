@@ -122,3 +122,14 @@ class Busy(AppError):
 class IngestError(AppError):
     status = 422
     code = "ingest_error"
+
+
+def error_kind(exc: BaseException) -> str:
+    """The class name of an unexpected error (the driver's, for a database error).
+
+    What logs and one-line CLI messages may say about an error that is not vitalcast's
+    own: its message can quote input values (``invalid input syntax for type integer:
+    "..."``, a ``KeyError`` on a name), which may be patient data.
+    """
+    orig = getattr(exc, "orig", None)
+    return type(orig if orig is not None else exc).__name__

@@ -11,6 +11,7 @@ import base64
 import csv
 import json
 import re
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from vitalcast.clinical.records import (
     PatientRecord,
     RecordBatch,
 )
-from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.config import Settings
 from vitalcast.ingest.service import store_batch
 from vitalcast.security.crypto import cipher_from_settings
@@ -109,13 +110,6 @@ def _batch() -> RecordBatch:
             device_id="MONITOR-SN-ABC123",
         ),
         ObservationRecord(
-            patient_ref="pa",
-            encounter_ref="VISIT-99887766",
-            code="8867-4",
-            value_text="daughter asks to call 555-0142 or zelda.q@example.org from 10.1.2.3",
-            effective_at=hr_at + timedelta(minutes=5),
-        ),
-        ObservationRecord(
             patient_ref="pb", encounter_ref="ACCT-5544", code="8867-4", value=101.0,
             unit="/min", effective_at=ADMIT_B + timedelta(hours=1),
         ),
@@ -164,6 +158,23 @@ def stored(settings: Settings, db_session: Session) -> Session:
         now=datetime(2026, 1, 1, tzinfo=UTC),
     )
     assert report.quarantined == 0, report.reasons
+    # Ingest quarantines a text value of a (numeric) vocabulary variable as
+    # non_numeric_value; a row stored before that rule can still hold free text, which
+    # the export must drop, so one is written directly.
+    enc = db_session.scalars(select(Encounter).where(Encounter.source_ref == "VISIT-99887766"))
+    stay = enc.one()
+    db_session.add(
+        Observation(
+            patient_id=stay.patient_id,
+            encounter_id=stay.id,
+            code="8867-4",
+            value_text="daughter asks to call 555-0142 or zelda.q@example.org from 10.1.2.3",
+            effective_at=ADMIT_A + timedelta(hours=3, minutes=20),
+            source="test",
+            source_ref="legacy",
+            dedup_key=uuid.uuid4(),
+        )
+    )
     db_session.commit()
     return db_session
 

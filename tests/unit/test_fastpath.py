@@ -80,6 +80,16 @@ def test_bad_bodies_get_canonical_errors(
     assert error["message"]
 
 
+def test_numbers_beyond_any_float_are_a_422_not_an_overflow(scorer: CompiledScorer) -> None:
+    # JSON integers have no size limit; math.isfinite(10**400) raises OverflowError.
+    with pytest.raises(InvalidInput) as caught:
+        predict_one(scorer, {"age_years": 10**400, "heart_rate_bpm": -(10**400)})
+    assert [d["loc"] for d in caught.value.details] == [
+        ["body", "age_years"],
+        ["body", "heart_rate_bpm"],
+    ]
+
+
 def test_handle_predict_round_trip(scorer: CompiledScorer) -> None:
     body = orjson.dumps({"heart_rate_bpm": 95.5, "age_years": 70, "unit": "MICU"})
     status, out = handle_predict(scorer, body, model_version="v1", request_id="r")

@@ -69,6 +69,37 @@ def test_times_without_offset_use_the_sender_timezone() -> None:
         parse_dtm("yesterday", tz=UTC, what="t")
 
 
+def test_times_outside_the_clinical_range_raise_value_errors_not_overflow() -> None:
+    for text in ("99991231235959-1400", "00010101000000+1400", "17991231235959"):
+        with pytest.raises(ValueError, match="outside the accepted range 1800-2200"):
+            parse_dtm(text, tz=UTC, what="t")
+    with pytest.raises(ValueError, match="impossible UTC offset"):
+        parse_dtm("20240101120000+9999", tz=UTC, what="t")
+    with pytest.raises(ValueError, match="not a calendar"):
+        parse_dtm("20240231120000", tz=UTC, what="t")
+
+
+@pytest.mark.parametrize(
+    ("pid7", "code"), [("19501399", "bad_birth_date"), ("01000101", "time_out_of_range")]
+)
+def test_unreadable_birth_date_quarantines_the_patient(pid7: str, code: str) -> None:
+    msg = parse_message(
+        ADT_A01.replace("||19500102|", f"||{pid7}|"), origin="f.hl7", pseudonym=pseudonym
+    )
+    batch = msg.unit.batch
+    assert batch.patients == []
+    (rejected,) = batch.rejected
+    assert (rejected.location, rejected.reason_code, rejected.kind) == (
+        "f.hl7#ADM0001.PID",
+        code,
+        "patient",
+    )
+    assert pid7 not in rejected.reason  # a birth date is an identifier
+    (enc,) = batch.encounters  # the stay still refers to the person (known or not)
+    assert batch.received == 2
+    assert enc.patient_ref.startswith("mrn:")
+
+
 def test_split_messages_accepts_cr_lf_and_crlf() -> None:
     text = ADT_A01.replace("\r", "\n") + "\r\n\r\n" + ORU_R01.replace("\r", "\r\n")
     parts = split_messages(text)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vitalcast.clinical.records import PUBLIC_PATIENT_REF
-from vitalcast.errors import InvalidInput
+from vitalcast.errors import BadRequest, InvalidInput
 from vitalcast.ingest.payloads import parse_observations_payload
 from vitalcast.ingest.sources.device_payload import DEVICE_REF
 
@@ -84,14 +84,46 @@ def test_all_problems_at_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("body", "error", "message"),
     [
-        (b"{not json", "not valid JSON"),
-        (b"\xff\xfe[]", "not UTF-8"),
-        (b"[]", "1 problem"),
-        (b'"hello"', "1 problem"),
+        (b"{not json", BadRequest, "not valid JSON"),
+        (b"\xff\xfe[]", BadRequest, "not UTF-8"),
+        # Python refuses integers of more than 4300 digits with a plain ValueError.
+        (b'[{"value": 1' + b"0" * 5000 + b"}]", BadRequest, "not valid JSON"),
+        (b"[]", InvalidInput, "1 problem"),
+        (b'"hello"', InvalidInput, "1 problem"),
     ],
 )
-def test_unreadable_bodies(body: bytes, message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
+def test_unreadable_bodies(body: bytes, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
         parse_observations_payload(body)
+
+
+def test_values_are_strict_finite_numbers_and_times_in_range() -> None:
+    item = {**GOOD, "patient": "p1"}
+    body = json.dumps(
+        [
+            {**item, "value": True},  # not a heart rate of 1
+            {**item, "value": "131"},  # not 131
+            {**item, "value": 10**400},  # beyond any float
+            {**item, "time": "0001-01-01T00:00:00+14:00"},  # year 0 in UTC
+            {**item, "value": 131},
+        ]
+    ).encode()
+    details = _details(body)
+    assert [d["loc"] for d in details] == [[0, "value"], [1, "value"], [2, "value"], [3, "time"]]
+    assert "1800-2200" in str(details[3]["msg"])
+
+
+@pytest.mark.parametrize("subject", ["Patient/p1", ["Patient/p1"], 7])
+def test_fhir_subject_must_be_a_reference_object(subject: object) -> None:
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": subject,
+        "effectiveDateTime": "2025-01-01T10:00:00Z",
+        "valueQuantity": {"value": 80},
+    }
+    details = _details(json.dumps(obs).encode())
+    assert details == [{"loc": ["subject"], "msg": "subject must be a Reference object"}]

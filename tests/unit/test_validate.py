@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord
-from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
+from vitalcast.ingest.validate import Invalid, check_encounter, check_observation, finite_number
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -71,3 +71,26 @@ def test_encounter_times() -> None:
     with pytest.raises(Invalid) as info:
         check_encounter(EncounterRecord("e", "p", admitted), now=NOW, born_on=NOW.date())
     assert info.value.code == "before_birth"
+
+
+def test_years_outside_the_clinical_range_are_refused_before_any_conversion() -> None:
+    """Converting these to UTC overflows (year 0, year 10000): OverflowError used to escape."""
+    for at in (
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14))),
+        datetime(1799, 12, 31, tzinfo=UTC),
+    ):
+        assert reason(obs(effective_at=at)) == "time_out_of_range"
+    with pytest.raises(Invalid) as info:
+        check_encounter(EncounterRecord("e", "p", datetime(2500, 1, 1, tzinfo=UTC)), now=NOW)
+    assert info.value.code == "time_out_of_range"
+
+
+def test_a_numeric_variable_needs_a_finite_number() -> None:
+    # Whatever the source: an HL7 ST value, a FHIR valueString, a compact value_text.
+    assert reason(obs(value=None, value_text="fast")) == "non_numeric_value"
+    assert reason(obs(value=None, unit=None)) == "no_value"
+    assert finite_number("72.5") == 72.5
+    for raw in ("inf", "1e400", "nan", 10**400, True, "", "abc", None):
+        with pytest.raises(ValueError, match="not a"):
+            finite_number(raw)

@@ -25,9 +25,10 @@ def create_db_engine(url: str, *, check: bool = True, **kwargs: Any) -> Engine:
     SQLite gets WAL mode and foreign keys on, so that the embedded demo behaves like
     PostgreSQL where it matters (referential integrity, readers beside one writer).
 
-    Statement parameters are left out of SQLAlchemy's error messages: they are patient
-    data (names, free-text comments), and an unexpected database error is logged with
-    its traceback.
+    ``hide_parameters`` is on: SQLAlchemy otherwise puts a failed statement's bound
+    parameters into the exception text (``[parameters: ...]``), and those are patient data
+    (a CSV row's patient number inside a source reference, a clinician's free-text
+    comment), which would then reach server logs and CLI error output.
     """
     kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):

@@ -1,7 +1,10 @@
 """Commands for message sources: ``ingest fhir``, ``ingest hl7``, ``listen hl7``, ``stream mqtt``.
 
 Thin: parse options, call a service, print the report. Exit 0 when the input was read
-(even with quarantined items), 1 when some file or message could not be read at all.
+(even with quarantined items); exit 2, as every ``vitalcast ingest`` command does for
+input it cannot read (docs/ingestion-files.md), when some file or message could not be
+read at all: each is named on stderr in one line, after the report of everything else,
+which was stored.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def _interrupt(*_: object) -> None:
 
 
 def _finish(result: Any, as_json: bool) -> None:
+    """Print the report, then one ``error:`` line per unreadable unit (exit 2 if any)."""
     if as_json:
         click.echo(json.dumps(result.report.to_dict() | {"errors": result.errors}, indent=2))
     else:
@@ -56,7 +60,7 @@ def _finish(result: Any, as_json: bool) -> None:
         for error in result.errors:
             click.echo(f"error: {error}", err=True)
     if result.errors:
-        sys.exit(1)
+        sys.exit(2)
 
 
 @click.command("fhir")

@@ -114,7 +114,7 @@ def ingest_csv(
         raise IngestError(str(exc)) from None
     rows = read_csv_rows(path, mapping)
     batch = csv_source.parse_rows(rows, mapping, name=path.name)
-    return store_batch(
+    report = store_batch(
         session,
         batch,
         source=mapping.source,
@@ -123,6 +123,8 @@ def ingest_csv(
         now=now,
         agent=agent,
     )
+    report.ignored_columns = csv_source.unknown_columns(list(rows[0]) if rows else [], mapping)
+    return report
 
 
 def read_csv_rows(path: Path, profile: Any) -> list[dict[str, str | None]]:

@@ -3,10 +3,14 @@
 MLLP (HL7 v2.5.1 Appendix C, "Minimal Lower Layer Protocol") frames a message as
 ``<VT> message <FS><CR>``. The ACK follows original acknowledgment mode: ``AA`` once the
 message's unit of work is committed (quarantined items included: they are kept for
-review, and MSA-3 says how many), ``AR`` for a message that cannot be read at all (not
-HL7, unsupported type, not UTF-8, too large: resending will not help), ``AE`` when storing
-failed (the transaction was rolled back; the sender should resend). The ACK is sent only
-after the commit, so an AA never covers data that is not in the database.
+review, and MSA-3 says how many), ``AR`` for a message that cannot be read or stored
+because of what it contains (not HL7, unsupported type, not UTF-8, too large, a value the
+database refuses, or a failure of our own code on it: resending the same message will
+not help), ``AE`` when the database was unavailable (the transaction was rolled back; the
+sender should resend). Every message gets one of the three, whatever fails: a message
+that made the handler fail without an ACK would be resent by the sender forever (a
+poison message blocking its queue). The ACK is sent only after the commit, so an AA
+never covers data that is not in the database.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import socketserver
 import threading
 from datetime import UTC, datetime, tzinfo
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.db.session import session_scope
+from vitalcast.errors import error_kind
 from vitalcast.ingest.sources.hl7v2 import (
     SOURCE,
     Hl7FormatError,
@@ -39,6 +44,7 @@ START, END = b"\x0b", b"\x1c\x0d"
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 # ERR-3 codes (HL7 table 0357).
 _ERR_CODES = {"AR": "200^Unsupported message type^HL70357", "AE": "207^Application error^HL70357"}
+_ERR_APPLICATION = _ERR_CODES["AE"]
 _MSH_FIELDS = re.compile(r"MSH(.)")
 
 
@@ -65,8 +71,12 @@ def build_ack(
     trigger: str = "",
     version: str = "2.5",
     now: datetime | None = None,
+    error: str | None = None,
 ) -> str:
-    """An ACK message; for AE/AR an ERR segment repeats the reason."""
+    """An ACK message; for AE/AR an ERR segment repeats the reason.
+
+    ``error`` is the ERR-3 code (table 0357); by default 200 for AR, 207 for AE.
+    """
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
     ack_id = f"ACK{stamp}{control_id}"[:20]
     segments = [
@@ -75,7 +85,8 @@ def build_ack(
         f"MSA|{code}|{_escape(control_id)}|{_escape(text[:80])}",
     ]
     if code != "AA":
-        segments.append(f"ERR|||{_ERR_CODES.get(code, _ERR_CODES['AE'])}|E||||{_escape(text)}")
+        err = error or _ERR_CODES.get(code, _ERR_CODES["AE"])
+        segments.append(f"ERR|||{err}|E||||{_escape(text)}")
     return "\r".join(segments) + "\r"
 
 
@@ -108,7 +119,30 @@ class MessageHandler:
         self.pseudonym: Pseudonym = cipher.mrn_hash
 
     def handle(self, payload: bytes, peer: str) -> str:
-        """Store the message and return the ACK text (never raises)."""
+        """Store the message and return the ACK text (never raises).
+
+        Anything :meth:`_handle` does not answer itself (a parser bug on some input) is
+        answered AR: the same message would fail the same way again.
+        """
+        try:
+            return self._handle(payload, peer)
+        except Exception as exc:
+            logger.error("hl7 message failed", extra={"error": error_kind(exc)})
+            control_id, sending, receiving, trigger = _guess_header(
+                payload.decode("utf-8", errors="replace")
+            )
+            return build_ack(
+                "AR",
+                control_id=control_id,
+                text=f"message could not be processed (internal error {error_kind(exc)});"
+                " nothing was stored",
+                sending=sending,
+                receiving=receiving,
+                trigger=trigger,
+                error=_ERR_APPLICATION,
+            )
+
+    def _handle(self, payload: bytes, peer: str) -> str:
         origin = f"mllp:{peer}"
         text = payload.decode("utf-8", errors="replace")
         control_id, sending, receiving, trigger = _guess_header(text)
@@ -145,22 +179,26 @@ class MessageHandler:
                     agent=audit.Agent("hl7-listener", client_addr=peer.rsplit(":", 1)[0]),
                 )
         except Exception as exc:
-            # Nothing was committed; AE tells the sender to resend (e.g. database down).
-            if isinstance(exc, SQLAlchemyError):
-                logger.error(
-                    "hl7 message not stored",
-                    extra={"control_id": message.control_id, "error": type(exc).__name__},
-                )
-            else:
-                logger.exception("hl7 message failed", extra={"control_id": message.control_id})
+            # Nothing was committed. The database unavailable (down, a deadlock, a
+            # serialization failure): AE, the sender should resend later. Anything else
+            # comes from this message's content, so a resend would fail again: AR.
+            # Only the error's class is logged (its text may quote patient data).
+            transient = isinstance(exc, OperationalError | InterfaceError)
+            logger.error(
+                "hl7 message not stored",
+                extra={"control_id": message.control_id, "error": error_kind(exc)},
+            )
             return build_ack(
-                "AE",
+                "AE" if transient else "AR",
                 control_id=message.control_id,
-                text="storage error; nothing was stored, resend later",
+                text="storage error; nothing was stored, resend later"
+                if transient
+                else f"message could not be stored ({error_kind(exc)}); nothing was stored",
                 sending=message.sending,
                 receiving=message.receiving,
                 trigger=message.message_type.split("^")[1],
                 version=message.version,
+                error=_ERR_APPLICATION,
             )
         note = f"stored {report.stored}, duplicates {report.duplicates}"
         if report.quarantined:

@@ -47,6 +47,7 @@ from vitalcast.ingest.sources.device_payload import (
     compact_record,
     fhir_observation_batch,
 )
+from vitalcast.json_input import JsonInputError, parse_json
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
@@ -149,8 +150,8 @@ def parse_message(topic: str, payload: bytes, prefix: str, seq: int) -> RecordBa
         return batch
     device_id = parts[-2]
     try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = parse_json(payload.decode("utf-8"))
+    except (UnicodeDecodeError, JsonInputError) as exc:
         batch.received += 1
         reason = (
             "not UTF-8" if isinstance(exc, UnicodeDecodeError) else f"malformed JSON ({exc.msg})"

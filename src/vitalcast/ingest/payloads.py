@@ -9,19 +9,19 @@ Accepted bodies (UTF-8 JSON):
 
 Unlike files and streams, an API caller is present to fix its request, so any problem
 rejects the whole body with every problem and its location at once (422), and nothing is
-stored. Codes outside the vocabulary are such a problem here.
+stored. Codes outside the vocabulary are such a problem here. A body that is not UTF-8
+JSON at all is a 400, as for every route (docs/api.md).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import ValidationError
 
 from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.records import RecordBatch
-from vitalcast.errors import InvalidInput
+from vitalcast.errors import BadRequest, InvalidInput
 from vitalcast.ingest.sources.device_payload import (
     CompactObservation,
     compact_record,
@@ -29,6 +29,7 @@ from vitalcast.ingest.sources.device_payload import (
     problems,
 )
 from vitalcast.ingest.sources.fhir import is_resource_type, validation_problems
+from vitalcast.json_input import JsonInputError, parse_json
 
 MAX_ITEMS = 10000
 
@@ -42,23 +43,21 @@ def parse_observations_payload(body: bytes) -> RecordBatch:
     and :func:`vitalcast.ingest.service.store_batch` in one transaction.
 
     Raises:
+        BadRequest: the body is not UTF-8, or not JSON that can be read.
         InvalidInput: every problem found, as ``details=[{"loc": [...], "msg": ...}]``.
     """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(
+        raise BadRequest(
             "request body is not UTF-8 text",
             details=[{"loc": ["body"], "msg": f"invalid UTF-8 at byte {exc.start}"}],
         ) from None
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            "request body is not valid JSON",
-            details=[
-                {"loc": ["body"], "msg": f"{exc.msg} at line {exc.lineno} column {exc.colno}"}
-            ],
+        doc = parse_json(text)
+    except JsonInputError as exc:
+        raise BadRequest(
+            "request body is not valid JSON", details=[{"loc": ["body"], "msg": str(exc)}]
         ) from None
     items, errors = _items(doc)
     if len(items) > MAX_ITEMS:
@@ -132,7 +131,12 @@ def _fhir_item(
     item: dict[str, Any], loc: Loc, where: str, batch: RecordBatch
 ) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
-    if not (item.get("subject") or {}).get("reference"):
+    subject = item.get("subject")
+    if subject is not None and not isinstance(subject, dict):
+        # Checked before FHIR validation, which would report it too, because the
+        # "required" check below needs an object to look into.
+        return [{"loc": [*loc, "subject"], "msg": "subject must be a Reference object"}]
+    if not isinstance(subject, dict) or not subject.get("reference"):
         errors.append({"loc": [*loc, "subject"], "msg": "subject (Patient/<id>) is required"})
     try:
         sub = fhir_observation_batch(item, f"api:{where}", None)

@@ -40,6 +40,9 @@ class IngestReport:
     # Items that replaced a stored record with a newer version of it (FHIR meta, an HL7
     # ADT^A08/A03), per kind; they are also counted as stored (they were written).
     updated: Counter[str] = field(default_factory=Counter)
+    # Input columns the mapping does not declare (CSV): read past and never stored, named
+    # here so that a new column (a patient_name added to an export) is seen, not kept.
+    ignored_columns: list[str] = field(default_factory=list)
 
     def count(self, kind: str) -> KindCounts:
         return self.kinds.setdefault(kind, KindCounts())
@@ -89,6 +92,7 @@ class IngestReport:
         self.touched_encounters |= other.touched_encounters
         self.skipped.update(other.skipped)
         self.updated.update(other.updated)
+        self.ignored_columns += [c for c in other.ignored_columns if c not in self.ignored_columns]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +107,7 @@ class IngestReport:
             "reasons": dict(self.reasons.most_common()),
             "skipped": dict(self.skipped.most_common()),
             "updated": dict(self.updated.most_common()),
+            "ignored_columns": self.ignored_columns,
             "rejects": self.rejects,
         }
 
@@ -123,6 +128,10 @@ class IngestReport:
             lines.append(f"  {kind}: {n} of the stored replaced an older version")
         for reason, n in self.skipped.most_common():
             lines.append(f"  skipped {reason}: {n}")
+        if self.ignored_columns:
+            lines.append(
+                "  columns not in the profile, not stored: " + ", ".join(self.ignored_columns)
+            )
         for item in self.rejects[:10]:
             lines.append(f"    {item['location']}: {item['reason']}")
         if len(self.rejects) > 10:

@@ -29,7 +29,14 @@ from vitalcast.clinical.records import (
     OutcomeRecord,
     RecordBatch,
 )
-from vitalcast.clinical.tables import Condition, ImagingStudy, Outcome
+from vitalcast.clinical.tables import (
+    Condition,
+    Encounter,
+    ImagingStudy,
+    Observation,
+    Outcome,
+    Patient,
+)
 from vitalcast.db.base import utcnow
 from vitalcast.ingest._bulk import Row, insert_observations
 from vitalcast.ingest._resolve import (
@@ -121,6 +128,7 @@ def store_batch(
 
     for item in batch.rejected:
         reject(item.kind, item.location, item.reason_code, item.reason, item.raw)
+    batch = _within_limits(batch, reject)
     store_patients(session, batch.patients, resolver, report)
     store_encounters(session, batch.encounters, resolver, report, reject, now)
     _store_observations(session, batch.observations, resolver, report, reject, now)
@@ -148,6 +156,87 @@ def store_batch(
         },
     )
     return report
+
+
+# The text fields of each record kind that the store keeps in a length-limited column,
+# with that column. A reference is checked against the column it is looked up in.
+_LIMITED: dict[str, tuple[tuple[str, Any], ...]] = {
+    "patient": (("ref", Patient.source_ref), ("version", Patient.source_version)),
+    "encounter": (
+        ("ref", Encounter.source_ref),
+        ("patient_ref", Patient.source_ref),
+        ("unit", Encounter.unit),
+        ("admission_source", Encounter.admission_source),
+        ("version", Encounter.source_version),
+    ),
+    "observation": (
+        ("patient_ref", Patient.source_ref),
+        ("encounter_ref", Encounter.source_ref),
+        ("value_text", Observation.value_text),
+        ("device_id", Observation.device_id),
+        ("version", Observation.source_version),
+    ),
+    "condition": (
+        ("patient_ref", Patient.source_ref),
+        ("encounter_ref", Encounter.source_ref),
+        ("code", Condition.code),
+        ("system", Condition.system),
+        ("display", Condition.display),
+    ),
+    "imaging_study": (
+        ("patient_ref", Patient.source_ref),
+        ("encounter_ref", Encounter.source_ref),
+        ("study_uid", ImagingStudy.study_uid),
+        ("modality", ImagingStudy.modality),
+        ("body_part", ImagingStudy.body_part),
+        ("description", ImagingStudy.description),
+    ),
+    "outcome": (("patient_ref", Patient.source_ref), ("encounter_ref", Encounter.source_ref)),
+}
+_BATCH_LISTS = {
+    "patient": "patients",
+    "encounter": "encounters",
+    "observation": "observations",
+    "condition": "conditions",
+    "imaging_study": "imaging_studies",
+    "outcome": "outcomes",
+}
+
+
+def _within_limits(batch: RecordBatch, reject: Reject) -> RecordBatch:
+    """The batch without records whose text is longer than its column; those are
+    quarantined as ``too_long``, naming the field and the limit.
+
+    One check for every source, before anything is written: an over-long value (a FHIR
+    id of 250 characters, a CSV cell of 400) otherwise failed the whole unit of work in
+    the database, and truncating it instead would store another patient's reference or
+    a cut code or text. Limits come from the tables, so they cannot drift from them.
+    """
+    out = RecordBatch(received=batch.received)
+    for kind, fields in _LIMITED.items():
+        limits = [(name, int(column.type.length)) for name, column in fields]
+        kept = getattr(out, _BATCH_LISTS[kind])
+        for rec in getattr(batch, _BATCH_LISTS[kind]):
+            problem = next(
+                (
+                    (name, len(value), limit)
+                    for name, limit in limits
+                    if (value := getattr(rec, name)) is not None and len(value) > limit
+                ),
+                None,
+            )
+            if problem is None:
+                kept.append(rec)
+                continue
+            name, length, limit = problem
+            reject(
+                kind,
+                rec.source_ref or kind,
+                "too_long",
+                f"{kind} {name} is {length} characters; at most {limit} are stored",
+                rec,
+            )
+    return out
 
 
 def audit_ingest(session: Session, report: IngestReport, agent: audit.Agent) -> None:
@@ -358,7 +447,7 @@ def _store_conditions(
             "encounter_id": encounter_id,
             "system": rec.system,
             "code": rec.code,
-            "display": rec.display[:300] if rec.display else None,
+            "display": rec.display,
             "onset_at": rec.onset_at,
             "source": source,
             "source_ref": rec.source_ref[:300],
@@ -397,7 +486,7 @@ def _store_imaging(
             "modality": rec.modality,
             "body_part": rec.body_part,
             "started_at": rec.started_at,
-            "description": rec.description[:300] if rec.description else None,
+            "description": rec.description,
             "series_count": rec.series_count,
             "instance_count": rec.instance_count,
             "source": source,

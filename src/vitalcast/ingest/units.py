@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.clinical.records import RecordBatch
 from vitalcast.db.session import session_scope
-from vitalcast.errors import IngestError
+from vitalcast.errors import IngestError, error_kind
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.service import store_batch
 from vitalcast.security import audit
@@ -89,6 +90,10 @@ def ingest_units(
 
     An :class:`IngestError` from a loader (malformed JSON, not UTF-8, a wrong
     resourceType) stores nothing for that unit and is reported; the other units go on.
+    So does any other failure of one unit: a parser bug (reported as an internal error)
+    or a database refusal of its writes (rolled back). A folder is never left with its
+    first files committed, the rest unread and no report. Only a lost connection to the
+    database stops the run (every later unit would fail the same way).
     """
     result = RunResult(IngestReport(source=source, location=location))
     for name, load in units:
@@ -98,8 +103,27 @@ def ingest_units(
             result.errors.append(str(exc))
             logger.warning("ingest unit unreadable", extra={"source": source, "unit": name})
             continue
-        with session_scope(factory) as session:
-            report = store_unit(session, unit, source=source, cipher=cipher, now=now, agent=agent)
+        except Exception as exc:  # a parser bug must not abort the whole run
+            result.errors.append(f"{name}: could not be read (internal error {error_kind(exc)})")
+            logger.error(
+                "ingest unit failed",
+                extra={"source": source, "unit": name, "error": error_kind(exc)},
+            )
+            continue
+        try:
+            with session_scope(factory) as session:
+                report = store_unit(
+                    session, unit, source=source, cipher=cipher, now=now, agent=agent
+                )
+        except (OperationalError, InterfaceError):
+            raise  # the database is gone: stop, the CLI says so in one line
+        except SQLAlchemyError as exc:
+            result.errors.append(f"{name}: not stored (database error {error_kind(exc)})")
+            logger.error(
+                "ingest unit not stored",
+                extra={"source": source, "unit": name, "error": error_kind(exc)},
+            )
+            continue
         result.report.merge(report)
         result.units += 1
     return result

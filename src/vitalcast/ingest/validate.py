@@ -4,23 +4,29 @@ Every adapter hands its records to :func:`vitalcast.ingest.service.store_batch`,
 applies these rules, so a FHIR Observation, an HL7 OBX segment, a PhysioNet row and an
 MQTT message are held to the same standard:
 
-- times carry a timezone and are normalised to UTC; times in the future (beyond a small
-  clock-drift tolerance) and times before the patient's birth are rejected;
+- times carry a timezone and are normalised to UTC; times whose year is outside the
+  clinical range (:mod:`vitalcast.clinical.times`, 1800-2200), times in the future
+  (beyond a small clock-drift tolerance) and times before the patient's birth are
+  rejected;
 - every code is in the vocabulary (:mod:`vitalcast.clinical.codes`) and every value is
   converted to its code's one canonical UCUM unit; an unknown unit is never guessed;
 - values outside the variable's plausible physiological range are device artefacts or
-  transcription errors (HR 0, temperature -17.8 °C in PhysioNet 2012) and are rejected.
+  transcription errors (HR 0, temperature -17.8 °C in PhysioNet 2012) and are rejected;
+- every variable is numeric: a text value alone is ``non_numeric_value``, as are
+  numbers that are not finite (:func:`finite_number`, which adapters use to read them).
 
 A rejected record raises :class:`Invalid`; its ``code`` is the quarantine reason code.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from vitalcast.clinical.codes import BY_CODE, is_plausible
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord
+from vitalcast.clinical.times import TimeOutOfRange, to_utc
 from vitalcast.clinical.units import UnknownUnit, to_canonical
 
 # Clocks of bedside devices drift; a few minutes ahead is tolerated, more is an error.
@@ -35,12 +41,34 @@ class Invalid(ValueError):
         self.code = code
 
 
+def finite_number(raw: object) -> float:
+    """``raw`` (a number, or its text) as a finite float; ValueError for anything else.
+
+    One rule for every adapter's numbers: booleans are not numbers, and infinities, NaN
+    and numbers beyond the float range (``1e400``, a 400-digit integer, on which
+    ``float()`` raises OverflowError rather than ValueError) are not measurements. The
+    message never repeats the value (a mistyped cell may hold anything).
+    """
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ValueError("not a number")
+    try:
+        value = float(raw)
+    except (ValueError, OverflowError):
+        raise ValueError("not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
+
+
 def check_time(at: datetime, *, now: datetime, born_on: date | None, what: str) -> datetime:
-    """``at`` in UTC, or :class:`Invalid` when naive, in the future or before birth."""
+    """``at`` in UTC, or :class:`Invalid` when naive, out of range, in the future or
+    before birth (the year is checked before any conversion, which could overflow)."""
     if at.tzinfo is None:
         raise Invalid("naive_time", f"{what} has no timezone")
-    if at.tzinfo is not UTC:
-        at = at.astimezone(UTC)
+    try:
+        at = to_utc(at, what)
+    except TimeOutOfRange as exc:
+        raise Invalid(exc.code, str(exc)) from None
     if at > now + FUTURE_TOLERANCE:
         raise Invalid("future_time", f"{what} {at.isoformat()} is in the future")
     # Birth dates are calendar dates without a time zone: compare by date, so that a
@@ -61,7 +89,10 @@ def check_observation(
     if obs.value is None:
         if obs.value_text is None:
             raise Invalid("no_value", "observation has neither a value nor a text value")
-        return obs if at is obs.effective_at else replace(obs, effective_at=at)
+        # Every variable of the vocabulary is numeric (it has a plausible range), so a
+        # text alone is not a measurement of it, whichever source sent it: an HL7 ST
+        # heart rate, a FHIR valueString or a compact value_text alike.
+        raise Invalid("non_numeric_value", f"{spec.label}: a text value where a number is needed")
     if obs.value != obs.value:  # NaN
         raise Invalid("no_value", "value is not a number")
     try:

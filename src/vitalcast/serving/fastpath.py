@@ -64,7 +64,10 @@ def feature_errors(
                 x[i] = code
         elif isinstance(value, bool) or not isinstance(value, int | float):
             errors.append({"loc": ["body", key], "msg": "expected a number or null"})
-        elif not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
+        elif abs(value) > MAX_ABS_VALUE or not math.isfinite(value):
+            # Magnitude first: a JSON integer can be arbitrarily long, and math.isfinite
+            # (like float()) raises OverflowError on one beyond ~1e308; comparing an int
+            # with a float is exact and never overflows. NaN fails the second test.
             errors.append(
                 {"loc": ["body", key], "msg": f"expected a number between ±{MAX_ABS_VALUE:g}"}
             )

@@ -11,7 +11,6 @@ resources). Every read is audited like any other patient-data read.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any, TypeVar
 
 from fhir.resources.R4B.bundle import Bundle
@@ -24,6 +23,7 @@ from sqlalchemy import Select, select
 
 from vitalcast.clinical.codes import BY_CODE, LOINC
 from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.clinical.times import parse_iso
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.permissions import Permission, public, requires, role_allows
@@ -152,16 +152,20 @@ def _searchset(resources: list[Any]) -> Response:
 
 
 def _date_filters(query: _Q, column: Any) -> _Q:
-    """FHIR ``date`` parameters with prefixes ge, gt, le, lt, eq (repeatable)."""
+    """FHIR ``date`` parameters with prefixes ge, gt, le, lt, eq (repeatable).
+
+    Read by the shared time rule (:func:`vitalcast.clinical.times.parse_iso`): a year
+    outside the clinical range is a 422 here, not an overflow in the database driver.
+    """
     problems: list[dict[str, Any]] = []
     for raw in request.args.getlist("date"):
         prefix, value = (
             (raw[:2], raw[2:]) if raw[:2] in ("ge", "gt", "le", "lt", "eq") else ("eq", raw)
         )
         try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            problems.append({"loc": ["query", "date"], "msg": f"not a date-time: {raw!r}"})
+            when = parse_iso(value, "date")
+        except ValueError as exc:
+            problems.append({"loc": ["query", "date"], "msg": str(exc)})
             continue
         if when.tzinfo is None:
             problems.append({"loc": ["query", "date"], "msg": "date-time needs a timezone"})

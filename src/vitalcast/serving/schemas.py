@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from flask import request
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from vitalcast.clinical.codes import BY_CODE, BY_KEY
+from vitalcast.clinical.times import ClinicalDateTime
 from vitalcast.errors import InvalidInput
 
 M = TypeVar("M", bound=BaseModel)
@@ -75,7 +75,9 @@ def _iso_text(value: Any) -> Any:
     raise ValueError("must be an ISO 8601 date-time with a timezone")
 
 
-IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+# Also in the clinical year range (vitalcast.clinical.times): a query such as
+# ?since=0001-01-01T00:00:00+14:00 is a 422, not an overflow when the driver converts it.
+IsoDateTime = Annotated[ClinicalDateTime, BeforeValidator(_iso_text)]
 
 
 def parse_body(model: type[M], body: Any) -> M:

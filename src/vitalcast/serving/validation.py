@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import request
 
 from vitalcast.errors import BadRequest, InvalidInput
+from vitalcast.json_input import JsonInputError, parse_json
 
 
 def json_body() -> Any:
     """The request's JSON body.
 
     Raises:
-        BadRequest: the body is missing, not UTF-8 or not valid JSON.
+        BadRequest: the body is missing, not UTF-8 or not JSON that can be read (an
+            integer of thousands of digits included: see :mod:`vitalcast.json_input`).
     """
     raw = request.get_data(cache=True)
     if not raw:
         raise BadRequest("request body is empty; send a JSON document")
     try:
-        return json.loads(raw.decode("utf-8"))
+        return parse_json(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise BadRequest(f"request body is not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(
-            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+    except JsonInputError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 
 def int_arg(name: str, default: int, *, low: int, high: int, problems: list[dict[str, Any]]) -> int:

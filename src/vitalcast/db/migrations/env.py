@@ -21,7 +21,7 @@ def run_migrations() -> None:
         url = config.get_main_option("sqlalchemy.url")
         if not url:
             raise RuntimeError("no connection and no sqlalchemy.url given to Alembic")
-        with create_engine(url).begin() as conn:
+        with create_engine(url, hide_parameters=True).begin() as conn:  # no PHI in errors
             _run(conn)
     else:
         _run(connection)

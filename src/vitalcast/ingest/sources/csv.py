@@ -6,14 +6,20 @@ are labels (outcomes), and which are kept as encounter attributes. Profiles ship
 vitalcast live in ``vitalcast/ingest/profiles/<name>.yaml``; a path to a YAML file works
 too. A profile is validated in full before any row is read.
 
+Only the columns a profile declares are read. A column it does not know (an export
+that grew a ``patient_name`` or ``ssn`` column) is never stored, not even in the
+encounter's attributes, which are kept in clear text: the ingest report names it
+(:func:`unknown_columns`) so that the profile can be extended on purpose.
+
 Each CSV row is one input item: it becomes an encounter (plus its patient, diagnoses and
-outcomes), or is quarantined with its line number and the raw row.
+outcomes), or is quarantined with its line number and the raw row. Reasons name the
+column and what was wrong, never the cell's value (a mistyped cell may hold anything,
+a name or an MRN included).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -33,6 +39,7 @@ from vitalcast.clinical.records import (
     Rejected,
     Sex,
 )
+from vitalcast.ingest.validate import finite_number
 
 
 class ProfileError(ValueError):
@@ -65,8 +72,12 @@ class NumberMapping(_Strict):
 
 
 class AttributeMapping(_Strict):
-    exclude: list[str] = Field(default_factory=list)
+    """Columns kept in ``Encounter.attributes``: ``columns`` as text, ``numeric`` as
+    numbers; ``exclude`` lists columns that are known but deliberately not kept."""
+
+    columns: list[str] = Field(default_factory=list)
     numeric: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
 
 
 class EncounterMapping(_Strict):
@@ -116,6 +127,28 @@ class Profile(_Strict):
         cols.update(o.column for o in self.outcomes)
         return cols
 
+    def attribute_columns(self) -> set[str]:
+        """Columns stored as encounter attributes (declared, and not mapped elsewhere)."""
+        attrs = self.encounter.attributes
+        return (
+            (set(attrs.columns) | set(attrs.numeric))
+            - set(attrs.exclude)
+            - (self.required_columns())
+        )
+
+    def known_columns(self) -> set[str]:
+        """Every column the profile declares, stored or deliberately left out."""
+        attrs = self.encounter.attributes
+        return (
+            self.required_columns() | set(attrs.columns) | set(attrs.numeric) | set(attrs.exclude)
+        )
+
+
+def unknown_columns(columns: list[str], profile: Profile) -> list[str]:
+    """The file's columns that ``profile`` does not declare (read, never stored)."""
+    known = profile.known_columns()
+    return [c for c in columns if c not in known]
+
 
 def shipped_profiles() -> list[str]:
     """Names of the profiles shipped in the package."""
@@ -157,24 +190,32 @@ def load_profile(name_or_path: str) -> Profile:
 _INTERVAL = re.compile(r"^[\[(]\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*[\])]$")
 
 
-def _number(text: str | None, transform: str = "number") -> float | None:
-    """A float from a cell; ``interval_midpoint`` reads age bands such as ``[70-80)``."""
-    if text is None:
+def _number(row: dict[str, str | None], column: str, transform: str = "number") -> float | None:
+    """A finite float from ``row[column]`` (None when missing); ``interval_midpoint``
+    reads age bands such as ``[70-80)``.
+
+    Raises:
+        ValueError: naming the column and what is wrong (not the cell's value).
+    """
+    text = row.get(column)
+    if text is None or text.strip().lower() == "nan":
         return None
     if transform == "interval_midpoint":
         match = _INTERVAL.match(text.strip())
         if match is None:
-            raise ValueError(f"{text!r} is not an interval like [70-80)")
+            raise ValueError(f"{column}: not an interval like [70-80)")
         return (float(match.group(1)) + float(match.group(2))) / 2
-    value = float(text)
-    if math.isnan(value):
-        return None
-    return value
+    if not text.strip():
+        raise ValueError(f"{column}: empty, expected a number")
+    try:
+        return finite_number(text)
+    except ValueError as exc:
+        raise ValueError(f"{column}: {exc}") from None
 
 
-def _count(text: str | None) -> float | int | None:
+def _count(row: dict[str, str | None], column: str) -> float | int | None:
     """Numeric attribute cells: whole numbers (ids, counts) stay integers in JSON."""
-    value = _number(text)
+    value = _number(row, column)
     return int(value) if value is not None and value.is_integer() else value
 
 
@@ -183,14 +224,13 @@ def parse_rows(
 ) -> RecordBatch:
     """Map CSV rows (cells as text, ``None`` for missing) to canonical records."""
     batch = RecordBatch()
-    enc_map = profile.encounter
-    attr_skip = set(enc_map.attributes.exclude) | profile.required_columns()
-    numeric = set(enc_map.attributes.numeric)
+    stored = profile.attribute_columns()
+    numeric = set(profile.encounter.attributes.numeric)
     for lineno, row in enumerate(rows, start=first_line):
         where = f"{name}:{lineno}"
         batch.received += 1
         try:
-            records = _map_row(row, profile, where, attr_skip, numeric)
+            records = _map_row(row, profile, where, stored, numeric)
         except ValueError as exc:
             raw = json.dumps(row, default=str)
             batch.rejected.append(Rejected(where, "invalid_row", str(exc), raw, "encounter"))
@@ -207,10 +247,10 @@ def _map_row(
     row: dict[str, str | None],
     profile: Profile,
     where: str,
-    attr_skip: set[str],
+    stored: set[str],
     numeric: set[str],
 ) -> tuple[PatientRecord, EncounterRecord, list[ConditionRecord], list[OutcomeRecord]]:
-    """One row's records; ValueError names the first problem found."""
+    """One row's records; ValueError names the first problem found (column and what)."""
     prefix = profile.source
     patient_id, encounter_id = row.get(profile.patient.ref), row.get(profile.encounter.ref)
     if not patient_id or not encounter_id:
@@ -221,13 +261,16 @@ def _map_row(
         cell = row.get(profile.patient.sex.column)
         if cell is not None:
             if cell not in profile.patient.sex.map:
-                raise ValueError(f"{profile.patient.sex.column}: unknown category {cell!r}")
+                raise ValueError(
+                    f"{profile.patient.sex.column}: unknown category"
+                    f" (expected {_one_of(profile.patient.sex.map)})"
+                )
             sex = profile.patient.sex.map[cell]
     enc = profile.encounter
     admitted = enc.admitted_at.astimezone(UTC)
     discharged = None
     if enc.length_of_stay_days:
-        los = _number(row.get(enc.length_of_stay_days))
+        los = _number(row, enc.length_of_stay_days)
         if los is None or los < 0:
             raise ValueError(f"{enc.length_of_stay_days}: missing or negative length of stay")
         try:
@@ -236,12 +279,11 @@ def _map_row(
             raise ValueError(
                 f"{enc.length_of_stay_days}: length of stay {los:g} days is out of range"
             ) from None
-    age = _number(row.get(enc.age_years.column), enc.age_years.transform) if enc.age_years else None
+    age = _number(row, enc.age_years.column, enc.age_years.transform) if enc.age_years else None
     attributes: dict[str, Any] = {}
     for column, cell in row.items():
-        if column in attr_skip:
-            continue
-        attributes[column] = _count(cell) if column in numeric else cell
+        if column in stored:
+            attributes[column] = _count(row, column) if column in numeric else cell
     encounter = EncounterRecord(
         ref=eref,
         patient_ref=pref,
@@ -274,7 +316,9 @@ def _map_row(
         elif cell in out.negative:
             value = 0.0
         else:
-            raise ValueError(f"{out.column}: unknown category {cell!r}")
+            raise ValueError(
+                f"{out.column}: unknown category (expected {_one_of(out.positive + out.negative)})"
+            )
         known = (discharged or admitted) + timedelta(days=out.known_after_discharge_days)
         # When the event itself happened is not in such exports (a readmission's date),
         # only when the label became known.
@@ -282,3 +326,8 @@ def _map_row(
             OutcomeRecord(pref, eref, out.kind, value, None, known, f"{where} {out.column}")
         )
     return PatientRecord(ref=pref, sex=sex, source_ref=where), encounter, conditions, outcomes
+
+
+def _one_of(categories: Any) -> str:
+    """The categories a column allows, for a message (the profile's words, not the cell's)."""
+    return "one of: " + ", ".join(map(str, categories))

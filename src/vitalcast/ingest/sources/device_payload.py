@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.records import (
@@ -22,6 +22,7 @@ from vitalcast.clinical.records import (
     RecordBatch,
     Rejected,
 )
+from vitalcast.clinical.times import ClinicalDateTime
 from vitalcast.ingest.devices import binding_at, load_bindings
 from vitalcast.ingest.sources.fhir import is_resource_type, validation_problems
 from vitalcast.ingest.sources.fhir_map import map_observation
@@ -30,15 +31,21 @@ DEVICE_REF = "device:"  # patient_ref placeholder until the binding is known
 
 
 class CompactObservation(BaseModel):
-    """One compact reading (API and MQTT)."""
+    """One compact reading (API and MQTT).
+
+    ``value`` is strictly a JSON number: ``true`` is not a heart rate of 1 and ``"131"``
+    is not 131 (lax coercion stored both); infinities, NaN and numbers beyond the float
+    range (a 400-digit integer) are refused too. ``time`` needs an offset and a year in
+    the clinical range (:mod:`vitalcast.clinical.times`).
+    """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     code: str = Field(min_length=1, max_length=32)
-    value: float | None = Field(None, allow_inf_nan=False)
+    value: StrictFloat | None = Field(None, allow_inf_nan=False)
     value_text: str | None = Field(None, max_length=200)
     unit: str | None = Field(None, max_length=32)
-    time: AwareDatetime
+    time: ClinicalDateTime
     id: str | None = Field(None, max_length=200)
     patient: str | None = Field(None, max_length=32)
     encounter: str | None = Field(None, max_length=32)

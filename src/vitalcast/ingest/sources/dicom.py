@@ -28,6 +28,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from vitalcast.clinical.records import ImagingStudyRecord, RecordBatch, Rejected
+from vitalcast.clinical.times import TimeOutOfRange, to_utc
 from vitalcast.security.crypto import FieldCipher
 
 SOURCE = "dicom"
@@ -164,7 +165,13 @@ def _study_time(ds: Any, assume_tz: tzinfo) -> datetime | None:
     except ValueError:
         return None
     tz = _offset(str(ds.get("TimezoneOffsetFromUTC") or "").strip()) or assume_tz
-    return local.replace(tzinfo=tz).astimezone(UTC)
+    aware = local.replace(tzinfo=tz)
+    try:
+        return to_utc(aware, "study time")
+    except TimeOutOfRange:
+        # Left unconverted (converting could overflow): the store's shared time rule
+        # quarantines the study as time_out_of_range, with that reason.
+        return aware
 
 
 def _offset(text: str) -> tzinfo | None:
@@ -172,6 +179,8 @@ def _offset(text: str) -> tzinfo | None:
     if len(text) != 5 or text[0] not in "+-" or not text[1:].isdigit():
         return None
     minutes = int(text[1:3]) * 60 + int(text[3:5])
+    if minutes >= 24 * 60:
+        return None  # not an offset (timezone() would raise): the assumed zone applies
     return timezone(timedelta(minutes=-minutes if text[0] == "-" else minutes))
 
 

@@ -37,6 +37,7 @@ from vitalcast.ingest.sources.fhir_map import (
     map_patient,
 )
 from vitalcast.ingest.units import Loader, ParsedUnit
+from vitalcast.json_input import JsonInputError, parse_json
 
 SOURCE = "fhir"
 FHIR_RELEASE = "R4B"  # see the module docstring
@@ -64,11 +65,10 @@ def decode_json(data: bytes, name: str) -> Any:
     except UnicodeDecodeError as exc:
         raise FhirFormatError(f"{name}: not UTF-8 text (byte {exc.start})") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FhirFormatError(
-            f"{name}: malformed JSON at line {exc.lineno} column {exc.colno} ({exc.msg})"
-        ) from None
+        return parse_json(text)
+    except JsonInputError as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if exc.lineno else ""
+        raise FhirFormatError(f"{name}: malformed JSON{where} ({exc.msg})") from None
 
 
 def validation_problems(exc: ValidationError, where: str, limit: int = 5) -> str:
@@ -285,14 +285,15 @@ def parse_ndjson(data: bytes, name: str) -> ParsedUnit:
         if not line.strip():
             continue
         try:
-            res = json.loads(line)
-        except json.JSONDecodeError as exc:
+            res = parse_json(line)
+        except JsonInputError as exc:
+            where = f" at column {exc.colno}" if exc.colno else ""
             walker.unit.batch.received += 1
             walker.unit.batch.rejected.append(
                 Rejected(
                     f"{name}#line[{lineno}]",
                     "malformed_json",
-                    f"malformed JSON at column {exc.colno} ({exc.msg})",
+                    f"malformed JSON{where} ({exc.msg})",
                     line[:20000],
                     "resource",
                 )
@@ -316,9 +317,15 @@ def iter_units(paths: list[Path]) -> Iterator[tuple[str, Loader]]:
     resourceType), so that one-resource-per-file sets and Bulk Data exports resolve their
     references whatever the file names. Archive members keep their order.
 
+    A file or archive that turns out unreadable while the run goes on is a unit whose
+    loader raises, so the files before and after it are still stored and reported.
+
     Raises:
-        FhirFormatError: a path does not exist or an archive cannot be read.
+        FhirFormatError: a path does not exist (checked before anything is yielded).
     """
+    for path in paths:
+        if not path.exists():
+            raise FhirFormatError(f"{path}: no such file or folder")
     loose: list[tuple[int, str, Path]] = []
     for path in paths:
         if path.is_dir():
@@ -340,17 +347,30 @@ def iter_units(paths: list[Path]) -> Iterator[tuple[str, Loader]]:
 
 
 def _parse_file(path: Path, name: str) -> ParsedUnit:
-    return parse_bytes(path.read_bytes(), name)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FhirFormatError(f"{name}: cannot read the file ({exc.strerror})") from None
+    return parse_bytes(data, name)
 
 
 def _rank(path: Path) -> int:
-    with path.open("rb") as fh:
-        head = fh.read(4096)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return 2  # its loader reports the error in its turn
     match = _TYPE_HINT.search(head)
     return _RANK.get(match.group(1).decode(), 2) if match else 2
 
 
+def _fail(error: FhirFormatError) -> ParsedUnit:
+    raise error
+
+
 def _archive_units(path: Path) -> Iterator[tuple[str, Loader]]:
+    """The archive's members; a truncated archive ends with one unreadable unit (the
+    members read before the damage are still stored, and the report says where)."""
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
@@ -362,4 +382,5 @@ def _archive_units(path: Path) -> Iterator[tuple[str, Loader]]:
                 data = fh.read()
                 yield member.name, partial(parse_bytes, data, member.name)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise FhirFormatError(f"{path.name}: cannot read archive ({exc})") from None
+        error = FhirFormatError(f"{path.name}: cannot read archive ({exc})")
+        yield path.name, partial(_fail, error)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from vitalcast.clinical.codes import BY_CODE, LOINC
@@ -24,6 +24,14 @@ from vitalcast.clinical.records import (
     Rejected,
     Sex,
 )
+from vitalcast.clinical.times import (
+    OUT_OF_RANGE,
+    TimeOutOfRange,
+    check_year,
+    parse_iso,
+    to_utc,
+)
+from vitalcast.ingest.validate import finite_number
 
 Resolve = Callable[[str], str | None]  # reference text -> canonical "Type/id" or None
 
@@ -63,27 +71,39 @@ def parse_instant(text: str | None, *, what: str) -> datetime:
     invented time: point-in-time features must never see a value before it existed.
 
     Raises:
-        ResourceProblem: missing, day-precision or timezone-less time.
+        ResourceProblem: missing, day-precision, timezone-less or out-of-range time
+            (years outside :mod:`vitalcast.clinical.times`' range: ``time_out_of_range``).
     """
     if not text:
         raise ResourceProblem("no_time", f"{what} is missing")
+    if not isinstance(text, str):
+        raise ResourceProblem("bad_time", f"{what} is not a FHIR dateTime")
     if "T" not in text:
         raise ResourceProblem(
             "imprecise_time", f"{what} {text!r} has no time of day; a point in time is needed"
         )
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        value = parse_iso(text, what)
+    except TimeOutOfRange as exc:
+        raise ResourceProblem(exc.code, str(exc)) from None
     except ValueError:
         raise ResourceProblem("bad_time", f"{what} {text!r} is not a FHIR dateTime") from None
     if value.tzinfo is None:
         raise ResourceProblem("naive_time", f"{what} {text!r} has no timezone")
-    return value.astimezone(UTC)
+    return to_utc(value, what)
 
 
 def _optional_instant(text: str | None, *, what: str) -> datetime | None:
+    """An optional time (a stay's end, an onset): None when absent or imprecise.
+
+    A year outside the clinical range is not "absent" but wrong: it raises, and the
+    resource is quarantined (a stay stored as still open would be worse than none).
+    """
     try:
         return parse_instant(text, what=what) if text else None
-    except ResourceProblem:
+    except ResourceProblem as exc:
+        if exc.code == OUT_OF_RANGE:
+            raise
         return None
 
 
@@ -113,11 +133,11 @@ def version_of(resource: dict[str, Any]) -> str | None:
     text = meta.get("lastUpdated")
     if isinstance(text, str) and text:
         try:
-            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
+            at: datetime | None = parse_iso(text, "meta.lastUpdated")
+        except ValueError:  # unreadable or out of range: no version from it, as before
             at = None
         if at is not None and at.tzinfo is not None:
-            updated = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+            updated = to_utc(at, "meta.lastUpdated").strftime("%Y-%m-%dT%H:%M:%S.%f")
     vid = meta.get("versionId")
     number = str(vid).strip()[:30] if vid is not None else ""
     number = number.zfill(20) if number.isdigit() else number
@@ -190,15 +210,17 @@ def _value(holder: dict[str, Any]) -> tuple[float | None, str | None, str | None
             raise ResourceProblem("no_value", "valueQuantity has no value")
         # The UCUM code is the machine-readable unit; ``unit`` is only for display.
         unit = qty.get("code") if qty.get("system") == UCUM and qty.get("code") else qty.get("unit")
-        return float(qty["value"]), unit, None
+        return _finite(qty["value"], "valueQuantity.value"), unit, None
     if "valueCodeableConcept" in holder:
         return None, None, _concept_text(holder["valueCodeableConcept"])
     if "valueInteger" in holder:
-        return float(holder["valueInteger"]), None, None
+        return _finite(holder["valueInteger"], "valueInteger"), None, None
     if "valueBoolean" in holder:
         return (1.0 if holder["valueBoolean"] else 0.0), "1", None
     if "valueString" in holder:
-        return None, None, str(holder["valueString"])[:200]
+        # Kept whole: the store quarantines a text longer than its column (too_long)
+        # rather than keep a silently cut one.
+        return None, None, str(holder["valueString"])
     absent = holder.get("dataAbsentReason")
     if absent:
         reason = _concept_text(absent) or "unspecified"
@@ -207,6 +229,15 @@ def _value(holder: dict[str, Any]) -> tuple[float | None, str | None, str | None
     if kinds:
         raise ResourceProblem("unsupported_value", f"{kinds[0]} is not a supported value type")
     raise ResourceProblem("no_value", "no value[x], component or dataAbsentReason")
+
+
+def _finite(raw: Any, what: str) -> float:
+    """A FHIR number as a float; a JSON integer of hundreds of digits (valid FHIR, but
+    beyond any float) is ``non_numeric_value`` like every source's non-number."""
+    try:
+        return finite_number(raw)
+    except ValueError as exc:
+        raise ResourceProblem("non_numeric_value", f"{what} is {exc}") from None
 
 
 def map_observation(
@@ -301,6 +332,7 @@ def map_patient(res: dict[str, Any], where: str, key: str, batch: RecordBatch) -
     telecom = res.get("telecom") or []
     gender = res.get("gender", "unknown")
     sex: Sex = gender if gender in _SEXES else "unknown"
+    born = _full_date(res.get("birthDate"))  # may raise: before the item is counted
     batch.received += 1
     batch.patients.append(
         PatientRecord(
@@ -308,7 +340,7 @@ def map_patient(res: dict[str, Any], where: str, key: str, batch: RecordBatch) -
             sex=sex,
             mrn=mrn,
             name=full or None,
-            birth_date=_full_date(res.get("birthDate")),
+            birth_date=born,
             address=_address(res.get("address") or []),
             phone=next((t.get("value") for t in telecom if t.get("system") == "phone"), None),
             email=next((t.get("value") for t in telecom if t.get("system") == "email"), None),
@@ -319,11 +351,23 @@ def map_patient(res: dict[str, Any], where: str, key: str, batch: RecordBatch) -
 
 
 def _full_date(text: str | None) -> date | None:
-    """Only a full date; a partial birth date ("1974") stays in the raw resource."""
+    """Only a full date; a partial birth date ("1974") stays in the raw resource.
+
+    Raises:
+        ResourceProblem: a full date whose year is outside the clinical range
+            (``time_out_of_range``): the Patient is quarantined rather than stored
+            with its birth date silently dropped.
+    """
     try:
-        return date.fromisoformat(text) if text and len(text) == 10 else None
+        born = date.fromisoformat(text) if text and len(text) == 10 else None
     except ValueError:
-        return None
+        return None  # fhir.resources has already refused a malformed date
+    if born is not None:
+        try:
+            check_year(born, "birthDate")
+        except TimeOutOfRange as exc:
+            raise ResourceProblem(exc.code, str(exc)) from None
+    return born
 
 
 def _address(addresses: list[dict[str, Any]]) -> str | None:
@@ -344,15 +388,16 @@ def map_encounter(
     cls = res.get("class") or {}
     locations = res.get("location") or []
     unit = (locations[0].get("location") or {}).get("display") if locations else None
+    discharged = _optional_instant(period.get("end"), what="Encounter.period.end")
     batch.received += 1
     batch.encounters.append(
         EncounterRecord(
             ref=key,
             patient_ref=patient,
             admitted_at=admitted,
-            discharged_at=_optional_instant(period.get("end"), what="Encounter.period.end"),
+            discharged_at=discharged,
             kind=_ENCOUNTER_KINDS.get(cls.get("code", ""), "inpatient"),  # type: ignore[arg-type]
-            unit=str(unit)[:64] if unit else None,
+            unit=str(unit) if unit else None,
             source_ref=where,
             version=version_of(res),
         )
@@ -367,14 +412,15 @@ def map_condition(res: dict[str, Any], where: str, resolve: Resolve, batch: Reco
         raise ResourceProblem("no_code", "Condition.code has no coding")
     assert patient is not None
     onset = res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start")
+    onset_at = _optional_instant(onset, what="onset")
     batch.received += 1
     batch.conditions.append(
         ConditionRecord(
             patient_ref=patient,
-            code=str(codings[0]["code"])[:32],
-            system=str(codings[0].get("system", ""))[:100],
+            code=str(codings[0]["code"]),
+            system=str(codings[0].get("system", "")),
             display=codings[0].get("display") or res["code"].get("text"),
-            onset_at=_optional_instant(onset, what="onset"),
+            onset_at=onset_at,
             encounter_ref=encounter,
             source_ref=where,
         )
@@ -402,6 +448,7 @@ def map_imaging_study(
         (series[0].get("modality") or {}).get("code") if series else None
     )
     body = (series[0].get("bodySite") or {}) if series else {}
+    started = _optional_instant(res.get("started"), what="started")
     batch.received += 1
     batch.imaging_studies.append(
         ImagingStudyRecord(
@@ -409,7 +456,7 @@ def map_imaging_study(
             study_uid=uid,
             modality=modality,
             body_part=body.get("display") or body.get("code"),
-            started_at=_optional_instant(res.get("started"), what="started"),
+            started_at=started,
             description=res.get("description"),
             series_count=res.get("numberOfSeries"),
             instance_count=res.get("numberOfInstances"),

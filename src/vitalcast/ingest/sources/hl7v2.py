@@ -22,7 +22,6 @@ from typing import Any
 
 import hl7
 
-from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.records import (
     EncounterRecord,
     ObservationRecord,
@@ -31,8 +30,10 @@ from vitalcast.clinical.records import (
     Rejected,
     Sex,
 )
+from vitalcast.clinical.times import TimeOutOfRange, check_year, to_utc
 from vitalcast.errors import IngestError
 from vitalcast.ingest.units import ParsedUnit
+from vitalcast.ingest.validate import finite_number
 
 SOURCE = "hl7v2"
 SUPPORTED = frozenset({"ADT^A01", "ADT^A03", "ADT^A08", "ORU^R01"})
@@ -94,7 +95,10 @@ def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> da
     Times without an offset are the sender's local time, taken to be ``tz``.
 
     Raises:
-        ValueError: malformed, or day precision where a time of day is needed.
+        ValueError: malformed, or day precision where a time of day is needed;
+            :class:`~vitalcast.clinical.times.TimeOutOfRange` (a ValueError, code
+            ``time_out_of_range``) for a year outside the clinical range, checked before
+            the conversion to UTC that would overflow near year 1 or 9999.
     """
     text = text.strip()
     if not text:
@@ -109,8 +113,15 @@ def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> da
     zone: tzinfo = tz
     if m.group(8):
         sign = 1 if m.group(8)[0] == "+" else -1
-        zone = timezone(sign * timedelta(hours=int(m.group(8)[1:3]), minutes=int(m.group(8)[3:])))
-    return datetime(y, mo, d, h, mi, s, micro, tzinfo=zone).astimezone(UTC)
+        hours, minutes = int(m.group(8)[1:3]), int(m.group(8)[3:])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"{what} {text!r} has an impossible UTC offset")
+        zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    try:
+        local = datetime(y, mo, d, h, mi, s, micro, tzinfo=zone)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not a calendar date/time") from None
+    return to_utc(local, what)
 
 
 def split_messages(text: str) -> list[str]:
@@ -175,9 +186,20 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     # (MSH-7) versions them, so an A08 sent later replaces what an A01 stored, and an
     # older message arriving late changes nothing. Results (ORU) only refer to them.
     version = _version(msh, tz) if mtype != "ORU^R01" else None
-    patient = replace(_patient(pid, where, pseudonym), version=version)
-    unit.batch.patients.append(patient)
+    patient_ref = _patient_ref(pid, where, pseudonym)
     unit.batch.received += 1
+    try:
+        patient = replace(_patient(pid, patient_ref, where), version=version)
+    except _Problem as exc:
+        # A field that cannot be read quarantines the person, as a bad OBX-14 does its
+        # result: storing them without it would be a half-written record. The message's
+        # other items still refer to the patient (known from an earlier message, or
+        # quarantined as unknown_patient and replayable with it).
+        unit.batch.rejected.append(
+            Rejected(f"{where}.PID", exc.code, str(exc), str(pid.seg), "patient")
+        )
+    else:
+        unit.batch.patients.append(patient)
     pv1 = next((s for s in segs if str(s.seg[0]) == "PV1"), None)
     evn = next((s for s in segs if str(s.seg[0]) == "EVN"), None)
     encounter_ref = None
@@ -185,7 +207,7 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
         encounter_ref = _encounter(
             pv1,
             evn,
-            patient.ref,
+            patient_ref,
             where,
             pseudonym,
             tz,
@@ -194,7 +216,7 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
             version=version,
         )
     if mtype == "ORU^R01":
-        _results(segs, patient.ref, encounter_ref, where, tz, unit.batch)
+        _results(segs, patient_ref, encounter_ref, where, tz, unit.batch)
     return Hl7Message(
         unit=unit,
         control_id=control_id,
@@ -205,27 +227,60 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     )
 
 
-def _patient(pid: _Seg, where: str, pseudonym: Pseudonym) -> PatientRecord:
+def _mrn(pid: _Seg, where: str) -> tuple[str, str]:
+    """(MRN, assigning authority) from PID-3, preferring the MR-typed identifier."""
     ids = pid.reps(3)
     chosen = next((r for r in ids if len(r) >= 5 and r[4] == "MR"), ids[0] if ids else None)
     if not chosen or not chosen[0].strip():
         raise Hl7FormatError(f"{where}: PID-3 (patient identifier) is empty")
-    mrn = chosen[0].strip()
-    authority = chosen[3].strip() if len(chosen) >= 4 else ""
+    return chosen[0].strip(), chosen[3].strip() if len(chosen) >= 4 else ""
+
+
+def _patient_ref(pid: _Seg, where: str, pseudonym: Pseudonym) -> str:
+    mrn, authority = _mrn(pid, where)
+    return f"mrn:{pseudonym(f'{authority}|{mrn}')[:40]}"
+
+
+def _patient(pid: _Seg, ref: str, where: str) -> PatientRecord:
+    """The PID's person; :class:`_Problem` when a field is present but unreadable."""
+    mrn, _authority = _mrn(pid, where)
     name = pid.reps(5)
     full = " ".join(p for p in (*name[0][1:3], name[0][0]) if p).strip() if name else ""
-    try:
-        birth: date | None = datetime.strptime(pid.comp(7)[:8], "%Y%m%d").date()
-    except ValueError:
-        birth = None
     return PatientRecord(
-        ref=f"mrn:{pseudonym(f'{authority}|{mrn}')[:40]}",
+        ref=ref,
         sex=_SEX.get(pid.comp(8).upper()[:1], "unknown"),
         mrn=mrn,
         name=full or None,
-        birth_date=birth,
+        birth_date=_birth_date(pid.comp(7)),
         source_ref=f"{where}.PID",
     )
+
+
+def _birth_date(text: str) -> date | None:
+    """PID-7 as a date; None when empty or partial (a year, a month: no day to compare
+    measurements against, as for a partial FHIR birthDate).
+
+    Raises:
+        _Problem: ``bad_birth_date`` (not a date such as ``19501399``) or
+            ``time_out_of_range``. The message does not repeat the value: a birth date
+            is an identifier.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    m = _DTM.match(text)
+    if m is None:
+        raise _Problem("bad_birth_date", "PID-7 birth date is not an HL7 date (YYYYMMDD)")
+    if not m.group(2) or not m.group(3):
+        return None
+    try:
+        born = date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        check_year(born, "PID-7 birth date")
+    except TimeOutOfRange as exc:
+        raise _Problem(exc.code, str(exc)) from None
+    except ValueError:
+        raise _Problem("bad_birth_date", "PID-7 birth date is not a calendar date") from None
+    return born
 
 
 def _encounter(
@@ -256,8 +311,10 @@ def _encounter(
         discharged = parse_dtm(pv1.comp(45), tz=tz, what="PV1-45 discharge time")
     except ValueError as exc:
         admitted, discharged, problem, admission_known = None, None, str(exc), False
+        code = getattr(exc, "code", "no_time")
     else:
         problem = "no admit time (PV1-44 or EVN)" if admitted is None else ""
+        code = "no_time"
     ref = (
         f"visit:{pseudonym(f'visit|{visit}')[:40]}"
         if visit
@@ -265,7 +322,7 @@ def _encounter(
     )
     batch.received += 1
     if admitted is None:
-        batch.rejected.append(Rejected(f"{where}.PV1", "no_time", problem, None, "encounter"))
+        batch.rejected.append(Rejected(f"{where}.PV1", code, problem, None, "encounter"))
         return ref
     batch.encounters.append(
         EncounterRecord(
@@ -274,8 +331,8 @@ def _encounter(
             admitted_at=admitted,
             discharged_at=discharged,
             kind=_KIND.get(pv1.comp(2).upper(), "inpatient"),  # type: ignore[arg-type]
-            unit=pv1.comp(3, 1)[:64] or None,
-            admission_source=pv1.comp(14)[:64] or None,
+            unit=pv1.comp(3, 1) or None,
+            admission_source=pv1.comp(14) or None,
             source_ref=f"{where}.PV1",
             version=version,
             admission_known=admission_known,
@@ -358,7 +415,7 @@ def _observation(
     try:
         when = parse_dtm(seg.comp(14) or obr_time, tz=tz, what="observation time")
     except ValueError as exc:
-        raise _Problem("bad_time", str(exc)) from None
+        raise _Problem(getattr(exc, "code", "bad_time"), str(exc)) from None
     if when is None:
         raise _Problem("no_time", "no observation time (OBX-14 or OBR-7)")
     vtype = seg.comp(2).upper()
@@ -373,17 +430,17 @@ def _observation(
         try:
             if comparator not in ("", "="):
                 raise ValueError
-            value = float(number)
+            value = finite_number(number)
         except ValueError:
             raise _Problem(
                 "non_numeric_value", f"{code}: {vtype} value is not an exact number"
             ) from None
     elif vtype in ("CE", "CWE", "CNE"):
-        text = (first[1] if len(first) > 1 and first[1] else first[0] if first else "")[:200]
+        text = first[1] if len(first) > 1 and first[1] else first[0] if first else ""
     else:
-        text = (first[0] if first else "")[:200]
-    if value is None and code in BY_CODE:
-        raise _Problem("non_numeric_value", f"{code}: value type {vtype or '?'} is not numeric")
+        text = first[0] if first else ""
+    # A text for a numeric variable is the store's rule (non_numeric_value, every source
+    # alike); a text longer than the store keeps is its too_long, never cut here.
     if value is None and not text:
         raise _Problem("no_value", f"{code}: OBX-5 is empty")
     return ObservationRecord(
@@ -394,7 +451,7 @@ def _observation(
         value=value,
         unit=seg.comp(6, 1) or None,
         value_text=text,
-        device_id=seg.comp(18, 1)[:64] or None,
+        device_id=seg.comp(18, 1) or None,
         source_ref=loc,
         # No identity: the content key (patient, visit, code, time, value) makes a resent
         # message a no-op whatever connection or file it arrives through.
@@ -419,8 +476,11 @@ def iter_file_messages(
 ) -> Iterator[tuple[str, Callable[[], ParsedUnit]]]:
     """Yield (name, loader) per message in the files (one or many messages each).
 
+    A file that cannot be read (not UTF-8, unreadable) is one unit whose loader raises:
+    the files after it are still read, and the run reports it.
+
     Raises:
-        Hl7FormatError: a path does not exist or is not UTF-8.
+        Hl7FormatError: a path does not exist (before anything is yielded).
     """
     files: list[Path] = []
     for path in paths:
@@ -431,7 +491,20 @@ def iter_file_messages(
         else:
             raise Hl7FormatError(f"{path}: no such file or folder")
     for file in files:
-        text = decode_text(file.read_bytes(), file.name)
+        try:
+            text = decode_text(file.read_bytes(), file.name)
+        except (Hl7FormatError, OSError) as exc:
+            error = (
+                exc
+                if isinstance(exc, Hl7FormatError)
+                else Hl7FormatError(f"{file.name}: cannot read the file ({exc.strerror})")
+            )
+
+            def fail(error: Hl7FormatError = error) -> ParsedUnit:
+                raise error
+
+            yield file.name, fail
+            continue
         for n, message in enumerate(split_messages(text), start=1):
             origin = f"{file.name}:msg[{n}]"
 

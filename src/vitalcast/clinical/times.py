@@ -1,0 +1,87 @@
+"""The one rule for every time and date that enters vitalcast: a year in a clinical range.
+
+Python's ``datetime`` spans years 1 to 9999, but a time near either end cannot be moved
+to UTC: ``0001-01-01T00:00:00+14:00`` is in year 0 in UTC and ``99991231235959-1400``
+in year 10000, and ``astimezone`` (or a comparison with an aware time, or the database
+driver) raises :class:`OverflowError`, which is not a :class:`ValueError`. Parsers that
+caught only ``ValueError`` let such input through to a 500, a CLI traceback, a run that
+stopped half-way, or an MLLP connection closed without an ACK.
+
+No clinical record is dated before 1800 or after 2200, so any time or date outside those
+years is refused here, *before* any conversion, with a reason that says so. Every parser
+(FHIR, HL7 v2, DICOM, the compact API and MQTT payloads, query parameters) and the shared
+ingest rules (:func:`vitalcast.ingest.validate.check_time`) go through these functions,
+so the range and the message are the same wherever a time arrives.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, WithJsonSchema
+
+MIN_YEAR = 1800
+MAX_YEAR = 2200
+#: Quarantine reason code and error wording of a time outside the range.
+OUT_OF_RANGE = "time_out_of_range"
+
+
+class TimeOutOfRange(ValueError):
+    """A time or date whose year is outside ``MIN_YEAR``-``MAX_YEAR``."""
+
+    code = OUT_OF_RANGE
+
+
+def check_year(value: date, what: str) -> None:
+    """Raise :class:`TimeOutOfRange` unless ``value``'s year is in the clinical range.
+
+    For an aware time the year is checked as written (before any conversion), which
+    keeps every conversion of an accepted time far from ``datetime``'s limits.
+    """
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise TimeOutOfRange(
+            f"{what}: year {value.year} is outside the accepted range {MIN_YEAR}-{MAX_YEAR}"
+        )
+
+
+def to_utc(value: datetime, what: str) -> datetime:
+    """An aware time in UTC, or :class:`TimeOutOfRange` (never ``OverflowError``)."""
+    check_year(value, what)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # unreachable after check_year; kept so no caller ever sees it
+        raise TimeOutOfRange(f"{what}: cannot be expressed in UTC") from None
+
+
+def parse_iso(text: str, what: str) -> datetime:
+    """ISO 8601 text as a ``datetime`` (aware if an offset is given), year in range.
+
+    Raises:
+        ValueError: not ISO 8601 (the message does not echo the text, which may be any
+            free text sent in a time field); :class:`TimeOutOfRange` for the year.
+    """
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
+        raise ValueError(f"{what} is not an ISO 8601 date-time") from None
+    check_year(value, what)
+    return value
+
+
+def in_clinical_range(value: datetime) -> datetime:
+    """Pydantic after-validator: the same year rule for request and message fields."""
+    check_year(value, "date-time")
+    return value
+
+
+#: JSON-schema pattern of the year range (1800-2200), so that the OpenAPI document says
+#: what the validator accepts and generated clients and tests keep to it.
+YEAR_PATTERN = "^(1[89][0-9]{2}|2[01][0-9]{2}|2200)-"
+
+#: An aware date-time (offset required) in the clinical year range, for pydantic models.
+ClinicalDateTime = Annotated[
+    AwareDatetime,
+    AfterValidator(in_clinical_range),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": YEAR_PATTERN}),
+]

@@ -1,0 +1,377 @@
+"""Hostile files and messages through the real CLI and MLLP socket into real PostgreSQL.
+
+Every item is stored or quarantined with a reason; an unreadable file is named (exit 2)
+while the others are still stored; no traceback, no identifier in the output. Each case
+here was a 500, a traceback, a run stopped half-way or a silent drop before.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from tests.hl7_samples import ADT_A01, ORU_R01
+from vitalcast.cli import main
+from vitalcast.clinical.tables import Condition, Encounter, Observation, Patient
+from vitalcast.db import create_db_engine
+from vitalcast.db.session import make_session_factory
+from vitalcast.ingest import mllp
+from vitalcast.ingest.mllp import MessageHandler, MllpServer, send_messages
+from vitalcast.ingest.tables import QuarantineItem
+from vitalcast.security.crypto import FieldCipher
+
+FAR = "99991231235959-1400"  # year 10000 in UTC: OverflowError when converted
+
+
+@pytest.fixture
+def run(pg_url: str, tmp_path: Path) -> Callable[..., Result]:
+    env = {"VITALCAST_DATABASE_URL": pg_url, "VITALCAST_DATA_DIR": str(tmp_path / "var")}
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(main, ["ingest", *args], env=env)
+
+    return invoke
+
+
+def _count(pg_url: str, table: Any, *where: Any) -> int:
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+    finally:
+        engine.dispose()
+
+
+def _clean(result: Result) -> None:
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+
+
+# -- FHIR ------------------------------------------------------------------------------------
+def _observation(oid: str, when: str, **value: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": when,
+        **(value or {"valueQuantity": {"value": 80, "unit": "/min"}}),
+    }
+
+
+def test_fhir_folder_goes_past_bad_files_and_reports_them(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    docs: dict[str, Any] = {
+        "a-patient.json": {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-02"},
+        "b-early.json": _observation("o1", "0001-01-01T00:00:00+14:00"),
+        "c-late.json": _observation("o2", "9999-12-31T23:59:59-14:00"),
+        "d-huge.json": _observation("o3", "2024-01-01T10:00:00Z", valueQuantity={"value": 0}),
+        "e-long-id.json": {"resourceType": "Patient", "id": "x" * 220},
+        "f-text.json": _observation("o4", "2024-01-01T10:00:00Z", valueString="fast " * 100),
+        "g-hr-text.json": _observation("o5", "2024-01-01T10:00:00Z", valueString="fast"),
+        "z-good.json": _observation("o6", "2024-01-01T10:00:00Z"),
+    }
+    for name, doc in docs.items():
+        (folder / name).write_text(json.dumps(doc))
+    # A JSON integer of 400 digits is valid FHIR (decimal) but no float.
+    huge = (folder / "d-huge.json").read_text().replace('"value": 0', '"value": 1' + "0" * 400)
+    (folder / "d-huge.json").write_text(huge)
+    (folder / "c2-truncated.json").write_text(json.dumps(_observation("o7", "x"))[:40])
+
+    result = run("fhir", str(folder), "--json")
+    _clean(result)
+    assert result.exit_code == 2, result.output  # one file could not be read at all
+    report = json.loads(result.stdout)
+    assert [e.split(":")[0] for e in report["errors"]] == ["export/c2-truncated.json"]
+    assert "malformed JSON" in report["errors"][0]
+    assert report["balanced"] is True
+    reasons = report["reasons"]
+    assert reasons["time_out_of_range"] == 2
+    assert reasons["non_numeric_value"] == 2  # the 400-digit value and the text-only HR
+    assert reasons["too_long"] == 2  # the 220-character id, the 500-character text
+    by_location = {r["location"].split("#")[0]: r for r in report["rejects"]}
+    assert "1800-2200" in by_location["export/b-early.json"]["reason"]
+    assert "patient ref is 228 characters" in by_location["export/e-long-id.json"]["reason"]
+    # Files after the bad ones were read and stored.
+    assert _count(pg_url, Observation) == 1
+    assert _count(pg_url, Patient) == 1
+    assert _count(pg_url, QuarantineItem) == report["quarantined"]
+
+
+def test_fhir_patient_birth_date_out_of_range_is_quarantined(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"resourceType": "Patient", "id": "p9", "birthDate": "0001-01-01"}))
+    result = run("fhir", str(path), "--json")
+    _clean(result)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["reasons"] == {"time_out_of_range": 1}
+    assert _count(pg_url, Patient) == 0
+
+
+def test_unreadable_fhir_file_exits_2_with_one_line(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "cut.json"
+    path.write_text('{"resourceType": "Bundle", "type": "collection", "entry": [')
+    result = run("fhir", str(path))
+    _clean(result)
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert errors[0].startswith("error: cut.json: malformed JSON at line 1")
+
+
+# -- HL7 v2 ----------------------------------------------------------------------------------
+def _hl7_with(base: str, segment: str, index: int, value: str) -> str:
+    out = []
+    for line in base.split("\r"):
+        if line.startswith(segment + "|"):
+            fields = line.split("|")
+            fields += [""] * (index + 1 - len(fields))
+            fields[index] = value
+            line = "|".join(fields)
+        out.append(line)
+    return "\r".join(out)
+
+
+def test_hl7_out_of_range_times_and_bad_birth_date_are_quarantined(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    far_admit = _hl7_with(_hl7_with(ADT_A01, "MSH", 6, FAR), "PV1", 44, FAR)
+    far_result = _hl7_with(
+        _hl7_with(ORU_R01, "MSH", 9, "ORU0002").replace("F|||20240301095500+0000|", f"F|||{FAR}|"),
+        "OBR",
+        7,
+        FAR,
+    )
+    bad_birth = _hl7_with(_hl7_with(ADT_A01, "MSH", 9, "ADM0009"), "PID", 7, "19501399").replace(
+        "MRN0001", "MRN0009"
+    )
+    folder = tmp_path / "messages"
+    folder.mkdir()
+    (folder / "a-first.hl7").write_text("\r".join([ADT_A01, far_result]))
+    (folder / "b-far.hl7").write_text(far_admit.replace("MRN0001", "MRN0002"))
+    (folder / "c-nopid.hl7").write_text(
+        "\r".join(s for s in ADT_A01.split("\r") if not s.startswith("PID"))
+    )
+    (folder / "d-latin1.hl7").write_bytes(ADT_A01.replace("Alpha", "Zoë").encode("latin-1"))
+    (folder / "e-birth.hl7").write_text(bad_birth)
+
+    result = run("hl7", str(folder), "--json")
+    _clean(result)
+    assert result.exit_code == 2, result.output
+    report = json.loads(result.stdout)
+    assert len(report["errors"]) == 2
+    assert "without a PID segment" in report["errors"][0]
+    assert "not UTF-8" in report["errors"][1]
+    reasons = report["reasons"]
+    assert reasons["time_out_of_range"] >= 2  # the admission (PV1-44) and the result (OBX-14)
+    assert reasons["bad_birth_date"] == 1
+    assert "19501399" not in result.output  # a birth date is an identifier
+    # The file after the unreadable ones was read: its patient is quarantined, with reason.
+    assert any(r["location"].endswith("#ADM0009.PID") for r in report["rejects"])
+    assert _count(pg_url, Patient) == 2  # MRN0001 and MRN0002 (stored, its stay quarantined)
+    assert report["balanced"] is True
+
+
+def test_hl7_text_for_a_numeric_variable_is_quarantined_like_every_source(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    oru = ORU_R01.replace("OBX|7|ST|99999-9^Something else^LN||text", "OBX|7|ST|8867-4^HR^LN||fast")
+    (tmp_path / "adt.hl7").write_text(ADT_A01)
+    (tmp_path / "oru.hl7").write_text(oru)
+    result = run("hl7", str(tmp_path / "adt.hl7"), str(tmp_path / "oru.hl7"), "--json")
+    _clean(result)
+    report = json.loads(result.stdout)
+    text_rejects = [r for r in report["rejects"] if r["location"].endswith("OBX[7]")]
+    assert [r["reason_code"] for r in text_rejects] == ["non_numeric_value"]
+
+
+# -- CSV -------------------------------------------------------------------------------------
+DIABETES_HEADER = next(
+    csv.reader(
+        [
+            "encounter_id,patient_nbr,race,gender,age,weight,admission_type_id,"
+            "discharge_disposition_id,admission_source_id,time_in_hospital,payer_code,"
+            "medical_specialty,num_lab_procedures,num_procedures,num_medications,number_outpatient,"
+            "number_emergency,number_inpatient,diag_1,diag_2,diag_3,number_diagnoses,max_glu_serum,"
+            "A1Cresult,metformin,repaglinide,nateglinide,chlorpropamide,glimepiride,acetohexamide,"
+            "glipizide,glyburide,tolbutamide,pioglitazone,rosiglitazone,acarbose,miglitol,"
+            "troglitazone,tolazamide,examide,citoglipton,insulin,glyburide-metformin,"
+            "glipizide-metformin,glimepiride-pioglitazone,metformin-rosiglitazone,"
+            "metformin-pioglitazone,change,diabetesMed,readmitted"
+        ]
+    )
+)
+FIRST_ROW = next(
+    csv.reader(
+        [
+            "2278392,8222157,Caucasian,Female,[0-10),?,6,25,1,1,?,Pediatrics-Endocrinology,41,0,1,0,"
+            "0,0,250.83,?,?,1,None,None,No,No,No,No,No,No,No,No,No,No,No,No,No,No,No,No,No,No,No,No,"
+            "No,No,No,No,No,NO"
+        ]
+    )
+)
+
+
+def _csv(rows: list[dict[str, str]], extra: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=DIABETES_HEADER + extra, lineterminator="\n")
+    writer.writeheader()
+    for n, changes in enumerate(rows):
+        row = dict(zip(DIABETES_HEADER, FIRST_ROW, strict=True))
+        row["encounter_id"] = str(1000 + n)
+        row["patient_nbr"] = str(500 + n)
+        row |= {c: "" for c in extra}
+        row.update(changes)
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def test_csv_rows_are_checked_one_by_one_and_unknown_columns_never_stored(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    secret = "John Smith MRN 12345"
+    path = tmp_path / "export.csv"
+    path.write_text(
+        _csv(
+            [
+                {"patient_name": secret, "ssn": "078-05-1120"},  # good row, extra columns
+                {"num_procedures": "inf"},
+                {"num_procedures": "1e400"},
+                {"patient_nbr": "9" * 400},
+                {"diag_1": "4" * 100},
+                {"gender": secret},
+                {"num_medications": ""},
+            ],
+            extra=["patient_name", "ssn"],
+        )
+    )
+    result = run("csv", "--profile", "diabetes130", str(path), "--json")
+    _clean(result)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["balanced"] is True
+    assert report["ignored_columns"] == ["patient_name", "ssn"]
+    reasons = {r["location"]: (r["reason_code"], r["reason"]) for r in report["rejects"]}
+    assert reasons["export.csv:3"] == ("invalid_row", "num_procedures: not a finite number")
+    assert reasons["export.csv:4"] == ("invalid_row", "num_procedures: not a finite number")
+    # The patient, and every record of the row referring to it, name the field and limit.
+    assert reasons["export.csv:5"][0] == "too_long"
+    assert "is 412 characters; at most 200 are stored" in reasons["export.csv:5"][1]
+    assert reasons["export.csv:6 diag_1"] == (
+        "too_long",
+        "condition code is 100 characters; at most 32 are stored",
+    )
+    assert reasons["export.csv:7"][0] == "invalid_row"
+    assert reasons["export.csv:7"][1].startswith("gender: unknown category (expected one of:")
+    assert reasons["export.csv:8"] == ("invalid_row", "num_medications: empty, expected a number")
+    assert secret not in result.output
+    assert "078-05-1120" not in result.output
+    # The good row and the one whose only fault is a diagnosis code are stored.
+    assert _count(pg_url, Encounter) == 2
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT attributes::text FROM encounters")).scalars().all()
+    finally:
+        engine.dispose()
+    assert stored
+    for attributes in stored:
+        assert "patient_name" not in attributes
+        assert "ssn" not in attributes
+        assert secret not in attributes
+    assert _count(pg_url, Condition, Condition.code == "4" * 100) == 0
+
+
+def test_database_error_is_one_line_without_parameters(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the length check, a 400-character patient number fails in PostgreSQL:
+    the CLI says so in one line that carries neither the statement nor the value."""
+    from vitalcast.ingest import service
+
+    monkeypatch.setattr(service, "_within_limits", lambda batch, _reject: batch)
+    nbr = "8" * 400
+    path = tmp_path / "long.csv"
+    path.write_text(_csv([{"patient_nbr": nbr}], extra=[]))
+    result = run("csv", "--profile", "diabetes130", str(path))
+    _clean(result)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: database error (StringDataRightTruncation); the interrupted unit of work"
+        " was rolled back"
+    )
+    assert nbr not in result.output
+    assert _count(pg_url, Patient) == 0
+
+
+def test_engine_hides_parameters_of_failed_statements(pg_url: str) -> None:
+    engine = create_db_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("CREATE TEMP TABLE notes (v varchar(5))"))
+            insert = text("INSERT INTO notes VALUES (:v)")
+            with pytest.raises(DBAPIError) as info:
+                conn.execute(insert, {"v": "Zelda Quintrell MRN-1"})
+    finally:
+        engine.dispose()
+    assert "Zelda" not in str(info.value)
+    assert "parameters hidden" in str(info.value)
+
+
+# -- MLLP ------------------------------------------------------------------------------------
+def _msa(ack: str) -> list[str]:
+    return next(s for s in ack.split("\r") if s.startswith("MSA")).split("|")
+
+
+@pytest.fixture
+def server(pg_engine: Engine, cipher: FieldCipher) -> Iterator[MllpServer]:
+    srv = MllpServer(("127.0.0.1", 0), MessageHandler(make_session_factory(pg_engine), cipher))
+    srv.start_background()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_mllp_acknowledges_every_message_whatever_fails(
+    server: MllpServer, pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    far = _hl7_with(_hl7_with(ADT_A01, "PV1", 44, FAR), "MSH", 6, FAR)
+    far_result = ORU_R01.replace("F|||20240301095500+0000|", f"F|||{FAR}|")
+    acks = send_messages("127.0.0.1", server.port, [far, ADT_A01, far_result])
+    assert [_msa(a)[1] for a in acks] == ["AA", "AA", "AA"]
+    assert "time_out_of_range 1" in _msa(acks[0])[3]  # the stay, quarantined with reason
+
+    # A failure nobody foresaw (here: the parser raising OverflowError) is an AR with
+    # ERR-3 207, not a connection closed without an ACK that the sender resends forever;
+    # the connection stays usable.
+    def broken(*_a: Any, **_k: Any) -> Any:
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setattr(mllp, "parse_message", broken)
+    poison = ADT_A01.replace("ADM0001", "ADM0666")
+    acks = send_messages("127.0.0.1", server.port, [poison, poison])
+    assert [_msa(a)[1:3] for a in acks] == [["AR", "ADM0666"], ["AR", "ADM0666"]]
+    assert "internal error OverflowError" in _msa(acks[0])[3]
+    assert any(s.startswith("ERR|||207^") for s in acks[0].split("\r"))
+    with make_session_factory(pg_engine)() as s:
+        reasons = sorted(s.scalars(select(QuarantineItem.reason_code)))
+    assert reasons.count("time_out_of_range") == 2

@@ -1,0 +1,133 @@
+"""Hostile HTTP input on real PostgreSQL with a trained champion: a 4xx naming the place,
+never a 500. Each case here was a 500 (an OverflowError or a ValueError escaping) or a
+silently accepted wrong value before."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import Credentials
+from vitalcast.serving.state import get_state
+
+OUT_OF_RANGE = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
+HUGE = "1" + "0" * 400  # a JSON integer beyond any float
+TOO_MANY_DIGITS = "1" * 5000  # beyond Python's int parsing limit (4300 digits)
+
+
+def _fhir_observation(patient: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "effectiveDateTime": datetime.now(UTC).isoformat(),
+        "valueQuantity": {"value": 80, "unit": "/min"},
+        **fields,
+    }
+
+
+def _error(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    error: dict[str, Any] = response.get_json()["error"]
+    return error
+
+
+def test_out_of_range_times_are_422_on_every_route(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    reader, writer = creds.api_key("clinician"), creds.api_key("integration")
+    pid = ward[0]
+    for when in OUT_OF_RANGE:
+        for path, params in [
+            (f"/api/v1/patients/{pid}/predictions", {"since": when}),
+            (f"/api/v1/patients/{pid}/observations", {"since": when}),
+            ("/fhir/Observation", {"patient": pid, "date": f"ge{when}"}),
+            ("/fhir/RiskAssessment", {"patient": pid, "date": f"le{when}"}),
+        ]:
+            error = _error(client.get(path, query_string=params, headers=reader), 422)
+            assert "1800-2200" in str(error["details"]), path
+        compact = {"code": "8867-4", "value": 80, "unit": "/min", "time": when, "patient": pid}
+        error = _error(client.post("/api/v1/observations", json=[compact], headers=writer), 422)
+        assert [d["loc"] for d in error["details"]] == [[0, "time"]]
+        fhir = _fhir_observation(pid, effectiveDateTime=when)
+        error = _error(client.post("/api/v1/observations", json=fhir, headers=writer), 422)
+        assert "time_out_of_range" in error["details"][0]["msg"]
+
+
+def test_huge_numbers_are_4xx(
+    app: Flask, client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    headers = creds.api_key("integration")
+    predictor = get_state(app).predictor
+    assert predictor is not None
+    numeric = next(n for n in predictor.feature_names if n not in predictor.scorer.category_codes)
+    raw = {"Content-Type": "application/json", **headers}
+
+    error = _error(
+        client.post("/api/v1/predict", data=f'{{"{numeric}": {HUGE}}}', headers=raw), 422
+    )
+    assert error["details"] == [
+        {"loc": ["body", numeric], "msg": "expected a number between ±1e+09"}
+    ]
+    error = _error(
+        client.post(
+            "/api/v1/predict/batch", data=f'{{"rows": [{{"{numeric}": {HUGE}}}]}}', headers=raw
+        ),
+        422,
+    )
+    assert error["details"][0]["loc"] == ["body", "rows", 0, numeric]
+    for path in ("/api/v1/predict", "/api/v1/observations"):
+        error = _error(client.post(path, data=f'{{"x": {TOO_MANY_DIGITS}}}', headers=raw), 400)
+        assert "too many digits" in str(error), path
+
+    fhir = _fhir_observation(ward[0])
+    body = str(fhir).replace("'", '"').replace('"value": 80', f'"value": {HUGE}')
+    error = _error(client.post("/api/v1/observations", data=body, headers=raw), 422)
+    assert "non_numeric_value" in error["details"][0]["msg"]
+
+
+@pytest.mark.parametrize("subject", ["Patient/x", ["Patient/x"]])
+def test_fhir_subject_of_the_wrong_shape_is_422(
+    client: FlaskClient, creds: Credentials, subject: Any
+) -> None:
+    body = {**_fhir_observation("x"), "subject": subject}
+    response = client.post("/api/v1/observations", json=body, headers=creds.api_key("integration"))
+    error = _error(response, 422)
+    assert error["details"] == [{"loc": ["subject"], "msg": "subject must be a Reference object"}]
+
+
+def test_compact_values_must_be_json_numbers(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    now = datetime.now(UTC).isoformat()
+    base = {"code": "8867-4", "unit": "/min", "time": now, "patient": ward[0]}
+    body = [{**base, "value": True}, {**base, "value": "131"}, {**base, "value": 131}]
+    response = client.post("/api/v1/observations", json=body, headers=creds.api_key("integration"))
+    error = _error(response, 422)
+    assert [d["loc"] for d in error["details"]] == [[0, "value"], [1, "value"]]
+
+
+def test_text_values_are_quarantined_like_hl7_and_never_cut(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    now = datetime.now(UTC).isoformat()
+    compact = {"code": "8867-4", "value_text": "fast", "time": now, "patient": ward[0]}
+    short = _fhir_observation(ward[0], valueString="fast")
+    long = _fhir_observation(ward[0], valueString="very fast " * 50)
+    for fhir in (short, long):
+        fhir.pop("valueQuantity")
+    headers = creds.api_key("integration")
+    for body, reason in ((compact, "non_numeric_value"), (short, "non_numeric_value")):
+        response = client.post("/api/v1/observations", json=body, headers=headers)
+        assert response.status_code == 201, response.get_json()
+        assert response.get_json()["report"]["reasons"] == {reason: 1}
+    response = client.post("/api/v1/observations", json=long, headers=headers)
+    assert response.status_code == 201
+    report = response.get_json()["report"]
+    assert report["reasons"] == {"too_long": 1}
+    assert "value_text is 500 characters; at most 200" in report["rejects"][0]["reason"]
