@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from tests.conftest import Credentials
-from vitalcast.clinical.tables import Encounter
+from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.modeling.tables import Prediction
 from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.tables import AuditEvent
@@ -154,3 +154,41 @@ def test_posted_batch_quarantines_a_bad_item_and_stores_the_rest(
     assert report["stored"] == 1
     assert report["quarantined"] == 1
     assert report["balanced"] is True
+
+
+def test_an_observation_naming_only_the_patient_joins_the_stay_it_was_taken_in(
+    app: Flask, client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    """docs/api.md's example names the patient, not the stay: the reading belongs to the
+    stay in progress, so the stay is rescored at once; one taken before the stay began
+    stays with the patient only (it was stored, but never reached a risk, before)."""
+    sessions = get_state(app).sessions
+    with sessions() as session:
+        patient = session.scalars(select(Patient).where(Patient.public_id == ward[0])).one()
+        stay = session.scalars(
+            select(Encounter)
+            .where(Encounter.patient_id == patient.id, Encounter.discharged_at.is_(None))
+            .order_by(Encounter.admitted_at.desc())
+        ).first()
+        assert stay is not None
+        stay_id, admitted = stay.id, stay.admitted_at
+    now = datetime.now(UTC)
+    during = {"code": "8867-4", "value": 117.25, "unit": "/min", "time": now.isoformat()}
+    before = {**during, "value": 66.75, "time": (admitted - timedelta(days=3)).isoformat()}
+    response = client.post(
+        "/api/v1/observations",
+        json=[{**during, "patient": ward[0]}, {**before, "patient": ward[0]}],
+        headers=creds.api_key("integration"),
+    )
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["report"]["stored"] == 2
+    assert len(response.get_json()["rescored"]) == 1
+    with sessions() as session:
+        stored = dict(
+            session.execute(
+                select(Observation.value, Observation.encounter_id).where(
+                    Observation.patient_id == patient.id, Observation.value.in_([117.25, 66.75])
+                )
+            ).all()
+        )
+    assert stored == {117.25: stay_id, 66.75: None}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import select, text, update
@@ -54,6 +54,8 @@ class Resolver:
         self._missing_patients: set[str] = set()
         self._missing_encounters: set[str] = set()
         self._births_loaded: set[int] = set()
+        # patient id -> [(encounter id, admitted, discharged)], see stay_at
+        self.stays: dict[int, list[tuple[int, datetime, datetime | None]]] = {}
 
     # -- lookups -------------------------------------------------------------------------
     def load_patients(self, refs: Iterable[str]) -> None:
@@ -119,6 +121,42 @@ class Resolver:
         if ref not in self.encounters and ref not in self._missing_encounters:
             self.load_encounters([ref])
         return self.encounters.get(ref)
+
+    def load_stays(self, patient_ids: Iterable[int]) -> None:
+        """Every stay of these patients (id, admission, discharge), in bulk, for
+        :meth:`stay_at`."""
+        todo = sorted(set(patient_ids) - self.stays.keys())
+        for chunk in chunks(todo):
+            rows = self.session.execute(
+                select(
+                    Encounter.patient_id,
+                    Encounter.id,
+                    Encounter.admitted_at,
+                    Encounter.discharged_at,
+                ).where(Encounter.patient_id.in_(chunk))
+            )
+            for pid, eid, admitted, discharged in rows:
+                self.stays.setdefault(pid, []).append((eid, admitted, discharged))
+        for pid in todo:
+            self.stays.setdefault(pid, [])
+
+    def stay_at(self, patient_id: int, at: datetime) -> int | None:
+        """The patient's stay that ``at`` falls in (admitted at or before it, not
+        discharged before it), the latest admitted if several; None outside every stay.
+
+        Why: an observation sent for a patient without naming the stay (the API's compact
+        form, a device bound to a patient) belongs to the stay it was taken in. Stored
+        without one it would be kept but never reach a stay's features, its risk or the
+        patient page.
+        """
+        if patient_id not in self.stays:
+            self.load_stays([patient_id])
+        covering = [
+            (admitted, eid)
+            for eid, admitted, discharged in self.stays[patient_id]
+            if admitted <= at and (discharged is None or at <= discharged)
+        ]
+        return max(covering)[1] if covering else None
 
     def load_births(self, patient_ids: Iterable[int]) -> None:
         """Birth dates of stored patients (decrypted; only patients that have identifiers)."""

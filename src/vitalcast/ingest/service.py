@@ -282,6 +282,11 @@ def _store_observations(
     resolver.load_births(
         {pid for _, pid in resolver.encounters.values()} | set(resolver.patients.values())
     )
+    resolver.load_stays(
+        pid
+        for r in records
+        if r.encounter_ref is None and (pid := resolver.patients.get(r.patient_ref)) is not None
+    )
     births = resolver.births
     source = resolver.source
     rows: list[Row] = []
@@ -326,10 +331,12 @@ def _store_observations(
                 effective_at=rec.effective_at if rec.effective_at.tzinfo else None,
             )
             continue
+        # An observation that names no stay joins the stay it was taken in.
+        encounter_id = enc_ids[0] if enc_ids else resolver.stay_at(patient_id, clean.effective_at)
         rows.append(
             (
                 patient_id,
-                enc_ids[0] if enc_ids else None,
+                encounter_id,
                 clean.code,
                 clean.value,
                 clean.value_text,
