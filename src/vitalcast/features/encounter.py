@@ -24,27 +24,14 @@ from typing import Any
 # are outside the readmission-30d cohort, in training and in evaluation alike.
 EXCLUDED_DISPOSITIONS: frozenset[int] = frozenset({11, 13, 14, 19, 20, 21})
 
-# The data set's own names for admission_type_id (its IDs_mapping.csv); 5, 6 and 8 all
-# mean the type was not recorded. Reports name subgroups by these, not by bare codes.
-ADMISSION_TYPE_NAMES: dict[int, str] = {
-    1: "Emergency",
-    2: "Urgent",
-    3: "Elective",
-    4: "Newborn",
-    5: "Not Available",
-    6: "NULL",
-    7: "Trauma Center",
-    8: "Not Mapped",
-}
 
-
-def admission_type_name(code: Any) -> str:
-    """``"1"`` -> ``"Emergency"``; missing -> ``"unknown"``; an unlisted code is kept as
-    ``"code 9"`` so that it still forms its own group."""
+def admission_type_name(code: Any, names: Mapping[int, str]) -> str:
+    """``"1"`` -> ``names[1]`` (e.g. "Emergency"); missing -> ``"unknown"``; a code
+    without a name is kept as ``"code 9"`` so that it still forms its own group."""
     number = _int(code)
     if number is None:
         return "unknown"
-    return ADMISSION_TYPE_NAMES.get(number, f"code {number}")
+    return names.get(number, f"code {number}")
 
 
 MEDICATIONS: tuple[str, ...] = (

@@ -8,6 +8,7 @@ value, not missing).
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,34 @@ def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
         return pd.read_csv(path, low_memory=False, **kwargs)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise TaskError(f"{path.name}: cannot read as CSV ({exc})") from None
+
+
+ID_MAPPING_FILE = "IDs_mapping.csv"
+
+
+def read_id_names(path: Path) -> dict[str, dict[int, str]]:
+    """Diabetes 130's ``IDs_mapping.csv``: for each ``*_id`` column, code -> name.
+
+    The file stacks one two-column table per id column, each under its own header row
+    (``admission_type_id,description``) and separated by an empty row. Empty when the
+    file is absent or unreadable: names are a courtesy to readers, never required.
+    """
+    tables: dict[str, dict[int, str]] = {}
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    except (OSError, UnicodeDecodeError):
+        return tables
+    current: dict[int, str] | None = None
+    for row in rows:
+        if len(row) < 2 or not row[0].strip():
+            current = None
+            continue
+        key, name = row[0].strip(), row[1].strip()
+        if current is None:
+            current = tables.setdefault(key, {})
+        elif key.isdigit():
+            current[int(key)] = name
+    return tables
 
 
 def load_readmission(path: Path) -> Dataset:
@@ -106,11 +135,14 @@ def load_readmission(path: Path) -> Dataset:
     X[numeric] = X[numeric].astype(float)
     for col in categorical:
         X[col] = X[col].astype(object).where(X[col].notna(), None)
+    # Subgroups are named by the data set's own code table when it sits beside the file
+    # (Diabetes 130 ships IDs_mapping.csv); otherwise by code.
+    types = read_id_names(path.parent / ID_MAPPING_FILE).get("admission_type_id", {})
     meta = pd.DataFrame(
         {
             "sex": X["gender"].fillna("unknown").to_numpy(),
             "age_band": [age_band_label(a) for a in X["age_mid_years"]],
-            "admission_type": [admission_type_name(v) for v in X["admission_type_id"]],
+            "admission_type": [admission_type_name(v, types) for v in X["admission_type_id"]],
         }
     )
     notes = [f"{excluded} encounters ending in death or hospice excluded"]

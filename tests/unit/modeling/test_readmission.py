@@ -116,15 +116,22 @@ def test_wrong_format_file_is_a_clear_error(tmp_path: Path) -> None:
         load_readmission(binary)
 
 
-def test_subgroups_are_named_admission_types(head_csv: Path) -> None:
-    """Reports group readmission-30d by the data set's admission types, by name (the
-    codes are not ICU units, and "6" tells a reader nothing)."""
+def test_subgroups_are_named_admission_types(
+    head_csv: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """Reports group readmission-30d by the data set's admission types (the codes are not
+    ICU units), named by the code table the data set ships beside its file, and by code
+    when that table is absent."""
     rows = _rows(head_csv)
     col = rows[0].index("admission_type_id")
-    ds = load_readmission(head_csv)
-    assert "unit" not in ds.meta
-    names = set(ds.meta["admission_type"])
-    assert {"Emergency", "Elective"} <= names
-    assert not any(name.isdigit() for name in names)
     codes = {int(r[col]) for r in rows[1:] if r[col]}
-    assert len(names) <= len(codes)  # each code one named group; nothing split
+    by_code = load_readmission(head_csv)  # no IDs_mapping.csv beside it
+    assert "unit" not in by_code.meta
+    assert set(by_code.meta["admission_type"]) == {f"code {c}" for c in codes}
+    sample = tmp_path / "head.csv"
+    sample.write_bytes(head_csv.read_bytes())
+    mapping = shared_data / "diabetes130" / "IDs_mapping.csv"
+    (tmp_path / "IDs_mapping.csv").write_bytes(mapping.read_bytes())
+    names = set(load_readmission(sample).meta["admission_type"])
+    assert {"Emergency", "Elective"} <= names
+    assert len(names) == len(codes)  # each code its own named group
