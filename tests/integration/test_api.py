@@ -56,6 +56,12 @@ def test_predict_feature_vector(
     expected = predictor.model.predict_proba_row({n: math.nan for n in predictor.feature_names})
     assert abs(body["probability"] - expected) < 1e-6
     assert body["early"] is None  # no hours since admission: not known to be early
+    # Each factor carries what the patient page shows: its clinical phrase.
+    from vitalcast.features.labels import describe_feature
+
+    assert body["factors"]
+    for factor in body["factors"]:
+        assert factor["text"] == describe_feature(factor["feature"], factor["value"])
     assert predictor.task == "icu-mortality"
     for hours, early in ((2.0, {"hours": 2.0, "first_landmark_h": 3.0}), (10.0, None)):
         timed = {**features, "hours_since_admission": hours}

@@ -125,6 +125,8 @@ def _factor_dict(factor: Any) -> dict[str, Any]:
         else value,
         "contribution": round(float(factor.contribution), 4),
         "direction": factor.direction,
+        # What clinicians read: the feature in words with its value and unit.
+        "text": factor.text,
     }
 
 

@@ -217,6 +217,11 @@ class Factor(BaseModel):
     value: float | str | None
     contribution: float = Field(description="log-odds contribution")
     direction: str
+    text: str | None = Field(
+        None,
+        description='the factor in clinical words with its value and unit, e.g. "Lactate,'
+        ' latest (this stay): 4.1 mmol/L" (absent in factors stored before it existed)',
+    )
 
 
 class EarlyInStay(BaseModel):
