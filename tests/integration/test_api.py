@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from tests.conftest import Credentials
 from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.features.labels import describe_feature
 from vitalcast.modeling.tables import Prediction
 from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.tables import AuditEvent
@@ -57,8 +58,6 @@ def test_predict_feature_vector(
     assert abs(body["probability"] - expected) < 1e-6
     assert body["early"] is None  # no hours since admission: not known to be early
     # Each factor carries what the patient page shows: its clinical phrase.
-    from vitalcast.features.labels import describe_feature
-
     assert body["factors"]
     for factor in body["factors"]:
         assert factor["text"] == describe_feature(factor["feature"], factor["value"])

@@ -47,6 +47,7 @@ from sqlalchemy import select
 from vitalcast.clinical.codes import BY_KEY
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
 from vitalcast.clinical.tables import Patient
+from vitalcast.clinical.times import TimeOutOfRange, parse_iso, to_utc
 from vitalcast.db.base import utcnow
 from vitalcast.errors import (
     AppError,
@@ -857,19 +858,25 @@ def _text(
 def _timestamp(
     raw: Any, loc: list[Any], now: datetime, problems: list[dict[str, Any]]
 ) -> datetime | None:
-    """An ISO 8601 date-time (UTC when it has no offset), not in the future."""
+    """An ISO 8601 date-time (UTC when it has no offset), in the clinical year range
+    (:mod:`vitalcast.clinical.times`, the rule every other time input follows), not in
+    the future."""
     if raw is None:
         return None
-    value: datetime | None = None
-    if isinstance(raw, str) and "T" in raw:
-        try:
-            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-            value = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
-        except (ValueError, OverflowError):
-            value = None
-    if value is None:
-        problems.append({"loc": loc, "msg": "must be an ISO 8601 date-time string"})
-    elif value > now + _CLOCK_SKEW:
+    iso = "must be an ISO 8601 date-time string"
+    if not isinstance(raw, str) or "T" not in raw:
+        problems.append({"loc": loc, "msg": iso})
+        return None
+    try:
+        parsed = parse_iso(raw, "outcomeTimestamp")
+        value = to_utc(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC), "outcomeTimestamp")
+    except TimeOutOfRange as exc:
+        problems.append({"loc": loc, "msg": str(exc)})
+        return None
+    except ValueError:
+        problems.append({"loc": loc, "msg": iso})
+        return None
+    if value > now + _CLOCK_SKEW:
         problems.append({"loc": loc, "msg": "must not be in the future"})
-        value = None
+        return None
     return value
