@@ -167,10 +167,11 @@ def test_synthea_bundles_counts_add_up(
     assert report.kinds["encounter"].stored == types["Encounter"]
     cond = report.kinds["condition"]
     # 75 Tuberculosis conditions carry a 36-character OpenMRS concept id (under the SNOMED
-    # system URL); the store keeps codes of up to 32, so they are quarantined as too_long
-    # rather than stored cut (as a different code).
-    assert cond.quarantined == report.reasons["too_long"] == 75
-    assert cond.stored + cond.duplicates + cond.quarantined == types["Condition"]
+    # system URL). Codes of up to 64 characters are stored whole (migration 0009); before,
+    # they were quarantined as too_long.
+    assert cond.quarantined == 0
+    assert "too_long" not in report.reasons
+    assert cond.stored + cond.duplicates == types["Condition"]
     # The HIV module's codes are OpenMRS concept ids under the LOINC system URL; none is in
     # our vocabulary, so they are reported, not stored. Observations without a value are
     # quarantined as no_value.
@@ -180,6 +181,8 @@ def test_synthea_bundles_counts_add_up(
         assert s.scalar(select(func.count()).select_from(Patient)) == types["Patient"]
         assert s.scalar(select(func.count()).select_from(Encounter)) == types["Encounter"]
         assert s.scalar(select(func.count()).select_from(Condition)) == cond.stored
+        uuid_codes = select(func.count()).where(func.length(Condition.code) == 36)
+        assert s.scalar(uuid_codes.select_from(Condition)) == 75
         q = s.scalar(
             select(func.count()).select_from(QuarantineItem).where(QuarantineItem.source == "fhir")
         )

@@ -278,7 +278,7 @@ def test_csv_rows_are_checked_one_by_one_and_unknown_columns_never_stored(
     assert "is 412 characters; at most 200 are stored" in reasons["export.csv:5"][1]
     assert reasons["export.csv:6 diag_1"] == (
         "too_long",
-        "condition code is 100 characters; at most 32 are stored",
+        "condition code is 100 characters; at most 64 are stored",
     )
     assert reasons["export.csv:7"][0] == "invalid_row"
     assert reasons["export.csv:7"][1].startswith("gender: unknown category (expected one of:")

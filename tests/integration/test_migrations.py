@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select, text
@@ -80,5 +81,46 @@ def test_observation_keys_survive_the_0006_upgrade(
             session.commit()
             assert again.kinds["observation"].duplicates == 3
             assert session.scalar(select(func.count()).select_from(Observation)) == before == 3
+    finally:
+        engine.dispose()
+
+
+def test_0009_downgrade_refuses_to_cut_long_codes(
+    databases: DatabaseFactory, cipher: FieldCipher
+) -> None:
+    """A 36-character concept id stored after 0009 stops a downgrade with a reason naming
+    the table; nothing is cut, and without long codes the downgrade goes through."""
+    from tests.integration.test_store_batch import NOW, RECORD
+
+    engine = create_db_engine(databases.empty())
+    try:
+        upgrade_database(engine, cipher=cipher)
+        with Session(engine) as session:
+            store_batch(
+                session,
+                parse_record(RECORD),
+                source="physionet2012",
+                location="t",
+                cipher=cipher,
+                now=NOW,
+            )
+            session.execute(text("UPDATE observations SET code = :c"), {"c": "1271" + "A" * 32})
+            session.commit()
+        with pytest.raises(RuntimeError, match="observations holds 3 codes longer than 32"):
+            downgrade_database(engine, "0008", cipher=cipher)
+        with Session(engine) as session:
+            codes = session.scalars(text("SELECT DISTINCT code FROM observations")).all()
+            assert codes == ["1271" + "A" * 32]
+            session.execute(text("UPDATE observations SET code = 'HR'"))
+            session.commit()
+        downgrade_database(engine, "0008", cipher=cipher)
+        with engine.connect() as conn:
+            width = conn.scalar(
+                text(
+                    "SELECT character_maximum_length FROM information_schema.columns"
+                    " WHERE table_name = 'observations' AND column_name = 'code'"
+                )
+            )
+        assert width == 32
     finally:
         engine.dispose()

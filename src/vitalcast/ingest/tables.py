@@ -48,7 +48,7 @@ class QuarantineItem(Base):
     raw_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), nullable=True)
-    code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

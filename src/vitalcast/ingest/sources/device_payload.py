@@ -41,7 +41,7 @@ class CompactObservation(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    code: str = Field(min_length=1, max_length=32)
+    code: str = Field(min_length=1, max_length=64)
     value: StrictFloat | None = Field(None, allow_inf_nan=False)
     value_text: str | None = Field(None, max_length=200)
     unit: str | None = Field(None, max_length=32)
