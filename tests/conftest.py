@@ -222,7 +222,7 @@ def ward(app: Flask, trained_model: Any) -> list[str]:
     """
     from vitalcast.clinical.tables import Patient
     from vitalcast.serving.models import refresh_models
-    from vitalcast.serving.scoring import score_current_encounters
+    from vitalcast.serving.rescoring import rescore_stays_in_progress
     from vitalcast.synth import generate_cohort, store_cohort
 
     state = get_state(app)
@@ -234,8 +234,8 @@ def ward(app: Flask, trained_model: Any) -> list[str]:
     batch = generate_cohort(n_current=25, n_historic=0, seed=5, now=now)
     with state.sessions() as session:
         store_cohort(session=session, batch=batch, cipher=state.cipher, now=now)
-    with session_scope(state.sessions) as session:
-        score_current_encounters(session, state.predictor, as_of=now)
+    rescore_stays_in_progress(state.sessions, state.predictor, as_of=now)
+    with state.sessions() as session:
         return list(session.scalars(select(Patient.public_id)))
 
 

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from click.testing import CliRunner
+from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -32,10 +37,19 @@ from vitalcast.security.tables import AuditEvent
 TASK = "icu-mortality"
 
 
-def _register(session: Session, registry: Path, seed: int) -> tuple[str, Path]:
+def _register(
+    session: Session, registry: Path, seed: int, *, servable: bool = True
+) -> tuple[str, Path]:
+    """A small model on two inputs; ``servable=False`` leaves out the preprocessing step
+    every vitalcast model has, so it loads but cannot serve."""
     rng = np.random.default_rng(seed)
-    X = rng.normal(size=(60, 2))
-    model = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    X = pd.DataFrame(rng.normal(size=(60, 2)), columns=["a", "b"])
+    y = (X["a"] > 0).astype(int)
+    model: Any = LogisticRegression()
+    if servable:
+        prep = ColumnTransformer([("num", StandardScaler(), ["a", "b"])])
+        model = Pipeline([("prep", prep), ("model", model)])
+    model.fit(X, y)
     version, path, sha, _ = save_model(
         registry,
         model,
@@ -119,6 +133,22 @@ def test_register_promote_rollback_are_audited(
     assert last == [("model.promoted", "failure", "cli", f"model/{v3}", "champion")]
     assert audit.verify_chain(db_session).ok
     assert path2.is_file()
+
+    # An artifact that verifies and loads but cannot serve is refused the same way: the
+    # servers would stay on the old model while the registry named the new one.
+    v4, _ = _register(db_session, tmp_path, 4, servable=False)
+    code, out = _cli(settings, ["models", "promote", v4])
+    assert code != 0
+    assert f"{v4} cannot be served" in out
+    db_session.expire_all()
+    assert get_champion(db_session, TASK).version == v1  # type: ignore[union-attr]
+    assert _model_events(db_session)[-1] == (
+        "model.promoted",
+        "failure",
+        "cli",
+        f"model/{v4}",
+        "champion",
+    )
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

@@ -304,39 +304,72 @@ def models_show(ctx: click.Context, version: str, task_name: str | None) -> None
     _print_json(sidecar)
 
 
+def rescore_stays(ctx: click.Context, task: str, agent: Any) -> None:
+    """After a champion change: score the stays in progress with the new champion and say
+    how many, so that no ward shows the retired model's risks until each stay's next
+    observation (``--no-rescore`` leaves them to that)."""
+    from vitalcast.serving.rescoring import rescore_after_champion_change
+
+    settings = _settings(ctx)
+    done = rescore_after_champion_change(
+        settings.resolved_database_url, settings.redis_url, task, agent
+    )
+    if done is not None:
+        click.echo(f"rescored {done.stays} stays in progress with {done.version}")
+
+
+_RESCORE = click.option(
+    "--rescore/--no-rescore",
+    default=True,
+    show_default=True,
+    help="Score the stays in progress with the new champion at once.",
+)
+
+
 @models.command("promote")
 @click.argument("version")
 @click.option("--alias", type=click.Choice(["champion", "challenger"]), default="champion")
+@_RESCORE
 @click.pass_context
-def models_promote(ctx: click.Context, version: str, alias: str) -> None:
+def models_promote(ctx: click.Context, version: str, alias: str, rescore: bool) -> None:
     """Make VERSION the task's champion (or challenger)."""
     from vitalcast.modeling.service import load_registered, promote
     from vitalcast.security import audit
+    from vitalcast.serving.predictor import servable
 
     with (
         _audited_failure(ctx, "model.promoted", f"model/{version}", {"alias": alias}),
         _session(ctx) as session,
     ):
         row = promote(session, version=version, alias=alias, agent=audit.CLI)
-        load_registered(session, row)  # refuse to promote an artifact that would not load
-    click.echo(f"{version} is now {alias} of {row.task}")
+        # Refuse to promote an artifact that would not load, or would load and not serve.
+        servable(load_registered(session, row), model_version_id=row.id)
+        task = row.task
+    click.echo(f"{version} is now {alias} of {task}")
+    if alias == "champion" and rescore:
+        rescore_stays(ctx, task, audit.CLI)
 
 
 @models.command("rollback")
 @click.option("--task", "task_name", type=click.Choice(list(TASKS)), required=True)
+@_RESCORE
 @click.pass_context
-def models_rollback(ctx: click.Context, task_name: str) -> None:
+def models_rollback(ctx: click.Context, task_name: str, rescore: bool) -> None:
     """Make the previous champion of a task champion again."""
     from vitalcast.modeling.service import load_registered, rollback
     from vitalcast.security import audit
+    from vitalcast.serving.predictor import servable
 
     with (
         _audited_failure(ctx, "model.rolled_back", f"task/{task_name}", {"task": task_name}),
         _session(ctx) as session,
     ):
         row = rollback(session, task=task_name, agent=audit.CLI)
-        load_registered(session, row)
-    click.echo(f"{row.version} is champion of {task_name} again")
+        servable(load_registered(session, row), model_version_id=row.id)
+        version = row.version
+    click.echo(f"{version} is champion of {task_name} again")
+    if rescore:
+        rescore_stays(ctx, task_name, audit.CLI)
 
 
 @click.command()

@@ -134,7 +134,9 @@ def retrain_command(
     Exit code 1 when --auto-promote was asked for and the gate refused the challenger.
     """
     from vitalcast.cli import get_settings
+    from vitalcast.modeling.cli import rescore_stays
     from vitalcast.monitoring.retrain import retrain
+    from vitalcast.security import audit
 
     settings = get_settings(ctx)
     with session_scope(_sessions(ctx)) as session:
@@ -155,6 +157,8 @@ def retrain_command(
         verdict = "passes" if report.gate.passed else "fails"
         click.echo(f"gate {verdict}; alias now: {report.alias or 'none'}")
         refused = auto_promote and report.champion_before is not None and not report.promoted
+    if report.alias == "champion":  # promoted by the gate, or the first model of the task
+        rescore_stays(ctx, task, audit.CLI)
     if refused:
         click.echo("not promoted: " + "; ".join(report.gate.reasons), err=True)
         ctx.exit(1)

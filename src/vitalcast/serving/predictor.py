@@ -130,6 +130,28 @@ def _factor_dict(factor: Any) -> dict[str, Any]:
     }
 
 
+def servable(model: LoadedModel, *, model_version_id: int) -> Predictor:
+    """``model`` as a :class:`Predictor`, or a :class:`RegistryError` saying why it cannot
+    serve.
+
+    An artifact can verify and load yet not be one serving can use (an estimator without
+    vitalcast's preprocessing and explanation steps). Promoting it would leave every
+    server on the previous model, logging the failure at each poll, while the registry
+    names the new one; so a promotion builds the predictor first.
+    """
+    from vitalcast.modeling.registry import RegistryError
+
+    try:
+        return Predictor(model, model_version_id=model_version_id)
+    except VitalcastError:
+        raise
+    except Exception as exc:  # a foreign estimator fails in scikit-learn's own ways
+        raise RegistryError(
+            f"{model.version} cannot be served ({type(exc).__name__}: {exc}); only models"
+            " trained by `vitalcast train` can be promoted"
+        ) from None
+
+
 def load_predictor(sessions: sessionmaker[Session], task: str, alias: str) -> Predictor | None:
     """Load and verify the task's model under ``alias``; None (logged) when there is none."""
     from vitalcast.modeling.registry import load_model

@@ -1,25 +1,39 @@
-"""Rescore encounters whose data changed, and announce the new risks.
+"""Rescore encounters whose data changed, or every stay when the champion changes, and
+announce the new risks.
 
-Called after new observations are stored (HTTP, MQTT, HL7, FHIR), inside the same unit
-of work: the predictions, their events and the observations commit together. The
-challenger, when one is registered, is scored in shadow: stored with role "challenger",
-never published to clinicians.
+:func:`rescore_encounters` is called after new observations are stored (HTTP, MQTT, HL7,
+FHIR), inside the same unit of work: the predictions, their events and the observations
+commit together. The challenger, when one is registered, is scored in shadow: stored with
+role "challenger", never published to clinicians.
+
+:func:`rescore_stays_in_progress` runs after a new champion is promoted (or an old one
+restored). Without it a ward kept showing the retired model's risks, or "Not scored",
+until each stay's next observation: the model a clinician sees would depend on how
+recently a nurse charted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.base import utcnow
+from vitalcast.db.session import session_scope
 from vitalcast.modeling.tables import Prediction
-from vitalcast.serving.realtime import risk_event
+from vitalcast.security import audit
+from vitalcast.serving.predictor import DEFAULT_TASK, Predictor, load_predictor
+from vitalcast.serving.realtime import EventBus, risk_event
 from vitalcast.serving.scoring import score_encounter
 from vitalcast.serving.state import AppState
+
+# Stays scored per transaction when the champion changes: a ward of a thousand stays is
+# not one long transaction holding its locks, and a failure keeps what was committed.
+RESCORE_CHUNK = 200
 
 
 def rescore_encounters(
@@ -42,13 +56,107 @@ def rescore_encounters(
     ).all()
     served = []
     for encounter, patient_public_id in rows:
-        prediction = score_encounter(session, champion, encounter, as_of=as_of)
-        served.append(prediction)
+        served.append(
+            _score_and_announce(session, champion, encounter, patient_public_id, state.bus, as_of)
+        )
         if challenger is not None:
             score_encounter(session, challenger, encounter, as_of=as_of, role="challenger")
-        if state.bus is not None:
-            state.bus.publish(
-                session,
-                risk_event(prediction, patient_public_id=patient_public_id, encounter=encounter),
-            )
     return served
+
+
+@dataclass(frozen=True)
+class StaysRescored:
+    """What :func:`rescore_stays_in_progress` did."""
+
+    version: str
+    stays: int
+
+
+def rescore_stays_in_progress(
+    sessions: sessionmaker[Session],
+    champion: Predictor,
+    *,
+    bus: EventBus | None = None,
+    agent: audit.Agent = audit.SYSTEM,
+    as_of: datetime | None = None,
+    chunk: int = RESCORE_CHUNK,
+) -> StaysRescored:
+    """Score every stay still in progress with ``champion`` and announce each risk.
+
+    Runs in transactions of ``chunk`` stays; each commits its predictions, their live
+    events and one ``prediction.rescored`` audit event (model and count, no identifiers).
+    Stays are taken in id order, so a stay admitted meanwhile is scored by its own data
+    arrival, and a failure leaves the earlier chunks scored.
+    """
+    as_of = as_of or utcnow()
+    last_id, total = 0, 0
+    while True:
+        with session_scope(sessions) as session:
+            rows = session.execute(
+                select(Encounter, Patient.public_id)
+                .join(Patient, Patient.id == Encounter.patient_id)
+                .where(Encounter.discharged_at.is_(None), Encounter.id > last_id)
+                .order_by(Encounter.id)
+                .limit(chunk)
+            ).all()
+            if not rows:
+                break
+            for encounter, patient_public_id in rows:
+                _score_and_announce(session, champion, encounter, patient_public_id, bus, as_of)
+            audit.record(
+                session,
+                agent.event(
+                    "prediction.rescored",
+                    "E",
+                    resource=f"model/{champion.version}",
+                    details={"stays": len(rows), "reason": "champion changed"},
+                ),
+            )
+        last_id = rows[-1][0].id
+        total += len(rows)
+    return StaysRescored(version=champion.version, stays=total)
+
+
+def rescore_after_champion_change(
+    database_url: str, redis_url: str | None, task: str, agent: audit.Agent
+) -> StaysRescored | None:
+    """Rescore the stays in progress with ``task``'s champion as it now stands, from a
+    process outside the server (the ``models promote``/``rollback`` and ``retrain``
+    commands), announcing each risk to every server's live pages.
+
+    None when ``task`` is not the one scored on stays in progress (a readmission model
+    scores at discharge) or when it has no champion that loads.
+    """
+    from vitalcast.db import create_db_engine
+    from vitalcast.db.session import make_session_factory
+
+    if task != DEFAULT_TASK:
+        return None
+    engine = create_db_engine(database_url)
+    try:
+        sessions = make_session_factory(engine)
+        champion = load_predictor(sessions, task, "champion")
+        if champion is None:
+            return None
+        # A publisher only: it never subscribes, so it starts no listener thread.
+        bus = EventBus(engine, redis_url)
+        return rescore_stays_in_progress(sessions, champion, bus=bus, agent=agent)
+    finally:
+        engine.dispose()
+
+
+def _score_and_announce(
+    session: Session,
+    predictor: Predictor,
+    encounter: Encounter,
+    patient_public_id: str,
+    bus: EventBus | None,
+    as_of: datetime,
+) -> Prediction:
+    prediction = score_encounter(session, predictor, encounter, as_of=as_of)
+    if bus is not None:
+        bus.publish(
+            session,
+            risk_event(prediction, patient_public_id=patient_public_id, encounter=encounter),
+        )
+    return prediction

@@ -118,13 +118,3 @@ def record_prediction(
     session.flush()
     observe_prediction(model_version=predictor.version, band=result.band, role=role)
     return prediction
-
-
-def score_current_encounters(
-    session: Session, predictor: Predictor, *, as_of: datetime | None = None
-) -> int:
-    """Score every encounter still in progress; returns how many were scored."""
-    encounters = session.scalars(select(Encounter).where(Encounter.discharged_at.is_(None))).all()
-    for encounter in encounters:
-        score_encounter(session, predictor, encounter, as_of=as_of)
-    return len(encounters)
