@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -76,3 +77,40 @@ def test_demo_counts(shared_data: Path, db_session: Session, cipher: FieldCipher
     assert latest is not None
     assert latest < NOW
     assert db_session.scalar(select(func.count()).select_from(Patient)) == 100
+
+
+@pytest.mark.shared_data
+def test_a_bad_time_quarantines_its_row_and_the_import_goes_on(
+    shared_data: Path, db_session: Session, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    """A malformed admission time, and one whose year (after the date shift is undone)
+    is outside 1800-2200, each quarantine their own row with a reason; the other 273
+    admissions are stored. Before, the first one stopped the import with a traceback."""
+    folder = tmp_path / "export"
+    shutil.copytree(shared_data / "mimic-iv-demo-2.2", folder)
+    path = folder / "hosp" / "admissions.csv.gz"
+    admissions = read(folder / "hosp", "admissions")
+    admissions[0]["admittime"] = "not a time 10004235"
+    admissions[1]["dischtime"] = "9999-12-31 23:59:00"
+    with gzip.open(path, "wt", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(admissions[0]))
+        writer.writeheader()
+        writer.writerows(admissions)
+
+    report = ingest_mimic_iv(db_session, folder, cipher=cipher, now=NOW)
+    db_session.commit()
+
+    assert report.balanced()
+    rejects = {r["location"]: (r["reason_code"], r["reason"]) for r in report.rejects}
+    assert rejects["hosp/admissions.csv.gz:2"] == (
+        "invalid_time",
+        "admittime is not an ISO 8601 date-time",
+    )
+    code, reason = rejects["hosp/admissions.csv.gz:3"]
+    assert code == "time_out_of_range"
+    assert reason.startswith("dischtime: year ")
+    assert reason.endswith(" is outside the accepted range 1800-2200")
+    inpatient = db_session.scalar(
+        select(func.count()).select_from(Encounter).where(Encounter.kind == "inpatient")
+    )
+    assert inpatient == len(admissions) - 2

@@ -14,6 +14,7 @@ from vitalcast.clinical.records import (
     RecordBatch,
     Rejected,
 )
+from vitalcast.clinical.times import OUT_OF_RANGE, TimeOutOfRange
 from vitalcast.ingest.sources.mimic import (
     ICD_SYSTEMS,
     LAB_ITEMS,
@@ -55,8 +56,24 @@ class MimicMapper:
             Rejected(f"{table.name}:{line}", code, reason, raw_row(row), kind)
         )
 
-    def _time(self, subject_id: str, text: str) -> datetime | None:
-        return local_time(text, self.offsets[subject_id])
+    def _times(
+        self, table: Table, line: int, row: dict[str, str], kind: str, *columns: str
+    ) -> tuple[datetime | None, ...] | None:
+        """The row's times in ``columns`` (None where empty), or None after quarantining
+        the row when one is not a date-time or falls outside the clinical years.
+
+        Each row's times are read before anything of it is recorded, so a rejected row
+        leaves nothing behind; before, one malformed time stopped the whole import with a
+        traceback.
+        """
+        offset = self.offsets[row["subject_id"]]
+        try:
+            return tuple(local_time(row[c], offset, c) for c in columns)
+        except TimeOutOfRange as exc:
+            self._reject(table, line, OUT_OF_RANGE, str(exc), row, kind)
+        except ValueError as exc:
+            self._reject(table, line, "invalid_time", str(exc), row, kind)
+        return None
 
     def _age(self, subject_id: str, shifted_wall: str) -> float | None:
         anchor_year, anchor_age = self.anchors[subject_id]
@@ -96,8 +113,10 @@ class MimicMapper:
                     table, line, "unknown_patient", "subject not in patients", row, "encounter"
                 )
                 continue
-            intime = self._time(subject, row["intime"])
-            outtime = self._time(subject, row["outtime"])
+            times = self._times(table, line, row, "encounter", "intime", "outtime")
+            if times is None:
+                continue
+            intime, outtime = times
             if row["hadm_id"]:
                 by_hadm.setdefault(row["hadm_id"], []).append(
                     {
@@ -139,14 +158,18 @@ class MimicMapper:
                     table, line, "unknown_patient", "subject not in patients", row, "encounter"
                 )
                 continue
-            admitted = self._time(subject, row["admittime"])
+            times = self._times(
+                table, line, row, "encounter", "admittime", "dischtime", "deathtime"
+            )
+            if times is None:
+                continue
+            admitted, discharged, deathtime = times
             if admitted is None:
                 self._reject(
                     table, line, "missing_value", "admission without admittime", row, "encounter"
                 )
                 continue
             self.batch.received += 1
-            discharged = self._time(subject, row["dischtime"])
             moves = sorted(transfers.get(hadm, []), key=lambda t: t["in_at"] or "")
             units = [
                 t["careunit"] for t in moves if t["careunit"] and t["eventtype"] != "discharge"
@@ -171,7 +194,7 @@ class MimicMapper:
                 )
             )
             died = row["hospital_expire_flag"] == "1"
-            death_at = self._time(subject, row["deathtime"]) if died else None
+            death_at = deathtime if died else None
             self.admissions[hadm] = {"died": died, "death_at": death_at, "known_at": discharged}
             self.batch.outcomes.append(self._death(subject, ref, hadm, f"{table.name}:{line}"))
 
@@ -191,7 +214,14 @@ class MimicMapper:
         table = self.tables.get("icustays", Table("icustays", []))
         for line, row in table.rows:
             subject, hadm = row["subject_id"], row["hadm_id"]
-            intime = self._time(subject, row["intime"]) if subject in self.offsets else None
+            times = (
+                self._times(table, line, row, "encounter", "intime", "outtime")
+                if subject in self.offsets
+                else (None, None)
+            )
+            if times is None:
+                continue
+            intime, outtime = times
             if intime is None or hadm not in self.admissions:
                 reason = "ICU stay of an unknown patient or admission, or without intime"
                 self._reject(table, line, "unknown_encounter", reason, row, "encounter")
@@ -203,7 +233,7 @@ class MimicMapper:
                     ref=ref,
                     patient_ref=self._pref(subject),
                     admitted_at=intime,
-                    discharged_at=self._time(subject, row["outtime"]),
+                    discharged_at=outtime,
                     kind="icu",
                     unit=(row["first_careunit"] or None) and row["first_careunit"][:64],
                     age_years=self._age(subject, row["intime"]),
@@ -255,9 +285,12 @@ class MimicMapper:
                     table, line, "unknown_patient", "subject not in patients", row, "observation"
                 )
                 continue
+            times = self._times(table, line, row, "observation", "charttime")
+            if times is None:
+                continue
+            (at,) = times
             try:
                 value = float(row["valuenum"])
-                at = self._time(subject, row["charttime"])
             except ValueError:
                 reason = f"no numeric value (text result {row.get('value', '')[:40]!r})"
                 self._reject(table, line, "non_numeric_value", reason, row, "observation")

@@ -36,6 +36,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from vitalcast.clinical.records import RecordBatch, Sex
+from vitalcast.clinical.times import check_year
 
 SOURCE = "mimic-iv"
 LOCAL_TZ = ZoneInfo("America/New_York")
@@ -189,11 +190,23 @@ def shifted_offset(anchor_year: str, anchor_year_group: str) -> timedelta:
     return datetime(real, 1, 1) - datetime(int(anchor_year), 1, 1)
 
 
-def local_time(text: str, offset: timedelta) -> datetime | None:
-    """A MIMIC wall-clock time, shifted back, as aware UTC (``None`` when empty)."""
+def local_time(text: str, offset: timedelta, what: str = "time") -> datetime | None:
+    """A MIMIC wall-clock time, shifted back, as aware UTC (``None`` when empty).
+
+    The year rule of :mod:`vitalcast.clinical.times` applies to the time shifted back
+    (the export's own years run to about 2210, on purpose).
+
+    Raises:
+        ValueError: not an ISO date-time (the text is not echoed);
+            :class:`~vitalcast.clinical.times.TimeOutOfRange` for the year.
+    """
     if not text:
         return None
-    wall = datetime.fromisoformat(text) + offset
+    try:
+        wall = datetime.fromisoformat(text) + offset
+    except (ValueError, OverflowError):
+        raise ValueError(f"{what} is not an ISO 8601 date-time") from None
+    check_year(wall, what)
     return wall.replace(tzinfo=LOCAL_TZ).astimezone(UTC)
 
 
