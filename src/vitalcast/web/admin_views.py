@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
+from vitalcast.clinical.times import TimeOutOfRange, check_year, parse_iso
 from vitalcast.db.base import utcnow
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.security.audit import ACTIONS, OUTCOMES, AuditFilter
@@ -128,9 +129,13 @@ def _when(name: str, problems: list[dict[str, Any]], *, end: bool) -> datetime |
     try:
         if len(raw) == 10:  # a day: "since" starts it, "until" includes it
             day = date.fromisoformat(raw)
+            check_year(day, name)
             start = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return start + timedelta(days=1) if end else start
-        parsed = datetime.fromisoformat(raw)
+        parsed = parse_iso(raw, name)
+    except TimeOutOfRange as exc:  # year 9999 reached the database and failed there
+        problems.append({"loc": ["query", name], "msg": str(exc)})
+        return None
     except ValueError:
         problems.append(
             {"loc": ["query", name], "msg": "a date like 2026-11-28 or 2026-11-28T09:30"}
