@@ -6,7 +6,9 @@ with one clear line and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -18,6 +20,9 @@ from vitalcast.errors import ConfigError, VitalcastError, error_kind
 
 class _Group(click.Group):
     """A click group that turns vitalcast's own errors into one line and exit code 2.
+
+    Any other error is a bug; it too ends with one line (its class and the file and line
+    where it was raised, never its message) and exit code 1.
 
     A database error that escapes a command (the server went away, a constraint refused
     a write) also ends with one line, exit code 1: a traceback would show the failed
@@ -41,6 +46,37 @@ class _Group(click.Group):
                 err=True,
             )
             sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own endings: usage errors (exit 2), ctx.exit(n), Ctrl-C
+        except Exception as exc:
+            # A bug. Its message and traceback may quote the data being handled (a
+            # KeyError on a name, a ValueError on a field), so say only what and where.
+            if _debugging():
+                raise
+            click.echo(
+                f"error: internal error ({error_kind(exc)} at {_where(exc)}); this is a bug"
+                " in vitalcast, please report it with the command that was run (set"
+                " VITALCAST_DEBUG=1, outside production, for the traceback)",
+                err=True,
+            )
+            sys.exit(1)
+
+
+def _debugging() -> bool:
+    return os.environ.get("VITALCAST_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of vitalcast's own code (``module/file.py:line``), else the
+    innermost frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+    ours = [f for f in frames if f"{os.sep}vitalcast{os.sep}" in f.filename]
+    if ours:
+        name = ours[-1].filename.rsplit(f"{os.sep}vitalcast{os.sep}", 1)[-1]
+        return f"vitalcast/{name}:{ours[-1].lineno}"
+    return f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}"
 
 
 def get_settings(ctx: click.Context) -> Settings:

@@ -68,7 +68,11 @@ class Settings(BaseSettings):
         description="Base64 key for the keyed hash used to search MRNs without storing them"
         " in plaintext. Required in production.",
     )
-    debug: bool = Field(False, description="Flask debug mode. Refused in production.")
+    debug: bool = Field(
+        False,
+        description="Flask debug mode, and full tracebacks from `vitalcast` commands on an"
+        " internal error. Refused in production.",
+    )
     log_level: str = Field("INFO", description="Root log level (DEBUG, INFO, WARNING, ERROR).")
     log_json: bool = Field(
         True, description="Log one JSON object per line (true) or plain text (false)."

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 
 VITALCAST = str(Path(sys.executable).with_name("vitalcast"))
 
@@ -65,3 +68,47 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     for name in main.commands:
         assert f"  {name}" in result.stdout
         assert f"vitalcast {name}" in readme, f"README does not mention `vitalcast {name}`"
+
+
+@pytest.fixture
+def buggy_commands() -> Iterator[None]:
+    """Two commands on the real ``vitalcast`` group: one that hits a bug inside vitalcast's
+    code with patient-looking input, and one that ends with its own exit code."""
+    from vitalcast.cli import main
+    from vitalcast.ingest.sources.mimic import shifted_offset
+
+    @main.command("test-bug")
+    def bug() -> None:
+        shifted_offset("2180", "Jane Doe 4417")
+
+    @main.command("test-exit")
+    @click.pass_context
+    def exit_3(ctx: click.Context) -> None:
+        ctx.exit(3)
+
+    yield
+    main.commands.pop("test-bug")
+    main.commands.pop("test-exit")
+
+
+def test_a_bug_ends_with_one_line_naming_where_never_the_data(
+    buggy_commands: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vitalcast.cli import main
+
+    monkeypatch.delenv("VITALCAST_DEBUG", raising=False)
+    result = CliRunner().invoke(main, ["test-bug"])
+    assert result.exit_code == 1
+    assert "Jane Doe" not in result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(
+        "error: internal error (ValueError at vitalcast/ingest/sources/mimic.py:"
+    ), lines[0]
+    # click's own endings pass through untouched.
+    assert CliRunner().invoke(main, ["test-exit"]).exit_code == 3
+    # A developer can see the traceback.
+    monkeypatch.setenv("VITALCAST_DEBUG", "1")
+    debug = CliRunner().invoke(main, ["test-bug"])
+    assert isinstance(debug.exception, ValueError)
