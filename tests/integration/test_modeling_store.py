@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from tests.modeling_data import physionet_texts
 from vitalcast.cli import main
-from vitalcast.clinical.records import RecordBatch
+from vitalcast.clinical.records import ObservationRecord, RecordBatch
 from vitalcast.clinical.tables import Encounter
 from vitalcast.features import stay_features
 from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.physionet import parse_outcomes, parse_record
+from vitalcast.ingest.validate import Invalid, check_observation
 from vitalcast.modeling.datasets import load_physionet, load_stays_from_db
 from vitalcast.modeling.service import (
     get_champion,
@@ -212,3 +213,85 @@ def test_cli_train_evaluate_and_errors(
     assert res.exit_code == 2
     assert "'nope' is not one of" in res.output  # names the task and the known ones
     assert "icu-mortality" in res.output
+
+
+def test_a_stay_ingested_as_fhir_scores_like_the_same_stay_with_descriptors(
+    pg_url: str, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    """FHIR charts height and admission weight as observations, where PhysioNet (and so
+    training) has them as the stay's descriptors. Stored through the FHIR adapter, the
+    stay's features are the ones computed from its records with descriptors: height,
+    admission weight and BMI included (they were missing), and the admission weight not
+    counted twice in the weight series."""
+    from dataclasses import replace
+
+    from vitalcast.db.session import create_db_engine, make_session_factory
+    from vitalcast.features import StayInput
+    from vitalcast.ingest.sources.fhir import SOURCE as FHIR_SOURCE
+    from vitalcast.ingest.sources.fhir import iter_units
+    from vitalcast.ingest.units import ingest_units
+    from vitalcast.serving.scoring import stay_input
+    from vitalcast.synth import generate_cohort
+    from vitalcast.synth.fhir import write_fhir_ndjson
+
+    now = datetime.now(UTC)
+    batch = generate_cohort(n_current=2, n_historic=0, seed=31, now=now)
+    batch.encounters = [
+        replace(e, height_cm=160.0 + 10 * i, weight_kg=70.0 + 5 * i)
+        for i, e in enumerate(batch.encounters)
+    ]
+    write_fhir_ndjson(batch, tmp_path / "fhir")
+    engine = create_db_engine(pg_url)
+    try:
+        sessions = make_session_factory(engine)
+        report = ingest_units(
+            sessions,
+            iter_units([tmp_path / "fhir"]),
+            source=FHIR_SOURCE,
+            location="t",
+            cipher=cipher,
+        )
+        assert report is not None
+        sex = {p.ref: p.sex for p in batch.patients}
+        with sessions() as session:
+            stored = {e.admitted_at: e for e in session.scalars(select(Encounter))}
+            assert len(stored) == 2
+            for enc in batch.encounters:
+                row = stored[enc.admitted_at]
+                assert (row.height_cm, row.weight_kg) == (None, None)  # FHIR has no descriptors
+                twin = StayInput(
+                    admitted_at=enc.admitted_at,
+                    age_years=row.age_years,
+                    sex=sex[enc.patient_ref],
+                    unit=enc.unit,
+                    height_cm=enc.height_cm,
+                    weight_kg=enc.weight_kg,
+                    observations=tuple(
+                        (o.code, o.value, o.effective_at)
+                        for o in _clean(batch.observations, now)
+                        if o.encounter_ref == enc.ref and o.value is not None
+                    ),
+                )
+                at = min(now, enc.admitted_at + timedelta(hours=6))
+                a, b = stay_features(stay_input(session, row, at), at), stay_features(twin, at)
+                assert (a["height_cm"], a["weight_kg"]) == (enc.height_cm, enc.weight_kg)
+                assert a["bmi"] == a["bmi"]  # measured, not missing
+                differ = {
+                    k
+                    for k in a
+                    if not ((a[k] != a[k] and b[k] != b[k]) or a[k] == pytest.approx(b[k]))
+                }
+                assert differ == set(), sorted(differ)
+    finally:
+        engine.dispose()
+
+
+def _clean(records: list[ObservationRecord], now: datetime) -> list[ObservationRecord]:
+    """The records that pass the ingestion rules, as training's file readers keep them."""
+    kept = []
+    for rec in records:
+        try:
+            kept.append(check_observation(rec, now=now))
+        except Invalid:
+            continue
+    return kept

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
 
-from vitalcast.clinical.codes import ICU_TYPES, VARIABLES
+from vitalcast.clinical.codes import BY_KEY, ICU_TYPES, VARIABLES
 
 ObservationTuple = tuple[str, float, datetime]
 NAN = math.nan
@@ -28,6 +28,7 @@ NAN = math.nan
 TIME_SERIES_VARIABLES: tuple[str, ...] = tuple(v.key for v in VARIABLES if v.key != "height")
 _KEY_BY_CODE: dict[str, str] = {v.code: v.key for v in VARIABLES if v.key != "height"}
 _OUTPUT_KEYS = frozenset(v.key for v in VARIABLES if v.kind == "output")
+_HEIGHT_CODE, _WEIGHT_CODE = BY_KEY["height"].code, BY_KEY["weight"].code
 
 # (window name, length in hours; None = whole stay so far)
 WINDOWS: tuple[tuple[str, float | None], ...] = (("all", None), ("24h", 24.0), ("6h", 6.0))
@@ -93,11 +94,25 @@ def stay_features(stay: StayInput, as_of: datetime) -> dict[str, float]:
     t_end = (as_of - stay.admitted_at).total_seconds() / 3600.0
     series: dict[str, tuple[list[float], list[float]]] = {}
     admitted = stay.admitted_at
+    # Descriptors charted as observations (see _descriptors): the first height, and a
+    # weight at the admission instant when the stay has no admission weight.
+    height: tuple[datetime, float] | None = None
+    admission_weight: float | None = None
     for code, value, at in stay.observations:
-        if at > as_of:
+        if at > as_of or value is None or value != value:
             continue
+        if code == _HEIGHT_CODE and (height is None or at < height[0]):
+            height = (at, float(value))
+        if (
+            code == _WEIGHT_CODE
+            and at == admitted
+            and stay.weight_kg is None
+            and admission_weight is None
+        ):
+            admission_weight = float(value)
+            continue  # the descriptor, not part of the weight series
         key = _KEY_BY_CODE.get(code)
-        if key is None or value is None or value != value:
+        if key is None:
             continue
         pair = series.get(key)
         if pair is None:
@@ -105,7 +120,7 @@ def stay_features(stay: StayInput, as_of: datetime) -> dict[str, float]:
         pair[0].append((at - admitted).total_seconds() / 3600.0)
         pair[1].append(float(value))
     out: dict[str, float] = {}
-    _descriptors(stay, t_end, out)
+    _descriptors(stay, t_end, out, None if height is None else height[1], admission_weight)
     empty: tuple[list[float], list[float]] = ([], [])
     for key in TIME_SERIES_VARIABLES:
         ts, vs = series.get(key, empty)
@@ -120,10 +135,30 @@ def stay_features(stay: StayInput, as_of: datetime) -> dict[str, float]:
     return out
 
 
-def _descriptors(stay: StayInput, t_end: float, out: dict[str, float]) -> None:
+def _descriptors(
+    stay: StayInput,
+    t_end: float,
+    out: dict[str, float],
+    measured_height: float | None,
+    admission_weight: float | None,
+) -> None:
+    """Age, sex, height, weight, BMI, unit and the hour of the stay.
+
+    Height and weight are the stay's admission descriptors: PhysioNet 2012 records them
+    as rows at 00:00, which its adapter puts on the encounter. A source without such
+    descriptors (FHIR, HL7 v2, the API) charts them as observations, so for a stay
+    without them the first height measured so far stands in for the height, and a weight
+    charted at the admission instant is the admission weight (and, as in PhysioNet, not
+    part of the weight series). The rule reads the same as PhysioNet's, so it changes no
+    PhysioNet stay (none of sets A and B has a height row beside its descriptor or a
+    second 00:00 weight where the descriptor is missing), and the stored-patient path,
+    CDS Hooks and training share it. Before, the stored path scored FHIR and HL7 stays
+    without height, admission weight and BMI although the data was there.
+    """
     out["age_years"] = _num(stay.age_years)
     out["sex_male"] = {"male": 1.0, "female": 0.0}.get(stay.sex, NAN)
-    height, weight = _num(stay.height_cm), _num(stay.weight_kg)
+    height = _num(stay.height_cm if stay.height_cm is not None else measured_height)
+    weight = _num(stay.weight_kg if stay.weight_kg is not None else admission_weight)
     out["height_cm"], out["weight_kg"] = height, weight
     # BMI only for plausible heights: PhysioNet heights are often missing or mis-keyed.
     out["bmi"] = weight / (height / 100.0) ** 2 if 120 <= height <= 230 and weight > 0 else NAN

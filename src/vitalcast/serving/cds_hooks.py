@@ -16,8 +16,8 @@ What is scored: the stay in progress, built as training builds stays. The curren
 Encounter (``context.encounterId`` when the EHR gives it, else the patient's in-progress
 encounter that started last) gives the admission time and the unit (through the FHIR
 ingestion adapter's mapping); observations before admission, or of another encounter, are
-dropped; height and the weight charted at admission are the stay's descriptors, as in
-PhysioNet 2012 and the store. Resources pass through the same FHIR adapter and
+dropped; height and the weight charted at admission are the stay's descriptors, by the
+feature code's own rule (as for stored stays). Resources pass through the same FHIR adapter and
 preprocessing rules as ingested data, and features through the same function as
 training. Without an encounter in progress the card says so and carries no risk.
 
@@ -44,7 +44,6 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
-from vitalcast.clinical.codes import BY_KEY
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
 from vitalcast.clinical.tables import Patient
 from vitalcast.clinical.times import TimeOutOfRange, parse_iso, to_utc
@@ -92,8 +91,6 @@ _INDICATOR = {"low": "info", "medium": "info", "high": "warning", "critical": "c
 # FHIR R4 id: https://hl7.org/fhir/R4/datatypes.html#id. Ids go into request paths.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _HOOK_INSTANCE = re.compile(r"^[\x20-\x7e]{1,100}$")
-_HEIGHT = BY_KEY["height"].code
-_WEIGHT = BY_KEY["weight"].code
 _ABSENT: Any = object()  # a prefetch key the EHR did not satisfy
 
 
@@ -439,9 +436,8 @@ def stay_from_records(
 
     Observations of another patient or another encounter, failing the ingestion rules,
     or from before admission are dropped: a value from an earlier stay must not count.
-    Height (a descriptor only) is the stay's first height; the weight charted at the
-    admission instant is the admission weight descriptor and not part of the weight series,
-    as PhysioNet 2012's 00:00 descriptor rows and the synthetic FHIR export have it.
+    Height and admission weight stay among the observations: the feature code takes
+    them from there for every stay without descriptors (the stored-patient path too).
 
     ``left_out`` counts the drops the card must mention (data the score goes without):
     ``implausible`` (a value, unit or time breaking the ingestion rules, or no number)
@@ -472,23 +468,14 @@ def stay_from_records(
             continue
         kept.append((clean.code, float(clean.value), clean.effective_at))
     kept.sort(key=lambda o: o[2])
-    height = next((v for code, v, _at in kept if code == _HEIGHT), None)
-    admission_weight = next(
-        (
-            i
-            for i, (code, _v, at) in enumerate(kept)
-            if code == _WEIGHT and at == encounter.admitted_at
-        ),
-        None,
-    )
     return StayInput(
         admitted_at=encounter.admitted_at,
         age_years=_age_at(born, encounter.admitted_at),
         sex=patient.sex if patient is not None else "unknown",
         unit=encounter.unit,
-        height_cm=height,
-        weight_kg=kept[admission_weight][1] if admission_weight is not None else None,
-        observations=tuple(o for i, o in enumerate(kept) if i != admission_weight),
+        height_cm=None,  # charted as observations: stay_features reads them from there
+        weight_kg=None,
+        observations=tuple(kept),
     )
 
 

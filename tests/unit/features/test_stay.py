@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.modeling_data import GCS, HR, T0, synthetic_stays
+from vitalcast.clinical.codes import BY_KEY
 from vitalcast.features import (
     FEATURE_NAMES,
     StayInput,
@@ -115,3 +116,32 @@ def test_clinical_words() -> None:
     assert describe_feature("resp_rate_slope_all", 0.5) == (
         "Respiratory rate, trend per hour (this stay): +0.5 /min/h"
     )
+
+
+def test_height_and_admission_weight_charted_as_observations_are_the_descriptors() -> None:
+    """A FHIR or HL7 stay charts height and weight as observations, not as admission
+    descriptors. The first height counts from the time it was measured, never before; a
+    weight at the admission instant is the admission weight and, as PhysioNet's 00:00
+    descriptor row, not part of the weight series; a descriptor, where there is one,
+    wins and leaves every weight in the series."""
+    height, weight = BY_KEY["height"].code, BY_KEY["weight"].code
+    rows = [(weight, 82.0, 0), (height, 180.0, 120), (weight, 78.0, 600), (height, 181.0, 700)]
+    obs = tuple((c, v, T0 + timedelta(minutes=m)) for c, v, m in rows)
+    fhir = StayInput(T0, 70.0, "male", "MICU", None, None, obs)
+    early = stay_features(fhir, T0 + timedelta(minutes=60))
+    assert math.isnan(early["height_cm"])
+    assert early["weight_kg"] == 82.0
+    assert math.isnan(early["bmi"])
+    assert early["weight_count_all"] == 0
+    late = stay_features(fhir, T0 + timedelta(hours=12))
+    assert (late["height_cm"], late["weight_kg"]) == (180.0, 82.0)  # the first measured
+    assert late["bmi"] == pytest.approx(82.0 / 1.8**2)
+    assert (late["weight_count_all"], late["weight_last_all"]) == (1, 78.0)
+    # A first weight after the admission instant is part of the series only.
+    later = StayInput(T0, 70.0, "male", "MICU", None, None, obs[1:])
+    assert math.isnan(stay_features(later, T0 + timedelta(hours=12))["weight_kg"])
+    described = stay_features(
+        StayInput(T0, 70.0, "male", "MICU", 175.0, 90.0, obs), T0 + timedelta(hours=12)
+    )
+    assert (described["height_cm"], described["weight_kg"]) == (175.0, 90.0)
+    assert described["weight_count_all"] == 2
