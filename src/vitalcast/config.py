@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         description="CDS Hooks: JSON object mapping each trusted EHR issuer (`iss`) to its JWKS,"
         " given as an https URL or a file path. Requests signed by any other issuer get 401.",
     )
+    cds_fhir_networks: list[str] = Field(
+        default_factory=list,
+        description='CDS Hooks: JSON list of networks (CIDR, e.g. `["10.20.0.0/16"]`) where'
+        " the EHR's FHIR server (`fhirServer`) may be reached besides public addresses: EHR"
+        " FHIR servers usually sit on the hospital's private network. Loopback, link-local"
+        " (cloud metadata), multicast and unspecified networks are refused.",
+    )
     public_url: str | None = Field(
         None,
         description="External base URL of this server (e.g. `https://vitalcast.example.org`),"
@@ -220,6 +227,14 @@ class Settings(BaseSettings):
         description="JSON object mapping identity-provider role/group values to vitalcast"
         " roles; empty: the claim must hold vitalcast role names.",
     )
+
+    @field_validator("cds_fhir_networks")
+    @classmethod
+    def _contactable_networks(cls, value: list[str]) -> list[str]:
+        from vitalcast.serving.cds_fhir import parse_networks
+
+        parse_networks(value)  # raises ValueError naming the entry
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -1074,3 +1074,42 @@ def test_database_errors_do_not_carry_the_statement_parameters(cds_app: Flask) -
             session.commit()
     assert "cds_feedback" in str(caught.value)
     assert "Jane Doe" not in str(caught.value)
+
+
+def test_an_ehr_on_a_listed_private_network_is_contacted_and_no_other(
+    settings: Settings, ehr_key: RSAKey, tmp_path: Path, trained_model: Any
+) -> None:
+    """Through the whole app: an EHR's fhirServer on a private address is refused until
+    its network is listed in VITALCAST_CDS_FHIR_NETWORKS; then vitalcast connects to it
+    (here nothing answers at that address, so the card fails on the connection, not on
+    the policy), and a private address outside the listed network is still refused."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [ehr_key.as_dict(private=False)]}))
+    trusted = {"cds_trusted_issuers": {ISSUER: str(jwks)}}
+    messages = {}
+    for name, networks, server in (
+        ("unlisted", [], "https://10.255.255.1:9/fhir"),
+        ("listed", ["10.255.255.0/24"], "https://10.255.255.1:9/fhir"),
+        ("outside", ["10.255.255.0/24"], "https://10.255.254.1:9/fhir"),
+    ):
+        app = create_app(settings.model_copy(update=trusted | {"cds_fhir_networks": networks}))
+        try:
+            if name == "unlisted":  # one database: the later apps load the same champion
+                _register_champion(app, trained_model)
+            body = {
+                "hook": "patient-view",
+                "hookInstance": str(uuid.uuid4()),
+                "fhirServer": server,
+                "fhirAuthorization": {"access_token": "ehr-token", "token_type": "Bearer"},
+                "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            }
+            response = app.test_client().post(
+                SERVICE, json=body, headers={"Authorization": f"Bearer {_token(ehr_key)}"}
+            )
+            assert response.status_code == 412, response.get_json()
+            messages[name] = response.get_json()["error"]["message"]
+        finally:
+            get_state(app).close()
+    assert "VITALCAST_CDS_FHIR_NETWORKS" in messages["unlisted"]
+    assert "could not be reached" in messages["listed"]
+    assert "VITALCAST_CDS_FHIR_NETWORKS" in messages["outside"]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from vitalcast.errors import PreconditionFailed
-from vitalcast.serving.cds_fhir import check_fhir_server
+from vitalcast.serving.cds_fhir import check_fhir_server, parse_networks
 
 
 def _resolver(*addresses: str) -> Callable[[str, int], list[str]]:
@@ -79,3 +79,59 @@ def test_loopback_http_only_in_development_and_test(env: str) -> None:
         "http://localhost:8699/fhir", env=env, resolve=_resolver("127.0.0.1", "::1")
     )
     assert (target.scheme, target.port, target.address) == ("http", 8699, "127.0.0.1")
+
+
+def test_a_listed_private_network_may_be_read_over_https_and_nothing_else_opens() -> None:
+    """A hospital's EHR FHIR server sits on its private network: the operator lists that
+    network. Only that network opens, only over https, and a host with one answer
+    outside it is still refused."""
+    networks = parse_networks(["10.20.0.0/16", "fd12:3456::/32"])
+    target = check_fhir_server(
+        "https://fhir.ehr.hospital.internal/r4",
+        env="production",
+        networks=networks,
+        resolve=_resolver("10.20.4.5"),
+    )
+    assert (target.address, target.host) == ("10.20.4.5", "fhir.ehr.hospital.internal")
+    assert check_fhir_server(
+        "https://[fd12:3456::9]/r4", env="production", networks=networks
+    ).address == ("fd12:3456::9")
+    for url, addresses, why in (
+        ("https://ehr.internal/r4", ("10.21.0.1",), "VITALCAST_CDS_FHIR_NETWORKS"),
+        ("https://ehr.internal/r4", ("10.20.0.1", "10.99.0.1"), "private"),
+        ("http://ehr.internal/r4", ("10.20.0.1",), "https"),
+        ("https://meta.internal/r4", ("169.254.169.254",), "private"),
+    ):
+        with pytest.raises(PreconditionFailed) as caught:
+            check_fhir_server(
+                url, env="production", networks=networks, resolve=_resolver(*addresses)
+            )
+        assert why in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("10.20.0.0/33", "is not a network"),
+        ("ehr.internal", "is not a network"),
+        ("127.0.0.0/8", "overlaps loopback"),
+        ("0.0.0.0/0", "overlaps loopback"),  # everything, including the metadata service
+        ("169.254.169.254/32", "overlaps loopback, link-local"),
+        ("::/0", "overlaps loopback"),
+        ("fe80::/64", "overlaps loopback, link-local"),
+    ],
+)
+def test_networks_that_must_never_be_contacted_cannot_be_listed(entry: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_networks([entry])
+
+
+def test_the_setting_is_checked_when_the_configuration_loads() -> None:
+    from vitalcast.config import load_settings
+    from vitalcast.errors import ConfigError
+
+    assert load_settings(env="test", cds_fhir_networks=["10.20.0.0/16"]).cds_fhir_networks == [
+        "10.20.0.0/16"
+    ]
+    with pytest.raises(ConfigError, match="overlaps loopback"):
+        load_settings(env="test", cds_fhir_networks=["169.254.0.0/16"])

@@ -11,7 +11,10 @@ server it is told to read:
 - https only; plain http only in development and test mode, and only to loopback (the
   tests serve FHIR from a local server);
 - the host must resolve to public addresses only (no private, loopback, link-local,
-  shared or reserved ones, outside that development allowance);
+  shared or reserved ones, outside that development allowance), or to addresses in the
+  networks the operator lists in ``VITALCAST_CDS_FHIR_NETWORKS`` (an EHR's FHIR server
+  is usually on the hospital's private network); loopback, link-local (the cloud
+  metadata service), multicast and unspecified networks cannot be listed;
 - the connection goes to the address that was checked (the host name is only used for
   the ``Host`` header and TLS verification), so a DNS answer that changes between check
   and connect cannot redirect it; redirects are not followed, proxies from the
@@ -94,7 +97,57 @@ def _address(text: str) -> Address:
     return ip
 
 
-def check_fhir_server(url: str, *, env: str, resolve: Resolver = _system_resolve) -> FhirTarget:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: list[str]) -> tuple[Network, ...]:
+    """The operator's allowed networks, or ValueError naming the entry that cannot be one.
+
+    Loopback, link-local, multicast and unspecified networks are refused even when
+    listed: whatever the EHR names, vitalcast must not reach itself or the cloud metadata
+    service with a caller's token.
+    """
+    networks = []
+    for entry in entries:
+        try:
+            network = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not a network such as 10.20.0.0/16") from None
+        if any(
+            network.overlaps(forbidden)
+            for forbidden in _NEVER
+            if forbidden.version == network.version
+        ):
+            raise ValueError(
+                f"{entry!r} overlaps loopback, link-local, multicast or unspecified addresses,"
+                " which are never contacted"
+            )
+        networks.append(network)
+    return tuple(networks)
+
+
+_NEVER: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "fe80::/10",
+        "ff00::/8",
+    )
+)
+
+
+def check_fhir_server(
+    url: str,
+    *,
+    env: str,
+    networks: tuple[Network, ...] = (),
+    resolve: Resolver = _system_resolve,
+) -> FhirTarget:
     """Check ``fhirServer`` against the policy in the module docstring.
 
     Raises:
@@ -123,13 +176,16 @@ def check_fhir_server(url: str, *, env: str, resolve: Resolver = _system_resolve
     if scheme == "http" and not (loopback_ok and all(a.is_loopback for a in addresses)):
         raise _refuse("fhirServer must be an https URL")
     for address in addresses:
-        allowed = (address.is_global and not address.is_multicast) or (
-            loopback_ok and address.is_loopback
+        allowed = (
+            (address.is_global and not address.is_multicast)
+            or (loopback_ok and address.is_loopback)
+            or any(address in network for network in networks)
         )
         if not allowed:
             raise _refuse(
                 "the host of fhirServer resolves to a private, loopback, link-local or"
-                " reserved address, which this service does not contact"
+                " reserved address, which this service does not contact (list the EHR's"
+                " network in VITALCAST_CDS_FHIR_NETWORKS to allow a private one)"
             )
     return FhirTarget(scheme, host, port, parts.path.rstrip("/"), str(addresses[0]))
 

@@ -63,9 +63,11 @@ from vitalcast.security.permissions import Permission, public, requires
 from vitalcast.serving.cds_fhir import (
     PAGE_SIZE,
     FhirReader,
+    Network,
     bundle_resources,
     check_fhir_server,
     next_link,
+    parse_networks,
 )
 from vitalcast.serving.cds_prefetch import (
     counts_as_left_out,
@@ -272,10 +274,13 @@ class _Sources:
     The reader is made on first need, and only for a request signed by a trusted EHR.
     """
 
-    def __init__(self, hook: HookRequest, *, signed: bool, env: str) -> None:
+    def __init__(
+        self, hook: HookRequest, *, signed: bool, env: str, networks: tuple[Network, ...] = ()
+    ) -> None:
         self.hook = hook
         self.signed = signed
         self.env = env
+        self.networks = networks
         self.read_server = False
         self._reader: FhirReader | None = None
 
@@ -291,7 +296,7 @@ class _Sources:
                     " requests signed by a trusted EHR (a CDS Hooks JWT), so send the"
                     " prefetch (see the discovery document)"
                 )
-            target = check_fhir_server(self.hook.fhir_server, env=self.env)
+            target = check_fhir_server(self.hook.fhir_server, env=self.env, networks=self.networks)
             self._reader = FhirReader(target, self.hook.access_token)
             self.read_server = True
         return self._reader
@@ -621,7 +626,12 @@ def service(service_id: str) -> Response:
         if predictor is None:
             raise ModelUnavailable("no champion model is loaded")
         signed = current_principal().kind == "cds_client"
-        sources = _Sources(hook, signed=signed, env=settings.env)
+        sources = _Sources(
+            hook,
+            signed=signed,
+            env=settings.env,
+            networks=parse_networks(settings.cds_fhir_networks),
+        )
         try:
             card = _answer(hook, sources, predictor, link, audit)
         finally:
