@@ -24,6 +24,7 @@ from vitalcast.config import load_settings
 from vitalcast.db import create_db_engine
 from vitalcast.db.base import utcnow
 from vitalcast.db.session import make_session_factory
+from vitalcast.security import audit_keys
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.serving.demo import score_with_history
 from vitalcast.serving.predictor import load_champion
@@ -39,6 +40,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     settings = load_settings(env="demo", data_dir=args.data_dir)
+    audit_keys.install_from_settings(settings)  # what it stores is audited
     engine = create_db_engine(settings.resolved_database_url)
     sessions = make_session_factory(engine)
     state = AppState(

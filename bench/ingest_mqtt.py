@@ -46,6 +46,7 @@ from vitalcast.db.session import (
 )
 from vitalcast.ingest.devices import bind_device
 from vitalcast.ingest.service import store_batch
+from vitalcast.security import audit_keys
 from vitalcast.security.crypto import cipher_from_settings
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace, db_url: str, data_dir: Path) -> None:
     engine = create_db_engine(db_url)
     upgrade_database(engine)
     settings = load_settings(env="test", data_dir=data_dir, database_url=db_url)
+    audit_keys.install_from_settings(settings)  # what it stores is audited
     cipher = cipher_from_settings(settings)
     factory = make_session_factory(engine)
     with session_scope(factory) as s:

@@ -30,6 +30,8 @@ import _results
 from vitalcast.clinical.tables import Observation
 from vitalcast.db import create_db_engine, upgrade_database
 from vitalcast.ingest.files import ingest_physionet2012
+from vitalcast.security import audit_keys
+from vitalcast.security.audit_keys import AuditKeyring
 from vitalcast.security.crypto import FieldCipher
 
 
@@ -54,6 +56,8 @@ def main() -> None:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
     engine = create_db_engine(url)
+    # A throwaway audit key: what the benchmark stores is audited, and audit rows are keyed.
+    audit_keys.install(AuditKeyring.from_string(base64.b64encode(os.urandom(32)).decode()))
     cipher = FieldCipher.from_strings(
         "bench:" + base64.b64encode(os.urandom(32)).decode(),
         base64.b64encode(os.urandom(32)).decode(),

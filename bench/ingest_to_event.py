@@ -45,6 +45,7 @@ from vitalcast.db import create_db_engine, session_scope
 from vitalcast.db.session import make_session_factory
 from vitalcast.modeling.service import train_and_register
 from vitalcast.modeling.train import FAST_BUDGET
+from vitalcast.security import audit_keys
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.service import create_api_key
 from vitalcast.synth import generate_cohort, store_cohort
@@ -53,6 +54,7 @@ from vitalcast.synth import generate_cohort, store_cohort
 def prepare(url: str, home: Path) -> tuple[str, list[tuple[str, str]]]:
     """Store 400 past and 10 current stays, train the champion; an API key and the stays."""
     settings = load_settings(env="test", data_dir=home, database_url=url)
+    audit_keys.install_from_settings(settings)  # what it stores is audited
     engine = create_db_engine(url)
     sessions = make_session_factory(engine)
     now = datetime.now(UTC)

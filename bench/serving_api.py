@@ -43,6 +43,7 @@ from vitalcast.modeling.registry import load_model
 from vitalcast.modeling.service import train_and_register
 from vitalcast.modeling.tasks import get_task
 from vitalcast.modeling.train import FAST_BUDGET
+from vitalcast.security import audit_keys
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.service import create_api_key
 from vitalcast.synth import generate_cohort, store_cohort
@@ -93,6 +94,7 @@ def prepare(env: dict[str, str], data_dir: Path) -> tuple[str, list[bytes], str]
         field_key=env["VITALCAST_FIELD_KEY"],
         hmac_key=env["VITALCAST_HMAC_KEY"],
     )
+    audit_keys.install_from_settings(settings)  # what it stores is audited
     engine = create_db_engine(settings.resolved_database_url)
     upgrade_database(engine)
     sessions = make_session_factory(engine)

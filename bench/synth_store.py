@@ -22,6 +22,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from vitalcast.db import create_db_engine, upgrade_database
+from vitalcast.security import audit_keys
+from vitalcast.security.audit_keys import AuditKeyring
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.synth import generate_cohort, store_cohort
 
@@ -47,6 +49,8 @@ def main() -> None:
     )
 
     key = base64.b64encode(os.urandom(32)).decode()
+    # A throwaway audit key: what the benchmark stores is audited, and audit rows are keyed.
+    audit_keys.install(AuditKeyring.from_string(base64.b64encode(os.urandom(32)).decode()))
     cipher = FieldCipher.from_strings(f"bench:{key}", key)
     with tempfile.TemporaryDirectory(prefix="vitalcast-bench-") as tmp:
         engine = create_db_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")

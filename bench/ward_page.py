@@ -37,6 +37,7 @@ from vitalcast.config import load_settings
 from vitalcast.db import create_db_engine, upgrade_database
 from vitalcast.db.types import new_public_id
 from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.security import audit_keys
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.service import create_user
 from vitalcast.serving.app import create_app
@@ -53,6 +54,7 @@ MAX_SECONDS = 120.0
 
 def _store(url: str, data_dir: Path, patients: int, now: datetime) -> None:
     settings = load_settings(env="test", data_dir=data_dir, database_url=url, log_json=True)
+    audit_keys.install_from_settings(settings)  # what it stores is audited
     engine = create_db_engine(url)
     upgrade_database(engine)
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from tests.modeling_data import register_champion
 from tests.services import (
     REQUIRE,
+    TEST_AUDIT_KEY,
     DatabaseFactory,
     mqtt_broker,
     postgres_server,
@@ -27,12 +28,34 @@ from tests.services import (
 from vitalcast.config import Settings, load_settings
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.errors import ConfigError
+from vitalcast.security import audit_keys
+from vitalcast.security.audit_keys import AuditKeyring
 from vitalcast.security.crypto import FieldCipher, cipher_from_settings
 from vitalcast.security.service import create_api_key, create_user
 from vitalcast.security.sessions import SESSION_KEY, token_digest
 from vitalcast.security.tables import WebSession
 from vitalcast.serving.app import create_app
 from vitalcast.serving.state import get_state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_keyring() -> Iterator[AuditKeyring]:
+    """The audit key of the whole test session, supplied through the environment as in
+    production: settings that tests build, CLI runs and child processes then all chain
+    with the key that events written straight through a session use."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VITALCAST_AUDIT_KEY", TEST_AUDIT_KEY)
+        keyring = AuditKeyring.from_string(TEST_AUDIT_KEY)
+        audit_keys.install(keyring)
+        yield keyring
+
+
+@pytest.fixture(autouse=True)
+def _restore_audit_keyring(audit_keyring: AuditKeyring) -> Iterator[None]:
+    """A test that installs another keyring (an app or CLI run with other settings, a
+    rotation test) leaves the session's one behind for the next test."""
+    yield
+    audit_keys.install(audit_keyring)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ suite uses that server; otherwise it starts a private PostgreSQL from the
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import re
@@ -25,6 +26,9 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 
 REQUIRE = os.environ.get("VITALCAST_REQUIRE_SERVICES") == "1"
+# The test session's audit key (not a secret: 32 known bytes), named like a deployment's;
+# conftest puts it into VITALCAST_AUDIT_KEY, child processes get it from there.
+TEST_AUDIT_KEY = "test1:" + base64.b64encode(b"vitalcast-test-audit-key".ljust(32, b".")).decode()
 
 
 def service_missing(what: str) -> None:

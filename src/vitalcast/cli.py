@@ -80,13 +80,19 @@ def _where(exc: BaseException) -> str:
 
 
 def get_settings(ctx: click.Context) -> Settings:
-    """Settings built once per invocation, from the environment."""
+    """Settings built once per invocation, from the environment.
+
+    Also installs their audit keyring, so that whatever the command audits is keyed.
+    """
+    from vitalcast.security import audit_keys
+
     root = ctx.find_root()
     if root.obj is None:
         root.obj = {}
     if "settings" not in root.obj:
         root.obj["settings"] = load_settings()
     settings: Settings = root.obj["settings"]
+    audit_keys.install_from_settings(settings)
     return settings
 
 

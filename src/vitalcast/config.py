@@ -68,6 +68,20 @@ class Settings(BaseSettings):
         description="Base64 key for the keyed hash used to search MRNs without storing them"
         " in plaintext. Required in production.",
     )
+    audit_key: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA-256 key of the tamper-evident audit chain and its anchors:"
+        " base64 of at least 32 random bytes (`keyid:base64` to name it; several"
+        " comma-separated, the first signs new events, the others only verify older ones)."
+        " Keep it outside the database and its backups. Required in production.",
+    )
+    audit_anchor_file: Path | None = Field(
+        None,
+        description="Append-only file (WORM storage, or shipped off the host) that"
+        " `vitalcast audit anchor` and `vitalcast monitor run` append signed audit-chain"
+        " heads to, and that `vitalcast audit verify` checks the chain against. Unset:"
+        " anchors are only printed.",
+    )
     debug: bool = Field(
         False,
         description="Flask debug mode, and full tracebacks from `vitalcast` commands on an"
@@ -254,7 +268,7 @@ class Settings(BaseSettings):
             return self
         if self.debug:
             raise ValueError("VITALCAST_DEBUG must be false in production")
-        for name in ("secret_key", "field_key", "hmac_key", "database_url"):
+        for name in ("secret_key", "field_key", "hmac_key", "audit_key", "database_url"):
             if getattr(self, name) is None:
                 raise ValueError(f"VITALCAST_{name.upper()} is required in production")
         _refuse_default_secrets(self)
@@ -348,7 +362,11 @@ def _with_local_secrets(settings: Settings) -> Settings:
     This is the embedded demo's exception to "secrets only from the environment": a
     newcomer needs no set-up, and the demo banner says where the keys are.
     """
-    missing = [n for n in ("secret_key", "field_key", "hmac_key") if getattr(settings, n) is None]
+    missing = [
+        n
+        for n in ("secret_key", "field_key", "hmac_key", "audit_key")
+        if getattr(settings, n) is None
+    ]
     if not missing:
         return settings
     keydir = settings.data_dir / "keys"

@@ -34,13 +34,17 @@ def test_unknown_database_scheme_names_the_variable(tmp_path: Path) -> None:
         load_settings(data_dir=tmp_path, database_url="mysql://x@y/z")
 
 
-@pytest.mark.parametrize("missing", ["secret_key", "field_key", "hmac_key", "database_url"])
-def test_production_requires_each_secret(missing: str) -> None:
+@pytest.mark.parametrize(
+    "missing", ["secret_key", "field_key", "hmac_key", "audit_key", "database_url"]
+)
+def test_production_requires_each_secret(missing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VITALCAST_AUDIT_KEY")  # the test session's key, from conftest
     values: dict[str, object] = {
         "env": "production",
         "secret_key": "s" * 32,
         "field_key": "k1:" + "A" * 43 + "=",
         "hmac_key": "B" * 44,
+        "audit_key": "a1:" + "C" * 43 + "=",
         "database_url": "postgresql://u@h/d",
     }
     values[missing] = None
@@ -60,12 +64,18 @@ def test_production_refuses_debug() -> None:
         )
 
 
-def test_demo_keys_are_generated_once_with_private_mode(tmp_path: Path) -> None:
+def test_demo_keys_are_generated_once_with_private_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VITALCAST_AUDIT_KEY")  # the test session's key, from conftest
     first = load_settings(env="demo", data_dir=tmp_path)
     second = load_settings(env="demo", data_dir=tmp_path)
     assert first.field_key is not None
     assert second.field_key is not None
     assert first.field_key.get_secret_value() == second.field_key.get_secret_value()
-    for name in ("secret_key", "field_key", "hmac_key"):
+    assert first.audit_key is not None
+    assert second.audit_key is not None
+    assert first.audit_key.get_secret_value() == second.audit_key.get_secret_value()
+    for name in ("secret_key", "field_key", "hmac_key", "audit_key"):
         mode = stat.S_IMODE((tmp_path / "keys" / name).stat().st_mode)
         assert mode == 0o600

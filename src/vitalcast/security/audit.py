@@ -1,15 +1,28 @@
-"""The audit trail: typed events written to an append-only, hash-chained table.
+"""The audit trail: typed events written to an append-only, HMAC-chained table.
 
 Each row stores the hash of the row before it; the row's own hash covers its fields and
 that link, so changing, deleting or reordering any row breaks the chain, which
 :func:`verify_chain` reports. Events are written in the caller's transaction, so an
 action and its audit record commit or roll back together (HIPAA 164.312(b)).
+
+Chain formats (``audit_events.chain_version``):
+
+1. legacy, before migration 0010: plain SHA-256. Anyone who can write to the database
+   can recompute it, so it only detects accidents. Such rows still verify, are counted
+   apart, and may only form a prefix of the chain: the first keyed row links to the
+   last legacy one, and its HMAC thereby pins the whole legacy prefix.
+2. keyed: HMAC-SHA-256 under the audit key named by ``key_id``
+   (:mod:`vitalcast.security.audit_keys`); forging or re-hashing a row needs the key.
+
+Deleting the newest rows leaves a shorter chain that is still consistent; anchors
+(:mod:`vitalcast.security.audit_anchor`) kept outside the database catch that.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -18,9 +31,15 @@ from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
+from vitalcast.security import audit_keys
+from vitalcast.security.audit_keys import AuditKeyring, UnknownAuditKey
 from vitalcast.security.tables import AuditEvent
 
 GENESIS = "0" * 64
+FORMAT_LEGACY = 1  # unkeyed SHA-256, rows written before migration 0010
+FORMAT_KEYED = 2  # HMAC-SHA-256 under the key named by the row's key_id
+# Domain separation: a row MAC can never be replayed as an anchor MAC or vice versa.
+_ROW_MAC_PREFIX = b"vitalcast-audit-row/2\n"
 # Any constant works; it names the lock that serialises chain appends on PostgreSQL.
 _CHAIN_LOCK_ID = 0x56495441
 
@@ -88,30 +107,48 @@ SYSTEM = Agent("system")
 CLI = Agent("cli")
 
 
+def _body(prev_hash: str, occurred_at: datetime, ev: Event) -> dict[str, Any]:
+    """The fields a row's hash covers (both formats)."""
+    return {
+        "prev": prev_hash,
+        "at": occurred_at.isoformat(timespec="microseconds"),
+        "event": ev.event,
+        "action": ev.action,
+        "outcome": ev.outcome,
+        "actor": ev.actor,
+        "role": ev.role,
+        "patient": ev.patient_id,
+        "resource": ev.resource,
+        "client": ev.client_addr,
+        "request": ev.request_id,
+        "details": ev.details,
+    }
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, default=str).encode()
+
+
 def _digest(prev_hash: str, occurred_at: datetime, ev: Event) -> str:
-    body = json.dumps(
-        {
-            "prev": prev_hash,
-            "at": occurred_at.isoformat(timespec="microseconds"),
-            "event": ev.event,
-            "action": ev.action,
-            "outcome": ev.outcome,
-            "actor": ev.actor,
-            "role": ev.role,
-            "patient": ev.patient_id,
-            "resource": ev.resource,
-            "client": ev.client_addr,
-            "request": ev.request_id,
-            "details": ev.details,
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
+    """Format 1 (legacy): plain SHA-256, kept only to verify rows written before 0010."""
+    return hashlib.sha256(_canonical(_body(prev_hash, occurred_at, ev))).hexdigest()
 
 
-def record(session: Session, ev: Event) -> AuditEvent:
-    """Append ``ev`` to the chain inside the caller's transaction."""
+def _keyed_message(prev_hash: str, occurred_at: datetime, ev: Event, key_id: str) -> bytes:
+    """Format 2: what the row's HMAC covers; the format and key id are bound in too, so a
+    row cannot be passed off as written under another key or format."""
+    body = _body(prev_hash, occurred_at, ev) | {"v": FORMAT_KEYED, "key": key_id}
+    return _ROW_MAC_PREFIX + _canonical(body)
+
+
+def record(session: Session, ev: Event, *, keyring: AuditKeyring | None = None) -> AuditEvent:
+    """Append ``ev`` to the chain inside the caller's transaction, keyed with the current
+    key of ``keyring`` (default: the one the process's entry point installed).
+
+    Raises:
+        ConfigError: no keyring is installed; an event is never written unkeyed.
+    """
+    keyring = keyring or audit_keys.installed()
     if session.get_bind().dialect.name == "postgresql":
         # Serialise appends so two transactions never link to the same predecessor.
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_ID})
@@ -131,7 +168,11 @@ def record(session: Session, ev: Event) -> AuditEvent:
         request_id=ev.request_id,
         details=ev.details or None,
         prev_hash=prev_hash,
-        hash=_digest(prev_hash, occurred_at, ev),
+        chain_version=FORMAT_KEYED,
+        key_id=keyring.current,
+        hash=keyring.mac(
+            keyring.current, _keyed_message(prev_hash, occurred_at, ev, keyring.current)
+        ),
     )
     session.add(row)
     session.flush()
@@ -189,45 +230,114 @@ class AuditFilter:
 
 @dataclass(frozen=True)
 class ChainCheck:
-    """Result of :func:`verify_chain`."""
+    """Result of :func:`verify_chain`.
+
+    ``head_id``/``head_hash`` name the newest verified row (0 and :data:`GENESIS` for an
+    empty chain): what an anchor records.
+    """
 
     ok: bool
     checked: int
     first_broken_id: int | None = None
     reason: str | None = None
+    legacy: int = 0  # unkeyed format-1 rows (all before the first keyed row)
+    keyed: dict[str, int] = field(default_factory=dict)  # rows per key id
+    head_id: int = 0
+    head_hash: str = GENESIS
 
 
-def verify_chain(session: Session, *, batch_size: int = 5000) -> ChainCheck:
-    """Walk the chain in id order and report the first row that does not link or hash."""
-    prev_hash = GENESIS
-    checked = 0
-    last_id = 0
+@dataclass
+class _Walk:
+    """Where a chain walk stands: the state :func:`_check_row` advances."""
+
+    prev_hash: str = GENESIS
+    checked: int = 0
+    legacy: int = 0
+    keyed: Counter[str] = field(default_factory=Counter)
+    head_id: int = 0
+
+    def result(self, broken: AuditEvent | None = None, reason: str | None = None) -> ChainCheck:
+        return ChainCheck(
+            ok=broken is None,
+            checked=self.checked,
+            first_broken_id=broken.id if broken is not None else None,
+            reason=reason,
+            legacy=self.legacy,
+            keyed=dict(self.keyed),
+            head_id=self.head_id,
+            head_hash=self.prev_hash,
+        )
+
+
+def _event_of(row: AuditEvent) -> Event:
+    return Event(
+        event=row.event,
+        action=row.action,  # type: ignore[arg-type]
+        actor=row.actor,
+        role=row.role,
+        outcome=row.outcome,
+        patient_id=row.patient_id,
+        resource=row.resource,
+        client_addr=row.client_addr,
+        request_id=row.request_id,
+        details=row.details or {},
+    )
+
+
+def _check_row(row: AuditEvent, walk: _Walk, keyring: AuditKeyring) -> str | None:
+    """Why ``row`` does not continue the chain walked so far, or None if it does.
+
+    Reasons name the failure, never the row's content (which may identify a patient).
+    """
+    if row.prev_hash != walk.prev_hash:
+        return "link to the previous row is broken"
+    ev = _event_of(row)
+    if row.chain_version == FORMAT_LEGACY:
+        if walk.keyed:
+            return "unkeyed (legacy) row after keyed rows: written without the audit key"
+        if _digest(row.prev_hash, row.occurred_at, ev) != row.hash:
+            return "row content does not match its hash"
+        return None
+    if row.chain_version != FORMAT_KEYED:
+        return f"unknown chain format version {row.chain_version}"
+    if not row.key_id:
+        return "keyed row names no key id"
+    try:
+        message = _keyed_message(row.prev_hash, row.occurred_at, ev, row.key_id)
+        if not keyring.verify(row.key_id, message, row.hash):
+            return "row content does not match its HMAC (altered, or hashed without the key)"
+    except UnknownAuditKey:
+        return f"unknown audit key id {row.key_id!r} (not in VITALCAST_AUDIT_KEY)"
+    return None
+
+
+def verify_chain(
+    session: Session, *, keyring: AuditKeyring | None = None, batch_size: int = 5000
+) -> ChainCheck:
+    """Walk the chain in id order and report the first row that does not link or hash.
+
+    ``keyring`` defaults to the process's installed one; it must hold every key id the
+    chain uses (the current key and the retired ones kept for verification).
+    """
+    keyring = keyring or audit_keys.installed()
+    walk = _Walk()
     while True:
         rows = session.scalars(
             select(AuditEvent)
-            .where(AuditEvent.id > last_id)
+            .where(AuditEvent.id > walk.head_id)
             .order_by(AuditEvent.id)
             .limit(batch_size)
         ).all()
         if not rows:
-            return ChainCheck(ok=True, checked=checked)
+            return walk.result()
         for row in rows:
-            ev = Event(
-                event=row.event,
-                action=row.action,  # type: ignore[arg-type]
-                actor=row.actor,
-                role=row.role,
-                outcome=row.outcome,
-                patient_id=row.patient_id,
-                resource=row.resource,
-                client_addr=row.client_addr,
-                request_id=row.request_id,
-                details=row.details or {},
-            )
-            if row.prev_hash != prev_hash:
-                return ChainCheck(False, checked, row.id, "link to the previous row is broken")
-            if _digest(prev_hash, row.occurred_at, ev) != row.hash:
-                return ChainCheck(False, checked, row.id, "row content does not match its hash")
-            prev_hash = row.hash
-            checked += 1
-            last_id = row.id
+            reason = _check_row(row, walk, keyring)
+            if reason is not None:
+                return walk.result(row, reason)
+            if row.chain_version == FORMAT_LEGACY:
+                walk.legacy += 1
+            else:
+                walk.keyed[row.key_id or ""] += 1
+            walk.prev_hash = row.hash
+            walk.checked += 1
+            walk.head_id = row.id

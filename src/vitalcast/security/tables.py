@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, event, inspect, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Integer,
+    SmallInteger,
+    String,
+    event,
+    inspect,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from vitalcast.db.base import Base, UTCDateTime, utcnow
@@ -102,11 +112,13 @@ def _end_sessions_of_changed_users(session: Session, _context: Any, _instances: 
 
 
 class AuditEvent(Base):
-    """Append-only, hash-chained record of who did what to which patient's data.
+    """Append-only, HMAC-chained record of who did what to which patient's data.
 
     Shaped after FHIR AuditEvent: ``action`` (C/R/U/D/E), ``outcome``, agent (actor and
     role), entity (patient and resource). ``prev_hash`` links each row to the one before,
-    so a changed, deleted or reordered row breaks the chain.
+    so a changed, deleted or reordered row breaks the chain. ``chain_version`` says how
+    ``hash`` was made (1: plain SHA-256, rows from before revision 0010; 2: HMAC-SHA-256
+    under the audit key ``key_id``), see :mod:`vitalcast.security.audit`.
     """
 
     __tablename__ = "audit_events"
@@ -125,3 +137,5 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    chain_version: Mapped[int] = mapped_column(SmallInteger)
+    key_id: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -13,6 +13,7 @@ from vitalcast.db import create_db_engine
 from vitalcast.db.session import make_session_factory
 from vitalcast.logging import configure_logging
 from vitalcast.monitoring.metrics import register_monitoring
+from vitalcast.security import audit_keys
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.http import register_hardening
 from vitalcast.security.oidc import register_oidc
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     configure_app(app, settings)
     configure_logging(level=settings.log_level, json_lines=settings.log_json)
+    audit_keys.install_from_settings(settings)  # every audited request is keyed
     register_extensions(app, settings)
     register_guard(app)
     register_monitoring(app)

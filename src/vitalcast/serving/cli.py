@@ -47,7 +47,9 @@ def demo_command(ctx: click.Context, port: int, no_serve: bool) -> None:
     root = ctx.find_root()
     root.obj = root.obj or {}
     root.obj.setdefault("settings", load_settings(env="demo"))
-    settings = root.obj["settings"]
+    from vitalcast.cli import get_settings
+
+    settings = get_settings(ctx)  # installs the audit keyring too
     if not no_serve:
         from vitalcast.monitoring.multiproc import prepare_multiprocess_dir
 

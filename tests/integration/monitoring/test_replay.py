@@ -40,6 +40,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.integration.monitoring.conftest import Receiver
+from tests.services import TEST_AUDIT_KEY
 from vitalcast.clinical.codes import BY_KEY
 from vitalcast.clinical.records import RecordBatch
 from vitalcast.clinical.tables import Encounter
@@ -190,6 +191,7 @@ def _cli(args: list[str], settings: Settings, receiver: Receiver) -> str:
         "VITALCAST_DATA_DIR": str(settings.data_dir),
         "VITALCAST_DATABASE_URL": settings.resolved_database_url,
         "VITALCAST_ALERT_WEBHOOK_URL": receiver.url,
+        "VITALCAST_AUDIT_KEY": TEST_AUDIT_KEY,  # the chain verified below is one key's
         "OMP_NUM_THREADS": "1",
     }
     done = subprocess.run(
