@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import click
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from vitalcast.db.session import create_db_engine, make_session_factory, session_scope
 
 DEFAULT_TASK = "icu-mortality"
 
 
-def _sessions(ctx: click.Context) -> sessionmaker[Session]:
+@contextmanager
+def _unit_of_work(ctx: click.Context) -> Iterator[Session]:
+    """One committed unit of work on an engine of its own, disposed afterwards (an
+    undisposed engine would leave its pooled connections open until the process ends)."""
     from vitalcast.cli import get_settings
 
-    return make_session_factory(create_db_engine(get_settings(ctx).resolved_database_url))
+    engine = create_db_engine(get_settings(ctx).resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 @click.group("monitor")
@@ -29,7 +41,7 @@ def drift_command(ctx: click.Context, task: str, window_days: float) -> None:
     """Compare the champion's recent inputs and scores with its training reference."""
     from vitalcast.monitoring.service import run_drift
 
-    with session_scope(_sessions(ctx)) as session:
+    with _unit_of_work(ctx) as session:
         run = run_drift(session, task=task, window_days=window_days, actor="cli")
         click.echo(
             f"drift run {run.id}: {run.n_recent} stays in the last {window_days:g} days,"
@@ -52,7 +64,7 @@ def run_command(ctx: click.Context, task: str, fail_on_alert: bool) -> None:
     from vitalcast.monitoring.jobs import run_monitor
 
     settings = get_settings(ctx)
-    with session_scope(_sessions(ctx)) as session:
+    with _unit_of_work(ctx) as session:
         report = run_monitor(
             session,
             settings=settings,
@@ -67,8 +79,32 @@ def run_command(ctx: click.Context, task: str, fail_on_alert: bool) -> None:
             f" {len(rec.repeated)} still firing, {len(rec.resolved)} resolved"
         )
         firing = report.run.firing
+    if settings.audit_anchor_file is not None:
+        _anchor_audit_chain(ctx, settings.audit_anchor_file)
     if fail_on_alert and firing:
         ctx.exit(1)
+
+
+def _anchor_audit_chain(ctx: click.Context, path: Path) -> None:
+    """Append an audit-chain anchor after the run's own events committed.
+
+    Why here: ``monitor run`` is the job every deployment already schedules, so with
+    ``VITALCAST_AUDIT_ANCHOR_FILE`` set, anchors (what makes deleting the newest audit
+    events detectable) follow without another schedule. A broken chain ends the run with
+    exit 1, after the monitoring work itself was stored.
+    """
+    from vitalcast.cli import get_settings
+    from vitalcast.security.audit_anchor import anchor_now
+    from vitalcast.security.audit_keys import keyring_from_settings
+
+    keyring = keyring_from_settings(get_settings(ctx))
+    with _unit_of_work(ctx) as session:
+        outcome = anchor_now(session, keyring, path)
+    if outcome.anchor is None:
+        click.echo(f"audit anchor: {outcome.failure}; no anchor written", err=True)
+        ctx.exit(1)
+    else:
+        click.echo(f"audit anchor: {outcome.anchor.to_json()}")
 
 
 @monitor.command("alerts")
@@ -78,7 +114,7 @@ def alerts_command(ctx: click.Context, include_resolved: bool) -> None:
     """List monitoring alerts (live ones unless --all)."""
     from vitalcast.monitoring.alerts import list_alerts
 
-    with session_scope(_sessions(ctx)) as session:
+    with _unit_of_work(ctx) as session:
         rows = list_alerts(session, include_resolved=include_resolved)
         for a in rows:
             click.echo(
@@ -97,7 +133,7 @@ def ack_command(ctx: click.Context, alert_id: int, actor: str) -> None:
     """Acknowledge an alert (audited); it resolves itself when its condition clears."""
     from vitalcast.monitoring.alerts import acknowledge_alert
 
-    with session_scope(_sessions(ctx)) as session:
+    with _unit_of_work(ctx) as session:
         alert = acknowledge_alert(session, alert_id=alert_id, actor=actor)
         click.echo(f"alert {alert.id} acknowledged by {actor}")
 
@@ -139,7 +175,7 @@ def retrain_command(
     from vitalcast.security import audit
 
     settings = get_settings(ctx)
-    with session_scope(_sessions(ctx)) as session:
+    with _unit_of_work(ctx) as session:
         report = retrain(
             session,
             settings=settings,

@@ -1,4 +1,4 @@
-"""``vitalcast audit verify|export`` and ``vitalcast db harden``: the audit trail's CLI."""
+"""``vitalcast audit verify|anchor|export`` and ``vitalcast db harden``: the audit trail's CLI."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from sqlalchemy import select
 
 from vitalcast.db.session import create_db_engine, make_session_factory, session_scope
 from vitalcast.security import audit
+from vitalcast.security.audit_anchor import (
+    AnchorCheck,
+    anchor_now,
+    chain_failure,
+    check_anchors,
+    read_anchors,
+)
+from vitalcast.security.audit_keys import keyring_from_settings
 from vitalcast.security.hardening import harden_database
 from vitalcast.security.tables import AuditEvent
 
@@ -27,28 +35,115 @@ def _settings(ctx: click.Context) -> Any:
 
 @click.group("audit")
 def audit_group() -> None:
-    """Check and export the tamper-evident audit trail (HIPAA 164.312(b))."""
+    """Verify, anchor and export the tamper-evident audit trail (HIPAA 164.312(b)).
+
+    Every event is chained to the one before with HMAC-SHA-256 under VITALCAST_AUDIT_KEY,
+    so rows cannot be altered, removed from the middle or re-hashed without the key;
+    anchors kept outside the database (VITALCAST_AUDIT_ANCHOR_FILE) catch the deletion of
+    the newest events.
+    """
 
 
 @audit_group.command("verify")
+@click.option(
+    "--anchor",
+    "anchor_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Anchor file (JSON lines of `vitalcast audit anchor`) whose heads the chain must"
+    " still hold. Default: VITALCAST_AUDIT_ANCHOR_FILE, if set.",
+)
 @click.pass_context
-def audit_verify(ctx: click.Context) -> None:
-    """Walk the hash chain; exit 1 and name the first broken row if any was altered."""
-    engine = create_db_engine(_settings(ctx).resolved_database_url)
+def audit_verify(ctx: click.Context, anchor_file: Path | None) -> None:
+    """Walk the chain and check it against the anchors; name the first broken row.
+
+    Exit status: 0 intact; 1 a row was altered, removed or re-hashed, is keyed with a key
+    id not in VITALCAST_AUDIT_KEY, or an anchored head is missing (truncation); 2 a
+    configuration error (no key, unreadable anchor file).
+    """
+    settings = _settings(ctx)
+    keyring = keyring_from_settings(settings)
+    anchor_path = anchor_file or settings.audit_anchor_file
+    anchors = read_anchors(anchor_path) if anchor_path is not None else None
+    engine = create_db_engine(settings.resolved_database_url)
     try:
         with session_scope(make_session_factory(engine)) as session:
-            result = audit.verify_chain(session)
+            chain = audit.verify_chain(session, keyring=keyring)
+            anchored = check_anchors(session, anchors, keyring) if anchors is not None else None
     finally:
         engine.dispose()
-    if result.ok:
-        click.echo(f"audit chain intact: {result.checked} events verified")
-        return
-    click.echo(
-        f"audit chain BROKEN at event id {result.first_broken_id}: {result.reason}"
-        f" ({result.checked} events before it verified)",
-        err=True,
-    )
-    sys.exit(1)
+    failures = [] if chain.ok else [chain_failure(chain)]
+    if anchored is not None and not anchored.ok:
+        failures.append(f"audit chain does not match its anchors: {anchored.reason}")
+    if failures:
+        for line in failures:
+            click.echo(line, err=True)
+        sys.exit(1)
+    click.echo("\n".join(_intact_report(chain, anchored)))
+
+
+def _intact_report(chain: audit.ChainCheck, anchored: AnchorCheck | None) -> list[str]:
+    """The lines of a successful verification: counts by format and key, and anchors."""
+    lines = [f"audit chain intact: {chain.checked} events verified"]
+    if chain.keyed:
+        per_key = ", ".join(f"{key_id}: {n}" for key_id, n in sorted(chain.keyed.items()))
+        lines.append(f"  keyed (HMAC-SHA-256): {sum(chain.keyed.values())} (by key id: {per_key})")
+    if chain.legacy:
+        lines.append(
+            f"  legacy unkeyed (SHA-256, written before keyed auditing): {chain.legacy}"
+            + ("" if chain.keyed else "; no keyed event yet, so they could still be re-hashed")
+        )
+    if anchored is None:
+        lines.append(
+            "  anchors: none given; deleting the newest events would go unnoticed"
+            " (see `vitalcast audit anchor`)"
+        )
+    elif anchored.newest is None:
+        lines.append("  anchors: the anchor file holds none yet")
+    else:
+        newest = anchored.newest
+        lines.append(
+            f"  anchors: {anchored.checked} honoured; newest: event id {newest.head_id}"
+            f" ({newest.rows} events) anchored {newest.anchored_at}"
+        )
+    return lines
+
+
+@audit_group.command("anchor")
+@click.option(
+    "--file",
+    "anchor_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append the anchor to this file (append-only / WORM storage, off the database"
+    " host). Default: VITALCAST_AUDIT_ANCHOR_FILE; without either it is only printed.",
+)
+@click.pass_context
+def audit_anchor(ctx: click.Context, anchor_file: Path | None) -> None:
+    """Record the chain's head outside the database, signed with the audit key.
+
+    Verifies the whole chain and the file's earlier anchors first, then appends one JSON
+    line (head event id and hash, number of events, time, key id, HMAC) to the anchor
+    file and prints it on standard output for log shipping (syslog, SIEM). Run it on a
+    schedule: `vitalcast audit verify` then detects deleted newest events back to the
+    latest anchor. Exit status: 0 anchored; 1 the chain is broken or no longer holds an
+    earlier anchor (nothing appended); 2 a configuration error.
+    """
+    settings = _settings(ctx)
+    keyring = keyring_from_settings(settings)
+    path = anchor_file or settings.audit_anchor_file
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            outcome = anchor_now(session, keyring, path)
+    finally:
+        engine.dispose()
+    if outcome.anchor is None:
+        click.echo(f"{outcome.failure}; no anchor written", err=True)
+        sys.exit(1)
+    click.echo(outcome.anchor.to_json())
+    where = f"appended to {path}" if path else "not stored: no anchor file configured"
+    click.echo(f"anchored event id {outcome.anchor.head_id}; {where}", err=True)
 
 
 def _when(value: str | None, name: str) -> datetime | None:
@@ -80,6 +175,8 @@ def event_dict(row: AuditEvent) -> dict[str, Any]:
         "details": row.details or {},
         "prev_hash": row.prev_hash,
         "hash": row.hash,
+        "chain_version": row.chain_version,
+        "key_id": row.key_id,
     }
 
 
