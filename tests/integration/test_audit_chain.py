@@ -297,6 +297,10 @@ def test_tail_truncation_is_caught_by_an_anchor(
     assert code == 1
     assert f"does not match its anchors: anchor 1 (event id {first['head_id']}, 4 events," in err
     assert "the anchored head is missing: the chain was truncated" in err
+    after_restore = ["--anchored-before", first["anchored_at"]]  # a backup older than it
+    code, out, _ = _invoke(settings, ["audit", "verify", "--anchor", str(anchors), *after_restore])
+    assert code == 0
+    assert "anchors: none to check yet" in out
     code, _, err = _invoke(settings, ["audit", "anchor", "--file", str(anchors)])
     assert code == 1, "no new anchor over a truncated chain"
     assert "no anchor written" in err

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from vitalcast.db.session import create_db_engine, make_session_factory, session_scope
 from vitalcast.security import audit
 from vitalcast.security.audit_anchor import (
+    Anchor,
     AnchorCheck,
     anchor_now,
     chain_failure,
@@ -53,8 +54,13 @@ def audit_group() -> None:
     help="Anchor file (JSON lines of `vitalcast audit anchor`) whose heads the chain must"
     " still hold. Default: VITALCAST_AUDIT_ANCHOR_FILE, if set.",
 )
+@click.option(
+    "--anchored-before",
+    help="Honour only anchors made before this time (ISO 8601): for a database restored"
+    " from a backup taken then, which cannot hold the events anchored later.",
+)
 @click.pass_context
-def audit_verify(ctx: click.Context, anchor_file: Path | None) -> None:
+def audit_verify(ctx: click.Context, anchor_file: Path | None, anchored_before: str | None) -> None:
     """Walk the chain and check it against the anchors; name the first broken row.
 
     Exit status: 0 intact; 1 a row was altered, removed or re-hashed, is keyed with a key
@@ -65,6 +71,9 @@ def audit_verify(ctx: click.Context, anchor_file: Path | None) -> None:
     keyring = keyring_from_settings(settings)
     anchor_path = anchor_file or settings.audit_anchor_file
     anchors = read_anchors(anchor_path) if anchor_path is not None else None
+    cutoff = _when(anchored_before, "--anchored-before")
+    if anchors is not None and cutoff is not None:
+        anchors = _made_before(anchors, cutoff)
     engine = create_db_engine(settings.resolved_database_url)
     try:
         with session_scope(make_session_factory(engine)) as session:
@@ -80,6 +89,17 @@ def audit_verify(ctx: click.Context, anchor_file: Path | None) -> None:
             click.echo(line, err=True)
         sys.exit(1)
     click.echo("\n".join(_intact_report(chain, anchored)))
+
+
+def _made_before(anchors: list[Anchor], cutoff: datetime) -> list[Anchor]:
+    """The anchors made before ``cutoff``: after a restore, later ones name events that
+    the backup never held, and would (rightly, but uselessly) report a truncation."""
+    kept = []
+    for anchor in anchors:
+        made = _when(anchor.anchored_at, "anchored_at")
+        if made is not None and made < cutoff:
+            kept.append(anchor)
+    return kept
 
 
 def _intact_report(chain: audit.ChainCheck, anchored: AnchorCheck | None) -> list[str]:
@@ -99,7 +119,7 @@ def _intact_report(chain: audit.ChainCheck, anchored: AnchorCheck | None) -> lis
             " (see `vitalcast audit anchor`)"
         )
     elif anchored.newest is None:
-        lines.append("  anchors: the anchor file holds none yet")
+        lines.append("  anchors: none to check yet")
     else:
         newest = anchored.newest
         lines.append(
