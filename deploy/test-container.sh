@@ -162,6 +162,7 @@ ENV_ARGS=(
   --env "VITALCAST_SECRET_KEY=$(b64key)"
   --env "VITALCAST_FIELD_KEY=ct1:$(b64key)"
   --env "VITALCAST_HMAC_KEY=$(b64key)"
+  --env "VITALCAST_AUDIT_KEY=ct1:$(b64key)"
   --env "VITALCAST_HOST=127.0.0.1"
   --env "VITALCAST_PORT=${PORT}"
   --env "VITALCAST_WORKERS=2"

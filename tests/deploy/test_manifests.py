@@ -90,7 +90,7 @@ def test_required_kinds_are_present() -> None:
     required = {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "CronJob"}
     assert required | {"NetworkPolicy", "Job"} <= kinds
     names = {doc["metadata"]["name"] for _, doc in _k8s_docs() if doc["kind"] == "CronJob"}
-    assert names == {"vitalcast-monitor", "vitalcast-retrain"}
+    assert names == {"vitalcast-monitor", "vitalcast-retrain", "vitalcast-audit-anchor"}
 
 
 @pytest.mark.parametrize(("name", "pod"), _pod_specs(), ids=[n for n, _ in _pod_specs()])
@@ -126,7 +126,12 @@ def test_no_secret_values_in_git() -> None:
     kinds = {doc["kind"] for _, doc in _k8s_docs()}
     assert "Secret" not in kinds
     config = _documents(K8S / "configmap.yaml")[0]["data"]
-    for secret in ("VITALCAST_SECRET_KEY", "VITALCAST_FIELD_KEY", "VITALCAST_HMAC_KEY"):
+    for secret in (
+        "VITALCAST_SECRET_KEY",
+        "VITALCAST_FIELD_KEY",
+        "VITALCAST_HMAC_KEY",
+        "VITALCAST_AUDIT_KEY",
+    ):
         assert secret not in config
     assert "VITALCAST_DATABASE_URL" not in config  # it carries the password
 
