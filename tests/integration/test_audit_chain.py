@@ -221,7 +221,7 @@ def test_legacy_unkeyed_prefix_then_keyed_rows_verify_and_are_reported(
     url = databases.empty()
     engine = create_db_engine(url)
     try:
-        upgrade_database(engine, "0008")
+        upgrade_database(engine, "0009")  # the schema before 0010
         with engine.begin() as conn:  # what the code before 0010 wrote
             prev = audit.GENESIS
             for i in range(3):

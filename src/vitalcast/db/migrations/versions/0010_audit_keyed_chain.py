@@ -1,7 +1,7 @@
 """Audit chain keyed with HMAC-SHA-256: format version and key id on every row
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-11-30 10:00:00
 
 A plain SHA-256 chain can be rewritten and re-hashed by anyone who can write to the
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
