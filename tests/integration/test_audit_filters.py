@@ -145,3 +145,12 @@ def test_export_rejects_a_bad_time(settings: Settings) -> None:
     )
     assert result.exit_code == 2
     assert "ISO 8601" in result.output
+
+
+def test_export_refuses_years_outside_the_clinical_range(settings: Settings) -> None:
+    for value in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        result = CliRunner().invoke(
+            main, ["audit", "export", "--since", value], obj={"settings": settings}
+        )
+        assert result.exit_code == 2, result.output
+        assert "is outside the accepted range 1800-2200" in result.output

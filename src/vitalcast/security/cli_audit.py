@@ -11,6 +11,7 @@ from typing import IO, Any
 import click
 from sqlalchemy import select
 
+from vitalcast.clinical.times import TimeOutOfRange, parse_iso
 from vitalcast.db.session import create_db_engine, make_session_factory, session_scope
 from vitalcast.security import audit
 from vitalcast.security.audit_anchor import (
@@ -170,7 +171,9 @@ def _when(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = parse_iso(value, name)
+    except TimeOutOfRange as exc:  # the shared clinical year rule, as for every time input
+        raise click.BadParameter(str(exc), param_hint=name) from None
     except ValueError:
         raise click.BadParameter(
             "use ISO 8601, e.g. 2026-11-28T09:00:00Z", param_hint=name
