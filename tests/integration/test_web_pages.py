@@ -345,3 +345,20 @@ def test_background_requests_do_not_keep_a_session_alive(
     expired = client.get("/ward")
     assert expired.status_code == 302
     assert "/login" in expired.headers["Location"]
+
+
+def test_favicon_is_our_svg_for_anyone(client: FlaskClient) -> None:
+    """Browsers fetch /favicon.ico unasked: it answers (no 404 in every log) without a
+    session, with the same icon the pages link."""
+    with client.get("/favicon.ico") as icon:
+        assert icon.status_code == 200
+        assert icon.mimetype == "image/svg+xml"
+        svg = icon.get_data(as_text=True)
+    assert svg.lstrip().startswith("<svg")
+    assert "<script" not in svg
+    page = client.get("/login").get_data(as_text=True)
+    link = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page)
+    assert link is not None
+    with client.get(link.group(1)) as linked:
+        assert linked.status_code == 200
+        assert linked.get_data(as_text=True) == svg

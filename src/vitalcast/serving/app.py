@@ -26,6 +26,7 @@ from vitalcast.serving.state import AppState, get_state, init_state
 logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+FAVICON = "favicon.svg"  # drawn for vitalcast (web/static), no third-party asset
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -110,12 +111,27 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(web_models)
     app.register_blueprint(web_admin)
 
+    register_static(app)
+
+
+def register_static(app: Flask) -> None:
+    """The UI's own files, public like the sign-in page that needs them."""
+
     @public
     def static(filename: str) -> Response:
         response = send_from_directory(WEB_DIR / "static", filename, max_age=3600)
         return response
 
+    @public
+    def favicon() -> Response:
+        """Browsers ask for /favicon.ico whatever the page links; answer with our icon
+        (an SVG, which they accept there) instead of a 404 in every access log."""
+        return send_from_directory(
+            WEB_DIR / "static", FAVICON, mimetype="image/svg+xml", max_age=86400
+        )
+
     app.add_url_rule("/static/<path:filename>", endpoint="static", view_func=static)
+    app.add_url_rule("/favicon.ico", endpoint="favicon", view_func=favicon)
 
 
 def load_predictor(app: Flask) -> None:
