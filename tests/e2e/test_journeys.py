@@ -9,7 +9,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import Server, screenshot, sign_in
+from tests.e2e.conftest import PASSWORD, Server, screenshot, sign_in
 from vitalcast.modeling.registry import band_cuts, risk_percent
 
 pytestmark = pytest.mark.e2e
@@ -294,3 +294,22 @@ def test_automatic_sign_out_after_inactivity(page: Page, server: Server) -> None
     expect(page.locator(".notice")).to_contain_text("inactivity")
     page.goto("/ward")  # the server session ended too, not only the page
     expect(page).to_have_url(re.compile(r"/login"))
+
+
+def test_signing_in_again_returns_to_the_page(page: Page, server: Server) -> None:
+    """After the automatic sign-out, signing in lands on the page the reader was on, and
+    the way back names the patient by the public id only (no name in any address)."""
+    page.clock.install()
+    sign_in(page, "carla")
+    page.locator("#ward-table tbody tr[data-patient] .who-cell a").first.click()
+    page.wait_for_url(re.compile(r"/patients/[0-9a-f]{32}$"))
+    patient_url = page.url
+    name = page.locator(".phead h1").inner_text()
+    page.clock.fast_forward(server.settings.session_idle_minutes * 60_000 + 5_000)
+    page.wait_for_url(re.compile(r"/login\?expired=1&next=%2Fpatients%2F[0-9a-f]{32}$"))
+    assert name not in page.url
+    page.fill("#username", "carla")
+    page.fill("#password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url(patient_url)
+    expect(page.locator(".phead h1")).to_have_text(name)

@@ -38,6 +38,7 @@ from vitalcast.config import Settings
 from vitalcast.errors import AppError, Forbidden, NotFound, Unauthorized
 from vitalcast.security.passwords import hash_password
 from vitalcast.security.permissions import ROLES, public
+from vitalcast.security.redirects import safe_next
 from vitalcast.security.tables import User
 from vitalcast.serving.context import audit_event, db
 from vitalcast.serving.guard import start_session
@@ -206,9 +207,8 @@ def _redirect_uri(settings: Settings) -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("web.ward")
+    """The page to return to after sign-in (one rule with the password form's)."""
+    return safe_next(target) or url_for("web.ward")
 
 
 @oidc.get("/login/oidc")

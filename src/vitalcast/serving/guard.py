@@ -232,7 +232,7 @@ def _before_request() -> ResponseReturnValue | None:
             return None
         if who is None:
             if not wants_json():
-                return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
+                return redirect(_login_url())
             if request.path.startswith("/cds-services/"):
                 raise Unauthorized("CDS Hooks requests need a JWT: Authorization: Bearer <jwt>")
             raise Unauthorized("sign in or send an API key: Authorization: Bearer <key>")
@@ -254,6 +254,15 @@ def _before_request() -> ResponseReturnValue | None:
     except AppError as error:
         return render_error(error)
     return None
+
+
+def _login_url() -> str:
+    """The sign-in page, told to come back here afterwards when "here" is a page one can
+    return to by GET (a form POST cannot be replayed; the sign-in then lands on the
+    ward). The sign-in view checks the target again (vitalcast.security.redirects)."""
+    if request.method != "GET":
+        return url_for("web.login")
+    return url_for("web.login", next=request.full_path.rstrip("?"))
 
 
 def _nul_problems() -> list[dict[str, Any]]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 
 from vitalcast.db.base import utcnow
 from vitalcast.errors import Forbidden, NotFound
 from vitalcast.security.permissions import Permission, public, requires, role_allows
+from vitalcast.security.redirects import safe_next
 from vitalcast.security.service import authenticate
 from vitalcast.serving.context import audit_event, current_principal, db, principal
 from vitalcast.serving.guard import end_current_session, start_session
@@ -44,14 +44,12 @@ def _page_context() -> dict[str, Any]:
     }
 
 
-def _safe_next(target: str | None) -> str:
-    """Only same-site relative redirects after sign-in (no open redirect)."""
-    if not target:
-        return url_for("web.ward")
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
-        return url_for("web.ward")
-    return target
+def _next_target() -> str | None:
+    """The page to return to after sign-in, when it is safe (see :func:`safe_next`).
+
+    The sign-in form carries it as a hidden field; a link to /login carries it in the
+    query (the guard's redirect, the page script after an automatic sign-out)."""
+    return safe_next(request.form.get("next") or request.args.get("next"))
 
 
 @web.get("/")
@@ -73,7 +71,7 @@ def login() -> Response | str | tuple[str, int]:
         result = authenticate(db(), username=username, password=request.form.get("password", ""))
         if result.user is not None:
             start_session(result.user, method="password")
-            return redirect(_safe_next(request.args.get("next")))  # type: ignore[return-value]
+            return redirect(_next_target() or url_for("web.ward"))  # type: ignore[return-value]
         audit_event(
             "user.login",
             "E",
@@ -86,9 +84,9 @@ def login() -> Response | str | tuple[str, int]:
             if result.reason == "locked"
             else "Wrong username or password."
         )
-        return render_template("web/login.html", error=error), 401
+        return render_template("web/login.html", error=error, next=_next_target()), 401
     expired = request.args.get("expired") is not None
-    return render_template("web/login.html", error=error, expired=expired)
+    return render_template("web/login.html", error=error, expired=expired, next=_next_target())
 
 
 @web.post("/logout")

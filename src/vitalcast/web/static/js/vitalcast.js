@@ -85,8 +85,16 @@
     connect();
   };
 
+  /* Signed out (idle, or the server ended the session): to the sign-in page, which
+     brings the reader back to this page afterwards. Only the path and query go along
+     (patient pages are addressed by a non-identifying public id); the server accepts
+     only its own pages as a target. */
   VC.expired = function () {
     var target = meta("expired-url") || "/login?expired=1";
+    var here = window.location.pathname + window.location.search;
+    if (window.location.pathname !== target.split("?")[0]) {
+      target += (target.indexOf("?") === -1 ? "?" : "&") + "next=" + encodeURIComponent(here);
+    }
     window.location.assign(target);
   };
 
