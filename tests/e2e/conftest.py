@@ -208,6 +208,84 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     pytest.fail(f"server not ready after 90 s ({last}):\n{log.read_text()}")
 
 
+# The chart patient's measurements, in hours before "now": each variable on a known rhythm
+# with one known gap, so that the charts' drawing rules (web/charting.py) can be checked.
+CHART_STAY_HOURS = 72
+CHART_HOURS: dict[str, list[tuple[float, float]]] = {
+    # hourly, then 12 h without a value (over the 6 h gap limit), then hourly again
+    "hr": [(h, 80.0 + h % 7) for h in range(70, 49, -1)] + [(h, 90.0) for h in range(38, 1, -1)],
+    # on every 4 h, then off: one held state, one step down
+    "mech_vent": [(70, 1.0), (66, 1.0), (62, 1.0), (58, 1.0), (54, 1.0), (50, 0.0), (46, 0.0)],
+    # hourly collections, one 2 h interval, an anuric hour, then 24 h without one
+    "urine": [
+        *[(70, 60.0), (69, 50.0), (68, 40.0), (67, 45.0), (65, 90.0), (64, 0.0)],
+        *[(40, 70.0), (39, 55.0)],
+    ],
+    # 6 h apart, then 56 h without one (over the 48 h gap limit)
+    "creatinine": [(70, 1.1), (64, 1.3), (8, 2.0), (2, 2.4)],
+}
+
+
+@pytest.fixture(scope="session")
+def chart_patient(server: Server) -> str:
+    """The public id of a discharged stay charted as CHART_HOURS says (not on the ward)."""
+    from sqlalchemy import select
+
+    from vitalcast.clinical.codes import BY_KEY
+    from vitalcast.clinical.records import (
+        EncounterRecord,
+        ObservationRecord,
+        PatientRecord,
+        RecordBatch,
+    )
+    from vitalcast.clinical.tables import Patient
+    from vitalcast.ingest.service import store_batch
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    ref = "e2e-chart-patient"
+    batch = RecordBatch(
+        patients=[PatientRecord(ref=ref, sex="female", name="Charta Probe", mrn="E2E-0001")],
+        encounters=[
+            EncounterRecord(
+                ref=ref,
+                patient_ref=ref,
+                admitted_at=now - timedelta(hours=CHART_STAY_HOURS),
+                discharged_at=now - timedelta(minutes=30),
+                unit="MICU",
+                age_years=64,
+            )
+        ],
+        observations=[
+            ObservationRecord(
+                patient_ref=ref,
+                encounter_ref=ref,
+                code=BY_KEY[key].code,
+                unit=BY_KEY[key].unit,
+                effective_at=now - timedelta(hours=hours),
+                value=value,
+            )
+            for key, points in CHART_HOURS.items()
+            for hours, value in points
+        ],
+    )
+    engine = create_db_engine(server.settings.resolved_database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        report = store_batch(
+            session,
+            batch,
+            source="e2e",
+            location="chart-patient",
+            cipher=cipher_from_settings(server.settings),
+            now=now,
+        )
+        assert not report.rejects, report.rejects
+        public_id = session.scalars(
+            select(Patient.public_id).where(Patient.source_ref == ref)
+        ).one()
+    engine.dispose()
+    return public_id
+
+
 @pytest.fixture(scope="session")
 def browser(chromium: str) -> Iterator[Browser]:
     with sync_playwright() as p:

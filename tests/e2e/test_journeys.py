@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
-from tests.e2e.conftest import PASSWORD, Server, screenshot, sign_in
+from tests.e2e.conftest import CHART_HOURS, IMAGES, PASSWORD, Server, screenshot, sign_in
 from vitalcast.modeling.registry import band_cuts, risk_percent
 
 pytestmark = pytest.mark.e2e
@@ -100,6 +100,91 @@ def test_feedback_from_the_patient_page(page: Page, server: Server) -> None:
     expect(
         page.locator("#risk-chart text.marker-label", has_text="Alert acknowledged")
     ).to_have_count(1)
+    # The acknowledgement is at the chart's right edge ("now"): its label stays inside.
+    assert not _clipped_labels(page), _clipped_labels(page)
+
+
+def _clipped_labels(page: Page) -> list[str]:
+    """Every chart text of the page that crosses its SVG's edge (the SVG clips it)."""
+    clipped: list[str] = page.evaluate(
+        """() => { const out = [];
+          document.querySelectorAll('figure svg').forEach(svg => {
+            const vb = svg.viewBox.baseVal;
+            svg.querySelectorAll('text').forEach(t => {
+              const b = t.getBBox();
+              if (b.x < vb.x - 0.5 || b.y < vb.y - 0.5 || b.x + b.width > vb.x + vb.width + 0.5
+                  || b.y + b.height > vb.y + vb.height + 0.5) out.push(t.textContent);
+            }); });
+          return out; }"""
+    )
+    return clipped
+
+
+def _chart(page: Page, title: str) -> Locator:
+    """The chart figure whose caption starts with ``title``."""
+    return page.locator("figure.tchart").filter(
+        has=page.locator("figcaption", has_text=re.compile("^" + re.escape(title)))
+    )
+
+
+def _table_rows(chart: Locator) -> list[list[str]]:
+    chart.locator("summary").click()
+    rows: list[list[str]] = chart.locator("table tbody tr").evaluate_all(
+        "rows => rows.map(r => Array.from(r.cells, c => c.textContent))"
+    )
+    return rows
+
+
+def test_charts_draw_states_intervals_and_gaps(
+    page: Page, server: Server, chart_patient: str
+) -> None:
+    """A state is a step, a volume is a bar over its collection interval, and a line
+    breaks where the values are further apart than the variable's gap limit."""
+    sign_in(page, "carla")
+    page.goto(f"/patients/{chart_patient}")
+    page.locator("#labs-charts figure").first.wait_for()
+    # Heart rate: hourly, then 12 h without a value (limit 6 h): two lines, not one.
+    hr = _chart(page, "Heart rate")
+    expect(hr.locator("polyline.series")).to_have_count(2)
+    expect(hr.locator("circle.pt")).to_have_count(len(CHART_HOURS["hr"]))
+    notes = [r[2] for r in _table_rows(hr) if r[2]]
+    assert notes == ["Admission", "line broken: 12 h since the previous value (over 6 h)"]
+    # Ventilation: a held state drawn as horizontal and vertical steps, named Off / On.
+    vent = _chart(page, "Mechanical ventilation")
+    expect(vent.locator("polyline")).to_have_count(0)
+    step = vent.locator("path.series-step").get_attribute("d") or ""
+    assert re.fullmatch(r"M[\d.]+,[\d.]+(H[\d.]+V[\d.]+)+", step), step
+    assert vent.locator("text.ytick").all_text_contents() == ["Off", "On"]
+    states = [r[1] for r in _table_rows(vent) if r[1]]
+    assert states == ["On"] * 5 + ["Off"] * 2
+    # Urine output: one bar per collection over its interval, as high as its hourly rate
+    # (the 2 h collection of 90 mL is as high as the 1 h one of 45 mL, twice as wide);
+    # the two collections with no known interval are marks on the time axis.
+    urine = _chart(page, "Urine output")
+    expect(urine.locator("figcaption")).to_have_text(
+        "Urine output (mL/h over each collection interval)"
+    )
+    bars = urine.locator("rect.vbar")
+    expect(bars).to_have_count(len(CHART_HOURS["urine"]) - 2)
+    expect(urine.locator("path.vmark-unknown")).to_have_count(2)  # the first, and after 24 h
+    sizes = bars.evaluate_all(
+        "bs => bs.map(b => [Number(b.getAttribute('width')), Number(b.getAttribute('height'))])"
+    )
+    assert sizes[3][0] == pytest.approx(2 * sizes[2][0], rel=0.1)
+    assert sizes[3][1] == pytest.approx(sizes[2][1], abs=0.5)
+    assert sizes[4][1] == pytest.approx(1.5)  # anuric hour: on the baseline, not absent
+    rows = [r for r in _table_rows(urine) if r[1]]
+    assert re.search(r"\(2 h, from \d\d:\d\d\)$", rows[4][0]), rows[4][0]
+    assert rows[4][1:] == ["90", "45 mL/h"]
+    assert rows[5][1:] == ["0", "0 mL/h"]
+    assert rows[6][0].endswith("(start not known)")
+    assert rows[6][2] == "interval not known: previous collection 24 h earlier (over 12 h)"
+    # A laboratory value 56 h after the one before (limit 48 h) is not joined to it.
+    creatinine = _chart(page, "Creatinine")
+    expect(creatinine.locator("polyline.series")).to_have_count(2)
+    assert not _clipped_labels(page), _clipped_labels(page)
+    page.evaluate("() => document.querySelectorAll('details[open]').forEach(d => d.open = false)")
+    page.locator("#vitals-charts").screenshot(path=str(IMAGES / "patient-charts.png"))
 
 
 def _post(server: Server, items: list[dict[str, object]]) -> httpx.Response:

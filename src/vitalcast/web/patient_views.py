@@ -13,7 +13,6 @@ from typing import Any
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from vitalcast.clinical.codes import VARIABLES
 from vitalcast.clinical.tables import Condition, ImagingStudy
 from vitalcast.db.base import utcnow
 from vitalcast.errors import InvalidInput
@@ -26,6 +25,7 @@ from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.state import get_state
+from vitalcast.web.charting import RISK_GAP_HOURS, chart_variables
 from vitalcast.web.tables import FEEDBACK_KINDS, Feedback
 from vitalcast.web.ward import missing_key_inputs, newest_vital_at
 
@@ -53,11 +53,7 @@ def threshold_pct(threshold: float) -> str:
 
 MAX_REASON_CHARS = 500
 
-# What the charts need to know of each variable, in the vocabulary's order (vital signs
-# first, as clinicians read a chart).
-CHART_VARIABLES = {
-    v.code: {"label": v.label, "unit": v.display_unit, "kind": v.kind} for v in VARIABLES
-}
+CHART_VARIABLES = chart_variables()
 
 
 @web_patient.get("/patients/<patient_id>")
@@ -147,6 +143,7 @@ def patient(patient_id: str) -> str:
         landmarks=landmarks,
         can_feedback=role_allows(who.role, Permission.FEEDBACK_WRITE),
         variables=CHART_VARIABLES,
+        risk_gap_hours=RISK_GAP_HOURS,
         missing_key=missing_key,
         early=None
         if current is None or encounter is None

@@ -63,6 +63,7 @@
     VC.timeChart(box, {
       title: "Risk during this stay", series: series, percent: true, threshold: ctx.threshold,
       markers: markers.concat(versions), xMin: ctx.admitted || null, xMax: new Date(), height: 220,
+      gapHours: ctx.riskGapHours,
     });
   }
 
@@ -91,6 +92,7 @@
         title: spec.label, unit: spec.unit, series: entry.obs, quarantined: entry.q,
         markers: ctx.admitted ? [{ t: ctx.admitted, label: "Admission" }] : [],
         xMin: ctx.admitted || null, xMax: new Date(), height: 150, width: 460,
+        style: spec.style, gapHours: spec.gap_hours, states: spec.states,
       });
     });
     if (!vitalsBox.children.length) vitalsBox.textContent = "No vital signs recorded.";
@@ -145,6 +147,7 @@
       variables: readJSON("variables") || {},
     };
     var riskBox = document.getElementById("risk-chart");
+    ctx.riskGapHours = Number(riskBox.getAttribute("data-gap-hours")) || null;
     var vitalsBox = document.getElementById("vitals-charts");
     var labsBox = document.getElementById("labs-charts");
     drawFactors(factorsFromTable());
