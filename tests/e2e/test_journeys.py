@@ -398,3 +398,43 @@ def test_signing_in_again_returns_to_the_page(page: Page, server: Server) -> Non
     page.click("main button[type=submit]")
     page.wait_for_url(patient_url)
     expect(page.locator(".phead h1")).to_have_text(name)
+
+
+@pytest.mark.parametrize(("width", "name"), [(768, "ward-tablet.png"), (390, None)])
+def test_ward_fits_a_tablet_and_a_phone(
+    page: Page, server: Server, width: int, name: str | None
+) -> None:
+    """No sideways scrolling on a ward tablet (or a phone), and each patient's risk, band,
+    name and alert state stay in view."""
+    page.set_viewport_size({"width": width, "height": 1000})
+    sign_in(page, "carla")
+    assert _overflow(page) <= 0, f"the ward is {_overflow(page)} px wider than {width} px"
+    rows = page.locator("#ward-table tbody tr[data-patient]")
+    assert rows.count() >= 20
+    for row in rows.all()[:8]:
+        for part in (".pct", ".band", ".who-cell a"):
+            cell = row.locator(part)
+            expect(cell).to_be_visible()
+            box = cell.bounding_box()
+            assert box is not None
+            assert box["x"] >= 0
+            assert box["x"] + box["width"] <= width, (part, box)
+    # The alert state: every row at or above the threshold is marked so, in words.
+    alerts = page.locator('#ward-table tbody tr[data-band="high"], tr[data-band="critical"]')
+    for row in alerts.all():
+        expect(row.locator(".band")).to_have_text(re.compile("High|Critical"))
+        expect(row.locator(".band")).to_be_visible()
+    if name:
+        screenshot(page, name, full_page=False)
+    # The patient page (charts, tables, feedback form) fits the same screen.
+    rows.first.locator(".who-cell a").click()
+    page.locator("#vitals-charts figure").first.wait_for()
+    assert _overflow(page) <= 0, f"the patient page is {_overflow(page)} px too wide"
+
+
+def _overflow(page: Page) -> int:
+    """How far the document is wider than the viewport (sideways scrolling), in px."""
+    width: int = page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    return width
