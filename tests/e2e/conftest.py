@@ -147,6 +147,9 @@ def server(
         "VITALCAST_DATABASE_URL": url,
         "VITALCAST_LOG_JSON": "false",
         "VITALCAST_STALE_AFTER_MINUTES": "120",
+        # Every journey signs in, some twice, all from 127.0.0.1: the default 10/minute
+        # would answer 429 to a fast run (the limit itself is tested in integration).
+        "VITALCAST_RATE_LIMIT_LOGIN": "120/minute",
     }
     env.pop("VITALCAST_REDIS_URL", None)
     settings = load_settings(

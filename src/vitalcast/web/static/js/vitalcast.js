@@ -89,13 +89,22 @@
      brings the reader back to this page afterwards. Only the path and query go along
      (patient pages are addressed by a non-identifying public id); the server accepts
      only its own pages as a target. */
+  /* Only once, and only after a sign-out request of this page has been answered: the
+     sign-in page's form token lives in the session cookie, so a second load of it, or
+     one that overtakes the sign-out's cookie-clearing answer, leaves the form with a
+     token the cookie no longer holds and the first sign-in attempt fails (403). */
+  var expiring = false;
+  VC.signingOut = null;
   VC.expired = function () {
+    if (expiring) return;
+    expiring = true;
     var target = meta("expired-url") || "/login?expired=1";
     var here = window.location.pathname + window.location.search;
     if (window.location.pathname !== target.split("?")[0]) {
       target += (target.indexOf("?") === -1 ? "?" : "&") + "next=" + encodeURIComponent(here);
     }
-    window.location.assign(target);
+    var go = function () { window.location.assign(target); };
+    if (VC.signingOut) VC.signingOut.then(go, go); else go();
   };
 
   /* Times: the server writes UTC; show them in the reader's local time, with the year and
@@ -133,10 +142,12 @@
       if (signingOut) return;
       signingOut = true;
       var body = new URLSearchParams({ csrf_token: meta("csrf-token") || "" });
-      fetch(meta("logout-url"), {
-        method: "POST", credentials: "same-origin", body: body,
+      // Not following the redirect to the sign-in page: VC.expired loads it, once.
+      VC.signingOut = fetch(meta("logout-url"), {
+        method: "POST", credentials: "same-origin", body: body, redirect: "manual",
         headers: { "X-CSRF-Token": meta("csrf-token") || "", "X-Background": "1" },
-      }).finally(VC.expired);
+      });
+      VC.signingOut.finally(VC.expired);
     }
     function tick() {
       var left = idleMs - (Date.now() - lastRequest());
