@@ -230,7 +230,7 @@ def test_a_stay_ingested_as_fhir_scores_like_the_same_stay_with_descriptors(
     from vitalcast.ingest.sources.fhir import SOURCE as FHIR_SOURCE
     from vitalcast.ingest.sources.fhir import iter_units
     from vitalcast.ingest.units import ingest_units
-    from vitalcast.serving.scoring import stay_input
+    from vitalcast.serving.scoring import admission_descriptors, stay_input
     from vitalcast.synth import generate_cohort
     from vitalcast.synth.fhir import write_fhir_ndjson
 
@@ -275,6 +275,8 @@ def test_a_stay_ingested_as_fhir_scores_like_the_same_stay_with_descriptors(
                 at = min(now, enc.admitted_at + timedelta(hours=6))
                 a, b = stay_features(stay_input(session, row, at), at), stay_features(twin, at)
                 assert (a["height_cm"], a["weight_kg"]) == (enc.height_cm, enc.weight_kg)
+                # What the patient page shows is what the model read.
+                assert admission_descriptors(session, row) == (enc.height_cm, enc.weight_kg)
                 assert a["bmi"] == a["bmi"]  # measured, not missing
                 differ = {
                     k

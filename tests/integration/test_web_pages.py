@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -362,3 +363,36 @@ def test_favicon_is_our_svg_for_anyone(client: FlaskClient) -> None:
     with client.get(link.group(1)) as linked:
         assert linked.status_code == 200
         assert linked.get_data(as_text=True) == svg
+
+
+def test_patient_page_shows_height_and_weight_charted_as_observations(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    """A stay from FHIR or HL7 has no height and weight descriptors, only observations;
+    the page shows what the model reads from them, not a dash."""
+    from vitalcast.clinical.codes import BY_KEY
+
+    creds.login(client, creds.user("carl", "clinician"))
+    url = f"/patients/{ward['patient']}"
+    with session_scope(get_state(client.application).sessions) as session:
+        patient = session.scalars(select(Patient).where(Patient.public_id == ward["patient"])).one()
+        encounter = latest_encounter(session, patient)
+        assert encounter is not None
+        encounter.height_cm = encounter.weight_kg = None  # as the FHIR adapter stores a stay
+        for code, value, at in (
+            (BY_KEY["height"].code, 172.0, encounter.admitted_at + timedelta(hours=3)),
+            (BY_KEY["weight"].code, 81.0, encounter.admitted_at),
+        ):
+            session.add(
+                Observation(
+                    patient_id=patient.id,
+                    encounter_id=encounter.id,
+                    code=code,
+                    value=value,
+                    effective_at=at,
+                    source="fhir",
+                    dedup_key=uuid.uuid4(),
+                )
+            )
+    page = client.get(url).get_data(as_text=True)
+    assert "172 cm / 81 kg" in page

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from vitalcast.clinical.codes import BY_KEY
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.db.base import utcnow
 from vitalcast.db.types import new_public_id
@@ -48,6 +49,36 @@ def stay_input(session: Session, encounter: Encounter, as_of: datetime) -> StayI
             (code, float(value), at) for code, value, at in rows if value is not None
         ),
     )
+
+
+def admission_descriptors(
+    session: Session, encounter: Encounter
+) -> tuple[float | None, float | None]:
+    """The stay's height and admission weight as the model reads them (shown beside the
+    risk): the encounter's descriptors, else the first height charted in the stay and a
+    weight charted at the admission instant (the rule of
+    :func:`vitalcast.features.stay._descriptors`; a test keeps the two equal). A FHIR or
+    HL7 stay has no descriptors, so its page showed none though the model used both."""
+    height, weight = encounter.height_cm, encounter.weight_kg
+    charted = select(Observation.value).where(
+        Observation.encounter_id == encounter.id, Observation.value.is_not(None)
+    )
+    if height is None:
+        height = session.scalar(
+            charted.where(Observation.code == BY_KEY["height"].code)
+            .order_by(Observation.effective_at, Observation.id)
+            .limit(1)
+        )
+    if weight is None:
+        weight = session.scalar(
+            charted.where(
+                Observation.code == BY_KEY["weight"].code,
+                Observation.effective_at == encounter.admitted_at,
+            )
+            .order_by(Observation.id)
+            .limit(1)
+        )
+    return height, weight
 
 
 def features_digest(features: Mapping[str, Any]) -> str:

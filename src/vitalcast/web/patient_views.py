@@ -24,6 +24,7 @@ from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
+from vitalcast.serving.scoring import admission_descriptors
 from vitalcast.serving.state import get_state
 from vitalcast.web.charting import RISK_GAP_HOURS, chart_variables
 from vitalcast.web.tables import FEEDBACK_KINDS, Feedback
@@ -129,9 +130,14 @@ def patient(patient_id: str) -> str:
     landmarks: list[dict[str, Any]] = [
         {"at": f.created_at.isoformat(), "label": _feedback_label(f.kind)} for f in feedback
     ]
+    height_cm, weight_kg = (
+        admission_descriptors(session, encounter) if encounter is not None else (None, None)
+    )
     return render_template(
         "web/patient.html",
         patient=record,
+        height_cm=height_cm,
+        weight_kg=weight_kg,
         identifiers=decrypt_identifiers(state.cipher, record) if show_ids else None,
         encounter=encounter,
         current=current,
