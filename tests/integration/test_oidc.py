@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -137,3 +139,17 @@ def test_sso_routes_are_404_when_not_configured(client: FlaskClient) -> None:
     response = client.get("/login/oidc", headers={"Accept": "application/json"})
     assert response.status_code == 404
     assert "not configured" in response.get_json()["error"]["message"]
+
+
+def test_the_sign_in_page_offers_sso_only_when_configured(
+    sso_app: Flask, provider: OidcProvider, client: FlaskClient
+) -> None:
+    """Without a link a user had to know /login/oidc by heart; the link keeps the page
+    that was asked for, and signing in through it lands there."""
+    page = sso_app.test_client().get("/login?next=/models").get_data(as_text=True)
+    link = re.search(r'href="(/login/oidc[^"]*)"', page)
+    assert link is not None
+    assert html.unescape(link.group(1)) == "/login/oidc?next=/models"
+    provider.user = {"sub": "31", "groups": ["icu-doctors"]}
+    assert _sign_in(sso_app.test_client(), "/models") == 302
+    assert "/login/oidc" not in client.get("/login").get_data(as_text=True)

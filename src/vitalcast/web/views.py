@@ -84,9 +84,18 @@ def login() -> Response | str | tuple[str, int]:
             if result.reason == "locked"
             else "Wrong username or password."
         )
-        return render_template("web/login.html", error=error, next=_next_target()), 401
-    expired = request.args.get("expired") is not None
-    return render_template("web/login.html", error=error, expired=expired, next=_next_target())
+        return _login_page(error=error), 401
+    return _login_page(error=error, expired=request.args.get("expired") is not None)
+
+
+def _login_page(*, error: str | None, expired: bool = False) -> str:
+    """The sign-in form, with the single sign-on button when an identity provider is
+    configured (``VITALCAST_OIDC_ISSUER``); both return to the page that was asked for."""
+    target = _next_target()
+    sso = None
+    if get_state().settings.oidc_issuer is not None:
+        sso = url_for("oidc.start", next=target) if target else url_for("oidc.start")
+    return render_template("web/login.html", error=error, expired=expired, next=target, sso_url=sso)
 
 
 @web.post("/logout")
