@@ -241,6 +241,17 @@ def test_patient_page_and_feedback_stored_and_audited(
         ).all()
         assert [a.details["kind"] for a in audited] == ["disagree", "acknowledge"]
         assert all("vasopressors" not in str(a.details) for a in audited)
+        # Once the stay has ended, the form is gone and a posted verdict is refused.
+        patient = session.scalars(select(Patient).where(Patient.public_id == ward["patient"])).one()
+        encounter = latest_encounter(session, patient)
+        assert encounter is not None
+        encounter.discharged_at = NOW
+    assert "Your response" not in client.get(url).get_data(as_text=True)
+    late = client.post(
+        url + "/feedback", data={"csrf_token": token, "kind": "agree", "prediction_id": pid}
+    )
+    assert late.status_code == 409
+    assert "no stay in progress" in late.get_data(as_text=True)
 
 
 def test_clinician_cannot_open_admin_pages(

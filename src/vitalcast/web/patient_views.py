@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from vitalcast.clinical.tables import Condition, ImagingStudy
 from vitalcast.db.base import utcnow
-from vitalcast.errors import InvalidInput
+from vitalcast.errors import Conflict, InvalidInput
 from vitalcast.features.labels import feature_label
 from vitalcast.modeling.registry import risk_percent
 from vitalcast.modeling.tables import ModelVersion, Prediction
@@ -189,6 +189,10 @@ def feedback(patient_id: str) -> Response:
         )
     if problems:
         raise InvalidInput("the feedback form has problems", details=problems)
+    if encounter is None or encounter.discharged_at is not None:
+        # An acknowledgement or a verdict answers a risk someone acts on; after discharge
+        # there is none, and the stay's record is history.
+        raise Conflict("this patient has no stay in progress; feedback is closed")
     prediction = None
     sent_id = request.form.get("prediction_id")
     if sent_id:
@@ -201,7 +205,7 @@ def feedback(patient_id: str) -> Response:
     who = current_principal()
     row = Feedback(
         patient_id=record.id,
-        encounter_id=encounter.id if encounter is not None else None,
+        encounter_id=encounter.id,
         prediction_id=prediction.id if prediction is not None else None,
         kind=kind,
         reason=reason or None,
