@@ -21,14 +21,14 @@ from vitalcast.errors import ConfigError, VitalcastError, error_kind
 class _Group(click.Group):
     """A click group that turns vitalcast's own errors into one line and exit code 2.
 
-    Any other error is a bug; it too ends with one line (its class and the file and line
-    where it was raised, never its message) and exit code 1.
-
     A database error that escapes a command (the server went away, a constraint refused
     a write) also ends with one line, exit code 1: a traceback would show the failed
     statement and, from the driver's message, possibly values of the patient data being
     written. The line names only the error class (e.g. ``UniqueViolation``); the unit of
     work it interrupted was rolled back.
+
+    Any other error is a bug; it too ends with one line (its class and the file and line
+    where it was raised, never its message) and exit code 1.
     """
 
     def invoke(self, ctx: click.Context) -> Any:

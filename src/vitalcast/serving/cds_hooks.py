@@ -17,9 +17,9 @@ Encounter (``context.encounterId`` when the EHR gives it, else the patient's in-
 encounter that started last) gives the admission time and the unit (through the FHIR
 ingestion adapter's mapping); observations before admission, or of another encounter, are
 dropped; height and the weight charted at admission are the stay's descriptors, by the
-feature code's own rule (as for stored stays). Resources pass through the same FHIR adapter and
-preprocessing rules as ingested data, and features through the same function as
-training. Without an encounter in progress the card says so and carries no risk.
+feature code's own rule (as for stored stays). Resources pass through the same FHIR
+adapter and preprocessing rules as ingested data, and features through the same function
+as training. Without an encounter in progress the card says so and carries no risk.
 
 What cannot be used is said, never guessed at: a malformed request or prefetch is a 400
 naming each problem and its place (:mod:`.cds_prefetch`), an unusable answer of

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.clinical.tables import Encounter, Patient
@@ -49,11 +49,7 @@ def rescore_encounters(
     if champion is None or not ids:
         return []
     as_of = as_of or utcnow()
-    rows = session.execute(
-        select(Encounter, Patient.public_id)
-        .join(Patient, Patient.id == Encounter.patient_id)
-        .where(Encounter.id.in_(ids), Encounter.discharged_at.is_(None))
-    ).all()
+    rows = session.execute(_stays_in_progress().where(Encounter.id.in_(ids))).all()
     served = []
     for encounter, patient_public_id in rows:
         served.append(
@@ -93,9 +89,8 @@ def rescore_stays_in_progress(
     while True:
         with session_scope(sessions) as session:
             rows = session.execute(
-                select(Encounter, Patient.public_id)
-                .join(Patient, Patient.id == Encounter.patient_id)
-                .where(Encounter.discharged_at.is_(None), Encounter.id > last_id)
+                _stays_in_progress()
+                .where(Encounter.id > last_id)
                 .order_by(Encounter.id)
                 .limit(chunk)
             ).all()
@@ -143,6 +138,15 @@ def rescore_after_champion_change(
         return rescore_stays_in_progress(sessions, champion, bus=bus, agent=agent)
     finally:
         engine.dispose()
+
+
+def _stays_in_progress() -> Select[Encounter, str]:
+    """Encounters not yet discharged, with their patient's public id (for the event)."""
+    return (
+        select(Encounter, Patient.public_id)
+        .join(Patient, Patient.id == Encounter.patient_id)
+        .where(Encounter.discharged_at.is_(None))
+    )
 
 
 def _score_and_announce(

@@ -92,9 +92,7 @@ def _login_page(*, error: str | None, expired: bool = False) -> str:
     """The sign-in form, with the single sign-on button when an identity provider is
     configured (``VITALCAST_OIDC_ISSUER``); both return to the page that was asked for."""
     target = _next_target()
-    sso = None
-    if get_state().settings.oidc_issuer is not None:
-        sso = url_for("oidc.start", next=target) if target else url_for("oidc.start")
+    sso = url_for("oidc.start", next=target) if get_state().settings.oidc_issuer else None
     return render_template("web/login.html", error=error, expired=expired, next=target, sso_url=sso)
 
 
