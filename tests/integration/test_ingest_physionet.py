@@ -19,13 +19,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vitalcast.clinical.codes import BY_PHYSIONET, is_plausible
+from vitalcast.clinical.codes import BY_KEY, BY_PHYSIONET, is_plausible
 from vitalcast.clinical.tables import Encounter, Observation, Outcome, Patient
 from vitalcast.ingest.files import ingest_physionet2012
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.security.crypto import FieldCipher
 
 DESCRIPTORS = {"RecordID", "Age", "Gender", "Height", "ICUType", "Weight"}
+# Descriptors held to the range of the same variable charted as an observation.
+MEASURED_DESCRIPTORS = {"Height": BY_KEY["height"], "Weight": BY_KEY["weight"]}
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -36,6 +38,7 @@ class Expected:
     descriptor_rows: int = 0
     items: int = 0
     implausible: int = 0
+    implausible_descriptors: int = 0
     unknown_parameter: int = 0
     duplicates: int = 0
     hr_zero: int = 0
@@ -65,6 +68,9 @@ def expected_from_archive(data: Path, set_name: str) -> Expected:
                 if param in DESCRIPTORS and time == "00:00" and param not in descriptors:
                     descriptors.add(param)
                     exp.descriptor_rows += 1
+                    spec = MEASURED_DESCRIPTORS.get(param)
+                    if spec is not None and value != "-1":  # -1: not recorded
+                        exp.implausible_descriptors += not is_plausible(spec, float(value))
                     continue
                 exp.items += 1
                 spec = BY_PHYSIONET.get(param)
@@ -115,7 +121,20 @@ def test_set_counts_add_up(
     assert obs.duplicates == exp.duplicates
     assert obs.stored == exp.items - obs.quarantined - exp.duplicates
     assert db_session.scalar(select(func.count()).select_from(Observation)) == obs.stored
-    assert report.reasons["implausible_value"] == exp.implausible
+    # A mistyped height or weight is quarantined on its own; the stay is stored without it.
+    assert exp.implausible_descriptors > 0
+    assert report.kinds["descriptor"].quarantined == exp.implausible_descriptors
+    assert report.reasons["implausible_value"] == exp.implausible + exp.implausible_descriptors
+    height, weight = BY_KEY["height"], BY_KEY["weight"]
+    stored_implausible = db_session.scalar(
+        select(func.count())
+        .select_from(Encounter)
+        .where(
+            ~Encounter.height_cm.between(height.low, height.high)
+            | ~Encounter.weight_kg.between(weight.low, weight.high)
+        )
+    )
+    assert stored_implausible == 0
     assert report.reasons.get("unknown_parameter", 0) == exp.unknown_parameter
     # The artefacts named in the challenge description are quarantined with their rows.
     assert exp.hr_zero > 0

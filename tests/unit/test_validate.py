@@ -7,7 +7,13 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord
-from vitalcast.ingest.validate import Invalid, check_encounter, check_observation, finite_number
+from vitalcast.ingest.validate import (
+    Invalid,
+    check_encounter,
+    check_observation,
+    drop_implausible_descriptors,
+    finite_number,
+)
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -71,6 +77,28 @@ def test_encounter_times() -> None:
     with pytest.raises(Invalid) as info:
         check_encounter(EncounterRecord("e", "p", admitted), now=NOW, born_on=NOW.date())
     assert info.value.code == "before_birth"
+
+
+def test_implausible_height_and_weight_leave_the_stay_without_them() -> None:
+    admitted = NOW - timedelta(days=2)
+    sound = EncounterRecord("e", "p", admitted, age_years=70, height_cm=170.2, weight_kg=80.0)
+    assert drop_implausible_descriptors(sound) == (sound, [])
+    # PhysioNet 2012 set A has heights of 1.8 and 431.8 cm; set B a weight of 472 kg.
+    for height, weight, dropped in [
+        (431.8, 80.0, ["height_cm"]),
+        (1.8, 472.0, ["height_cm", "weight_kg"]),
+        (170.2, float("nan"), ["weight_kg"]),
+    ]:
+        rec = EncounterRecord("e", "p", admitted, age_years=70, height_cm=height, weight_kg=weight)
+        clean, why = drop_implausible_descriptors(rec)
+        assert [name for name, _, _ in why] == dropped
+        assert all(exc.code == "implausible_value" for _, _, exc in why)
+        assert all(getattr(clean, name) is None for name in dropped)
+        kept = {"height_cm", "weight_kg"} - set(dropped)
+        assert all(getattr(clean, name) == getattr(rec, name) for name in kept)
+        assert (clean.age_years, clean.ref, clean.admitted_at) == (70, "e", admitted)
+    _, why = drop_implausible_descriptors(EncounterRecord("e", "p", admitted, height_cm=431.8))
+    assert str(why[0][2]) == "Body height 431.8 cm outside plausible range 100-230"
 
 
 def test_years_outside_the_clinical_range_are_refused_before_any_conversion() -> None:

@@ -26,7 +26,7 @@ from vitalcast.clinical.records import (
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.types import new_public_id
 from vitalcast.ingest.report import IngestReport
-from vitalcast.ingest.validate import Invalid, check_encounter
+from vitalcast.ingest.validate import Invalid, check_encounter, drop_implausible_descriptors
 from vitalcast.security.crypto import FieldCipher
 
 logger = logging.getLogger(__name__)
@@ -386,6 +386,7 @@ def store_encounters(
             except Invalid as exc:
                 reject("encounter", where, exc.code, str(exc), rec, patient_id=known[1])
                 continue
+            rec = _plausible_descriptors(rec, where, reject, patient_id=known[1])
             counts.received += 1
             if known[0] in updates:
                 counts.duplicates += 1  # superseded by a newer version in this batch
@@ -418,6 +419,7 @@ def store_encounters(
         except Invalid as exc:
             reject("encounter", where, exc.code, str(exc), rec, patient_id=patient_id)
             continue
+        rec = _plausible_descriptors(rec, where, reject, patient_id=patient_id)
         counts.received += 1
         new[rec.ref] = {
             "public_id": new_public_id(),
@@ -449,6 +451,18 @@ def store_encounters(
         session.execute(update(Encounter), [_encounter_change(i, r) for i, r in updates.items()])
         counts.stored += len(updates)
         report.updated["encounter"] += len(updates)
+
+
+def _plausible_descriptors(
+    rec: EncounterRecord, where: str, reject: Any, *, patient_id: int
+) -> EncounterRecord:
+    """The stay without implausible descriptors, each of them quarantined on its own
+    (kind ``descriptor``): the stay itself is stored."""
+    rec, dropped = drop_implausible_descriptors(rec)
+    for name, value, exc in dropped:
+        raw = {"encounter": rec.ref, "field": name, "value": value}
+        reject("descriptor", f"{where} {name}", exc.code, str(exc), raw, patient_id=patient_id)
+    return rec
 
 
 def _stored_versions(

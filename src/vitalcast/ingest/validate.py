@@ -12,6 +12,8 @@ MQTT message are held to the same standard:
   converted to its code's one canonical UCUM unit; an unknown unit is never guessed;
 - values outside the variable's plausible physiological range are device artefacts or
   transcription errors (HR 0, temperature -17.8 °C in PhysioNet 2012) and are rejected;
+  so are a stay's height and weight descriptors (PhysioNet 2012 has heights of 1.8 and
+  431.8 cm), which leave the stay stored without them;
 - every variable is numeric: a text value alone is ``non_numeric_value``, as are
   numbers that are not finite (:func:`finite_number`, which adapters use to read them).
 
@@ -24,7 +26,7 @@ import math
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
-from vitalcast.clinical.codes import BY_CODE, is_plausible
+from vitalcast.clinical.codes import BY_CODE, BY_KEY, VariableSpec, is_plausible
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord
 from vitalcast.clinical.times import TimeOutOfRange, to_utc
 from vitalcast.clinical.units import UnknownUnit, to_canonical
@@ -100,11 +102,7 @@ def check_observation(
     except UnknownUnit as exc:
         raise Invalid("unknown_unit", f"{spec.label}: {exc}") from None
     if not is_plausible(spec, value):
-        raise Invalid(
-            "implausible_value",
-            f"{spec.label} {value:g} {spec.display_unit} outside plausible range"
-            f" {spec.low:g}-{spec.high:g}",
-        )
+        raise _implausible(spec, value)
     if value == obs.value and unit == obs.unit and at is obs.effective_at:
         return obs
     return replace(obs, value=value, unit=unit, effective_at=at)
@@ -117,3 +115,44 @@ def check_encounter(rec: EncounterRecord, *, now: datetime, born_on: date | None
         discharged = check_time(rec.discharged_at, now=now, born_on=born_on, what="discharge time")
         if discharged < admitted:
             raise Invalid("discharge_before_admission", "discharge time is before admission")
+
+
+# The encounter descriptors that are measurements of a vocabulary variable.
+_DESCRIPTORS: tuple[tuple[str, VariableSpec], ...] = (
+    ("height_cm", BY_KEY["height"]),
+    ("weight_kg", BY_KEY["weight"]),
+)
+
+
+def drop_implausible_descriptors(
+    rec: EncounterRecord,
+) -> tuple[EncounterRecord, list[tuple[str, float, Invalid]]]:
+    """The stay without the descriptors outside their variable's plausible range.
+
+    A mistyped height is not a reason to lose the stay, but it must not reach the models
+    (a tree splits on it) or the patient page either, so it is held to the range of the
+    same variable charted as an observation. Returns the cleaned record and, for the
+    quarantine, each dropped descriptor's field name, value and reason.
+    """
+    dropped: list[tuple[str, float, Invalid]] = []
+    for name, spec in _DESCRIPTORS:
+        value = getattr(rec, name)
+        if value is not None and not (math.isfinite(value) and is_plausible(spec, value)):
+            dropped.append((name, value, _implausible(spec, value)))
+    if not dropped:
+        return rec, dropped
+    names = {name for name, _, _ in dropped}
+    clean = replace(
+        rec,
+        height_cm=None if "height_cm" in names else rec.height_cm,
+        weight_kg=None if "weight_kg" in names else rec.weight_kg,
+    )
+    return clean, dropped
+
+
+def _implausible(spec: VariableSpec, value: float) -> Invalid:
+    return Invalid(
+        "implausible_value",
+        f"{spec.label} {value:g} {spec.display_unit} outside plausible range"
+        f" {spec.low:g}-{spec.high:g}",
+    )

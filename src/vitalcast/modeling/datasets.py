@@ -27,7 +27,7 @@ from vitalcast.ingest.sources.physionet import (
     parse_outcomes,
     parse_record,
 )
-from vitalcast.ingest.validate import Invalid, check_observation
+from vitalcast.ingest.validate import Invalid, check_observation, drop_implausible_descriptors
 from vitalcast.modeling.tasks import Task, TaskError
 
 logger = logging.getLogger(__name__)
@@ -137,9 +137,10 @@ def load_physionet(
 ) -> tuple[dict[str, StayInput], dict[str, float], dict[str, str], list[str]]:
     """Stays, in-hospital death labels and patient groups from challenge files.
 
-    Values go through the ingestion rules (units, plausibility) exactly as stored data
-    would; the counts of dropped values come back as notes. ``limit`` reads only the
-    first records of the archive (in archive order): quick real-data tests.
+    Values and the stays' height and weight go through the ingestion rules (units,
+    plausibility) exactly as stored data would; the counts of dropped values come back
+    as notes. ``limit`` reads only the first records of the archive (in archive order):
+    quick real-data tests.
 
     Raises:
         TaskError: the files are not in the challenge format.
@@ -153,8 +154,8 @@ def load_physionet(
             if limit is not None and len(stays) >= limit:
                 break
             batch = parse_record(record)
-            enc = batch.encounters[0]
-            rejected += len(batch.rejected)
+            enc, dropped = drop_implausible_descriptors(batch.encounters[0])
+            rejected += len(batch.rejected) + len(dropped)
             obs: list[tuple[str, float, datetime]] = []
             for o in batch.observations:
                 try:
