@@ -15,6 +15,7 @@ from vitalcast.clinical.records import (
 )
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.ingest.service import store_batch
+from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.security.crypto import FieldCipher
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -84,3 +85,17 @@ def test_mrn_links_sources_and_discharge_completes(
     db_session.commit()
     assert again.kinds["encounter"].duplicates == 1
     assert db_session.scalar(select(Encounter.discharged_at)) == discharged
+
+
+def test_a_quarantined_item_keeps_its_whole_code(db_session: Session, cipher: FieldCipher) -> None:
+    # Codes up to 64 characters are stored (migration 0009); a quarantined item's code,
+    # which the admin page filters on, must not be cut either.
+    long_code = "urn:local:" + "x" * 40  # 50 characters, not in the vocabulary
+    batch = RecordBatch(
+        patients=[PatientRecord("p1")],
+        observations=[ObservationRecord("p1", long_code, NOW, 1.0, "1", source_ref="p1-obs")],
+    )
+    report = store_batch(db_session, batch, source="fhir", location="a", cipher=cipher, now=NOW)
+    db_session.commit()
+    assert dict(report.reasons) == {"unknown_code": 1}
+    assert db_session.scalars(select(QuarantineItem.code)).all() == [long_code]

@@ -108,7 +108,7 @@ def _insert_postgresql(
     conn.execute(
         text(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ("
-            "patient_id integer, encounter_id integer, code varchar(32), value float8,"
+            "patient_id integer, encounter_id integer, code varchar(64), value float8,"
             " value_text varchar(200), unit varchar(16), effective_at timestamp,"
             " source_ref varchar(300), device_id varchar(64), dedup_key uuid,"
             " source_version varchar(64)) ON COMMIT DROP"

@@ -120,7 +120,7 @@ def store_batch(
                 "raw_enc": blob,
                 "key_id": key_id,
                 "patient_id": extra.get("patient_id"),
-                "code": (extra.get("code") or None) and str(extra["code"])[:32],
+                "code": (extra.get("code") or None) and str(extra["code"])[:64],
                 "effective_at": extra.get("effective_at"),
                 "received_at": now,
             }
@@ -327,7 +327,7 @@ def _store_observations(
                 str(exc),
                 rec,
                 patient_id=patient_id,
-                code=rec.code[:32],
+                code=rec.code,
                 effective_at=rec.effective_at if rec.effective_at.tzinfo else None,
             )
             continue
