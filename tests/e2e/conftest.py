@@ -219,6 +219,8 @@ CHART_HOURS: dict[str, list[tuple[float, float]]] = {
     "hr": [(h, 80.0 + h % 7) for h in range(70, 49, -1)] + [(h, 90.0) for h in range(38, 1, -1)],
     # on every 4 h, then off: one held state, one step down
     "mech_vent": [(70, 1.0), (66, 1.0), (62, 1.0), (58, 1.0), (54, 1.0), (50, 0.0), (46, 0.0)],
+    # oxygen set at 60 %, turned down twice, charted every 4 h while it held
+    "fio2": [(70, 60.0), (66, 60.0), (62, 40.0), (58, 40.0), (54, 30.0)],
     # hourly collections, one 2 h interval, an anuric hour, then 24 h without one
     "urine": [
         *[(70, 60.0), (69, 50.0), (68, 40.0), (67, 45.0), (65, 90.0), (64, 0.0)],

@@ -136,11 +136,11 @@ def _table_rows(chart: Locator) -> list[list[str]]:
     return rows
 
 
-def test_charts_draw_states_intervals_and_gaps(
+def test_charts_draw_states_settings_intervals_and_gaps(
     page: Page, server: Server, chart_patient: str
 ) -> None:
-    """A state is a step, a volume is a bar over its collection interval, and a line
-    breaks where the values are further apart than the variable's gap limit."""
+    """A state or a setting is a step, a volume is a bar over its collection interval,
+    and a line breaks where the values are further apart than the variable's gap limit."""
     sign_in(page, "carla")
     page.goto(f"/patients/{chart_patient}")
     page.locator("#labs-charts figure").first.wait_for()
@@ -158,6 +158,14 @@ def test_charts_draw_states_intervals_and_gaps(
     assert vent.locator("text.ytick").all_text_contents() == ["Off", "On"]
     states = [r[1] for r in _table_rows(vent) if r[1]]
     assert states == ["On"] * 5 + ["Off"] * 2
+    # FiO₂: a setting held until changed, so steps too, on a numeric axis in percent.
+    fio2 = _chart(page, "Inspired oxygen")
+    expect(fio2.locator("polyline")).to_have_count(0)
+    step = fio2.locator("path.series-step").get_attribute("d") or ""
+    assert re.fullmatch(r"M[\d.]+,[\d.]+(H[\d.]+V[\d.]+){4}", step), step
+    assert all(t.isdigit() for t in fio2.locator("text.ytick").all_text_contents())
+    assert [r[1] for r in _table_rows(fio2) if r[1]] == ["60", "60", "40", "40", "30"]
+    expect(fio2.locator("summary")).to_have_text("Values of inspired oxygen (FiO₂) (5)")
     # Urine output: one bar per collection over its interval, as high as its hourly rate
     # (the 2 h collection of 90 mL is as high as the 1 h one of 45 mL, twice as wide);
     # the two collections with no known interval are marks on the time axis.

@@ -1,5 +1,5 @@
-"""The patient page's drawing rules: which variables are states, intervals or lines, and
-the gap after which a line breaks (documented in vitalcast.web.charting)."""
+"""The patient page's drawing rules: which variables are states, settings, intervals or
+lines, and the gap after which a line breaks (documented in vitalcast.web.charting)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vitalcast.web.charting import chart_rule, chart_variables
         ("art_map", "line", 6.0),
         ("temp", "line", 12.0),
         ("gcs", "line", 12.0),
-        ("fio2", "line", 12.0),
+        ("fio2", "setting", 12.0),
         ("mech_vent", "state", 12.0),
         ("urine", "interval", 12.0),
         ("creatinine", "line", 48.0),

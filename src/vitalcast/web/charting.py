@@ -6,6 +6,9 @@ points gets wrong, each fixed by a rule here that the browser applies
 
 * **States** (mechanical ventilation, 0/1) do not slope from one to the other: the state
   holds until the next charted state, so it is drawn as a step, labelled Off/On.
+  **Settings** (FiO₂, set on the ventilator or oxygen blender) hold the same way until
+  changed: steps too, on a numeric axis. A line from 60 % to 40 % over four hours would
+  say the patient breathed 50 % in between, which nobody set.
 * **Volumes per interval** (urine output) are not a level at an instant: each value is
   the volume collected since the previous one (how ICU charts, and PhysioNet 2012, record
   it), so it is drawn as a bar spanning that interval, as high as the hourly rate (its
@@ -39,7 +42,7 @@ from typing import Any, Literal
 
 from vitalcast.clinical.codes import VARIABLES, VariableSpec
 
-ChartStyle = Literal["line", "state", "interval"]
+ChartStyle = Literal["line", "state", "setting", "interval"]
 
 ROUND_VITALS_GAP_HOURS = 6.0
 SLOW_VITALS_GAP_HOURS = 12.0
@@ -66,7 +69,9 @@ def chart_rule(spec: VariableSpec) -> ChartRule:
         return ChartRule("interval", SLOW_VITALS_GAP_HOURS)
     if spec.kind == "lab":
         return ChartRule("line", LAB_GAP_HOURS)
-    if spec.kind == "intervention" or spec.key in _SLOW_VITALS:
+    if spec.kind == "intervention":
+        return ChartRule("setting", SLOW_VITALS_GAP_HOURS)
+    if spec.key in _SLOW_VITALS:
         return ChartRule("line", SLOW_VITALS_GAP_HOURS)
     return ChartRule("line", ROUND_VITALS_GAP_HOURS)
 

@@ -70,7 +70,8 @@
      percent (values are probabilities, shown as %), markers [{t: Date, label}],
      quarantined [{t: Date|null, reason}], xMin/xMax (Date), height, width, and the
      variable's drawing rule (web/charting.py): style "line" (default), "state" (a held
-     0/1 state drawn as steps, labelled with opts.states) or "interval" (each value is a
+     0/1 state drawn as steps, labelled with opts.states), "setting" (a number held until
+     changed, FiO₂: steps on a numeric axis) or "interval" (each value is a
      volume collected since the previous one: a bar over that interval as high as the
      hourly rate, so that its area is the volume), and gapHours: neighbouring values
      further apart are not joined. */
@@ -177,13 +178,13 @@
     svgEl("line", { x1: box.L, x2: box.W - box.R, y1: box.H - box.B, y2: box.H - box.B, class: "axis" }, svg);
   }
 
-  /* Lines (or, for a state, steps that hold each value until the next) within each run,
-     and a dot on every value. */
+  /* Lines (or, for a state or a setting, steps that hold each value until the next)
+     within each run, and a dot on every value. */
   function drawRuns(svg, box, parts, opts, style) {
     var n = parts.reduce(function (a, r) { return a + r.length; }, 0);
     parts.forEach(function (run) {
       if (run.length < 2) return;
-      if (style === "state") {
+      if (style === "state" || style === "setting") {
         var d = "M" + box.x(+run[0].t).toFixed(1) + "," + box.y(run[0].v).toFixed(1);
         for (var i = 1; i < run.length; i++) d += "H" + box.x(+run[i].t).toFixed(1) + "V" + box.y(run[i].v).toFixed(1);
         svgEl("path", { d: d, class: "series series-step" }, svg);
@@ -284,7 +285,7 @@
   function valuesTable(fig, s, opts, style, gapMs) {
     var det = htmlEl("details", { "data-chart": opts.title }, null, fig);
     var q = opts.quarantined || [];
-    htmlEl("summary", {}, "Values of " + opts.title.toLowerCase() + " (" + s.length + (q.length ? ", " + q.length + " quarantined" : "") + ")", det);
+    htmlEl("summary", {}, "Values of " + inSentence(opts.title) + " (" + s.length + (q.length ? ", " + q.length + " quarantined" : "") + ")", det);
     var table = htmlEl("table", { class: "data" }, null, det);
     var hr = htmlEl("tr", {}, null, htmlEl("thead", {}, null, table));
     var unit = opts.unit ? " (" + opts.unit + ")" : "";
@@ -304,6 +305,14 @@
       htmlEl("td", {}, r.v, tr);
       htmlEl("td", {}, r.note, tr);
     });
+  }
+
+  /* A title inside a sentence: "heart rate", but "PaO₂", "ALT" and "inspired oxygen
+     (FiO₂)" keep their capitals (lower-casing all of it wrote "fio₂"). */
+  function inSentence(title) {
+    var word = title.split(" ")[0];
+    var plain = word.slice(1) === word.slice(1).toLowerCase();
+    return plain ? title.charAt(0).toLowerCase() + title.slice(1) : title;
   }
 
   function rowNote(s, i, opts, style, gapMs) {
