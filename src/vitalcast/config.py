@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     field_key: SecretStr | None = Field(
         None,
         description="Base64 of a 32-byte AES-256-GCM key encrypting direct identifiers at"
-        " rest (`keyid:base64` to name the key; several comma-separated, first is current)."
-        " Required in production.",
+        " rest (`keyid:base64` to name the key; several comma-separated, each named, first"
+        " is current; an unnamed key alone is `k0`). Required in production.",
     )
     hmac_key: SecretStr | None = Field(
         None,

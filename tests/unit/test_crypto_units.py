@@ -45,6 +45,36 @@ def test_bad_keys_name_the_variable() -> None:
         FieldCipher.from_strings(_key(), "not base64!")
 
 
+def test_a_key_used_alone_may_be_unnamed_and_keeps_its_id_when_a_new_key_comes_first() -> None:
+    old, new, mac = _key(), _key(), _key()
+    alone = FieldCipher.from_strings(old, mac)
+    blob, key_id = alone.encrypt({"mrn": "M1"}, context="c")
+    assert key_id == "k0"
+    rotated = FieldCipher.from_strings(f"k1:{new},k0:{old}", mac)
+    assert (rotated.current, rotated.decrypt(blob, key_id, context="c")) == ("k1", {"mrn": "M1"})
+    assert FieldCipher.from_strings(f"{old},", mac).keys == alone.keys  # a trailing comma
+
+
+@pytest.mark.parametrize(
+    ("keyring", "message"),
+    [
+        # By position the old key was "k1" as well and silently replaced the new one.
+        ("k1:{new},{old}", "key 2 of 2 has no id; name every key"),
+        ("{new},{old}", "key 1 of 2 has no id"),
+        ("k1:{new},k1:{old}", "key id 'k1' is given twice"),
+        (":{new}", "key 1: ids are 1-32 letters"),
+        ("key one:{new}", "key 1: ids are 1-32 letters"),
+        (" , ", "no key given"),
+    ],
+)
+def test_a_keyring_that_could_name_the_wrong_key_is_refused(keyring: str, message: str) -> None:
+    old, new = _key(), _key()
+    with pytest.raises(ConfigError, match="VITALCAST_FIELD_KEY: " + message) as info:
+        FieldCipher.from_strings(keyring.format(old=old, new=new), _key())
+    assert old not in str(info.value)
+    assert new not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("code", "value", "unit", "expected"),
     [

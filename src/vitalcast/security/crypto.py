@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from vitalcast.config import Settings
 
 _NONCE_BYTES = 12
+# The id of a key given without one (rows store it; the column holds 32 characters).
+UNNAMED_KEY_ID = "k0"
+_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,38 @@ class FieldCipher:
     def from_strings(cls, field_key: str, hmac_key: str) -> FieldCipher:
         """Parse ``keyid:base64[,keyid:base64...]`` and a base64 HMAC key.
 
+        A key given alone may be unnamed: its id is ``k0``, which every row it encrypted
+        names. In a ring of several keys each must be named. An id by position would
+        change meaning when a new key is put first: ``k1:NEW,OLD`` named the old key
+        ``k1`` too, so it silently replaced the new one, and rows of ``k0`` no longer
+        decrypted.
+
         Raises:
-            ConfigError: a key is malformed or has the wrong length.
+            ConfigError: a key is malformed, has the wrong length, is unnamed in a ring
+                of several, or an id is invalid or repeats (the message names the
+                variable and the entry's position, never the key).
         """
         keys: dict[str, bytes] = {}
         order: list[str] = []
-        for n, entry in enumerate(field_key.split(",")):
-            entry = entry.strip()
+        entries = [e for e in (e.strip() for e in field_key.split(",")) if e]
+        if not entries:
+            raise ConfigError("VITALCAST_FIELD_KEY: no key given")
+        for n, entry in enumerate(entries, start=1):
             key_id, sep, material = entry.partition(":")
             if not sep:
-                key_id, material = f"k{n}", entry
+                if len(entries) > 1:
+                    raise ConfigError(
+                        f"VITALCAST_FIELD_KEY: key {n} of {len(entries)} has no id; name"
+                        " every key of a ring (keyid:base64); a key used alone unnamed"
+                        f" is {UNNAMED_KEY_ID}"
+                    )
+                key_id, material = UNNAMED_KEY_ID, entry
+            if not _KEY_ID.match(key_id):
+                raise ConfigError(
+                    f"VITALCAST_FIELD_KEY: key {n}: ids are 1-32 letters, digits, '.', '_' or '-'"
+                )
+            if key_id in keys:
+                raise ConfigError(f"VITALCAST_FIELD_KEY: key id {key_id!r} is given twice")
             raw = _b64(material, "VITALCAST_FIELD_KEY")
             if len(raw) != 32:
                 raise ConfigError("VITALCAST_FIELD_KEY: each key must be 32 bytes (AES-256)")
