@@ -210,7 +210,7 @@ POINT_METRICS: dict[str, Metric] = {
 
 # Metrics whose bootstrap interval is the basic (reverse-percentile) one, not the
 # percentile one; see :func:`evaluate`.
-BASIC_INTERVAL_METRICS = frozenset({"hl_h"})
+BASIC_INTERVAL_METRICS = frozenset({"hl_h", "ece"})
 
 
 def resample_rows(
@@ -237,13 +237,17 @@ def resample_rows(
 def bootstrap_interval(name: str, estimate: float, draws: np.ndarray) -> list[float]:
     """95 % interval of metric ``name`` from its bootstrap ``draws``.
 
-    Percentile interval for every metric but H. Resampling inflates H: duplicated patients
-    add noise to every decile's O − E, so H's bootstrap distribution sits above the
-    estimate (for exactly calibrated predictions of 4000 patients, 96 % of the draws
-    exceed it) and a percentile interval can exclude its own estimate. For H the basic
-    interval (Davison & Hinkley 1997, §5.2: ``2·Ĥ − q97.5, 2·Ĥ − q2.5``, floored at 0)
-    reflects that shift back around the estimate. :func:`hl_h_if_calibrated` says whether
-    an H is more than noise.
+    Percentile interval for every metric but H and ECE. Resampling inflates both:
+    duplicated patients add noise to every group's O − E, so their bootstrap distribution
+    sits above the estimate (for exactly calibrated predictions of 4000 patients, 96 % of
+    H's draws exceed it) and a percentile interval can exclude its own estimate. For them
+    the basic interval (Davison & Hinkley 1997, §5.2: ``2·θ̂ − q97.5, 2·θ̂ − q2.5``,
+    floored at 0) reflects that shift back. The estimate is inflated by the same noise, so
+    for a nearly calibrated model the basic interval may lie below it: it then says the
+    true value is smaller. In simulation (4000 calibrated ICU-like risks, 100 data sets)
+    the ECE's percentile interval held the true ECE (0.0007) in 0 of 100, the basic one
+    in 75; for two miscalibrated models (true ECE 0.03) 96 and 85 against 91 and 90.
+    :func:`hl_h_if_calibrated` says whether an H is more than noise.
     """
     draws = draws[np.isfinite(draws)]
     if not len(draws):

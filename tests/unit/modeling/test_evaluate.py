@@ -123,6 +123,23 @@ def test_h_interval_holds_its_estimate_where_the_percentile_one_did_not() -> Non
     assert off["hl_h_ci"][0] > hi
 
 
+def test_ece_interval_reaches_a_calibrated_models_true_ece() -> None:
+    """ECE is inflated by resampling as H is: for calibrated predictions (true ECE about
+    0.001) the percentile interval lies wholly above the truth; the basic one reaches it."""
+    rng = np.random.default_rng(11)
+    p = rng.beta(0.6, 3.5, 4000)
+    y = (rng.random(4000) < p).astype(int)
+    fair = ev.evaluate(y, p, 0.5, n_boot=100, seed=2)
+    draws = np.array(
+        [ev.ece(y[i], p[i]) for i in (rng.integers(0, 4000, 4000) for _ in range(100))]
+    )
+    assert np.quantile(draws, 0.025) > 0.002  # the percentile interval's lower end
+    lo, hi = fair["ece_ci"]
+    assert lo <= 0.002 < hi
+    off = ev.evaluate(y, p / 1.3, 0.5, n_boot=100, seed=2)  # risks a quarter too low
+    assert off["ece_ci"][0] > hi
+
+
 def test_intervals_resample_patients_not_rows() -> None:
     """Each patient's outcome repeated over three rows: resampling rows treats the copies
     as independent and narrows the interval; resampling patients does not."""
