@@ -17,13 +17,11 @@ import argparse
 import os
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-
 import _results
+from _scratch import scratch_database
 from vitalcast.config import load_settings
 from vitalcast.db import create_db_engine, upgrade_database
 from vitalcast.db.session import make_session_factory, session_scope
@@ -37,10 +35,6 @@ from vitalcast.serving.rescoring import rescore_stays_in_progress
 from vitalcast.synth.cohort import generate_cohort
 from vitalcast.synth.service import store_cohort
 
-PG_ADMIN = os.environ.get(
-    "VITALCAST_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,18 +42,8 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help="write bench/results/*.json")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
-    name = f"vc_bench_rescore_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            figures = _run(url, Path(tmp), args.patients)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("vc_bench_rescore") as url, tempfile.TemporaryDirectory() as tmp:
+        figures = _run(url, Path(tmp), args.patients)
     print(
         f"rescored {figures['stays']} open stays in {figures['seconds']:.1f} s"
         f" ({figures['stays_per_second']:.0f} stays/s, {figures['ms_per_stay']:.1f} ms each;"

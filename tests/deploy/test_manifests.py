@@ -90,7 +90,12 @@ def test_required_kinds_are_present() -> None:
     required = {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "CronJob"}
     assert required | {"NetworkPolicy", "Job"} <= kinds
     names = {doc["metadata"]["name"] for _, doc in _k8s_docs() if doc["kind"] == "CronJob"}
-    assert names == {"vitalcast-monitor", "vitalcast-retrain", "vitalcast-audit-anchor"}
+    assert names == {
+        "vitalcast-monitor",
+        "vitalcast-retrain",
+        "vitalcast-audit-anchor",
+        "vitalcast-audit-verify",
+    }
 
 
 @pytest.mark.parametrize(("name", "pod"), _pod_specs(), ids=[n for n, _ in _pod_specs()])

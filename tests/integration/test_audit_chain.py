@@ -347,6 +347,112 @@ def test_monitor_run_appends_an_anchor_when_configured(
     assert code == 0, err
     assert "audit anchor: {" in out
     [anchor] = [json.loads(line) for line in anchors.read_text().splitlines()]
+    # The anchor signs the head as it was; the chain then records the anchoring itself.
+    recorded, head = db_session.scalars(
+        select(AuditEvent).order_by(AuditEvent.id.desc()).limit(2)
+    ).all()
+    assert (recorded.event, recorded.details["anchor"]) == ("audit.anchored", anchor)
+    assert (anchor["head_id"], anchor["head_hash"]) == (head.id, head.hash)
+
+
+def _anchor(settings: Settings, *more: str) -> tuple[int, dict[str, object] | None, str]:
+    code, out, err = _invoke(settings, ["audit", "anchor", *more])
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def test_anchoring_resumes_at_the_newest_anchor(
+    settings: Settings, db_session: Session, tmp_path: Path
+) -> None:
+    anchors = tmp_path / "anchors.jsonl"
+    _fill(db_session, 5)
+    code, first, err = _anchor(settings, "--file", str(anchors))
+    assert code == 0, err
+    assert "5 events verified (whole chain)" in err
+    _fill(db_session, 3, start=5)
+    code, second, err = _anchor(settings, "--file", str(anchors))
+    assert code == 0, err
+    assert first is not None
+    assert second is not None
+    # The three new events and the first anchoring's own audit.anchored event.
+    assert f"4 events verified after the anchor at event id {first['head_id']}" in err
+    assert second["rows"] == 9
+    code, out, _ = _invoke(settings, ["audit", "verify", "--anchor", str(anchors)])
+    assert code == 0
+    assert "audit chain intact: 10 events verified" in out  # and the second anchoring's
+    assert "anchors: 2 honoured" in out
+    code, _, err = _anchor(settings, "--file", str(anchors), "--full")
+    assert code == 0, err
+    assert "10 events verified (whole chain)" in err
+
+
+def test_anchoring_without_a_file_resumes_at_the_anchor_the_chain_recorded(
+    settings: Settings, db_session: Session
+) -> None:
+    _fill(db_session, 3)
+    code, first, err = _anchor(settings)
+    assert code == 0, err
+    assert "not stored: no anchor file configured" in err
+    _fill(db_session, 2, start=3)
+    code, _, err = _anchor(settings)
+    assert code == 0, err
+    assert first is not None
+    assert f"3 events verified after the anchor at event id {first['head_id']}" in err
+    # A forged audit.anchored event (no audit key: its anchor cannot be signed) that
+    # would have the next anchoring skip the rows before it is refused, not trusted.
     head = db_session.scalar(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1))
     assert head is not None
-    assert (anchor["head_id"], anchor["head_hash"]) == (head.id, head.hash)
+    fake = dict(first) | {"head_id": head.id, "head_hash": head.hash, "rows": 7}
+    _as_superuser_bypassing_triggers(db_session)
+    db_session.execute(
+        insert(AuditEvent).values(
+            occurred_at=datetime.now(UTC),
+            event="audit.anchored",
+            action="E",
+            outcome="success",
+            actor="system",
+            details={"anchor": fake},
+            prev_hash=head.hash,
+            chain_version=audit.FORMAT_KEYED,
+            key_id="test1",
+            hash="e" * 64,
+        )
+    )
+    db_session.commit()
+    code, _, err = _anchor(settings)
+    assert code == 1
+    assert "does not match the anchor recorded in audit event" in err
+    assert "signature does not verify" in err
+
+
+def test_incremental_anchoring_walks_after_the_anchor_and_counts_before_it(
+    settings: Settings, db_session: Session, tmp_path: Path
+) -> None:
+    anchors = tmp_path / "anchors.jsonl"
+    before = _fill(db_session, 4)
+    assert _anchor(settings, "--file", str(anchors))[0] == 0
+    after = _fill(db_session, 2, start=4)
+    _as_superuser_bypassing_triggers(db_session)
+    # A row changed after the newest anchor: the incremental walk covers it.
+    db_session.execute(update(AuditEvent).where(AuditEvent.id == after[1]).values(actor="x"))
+    db_session.commit()
+    code, _, err = _anchor(settings, "--file", str(anchors))
+    assert code == 1
+    assert f"BROKEN at event id {after[1]}: row content does not match its HMAC" in err
+    db_session.execute(delete(AuditEvent).where(AuditEvent.id == after[1]))
+    db_session.commit()
+    assert _anchor(settings, "--file", str(anchors))[0] == 0
+    # A row changed before it: the trade-off of resuming. Only a full walk sees it.
+    db_session.execute(update(AuditEvent).where(AuditEvent.id == before[1]).values(actor="x"))
+    db_session.commit()
+    assert _anchor(settings, "--file", str(anchors))[0] == 0
+    code, _, err = _anchor(settings, "--file", str(anchors), "--full")
+    assert code == 1
+    assert f"BROKEN at event id {before[1]}" in err
+    assert _invoke(settings, ["audit", "verify", "--anchor", str(anchors)])[0] == 1
+    # A row deleted before the newest anchor changes its count: caught without a walk.
+    db_session.execute(delete(AuditEvent).where(AuditEvent.id == before[2]))
+    db_session.commit()
+    code, _, err = _anchor(settings, "--file", str(anchors))
+    assert code == 1
+    assert "does not match the anchor file's newest anchor" in err
+    assert "events were deleted or inserted" in err

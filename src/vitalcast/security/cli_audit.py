@@ -139,16 +139,25 @@ def _intact_report(chain: audit.ChainCheck, anchored: AnchorCheck | None) -> lis
     help="Append the anchor to this file (append-only / WORM storage, off the database"
     " host). Default: VITALCAST_AUDIT_ANCHOR_FILE; without either it is only printed.",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Walk the whole chain and check every anchor in the file, not only the events"
+    " since the newest anchor.",
+)
 @click.pass_context
-def audit_anchor(ctx: click.Context, anchor_file: Path | None) -> None:
+def audit_anchor(ctx: click.Context, anchor_file: Path | None, full: bool) -> None:
     """Record the chain's head outside the database, signed with the audit key.
 
-    Verifies the whole chain and the file's earlier anchors first, then appends one JSON
-    line (head event id and hash, number of events, time, key id, HMAC) to the anchor
-    file and prints it on standard output for log shipping (syslog, SIEM). Run it on a
-    schedule: `vitalcast audit verify` then detects deleted newest events back to the
-    latest anchor. Exit status: 0 anchored; 1 the chain is broken or no longer holds an
-    earlier anchor (nothing appended); 2 a configuration error.
+    Checks the newest anchor (the file's, or the one the chain records of the last
+    anchoring) and verifies the events after it, or with --full the whole chain and
+    every anchor in the file; then appends one JSON line (head event id and hash, number
+    of events, time, key id, HMAC) to the anchor file, prints it on standard output for
+    log shipping (syslog, SIEM) and records it in the chain as an audit.anchored event.
+    Run it on a schedule: `vitalcast audit verify` then detects deleted newest events
+    back to the latest anchor; run `audit verify` (a full walk) daily as well. Exit
+    status: 0 anchored; 1 the chain is broken or no longer holds an anchor it checked
+    (nothing appended); 2 a configuration error.
     """
     settings = _settings(ctx)
     keyring = keyring_from_settings(settings)
@@ -156,15 +165,21 @@ def audit_anchor(ctx: click.Context, anchor_file: Path | None) -> None:
     engine = create_db_engine(settings.resolved_database_url)
     try:
         with session_scope(make_session_factory(engine)) as session:
-            outcome = anchor_now(session, keyring, path)
+            outcome = anchor_now(session, keyring, path, full=full, agent=audit.CLI)
     finally:
         engine.dispose()
-    if outcome.anchor is None:
+    if outcome.anchor is None or outcome.check is None:
         click.echo(f"{outcome.failure}; no anchor written", err=True)
         sys.exit(1)
     click.echo(outcome.anchor.to_json())
+    check = outcome.check
+    walked = (
+        f"{check.walked} events verified after the anchor at event id {check.start_id}"
+        if check.start_id
+        else f"{check.walked} events verified (whole chain)"
+    )
     where = f"appended to {path}" if path else "not stored: no anchor file configured"
-    click.echo(f"anchored event id {outcome.anchor.head_id}; {where}", err=True)
+    click.echo(f"anchored event id {outcome.anchor.head_id}; {walked}; {where}", err=True)
 
 
 def _when(value: str | None, name: str) -> datetime | None:
