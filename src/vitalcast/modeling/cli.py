@@ -314,7 +314,13 @@ def rescore_stays(ctx: click.Context, task: str, agent: Any) -> None:
     done = rescore_after_champion_change(
         settings.resolved_database_url, settings.redis_url, task, agent
     )
-    if done is not None:
+    if done is not None and done.superseded:
+        click.echo(
+            f"rescored {done.stays} stays in progress with {done.version}, then stopped:"
+            " another champion was promoted meanwhile (its own command rescores the stays"
+            " unless it was given --no-rescore)"
+        )
+    elif done is not None:
         click.echo(f"rescored {done.stays} stays in progress with {done.version}")
 
 

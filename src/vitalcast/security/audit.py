@@ -141,6 +141,22 @@ def _keyed_message(prev_hash: str, occurred_at: datetime, ev: Event, key_id: str
     return _ROW_MAC_PREFIX + _canonical(body)
 
 
+def lock_chain(session: Session) -> None:
+    """Take the chain's lock in ``session``'s transaction (PostgreSQL; held to commit,
+    re-entrant; a no-op on SQLite, whose single writer already serialises appends).
+
+    Every audited transaction holds this lock from its first append to its commit, so it
+    also orders them: whatever a transaction reads after taking it was committed by every
+    audited transaction that committed before it, and no audited transaction can commit
+    until it does. Serving relies on that to score only with the current champion (every
+    alias change is audited in its own transaction; ``serving/models.py``). A transaction
+    that takes another lock must take this one first: the order is what keeps them
+    deadlock-free.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_ID})
+
+
 def record(session: Session, ev: Event, *, keyring: AuditKeyring | None = None) -> AuditEvent:
     """Append ``ev`` to the chain inside the caller's transaction, keyed with the current
     key of ``keyring`` (default: the one the process's entry point installed).
@@ -149,9 +165,7 @@ def record(session: Session, ev: Event, *, keyring: AuditKeyring | None = None) 
         ConfigError: no keyring is installed; an event is never written unkeyed.
     """
     keyring = keyring or audit_keys.installed()
-    if session.get_bind().dialect.name == "postgresql":
-        # Serialise appends so two transactions never link to the same predecessor.
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_ID})
+    lock_chain(session)  # two transactions never link to the same predecessor
     prev = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
     prev_hash = prev or GENESIS
     occurred_at = utcnow()

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, jsonify, make_response, request, stream_with_context
+from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
 from vitalcast.db.types import new_public_id
@@ -20,6 +21,7 @@ from vitalcast.serving.context import audit_event, current_principal, db, reques
 from vitalcast.serving.errors import render_error
 from vitalcast.serving.fastpath import feature_errors, predict_one
 from vitalcast.serving.guard import still_authorised
+from vitalcast.serving.models import refresh_if_stale, scoring_models
 from vitalcast.serving.openapi import operation
 from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import list_ward
@@ -39,7 +41,7 @@ from vitalcast.serving.schemas import (
     parse_query,
 )
 from vitalcast.serving.scoring import record_prediction, score_encounter
-from vitalcast.serving.state import get_state
+from vitalcast.serving.state import AppState, get_state
 from vitalcast.serving.validation import json_body, raise_if
 
 api = Blueprint("api", __name__)
@@ -104,7 +106,9 @@ def predict() -> Response:
     predictor = _predictor()
     session = db()
     if isinstance(body, dict) and set(body) == {"patient_id"}:
-        prediction, admitted_at = _predict_stored_patient(session, predictor, body["patient_id"])
+        prediction, admitted_at, predictor = _predict_stored_patient(
+            session, get_state(), body["patient_id"]
+        )
         early = early_in_stay(predictor.task, admitted_at, prediction.as_of)
     else:
         predict_one(predictor.scorer, body)  # validates: every bad field reported at once
@@ -227,20 +231,27 @@ def _batch_rows(body: Any) -> list[Any]:
 
 
 def _predict_stored_patient(
-    session: Any, predictor: Predictor, patient_id: Any
-) -> tuple[Prediction, datetime]:
-    """The stored patient's latest stay scored now, and that stay's admission time.
+    session: Session, state: AppState, patient_id: Any
+) -> tuple[Prediction, datetime, Predictor]:
+    """The stored patient's latest stay scored now, that stay's admission time, and the
+    champion that scored it.
 
     The patient is looked up as the patient routes do (:func:`get_patient_or_raise`), so
     a caller bound to units cannot score, and store a prediction for, a patient outside
-    them: the answer is the 404 an unknown id gets.
+    them: the answer is the 404 an unknown id gets. The prediction becomes the stay's
+    current risk, so it is scored by the registry's champion as this transaction sees
+    it (:func:`scoring_models`), not by one the watcher has not replaced yet.
     """
     if not isinstance(patient_id, str) or "\x00" in patient_id:
         raise_if([{"loc": ["body", "patient_id"], "msg": "must be a string"}])
+    refresh_if_stale(session, state)  # a reload before the lock, not under it
     patient = get_patient_or_raise(session, patient_id)
     encounter = latest_encounter(session, patient)
     if encounter is None:
         raise NotFound("the patient has no encounter to score")
+    predictor, _ = scoring_models(session, state)
+    if predictor is None:
+        raise ModelUnavailable("no champion model is loaded")
     prediction = score_encounter(session, predictor, encounter, role="champion")
     audit_event(
         "prediction.served",
@@ -248,7 +259,7 @@ def _predict_stored_patient(
         patient_id=patient.public_id,
         resource=f"Prediction/{prediction.public_id}",
     )
-    return prediction, encounter.admitted_at
+    return prediction, encounter.admitted_at, predictor
 
 
 @api.get("/patients")

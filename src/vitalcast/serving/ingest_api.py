@@ -26,6 +26,7 @@ from vitalcast.serving.context import (
     db,
     request_id,
 )
+from vitalcast.serving.models import refresh_if_stale
 from vitalcast.serving.openapi import operation
 from vitalcast.serving.patient_api import get_patient_or_raise, patient_in_units
 from vitalcast.serving.rescoring import rescore_encounters
@@ -115,6 +116,9 @@ def post_observations() -> tuple[Response, int]:
     batch = parse_observations_payload(request.get_data(cache=False))
     session = db()
     state = get_state()
+    # A model promoted since the watcher's last poll is loaded now, before the batch's
+    # audit event takes the lock under which the rescoring confirms it.
+    refresh_if_stale(session, state)
     batch = attach_devices(session, batch)
     _check_units(session, batch)
     report = store_batch(

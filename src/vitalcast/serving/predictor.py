@@ -186,9 +186,15 @@ def load_champion(state: AppState, task: str = DEFAULT_TASK) -> Predictor | None
 def alias_versions(sessions: sessionmaker[Session], task: str) -> dict[str, int]:
     """Which model version row each alias of ``task`` points at now."""
     with sessions() as session:
-        rows = session.execute(
-            select(ModelVersion.alias, ModelVersion.id).where(
-                ModelVersion.task == task, ModelVersion.alias.in_(("champion", "challenger"))
-            )
-        ).all()
+        return aliases_in(session, task)
+
+
+def aliases_in(session: Session, task: str) -> dict[str, int]:
+    """Which model version row each alias of ``task`` points at, as ``session``'s
+    transaction sees it (one read of the task's few registry rows)."""
+    rows = session.execute(
+        select(ModelVersion.alias, ModelVersion.id).where(
+            ModelVersion.task == task, ModelVersion.alias.in_(("champion", "challenger"))
+        )
+    ).all()
     return {alias: version_id for alias, version_id in rows if alias}

@@ -14,6 +14,7 @@ recently a nurse charted.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,10 +27,13 @@ from vitalcast.db.base import utcnow
 from vitalcast.db.session import session_scope
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security import audit
-from vitalcast.serving.predictor import DEFAULT_TASK, Predictor, load_predictor
+from vitalcast.serving.models import scoring_models
+from vitalcast.serving.predictor import DEFAULT_TASK, Predictor, aliases_in, load_predictor
 from vitalcast.serving.realtime import EventBus, risk_event
 from vitalcast.serving.scoring import score_encounter
 from vitalcast.serving.state import AppState
+
+logger = logging.getLogger(__name__)
 
 # Stays scored per transaction when the champion changes: a ward of a thousand stays is
 # not one long transaction holding its locks, and a failure keeps what was committed.
@@ -43,10 +47,18 @@ def rescore_encounters(
     *,
     as_of: datetime | None = None,
 ) -> list[Prediction]:
-    """Score each in-progress encounter with the champion (and the challenger in shadow)."""
-    champion, challenger = state.predictor, state.challenger
+    """Score each in-progress encounter with the champion (and the challenger in shadow).
+
+    The models are the registry's as this transaction sees them, not merely the ones the
+    process's watcher last loaded (:func:`vitalcast.serving.models.scoring_models`): a
+    prediction of a retired champion stored after a promotion's rescoring pass would stay
+    on the ward until the stay's next observation.
+    """
     ids = sorted(set(encounter_ids))
-    if champion is None or not ids:
+    if not ids:
+        return []
+    champion, challenger = scoring_models(session, state)
+    if champion is None:
         return []
     as_of = as_of or utcnow()
     rows = session.execute(_stays_in_progress().where(Encounter.id.in_(ids))).all()
@@ -66,6 +78,9 @@ class StaysRescored:
 
     version: str
     stays: int
+    # Stopped because another champion was promoted meanwhile: its own rescoring, run
+    # after its commit, scores the stays this one did not reach.
+    superseded: bool = False
 
 
 def rescore_stays_in_progress(
@@ -83,33 +98,65 @@ def rescore_stays_in_progress(
     events and one ``prediction.rescored`` audit event (model and count, no identifiers).
     Stays are taken in id order, so a stay admitted meanwhile is scored by its own data
     arrival, and a failure leaves the earlier chunks scored.
+
+    A chunk commits only while ``champion`` is still the champion: when two promotions
+    follow each other, the first one's pass would otherwise go on storing its model's
+    risks after the second one's pass. The check is read after the chunk's audit event,
+    under the chain lock that every alias change also takes, so no promotion commits
+    between it and the chunk's commit; a superseded chunk is rolled back and the pass
+    stops.
     """
     as_of = as_of or utcnow()
     last_id, total = 0, 0
     while True:
-        with session_scope(sessions) as session:
-            rows = session.execute(
-                _stays_in_progress()
-                .where(Encounter.id > last_id)
-                .order_by(Encounter.id)
-                .limit(chunk)
-            ).all()
-            if not rows:
-                break
-            for encounter, patient_public_id in rows:
-                _score_and_announce(session, champion, encounter, patient_public_id, bus, as_of)
-            audit.record(
-                session,
-                agent.event(
-                    "prediction.rescored",
-                    "E",
-                    resource=f"model/{champion.version}",
-                    details={"stays": len(rows), "reason": "champion changed"},
-                ),
+        try:
+            with session_scope(sessions) as session:
+                scored = _rescore_chunk(session, champion, last_id, chunk, bus, agent, as_of)
+        except _Superseded:
+            logger.warning(
+                "rescoring stopped: the champion changed meanwhile",
+                extra={"version": champion.version, "stays": total},
             )
-        last_id = rows[-1][0].id
-        total += len(rows)
-    return StaysRescored(version=champion.version, stays=total)
+            return StaysRescored(version=champion.version, stays=total, superseded=True)
+        if not scored:
+            return StaysRescored(version=champion.version, stays=total)
+        last_id = scored[-1]
+        total += len(scored)
+
+
+class _Superseded(Exception):
+    """The champion being rescored with is no longer the registry's."""
+
+
+def _rescore_chunk(
+    session: Session,
+    champion: Predictor,
+    last_id: int,
+    chunk: int,
+    bus: EventBus | None,
+    agent: audit.Agent,
+    as_of: datetime,
+) -> list[int]:
+    """Score the next ``chunk`` stays in progress after ``last_id``; their ids, in order."""
+    rows = session.execute(
+        _stays_in_progress().where(Encounter.id > last_id).order_by(Encounter.id).limit(chunk)
+    ).all()
+    if not rows:
+        return []
+    for encounter, patient_public_id in rows:
+        _score_and_announce(session, champion, encounter, patient_public_id, bus, as_of)
+    audit.record(
+        session,
+        agent.event(
+            "prediction.rescored",
+            "E",
+            resource=f"model/{champion.version}",
+            details={"stays": len(rows), "reason": "champion changed"},
+        ),
+    )
+    if aliases_in(session, champion.task).get("champion") != champion.model_version_id:
+        raise _Superseded
+    return [encounter.id for encounter, _ in rows]
 
 
 def rescore_after_champion_change(

@@ -30,6 +30,11 @@ class AppState:
     challenger: Predictor | None = None  # scored in shadow, never shown to clinicians
     bus: EventBus | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # One model reload at a time (the watcher and scoring requests both reload).
+    reload_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Alias -> the version that failed to load here: scoring does not retry it on every
+    # request (the watcher does, each interval), and keeps the previous model meanwhile.
+    unloadable: dict[str, int] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
