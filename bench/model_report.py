@@ -147,7 +147,23 @@ def save_figures(task: str, evaluations: list[dict[str, Any]], sidecar: dict[str
     if isinstance(baseline, dict):
         figures["news2_auroc"] = baseline.get("auroc")
     figures["train_seconds"] = sidecar.get("model", {}).get("train_seconds")
+    figures["lowest_decile"] = _lowest_decile(latest)
+    figures["internal_lowest_decile"] = _lowest_decile(sidecar.get("metrics", {}))
     _results.save("model_" + task.replace("-", "_"), figures)
+
+
+def _lowest_decile(metrics: dict[str, Any]) -> dict[str, float] | None:
+    """The lowest-risk tenth of the patients: where H's largest term came from."""
+    deciles = (metrics.get("curves") or {}).get("calibration")
+    if not deciles:
+        return None
+    predicted, observed, n = deciles[0]
+    return {
+        "n": n,
+        "mean_risk": predicted,
+        "expected": predicted * n,
+        "observed": round(observed * n),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
