@@ -339,7 +339,7 @@ _RESCORE = click.option(
 @click.pass_context
 def models_promote(ctx: click.Context, version: str, alias: str, rescore: bool) -> None:
     """Make VERSION the task's champion (or challenger)."""
-    from vitalcast.modeling.service import load_registered, promote
+    from vitalcast.modeling.service import get_version_or_raise, load_registered, promote
     from vitalcast.security import audit
     from vitalcast.serving.predictor import servable
 
@@ -347,9 +347,12 @@ def models_promote(ctx: click.Context, version: str, alias: str, rescore: bool) 
         _audited_failure(ctx, "model.promoted", f"model/{version}", {"alias": alias}),
         _session(ctx) as session,
     ):
-        row = promote(session, version=version, alias=alias, agent=audit.CLI)
         # Refuse to promote an artifact that would not load, or would load and not serve.
-        servable(load_registered(session, row), model_version_id=row.id)
+        # Checked first: promote() takes the audit chain's lock, which every audited
+        # write waits for until this commits, and loading takes seconds.
+        candidate = get_version_or_raise(session, version)
+        servable(load_registered(session, candidate), model_version_id=candidate.id)
+        row = promote(session, version=version, alias=alias, agent=audit.CLI)
         task = row.task
     click.echo(f"{version} is now {alias} of {task}")
     if alias == "champion" and rescore:
@@ -362,7 +365,7 @@ def models_promote(ctx: click.Context, version: str, alias: str, rescore: bool) 
 @click.pass_context
 def models_rollback(ctx: click.Context, task_name: str, rescore: bool) -> None:
     """Make the previous champion of a task champion again."""
-    from vitalcast.modeling.service import load_registered, rollback
+    from vitalcast.modeling.service import load_registered, rollback, rollback_target
     from vitalcast.security import audit
     from vitalcast.serving.predictor import servable
 
@@ -370,8 +373,9 @@ def models_rollback(ctx: click.Context, task_name: str, rescore: bool) -> None:
         _audited_failure(ctx, "model.rolled_back", f"task/{task_name}", {"task": task_name}),
         _session(ctx) as session,
     ):
+        target = rollback_target(session, task_name)  # checked before the lock, as promote
+        servable(load_registered(session, target), model_version_id=target.id)
         row = rollback(session, task=task_name, agent=audit.CLI)
-        servable(load_registered(session, row), model_version_id=row.id)
         version = row.version
     click.echo(f"{version} is champion of {task_name} again")
     if rescore:

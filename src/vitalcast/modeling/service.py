@@ -383,6 +383,20 @@ def rollback(session: Session, *, task: str, agent: audit.Agent = audit.SYSTEM) 
     """Make the previously promoted champion of ``task`` champion again (audited as
     ``model.rolled_back`` in the same transaction)."""
     current = get_champion(session, task)
+    previous = rollback_target(session, task)
+    promoted = _promote(session, version=previous.version, alias="champion")
+    if current is not None:
+        current.alias = "retired"
+    _audit_alias(session, "model.rolled_back", promoted, agent, None)
+    return promoted[0]
+
+
+def rollback_target(session: Session, task: str) -> ModelVersion:
+    """The champion a :func:`rollback` of ``task`` would restore.
+
+    Raises:
+        RegistryError: there is no earlier champion.
+    """
     previous = session.scalar(
         select(ModelVersion)
         .where(
@@ -394,11 +408,7 @@ def rollback(session: Session, *, task: str, agent: audit.Agent = audit.SYSTEM) 
     )
     if previous is None:
         raise RegistryError(f"{task}: no earlier champion to roll back to")
-    promoted = _promote(session, version=previous.version, alias="champion")
-    if current is not None:
-        current.alias = "retired"
-    _audit_alias(session, "model.rolled_back", promoted, agent, None)
-    return promoted[0]
+    return previous
 
 
 def load_registered(session: Session, row: ModelVersion) -> LoadedModel:

@@ -142,6 +142,12 @@ def retrain(
             session, version=outcome.version, alias="challenger", agent=audit.Agent(actor)
         ).alias
     challenger_row = get_version_or_raise(session, outcome.version)
+    # Commit the registration now: its audit event took the audit chain's lock, which
+    # every audited write (each ingest batch, each chart opened) waits for until this
+    # transaction ends, and the holdout scoring and gate below load two models and score
+    # every held-out stay. Should they fail, the challenger stays registered, unpromoted:
+    # a candidate nobody has judged, as ``models list`` shows it.
+    session.commit()
     rows = recent & ds.rows_at(spec.primary_landmark_h)  # one row per stay
     holdout = _subset(ds, rows)
     p_new = _scores(load_registered(session, challenger_row), holdout)
