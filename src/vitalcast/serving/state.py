@@ -29,7 +29,6 @@ class AppState:
     predictor: Predictor | None = None  # the champion
     challenger: Predictor | None = None  # scored in shadow, never shown to clinicians
     bus: EventBus | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
     # One model reload at a time (the watcher and scoring requests both reload).
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
     # Alias -> the version that failed to load here: scoring does not retry it on every
