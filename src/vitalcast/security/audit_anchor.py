@@ -334,7 +334,7 @@ def _resume_point(
     tampering all the same and refuses the anchor.
     """
     newest_file = max(earlier, key=lambda a: (a.head_id, a.rows), default=None)
-    candidates = [("the anchor file's newest anchor", newest_file)]
+    candidates: list[tuple[str, Anchor | None]] = [("the anchor file's newest anchor", newest_file)]
     recorded = session.scalar(
         select(AuditEvent)
         .where(AuditEvent.event == ANCHORED_EVENT)
@@ -348,11 +348,11 @@ def _resume_point(
             return None, f"audit event {recorded.id} ({ANCHORED_EVENT}) holds no anchor: {exc}"
         if newest_file is None or in_chain.head_id > newest_file.head_id:
             candidates.append((f"the anchor recorded in audit event {recorded.id}", in_chain))
+    checked = [(name, anchor) for name, anchor in candidates if anchor is not None]
+    positions = _positions(session, {anchor.head_id for _, anchor in checked})  # one pass
     start: ChainPoint | None = None
-    for name, anchor in candidates:
-        if anchor is None:
-            continue
-        reason = _anchor_failure(session, anchor, keyring)
+    for name, anchor in checked:
+        reason = _anchor_failure(session, anchor, keyring, positions)
         if reason is not None:
             return None, f"audit chain does not match {name} ({_describe(anchor)}): {reason}"
         start = anchor.point()
