@@ -11,18 +11,22 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
 from flask.testing import FlaskClient
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from tests.conftest import Credentials
 from vitalcast.cli import main
 from vitalcast.config import Settings
+from vitalcast.db.base import utcnow
 from vitalcast.db.session import session_scope
-from vitalcast.security import audit
+from vitalcast.security import audit, audit_keys
+from vitalcast.security.audit_anchor import anchor_now
+from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.state import get_state
 
 
@@ -154,3 +158,41 @@ def test_export_refuses_years_outside_the_clinical_range(settings: Settings) -> 
         )
         assert result.exit_code == 2, result.output
         assert "is outside the accepted range 1800-2200" in result.output
+
+
+def _anchoring_line(client: FlaskClient) -> str:
+    page = client.get("/admin/audit")
+    assert page.status_code == 200
+    found = re.search(r'<p id="anchoring" class="([^"]*)">(.*?)</p>', page.get_data(as_text=True))
+    assert found is not None
+    return found.group(1) + " | " + re.sub(r"<[^>]+>", "", found.group(2))
+
+
+def test_admin_page_says_when_the_chain_was_last_anchored(
+    client: FlaskClient, creds: Credentials
+) -> None:
+    """A stopped anchoring job must be visible: until it runs, deleted newest events go
+    unnoticed."""
+    creds.login(client, creds.user("ada", "admin"))
+    line = _anchoring_line(client)
+    assert "warn" in line
+    assert "Never anchored" in line
+    state = get_state(client.application)
+    with session_scope(state.sessions) as session:
+        outcome = anchor_now(session, audit_keys.installed(), None)
+        assert outcome.anchor is not None
+        head = outcome.anchor.head_id
+    line = _anchoring_line(client)
+    assert "warn" not in line.split(" | ")[0]
+    assert f"events up to event {head}, the whole chain walked." in line
+    with session_scope(state.sessions) as session:  # a day later, nothing since
+        session.execute(text("SET session_replication_role = replica"))  # past the trigger
+        session.execute(
+            update(AuditEvent)
+            .where(AuditEvent.event == "audit.anchored")
+            .values(occurred_at=utcnow() - timedelta(days=1))
+        )
+    line = _anchoring_line(client)
+    assert "warn" in line.split(" | ")[0]
+    assert "(24 h ago)" in line
+    assert "No anchor for over 2 h: is the anchoring job" in line

@@ -335,19 +335,14 @@ def _resume_point(
     """
     newest_file = max(earlier, key=lambda a: (a.head_id, a.rows), default=None)
     candidates: list[tuple[str, Anchor | None]] = [("the anchor file's newest anchor", newest_file)]
-    recorded = session.scalar(
-        select(AuditEvent)
-        .where(AuditEvent.event == ANCHORED_EVENT)
-        .order_by(AuditEvent.id.desc())
-        .limit(1)
-    )
+    try:
+        recorded = last_recorded_anchor(session)
+    except ValueError as exc:
+        return None, str(exc)
     if recorded is not None:
-        try:
-            in_chain = Anchor.from_dict((recorded.details or {}).get("anchor"))
-        except ValueError as exc:
-            return None, f"audit event {recorded.id} ({ANCHORED_EVENT}) holds no anchor: {exc}"
+        event, in_chain = recorded
         if newest_file is None or in_chain.head_id > newest_file.head_id:
-            candidates.append((f"the anchor recorded in audit event {recorded.id}", in_chain))
+            candidates.append((f"the anchor recorded in audit event {event.id}", in_chain))
     checked = [(name, anchor) for name, anchor in candidates if anchor is not None]
     positions = _positions(session, {anchor.head_id for _, anchor in checked})  # one pass
     start: ChainPoint | None = None
@@ -357,3 +352,26 @@ def _resume_point(
             return None, f"audit chain does not match {name} ({_describe(anchor)}): {reason}"
         start = anchor.point()
     return start, None
+
+
+def last_recorded_anchor(session: Session) -> tuple[AuditEvent, Anchor] | None:
+    """The newest ``audit.anchored`` event and the anchor it records (None: never
+    anchored): what the next anchoring resumes from, and what the admin page reports.
+
+    Raises:
+        ValueError: that event holds no readable anchor (names the event id only).
+    """
+    event = session.scalar(
+        select(AuditEvent)
+        .where(AuditEvent.event == ANCHORED_EVENT)
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    )
+    if event is None:
+        return None
+    try:
+        return event, Anchor.from_dict((event.details or {}).get("anchor"))
+    except ValueError as exc:
+        raise ValueError(
+            f"audit event {event.id} ({ANCHORED_EVENT}) holds no anchor: {exc}"
+        ) from None

@@ -12,6 +12,7 @@ from vitalcast.clinical.times import TimeOutOfRange, check_year, parse_iso
 from vitalcast.db.base import utcnow
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.security.audit import ACTIONS, OUTCOMES, AuditFilter
+from vitalcast.security.audit_anchor import last_recorded_anchor
 from vitalcast.security.permissions import ROLE_PERMISSIONS, ROLES, Permission, requires
 from vitalcast.security.service import create_api_key, create_user
 from vitalcast.security.tables import ApiKey, AuditEvent, User
@@ -144,6 +145,33 @@ def _when(name: str, problems: list[dict[str, Any]], *, end: bool) -> datetime |
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+# Anchoring runs every 15 minutes (Kubernetes) or hourly (`monitor run`); an anchor older
+# than this means the job has stopped, and deleted newest events would go unnoticed.
+ANCHOR_STALE_AFTER = timedelta(hours=2)
+
+
+def _anchoring_status() -> dict[str, Any]:
+    """When the chain was last verified and anchored, so that an administrator sees a
+    stopped anchoring job (the window in which deleted events go unnoticed grows)."""
+    try:
+        recorded = last_recorded_anchor(db())
+    except ValueError:
+        return {"state": "unreadable"}
+    if recorded is None:
+        return {"state": "never"}
+    event, anchor = recorded
+    details = event.details or {}
+    return {
+        "state": "anchored",
+        "at": event.occurred_at,
+        "head_id": anchor.head_id,
+        "rows": anchor.rows,
+        "full": bool(details.get("full_walk")),
+        "verified": details.get("verified_events"),
+        "stale": utcnow() - event.occurred_at > ANCHOR_STALE_AFTER,
+    }
+
+
 @web_admin.get("/audit")
 @requires(Permission.AUDIT_READ)
 def audit() -> str:
@@ -167,6 +195,7 @@ def audit() -> str:
     audit_event("audit.read", "R", resource="AuditEvent", details=selected.describe())
     return render_template(
         "web/admin_audit.html",
+        anchoring=_anchoring_status(),
         rows=rows,
         filters=texts,
         actions=ACTIONS,
