@@ -157,6 +157,14 @@ class Settings(BaseSettings):
         200,
         description="Longest wait before committing a partial batch of device messages.",
     )
+    stream_rescore_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="`vitalcast stream mqtt` and `vitalcast listen hl7` rescore each stay whose"
+        " data they stored at most once per this many seconds (its first data at once, later"
+        " data when the interval ends, message or not); `0` rescores after every batch or"
+        " message.",
+    )
     hl7_timezone: str = Field(
         "UTC",
         description="IANA time zone of HL7 v2 times that carry no UTC offset (the sending"

@@ -13,6 +13,8 @@ Call sites (one line each):
 
 * predictions: :func:`observe_prediction` after a score is stored;
 * ingest: :func:`observe_ingest` with each :class:`~vitalcast.ingest.report.IngestReport`;
+* stream rescoring: :func:`observe_stream_rescore_failure` when stays could not be scored
+  after a stream's commit (they are retried);
 * model loading: :func:`observe_model_load` with the seconds a load took;
 * requests: timed by :func:`register_monitoring` through Flask's ``request_started`` and
   ``request_finished`` signals, which fire whatever the permission guard decides.
@@ -86,6 +88,12 @@ QUARANTINED = Counter(
     "Records quarantined by ingestion, by source and reason code.",
     ["source", "reason"],
 )
+STREAM_RESCORE_FAILURES = Counter(
+    "vitalcast_stream_rescore_failures",
+    "Stays whose rescoring after stream ingestion (MQTT, MLLP) failed and is retried,"
+    " by source. The observations were stored and acknowledged all the same.",
+    ["source"],
+)
 MODEL_LOAD_SECONDS = Gauge(
     "vitalcast_model_load_seconds",
     "Seconds the last load and verification of each model version took.",
@@ -108,6 +116,11 @@ def observe_ingest(report: IngestReport) -> None:
                 INGEST_RECORDS.labels(report.source, kind, fate).inc(value)
     for reason, count in report.reasons.items():
         QUARANTINED.labels(report.source, reason).inc(count)
+
+
+def observe_stream_rescore_failure(*, source: str, stays: int) -> None:
+    """Count stays whose rescoring failed after their data was stored from a stream."""
+    STREAM_RESCORE_FAILURES.labels(source).inc(stays)
 
 
 def observe_model_load(*, model_version: str, role: str, seconds: float) -> None:
