@@ -121,8 +121,14 @@ def listen() -> None:
 @click.option("--port", type=int, default=None, help="TCP port (default VITALCAST_MLLP_PORT).")
 @click.pass_context
 def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
-    """Receive HL7 v2 over MLLP; ACK each message after it is committed."""
+    """Receive HL7 v2 over MLLP; ACK each message after it is committed.
+
+    After the ACK, the stays a message stored results for are rescored with the champion
+    (each at most once per VITALCAST_STREAM_RESCORE_INTERVAL_S) and announced to the wards.
+    """
     from vitalcast.ingest.mllp import MessageHandler, MllpServer
+    from vitalcast.ingest.sources.hl7v2 import SOURCE
+    from vitalcast.serving.stream_scoring import open_stream_scorer
 
     settings, factory, cipher = _context(ctx)
     handler = MessageHandler(
@@ -131,7 +137,9 @@ def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
         tz=_timezone(settings.hl7_timezone),
         max_bytes=settings.mllp_max_message_bytes,
     )
-    server = MllpServer((host, port or settings.mllp_port), handler)
+    scorer = open_stream_scorer(settings, factory, cipher, source=SOURCE)
+    server = MllpServer((host, port or settings.mllp_port), handler, scorer=scorer)
+    scorer.start_background()
     signal.signal(signal.SIGTERM, _interrupt)
     click.echo(f"listening for HL7 v2 (MLLP) on {host}:{server.port}")
     try:
@@ -140,6 +148,7 @@ def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
         pass
     finally:
         server.server_close()
+        scorer.close()
 
 
 @click.group("stream")
@@ -170,10 +179,16 @@ def stream_mqtt(
     topic_prefix: str,
     idle_exit: float | None,
 ) -> None:
-    """Consume device observations (QoS 1, persistent session, ack after commit)."""
+    """Consume device observations (QoS 1, persistent session, ack after commit).
+
+    After each commit and its acks, the stays it stored readings for are rescored with the
+    champion (each at most once per VITALCAST_STREAM_RESCORE_INTERVAL_S) and announced to
+    the wards.
+    """
     import threading
 
-    from vitalcast.ingest.mqtt import DeviceStreamConsumer, MqttConfig, parse_mqtt_url
+    from vitalcast.ingest.mqtt import SOURCE, DeviceStreamConsumer, MqttConfig, parse_mqtt_url
+    from vitalcast.serving.stream_scoring import open_stream_scorer
 
     settings, factory, cipher = _context(ctx)
     url = url or settings.mqtt_url
@@ -195,6 +210,16 @@ def stream_mqtt(
     except OSError as exc:
         raise ConfigError(f"VITALCAST_MQTT_URL: cannot reach the broker ({exc})") from None
     click.echo(f"consuming {config.topic} from {config.host}:{config.port}", err=True)
-    stats = consumer.run(stop, idle_exit_s=idle_exit)
+    # Loaded after the line above (tools wait for it): messages queue meanwhile.
+    consumer.scorer = open_stream_scorer(settings, factory, cipher, source=SOURCE)
+    try:
+        stats = consumer.run(stop, idle_exit_s=idle_exit)
+    finally:
+        consumer.scorer.close()  # scores the stays still waiting, then closes the pool
     click.echo(f"stopped after {stats.messages} messages in {stats.batches} batches", err=True)
+    if consumer.scorer.stats.failed:
+        click.echo(
+            f"stays not rescored at a first attempt: {consumer.scorer.stats.failed} (retried)",
+            err=True,
+        )
     click.echo(stats.report.render())

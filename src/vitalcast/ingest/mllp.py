@@ -11,6 +11,12 @@ sender should resend). Every message gets one of the three, whatever fails: a me
 that made the handler fail without an ACK would be resent by the sender forever (a
 poison message blocking its queue). The ACK is sent only after the commit, so an AA
 never covers data that is not in the database.
+
+With a :class:`~vitalcast.serving.stream_scoring.StreamScorer` (``vitalcast listen hl7``
+always passes one), the stays a message stored results for are rescored after its ACK is
+sent, by the scorer's own thread and in a transaction of its own: the sender never waits
+for a model, and a scoring failure (retried) can neither turn an AA into an AE nor lose a
+result. Coalescing applies as for MQTT (``VITALCAST_STREAM_RESCORE_INTERVAL_S``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import socket
 import socketserver
 import threading
 from datetime import UTC, datetime, tzinfo
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +44,9 @@ from vitalcast.ingest.sources.hl7v2 import (
 from vitalcast.ingest.units import store_unit
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
+
+if TYPE_CHECKING:
+    from vitalcast.serving.stream_scoring import StreamScorer
 
 logger = logging.getLogger(__name__)
 
@@ -118,14 +128,17 @@ class MessageHandler:
         self.max_bytes = max_bytes
         self.pseudonym: Pseudonym = cipher.mrn_hash
 
-    def handle(self, payload: bytes, peer: str) -> str:
+    def handle(self, payload: bytes, peer: str, touched: set[int] | None = None) -> str:
         """Store the message and return the ACK text (never raises).
+
+        ``touched`` receives the ids of the encounters it stored data for (to be rescored
+        once the ACK is sent); only an AA adds any.
 
         Anything :meth:`_handle` does not answer itself (a parser bug on some input) is
         answered AR: the same message would fail the same way again.
         """
         try:
-            return self._handle(payload, peer)
+            return self._handle(payload, peer, set() if touched is None else touched)
         except Exception as exc:
             logger.error("hl7 message failed", extra={"error": error_kind(exc)})
             control_id, sending, receiving, trigger = _guess_header(
@@ -142,7 +155,7 @@ class MessageHandler:
                 error=_ERR_APPLICATION,
             )
 
-    def _handle(self, payload: bytes, peer: str) -> str:
+    def _handle(self, payload: bytes, peer: str, touched: set[int]) -> str:
         origin = f"mllp:{peer}"
         text = payload.decode("utf-8", errors="replace")
         control_id, sending, receiving, trigger = _guess_header(text)
@@ -200,6 +213,7 @@ class MessageHandler:
                 version=message.version,
                 error=_ERR_APPLICATION,
             )
+        touched.update(report.touched_encounters)
         note = f"stored {report.stored}, duplicates {report.duplicates}"
         if report.quarantined:
             reasons = ", ".join(f"{k} {v}" for k, v in report.reasons.most_common(3))
@@ -242,8 +256,13 @@ class _Connection(socketserver.BaseRequestHandler):
                 if start < 0 or end < 0:
                     break
                 payload, buffer = buffer[start + 1 : end], buffer[end + 2 :]
-                ack = self.server.handler.handle(payload, peer)
-                sock.sendall(START + ack.encode() + END)
+                touched: set[int] = set()
+                ack = self.server.handler.handle(payload, peer, touched)
+                try:
+                    sock.sendall(START + ack.encode() + END)
+                finally:  # after the ACK; committed data is rescored even if it was lost
+                    if touched and self.server.scorer is not None:
+                        self.server.scorer.touched(touched)
             if len(buffer) > limit:
                 ack = self.server.handler.handle(buffer[buffer.find(START) + 1 :], peer)
                 sock.sendall(START + ack.encode() + END)
@@ -257,10 +276,17 @@ class MllpServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
     def __init__(
-        self, address: tuple[str, int], handler: MessageHandler, *, idle_timeout_s: float = 300
+        self,
+        address: tuple[str, int],
+        handler: MessageHandler,
+        *,
+        idle_timeout_s: float = 300,
+        scorer: StreamScorer | None = None,
     ) -> None:
         self.handler = handler
         self.idle_timeout_s = idle_timeout_s
+        # Rescores the stays of stored messages (run its start_background); None: store only.
+        self.scorer = scorer
         super().__init__(address, _Connection)
 
     @property

@@ -15,6 +15,12 @@ Where the broker's cap can be raised (``max_inflight_messages``, as ``deploy/mos
 does), MQTT 3.1.1 (``?protocol=3.1.1``) is about twice as fast: paho builds and parses an
 MQTT 5 property set for every message, most of the consumer's network-thread time
 (docs/benchmarks.md).
+
+With a :class:`~vitalcast.serving.stream_scoring.StreamScorer` (``vitalcast stream mqtt``
+always passes one), the stays a batch touched are rescored after its commit and PUBACKs,
+in a transaction of their own, at most once per ``VITALCAST_STREAM_RESCORE_INTERVAL_S``
+each; the loop flushes stays that became due even when no message arrives. A scoring
+failure is retried and never costs a stored or acknowledged reading.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -50,6 +56,9 @@ from vitalcast.ingest.sources.device_payload import (
 from vitalcast.json_input import JsonInputError, parse_json
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
+
+if TYPE_CHECKING:
+    from vitalcast.serving.stream_scoring import StreamScorer
 
 logger = logging.getLogger(__name__)
 
@@ -194,10 +203,13 @@ class DeviceStreamConsumer:
         factory: sessionmaker[Session],
         cipher: FieldCipher,
         config: MqttConfig,
+        *,
+        scorer: StreamScorer | None = None,
     ) -> None:
         self.factory = factory
         self.cipher = cipher
         self.config = config
+        self.scorer = scorer  # rescores touched stays after each commit; None: store only
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stats = StreamStats()
         self.subscribed = threading.Event()
@@ -254,7 +266,11 @@ class DeviceStreamConsumer:
         self.connect()
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> StreamStats:
-        """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
+        """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``).
+
+        Stays due for rescoring are scored between batches (``_collect`` returns at least
+        every 0.2 s); the scorer's ``close`` scores those still waiting at a clean stop.
+        """
         if not self._started:
             self.connect()
         last = time.monotonic()
@@ -266,6 +282,8 @@ class DeviceStreamConsumer:
                     last = time.monotonic()
                 elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
                     break
+                if self.scorer is not None:
+                    self.scorer.flush()
         finally:
             self.client.loop_stop()
             self.client.disconnect()
@@ -319,3 +337,5 @@ class DeviceStreamConsumer:
         self.stats.messages += len(msgs)
         self.stats.batches += 1
         self.stats.report.merge(report)
+        if self.scorer is not None:  # scored by the loop, after the commit and the PUBACKs
+            self.scorer.touched(report.touched_encounters)

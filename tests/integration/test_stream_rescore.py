@@ -1,0 +1,330 @@
+"""Readings from bedside streams (MQTT, HL7 v2 over MLLP) rescore their stays.
+
+Before this, only ``POST /api/v1/observations`` rescored: a stay fed by its monitors kept
+its old risk, or "Not scored", on the ward. The first two tests drive the real commands
+(``vitalcast stream mqtt``, ``vitalcast listen hl7``) against the real broker and
+PostgreSQL; the others run the consumer in-process with a clock the test moves.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from tests.hl7_samples import ADT_A01, ORU_R01
+from tests.modeling_data import register_champion
+from tests.mqtt_helpers import Publisher
+from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.config import Settings
+from vitalcast.db.session import make_session_factory, session_scope
+from vitalcast.ingest.devices import bind_device
+from vitalcast.ingest.mllp import send_messages
+from vitalcast.ingest.mqtt import DeviceStreamConsumer, MqttConfig, parse_mqtt_url
+from vitalcast.modeling.tables import Prediction
+from vitalcast.security.crypto import FieldCipher
+from vitalcast.serving.realtime import EventBus
+from vitalcast.serving.stream_scoring import StreamScorer, open_stream_scorer
+from vitalcast.synth import generate_cohort, store_cohort
+
+DEVICE = "bed-3"
+
+
+@dataclass
+class Ward:
+    """A champion, stays in progress, and a monitor bound to one of them."""
+
+    encounter_id: int
+    encounter_public_id: str
+
+
+@pytest.fixture
+def ward(pg_engine: Engine, cipher: FieldCipher, trained_model: Any) -> Ward:
+    sessions = make_session_factory(pg_engine)
+    now = datetime.now(UTC)
+    with session_scope(sessions) as s:
+        register_champion(s, trained_model)
+    with sessions() as s:
+        store_cohort(
+            session=s,
+            batch=generate_cohort(n_current=3, n_historic=0, seed=5, now=now),
+            cipher=cipher,
+            now=now,
+        )
+    with session_scope(sessions) as s:
+        encounter, patient = s.execute(
+            select(Encounter, Patient.public_id)
+            .join(Patient, Patient.id == Encounter.patient_id)
+            .where(Encounter.discharged_at.is_(None))
+            .order_by(Encounter.id)
+            .limit(1)
+        ).one()
+        bind_device(
+            s,
+            device_id=DEVICE,
+            patient_public_id=patient,
+            encounter_public_id=encounter.public_id,
+            now=encounter.admitted_at,
+        )
+        return Ward(encounter.id, encounter.public_id)
+
+
+def _reading(value: float, at: datetime | None = None) -> dict[str, object]:
+    at = at or datetime.now(UTC) - timedelta(seconds=5)
+    return {"code": "8867-4", "value": value, "unit": "/min", "time": at.isoformat()}
+
+
+def _predictions(engine: Engine, encounter_id: int) -> int:
+    with make_session_factory(engine)() as s:
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(Prediction)
+                .where(Prediction.encounter_id == encounter_id, Prediction.role == "champion")
+            )
+            or 0
+        )
+
+
+def _observations(engine: Engine) -> int:
+    with make_session_factory(engine)() as s:
+        return int(s.scalar(select(func.count()).select_from(Observation)) or 0)
+
+
+def _wait(check: Callable[[], bool], timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "VITALCAST_ENV": "test",
+        "VITALCAST_DATA_DIR": str(settings.data_dir),
+        "VITALCAST_DATABASE_URL": str(settings.database_url),
+        **extra,
+    }
+
+
+def _cli() -> str:
+    return str(Path(sys.executable).with_name("vitalcast"))
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return err
+
+
+@pytest.fixture
+def events(pg_engine: Engine) -> Iterator[queue.Queue[dict[str, Any]]]:
+    bus = EventBus(pg_engine)
+    q = bus.subscribe()
+    time.sleep(0.5)  # the listener thread is LISTENing before anything is published
+    yield q
+    bus.close()
+
+
+def _event_for(q: queue.Queue[dict[str, Any]], encounter_public_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        event = q.get(timeout=max(0.1, deadline - time.monotonic()))
+        if event.get("encounter_id") == encounter_public_id:
+            return event
+    raise AssertionError("no risk event for the stay")
+
+
+def test_stream_mqtt_rescores_the_stay_and_announces_it(
+    mqtt_url: str,
+    settings: Settings,
+    pg_engine: Engine,
+    ward: Ward,
+    events: queue.Queue[dict[str, Any]],
+) -> None:
+    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
+    env = _env(
+        settings,
+        VITALCAST_MQTT_URL=mqtt_url,
+        VITALCAST_MQTT_CLIENT_ID=f"vc-score-{uuid.uuid4().hex[:8]}",
+    )
+    proc = subprocess.Popen(
+        [_cli(), "stream", "mqtt", "--topic-prefix", prefix],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    assert proc.stderr.readline().startswith("consuming")
+    try:
+        before = _observations(pg_engine)
+        pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+        pub.publish(f"{prefix}/{DEVICE}/observations", _reading(131))
+        pub.close()
+        assert _wait(lambda: _observations(pg_engine) == before + 1)
+        assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 1)
+        event = _event_for(events, ward.encounter_public_id)
+        assert event["type"] == "risk"
+    finally:
+        _stop(proc)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_listen_hl7_rescores_the_stay_after_the_ack(
+    settings: Settings,
+    pg_engine: Engine,
+    ward: Ward,
+    events: queue.Queue[dict[str, Any]],
+) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [_cli(), "listen", "hl7", "--port", str(port)],
+        env=_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("listening")
+    sessions = make_session_factory(pg_engine)
+    with sessions() as s:
+        known = set(s.scalars(select(Encounter.id)))
+    try:
+        acks = send_messages("127.0.0.1", port, [ADT_A01, ORU_R01])
+        assert all("MSA|AA|" in ack for ack in acks)
+        with sessions() as s:
+            (stay,) = s.scalars(select(Encounter).where(Encounter.id.not_in(known))).all()
+        assert _wait(lambda: _predictions(pg_engine, stay.id) == 1)
+        assert _event_for(events, stay.public_id)["type"] == "risk"
+    finally:
+        _stop(proc)
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Running:
+    consumer: DeviceStreamConsumer
+    scorer: StreamScorer
+    publisher: Publisher
+    topic: str
+
+    def send(self, value: float) -> None:
+        """Publish one reading and wait until it is stored and acknowledged."""
+        done = self.consumer.stats.messages + 1
+        self.publisher.publish(self.topic, _reading(value))
+        self.publisher.flush()
+        assert _wait(lambda: self.consumer.stats.messages == done)
+
+
+@pytest.fixture
+def running(
+    mqtt_url: str, settings: Settings, pg_engine: Engine, cipher: FieldCipher, ward: Ward
+) -> Iterator[tuple[Running, Clock]]:
+    clock = Clock()
+    sessions = make_session_factory(pg_engine)
+    scorer = open_stream_scorer(settings, sessions, cipher, source="mqtt", clock=clock)
+    assert scorer.interval_s == 60  # the default
+    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
+    config = MqttConfig(
+        **parse_mqtt_url(mqtt_url),
+        client_id=f"vc-{uuid.uuid4().hex[:8]}",
+        topic_prefix=prefix,
+        batch_size=50,
+        batch_wait_s=0.05,
+    )
+    consumer = DeviceStreamConsumer(sessions, cipher, config, scorer=scorer)
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,))
+    worker.start()
+    assert consumer.subscribed.wait(10)
+    pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+    try:
+        yield Running(consumer, scorer, pub, f"{prefix}/{DEVICE}/observations"), clock
+    finally:
+        pub.close()
+        stop.set()
+        worker.join(10)
+        scorer.state.stopping.set()
+
+
+def test_batches_within_the_interval_give_one_prediction_and_the_due_stay_is_scored(
+    running: tuple[Running, Clock], pg_engine: Engine, ward: Ward
+) -> None:
+    run, clock = running
+    run.send(120)
+    assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 1)
+    for value in (121, 122, 123):  # within the interval: noted, not scored
+        clock.now += 5
+        run.send(value)
+    time.sleep(1.0)  # several idle flushes of the consumer loop
+    assert _predictions(pg_engine, ward.encounter_id) == 1
+    assert run.scorer.pending == 1
+    clock.now += 60  # the interval since the first score has passed; no new message
+    assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 2)
+    assert run.scorer.pending == 0
+    time.sleep(0.6)
+    assert _predictions(pg_engine, ward.encounter_id) == 2
+
+
+def test_a_scoring_failure_loses_no_reading_and_the_stay_is_retried(
+    running: tuple[Running, Clock],
+    pg_engine: Engine,
+    ward: Ward,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run, clock = running
+    predictor = run.scorer.state.predictor
+    assert predictor is not None
+
+    def fails(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("a model that cannot score")
+
+    monkeypatch.setattr(predictor, "score", fails)  # the model fails, not the database
+    before = _observations(pg_engine)
+    run.send(140)  # stored and acknowledged although its stay cannot be scored
+    assert _wait(lambda: run.scorer.stats.failed == 1)
+    assert _observations(pg_engine) == before + 1
+    assert _predictions(pg_engine, ward.encounter_id) == 0
+    assert run.scorer.pending == 1
+    assert "stream rescoring failed" in caplog.text
+    assert ward.encounter_public_id not in caplog.text
+    time.sleep(0.6)
+    assert run.scorer.stats.failed == 1  # not retried at every flush: after retry_s
+    monkeypatch.undo()
+    clock.now += run.scorer.retry_s
+    assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 1)
+    assert run.scorer.pending == 0
