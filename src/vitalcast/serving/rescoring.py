@@ -1,10 +1,14 @@
 """Rescore encounters whose data changed, or every stay when the champion changes, and
 announce the new risks.
 
-:func:`rescore_encounters` is called after new observations are stored (HTTP, MQTT, HL7,
-FHIR), inside the same unit of work: the predictions, their events and the observations
-commit together. The challenger, when one is registered, is scored in shadow: stored with
-role "challenger", never published to clinicians.
+:func:`rescore_encounters` is called after new observations are stored. Over HTTP
+(``POST /api/v1/observations``) it runs inside the same unit of work: the predictions, their
+events and the observations commit together. The stream processes (MQTT, HL7 over MLLP)
+call it through :mod:`vitalcast.serving.stream_scoring`, after their ingest transaction has
+committed and the messages are acknowledged, in a transaction of its own and at most once
+per stay and interval: a reading must never wait for, or be lost with, a risk derived from
+it. File imports do not rescore. The challenger, when one is registered, is scored in
+shadow: stored with role "challenger", never published to clinicians.
 
 :func:`rescore_stays_in_progress` runs after a new champion is promoted (or an old one
 restored). Without it a ward kept showing the retired model's risks, or "Not scored",
