@@ -21,12 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import _results
+from _champion import train_small_champion
 from _scratch import scratch_database
 from vitalcast.config import load_settings
 from vitalcast.db import create_db_engine, upgrade_database
-from vitalcast.db.session import make_session_factory, session_scope
-from vitalcast.modeling.service import train_and_register
-from vitalcast.modeling.train import FAST_BUDGET
+from vitalcast.db.session import make_session_factory
 from vitalcast.security import audit_keys
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.serving.predictor import load_predictor
@@ -68,15 +67,7 @@ def _run(url: str, data_dir: Path, patients: int) -> dict[str, float]:
     with sessions() as session:
         store_cohort(session=session, batch=history, cipher=cipher, now=now)
         store_cohort(session=session, batch=ward, cipher=cipher, now=now)
-    with session_scope(sessions) as session:
-        train_and_register(
-            "icu-mortality",
-            session=session,
-            registry_dir=data_dir / "registry",
-            budget=FAST_BUDGET,
-            n_splits=3,
-            n_boot=20,
-        )
+    train_small_champion(sessions, data_dir / "registry")
     champion = load_predictor(sessions, "icu-mortality", "champion")
     assert champion is not None
     bus = EventBus(engine)  # pg_notify in each chunk's transaction, as the CLI does

@@ -39,12 +39,11 @@ from tests.live import live_server
 from tests.services import DatabaseFactory
 
 import _results
+from _champion import train_small_champion
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.config import load_settings
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.db.session import make_session_factory
-from vitalcast.modeling.service import train_and_register
-from vitalcast.modeling.train import FAST_BUDGET
 from vitalcast.security import audit_keys
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.service import create_api_key
@@ -66,15 +65,9 @@ def prepare(url: str, home: Path) -> tuple[str, list[tuple[str, str]]]:
             cipher=cipher,
             now=now,
         )
-    with session_scope(sessions) as session:
-        train_and_register(
-            "icu-mortality",
-            session=session,
-            registry_dir=home / "registry",
-            budget=FAST_BUDGET,
-            n_splits=3,
-            n_boot=20,
-        )  # the first version of a task becomes champion
+    train_small_champion(
+        sessions, home / "registry"
+    )  # the first version of a task becomes champion
     with session_scope(sessions) as session:
         _, key = create_api_key(session, name="bench", role="integration")
         stays = list(
