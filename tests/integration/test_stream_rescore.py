@@ -178,9 +178,18 @@ def test_stream_mqtt_rescores_the_stay_and_announces_it(
     try:
         before = _observations(pg_engine)
         pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
-        pub.publish(f"{prefix}/{DEVICE}/observations", _reading(131))
+        reading = _reading(131)
+
+        def stored() -> bool:
+            # "consuming" is printed once connected, maybe before the broker has the new
+            # session's subscription: resend until stored (a resend is a duplicate).
+            pub.publish(f"{prefix}/{DEVICE}/observations", reading)
+            pub.flush()
+            return _wait(lambda: _observations(pg_engine) > before, timeout_s=2)
+
+        assert _wait(stored, timeout_s=60)
         pub.close()
-        assert _wait(lambda: _observations(pg_engine) == before + 1)
+        assert _observations(pg_engine) == before + 1
         assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 1)
         event = _event_for(events, ward.encounter_public_id)
         assert event["type"] == "risk"
