@@ -182,6 +182,19 @@ class Settings(BaseSettings):
         " (`Authorization: Bearer <token>`). Without it, `/metrics` needs an API key or"
         " session whose role holds monitoring:read.",
     )
+    worker_http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port on which `vitalcast stream mqtt` and `vitalcast listen hl7` serve"
+        " `GET /healthz` (503 when their loop is stuck) and `GET /metrics` (their own"
+        " counters). Unset: not served.",
+    )
+    worker_http_host: str = Field(
+        "127.0.0.1",
+        description="Address of that endpoint. A non-loopback address (e.g. `0.0.0.0` in a"
+        " pod) requires `VITALCAST_METRICS_TOKEN`, which `/metrics` then demands.",
+    )
     metrics_dir: Path | None = Field(
         None,
         description="Directory of prometheus-client's multiprocess files under gunicorn;"

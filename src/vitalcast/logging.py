@@ -1,8 +1,9 @@
 """Logging set-up: the only place handlers and formats are configured.
 
-Logs go to stdout, one JSON object per line in production, with the request id, route
-and user id attached by a filter. Callers log identifiers and counts, never names, MRNs
-or raw payloads (patient data lives in the database, under access control).
+Logs go to stdout (the web server) or stderr (the stream commands), one JSON object per
+line in production, with the request id, route and user id attached by a filter. Callers
+log identifiers and counts, never names, MRNs or raw payloads (patient data lives in the
+database, under access control).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 request_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "vitalcast_request_context", default=None
@@ -50,32 +51,42 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stdout`` is at emit time.
+class _LiveStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout`` (or ``sys.stderr``) is at emit time.
 
-    A handler that kept the stdout of the moment it was installed would write to a closed
-    stream after a test runner or CLI harness swaps stdout, turning log calls into
+    A handler that kept the stream of the moment it was installed would write to a closed
+    stream after a test runner or CLI harness swaps it, turning log calls into
     "--- Logging error ---" noise on stderr (and into the output of JSON-printing commands).
     """
 
+    def __init__(self, target: Literal["stdout", "stderr"]) -> None:
+        self.target = target
+        super().__init__()
+
     @property
     def stream(self) -> Any:
-        return sys.stdout
+        return sys.stdout if self.target == "stdout" else sys.stderr
 
     @stream.setter
     def stream(self, _value: Any) -> None:
         pass
 
 
-def configure_logging(*, level: str = "INFO", json_lines: bool = True) -> None:
-    """Install one stdout handler on the ``vitalcast`` logger (idempotent)."""
+def configure_logging(
+    *, level: str = "INFO", json_lines: bool = True, to: Literal["stdout", "stderr"] = "stdout"
+) -> None:
+    """Install one handler on the ``vitalcast`` logger (idempotent).
+
+    The web server logs to stdout. The stream commands log to stderr: their stdout carries
+    the command's own lines (``listening ...``, the final report) that tools read.
+    """
     logger = logging.getLogger("vitalcast")
     logger.setLevel(level.upper())
     logger.propagate = False
     for handler in list(logger.handlers):
         if getattr(handler, "_vitalcast", False):
             logger.removeHandler(handler)
-    handler = _StdoutHandler()
+    handler = _LiveStreamHandler(to)
     handler._vitalcast = True  # type: ignore[attr-defined]
     handler.addFilter(ContextFilter())
     handler.setFormatter(

@@ -145,6 +145,9 @@ def test_forced_consumer_restart_loses_nothing(
         "VITALCAST_MQTT_URL": mqtt_url,
         "VITALCAST_MQTT_CLIENT_ID": f"vc-restart-{uuid.uuid4().hex[:8]}",
         "VITALCAST_MQTT_BATCH_SIZE": "100",
+        # The consumer logs a line per batch at INFO to its stderr, which this test stops
+        # reading after "consuming": a full pipe would block the consumer.
+        "VITALCAST_LOG_LEVEL": "WARNING",
     }
     cmd = [
         str(Path(sys.executable).with_name("vitalcast")),

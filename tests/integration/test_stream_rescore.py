@@ -120,6 +120,9 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         "VITALCAST_ENV": "test",
         "VITALCAST_DATA_DIR": str(settings.data_dir),
         "VITALCAST_DATABASE_URL": str(settings.database_url),
+        # Their stderr is a pipe read only at the end: INFO lines (one per batch or
+        # message) could fill it and block the process.
+        "VITALCAST_LOG_LEVEL": "WARNING",
         **extra,
     }
 

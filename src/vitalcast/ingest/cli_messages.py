@@ -38,6 +38,16 @@ def _context(ctx: click.Context) -> tuple[Any, sessionmaker[Session], Any]:
     return settings, make_session_factory(engine), cipher_from_settings(settings)
 
 
+def _long_running(settings: Any) -> None:
+    """Set up logging for a process that runs until stopped: JSON lines (per
+    ``VITALCAST_LOG_JSON``) on stderr at ``VITALCAST_LOG_LEVEL``, as the web server logs,
+    so an orchestrator's log pipeline can parse them; stdout keeps the command's own
+    lines."""
+    from vitalcast.logging import configure_logging
+
+    configure_logging(level=settings.log_level, json_lines=settings.log_json, to="stderr")
+
+
 def _timezone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
@@ -125,12 +135,16 @@ def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
 
     After the ACK, the stays a message stored results for are rescored with the champion
     (each at most once per VITALCAST_STREAM_RESCORE_INTERVAL_S) and announced to the wards.
+    With VITALCAST_WORKER_HTTP_PORT set, serves GET /healthz and GET /metrics there. Logs
+    to stderr (JSON lines, per VITALCAST_LOG_JSON).
     """
     from vitalcast.ingest.mllp import MessageHandler, MllpServer
     from vitalcast.ingest.sources.hl7v2 import SOURCE
+    from vitalcast.monitoring.worker_http import start_worker_http
     from vitalcast.serving.stream_scoring import open_stream_scorer
 
     settings, factory, cipher = _context(ctx)
+    _long_running(settings)
     handler = MessageHandler(
         factory,
         cipher,
@@ -140,6 +154,7 @@ def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
     scorer = open_stream_scorer(settings, factory, cipher, source=SOURCE)
     server = MllpServer((host, port or settings.mllp_port), handler, scorer=scorer)
     scorer.start_background()
+    endpoint = start_worker_http(settings, scorer.heartbeat)
     signal.signal(signal.SIGTERM, _interrupt)
     click.echo(f"listening for HL7 v2 (MLLP) on {host}:{server.port}")
     try:
@@ -148,6 +163,8 @@ def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
         pass
     finally:
         server.server_close()
+        if endpoint is not None:
+            endpoint.close()
         scorer.close()
 
 
@@ -184,13 +201,17 @@ def stream_mqtt(
     After each commit and its acks, the stays it stored readings for are rescored with the
     champion (each at most once per VITALCAST_STREAM_RESCORE_INTERVAL_S) and announced to
     the wards.
+    With VITALCAST_WORKER_HTTP_PORT set, serves GET /healthz and GET /metrics there. Logs
+    to stderr (JSON lines, per VITALCAST_LOG_JSON).
     """
     import threading
 
     from vitalcast.ingest.mqtt import SOURCE, DeviceStreamConsumer, MqttConfig, parse_mqtt_url
+    from vitalcast.monitoring.worker_http import start_worker_http
     from vitalcast.serving.stream_scoring import open_stream_scorer
 
     settings, factory, cipher = _context(ctx)
+    _long_running(settings)
     url = url or settings.mqtt_url
     if not url:
         raise ConfigError("VITALCAST_MQTT_URL: no broker configured (or pass --url)")
@@ -212,9 +233,16 @@ def stream_mqtt(
     click.echo(f"consuming {config.topic} from {config.host}:{config.port}", err=True)
     # Loaded after the line above (tools wait for it): messages queue meanwhile.
     consumer.scorer = open_stream_scorer(settings, factory, cipher, source=SOURCE)
+    endpoint = start_worker_http(
+        settings,
+        consumer.scorer.heartbeat,  # the loop flushes the scorer at least every 0.2 s
+        details=lambda: {"broker_connected": consumer.client.is_connected()},
+    )
     try:
         stats = consumer.run(stop, idle_exit_s=idle_exit)
     finally:
+        if endpoint is not None:
+            endpoint.close()
         consumer.scorer.close()  # scores the stays still waiting, then closes the pool
     click.echo(f"stopped after {stats.messages} messages in {stats.batches} batches", err=True)
     if consumer.scorer.stats.failed:

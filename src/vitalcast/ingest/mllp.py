@@ -42,6 +42,7 @@ from vitalcast.ingest.sources.hl7v2 import (
     parse_message,
 )
 from vitalcast.ingest.units import store_unit
+from vitalcast.monitoring.metrics import observe_ingest
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
@@ -213,6 +214,7 @@ class MessageHandler:
                 version=message.version,
                 error=_ERR_APPLICATION,
             )
+        observe_ingest(report)  # committed: count it (the worker endpoint's /metrics)
         touched.update(report.touched_encounters)
         note = f"stored {report.stored}, duplicates {report.duplicates}"
         if report.quarantined:

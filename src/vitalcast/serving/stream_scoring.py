@@ -49,6 +49,7 @@ from vitalcast.config import Settings
 from vitalcast.db.session import session_scope
 from vitalcast.errors import error_kind
 from vitalcast.monitoring.metrics import observe_stream_rescore_failure
+from vitalcast.monitoring.worker_http import Heartbeat
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.models import refresh_if_stale, refresh_models, start_model_watcher
 from vitalcast.serving.realtime import EventBus
@@ -97,6 +98,9 @@ class StreamScorer:
         self._due: dict[int, float] = {}  # stay -> earliest time to score it
         self._attempted: dict[int, float] = {}  # stay -> last attempt, within the interval
         self._thread: threading.Thread | None = None
+        # Beaten at every flush, which the process's loop calls at least every TICK_S:
+        # the worker endpoint's /healthz reads it (monitoring/worker_http.py).
+        self.heartbeat = Heartbeat(clock)
 
     def touched(self, encounter_ids: Iterable[int]) -> None:
         """Note stays whose data was just committed; each becomes due at once, or when its
@@ -119,6 +123,7 @@ class StreamScorer:
     def flush(self, *, everything: bool = False) -> int:
         """Score the stays that are due (all waiting ones with ``everything``, as at a
         clean stop); the number scored. Never raises: failures are logged and retried."""
+        self.heartbeat.beat()
         with self._flushing:
             now = self.clock()
             with self._lock:
