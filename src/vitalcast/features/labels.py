@@ -1,4 +1,8 @@
-"""Clinical words for feature names: what explanations show instead of ``lactate_last_all``."""
+"""Clinical words for feature names: what explanations show instead of ``lactate_last_all``.
+
+The ICU stay features are named here; the readmission features in
+:mod:`vitalcast.features.encounter_labels`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,11 @@ import math
 from functools import cache
 
 from vitalcast.clinical.codes import BY_KEY, VariableSpec
+from vitalcast.features.encounter_labels import (
+    READMISSION_FLAGS,
+    READMISSION_WORDS,
+    readmission_value_words,
+)
 from vitalcast.features.stay import TIME_SERIES_VARIABLES
 
 _STAT_WORDS = {
@@ -34,7 +43,9 @@ _STATIC = {
     "pf_ratio_last": ("PaO₂/FiO₂ ratio (latest)", "mmHg"),
     "shock_index_last": ("Shock index (HR/SBP, latest)", ""),
     "urine_ml_kg_h_24h": ("Urine output, last 24 h", "mL/kg/h"),
+    **READMISSION_WORDS,
 }
+_FLAGS = frozenset({"sex_male", *READMISSION_FLAGS})
 
 
 @cache
@@ -81,8 +92,8 @@ def describe_feature(name: str, value: float | str | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"{label}: not measured"
     if isinstance(value, str):
-        return f"{label}: {value}"
-    if name.startswith("unit_") or name == "sex_male":
+        return f"{label}: {readmission_value_words(name, value)}"
+    if name.startswith("unit_") or name in _FLAGS:
         return f"{label}: {'yes' if value >= 0.5 else 'no'}"
     unit = _unit(name)
     shown = f"{value:+.3g}" if "_slope_" in name else f"{value:.3g}"

@@ -47,6 +47,9 @@ class Dataset:
     categorical: list[str] = field(default_factory=list)
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    # Names of coded category values, per column (code -> name), from the data set's own
+    # code table; stored in the sidecar so explanations say "Discharged to: Home".
+    value_names: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -69,6 +72,7 @@ class Dataset:
             categorical=list(self.categorical),
             source=self.source,
             notes=[*self.notes, note],
+            value_names=self.value_names,
         )
 
     def training_rows(self, task: Task) -> np.ndarray:

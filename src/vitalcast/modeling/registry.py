@@ -221,6 +221,7 @@ class LoadedModel:
         numbers, missing as None or NaN); they are shown beside each factor.
         """
         factors = []
+        value_names: dict[str, dict[str, str]] = self.sidecar.get("value_names", {})
         for name, value in top_factors(self.feature_names, values, top):
             raw = row.get(name)
             shown = None if _is_missing(raw) else raw
@@ -228,6 +229,8 @@ class LoadedModel:
                 name not in self.categorical and isinstance(shown, int | float)
             ):
                 shown = float(shown)
+            # A coded category reads as its name in the text; the value stays the code.
+            said = value_names.get(name, {}).get(shown, shown) if isinstance(shown, str) else shown
             factors.append(
                 Factor(
                     feature=name,
@@ -235,7 +238,7 @@ class LoadedModel:
                     value=shown,
                     contribution=value,
                     direction="raises" if value > 0 else "lowers",
-                    text=describe_feature(name, shown),
+                    text=describe_feature(name, said),
                 )
             )
         return factors

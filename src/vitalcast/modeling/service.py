@@ -120,6 +120,7 @@ def train_and_register(
                 "search": result.search,
                 "train_seconds": result.seconds,
             },
+            "value_names": dataset.value_names,
             "data": {
                 "source": dataset.source,
                 "rows": int(fits.sum()),

@@ -65,6 +65,15 @@ def read_id_names(path: Path) -> dict[str, dict[int, str]]:
     return tables
 
 
+def _value_names(id_names: dict[str, dict[int, str]]) -> dict[str, dict[str, str]]:
+    """The code tables keyed as the features hold their values (text), including the
+    previous stay's disposition, which uses the disposition table."""
+    tables = {col: {str(k): v for k, v in names.items()} for col, names in id_names.items()}
+    if "discharge_disposition_id" in tables:
+        tables["prev_discharge_disposition_id"] = tables["discharge_disposition_id"]
+    return tables
+
+
 def load_readmission(path: Path) -> Dataset:
     """Diabetes 130 encounters at discharge, labelled readmitted within 30 days.
 
@@ -137,7 +146,8 @@ def load_readmission(path: Path) -> Dataset:
         X[col] = X[col].astype(object).where(X[col].notna(), None)
     # Subgroups are named by the data set's own code table when it sits beside the file
     # (Diabetes 130 ships IDs_mapping.csv); otherwise by code.
-    types = read_id_names(path.parent / ID_MAPPING_FILE).get("admission_type_id", {})
+    id_names = read_id_names(path.parent / ID_MAPPING_FILE)
+    types = id_names.get("admission_type_id", {})
     meta = pd.DataFrame(
         {
             "sex": X["gender"].fillna("unknown").to_numpy(),
@@ -157,6 +167,7 @@ def load_readmission(path: Path) -> Dataset:
         categorical=categorical,
         source=path.name,
         notes=notes,
+        value_names=_value_names(id_names),
     )
 
 

@@ -15,8 +15,11 @@ import pytest
 
 from vitalcast.features.encounter import EXCLUDED_DISPOSITIONS
 from vitalcast.modeling.loaders import load_dataset
+from vitalcast.modeling.registry import load_model
+from vitalcast.modeling.service import train_and_register
 from vitalcast.modeling.tabular import load_readmission
 from vitalcast.modeling.tasks import TaskError, get_task
+from vitalcast.modeling.train import FAST_BUDGET
 
 pytestmark = pytest.mark.shared_data
 
@@ -135,3 +138,56 @@ def test_subgroups_are_named_admission_types(
     names = set(load_readmission(sample).meta["admission_type"])
     assert {"Emergency", "Elective"} <= names
     assert len(names) == len(codes)  # each code its own named group
+
+
+def test_explanations_speak_clinical_words_and_name_coded_values(
+    head_csv: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """A readmission explanation names its features in clinical words (never a column
+    name such as ``number_inpatient`` or ``icd9_428``) and a coded value by the data set's
+    code table, which the model carries in its sidecar."""
+    sample = tmp_path / "head.csv"
+    sample.write_bytes(head_csv.read_bytes())
+    mapping = shared_data / "diabetes130" / "IDs_mapping.csv"
+    (tmp_path / "IDs_mapping.csv").write_bytes(mapping.read_bytes())
+    data = load_readmission(sample)
+    out = train_and_register(
+        "readmission-30d",
+        session=None,
+        registry_dir=tmp_path / "registry",
+        dataset=data,
+        budget=FAST_BUDGET,
+        n_splits=3,
+        n_boot=0,
+    )
+    model = load_model(out.artifact_path, out.sha256)
+    assert model.sidecar["value_names"]["discharge_disposition_id"]["1"] == ("Discharged to home")
+    rows = data.X.head(40)
+    contributions = model.explainer.contributions(rows).values
+    raw_names = set(model.feature_names)
+    seen: set[str] = set()
+    for i in range(len(rows)):
+        for factor in model.factors(rows.iloc[i].to_dict(), contributions[i], top=8):
+            assert factor.label not in raw_names, factor.label
+            assert "_" not in factor.text, factor.text
+            seen.add(factor.feature)
+    assert len(seen) >= 8
+    # A coded disposition is shown by its name, and the factor keeps the code.
+    names = model.sidecar["value_names"]
+    only_disposition = np.eye(len(model.feature_names))[
+        model.feature_names.index("discharge_disposition_id")
+    ]
+    row = {**rows.iloc[0].to_dict(), "discharge_disposition_id": "1"}
+    (factor,) = model.factors(row, only_disposition, top=1)
+    assert factor.value == "1"
+    assert factor.text == f"Discharged to: {names['discharge_disposition_id']['1']}"
+
+
+def test_every_readmission_feature_has_clinical_words() -> None:
+    from vitalcast.features.encounter import READMISSION_CATEGORICAL, READMISSION_NUMERIC
+    from vitalcast.features.labels import feature_label
+
+    for name in (*READMISSION_NUMERIC, *READMISSION_CATEGORICAL):
+        label = feature_label(name)
+        assert label != name.replace("_", " "), name  # the fallback for unknown names
+        assert "_" not in label, label
