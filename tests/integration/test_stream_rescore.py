@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from tests.hl7_samples import ADT_A01, ORU_R01
 from tests.modeling_data import register_champion
@@ -55,16 +56,9 @@ class Ward:
 @pytest.fixture
 def ward(pg_engine: Engine, cipher: FieldCipher, trained_model: Any) -> Ward:
     sessions = make_session_factory(pg_engine)
-    now = datetime.now(UTC)
     with session_scope(sessions) as s:
         register_champion(s, trained_model)
-    with sessions() as s:
-        store_cohort(
-            session=s,
-            batch=generate_cohort(n_current=3, n_historic=0, seed=5, now=now),
-            cipher=cipher,
-            now=now,
-        )
+    _store_stays(sessions, cipher, in_progress=3)
     with session_scope(sessions) as s:
         encounter, patient = s.execute(
             select(Encounter, Patient.public_id)
@@ -81,6 +75,16 @@ def ward(pg_engine: Engine, cipher: FieldCipher, trained_model: Any) -> Ward:
             now=encounter.admitted_at,
         )
         return Ward(encounter.id, encounter.public_id)
+
+
+def _store_stays(
+    sessions: sessionmaker[Session], cipher: FieldCipher, *, in_progress: int, discharged: int = 0
+) -> None:
+    """Synthetic stays admitted before now: some in progress, some discharged."""
+    now = datetime.now(UTC)
+    batch = generate_cohort(n_current=in_progress, n_historic=discharged, seed=5, now=now)
+    with sessions() as s:
+        store_cohort(session=s, batch=batch, cipher=cipher, now=now)
 
 
 def _reading(value: float, at: datetime | None = None) -> dict[str, object]:
@@ -340,3 +344,30 @@ def test_a_scoring_failure_loses_no_reading_and_the_stay_is_retried(
     clock.now += run.scorer.retry_s
     assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 1)
     assert run.scorer.pending == 0
+
+
+def test_stays_are_counted_as_scored_only_when_a_champion_scored_them(
+    settings: Settings, pg_engine: Engine, cipher: FieldCipher, trained_model: Any
+) -> None:
+    """Without a champion, or for a discharged stay, nothing is stored: the totals (and the
+    import reports built on them) must not count such stays as scored."""
+    sessions = make_session_factory(pg_engine)
+    _store_stays(sessions, cipher, in_progress=1, discharged=1)
+    with sessions() as s:
+        stays = dict(s.execute(select(Encounter.discharged_at.is_(None), Encounter.id)).all())
+    in_progress, discharged = stays[True], stays[False]
+    scorer = open_stream_scorer(settings, sessions, cipher, source="mqtt", watch=False)
+    try:
+        scorer.touched([in_progress, discharged])
+        assert scorer.flush() == 0  # no champion
+        assert scorer.stats.scored == 0
+        with session_scope(sessions) as s:
+            register_champion(s, trained_model)
+        scorer.touched([in_progress, discharged])
+        assert scorer.flush(everything=True) == 1  # the discharged stay is not scored
+        assert scorer.stats.scored == 1
+        assert scorer.stats.failed == 0
+        assert _predictions(pg_engine, in_progress) == 1
+        assert _predictions(pg_engine, discharged) == 0
+    finally:
+        scorer.close()

@@ -70,8 +70,8 @@ TICK_S = 0.2
 class ScoringStats:
     """Running totals of one process's stream scoring."""
 
-    scored: int = 0  # stays rescored (one transaction may hold several)
-    failed: int = 0  # failed attempts, counted per stay; each is retried
+    scored: int = 0  # stays a champion scored (in progress only); several per transaction
+    failed: int = 0  # failed attempts, counted per stay; retried unless retry_s is None
 
 
 class StreamScorer:
@@ -83,13 +83,13 @@ class StreamScorer:
         *,
         source: str,
         interval_s: float,
-        retry_s: float = RETRY_S,
+        retry_s: float | None = RETRY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = state
         self.source = source  # the metric's label: "mqtt" or "hl7v2"
         self.interval_s = interval_s
-        self.retry_s = retry_s
+        self.retry_s = retry_s  # None: a failed stay is dropped (a one-shot import)
         self.clock = clock
         self.stats = ScoringStats()
         self.wake = threading.Event()
@@ -134,15 +134,15 @@ class StreamScorer:
                 self._forget_before(now)
             if not due:
                 return 0
-            failed = self._score(due)
-            if failed:
+            scored, failed = self._score(due)
+            if failed and self.retry_s is not None:
                 with self._lock:
                     for encounter_id in failed:
                         # Data that arrived meanwhile keeps its own (earlier) due time.
                         at = min(self._due.get(encounter_id, math.inf), now + self.retry_s)
                         self._due[encounter_id] = at
-            self.stats.scored += len(due) - len(failed)
-            return len(due) - len(failed)
+            self.stats.scored += scored
+            return scored
 
     def _forget_before(self, now: float) -> None:
         """Drop attempts older than the interval: they no longer delay anything, and a
@@ -151,19 +151,20 @@ class StreamScorer:
         for encounter_id in stale:
             del self._attempted[encounter_id]
 
-    def _score(self, due: list[int]) -> set[int]:
+    def _score(self, due: list[int]) -> tuple[int, set[int]]:
         """Rescore ``due`` in one transaction; on failure, each stay in its own, so that one
-        stay's failure does not keep the others unscored. The stays that failed."""
+        stay's failure does not keep the others unscored. The number of stays scored (not
+        those discharged, nor any without a champion) and the stays that failed."""
         try:
-            self._transaction(due)
-            return set()
+            return self._transaction(due), set()
         except Exception as exc:
             first = exc
+        scored = 0
         failed: set[int] = set()
         if len(due) > 1 and not _unavailable(first):
             for i, encounter_id in enumerate(due):
                 try:
-                    self._transaction([encounter_id])
+                    scored += self._transaction([encounter_id])
                 except Exception as exc:
                     failed.add(encounter_id)
                     if _unavailable(exc):  # every later one would fail the same way
@@ -173,7 +174,9 @@ class StreamScorer:
             failed = set(due)
         # The error's class only (its text may quote data), and no stay identifiers.
         logger.error(
-            "stream rescoring failed; retrying",
+            "stream rescoring failed; retrying"
+            if self.retry_s is not None
+            else "rescoring failed; the stays keep their previous risk",
             extra={
                 "source": self.source,
                 "stays": len(failed),
@@ -183,16 +186,18 @@ class StreamScorer:
         )
         self.stats.failed += len(failed)
         observe_stream_rescore_failure(source=self.source, stays=len(failed))
-        return failed
+        return scored, failed
 
-    def _transaction(self, encounter_ids: list[int]) -> None:
+    def _transaction(self, encounter_ids: list[int]) -> int:
+        """Rescore in one transaction; the number of stays scored, which is 0 without a
+        champion (the stays were not "scored" then, and the totals must not say so)."""
         with session_scope(self.state.sessions) as session:
             # A champion promoted since the watcher's last poll is loaded now, before the
             # lock that rescore_encounters takes (a load under it would stall ingestion).
             refresh_if_stale(session, self.state)
             if self.state.predictor is None:
-                return  # no champion (or none that loads here): nothing to score
-            rescore_encounters(session, self.state, encounter_ids)
+                return 0  # no champion (or none that loads here): nothing to score
+            return len(rescore_encounters(session, self.state, encounter_ids))
 
     # -- a flusher thread, for callers without a loop of their own (MLLP) -------------
     def start_background(self, tick_s: float = TICK_S) -> threading.Thread:
@@ -232,10 +237,14 @@ def open_stream_scorer(
     *,
     source: str,
     clock: Callable[[], float] = time.monotonic,
+    watch: bool = True,
+    retry_s: float | None = RETRY_S,
 ) -> StreamScorer:
     """A scorer for a stream process: its champion and challenger loaded (none is fine:
-    scoring is then a no-op until one is promoted), the model watcher started, and risks
-    announced on the event bus (publishing only: no listener thread is started)."""
+    scoring is then a no-op until one is promoted), the model watcher started (unless
+    ``watch`` is False: a one-shot import is scored right away, and each scoring
+    transaction reloads a model promoted meanwhile anyway), and risks announced on the
+    event bus (publishing only: no listener thread is started)."""
     engine = sessions.kw["bind"]
     assert isinstance(engine, Engine)
     state = AppState(
@@ -246,7 +255,12 @@ def open_stream_scorer(
         bus=EventBus(engine, settings.redis_url),
     )
     refresh_models(state)
-    start_model_watcher(state)
+    if watch:
+        start_model_watcher(state)
     return StreamScorer(
-        state, source=source, interval_s=settings.stream_rescore_interval_s, clock=clock
+        state,
+        source=source,
+        interval_s=settings.stream_rescore_interval_s,
+        retry_s=retry_s,
+        clock=clock,
     )
