@@ -5,6 +5,11 @@ Thin: parse options, call a service, print the report. Exit 0 when the input was
 input it cannot read (docs/ingestion-files.md), when some file or message could not be
 read at all: each is named on stderr in one line, after the report of everything else,
 which was stored.
+
+``ingest fhir`` and ``ingest hl7`` then rescore the stays in progress they stored
+observations for (unless ``--no-rescore``), after the import's commits. A stay that could
+not be scored is reported and the command exits 3 (when all input was read): its data is
+stored, but the ward shows a risk older than it. Exit 2 wins over 3: the input comes first.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import signal
 import sys
 from datetime import tzinfo
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
@@ -23,6 +28,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.errors import ConfigError
 from vitalcast.security import audit
+
+if TYPE_CHECKING:
+    from vitalcast.config import Settings
+    from vitalcast.ingest.units import RunResult
+    from vitalcast.security.crypto import FieldCipher
+    from vitalcast.serving.stream_scoring import ImportRescoring
 
 logger = logging.getLogger(__name__)
 
@@ -61,28 +72,90 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def _finish(result: Any, as_json: bool) -> None:
-    """Print the report, then one ``error:`` line per unreadable unit (exit 2 if any)."""
+def _finish(result: RunResult, as_json: bool, rescoring: ImportRescoring) -> None:
+    """Print the report, then one ``error:`` line per unreadable unit (exit 2 if any) and
+    one for stays not rescored (exit 3, when all input was read)."""
     if as_json:
-        click.echo(json.dumps(result.report.to_dict() | {"errors": result.errors}, indent=2))
+        extra = {"errors": result.errors, "rescored": rescoring.to_dict()}
+        click.echo(json.dumps(result.report.to_dict() | extra, indent=2))
     else:
         click.echo(result.report.render())
+        click.echo(_rescoring_line(rescoring))
         for error in result.errors:
             click.echo(f"error: {error}", err=True)
+    if rescoring.failed:
+        click.echo(
+            f"error: stays not rescored: {rescoring.failed} (see the log); their data is"
+            " stored, and the ward shows their previous risk until their next data or the"
+            " next champion change",
+            err=True,
+        )
     if result.errors:
         sys.exit(2)
+    if rescoring.failed:
+        sys.exit(3)
+
+
+_SKIPPED = {
+    "no_champion": "no champion to score with",
+    "champion_not_loaded": "the champion could not be loaded (see the log)",
+    "no_new_observations": "no new observations",
+    "not_requested": "--no-rescore",
+}
+
+
+def _rescoring_line(rescoring: ImportRescoring) -> str:
+    """The report's last line: how many stays in progress were rescored, and why none."""
+    line = f"stays in progress rescored with the champion: {rescoring.stays}"
+    if rescoring.skipped is not None:
+        line += f" ({_SKIPPED[rescoring.skipped]})"
+    return line
+
+
+def _rescore(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    cipher: FieldCipher,
+    result: RunResult,
+    *,
+    rescore: bool,
+    source: str,
+) -> ImportRescoring:
+    """Rescore the stays the import stored observations for (closes the pool). The ids
+    come from the import's report, as the stream processes get theirs: no re-query."""
+    from vitalcast.serving.stream_scoring import ImportRescoring, rescore_after_import
+
+    if not rescore:
+        return ImportRescoring(skipped="not_requested")
+    touched = result.report.touched_encounters
+    return rescore_after_import(settings, factory, cipher, touched, source=source)
+
+
+_NO_RESCORE = click.option(
+    "--no-rescore",
+    "no_rescore",
+    is_flag=True,
+    help="Store only: do not rescore the stays in progress the import touched (bulk"
+    " historical loads). By default they are rescored with the champion after the import.",
+)
 
 
 @click.command("fhir")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_NO_RESCORE
 @click.pass_context
-def ingest_fhir(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
-    """FHIR R4 Bundles (.json), Bulk Data files (.ndjson), folders or .tar.gz of them."""
+def ingest_fhir(
+    ctx: click.Context, paths: tuple[Path, ...], as_json: bool, no_rescore: bool
+) -> None:
+    """FHIR R4 Bundles (.json), Bulk Data files (.ndjson), folders or .tar.gz of them.
+
+    Then rescores the stays in progress it stored observations for (exit 3 if some fail).
+    """
     from vitalcast.ingest.sources.fhir import SOURCE, iter_units
     from vitalcast.ingest.units import ingest_units
 
-    _settings, factory, cipher = _context(ctx)
+    settings, factory, cipher = _context(ctx)
     location = ", ".join(p.name for p in paths)[:500]
     try:
         result = ingest_units(
@@ -93,17 +166,26 @@ def ingest_fhir(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> N
             cipher=cipher,
             agent=audit.CLI,
         )
+        rescoring = _rescore(
+            settings, factory, cipher, result, rescore=not no_rescore, source=SOURCE
+        )
     finally:
         factory.kw["bind"].dispose()  # close the pool's connections, not leave them to GC
-    _finish(result, as_json)
+    _finish(result, as_json, rescoring)
 
 
 @click.command("hl7")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_NO_RESCORE
 @click.pass_context
-def ingest_hl7(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
-    """HL7 v2 files (ADT^A01/A03/A08, ORU^R01), one or many messages each."""
+def ingest_hl7(
+    ctx: click.Context, paths: tuple[Path, ...], as_json: bool, no_rescore: bool
+) -> None:
+    """HL7 v2 files (ADT^A01/A03/A08, ORU^R01), one or many messages each.
+
+    Then rescores the stays in progress it stored observations for (exit 3 if some fail).
+    """
     from vitalcast.ingest.sources.hl7v2 import SOURCE, iter_file_messages
     from vitalcast.ingest.units import ingest_units
 
@@ -116,9 +198,12 @@ def ingest_hl7(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> No
         result = ingest_units(
             factory, units, source=SOURCE, location=location, cipher=cipher, agent=audit.CLI
         )
+        rescoring = _rescore(
+            settings, factory, cipher, result, rescore=not no_rescore, source=SOURCE
+        )
     finally:
         factory.kw["bind"].dispose()
-    _finish(result, as_json)
+    _finish(result, as_json, rescoring)
 
 
 @click.group("listen")

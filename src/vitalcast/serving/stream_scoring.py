@@ -1,5 +1,5 @@
-"""Rescore stays from the processes that receive bedside data: ``vitalcast stream mqtt``
-and ``vitalcast listen hl7``.
+"""Rescore stays from the processes that receive bedside data (``vitalcast stream mqtt``,
+``vitalcast listen hl7``) and after file imports (``vitalcast ingest fhir``/``hl7``).
 
 The web server rescores the stays a ``POST /api/v1/observations`` touched inside the
 request's transaction. The MQTT consumer and the MLLP listener run without a Flask app, so
@@ -30,6 +30,10 @@ Two things differ from the HTTP path, on purpose:
 
 What this does not promise: stays that were due later when the process was killed
 (SIGKILL) are scored at their next data, not at restart. A clean stop scores them.
+
+A file import (:func:`rescore_after_import`) uses the same scorer once, after its last
+commit: every stay it stored observations for is scored in one flush, with no interval and
+no retry (the command ends; it reports the stays that failed and exits 3).
 """
 
 from __future__ import annotations
@@ -264,3 +268,59 @@ def open_stream_scorer(
         retry_s=retry_s,
         clock=clock,
     )
+
+
+@dataclass(frozen=True)
+class ImportRescoring:
+    """What :func:`rescore_after_import` did, for the import's report and exit code."""
+
+    stays: int = 0  # stays in progress scored with the champion
+    failed: int = 0  # stays whose scoring failed (their data is stored all the same)
+    # Why no stay was scored, when none could be: "no_champion", "champion_not_loaded",
+    # "no_new_observations", or "not_requested" (``--no-rescore``).
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, int | str | None]:
+        return {"stays": self.stays, "failed": self.failed, "skipped": self.skipped}
+
+
+def rescore_after_import(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    cipher: FieldCipher,
+    encounter_ids: Iterable[int],
+    *,
+    source: str,
+) -> ImportRescoring:
+    """Rescore the stays a file import stored observations for, after its commits.
+
+    One flush of a :class:`StreamScorer` (same models, events and per-stay fallback as the
+    stream processes), each transaction its own: a failure is logged without identifiers
+    and counted, never raised, so the stored data is neither rolled back nor hidden behind
+    an error. Closes ``sessions``' pool. A champion registered but not loadable here counts
+    as a failure (the stays keep a risk older than their data); no champion at all does
+    not (nothing is due to be scored until one is promoted, which rescores every stay).
+    """
+    ids = sorted(set(encounter_ids))
+    if not ids:
+        return ImportRescoring(skipped="no_new_observations")
+    try:
+        scorer = open_stream_scorer(
+            settings, sessions, cipher, source=source, watch=False, retry_s=None
+        )
+    except Exception as exc:  # the models could not be read: the data is stored anyway
+        logger.error(
+            "rescoring failed; the stays keep their previous risk",
+            extra={"source": source, "stays": len(ids), "error": error_kind(exc)},
+        )
+        return ImportRescoring(failed=len(ids))
+    try:
+        scorer.touched(ids)
+        scorer.flush(everything=True)
+    finally:
+        scorer.close()
+    if scorer.state.predictor is None:
+        if "champion" in scorer.state.unloadable:
+            return ImportRescoring(failed=len(ids), skipped="champion_not_loaded")
+        return ImportRescoring(skipped="no_champion")
+    return ImportRescoring(stays=scorer.stats.scored, failed=scorer.stats.failed)
