@@ -7,7 +7,8 @@ events and the observations commit together. The stream processes (MQTT, HL7 ove
 call it through :mod:`vitalcast.serving.stream_scoring`, after their ingest transaction has
 committed and the messages are acknowledged, in a transaction of its own and at most once
 per stay and interval: a reading must never wait for, or be lost with, a risk derived from
-it. File imports do not rescore. The challenger, when one is registered, is scored in
+it. The FHIR and HL7 file imports call it the same way, once, after their last commit
+(``--no-rescore`` skips it). The challenger, when one is registered, is scored in
 shadow: stored with role "challenger", never published to clinicians.
 
 :func:`rescore_stays_in_progress` runs after a new champion is promoted (or an old one
