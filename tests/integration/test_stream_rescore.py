@@ -38,7 +38,9 @@ from vitalcast.ingest.mllp import send_messages
 from vitalcast.ingest.mqtt import DeviceStreamConsumer, MqttConfig, parse_mqtt_url
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.crypto import FieldCipher
+from vitalcast.serving.predictor import load_predictor
 from vitalcast.serving.realtime import EventBus
+from vitalcast.serving.rescoring import rescore_stays_in_progress, stays_with_unscored_data
 from vitalcast.serving.stream_scoring import StreamScorer, open_stream_scorer
 from vitalcast.synth import generate_cohort, store_cohort
 
@@ -75,6 +77,19 @@ def ward(pg_engine: Engine, cipher: FieldCipher, trained_model: Any) -> Ward:
             now=encounter.admitted_at,
         )
         return Ward(encounter.id, encounter.public_id)
+
+
+@pytest.fixture
+def scored_ward(pg_engine: Engine, ward: Ward) -> Ward:
+    """The ward with a champion risk for every stay, as after a promotion's rescoring: a
+    stream command finds nothing left unscored at start (``StreamScorer.catch_up``)."""
+    sessions = make_session_factory(pg_engine)
+    champion = load_predictor(sessions, "icu-mortality", "champion")
+    assert champion is not None
+    assert rescore_stays_in_progress(sessions, champion).stays == 3
+    with sessions() as s:
+        assert stays_with_unscored_data(s) == []
+    return ward
 
 
 def _store_stays(
@@ -142,6 +157,20 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return err
 
 
+def _start_stream_mqtt(env: dict[str, str], prefix: str) -> subprocess.Popen[str]:
+    """``vitalcast stream mqtt`` as a process, once it says it is consuming."""
+    proc = subprocess.Popen(
+        [_cli(), "stream", "mqtt", "--topic-prefix", prefix],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    assert proc.stderr.readline().startswith("consuming")
+    return proc
+
+
 @pytest.fixture
 def events(pg_engine: Engine) -> Iterator[queue.Queue[dict[str, Any]]]:
     bus = EventBus(pg_engine)
@@ -164,24 +193,17 @@ def test_stream_mqtt_rescores_the_stay_and_announces_it(
     mqtt_url: str,
     settings: Settings,
     pg_engine: Engine,
-    ward: Ward,
+    scored_ward: Ward,
     events: queue.Queue[dict[str, Any]],
 ) -> None:
+    ward = scored_ward
     prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
     env = _env(
         settings,
         VITALCAST_MQTT_URL=mqtt_url,
         VITALCAST_MQTT_CLIENT_ID=f"vc-score-{uuid.uuid4().hex[:8]}",
     )
-    proc = subprocess.Popen(
-        [_cli(), "stream", "mqtt", "--topic-prefix", prefix],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    assert proc.stderr.readline().startswith("consuming")
+    proc = _start_stream_mqtt(env, prefix)
     try:
         before = _observations(pg_engine)
         pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
@@ -197,11 +219,62 @@ def test_stream_mqtt_rescores_the_stay_and_announces_it(
         assert _wait(stored, timeout_s=60)
         pub.close()
         assert _observations(pg_engine) == before + 1
-        assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 1)
+        assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 2)
         event = _event_for(events, ward.encounter_public_id)
         assert event["type"] == "risk"
     finally:
         _stop(proc)
+
+
+def test_a_stay_waiting_when_the_consumer_was_killed_is_scored_at_restart(
+    mqtt_url: str, settings: Settings, pg_engine: Engine, scored_ward: Ward
+) -> None:
+    """A reading stored within the stay's interval waits to be scored; the consumer is
+    killed (SIGKILL: no clean stop scores it) and the restarted one scores the stay with
+    no further data."""
+    ward = scored_ward
+    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
+    env = _env(
+        settings,
+        VITALCAST_MQTT_URL=mqtt_url,
+        VITALCAST_MQTT_CLIENT_ID=f"vc-kill-{uuid.uuid4().hex[:8]}",
+        VITALCAST_STREAM_RESCORE_INTERVAL_S="600",
+    )
+
+    first = _start_stream_mqtt(env, prefix)
+    pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+    topic = f"{prefix}/{DEVICE}/observations"
+    before = _observations(pg_engine)
+
+    def stored(n: int, value: float) -> Callable[[], bool]:
+        def check() -> bool:  # resent until stored (see the test above)
+            pub.publish(topic, _reading(value))
+            pub.flush()
+            return _wait(lambda: _observations(pg_engine) >= before + n, timeout_s=2)
+
+        return check
+
+    try:
+        assert _wait(stored(1, 120), timeout_s=60)
+        assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 2)  # at once
+        assert _wait(stored(2, 150), timeout_s=60)  # within the interval: waits
+        time.sleep(1.0)  # several flushes of the consumer loop
+        assert _predictions(pg_engine, ward.encounter_id) == 2
+    finally:
+        pub.close()
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+    assert _predictions(pg_engine, ward.encounter_id) == 2
+    with make_session_factory(pg_engine)() as s:
+        assert stays_with_unscored_data(s) == [ward.encounter_id]
+
+    second = _start_stream_mqtt(env, prefix)
+    try:
+        assert _wait(lambda: _predictions(pg_engine, ward.encounter_id) == 3)
+    finally:
+        _stop(second)
+    with make_session_factory(pg_engine)() as s:
+        assert stays_with_unscored_data(s) == []
 
 
 def _free_port() -> int:

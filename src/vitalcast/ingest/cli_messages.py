@@ -237,6 +237,7 @@ def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
         max_bytes=settings.mllp_max_message_bytes,
     )
     scorer = open_stream_scorer(settings, factory, cipher, source=SOURCE)
+    scorer.catch_up()  # stays left unscored by a previous run that was killed
     server = MllpServer((host, port or settings.mllp_port), handler, scorer=scorer)
     scorer.start_background()
     endpoint = start_worker_http(settings, scorer.heartbeat)
@@ -318,6 +319,7 @@ def stream_mqtt(
     click.echo(f"consuming {config.topic} from {config.host}:{config.port}", err=True)
     # Loaded after the line above (tools wait for it): messages queue meanwhile.
     consumer.scorer = open_stream_scorer(settings, factory, cipher, source=SOURCE)
+    consumer.scorer.catch_up()  # stays left unscored by a previous run that was killed
     endpoint = start_worker_http(
         settings,
         consumer.scorer.heartbeat,  # the loop flushes the scorer at least every 0.2 s

@@ -24,10 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.db.base import utcnow
 from vitalcast.db.session import session_scope
 from vitalcast.modeling.tables import Prediction
@@ -190,6 +190,41 @@ def rescore_after_champion_change(
         return rescore_stays_in_progress(sessions, champion, bus=bus, agent=agent)
     finally:
         engine.dispose()
+
+
+def stays_with_unscored_data(session: Session, task: str = DEFAULT_TASK) -> list[int]:
+    """Stays in progress holding an observation stored after their newest champion
+    prediction of ``task`` (or with observations and no such prediction); in id order.
+
+    A stream process that was killed (SIGKILL, a node lost) had stays waiting for their
+    coalescing interval; nothing else rescores them until their next data. Their readings
+    were committed, so the database says which they are: the stream commands score these
+    at start. Costs one pass over the stays' observation index (an EXISTS that stops at
+    the first newer row).
+    """
+    newest = (
+        select(func.max(Prediction.created_at))
+        .where(
+            Prediction.encounter_id == Encounter.id,
+            Prediction.role == "champion",
+            Prediction.task == task,
+        )
+        .scalar_subquery()
+    )
+    unscored = (
+        select(Observation.id)
+        .where(
+            Observation.encounter_id == Encounter.id,
+            or_(newest.is_(None), Observation.received_at > newest),
+        )
+        .exists()
+    )
+    query = (
+        select(Encounter.id)
+        .where(Encounter.discharged_at.is_(None), unscored)
+        .order_by(Encounter.id)
+    )
+    return list(session.scalars(query))
 
 
 def _stays_in_progress() -> Select[Encounter, str]:

@@ -28,8 +28,10 @@ Two things differ from the HTTP path, on purpose:
   came. The caller flushes often (the MQTT loop wakes at least every 0.2 s; the MLLP
   listener runs :meth:`StreamScorer.start_background`).
 
-What this does not promise: stays that were due later when the process was killed
-(SIGKILL) are scored at their next data, not at restart. A clean stop scores them.
+A clean stop scores every waiting stay. Stays that were waiting when the process was
+killed (SIGKILL, a node lost) are found at the next start by :meth:`StreamScorer.catch_up`:
+their readings were committed, so the database says which stays hold an observation
+stored after their newest champion risk.
 
 A file import (:func:`rescore_after_import`) uses the same scorer once, after its last
 commit: every stay it stored observations for is scored in one flush, with no interval and
@@ -57,7 +59,7 @@ from vitalcast.monitoring.worker_http import Heartbeat
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.models import refresh_if_stale, refresh_models, start_model_watcher
 from vitalcast.serving.realtime import EventBus
-from vitalcast.serving.rescoring import rescore_encounters
+from vitalcast.serving.rescoring import rescore_encounters, stays_with_unscored_data
 from vitalcast.serving.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,22 @@ class StreamScorer:
                 last = self._attempted.get(encounter_id, -math.inf)
                 self._due[encounter_id] = max(now, last + self.interval_s)
         self.wake.set()
+
+    def catch_up(self) -> int:
+        """Make due the stays in progress holding an observation stored after their newest
+        champion risk (:func:`~vitalcast.serving.rescoring.stays_with_unscored_data`); how
+        many. Call once at start, before the first flush."""
+        if self.state.predictor is None:
+            return 0  # nothing to score with; a promotion rescores every stay anyway
+        with self.state.sessions() as session:
+            stale = stays_with_unscored_data(session, self.state.predictor.task)
+        self.touched(stale)
+        if stale:
+            logger.info(
+                "stays with unscored data at start",
+                extra={"source": self.source, "stays": len(stale)},
+            )
+        return len(stale)
 
     @property
     def pending(self) -> int:
