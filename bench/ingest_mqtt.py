@@ -173,6 +173,9 @@ def run(args: argparse.Namespace, db_url: str, data_dir: Path) -> None:
             "VITALCAST_DATABASE_URL": db_url,
             "VITALCAST_MQTT_URL": url if args.protocol == "5" else _with_protocol(url),
             "VITALCAST_MQTT_CLIENT_ID": f"bench-{uuid.uuid4().hex[:6]}",
+            # The session outlives the offline publishing (bounded by --timeout) and the
+            # restarts, then leaves a shared broker instead of staying a day.
+            "VITALCAST_MQTT_SESSION_EXPIRY_S": str(int(args.timeout) + 600),
             "VITALCAST_LOG_LEVEL": "WARNING",
             "VITALCAST_STREAM_RESCORE_INTERVAL_S": str(args.rescore_interval),
         }

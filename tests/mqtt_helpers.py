@@ -10,6 +10,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from vitalcast.ingest.mqtt import parse_mqtt_url, use_tls
 
+# Session Expiry Interval of the consumers tests start (VITALCAST_MQTT_SESSION_EXPIRY_S):
+# each test's client id is new, so its session is abandoned when the test ends and should
+# leave the shared broker soon (the production default keeps it a day). Two minutes still
+# outlast a SIGKILLed consumer's restart on a busy machine, as the restart tests need.
+SESSION_EXPIRY_S = 120
+
 
 class Publisher:
     """Publishes with QoS 1 and waits until the broker has acknowledged every message."""

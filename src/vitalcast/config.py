@@ -23,6 +23,14 @@ Environment = Literal["demo", "development", "production", "test"]
 
 SUPPORTED_DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 
+# How long the broker keeps the MQTT consumer's session after a disconnection (MQTT 5
+# Session Expiry Interval). Long enough for any restart, deploy or overnight outage (the
+# readings wait for it on the broker), short enough that a session nobody will resume (a
+# changed client id, a retired consumer, a test) stops collecting readings within a day.
+MQTT_SESSION_EXPIRY_S = 24 * 60 * 60
+# 0xFFFFFFFF means "never expires" in MQTT 5: exactly what the setting exists to avoid.
+MQTT_SESSION_EXPIRY_MAX_S = 0xFFFFFFFF - 1
+
 
 class Settings(BaseSettings):
     """Every runtime setting of vitalcast, one environment variable each."""
@@ -147,6 +155,19 @@ class Settings(BaseSettings):
         "vitalcast-ingest",
         description="Fixed MQTT client id of `vitalcast stream mqtt`: with a persistent"
         " session the broker keeps unacknowledged QoS 1 messages for it across restarts.",
+    )
+    mqtt_session_expiry_s: int = Field(
+        MQTT_SESSION_EXPIRY_S,
+        ge=1,
+        le=MQTT_SESSION_EXPIRY_MAX_S,
+        description="MQTT 5 Session Expiry Interval of `vitalcast stream mqtt`: how long the"
+        " broker keeps the consumer's session (its subscription and the QoS 1 readings queued"
+        " for it) after a disconnection. A consumer down for longer loses the readings"
+        " published meanwhile; a session abandoned (client id changed, consumer retired) is"
+        " dropped after it. The default, a day, outlasts any restart or deploy and an outage"
+        " overnight (the data_stale alert fires within hours). MQTT 3.1.1 has no such"
+        " property: the broker's own policy applies (Mosquitto: `persistent_client_expiration`,"
+        " which deploy/mosquitto sets).",
     )
     mqtt_batch_size: int = Field(
         500,

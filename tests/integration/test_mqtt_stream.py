@@ -9,12 +9,18 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from sqlalchemy import Engine, func, select
 
-from tests.mqtt_helpers import Publisher
+from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher
 from vitalcast.clinical.records import PatientRecord, RecordBatch
 from vitalcast.clinical.tables import Observation, Patient
 from vitalcast.config import Settings
@@ -67,6 +73,7 @@ def test_bindings_duplicates_order_and_bad_payloads(
         topic_prefix=prefix,
         batch_size=50,
         batch_wait_s=0.1,
+        session_expiry_s=SESSION_EXPIRY_S,
     )
     consumer = DeviceStreamConsumer(factory, cipher, config)
     stop = threading.Event()
@@ -148,6 +155,7 @@ def test_forced_consumer_restart_loses_nothing(
         # The consumer logs a line per batch at INFO to its stderr, which this test stops
         # reading after "consuming": a full pipe would block the consumer.
         "VITALCAST_LOG_LEVEL": "WARNING",
+        "VITALCAST_MQTT_SESSION_EXPIRY_S": str(SESSION_EXPIRY_S),
     }
     cmd = [
         str(Path(sys.executable).with_name("vitalcast")),
@@ -195,3 +203,89 @@ def test_forced_consumer_restart_loses_nothing(
     assert second.returncode == 0, err
     assert _count(pg_engine, Observation) == total
     assert _count(pg_engine, QuarantineItem) == 0
+
+
+@contextmanager
+def _consuming(consumer: DeviceStreamConsumer) -> Iterator[None]:
+    """Run ``consumer`` in a thread, subscribed, while the block runs; then stop it."""
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,))
+    worker.start()
+    try:
+        assert consumer.subscribed.wait(10)
+        yield
+    finally:
+        stop.set()
+        worker.join(10)
+
+
+def _session_present(opts: dict[str, Any], client_id: str) -> bool:
+    """Whether the broker still holds a session for ``client_id``: connect asking to resume
+    it and read CONNACK's session-present flag. The probe then ends the session (MQTT 5:
+    no expiry interval; MQTT 3.1.1: a clean-session reconnection), leaving nothing behind."""
+    v5 = opts["protocol"] == MQTTProtocolVersion.MQTTv5
+    present: list[bool] = []
+
+    def probe(clean: bool) -> None:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=opts["protocol"],
+            clean_session=None if v5 else clean,
+        )
+        connected = threading.Event()
+
+        def on_connect(_c: Any, _u: Any, flags: Any, _rc: Any, _p: Any) -> None:
+            present.append(bool(flags.session_present))
+            connected.set()
+
+        client.on_connect = on_connect
+        if v5:
+            client.connect(opts["host"], opts["port"], clean_start=clean)
+        else:
+            client.connect(opts["host"], opts["port"])
+        client.loop_start()
+        try:
+            assert connected.wait(10), "no CONNACK"
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    probe(clean=False)
+    if not v5:
+        probe(clean=True)
+    return present[0]
+
+
+def _run_briefly(pg_engine: Engine, cipher: FieldCipher, config: MqttConfig) -> None:
+    """Connect, subscribe (creating the session) and stop cleanly."""
+    with _consuming(DeviceStreamConsumer(make_session_factory(pg_engine), cipher, config)):
+        pass
+
+
+def test_mqtt5_session_outlives_a_disconnection_by_its_expiry_interval_only(
+    mqtt_url: str, pg_engine: Engine, cipher: FieldCipher
+) -> None:
+    opts = parse_mqtt_url(mqtt_url)
+    if opts["protocol"] != MQTTProtocolVersion.MQTTv5:
+        pytest.skip("the test broker speaks MQTT 3.1.1 only")
+    kept, expiring = (f"vc-expiry-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    _run_briefly(pg_engine, cipher, MqttConfig(**opts, client_id=kept, session_expiry_s=60))
+    # The CONNECT asked for a session that outlives the disconnection (a restart resumes it).
+    assert _session_present(opts, kept)
+    _run_briefly(pg_engine, cipher, MqttConfig(**opts, client_id=expiring, session_expiry_s=1))
+    time.sleep(4)  # the interval, plus Mosquitto's once-a-second expiry sweep, with room
+    assert not _session_present(opts, expiring)  # before: kept (and fed) forever
+
+
+def test_mqtt311_has_no_session_expiry_the_broker_keeps_the_session(
+    mqtt_url: str, pg_engine: Engine, cipher: FieldCipher
+) -> None:
+    """MQTT 3.1.1 has no Session Expiry Interval: ``session_expiry_s`` is not sent, and the
+    broker's own policy decides (Mosquitto: ``persistent_client_expiration``, in hours at
+    the least, never by default)."""
+    opts = {**parse_mqtt_url(mqtt_url), "protocol": MQTTProtocolVersion.MQTTv311}
+    client_id = f"vc-expiry-{uuid.uuid4().hex[:8]}"
+    _run_briefly(pg_engine, cipher, MqttConfig(**opts, client_id=client_id, session_expiry_s=1))
+    time.sleep(3)
+    assert _session_present(opts, client_id)  # and the probe discarded it

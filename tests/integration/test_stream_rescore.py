@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.hl7_samples import ADT_A01, ORU_R01
 from tests.modeling_data import register_champion
-from tests.mqtt_helpers import Publisher
+from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.config import Settings
 from vitalcast.db.session import make_session_factory, session_scope
@@ -202,6 +202,7 @@ def test_stream_mqtt_rescores_the_stay_and_announces_it(
         settings,
         VITALCAST_MQTT_URL=mqtt_url,
         VITALCAST_MQTT_CLIENT_ID=f"vc-score-{uuid.uuid4().hex[:8]}",
+        VITALCAST_MQTT_SESSION_EXPIRY_S=str(SESSION_EXPIRY_S),
     )
     proc = _start_stream_mqtt(env, prefix)
     try:
@@ -353,6 +354,7 @@ def running(
         topic_prefix=prefix,
         batch_size=50,
         batch_wait_s=0.05,
+        session_expiry_s=SESSION_EXPIRY_S,
     )
     consumer = DeviceStreamConsumer(sessions, cipher, config, scorer=scorer)
     stop = threading.Event()

@@ -307,6 +307,7 @@ def stream_mqtt(
         topic_prefix=topic_prefix,
         batch_size=settings.mqtt_batch_size,
         batch_wait_s=settings.mqtt_batch_wait_ms / 1000,
+        session_expiry_s=settings.mqtt_session_expiry_s,
     )
     consumer = DeviceStreamConsumer(factory, cipher, config)
     stop = threading.Event()

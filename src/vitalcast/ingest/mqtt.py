@@ -2,10 +2,19 @@
 
 The consumer subscribes to ``vitalcast/devices/+/observations`` with QoS 1 under a fixed
 client id and a persistent session (MQTT 3.1.1 ``clean_session=0``; MQTT 5
-``clean_start=0`` with a session that never expires), and acknowledges manually: a
-message's PUBACK is sent only after the database transaction holding it has committed.
-If the consumer or the broker dies in between, the broker redelivers, and the dedup keys
-make the redelivery a no-op. So nothing is lost and nothing is stored twice.
+``clean_start=0``), and acknowledges manually: a message's PUBACK is sent only after the
+database transaction holding it has committed. If the consumer or the broker dies in
+between, the broker redelivers, and the dedup keys make the redelivery a no-op. So nothing
+is lost and nothing is stored twice.
+
+The session outlives a disconnection for ``session_expiry_s``
+(``VITALCAST_MQTT_SESSION_EXPIRY_S``, a day by default), sent as MQTT 5's Session Expiry
+Interval: the broker queues readings for a consumer that is restarting, and forgets a
+session nobody resumes (before, it asked for a session that never expires, and every
+retired client id kept collecting readings on the broker). MQTT 3.1.1 has no such
+property: the broker keeps a ``clean_session=0`` session until its own policy drops it
+(Mosquitto: ``persistent_client_expiration``, never by default; deploy/mosquitto sets a
+day).
 
 Messages are committed in batches (``mqtt_batch_size`` or ``mqtt_batch_wait_ms``) for
 throughput; the commit-before-ack rule holds per batch. MQTT 5 is used by default because
@@ -43,6 +52,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.clinical.records import RecordBatch, Rejected
+from vitalcast.config import MQTT_SESSION_EXPIRY_S
 from vitalcast.db.session import session_scope
 from vitalcast.errors import ConfigError
 from vitalcast.ingest.report import IngestReport
@@ -82,6 +92,7 @@ class MqttConfig:
     batch_wait_s: float = 0.2
     tls: bool = False
     cafile: str | None = None  # PEM CA bundle to verify the broker (default: the system's)
+    session_expiry_s: int = MQTT_SESSION_EXPIRY_S  # MQTT 5 only; see the module docstring
 
     @property
     def topic(self) -> str:
@@ -136,6 +147,14 @@ def use_tls(client: mqtt.Client, cafile: str | None) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"VITALCAST_MQTT_URL: cannot read cafile {cafile} ({exc})") from None
     client.tls_set_context(context)
+
+
+def connect_properties(session_expiry_s: int) -> Properties:
+    """MQTT 5 CONNECT properties: the session outlives a disconnection by
+    ``session_expiry_s`` (a restart resumes it), then the broker drops it and its queue."""
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry_s
+    return props
 
 
 @dataclass
@@ -247,10 +266,12 @@ class DeviceStreamConsumer:
         """Connect with a persistent session and start the network thread."""
         cfg = self.config
         if cfg.protocol == MQTTProtocolVersion.MQTTv5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0xFFFFFFFF  # the session outlives any restart
             self.client.connect(
-                cfg.host, cfg.port, keepalive=30, clean_start=False, properties=props
+                cfg.host,
+                cfg.port,
+                keepalive=30,
+                clean_start=False,
+                properties=connect_properties(cfg.session_expiry_s),
             )
         else:
             self.client.connect(cfg.host, cfg.port, keepalive=30)
