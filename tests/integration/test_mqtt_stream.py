@@ -18,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, func, select
 
 from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher
@@ -26,7 +27,7 @@ from vitalcast.clinical.tables import Observation, Patient
 from vitalcast.config import Settings
 from vitalcast.db.session import make_session_factory, session_scope
 from vitalcast.ingest.devices import bind_device, unbind_device
-from vitalcast.ingest.mqtt import DeviceStreamConsumer, MqttConfig, parse_mqtt_url
+from vitalcast.ingest.mqtt import SOURCE, DeviceStreamConsumer, MqttConfig, parse_mqtt_url
 from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.security.crypto import FieldCipher
@@ -217,6 +218,64 @@ def _consuming(consumer: DeviceStreamConsumer) -> Iterator[None]:
     finally:
         stop.set()
         worker.join(10)
+
+
+def _ingest_counts() -> dict[str, float]:
+    """This process's ingest counters for MQTT: observations by fate, quarantine by reason."""
+    names = {
+        fate: ("vitalcast_ingest_records_total", {"kind": "observation", "fate": fate})
+        for fate in ("stored", "duplicates", "quarantined")
+    } | {
+        reason: ("vitalcast_ingest_quarantined_total", {"reason": reason})
+        for reason in ("malformed_payload", "unbound_device")
+    }
+    return {
+        key: REGISTRY.get_sample_value(name, {"source": SOURCE, **labels}) or 0.0
+        for key, (name, labels) in names.items()
+    }
+
+
+def test_stored_and_quarantined_readings_are_counted_in_the_ingest_metrics(
+    mqtt_url: str, pg_engine: Engine, cipher: FieldCipher
+) -> None:
+    pid = _patient(pg_engine, cipher, "p3")
+    factory = make_session_factory(pg_engine)
+    with session_scope(factory) as s:
+        bind_device(s, device_id="mon-3", patient_public_id=pid, now=T0)
+    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
+    config = MqttConfig(
+        **parse_mqtt_url(mqtt_url),
+        client_id=f"vc-{uuid.uuid4().hex[:8]}",
+        topic_prefix=prefix,
+        batch_wait_s=0.05,
+        session_expiry_s=SESSION_EXPIRY_S,
+    )
+    consumer = DeviceStreamConsumer(factory, cipher, config)
+    before = _ingest_counts()
+    with _consuming(consumer):
+        pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+        topic = f"{prefix}/mon-3/observations"
+        for t, p in [
+            (topic, _hr(T0 + timedelta(minutes=1), 70)),
+            (topic, _hr(T0 + timedelta(minutes=2), 71)),
+            (topic, _hr(T0 + timedelta(minutes=2), 71)),  # a resend: a duplicate
+            (topic, b"{not json"),
+            (f"{prefix}/mon-4/observations", _hr(T0, 72)),  # a device never bound
+        ]:
+            pub.publish(t, p)
+        pub.close()
+        deadline = time.monotonic() + 30
+        while consumer.stats.messages < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    after = _ingest_counts()
+    assert {k: after[k] - before[k] for k in after} == {
+        "stored": 2,
+        "duplicates": 1,
+        "quarantined": 2,
+        "malformed_payload": 1,
+        "unbound_device": 1,
+    }
+    assert (_count(pg_engine, Observation), _count(pg_engine, QuarantineItem)) == (2, 2)
 
 
 def _session_present(opts: dict[str, Any], client_id: str) -> bool:

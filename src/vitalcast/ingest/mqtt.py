@@ -16,6 +16,9 @@ property: the broker keeps a ``clean_session=0`` session until its own policy dr
 (Mosquitto: ``persistent_client_expiration``, never by default; deploy/mosquitto sets a
 day).
 
+Each committed batch is counted in the ingest metrics (``vitalcast_ingest_records``,
+``vitalcast_ingest_quarantined``, source ``mqtt``), as HTTP ingestion counts its requests.
+
 Messages are committed in batches (``mqtt_batch_size`` or ``mqtt_batch_wait_ms``) for
 throughput; the commit-before-ack rule holds per batch. MQTT 5 is used by default because
 its Receive Maximum (65,535 unless the client lowers it) lets the broker keep a whole
@@ -64,6 +67,7 @@ from vitalcast.ingest.sources.device_payload import (
     fhir_observation_batch,
 )
 from vitalcast.json_input import JsonInputError, parse_json
+from vitalcast.monitoring.metrics import observe_ingest
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
@@ -358,5 +362,6 @@ class DeviceStreamConsumer:
         self.stats.messages += len(msgs)
         self.stats.batches += 1
         self.stats.report.merge(report)
+        observe_ingest(report)  # a few counter increments per batch, not per message
         if self.scorer is not None:  # scored by the loop, after the commit and the PUBACKs
             self.scorer.touched(report.touched_encounters)
