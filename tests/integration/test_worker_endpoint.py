@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.hl7_samples import ADT_A01, ORU_R01
 from tests.live import VITALCAST, free_port
+from tests.mqtt_helpers import SESSION_EXPIRY_S
 from vitalcast.config import Settings
 from vitalcast.ingest.mllp import send_messages
 
@@ -144,6 +145,7 @@ def test_stream_mqtt_healthz_reports_the_broker_connection(
             stderr,
             VITALCAST_MQTT_URL=mqtt_url,
             VITALCAST_MQTT_CLIENT_ID=f"vc-health-{uuid.uuid4().hex[:8]}",
+            VITALCAST_MQTT_SESSION_EXPIRY_S=str(SESSION_EXPIRY_S),
             VITALCAST_WORKER_HTTP_PORT=str(http_port),
         )
         try:
