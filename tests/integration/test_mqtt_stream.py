@@ -206,6 +206,43 @@ def test_forced_consumer_restart_loses_nothing(
     assert _count(pg_engine, QuarantineItem) == 0
 
 
+def test_connect_check_returns_once_the_broker_routes_readings_to_the_session(
+    mqtt_url: str, pg_engine: Engine, cipher: FieldCipher
+) -> None:
+    """``vitalcast stream mqtt`` says "consuming" when ``connect_check`` returns, and callers
+    publish from then on. A new session has no subscription until the broker has the
+    SUBSCRIBE, sent from the network thread after CONNACK; before, ``connect_check``
+    returned at the connection, and readings published while that thread ran late were
+    never delivered (how test_forced_consumer_restart_loses_nothing lost its first readings
+    on a busy machine). Here the thread is made late on purpose."""
+    pid = _patient(pg_engine, cipher, "p5")
+    factory = make_session_factory(pg_engine)
+    with session_scope(factory) as s:
+        bind_device(s, device_id="mon-5", patient_public_id=pid, now=T0)
+    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
+    config = MqttConfig(
+        **parse_mqtt_url(mqtt_url),
+        client_id=f"vc-{uuid.uuid4().hex[:8]}",
+        topic_prefix=prefix,
+        session_expiry_s=SESSION_EXPIRY_S,
+    )
+    consumer = DeviceStreamConsumer(factory, cipher, config)
+    on_connect = consumer.client.on_connect
+
+    def late(*args: Any) -> None:
+        time.sleep(0.5)  # the network thread of a consumer on a busy machine, exaggerated
+        on_connect(*args)
+
+    consumer.client.on_connect = late
+    consumer.connect_check()
+    pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+    pub.publish(f"{prefix}/mon-5/observations", _hr(T0 + timedelta(minutes=1), 70))
+    pub.close()
+    stats = consumer.run(threading.Event(), idle_exit_s=2)
+    assert stats.messages == 1
+    assert _count(pg_engine, Observation) == 1
+
+
 @contextmanager
 def _consuming(consumer: DeviceStreamConsumer) -> Iterator[None]:
     """Run ``consumer`` in a thread, subscribed, while the block runs; then stop it."""

@@ -79,6 +79,9 @@ logger = logging.getLogger(__name__)
 SOURCE = "mqtt"
 DEFAULT_PREFIX = "vitalcast/devices"
 _RETRY_S = (0.5, 1, 2, 5, 10)
+# How long ``connect_check`` waits for the broker's SUBACK (a CONNACK and a SUBACK: a
+# round trip or two, unless the broker refuses the connection or is overloaded).
+SUBSCRIBE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -282,13 +285,25 @@ class DeviceStreamConsumer:
         self.client.loop_start()
         self._started = True
 
-    def connect_check(self) -> None:
-        """Connect now, so that an unreachable broker fails before ``run``.
+    def connect_check(self, timeout_s: float = SUBSCRIBE_TIMEOUT_S) -> None:
+        """Connect and subscribe now: an unreachable broker fails before ``run``, and once
+        this returns the broker routes readings to this session.
+
+        A new session has no subscription until the broker has processed the SUBSCRIBE
+        (sent from the network thread once CONNACK arrives), and MQTT keeps nothing for a
+        session that is not subscribed. Returning at the connection, as this did, let a
+        caller that starts publishing when ``vitalcast stream mqtt`` says "consuming" (the
+        tests, the benchmark, a gateway brought up with it) lose its first readings when
+        the network thread ran a few milliseconds late, as on a busy machine.
 
         Raises:
-            OSError: the broker cannot be reached.
+            OSError: the broker cannot be reached, or did not confirm the subscription
+                within ``timeout_s`` (a refused connection is logged).
         """
         self.connect()
+        if not self.subscribed.wait(timeout_s):
+            self.client.loop_stop()
+            raise OSError(f"no subscription confirmed within {timeout_s:g} s")
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> StreamStats:
         """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``).
