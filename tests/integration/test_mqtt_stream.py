@@ -206,6 +206,26 @@ def test_forced_consumer_restart_loses_nothing(
     assert _count(pg_engine, QuarantineItem) == 0
 
 
+def _bound_consumer(
+    mqtt_url: str, pg_engine: Engine, cipher: FieldCipher, device_id: str
+) -> tuple[DeviceStreamConsumer, str]:
+    """A consumer of a fresh topic prefix (returned too), ``device_id`` bound to a patient
+    since T0, and a short session."""
+    pid = _patient(pg_engine, cipher, f"patient-{device_id}")
+    factory = make_session_factory(pg_engine)
+    with session_scope(factory) as s:
+        bind_device(s, device_id=device_id, patient_public_id=pid, now=T0)
+    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
+    config = MqttConfig(
+        **parse_mqtt_url(mqtt_url),
+        client_id=f"vc-{uuid.uuid4().hex[:8]}",
+        topic_prefix=prefix,
+        batch_wait_s=0.05,
+        session_expiry_s=SESSION_EXPIRY_S,
+    )
+    return DeviceStreamConsumer(factory, cipher, config), prefix
+
+
 def test_connect_check_returns_once_the_broker_routes_readings_to_the_session(
     mqtt_url: str, pg_engine: Engine, cipher: FieldCipher
 ) -> None:
@@ -215,18 +235,7 @@ def test_connect_check_returns_once_the_broker_routes_readings_to_the_session(
     returned at the connection, and readings published while that thread ran late were
     never delivered (how test_forced_consumer_restart_loses_nothing lost its first readings
     on a busy machine). Here the thread is made late on purpose."""
-    pid = _patient(pg_engine, cipher, "p5")
-    factory = make_session_factory(pg_engine)
-    with session_scope(factory) as s:
-        bind_device(s, device_id="mon-5", patient_public_id=pid, now=T0)
-    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
-    config = MqttConfig(
-        **parse_mqtt_url(mqtt_url),
-        client_id=f"vc-{uuid.uuid4().hex[:8]}",
-        topic_prefix=prefix,
-        session_expiry_s=SESSION_EXPIRY_S,
-    )
-    consumer = DeviceStreamConsumer(factory, cipher, config)
+    consumer, prefix = _bound_consumer(mqtt_url, pg_engine, cipher, "mon-5")
     on_connect = consumer.client.on_connect
 
     def late(*args: Any) -> None:
@@ -275,19 +284,7 @@ def _ingest_counts() -> dict[str, float]:
 def test_stored_and_quarantined_readings_are_counted_in_the_ingest_metrics(
     mqtt_url: str, pg_engine: Engine, cipher: FieldCipher
 ) -> None:
-    pid = _patient(pg_engine, cipher, "p3")
-    factory = make_session_factory(pg_engine)
-    with session_scope(factory) as s:
-        bind_device(s, device_id="mon-3", patient_public_id=pid, now=T0)
-    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
-    config = MqttConfig(
-        **parse_mqtt_url(mqtt_url),
-        client_id=f"vc-{uuid.uuid4().hex[:8]}",
-        topic_prefix=prefix,
-        batch_wait_s=0.05,
-        session_expiry_s=SESSION_EXPIRY_S,
-    )
-    consumer = DeviceStreamConsumer(factory, cipher, config)
+    consumer, prefix = _bound_consumer(mqtt_url, pg_engine, cipher, "mon-3")
     before = _ingest_counts()
     with _consuming(consumer):
         pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
