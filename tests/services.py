@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import os
 import re
 import shutil
@@ -165,12 +166,17 @@ def mqtt_broker() -> Iterator[str]:
 
 
 @contextmanager
-def throwaway_mqtt_broker(tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+def throwaway_mqtt_broker(
+    tls: tuple[Path, Path] | None = None, subscribe_acl: list[str] | None = None
+) -> Iterator[str]:
     """Start a real broker and yield its URL; with ``tls`` (certificate, key) it listens
     for MQTT over TLS only and the URL is ``mqtts://``.
 
     The broker is Debian's ``mosquitto`` when installed (MQTT 5), else ``amqtt`` from the
-    dev group (MQTT 3.1.1 only, hence ``?protocol=3.1.1``). Never a mock.
+    dev group (MQTT 3.1.1 only, hence ``?protocol=3.1.1``). Never a mock. With
+    ``subscribe_acl`` (the topic filters anonymous clients may subscribe to) it is always
+    amqtt, which refuses other subscriptions in its SUBACK; Mosquitto's ACL file grants
+    every subscription and filters delivery instead.
     """
     import sys
 
@@ -180,7 +186,7 @@ def throwaway_mqtt_broker(tls: tuple[Path, Path] | None = None) -> Iterator[str]
         mosquitto = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
         )
-        if mosquitto:
+        if mosquitto and subscribe_acl is None:
             conf = Path(tmp) / "mosquitto.conf"
             tls_conf = f"certfile {tls[0]}\nkeyfile {tls[1]}\n" if tls else ""
             if tls and os.geteuid() == 0:
@@ -201,11 +207,19 @@ def throwaway_mqtt_broker(tls: tuple[Path, Path] | None = None) -> Iterator[str]
             tls_conf = (
                 f"    ssl: true\n    certfile: {tls[0]}\n    keyfile: {tls[1]}\n" if tls else ""
             )
+            acl_conf = (
+                "  amqtt.plugins.topic_checking.TopicAccessControlListPlugin:\n"
+                # amqtt 0.12 reads subscription rules from "acl" ("subscribe-acl" is
+                # named in its warnings but refused by its config loader).
+                f"    acl:\n      anonymous: {json.dumps(subscribe_acl)}\n"
+                if subscribe_acl is not None
+                else ""
+            )
             conf.write_text(
                 "listeners:\n  default:\n    type: tcp\n"
                 f"    bind: 127.0.0.1:{port}\n{tls_conf}"
                 "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-                "    allow_anonymous: true\n"
+                f"    allow_anonymous: true\n{acl_conf}"
             )
             cmd = [str(amqtt), "-c", str(conf)]
             url = f"{scheme}://127.0.0.1:{port}?protocol=3.1.1"

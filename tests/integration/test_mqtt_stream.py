@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, func, select
 
 from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher
+from tests.services import throwaway_mqtt_broker
 from vitalcast.clinical.records import PatientRecord, RecordBatch
 from vitalcast.clinical.tables import Observation, Patient
 from vitalcast.config import Settings
@@ -382,3 +383,32 @@ def test_mqtt311_has_no_session_expiry_the_broker_keeps_the_session(
     _run_briefly(pg_engine, cipher, MqttConfig(**opts, client_id=client_id, session_expiry_s=1))
     time.sleep(3)
     assert _session_present(opts, client_id)  # and the probe discarded it
+
+
+def test_a_subscription_the_broker_refuses_stops_the_command(settings: Settings) -> None:
+    """A broker whose ACL denies the device topics answers the SUBSCRIBE with a failure
+    code (amqtt: 0x80). Before, any answer counted as subscribed: the command said
+    "consuming" and received nothing, for ever. Now it stops with one line naming the
+    topic and the broker's reason."""
+    with throwaway_mqtt_broker(subscribe_acl=["some/other/#"]) as url:
+        env = {
+            **os.environ,
+            "VITALCAST_ENV": "test",
+            "VITALCAST_DATA_DIR": str(settings.data_dir),
+            "VITALCAST_DATABASE_URL": str(settings.database_url),
+            "VITALCAST_MQTT_URL": url,
+            "VITALCAST_MQTT_CLIENT_ID": f"vc-acl-{uuid.uuid4().hex[:8]}",
+        }
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("vitalcast")), "stream", "mqtt"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: VITALCAST_MQTT_URL: the broker refused the subscription to")
+    assert "vitalcast/devices/+/observations" in last
+    assert "consuming" not in done.stderr
+    assert "Traceback" not in done.stderr

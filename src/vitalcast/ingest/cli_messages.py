@@ -292,7 +292,13 @@ def stream_mqtt(
     """
     import threading
 
-    from vitalcast.ingest.mqtt import SOURCE, DeviceStreamConsumer, MqttConfig, parse_mqtt_url
+    from vitalcast.ingest.mqtt import (
+        SOURCE,
+        DeviceStreamConsumer,
+        MqttConfig,
+        SubscriptionRefused,
+        parse_mqtt_url,
+    )
     from vitalcast.monitoring.worker_http import start_worker_http
     from vitalcast.serving.stream_scoring import open_stream_scorer
 
@@ -315,6 +321,8 @@ def stream_mqtt(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         consumer.connect_check()
+    except SubscriptionRefused as exc:
+        raise ConfigError(f"VITALCAST_MQTT_URL: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"VITALCAST_MQTT_URL: cannot reach the broker ({exc})") from None
     click.echo(f"consuming {config.topic} from {config.host}:{config.port}", err=True)

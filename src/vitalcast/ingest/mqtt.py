@@ -221,6 +221,11 @@ def parse_message(topic: str, payload: bytes, prefix: str, seq: int) -> RecordBa
     return batch
 
 
+class SubscriptionRefused(OSError):
+    """The broker answered the SUBSCRIBE with a failure (typically its ACL denies this
+    client's user the topic): the consumer would receive nothing, so it does not start."""
+
+
 class DeviceStreamConsumer:
     """Consumes device messages until ``stop`` is set."""
 
@@ -238,7 +243,9 @@ class DeviceStreamConsumer:
         self.scorer = scorer  # rescores touched stays after each commit; None: store only
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stats = StreamStats()
-        self.subscribed = threading.Event()
+        self.subscribed = threading.Event()  # the broker granted the subscription
+        self._suback = threading.Event()  # the broker answered it, granted or not
+        self.refusal: str | None = None  # the reason the broker gave for refusing it
         self._seq = 0
         self._started = False
         self.client = self._client()
@@ -258,7 +265,7 @@ class DeviceStreamConsumer:
         if cfg.tls:
             use_tls(client, cfg.cafile)
         client.on_connect = self._on_connect
-        client.on_subscribe = lambda *_: self.subscribed.set()
+        client.on_subscribe = self._on_subscribe
         client.on_message = lambda _c, _u, msg: self.inbox.put(msg)
         client.reconnect_delay_set(1, 10)
         return client
@@ -268,6 +275,20 @@ class DeviceStreamConsumer:
             logger.error("mqtt connect refused", extra={"reason": str(rc)})
             return
         client.subscribe(self.config.topic, qos=1)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        """A SUBACK's reason codes are per topic filter; MQTT 3.1.1's failure (0x80) and
+        MQTT 5's refusals (0x80 and up, e.g. 0x87 Not authorized) both read as failures.
+        Before, any SUBACK counted as subscribed, so a consumer whose ACL denied the topic
+        ran, said "consuming" and received nothing."""
+        refused = [str(code) for code in codes if code.is_failure]
+        if refused:
+            self.refusal = ", ".join(refused)
+            logger.error("mqtt subscription refused", extra={"reason": self.refusal})
+        else:
+            self.refusal = None
+            self.subscribed.set()
+        self._suback.set()
 
     def connect(self) -> None:
         """Connect with a persistent session and start the network thread."""
@@ -297,13 +318,21 @@ class DeviceStreamConsumer:
         the network thread ran a few milliseconds late, as on a busy machine.
 
         Raises:
-            OSError: the broker cannot be reached, or did not confirm the subscription
+            SubscriptionRefused: the broker refused the subscription.
+            OSError: the broker cannot be reached, or did not answer the subscription
                 within ``timeout_s`` (a refused connection is logged).
         """
         self.connect()
-        if not self.subscribed.wait(timeout_s):
+        if not self._suback.wait(timeout_s):
             self.client.loop_stop()
             raise OSError(f"no subscription confirmed within {timeout_s:g} s")
+        if not self.subscribed.is_set():
+            self.client.loop_stop()
+            self.client.disconnect()
+            raise SubscriptionRefused(
+                f"the broker refused the subscription to {self.config.topic}"
+                f" ({self.refusal}); check its ACL for this client's user"
+            )
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> StreamStats:
         """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``).
