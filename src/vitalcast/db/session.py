@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,35 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+_AFTER_COMMIT = "vitalcast_after_commit"
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` when ``session``'s transaction commits; never if it rolls back.
+
+    For counters of what was stored (ingested records, predictions): counted at the write,
+    a unit of work rolled back afterwards (a failed rescoring, an error at commit, a
+    request answered 4xx) would still count as stored.
+    """
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released: the outer transaction may still roll back
+    for callback in session.info.pop(_AFTER_COMMIT, []):
+        callback()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_after_rollback(session: Session, transaction: Any) -> None:
+    # Fires after a commit's after_commit (nothing left then) or a rollback; a savepoint
+    # (nested) ending leaves the outer transaction's callbacks in place.
+    if transaction.parent is None and not transaction.nested:
+        session.info.pop(_AFTER_COMMIT, None)
 
 
 def upgrade_database(engine: Engine, revision: str = "head", *, cipher: Any = None) -> None:

@@ -11,8 +11,10 @@ push gateway.
 
 Call sites (one line each):
 
-* predictions: :func:`observe_prediction` after a score is stored;
-* ingest: :func:`observe_ingest` with each :class:`~vitalcast.ingest.report.IngestReport`;
+* predictions: :func:`observe_prediction` when a stored score's transaction commits
+  (:func:`vitalcast.db.session.after_commit`: a rolled-back one is not counted);
+* ingest: :func:`observe_ingest` with each committed
+  :class:`~vitalcast.ingest.report.IngestReport`;
 * stream rescoring: :func:`observe_stream_rescore_failure` when stays could not be scored
   after a stream's commit (they are retried);
 * model loading: :func:`observe_model_load` with the seconds a load took;

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.records import PUBLIC_PATIENT_REF, RecordBatch
 from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.db.session import after_commit
 from vitalcast.errors import NotFound
 from vitalcast.ingest.devices import _DEVICE_ID as DEVICE_ID_RULE
 from vitalcast.ingest.devices import active_binding, bind_device, check_device_id, unbind_device
@@ -129,7 +130,7 @@ def post_observations() -> tuple[Response, int]:
         cipher=state.cipher,
         agent=current_agent(),
     )
-    observe_ingest(report)
+    after_commit(session, lambda: observe_ingest(report))  # at the request's commit
     predictions = rescore_encounters(session, state, report.touched_encounters)
     audit_event(
         "observation.created",

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from vitalcast.clinical.codes import BY_KEY
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.db.base import utcnow
+from vitalcast.db.session import after_commit
 from vitalcast.db.types import new_public_id
 from vitalcast.features import StayInput, stay_features
 from vitalcast.modeling.tables import Prediction
@@ -147,5 +148,8 @@ def record_prediction(
     )
     session.add(prediction)
     session.flush()
-    observe_prediction(model_version=predictor.version, band=result.band, role=role)
+    after_commit(
+        session,
+        lambda: observe_prediction(model_version=predictor.version, band=result.band, role=role),
+    )
     return prediction
