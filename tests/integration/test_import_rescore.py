@@ -131,7 +131,7 @@ def test_hl7_import_rescores_the_stay_in_progress(
     # Importing the same file again stores nothing new, so it scores nothing either.
     again = _ingest(settings, "hl7", _hl7_file(tmp_path, ADT_A01, ORU_R01))
     assert again.exit_code == 0, again.output
-    assert "stays in progress rescored with the champion: 0 (no new observations)" in again.stdout
+    assert "stays in progress rescored with the champion: 0 (no new observations," in again.stdout
     assert _predictions(pg_engine) == 1
 
 
@@ -198,3 +198,48 @@ def test_a_scoring_failure_keeps_the_data_and_exits_3(
     stay = _stay(pg_engine)
     for identifier in ("MRN0001", "V0001", stay.public_id, "Testpatient"):
         assert identifier not in caplog.text + result.output
+
+
+def _bundle(tmp_path: Path, name: str, *resources: dict[str, Any]) -> str:
+    path = tmp_path / name
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in resources],
+    }
+    path.write_text(json.dumps(bundle), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.usefixtures("champion")
+def test_a_newer_version_of_the_stay_or_its_patient_rescores_it(
+    settings: Settings, pg_engine: Engine, tmp_path: Path
+) -> None:
+    """The patient's sex and the stay's admission time are features: a newer version of
+    either, with no new observation, changes the risk's inputs, so the stay is rescored;
+    the same version again changes nothing and scores nothing."""
+    assert _ingest(settings, "fhir", _fhir_file(tmp_path)).exit_code == 0
+    assert _predictions(pg_engine) == 1
+    resources = json.loads(Path(_fhir_file(tmp_path)).read_text())["entry"]
+    patient, encounter = resources[0]["resource"], resources[1]["resource"]
+
+    patient_v2 = {**patient, "gender": "male", "meta": {"versionId": "2"}}
+    result = _ingest(settings, "fhir", _bundle(tmp_path, "p2.json", patient_v2), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rescored"]["stays"] == 1
+    assert _predictions(pg_engine) == 2
+
+    earlier = datetime.fromisoformat(encounter["period"]["start"]) - timedelta(hours=6)
+    encounter_v2 = {
+        **encounter,
+        "period": {"start": earlier.isoformat()},
+        "meta": {"versionId": "2"},
+    }
+    path = _bundle(tmp_path, "e2.json", encounter_v2)
+    assert json.loads(_ingest(settings, "fhir", path, "--json").stdout)["rescored"]["stays"] == 1
+    assert _predictions(pg_engine) == 3
+    assert _stay(pg_engine).admitted_at == earlier
+
+    again = json.loads(_ingest(settings, "fhir", path, "--json").stdout)
+    assert again["rescored"]["stays"] == 0
+    assert _predictions(pg_engine) == 3

@@ -336,6 +336,15 @@ def _update_patients(
         session.execute(update(Patient), changes)
         counts.stored += len(changes)
         report.updated["patient"] += len(changes)
+        # The patient's sex is a feature: their stays in progress are to be rescored.
+        report.touched_encounters.update(
+            session.scalars(
+                select(Encounter.id).where(
+                    Encounter.patient_id.in_([c["id"] for c in changes]),
+                    Encounter.discharged_at.is_(None),
+                )
+            )
+        )
 
 
 def _patient_row(
@@ -451,6 +460,8 @@ def store_encounters(
         session.execute(update(Encounter), [_encounter_change(i, r) for i, r in updates.items()])
         counts.stored += len(updates)
         report.updated["encounter"] += len(updates)
+        # Its unit, age, weight or admission time are features: rescore (if in progress).
+        report.touched_encounters.update(updates)
 
 
 def _plausible_descriptors(

@@ -6,8 +6,8 @@ input it cannot read (docs/ingestion-files.md), when some file or message could 
 read at all: each is named on stderr in one line, after the report of everything else,
 which was stored.
 
-``ingest fhir`` and ``ingest hl7`` then rescore the stays in progress they stored
-observations for (unless ``--no-rescore``), after the import's commits. A stay that could
+``ingest fhir`` and ``ingest hl7`` then rescore the stays in progress whose data they
+changed (unless ``--no-rescore``), after the import's commits. A stay that could
 not be scored is reported and the command exits 3 (when all input was read): its data is
 stored, but the ward shows a risk older than it. Exit 2 wins over 3: the input comes first.
 """
@@ -99,7 +99,7 @@ def _finish(result: RunResult, as_json: bool, rescoring: ImportRescoring) -> Non
 _SKIPPED = {
     "no_champion": "no champion to score with",
     "champion_not_loaded": "the champion could not be loaded (see the log)",
-    "no_new_observations": "no new observations",
+    "no_new_data": "no new observations, and no stay or patient changed",
     "not_requested": "--no-rescore",
 }
 
@@ -121,7 +121,7 @@ def _rescore(
     rescore: bool,
     source: str,
 ) -> ImportRescoring:
-    """Rescore the stays the import stored observations for (closes the pool). The ids
+    """Rescore the stays whose data the import changed (closes the pool). The ids
     come from the import's report, as the stream processes get theirs: no re-query."""
     from vitalcast.serving.stream_scoring import ImportRescoring, rescore_after_import
 
@@ -150,7 +150,7 @@ def ingest_fhir(
 ) -> None:
     """FHIR R4 Bundles (.json), Bulk Data files (.ndjson), folders or .tar.gz of them.
 
-    Then rescores the stays in progress it stored observations for (exit 3 if some fail).
+    Then rescores the stays in progress whose data it changed (exit 3 if some fail).
     """
     from vitalcast.ingest.sources.fhir import SOURCE, iter_units
     from vitalcast.ingest.units import ingest_units
@@ -184,7 +184,7 @@ def ingest_hl7(
 ) -> None:
     """HL7 v2 files (ADT^A01/A03/A08, ORU^R01), one or many messages each.
 
-    Then rescores the stays in progress it stored observations for (exit 3 if some fail).
+    Then rescores the stays in progress whose data it changed (exit 3 if some fail).
     """
     from vitalcast.ingest.sources.hl7v2 import SOURCE, iter_file_messages
     from vitalcast.ingest.units import ingest_units

@@ -31,6 +31,8 @@ class IngestReport:
     kinds: dict[str, KindCounts] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)
     rejects: list[dict[str, str]] = field(default_factory=list)
+    # Stays whose inputs changed (new observations, a newer version of the stay or of its
+    # patient): the ones to rescore.
     touched_encounters: set[int] = field(default_factory=set)
     run_id: int | None = None
     # Items deliberately not stored, by reason (e.g. FHIR resource types without a

@@ -34,7 +34,7 @@ their readings were committed, so the database says which stays hold an observat
 stored after their newest champion risk.
 
 A file import (:func:`rescore_after_import`) uses the same scorer once, after its last
-commit: every stay it stored observations for is scored in one flush, with no interval and
+commit: every stay whose data it changed is scored in one flush, with no interval and
 no retry (the command ends; it reports the stays that failed and exits 3).
 """
 
@@ -295,7 +295,7 @@ class ImportRescoring:
     stays: int = 0  # stays in progress scored with the champion
     failed: int = 0  # stays whose scoring failed (their data is stored all the same)
     # Why no stay was scored, when none could be: "no_champion", "champion_not_loaded",
-    # "no_new_observations", or "not_requested" (``--no-rescore``).
+    # "no_new_data", or "not_requested" (``--no-rescore``).
     skipped: str | None = None
 
     def to_dict(self) -> dict[str, int | str | None]:
@@ -310,7 +310,7 @@ def rescore_after_import(
     *,
     source: str,
 ) -> ImportRescoring:
-    """Rescore the stays a file import stored observations for, after its commits.
+    """Rescore the stays whose data a file import changed, after its commits.
 
     One flush of a :class:`StreamScorer` (same models, events and per-stay fallback as the
     stream processes), each transaction its own: a failure is logged without identifiers
@@ -321,7 +321,7 @@ def rescore_after_import(
     """
     ids = sorted(set(encounter_ids))
     if not ids:
-        return ImportRescoring(skipped="no_new_observations")
+        return ImportRescoring(skipped="no_new_data")
     try:
         scorer = open_stream_scorer(
             settings, sessions, cipher, source=source, watch=False, retry_s=None
