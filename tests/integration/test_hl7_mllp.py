@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -91,3 +92,13 @@ def test_database_failure_gets_ae_and_stores_nothing(cipher: FieldCipher, pg_url
         broken.dispose()
     assert _msa(ack)[1:3] == ["AE", "ADM0001"]
     assert "nothing was stored, resend later" in _msa(ack)[3]
+
+
+def test_the_accepting_loop_beats_the_heartbeat_health_checks_read(server: MllpServer) -> None:
+    """``listen hl7``'s /healthz reads this heartbeat (and the scorer's): it must move while
+    the server accepts connections and stop when it no longer does."""
+    time.sleep(1.2)  # two or three turns of serve_forever (every 0.5 s)
+    assert server.heartbeat.age_s < 0.75
+    server.shutdown()
+    time.sleep(1.2)
+    assert server.heartbeat.age_s > 1.0

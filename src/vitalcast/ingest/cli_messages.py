@@ -240,7 +240,8 @@ def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
     scorer.catch_up()  # stays left unscored by a previous run that was killed
     server = MllpServer((host, port or settings.mllp_port), handler, scorer=scorer)
     scorer.start_background()
-    endpoint = start_worker_http(settings, scorer.heartbeat)
+    # Healthy while both loops turn: the one accepting connections, the one scoring.
+    endpoint = start_worker_http(settings, server.heartbeat, scorer.heartbeat)
     signal.signal(signal.SIGTERM, _interrupt)
     click.echo(f"listening for HL7 v2 (MLLP) on {host}:{server.port}")
     try:

@@ -43,6 +43,7 @@ from vitalcast.ingest.sources.hl7v2 import (
 )
 from vitalcast.ingest.units import store_unit
 from vitalcast.monitoring.metrics import observe_ingest
+from vitalcast.monitoring.worker_http import Heartbeat
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
@@ -289,7 +290,14 @@ class MllpServer(socketserver.ThreadingTCPServer):
         self.idle_timeout_s = idle_timeout_s
         # Rescores the stays of stored messages (run its start_background); None: store only.
         self.scorer = scorer
+        # Beaten by serve_forever's loop (every poll, 0.5 s): the worker endpoint's
+        # /healthz fails when the accepting loop is stuck.
+        self.heartbeat = Heartbeat()
         super().__init__(address, _Connection)
+
+    def service_actions(self) -> None:
+        """Called by ``serve_forever`` at every turn of its loop."""
+        self.heartbeat.beat()
 
     @property
     def port(self) -> int:

@@ -5,7 +5,7 @@ quarantined readings, rescoring failures, predictions, model loads) and an orche
 could not tell a wedged consumer from a quiet ward. With ``VITALCAST_WORKER_HTTP_PORT``
 set, a small standard-library HTTP server in a daemon thread answers:
 
-- ``GET /healthz``: 200 while the process's loop has turned within
+- ``GET /healthz``: 200 while each of the process's loops has turned within
   :data:`STALE_AFTER_S`, else 503, so a liveness probe restarts a loop stuck in a hung
   call. The body (JSON) gives the loop's age and whatever the process adds (the MQTT
   consumer: whether the broker connection is up). It holds no patient data and needs no
@@ -30,7 +30,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -68,13 +68,13 @@ class WorkerEndpoint:
 
     def __init__(
         self,
-        heartbeat: Heartbeat,
+        heartbeats: Sequence[Heartbeat],
         *,
         token: str | None,
         details: Callable[[], dict[str, Any]] | None = None,
         stale_after_s: float = STALE_AFTER_S,
     ) -> None:
-        self.heartbeat = heartbeat
+        self.heartbeats = list(heartbeats)  # every loop the process depends on
         self.token = token
         self.details = details
         self.stale_after_s = stale_after_s
@@ -90,7 +90,7 @@ class WorkerEndpoint:
         return self._metrics(environ, start_response)
 
     def _health(self, start_response: StartResponse) -> Iterable[bytes]:
-        age = self.heartbeat.age_s
+        age = max(heartbeat.age_s for heartbeat in self.heartbeats)  # the stalest loop
         alive = age <= self.stale_after_s
         body: dict[str, Any] = {"status": "ok" if alive else "stalled", "loop_age_s": round(age, 3)}
         if self.details is not None:
@@ -185,12 +185,12 @@ class WorkerHttpServer:
 
 def start_worker_http(
     settings: Settings,
-    heartbeat: Heartbeat,
-    *,
+    *heartbeats: Heartbeat,
     details: Callable[[], dict[str, Any]] | None = None,
 ) -> WorkerHttpServer | None:
     """Serve the endpoint when ``VITALCAST_WORKER_HTTP_PORT`` is set (``0``: any free
-    port, for tests); None when it is not.
+    port, for tests); None when it is not. ``/healthz`` fails when any of ``heartbeats``
+    (one per loop the process depends on) is stale.
 
     Checked here, not in :class:`~vitalcast.config.Settings`: the setting may sit in a
     configuration every process shares, and only the stream commands serve it.
@@ -206,7 +206,7 @@ def start_worker_http(
             " VITALCAST_METRICS_TOKEN, which its /metrics will demand"
         )
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
-    app = WorkerEndpoint(heartbeat, token=token, details=details)
+    app = WorkerEndpoint(heartbeats, token=token, details=details)
     server = make_server(
         settings.worker_http_host,
         settings.worker_http_port,

@@ -123,3 +123,19 @@ def test_an_address_off_loopback_serves_with_the_token(tmp_path: Path, host: str
     endpoint = start_worker_http(settings, Heartbeat())
     assert endpoint is not None
     endpoint.close()
+
+
+def test_healthz_follows_the_stalest_loop(tmp_path: Path) -> None:
+    """``listen hl7`` depends on two loops (accepting connections, scoring): either one
+    stuck fails the probe."""
+    accepting, scoring = Clock(), Clock()
+    endpoint = start_worker_http(_settings(tmp_path), Heartbeat(accepting), Heartbeat(scoring))
+    assert endpoint is not None
+    try:
+        assert httpx.get(_url(endpoint, "/healthz")).status_code == 200
+        scoring.now += STALE_AFTER_S + 5
+        stalled = httpx.get(_url(endpoint, "/healthz"))
+        assert stalled.status_code == 503
+        assert stalled.json()["loop_age_s"] == pytest.approx(STALE_AFTER_S + 5)
+    finally:
+        endpoint.close()
