@@ -157,3 +157,38 @@ def test_rejects_naive_now_and_negative_counts() -> None:
         generate_cohort(n_current=1, n_historic=0, seed=1, now=datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="negative"):
         generate_cohort(n_current=-1, n_historic=0, seed=1, now=NOW)
+
+
+def test_urine_volumes_hold_what_was_made_since_the_last_collection() -> None:
+    """Rounds thin to two- and four-hourly after 48 h; each collection holds the urine made
+    since the one before, so a settled patient's output per kg and hour stays where it was
+    (it used to fall by half and by three quarters, as if every patient turned oliguric)."""
+    now = datetime(2026, 11, 29, tzinfo=UTC)
+    batch = generate_cohort(n_current=0, n_historic=200, seed=3, now=now)
+    stays = {e.ref: e for e in batch.encounters}
+    urine: dict[str, list[tuple[float, float]]] = {}
+    for o in batch.observations:
+        if o.code == BY_KEY["urine"].code and o.encounter_ref is not None:
+            stay = stays[o.encounter_ref]
+            hour = (o.effective_at - stay.admitted_at).total_seconds() / 3600
+            urine.setdefault(o.encounter_ref, []).append((hour, float(o.value or 0.0)))
+
+    def median_rate(until_h: float) -> float:
+        """Median over stays of the last 24 h's output before ``until_h``, mL/kg/h."""
+        rates = []
+        for ref, rows in urine.items():
+            stay = stays[ref]
+            if (
+                stay.discharged_at is not None
+                and (stay.discharged_at - stay.admitted_at).total_seconds() / 3600 < until_h
+            ):
+                continue
+            volumes = [v for h, v in rows if until_h - 24 < h <= until_h]
+            if len(volumes) >= 3:
+                rates.append(sum(volumes) / (stay.weight_kg or 80.0) / 24)
+        assert len(rates) >= 30
+        return float(np.median(rates))
+
+    first_day, fourth_day = median_rate(24), median_rate(96)
+    assert 0.5 < first_day < 2.0  # typical ICU output, mL/kg/h
+    assert fourth_day == pytest.approx(first_day, rel=0.25)

@@ -124,6 +124,23 @@ def _rounds(plan: StayPlan, rng: np.random.Generator) -> np.ndarray:
     return np.unique(np.concatenate(parts))
 
 
+def _collected_urine(
+    minutes: np.ndarray, hourly: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Volumes emptied at ``minutes`` from hourly rates: each collection holds what was
+    made since the one before (the first: since the round before it, about an hour).
+
+    A volume is charted per collection, not per hour: with rounds thinned to two- and
+    four-hourly after 48 h, hourly-sized volumes made every settled patient look
+    oliguric (a 24 h sum of 6 x 80 mL is 0.25 mL/kg/h at 80 kg), in the charts and in the
+    urine-output feature. Capped below the variable's plausible maximum (5,000 mL).
+    """
+    hours = np.diff(minutes, prepend=minutes[:1] - 60.0) / 60.0
+    volume = np.round(hourly * np.clip(hours, 0.5, 12.0))
+    volume[rng.random(len(volume)) < 0.03] = 0.0  # anuric hours and clamped catheters
+    return np.minimum(volume, 4000.0)
+
+
 def _subset(times: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
     return times[rng.random(len(times)) < p]
 
@@ -186,9 +203,7 @@ def stay_observations(plan: StayPlan, rng: np.random.Generator) -> list[Observat
     temp_t = _subset(rounds, 0.3, rng)
     out.add("temp", temp_t, inject_artefacts("temp", draw("temp", temp_t), rng))
     urine_t = _subset(rounds, 0.75, rng)
-    urine = draw("urine", urine_t)
-    urine[rng.random(len(urine)) < 0.03] = 0.0  # anuric hours and clamped catheters
-    out.add("urine", urine_t, urine)
+    out.add("urine", urine_t, _collected_urine(urine_t, draw("urine", urine_t), rng))
     _gcs(out, rounds, traj, vent_until, rng)
     if vent_until:
         vent_t = _subset(rounds[ventilated], 0.3, rng)
