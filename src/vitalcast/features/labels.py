@@ -7,6 +7,7 @@ The ICU stay features are named here; the readmission features in
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from functools import cache
 
 from vitalcast.clinical.codes import BY_KEY, VariableSpec
@@ -58,8 +59,16 @@ def _parse(name: str) -> tuple[VariableSpec, str, str] | None:
     return None
 
 
-def feature_label(name: str) -> str:
-    """``"lactate_max_24h"`` -> ``"Lactate, highest (last 24 h)"``; unknown names unchanged."""
+# A model's own words for its features, (label, unit) by name: a tabular task file's
+# `labels` (the data team knows what its columns mean; vitalcast does not).
+Words = Mapping[str, Sequence[str]]
+
+
+def feature_label(name: str, words: Words | None = None) -> str:
+    """``"lactate_max_24h"`` -> ``"Lactate, highest (last 24 h)"``; ``words`` first;
+    unknown names with spaces for underscores."""
+    if words and name in words:
+        return str(words[name][0])
     if name in _STATIC:
         return _STATIC[name][0]
     parsed = _parse(name)
@@ -69,7 +78,9 @@ def feature_label(name: str) -> str:
     return f"{spec.label}, {_STAT_WORDS[stat]} ({_WINDOW_WORDS[window]})"
 
 
-def _unit(name: str) -> str:
+def _unit(name: str, words: Words | None = None) -> str:
+    if words and name in words:
+        return str(words[name][1]) if len(words[name]) > 1 else ""
     if name in _STATIC:
         return _STATIC[name][1]
     parsed = _parse(name)
@@ -85,16 +96,16 @@ def _unit(name: str) -> str:
     return spec.display_unit
 
 
-def describe_feature(name: str, value: float | str | None) -> str:
+def describe_feature(name: str, value: float | str | None, words: Words | None = None) -> str:
     """The feature and its value as a clinician would say it, e.g. ``Lactate, latest
     (this stay) 4.1 mmol/L`` or ``... not measured``."""
-    label = feature_label(name)
+    label = feature_label(name, words)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"{label}: not measured"
     if isinstance(value, str):
         return f"{label}: {readmission_value_words(name, value)}"
     if name.startswith("unit_") or name in _FLAGS:
         return f"{label}: {'yes' if value >= 0.5 else 'no'}"
-    unit = _unit(name)
+    unit = _unit(name, words)
     shown = f"{value:+.3g}" if "_slope_" in name else f"{value:.3g}"
     return f"{label}: {shown} {unit}".rstrip()

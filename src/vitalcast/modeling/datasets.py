@@ -50,6 +50,8 @@ class Dataset:
     # Names of coded category values, per column (code -> name), from the data set's own
     # code table; stored in the sidecar so explanations say "Discharged to: Home".
     value_names: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The data's own words for its features, name -> (label, unit): a tabular task file's.
+    feature_words: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -73,6 +75,7 @@ class Dataset:
             source=self.source,
             notes=[*self.notes, note],
             value_names=self.value_names,
+            feature_words=self.feature_words,
         )
 
     def training_rows(self, task: Task) -> np.ndarray:

@@ -222,6 +222,7 @@ class LoadedModel:
         """
         factors = []
         value_names: dict[str, dict[str, str]] = self.sidecar.get("value_names", {})
+        words: dict[str, list[str]] = self.sidecar.get("feature_words", {})
         for name, value in top_factors(self.feature_names, values, top):
             raw = row.get(name)
             shown = None if _is_missing(raw) else raw
@@ -234,11 +235,11 @@ class LoadedModel:
             factors.append(
                 Factor(
                     feature=name,
-                    label=feature_label(name),
+                    label=feature_label(name, words),
                     value=shown,
                     contribution=value,
                     direction="raises" if value > 0 else "lowers",
-                    text=describe_feature(name, said),
+                    text=describe_feature(name, said, words),
                 )
             )
         return factors

@@ -121,6 +121,7 @@ def train_and_register(
                 "train_seconds": result.seconds,
             },
             "value_names": dataset.value_names,
+            "feature_words": dataset.feature_words,
             "data": {
                 "source": dataset.source,
                 "rows": int(fits.sum()),

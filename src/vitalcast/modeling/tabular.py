@@ -185,7 +185,9 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
     The YAML names ``label`` (column), ``positive`` (the label value, or list of values,
     meaning 1; default 1),
     ``id_column`` (optional; rows of one id never straddle folds), and ``features``:
-    ``{numeric: [...], categorical: [...]}``.
+    ``{numeric: [...], categorical: [...]}``. Optional, for explanations in the data's
+    own words: ``labels`` (feature -> words, or ``[words, unit]``) and ``values``
+    (categorical feature -> {value: words}); the model keeps both in its sidecar.
     """
     try:
         spec = yaml.safe_load(task_file.read_text())
@@ -233,4 +235,41 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         numeric=numeric,
         categorical=categorical,
         source=data.name,
+        value_names=_task_values(spec.get("values"), categorical, task_file.name),
+        feature_words=_task_labels(spec.get("labels"), [*numeric, *categorical], task_file.name),
     )
+
+
+def _task_labels(raw: Any, features: list[str], where: str) -> dict[str, tuple[str, str]]:
+    """A task file's ``labels``: feature -> words, or -> [words, unit]."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TaskError(f"{where}: `labels` must map features to words")
+    words: dict[str, tuple[str, str]] = {}
+    for name, value in raw.items():
+        if str(name) not in features:
+            raise TaskError(f"{where}: `labels` names {name!r}, which is not a listed feature")
+        if isinstance(value, str):
+            words[str(name)] = (value, "")
+        elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+            words[str(name)] = (value[0], value[1])
+        else:
+            raise TaskError(f"{where}: `labels` of {name!r} must be words or [words, unit]")
+    return words
+
+
+def _task_values(raw: Any, categorical: list[str], where: str) -> dict[str, dict[str, str]]:
+    """A task file's ``values``: categorical feature -> {value as in the file: words}."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TaskError(f"{where}: `values` must map categorical features to value names")
+    names: dict[str, dict[str, str]] = {}
+    for name, table in raw.items():
+        if str(name) not in categorical:
+            raise TaskError(f"{where}: `values` names {name!r}, which is not a categorical feature")
+        if not isinstance(table, dict):
+            raise TaskError(f"{where}: `values` of {name!r} must map values to words")
+        names[str(name)] = {str(k): str(v) for k, v in table.items()}
+    return names

@@ -46,6 +46,28 @@ na_values: ["?"]
 features:
   numeric: [age, trestbps, chol, thalach, oldpeak, ca]
   categorical: [sex, cp, fbs, restecg, exang, slope, thal]
+labels:   # heart-disease.names; what explanations show instead of the column names
+  age: [Age, years]
+  trestbps: [Resting blood pressure, mmHg]
+  chol: [Serum cholesterol, mg/dL]
+  thalach: [Maximum heart rate achieved, /min]
+  oldpeak: ST depression induced by exercise
+  ca: Major vessels coloured by fluoroscopy
+  sex: Sex
+  cp: Chest pain type
+  fbs: Fasting blood sugar above 120 mg/dL
+  restecg: Resting ECG
+  exang: Exercise-induced angina
+  slope: Slope of the peak exercise ST segment
+  thal: Thallium scan
+values:
+  sex: {"0.0": female, "1.0": male}
+  cp: {"1.0": typical angina, "2.0": atypical angina, "3.0": non-anginal pain, "4.0": asymptomatic}
+  fbs: {"0.0": "no", "1.0": "yes"}
+  restecg: {"0.0": normal, "1.0": ST-T wave abnormality, "2.0": left ventricular hypertrophy}
+  exang: {"0.0": "no", "1.0": "yes"}
+  slope: {"1.0": upsloping, "2.0": flat, "3.0": downsloping}
+  thal: {"3.0": normal, "6.0": fixed defect, "7.0": reversible defect}
 """
 
 
@@ -145,4 +167,44 @@ def test_missing_column_is_a_clear_error(files: tuple[Path, Path], tmp_path: Pat
     task_file = tmp_path / "bad.yaml"
     task_file.write_text(TASK_YAML.replace("oldpeak", "st_depression"))
     with pytest.raises(TaskError, match="columns not found: st_depression"):
+        load_dataset(get_task("tabular"), session=None, task_file=task_file, data=files[1])
+
+
+def test_explanations_use_the_task_files_words(
+    trained: TrainOutcome, files: tuple[Path, Path]
+) -> None:
+    """The data team's ``labels`` and ``values`` reach each explanation: no column name or
+    raw code in what a clinician reads."""
+    model = load_model(trained.artifact_path, trained.sha256)
+    ds = load_dataset(get_task("tabular"), session=None, task_file=files[0], data=files[1])
+    rows = ds.X.head(30)
+    contributions = model.explainer.contributions(rows).values
+    texts = []
+    for i in range(len(rows)):
+        for factor in model.factors(rows.iloc[i].to_dict(), contributions[i], top=4):
+            assert factor.label not in COLUMNS, factor.label
+            texts.append(factor.text)
+    assert any(t.startswith("Chest pain type: ") for t in texts)
+    assert not any(t.endswith((": 1.0", ": 4.0")) for t in texts if "Chest pain" in t)
+    heart = next(t for t in texts if t.startswith("Maximum heart rate achieved: "))
+    assert heart.endswith(" /min")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("labels: [age]\n", "`labels` must map features to words"),
+        ("labels: {pulse: Pulse}\n", "'pulse', which is not a listed feature"),
+        ("labels: {age: [Age, years, extra]}\n", "must be words or \\[words, unit\\]"),
+        ("values: {age: {'1': one}}\n", "'age', which is not a categorical feature"),
+        ("values: {cp: typical}\n", "`values` of 'cp' must map values to words"),
+    ],
+)
+def test_bad_labels_are_clear_errors(
+    files: tuple[Path, Path], tmp_path: Path, extra: str, message: str
+) -> None:
+    task_file = tmp_path / "words.yaml"
+    base = TASK_YAML.split("labels:")[0]
+    task_file.write_text(base + extra)
+    with pytest.raises(TaskError, match=message):
         load_dataset(get_task("tabular"), session=None, task_file=task_file, data=files[1])
