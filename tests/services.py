@@ -167,7 +167,9 @@ def mqtt_broker() -> Iterator[str]:
 
 @contextmanager
 def throwaway_mqtt_broker(
-    tls: tuple[Path, Path] | None = None, subscribe_acl: list[str] | None = None
+    tls: tuple[Path, Path] | None = None,
+    subscribe_acl: list[str] | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
     """Start a real broker and yield its URL; with ``tls`` (certificate, key) it listens
     for MQTT over TLS only and the URL is ``mqtts://``.
@@ -180,7 +182,7 @@ def throwaway_mqtt_broker(
     """
     import sys
 
-    port = _free_port()
+    port = port or _free_port()  # a given port: a broker "restarted" with new rules
     scheme = "mqtts" if tls else "mqtt"
     with tempfile.TemporaryDirectory(prefix="vitalcast-mqtt-") as tmp:
         mosquitto = shutil.which("mosquitto") or (

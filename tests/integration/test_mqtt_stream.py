@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, func, select
 
+from tests.live import free_port
 from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher
 from tests.services import throwaway_mqtt_broker
 from vitalcast.clinical.records import PatientRecord, RecordBatch
@@ -412,3 +413,28 @@ def test_a_subscription_the_broker_refuses_stops_the_command(settings: Settings)
     assert "vitalcast/devices/+/observations" in last
     assert "consuming" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_refusal_on_resubscribing_is_recorded(pg_engine: Engine, cipher: FieldCipher) -> None:
+    """The broker comes back (same address) with an ACL that no longer grants the device
+    topics: paho reconnects and resubscribes, the broker refuses, and the consumer says so
+    (``refusal``, read by the worker's /healthz) instead of running on subscribed."""
+    port = free_port()
+    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
+    with throwaway_mqtt_broker(subscribe_acl=[f"{prefix}/#"], port=port) as url:
+        config = MqttConfig(
+            **parse_mqtt_url(url), client_id=f"vc-re-{uuid.uuid4().hex[:8]}", topic_prefix=prefix
+        )
+        consumer = DeviceStreamConsumer(make_session_factory(pg_engine), cipher, config)
+        consumer.connect_check()
+        assert consumer.subscribed.is_set()
+        assert consumer.refusal is None
+    try:
+        with throwaway_mqtt_broker(subscribe_acl=["some/other/#"], port=port):
+            deadline = time.monotonic() + 30  # paho retries within 1-10 s
+            while consumer.refusal is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert consumer.refusal is not None
+            assert not consumer.subscribed.is_set()
+    finally:
+        consumer.client.loop_stop()

@@ -334,6 +334,7 @@ def stream_mqtt(
         settings,
         consumer.scorer.heartbeat,  # the loop flushes the scorer at least every 0.2 s
         details=lambda: {"broker_connected": consumer.client.is_connected()},
+        problem=lambda: f"subscription refused ({consumer.refusal})" if consumer.refusal else None,
     )
     try:
         stats = consumer.run(stop, idle_exit_s=idle_exit)

@@ -283,7 +283,11 @@ class DeviceStreamConsumer:
         ran, said "consuming" and received nothing."""
         refused = [str(code) for code in codes if code.is_failure]
         if refused:
+            # Also on a resubscription after a reconnect (an ACL changed under a running
+            # worker): the worker's /healthz then fails, and its restart stops with the
+            # reason instead of running on, receiving nothing.
             self.refusal = ", ".join(refused)
+            self.subscribed.clear()
             logger.error("mqtt subscription refused", extra={"reason": self.refusal})
         else:
             self.refusal = None

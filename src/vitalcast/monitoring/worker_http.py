@@ -72,11 +72,14 @@ class WorkerEndpoint:
         *,
         token: str | None,
         details: Callable[[], dict[str, Any]] | None = None,
+        problem: Callable[[], str | None] | None = None,
         stale_after_s: float = STALE_AFTER_S,
     ) -> None:
         self.heartbeats = list(heartbeats)  # every loop the process depends on
         self.token = token
         self.details = details
+        # Why the process cannot do its job although its loops turn (None: it can).
+        self.problem = problem
         self.stale_after_s = stale_after_s
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -91,8 +94,12 @@ class WorkerEndpoint:
 
     def _health(self, start_response: StartResponse) -> Iterable[bytes]:
         age = max(heartbeat.age_s for heartbeat in self.heartbeats)  # the stalest loop
-        alive = age <= self.stale_after_s
-        body: dict[str, Any] = {"status": "ok" if alive else "stalled", "loop_age_s": round(age, 3)}
+        problem = self.problem() if self.problem is not None else None
+        alive = age <= self.stale_after_s and problem is None
+        status = "ok" if alive else "stalled" if problem is None else "failing"
+        body: dict[str, Any] = {"status": status, "loop_age_s": round(age, 3)}
+        if problem is not None:
+            body["problem"] = problem
         if self.details is not None:
             body |= self.details()
         return _reply(start_response, "200 OK" if alive else "503 Service Unavailable", body)
@@ -187,10 +194,11 @@ def start_worker_http(
     settings: Settings,
     *heartbeats: Heartbeat,
     details: Callable[[], dict[str, Any]] | None = None,
+    problem: Callable[[], str | None] | None = None,
 ) -> WorkerHttpServer | None:
     """Serve the endpoint when ``VITALCAST_WORKER_HTTP_PORT`` is set (``0``: any free
     port, for tests); None when it is not. ``/healthz`` fails when any of ``heartbeats``
-    (one per loop the process depends on) is stale.
+    (one per loop the process depends on) is stale, or ``problem`` names one.
 
     Checked here, not in :class:`~vitalcast.config.Settings`: the setting may sit in a
     configuration every process shares, and only the stream commands serve it.
@@ -206,7 +214,7 @@ def start_worker_http(
             " VITALCAST_METRICS_TOKEN, which its /metrics will demand"
         )
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
-    app = WorkerEndpoint(heartbeats, token=token, details=details)
+    app = WorkerEndpoint(heartbeats, token=token, details=details, problem=problem)
     server = make_server(
         settings.worker_http_host,
         settings.worker_http_port,

@@ -139,3 +139,22 @@ def test_healthz_follows_the_stalest_loop(tmp_path: Path) -> None:
         assert stalled.json()["loop_age_s"] == pytest.approx(STALE_AFTER_S + 5)
     finally:
         endpoint.close()
+
+
+def test_healthz_fails_on_a_named_problem_while_the_loops_turn(tmp_path: Path) -> None:
+    """A consumer whose subscription the broker refused turns its loop and receives
+    nothing: the probe must fail with the reason (and the restart then stops with it)."""
+    problem: list[str] = []
+    endpoint = start_worker_http(
+        _settings(tmp_path), Heartbeat(), problem=lambda: problem[0] if problem else None
+    )
+    assert endpoint is not None
+    try:
+        assert httpx.get(_url(endpoint, "/healthz")).status_code == 200
+        problem.append("subscription refused (Not authorized)")
+        failing = httpx.get(_url(endpoint, "/healthz"))
+        assert failing.status_code == 503
+        assert failing.json()["status"] == "failing"
+        assert failing.json()["problem"] == "subscription refused (Not authorized)"
+    finally:
+        endpoint.close()
