@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vitalcast.ingest.mqtt import parse_mqtt_url, use_tls
+from vitalcast.ingest.mqtt import DeviceStreamConsumer, parse_mqtt_url, use_tls
 
 # Session Expiry Interval of the consumers tests start (VITALCAST_MQTT_SESSION_EXPIRY_S):
 # each test's client id is new, so its session is abandoned when the test ends and should
@@ -47,3 +50,18 @@ class Publisher:
         self.flush()
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@contextmanager
+def consuming(consumer: DeviceStreamConsumer, timeout_s: float = 10) -> Iterator[None]:
+    """Run ``consumer`` in a thread while the block runs, entered once the broker granted
+    its subscription; then stop it (its loop's clean stop, as the command's)."""
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,))
+    worker.start()
+    try:
+        assert consumer.subscribed.wait(timeout_s)
+        yield
+    finally:
+        stop.set()
+        worker.join(timeout_s)

@@ -9,8 +9,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, func, select
 
 from tests.live import free_port
-from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher
+from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher, consuming
 from tests.services import throwaway_mqtt_broker
 from vitalcast.clinical.records import PatientRecord, RecordBatch
 from vitalcast.clinical.tables import Observation, Patient
@@ -79,11 +77,6 @@ def test_bindings_duplicates_order_and_bad_payloads(
         session_expiry_s=SESSION_EXPIRY_S,
     )
     consumer = DeviceStreamConsumer(factory, cipher, config)
-    stop = threading.Event()
-    worker = threading.Thread(target=consumer.run, args=(stop,))
-    worker.start()
-    assert consumer.subscribed.wait(10)
-    pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
     topic = f"{prefix}/mon-1/observations"
     fhir = {
         "resourceType": "Observation",
@@ -109,14 +102,14 @@ def test_bindings_duplicates_order_and_bad_payloads(
         (topic, b"{not json"),
         (topic, {"code": "8867-4", "value": 1, "time": "2025-06-01T12:00:00"}),  # naive time
     ]
-    for t, p in payloads:
-        pub.publish(t, p)
-    pub.close()
-    deadline = time.monotonic() + 30
-    while consumer.stats.messages < len(payloads) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stop.set()
-    worker.join(10)
+    with consuming(consumer):
+        pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+        for t, p in payloads:
+            pub.publish(t, p)
+        pub.close()
+        deadline = time.monotonic() + 30
+        while consumer.stats.messages < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.1)
     assert consumer.stats.messages == len(payloads)
     report = consumer.stats.report
     assert report.balanced()
@@ -254,20 +247,6 @@ def test_connect_check_returns_once_the_broker_routes_readings_to_the_session(
     assert _count(pg_engine, Observation) == 1
 
 
-@contextmanager
-def _consuming(consumer: DeviceStreamConsumer) -> Iterator[None]:
-    """Run ``consumer`` in a thread, subscribed, while the block runs; then stop it."""
-    stop = threading.Event()
-    worker = threading.Thread(target=consumer.run, args=(stop,))
-    worker.start()
-    try:
-        assert consumer.subscribed.wait(10)
-        yield
-    finally:
-        stop.set()
-        worker.join(10)
-
-
 def _ingest_counts() -> dict[str, float]:
     """This process's ingest counters for MQTT: observations by fate, quarantine by reason."""
     names = {
@@ -288,7 +267,7 @@ def test_stored_and_quarantined_readings_are_counted_in_the_ingest_metrics(
 ) -> None:
     consumer, prefix = _bound_consumer(mqtt_url, pg_engine, cipher, "mon-3")
     before = _ingest_counts()
-    with _consuming(consumer):
+    with consuming(consumer):
         pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
         topic = f"{prefix}/mon-3/observations"
         for t, p in [
@@ -354,7 +333,7 @@ def _session_present(opts: dict[str, Any], client_id: str) -> bool:
 
 def _run_briefly(pg_engine: Engine, cipher: FieldCipher, config: MqttConfig) -> None:
     """Connect, subscribe (creating the session) and stop cleanly."""
-    with _consuming(DeviceStreamConsumer(make_session_factory(pg_engine), cipher, config)):
+    with consuming(DeviceStreamConsumer(make_session_factory(pg_engine), cipher, config)):
         pass
 
 

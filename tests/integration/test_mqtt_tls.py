@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, func, select
 
-from tests.mqtt_helpers import Publisher
+from tests.mqtt_helpers import Publisher, consuming
 from tests.services import throwaway_mqtt_broker
 from tests.tls_helpers import self_signed_certificate
 from vitalcast.clinical.records import PatientRecord, RecordBatch
@@ -65,11 +64,7 @@ def test_stream_over_tls_stores_readings_from_a_verified_broker(
         )
         assert config.tls
         consumer = DeviceStreamConsumer(factory, cipher, config)
-        stop = threading.Event()
-        worker = threading.Thread(target=consumer.run, args=(stop,))
-        worker.start()
-        try:
-            assert consumer.subscribed.wait(15)
+        with consuming(consumer, timeout_s=15):
             pub = Publisher(url, f"pub-{uuid.uuid4().hex[:8]}")
             for i in range(5):
                 t = (T0 + timedelta(minutes=i)).isoformat()
@@ -81,9 +76,6 @@ def test_stream_over_tls_stores_readings_from_a_verified_broker(
             deadline = time.monotonic() + 30
             while consumer.stats.messages < 5 and time.monotonic() < deadline:
                 time.sleep(0.1)
-        finally:
-            stop.set()
-            worker.join(15)
     with factory() as s:
         values = sorted(s.scalars(select(Observation.value)))
         assert values == [70.0, 71.0, 72.0, 73.0, 74.0]

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.hl7_samples import ADT_A01, ORU_R01
 from tests.modeling_data import register_champion
-from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher
+from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher, consuming
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.config import Settings
 from vitalcast.db.session import make_session_factory, session_scope
@@ -347,17 +346,14 @@ def running(
         session_expiry_s=SESSION_EXPIRY_S,
     )
     consumer = DeviceStreamConsumer(sessions, cipher, config, scorer=scorer)
-    stop = threading.Event()
-    worker = threading.Thread(target=consumer.run, args=(stop,))
-    worker.start()
-    assert consumer.subscribed.wait(10)
-    pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
     try:
-        yield Running(consumer, scorer, pub, f"{prefix}/{DEVICE}/observations"), clock
+        with consuming(consumer):
+            pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+            try:
+                yield Running(consumer, scorer, pub, f"{prefix}/{DEVICE}/observations"), clock
+            finally:
+                pub.close()
     finally:
-        pub.close()
-        stop.set()
-        worker.join(10)
         scorer.state.stopping.set()
 
 

@@ -49,7 +49,7 @@ def _context(ctx: click.Context) -> tuple[Any, sessionmaker[Session], Any]:
     return settings, make_session_factory(engine), cipher_from_settings(settings)
 
 
-def _long_running(settings: Any) -> None:
+def _long_running(settings: Settings) -> None:
     """Set up logging for a process that runs until stopped: JSON lines (per
     ``VITALCAST_LOG_JSON``) on stderr at ``VITALCAST_LOG_LEVEL``, as the web server logs,
     so an orchestrator's log pipeline can parse them; stdout keeps the command's own
