@@ -47,8 +47,13 @@ def _frame(n: int, seed: int, *, held_out: bool) -> tuple[pd.DataFrame, np.ndarr
     units = np.array(UNITS + (["NICU"] if held_out else []), dtype=object)
     frame["unit"] = rng.choice(units, size=n)
     frame["admission"] = rng.choice(np.array(ADMISSIONS, dtype=object), size=n)
-    frame.loc[rng.random(n) < 0.1, "unit"] = np.nan
-    frame.loc[rng.random(n) < 0.1, "admission"] = np.nan
+    # Missing categories are None, the form the loaders and LoadedModel.frame_of give the
+    # model: "unit" misses in training too (the encoder fits None as a category of its
+    # own), "admission" only in held-out rows (an unknown category then: all zeros).
+    for column, rate in (("unit", 0.1), ("admission", 0.1 if held_out else 0.0)):
+        values = frame[column].to_numpy(dtype=object)
+        values[rng.random(n) < rate] = None
+        frame[column] = pd.Series(values, dtype=object)
     logit = logit + np.where(frame["unit"] == "CCU", 0.8, 0.0)
     y = (rng.random(n) < 1 / (1 + np.exp(-np.nan_to_num(logit)))).astype(int)
     return frame, y
@@ -68,9 +73,16 @@ def _prep(strategy: str, indicator: bool, cat_strategy: str) -> ColumnTransforme
             ("scale", StandardScaler()),
         ]
     )
+    # "*_none": an imputer of None itself, which replaces a missing category before the
+    # encoder sees it (the default imputer, of NaN, leaves None to the encoder).
+    imputer = SimpleImputer(
+        strategy=cat_strategy.removesuffix("_none"),
+        fill_value="missing",
+        missing_values=None if cat_strategy.endswith("_none") else np.nan,
+    )
     categorical = Pipeline(
         [
-            ("impute", SimpleImputer(strategy=cat_strategy, fill_value="missing")),
+            ("impute", imputer),
             ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ]
     )
@@ -92,6 +104,7 @@ PREPS = [
     ("mean", True, "most_frequent"),
     ("median", False, "constant"),
     ("constant", True, "constant"),
+    ("median", True, "most_frequent_none"),
 ]
 WRAPPERS = [
     "pipeline",
@@ -225,9 +238,10 @@ def hgb_scorer(data: dict[str, Any]) -> tuple[Any, CompiledScorer]:
 
 def test_all_missing_row_scores_like_scikit_learn(hgb_scorer: tuple[Any, CompiledScorer]) -> None:
     model, scorer = hgb_scorer
-    frame = pd.DataFrame([{name: np.nan for name in FEATURES}]).astype(
-        {name: object for name in CATEGORICAL}
-    )
+    # The served form of "nothing measured": NaN numbers, None categories (frame_of).
+    frame = pd.DataFrame([{name: np.nan for name in NUMERIC}])
+    for name in CATEGORICAL:
+        frame[name] = pd.Series([None], dtype=object)
     expected = _reference(model, frame)[0]
     assert scorer.score_row({}) == pytest.approx(expected, abs=TOLERANCE)
     assert scorer.score_row(np.full(len(FEATURES), np.nan)) == pytest.approx(

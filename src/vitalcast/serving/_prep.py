@@ -56,8 +56,9 @@ class Preprocessor:
     value_fill: FloatArray
     indicator_src: IntArray
     indicator_out: IntArray
-    # one-hot blocks: input column index, first output position, number of categories,
-    # and the category code an imputer substitutes for a missing value (-1: none).
+    # one-hot blocks: input column index, first output position, number of fitted
+    # categories, and the code a missing value takes: the fitted missing category (last),
+    # an imputer's statistic, or -1 (none: all zeros, as for an unknown category).
     onehot_src: IntArray
     onehot_start: IntArray
     onehot_size: IntArray
@@ -186,25 +187,34 @@ class _Builder:
             raise Uncompilable(f"{block}: only OneHotEncoder(handle_unknown='ignore', drop=None)")
         if getattr(encoder, "_infrequent_enabled", False):
             raise Uncompilable(f"{block}: infrequent-category grouping is not compiled")
+        # A missing categorical value is served as None (``LoadedModel.frame_of``, as the
+        # training frames hold it). SimpleImputer's default ``missing_values=np.nan`` does
+        # not match None in an object column, so None reaches the encoder: as a fitted
+        # category when training had missing values, else as an unknown one (all zeros).
+        # Only an imputer for None itself substitutes its statistic.
+        imputes = imputer is not None and imputer.missing_values is None
         if imputer is not None:
             stats = list(imputer.statistics_)
             if not _is_missing(imputer.missing_values) or any(_is_missing(s) for s in stats):
                 raise Uncompilable(f"{block}: categorical SimpleImputer must fill NaN with a value")
         for j, (s, cats) in enumerate(zip(src, encoder.categories_, strict=True)):
-            categories = list(cats)
-            if any(_is_missing(c) for c in categories):
-                raise Uncompilable(f"{block}: missing value fitted as a category")
+            fitted = list(cats)
+            categories = [c for c in fitted if not _is_missing(c)]
+            if fitted[: len(categories)] != categories or len(fitted) - len(categories) > 1:
+                # scikit-learn sorts None (or NaN) last; anything else is not its layout
+                raise Uncompilable(f"{block}: missing values fitted as categories twice")
             codes = {c: i for i, c in enumerate(categories)}
-            fill_code = -1.0
-            if imputer is not None:
+            fill_code = float(len(categories)) if len(fitted) > len(categories) else -1.0
+            if imputes:
+                assert imputer is not None
                 fill_code = float(codes.get(imputer.statistics_[j], -1))
             if s in self.categorical:
                 raise Uncompilable(f"{block}: column {names[s]!r} is one-hot encoded twice")
             self.categorical[s] = CategoricalInput(names[s], categories, codes)
-            self.onehot.append((s, self.n_out, len(categories), fill_code))
-            self.mean.extend([0.0] * len(categories))
-            self.scale.extend([1.0] * len(categories))
-            self.n_out += len(categories)
+            self.onehot.append((s, self.n_out, len(fitted), fill_code))
+            self.mean.extend([0.0] * len(fitted))
+            self.scale.extend([1.0] * len(fitted))
+            self.n_out += len(fitted)
 
     def build(self) -> Preprocessor:
         oh = np.asarray(self.onehot, dtype=np.float64).reshape(-1, 4)
