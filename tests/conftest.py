@@ -25,6 +25,7 @@ from tests.services import (
     postgres_server,
     service_missing,
 )
+from tests.tabular_data import heart_task_files
 from vitalcast.config import Settings, load_settings
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.errors import ConfigError
@@ -232,6 +233,25 @@ def trained_model(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathF
         )
     engine.dispose()
     return outcome
+
+
+@pytest.fixture(scope="session")
+def trained_tabular(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A `tabular` model trained once per session on the UCI Cleveland table (303 rows)."""
+    from vitalcast.modeling.service import train_and_register
+    from vitalcast.modeling.train import FAST_BUDGET
+
+    home = tmp_path_factory.mktemp("tabular")
+    task_file, csv = heart_task_files(shared_data, home)
+    return train_and_register(
+        "tabular",
+        session=None,
+        registry_dir=home / "registry",
+        task_file=task_file,
+        data=csv,
+        budget=FAST_BUDGET,
+        n_boot=20,
+    )
 
 
 MODEL_NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

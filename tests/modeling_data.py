@@ -83,13 +83,14 @@ def physionet_texts(n: int, seed: int = 11) -> tuple[list[RecordText], str]:
 
 
 def register_champion(session: Any, trained: Any) -> None:
-    """Register a trained icu-mortality model (a ``TrainOutcome``) as the champion."""
+    """Register a trained model (a ``TrainOutcome``) as its task's champion (the first
+    version of a task is)."""
     from vitalcast.modeling.service import register_version
 
     register_version(
         session,
         version=trained.version,
-        task="icu-mortality",
+        task=trained.task,
         path=trained.artifact_path,
         sha256=trained.sha256,
         threshold=trained.threshold,

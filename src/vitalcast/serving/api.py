@@ -15,17 +15,17 @@ from vitalcast.db.types import new_public_id
 from vitalcast.errors import Busy, ModelUnavailable, NotFound, PayloadTooLarge
 from vitalcast.modeling.landmark_calibration import TIME_FEATURE
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import early_at, early_in_stay
+from vitalcast.modeling.tasks import TASKS, early_at, early_in_stay
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
 from vitalcast.serving.errors import render_error
-from vitalcast.serving.fastpath import feature_errors, predict_one
+from vitalcast.serving.fastpath import feature_errors
 from vitalcast.serving.guard import still_authorised
 from vitalcast.serving.models import refresh_if_stale, scoring_models
 from vitalcast.serving.openapi import operation
 from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import list_ward
-from vitalcast.serving.predictor import Predictor
+from vitalcast.serving.predictor import DEFAULT_TASK, Predictor
 from vitalcast.serving.realtime import STREAM_RETRY_AFTER_S, sse_stream
 from vitalcast.serving.schemas import (
     MAX_BATCH_ROWS,
@@ -47,13 +47,35 @@ from vitalcast.serving.validation import json_body, raise_if
 api = Blueprint("api", __name__)
 
 
-def _predictor() -> Predictor:
-    predictor = get_state().predictor
+def _predictor(task: str = DEFAULT_TASK) -> Predictor:
+    """The champion that scores ``task``'s requests in this process (503 when none)."""
+    state = get_state()
+    predictor = state.predictor if task == DEFAULT_TASK else state.task_champions.get(task)
     if predictor is None:
         raise ModelUnavailable(
-            "no champion model is loaded; train one (`vitalcast train`) and promote it"
+            f"no {task} champion model is loaded; train one (`vitalcast train --task {task}`)"
+            " and promote it"
         )
     return predictor
+
+
+def _task_of(body: dict[str, Any], payload: str) -> tuple[str, Any]:
+    """The task named by ``{"task": ..., <payload>: ...}`` and that payload; every shape
+    problem at once (422). A flat body names no task: it is the stay task's."""
+    problems = [
+        {"loc": ["body", key], "msg": "unknown field"}
+        for key in body
+        if key not in {"task", payload}
+    ]
+    task = body["task"]
+    if not isinstance(task, str) or task not in TASKS:
+        problems.append(
+            {"loc": ["body", "task"], "msg": f"unknown task; expected one of: {', '.join(TASKS)}"}
+        )
+    if payload not in body:
+        problems.append({"loc": ["body", payload], "msg": "required"})
+    raise_if(problems)
+    return task, body[payload]
 
 
 def _prediction_body(
@@ -87,6 +109,7 @@ def _prediction_body(
         "oneOf": [
             {"$ref": "#/components/schemas/PredictPatient"},
             {"$ref": "#/components/schemas/Features"},
+            {"$ref": "#/components/schemas/TaskFeatures"},
         ]
     },
     needs_model=True,
@@ -95,23 +118,30 @@ def _prediction_body(
     models=(PredictPatient,),
 )
 def predict() -> Response:
-    """Score one patient: a flat object of features, or ``{"patient_id": ...}``.
+    """Score one patient: a flat object of features, ``{"patient_id": ...}``, or
+    ``{"task": ..., "features": {...}}``.
 
     A feature vector is validated against the champion's features (every unknown name,
     non-number or unknown category reported at once) and stored as an ad hoc prediction;
-    a patient id scores the patient's latest stay from the stored observations.
+    a patient id scores the patient's latest stay from the stored observations. A flat
+    object or a patient id is scored by the `icu-mortality` champion; `task` names
+    another task's champion (`readmission-30d`, `tabular`), whose features
+    `GET /api/v1/models/{version}` lists.
     """
     body = json_body()  # a malformed body is the caller's problem whatever the model state
     explain = parse_query(PredictQuery).explain
-    predictor = _predictor()
+    task, where = DEFAULT_TASK, ["body"]
+    if isinstance(body, dict) and "task" in body:
+        (task, body), where = _task_of(body, "features"), ["body", "features"]
+    predictor = _predictor(task)
     session = db()
-    if isinstance(body, dict) and set(body) == {"patient_id"}:
+    if task == DEFAULT_TASK and where == ["body"] and _is_patient_request(body):
         prediction, admitted_at, predictor = _predict_stored_patient(
             session, get_state(), body["patient_id"]
         )
         early = early_in_stay(predictor.task, admitted_at, prediction.as_of)
     else:
-        predict_one(predictor.scorer, body)  # validates: every bad field reported at once
+        _validate_features(predictor, body, where)  # every bad field reported at once
         features = {name: body.get(name) for name in predictor.feature_names}
         prediction = record_prediction(
             session,
@@ -133,9 +163,15 @@ def predict() -> Response:
     f"Score up to {MAX_BATCH_ROWS} feature vectors at once",
     BatchResult,
     query=BatchQuery,
-    body=BatchRequest,
+    body={
+        "oneOf": [
+            {"$ref": "#/components/schemas/BatchRequest"},
+            {"$ref": "#/components/schemas/TaskBatch"},
+        ]
+    },
     needs_model=True,
     tags=("predictions",),
+    models=(BatchRequest,),
 )
 def predict_batch() -> Response:
     """Score many flat feature objects in one vectorised call of the compiled scorer.
@@ -144,10 +180,16 @@ def predict_batch() -> Response:
     rows come back at once, located as ``["body", "rows", <index>, <feature>]``; nothing
     is scored unless every row is valid. Batches are audited as one event (row count,
     model version, a digest of the inputs) and not stored row by row: they are for
-    cohort scoring and integration back-fills, not for the patient chart.
+    cohort scoring and integration back-fills, not for the patient chart. Rows are the
+    `icu-mortality` champion's features; ``{"task": ..., "rows": [...]}`` scores another
+    task's rows with its champion.
     """
     body = json_body()
     query = parse_query(BatchQuery)
+    task = DEFAULT_TASK
+    if isinstance(body, dict) and "task" in body:
+        task, rows = _task_of(body, "rows")
+        body = {"rows": rows}
     rows = _batch_rows(body)
     if query.explain and len(rows) > MAX_EXPLAINED_ROWS:
         raise_if(
@@ -158,7 +200,7 @@ def predict_batch() -> Response:
                 }
             ]
         )
-    predictor = _predictor()
+    predictor = _predictor(task)
     scorer = predictor.scorer
     matrix = np.full((len(rows), scorer.n_features), np.nan)
     problems: list[dict[str, Any]] = []
@@ -210,6 +252,21 @@ def predict_batch() -> Response:
             "request_id": request_id(),
         }
     )
+
+
+def _is_patient_request(body: Any) -> bool:
+    return isinstance(body, dict) and set(body) == {"patient_id"}
+
+
+def _validate_features(predictor: Predictor, payload: Any, where: list[str]) -> None:
+    """Every problem of one feature object, located under ``where`` (422)."""
+    if not isinstance(payload, dict):
+        raise_if([{"loc": where, "msg": "expected an object of feature names to values"}])
+    x = np.full(predictor.scorer.n_features, np.nan)
+    problems = feature_errors(predictor.scorer, payload, x)
+    for problem in problems:
+        problem["loc"] = [*where, *problem["loc"][1:]]
+    raise_if(problems, f"{len(problems)} invalid feature(s); see details")
 
 
 def _batch_rows(body: Any) -> list[Any]:

@@ -135,9 +135,15 @@ def register_static(app: Flask) -> None:
 
 
 def load_predictor(app: Flask) -> None:
-    """Load champion and challenger once per process (never per request), then watch."""
-    from vitalcast.serving.models import refresh_models, start_model_watcher
+    """Load champion and challenger, and the other tasks' champions, once per process
+    (never per request), then watch."""
+    from vitalcast.serving.models import (
+        refresh_models,
+        refresh_task_champions,
+        start_model_watcher,
+    )
 
     state = get_state(app)
     refresh_models(state)
-    start_model_watcher(state)
+    refresh_task_champions(state)
+    start_model_watcher(state, other_tasks=True)

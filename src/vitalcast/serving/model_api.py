@@ -70,10 +70,8 @@ def model(version: str) -> Response:
     if row is None:
         raise NotFound("no model version with that name")
     state = get_state()
-    loaded = next(
-        (p for p in (state.predictor, state.challenger) if p and p.model_version_id == row.id),
-        None,
-    )
+    served = (state.predictor, state.challenger, *state.task_champions.values())
+    loaded = next((p for p in served if p and p.model_version_id == row.id), None)
     body = _summary(row) | {
         "loaded": loaded is not None,
         "feature_names": loaded.feature_names if loaded else None,

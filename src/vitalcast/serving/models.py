@@ -46,8 +46,10 @@ from __future__ import annotations
 import logging
 import threading
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from vitalcast.modeling.tables import ModelVersion
 from vitalcast.security import audit
 from vitalcast.serving.predictor import (
     DEFAULT_TASK,
@@ -120,13 +122,54 @@ def _stale(state: AppState, current: dict[str, int]) -> bool:
     return False
 
 
-def start_model_watcher(state: AppState, interval_s: float = RELOAD_INTERVAL_S) -> threading.Thread:
-    """Start the per-process watcher thread (daemon; stops with the process)."""
+def refresh_task_champions(state: AppState) -> bool:
+    """Load, swap or drop the champions of the tasks scored only on request.
+
+    ``icu-mortality`` is scored on every stay as data arrives (:func:`refresh_models`);
+    the other tasks (``readmission-30d``, ``tabular``) have no stream of data in the store
+    to score, so their champions answer ``POST /predict`` and ``/predict/batch`` only.
+    One read of the registry finds every such champion; a version that failed to load is
+    retried at the next call, and the previous champion is kept meanwhile, as for the
+    stay task. True when something was swapped.
+    """
+    with state.sessions() as session:
+        wanted = dict(
+            session.execute(
+                select(ModelVersion.task, ModelVersion.id).where(
+                    ModelVersion.alias == "champion", ModelVersion.task != DEFAULT_TASK
+                )
+            ).all()
+        )
+    changed = False
+    with state.reload_lock:
+        for task in set(state.task_champions) - set(wanted):
+            del state.task_champions[task]  # demoted with no successor: 503 from now on
+            changed = True
+        for task, version_id in wanted.items():
+            loaded = state.task_champions.get(task)
+            if loaded is not None and loaded.model_version_id == version_id:
+                continue
+            new = load_predictor(state.sessions, task, "champion")
+            if new is None or new.model_version_id != version_id:
+                continue  # failed verification (logged), or promoted again meanwhile
+            state.task_champions[task] = new
+            changed = True
+            logger.info("model alias switched", extra={"alias": "champion", "task": task})
+    return changed
+
+
+def start_model_watcher(
+    state: AppState, interval_s: float = RELOAD_INTERVAL_S, *, other_tasks: bool = False
+) -> threading.Thread:
+    """Start the per-process watcher thread (daemon; stops with the process); with
+    ``other_tasks``, it also keeps the request-only tasks' champions current."""
 
     def loop() -> None:
         while not state.stopping.wait(interval_s):
             try:
                 refresh_models(state)
+                if other_tasks:
+                    refresh_task_champions(state)
             except Exception:  # the next tick retries; a transient DB error must not kill it
                 logger.exception("model refresh failed")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from vitalcast import __version__
+from vitalcast.modeling.tasks import TASKS
 from vitalcast.security.permissions import DESCRIPTIONS, PUBLIC, Permission, declared_permission
 from vitalcast.security.permissions import public as public_view
 from vitalcast.serving import schemas
@@ -203,15 +204,60 @@ def features_schema(scorer: CompiledScorer | None) -> dict[str, Any]:
     }
 
 
+def task_schemas(scorers: Mapping[str, CompiledScorer]) -> dict[str, dict[str, Any]]:
+    """``TaskFeatures`` and ``TaskBatch``: the ``{"task", "features"}`` and ``{"task",
+    "rows"}`` bodies, one exact variant per task whose champion is loaded (its features
+    in ``Features_<task>``), so that every variant the document admits can be scored."""
+    extra: dict[str, dict[str, Any]] = {}
+    features: list[dict[str, Any]] = []
+    batches: list[dict[str, Any]] = []
+    for task, scorer in sorted(scorers.items()):
+        ref = {"$ref": REF.format(model=f"Features_{task}")}
+        extra[f"Features_{task}"] = features_schema(scorer) | {
+            "description": f"the {task} champion's input features; null or absent = not "
+            "measured (imputed and listed under `missing`)"
+        }
+        task_const = {"const": task, "description": "the task whose champion scores this"}
+        features.append(_closed({"task": task_const, "features": ref}))
+        rows = {"type": "array", "minItems": 1, "maxItems": schemas.MAX_BATCH_ROWS, "items": ref}
+        batches.append(_closed({"task": task_const, "rows": rows}))
+    if not scorers:
+        unavailable = {
+            "type": "object",
+            "description": "no champion is loaded: scoring answers 503",
+            "properties": {"task": {"enum": sorted(TASKS)}},
+            "required": ["task"],
+        }
+        return {"TaskFeatures": unavailable, "TaskBatch": unavailable}
+    extra["TaskFeatures"] = {"oneOf": features}
+    extra["TaskBatch"] = {"oneOf": batches}
+    return extra
+
+
+def _closed(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
 def build_document(
-    app: Flask, *, rate_limited: bool = True, scorer: CompiledScorer | None = None
+    app: Flask,
+    *,
+    rate_limited: bool = True,
+    scorer: CompiledScorer | None = None,
+    task_scorers: Mapping[str, CompiledScorer] | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every ``/api/v1`` route of ``app``.
 
-    ``scorer`` is the champion's: its features become the ``Features`` schema, so the
-    document tells a caller exactly which inputs ``POST /predict`` accepts today.
+    ``scorer`` is the icu-mortality champion's: its features become the ``Features``
+    schema, so the document tells a caller exactly which inputs ``POST /predict`` accepts
+    today. ``task_scorers``: every loaded champion by task (that one included), for the
+    bodies that name their task.
     """
-    registry = _Schemas({"Features": features_schema(scorer)})
+    registry = _Schemas({"Features": features_schema(scorer)} | task_schemas(task_scorers or {}))
     registry.ref(schemas.ErrorResponse)
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(api_rules(app), key=lambda r: r.rule):
@@ -312,15 +358,20 @@ _DOCS_CSP = (
 @operation("This OpenAPI 3.1 document", {"type": "object"}, tags=("meta",))
 def openapi_json() -> Response:
     """The API description (no patient data; public so that integrators can read it)."""
-    predictor = get_state().predictor
-    key = predictor.model_version_id if predictor is not None else None
+    state = get_state()
+    predictor = state.predictor
+    champions = dict(state.task_champions)
+    if predictor is not None:
+        champions[predictor.task] = predictor
+    key = tuple(sorted((task, p.model_version_id) for task, p in champions.items()))
     cached = current_app.extensions.get("vitalcast_openapi")
-    if cached is None or cached[0] != key:  # rebuilt when the champion changes
+    if cached is None or cached[0] != key:  # rebuilt when a champion changes
         rate_limited = "vitalcast_limiter" in current_app.extensions
         document = build_document(
             current_app,
             rate_limited=rate_limited,
             scorer=predictor.scorer if predictor is not None else None,
+            task_scorers={task: p.scorer for task, p in champions.items()},
         )
         cached = (key, document)
         current_app.extensions["vitalcast_openapi"] = cached

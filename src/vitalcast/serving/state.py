@@ -28,6 +28,8 @@ class AppState:
     cipher: FieldCipher
     predictor: Predictor | None = None  # the champion
     challenger: Predictor | None = None  # scored in shadow, never shown to clinicians
+    # Champions of the tasks scored only on request (readmission-30d, tabular), by task.
+    task_champions: dict[str, Predictor] = field(default_factory=dict)
     bus: EventBus | None = None
     # One model reload at a time (the watcher and scoring requests both reload).
     reload_lock: threading.Lock = field(default_factory=threading.Lock)
