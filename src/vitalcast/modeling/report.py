@@ -95,12 +95,17 @@ def _plots(curves: dict[str, Any]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _table(name: str, header: list[str], rows: list[list[str]]) -> str:
+    """A table in a region of its own, named ``name``, that scrolls sideways on a narrow
+    screen (WCAG 1.4.10: the page itself does not); focusable so that a keyboard scrolls it."""
+    head = "".join(f'<th scope="col">{html.escape(h)}</th>' for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return (
+        f'<div class="scroll" role="region" tabindex="0" aria-label="{html.escape(name)}">'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
 
 
 # Internal validation chooses the candidate, the calibration map and the threshold on the
@@ -128,6 +133,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
         f"<h1>Model card: {html.escape(sidecar['version'])}</h1>",
         "<h2>Model details</h2>",
         _table(
+            "Model details",
             ["item", "value"],
             [
                 ["Task", task.name],
@@ -147,6 +153,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
         " data (see data), use without clinical review.</p>",
         "<h2>Data (TRIPOD+AI 5–9)</h2>",
         _table(
+            "Data",
             ["item", "value"],
             [
                 ["Source", str(data.get("source"))],
@@ -167,7 +174,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
         "<p>Missing values: median imputation with missingness indicators (linear models)"
         " or measurement counts (trees), fitted inside each training fold.</p>",
         f"<h2>Performance: {html.escape(str(m.get('validation', '')))}</h2>",
-        _table(["metric", "value", "95 % CI"], [list(r) for r in metric_rows(m)]),
+        _table("Performance", ["metric", "value", "95 % CI"], [list(r) for r in metric_rows(m)]),
     ]
     if note := h_noise_note(m):
         parts.append(f"<p>{html.escape(note)}</p>")
@@ -177,6 +184,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
             # A risk is shown at every hour of a stay, so its calibration at each landmark
             # belongs beside its discrimination there.
             _table(
+                "Performance by landmark",
                 ["landmark (h)", "n", "AUROC", "Brier", "calibration slope", "intercept"],
                 [
                     [
@@ -205,6 +213,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
             f"<p>Estimates only for groups with at least {SUBGROUP_MIN_CLASS} events and"
             f" {SUBGROUP_MIN_CLASS} non-events; smaller groups by size only.</p>",
             _table(
+                f"Subgroups by {col.replace('_', ' ')}",
                 ["group", "n", "prevalence", "AUROC", "mean risk", "Se", "PPV"],
                 [
                     [
@@ -223,6 +232,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
     parts += [
         "<h2>Model building (TRIPOD+AI 12)</h2>",
         _table(
+            "Model building",
             ["candidate", "out-of-fold AUROC (all training landmarks)", "seconds"],
             [
                 [s["candidate"], _fmt(s["oof_auroc"]), _fmt(s["seconds"])]
@@ -235,14 +245,20 @@ def render_html(sidecar: dict[str, Any]) -> str:
         f"<p>{html.escape(APPARENT_NOTE)}</p>",
         *(f"<p>{html.escape(text)}</p>" for text in task.limitations),
     ]
+    # A document of its own (also written to a file by `vitalcast report`): its language,
+    # title and main landmark; images and tables never wider than a phone's screen.
     style = (
-        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:auto;padding:0 8px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
+        ".scroll{overflow-x:auto;margin:1em 0}img{max-width:100%;height:auto}</style>"
     )
+    title = html.escape(f"Model card: {sidecar['version']}")
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'>{style}</head><body>"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{title} · vitalcast</title>{style}</head><body><main>"
         + "".join(parts)
-        + "</body></html>"
+        + "</main></body></html>"
     )
 
 
