@@ -24,6 +24,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
+from vitalcast.modeling.train import make_preprocessor
 from vitalcast.serving.scorer import CompiledScorer, compile_model
 
 TOLERANCE = 1e-9
@@ -289,3 +290,31 @@ def _one_native_thread() -> Any:
     # As in serving: OpenMP fitting on a shared 2-core machine oversubscribes badly.
     with threadpool_limits(limits=1):
         yield
+
+
+def test_mostly_missing_category_compiles_and_scores_like_scikit_learn() -> None:
+    """The training preprocessor on a column that is None in most rows (a first stay has
+    no previous disposition): the imputer's "most frequent" is then None itself, which it
+    never substitutes; the encoder fits None as a category, and the compiled scorer must
+    score missing, known and unknown values as scikit-learn does."""
+    rng = np.random.default_rng(4)
+    n = 600
+    previous = rng.choice(np.array(["home", "snf", "rehab"], dtype=object), size=n)
+    previous[rng.random(n) < 0.7] = None
+    frame = pd.DataFrame({"age": rng.normal(60, 15, size=n)})
+    frame["previous"] = pd.Series(previous, dtype=object)
+    y = (rng.random(n) < np.where(frame["previous"] == "snf", 0.5, 0.2)).astype(int)
+    model = Pipeline(
+        [
+            ("prep", make_preprocessor(["age"], ["previous"])),
+            ("model", HistGradientBoostingClassifier(max_iter=30, random_state=0)),
+        ]
+    ).fit(frame, y)
+    assert model.named_steps["prep"].named_transformers_["cat"][0].statistics_[0] is None
+    scorer = compile_model(model, ["age", "previous"])
+    assert scorer.compiled, scorer.fallback_reason
+    assert scorer.categories["previous"] == ["home", "rehab", "snf"]
+    rows = [{"age": 70.0, "previous": p} for p in (None, "home", "snf", "hospice")]
+    expected = _reference(model, pd.DataFrame(rows).astype({"previous": object}))
+    got = [scorer.score_row(r) for r in rows]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)

@@ -191,12 +191,14 @@ class _Builder:
         # training frames hold it). SimpleImputer's default ``missing_values=np.nan`` does
         # not match None in an object column, so None reaches the encoder: as a fitted
         # category when training had missing values, else as an unknown one (all zeros).
-        # Only an imputer for None itself substitutes its statistic.
+        # Only an imputer of None itself substitutes its statistic; the default one's
+        # statistics never apply, and may themselves be None (the most frequent "value"
+        # of a mostly missing column, such as a first stay's previous disposition).
         imputes = imputer is not None and imputer.missing_values is None
-        if imputer is not None:
-            stats = list(imputer.statistics_)
-            if not _is_missing(imputer.missing_values) or any(_is_missing(s) for s in stats):
-                raise Uncompilable(f"{block}: categorical SimpleImputer must fill NaN with a value")
+        if imputer is not None and not _is_missing(imputer.missing_values):
+            raise Uncompilable(f"{block}: categorical SimpleImputer of a value, not of NaN/None")
+        if imputer is not None and imputes and any(_is_missing(s) for s in imputer.statistics_):
+            raise Uncompilable(f"{block}: categorical SimpleImputer must fill None with a value")
         for j, (s, cats) in enumerate(zip(src, encoder.categories_, strict=True)):
             fitted = list(cats)
             categories = [c for c in fitted if not _is_missing(c)]
@@ -205,8 +207,7 @@ class _Builder:
                 raise Uncompilable(f"{block}: missing values fitted as categories twice")
             codes = {c: i for i, c in enumerate(categories)}
             fill_code = float(len(categories)) if len(fitted) > len(categories) else -1.0
-            if imputes:
-                assert imputer is not None
+            if imputer is not None and imputes:
                 fill_code = float(codes.get(imputer.statistics_[j], -1))
             if s in self.categorical:
                 raise Uncompilable(f"{block}: column {names[s]!r} is one-hot encoded twice")
