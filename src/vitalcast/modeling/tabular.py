@@ -61,8 +61,19 @@ def read_id_names(path: Path) -> dict[str, dict[int, str]]:
         if current is None:
             current = tables.setdefault(key, {})
         elif key.isdigit():
-            current[int(key)] = name
+            placeholder = _PLACEHOLDER_NAMES.get(name.lower())
+            current[int(key)] = f"{placeholder} (code {key})" if placeholder else name
     return tables
+
+
+# The code tables' names for "no value" (codes 5, 6, 8, 15, 17, 18, 20, 25, 26...): read by a
+# clinician as "Discharged to: NULL", they look like a software fault, not missing data.
+_PLACEHOLDER_NAMES = {
+    "null": "not recorded",
+    "not available": "not recorded",
+    "not mapped": "not mapped in the source",
+    "unknown/invalid": "unknown or invalid",
+}
 
 
 def _value_names(id_names: dict[str, dict[int, str]]) -> dict[str, dict[str, str]]:

@@ -17,7 +17,7 @@ from vitalcast.features.encounter import EXCLUDED_DISPOSITIONS
 from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.registry import load_model
 from vitalcast.modeling.service import train_and_register
-from vitalcast.modeling.tabular import load_readmission
+from vitalcast.modeling.tabular import load_readmission, read_id_names
 from vitalcast.modeling.tasks import TaskError, get_task
 from vitalcast.modeling.train import FAST_BUDGET
 
@@ -138,6 +138,14 @@ def test_subgroups_are_named_admission_types(
     names = set(load_readmission(sample).meta["admission_type"])
     assert {"Emergency", "Elective"} <= names
     assert len(names) == len(codes)  # each code its own named group
+    # The table's placeholders ("NULL", "Not Mapped") read as missing data, with the code.
+    tables = read_id_names(mapping)
+    assert tables["discharge_disposition_id"][18] == "not recorded (code 18)"
+    assert tables["discharge_disposition_id"][25] == "not mapped in the source (code 25)"
+    assert tables["admission_source_id"][9] == "not recorded (code 9)"
+    assert tables["admission_type_id"][1] == "Emergency"
+    shown = {n for t in tables.values() for n in t.values()}
+    assert not shown & {"NULL", "Not Mapped", "Not Available", "Unknown/Invalid"}
 
 
 def test_explanations_speak_clinical_words_and_name_coded_values(
