@@ -190,7 +190,7 @@ def test_cli_train_evaluate_and_errors(
     )
     assert res.exit_code == 2
     assert "not PhysioNet 2012 data" in res.output
-    artifact = Path(reg) / out["version"] / "model.joblib"
+    artifact = Path(reg) / out["version"] / "model.skops"
     data = bytearray(artifact.read_bytes())
     data[100] ^= 0xFF
     artifact.write_bytes(bytes(data))

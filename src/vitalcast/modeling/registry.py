@@ -1,11 +1,19 @@
-"""Versioned model artifacts on disk: a joblib file plus a JSON sidecar, verified on load.
+"""Versioned model artifacts on disk: a skops file plus a JSON sidecar, verified on load.
 
-Layout: ``<registry_dir>/<version>/model.joblib`` and ``model.json``. The sidecar holds the
+Layout: ``<registry_dir>/<version>/model.skops`` and ``model.json``. The sidecar holds the
 artifact's sha256, the Python/scikit-learn/numpy versions, the task, feature list,
 threshold, metrics, training-data fingerprint and the training reference distributions
-that drift monitoring compares against. joblib runs code when it loads, so
-:func:`load_model` checks the hash against the caller's record (the database row) and the
-library versions *before* unpickling, and refuses anything else.
+that drift monitoring compares against.
+
+Two locks on what loading may do. :func:`load_model` checks the hash against the caller's
+record (the database row) and the library versions before reading the artifact, and
+refuses anything else. And the artifact is a skops file, not a pickle: skops rebuilds
+only the types it is told to trust, so a file that passes the hash check (its writer also
+rewrote the database row) still cannot run code; it may hold scikit-learn's and numpy's
+own types plus :data:`TRUSTED_TYPES`, the few that vitalcast's models need, and anything
+else is refused before a single object is built. Saving checks the same list, so a model
+that could not be loaded is never registered. Versions registered before (format 1, a
+joblib pickle) still load, behind the hash check alone.
 
 Risk bands, relative to the task's operating threshold ``t`` (chosen on validation data):
 
@@ -22,10 +30,13 @@ critical   ``p >= c``                  ``c = min(2t, (1+t)/2)``: twice the thres
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import platform
+import shutil
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,15 +48,32 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
+import skops.io as sio
 from sklearn.exceptions import InconsistentVersionWarning
 
 from vitalcast.errors import VitalcastError
 from vitalcast.features import describe_feature, feature_label
 from vitalcast.modeling.explain import Explainer, top_factors
 
-ARTIFACT = "model.joblib"
+ARTIFACT = "model.skops"
 SIDECAR = "model.json"
-FORMAT = 1
+FORMAT = 2
+LEGACY_FORMAT = 1  # model.joblib: a pickle, loaded only behind the hash check
+SKOPS_SCHEMA = "schema.json"  # a skops file's object tree; every other entry is an array
+
+# What skops does not trust by default and vitalcast's models are made of: the calibration
+# wrappers' inner parts, the trees of the forests and of the boosted models (and the numpy
+# dtype of their node records), and vitalcast's own landmark calibration.
+TRUSTED_TYPES = frozenset(
+    {
+        "numpy.dtype",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.tree._tree.Tree",
+        "vitalcast.modeling.landmark_calibration.LandmarkCalibratedClassifier",
+    }
+)
 
 
 class RegistryError(VitalcastError):
@@ -54,6 +82,10 @@ class RegistryError(VitalcastError):
 
 class ArtifactIntegrityError(RegistryError):
     """The artifact's bytes do not match the recorded sha256 (altered or corrupt)."""
+
+
+class UntrustedArtifactError(RegistryError):
+    """The artifact holds types outside :data:`TRUSTED_TYPES`: it is not one of ours."""
 
 
 class IncompatibleArtifactError(RegistryError):
@@ -259,6 +291,21 @@ def _as_float(value: Any) -> float:
         return math.nan
 
 
+def _read_skops(name: str, artifact: Path) -> Any:
+    """The estimator in a skops file, refused whole if it holds a type not trusted."""
+    try:
+        untrusted = sio.get_untrusted_types(file=artifact)
+        foreign = set(untrusted) - TRUSTED_TYPES
+        if foreign:
+            raise UntrustedArtifactError(
+                f"{name}: the artifact holds types vitalcast does not load"
+                f" ({', '.join(sorted(foreign))}); it will not be loaded"
+            )
+        return sio.load(artifact, trusted=untrusted)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise RegistryError(f"{name}: the artifact cannot be read ({exc})") from None
+
+
 def new_version(task: str, sha256: str, at: datetime | None = None) -> str:
     at = at or datetime.now(UTC)
     return f"{task}-{at:%Y%m%d-%H%M%S}-{sha256[:8]}"
@@ -281,7 +328,15 @@ def save_model(
     registry_dir.mkdir(parents=True, exist_ok=True)
     staging = registry_dir / f".staging-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
     staging.mkdir()
-    joblib.dump(estimator, staging / ARTIFACT, compress=3)
+    data = _skops_bytes(estimator)
+    foreign = set(sio.get_untrusted_types(data=data)) - TRUSTED_TYPES
+    if foreign:
+        shutil.rmtree(staging)
+        raise RegistryError(
+            f"the model holds types vitalcast does not load ({', '.join(sorted(foreign))});"
+            " nothing was registered"
+        )
+    (staging / ARTIFACT).write_bytes(data)
     sha = sha256_file(staging / ARTIFACT)
     version = new_version(task, sha)
     sidecar: dict[str, Any] = {
@@ -304,6 +359,45 @@ def save_model(
     target = registry_dir / version
     staging.rename(target)  # atomic: a version directory is complete or absent
     return version, target / ARTIFACT, sha, sidecar
+
+
+def _skops_bytes(estimator: Any) -> bytes:
+    """The estimator as a skops file whose bytes depend on the model only.
+
+    skops names each array's file and numbers each object by its ``id()``, and stamps each
+    zip entry with the time of writing. Files and numbers are renumbered in the order the
+    schema first names them and the times fixed, so that the same fit gives the same
+    sha256 (and version id) whenever it is saved.
+    """
+    written = zipfile.ZipFile(io.BytesIO(sio.dumps(estimator)))
+    schema = json.loads(written.read(SKOPS_SCHEMA))
+    files: dict[str, str] = {}
+    ids: dict[int, int] = {}
+
+    def renumber(node: Any) -> Any:
+        if isinstance(node, list):
+            return [renumber(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key == "__id__" and isinstance(value, int):
+                value = ids.setdefault(value, len(ids))
+            elif key == "file" and isinstance(value, str) and value in written.namelist():
+                value = files.setdefault(value, f"{len(files)}{Path(value).suffix}")
+            out[key] = renumber(value)
+        return out
+
+    schema = renumber(schema)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        entries = [(SKOPS_SCHEMA, json.dumps(schema, indent=2).encode("utf-8"))]
+        entries += [(new, written.read(old)) for old, new in files.items()]
+        for name, payload in entries:
+            fixed = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(fixed, payload)
+    return out.getvalue()
 
 
 def jsonable(obj: Any) -> Any:
@@ -363,15 +457,18 @@ def load_model(
             " it will not be loaded"
         )
     saved = sidecar.get("versions", {}).get("sklearn")
-    if saved != sklearn.__version__ or sidecar.get("format") != FORMAT:
+    form = sidecar.get("format")
+    if saved != sklearn.__version__ or form not in (FORMAT, LEGACY_FORMAT):
         raise IncompatibleArtifactError(
-            f"{folder.name}: saved with scikit-learn {saved} (format {sidecar.get('format')}),"
+            f"{folder.name}: saved with scikit-learn {saved} (format {form}),"
             f" this is scikit-learn {sklearn.__version__}; retrain the model with this version"
         )
     with warnings.catch_warnings():
         warnings.simplefilter("error", InconsistentVersionWarning)
         try:
-            pipeline = joblib.load(artifact)
+            pipeline = (
+                _read_skops(folder.name, artifact) if form == FORMAT else joblib.load(artifact)
+            )
         except InconsistentVersionWarning as exc:
             raise IncompatibleArtifactError(f"{folder.name}: {exc}") from None
     return LoadedModel(

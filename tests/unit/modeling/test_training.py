@@ -102,7 +102,7 @@ def test_altered_artifact_is_refused(trained: TrainOutcome, tmp_path: Path) -> N
     folder.mkdir()
     data = bytearray(trained.artifact_path.read_bytes())
     data[len(data) // 2] ^= 0x01
-    (folder / "model.joblib").write_bytes(bytes(data))
+    (folder / trained.artifact_path.name).write_bytes(bytes(data))
     (folder / "model.json").write_bytes((trained.artifact_path.parent / "model.json").read_bytes())
     with pytest.raises(ArtifactIntegrityError, match="does not match") as exc:
         load_model(folder, trained.sha256)
@@ -112,7 +112,7 @@ def test_altered_artifact_is_refused(trained: TrainOutcome, tmp_path: Path) -> N
 def test_other_sklearn_version_is_refused(trained: TrainOutcome, tmp_path: Path) -> None:
     folder = tmp_path / "old"
     folder.mkdir()
-    (folder / "model.joblib").write_bytes(trained.artifact_path.read_bytes())
+    (folder / trained.artifact_path.name).write_bytes(trained.artifact_path.read_bytes())
     sidecar = json.loads((trained.artifact_path.parent / "model.json").read_text())
     sidecar["versions"]["sklearn"] = "1.2.0"
     (folder / "model.json").write_text(json.dumps(sidecar))
