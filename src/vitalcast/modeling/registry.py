@@ -34,7 +34,6 @@ import io
 import json
 import math
 import platform
-import shutil
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -325,17 +324,16 @@ def save_model(
     extra: Mapping[str, Any] | None = None,
 ) -> tuple[str, Path, str, dict[str, Any]]:
     """Write the artifact and sidecar; returns (version, artifact path, sha256, sidecar)."""
-    registry_dir.mkdir(parents=True, exist_ok=True)
-    staging = registry_dir / f".staging-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
-    staging.mkdir()
     data = _skops_bytes(estimator)
     foreign = set(sio.get_untrusted_types(data=data)) - TRUSTED_TYPES
     if foreign:
-        shutil.rmtree(staging)
         raise RegistryError(
             f"the model holds types vitalcast does not load ({', '.join(sorted(foreign))});"
             " nothing was registered"
         )
+    registry_dir.mkdir(parents=True, exist_ok=True)
+    staging = registry_dir / f".staging-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
+    staging.mkdir()
     (staging / ARTIFACT).write_bytes(data)
     sha = sha256_file(staging / ARTIFACT)
     version = new_version(task, sha)
@@ -370,6 +368,7 @@ def _skops_bytes(estimator: Any) -> bytes:
     sha256 (and version id) whenever it is saved.
     """
     written = zipfile.ZipFile(io.BytesIO(sio.dumps(estimator)))
+    arrays = set(written.namelist()) - {SKOPS_SCHEMA}
     schema = json.loads(written.read(SKOPS_SCHEMA))
     files: dict[str, str] = {}
     ids: dict[int, int] = {}
@@ -383,7 +382,7 @@ def _skops_bytes(estimator: Any) -> bytes:
         for key, value in node.items():
             if key == "__id__" and isinstance(value, int):
                 value = ids.setdefault(value, len(ids))
-            elif key == "file" and isinstance(value, str) and value in written.namelist():
+            elif key == "file" and isinstance(value, str) and value in arrays:
                 value = files.setdefault(value, f"{len(files)}{Path(value).suffix}")
             out[key] = renumber(value)
         return out

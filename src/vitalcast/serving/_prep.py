@@ -194,10 +194,14 @@ class _Builder:
         # Only an imputer of None itself substitutes its statistic; the default one's
         # statistics never apply, and may themselves be None (the most frequent "value"
         # of a mostly missing column, such as a first stay's previous disposition).
-        imputes = imputer is not None and imputer.missing_values is None
         if imputer is not None and not _is_missing(imputer.missing_values):
             raise Uncompilable(f"{block}: categorical SimpleImputer of a value, not of NaN/None")
-        if imputer is not None and imputes and any(_is_missing(s) for s in imputer.statistics_):
+        fills = (
+            list(imputer.statistics_)
+            if imputer is not None and imputer.missing_values is None
+            else None
+        )
+        if fills is not None and any(_is_missing(s) for s in fills):
             raise Uncompilable(f"{block}: categorical SimpleImputer must fill None with a value")
         for j, (s, cats) in enumerate(zip(src, encoder.categories_, strict=True)):
             fitted = list(cats)
@@ -207,8 +211,8 @@ class _Builder:
                 raise Uncompilable(f"{block}: missing values fitted as categories twice")
             codes = {c: i for i, c in enumerate(categories)}
             fill_code = float(len(categories)) if len(fitted) > len(categories) else -1.0
-            if imputer is not None and imputes:
-                fill_code = float(codes.get(imputer.statistics_[j], -1))
+            if fills is not None:
+                fill_code = float(codes.get(fills[j], -1))
             if s in self.categorical:
                 raise Uncompilable(f"{block}: column {names[s]!r} is one-hot encoded twice")
             self.categorical[s] = CategoricalInput(names[s], categories, codes)

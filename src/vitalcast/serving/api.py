@@ -130,12 +130,13 @@ def predict() -> Response:
     """
     body = json_body()  # a malformed body is the caller's problem whatever the model state
     explain = parse_query(PredictQuery).explain
+    named = isinstance(body, dict) and "task" in body
     task, where = DEFAULT_TASK, ["body"]
-    if isinstance(body, dict) and "task" in body:
+    if named:
         (task, body), where = _task_of(body, "features"), ["body", "features"]
     predictor = _predictor(task)
     session = db()
-    if task == DEFAULT_TASK and where == ["body"] and _is_patient_request(body):
+    if not named and isinstance(body, dict) and set(body) == {"patient_id"}:
         prediction, admitted_at, predictor = _predict_stored_patient(
             session, get_state(), body["patient_id"]
         )
@@ -252,10 +253,6 @@ def predict_batch() -> Response:
             "request_id": request_id(),
         }
     )
-
-
-def _is_patient_request(body: Any) -> bool:
-    return isinstance(body, dict) and set(body) == {"patient_id"}
 
 
 def _validate_features(predictor: Predictor, payload: Any, where: list[str]) -> None:

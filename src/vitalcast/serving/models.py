@@ -131,6 +131,11 @@ def refresh_task_champions(state: AppState) -> bool:
     One read of the registry finds every such champion; a version that failed to load is
     retried at the next call, and the previous champion is kept meanwhile, as for the
     stay task. True when something was swapped.
+
+    Only the watcher thread (and the app factory, before it starts) calls this, so no
+    lock: the new mapping is built aside and swapped in one assignment, and requests read
+    the old one or the new one, never one being changed. Loading (seconds, for the
+    explainer) thus never holds ``reload_lock``, which the stay task's scoring waits on.
     """
     with state.sessions() as session:
         wanted = dict(
@@ -140,21 +145,20 @@ def refresh_task_champions(state: AppState) -> bool:
                 )
             ).all()
         )
-    changed = False
-    with state.reload_lock:
-        for task in set(state.task_champions) - set(wanted):
-            del state.task_champions[task]  # demoted with no successor: 503 from now on
-            changed = True
-        for task, version_id in wanted.items():
-            loaded = state.task_champions.get(task)
-            if loaded is not None and loaded.model_version_id == version_id:
-                continue
+    current = state.task_champions
+    champions: dict[str, Predictor] = {}  # a task demoted with no successor: 503 from now on
+    for task, version_id in wanted.items():
+        loaded = current.get(task)
+        if loaded is None or loaded.model_version_id != version_id:
             new = load_predictor(state.sessions, task, "champion")
-            if new is None or new.model_version_id != version_id:
-                continue  # failed verification (logged), or promoted again meanwhile
-            state.task_champions[task] = new
-            changed = True
-            logger.info("model alias switched", extra={"alias": "champion", "task": task})
+            if new is not None and new.model_version_id == version_id:
+                logger.info("model alias switched", extra={"alias": "champion", "task": task})
+                loaded = new
+            # else: failed verification (logged) or promoted again meanwhile: keep the old
+        if loaded is not None:
+            champions[task] = loaded
+    changed = champions != current
+    state.task_champions = champions
     return changed
 
 

@@ -28,7 +28,8 @@ class AppState:
     cipher: FieldCipher
     predictor: Predictor | None = None  # the champion
     challenger: Predictor | None = None  # scored in shadow, never shown to clinicians
-    # Champions of the tasks scored only on request (readmission-30d, tabular), by task.
+    # Champions of the tasks scored only on request (readmission-30d, tabular), by task;
+    # replaced whole by the watcher (serving/models.refresh_task_champions), never mutated.
     task_champions: dict[str, Predictor] = field(default_factory=dict)
     bus: EventBus | None = None
     # One model reload at a time (the watcher and scoring requests both reload).
