@@ -15,8 +15,9 @@ within 30 days (that readmission happened at or before the current admission).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 # Strack et al. 2014 (Table 1 footnote): discharge dispositions meaning death (11, 19,
@@ -427,6 +428,57 @@ def after_encounter(
             enc.length_of_stay_days, {k: a.get(k) for k in PREVIOUS_ATTRIBUTES}
         ),
     )
+
+
+def encounter_order(admitted_at: datetime, ref: str) -> tuple[datetime, float, str]:
+    """Sort key of encounters in the order their history is folded: admission time,
+    then the number ending the source's encounter reference, then the reference.
+
+    Diabetes 130 has no dates (every stay is anchored at one admission time), but its
+    encounter ids grow with time; an export with dates is ordered by them. Training and
+    the stored-encounter scorer both sort with this key, so they fold one history.
+    """
+    tail = ref.rsplit(":", 1)[-1]
+    number = float(tail) if tail.isdigit() else float("inf")
+    return admitted_at, number, ref
+
+
+def diagnoses_by_slot(coded: Iterable[tuple[str, str]], slots: Sequence[str]) -> list[str | None]:
+    """An encounter's ICD-9 codes by diagnosis position, from ``(source_ref, code)`` pairs.
+
+    The CSV adapter writes a condition's ``source_ref`` as ``"<file>:<line> <column>"``:
+    its column says which diagnosis it was (``diag_1`` is the primary). A position the
+    record left empty is None. Codes whose column is not a slot (a FHIR Condition, say)
+    fill the positions after the slotted ones, in the order given.
+
+    A code is one diagnosis however many positions list it: only its first position
+    keeps it. The store records a diagnosis once per encounter (one ``conditions`` row per
+    code), so counting an export's repeated code twice in training would give features
+    that no stored encounter can reproduce.
+    """
+    by_slot: dict[str, str] = {}
+    unslotted: list[str] = []
+    for source_ref, code in coded:
+        column = source_ref.rsplit(" ", 1)[-1] if " " in source_ref else ""
+        if column in slots and column not in by_slot:
+            by_slot[column] = code
+        else:
+            unslotted.append(code)
+    out: list[str | None] = []
+    seen: set[str] = set()
+    for slotted in [by_slot.get(col) for col in slots]:
+        out.append(slotted if slotted not in seen else None)
+        if slotted is not None:
+            seen.add(slotted)
+    for code in unslotted:
+        if code in seen:
+            continue
+        seen.add(code)
+        if None in out:
+            out[out.index(None)] = code
+        else:
+            out.append(code)
+    return out
 
 
 def in_readmission_cohort(attributes: Mapping[str, Any]) -> bool:

@@ -23,6 +23,8 @@ from vitalcast.features.encounter import (
     PriorHistory,
     admission_type_name,
     after_encounter,
+    diagnoses_by_slot,
+    encounter_order,
     in_readmission_cohort,
     readmission_features,
 )
@@ -115,12 +117,11 @@ def load_readmission(path: Path) -> Dataset:
     sex = {p.ref: p.sex for p in batch.patients}
     label = {o.encounter_ref: o.value for o in batch.outcomes if o.kind == "readmission_30d"}
     slots = profile.conditions.columns if profile.conditions else []
-    diagnoses: dict[str, dict[str, str]] = {}
+    coded: dict[str, list[tuple[str, str]]] = {}
     for c in batch.conditions:
         if c.encounter_ref is not None:
-            # source_ref is "<file>:<line> <column>": the column says which diagnosis.
-            diagnoses.setdefault(c.encounter_ref, {})[c.source_ref.rsplit(" ", 1)[-1]] = c.code
-    encounters = sorted(batch.encounters, key=lambda e: (int(e.ref.rsplit(":", 1)[-1]), e.ref))
+            coded.setdefault(c.encounter_ref, []).append((c.source_ref, c.code))
+    encounters = sorted(batch.encounters, key=lambda e: encounter_order(e.admitted_at, e.ref))
     seen: dict[str, PriorHistory] = {}
     records: list[dict[str, float | str | None]] = []
     y: list[int] = []
@@ -133,13 +134,12 @@ def load_readmission(path: Path) -> Dataset:
         los = None
         if enc.discharged_at is not None:
             los = (enc.discharged_at - enc.admitted_at).total_seconds() / 86400.0
-        codes = diagnoses.get(enc.ref, {})
         encounter = EncounterInput(
             length_of_stay_days=los,
             age_years=enc.age_years,
             sex=sex.get(enc.patient_ref, "unknown"),
             attributes=attributes,
-            diagnoses=[codes.get(col) for col in slots],
+            diagnoses=diagnoses_by_slot(coded.get(enc.ref, ()), slots),
             history=history,
         )
         # Every encounter (in the cohort or not) is part of later encounters' history.

@@ -5,6 +5,7 @@ features)."""
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from vitalcast.features.encounter import (
@@ -15,6 +16,8 @@ from vitalcast.features.encounter import (
     PriorHistory,
     after_encounter,
     charlson_conditions,
+    diagnoses_by_slot,
+    encounter_order,
     icd9_category,
     readmission_features,
 )
@@ -139,3 +142,26 @@ def test_history_is_a_pure_fold() -> None:
         return h
 
     assert fold() == fold()
+
+
+def test_diagnoses_by_slot_keeps_positions_and_counts_a_code_once() -> None:
+    """Codes go to their column's position (primary first, an empty position None); a
+    code listed in two positions is one diagnosis, as the store records it; codes without
+    a slot fill the empty positions, then follow."""
+    slots = ["diag_1", "diag_2", "diag_3"]
+    coded = [("f.csv:2 diag_3", "428"), ("f.csv:2 diag_1", "250.01")]
+    assert diagnoses_by_slot(coded, slots) == ["250.01", None, "428"]
+    repeated = [("f.csv:3 diag_1", "618"), ("f.csv:3 diag_2", "997"), ("f.csv:3 diag_3", "618")]
+    assert diagnoses_by_slot(repeated, slots) == ["618", "997", None]
+    from_fhir = [("Condition/1", "428"), ("Condition/2", "401"), ("Condition/3", "428")]
+    assert diagnoses_by_slot(from_fhir, slots[:1]) == ["428", "401"]
+    assert diagnoses_by_slot([], slots) == [None, None, None]
+
+
+def test_encounter_order_is_time_then_the_source_number() -> None:
+    """Undated exports (one admission time for all) fall back to the encounter number,
+    compared as a number, not as text."""
+    t0, t1 = datetime(2008, 1, 1, tzinfo=UTC), datetime(2008, 2, 1, tzinfo=UTC)
+    refs = [(t0, "diabetes130:100"), (t0, "diabetes130:99"), (t1, "diabetes130:1")]
+    assert sorted(refs, key=lambda r: encounter_order(*r)) == [refs[1], refs[0], refs[2]]
+    assert encounter_order(t0, "fhir:abc") > encounter_order(t0, "fhir:123")
