@@ -152,10 +152,12 @@ def test_each_task_validates_against_its_own_champion(
         ("/api/v1/predict", {"task": "sepsis", "features": {}}, {("body", "task")}),
         ("/api/v1/predict", {"task": 7, "features": {}}, {("body", "task")}),
         ("/api/v1/predict", {"task": "tabular"}, {("body", "features")}),
+        # A stored patient is scored by icu-mortality or readmission-30d, not by a table.
+        ("/api/v1/predict", {"task": "tabular", "patient_id": "x"}, {("body", "patient_id")}),
         (
             "/api/v1/predict",
-            {"task": "tabular", "patient_id": "x"},
-            {("body", "patient_id"), ("body", "features")},
+            {"task": "readmission-30d", "patient_id": "x", "features": {}},
+            {("body", "features")},
         ),
         ("/api/v1/predict", {"task": "tabular", "features": [1]}, {("body", "features")}),
         ("/api/v1/predict/batch", {"task": "tabular", "rows": []}, {("body", "rows")}),

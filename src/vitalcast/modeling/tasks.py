@@ -51,6 +51,11 @@ class Task:
         return tuple(sorted(self.calibration_landmarks_h + self.landmarks_h))
 
 
+# The task whose champion scores stays in progress: the ward, the chart's current risk
+# and its history, the live events. Other tasks' predictions of a stored patient (a
+# discharge's readmission risk) are stored beside them and never mixed into them.
+STAY_TASK = "icu-mortality"
+
 TASKS: dict[str, Task] = {
     "icu-mortality": Task(
         name="icu-mortality",

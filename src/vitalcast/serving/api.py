@@ -18,6 +18,12 @@ from vitalcast.modeling.tables import Prediction
 from vitalcast.modeling.tasks import TASKS, early_at, early_in_stay
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
+from vitalcast.serving.encounter_scoring import (
+    READMISSION_TASK,
+    OutsideCohort,
+    latest_discharge,
+    score_readmission,
+)
 from vitalcast.serving.errors import render_error
 from vitalcast.serving.fastpath import feature_errors
 from vitalcast.serving.guard import still_authorised
@@ -130,13 +136,19 @@ def predict() -> Response:
     """
     body = json_body()  # a malformed body is the caller's problem whatever the model state
     explain = parse_query(PredictQuery).explain
-    named = isinstance(body, dict) and "task" in body
     task, where = DEFAULT_TASK, ["body"]
-    if named:
-        (task, body), where = _task_of(body, "features"), ["body", "features"]
+    by_patient = isinstance(body, dict) and set(body) == {"patient_id"}
+    if isinstance(body, dict) and "task" in body:
+        by_patient = "patient_id" in body
+        task, payload = _task_of(body, "patient_id" if by_patient else "features")
+        if by_patient and task != DEFAULT_TASK:
+            prediction, predictor = _predict_discharge(db(), task, payload)
+            return jsonify(_prediction_body(predictor, prediction, None))
+        body = {"patient_id": payload} if by_patient else payload
+        where = ["body"] if by_patient else ["body", "features"]
     predictor = _predictor(task)
     session = db()
-    if not named and isinstance(body, dict) and set(body) == {"patient_id"}:
+    if by_patient:
         prediction, admitted_at, predictor = _predict_stored_patient(
             session, get_state(), body["patient_id"]
         )
@@ -314,6 +326,33 @@ def _predict_stored_patient(
         resource=f"Prediction/{prediction.public_id}",
     )
     return prediction, encounter.admitted_at, predictor
+
+
+def _predict_discharge(
+    session: Session, task: str, patient_id: Any
+) -> tuple[Prediction, Predictor]:
+    """The stored patient's latest discharge scored by ``task``'s champion (readmission),
+    and that champion; looked up as the patient routes do (a unit-bound caller gets a 404
+    for a patient outside its units)."""
+    if task != READMISSION_TASK:
+        raise_if([{"loc": ["body", "patient_id"], "msg": f"{task} scores feature vectors only"}])
+    if not isinstance(patient_id, str) or "\x00" in patient_id:
+        raise_if([{"loc": ["body", "patient_id"], "msg": "must be a string"}])
+    predictor = _predictor(task)
+    patient = get_patient_or_raise(session, patient_id)
+    try:
+        encounter, current = latest_discharge(session, patient.id)
+    except OutsideCohort as exc:
+        raise_if([{"loc": ["body", "patient_id"], "msg": str(exc)}])
+        raise  # unreachable: raise_if raised
+    prediction = score_readmission(session, predictor, encounter, current)
+    audit_event(
+        "prediction.served",
+        "E",
+        patient_id=patient.public_id,
+        resource=f"Prediction/{prediction.public_id}",
+    )
+    return prediction, predictor
 
 
 @api.get("/patients")

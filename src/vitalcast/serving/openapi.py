@@ -207,8 +207,16 @@ def features_schema(scorer: CompiledScorer | None) -> dict[str, Any]:
 def task_schemas(scorers: Mapping[str, CompiledScorer]) -> dict[str, dict[str, Any]]:
     """``TaskFeatures`` and ``TaskBatch``: the ``{"task", "features"}`` and ``{"task",
     "rows"}`` bodies, one exact variant per task whose champion is loaded (its features
-    in ``Features_<task>``), so that every variant the document admits can be scored."""
-    extra: dict[str, dict[str, Any]] = {}
+    in ``Features_<task>``), so that every variant the document admits can be scored.
+    ``PredictPatient`` names the stay task and, of the other tasks that score a stored
+    patient, those whose champion is loaded."""
+    patient = schemas.PredictPatient.model_json_schema(ref_template=REF)
+    task_field = patient["properties"]["task"]
+    task_field.pop("const", None)
+    task_field["enum"] = [
+        t for t in schemas.PATIENT_TASKS if t == schemas.PATIENT_TASKS[0] or t in scorers
+    ]
+    extra: dict[str, dict[str, Any]] = {"PredictPatient": patient}
     features: list[dict[str, Any]] = []
     batches: list[dict[str, Any]] = []
     for task, scorer in sorted(scorers.items()):
@@ -228,7 +236,7 @@ def task_schemas(scorers: Mapping[str, CompiledScorer]) -> dict[str, dict[str, A
             "properties": {"task": {"enum": sorted(TASKS)}},
             "required": ["task"],
         }
-        return {"TaskFeatures": unavailable, "TaskBatch": unavailable}
+        return extra | {"TaskFeatures": unavailable, "TaskBatch": unavailable}
     extra["TaskFeatures"] = {"oneOf": features}
     extra["TaskBatch"] = {"oneOf": batches}
     return extra

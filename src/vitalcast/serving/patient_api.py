@@ -19,8 +19,10 @@ from vitalcast.clinical.tables import Condition, Encounter, ImagingStudy, Observ
 from vitalcast.errors import NotFound
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.modeling.tasks import STAY_TASK
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
+from vitalcast.serving.encounter_scoring import READMISSION_TASK, current_readmission
 from vitalcast.serving.openapi import operation
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.schemas import (
@@ -88,6 +90,32 @@ def latest_encounter(session: Session, patient: Patient) -> Encounter | None:
     )
 
 
+def discharge_risk(session: Session, patient: Patient) -> dict[str, Any] | None:
+    """The readmission risk of the patient's latest discharge, when a readmission champion
+    is loaded and that discharge is in the task's cohort (scored on first view, then
+    reused: :func:`~vitalcast.serving.encounter_scoring.current_readmission`)."""
+    predictor = get_state().task_champions.get(READMISSION_TASK)
+    if predictor is None:
+        return None
+    found = current_readmission(session, predictor, patient.id)
+    if found is None:
+        return None
+    prediction, scored = found
+    if scored:
+        audit_event(
+            "prediction.served",
+            "E",
+            patient_id=patient.public_id,
+            resource=f"Prediction/{prediction.public_id}",
+        )
+    encounter = session.get(Encounter, prediction.encounter_id)
+    return {
+        **prediction_dict(prediction, predictor.version),
+        "encounter_id": encounter.public_id if encounter is not None else None,
+        "threshold": predictor.threshold,
+    }
+
+
 def prediction_dict(p: Prediction, version: str | None = None) -> dict[str, Any]:
     return {
         "id": p.public_id,
@@ -105,7 +133,9 @@ def prediction_dict(p: Prediction, version: str | None = None) -> dict[str, Any]
 @patient_api.get("/patients/<patient_id>")
 @requires(Permission.PATIENTS_READ)
 @operation(
-    "One patient: stay, current risk, conditions, imaging", PatientDetail, tags=("patients",)
+    "One patient: stay, current risk, discharge risk, conditions, imaging",
+    PatientDetail,
+    tags=("patients",),
 )
 def patient_detail(patient_id: str) -> Response:
     """Demographics, the current stay, the current risk, conditions and imaging studies."""
@@ -118,7 +148,11 @@ def patient_detail(patient_id: str) -> Response:
         row = session.execute(
             select(Prediction, ModelVersion.version)
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-            .where(Prediction.encounter_id == encounter.id, Prediction.role == "champion")
+            .where(
+                Prediction.encounter_id == encounter.id,
+                Prediction.role == "champion",
+                Prediction.task == STAY_TASK,
+            )
             .order_by(Prediction.id.desc())
             .limit(1)
         ).first()
@@ -128,6 +162,7 @@ def patient_detail(patient_id: str) -> Response:
         select(ImagingStudy).where(ImagingStudy.patient_id == patient.id)
     ).all()
     predictor = get_state().predictor
+    readmission = discharge_risk(session, patient)
     audit_event(
         "patient.viewed",
         "R",
@@ -156,6 +191,7 @@ def patient_detail(patient_id: str) -> Response:
             },
             "risk": latest,
             "threshold": predictor.threshold if predictor else None,
+            "readmission": readmission,
             "conditions": [
                 {
                     "system": c.system,
@@ -193,7 +229,11 @@ def patient_predictions(patient_id: str) -> Response:
     query = (
         select(Prediction, ModelVersion.version)
         .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-        .where(Prediction.patient_id == patient.id, Prediction.role == "champion")
+        .where(
+            Prediction.patient_id == patient.id,
+            Prediction.role == "champion",
+            Prediction.task == query_args.task,
+        )
         .order_by(Prediction.as_of.desc(), Prediction.id.desc())
         .limit(limit)
     )

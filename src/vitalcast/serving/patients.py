@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tasks import STAY_TASK
 from vitalcast.security.crypto import FieldCipher
 
 
@@ -69,7 +70,11 @@ def _latest_prediction_id() -> Any:
     """
     return (
         select(Prediction.id)
-        .where(Prediction.encounter_id == Encounter.id, Prediction.role == "champion")
+        .where(
+            Prediction.encounter_id == Encounter.id,
+            Prediction.role == "champion",
+            Prediction.task == STAY_TASK,
+        )
         .order_by(Prediction.created_at.desc(), Prediction.id.desc())
         .limit(1)
         .correlate(Encounter)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.errors import VitalcastError
 from vitalcast.modeling.tables import ModelVersion
+from vitalcast.modeling.tasks import STAY_TASK
 from vitalcast.monitoring.metrics import observe_model_load
 from vitalcast.serving._prep import Preprocessor, Uncompilable, compile_column_transformer
 from vitalcast.serving.scorer import CompiledScorer, compile_model
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TASK = "icu-mortality"
+DEFAULT_TASK = STAY_TASK
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, event, select, text
 from sqlalchemy.orm import Session
 
 from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tasks import STAY_TASK
 from vitalcast.serving.threads import REQUEST_THREADS_PER_WORKER
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,11 @@ class EventBus:
             with Session(self.engine) as session:
                 rows = session.scalars(
                     select(Prediction)
-                    .where(Prediction.id > last, Prediction.role == "champion")
+                    .where(
+                        Prediction.id > last,
+                        Prediction.role == "champion",
+                        Prediction.task == STAY_TASK,
+                    )
                     .order_by(Prediction.id)
                 ).all()
                 for row in rows:

@@ -127,6 +127,10 @@ class PatientsQuery(_Query):
 
 class HistoryQuery(_Query):
     limit: int = Field(500, ge=1, le=5000)
+    task: PatientTask = Field(
+        "icu-mortality",
+        description="whose risks: the stays' (icu-mortality) or the discharges' (readmission-30d)",
+    )
     since: IsoDateTime | None = Field(None, description="ISO 8601 with a timezone")
 
 
@@ -175,10 +179,20 @@ class ModelsQuery(_Query):
 # --- request bodies -------------------------------------------------------------------------
 
 
+# The tasks that score a stored patient, the stay task first (the default).
+PATIENT_TASKS = ("icu-mortality", "readmission-30d")
+PatientTask = Literal["icu-mortality", "readmission-30d"]
+
+
 class PredictPatient(BaseModel):
-    """Score a stored patient's current stay from the observations vitalcast holds."""
+    """Score a stored patient from what vitalcast holds: the current stay's observations
+    (`icu-mortality`, the default), or the latest discharge and the encounters before it
+    (`readmission-30d`)."""
 
     model_config = ConfigDict(extra="forbid")
+    task: PatientTask = Field(
+        default="icu-mortality", description="the task whose champion scores the patient"
+    )
     patient_id: Token = Field(description="the public id of a stored patient")
 
 
@@ -304,6 +318,11 @@ class StoredPrediction(BaseModel):
     missing: list[str]
 
 
+class DischargeRisk(StoredPrediction):
+    encounter_id: str | None = Field(description="the discharged encounter scored")
+    threshold: float
+
+
 class EncounterSummary(BaseModel):
     id: str
     unit: str | None
@@ -339,6 +358,10 @@ class PatientDetail(BaseModel):
     encounter: EncounterSummary | None
     risk: StoredPrediction | None
     threshold: float | None
+    readmission: DischargeRisk | None = Field(
+        description="readmission within 30 days of the latest discharge, when a"
+        " readmission-30d champion is loaded and that discharge is in its cohort"
+    )
     conditions: list[ConditionItem]
     imaging_studies: list[StudyItem]
 

@@ -19,10 +19,10 @@ from vitalcast.errors import Conflict, InvalidInput
 from vitalcast.features.labels import feature_label
 from vitalcast.modeling.registry import risk_percent
 from vitalcast.modeling.tables import ModelVersion, Prediction
-from vitalcast.modeling.tasks import early_in_stay
+from vitalcast.modeling.tasks import STAY_TASK, early_in_stay
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
-from vitalcast.serving.patient_api import get_patient_or_raise, latest_encounter
+from vitalcast.serving.patient_api import discharge_risk, get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.scoring import admission_descriptors
 from vitalcast.serving.state import get_state
@@ -72,7 +72,11 @@ def patient(patient_id: str) -> str:
         row = session.execute(
             select(Prediction, ModelVersion)
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-            .where(Prediction.encounter_id == encounter.id, Prediction.role == "champion")
+            .where(
+                Prediction.encounter_id == encounter.id,
+                Prediction.role == "champion",
+                Prediction.task == STAY_TASK,
+            )
             .order_by(Prediction.id.desc())
             .limit(1)
         ).first()
@@ -97,6 +101,7 @@ def patient(patient_id: str) -> str:
         .order_by(ImagingStudy.started_at)
     ).all()
     state = get_state()
+    readmission = discharge_risk(session, record)
     audit_event(
         "patient.viewed",
         "R",
@@ -142,6 +147,7 @@ def patient(patient_id: str) -> str:
         encounter=encounter,
         current=current,
         version=version,
+        readmission=readmission,
         threshold=threshold,
         feedback=feedback,
         conditions=conditions,

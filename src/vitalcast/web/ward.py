@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from vitalcast.clinical.codes import BY_KEY, VARIABLES
 from vitalcast.clinical.tables import Encounter, Observation
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import early_in_stay
+from vitalcast.modeling.tasks import STAY_TASK, early_in_stay
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.patients import WardRow, list_ward
 
@@ -145,6 +145,7 @@ def _histories(
         .where(
             Encounter.public_id.in_(encounter_public_ids),
             Prediction.role == "champion",
+            Prediction.task == STAY_TASK,
             Prediction.as_of >= since,
         )
         # Integer division on both PostgreSQL and SQLite: the hour since the epoch.
