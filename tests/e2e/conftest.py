@@ -337,3 +337,57 @@ def sign_in(page: Page, username: str) -> None:
 def screenshot(page: Page, name: str, full_page: bool = True) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(IMAGES / name), full_page=full_page)
+
+
+@pytest.fixture(scope="session")
+def readmission_patient(
+    server: Server, shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """The public id of a Diabetes 130 patient with several encounters, ingested into the
+    server's database through the CSV adapter, with a readmission-30d champion trained on
+    a sample of the real file (the first 6,000 encounters and every encounter of 120
+    patients with four or more; small budget) for the server's watcher to load."""
+    from sqlalchemy import select
+
+    from tests.diabetes_data import diabetes_sample
+    from vitalcast.clinical.tables import Patient
+    from vitalcast.ingest.files import ingest_csv
+    from vitalcast.modeling.service import train_and_register
+    from vitalcast.modeling.tabular import load_readmission
+    from vitalcast.modeling.train import FAST_BUDGET
+    from vitalcast.serving.encounter_scoring import OutsideCohort, latest_discharge
+
+    sample = tmp_path_factory.mktemp("d130-e2e") / "diabetic_sample.csv"
+    chosen = diabetes_sample(shared_data, sample, multi=120, min_encounters=4, head=6000)
+    # The data set's code table beside the sample names coded values (dispositions).
+    mapping = shared_data / "diabetes130" / "IDs_mapping.csv"
+    (sample.parent / mapping.name).write_bytes(mapping.read_bytes())
+    engine = create_db_engine(server.settings.resolved_database_url)
+    with session_scope(make_session_factory(engine)) as session:
+        report = ingest_csv(
+            session, sample, profile="diabetes130", cipher=cipher_from_settings(server.settings)
+        )
+        assert report.balanced()
+        train_and_register(
+            "readmission-30d",
+            session=session,
+            registry_dir=server.settings.resolved_registry_dir,
+            dataset=load_readmission(sample),
+            budget=FAST_BUDGET,
+            n_splits=3,
+            n_boot=0,
+        )
+    with session_scope(make_session_factory(engine)) as session:
+        for patient in session.scalars(
+            select(Patient)
+            .where(Patient.source_ref.in_([f"diabetes130:{n}" for n in sorted(chosen)]))
+            .order_by(Patient.id)
+        ):
+            try:
+                latest_discharge(session, patient.id)
+            except OutsideCohort:
+                continue
+            public_id: str = patient.public_id
+            break
+    engine.dispose()
+    return public_id

@@ -15,13 +15,14 @@ drawn in an SVG chart) is not asserted; the keyboard journey is test_journeys'.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import Server, sign_in
+from tests.e2e.conftest import IMAGES, Server, sign_in
 
 pytestmark = pytest.mark.e2e
 
@@ -173,3 +174,26 @@ def test_every_page_meets_wcag_21_aa(page: Page, server: Server, chart_patient: 
     expect(page.locator("code.secret")).to_be_visible()
     found += _check(page, "admin API keys, new key")
     assert not found, f"{len(found)} accessibility violations:\n" + "\n".join(found)
+
+
+def test_a_discharge_readmission_risk_is_shown_and_meets_wcag_21_aa(
+    page: Page, server: Server, readmission_patient: str
+) -> None:
+    """A patient whose latest encounter has ended sees, once the server's watcher has
+    loaded the readmission champion, the risk of readmission within 30 days with its
+    factors in clinical words; the section passes the same audit as every page."""
+    sign_in(page, "carla")
+    deadline = time.monotonic() + 60  # the watcher polls every 5 s
+    while True:
+        page.goto(f"/patients/{readmission_patient}")
+        if page.locator("#readmission").count() or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    section = page.locator("#readmission")
+    expect(section.locator(".bigpct")).to_have_text(re.compile(r"\d+ %"))
+    expect(section).to_contain_text("alert threshold")
+    factors = section.locator("#readmission-factors tbody tr").all_inner_texts()
+    assert factors
+    assert not [f for f in factors if "_" in f]  # words, never a column name
+    assert _check(page, "patient page with a readmission risk") == []
+    section.screenshot(path=str(IMAGES / "patient-readmission.png"))

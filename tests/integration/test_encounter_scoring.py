@@ -10,9 +10,7 @@ training loader. The two must agree on every feature of every encounter in the c
 from __future__ import annotations
 
 import csv
-import gzip
 import math
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.conftest import Credentials
+from tests.diabetes_data import diabetes_sample
 from tests.modeling_data import register_champion
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db import session_scope
@@ -55,20 +54,8 @@ SINGLE_PATIENTS = 150
 def sample_csv(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every encounter of the first patients (in file order) who have three or more, and
     of the first single-encounter patients, in the file's order."""
-    with gzip.open(shared_data / "diabetes130" / "diabetic_data.csv.gz", "rt", newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        rows = list(reader)
-    patient = header.index("patient_nbr")
-    counts = Counter(r[patient] for r in rows)
-    multi = list(dict.fromkeys(r[patient] for r in rows if counts[r[patient]] >= 3))
-    single = list(dict.fromkeys(r[patient] for r in rows if counts[r[patient]] == 1))
-    chosen = set(multi[:MULTI_PATIENTS]) | set(single[:SINGLE_PATIENTS])
     out = tmp_path_factory.mktemp("d130-store") / "sample.csv"
-    with out.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(r for r in rows if r[patient] in chosen)
+    diabetes_sample(shared_data, out, multi=MULTI_PATIENTS, single=SINGLE_PATIENTS)
     return out
 
 
