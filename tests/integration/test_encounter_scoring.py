@@ -293,3 +293,23 @@ def test_discharges_outside_the_cohort_are_clear_errors(
     assert response.status_code == 404
     with get_state(app).sessions() as session:
         assert not session.scalars(select(Prediction)).all()
+
+
+def test_a_unit_bound_caller_cannot_score_a_patient_outside_its_units(
+    app: Flask, client: FlaskClient, creds: Credentials, stored_cohort: TrainOutcome
+) -> None:
+    """The readmission path looks the patient up as the stay path does: a caller bound
+    to a unit gets the unknown-patient 404 for a patient it may not see, and nothing is
+    scored or stored."""
+    public_id, _, _ = _latest_discharges(app)[0]
+    token = creds.login(client, creds.user("micu.nurse", "clinician", units=["MICU"]))
+    refused = client.post(
+        "/api/v1/predict",
+        json={"task": "readmission-30d", "patient_id": public_id},
+        headers={"X-CSRF-Token": token},
+    )
+    detail = client.get(f"/api/v1/patients/{public_id}")
+    assert refused.status_code == detail.status_code == 404
+    assert refused.get_json()["error"]["message"] == "no patient with that id"
+    with get_state(app).sessions() as session:
+        assert not session.scalars(select(Prediction)).all()
