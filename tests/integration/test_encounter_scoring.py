@@ -28,6 +28,7 @@ from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db import session_scope
 from vitalcast.features.encounter import (
     EXCLUDED_DISPOSITIONS,
+    EncounterInput,
     encounter_order,
     in_readmission_cohort,
     readmission_features,
@@ -78,7 +79,7 @@ def _store_frame(session: Session, columns: list[str]) -> tuple[list[dict[str, A
     rows, patients = [], []
     for enc in encounters:
         if enc.patient_id not in per_patient:
-            per_patient[enc.patient_id] = encounter_inputs(session, enc.patient_id)
+            per_patient[enc.patient_id] = _by_id(session, enc.patient_id)
         current = per_patient[enc.patient_id][enc.id]
         if not in_readmission_cohort(current.attributes):
             continue
@@ -154,6 +155,10 @@ def stored_cohort(
     return trained_readmission
 
 
+def _by_id(session: Session, patient_id: int) -> dict[int, EncounterInput]:
+    return {enc.id: current for enc, current in encounter_inputs(session, patient_id)}
+
+
 def _last(session: Session, encounter_ids: Any) -> int:
     """The id of the encounter whose export id is highest (the export's newest)."""
     return max(
@@ -168,7 +173,7 @@ def _latest_discharges(app: Flask) -> list[tuple[str, int, Any]]:
     out = []
     with get_state(app).sessions() as session:
         for patient in session.scalars(select(Patient).order_by(Patient.id)).all():
-            inputs = encounter_inputs(session, patient.id)
+            inputs = _by_id(session, patient.id)
             if len(inputs) < 3:
                 continue
             last_id = _last(session, inputs)
@@ -269,7 +274,7 @@ def test_discharges_outside_the_cohort_are_clear_errors(
         ended = [
             patient.public_id
             for patient in session.scalars(select(Patient)).all()
-            if (inputs := encounter_inputs(session, patient.id))
+            if (inputs := _by_id(session, patient.id))
             and not in_readmission_cohort(inputs[_last(session, inputs)].attributes)
         ]
     assert ended
@@ -313,3 +318,37 @@ def test_a_unit_bound_caller_cannot_score_a_patient_outside_its_units(
     assert refused.get_json()["error"]["message"] == "no patient with that id"
     with get_state(app).sessions() as session:
         assert not session.scalars(select(Prediction)).all()
+
+
+def test_only_hospital_encounters_are_scored_or_counted(
+    app: Flask, client: FlaskClient, creds: Credentials, stored_cohort: TrainOutcome
+) -> None:
+    """The task learnt from inpatient stays: a patient whose discharges are ICU stays gets
+    no readmission risk (422 on request, none on the chart), and an ICU stay is left out
+    of another patient's history."""
+    public_id, encounter_id, features = _latest_discharges(app)[0]
+    with session_scope(get_state(app).sessions) as session:
+        patient = session.scalars(select(Patient).where(Patient.public_id == public_id)).one()
+        kept = _by_id(session, patient.id)
+        earlier = [i for i in kept if i != encounter_id]
+        # One earlier stay recorded as an ICU stay: the history loses one encounter.
+        session.get(Encounter, earlier[0]).kind = "icu"
+    with get_state(app).sessions() as session:
+        now = _by_id(session, patient.id)
+    assert earlier[0] not in now
+    assert readmission_features(now[encounter_id])["prior_encounters"] == (
+        features["prior_encounters"] - 1
+    )
+    with session_scope(get_state(app).sessions) as session:
+        for i in kept:
+            session.get(Encounter, i).kind = "icu"
+    headers = creds.api_key("integration")
+    response = client.post(
+        "/api/v1/predict",
+        json={"task": "readmission-30d", "patient_id": public_id},
+        headers=headers,
+    )
+    assert response.status_code == 422
+    assert "no discharged inpatient encounter" in str(response.get_json())
+    detail = client.get(f"/api/v1/patients/{public_id}", headers=headers).get_json()
+    assert detail["readmission"] is None

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
 from vitalcast.db.types import new_public_id
-from vitalcast.errors import Busy, ModelUnavailable, NotFound, PayloadTooLarge
+from vitalcast.errors import Busy, InvalidInput, ModelUnavailable, NotFound, PayloadTooLarge
+from vitalcast.features.encounter import readmission_features
 from vitalcast.modeling.landmark_calibration import TIME_FEATURE
 from vitalcast.modeling.tables import Prediction
 from vitalcast.modeling.tasks import TASKS, early_at, early_in_stay
@@ -343,9 +344,10 @@ def _predict_discharge(
     try:
         encounter, current = latest_discharge(session, patient.id)
     except OutsideCohort as exc:
-        raise_if([{"loc": ["body", "patient_id"], "msg": str(exc)}])
-        raise  # unreachable: raise_if raised
-    prediction = score_readmission(session, predictor, encounter, current)
+        raise InvalidInput(
+            "invalid request", details=[{"loc": ["body", "patient_id"], "msg": str(exc)}]
+        ) from None
+    prediction = score_readmission(session, predictor, encounter, readmission_features(current))
     audit_event(
         "prediction.served",
         "E",

@@ -8,6 +8,11 @@ training loader (:func:`vitalcast.modeling.tabular.load_readmission`) applies to
 and ``tests/integration/test_encounter_scoring.py`` checks that an ingested export gives the
 training features, encounter by encounter.
 
+Only hospital (``inpatient``) encounters are the task's: the model learnt from Diabetes 130
+inpatient stays, so an ICU stay, an emergency or an outpatient visit is neither scored nor
+part of the history (an ICU stay inside a hospital admission would count that admission
+twice).
+
 An earlier encounter's own readmission is its stored ``readmission_30d`` outcome (the export
 records it); without one, it is read from the dates: another admission of the patient
 within 30 days of its discharge. Either is known by the time of any later admission.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,6 +43,7 @@ from vitalcast.serving.scoring import features_digest, record_prediction
 
 READMISSION_TASK = "readmission-30d"
 READMISSION_WINDOW = timedelta(days=30)
+READMISSION_KIND = "inpatient"  # Encounter.kind of the task's encounters
 
 
 @lru_cache(maxsize=8)
@@ -56,15 +63,19 @@ def _stay_days(encounter: Encounter) -> float | None:
     return (encounter.discharged_at - encounter.admitted_at).total_seconds() / 86400.0
 
 
-def encounter_inputs(session: Session, patient_id: int) -> dict[int, EncounterInput]:
-    """Every discharged encounter of a patient as the readmission features read it, keyed
-    by encounter id: each with the history of the encounters before it."""
+def encounter_inputs(session: Session, patient_id: int) -> list[tuple[Encounter, EncounterInput]]:
+    """Every discharged hospital encounter of a patient as the readmission features read
+    it, in encounter order: each with the history of the encounters before it."""
     encounters = sorted(
-        session.scalars(select(Encounter).where(Encounter.patient_id == patient_id)).all(),
+        session.scalars(
+            select(Encounter).where(
+                Encounter.patient_id == patient_id, Encounter.kind == READMISSION_KIND
+            )
+        ).all(),
         key=lambda e: encounter_order(e.admitted_at, e.source_ref),
     )
     if not encounters:
-        return {}
+        return []
     sex = session.scalar(select(Patient.sex).where(Patient.id == patient_id)) or "unknown"
     coded: dict[int | None, list[tuple[str, str]]] = {}
     for encounter_id, source_ref, code in session.execute(
@@ -82,7 +93,7 @@ def encounter_inputs(session: Session, patient_id: int) -> dict[int, EncounterIn
     )
     admissions = [e.admitted_at for e in encounters]
     history = PriorHistory()
-    inputs: dict[int, EncounterInput] = {}
+    inputs: list[tuple[Encounter, EncounterInput]] = []
     for enc in encounters:
         if enc.discharged_at is None:
             continue  # still in hospital: neither scored nor (yet) history
@@ -94,7 +105,7 @@ def encounter_inputs(session: Session, patient_id: int) -> dict[int, EncounterIn
             diagnoses=diagnoses_by_slot(coded.get(enc.id, ()), _diagnosis_slots(enc.source)),
             history=history,
         )
-        inputs[enc.id] = current
+        inputs.append((enc, current))
         if enc.id in outcomes:
             readmitted = outcomes[enc.id] == 1.0
         else:
@@ -105,22 +116,21 @@ def encounter_inputs(session: Session, patient_id: int) -> dict[int, EncounterIn
 
 
 class OutsideCohort(Exception):
-    """The encounter cannot be scored for readmission; the message says why (no
+    """The patient cannot be scored for readmission; the message says why (no
     identifiers)."""
 
 
 def latest_discharge(session: Session, patient_id: int) -> tuple[Encounter, EncounterInput]:
-    """The patient's most recent discharged encounter, with its features' input.
+    """The patient's most recent discharged hospital encounter, with its features' input.
 
     Raises:
-        OutsideCohort: no discharged encounter, or the last one ended in death or hospice.
+        OutsideCohort: no discharged hospital encounter, or the last one ended in death or
+            hospice.
     """
     inputs = encounter_inputs(session, patient_id)
     if not inputs:
-        raise OutsideCohort("the patient has no discharged encounter")
-    encounters = session.scalars(select(Encounter).where(Encounter.id.in_(inputs))).all()
-    last = max(encounters, key=lambda e: encounter_order(e.admitted_at, e.source_ref))
-    current = inputs[last.id]
+        raise OutsideCohort(f"the patient has no discharged {READMISSION_KIND} encounter")
+    last, current = inputs[-1]
     if not in_readmission_cohort(current.attributes):
         raise OutsideCohort(
             "the patient's latest encounter ended in death or hospice, outside the"
@@ -130,14 +140,14 @@ def latest_discharge(session: Session, patient_id: int) -> tuple[Encounter, Enco
 
 
 def score_readmission(
-    session: Session, predictor: Predictor, encounter: Encounter, current: EncounterInput
+    session: Session, predictor: Predictor, encounter: Encounter, features: dict[str, Any]
 ) -> Prediction:
-    """Score a discharged encounter (``current``, from :func:`latest_discharge`) with the
-    readmission champion and store the prediction against it."""
+    """Store the readmission champion's score of a discharged encounter's features (from
+    :func:`latest_discharge`'s input) against that encounter."""
     return record_prediction(
         session,
         predictor,
-        readmission_features(current),
+        features,
         role="champion",
         as_of=encounter.discharged_at or encounter.admitted_at,
         freshness=encounter.discharged_at,
@@ -156,6 +166,7 @@ def current_readmission(
         encounter, current = latest_discharge(session, patient_id)
     except OutsideCohort:
         return None
+    features = readmission_features(current)
     stored = session.scalar(
         select(Prediction)
         .where(
@@ -163,11 +174,11 @@ def current_readmission(
             Prediction.task == READMISSION_TASK,
             Prediction.role == "champion",
             Prediction.model_version_id == predictor.model_version_id,
-            Prediction.features_digest == features_digest(readmission_features(current)),
+            Prediction.features_digest == features_digest(features),
         )
         .order_by(Prediction.id.desc())
         .limit(1)
     )
     if stored is not None:
         return stored, False
-    return score_readmission(session, predictor, encounter, current), True
+    return score_readmission(session, predictor, encounter, features), True

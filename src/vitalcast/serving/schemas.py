@@ -12,7 +12,7 @@ Every problem is reported at once, each with its location (``["query", name]``,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from flask import request
 from pydantic import (
@@ -180,8 +180,8 @@ class ModelsQuery(_Query):
 
 
 # The tasks that score a stored patient, the stay task first (the default).
-PATIENT_TASKS = ("icu-mortality", "readmission-30d")
 PatientTask = Literal["icu-mortality", "readmission-30d"]
+PATIENT_TASKS: tuple[str, ...] = get_args(PatientTask)
 
 
 class PredictPatient(BaseModel):
