@@ -466,6 +466,48 @@ def test_no_stay_in_progress_gets_a_card_without_a_risk(
     assert [(r.outcome, (r.details or {})["scored"]) for r in rows] == [("success", False)] * 3
 
 
+def test_an_encounter_outside_the_model_population_gets_a_card_without_a_risk(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """An ambulatory visit, or a child's ICU stay, is not what the model learnt from: the
+    card says why and carries no risk, and nothing is stored. The adult's ICU stay with
+    the same observations is scored (the rule excludes, it does not break scoring)."""
+    _register_champion(cds_app, trained_model)
+    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    observations = [_observation("8867-4", 128, "/min", 30)]
+    clinic = _encounter(600)
+    clinic["class"]["code"] = "AMB"
+    child = PATIENT | {"birthDate": f"{datetime.now(UTC).year - 7}-01-01"}
+    client = cds_app.test_client()
+    cards = []
+    for patient, encounter in ((PATIENT, clinic), (child, _encounter(600))):
+        response = client.post(
+            SERVICE, json=_hook(patient, observations, [encounter]), headers=headers
+        )
+        assert response.status_code == 200, response.get_json()
+        (card,) = response.get_json()["cards"]
+        assert "not computed" in card["summary"]
+        assert "%" not in card["summary"]
+        cards.append(card["detail"])
+    assert cards[0].startswith("An outpatient visit is outside what the model scores")
+    assert cards[1].startswith("A patient aged ")
+    assert "aged 15 or over" in cards[1]
+    with get_state(cds_app).sessions() as session:
+        from vitalcast.modeling.tables import Prediction
+
+        assert session.scalars(select(Prediction)).first() is None
+    rows = _audit_rows(cds_app)
+    # The encounter's kind is audited (the child's ACUTE stay is a hospital stay).
+    assert [(r.details or {}).get("outside_population") for r in rows] == [
+        "outpatient",
+        "inpatient",
+    ]
+    adult = client.post(
+        SERVICE, json=_hook(PATIENT, observations, [_encounter(600)]), headers=headers
+    )
+    assert adult.get_json()["cards"][0]["summary"].startswith("ICU mortality risk ")
+
+
 def test_only_a_signed_ehr_request_makes_vitalcast_read_a_fhir_server(
     cds_app: Flask, creds: Credentials, app: Flask, trained_model: Any
 ) -> None:

@@ -151,6 +151,15 @@ def render_html(sidecar: dict[str, Any]) -> str:
         f"<p>{html.escape(task.description)} Decision support for clinicians; not a"
         " diagnosis. Out of scope: paediatric patients, populations unlike the training"
         " data (see data), use without clinical review.</p>",
+        *(
+            [
+                f"<p>vitalcast scores only {html.escape(task.population.label)}; other"
+                f" encounters are shown without a risk, with the reason."
+                f" {html.escape(task.population.basis)}</p>"
+            ]
+            if task.population is not None
+            else []
+        ),
         "<h2>Data (TRIPOD+AI 5–9)</h2>",
         _table(
             "Data",

@@ -21,6 +21,45 @@ class TaskError(VitalcastError):
     """An unknown task, or task data that cannot train or evaluate a model."""
 
 
+# Encounter kinds of the store (``Encounter.kind``), in words a clinician reads.
+ENCOUNTER_KIND_WORDS = {
+    "icu": "an ICU stay",
+    "inpatient": "a hospital stay",
+    "emergency": "an emergency department visit",
+    "outpatient": "an outpatient visit",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Population:
+    """Whom a task's model may score: the kind of encounter and the ages its training
+    data stood for.
+
+    Why: a model says nothing valid about patients unlike those it learnt from. An ICU
+    mortality risk for a child's clinic visit would look as authoritative as one for an
+    adult ICU stay, so encounters outside are not scored at all, and every view says why.
+    An unknown age does not exclude (the model imputes it, and the view lists it among the
+    missing inputs); an unknown kind cannot happen (the store requires one).
+    """
+
+    encounter_kinds: frozenset[str]
+    min_age_years: float | None = None
+    # The population in words ("ICU and hospital stays of patients aged 15 or over"),
+    # and why its bounds are what they are: shown beside every exclusion and in reports.
+    label: str = ""
+    basis: str = ""
+
+    def exclusion(self, kind: str, age_years: float | None) -> str | None:
+        """Why an encounter of ``kind`` and ``age_years`` is outside, as a sentence
+        fragment ("an outpatient visit", "a patient aged 7"); None when it is inside."""
+        if kind not in self.encounter_kinds:
+            return ENCOUNTER_KIND_WORDS.get(kind, f"an encounter of kind {kind!r}")
+        low = self.min_age_years
+        if low is not None and age_years is not None and age_years < low:
+            return f"a patient aged {math.floor(age_years)}"
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """What a model predicts, for whom, and how its operating threshold is chosen."""
@@ -44,6 +83,9 @@ class Task:
     # What the training data cannot tell about the served risk, printed in model cards
     # and reports beside the figures.
     limitations: tuple[str, ...] = ()
+    # Whom the served model may score (None: whoever the caller sends, as for feature
+    # vectors of a ``tabular`` task).
+    population: Population | None = None
 
     @property
     def all_landmarks_h(self) -> tuple[float, ...]:
@@ -80,6 +122,16 @@ TASKS: dict[str, Task] = {
             " who die or leave the ICU earlier; check early-hour calibration on local data"
             " (silent mode, docs/maintenance-plan.md) before relying on them.",
         ),
+        population=Population(
+            encounter_kinds=frozenset({"icu", "inpatient"}),
+            min_age_years=15.0,
+            label="ICU and hospital stays of patients aged 15 or over",
+            basis=(
+                "PhysioNet 2012 holds adult ICU stays (ages 15 to 90 in set A). FHIR and"
+                " HL7 v2 have no ICU encounter class, so hospital stays are scored too;"
+                " emergency and outpatient visits and children are not."
+            ),
+        ),
     ),
     "readmission-30d": Task(
         name="readmission-30d",
@@ -96,6 +148,14 @@ TASKS: dict[str, Task] = {
         ),
         threshold_rule="youden",
         holdout_fraction=0.2,
+        population=Population(
+            encounter_kinds=frozenset({"inpatient"}),
+            label="hospital stays",
+            basis=(
+                "Diabetes 130 holds inpatient encounters of 1 to 14 days. An ICU stay inside"
+                " a hospital stay is part of that stay, not a discharge of its own."
+            ),
+        ),
     ),
     "tabular": Task(
         name="tabular",

@@ -47,7 +47,7 @@ from vitalcast.serving.schemas import (
     WardPage,
     parse_query,
 )
-from vitalcast.serving.scoring import record_prediction, score_encounter
+from vitalcast.serving.scoring import outside_population, record_prediction, score_encounter
 from vitalcast.serving.state import AppState, get_state
 from vitalcast.serving.validation import json_body, raise_if
 
@@ -305,9 +305,11 @@ def _predict_stored_patient(
 
     The patient is looked up as the patient routes do (:func:`get_patient_or_raise`), so
     a caller bound to units cannot score, and store a prediction for, a patient outside
-    them: the answer is the 404 an unknown id gets. The prediction becomes the stay's
-    current risk, so it is scored by the registry's champion as this transaction sees
-    it (:func:`scoring_models`), not by one the watcher has not replaced yet.
+    them: the answer is the 404 an unknown id gets. A latest encounter outside the stay
+    model's population (an outpatient visit, a child) is a 422 that says so. The
+    prediction becomes the stay's current risk, so it is scored by the registry's champion
+    as this transaction sees it (:func:`scoring_models`), not by one the watcher has not
+    replaced yet.
     """
     if not isinstance(patient_id, str) or "\x00" in patient_id:
         raise_if([{"loc": ["body", "patient_id"], "msg": "must be a string"}])
@@ -316,6 +318,12 @@ def _predict_stored_patient(
     encounter = latest_encounter(session, patient)
     if encounter is None:
         raise NotFound("the patient has no encounter to score")
+    outside = outside_population(encounter.kind, encounter.age_years)
+    if outside is not None:
+        raise InvalidInput(
+            "invalid request",
+            details=[{"loc": ["body", "patient_id"], "msg": f"the latest encounter: {outside}"}],
+        )
     predictor, _ = scoring_models(session, state)
     if predictor is None:
         raise ModelUnavailable("no champion model is loaded")

@@ -19,7 +19,9 @@ ingestion adapter's mapping); observations before admission, or of another encou
 dropped; height and the weight charted at admission are the stay's descriptors, by the
 feature code's own rule (as for stored stays). Resources pass through the same FHIR
 adapter and preprocessing rules as ingested data, and features through the same function
-as training. Without an encounter in progress the card says so and carries no risk.
+as training. Without an encounter in progress the card says so and carries no risk; so
+does it for an encounter outside the model's population (an ambulatory or emergency
+encounter, a patient younger than the training data's: :class:`.tasks.Population`).
 
 What cannot be used is said, never guessed at: a malformed request or prefetch is a 400
 naming each problem and its place (:mod:`.cds_prefetch`), an unusable answer of
@@ -58,7 +60,7 @@ from vitalcast.errors import (
 from vitalcast.features import StayInput, stay_features
 from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import early_in_stay
+from vitalcast.modeling.tasks import STAY_TASK, TASKS, early_in_stay
 from vitalcast.security.permissions import Permission, public, requires
 from vitalcast.serving.cds_fhir import (
     PAGE_SIZE,
@@ -79,7 +81,7 @@ from vitalcast.serving.cds_prefetch import (
 )
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
-from vitalcast.serving.scoring import record_prediction
+from vitalcast.serving.scoring import outside_population, record_prediction
 from vitalcast.serving.state import get_state
 from vitalcast.serving.tables import CdsFeedback
 from vitalcast.serving.validation import json_body
@@ -89,6 +91,9 @@ logger = logging.getLogger(__name__)
 cds = Blueprint("cds", __name__)
 
 SERVICE_ID = "vitalcast-icu-mortality"
+_POPULATION = TASKS[STAY_TASK].population
+# "ICU and hospital stays of patients aged 15 or over", as the EHR's catalogue shows it.
+_STAY_POPULATION = _POPULATION.label if _POPULATION is not None else "Adult ICU patients"
 _INDICATOR = {"low": "info", "medium": "info", "high": "warning", "critical": "critical"}
 # FHIR R4 id: https://hl7.org/fhir/R4/datatypes.html#id. Ids go into request paths.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -119,7 +124,7 @@ def discovery_document() -> dict[str, Any]:
                     "observations": "Observation?patient={{context.patientId}}"
                     f"&_sort=-date&_count={PAGE_SIZE}",
                 },
-                "usageRequirements": "Adult ICU patients; decision support only.",
+                "usageRequirements": f"{_STAY_POPULATION}; decision support only.",
             }
         ]
     }
@@ -542,17 +547,36 @@ def _card(
     }
 
 
+def _no_risk_card(link: str, summary: str, detail: str) -> dict[str, Any]:
+    """An information card that carries no risk, and says why."""
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": summary,
+        "indicator": "info",
+        "detail": detail,
+        "source": {"label": "vitalcast", "url": link},
+    }
+
+
 def _no_stay_card(link: str, encounter_id: str | None) -> dict[str, Any]:
     """The answer when there is no stay in progress: scoring another one would be wrong."""
     which = "The encounter in context is" if encounter_id else "No encounter of this patient is"
-    return {
-        "uuid": str(uuid.uuid4()),
-        "summary": "ICU mortality risk: no stay in progress, no risk computed",
-        "indicator": "info",
-        "detail": f"{which} in progress in the EHR. vitalcast scores the current stay"
-        " only, from its admission on.",
-        "source": {"label": "vitalcast", "url": link},
-    }
+    return _no_risk_card(
+        link,
+        "ICU mortality risk: no stay in progress, no risk computed",
+        f"{which} in progress in the EHR. vitalcast scores the current stay only, from its"
+        " admission on.",
+    )
+
+
+def _outside_card(link: str, reason: str) -> dict[str, Any]:
+    """The answer for a stay the model may not score (an outpatient visit, a child): a
+    risk from a model trained on other patients would look as valid as any other."""
+    return _no_risk_card(
+        link,
+        "ICU mortality risk: not computed for this encounter",
+        f"{reason} vitalcast computes no risk outside the population its model was trained on.",
+    )
 
 
 @dataclass
@@ -649,6 +673,11 @@ def _answer(
     if encounter is None:
         audit.details["scored"] = False
         return _no_stay_card(link, hook.encounter_id)
+    outside = outside_population(encounter.kind, _age_at(patient.birth_date, encounter.admitted_at))
+    if outside is not None:
+        # The encounter's kind, never the age (beyond 89 an identifier under HIPAA).
+        audit.details.update({"scored": False, "outside_population": encounter.kind})
+        return _outside_card(link, outside)
     fetched = sources.observations(encounter.admitted_at)
     # OperationOutcomes of a search are its messages, not data (prefetch entries of other
     # types were refused with the request).

@@ -39,11 +39,10 @@ from vitalcast.features.encounter import (
 )
 from vitalcast.modeling.tables import Prediction
 from vitalcast.serving.predictor import Predictor
-from vitalcast.serving.scoring import features_digest, record_prediction
+from vitalcast.serving.scoring import features_digest, in_population, record_prediction
 
 READMISSION_TASK = "readmission-30d"
 READMISSION_WINDOW = timedelta(days=30)
-READMISSION_KIND = "inpatient"  # Encounter.kind of the task's encounters
 
 
 @lru_cache(maxsize=8)
@@ -69,7 +68,7 @@ def encounter_inputs(session: Session, patient_id: int) -> list[tuple[Encounter,
     encounters = sorted(
         session.scalars(
             select(Encounter).where(
-                Encounter.patient_id == patient_id, Encounter.kind == READMISSION_KIND
+                Encounter.patient_id == patient_id, in_population(READMISSION_TASK)
             )
         ).all(),
         key=lambda e: encounter_order(e.admitted_at, e.source_ref),
@@ -129,7 +128,7 @@ def latest_discharge(session: Session, patient_id: int) -> tuple[Encounter, Enco
     """
     inputs = encounter_inputs(session, patient_id)
     if not inputs:
-        raise OutsideCohort(f"the patient has no discharged {READMISSION_KIND} encounter")
+        raise OutsideCohort("the patient has no discharged inpatient encounter")
     last, current = inputs[-1]
     if not in_readmission_cohort(current.attributes):
         raise OutsideCohort(

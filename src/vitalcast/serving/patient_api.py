@@ -33,6 +33,7 @@ from vitalcast.serving.schemas import (
     PredictionHistory,
     parse_query,
 )
+from vitalcast.serving.scoring import outside_population
 from vitalcast.serving.state import get_state
 
 patient_api = Blueprint("patient_api", __name__)
@@ -144,7 +145,10 @@ def patient_detail(patient_id: str) -> Response:
     encounter = latest_encounter(session, patient)
     show_ids = role_allows(current_principal().role, Permission.IDENTIFIERS_READ)
     latest = None
-    if encounter is not None:
+    outside = (
+        outside_population(encounter.kind, encounter.age_years) if encounter is not None else None
+    )
+    if encounter is not None and outside is None:
         row = session.execute(
             select(Prediction, ModelVersion.version)
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
@@ -188,6 +192,7 @@ def patient_detail(patient_id: str) -> Response:
                 "age_years": encounter.age_years,
                 "height_cm": encounter.height_cm,
                 "weight_kg": encounter.weight_kg,
+                "outside_population": outside,
             },
             "risk": latest,
             "threshold": predictor.threshold if predictor else None,

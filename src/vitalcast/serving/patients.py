@@ -14,6 +14,7 @@ from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.modeling.tables import Prediction
 from vitalcast.modeling.tasks import STAY_TASK
 from vitalcast.security.crypto import FieldCipher
+from vitalcast.serving.scoring import outside_population
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class WardRow:
     missing_inputs: list[str]
     identifiers: dict[str, str] | None = None
     task: str | None = None  # the task of the latest risk
+    # Why the stay model does not score this encounter (:func:`outside_population`).
+    outside_population: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +58,7 @@ class WardRow:
                 else None,
                 "missing_inputs": len(self.missing_inputs),
             },
+            "outside_population": self.outside_population,
         }
 
 
@@ -142,11 +146,16 @@ def list_ward(
             Patient.public_id,
             Patient.sex,
             _latest_prediction_id(),
+            Encounter.kind,
         )
         .join(Patient, Patient.id == Encounter.patient_id)
         .where(_open_stays(unit, mrn_hmac, patient_public_id, units))
     ).all()
-    latest_ids = [s[7] for s in stays if s[7] is not None]
+    # A stay outside the stay model's population shows no risk, not even one stored
+    # before the population rule existed.
+    latest_ids = [
+        s[7] for s in stays if s[7] is not None and outside_population(s[8], s[3]) is None
+    ]
     scores = (
         {
             r.id: r
@@ -183,7 +192,7 @@ def list_ward(
             )
         }
     rows = []
-    for _id, enc_id, unit_name, age, admitted_at, patient_id, sex, pred_id in page:
+    for _id, enc_id, unit_name, age, admitted_at, patient_id, sex, pred_id, kind in page:
         identifiers = None
         if cipher is not None:
             blob, key_id = blobs.get(patient_id, (None, None))
@@ -209,6 +218,7 @@ def list_ward(
                 missing_inputs=[] if pred is None else list(pred.missing_inputs or []),
                 identifiers=identifiers,
                 task=None if pred is None else pred.task,
+                outside_population=outside_population(kind, age),
             )
         )
     return rows, len(stays)

@@ -35,7 +35,7 @@ from vitalcast.security import audit
 from vitalcast.serving.models import scoring_models
 from vitalcast.serving.predictor import DEFAULT_TASK, Predictor, aliases_in, load_predictor
 from vitalcast.serving.realtime import EventBus, risk_event
-from vitalcast.serving.scoring import score_encounter
+from vitalcast.serving.scoring import in_population, score_encounter
 from vitalcast.serving.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def rescore_encounters(
     *,
     as_of: datetime | None = None,
 ) -> list[Prediction]:
-    """Score each in-progress encounter with the champion (and the challenger in shadow).
+    """Score each in-progress encounter inside the stay model's population with the
+    champion (and the challenger in shadow); the others are left unscored.
 
     The models are the registry's as this transaction sees them, not merely the ones the
     process's watcher last loaded (:func:`vitalcast.serving.models.scoring_models`): a
@@ -221,18 +222,20 @@ def stays_with_unscored_data(session: Session, task: str = DEFAULT_TASK) -> list
     )
     query = (
         select(Encounter.id)
-        .where(Encounter.discharged_at.is_(None), unscored)
+        .where(Encounter.discharged_at.is_(None), in_population(task), unscored)
         .order_by(Encounter.id)
     )
     return list(session.scalars(query))
 
 
 def _stays_in_progress() -> Select[Encounter, str]:
-    """Encounters not yet discharged, with their patient's public id (for the event)."""
+    """Encounters not yet discharged and inside the stay model's population (an outpatient
+    visit in progress is not a stay to score), with their patient's public id (for the
+    event)."""
     return (
         select(Encounter, Patient.public_id)
         .join(Patient, Patient.id == Encounter.patient_id)
-        .where(Encounter.discharged_at.is_(None))
+        .where(Encounter.discharged_at.is_(None), in_population())
     )
 
 

@@ -297,6 +297,9 @@ class WardRow(BaseModel):
     admitted_at: datetime
     identifiers: dict[str, Any] | None = Field(description="only for identifiers:read")
     risk: WardRisk | None
+    outside_population: str | None = Field(
+        description="why the stay model does not score this encounter (null: it does)"
+    )
 
 
 class WardPage(BaseModel):
@@ -332,6 +335,9 @@ class EncounterSummary(BaseModel):
     age_years: float | None
     height_cm: float | None
     weight_kg: float | None
+    outside_population: str | None = Field(
+        description="why the stay model does not score this encounter (null: it does)"
+    )
 
 
 class ConditionItem(BaseModel):

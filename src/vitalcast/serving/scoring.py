@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select, true
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_KEY
@@ -23,8 +23,38 @@ from vitalcast.db.session import after_commit
 from vitalcast.db.types import new_public_id
 from vitalcast.features import StayInput, stay_features
 from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tasks import STAY_TASK, TASKS
 from vitalcast.monitoring.metrics import observe_prediction
 from vitalcast.serving.predictor import Predictor
+
+
+def in_population(task: str = STAY_TASK) -> ColumnElement[bool]:
+    """SQL condition on :class:`Encounter`: inside ``task``'s population (its kinds of
+    encounter and ages; :class:`~vitalcast.modeling.tasks.Population`). Every query that
+    picks encounters to score uses it, so an outpatient visit or a child's stay in
+    progress is never scored, live or in a rescoring pass."""
+    population = TASKS[task].population
+    if population is None:
+        return true()
+    condition: ColumnElement[bool] = Encounter.kind.in_(sorted(population.encounter_kinds))
+    if population.min_age_years is not None:
+        condition = and_(
+            condition,
+            or_(Encounter.age_years.is_(None), Encounter.age_years >= population.min_age_years),
+        )
+    return condition
+
+
+def outside_population(kind: str, age_years: float | None, task: str = STAY_TASK) -> str | None:
+    """Why an encounter is not scored by ``task``'s model, as a sentence a clinician
+    reads ("An outpatient visit is outside what the model scores: ICU and hospital stays
+    of patients aged 15 or over."); None when it is inside. The same rule as
+    :func:`in_population`, for one encounter already read."""
+    population = TASKS[task].population
+    reason = population.exclusion(kind, age_years) if population is not None else None
+    if reason is None or population is None:
+        return None
+    return f"{reason[0].upper()}{reason[1:]} is outside what the model scores: {population.label}."
 
 
 def stay_input(session: Session, encounter: Encounter, as_of: datetime) -> StayInput:

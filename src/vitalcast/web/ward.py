@@ -224,7 +224,9 @@ def build_ward(
         rows = [r for r in rows if needle in (r.identifiers or {}).get("name", "").casefold()]
         total = len(rows)
     ids = [r.encounter_id for r in rows]
-    histories = _histories(session, ids, now - SPARK_WINDOW)
+    # Stays outside the stay model's population show no risk, so no history either.
+    scored_ids = [r.encounter_id for r in rows if r.outside_population is None]
+    histories = _histories(session, scored_ids, now - SPARK_WINDOW)
     vitals = _newest_vitals(session, ids)
     entries = []
     for r in rows:

@@ -249,6 +249,7 @@ def test_report_is_generated_from_the_sidecar(trained: TrainOutcome) -> None:
         f"<td>{at_12['brier']:.3f}</td><td>{at_12['calibration_slope']:.3f}</td>"
         f"<td>{at_12['calibration_intercept']:.3f}</td>"
     ) in page
+    assert "vitalcast scores only ICU and hospital stays of patients aged 15 or over" in page
     md = render_markdown(sidecar)
     assert f"| AUROC | {sidecar['metrics']['auroc']:.3f} |" in md
     # The measured H beside the H that calibrated predictions would score by chance.

@@ -1,0 +1,143 @@
+"""The stay model scores only the encounters its training data stood for.
+
+icu-mortality learnt from adult ICU stays (PhysioNet 2012). Before the population rule,
+every encounter in progress was scored: an outpatient visit or a child's stay got an ICU
+mortality risk with the same authority as an adult's ICU stay. These tests drive the real
+paths against PostgreSQL: the live rescoring after new data, the rescoring pass after a
+promotion, the restart catch-up of the stream processes, the API, the ward and the page.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from tests.conftest import Credentials
+from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.db import session_scope
+from vitalcast.modeling.tables import Prediction
+from vitalcast.serving.rescoring import rescore_stays_in_progress, stays_with_unscored_data
+from vitalcast.serving.state import get_state
+
+CLINIC = "An outpatient visit is outside what the model scores"
+CHILD = "A patient aged 7 is outside what the model scores"
+POPULATION = "ICU and hospital stays of patients aged 15 or over."
+
+
+@pytest.fixture
+def mixed_ward(app: Flask, ward: list[str]) -> dict[str, tuple[str, int]]:
+    """The scored ward with three stays changed: an adult's outpatient visit, a 7-year-old's
+    ICU stay and an adult's hospital stay. Their earlier risks stand for risks stored
+    before the rule existed. Returns role -> (patient public id, encounter id)."""
+    roles = {"clinic": ward[0], "child": ward[1], "hospital": ward[2]}
+    out = {}
+    with session_scope(get_state(app).sessions) as session:
+        for role, public_id in roles.items():
+            encounter = session.scalars(
+                select(Encounter)
+                .join(Patient, Patient.id == Encounter.patient_id)
+                .where(Patient.public_id == public_id, Encounter.discharged_at.is_(None))
+            ).one()
+            if role == "clinic":
+                encounter.kind = "outpatient"
+            elif role == "child":
+                encounter.age_years = 7.0
+            else:
+                encounter.kind = "inpatient"
+            out[role] = (public_id, encounter.id)
+    return out
+
+
+def _predictions(app: Flask, encounter_id: int) -> int:
+    with get_state(app).sessions() as session:
+        return (
+            session.scalar(select(func.count()).where(Prediction.encounter_id == encounter_id)) or 0
+        )
+
+
+def test_new_data_rescores_only_stays_inside_the_population(
+    app: Flask, client: FlaskClient, creds: Credentials, mixed_ward: dict[str, tuple[str, int]]
+) -> None:
+    before = {role: _predictions(app, enc) for role, (_p, enc) in mixed_ward.items()}
+    now = datetime.now(UTC).isoformat()
+    readings = [
+        {"code": "8867-4", "value": 121, "unit": "/min", "time": now, "patient": public_id}
+        for public_id, _enc in mixed_ward.values()
+    ]
+    response = client.post(
+        "/api/v1/observations", json=readings, headers=creds.api_key("integration")
+    )
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["report"]["stored"] == 3  # stored all the same
+    assert len(response.get_json()["rescored"]) == 1
+    after = {role: _predictions(app, enc) for role, (_p, enc) in mixed_ward.items()}
+    assert after == before | {"hospital": before["hospital"] + 1}
+    # What a stream process catches up on at start: the two have unscored data, and
+    # still are not listed.
+    with get_state(app).sessions() as session:
+        pending = stays_with_unscored_data(session)
+    assert not {mixed_ward["clinic"][1], mixed_ward["child"][1]} & set(pending)
+
+
+def test_a_new_champion_rescores_only_stays_inside_the_population(
+    app: Flask, mixed_ward: dict[str, tuple[str, int]]
+) -> None:
+    state = get_state(app)
+    assert state.predictor is not None
+    with state.sessions() as session:
+        open_stays = session.scalar(select(func.count()).where(Encounter.discharged_at.is_(None)))
+    before = {role: _predictions(app, enc) for role, (_p, enc) in mixed_ward.items()}
+    done = rescore_stays_in_progress(state.sessions, state.predictor)
+    assert done.stays == open_stays - 2
+    after = {role: _predictions(app, enc) for role, (_p, enc) in mixed_ward.items()}
+    assert after == before | {"hospital": before["hospital"] + 1}
+
+
+def test_the_api_says_why_and_shows_no_risk(
+    client: FlaskClient, creds: Credentials, mixed_ward: dict[str, tuple[str, int]]
+) -> None:
+    headers = creds.api_key("integration")
+    for role, expected in (("clinic", CLINIC), ("child", CHILD)):
+        public_id, _enc = mixed_ward[role]
+        scored = client.post("/api/v1/predict", json={"patient_id": public_id}, headers=headers)
+        assert scored.status_code == 422, scored.get_json()
+        (detail,) = scored.get_json()["error"]["details"]
+        assert detail["loc"] == ["body", "patient_id"]
+        assert detail["msg"] == f"the latest encounter: {expected}: {POPULATION}"
+        assert public_id not in str(scored.get_json())
+        chart = client.get(f"/api/v1/patients/{public_id}", headers=headers).get_json()
+        # A risk was stored before the rule existed: it is not shown as current.
+        assert chart["risk"] is None
+        assert chart["encounter"]["outside_population"] == f"{expected}: {POPULATION}"
+    public_id, _enc = mixed_ward["hospital"]
+    scored = client.post("/api/v1/predict", json={"patient_id": public_id}, headers=headers)
+    assert scored.status_code == 200, scored.get_json()
+    chart = client.get(f"/api/v1/patients/{public_id}", headers=headers).get_json()
+    assert chart["encounter"]["outside_population"] is None
+    assert chart["risk"]["probability"] == pytest.approx(scored.get_json()["probability"], abs=1e-4)
+    ward_rows = client.get("/api/v1/patients?limit=100", headers=headers).get_json()["items"]
+    by_id: dict[str, Any] = {row["id"]: row for row in ward_rows}
+    assert by_id[mixed_ward["clinic"][0]]["outside_population"] == f"{CLINIC}: {POPULATION}"
+    assert by_id[mixed_ward["clinic"][0]]["risk"] is None
+    assert by_id[mixed_ward["child"][0]]["risk"] is None
+    assert by_id[mixed_ward["hospital"][0]]["outside_population"] is None
+    assert by_id[mixed_ward["hospital"][0]]["risk"] is not None
+
+
+def test_the_ward_and_the_patient_page_say_why(
+    client: FlaskClient, creds: Credentials, mixed_ward: dict[str, tuple[str, int]]
+) -> None:
+    creds.login(client, creds.user("nurse", "clinician"))
+    ward_page = client.get("/ward")
+    assert ward_page.status_code == 200
+    html = ward_page.get_data(as_text=True)
+    assert html.count("Outside model</span>") == 2
+    assert f"{CHILD}: {POPULATION}" in html
+    page = client.get(f"/patients/{mixed_ward['clinic'][0]}")
+    assert page.status_code == 200
+    assert f"Not scored. {CLINIC}: {POPULATION}" in page.get_data(as_text=True)
