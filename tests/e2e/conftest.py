@@ -24,6 +24,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.services import DatabaseFactory, service_missing
+from vitalcast.clinical.records import RecordBatch
 from vitalcast.config import Settings, load_settings
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.db.session import make_session_factory
@@ -234,17 +235,8 @@ CHART_HOURS: dict[str, list[tuple[float, float]]] = {
 @pytest.fixture(scope="session")
 def chart_patient(server: Server) -> str:
     """The public id of a discharged stay charted as CHART_HOURS says (not on the ward)."""
-    from sqlalchemy import select
-
     from vitalcast.clinical.codes import BY_KEY
-    from vitalcast.clinical.records import (
-        EncounterRecord,
-        ObservationRecord,
-        PatientRecord,
-        RecordBatch,
-    )
-    from vitalcast.clinical.tables import Patient
-    from vitalcast.ingest.service import store_batch
+    from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
 
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     ref = "e2e-chart-patient"
@@ -273,22 +265,73 @@ def chart_patient(server: Server) -> str:
             for hours, value in points
         ],
     )
+    return _store(server, batch, "chart-patient", now)[ref]
+
+
+@pytest.fixture(scope="session")
+def outside_stays(server: Server) -> dict[str, str]:
+    """Two encounters in progress that the stay model does not score, with a heart rate
+    each: an adult's outpatient visit and a 9-year-old's ICU stay. Public ids by role."""
+    from vitalcast.clinical.codes import BY_KEY
+    from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    people = {"clinic": ("outpatient", 52, "Olga Outpatient"), "child": ("icu", 9, "Kim Child")}
+    batch = RecordBatch()
+    for role, (kind, age, name) in people.items():
+        ref = f"e2e-outside-{role}"
+        batch.patients.append(PatientRecord(ref=ref, sex="female", name=name, mrn=ref))
+        batch.encounters.append(
+            EncounterRecord(
+                ref=ref,
+                patient_ref=ref,
+                admitted_at=now - timedelta(hours=5),
+                unit="MICU",
+                kind=kind,
+                age_years=age,
+            )
+        )
+        batch.observations.append(
+            ObservationRecord(
+                patient_ref=ref,
+                encounter_ref=ref,
+                code=BY_KEY["hr"].code,
+                unit=BY_KEY["hr"].unit,
+                effective_at=now - timedelta(minutes=20),
+                value=104.0,
+            )
+        )
+    stored = _store(server, batch, "outside-stays", now)
+    return {role: stored[f"e2e-outside-{role}"] for role in people}
+
+
+def _store(server: Server, batch: RecordBatch, location: str, now: datetime) -> dict[str, str]:
+    """Store ``batch`` in the server's database as ingestion does (nothing may be
+    refused); its patients' public ids by their reference."""
+    from sqlalchemy import select
+
+    from vitalcast.clinical.tables import Patient
+    from vitalcast.ingest.service import store_batch
+
     engine = create_db_engine(server.settings.resolved_database_url)
     with session_scope(make_session_factory(engine)) as session:
         report = store_batch(
             session,
             batch,
             source="e2e",
-            location="chart-patient",
+            location=location,
             cipher=cipher_from_settings(server.settings),
             now=now,
         )
         assert not report.rejects, report.rejects
-        public_id = session.scalars(
-            select(Patient.public_id).where(Patient.source_ref == ref)
-        ).one()
+        refs = [p.ref for p in batch.patients]
+        found = dict(
+            session.execute(
+                select(Patient.source_ref, Patient.public_id).where(Patient.source_ref.in_(refs))
+            ).all()
+        )
     engine.dispose()
-    return public_id
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -197,3 +197,23 @@ def test_a_discharge_readmission_risk_is_shown_and_meets_wcag_21_aa(
     assert not [f for f in factors if "_" in f]  # words, never a column name
     assert _check(page, "patient page with a readmission risk") == []
     section.screenshot(path=str(IMAGES / "patient-readmission.png"))
+
+
+def test_stays_outside_the_model_population_say_why_and_meet_wcag_21_aa(
+    page: Page, server: Server, outside_stays: dict[str, str]
+) -> None:
+    """An adult's outpatient visit and a child's ICU stay are on the ward without a risk,
+    marked in words, and their page says why no risk is computed."""
+    sign_in(page, "carla")
+    for role, why in (("clinic", "An outpatient visit"), ("child", "A patient aged 9")):
+        row = page.locator(f"#ward-table tbody tr[data-patient='{outside_stays[role]}']")
+        expect(row.locator(".band")).to_have_text("Outside model")
+        expect(row.locator(".risk")).to_contain_text(f"{why} is outside what the model scores")
+    found = _check(page, "ward with stays outside the model's population")
+    page.goto(f"/patients/{outside_stays['child']}")
+    expect(page.locator("#outside-population")).to_have_text(
+        "Not scored. A patient aged 9 is outside what the model scores: ICU and hospital"
+        " stays of patients aged 15 or over."
+    )
+    found += _check(page, "patient page outside the model's population")
+    assert not found, "\n".join(found)
