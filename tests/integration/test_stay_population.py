@@ -23,6 +23,7 @@ from vitalcast.db import session_scope
 from vitalcast.modeling.tables import Prediction
 from vitalcast.serving.rescoring import rescore_stays_in_progress, stays_with_unscored_data
 from vitalcast.serving.state import get_state
+from vitalcast.web.tables import Feedback
 
 CLINIC = "An outpatient visit is outside what the model scores"
 CHILD = "A patient aged 7 is outside what the model scores"
@@ -132,7 +133,9 @@ def test_the_api_says_why_and_shows_no_risk(
 def test_the_ward_and_the_patient_page_say_why(
     client: FlaskClient, creds: Credentials, mixed_ward: dict[str, tuple[str, int]]
 ) -> None:
-    creds.login(client, creds.user("nurse", "clinician"))
+    """The reason is shown instead of a risk, and there is no risk to respond to: the
+    feedback form is not offered, and a verdict posted anyway is refused."""
+    token = creds.login(client, creds.user("nurse", "clinician"))
     ward_page = client.get("/ward")
     assert ward_page.status_code == 200
     html = ward_page.get_data(as_text=True)
@@ -141,3 +144,14 @@ def test_the_ward_and_the_patient_page_say_why(
     page = client.get(f"/patients/{mixed_ward['clinic'][0]}")
     assert page.status_code == 200
     assert f"Not scored. {CLINIC}: {POPULATION}" in page.get_data(as_text=True)
+    assert "Your response" not in page.get_data(as_text=True)
+    verdict = client.post(
+        f"/patients/{mixed_ward['clinic'][0]}/feedback", data={"csrf_token": token, "kind": "agree"}
+    )
+    assert verdict.status_code == 422
+    assert "there is no risk to respond to" in verdict.get_data(as_text=True)
+    with get_state(client.application).sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Feedback)) == 0
+    # A scored stay in progress still offers it.
+    scored = client.get(f"/patients/{mixed_ward['hospital'][0]}").get_data(as_text=True)
+    assert "Your response" in scored

@@ -203,25 +203,31 @@ def feedback(patient_id: str) -> Response:
         # An acknowledgement or a verdict answers a risk someone acts on; after discharge
         # there is none, and the stay's record is history.
         raise Conflict("this patient has no stay in progress; feedback is closed")
-    prediction = None
     sent_id = request.form.get("prediction_id")
-    if sent_id:
-        prediction = session.scalar(select(Prediction).where(Prediction.public_id == sent_id))
-        if prediction is None or prediction.patient_id != record.id:
-            raise InvalidInput(
-                "the score you answered is not this patient's; reload the page",
-                details=[{"loc": ["form", "prediction_id"], "msg": "unknown for this patient"}],
-            )
+    if not sent_id:
+        # A verdict or an acknowledgement answers a risk that was shown: without one (a
+        # stay not scored yet, or outside the model's population) there is nothing to
+        # agree with, and a stored "agree" would count towards nothing.
+        raise InvalidInput(
+            "there is no risk to respond to; reload the page",
+            details=[{"loc": ["form", "prediction_id"], "msg": "the risk answered is required"}],
+        )
+    prediction = session.scalar(select(Prediction).where(Prediction.public_id == sent_id))
+    if prediction is None or prediction.patient_id != record.id:
+        raise InvalidInput(
+            "the score you answered is not this patient's; reload the page",
+            details=[{"loc": ["form", "prediction_id"], "msg": "unknown for this patient"}],
+        )
     who = current_principal()
     row = Feedback(
         patient_id=record.id,
         encounter_id=encounter.id,
-        prediction_id=prediction.id if prediction is not None else None,
+        prediction_id=prediction.id,
         kind=kind,
         reason=reason or None,
         user_id=who.id if who.kind == "user" else None,
         actor=who.actor,
-        score_shown_permille=round(prediction.score * 1000) if prediction is not None else None,
+        score_shown_permille=round(prediction.score * 1000),
     )
     session.add(row)
     session.flush()
@@ -231,7 +237,7 @@ def feedback(patient_id: str) -> Response:
         "feedback.recorded",
         "C",
         patient_id=record.public_id,
-        resource=f"Prediction/{sent_id}" if sent_id else "Patient",
+        resource=f"Prediction/{sent_id}",
         details={"kind": kind, "feedback_id": row.id, "has_reason": bool(reason)},
     )
     flash(_feedback_label(kind) + " — recorded.")
