@@ -123,6 +123,14 @@ class Settings(BaseSettings):
     stale_after_minutes: int = Field(
         240, description="Mark a patient's data stale when the newest vital sign is older."
     )
+    stay_units: list[str] = Field(
+        default_factory=list,
+        description="Units whose stays the in-hospital death model scores, as a JSON list"
+        ' (e.g. `["MICU", "SICU", "CCU"]`); empty: every unit. FHIR and HL7 v2 carry no ICU'
+        " encounter class, so set it when vitalcast receives the whole hospital's"
+        " admissions: a general-ward patient then gets no ICU mortality risk, and the"
+        " ward and patient page say why.",
+    )
     redis_url: str | None = Field(
         None, description="Redis URL for rate-limit storage and pub/sub (optional)."
     )
@@ -283,6 +291,14 @@ class Settings(BaseSettings):
         description="JSON object mapping identity-provider role/group values to vitalcast"
         " roles; empty: the claim must hold vitalcast role names.",
     )
+
+    @field_validator("stay_units")
+    @classmethod
+    def _unit_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.strip() or len(name) > 64:
+                raise ValueError(f"unit names are 1 to 64 characters, not {name!r}")
+        return value
 
     @field_validator("cds_fhir_networks")
     @classmethod

@@ -9,18 +9,26 @@ promotion, the restart catch-up of the stream processes, the API, the ward and t
 
 from __future__ import annotations
 
+import json
+import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from tests.conftest import Credentials
+from vitalcast.cli import main
 from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.config import Settings
 from vitalcast.db import session_scope
-from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.registry import ARTIFACT, SIDECAR
+from vitalcast.modeling.service import register_version
+from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.serving.rescoring import rescore_stays_in_progress, stays_with_unscored_data
 from vitalcast.serving.state import get_state
 from vitalcast.web.tables import Feedback
@@ -155,3 +163,85 @@ def test_the_ward_and_the_patient_page_say_why(
     # A scored stay in progress still offers it.
     scored = client.get(f"/patients/{mixed_ward['hospital'][0]}").get_data(as_text=True)
     assert "Your response" in scored
+
+
+def test_named_icu_units_leave_other_wards_unscored(
+    app: Flask,
+    client: FlaskClient,
+    creds: Credentials,
+    settings: Settings,
+    mixed_ward: dict[str, tuple[str, int]],
+    trained_model: Any,
+    tmp_path: Path,
+) -> None:
+    """A deployment fed the whole hospital's admissions names its ICU units
+    (VITALCAST_STAY_UNITS): a hospital stay on a general ward then gets no ICU risk, on
+    new data, through the API, on the ward and after a promotion from the CLI."""
+    state = get_state(app)
+    state.settings = state.settings.model_copy(update={"stay_units": ["MICU", "SICU"]})
+    _public_id, hospital = mixed_ward["hospital"]
+    with session_scope(state.sessions) as session:
+        session.get_one(Encounter, hospital).unit = "4 West"
+        units = dict(
+            session.execute(
+                select(Encounter.id, Encounter.unit).where(Encounter.discharged_at.is_(None))
+            ).all()
+        )
+    on_named = {i for i, u in units.items() if u in ("MICU", "SICU")} - {
+        mixed_ward["child"][1],
+        mixed_ward["clinic"][1],
+    }
+    assert on_named
+    assert set(units.values()) - {"MICU", "SICU"}  # other units are in the ward too
+    why = (
+        "A stay on unit 4 West is outside what the model scores: ICU and hospital stays of"
+        " patients aged 15 or over on units MICU, SICU."
+    )
+    headers = creds.api_key("integration")
+    public_id = mixed_ward["hospital"][0]
+    now = datetime.now(UTC).isoformat()
+    reading = {"code": "8867-4", "value": 121, "unit": "/min", "time": now}
+    posted = client.post(
+        "/api/v1/observations", json=[reading | {"patient": public_id}], headers=headers
+    )
+    assert posted.status_code == 201, posted.get_json()
+    assert posted.get_json()["rescored"] == []
+    chart = client.get(f"/api/v1/patients/{public_id}", headers=headers).get_json()
+    assert chart["encounter"]["outside_population"] == why
+    assert chart["risk"] is None
+    scored = client.post("/api/v1/predict", json={"patient_id": public_id}, headers=headers)
+    assert scored.status_code == 422
+    rows = client.get("/api/v1/patients?limit=100", headers=headers).get_json()["items"]
+    outside = {r["encounter_id"] for r in rows if r["outside_population"]}
+    assert len(outside) == len(units) - len(on_named)
+
+    # A promotion from the CLI rescores the stays on the named units only.
+    folder = tmp_path / f"{trained_model.version}-b"
+    shutil.copytree(Path(trained_model.artifact_path).parent, folder)
+    sidecar = json.loads((folder / SIDECAR).read_text())
+    (folder / SIDECAR).write_text(json.dumps(sidecar | {"version": folder.name}))
+    with session_scope(state.sessions) as session:
+        register_version(
+            session,
+            version=folder.name,
+            task="icu-mortality",
+            path=folder / ARTIFACT,
+            sha256=trained_model.sha256,
+            threshold=trained_model.threshold,
+            metrics=trained_model.metrics,
+        )
+    cli_settings = settings.model_copy(update={"stay_units": ["MICU", "SICU"]})
+    result = CliRunner().invoke(
+        main, ["models", "promote", folder.name], obj={"settings": cli_settings}
+    )
+    assert result.exit_code == 0, result.output
+    assert f"rescored {len(on_named)} stays in progress" in result.output
+    with state.sessions() as session:
+        newest = set(
+            session.scalars(
+                select(Prediction.encounter_id)
+                .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+                .where(ModelVersion.version == folder.name)
+            )
+        )
+    assert newest == on_named

@@ -79,3 +79,8 @@ def test_demo_keys_are_generated_once_with_private_mode(
     for name in ("secret_key", "field_key", "hmac_key", "audit_key"):
         mode = stat.S_IMODE((tmp_path / "keys" / name).stat().st_mode)
         assert mode == 0o600
+
+
+def test_a_blank_stay_unit_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^VITALCAST_STAY_UNITS: .*unit names are 1 to 64"):
+        load_settings(data_dir=tmp_path, stay_units=["MICU", " "])

@@ -309,10 +309,15 @@ def rescore_stays(ctx: click.Context, task: str, agent: Any) -> None:
     how many, so that no ward shows the retired model's risks until each stay's next
     observation (``--no-rescore`` leaves them to that)."""
     from vitalcast.serving.rescoring import rescore_after_champion_change
+    from vitalcast.serving.scoring import served_population
 
     settings = _settings(ctx)
     done = rescore_after_champion_change(
-        settings.resolved_database_url, settings.redis_url, task, agent
+        settings.resolved_database_url,
+        settings.redis_url,
+        task,
+        agent,
+        population=served_population(settings),
     )
     if done is not None and done.superseded:
         click.echo(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -48,15 +48,33 @@ class Population:
     # and why its bounds are what they are: shown beside every exclusion and in reports.
     label: str = ""
     basis: str = ""
+    # The hospital's units whose stays are scored (empty: every unit); see on_units.
+    units: frozenset[str] = frozenset()
 
-    def exclusion(self, kind: str, age_years: float | None) -> str | None:
-        """Why an encounter of ``kind`` and ``age_years`` is outside, as a sentence
-        fragment ("an outpatient visit", "a patient aged 7"); None when it is inside."""
+    def on_units(self, units: Collection[str]) -> Population:
+        """This population on ``units`` only (none: unchanged).
+
+        Why: FHIR and HL7 v2 carry no ICU encounter class, so a feed of the whole
+        hospital's admissions makes every general-ward stay a "hospital stay" in the
+        population of a model that learnt from ICU stays. A deployment names its ICU
+        units (``VITALCAST_STAY_UNITS``) and the other wards' patients get no ICU risk.
+        """
+        if not units:
+            return self
+        named = frozenset(units)
+        return replace(self, units=named, label=f"{self.label} on units {', '.join(sorted(named))}")
+
+    def exclusion(self, kind: str, age_years: float | None, unit: str | None = None) -> str | None:
+        """Why an encounter of ``kind`` and ``age_years`` on ``unit`` is outside, as a
+        sentence fragment ("an outpatient visit", "a patient aged 7", "a stay on unit 4
+        West"); None when it is inside."""
         if kind not in self.encounter_kinds:
             return ENCOUNTER_KIND_WORDS.get(kind, f"an encounter of kind {kind!r}")
         low = self.min_age_years
         if low is not None and age_years is not None and age_years < low:
             return f"a patient aged {math.floor(age_years)}"
+        if self.units and unit not in self.units:
+            return "a stay without a unit" if unit is None else f"a stay on unit {unit}"
         return None
 
 

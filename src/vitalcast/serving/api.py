@@ -47,7 +47,12 @@ from vitalcast.serving.schemas import (
     WardPage,
     parse_query,
 )
-from vitalcast.serving.scoring import outside_population, record_prediction, score_encounter
+from vitalcast.serving.scoring import (
+    record_prediction,
+    score_encounter,
+    served_population,
+    stay_outside_population,
+)
 from vitalcast.serving.state import AppState, get_state
 from vitalcast.serving.validation import json_body, raise_if
 
@@ -318,7 +323,7 @@ def _predict_stored_patient(
     encounter = latest_encounter(session, patient)
     if encounter is None:
         raise NotFound("the patient has no encounter to score")
-    outside = outside_population(encounter.kind, encounter.age_years)
+    outside = stay_outside_population(state.settings, encounter)
     if outside is not None:
         raise InvalidInput(
             "invalid request",
@@ -381,6 +386,7 @@ def patients() -> Response:
     show_ids = role_allows(who.role, Permission.IDENTIFIERS_READ)
     rows, total = list_ward(
         db(),
+        population=served_population(get_state().settings),
         unit=query.unit or None,
         limit=limit,
         offset=offset,

@@ -81,7 +81,7 @@ from vitalcast.serving.cds_prefetch import (
 )
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
-from vitalcast.serving.scoring import outside_population, record_prediction
+from vitalcast.serving.scoring import outside_population, record_prediction, served_population
 from vitalcast.serving.state import get_state
 from vitalcast.serving.tables import CdsFeedback
 from vitalcast.serving.validation import json_body
@@ -673,7 +673,12 @@ def _answer(
     if encounter is None:
         audit.details["scored"] = False
         return _no_stay_card(link, hook.encounter_id)
-    outside = outside_population(encounter.kind, _age_at(patient.birth_date, encounter.admitted_at))
+    outside = outside_population(
+        served_population(get_state().settings),
+        encounter.kind,
+        _age_at(patient.birth_date, encounter.admitted_at),
+        encounter.unit,
+    )
     if outside is not None:
         # The encounter's kind, never the age (beyond 89 an identifier under HIPAA).
         audit.details.update({"scored": False, "outside_population": encounter.kind})

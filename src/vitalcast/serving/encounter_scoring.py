@@ -38,11 +38,13 @@ from vitalcast.features.encounter import (
     readmission_features,
 )
 from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tasks import TASKS
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.scoring import features_digest, in_population, record_prediction
 
 READMISSION_TASK = "readmission-30d"
 READMISSION_WINDOW = timedelta(days=30)
+READMISSION_POPULATION = TASKS[READMISSION_TASK].population
 
 
 @lru_cache(maxsize=8)
@@ -68,7 +70,7 @@ def encounter_inputs(session: Session, patient_id: int) -> list[tuple[Encounter,
     encounters = sorted(
         session.scalars(
             select(Encounter).where(
-                Encounter.patient_id == patient_id, in_population(READMISSION_TASK)
+                Encounter.patient_id == patient_id, in_population(READMISSION_POPULATION)
             )
         ).all(),
         key=lambda e: encounter_order(e.admitted_at, e.source_ref),

@@ -33,7 +33,7 @@ from vitalcast.serving.schemas import (
     PredictionHistory,
     parse_query,
 )
-from vitalcast.serving.scoring import outside_population
+from vitalcast.serving.scoring import stay_outside_population
 from vitalcast.serving.state import get_state
 
 patient_api = Blueprint("patient_api", __name__)
@@ -145,9 +145,7 @@ def patient_detail(patient_id: str) -> Response:
     encounter = latest_encounter(session, patient)
     show_ids = role_allows(current_principal().role, Permission.IDENTIFIERS_READ)
     latest = None
-    outside = (
-        outside_population(encounter.kind, encounter.age_years) if encounter is not None else None
-    )
+    outside = stay_outside_population(get_state().settings, encounter)
     if encounter is not None and outside is None:
         row = session.execute(
             select(Prediction, ModelVersion.version)

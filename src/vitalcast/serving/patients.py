@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import STAY_TASK
+from vitalcast.modeling.tasks import STAY_TASK, TASKS, Population
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.scoring import outside_population
 
@@ -120,8 +120,12 @@ def list_ward(
     mrn_hmac: str | None = None,
     patient_public_id: str | None = None,
     units: Collection[str] = (),
+    population: Population | None = TASKS[STAY_TASK].population,
 ) -> tuple[list[WardRow], int]:
     """In-progress stays, highest current risk first; with identifiers when a cipher is given.
+
+    A stay outside ``population`` (the deployment's: :func:`.scoring.served_population`) is listed
+    with the reason and without a risk.
 
     ``units`` are the units the caller is bound to (empty: every unit); every caller
     passes its principal's, so a unit-bound user never sees another unit's stays.
@@ -154,7 +158,9 @@ def list_ward(
     # A stay outside the stay model's population shows no risk, not even one stored
     # before the population rule existed.
     latest_ids = [
-        s[7] for s in stays if s[7] is not None and outside_population(s[8], s[3]) is None
+        s[7]
+        for s in stays
+        if s[7] is not None and outside_population(population, s[8], s[3], s[2]) is None
     ]
     scores = (
         {
@@ -218,7 +224,7 @@ def list_ward(
                 missing_inputs=[] if pred is None else list(pred.missing_inputs or []),
                 identifiers=identifiers,
                 task=None if pred is None else pred.task,
-                outside_population=outside_population(kind, age),
+                outside_population=outside_population(population, kind, age, unit_name),
             )
         )
     return rows, len(stays)

@@ -31,11 +31,12 @@ from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.db.base import utcnow
 from vitalcast.db.session import session_scope
 from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tasks import STAY_TASK, TASKS, Population
 from vitalcast.security import audit
 from vitalcast.serving.models import scoring_models
 from vitalcast.serving.predictor import DEFAULT_TASK, Predictor, aliases_in, load_predictor
 from vitalcast.serving.realtime import EventBus, risk_event
-from vitalcast.serving.scoring import in_population, score_encounter
+from vitalcast.serving.scoring import in_population, score_encounter, served_population
 from vitalcast.serving.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def rescore_encounters(
     if champion is None:
         return []
     as_of = as_of or utcnow()
-    rows = session.execute(_stays_in_progress().where(Encounter.id.in_(ids))).all()
+    population = served_population(state.settings)
+    rows = session.execute(_stays_in_progress(population).where(Encounter.id.in_(ids))).all()
     served = []
     for encounter, patient_public_id in rows:
         served.append(
@@ -97,8 +99,10 @@ def rescore_stays_in_progress(
     agent: audit.Agent = audit.SYSTEM,
     as_of: datetime | None = None,
     chunk: int = RESCORE_CHUNK,
+    population: Population | None = TASKS[STAY_TASK].population,
 ) -> StaysRescored:
-    """Score every stay still in progress with ``champion`` and announce each risk.
+    """Score every stay still in progress inside ``population`` (a deployment's is
+    :func:`served_population`) with ``champion`` and announce each risk.
 
     Runs in transactions of ``chunk`` stays; each commits its predictions, their live
     events and one ``prediction.rescored`` audit event (model and count, no identifiers).
@@ -117,7 +121,9 @@ def rescore_stays_in_progress(
     while True:
         try:
             with session_scope(sessions) as session:
-                scored = _rescore_chunk(session, champion, last_id, chunk, bus, agent, as_of)
+                scored = _rescore_chunk(
+                    session, champion, last_id, chunk, population, bus, agent, as_of
+                )
         except _Superseded:
             logger.warning(
                 "rescoring stopped: the champion changed meanwhile",
@@ -139,13 +145,17 @@ def _rescore_chunk(
     champion: Predictor,
     last_id: int,
     chunk: int,
+    population: Population | None,
     bus: EventBus | None,
     agent: audit.Agent,
     as_of: datetime,
 ) -> list[int]:
     """Score the next ``chunk`` stays in progress after ``last_id``; their ids, in order."""
     rows = session.execute(
-        _stays_in_progress().where(Encounter.id > last_id).order_by(Encounter.id).limit(chunk)
+        _stays_in_progress(population)
+        .where(Encounter.id > last_id)
+        .order_by(Encounter.id)
+        .limit(chunk)
     ).all()
     if not rows:
         return []
@@ -166,7 +176,11 @@ def _rescore_chunk(
 
 
 def rescore_after_champion_change(
-    database_url: str, redis_url: str | None, task: str, agent: audit.Agent
+    database_url: str,
+    redis_url: str | None,
+    task: str,
+    agent: audit.Agent,
+    population: Population | None = TASKS[STAY_TASK].population,
 ) -> StaysRescored | None:
     """Rescore the stays in progress with ``task``'s champion as it now stands, from a
     process outside the server (the ``models promote``/``rollback`` and ``retrain``
@@ -188,12 +202,18 @@ def rescore_after_champion_change(
             return None
         # A publisher only: it never subscribes, so it starts no listener thread.
         bus = EventBus(engine, redis_url)
-        return rescore_stays_in_progress(sessions, champion, bus=bus, agent=agent)
+        return rescore_stays_in_progress(
+            sessions, champion, bus=bus, agent=agent, population=population
+        )
     finally:
         engine.dispose()
 
 
-def stays_with_unscored_data(session: Session, task: str = DEFAULT_TASK) -> list[int]:
+def stays_with_unscored_data(
+    session: Session,
+    task: str = DEFAULT_TASK,
+    population: Population | None = TASKS[STAY_TASK].population,
+) -> list[int]:
     """Stays in progress holding an observation stored after their newest champion
     prediction of ``task`` (or with observations and no such prediction); in id order.
 
@@ -222,20 +242,20 @@ def stays_with_unscored_data(session: Session, task: str = DEFAULT_TASK) -> list
     )
     query = (
         select(Encounter.id)
-        .where(Encounter.discharged_at.is_(None), in_population(task), unscored)
+        .where(Encounter.discharged_at.is_(None), in_population(population), unscored)
         .order_by(Encounter.id)
     )
     return list(session.scalars(query))
 
 
-def _stays_in_progress() -> Select[Encounter, str]:
+def _stays_in_progress(population: Population | None) -> Select[Encounter, str]:
     """Encounters not yet discharged and inside the stay model's population (an outpatient
     visit in progress is not a stay to score), with their patient's public id (for the
     event)."""
     return (
         select(Encounter, Patient.public_id)
         .join(Patient, Patient.id == Encounter.patient_id)
-        .where(Encounter.discharged_at.is_(None), in_population())
+        .where(Encounter.discharged_at.is_(None), in_population(population))
     )
 
 

@@ -18,43 +18,65 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_KEY
 from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.config import Settings
 from vitalcast.db.base import utcnow
 from vitalcast.db.session import after_commit
 from vitalcast.db.types import new_public_id
 from vitalcast.features import StayInput, stay_features
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import STAY_TASK, TASKS
+from vitalcast.modeling.tasks import STAY_TASK, TASKS, Population
 from vitalcast.monitoring.metrics import observe_prediction
 from vitalcast.serving.predictor import Predictor
 
 
-def in_population(task: str = STAY_TASK) -> ColumnElement[bool]:
-    """SQL condition on :class:`Encounter`: inside ``task``'s population (its kinds of
-    encounter and ages; :class:`~vitalcast.modeling.tasks.Population`). Every query that
-    picks encounters to score uses it, so an outpatient visit or a child's stay in
-    progress is never scored, live or in a rescoring pass."""
+def served_population(settings: Settings, task: str = STAY_TASK) -> Population | None:
+    """Whom ``task``'s model scores in this deployment: the task's population
+    (:class:`~vitalcast.modeling.tasks.Population`), for the stay task on the units of
+    ``VITALCAST_STAY_UNITS`` when it names any. None: no restriction (``tabular``)."""
     population = TASKS[task].population
+    if population is None or task != STAY_TASK:
+        return population
+    return population.on_units(settings.stay_units)
+
+
+def in_population(population: Population | None) -> ColumnElement[bool]:
+    """SQL condition on :class:`Encounter`: inside ``population`` (kinds of encounter,
+    ages, units). Every query that picks encounters to score uses it, so an outpatient
+    visit or a child's stay in progress is never scored, live or in a rescoring pass."""
     if population is None:
         return true()
-    condition: ColumnElement[bool] = Encounter.kind.in_(sorted(population.encounter_kinds))
+    conditions: list[ColumnElement[bool]] = [Encounter.kind.in_(sorted(population.encounter_kinds))]
     if population.min_age_years is not None:
-        condition = and_(
-            condition,
-            or_(Encounter.age_years.is_(None), Encounter.age_years >= population.min_age_years),
+        conditions.append(
+            or_(Encounter.age_years.is_(None), Encounter.age_years >= population.min_age_years)
         )
-    return condition
+    if population.units:
+        conditions.append(Encounter.unit.in_(sorted(population.units)))
+    return and_(*conditions)
 
 
-def outside_population(kind: str, age_years: float | None, task: str = STAY_TASK) -> str | None:
-    """Why an encounter is not scored by ``task``'s model, as a sentence a clinician
-    reads ("An outpatient visit is outside what the model scores: ICU and hospital stays
-    of patients aged 15 or over."); None when it is inside. The same rule as
-    :func:`in_population`, for one encounter already read."""
-    population = TASKS[task].population
-    reason = population.exclusion(kind, age_years) if population is not None else None
+def outside_population(
+    population: Population | None, kind: str, age_years: float | None, unit: str | None
+) -> str | None:
+    """Why an encounter is not scored, as a sentence a clinician reads ("An outpatient
+    visit is outside what the model scores: ICU and hospital stays of patients aged 15 or
+    over."); None when it is inside. The rule of :func:`in_population`, for one encounter
+    already read."""
+    reason = population.exclusion(kind, age_years, unit) if population is not None else None
     if reason is None or population is None:
         return None
     return f"{reason[0].upper()}{reason[1:]} is outside what the model scores: {population.label}."
+
+
+def stay_outside_population(settings: Settings, encounter: Encounter | None) -> str | None:
+    """Why the stay model does not score ``encounter`` in this deployment (None: it does,
+    or there is no encounter): what the API, the patient page and a prediction request
+    say instead of a risk."""
+    if encounter is None:
+        return None
+    return outside_population(
+        served_population(settings), encounter.kind, encounter.age_years, encounter.unit
+    )
 
 
 def stay_input(session: Session, encounter: Encounter, as_of: datetime) -> StayInput:

@@ -60,6 +60,7 @@ from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.models import refresh_if_stale, refresh_models, start_model_watcher
 from vitalcast.serving.realtime import EventBus
 from vitalcast.serving.rescoring import rescore_encounters, stays_with_unscored_data
+from vitalcast.serving.scoring import served_population
 from vitalcast.serving.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,11 @@ class StreamScorer:
         if self.state.predictor is None:
             return 0  # nothing to score with; a promotion rescores every stay anyway
         with self.state.sessions() as session:
-            stale = stays_with_unscored_data(session, self.state.predictor.task)
+            stale = stays_with_unscored_data(
+                session,
+                self.state.predictor.task,
+                population=served_population(self.state.settings),
+            )
         self.touched(stale)
         if stale:
             logger.info(

@@ -24,7 +24,7 @@ from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.patient_api import discharge_risk, get_patient_or_raise, latest_encounter
 from vitalcast.serving.patients import decrypt_identifiers
-from vitalcast.serving.scoring import admission_descriptors, outside_population
+from vitalcast.serving.scoring import admission_descriptors, stay_outside_population
 from vitalcast.serving.state import get_state
 from vitalcast.web.charting import RISK_GAP_HOURS, chart_variables
 from vitalcast.web.tables import FEEDBACK_KINDS, Feedback
@@ -68,9 +68,7 @@ def patient(patient_id: str) -> str:
     encounter = latest_encounter(session, record)
     current = None
     version = None
-    outside = (
-        outside_population(encounter.kind, encounter.age_years) if encounter is not None else None
-    )
+    outside = stay_outside_population(get_state().settings, encounter)
     if encounter is not None and outside is None:
         row = session.execute(
             select(Prediction, ModelVersion)

@@ -19,6 +19,7 @@ from vitalcast.security.service import authenticate
 from vitalcast.serving.context import audit_event, current_principal, db, principal
 from vitalcast.serving.guard import end_current_session, start_session
 from vitalcast.serving.patients import ward_units
+from vitalcast.serving.scoring import served_population
 from vitalcast.serving.state import get_state
 from vitalcast.web.ward import TREND_MIN_CHANGE, WardPage, build_ward
 
@@ -130,6 +131,7 @@ def _ward(
         name_query=name or None,
         feature_names=predictor.feature_names if predictor else None,
         units=who.units,
+        population=served_population(state.settings),
     )
     details: dict[str, Any] = {
         "patients": [e.row.patient_id for e in page.entries],

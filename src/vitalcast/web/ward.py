@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from vitalcast.clinical.codes import BY_KEY, VARIABLES
 from vitalcast.clinical.tables import Encounter, Observation
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import STAY_TASK, early_in_stay
+from vitalcast.modeling.tasks import STAY_TASK, TASKS, Population, early_in_stay
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.patients import WardRow, list_ward
 
@@ -202,13 +202,15 @@ def build_ward(
     name_query: str | None = None,
     feature_names: Sequence[str] | None = None,
     units: Collection[str] = (),
+    population: Population | None = TASKS[STAY_TASK].population,
 ) -> WardPage:
     """The ward page: rows sorted by risk, each with its 24 h history, trend and data age.
 
     ``name_query`` filters by a case-insensitive substring of the decrypted name, and can
     only do so within the ``limit`` stays fetched: names are encrypted at rest, so there
     is no index to search them across the whole store (MRNs have the keyed hash instead).
-    ``units`` are the caller's units (see :func:`list_ward`).
+    ``units`` are the caller's units, ``population`` whom the stay model scores (see
+    :func:`list_ward`).
     """
     rows, total = list_ward(
         session,
@@ -218,6 +220,7 @@ def build_ward(
         mrn_hmac=mrn_hmac,
         patient_public_id=patient_public_id,
         units=units,
+        population=population,
     )
     if name_query and cipher is not None:
         needle = name_query.casefold().strip()

@@ -61,3 +61,16 @@ def test_every_training_stay_is_inside_the_icu_population(shared_data: Path) -> 
             outside.append((encounter.kind, encounter.age_years))
     assert seen == 4000
     assert outside == []
+
+
+def test_named_units_restrict_the_population_and_say_so() -> None:
+    assert ICU is not None
+    assert ICU.on_units([]) is ICU
+    icu_units = ICU.on_units(["SICU", "MICU"])
+    assert icu_units.label.endswith("patients aged 15 or over on units MICU, SICU")
+    assert icu_units.exclusion("inpatient", 60.0, "MICU") is None
+    assert icu_units.exclusion("inpatient", 60.0, "4 West") == "a stay on unit 4 West"
+    assert icu_units.exclusion("icu", 60.0, None) == "a stay without a unit"
+    # The kind and the age are still checked first.
+    assert icu_units.exclusion("outpatient", 60.0, "MICU") == "an outpatient visit"
+    assert icu_units.exclusion("icu", 3.0, "MICU") == "a patient aged 3"
