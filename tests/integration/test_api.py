@@ -143,6 +143,36 @@ def test_no_champion_gives_503(client: FlaskClient, creds: Credentials) -> None:
     assert ready.get_json()["checks"]["model"] == "no champion model"
 
 
+def test_predict_refuses_a_stay_that_has_ended(
+    app: Flask, client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    """A discharged stay is not scored "now": its features would count the time since
+    discharge as hours of the stay, and the stored risk would become its current one."""
+    sessions = get_state(app).sessions
+    with sessions.begin() as session:
+        stay = session.scalars(
+            select(Encounter)
+            .join(Patient, Patient.id == Encounter.patient_id)
+            .where(Patient.public_id == ward[0])
+        ).one()
+        stay.discharged_at = datetime.now(UTC) - timedelta(days=3)
+        stay_id = stay.id
+        before = len(
+            session.scalars(select(Prediction.id).where(Prediction.encounter_id == stay_id)).all()
+        )
+    response = client.post(
+        "/api/v1/predict", json={"patient_id": ward[0]}, headers=creds.api_key("clinician")
+    )
+    assert response.status_code == 422, response.get_json()
+    (detail,) = response.get_json()["error"]["details"]
+    assert detail["loc"] == ["body", "patient_id"]
+    assert detail["msg"].startswith("the patient's latest stay has ended")
+    assert ward[0] not in str(response.get_json())
+    with sessions() as session:
+        after = session.scalars(select(Prediction.id).where(Prediction.encounter_id == stay_id))
+        assert len(after.all()) == before
+
+
 def test_posted_batch_quarantines_a_bad_item_and_stores_the_rest(
     client: FlaskClient, creds: Credentials, ward: list[str]
 ) -> None:

@@ -311,7 +311,8 @@ def _predict_stored_patient(
     The patient is looked up as the patient routes do (:func:`get_patient_or_raise`), so
     a caller bound to units cannot score, and store a prediction for, a patient outside
     them: the answer is the 404 an unknown id gets. A latest encounter outside the stay
-    model's population (an outpatient visit, a child) is a 422 that says so. The
+    model's population (an outpatient visit, a child), or one that has ended, is a 422
+    that says so. The
     prediction becomes the stay's current risk, so it is scored by the registry's champion
     as this transaction sees it (:func:`scoring_models`), not by one the watcher has not
     replaced yet.
@@ -328,6 +329,20 @@ def _predict_stored_patient(
         raise InvalidInput(
             "invalid request",
             details=[{"loc": ["body", "patient_id"], "msg": f"the latest encounter: {outside}"}],
+        )
+    if encounter.discharged_at is not None:
+        # Scored "now", an ended stay's features would count the weeks since discharge
+        # as hours of the stay, and the stored risk would become its current one.
+        raise InvalidInput(
+            "invalid request",
+            details=[
+                {
+                    "loc": ["body", "patient_id"],
+                    "msg": "the patient's latest stay has ended: a risk of in-hospital death"
+                    " is computed during a stay; the risks computed during it are in the"
+                    " patient's prediction history",
+                }
+            ],
         )
     predictor, _ = scoring_models(session, state)
     if predictor is None:
