@@ -149,6 +149,15 @@ def test_discovery_is_public(cds_app: Flask) -> None:
     (service,) = body["services"]
     assert (service["hook"], service["id"]) == ("patient-view", SERVICE_ID)
     assert "{{context.patientId}}" in service["prefetch"]["patient"]
+    assert service["usageRequirements"] == (
+        "ICU and hospital stays of patients aged 15 or over; decision support only."
+    )
+    # A deployment that names its ICU units says so in the EHR's service catalogue.
+    state = get_state(cds_app)
+    state.settings = state.settings.model_copy(update={"stay_units": ["MICU"]})
+    (named,) = cds_app.test_client().get("/cds-services").get_json()["services"]
+    assert named["usageRequirements"].startswith("ICU and hospital stays of patients aged 15")
+    assert "on units MICU; decision support only." in named["usageRequirements"]
 
 
 def test_patient_view_card_from_prefetch_and_feedback(

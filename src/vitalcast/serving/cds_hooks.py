@@ -60,7 +60,7 @@ from vitalcast.errors import (
 from vitalcast.features import StayInput, stay_features
 from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import STAY_TASK, TASKS, early_in_stay
+from vitalcast.modeling.tasks import early_in_stay
 from vitalcast.security.permissions import Permission, public, requires
 from vitalcast.serving.cds_fhir import (
     PAGE_SIZE,
@@ -91,14 +91,18 @@ logger = logging.getLogger(__name__)
 cds = Blueprint("cds", __name__)
 
 SERVICE_ID = "vitalcast-icu-mortality"
-_POPULATION = TASKS[STAY_TASK].population
-# "ICU and hospital stays of patients aged 15 or over", as the EHR's catalogue shows it.
-_STAY_POPULATION = _POPULATION.label if _POPULATION is not None else "Adult ICU patients"
 _INDICATOR = {"low": "info", "medium": "info", "high": "warning", "critical": "critical"}
 # FHIR R4 id: https://hl7.org/fhir/R4/datatypes.html#id. Ids go into request paths.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _HOOK_INSTANCE = re.compile(r"^[\x20-\x7e]{1,100}$")
 _ABSENT: Any = object()  # a prefetch key the EHR did not satisfy
+
+
+def _usage() -> str:
+    """Whom the service scores in this deployment, as the EHR's service catalogue shows
+    it: "ICU and hospital stays of patients aged 15 or over[ on units MICU, SICU]"."""
+    population = served_population(get_state().settings)
+    return population.label if population is not None else "Adult ICU patients"
 
 
 def discovery_document() -> dict[str, Any]:
@@ -124,7 +128,7 @@ def discovery_document() -> dict[str, Any]:
                     "observations": "Observation?patient={{context.patientId}}"
                     f"&_sort=-date&_count={PAGE_SIZE}",
                 },
-                "usageRequirements": f"{_STAY_POPULATION}; decision support only.",
+                "usageRequirements": f"{_usage()}; decision support only.",
             }
         ]
     }
