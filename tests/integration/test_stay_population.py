@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.serving.rescoring import rescore_stays_in_progress, stays_with_unscored_data
 from vitalcast.serving.state import get_state
 from vitalcast.web.tables import Feedback
+from vitalcast.web.ward import build_ward
 
 CLINIC = "An outpatient visit is outside what the model scores"
 CHILD = "A patient aged 7 is outside what the model scores"
@@ -245,3 +246,18 @@ def test_named_icu_units_leave_other_wards_unscored(
             )
         )
     assert newest == on_named
+
+
+def test_stays_outside_the_population_are_never_stale(
+    app: Flask, mixed_ward: dict[str, tuple[str, int]]
+) -> None:
+    """Staleness qualifies a risk: with a zero stale limit every scored stay is stale, and
+    the two stays outside the population are neither marked nor counted."""
+    state = get_state(app)
+    with state.sessions() as session:
+        page = build_ward(session, now=datetime.now(UTC), stale_after=timedelta(0))
+    outside = {e.row.patient_id for e in page.entries if e.row.outside_population}
+    assert outside == {mixed_ward["clinic"][0], mixed_ward["child"][0]}
+    assert [e.stale for e in page.entries if e.row.patient_id in outside] == [False, False]
+    assert all(e.stale for e in page.entries if e.row.patient_id not in outside)
+    assert page.stale_count == len(page.entries) - 2

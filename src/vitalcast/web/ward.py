@@ -243,7 +243,10 @@ def build_ward(
                 trend=trend,
                 change=change,
                 newest_vital_at=newest,
-                stale=newest is None or now - newest > stale_after,
+                # Staleness qualifies a risk: a stay outside the model's population has
+                # none, so it neither shows the badge nor counts among the stale.
+                stale=r.outside_population is None
+                and (newest is None or now - newest > stale_after),
                 spark_attr=",".join([f"{at}:{s:.4f}" for at, s in points]),
                 missing_key=missing_key_inputs(r.missing_inputs, feature_names)
                 if r.score is not None
