@@ -185,6 +185,11 @@ TASKS: dict[str, Task] = {
 }
 
 
+# Whom the stay task's model scores before a deployment narrows it to its units
+# (serving/scoring.served_population): the default of the functions that pick stays.
+STAY_POPULATION = TASKS[STAY_TASK].population
+
+
 def get_task(name: str) -> Task:
     """The task called ``name``.
 

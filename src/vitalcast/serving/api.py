@@ -312,10 +312,9 @@ def _predict_stored_patient(
     a caller bound to units cannot score, and store a prediction for, a patient outside
     them: the answer is the 404 an unknown id gets. A latest encounter outside the stay
     model's population (an outpatient visit, a child), or one that has ended, is a 422
-    that says so. The
-    prediction becomes the stay's current risk, so it is scored by the registry's champion
-    as this transaction sees it (:func:`scoring_models`), not by one the watcher has not
-    replaced yet.
+    that says so. The prediction becomes the stay's current risk, so it is scored by the
+    registry's champion as this transaction sees it (:func:`scoring_models`), not by one
+    the watcher has not replaced yet.
     """
     if not isinstance(patient_id, str) or "\x00" in patient_id:
         raise_if([{"loc": ["body", "patient_id"], "msg": "must be a string"}])

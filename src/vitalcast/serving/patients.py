@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import STAY_TASK, TASKS, Population
+from vitalcast.modeling.tasks import STAY_POPULATION, STAY_TASK, Population
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.scoring import outside_population
 
@@ -120,7 +120,7 @@ def list_ward(
     mrn_hmac: str | None = None,
     patient_public_id: str | None = None,
     units: Collection[str] = (),
-    population: Population | None = TASKS[STAY_TASK].population,
+    population: Population | None = STAY_POPULATION,
 ) -> tuple[list[WardRow], int]:
     """In-progress stays, highest current risk first; with identifiers when a cipher is given.
 
@@ -157,11 +157,8 @@ def list_ward(
     ).all()
     # A stay outside the stay model's population shows no risk, not even one stored
     # before the population rule existed.
-    latest_ids = [
-        s[7]
-        for s in stays
-        if s[7] is not None and outside_population(population, s[8], s[3], s[2]) is None
-    ]
+    outside = {s[0]: outside_population(population, s[8], s[3], s[2]) for s in stays}
+    latest_ids = [s[7] for s in stays if s[7] is not None and outside[s[0]] is None]
     scores = (
         {
             r.id: r
@@ -198,7 +195,7 @@ def list_ward(
             )
         }
     rows = []
-    for _id, enc_id, unit_name, age, admitted_at, patient_id, sex, pred_id, kind in page:
+    for stay_id, enc_id, unit_name, age, admitted_at, patient_id, sex, pred_id, _kind in page:
         identifiers = None
         if cipher is not None:
             blob, key_id = blobs.get(patient_id, (None, None))
@@ -224,7 +221,7 @@ def list_ward(
                 missing_inputs=[] if pred is None else list(pred.missing_inputs or []),
                 identifiers=identifiers,
                 task=None if pred is None else pred.task,
-                outside_population=outside_population(population, kind, age, unit_name),
+                outside_population=outside[stay_id],
             )
         )
     return rows, len(stays)

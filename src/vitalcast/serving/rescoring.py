@@ -31,7 +31,7 @@ from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.db.base import utcnow
 from vitalcast.db.session import session_scope
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import STAY_TASK, TASKS, Population
+from vitalcast.modeling.tasks import STAY_POPULATION, Population
 from vitalcast.security import audit
 from vitalcast.serving.models import scoring_models
 from vitalcast.serving.predictor import DEFAULT_TASK, Predictor, aliases_in, load_predictor
@@ -99,7 +99,7 @@ def rescore_stays_in_progress(
     agent: audit.Agent = audit.SYSTEM,
     as_of: datetime | None = None,
     chunk: int = RESCORE_CHUNK,
-    population: Population | None = TASKS[STAY_TASK].population,
+    population: Population | None = STAY_POPULATION,
 ) -> StaysRescored:
     """Score every stay still in progress inside ``population`` (a deployment's is
     :func:`served_population`) with ``champion`` and announce each risk.
@@ -180,7 +180,7 @@ def rescore_after_champion_change(
     redis_url: str | None,
     task: str,
     agent: audit.Agent,
-    population: Population | None = TASKS[STAY_TASK].population,
+    population: Population | None = STAY_POPULATION,
 ) -> StaysRescored | None:
     """Rescore the stays in progress with ``task``'s champion as it now stands, from a
     process outside the server (the ``models promote``/``rollback`` and ``retrain``
@@ -212,7 +212,7 @@ def rescore_after_champion_change(
 def stays_with_unscored_data(
     session: Session,
     task: str = DEFAULT_TASK,
-    population: Population | None = TASKS[STAY_TASK].population,
+    population: Population | None = STAY_POPULATION,
 ) -> list[int]:
     """Stays in progress holding an observation stored after their newest champion
     prediction of ``task`` (or with observations and no such prediction); in id order.

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from vitalcast.clinical.codes import BY_KEY, VARIABLES
 from vitalcast.clinical.tables import Encounter, Observation
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import STAY_TASK, TASKS, Population, early_in_stay
+from vitalcast.modeling.tasks import STAY_POPULATION, STAY_TASK, Population, early_in_stay
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.patients import WardRow, list_ward
 
@@ -202,7 +202,7 @@ def build_ward(
     name_query: str | None = None,
     feature_names: Sequence[str] | None = None,
     units: Collection[str] = (),
-    population: Population | None = TASKS[STAY_TASK].population,
+    population: Population | None = STAY_POPULATION,
 ) -> WardPage:
     """The ward page: rows sorted by risk, each with its 24 h history, trend and data age.
 
