@@ -14,7 +14,7 @@ import io
 from typing import Any
 
 from vitalcast.modeling.evaluate import HL_NULL_DRAWS, SUBGROUP_MIN_CLASS
-from vitalcast.modeling.tasks import get_task
+from vitalcast.modeling.tasks import Task, get_task
 
 _ROWS = (
     ("auroc", "AUROC"),
@@ -67,6 +67,17 @@ def by_landmark(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The per-landmark rows in time order (stored JSON sorts the keys as text: "12"
     before "6")."""
     return sorted(metrics.get("by_landmark", {}).items(), key=lambda kv: float(kv[0]))
+
+
+def population_sentence(task: Task) -> str | None:
+    """Whom the task's model scores, and why, for both forms of the model card: a reader
+    of the Markdown report must learn the population as surely as one of the HTML page."""
+    if task.population is None:
+        return None
+    return (
+        f"vitalcast scores only {task.population.label}; other encounters are shown"
+        f" without a risk, with the reason. {task.population.basis}"
+    )
 
 
 def _plots(curves: dict[str, Any]) -> str:
@@ -151,15 +162,7 @@ def render_html(sidecar: dict[str, Any]) -> str:
         f"<p>{html.escape(task.description)} Decision support for clinicians; not a"
         " diagnosis. Out of scope: paediatric patients, populations unlike the training"
         " data (see data), use without clinical review.</p>",
-        *(
-            [
-                f"<p>vitalcast scores only {html.escape(task.population.label)}; other"
-                f" encounters are shown without a risk, with the reason."
-                f" {html.escape(task.population.basis)}</p>"
-            ]
-            if task.population is not None
-            else []
-        ),
+        *([f"<p>{html.escape(scope)}</p>"] if (scope := population_sentence(task)) else []),
         "<h2>Data (TRIPOD+AI 5–9)</h2>",
         _table(
             "Data",
@@ -299,7 +302,10 @@ def render_markdown(
         ]
     if data.get("notes"):
         lines += ["Data notes: " + "; ".join(data["notes"]) + ".", ""]
-    lines += [f"Limitation: {text}" for text in get_task(sidecar["task"]).limitations]
+    task = get_task(sidecar["task"])
+    if scope := population_sentence(task):
+        lines += [f"Population: {scope}", ""]
+    lines += [f"Limitation: {text}" for text in task.limitations]
     lines += ["", APPARENT_NOTE, ""]
     if model.get("search"):
         lines += [

@@ -252,6 +252,7 @@ def test_report_is_generated_from_the_sidecar(trained: TrainOutcome) -> None:
     assert "vitalcast scores only ICU and hospital stays of patients aged 15 or over" in page
     md = render_markdown(sidecar)
     assert f"| AUROC | {sidecar['metrics']['auroc']:.3f} |" in md
+    assert "Population: vitalcast scores only ICU and hospital stays of patients aged 15" in md
     # The measured H beside the H that calibrated predictions would score by chance.
     median = sidecar["metrics"]["hl_h_calibrated"][0]
     assert "H from sampling noise alone" in md
