@@ -785,6 +785,12 @@ MALFORMED_PREFETCH = [
         "Patient.gender",
     ),
     (
+        "gender a list",  # was a 500: a list is not hashable
+        {"patient": {**PATIENT, "id": WHO, "gender": ["male"]}},
+        ["patient"],
+        "Patient.gender",
+    ),
+    (
         "admission without a time",
         {"encounters": _bundle(_who_encounter(period={"start": "2026-01-01"}))},
         ["encounters", "entry", 0, "resource"],
@@ -875,12 +881,17 @@ def test_left_out_observations_are_counted_on_the_card(
         for k, v in _observation("2524-7", 3.0, "mmol/L", 20).items()
         if k != "effectiveDateTime"
     }
+    # Lax FHIR validation passes both; a string was read as the number, null was a 500.
+    text_number = _observation("8867-4", 128, "/min", 25)
+    text_number["valueQuantity"]["value"] = "128"
+    null_value = {**_observation("2524-7", 3.0, "mmol/L", 25), "valueQuantity": None}
     implausible = _observation("8867-4", 9999, "/min", 20)
     other = {**_observation("8867-4", 90, "/min", 20), "subject": {"reference": "Patient/p9"}}
     not_used = _observation("72514-3", 4, "{score}", 20)  # pain score: not a model input
     withdrawn = {**_observation("8867-4", 200, "/min", 20), "status": "entered-in-error"}
     earlier = _observation("8867-4", 170, "/min", 600)  # before this admission
-    observations = [*good, unreadable, no_time, implausible, other, not_used, withdrawn, earlier]
+    observations = [*good, unreadable, no_time, text_number, null_value, implausible, other]
+    observations += [not_used, withdrawn, earlier]
     patient = {**PATIENT, "birthDate": "1950"}  # a valid but partial date: no age
     response = cds_app.test_client().post(
         SERVICE, json=_hook(patient, observations, [_encounter(300)]), headers=headers
@@ -888,14 +899,14 @@ def test_left_out_observations_are_counted_on_the_card(
     assert response.status_code == 200, response.get_json()
     detail = response.get_json()["cards"][0]["detail"]
     assert (
-        "Left out of this risk: 2 observations that could not be read, 1 observation"
+        "Left out of this risk: 4 observations that could not be read, 1 observation"
         " outside the plausibility rules (value, unit or time), 1 observation of another"
         " patient." in detail
     )
     assert "Age unknown: the Patient resource has no full birth date." in detail
     *_clean, row = _audit_rows(cds_app)
-    assert row.details["left_out"] == {"unreadable": 2, "implausible": 1, "other_patient": 1}
-    assert row.details["unreadable"] == {"invalid_resource": 1, "no_time": 1}
+    assert row.details["left_out"] == {"unreadable": 4, "implausible": 1, "other_patient": 1}
+    assert row.details["unreadable"] == {"invalid_resource": 1, "no_time": 1, "invalid_value": 2}
 
 
 def test_a_fhir_server_answer_with_a_malformed_bundle_is_a_412(

@@ -84,6 +84,10 @@ def test_fhir_folder_goes_past_bad_files_and_reports_them(
         "e-long-id.json": {"resourceType": "Patient", "id": "x" * 220},
         "f-text.json": _observation("o4", "2024-01-01T10:00:00Z", valueString="fast " * 100),
         "g-hr-text.json": _observation("o5", "2024-01-01T10:00:00Z", valueString="fast"),
+        # Lax validation reads "80" as 80; FHIR JSON numbers are never strings.
+        "h-text-number.json": _observation(
+            "o8", "2024-01-01T10:00:00Z", valueQuantity={"value": "80", "unit": "/min"}
+        ),
         "z-good.json": _observation("o6", "2024-01-01T10:00:00Z"),
     }
     for name, doc in docs.items():
@@ -104,7 +108,9 @@ def test_fhir_folder_goes_past_bad_files_and_reports_them(
     assert reasons["time_out_of_range"] == 2
     assert reasons["non_numeric_value"] == 2  # the 400-digit value and the text-only HR
     assert reasons["too_long"] == 2  # the 220-character id, the 500-character text
+    assert reasons["invalid_value"] == 1
     by_location = {r["location"].split("#")[0]: r for r in report["rejects"]}
+    assert "must be a JSON number" in by_location["export/h-text-number.json"]["reason"]
     assert "1800-2200" in by_location["export/b-early.json"]["reason"]
     assert "patient ref is 228 characters" in by_location["export/e-long-id.json"]["reason"]
     # Files after the bad ones were read and stored.

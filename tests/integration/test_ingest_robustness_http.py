@@ -131,3 +131,43 @@ def test_text_values_are_quarantined_like_hl7_and_never_cut(
     report = response.get_json()["report"]
     assert report["reasons"] == {"too_long": 1}
     assert "value_text is 500 characters; at most 200" in report["rejects"][0]["reason"]
+
+
+MECH_VENT = {"coding": [{"system": "urn:vitalcast:codes", "code": "mech-vent"}]}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        # bool("false") is True: this was stored as "ventilated".
+        ({"code": MECH_VENT, "valueBoolean": "false"}, "valueBoolean must be JSON true or false"),
+        ({"code": MECH_VENT, "valueBoolean": None}, "valueBoolean must be JSON true or false"),
+        ({"valueQuantity": {"value": "77", "unit": "/min"}}, "must be a JSON number"),
+        ({"valueInteger": "77"}, "valueInteger must be a JSON integer"),
+        # Each of these was a 500 (AttributeError on None).
+        ({"valueQuantity": None}, "valueQuantity must be a JSON object"),
+        ({"valueCodeableConcept": None}, "valueCodeableConcept must be a JSON object"),
+    ],
+)
+def test_fhir_values_of_the_wrong_json_type_are_422_and_nothing_stored(
+    client: FlaskClient, creds: Credentials, ward: list[str], value: Any, message: str
+) -> None:
+    reader, writer = creds.api_key("clinician"), creds.api_key("integration")
+    before = client.get(f"/api/v1/patients/{ward[0]}/observations", headers=reader).get_json()
+    body = _fhir_observation(ward[0])
+    body.pop("valueQuantity")
+    error = _error(client.post("/api/v1/observations", json={**body, **value}, headers=writer), 422)
+    assert message in error["details"][0]["msg"]
+    assert "invalid_value" in error["details"][0]["msg"]
+    after = client.get(f"/api/v1/patients/{ward[0]}/observations", headers=reader).get_json()
+    assert after == before
+
+
+def test_a_component_value_of_null_is_422(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    body = _fhir_observation(ward[0])
+    body.pop("valueQuantity")
+    body["component"] = [{"code": _fhir_observation("x")["code"], "valueQuantity": None}]
+    response = client.post("/api/v1/observations", json=body, headers=creds.api_key("integration"))
+    assert "valueQuantity must be a JSON object" in _error(response, 422)["details"][0]["msg"]

@@ -90,7 +90,7 @@ def read_patient(resource: dict[str, Any], today: date) -> tuple[PatientRecord |
     batch = parse_resources([resource])
     problems = [rejection_text(r, "Patient") for r in batch.rejected]
     gender = resource.get("gender")
-    if gender is not None and gender not in _GENDERS:
+    if gender is not None and (not isinstance(gender, str) or gender not in _GENDERS):
         problems.append("Patient.gender: must be male, female, other or unknown")
     record = batch.patients[0] if batch.patients and not problems else None
     if record is not None and record.birth_date is not None and record.birth_date > today:

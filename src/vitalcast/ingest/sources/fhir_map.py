@@ -201,29 +201,46 @@ def _concept_text(concept: dict[str, Any]) -> str | None:
 def _value(holder: dict[str, Any]) -> tuple[float | None, str | None, str | None]:
     """``(value, unit, value_text)`` of an Observation or component ``value[x]``.
 
+    FHIR JSON types are taken strictly: the resource models validate in lax mode, which
+    turns ``"valueBoolean": "false"`` into False but leaves the raw dict that this reads
+    untouched, and ``bool("false")`` is True. A value whose JSON type is not the one its
+    element declares is therefore refused (``invalid_value``), never guessed at.
+
     Raises:
-        ResourceProblem: no value (with ``dataAbsentReason`` as the reason when given).
+        ResourceProblem: no value (with ``dataAbsentReason`` as the reason when given),
+            or a value of the wrong JSON type.
     """
     if "valueQuantity" in holder:
-        qty = holder["valueQuantity"]
+        qty = _object(holder["valueQuantity"], "valueQuantity")
         if qty.get("value") is None:
             raise ResourceProblem("no_value", "valueQuantity has no value")
         # The UCUM code is the machine-readable unit; ``unit`` is only for display.
         unit = qty.get("code") if qty.get("system") == UCUM and qty.get("code") else qty.get("unit")
+        if unit is not None and not isinstance(unit, str):
+            raise ResourceProblem("invalid_value", "valueQuantity's unit must be a JSON string")
         return _finite(qty["value"], "valueQuantity.value"), unit, None
     if "valueCodeableConcept" in holder:
-        return None, None, _concept_text(holder["valueCodeableConcept"])
+        concept = _object(holder["valueCodeableConcept"], "valueCodeableConcept")
+        return None, None, _concept_text(concept)
     if "valueInteger" in holder:
+        if not isinstance(holder["valueInteger"], int):
+            raise ResourceProblem("invalid_value", "valueInteger must be a JSON integer")
         return _finite(holder["valueInteger"], "valueInteger"), None, None
     if "valueBoolean" in holder:
-        return (1.0 if holder["valueBoolean"] else 0.0), "1", None
+        flag = holder["valueBoolean"]
+        if not isinstance(flag, bool):
+            raise ResourceProblem("invalid_value", "valueBoolean must be JSON true or false")
+        return (1.0 if flag else 0.0), "1", None
     if "valueString" in holder:
+        text = holder["valueString"]
+        if not isinstance(text, str):
+            raise ResourceProblem("invalid_value", "valueString must be a JSON string")
         # Kept whole: the store quarantines a text longer than its column (too_long)
         # rather than keep a silently cut one.
-        return None, None, str(holder["valueString"])
+        return None, None, text
     absent = holder.get("dataAbsentReason")
     if absent:
-        reason = _concept_text(absent) or "unspecified"
+        reason = _concept_text(_object(absent, "dataAbsentReason")) or "unspecified"
         raise ResourceProblem("data_absent", f"data absent: {reason}")
     kinds = [k for k in holder if k.startswith("value")]
     if kinds:
@@ -231,9 +248,20 @@ def _value(holder: dict[str, Any]) -> tuple[float | None, str | None, str | None
     raise ResourceProblem("no_value", "no value[x], component or dataAbsentReason")
 
 
+def _object(raw: Any, what: str) -> dict[str, Any]:
+    """An element that FHIR JSON writes as an object (``null`` is never valid FHIR)."""
+    if not isinstance(raw, dict):
+        raise ResourceProblem("invalid_value", f"{what} must be a JSON object")
+    return raw
+
+
 def _finite(raw: Any, what: str) -> float:
-    """A FHIR number as a float; a JSON integer of hundreds of digits (valid FHIR, but
-    beyond any float) is ``non_numeric_value`` like every source's non-number."""
+    """A FHIR number as a float. FHIR JSON writes numbers as numbers, so a string or a
+    boolean is ``invalid_value`` (the shared rule would read ``"77"``); a JSON integer
+    of hundreds of digits (valid FHIR, but beyond any float) is ``non_numeric_value``
+    like every source's non-number."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ResourceProblem("invalid_value", f"{what} must be a JSON number")
     try:
         return finite_number(raw)
     except ValueError as exc:
