@@ -14,6 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
+from werkzeug.test import TestResponse
 
 from tests.conftest import Credentials
 from vitalcast.clinical.tables import DeviceBinding, Encounter, Observation, Patient
@@ -139,25 +140,59 @@ def test_device_binding_stays_within_the_callers_units(
     )
     assert bound.status_code == 200, bound.get_json()
     # A device an unrestricted admin bound to another unit's patient cannot be unbound
-    # from here: it answers as a device that is not bound.
+    # from here, nor bound to one of ours: both say it is in use outside our units, and
+    # neither says by whom.
     admin = creds.api_key("admin")
     other_bed = client.put(
         "/api/v1/devices/bed-9/binding", json={"patient_id": outside}, headers=admin
     )
     assert other_bed.status_code == 200
-    hidden = client.delete("/api/v1/devices/bed-9/binding", headers=headers)
+    unbind = client.delete("/api/v1/devices/bed-9/binding", headers=headers)
+    rebind = client.put(
+        "/api/v1/devices/bed-9/binding", json={"patient_id": inside}, headers=headers
+    )
+    assert unbind.status_code == rebind.status_code == 409
+    assert (
+        unbind.get_json()["error"]["message"]
+        == rebind.get_json()["error"]["message"]
+        == "device is bound to a patient outside your units; it can be unbound only from there"
+    )
+    assert outside not in unbind.get_data(as_text=True) + rebind.get_data(as_text=True)
     never_bound = client.delete("/api/v1/devices/bed-404/binding", headers=headers)
-    assert hidden.status_code == never_bound.status_code == 404
-    assert hidden.get_json()["error"]["message"] == never_bound.get_json()["error"]["message"]
+    assert never_bound.status_code == 404
+    # Another unit's stay answers as an unknown stay, not as another patient's.
+    their_stay, _ = _records_of(app, outside)
+    foreign = client.put(
+        "/api/v1/devices/bed-8/binding",
+        json={"patient_id": inside, "encounter_id": their_stay},
+        headers=headers,
+    )
+    unknown = client.put(
+        "/api/v1/devices/bed-8/binding",
+        json={"patient_id": inside, "encounter_id": "0" * 32},
+        headers=headers,
+    )
+    _same_answer(foreign, unknown)
     assert client.delete("/api/v1/devices/bed-7/binding", headers=headers).status_code == 200
     with get_state(app).sessions() as session:
         active = session.scalars(
             select(DeviceBinding.device_id).where(DeviceBinding.unbound_at.is_(None))
         ).all()
         unbound = session.scalar(select(AuditEvent).where(AuditEvent.event == "device.unbound"))
+        denied = session.scalars(
+            select(AuditEvent.resource).where(
+                AuditEvent.event == "access.denied", AuditEvent.patient_id == outside
+            )
+        ).all()
     assert active == ["bed-9"]
     assert unbound is not None
     assert unbound.patient_id == inside
+    assert sorted(denied) == [
+        "/api/v1/devices/bed-7/binding",
+        "/api/v1/devices/bed-8/binding",
+        "/api/v1/devices/bed-9/binding",
+        "/api/v1/devices/bed-9/binding",
+    ]
 
 
 def test_observations_for_another_units_patient_are_refused_whole(
@@ -186,3 +221,53 @@ def test_observations_for_another_units_patient_are_refused_whole(
     ok = client.post("/api/v1/observations", json=[reading(inside)], headers=headers)
     assert ok.status_code == 201, ok.get_json()
     assert ok.get_json()["report"]["stored"] == 1
+
+
+def _same_answer(first: TestResponse, second: TestResponse) -> None:
+    """Both answers are the same bytes once each one's own request id is taken out."""
+    assert first.status_code == second.status_code == 404
+
+    def body(response: TestResponse) -> bytes:
+        rid = response.get_json()["error"]["request_id"]
+        return response.get_data().replace(rid.encode(), b"<rid>")
+
+    assert body(first) == body(second)
+
+
+def _records_of(app: Flask, public_id: str) -> tuple[str, str]:
+    """The public ids of an encounter and a champion prediction of patient ``public_id``."""
+    with get_state(app).sessions() as session:
+        patient_id = session.scalar(select(Patient.id).where(Patient.public_id == public_id))
+        encounter = session.scalar(
+            select(Encounter.public_id).where(Encounter.patient_id == patient_id)
+        )
+        prediction = session.scalar(
+            select(Prediction.public_id).where(
+                Prediction.patient_id == patient_id, Prediction.role == "champion"
+            )
+        )
+    assert encounter is not None
+    assert prediction is not None
+    return encounter, prediction
+
+
+def test_fhir_reads_of_another_units_records_answer_as_unknown_ones(
+    app: Flask, client: FlaskClient, creds: Credentials, units: dict[str, str]
+) -> None:
+    _signed_in(client, creds, role="nurse")
+    outside, inside = _one_in(units, False), _one_in(units, True)
+    encounter, prediction = _records_of(app, outside)
+    for kind, hidden_id in (("Encounter", encounter), ("RiskAssessment", prediction)):
+        hidden = client.get(f"/fhir/{kind}/{hidden_id}")
+        unknown = client.get(f"/fhir/{kind}/{'0' * 32}")
+        _same_answer(hidden, unknown)
+        assert hidden.get_json()["error"]["message"] == f"no {kind} with that id"
+    with get_state(app).sessions() as session:
+        denied = session.scalars(
+            select(AuditEvent.resource).where(
+                AuditEvent.event == "access.denied", AuditEvent.patient_id == outside
+            )
+        ).all()
+    assert sorted(denied) == [f"/fhir/Encounter/{encounter}", f"/fhir/RiskAssessment/{prediction}"]
+    mine, _ = _records_of(app, inside)
+    assert client.get(f"/fhir/Encounter/{mine}").status_code == 200

@@ -22,6 +22,8 @@ from vitalcast.errors import Conflict, InvalidInput, NotFound
 
 # Device ids appear in MQTT topics: no topic separators or wildcards.
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# The answer for an unknown stay; routes give it for a stay the caller may not see too.
+ENCOUNTER_NOT_FOUND = "encounter not found"
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def bind_device(
             select(Encounter).where(Encounter.public_id == encounter_public_id)
         )
         if encounter is None:
-            raise NotFound("encounter not found")
+            raise NotFound(ENCOUNTER_NOT_FOUND)
         if encounter.patient_id != patient.id:
             raise InvalidInput(
                 "the encounter belongs to another patient",

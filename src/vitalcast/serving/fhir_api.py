@@ -28,7 +28,7 @@ from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
-from vitalcast.serving.patient_api import get_patient_or_raise
+from vitalcast.serving.patient_api import check_patient_visible, get_patient_or_raise
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.state import get_state
 from vitalcast.serving.validation import int_arg, raise_if
@@ -291,7 +291,7 @@ def read_encounter(encounter_id: str) -> Response:
         raise NotFound("no Encounter with that id")
     patient = db().get(Patient, enc.patient_id)
     assert patient is not None
-    get_patient_or_raise(db(), patient.public_id)  # unit restriction
+    check_patient_visible(db(), patient, refusal=NotFound("no Encounter with that id"))
     audit_event(
         "encounter.viewed",
         "R",
@@ -365,7 +365,7 @@ def read_risk(risk_id: str) -> Response:
         raise NotFound("no RiskAssessment with that id")
     patient = db().get(Patient, row[0].patient_id)
     assert patient is not None
-    get_patient_or_raise(db(), patient.public_id)  # unit restriction
+    check_patient_visible(db(), patient, refusal=NotFound("no RiskAssessment with that id"))
     audit_event(
         "prediction.viewed",
         "R",

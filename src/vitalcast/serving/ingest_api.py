@@ -10,11 +10,18 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.records import PUBLIC_PATIENT_REF, RecordBatch
+from vitalcast.clinical.tables import DeviceBinding as ClinicalDeviceBinding
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.session import after_commit
-from vitalcast.errors import NotFound
+from vitalcast.errors import Conflict, NotFound
 from vitalcast.ingest.devices import _DEVICE_ID as DEVICE_ID_RULE
-from vitalcast.ingest.devices import active_binding, bind_device, check_device_id, unbind_device
+from vitalcast.ingest.devices import (
+    ENCOUNTER_NOT_FOUND,
+    active_binding,
+    bind_device,
+    check_device_id,
+    unbind_device,
+)
 from vitalcast.ingest.payloads import parse_observations_payload
 from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.device_payload import CompactObservation, attach_devices
@@ -29,7 +36,10 @@ from vitalcast.serving.context import (
 )
 from vitalcast.serving.models import refresh_if_stale
 from vitalcast.serving.openapi import operation
-from vitalcast.serving.patient_api import get_patient_or_raise, patient_in_units
+from vitalcast.serving.patient_api import (
+    check_patient_visible,
+    get_patient_or_raise,
+)
 from vitalcast.serving.rescoring import rescore_encounters
 from vitalcast.serving.schemas import (
     BindingResult,
@@ -199,6 +209,13 @@ def _check_units(session: Session, batch: RecordBatch) -> None:
         )
 
 
+# What a unit-bound caller learns of a device in use outside its units: that it is in use
+# there (it could not bind it otherwise), never by whom or since when.
+_BOUND_ELSEWHERE = (
+    "device is bound to a patient outside your units; it can be unbound only from there"
+)
+
+
 @ingest_api.put("/devices/<device_id>/binding")
 @requires(Permission.DEVICES_MANAGE)
 @operation(
@@ -214,12 +231,25 @@ def put_binding(device_id: str) -> Response:
 
     The patient is looked up as the patient routes do, so a caller bound to units cannot
     bind a device (and so route its readings) to a patient outside them: 404, as for an
-    unknown id.
+    unknown id. A stay of a patient outside them is answered as an unknown stay, and a
+    device in use outside them as in use there (409, the answer its unbinding gets).
     """
     body = parse_body(DeviceBinding, json_body())
-    get_patient_or_raise(db(), body.patient_id)
+    session = db()
+    patient = get_patient_or_raise(session, body.patient_id)
+    if body.encounter_id is not None:
+        encounter = session.scalar(
+            select(Encounter).where(Encounter.public_id == body.encounter_id)
+        )
+        if encounter is not None and encounter.patient_id != patient.id:
+            owner = session.get(Patient, encounter.patient_id)
+            assert owner is not None
+            check_patient_visible(session, owner, refusal=NotFound(ENCOUNTER_NOT_FOUND))
+    current = active_binding(session, check_device_id(device_id))
+    if current is not None and current.patient_id != patient.id:
+        _bound_patient_or_refuse(session, current)
     binding = bind_device(
-        db(),
+        session,
         device_id=device_id,
         patient_public_id=body.patient_id,
         encounter_public_id=body.encounter_id,
@@ -230,18 +260,25 @@ def put_binding(device_id: str) -> Response:
 
 @ingest_api.delete("/devices/<device_id>/binding")
 @requires(Permission.DEVICES_MANAGE)
-@operation("End a device's binding", UnbindingResult, path=_DEVICE_PATH, tags=("ingest",))
+@operation(
+    "End a device's binding",
+    UnbindingResult,
+    path=_DEVICE_PATH,
+    errors=(409,),
+    tags=("ingest",),
+)
 def delete_binding(device_id: str) -> Response:
     """End the device's current binding.
 
-    A device bound to a patient outside the caller's units answers as an unbound one
-    (404): unbinding it would cut that patient's monitoring off from their own unit.
+    A device bound to a patient outside the caller's units is refused (409): unbinding it
+    would cut that patient's monitoring off from their own unit. It is not answered as an
+    unbound device, since binding it would then fail as in use.
     """
     session = db()
     current = active_binding(session, check_device_id(device_id))
-    patient = session.get(Patient, current.patient_id) if current is not None else None
-    if patient is None or not patient_in_units(session, patient.id, current_principal().units):
+    if current is None:
         raise NotFound("device is not bound")
+    patient = _bound_patient_or_refuse(session, current)
     binding = unbind_device(session, device_id=device_id)
     audit_event(
         "device.unbound",
@@ -256,3 +293,16 @@ def delete_binding(device_id: str) -> Response:
             "unbound_at": binding.unbound_at.isoformat() if binding.unbound_at else None,
         }
     )
+
+
+def _bound_patient_or_refuse(session: Session, binding: ClinicalDeviceBinding) -> Patient:
+    """The patient ``binding`` measures, or a refusal (409, audited as a denial) when the
+    caller may not see that patient.
+
+    Raises:
+        Conflict: the device measures a patient outside the caller's units.
+    """
+    patient = session.get(Patient, binding.patient_id)
+    assert patient is not None
+    check_patient_visible(session, patient, refusal=Conflict(_BOUND_ELSEWHERE))
+    return patient

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.tables import Condition, Encounter, ImagingStudy, Observation, Patient
-from vitalcast.errors import NotFound
+from vitalcast.errors import AppError, NotFound
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.modeling.tasks import STAY_TASK
@@ -67,19 +67,32 @@ def get_patient_or_raise(session: Session, public_id: str) -> Patient:
     patient = session.scalar(select(Patient).where(Patient.public_id == public_id))
     if patient is None:
         raise NotFound("no patient with that id")
-    if not patient_in_units(session, patient.id, current_principal().units):
-        audit_event(
-            "access.denied",
-            "R",
-            outcome="denied",
-            patient_id=patient.public_id,
-            resource=request.path,
-            details={"reason": "outside the caller's units"},
-            session=session,
-        )
-        session.commit()
-        raise NotFound("no patient with that id")  # do not reveal other units' patients
+    check_patient_visible(session, patient, refusal=NotFound("no patient with that id"))
     return patient
+
+
+def check_patient_visible(session: Session, patient: Patient, *, refusal: AppError) -> None:
+    """Raise ``refusal`` (audited as a denial) when the caller may not see ``patient``.
+
+    For routes reached by another record's id (an encounter, a risk assessment, a device's
+    binding). For an id, ``refusal`` is the very error the route raises for an id it does
+    not know, so the answer for another unit's record is byte for byte the answer for no
+    record, and the message never becomes the patient lookup's own. The denial is
+    committed at once, since the error rolls the request's unit of work back.
+    """
+    if patient_in_units(session, patient.id, current_principal().units):
+        return
+    audit_event(
+        "access.denied",
+        "R",
+        outcome="denied",
+        patient_id=patient.public_id,
+        resource=request.path,
+        details={"reason": "outside the caller's units"},
+        session=session,
+    )
+    session.commit()
+    raise refusal  # do not reveal other units' records
 
 
 def latest_encounter(session: Session, patient: Patient) -> Encounter | None:
