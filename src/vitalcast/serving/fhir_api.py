@@ -3,9 +3,10 @@
 EHRs and SMART apps read vitalcast's results in their own language: Patient, Encounter
 (read, and search by patient and status), Observation (search by patient, code and date,
 sorted by date either way) and RiskAssessment built from stored predictions
-(``prediction.probabilityDecimal``, ``occurrenceDateTime``). Resources are built and
-validated with ``fhir.resources`` (its R4B models, whose shape equals R4 for these
-resources). Every read is audited like any other patient-data read.
+(``prediction.probabilityDecimal``, ``occurrenceDateTime``; read, and search by patient and
+date). Searches count every match and page (:mod:`vitalcast.serving.fhir_search`).
+Resources are built and validated with ``fhir.resources`` (its R4B models, whose shape
+equals R4 for these resources). Every read is audited like any other patient-data read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.encounter import Encounter as FhirEncounter
 from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
@@ -21,29 +21,48 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from flask import Blueprint, Response, request, url_for
 from sqlalchemy import Select, select
 
-from vitalcast.clinical.codes import BY_CODE, LOINC
+from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.clinical.times import parse_iso
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
+from vitalcast.serving.fhir_search import (
+    FHIR_JSON,
+    check_search_params,
+    code_filter,
+    code_system,
+    count_matches,
+    paging,
+    searchset,
+)
 from vitalcast.serving.patient_api import check_patient_visible, get_patient_or_raise
 from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.state import get_state
-from vitalcast.serving.validation import int_arg, raise_if
+from vitalcast.serving.validation import raise_if
 
 fhir = Blueprint("fhir", __name__)
 
 _Q = TypeVar("_Q", bound="Select[*tuple[Any, ...]]")
 
 UCUM = "http://unitsofmeasure.org"
-FHIR_JSON = "application/fhir+json"
 _OUTCOMES = {"icu-mortality": "In-hospital death", "readmission-30d": "Readmission within 30 days"}
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 # The store's encounter kinds as Encounter.class (v3 ActCode), the inverse of the choice
 # the FHIR ingestion adapter makes (ACUTE and IMP both read back as inpatient stays).
 _ENCOUNTER_CLASS = {"icu": "ACUTE", "inpatient": "IMP", "emergency": "EMER", "outpatient": "AMB"}
+
+
+# Each search's own parameters (with their FHIR types), as the CapabilityStatement declares
+# them and as the searches accept them; ``subject`` is ``patient``'s other name.
+_BY_PATIENT = (("patient", "reference"), ("subject", "reference"))
+OBSERVATION_SEARCH = (*_BY_PATIENT, ("code", "token"), ("date", "date"))
+ENCOUNTER_SEARCH = (*_BY_PATIENT, ("status", "token"))
+RISK_SEARCH = (*_BY_PATIENT, ("date", "date"))
+OBSERVATION_PARAMS = frozenset({"_sort"} | {n for n, _ in OBSERVATION_SEARCH})
+ENCOUNTER_PARAMS = frozenset(n for n, _ in ENCOUNTER_SEARCH)
+RISK_PARAMS = frozenset(n for n, _ in RISK_SEARCH)
 
 
 def _respond(resource: Any, status: int = 200) -> Response:
@@ -70,7 +89,7 @@ def _patient_resource(patient: Patient, with_ids: bool) -> FhirPatient:
 
 def _observation_resource(obs: Observation, patient_id: str) -> FhirObservation:
     spec = BY_CODE.get(obs.code)
-    coding = {"system": spec.system if spec else LOINC, "code": obs.code}
+    coding = {"system": code_system(obs.code), "code": obs.code}
     if spec:
         coding["display"] = spec.label
     data: dict[str, Any] = {
@@ -131,26 +150,6 @@ def _risk_resource(pred: Prediction, version: str, patient_id: str) -> RiskAsses
     )
 
 
-def _searchset(resources: list[Any]) -> Response:
-    base = f"{request.url_root.rstrip('/')}/fhir"
-    bundle = Bundle.model_validate(
-        {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": len(resources),
-            "entry": [
-                {
-                    "fullUrl": f"{base}/{r.get_resource_type()}/{r.id}",
-                    "resource": json.loads(r.model_dump_json(exclude_none=True, by_alias=True)),
-                    "search": {"mode": "match"},
-                }
-                for r in resources
-            ],
-        }
-    )
-    return _respond(bundle)
-
-
 def _date_filters(query: _Q, column: Any) -> _Q:
     """FHIR ``date`` parameters with prefixes ge, gt, le, lt, eq (repeatable).
 
@@ -192,6 +191,25 @@ def _patient_param() -> str:
     return patient_id
 
 
+_SEARCH_NOTE = (
+    "Searches need a patient (or subject) and answer every match a page at a time: total"
+    " counts the matches, and the next link (_count, _offset) leads on. Observation sorts"
+    " by _sort=date or -date; code takes system|code tokens, comma-separated for OR."
+    " Any other parameter is refused (422)."
+)
+
+
+def _searchable(kind: str, params: tuple[tuple[str, str], ...], *, read: bool) -> dict[str, Any]:
+    """A CapabilityStatement resource entry, from the parameters the search accepts."""
+    interactions = [{"code": "read"}] if read else []
+    return {
+        "type": kind,
+        "interaction": [*interactions, {"code": "search-type"}],
+        "searchParam": [{"name": n, "type": t} for n, t in params],
+        "documentation": _SEARCH_NOTE,
+    }
+
+
 @fhir.get("/metadata")
 @public
 def metadata() -> Response:
@@ -212,31 +230,9 @@ def metadata() -> Response:
                 "mode": "server",
                 "resource": [
                     {"type": "Patient", "interaction": [{"code": "read"}]},
-                    {
-                        "type": "Encounter",
-                        "interaction": [{"code": "read"}, {"code": "search-type"}],
-                        "searchParam": [
-                            {"name": "patient", "type": "reference"},
-                            {"name": "status", "type": "token"},
-                        ],
-                    },
-                    {
-                        "type": "Observation",
-                        "interaction": [{"code": "search-type"}],
-                        "searchParam": [
-                            {"name": n, "type": t}
-                            for n, t in (
-                                ("patient", "reference"),
-                                ("code", "token"),
-                                ("date", "date"),
-                            )
-                        ],
-                    },
-                    {
-                        "type": "RiskAssessment",
-                        "interaction": [{"code": "read"}, {"code": "search-type"}],
-                        "searchParam": [{"name": "patient", "type": "reference"}],
-                    },
+                    _searchable("Encounter", ENCOUNTER_SEARCH, read=True),
+                    _searchable("Observation", OBSERVATION_SEARCH, read=False),
+                    _searchable("RiskAssessment", RISK_SEARCH, read=True),
                 ],
             }
         ],
@@ -256,23 +252,29 @@ def read_patient(patient_id: str) -> Response:
 @fhir.get("/Observation")
 @requires(Permission.PATIENTS_READ)
 def search_observations() -> Response:
-    problems: list[dict[str, Any]] = []
-    count = int_arg("_count", 1000, low=1, high=10000, problems=problems)
-    raise_if(problems, "invalid FHIR search parameters")
-    patient = get_patient_or_raise(db(), _patient_param())
-    query = select(Observation).where(Observation.patient_id == patient.id)
-    code = request.args.get("code")
-    if code:
-        query = query.where(Observation.code == code.split("|")[-1])
-    query = _date_filters(query, Observation.effective_at)
+    """A patient's observations by ``code`` (tokens, comma for OR) and ``date``, a page at
+    a time (``_count`` up to 10,000, default 1,000; ``_offset``), sorted by date."""
+    check_search_params(OBSERVATION_PARAMS)
+    count, offset = paging(1000, 10000)
     sort = request.args.get("_sort", "date")
     if sort not in ("date", "-date"):
         raise InvalidInput(
             "invalid FHIR search parameters",
             details=[{"loc": ["query", "_sort"], "msg": "date or -date"}],
         )
-    order = Observation.effective_at.desc() if sort == "-date" else Observation.effective_at
-    rows = db().scalars(query.order_by(order, Observation.id).limit(count)).all()
+    patient = get_patient_or_raise(db(), _patient_param())
+    query = select(Observation).where(Observation.patient_id == patient.id)
+    codes = request.args.getlist("code")
+    if codes:
+        query = query.where(code_filter(codes))
+    query = _date_filters(query, Observation.effective_at)
+    order = (
+        (Observation.effective_at.desc(), Observation.id.desc())
+        if sort == "-date"
+        else (Observation.effective_at, Observation.id)
+    )
+    rows = db().scalars(query.order_by(*order).offset(offset).limit(count)).all()
+    total = count_matches(db(), query)
     audit_event(
         "observation.viewed",
         "R",
@@ -280,7 +282,8 @@ def search_observations() -> Response:
         resource="fhir/Observation",
         details={"count": len(rows)},
     )
-    return _searchset([_observation_resource(o, patient.public_id) for o in rows])
+    resources = [_observation_resource(o, patient.public_id) for o in rows]
+    return searchset("Observation", resources, total=total, count=count, offset=offset)
 
 
 @fhir.get("/Encounter/<encounter_id>")
@@ -306,19 +309,23 @@ def read_encounter(encounter_id: str) -> Response:
 def search_encounters() -> Response:
     """A patient's encounters, latest admission first; ``status`` is in-progress (not
     discharged) or finished."""
-    problems: list[dict[str, Any]] = []
-    count = int_arg("_count", 100, low=1, high=1000, problems=problems)
+    check_search_params(ENCOUNTER_PARAMS)
+    count, offset = paging(100, 1000)
     status = request.args.get("status")
     if status not in (None, "in-progress", "finished"):
-        problems.append({"loc": ["query", "status"], "msg": "in-progress or finished"})
-    raise_if(problems, "invalid FHIR search parameters")
+        raise_if(
+            [{"loc": ["query", "status"], "msg": "in-progress or finished"}],
+            "invalid FHIR search parameters",
+        )
     patient = get_patient_or_raise(db(), _patient_param())
     query = select(Encounter).where(Encounter.patient_id == patient.id)
     if status == "in-progress":
         query = query.where(Encounter.discharged_at.is_(None))
     elif status == "finished":
         query = query.where(Encounter.discharged_at.is_not(None))
-    rows = db().scalars(query.order_by(Encounter.admitted_at.desc()).limit(count)).all()
+    order = (Encounter.admitted_at.desc(), Encounter.id.desc())
+    rows = db().scalars(query.order_by(*order).offset(offset).limit(count)).all()
+    total = count_matches(db(), query)
     audit_event(
         "encounter.viewed",
         "R",
@@ -326,7 +333,8 @@ def search_encounters() -> Response:
         resource="fhir/Encounter",
         details={"count": len(rows)},
     )
-    return _searchset([_encounter_resource(e, patient.public_id) for e in rows])
+    resources = [_encounter_resource(e, patient.public_id) for e in rows]
+    return searchset("Encounter", resources, total=total, count=count, offset=offset)
 
 
 def _risk_query() -> Select[Prediction, str]:
@@ -340,21 +348,24 @@ def _risk_query() -> Select[Prediction, str]:
 @fhir.get("/RiskAssessment")
 @requires(Permission.PATIENTS_READ)
 def search_risk() -> Response:
-    problems: list[dict[str, Any]] = []
-    count = int_arg("_count", 100, low=1, high=5000, problems=problems)
-    raise_if(problems, "invalid FHIR search parameters")
+    """A patient's champion risks, newest first, by ``date`` of the risk."""
+    check_search_params(RISK_PARAMS)
+    count, offset = paging(100, 5000)
     patient = get_patient_or_raise(db(), _patient_param())
     query = _date_filters(
         _risk_query().where(Prediction.patient_id == patient.id), Prediction.as_of
     )
-    rows = db().execute(query.order_by(Prediction.as_of.desc()).limit(count)).all()
+    order = (Prediction.as_of.desc(), Prediction.id.desc())
+    rows = db().execute(query.order_by(*order).offset(offset).limit(count)).all()
+    total = count_matches(db(), query)
     audit_event(
         "prediction.history.viewed",
         "R",
         patient_id=patient.public_id,
         resource="fhir/RiskAssessment",
     )
-    return _searchset([_risk_resource(p, v, patient.public_id) for p, v in rows])
+    resources = [_risk_resource(p, v, patient.public_id) for p, v in rows]
+    return searchset("RiskAssessment", resources, total=total, count=count, offset=offset)
 
 
 @fhir.get("/RiskAssessment/<risk_id>")
