@@ -28,3 +28,19 @@ ORU_R01 = (
     "OBX|7|ST|99999-9^Something else^LN||text|||||F\r"  # not in the vocabulary
     "OBX|8|SN|2524-7^Lactate^LN||>^10|mmol/L|||||F"  # a comparator is not an exact value
 )
+# ORU^R01 with two PATIENT_RESULT groups (v2.5 allows several): each PID's results are
+# its own. The second OBR has no OBR-7 time in its OBX: never the first group's.
+ORU_TWO_PATIENTS = (
+    "MSH|^~\\&|LAB|HOSP|VC|VC|20240501100000+0000||ORU^R01|E1|P|2.5\r"
+    "PID|1||MRNCCC1^^^HOSP^MR||Gamma^Cat||19600101|F\r"
+    "OBR|1|||x|||20240503110000+0000\r"
+    "OBX|1|NM|8867-4^HR^LN||61|/min|||||F\r"
+    "PID|2||MRNDDD2^^^HOSP^MR||Delta^Dan||19600101|M\r"
+    "OBR|1|||x|||20240503120000+0000\r"
+    "OBX|1|NM|8867-4^HR^LN||62|/min|||||F"
+)
+# A wrong field separator (':' where '|' is meant): the whole text is one "MSH-2".
+WRONG_SEPARATOR = (
+    "MSH:^~\\&|LAB|HOSP|VC|VC|20240501100000+0000||ADT^A01|L1|P|2.5\r"
+    "PID|1||MRN4242^^^HOSP^MR||Secretname^Jane||19600101|F"
+)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, func, select
 
-from tests.hl7_samples import ADT_A01, ADT_A03, ORU_R01
+from tests.hl7_samples import ADT_A01, ADT_A03, ORU_R01, ORU_TWO_PATIENTS, WRONG_SEPARATOR
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.db.session import create_db_engine, make_session_factory
 from vitalcast.ingest.mllp import MessageHandler, MllpServer, send_messages
@@ -78,6 +78,50 @@ def test_unreadable_messages_get_ar_with_reason(server: MllpServer, pg_engine: E
     assert "not an HL7 v2 message" in acks[1]
     with make_session_factory(pg_engine)() as s:
         assert s.scalar(select(func.count()).select_from(Patient)) == 0
+
+
+def test_two_messages_in_one_frame_get_ar_and_nothing_is_stored(
+    server: MllpServer, pg_engine: Engine
+) -> None:
+    """MLLP frames one message per block: a frame with a second MSH is refused whole
+    (it once got an AA for the first message and stored both under its patient)."""
+    other = ORU_TWO_PATIENTS.split("\rPID|2")[0]  # Cat's result, control id E1
+    (ack,) = send_messages("127.0.0.1", server.port, [ADT_A01 + "\r" + other])
+    msa = _msa(ack)
+    assert msa[1:3] == ["AR", "ADM0001"]
+    assert "2 MSH segments" in msa[3]
+    assert "nothing was stored" in ack
+    with make_session_factory(pg_engine)() as s:
+        for table in (Patient, Encounter, Observation):
+            assert s.scalar(select(func.count()).select_from(table)) == 0
+
+
+def test_each_patient_group_of_an_oru_is_stored_under_its_patient(
+    server: MllpServer, pg_engine: Engine
+) -> None:
+    (ack,) = send_messages("127.0.0.1", server.port, [ORU_TWO_PATIENTS])
+    assert _msa(ack)[1:4] == ["AA", "E1", "stored 4, duplicates 0"]
+    with make_session_factory(pg_engine)() as s:
+        rows = s.execute(
+            select(Patient.sex, Observation.value).join(
+                Patient, Patient.id == Observation.patient_id
+            )
+        )
+        assert sorted(rows) == [("female", 61.0), ("male", 62.0)]
+
+
+def test_a_nak_never_repeats_the_message(server: MllpServer) -> None:
+    """The reason for an unreadable MSH names the problem, not the text after it."""
+    acks = send_messages(
+        "127.0.0.1",
+        server.port,
+        [WRONG_SEPARATOR, WRONG_SEPARATOR.replace("MSH:^~\\&|LAB", "MSH|^~\\&:LAB")],
+    )
+    for ack in acks:
+        assert _msa(ack)[1] == "AR"
+        assert "not an HL7 v2 message" in ack
+        for phi in ("MRN4242", "Secretname", "Jane", "19600101"):
+            assert phi not in ack
 
 
 def test_database_failure_gets_ae_and_stores_nothing(cipher: FieldCipher, pg_url: str) -> None:

@@ -131,3 +131,23 @@ def test_ack_escapes_delimiters_and_carries_err_for_rejects() -> None:
     msa, err = ack.split("\r")[1:3]
     assert msa == "MSA|AR|X1|bad \\F\\ field \\S\\ here"
     assert err.startswith("ERR|||200^Unsupported message type^HL70357|E")
+
+
+def test_reasons_and_errors_never_repeat_field_values() -> None:
+    """A time of care is PHI, and a field shifted by a stray delimiter may hold a name."""
+    with pytest.raises(ValueError, match="not an HL7 date/time") as info:
+        parse_dtm("Secretname", tz=UTC, what="t")
+    assert "Secretname" not in str(info.value)
+    oru = ORU_R01.replace("F|||20240301095500+0000|", "F|||Secretname|").replace(
+        "8480-6^Systolic BP", "SecretnameSecretnameSecretnameSecretname^x"
+    )
+    reasons = [
+        r.reason for r in parse_message(oru, origin="f", pseudonym=pseudonym).unit.batch.rejected
+    ]
+    assert any("OBX-3 code longer than 32" in r for r in reasons)
+    assert not any("Secretname" in r for r in reasons)
+    with pytest.raises(Hl7FormatError, match="message type in MSH-9 is not supported") as err:
+        parse_message(
+            ADT_A01.replace("ADT^A01", "Secretname^Jane"), origin="f", pseudonym=pseudonym
+        )
+    assert "Secretname" not in str(err.value)

@@ -5,12 +5,17 @@ MLLP (HL7 v2.5.1 Appendix C, "Minimal Lower Layer Protocol") frames a message as
 message's unit of work is committed (quarantined items included: they are kept for
 review, and MSA-3 says how many), ``AR`` for a message that cannot be read or stored
 because of what it contains (not HL7, unsupported type, not UTF-8, too large, a value the
-database refuses, or a failure of our own code on it: resending the same message will
-not help), ``AE`` when the database was unavailable (the transaction was rolled back; the
-sender should resend). Every message gets one of the three, whatever fails: a message
-that made the handler fail without an ACK would be resent by the sender forever (a
-poison message blocking its queue). The ACK is sent only after the commit, so an AA
-never covers data that is not in the database.
+database refuses, data that cannot be attributed to one patient, or a failure of our own
+code on it: resending the same message will not help), ``AE`` when the database was
+unavailable (the transaction was rolled back; the sender should resend). Every message
+gets one of the three, whatever fails: a message that made the handler fail without an
+ACK would be resent by the sender forever (a poison message blocking its queue). The
+ACK is sent only after the commit, so an AA never covers data that is not in the
+database.
+
+A frame holds one message (Appendix C: a block is one HL7 message): a frame with a second
+MSH is refused whole with AR, nothing stored, rather than acknowledged for its first
+message only. The reasons in MSA-3/ERR-8 name the problem without quoting the message.
 
 With a :class:`~vitalcast.serving.stream_scoring.StreamScorer` (``vitalcast listen hl7``
 always passes one), the stays a message stored results for are rescored after its ACK is
@@ -39,6 +44,7 @@ from vitalcast.ingest.sources.hl7v2 import (
     Hl7FormatError,
     Pseudonym,
     decode_text,
+    delimiter_problem,
     parse_message,
 )
 from vitalcast.ingest.units import store_unit
@@ -103,11 +109,16 @@ def build_ack(
 
 
 def _guess_header(text: str) -> tuple[str, tuple[str, str], tuple[str, str], str]:
-    """Control id, sender, receiver and trigger of an unreadable message, if its MSH is."""
-    match = _MSH_FIELDS.match(text.lstrip())
-    if not match:
+    """Control id, sender, receiver and trigger of an unreadable message, if its MSH is.
+
+    Only from an MSH segment whose delimiters are valid: with a wrong field separator the
+    split would be a guess, and the ACK would echo whatever it cut out.
+    """
+    msh = text.lstrip().split("\r")[0].split("\n")[0]
+    match = _MSH_FIELDS.match(msh)
+    if not match or delimiter_problem(msh) is not None:
         return "", ("", ""), ("", ""), ""
-    fields = text.lstrip().split("\r")[0].split("\n")[0].split(match.group(1))
+    fields = msh.split(match.group(1))
     fields += [""] * 10
     trigger = fields[8].split("^")[1] if "^" in fields[8] else ""
     return fields[9], (fields[2], fields[3]), (fields[4], fields[5]), trigger

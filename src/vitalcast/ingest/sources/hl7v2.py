@@ -45,8 +45,14 @@ _KIND = {"I": "inpatient", "E": "emergency", "O": "outpatient", "P": "outpatient
 # OBX-11 result status (HL7 table 0085): results that must not reach a model.
 _WITHDRAWN = {"X": "result cannot be obtained", "D": "result deleted", "W": "result was wrong"}
 _LOINC_SYSTEMS = frozenset({"LN", "LOINC", "http://loinc.org"})
+_MESSAGE_TYPE = re.compile(r"^[A-Z0-9]{1,3}\^[A-Z0-9]{0,3}$")  # quoted only if it looks so
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 MAX_CODE_CHARS = 32
+# MSH-2: component, repetition, escape, subcomponent (v2.5) and truncation (v2.7).
+_MAX_ENCODING_CHARS = 5
+# Segments that carry or place a patient's data: before the first PID they belong to
+# nobody known (ORU^R01 2.5 section 7.3.1: a PATIENT_RESULT group starts with its PID).
+_PATIENT_DATA = frozenset({"PV1", "PV2", "ORC", "OBR", "OBX"})
 
 
 class Hl7FormatError(IngestError):
@@ -92,7 +98,9 @@ class _Seg:
 def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> datetime | None:
     """An HL7 DTM (``YYYYMMDDHHMM[SS[.S]][+ZZZZ]``) as aware UTC; ``None`` when empty.
 
-    Times without an offset are the sender's local time, taken to be ``tz``.
+    Times without an offset are the sender's local time, taken to be ``tz``. Errors name
+    ``what`` and the problem, never the text: a time of care is PHI, and a field shifted
+    by a stray delimiter may hold anything.
 
     Raises:
         ValueError: malformed, or day precision where a time of day is needed;
@@ -105,9 +113,9 @@ def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> da
         return None
     m = _DTM.match(text)
     if not m or not m.group(2) or not m.group(3):
-        raise ValueError(f"{what} {text!r} is not an HL7 date/time")
+        raise ValueError(f"{what} is not an HL7 date/time")
     if m.group(4) is None and need_time:
-        raise ValueError(f"{what} {text!r} has no time of day")
+        raise ValueError(f"{what} has no time of day")
     y, mo, d, h, mi, s = (int(g) if g else 0 for g in m.groups()[:6])
     micro = int(float(m.group(7)) * 1e6) if m.group(7) else 0
     zone: tzinfo = tz
@@ -115,12 +123,12 @@ def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> da
         sign = 1 if m.group(8)[0] == "+" else -1
         hours, minutes = int(m.group(8)[1:3]), int(m.group(8)[3:])
         if hours > 23 or minutes > 59:
-            raise ValueError(f"{what} {text!r} has an impossible UTC offset")
+            raise ValueError(f"{what} has an impossible UTC offset")
         zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
     try:
         local = datetime(y, mo, d, h, mi, s, micro, tzinfo=zone)
     except ValueError:
-        raise ValueError(f"{what} {text!r} is not a calendar date/time") from None
+        raise ValueError(f"{what} is not a calendar date/time") from None
     return to_utc(local, what)
 
 
@@ -137,86 +145,108 @@ def split_messages(text: str) -> list[str]:
     return ["\r".join(segs) for segs in messages]
 
 
-def _check_delimiters(text: str, origin: str) -> None:
-    """MSH-1 and MSH-2 must be distinct, non-alphanumeric characters.
+def delimiter_problem(text: str) -> str | None:
+    """What is wrong with MSH-1 (field separator) and MSH-2 (encoding characters), if
+    anything: they must be distinct, non-alphanumeric characters, MSH-2 at most five.
 
     The ``hl7`` package builds its parse plan from them and fails an internal assertion
-    (not a parse error) when two coincide, so they are checked here first.
+    (not a parse error) when two coincide, so they are checked first. The answer quotes
+    at most the delimiter characters: with a wrong MSH-1 the "MSH-2" runs on into the
+    segments after it (names, MRNs), which no message may repeat.
     """
     if not text.startswith("MSH") or len(text) < 5:
-        return  # not an MSH at all: hl7.parse reports that as a parse error
+        return "it does not begin with an MSH segment"
     field = text[3]
-    delimiters = field + text[4:].split(field, 1)[0]
+    encoding = text[4:].split(field, 1)[0]
+    if len(encoding) > _MAX_ENCODING_CHARS or field not in text[4:]:
+        return (
+            f"MSH-2 (encoding characters) is not ended by MSH-1 {field!r} within"
+            f" {_MAX_ENCODING_CHARS} characters: is MSH-1 the field separator?"
+        )
+    delimiters = field + encoding
     if len(set(delimiters)) != len(delimiters) or any(
         c.isalnum() or c.isspace() for c in delimiters
     ):
-        raise Hl7FormatError(
-            f"{origin}: not an HL7 v2 message (MSH-1/MSH-2 delimiters {delimiters!r} must be"
-            " distinct, non-alphanumeric characters)"
+        return (
+            f"MSH-1/MSH-2 delimiters {delimiters!r} must be distinct, non-alphanumeric characters"
         )
+    return None
+
+
+def _count_msh(text: str) -> int:
+    return sum(1 for segment in text.split("\r") if segment.startswith("MSH"))
 
 
 def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = UTC) -> Hl7Message:
     """Parse one message into a unit of canonical records.
 
+    An ORU^R01 may hold several PATIENT_RESULT groups: each PID with the PV1, ORC, OBR and
+    OBX after it is mapped to that patient. An ADT is about one patient and one visit.
+    A message whose data cannot be placed with certainty (a second PID or PV1 in an ADT,
+    results before the first PID, a second MSH) is refused whole: a result stored under
+    the wrong patient is worse than one not stored.
+
     Raises:
-        Hl7FormatError: not an HL7 v2 message, an unsupported type, or no usable PID-3.
+        Hl7FormatError: not an HL7 v2 message, an unsupported type, no usable PID-3, or
+            data that cannot be attributed to one patient. Its text never quotes the
+            message's content beyond delimiters, control id and message type.
     """
     text = text.strip().replace("\n", "\r")
-    _check_delimiters(text, origin)
+    problem = delimiter_problem(text)
+    if problem is not None:
+        raise Hl7FormatError(f"{origin}: not an HL7 v2 message ({problem})")
+    if (n_msh := _count_msh(text)) > 1:
+        raise Hl7FormatError(
+            f"{origin}: {n_msh} MSH segments, so {n_msh} messages in one (MLLP carries one"
+            " message per frame); nothing was stored: send each message on its own"
+        )
     try:
         msg = hl7.parse(text)
         msh = _Seg(msg, msg.segment("MSH"))
-    except (hl7.ParseException, KeyError, IndexError, ValueError) as exc:
-        raise Hl7FormatError(f"{origin}: not an HL7 v2 message ({exc})") from None
+    except (hl7.ParseException, KeyError, IndexError, ValueError):
+        # The exception's text quotes the input: it is not repeated.
+        raise Hl7FormatError(f"{origin}: not an HL7 v2 message (unreadable MSH)") from None
     control_id = msh.comp(10) or "?"
     mtype = f"{msh.comp(9, 1)}^{msh.comp(9, 2)}"
     where = f"{origin}#{control_id}"
     if mtype not in SUPPORTED:
+        shown = mtype if _MESSAGE_TYPE.match(mtype) else "in MSH-9"
         raise Hl7FormatError(
-            f"{where}: message type {mtype} is not supported"
+            f"{where}: message type {shown} is not supported"
             f" (supported: {', '.join(sorted(SUPPORTED))})"
         )
     segs = [_Seg(msg, s) for s in msg]
+    groups = _patient_groups(segs, mtype, where)
     unit = ParsedUnit(where)
-    pid = next((s for s in segs if str(s.seg[0]) == "PID"), None)
-    if pid is None:
-        raise Hl7FormatError(f"{where}: {mtype} without a PID segment")
     # An ADT is the source of truth for demographics and the stay: its message time
     # (MSH-7) versions them, so an A08 sent later replaces what an A01 stored, and an
     # older message arriving late changes nothing. Results (ORU) only refer to them.
     version = _version(msh, tz) if mtype != "ORU^R01" else None
-    patient_ref = _patient_ref(pid, where, pseudonym)
-    unit.batch.received += 1
-    try:
-        patient = replace(_patient(pid, patient_ref, where), version=version)
-    except _Problem as exc:
-        # A field that cannot be read quarantines the person, as a bad OBX-14 does its
-        # result: storing them without it would be a half-written record. The message's
-        # other items still refer to the patient (known from an earlier message, or
-        # quarantined as unknown_patient and replayable with it).
-        unit.batch.rejected.append(
-            Rejected(f"{where}.PID", exc.code, str(exc), str(pid.seg), "patient")
-        )
-    else:
-        unit.batch.patients.append(patient)
-    pv1 = next((s for s in segs if str(s.seg[0]) == "PV1"), None)
-    evn = next((s for s in segs if str(s.seg[0]) == "EVN"), None)
-    encounter_ref = None
-    if pv1 is not None:
-        encounter_ref = _encounter(
-            pv1,
-            evn,
-            patient_ref,
-            where,
-            pseudonym,
-            tz,
-            unit.batch,
-            is_adt=mtype != "ORU^R01",
-            version=version,
-        )
-    if mtype == "ORU^R01":
-        _results(segs, patient_ref, encounter_ref, where, tz, unit.batch)
+    refs = [
+        _patient_ref(g[0], _group_where(where, k, len(groups)), pseudonym)
+        for k, g in enumerate(groups, 1)
+    ]
+    evn = next((s for s in segs if _kind(s) == "EVN"), None)
+    n_obx = 0
+    for k, (group, patient_ref) in enumerate(zip(groups, refs, strict=True), start=1):
+        nth = "" if len(groups) == 1 else f"[{k}]"
+        _add_patient(group[0], patient_ref, f"{where}.PID{nth}", version, unit.batch)
+        pv1 = next((s for s in group if _kind(s) == "PV1"), None)
+        encounter_ref = None
+        if pv1 is not None:
+            encounter_ref = _encounter(
+                pv1,
+                evn,
+                patient_ref,
+                f"{where}.PV1{nth}",
+                pseudonym,
+                tz,
+                unit.batch,
+                is_adt=mtype != "ORU^R01",
+                version=version,
+            )
+        if mtype == "ORU^R01":
+            n_obx = _results(group, patient_ref, encounter_ref, where, n_obx, tz, unit.batch)
     return Hl7Message(
         unit=unit,
         control_id=control_id,
@@ -225,6 +255,68 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
         sending=(msh.comp(3), msh.comp(4)),
         receiving=(msh.comp(5), msh.comp(6)),
     )
+
+
+def _kind(seg: _Seg) -> str:
+    return str(seg.seg[0])
+
+
+def _group_where(where: str, k: int, n: int) -> str:
+    """How an error names patient group ``k`` of ``n`` (no suffix when there is one)."""
+    return where if n == 1 else f"{where} (patient group {k} of {n})"
+
+
+def _patient_groups(segs: list[_Seg], mtype: str, where: str) -> list[list[_Seg]]:
+    """The message's segments split at each PID (the PID first in each group).
+
+    Raises:
+        Hl7FormatError: no PID; patient data before the first PID; an ADT with more than
+            one PID; a group with more than one PV1 (which visit would its results join?).
+    """
+    if not any(_kind(s) == "PID" for s in segs):
+        raise Hl7FormatError(f"{where}: {mtype} without a PID segment")
+    groups: list[list[_Seg]] = []
+    for seg in segs:
+        kind = _kind(seg)
+        if kind == "PID":
+            groups.append([seg])
+        elif groups:
+            groups[-1].append(seg)
+        elif kind in _PATIENT_DATA:
+            raise Hl7FormatError(
+                f"{where}: {kind} before the first PID: whose it is cannot be known;"
+                " nothing was stored"
+            )
+    if mtype != "ORU^R01" and len(groups) > 1:
+        raise Hl7FormatError(
+            f"{where}: {mtype} has {len(groups)} PID segments (an ADT is about one patient);"
+            " nothing was stored"
+        )
+    for k, group in enumerate(groups, start=1):
+        n_pv1 = sum(1 for s in group if _kind(s) == "PV1")
+        if n_pv1 > 1:
+            whose = "" if len(groups) == 1 else f" in patient group {k}"
+            raise Hl7FormatError(
+                f"{where}: {mtype} has {n_pv1} PV1 segments{whose} (one visit per patient);"
+                " nothing was stored"
+            )
+    return groups
+
+
+def _add_patient(pid: _Seg, ref: str, loc: str, version: str | None, batch: RecordBatch) -> None:
+    """The PID's person into the batch, or into quarantine when a field is unreadable.
+
+    Storing them without that field would be a half-written record. The group's other
+    items still refer to the patient (known from an earlier message, or quarantined as
+    unknown_patient and replayable with it), as a bad OBX-14 quarantines only its result.
+    """
+    batch.received += 1
+    try:
+        patient = replace(_patient(pid, ref, loc), version=version)
+    except _Problem as exc:
+        batch.rejected.append(Rejected(loc, exc.code, str(exc), str(pid.seg), "patient"))
+    else:
+        batch.patients.append(patient)
 
 
 def _mrn(pid: _Seg, where: str) -> tuple[str, str]:
@@ -241,9 +333,9 @@ def _patient_ref(pid: _Seg, where: str, pseudonym: Pseudonym) -> str:
     return f"mrn:{pseudonym(f'{authority}|{mrn}')[:40]}"
 
 
-def _patient(pid: _Seg, ref: str, where: str) -> PatientRecord:
+def _patient(pid: _Seg, ref: str, loc: str) -> PatientRecord:
     """The PID's person; :class:`_Problem` when a field is present but unreadable."""
-    mrn, _authority = _mrn(pid, where)
+    mrn, _authority = _mrn(pid, loc)
     name = pid.reps(5)
     full = " ".join(p for p in (*name[0][1:3], name[0][0]) if p).strip() if name else ""
     return PatientRecord(
@@ -252,7 +344,7 @@ def _patient(pid: _Seg, ref: str, where: str) -> PatientRecord:
         mrn=mrn,
         name=full or None,
         birth_date=_birth_date(pid.comp(7)),
-        source_ref=f"{where}.PID",
+        source_ref=loc,
     )
 
 
@@ -287,7 +379,7 @@ def _encounter(
     pv1: _Seg,
     evn: _Seg | None,
     patient_ref: str,
-    where: str,
+    loc: str,
     pseudonym: Pseudonym,
     tz: tzinfo,
     batch: RecordBatch,
@@ -322,7 +414,7 @@ def _encounter(
     )
     batch.received += 1
     if admitted is None:
-        batch.rejected.append(Rejected(f"{where}.PV1", code, problem, None, "encounter"))
+        batch.rejected.append(Rejected(loc, code, problem, None, "encounter"))
         return ref
     batch.encounters.append(
         EncounterRecord(
@@ -333,7 +425,7 @@ def _encounter(
             kind=_KIND.get(pv1.comp(2).upper(), "inpatient"),  # type: ignore[arg-type]
             unit=pv1.comp(3, 1) or None,
             admission_source=pv1.comp(14) or None,
-            source_ref=f"{where}.PV1",
+            source_ref=loc,
             version=version,
             admission_known=admission_known,
         )
@@ -342,16 +434,19 @@ def _encounter(
 
 
 def _results(
-    segs: list[_Seg],
+    group: list[_Seg],
     patient_ref: str,
     encounter_ref: str | None,
     where: str,
+    n_obx: int,
     tz: tzinfo,
     batch: RecordBatch,
-) -> None:
+) -> int:
+    """One patient group's OBX into the batch; returns the message's OBX count so far
+    (locations number the OBX of the whole message). An OBX takes the time of the OBR
+    above it in its own group only."""
     obr_time = ""
-    n_obx = 0
-    for seg in segs:
+    for seg in group:
         kind = str(seg.seg[0])
         if kind == "OBR":
             obr_time = seg.comp(7)
@@ -367,6 +462,7 @@ def _results(
             batch.rejected.append(Rejected(loc, exc.code, str(exc), raw))
             continue
         batch.observations.append(rec)
+    return n_obx
 
 
 def _version(msh: _Seg, tz: tzinfo) -> str | None:
@@ -408,7 +504,10 @@ def _observation(
     if not code:
         raise _Problem("no_code", "OBX-3 has no observation identifier")
     if len(code) > MAX_CODE_CHARS:
-        raise _Problem("unknown_code", f"code {code!r} is not in the vocabulary")
+        raise _Problem(
+            "unknown_code",
+            f"OBX-3 code longer than {MAX_CODE_CHARS} characters is not in the vocabulary",
+        )
     status = seg.comp(11).upper()
     if status in _WITHDRAWN:
         raise _Problem("withdrawn_result", f"OBX-11 status {status}: {_WITHDRAWN[status]}")

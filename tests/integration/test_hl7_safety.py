@@ -1,0 +1,120 @@
+"""``vitalcast ingest hl7`` into real PostgreSQL: each result under its own patient, no
+patient data in error output, empty input named.
+
+Each case was a defect: a second PID's results stored under the first patient, an
+unreadable MSH echoing the PID in the error line, an empty NM value reported as
+non-numeric, an empty file reported as a successful run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import create_engine, func, select
+
+from tests.hl7_samples import ADT_A01, ORU_R01, ORU_TWO_PATIENTS, WRONG_SEPARATOR
+from vitalcast.cli import main
+from vitalcast.clinical.tables import Encounter, Observation, Patient
+
+
+@pytest.fixture
+def ingest(pg_url: str, tmp_path: Path) -> Callable[..., Result]:
+    """Write ``text`` to a file and run ``vitalcast ingest hl7`` on it."""
+    env = {"VITALCAST_DATABASE_URL": pg_url, "VITALCAST_DATA_DIR": str(tmp_path / "var")}
+
+    def invoke(text: str, *options: str, name: str = "in.hl7") -> Result:
+        path = tmp_path / name
+        path.write_text(text)
+        args = ["ingest", "hl7", str(path), "--no-rescore", *options]
+        result = CliRunner().invoke(main, args, env=env)
+        assert "Traceback" not in result.output
+        return result
+
+    return invoke
+
+
+def _rows(pg_url: str, query: Any) -> list[tuple[Any, ...]]:
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            return sorted(tuple(row) for row in conn.execute(query))
+    finally:
+        engine.dispose()
+
+
+def _results(pg_url: str) -> list[tuple[Any, ...]]:
+    """(patient sex, value, hour) of every stored observation."""
+    query = select(Patient.sex, Observation.value, Observation.effective_at).join(
+        Patient, Patient.id == Observation.patient_id
+    )
+    return [(sex, value, at.hour) for sex, value, at in _rows(pg_url, query)]
+
+
+def test_each_patient_group_of_an_oru_keeps_its_own_results(
+    ingest: Callable[..., Result], pg_url: str
+) -> None:
+    result = ingest(ORU_TWO_PATIENTS, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["received"], report["stored"]) == (4, 4)  # two PIDs, two OBX
+    # Cat (F) has 61/min, Dan (M) 62/min, each at their own OBR-7 time.
+    assert _results(pg_url) == [("female", 61.0, 11), ("male", 62.0, 12)]
+
+
+def test_an_obx_of_the_second_group_never_takes_the_first_groups_obr_time(
+    ingest: Callable[..., Result], pg_url: str
+) -> None:
+    text = ORU_TWO_PATIENTS.replace("OBR|1|||x|||20240503120000+0000\r", "")
+    result = ingest(text, "--json")
+    assert result.exit_code == 0, result.output
+    rejects = json.loads(result.stdout)["rejects"]
+    assert [(r["location"], r["reason_code"]) for r in rejects] == [
+        ("in.hl7:msg[1]#E1.OBX[2]", "no_time")
+    ]
+    assert _results(pg_url) == [("female", 61.0, 11)]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # An ADT is about one patient: a second PID (or a second visit) cannot be placed.
+        (
+            ADT_A01 + "\rPID|2||MRN0002^^^HOSP^MR||Other^Bob||19700101|M",
+            "ADT^A01 has 2 PID segments",
+        ),
+        (ADT_A01 + "\r" + ADT_A01.split("\r")[3], "ADT^A01 has 2 PV1 segments"),
+        # Results before any PID belong to nobody known; never to the PID after them.
+        (
+            ORU_R01.replace("PID|1||", "OBX|9|NM|8867-4^HR^LN||70|/min|||||F\rPID|1||", 1),
+            "OBX before the first PID",
+        ),
+    ],
+)
+def test_messages_whose_results_cannot_be_placed_store_nothing(
+    ingest: Callable[..., Result], pg_url: str, text: str, problem: str
+) -> None:
+    result = ingest(text)
+    assert result.exit_code == 2, result.output
+    assert problem in result.stderr
+    assert "nothing was stored" in result.stderr
+    for table in (Patient, Encounter, Observation):
+        assert _rows(pg_url, select(func.count()).select_from(table)) == [(0,)]
+    for identifier in ("MRN0001", "MRN0002", "Testpatient", "Other"):
+        assert identifier not in result.output
+
+
+def test_an_unreadable_msh_is_named_without_repeating_the_message(
+    ingest: Callable[..., Result],
+) -> None:
+    result = ingest(WRONG_SEPARATOR)
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: in.hl7:msg[1]: not an HL7 v2 message")
+    assert "MSH-2" in line
+    for phi in ("MRN4242", "Secretname", "Jane", "19600101"):
+        assert phi not in result.output
