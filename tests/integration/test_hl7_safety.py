@@ -118,3 +118,18 @@ def test_an_unreadable_msh_is_named_without_repeating_the_message(
     assert "MSH-2" in line
     for phi in ("MRN4242", "Secretname", "Jane", "19600101"):
         assert phi not in result.output
+
+
+def test_an_empty_numeric_value_is_no_value(ingest: Callable[..., Result]) -> None:
+    text = ORU_R01.replace("||92|/min|", "|||/min|").replace("||abc|/min|", "|||/min|")
+    result = ingest(text, "--json")
+    reasons = {r["location"][-6:]: r["reason_code"] for r in json.loads(result.stdout)["rejects"]}
+    assert reasons["OBX[1]"] == "no_value"
+    assert reasons["OBX[4]"] == "no_value"
+
+
+@pytest.mark.parametrize("text", ["", "\r\n  \n"])
+def test_an_empty_file_exits_2_as_for_fhir(ingest: Callable[..., Result], text: str) -> None:
+    result = ingest(text, name="empty.hl7")
+    assert result.exit_code == 2, result.output
+    assert "error: empty.hl7: no HL7 v2 message in the file" in result.stderr

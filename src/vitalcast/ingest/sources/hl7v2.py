@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -529,7 +530,8 @@ def _observation(
         try:
             if comparator not in ("", "="):
                 raise ValueError
-            value = finite_number(number)
+            # An empty OBX-5 is no value (below), not a value that is not a number.
+            value = finite_number(number) if number.strip() else None
         except ValueError:
             raise _Problem(
                 "non_numeric_value", f"{code}: {vtype} value is not an exact number"
@@ -570,13 +572,17 @@ def decode_text(data: bytes, name: str) -> str:
         raise Hl7FormatError(f"{name}: not UTF-8 text (byte {exc.start})") from None
 
 
+def _fail(error: Hl7FormatError) -> ParsedUnit:
+    raise error
+
+
 def iter_file_messages(
     paths: list[Path], *, pseudonym: Pseudonym, tz: tzinfo = UTC
 ) -> Iterator[tuple[str, Callable[[], ParsedUnit]]]:
     """Yield (name, loader) per message in the files (one or many messages each).
 
-    A file that cannot be read (not UTF-8, unreadable) is one unit whose loader raises:
-    the files after it are still read, and the run reports it.
+    A file that cannot be read (not UTF-8, unreadable, empty) is one unit whose loader
+    raises: the files after it are still read, and the run reports it.
 
     Raises:
         Hl7FormatError: a path does not exist (before anything is yielded).
@@ -598,13 +604,15 @@ def iter_file_messages(
                 if isinstance(exc, Hl7FormatError)
                 else Hl7FormatError(f"{file.name}: cannot read the file ({exc.strerror})")
             )
-
-            def fail(error: Hl7FormatError = error) -> ParsedUnit:
-                raise error
-
-            yield file.name, fail
+            yield file.name, partial(_fail, error)
             continue
-        for n, message in enumerate(split_messages(text), start=1):
+        messages = split_messages(text)
+        if not messages:
+            # As an empty FHIR file is (malformed JSON): nothing read is an error, exit 2.
+            empty = Hl7FormatError(f"{file.name}: no HL7 v2 message in the file (it is empty)")
+            yield file.name, partial(_fail, empty)
+            continue
+        for n, message in enumerate(messages, start=1):
             origin = f"{file.name}:msg[{n}]"
 
             def load(message: str = message, origin: str = origin) -> ParsedUnit:
