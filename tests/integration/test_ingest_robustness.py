@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,85 @@ def test_unreadable_fhir_file_exits_2_with_one_line(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1
     assert errors[0].startswith("error: cut.json: malformed JSON at line 1")
+
+
+def _stay(eid: str, status: str, period: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": status,
+        "class": {"code": "IMP"},
+        "subject": {"reference": "Patient/es-pat"},
+        "period": period,
+        **extra,
+    }
+
+
+def _collection(*resources: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": r} for r in resources],
+        }
+    )
+
+
+def test_fhir_encounter_that_is_no_stay_in_progress_is_never_stored_as_one(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    """Withdrawn Encounters are no stays, and a finished one without a readable end is
+    quarantined: each was stored as a stay in progress, which rescoring and monitoring
+    took up and an observation sent without an encounter joined. A later version that
+    finishes a real stay with its end still discharges it."""
+    start = {"start": "2026-11-20T10:00:00Z"}
+    hr = _observation("es-hr", "2026-11-21T10:00:00Z")
+    hr["subject"] = {"reference": "Patient/es-pat"}
+    (tmp_path / "stays.json").write_text(
+        _collection(
+            {"resourceType": "Patient", "id": "es-pat"},
+            _stay("es-error", "entered-in-error", start),
+            _stay("es-cancelled", "cancelled", start),
+            _stay("es-day", "finished", {**start, "end": "2026-11-25"}),
+            _stay("es-open", "finished", start),
+            hr,
+        )
+    )
+    result = run("fhir", str(tmp_path / "stays.json"), "--json", "--no-rescore")
+    _clean(result)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["balanced"] is True
+    assert report["reasons"] == {
+        "entered_in_error": 1,
+        "cancelled": 1,
+        "imprecise_time": 1,
+        "no_discharge_time": 1,
+    }
+    where = {r["location"].rsplit("/", 1)[-1]: r["reason"] for r in report["rejects"]}
+    assert set(where) == {"es-error)", "es-cancelled)", "es-day)", "es-open)"}
+    assert "period.end" in where["es-day)"]
+    assert "no time of day" in where["es-day)"]
+    assert _count(pg_url, Encounter) == 0
+    assert _count(pg_url, Observation, Observation.encounter_id.is_(None)) == 1
+
+    # A real discharge: version 2 of a stay in progress finishes it with its end time.
+    meta = {"versionId": "1", "lastUpdated": "2026-11-20T10:05:00Z"}
+    (tmp_path / "v1.json").write_text(
+        _collection(_stay("es-stay", "in-progress", start, meta=meta))
+    )
+    assert run("fhir", str(tmp_path / "v1.json"), "--no-rescore").exit_code == 0
+    meta = {"versionId": "2", "lastUpdated": "2026-11-25T09:05:00Z"}
+    ended = {**start, "end": "2026-11-25T09:00:00Z"}
+    (tmp_path / "v2.json").write_text(_collection(_stay("es-stay", "finished", ended, meta=meta)))
+    result = run("fhir", str(tmp_path / "v2.json"), "--json", "--no-rescore")
+    _clean(result)
+    assert json.loads(result.stdout)["updated"] == {"encounter": 1}
+    assert _count(pg_url, Encounter, Encounter.discharged_at.is_(None)) == 0
+    assert (
+        _count(pg_url, Encounter, Encounter.discharged_at == datetime(2026, 11, 25, 9, tzinfo=UTC))
+        == 1
+    )
 
 
 # -- HL7 v2 ----------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ _ENCOUNTER_KINDS = {
     "FLD": "outpatient",
     "PRENC": "outpatient",
 }
-# Observation.status values whose result must not reach a model (FHIR R4 ObservationStatus).
+# Status values that withdraw what the resource says, as quarantine reason codes: an
+# Observation's result must not reach a model, an Encounter is no stay at all (the same
+# two codes in FHIR R4 ObservationStatus and EncounterStatus).
 _WITHDRAWN = {"entered-in-error": "entered_in_error", "cancelled": "cancelled"}
 
 
@@ -94,7 +96,10 @@ def parse_instant(text: str | None, *, what: str) -> datetime:
 
 
 def _optional_instant(text: str | None, *, what: str) -> datetime | None:
-    """An optional time (a stay's end, an onset): None when absent or imprecise.
+    """An optional time (an onset, a study's start): None when absent or imprecise.
+
+    Not for a stay's end: an unreadable end would leave the stay open, so
+    :func:`map_encounter` refuses it instead.
 
     A year outside the clinical range is not "absent" but wrong: it raises, and the
     resource is quarantined (a stay stored as still open would be worse than none).
@@ -409,6 +414,18 @@ def _address(addresses: list[dict[str, Any]]) -> str | None:
 def map_encounter(
     res: dict[str, Any], where: str, key: str, resolve: Resolve, batch: RecordBatch
 ) -> None:
+    """A stay, or a :class:`ResourceProblem` when the Encounter cannot be one.
+
+    A stay without a discharge time is in progress: it is rescored, monitored, and joined
+    by observations sent without an encounter. So an Encounter that is no stay
+    (``entered-in-error``, ``cancelled``: quarantined under those codes, as withdrawn
+    Observations are), or whose end is present but not a point in time (a date alone,
+    no timezone), or that is ``finished`` without an end, is refused rather than stored
+    as a stay still in progress.
+    """
+    status = res.get("status")
+    if status in _WITHDRAWN:
+        raise ResourceProblem(_WITHDRAWN[status], f"Encounter.status is {status}: not a stay")
     period = res.get("period") or {}
     admitted = parse_instant(period.get("start"), what="Encounter.period.start")
     patient = _reference(res, "subject", resolve, "Patient")
@@ -416,7 +433,13 @@ def map_encounter(
     cls = res.get("class") or {}
     locations = res.get("location") or []
     unit = (locations[0].get("location") or {}).get("display") if locations else None
-    discharged = _optional_instant(period.get("end"), what="Encounter.period.end")
+    end = period.get("end")
+    discharged = parse_instant(end, what="Encounter.period.end") if end is not None else None
+    if status == "finished" and discharged is None:
+        raise ResourceProblem(
+            "no_discharge_time",
+            "Encounter.status is finished without period.end: a stay needs its end time",
+        )
     batch.received += 1
     batch.encounters.append(
         EncounterRecord(
