@@ -224,6 +224,55 @@ def test_fhir_encounter_that_is_no_stay_in_progress_is_never_stored_as_one(
     )
 
 
+def test_fhir_malformed_bundle_entries_are_quarantined_one_by_one(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    """An entry of the wrong shape anywhere in a Bundle dropped the whole file as an
+    "internal error" (exit 2): now it is quarantined at its path, the rest is stored."""
+    entries: list[Any] = [
+        {"resource": {"resourceType": "Patient", "id": "es-pat"}},
+        {"resource": _stay("es-stay", "in-progress", {"start": "2026-11-20T10:00:00Z"})},
+        {"request": "POST"},
+        {
+            "resource": {
+                "resourceType": "DiagnosticReport",
+                "id": "d",
+                "status": "final",
+                "code": {"text": "x"},
+                "effectivePeriod": "bad",
+            }
+        },
+        5,
+        {"resource": None},
+        {"fullUrl": {"a": 1}, "resource": {"resourceType": "Patient", "id": "es-2"}},
+        {"resource": {"resourceType": "Bundle", "type": "collection", "entry": 5}},
+        {"request": {"method": "DELETE", "url": "Patient/old"}},
+        # null stands in a list whose extension (_given) holds the value: valid FHIR.
+        {"resource": {"resourceType": "Patient", "id": "es-3", "name": [{"given": [None, "A"]}]}},
+    ]
+    path = tmp_path / "w6.json"
+    path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}))
+    result = run("fhir", str(path), "--json", "--no-rescore")
+    _clean(result)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["balanced"] is True
+    assert report["reasons"] == {"malformed_entry": 4, "invalid_resource": 2}
+    assert report["skipped"] == {"request:DELETE": 1}
+    where = sorted(r["location"] for r in report["rejects"])
+    assert where == [
+        "w6.json#Bundle.entry[2]",
+        "w6.json#Bundle.entry[3].resource(DiagnosticReport/d)",
+        "w6.json#Bundle.entry[4]",
+        "w6.json#Bundle.entry[5]",
+        "w6.json#Bundle.entry[6]",
+        "w6.json#Bundle.entry[7].resource(Bundle/)",
+    ]
+    assert _count(pg_url, Patient) == 2
+    assert _count(pg_url, Encounter) == 1
+    assert _count(pg_url, QuarantineItem) == 6
+
+
 # -- HL7 v2 ----------------------------------------------------------------------------------
 def _hl7_with(base: str, segment: str, index: int, value: str) -> str:
     out = []

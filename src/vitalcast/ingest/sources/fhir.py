@@ -10,7 +10,12 @@ items (with a FHIR path such as ``b.json#Bundle.entry[12].resource(Observation/a
 .component[1]``); anything else is counted in ``ParsedUnit.skipped`` by reason
 (``not_modelled:Claim``, ``request:DELETE``). MedicationRequest, Procedure and
 DiagnosticReport have no canonical table yet: they are counted as ``not_modelled`` (a
-DiagnosticReport's results arrive as their own Observations).
+DiagnosticReport's results arrive as their own Observations; its time is read, so it is
+validated, and an invalid one is quarantined).
+
+Nothing in a document is trusted before it is checked: an entry, a ``request``, a
+``fullUrl`` or a nested ``Bundle.entry`` of the wrong JSON type is one quarantined item
+(``malformed_entry``, ``invalid_resource``) at its path, never a whole file lost.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ KINDS = {
 _TYPE_HINT = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]+)"')
 # Load order of loose files, so that references resolve: people, then stays, then the rest.
 _RANK = {"Patient": 0, "Encounter": 1}
+_NOT_A_LIST = "Bundle.entry must be a list"
 
 
 class FhirFormatError(IngestError):
@@ -97,6 +103,9 @@ class _Walker:
         self.unit = ParsedUnit(name)
         self.full_urls: dict[str, str] = {}
         self.report_times: dict[str, str] = {}  # Observation key -> its report's time
+        # DiagnosticReports validated (by object id, the object held so that its id is not
+        # reused) and their errors, if any: indexing and walking read each once.
+        self.report_errors: dict[int, tuple[dict[str, Any], ValidationError | None]] = {}
 
     def resolve(self, ref: str) -> str | None:
         ref = ref.strip()
@@ -111,38 +120,48 @@ class _Walker:
             return f"{parts[-2]}/{parts[-1]}"
         return None
 
-    def index(self, entries: list[Any]) -> None:
-        for entry in entries:
-            res = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(res, dict):
-                continue
-            key = _key(res, entry.get("fullUrl"))
-            if key and entry.get("fullUrl"):
-                self.full_urls[str(entry["fullUrl"])] = key
+    def index(self, entries: Any) -> None:
+        """Map each fullUrl to ``Type/id``; malformed entries are left to :meth:`bundle`."""
+        for entry, res in _entry_resources(entries):
+            full_url = entry.get("fullUrl")
+            key = _key(res, full_url if isinstance(full_url, str) else None)
+            if key and isinstance(full_url, str) and full_url:
+                self.full_urls[full_url] = key
             if res.get("resourceType") == "Bundle":
-                self.index(res.get("entry") or [])
+                self.index(res.get("entry"))
 
-    def index_reports(self, entries: list[Any]) -> None:
+    def index_reports(self, entries: Any) -> None:
         """After :meth:`index`: the time of each DiagnosticReport, by result reference."""
-        for entry in entries:
-            res = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(res, dict):
-                continue
+        for _entry, res in _entry_resources(entries):
             if res.get("resourceType") == "Bundle":
-                self.index_reports(res.get("entry") or [])
+                self.index_reports(res.get("entry"))
             elif res.get("resourceType") == "DiagnosticReport":
                 self._index_report(res)
 
     def _index_report(self, report: dict[str, Any]) -> None:
+        """A valid report's time, for its results; an invalid one lends none."""
+        if self._report_error(report) is not None:
+            return
         period = report.get("effectivePeriod") or {}
         when = report.get("effectiveDateTime") or period.get("start") or report.get("issued")
         if not isinstance(when, str):
             return
         for result in report.get("result") or []:
-            ref = result.get("reference") if isinstance(result, dict) else None
+            ref = result.get("reference")
             key = self.resolve(ref) if isinstance(ref, str) else None
             if key:
                 self.report_times.setdefault(key, when)
+
+    def _report_error(self, report: dict[str, Any]) -> ValidationError | None:
+        """Why a DiagnosticReport is invalid, or None; validated once for both passes."""
+        if id(report) not in self.report_errors:
+            error: ValidationError | None = None
+            try:
+                get_fhir_model_class("DiagnosticReport").model_validate(report)
+            except ValidationError as exc:
+                error = exc
+            self.report_errors[id(report)] = (report, error)
+        return self.report_errors[id(report)][1]
 
     def bundle(self, bundle: dict[str, Any], where: str, *, top: bool) -> None:
         btype = bundle.get("type")
@@ -157,24 +176,26 @@ class _Walker:
             return
         entries = bundle.get("entry") or []
         if not isinstance(entries, list):
-            raise FhirFormatError(f"{self.unit.name}: Bundle.entry must be a list")
+            if top:
+                raise FhirFormatError(f"{self.unit.name}: {_NOT_A_LIST}")
+            here = f"{self.unit.name}#{where}"
+            self._reject("resource", here, "invalid_resource", _NOT_A_LIST, bundle)
+            return
         if top:
             self.index(entries)
             self.index_reports(entries)
         for i, entry in enumerate(entries):
             at = f"{where}.entry[{i}]"
-            if not isinstance(entry, dict):
-                self.unit.batch.received += 1
-                self.unit.batch.rejected.append(
-                    Rejected(at, "malformed_entry", "entry is not an object", None, "resource")
-                )
+            problem = _entry_problem(entry)
+            if problem is not None:
+                here = f"{self.unit.name}#{at}"
+                self._reject("resource", here, "malformed_entry", problem, entry)
                 continue
-            res = entry.get("resource")
-            if res is None:
+            if "resource" not in entry:
                 method = (entry.get("request") or {}).get("method") or "none"
                 self.unit.skipped[f"request:{method}"] += 1
                 continue
-            self.resource(res, f"{at}.resource", entry.get("fullUrl"))
+            self.resource(entry["resource"], f"{at}.resource", entry.get("fullUrl"))
 
     def resource(self, res: Any, prefix: str, full_url: str | None = None) -> None:
         """Map one resource found at ``prefix`` (a FHIR path inside the document)."""
@@ -184,7 +205,7 @@ class _Walker:
             batch.received += 1
             batch.rejected.append(
                 Rejected(
-                    prefix,
+                    f"{self.unit.name}#{prefix}",
                     "wrong_resource_type",
                     f"resourceType {rtype!r} is not a FHIR resource type",
                     _raw(res),
@@ -196,10 +217,15 @@ class _Walker:
         if rtype == "Bundle":
             self.bundle(res, f"{prefix}(Bundle/{res.get('id', '')})", top=False)
             return
+        key = _key(res, full_url)
+        if rtype == "DiagnosticReport" and (error := self._report_error(res)) is not None:
+            where = f"{self.unit.name}#{prefix}({key or rtype})"
+            problems = validation_problems(error, where)
+            self._reject("resource", where, "invalid_resource", problems, res)
+            return
         if rtype not in KINDS:
             self.unit.skipped[f"not_modelled:{rtype}"] += 1
             return
-        key = _key(res, full_url)
         where = f"{self.unit.name}#{prefix}({key or rtype})"
         kind = KINDS[rtype]
         try:
@@ -227,6 +253,35 @@ class _Walker:
     def _reject(self, kind: str, where: str, code: str, reason: str, res: Any) -> None:
         self.unit.batch.received += 1
         self.unit.batch.rejected.append(Rejected(where, code, reason, _raw(res), kind))
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """Why a Bundle entry cannot be read (its JSON types, FHIR's bdl-5), or None.
+
+    A missing ``resource`` is fine with a ``request`` (a DELETE) or a ``response``; ``null``
+    is never valid FHIR JSON. The resource itself is checked by :meth:`_Walker.resource`.
+    """
+    if not isinstance(entry, dict):
+        return "entry is not an object"
+    if "fullUrl" in entry and not isinstance(entry["fullUrl"], str):
+        return "entry.fullUrl must be a string"
+    request = entry.get("request")
+    if request is not None and (
+        not isinstance(request, dict) or not isinstance(request.get("method", ""), str)
+    ):
+        return "entry.request must be an object whose method is a string"
+    if "resource" in entry and entry["resource"] is None:
+        return "entry.resource is null"
+    if "resource" not in entry and request is None and "response" not in entry:
+        return "entry has neither a resource nor a request"
+    return None
+
+
+def _entry_resources(entries: Any) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(entry, resource) of each well-formed entry holding a resource object."""
+    for entry in entries if isinstance(entries, list) else []:
+        if _entry_problem(entry) is None and isinstance(entry.get("resource"), dict):
+            yield entry, entry["resource"]
 
 
 def _key(res: dict[str, Any], full_url: str | None) -> str | None:

@@ -353,7 +353,9 @@ def map_observation(
 def map_patient(res: dict[str, Any], where: str, key: str, batch: RecordBatch) -> None:
     names = res.get("name") or []
     name = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
-    full = " ".join([*(name.get("given") or []), name.get("family") or ""]).strip() if name else ""
+    # JSON null may stand in a list of names whose extension (``_given``) holds the value.
+    parts = [*(name.get("given") or []), name.get("family")] if name else []
+    full = " ".join(p for p in parts if isinstance(p, str)).strip()
     mrn = next(
         (
             i.get("value")
