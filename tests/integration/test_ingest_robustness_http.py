@@ -171,3 +171,23 @@ def test_a_component_value_of_null_is_422(
     body["component"] = [{"code": _fhir_observation("x")["code"], "valueQuantity": None}]
     response = client.post("/api/v1/observations", json=body, headers=creds.api_key("integration"))
     assert "valueQuantity must be a JSON object" in _error(response, 422)["details"][0]["msg"]
+
+
+def test_quarantine_reason_states_an_excluded_low_limit(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    """A heart rate of 0 is refused (the low limit is exclusive: an asystole reading is a
+    lead off, not a measurement); the reason must not read "range 0-300", which says 0
+    is allowed. The top of the range is allowed, and the message says so too."""
+    now = datetime.now(UTC).isoformat()
+    base = {"code": "8867-4", "unit": "/min", "time": now, "patient": ward[0]}
+    headers = creds.api_key("integration")
+    response = client.post(
+        "/api/v1/observations", json=[{**base, "value": 0}, {**base, "value": 300}], headers=headers
+    )
+    assert response.status_code == 201, response.get_json()
+    report = response.get_json()["report"]
+    assert (report["stored"], report["quarantined"]) == (1, 1)
+    assert [r["reason"] for r in report["rejects"]] == [
+        "Heart rate 0 bpm outside plausible range above 0, up to 300"
+    ]

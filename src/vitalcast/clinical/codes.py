@@ -30,7 +30,7 @@ class VariableSpec:
     label: str  # clinical words for clinicians
     display_unit: str  # unit as clinicians write it
     kind: Kind
-    low: float  # plausible range, inclusive; outside it a value is quarantined
+    low: float  # plausible range, inclusive unless low_exclusive; outside it: quarantined
     high: float
     physionet: str | None = None  # the PhysioNet 2012 parameter name
     system: str = LOINC
@@ -101,3 +101,11 @@ def is_plausible(spec: VariableSpec, value: float) -> bool:
     if spec.low_exclusive:
         return spec.low < value <= spec.high
     return spec.low <= value <= spec.high
+
+
+def plausible_range_text(spec: VariableSpec) -> str:
+    """The plausible range in words that say whether its low limit is allowed: "0-300"
+    would tell a reader that a heart rate of 0 passes, and :func:`is_plausible` refuses it."""
+    if spec.low_exclusive:
+        return f"above {spec.low:g}, up to {spec.high:g}"
+    return f"{spec.low:g}-{spec.high:g}"

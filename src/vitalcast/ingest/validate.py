@@ -26,7 +26,13 @@ import math
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
-from vitalcast.clinical.codes import BY_CODE, BY_KEY, VariableSpec, is_plausible
+from vitalcast.clinical.codes import (
+    BY_CODE,
+    BY_KEY,
+    VariableSpec,
+    is_plausible,
+    plausible_range_text,
+)
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord
 from vitalcast.clinical.times import TimeOutOfRange, to_utc
 from vitalcast.clinical.units import UnknownUnit, to_canonical
@@ -154,5 +160,5 @@ def _implausible(spec: VariableSpec, value: float) -> Invalid:
     return Invalid(
         "implausible_value",
         f"{spec.label} {value:g} {spec.display_unit} outside plausible range"
-        f" {spec.low:g}-{spec.high:g}",
+        f" {plausible_range_text(spec)}",
     )
