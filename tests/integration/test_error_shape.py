@@ -60,3 +60,23 @@ def test_browser_gets_an_error_page_with_request_id(client: FlaskClient) -> None
     assert "Not found (404)" in html
     assert response.headers["X-Request-ID"] in html
     assert "Traceback" not in html
+
+
+@pytest.mark.parametrize(
+    ("path", "accept", "allowed"),
+    [
+        ("/api/v1/patients", "application/json", {"GET", "HEAD", "OPTIONS"}),
+        ("/api/v1/observations", "application/json", {"POST", "OPTIONS"}),
+        ("/login", "text/html", {"GET", "HEAD", "OPTIONS", "POST"}),
+    ],
+)
+def test_method_not_allowed_says_which_are(
+    client: FlaskClient, creds: Credentials, path: str, accept: str, allowed: set[str]
+) -> None:
+    """A 405 carries the Allow header (RFC 9110 15.5.6), on API routes and pages alike."""
+    headers = creds.api_key("integration") | {"Accept": accept}
+    response = client.open(path, method="DELETE", headers=headers)
+    assert response.status_code == 405
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
+    if accept == "application/json":
+        _assert_shape(response.get_json(), "method_not_allowed")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from vitalcast.errors import AppError
@@ -52,11 +52,17 @@ def register_error_handlers(app: Flask) -> None:
         return render_error(error)
 
     @app.errorhandler(HTTPException)
-    def _http_error(error: HTTPException) -> tuple[Response | str, int]:
+    def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
         app_error = AppError(error.description or error.name, code=_http_code(status))
         app_error.status = status
-        return render_error(app_error)
+        response = make_response(render_error(app_error))
+        # werkzeug's own headers of the error (a 405's Allow, which RFC 9110 requires),
+        # but not its Content-Type: the body is ours.
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> tuple[Response | str, int]:
