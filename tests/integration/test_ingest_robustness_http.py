@@ -53,7 +53,7 @@ def test_out_of_range_times_are_422_on_every_route(
             assert "1800-2200" in str(error["details"]), path
         compact = {"code": "8867-4", "value": 80, "unit": "/min", "time": when, "patient": pid}
         error = _error(client.post("/api/v1/observations", json=[compact], headers=writer), 422)
-        assert [d["loc"] for d in error["details"]] == [[0, "time"]]
+        assert [d["loc"] for d in error["details"]] == [["body", 0, "time"]]
         fhir = _fhir_observation(pid, effectiveDateTime=when)
         error = _error(client.post("/api/v1/observations", json=fhir, headers=writer), 422)
         assert "time_out_of_range" in error["details"][0]["msg"]
@@ -98,7 +98,9 @@ def test_fhir_subject_of_the_wrong_shape_is_422(
     body = {**_fhir_observation("x"), "subject": subject}
     response = client.post("/api/v1/observations", json=body, headers=creds.api_key("integration"))
     error = _error(response, 422)
-    assert error["details"] == [{"loc": ["subject"], "msg": "subject must be a Reference object"}]
+    assert error["details"] == [
+        {"loc": ["body", "subject"], "msg": "subject must be a Reference object"}
+    ]
 
 
 def test_compact_values_must_be_json_numbers(
@@ -109,7 +111,7 @@ def test_compact_values_must_be_json_numbers(
     body = [{**base, "value": True}, {**base, "value": "131"}, {**base, "value": 131}]
     response = client.post("/api/v1/observations", json=body, headers=creds.api_key("integration"))
     error = _error(response, 422)
-    assert [d["loc"] for d in error["details"]] == [[0, "value"], [1, "value"]]
+    assert [d["loc"] for d in error["details"]] == [["body", 0, "value"], ["body", 1, "value"]]
 
 
 def test_text_values_are_quarantined_like_hl7_and_never_cut(
@@ -190,4 +192,56 @@ def test_quarantine_reason_states_an_excluded_low_limit(
     assert (report["stored"], report["quarantined"]) == (1, 1)
     assert [r["reason"] for r in report["rejects"]] == [
         "Heart rate 0 bpm outside plausible range above 0, up to 300"
+    ]
+
+
+def test_observation_and_device_errors_are_located_in_the_request(
+    app: Flask, client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    """Every problem's ``loc`` starts with the part of the request that carried it
+    (docs/api.md: ``query``, ``body``, ``path``), on these routes as on the others."""
+    from sqlalchemy import select
+
+    from vitalcast.clinical.tables import Encounter, Patient
+
+    headers = creds.api_key("integration")
+
+    def locs(response: Any) -> list[list[Any]]:
+        return [d["loc"] for d in _error(response, 422)["details"]]
+
+    compact = {"code": "8867-4", "value": 80, "unit": "/min", "time": "yesterday"}
+    post = client.post
+    assert locs(
+        post("/api/v1/observations", json=[{**compact, "patient": ward[0]}], headers=headers)
+    ) == [["body", 0, "time"]]
+    assert locs(post("/api/v1/observations", json={"resourceType": "Bundle"}, headers=headers)) == [
+        ["body", "entry"]
+    ]
+    bad_value = _fhir_observation(ward[0], valueQuantity={"value": "abc", "unit": "/min"})
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": bad_value}]}
+    assert locs(post("/api/v1/observations", json=bad_value, headers=headers)) == [
+        ["body", "valueQuantity", "value"]
+    ]
+    assert locs(post("/api/v1/observations", json=bundle, headers=headers)) == [
+        ["body", "entry", 0, "resource", "valueQuantity", "value"]
+    ]
+    assert locs(post("/api/v1/observations", json=[], headers=headers)) == [["body"]]
+
+    bad_device = "bad device!"
+    binding = {"patient_id": ward[0]}
+    assert locs(
+        client.put(f"/api/v1/devices/{bad_device}/binding", json=binding, headers=headers)
+    ) == [["path", "device_id"]]
+    assert locs(client.delete(f"/api/v1/devices/{bad_device}/binding", headers=headers)) == [
+        ["path", "device_id"]
+    ]
+    with get_state(app).sessions() as session:
+        other_stay = session.scalar(
+            select(Encounter.public_id)
+            .join(Patient, Patient.id == Encounter.patient_id)
+            .where(Patient.public_id == ward[1])
+        )
+    wrong_stay = {"patient_id": ward[0], "encounter_id": other_stay}
+    assert locs(client.put("/api/v1/devices/mon-1/binding", json=wrong_stay, headers=headers)) == [
+        ["body", "encounter_id"]
     ]

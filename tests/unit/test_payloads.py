@@ -75,12 +75,12 @@ def test_all_problems_at_once() -> None:
     ).encode()
     details = _details(body)
     locs = [d["loc"] for d in details]
-    assert [0, "patient"] in locs
-    assert [1, "code"] in locs
-    assert [2, "time"] in locs
-    assert [3, "resourceType"] in locs
-    assert [4, "subject"] in locs
-    assert [5] in locs
+    assert ["body", 0, "patient"] in locs
+    assert ["body", 1, "code"] in locs
+    assert ["body", 2, "time"] in locs
+    assert ["body", 3, "resourceType"] in locs
+    assert ["body", 4, "subject"] in locs
+    assert ["body", 5] in locs
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,12 @@ def test_values_are_strict_finite_numbers_and_times_in_range() -> None:
         ]
     ).encode()
     details = _details(body)
-    assert [d["loc"] for d in details] == [[0, "value"], [1, "value"], [2, "value"], [3, "time"]]
+    assert [d["loc"] for d in details] == [
+        ["body", 0, "value"],
+        ["body", 1, "value"],
+        ["body", 2, "value"],
+        ["body", 3, "time"],
+    ]
     assert "1800-2200" in str(details[3]["msg"])
 
 
@@ -126,4 +131,4 @@ def test_fhir_subject_must_be_a_reference_object(subject: object) -> None:
         "valueQuantity": {"value": 80},
     }
     details = _details(json.dumps(obs).encode())
-    assert details == [{"loc": ["subject"], "msg": "subject must be a Reference object"}]
+    assert details == [{"loc": ["body", "subject"], "msg": "subject must be a Reference object"}]

@@ -10,7 +10,9 @@ Accepted bodies (UTF-8 JSON):
 Unlike files and streams, an API caller is present to fix its request, so any problem
 rejects the whole body with every problem and its location at once (422), and nothing is
 stored. Codes outside the vocabulary are such a problem here. A body that is not UTF-8
-JSON at all is a 400, as for every route (docs/api.md).
+JSON at all is a 400, as for every route (docs/api.md). Problems are located as every API
+error is, from ``"body"`` on: ``["body", 0, "time"]``, ``["body", "entry", 2, "resource",
+"valueQuantity", "value"]``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from vitalcast.ingest.sources.device_payload import (
     fhir_observation_batch,
     problems,
 )
-from vitalcast.ingest.sources.fhir import is_resource_type, validation_problems
+from vitalcast.ingest.sources.fhir import is_resource_type
 from vitalcast.json_input import JsonInputError, parse_json
 
 MAX_ITEMS = 10000
@@ -61,18 +63,18 @@ def parse_observations_payload(body: bytes) -> RecordBatch:
         ) from None
     items, errors = _items(doc)
     if len(items) > MAX_ITEMS:
-        errors.append({"loc": ["body"], "msg": f"at most {MAX_ITEMS} observations per request"})
+        errors.append({"loc": [], "msg": f"at most {MAX_ITEMS} observations per request"})
         items = items[:0]
     batch = RecordBatch()
     for loc, item in items:
         errors += _parse_item(item, loc, batch)
     if not items and not errors:
-        errors.append({"loc": ["body"], "msg": "no observations in the request"})
+        errors.append({"loc": [], "msg": "no observations in the request"})
     if errors:
         raise InvalidInput(
             f"{len(errors)} problem{'s' if len(errors) > 1 else ''} in the request; nothing was"
             " stored",
-            details=errors,
+            details=[{**e, "loc": ["body", *e["loc"]]} for e in errors],
         )
     return batch
 
@@ -94,8 +96,15 @@ def _items(doc: Any) -> tuple[list[tuple[Loc, Any]], list[dict[str, Any]]]:
         return out, errors
     if isinstance(doc, dict):
         return [([], doc)], []
-    return [], [
-        {"loc": ["body"], "msg": "expected a list of observations, an Observation or a Bundle"}
+    return [], [{"loc": [], "msg": "expected a list of observations, an Observation or a Bundle"}]
+
+
+def _fhir_problems(exc: ValidationError, loc: Loc) -> list[dict[str, Any]]:
+    """FHIR validation errors, each at its own path in the resource (input values left
+    out: they may be PHI)."""
+    return [
+        {"loc": [*loc, *err["loc"]], "msg": f"not a valid FHIR R4B Observation: {err['msg']}"}
+        for err in exc.errors()
     ]
 
 
@@ -141,8 +150,7 @@ def _fhir_item(
     try:
         sub = fhir_observation_batch(item, f"api:{where}", None)
     except ValidationError as exc:
-        msg = validation_problems(exc, "")
-        return [*errors, {"loc": loc, "msg": f"not a valid FHIR R4 Observation: {msg}"}]
+        return [*errors, *_fhir_problems(exc, loc)]
     for rej in sub.rejected:
         errors.append({"loc": loc, "msg": f"{rej.reason_code}: {rej.reason}"})
     for rec in sub.observations:

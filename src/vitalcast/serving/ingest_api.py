@@ -49,7 +49,7 @@ from vitalcast.serving.schemas import (
     parse_body,
 )
 from vitalcast.serving.state import get_state
-from vitalcast.serving.validation import json_body
+from vitalcast.serving.validation import json_body, located
 
 # The device id rule is the ingest layer's own (one definition, documented from it).
 _DEVICE_PATH = {"device_id": {"pattern": DEVICE_ID_RULE.pattern, "maxLength": 64}}
@@ -234,6 +234,8 @@ def put_binding(device_id: str) -> Response:
     unknown id. A stay of a patient outside them is answered as an unknown stay, and a
     device in use outside them as in use there (409, the answer its unbinding gets).
     """
+    with located("path"):
+        check_device_id(device_id)
     body = parse_body(DeviceBinding, json_body())
     session = db()
     patient = get_patient_or_raise(session, body.patient_id)
@@ -245,15 +247,16 @@ def put_binding(device_id: str) -> Response:
             owner = session.get(Patient, encounter.patient_id)
             assert owner is not None
             check_patient_visible(session, owner, refusal=NotFound(ENCOUNTER_NOT_FOUND))
-    current = active_binding(session, check_device_id(device_id))
+    current = active_binding(session, device_id)
     if current is not None and current.patient_id != patient.id:
         _bound_patient_or_refuse(session, current)
-    binding = bind_device(
-        session,
-        device_id=device_id,
-        patient_public_id=body.patient_id,
-        encounter_public_id=body.encounter_id,
-    )
+    with located("body"):  # the stay named belongs to another patient
+        binding = bind_device(
+            session,
+            device_id=device_id,
+            patient_public_id=body.patient_id,
+            encounter_public_id=body.encounter_id,
+        )
     audit_event("device.bound", "U", patient_id=body.patient_id, resource=f"Device/{device_id}")
     return jsonify({"device_id": device_id, "bound_at": binding.bound_at.isoformat()})
 
@@ -275,7 +278,9 @@ def delete_binding(device_id: str) -> Response:
     unbound device, since binding it would then fail as in use.
     """
     session = db()
-    current = active_binding(session, check_device_id(device_id))
+    with located("path"):
+        check_device_id(device_id)
+    current = active_binding(session, device_id)
     if current is None:
         raise NotFound("device is not bound")
     patient = _bound_patient_or_refuse(session, current)

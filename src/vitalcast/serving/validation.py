@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import request
@@ -46,3 +48,15 @@ def int_arg(name: str, default: int, *, low: int, high: int, problems: list[dict
 def raise_if(problems: list[dict[str, Any]], message: str = "invalid request") -> None:
     if problems:
         raise InvalidInput(message, details=problems)
+
+
+@contextmanager
+def located(where: str) -> Iterator[None]:
+    """Put the locations of an :class:`InvalidInput` raised inside under ``where``
+    (``"path"``, ``"query"`` or ``"body"``): services name the field (``["device_id"]``),
+    and only the route knows which part of the request carried it (docs/api.md)."""
+    try:
+        yield
+    except InvalidInput as exc:
+        exc.details = [{**d, "loc": [where, *d.get("loc", [])]} for d in exc.details]
+        raise
