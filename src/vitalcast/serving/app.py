@@ -57,7 +57,10 @@ def configure_app(app: Flask, settings: Settings) -> None:
     app.config.update(
         SECRET_KEY=settings.secret_key.get_secret_value(),
         DEBUG=settings.debug,
-        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        # One byte more than the limit: werkzeug stops reading a streamed (chunked) body
+        # at MAX_CONTENT_LENGTH without an error, so the guard can tell a body past the
+        # limit only from having read one byte beyond it (serving.guard).
+        MAX_CONTENT_LENGTH=settings.max_request_bytes + 1,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.env == "production",

@@ -217,7 +217,7 @@ def _before_request() -> ResponseReturnValue | None:
     g.started = utcnow()
     request_context.set({"request_id": g.request_id, "route": request.endpoint})
     limit = get_state().settings.max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
+    if _body_too_large(limit):
         return render_error(PayloadTooLarge(f"request body larger than {limit} bytes"))
     nul = _nul_problems()
     if nul:
@@ -263,6 +263,21 @@ def _login_url() -> str:
     if request.method != "GET":
         return url_for("web.login")
     return url_for("web.login", next=request.full_path.rstrip("?"))
+
+
+def _body_too_large(limit: int) -> bool:
+    """Whether the body is above ``limit`` bytes, with or without a Content-Length.
+
+    A chunked body has none: gunicorn hands it over as a stream that werkzeug cuts at
+    MAX_CONTENT_LENGTH (the limit plus one byte, see ``configure_app``) without an error,
+    so the route would read a truncated body and answer "not valid JSON". It is read here
+    (and cached for the route) to see whether it went past the limit.
+    """
+    if request.content_length is not None:
+        return request.content_length > limit
+    if request.method not in _UNSAFE:
+        return False
+    return len(request.get_data(cache=True)) > limit
 
 
 def _nul_problems() -> list[dict[str, Any]]:
