@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from vitalcast.monitoring.alerts import list_alerts
@@ -16,11 +17,21 @@ from vitalcast.monitoring.tables import DriftRun, MonitorAlert, MonitorRun
 from vitalcast.security.permissions import Permission, requires
 from vitalcast.serving.context import db
 from vitalcast.serving.openapi import operation
-from vitalcast.serving.schemas import AlertList, MonitoringSummary
+from vitalcast.serving.schemas import AlertList, MonitoringSummary, Token, parse_query
 
 monitoring_api = Blueprint("monitoring_api", __name__)
 
 DEFAULT_TASK = "icu-mortality"
+
+
+class SummaryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo'd parameter is a 422, not ignored
+    task: Token = Field(DEFAULT_TASK, description="whose monitoring, e.g. icu-mortality")
+
+
+class AlertsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    all: bool = Field(False, description="include resolved alerts")
 
 
 def _drift(run: DriftRun | None) -> dict[str, Any] | None:
@@ -59,11 +70,16 @@ def _alert(a: MonitorAlert) -> dict[str, Any]:
 
 @monitoring_api.get("/monitoring/summary")
 @requires(Permission.MONITORING_READ)
-@operation("Drift, performance and live alerts", MonitoringSummary, tags=("monitoring",))
+@operation(
+    "Drift, performance and live alerts",
+    MonitoringSummary,
+    query=SummaryQuery,
+    tags=("monitoring",),
+)
 def summary() -> Response:
     """Latest drift run, latest monitoring run (realised performance and CBPE estimate,
     each labelled), and live alerts, for one task."""
-    task = request.args.get("task", DEFAULT_TASK)
+    task = parse_query(SummaryQuery).task
     session = db()
     run = session.scalar(
         select(MonitorRun).where(MonitorRun.task == task).order_by(MonitorRun.id.desc()).limit(1)
@@ -82,8 +98,8 @@ def summary() -> Response:
 
 @monitoring_api.get("/monitoring/alerts")
 @requires(Permission.MONITORING_READ)
-@operation("Monitoring alerts", AlertList, tags=("monitoring",))
+@operation("Monitoring alerts", AlertList, query=AlertsQuery, tags=("monitoring",))
 def alerts() -> Response:
     """Monitoring alerts, newest first (``?all=1`` includes resolved ones)."""
-    include = request.args.get("all") in {"1", "true"}
+    include = parse_query(AlertsQuery).all
     return jsonify({"items": [_alert(a) for a in list_alerts(db(), include_resolved=include)]})

@@ -22,6 +22,7 @@ from vitalcast.serving.errors import register_error_handlers
 from vitalcast.serving.guard import check_routes_declared, register_guard
 from vitalcast.serving.realtime import EventBus
 from vitalcast.serving.state import AppState, get_state, init_state
+from vitalcast.serving.validation import register_query_check
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     audit_keys.install_from_settings(settings)  # every audited request is keyed
     register_extensions(app, settings)
     register_guard(app)
+    register_query_check(app)  # after the guard: a 401 comes before a 422
     register_monitoring(app)
     register_blueprints(app)
     register_oidc(app)  # security: optional OpenID Connect sign-in

@@ -7,8 +7,8 @@ document is built by walking ``app.url_map``, so a route without an operation is
 error (:func:`undocumented_routes`, tested), and the security requirement of each operation
 comes from its declared permission. The common answers are added from what the guard and
 the error handlers do: 401/403 for every protected route, 400/413 for every route with a
-body, 422 for every route that validates input, 429 when rate limits are on, 503 where a
-champion model is needed, all in the one error shape.
+body, 422 for every route (each refuses query parameters it does not declare), 429 when
+rate limits are on, 503 where a champion model is needed, all in the one error shape.
 
 ``GET /api/docs`` is a small self-contained page (HTML, CSS and JS in this package, nothing
 from a CDN: hospital networks often have no internet) that renders the document and can
@@ -84,7 +84,8 @@ def operation(summary: str, response: Any, **kwargs: Any) -> Callable[[F], F]:
     return mark
 
 
-def _operation_of(view: Callable[..., Any]) -> Operation | None:
+def operation_of(view: Callable[..., Any]) -> Operation | None:
+    """The :class:`Operation` declared on ``view``, if any."""
     op: Operation | None = getattr(view, "openapi_operation", None)
     return op
 
@@ -98,7 +99,7 @@ def undocumented_routes(app: Flask) -> list[str]:
     return sorted(
         f"{sorted(r.methods - {'HEAD', 'OPTIONS'})} {r.rule}"
         for r in api_rules(app)
-        if _operation_of(app.view_functions[r.endpoint]) is None
+        if operation_of(app.view_functions[r.endpoint]) is None
     )
 
 
@@ -270,7 +271,7 @@ def build_document(
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(api_rules(app), key=lambda r: r.rule):
         view = app.view_functions[rule.endpoint]
-        op = _operation_of(view)
+        op = operation_of(view)
         if op is None:
             continue  # undocumented_routes() reports it; the test fails on it
         permission = declared_permission(view)
@@ -289,8 +290,7 @@ def build_document(
                     codes.add(429)
             if op.body is not None:
                 codes |= {400, 413, 422}
-            if op.query is not None or rule.arguments:
-                codes.add(422)
+            codes.add(422)  # every route refuses query parameters it does not declare
             if rule.arguments:
                 codes.add(404)
             if op.needs_model:

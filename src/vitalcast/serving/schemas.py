@@ -11,6 +11,7 @@ Every problem is reported at once, each with its location (``["query", name]``,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -58,12 +59,23 @@ def parse_query(model: type[M]) -> M:
     try:
         parsed = model.model_validate(request.args.to_dict())
     except ValidationError as exc:
-        raise InvalidInput(
-            "invalid query parameters", details=repeated + pydantic_problems(exc, "query")
-        ) from None
+        problems = [
+            {"loc": ["query", *err["loc"]], "msg": unknown_parameter(model.model_fields)}
+            if err["type"] == "extra_forbidden"
+            else {"loc": ["query", *err["loc"]], "msg": err["msg"]}
+            for err in exc.errors()
+        ]
+        raise InvalidInput("invalid query parameters", details=repeated + problems) from None
     if repeated:
         raise InvalidInput("invalid query parameters", details=repeated)
     return parsed
+
+
+def unknown_parameter(known: Iterable[str]) -> str:
+    """What to say about a query parameter the route does not take (a typo'd filter
+    ignored would answer another question than the one asked)."""
+    names = ", ".join(sorted(known))
+    return f"unknown parameter; this route takes {names}" if names else "this route takes none"
 
 
 def _iso_text(value: Any) -> Any:
@@ -116,7 +128,8 @@ class ErrorResponse(BaseModel):
 
 
 class _Query(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Unknown parameters are refused (422), not dropped: ?unti=MICU would list every unit.
+    model_config = ConfigDict(extra="forbid")
 
 
 class PatientsQuery(_Query):

@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import request
+from flask import Flask, current_app, request
 
 from vitalcast.errors import BadRequest, InvalidInput
 from vitalcast.json_input import JsonInputError, parse_json
+from vitalcast.serving.openapi import API_PREFIX, operation_of
+from vitalcast.serving.schemas import unknown_parameter
 
 
 def json_body() -> Any:
@@ -60,3 +62,28 @@ def located(where: str) -> Iterator[None]:
     except InvalidInput as exc:
         exc.details = [{**d, "loc": [where, *d.get("loc", [])]} for d in exc.details]
         raise
+
+
+def register_query_check(app: Flask) -> None:
+    """Refuse query parameters on the ``/api/v1`` routes that declare none (422).
+
+    Routes with a query model refuse unknown names themselves (:func:`~vitalcast.
+    serving.schemas.parse_query`), together with their other problems; the others would
+    silently ignore them (``/monitoring/alerts?limit=abc``). Registered after the guard:
+    an unauthenticated caller gets its 401 first.
+    """
+
+    @app.before_request
+    def _no_undeclared_query() -> None:
+        if not request.args or not request.path.startswith(API_PREFIX + "/"):
+            return
+        view = current_app.view_functions.get(request.endpoint or "")
+        op = operation_of(view) if view is not None else None
+        if op is None or op.query is not None:
+            return
+        raise InvalidInput(
+            "invalid query parameters",
+            details=[
+                {"loc": ["query", name], "msg": unknown_parameter(())} for name in request.args
+            ],
+        )
