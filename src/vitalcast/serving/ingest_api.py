@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -142,16 +143,23 @@ def post_observations() -> tuple[Response, int]:
     )
     after_commit(session, lambda: observe_ingest(report))  # at the request's commit
     predictions = rescore_encounters(session, state, report.touched_encounters)
-    audit_event(
-        "observation.created",
-        "C",
-        resource="Observation",
-        details={
-            "stored": report.stored,
-            "quarantined": report.quarantined,
-            "encounters": len(report.touched_encounters),
-        },
-    )
+    totals = {
+        "stored": report.stored,
+        "quarantined": report.quarantined,
+        "encounters": len(report.touched_encounters),
+    }
+    written = _patients_written(session, batch)
+    # One event per patient, so that the audit trail of a patient (?patient_id=) lists
+    # every write to their record; a batch naming no known patient is still recorded.
+    for public_id, readings in written.items() or [(None, 0)]:
+        details = totals if public_id is None else {**totals, "readings": readings}
+        audit_event(
+            "observation.created",
+            "C",
+            patient_id=public_id,
+            resource="Observation",
+            details=details,
+        )
     summary: dict[str, Any] = report.to_dict()
     summary.pop("location", None)
     return jsonify(
@@ -163,6 +171,22 @@ def post_observations() -> tuple[Response, int]:
             ],
         }
     ), 201
+
+
+def _patients_written(session: Session, batch: RecordBatch) -> dict[str, int]:
+    """The known patients the batch's readings name (devices already resolved), with how
+    many readings each, by public id; unknown ids were quarantined, not written."""
+    readings = Counter(
+        r.patient_ref.removeprefix(PUBLIC_PATIENT_REF)
+        for r in batch.observations
+        if r.patient_ref.startswith(PUBLIC_PATIENT_REF)
+    )
+    if not readings:
+        return {}
+    known = session.scalars(
+        select(Patient.public_id).where(Patient.public_id.in_(sorted(readings)))
+    ).all()
+    return {public_id: readings[public_id] for public_id in sorted(known)}
 
 
 def _check_units(session: Session, batch: RecordBatch) -> None:
