@@ -27,10 +27,12 @@ from vitalcast.db import create_db_engine
 from vitalcast.db.session import make_session_factory
 from vitalcast.ingest import mllp
 from vitalcast.ingest.mllp import MessageHandler, MllpServer, send_messages
+from vitalcast.ingest.quarantine import decrypt_raw
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.security.crypto import FieldCipher
 
 FAR = "99991231235959-1400"  # year 10000 in UTC: OverflowError when converted
+WHEN = "2024-01-01T10:00:00Z"
 
 
 @pytest.fixture
@@ -339,6 +341,98 @@ def test_hl7_text_for_a_numeric_variable_is_quarantined_like_every_source(
     assert [r["reason_code"] for r in text_rejects] == ["non_numeric_value"]
 
 
+# -- Text PostgreSQL cannot store: NUL, unpaired surrogates --------------------------------
+# Before, one such character failed its whole file or message (DataError: the quarantine
+# row itself held it): the valid items beside it were lost, and nothing said where.
+def _stored_whole(result: Result) -> dict[str, Any]:
+    """The --json report of a run that read every unit (exit 0, no errors, balanced)."""
+    _clean(result)
+    assert result.exit_code == 0, result.output
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["errors"] == []
+    assert report["balanced"] is True
+    return report
+
+
+def test_fhir_items_with_nul_or_surrogates_are_quarantined_and_the_rest_stored(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path, cipher: FieldCipher
+) -> None:
+    nul_code = {"system": "http://loinc.org", "code": "88\u00007-4"}
+    surrogate_unit = {"value": 81, "unit": "/min\ud800"}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-02"}},
+            {"resource": {**_observation("nul-code", WHEN), "code": {"coding": [nul_code]}}},
+            {
+                "resource": {
+                    "resourceType": "Encounter",
+                    "id": "e1",
+                    "status": "in-progress",
+                    "class": {"code": "IMP"},
+                    "subject": {"reference": "Patient/p1"},
+                    "period": {"start": "2024-01-01T08:00:00Z"},
+                    "location": [{"location": {"display": "MICU\u0000 bed 4"}}],
+                }
+            },
+            {"resource": _observation("surrogate", WHEN, valueQuantity=surrogate_unit)},
+            {"resource": _observation("good", WHEN)},
+        ],
+    }
+    path = tmp_path / "bundle.json"
+    # json.dumps writes NUL and the lone surrogate as \u escapes, as a sender would.
+    path.write_text(json.dumps(bundle))
+    report = _stored_whole(run("fhir", str(path), "--json", "--no-rescore"))
+    rejects = {r["location"].split("#", 1)[1]: r for r in report["rejects"]}
+    assert len(rejects) == 3
+    nul = sorted(r["reason"] for r in rejects.values() if r["reason_code"] == "invalid_text")
+    assert nul == [
+        "encounter unit contains a NUL character; it cannot be stored",
+        "observation code contains a NUL character; it cannot be stored",
+    ]
+    # The FHIR model already refuses the surrogate in a Quantity's unit (invalid_resource);
+    # its quarantine row, which holds it, is stored all the same.
+    surrogate = next(r for k, r in rejects.items() if "Observation/surrogate" in k)
+    assert surrogate["reason_code"] in ("invalid_resource", "invalid_text")
+    assert all(r["location"].startswith("bundle.json#") for r in report["rejects"])
+    # The patient and the valid observation of the same file are stored.
+    assert (_count(pg_url, Patient), _count(pg_url, Observation)) == (1, 1)
+    assert _count(pg_url, Encounter) == 0
+    engine = create_engine(pg_url)
+    with make_session_factory(engine)() as session:
+        items = list(session.scalars(select(QuarantineItem)))
+    engine.dispose()
+    assert len(items) == 3
+    raws = [decrypt_raw(cipher, i) or "" for i in items]
+    assert any("88\\u00007-4" in raw for raw in raws)
+    assert all("\x00" not in raw and "\ud800" not in raw for raw in raws)
+    assert "88\\u00007-4" in {i.code for i in items}
+
+
+def _hl7_nul_messages() -> tuple[str, str]:
+    """An admission, and a result message whose first OBX code holds a NUL."""
+    oru = ORU_R01.replace("OBX|1|NM|8867-4^", "OBX|1|NM|88\x007-4^")
+    assert "\x00" in oru
+    return ADT_A01, oru
+
+
+def test_hl7_file_with_a_nul_quarantines_the_item_and_stores_the_rest(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    adt, oru = _hl7_nul_messages()
+    path = tmp_path / "feed.hl7"
+    path.write_bytes("\r".join([adt, oru]).encode())
+    report = _stored_whole(run("hl7", str(path), "--json", "--no-rescore"))
+    nul = [r for r in report["rejects"] if r["reason_code"] == "invalid_text"]
+    assert len(nul) == 1
+    assert nul[0]["location"].endswith("OBX[1]")
+    assert "observation code contains a NUL character" in nul[0]["reason"]
+    assert "\x00" not in json.dumps(report, ensure_ascii=False)
+    assert _count(pg_url, Patient) == 1
+    assert _count(pg_url, Observation) >= 2  # OBX 2 and 3 of the same message
+
+
 # -- CSV -------------------------------------------------------------------------------------
 DIABETES_HEADER = next(
     csv.reader(
@@ -510,3 +604,17 @@ def test_mllp_acknowledges_every_message_whatever_fails(
     with make_session_factory(pg_engine)() as s:
         reasons = sorted(s.scalars(select(QuarantineItem.reason_code)))
     assert reasons.count("time_out_of_range") == 2
+
+
+def test_mllp_message_with_a_nul_is_accepted_with_the_item_quarantined(
+    server: MllpServer, pg_engine: Engine
+) -> None:
+    adt, oru = _hl7_nul_messages()
+    acks = send_messages("127.0.0.1", server.port, [adt, oru])
+    msa = [next(s for s in a.split("\r") if s.startswith("MSA")).split("|") for a in acks]
+    assert [m[1] for m in msa] == ["AA", "AA"], msa
+    assert "quarantined" in msa[1][3]
+    with make_session_factory(pg_engine)() as s:
+        assert s.scalar(select(func.count()).select_from(Observation)) >= 2
+        reasons = list(s.scalars(select(QuarantineItem.reason_code)))
+    assert reasons.count("invalid_text") == 1

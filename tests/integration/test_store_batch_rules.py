@@ -15,7 +15,7 @@ from vitalcast.clinical.records import (
 )
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.ingest.service import store_batch
-from vitalcast.ingest.tables import QuarantineItem
+from vitalcast.ingest.tables import IngestRun, QuarantineItem
 from vitalcast.security.crypto import FieldCipher
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -99,3 +99,46 @@ def test_a_quarantined_item_keeps_its_whole_code(db_session: Session, cipher: Fi
     db_session.commit()
     assert dict(report.reasons) == {"unknown_code": 1}
     assert db_session.scalars(select(QuarantineItem.code)).all() == [long_code]
+
+
+def test_store_batch_quarantines_unstorable_text_in_any_field_of_any_record(
+    db_session: Session, cipher: FieldCipher
+) -> None:
+    """The rule is the store's, so every source gets it: identifiers (encrypted, yet a
+    surrogate cannot even be encoded), references, attributes' keys and values. The run's
+    own location (a file name decoded with surrogateescape) is stored in escaped form."""
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    batch = RecordBatch(
+        patients=[
+            PatientRecord("ok"),
+            PatientRecord("named", name="Zo\udce9"),
+            PatientRecord("ref\x00x", source_ref="file#ref\x00x"),
+        ],
+        encounters=[
+            EncounterRecord("e-ok", "ok", at),
+            EncounterRecord("e-attr", "ok", at, attributes={"payer\x00": "A"}),
+        ],
+        observations=[
+            ObservationRecord("ok", "8867-4", at, 80.0, "/min", source_ref="o1"),
+            ObservationRecord(
+                "ok", "8867-4", at, 81.0, "/min", device_id="\ud800", source_ref="o2"
+            ),
+        ],
+        received=7,
+    )
+    report = store_batch(
+        db_session, batch, source="fhir", location="dir/caf\udce9.json", cipher=cipher, now=NOW
+    )
+    db_session.commit()
+    assert report.balanced()
+    assert (report.stored, report.quarantined) == (3, 4)
+    assert sorted(r["reason"] for r in report.rejects) == [
+        "encounter attributes contains a NUL character; it cannot be stored",
+        "observation device_id contains an unpaired surrogate (not valid Unicode); it cannot"
+        " be stored",
+        "patient name contains an unpaired surrogate (not valid Unicode); it cannot be stored",
+        "patient ref contains a NUL character; it cannot be stored",
+    ]
+    assert "file#ref\\u0000x" in {r["location"] for r in report.rejects}
+    assert db_session.scalar(select(IngestRun.location)) == "dir/caf\\udce9.json"
+    assert db_session.scalar(select(func.count()).select_from(QuarantineItem)) == 4

@@ -49,7 +49,13 @@ from vitalcast.ingest._resolve import (
 from vitalcast.ingest.quarantine import encrypt_raw
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.tables import IngestRun, QuarantineItem
-from vitalcast.ingest.validate import Invalid, check_observation, check_time
+from vitalcast.ingest.validate import (
+    Invalid,
+    check_observation,
+    check_time,
+    printable,
+    unstorable_text,
+)
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
@@ -95,7 +101,7 @@ def store_batch(
     """
     now = (now or utcnow()).astimezone(UTC)
     report = IngestReport(source=source, location=location)
-    run = IngestRun(source=source, location=location[:500], started_at=now)
+    run = IngestRun(source=source, location=printable(location)[:500], started_at=now)
     session.add(run)
     session.flush()
     report.run_id = run.id
@@ -106,9 +112,13 @@ def store_batch(
     def reject(
         kind: str, where: str, reason_code: str, reason: str, raw: Any, **extra: Any
     ) -> None:
+        # The row must be storable whatever the item held: NUL and unpaired surrogates
+        # in its location, reason, code or raw form are written as escapes (printable).
+        where, reason = printable(where), printable(reason)
         report.reject(kind, where, reason_code, reason)
         location = where[:500]
         text = raw if isinstance(raw, str) or raw is None else _raw_json(raw)
+        text = None if text is None else printable(text)
         blob, key_id = (None, None) if text is None else encrypt_raw(cipher, text, run.id, location)
         quarantine.append(
             {
@@ -120,7 +130,7 @@ def store_batch(
                 "raw_enc": blob,
                 "key_id": key_id,
                 "patient_id": extra.get("patient_id"),
-                "code": (extra.get("code") or None) and str(extra["code"])[:64],
+                "code": (extra.get("code") or None) and printable(str(extra["code"]))[:64],
                 "effective_at": extra.get("effective_at"),
                 "received_at": now,
             }
@@ -128,6 +138,7 @@ def store_batch(
 
     for item in batch.rejected:
         reject(item.kind, item.location, item.reason_code, item.reason, item.raw)
+    batch = _storable_text(batch, reject)
     batch = _within_limits(batch, reject)
     store_patients(session, batch.patients, resolver, report)
     store_encounters(session, batch.encounters, resolver, report, reject, now)
@@ -201,6 +212,35 @@ _BATCH_LISTS = {
     "imaging_study": "imaging_studies",
     "outcome": "outcomes",
 }
+
+
+def _storable_text(batch: RecordBatch, reject: Reject) -> RecordBatch:
+    """The batch without records holding text PostgreSQL cannot store (a NUL character,
+    an unpaired surrogate); those are quarantined as ``invalid_text``, naming the field.
+
+    One check for every source, before anything is written or looked up: such a value
+    failed the whole unit of work in the database before (a FHIR file with its valid
+    patient, an MQTT batch retried until the consumer exited, an HL7 message answered
+    AR), whichever column or lookup it reached first.
+    """
+    out = RecordBatch(received=batch.received)
+    for kind, attr in _BATCH_LISTS.items():
+        kept = getattr(out, attr)
+        for rec in getattr(batch, attr):
+            problem = unstorable_text(rec)
+            if problem is None:
+                kept.append(rec)
+                continue
+            is_obs = isinstance(rec, ObservationRecord)
+            reject(
+                kind,
+                _where(rec) if is_obs else rec.source_ref or kind,
+                "invalid_text",
+                f"{kind} {problem}; it cannot be stored",
+                rec,
+                code=rec.code if is_obs else None,
+            )
+    return out
 
 
 def _within_limits(batch: RecordBatch, reject: Reject) -> RecordBatch:

@@ -15,7 +15,9 @@ MQTT message are held to the same standard:
   so are a stay's height and weight descriptors (PhysioNet 2012 has heights of 1.8 and
   431.8 cm), which leave the stay stored without them;
 - every variable is numeric: a text value alone is ``non_numeric_value``, as are
-  numbers that are not finite (:func:`finite_number`, which adapters use to read them).
+  numbers that are not finite (:func:`finite_number`, which adapters use to read them);
+- no text holds a NUL character or an unpaired surrogate (:func:`unstorable_text`):
+  PostgreSQL cannot store either, so the item is ``invalid_text``.
 
 A rejected record raises :class:`Invalid`; its ``code`` is the quarantine reason code.
 """
@@ -23,8 +25,10 @@ A rejected record raises :class:`Invalid`; its ``code`` is the quarantine reason
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+import re
+from dataclasses import fields, replace
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from vitalcast.clinical.codes import (
     BY_CODE,
@@ -47,6 +51,61 @@ class Invalid(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+# NUL: PostgreSQL text cannot hold it. U+D800-U+DFFF alone (JSON "\ud800" decodes to
+# one): not Unicode, so it cannot be encoded to UTF-8 for the database at all.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_text(record: Any) -> str | None:
+    """Why ``record`` (a canonical record) cannot be stored as text, naming the field and
+    never the value; None when every text in it can be.
+
+    Checked by the store for every source before anything is written: one such character
+    failed the whole unit of work in the database before (a file, an MQTT batch, an HL7
+    message), and the quarantine row meant to hold it failed the same way.
+    """
+    for name in _field_names(type(record)):
+        problem = _text_problem(getattr(record, name))
+        if problem is not None:
+            return f"{name} {problem}"
+    return None
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # dataclasses.fields() is slow for a 1.7-million-row archive
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+def _text_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        found = _UNSTORABLE.search(value)
+        if found is None:
+            return None
+        if found.group() == "\x00":
+            return "contains a NUL character"
+        return "contains an unpaired surrogate (not valid Unicode)"
+    if isinstance(value, dict):  # an encounter's attributes: keys and values
+        return next(
+            (p for k, v in value.items() for p in (_text_problem(k), _text_problem(v)) if p),
+            None,
+        )
+    if isinstance(value, list | tuple):
+        return next((p for v in value if (p := _text_problem(v)) is not None), None)
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with NUL and unpaired surrogates written as ``\\uXXXX`` escapes: what the
+    quarantine keeps of such an item (its location, code and raw form), so that the row
+    holding it can itself be stored and shown."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def finite_number(raw: object) -> float:
