@@ -16,6 +16,16 @@ property: the broker keeps a ``clean_session=0`` session until its own policy dr
 (Mosquitto: ``persistent_client_expiration``, never by default; deploy/mosquitto sets a
 day).
 
+A batch that cannot be stored is retried after 0.5, 1, 2, 5 and 10 s, unacknowledged.
+When the database cannot be reached (a connection error) the consumer then stops with
+the error, and the broker redelivers the batch to the next start. When the batch fails
+for what it holds (the database refuses a value), redelivering it would fail the same way
+for ever, and every later reading would wait behind it: its messages are then stored one
+per transaction, each one the database refuses alone is quarantined (``store_failed``,
+naming the error's class only) and the whole batch is acknowledged. Text the database
+cannot hold (NUL, unpaired surrogates) never gets that far: the store quarantines its
+item as ``invalid_text`` (:func:`~vitalcast.ingest.service.store_batch`).
+
 Each committed batch is counted in the ingest metrics (``vitalcast_ingest_records``,
 ``vitalcast_ingest_quarantined``, source ``mqtt``), as HTTP ingestion counts its requests.
 
@@ -43,7 +53,9 @@ import queue
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -52,12 +64,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.clinical.records import RecordBatch, Rejected
 from vitalcast.config import MQTT_SESSION_EXPIRY_S
 from vitalcast.db.session import session_scope
-from vitalcast.errors import ConfigError
+from vitalcast.errors import ConfigError, error_kind
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.device_payload import (
@@ -66,6 +79,7 @@ from vitalcast.ingest.sources.device_payload import (
     compact_record,
     fhir_observation_batch,
 )
+from vitalcast.ingest.validate import printable
 from vitalcast.json_input import JsonInputError, parse_json
 from vitalcast.monitoring.metrics import observe_ingest
 from vitalcast.security import audit
@@ -182,6 +196,10 @@ def parse_message(topic: str, payload: bytes, prefix: str, seq: int) -> RecordBa
     if len(parts) != len(head) + 2 or parts[: len(head)] != head or parts[-1] != "observations":
         batch.received += 1
         batch.rejected.append(Rejected(where, "bad_topic", "unexpected topic", None))
+        return batch
+    if printable(topic) != topic:  # MQTT forbids NUL in topics; a broker may not check
+        batch.received += 1
+        batch.rejected.append(Rejected(where, "bad_topic", "topic holds a NUL character", None))
         return batch
     device_id = parts[-2]
     try:
@@ -396,15 +414,15 @@ class DeviceStreamConsumer:
             )
 
     def _store_and_ack(self, msgs: list[mqtt.MQTTMessage], stop: threading.Event) -> None:
-        for attempt in range(len(_RETRY_S) + 1):
-            try:
-                report = self.process(msgs)
-                break
-            except Exception:
-                # Not committed, not acknowledged: retry; if we die, the broker redelivers.
-                logger.exception("device batch not stored", extra={"attempt": attempt + 1})
-                if attempt == len(_RETRY_S) or stop.wait(_RETRY_S[attempt]):
-                    raise
+        try:
+            report = _retrying(lambda: self.process(msgs), stop)
+        except Exception as exc:
+            if _unavailable(exc) or stop.is_set():
+                raise  # not acknowledged: the broker redelivers to the next start
+            # The batch fails for what it holds, and would fail the same way at every
+            # redelivery: before, the consumer exited, and at each restart the broker
+            # redelivered the same batch, so no later reading was ever stored.
+            report = self._one_by_one(msgs, stop, exc)
         for msg in msgs:  # PUBACK only after the commit above
             self.client.ack(msg.mid, msg.qos)
         self.stats.messages += len(msgs)
@@ -413,3 +431,83 @@ class DeviceStreamConsumer:
         observe_ingest(report)  # a few counter increments per batch, not per message
         if self.scorer is not None:  # scored by the loop, after the commit and the PUBACKs
             self.scorer.touched(report.touched_encounters)
+
+    def _one_by_one(
+        self, msgs: list[mqtt.MQTTMessage], stop: threading.Event, cause: Exception
+    ) -> IngestReport:
+        """Store a batch the database refused as a whole one message per transaction,
+        quarantining (``store_failed``) each message it refuses alone, so that the others
+        are stored and the whole batch can be acknowledged.
+
+        A database that becomes unreachable meanwhile stops this as it stops a batch (the
+        retries, then the error): nothing is acknowledged, the broker redelivers, and the
+        messages already committed are duplicates then (their dedup keys).
+        """
+        logger.error(
+            "device batch refused; storing its messages one by one",
+            extra={"messages": len(msgs), "error": error_kind(cause)},
+        )
+        report = IngestReport(SOURCE, f"mqtt {self.config.client_id} batch of {len(msgs)}")
+        for msg in msgs:
+            try:
+                part = _retrying(partial(self.process, [msg]), stop, data_attempts=1)
+            except Exception as exc:
+                if _unavailable(exc) or stop.is_set():
+                    raise
+                logger.error("device message quarantined", extra={"error": error_kind(exc)})
+                part = _retrying(partial(self._quarantine, msg, exc), stop)
+            report.merge(part)
+        return report
+
+    def _quarantine(self, msg: mqtt.MQTTMessage, exc: Exception) -> IngestReport:
+        """Quarantine one message the database refused, with its payload (escaped by the
+        store where it must be) and the error's class only (its text may quote data)."""
+        self._seq += 1
+        where = f"{msg.topic}#{self._seq}"
+        reason = (
+            f"the database refused this message ({error_kind(exc)});"
+            " none of its readings was stored"
+        )
+        raw = bytes(msg.payload)[:2000].decode("utf-8", "replace")
+        batch = RecordBatch(received=1, rejected=[Rejected(where, "store_failed", reason, raw)])
+        with session_scope(self.factory) as session:
+            return store_batch(
+                session,
+                batch,
+                source=SOURCE,
+                location=f"mqtt {self.config.client_id} message",
+                cipher=self.cipher,
+                agent=audit.Agent(f"mqtt:{self.config.client_id}"),
+            )
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached (down, restarting, a lost connection): a transient
+    failure, retried and never acknowledged, unlike one caused by what a batch holds."""
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def _retrying(
+    store: Callable[[], IngestReport], stop: threading.Event, *, data_attempts: int | None = None
+) -> IngestReport:
+    """``store()``, retried after each of ``_RETRY_S``; a failure that is not transient
+    is retried only until ``data_attempts`` attempts were made (all of them by default).
+
+    Not committed, not acknowledged: if the process dies meanwhile, the broker redelivers.
+    Only the error's class is logged (its text may quote patient data).
+    """
+    attempt = 0
+    while True:
+        try:
+            return store()
+        except Exception as exc:
+            logger.error(
+                "device batch not stored",
+                extra={"attempt": attempt + 1, "error": error_kind(exc)},
+            )
+            last = attempt == len(_RETRY_S) or (
+                data_attempts is not None and not _unavailable(exc) and attempt + 1 >= data_attempts
+            )
+            if last or stop.wait(_RETRY_S[attempt]):
+                raise
+            attempt += 1
