@@ -28,6 +28,7 @@ import math
 import re
 from dataclasses import fields, replace
 from datetime import date, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from vitalcast.clinical.codes import (
@@ -66,21 +67,32 @@ def unstorable_text(record: Any) -> str | None:
     failed the whole unit of work in the database before (a file, an MQTT batch, an HL7
     message), and the quarantine row meant to hold it failed the same way.
     """
-    for name in _field_names(type(record)):
-        problem = _text_problem(getattr(record, name))
+    names, getter, nested = _fields_of(type(record))
+    values = getter(record) if len(names) > 1 else (getter(record),)
+    if not nested:  # one scan per record: bulk loads check millions of them
+        joined = "".join([v for v in values if isinstance(v, str)])
+        if "\x00" not in joined if joined.isascii() else _UNSTORABLE.search(joined) is None:
+            return None
+    for name, value in zip(names, values, strict=True):
+        problem = _text_problem(value)
         if problem is not None:
             return f"{name} {problem}"
     return None
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+# Per record class: field names, a getter of their values, and whether a field may hold a
+# container (its texts are then checked field by field).
+_FIELDS: dict[type, tuple[tuple[str, ...], attrgetter[Any], bool]] = {}
+_CONTAINERS = ("dict", "list", "tuple", "set", "Mapping", "Sequence", "Any")
 
 
-def _field_names(cls: type) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:  # dataclasses.fields() is slow for a 1.7-million-row archive
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
-    return names
+def _fields_of(cls: type) -> tuple[tuple[str, ...], attrgetter[Any], bool]:
+    if cls not in _FIELDS:
+        found = fields(cls)
+        names = tuple(f.name for f in found)
+        nested = any(c in str(f.type) for f in found for c in _CONTAINERS)
+        _FIELDS[cls] = (names, attrgetter(*names), nested)
+    return _FIELDS[cls]
 
 
 def _text_problem(value: Any) -> str | None:
