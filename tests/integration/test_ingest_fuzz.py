@@ -7,8 +7,9 @@ wrote is exactly what its report says: per kind, the new rows in the database eq
 report's stored count (less replacements), quarantine rows equal quarantined items, and
 received = stored + duplicates + quarantined. Nothing is half-written.
 
-Runs on the embedded SQLite store (one file for the module; each example rolls back),
-which shares every code path with PostgreSQL except the COPY fast path.
+Runs on PostgreSQL (one database for the module; each example rolls back), the store a
+hospital runs: it refuses text that SQLite keeps (a NUL character, an unpaired
+surrogate), so fuzzing on SQLite once hid a file that failed whole on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from tests.hl7_samples import ADT_A01, ADT_A03, ORU_R01
+from tests.services import DatabaseFactory
 from vitalcast.clinical.tables import Condition, Encounter, Observation, Outcome, Patient
-from vitalcast.db import create_db_engine, upgrade_database
+from vitalcast.db import create_db_engine
 from vitalcast.errors import IngestError
 from vitalcast.ingest.files import ingest_csv
 from vitalcast.ingest.report import IngestReport
@@ -62,9 +64,8 @@ CIPHER = FieldCipher.from_strings(
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    engine = create_db_engine(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}")
-    upgrade_database(engine)
+def store(databases: DatabaseFactory) -> Iterator[Engine]:
+    engine = create_db_engine(databases.new())
     with Session(engine) as session:  # a known patient and stay for HL7 results to join
         msg = parse_message(ADT_A01, origin="seed.hl7", pseudonym=CIPHER.mrn_hash)
         store_unit(session, msg.unit, source=HL7, cipher=CIPHER, now=NOW)
