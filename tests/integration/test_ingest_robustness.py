@@ -122,6 +122,27 @@ def test_fhir_folder_goes_past_bad_files_and_reports_them(
     assert _count(pg_url, QuarantineItem) == report["quarantined"]
 
 
+def test_fhir_time_reasons_name_the_field_never_the_date(
+    run: Callable[..., Result], tmp_path: Path
+) -> None:
+    """A date of care is an identifier (HIPAA): the reasons for an unreadable time,
+    printed and stored in the quarantine, named the field and quoted the value."""
+    folder = tmp_path / "times"
+    folder.mkdir()
+    times = {"day": "2024-03-17", "naive": "2024-03-17T10:41:00", "bad": "2024-03-17Tnoon"}
+    for name, when in times.items():
+        (folder / f"{name}.json").write_text(json.dumps(_observation(name, when)))
+    result = run("fhir", str(folder), "--json")
+    _clean(result)
+    report = json.loads(result.stdout)
+    # FHIR's own pattern refuses the naive and the garbled time first (a time of day
+    # needs a zone); the mapper's rule refuses the day-precision one.
+    assert report["reasons"] == {"imprecise_time": 1, "invalid_resource": 2}
+    assert all("effectiveDateTime" in r["reason"] or "effective time" in r["reason"]
+               for r in report["rejects"])  # fmt: skip
+    assert "2024" not in json.dumps(report["rejects"])
+
+
 def test_fhir_patient_birth_date_out_of_range_is_quarantined(
     run: Callable[..., Result], pg_url: str, tmp_path: Path
 ) -> None:

@@ -71,6 +71,8 @@ def parse_instant(text: str | None, *, what: str) -> datetime:
 
     Day-precision values ("2012-09-17", "2012") are refused rather than placed at an
     invented time: point-in-time features must never see a value before it existed.
+    Messages name the field, never its value: a date of a patient's care is an
+    identifier under HIPAA.
 
     Raises:
         ResourceProblem: missing, day-precision, timezone-less or out-of-range time
@@ -82,16 +84,16 @@ def parse_instant(text: str | None, *, what: str) -> datetime:
         raise ResourceProblem("bad_time", f"{what} is not a FHIR dateTime")
     if "T" not in text:
         raise ResourceProblem(
-            "imprecise_time", f"{what} {text!r} has no time of day; a point in time is needed"
+            "imprecise_time", f"{what} has no time of day; a point in time is needed"
         )
     try:
         value = parse_iso(text, what)
     except TimeOutOfRange as exc:
         raise ResourceProblem(exc.code, str(exc)) from None
     except ValueError:
-        raise ResourceProblem("bad_time", f"{what} {text!r} is not a FHIR dateTime") from None
+        raise ResourceProblem("bad_time", f"{what} is not a FHIR dateTime") from None
     if value.tzinfo is None:
-        raise ResourceProblem("naive_time", f"{what} {text!r} has no timezone")
+        raise ResourceProblem("naive_time", f"{what} has no timezone")
     return to_utc(value, what)
 
 
