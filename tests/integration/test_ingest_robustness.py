@@ -639,3 +639,101 @@ def test_mllp_message_with_a_nul_is_accepted_with_the_item_quarantined(
         assert s.scalar(select(func.count()).select_from(Observation)) >= 2
         reasons = list(s.scalars(select(QuarantineItem.reason_code)))
     assert reasons.count("invalid_text") == 1
+
+
+SHIFT_PROFILE = """\
+name: shift
+source: shift
+patient: {ref: pid}
+encounter:
+  ref: eid
+  admitted_at: 2020-01-01T00:00:00Z
+  attributes: {numeric: [a], columns: [b]}
+"""
+
+
+def _stored_attributes(pg_url: str) -> dict[str, Any]:
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT source_ref, attributes FROM encounters")).all()
+    finally:
+        engine.dispose()
+    return {ref: attributes for ref, attributes in rows}
+
+
+def test_csv_row_with_more_fields_than_the_header_is_quarantined_not_shifted(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    """A trailing delimiter made pandas take the first column as the index: every cell
+    moved one column left and the file was stored under the wrong patient."""
+    profile = tmp_path / "shift.yaml"
+    profile.write_text(SHIFT_PROFILE)
+    path = tmp_path / "shift.csv"
+    path.write_text("eid,pid,a,b\n100,200,5,6,\n101,201,7,8\n")
+    result = run("csv", "--profile", str(profile), str(path), "--json")
+    _clean(result)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["balanced"] is True
+    reasons = {r["location"]: (r["reason_code"], r["reason"]) for r in report["rejects"]}
+    assert reasons == {"shift.csv:2": ("malformed_line", "5 fields, the header has 4")}
+    assert _stored_attributes(pg_url) == {"shift:101": {"a": 7, "b": "8"}}
+
+
+def test_csv_whose_every_row_ends_in_a_delimiter_is_refused(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    """With every row one field too long (an export's trailing delimiter), the file was
+    stored shifted (or quarantined as "gender: unknown category"): it is refused."""
+    path = tmp_path / "trailing.csv"
+    path.write_text(
+        "".join(
+            line + ",\n" if n else line + "\n"
+            for n, line in enumerate(_csv([{}, {}], []).splitlines())
+        )
+    )
+    result = run("csv", "--profile", "diabetes130", str(path))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(
+        "error: trailing.csv: every row has more fields than the header"
+    )
+    assert "first at line 2" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _count(pg_url, Encounter) == 0
+
+
+@pytest.mark.parametrize("suffix", [".xz", ".zip", ".zst", ".gz", ".bz2"])
+def test_corrupt_compressed_csv_exits_2_with_one_line(
+    run: Callable[..., Result], tmp_path: Path, suffix: str
+) -> None:
+    """Corrupt .xz and .zip (and .zst without zstandard) ended in "internal error"."""
+    path = tmp_path / f"f.csv{suffix}"
+    path.write_text("x\n")
+    result = run("csv", "--profile", "diabetes130", str(path))
+    _clean(result)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: f.csv{suffix}: cannot read as CSV (")
+    assert "bug" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_csv_locations_are_the_lines_of_the_file(
+    run: Callable[..., Result], tmp_path: Path
+) -> None:
+    """Rows were numbered from 2 by position: a blank line or a quoted line break made
+    every later location point at the wrong line."""
+    rows = _csv(
+        [{}, {"gender": "X"}, {"medical_specialty": "Family\nMedicine"}, {"gender": "Y"}], []
+    )
+    header, first, bad, more = rows.split("\n", 3)
+    # header (1), blank (2), row (3), blank (4), bad row (5), row over lines 6-7, bad (8)
+    path = tmp_path / "blank.csv"
+    path.write_text("\n".join([header, "", first, "", bad, more]))
+    result = run("csv", "--profile", "diabetes130", str(path), "--json")
+    _clean(result)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    locations = sorted(r["location"] for r in report["rejects"])
+    assert locations == ["blank.csv:5", "blank.csv:8"]
+    assert report["by_kind"]["encounter"]["stored"] == 2

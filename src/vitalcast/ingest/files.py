@@ -21,6 +21,7 @@ from vitalcast.errors import IngestError
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.service import audit_ingest, store_batch
 from vitalcast.ingest.sources import physionet
+from vitalcast.ingest.sources._csv_file import CsvFile
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 
@@ -113,7 +114,7 @@ def ingest_csv(
     except csv_source.ProfileError as exc:
         raise IngestError(str(exc)) from None
     rows = read_csv_rows(path, mapping)
-    batch = csv_source.parse_rows(rows, mapping, name=path.name)
+    batch = csv_source.parse_rows(rows.rows, mapping, name=path.name)
     report = store_batch(
         session,
         batch,
@@ -123,41 +124,37 @@ def ingest_csv(
         now=now,
         agent=agent,
     )
-    report.ignored_columns = csv_source.unknown_columns(list(rows[0]) if rows else [], mapping)
+    report.ignored_columns = csv_source.unknown_columns(rows.columns, mapping)
     return report
 
 
-def read_csv_rows(path: Path, profile: Any) -> list[dict[str, str | None]]:
-    """All rows as text cells (``None`` where missing), or IngestError."""
-    import pandas as pd
+def read_csv_rows(path: Path, profile: Any) -> CsvFile:
+    """The file's header and rows as text cells (``None`` where missing), or IngestError."""
+    from vitalcast.ingest.sources._csv_file import DEFAULT_NA, CsvReadError, read_csv_file
 
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
+    na = frozenset(profile.read.na_values) | (DEFAULT_NA if profile.read.keep_default_na else set())
     try:
-        frame = pd.read_csv(
-            path,
-            dtype=str,
-            sep=profile.read.sep,
-            na_values=profile.read.na_values,
-            keep_default_na=profile.read.keep_default_na,
-            encoding="utf-8",
-            compression="infer",
-        )
-    except UnicodeDecodeError as exc:
-        raise IngestError(f"{path.name}: not UTF-8 text (byte {exc.start})") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IngestError(f"{path.name}: cannot read as CSV ({first})") from None
-    missing = sorted(profile.required_columns() - set(frame.columns))
+        table = read_csv_file(path, sep=profile.read.sep, na_values=na)
+    except CsvReadError as exc:
+        raise IngestError(f"{path.name}: {exc}") from None
+    missing = sorted(profile.required_columns() - set(table.columns))
     if missing:
         raise IngestError(
             f"{path.name}: columns {', '.join(missing)} required by profile"
             f" {profile.name!r} are missing"
         )
-    records: list[dict[str, str | None]] = (
-        frame.astype(object).where(frame.notna(), None).to_dict("records")
-    )
-    return records
+    widths = {len(row.cells) + len(row.extra) for row in table.rows if row.extra}
+    if table.rows and all(row.extra for row in table.rows):
+        # Every row longer than the header: the export's layout (a delimiter after the
+        # last field of each row), not a stray row; storing nothing is the honest answer.
+        raise IngestError(
+            f"{path.name}: every row has more fields than the header"
+            f" ({', '.join(map(str, sorted(widths)))} against {len(table.columns)};"
+            f" first at line {table.rows[0].line}), a delimiter at the end of each row?"
+        )
+    return table
 
 
 def ingest_mimic_iv(

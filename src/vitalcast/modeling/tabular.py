@@ -110,7 +110,7 @@ def load_readmission(path: Path) -> Dataset:
         rows = read_csv_rows(path, profile)
     except IngestError as exc:
         raise TaskError(f"not Diabetes 130 data: {exc}") from None
-    batch = parse_rows(rows, profile, name=path.name)
+    batch = parse_rows(rows.rows, profile, name=path.name)
     del rows
     if not batch.encounters:
         raise TaskError(f"{path.name}: no Diabetes 130 encounter could be read")

@@ -12,7 +12,7 @@ encounter's attributes, which are kept in clear text: the ingest report names it
 (:func:`unknown_columns`) so that the profile can be extended on purpose.
 
 Each CSV row is one input item: it becomes an encounter (plus its patient, diagnoses and
-outcomes), or is quarantined with its line number and the raw row. Reasons name the
+outcomes), or is quarantined with its line in the file and the raw row. Reasons name the
 column and what was wrong, never the cell's value (a mistyped cell may hold anything,
 a name or an MRN included).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -39,6 +40,7 @@ from vitalcast.clinical.records import (
     Rejected,
     Sex,
 )
+from vitalcast.ingest.sources._csv_file import CsvRow
 from vitalcast.ingest.validate import finite_number
 
 
@@ -53,7 +55,7 @@ class _Strict(BaseModel):
 class ReadOptions(_Strict):
     na_values: list[str] = Field(default_factory=list)
     keep_default_na: bool = False
-    sep: str = ","
+    sep: str = Field(",", min_length=1, max_length=1)  # one character, as csv reads it
 
 
 class SexMapping(_Strict):
@@ -219,20 +221,28 @@ def _count(row: dict[str, str | None], column: str) -> float | int | None:
     return int(value) if value is not None and value.is_integer() else value
 
 
-def parse_rows(
-    rows: list[dict[str, str | None]], profile: Profile, *, name: str, first_line: int = 2
-) -> RecordBatch:
-    """Map CSV rows (cells as text, ``None`` for missing) to canonical records."""
+def parse_rows(rows: Sequence[CsvRow], profile: Profile, *, name: str) -> RecordBatch:
+    """Map CSV rows (cells as text, ``None`` for missing) to canonical records.
+
+    Locations are ``name:line`` with the row's line in the file. A row with more fields
+    than the header is quarantined as ``malformed_line``: which of its cells belongs to
+    which column cannot be known (one delimiter too many shifts them all).
+    """
     batch = RecordBatch()
     stored = profile.attribute_columns()
     numeric = set(profile.encounter.attributes.numeric)
-    for lineno, row in enumerate(rows, start=first_line):
-        where = f"{name}:{lineno}"
+    for row in rows:
+        where = f"{name}:{row.line}"
         batch.received += 1
+        raw = json.dumps(row.cells | ({"": list(row.extra)} if row.extra else {}), default=str)
+        if row.extra:
+            fields, header = len(row.cells) + len(row.extra), len(row.cells)
+            reason = f"{fields} fields, the header has {header}"
+            batch.rejected.append(Rejected(where, "malformed_line", reason, raw, "encounter"))
+            continue
         try:
-            records = _map_row(row, profile, where, stored, numeric)
+            records = _map_row(row.cells, profile, where, stored, numeric)
         except ValueError as exc:
-            raw = json.dumps(row, default=str)
             batch.rejected.append(Rejected(where, "invalid_row", str(exc), raw, "encounter"))
             continue
         patient, encounter, conditions, outcomes = records
