@@ -737,3 +737,76 @@ def test_csv_locations_are_the_lines_of_the_file(
     locations = sorted(r["location"] for r in report["rejects"])
     assert locations == ["blank.csv:5", "blank.csv:8"]
     assert report["by_kind"]["encounter"]["stored"] == 2
+
+
+def _physionet_record(record_id: int, **descriptors: str) -> str:
+    values = {"Age": "71", "Gender": "1", "Height": "-1", "ICUType": "3", "Weight": "80"}
+    values |= descriptors
+    lines = ["Time,Parameter,Value", f"00:00,RecordID,{record_id}"]
+    lines += [f"00:00,{name},{value}" for name, value in values.items()]
+    return "\n".join([*lines, "00:10,HR,88", ""])
+
+
+def test_physionet_descriptors_that_are_not_finite_or_plausible_are_quarantined(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    """NaN, Infinity and 300 were stored as the stay's age (an infinite age passed the
+    population's "15 or over"); text and an unknown ICU type were dropped silently."""
+    folder = tmp_path / "set-x"
+    folder.mkdir()
+    cases = {
+        1: {"Age": "nan"},
+        2: {"Age": "inf"},
+        3: {"Age": "300"},
+        4: {"Age": "abc"},
+        5: {"Weight": "abc"},
+        6: {"ICUType": "9"},
+        7: {"Gender": "2"},
+        8: {"Age": "-1", "Gender": "-1", "ICUType": "-1", "Weight": "-1"},  # not recorded
+    }
+    for record_id, descriptors in cases.items():
+        (folder / f"{record_id}.txt").write_text(_physionet_record(record_id, **descriptors))
+    outcomes = tmp_path / "Outcomes.txt"
+    outcomes.write_text(
+        "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n"
+        + "".join(f"{n},10,5,4,-1,0\n" for n in cases)
+    )
+    result = run("physionet2012", str(folder), "--outcomes", str(outcomes), "--json")
+    _clean(result)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["balanced"] is True
+    rejects = {
+        r["location"]: f"{r['reason_code']}: {r['reason']}"
+        for r in report["rejects"]
+        if r["kind"] == "descriptor"
+    }
+    assert rejects == {
+        "set-x/1.txt:3": "non_numeric_value: Age: not a finite number",
+        "set-x/2.txt:3": "non_numeric_value: Age: not a finite number",
+        "set-x/3.txt age_years": "implausible_value: Age 300 years outside plausible range 0-130",
+        "set-x/4.txt:3": "non_numeric_value: Age: not a number",
+        "set-x/5.txt:7": "non_numeric_value: Weight: not a number",
+        "set-x/6.txt:6": "implausible_value: ICUType: not one of the codes 1, 2, 3, 4",
+        "set-x/7.txt:4": "implausible_value: Gender: not one of the codes 0, 1",
+    }
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT source_ref, age_years, weight_kg, unit FROM encounters")
+            ).all()
+    finally:
+        engine.dispose()
+    by_ref = {ref.removeprefix("physionet2012:"): tuple(rest) for ref, *rest in stored}
+    # Every stay is stored, without the value that could not be read.
+    assert by_ref == {
+        "1": (None, 80.0, "MICU"),
+        "2": (None, 80.0, "MICU"),
+        "3": (None, 80.0, "MICU"),
+        "4": (None, 80.0, "MICU"),
+        "5": (71.0, None, "MICU"),
+        "6": (71.0, 80.0, None),
+        "7": (71.0, 80.0, "MICU"),
+        "8": (None, None, None),
+    }

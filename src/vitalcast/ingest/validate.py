@@ -12,8 +12,8 @@ MQTT message are held to the same standard:
   converted to its code's one canonical UCUM unit; an unknown unit is never guessed;
 - values outside the variable's plausible physiological range are device artefacts or
   transcription errors (HR 0, temperature -17.8 °C in PhysioNet 2012) and are rejected;
-  so are a stay's height and weight descriptors (PhysioNet 2012 has heights of 1.8 and
-  431.8 cm), which leave the stay stored without them;
+  so are a stay's height, weight and age descriptors (PhysioNet 2012 has heights of 1.8
+  and 431.8 cm), which leave the stay stored without them;
 - every variable is numeric: a text value alone is ``non_numeric_value``, as are
   numbers that are not finite (:func:`finite_number`, which adapters use to read them);
 - no text holds a NUL character or an unpaired surrogate (:func:`unstorable_text`):
@@ -194,22 +194,26 @@ def check_encounter(rec: EncounterRecord, *, now: datetime, born_on: date | None
             raise Invalid("discharge_before_admission", "discharge time is before admission")
 
 
-# The encounter descriptors that are measurements of a vocabulary variable.
+# Age is not a charted variable; its range only tells a typo (300) from an age.
+AGE_YEARS = VariableSpec("age", "30525-0", "a", "Age", "years", "descriptor", 0, 130)
+# The encounter's descriptors: measurements of a vocabulary variable, and age.
 _DESCRIPTORS: tuple[tuple[str, VariableSpec], ...] = (
     ("height_cm", BY_KEY["height"]),
     ("weight_kg", BY_KEY["weight"]),
+    ("age_years", AGE_YEARS),
 )
 
 
 def drop_implausible_descriptors(
     rec: EncounterRecord,
 ) -> tuple[EncounterRecord, list[tuple[str, float, Invalid]]]:
-    """The stay without the descriptors outside their variable's plausible range.
+    """The stay without the descriptors outside their plausible range (or not finite).
 
-    A mistyped height is not a reason to lose the stay, but it must not reach the models
-    (a tree splits on it) or the patient page either, so it is held to the range of the
-    same variable charted as an observation. Returns the cleaned record and, for the
-    quarantine, each dropped descriptor's field name, value and reason.
+    A mistyped height or age is not a reason to lose the stay, but it must not reach the
+    models (a tree splits on it, an infinite age passed the population's "15 or over")
+    or the patient page either, so height and weight are held to the range of the same
+    variable charted as an observation, and age to :data:`AGE_YEARS`. Returns the cleaned
+    record and, for the quarantine, each dropped descriptor's field name, value and reason.
     """
     dropped: list[tuple[str, float, Invalid]] = []
     for name, spec in _DESCRIPTORS:
@@ -223,6 +227,7 @@ def drop_implausible_descriptors(
         rec,
         height_cm=None if "height_cm" in names else rec.height_cm,
         weight_kg=None if "weight_kg" in names else rec.weight_kg,
+        age_years=None if "age_years" in names else rec.age_years,
     )
     return clean, dropped
 

@@ -2,7 +2,8 @@
 
 Each record file holds ``Time,Parameter,Value`` rows; times are ``HH:MM`` since ICU
 admission (hours may exceed 23). The first rows at 00:00 are the six descriptors
-(RecordID, Age, Gender, Height, ICUType, Weight), where ``-1`` means "not recorded".
+(RecordID, Age, Gender, Height, ICUType, Weight), where ``-1`` means "not recorded"; a
+descriptor that cannot be read is quarantined on its own and the stay kept without it.
 Relative times become absolute UTC times from an admission anchor, so that the stays
 live in the same store as real-time data.
 
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from vitalcast.clinical.codes import BY_PHYSIONET, ICU_TYPES
 from vitalcast.clinical.records import (
@@ -31,6 +33,9 @@ from vitalcast.clinical.records import (
     Rejected,
     Sex,
 )
+from vitalcast.ingest.validate import finite_number
+
+T = TypeVar("T")
 
 SOURCE = "physionet2012"
 DEFAULT_ANCHOR = datetime(2012, 1, 1, tzinfo=UTC)
@@ -74,11 +79,6 @@ def _ascii_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _number(text: str) -> float | None:
-    value = float(text)
-    return None if value == -1 else value
-
-
 def parse_record(
     record: RecordText,
     *,
@@ -99,7 +99,7 @@ def parse_record(
     lines = record.text.splitlines()
     if not lines or lines[0].strip().replace(" ", "") != "Time,Parameter,Value":
         raise PhysionetFormatError(f"{record.name}: first line must be 'Time,Parameter,Value'")
-    descriptors: dict[str, str] = {}
+    descriptors: dict[str, tuple[int, str]] = {}  # parameter -> (line, value)
     rows: list[tuple[int, str, str, str]] = []
     for lineno, line in enumerate(lines[1:], start=2):
         row = line.split(",")
@@ -118,19 +118,17 @@ def parse_record(
             continue
         stamp, parameter, value = row[0].strip(), row[1].strip(), row[2].strip()
         if parameter in DESCRIPTORS and stamp == "00:00" and parameter not in descriptors:
-            descriptors[parameter] = value
+            descriptors[parameter] = (lineno, value)
             continue
         rows.append((lineno, stamp, parameter, value))
-    record_id = descriptors.get("RecordID")
+    record_id = descriptors.get("RecordID", (0, ""))[1]
     if not record_id:
         raise PhysionetFormatError(f"{record.name}: no RecordID descriptor")
     ref = f"{prefix}:{record_id}"
-    batch.patients.append(
-        PatientRecord(
-            ref=ref, sex=_SEX.get(descriptors.get("Gender", ""), "unknown"), source_ref=record.name
-        )
-    )
-    icu_type = descriptors.get("ICUType", "")
+    read = _Descriptors(record.name, descriptors, batch)
+    gender = read.category("Gender", _SEX)
+    icu_type = read.category("ICUType", {str(k): v for k, v in ICU_TYPES.items()})
+    batch.patients.append(PatientRecord(ref=ref, sex=gender or "unknown", source_ref=record.name))
     batch.encounters.append(
         EncounterRecord(
             ref=ref,
@@ -138,10 +136,10 @@ def parse_record(
             admitted_at=anchor,
             discharged_at=discharged_at,
             kind="icu",
-            unit=ICU_TYPES.get(int(icu_type)) if _ascii_digits(icu_type) else None,
-            age_years=_safe_number(descriptors.get("Age")),
-            height_cm=_safe_number(descriptors.get("Height")),
-            weight_kg=_safe_number(descriptors.get("Weight")),
+            unit=icu_type,
+            age_years=read.number("Age"),
+            height_cm=read.number("Height"),
+            weight_kg=read.number("Weight"),
             source_ref=record.name,
         )
     )
@@ -180,11 +178,52 @@ def parse_record(
     return batch
 
 
-def _safe_number(text: str | None) -> float | None:
-    try:
-        return _number(text) if text else None
-    except ValueError:
-        return None
+class _Descriptors:
+    """A record's descriptor values; an unreadable one is quarantined (kind
+    ``descriptor``) and read as not recorded, so the stay itself is kept.
+
+    ``-1`` or an empty value means "not recorded". Any other value that is not a finite
+    number is ``non_numeric_value``, and a category outside the challenge's codes is
+    ``implausible_value``. (Ranges of numbers are the shared rule's, applied when the
+    stay is stored: :func:`vitalcast.ingest.validate.drop_implausible_descriptors`.)
+    """
+
+    def __init__(self, name: str, values: dict[str, tuple[int, str]], batch: RecordBatch) -> None:
+        self.name, self.values, self.batch = name, values, batch
+
+    def _recorded(self, parameter: str) -> tuple[str, float] | None:
+        """The value's location and number, None when not recorded or unreadable."""
+        lineno, text = self.values.get(parameter, (0, ""))
+        if not text:
+            return None
+        where = f"{self.name}:{lineno}"
+        try:
+            value = finite_number(text)
+        except ValueError as exc:
+            self._reject(where, parameter, "non_numeric_value", f"{parameter}: {exc}")
+            return None
+        return None if value == -1 else (where, value)
+
+    def number(self, parameter: str) -> float | None:
+        recorded = self._recorded(parameter)
+        return None if recorded is None else recorded[1]
+
+    def category(self, parameter: str, codes: dict[str, T]) -> T | None:
+        recorded = self._recorded(parameter)
+        if recorded is None:
+            return None
+        where, value = recorded
+        code = f"{value:.0f}" if value.is_integer() else ""
+        if code not in codes:
+            reason = f"{parameter}: not one of the codes {', '.join(codes)}"
+            self._reject(where, parameter, "implausible_value", reason)
+            return None
+        return codes[code]
+
+    def _reject(self, where: str, parameter: str, code: str, reason: str) -> None:
+        raw = f"00:00,{parameter},{self.values[parameter][1]}"
+        self.batch.received += 1  # an item of its own, like each row
+        self.batch.rejected.append(Rejected(where, code, reason, raw, "descriptor"))
 
 
 def iter_records(path: Path) -> Iterator[RecordText]:
