@@ -101,3 +101,56 @@ def test_missing_path_is_an_error(db_session: Session, cipher: FieldCipher, tmp_
     text.write_text("not dicom")
     with pytest.raises(IngestError, match="no readable DICOM"):
         ingest_dicom(db_session, [text], cipher=cipher)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"StudyDate": "20241399"}, "StudyDate (0008,0020) is not a date YYYYMMDD"),
+        ({"StudyTime": "256000"}, "StudyTime (0008,0030) is not a time HHMMSS"),
+        (
+            {"TimezoneOffsetFromUTC": "+9999"},
+            "Timezone Offset From UTC (0008,0201) is not an offset -1200..+1400",
+        ),
+    ],
+)
+def test_unreadable_study_time_is_quarantined(
+    db_session: Session, cipher: FieldCipher, tmp_path: Path, changes: dict[str, str], reason: str
+) -> None:
+    """An impossible StudyDate stored the study without a time, and an impossible offset
+    stored it at the time of the assumed zone: the file is quarantined instead."""
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    known = RecordBatch(patients=[PatientRecord(ref="ehr:1", mrn=str(ct.PatientID))])
+    store_batch(db_session, known, source="fhir", location="t", cipher=cipher, now=NOW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that the value is invalid: it is
+        for keyword, value in changes.items():
+            setattr(ct, keyword, value)
+    path = tmp_path / "bad.dcm"
+    ct.save_as(path)
+
+    report = ingest_dicom(db_session, [path], cipher=cipher, now=NOW)
+    db_session.commit()
+    assert report.balanced()
+    assert [(r["location"], r["reason_code"], r["reason"]) for r in report.rejects] == [
+        ("bad.dcm", "bad_study_time", reason)
+    ]
+    assert db_session.scalars(select(ImagingStudy)).all() == []
+
+
+def test_acr_nema_study_date_is_read(
+    db_session: Session, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    """yyyy.mm.dd and HH:MM:SS, from before DICOM 3.0, are still dates and times (PS3.5)."""
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    known = RecordBatch(patients=[PatientRecord(ref="ehr:1", mrn=str(ct.PatientID))])
+    store_batch(db_session, known, source="fhir", location="t", cipher=cipher, now=NOW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns: not the DICOM 3.0 form
+        ct.StudyDate, ct.StudyTime = "1997.04.24", "14:04:38"
+    path = tmp_path / "old.dcm"
+    ct.save_as(path)
+    ingest_dicom(db_session, [path], cipher=cipher, now=NOW)
+    db_session.commit()
+    study = db_session.scalars(select(ImagingStudy)).one()
+    assert study.started_at == datetime(1997, 4, 24, 19, 4, 38, tzinfo=UTC)  # offset -0500

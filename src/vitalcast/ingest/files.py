@@ -214,7 +214,7 @@ def ingest_dicom(
     if not files:
         raise IngestError("no DICOM files found in " + ", ".join(p.name for p in paths))
     batch = dicom.parse_files(files, cipher=cipher, assume_tz=assume_tz)
-    if len(batch.rejected) == len(files):
+    if sum(r.reason_code in dicom.NOT_A_STUDY for r in batch.rejected) == len(files):
         raise IngestError("no readable DICOM file among " + ", ".join(p.name for p in paths[:5]))
     hashes = sorted(
         {s.patient_ref.removeprefix("mrn-hmac:") for s in batch.imaging_studies} - {"no-patient-id"}

@@ -10,7 +10,8 @@ MRN is never stored, logged, or used as a reference. A study whose patient is un
 is quarantined (``unknown_patient``), never attached to a guessed patient.
 
 Study time: StudyDate + StudyTime (DICOM PS3.5 DA/TM), in the Timezone Offset From UTC
-(0008,0201) when the file has one, else in ``assume_tz`` (the site's time zone).
+(0008,0201) when the file has one, else in ``assume_tz`` (the site's time zone). One of
+them present but unreadable quarantines the file (``bad_study_time``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from vitalcast.clinical.times import TimeOutOfRange, to_utc
 from vitalcast.security.crypto import FieldCipher
 
 SOURCE = "dicom"
+# Reasons for which a file is no study at all; when every file has one, the input is
+# refused. (A study with an unreadable time, bad_study_time, is a study: quarantined.)
+NOT_A_STUDY = frozenset({"unreadable_dicom", "missing_study_uid"})
 _PREAMBLE_MAGIC = b"DICM"
 
 
@@ -109,12 +113,20 @@ def parse_files(files: list[Path], *, cipher: FieldCipher, assume_tz: tzinfo = U
         patient_id = str(ds.get("PatientID") or "").strip()
         study = studies.get(uid)
         if study is None:
+            try:
+                started_at = _study_time(ds, assume_tz)
+            except _BadStudyTime as exc:
+                raw = _summary(ds)
+                batch.rejected.append(
+                    Rejected(where, "bad_study_time", str(exc), raw, "imaging_study")
+                )
+                continue
             study = studies[uid] = _Study(
                 uid=uid,
                 patient_hash=cipher.mrn_hash(patient_id) if patient_id else None,
                 where=where,
                 body_part=_text(ds, "BodyPartExamined", 64),
-                started_at=_study_time(ds, assume_tz),
+                started_at=started_at,
                 description=_text(ds, "StudyDescription", 300),
             )
         study.files += 1
@@ -151,20 +163,42 @@ def _text(ds: Any, keyword: str, limit: int) -> str | None:
     return str(value).strip()[:limit] or None if value is not None else None
 
 
+class _BadStudyTime(ValueError):
+    """A study date, time or offset that is present but cannot be read."""
+
+
 def _study_time(ds: Any, assume_tz: tzinfo) -> datetime | None:
-    """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.FFFFFF, parts optional) as aware UTC."""
+    """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.FFFFFF, parts optional) as aware UTC;
+    None without a StudyDate.
+
+    A value that is present but unreadable raises :class:`_BadStudyTime`, so that the file
+    is quarantined: a study stored without its time, or at a time in the assumed zone when
+    the file named another, would be silently wrong.
+    """
     date_text = str(ds.get("StudyDate") or "").strip()
-    if len(date_text) != 8 or not date_text.isdigit():
+    if not date_text:
         return None
-    time_text = str(ds.get("StudyTime") or "").strip().replace(":", "")
+    if len(date_text) == 10 and date_text[4] == date_text[7] == ".":
+        date_text = date_text.replace(".", "")  # ACR-NEMA yyyy.mm.dd (PS3.5 6.2, DA)
+    time_text = str(ds.get("StudyTime") or "").strip().replace(":", "")  # or ACR-NEMA HH:MM:SS
     whole, _, frac = time_text.partition(".")
-    whole = (whole + "000000")[:6] if whole.isdigit() else "000000"
-    micros = int((frac + "000000")[:6]) if frac.isdigit() else 0
+    if whole and (not _ascii_digits(whole) or len(whole) not in (2, 4, 6)):
+        raise _BadStudyTime("StudyTime (0008,0030) is not a time HHMMSS")
+    if frac and (not _ascii_digits(frac) or len(frac) > 6):
+        raise _BadStudyTime("StudyTime (0008,0030) is not a time HHMMSS.FFFFFF")
     try:
-        local = datetime.strptime(date_text + whole, "%Y%m%d%H%M%S").replace(microsecond=micros)
+        if len(date_text) != 8 or not _ascii_digits(date_text):
+            raise ValueError
+        datetime.strptime(date_text, "%Y%m%d")
     except ValueError:
-        return None
-    tz = _offset(str(ds.get("TimezoneOffsetFromUTC") or "").strip()) or assume_tz
+        raise _BadStudyTime("StudyDate (0008,0020) is not a date YYYYMMDD") from None
+    try:
+        local = datetime.strptime(date_text + (whole + "000000")[:6], "%Y%m%d%H%M%S")
+    except ValueError:
+        raise _BadStudyTime("StudyTime (0008,0030) is not a time HHMMSS") from None
+    local = local.replace(microsecond=int((frac + "000000")[:6])) if frac else local
+    offset_text = str(ds.get("TimezoneOffsetFromUTC") or "").strip()
+    tz = _offset(offset_text) if offset_text else assume_tz
     aware = local.replace(tzinfo=tz)
     try:
         return to_utc(aware, "study time")
@@ -174,13 +208,16 @@ def _study_time(ds: Any, assume_tz: tzinfo) -> datetime | None:
         return aware
 
 
-def _offset(text: str) -> tzinfo | None:
-    """``-0500`` -> UTC-05:00 (DICOM PS3.3 C.12.1.1.8)."""
-    if len(text) != 5 or text[0] not in "+-" or not text[1:].isdigit():
-        return None
-    minutes = int(text[1:3]) * 60 + int(text[3:5])
-    if minutes >= 24 * 60:
-        return None  # not an offset (timezone() would raise): the assumed zone applies
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _offset(text: str) -> tzinfo:
+    """``-0500`` -> UTC-05:00 (DICOM PS3.3 C.12.1.1.8: -1200 to +1400)."""
+    valid = len(text) == 5 and text[0] in "+-" and _ascii_digits(text[1:])
+    minutes = int(text[1:3]) * 60 + int(text[3:5]) if valid else 0
+    if not valid or int(text[3:5]) >= 60 or minutes > (14 * 60 if text[0] == "+" else 12 * 60):
+        raise _BadStudyTime("Timezone Offset From UTC (0008,0201) is not an offset -1200..+1400")
     return timezone(timedelta(minutes=-minutes if text[0] == "-" else minutes))
 
 
