@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vitalcast.errors import ConfigError
+from vitalcast.text_input import MAX_UNIT_CHARS, unit_name_problem
 
 Environment = Literal["demo", "development", "production", "test"]
 
@@ -296,8 +297,10 @@ class Settings(BaseSettings):
     @classmethod
     def _unit_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not name.strip() or len(name) > 64:
-                raise ValueError(f"unit names are 1 to 64 characters, not {name!r}")
+            if unit_name_problem(name):
+                raise ValueError(
+                    f"unit names are 1 to {MAX_UNIT_CHARS} characters of text, not {name!r}"
+                )
         return value
 
     @field_validator("cds_fhir_networks")

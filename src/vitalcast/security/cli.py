@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 
 import click
 from sqlalchemy import select
@@ -87,9 +86,10 @@ def apikeys_group() -> None:
 @click.pass_context
 def apikeys_create(ctx: click.Context, role: str, name: str, expires_days: int | None) -> None:
     """Create an API key; the key is printed once, on the last line."""
-    expires = utcnow() + timedelta(days=expires_days) if expires_days else None
     with _session(ctx) as session:
-        row, key = create_api_key(session, name=name, role=role, expires_at=expires)
+        row, key = create_api_key(
+            session, name=name, role=role, expires_in_days=expires_days
+        )  # checks the name and the lifetime as the admin page does
         audit.record(
             session,
             audit.Event(

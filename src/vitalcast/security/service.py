@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,9 +24,13 @@ from vitalcast.errors import Conflict, InvalidInput
 from vitalcast.security.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
 from vitalcast.security.permissions import ROLES
 from vitalcast.security.tables import ApiKey, User
+from vitalcast.text_input import unit_name_problem, unstorable
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
+MAX_USERNAME_CHARS = 64  # users.username
+MAX_KEY_NAME_CHARS = 100  # api_keys.name
+MAX_KEY_DAYS = 3650
 
 
 @dataclass(frozen=True)
@@ -42,12 +49,41 @@ class Principal:
         return f"{self.kind}:{self.name}"
 
 
-def _check_role(role: str) -> None:
-    if role not in ROLES:
-        raise InvalidInput(
-            f"unknown role {role!r}",
-            details=[{"loc": ["role"], "msg": f"one of {', '.join(ROLES)}"}],
-        )
+def _refuse(what: str, problems: list[dict[str, Any]]) -> InvalidInput:
+    """Every problem in ``details``, the first with its field in the message too: the CLI
+    prints only the message."""
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return InvalidInput(f"{what}: {first['loc'][-1]}: {first['msg']}{more}", details=problems)
+
+
+def username_problems(username: str) -> list[dict[str, Any]]:
+    """What is wrong with ``username`` as a new user's name (its column holds 64
+    characters; sign-in strips what is typed, so surrounding spaces could never sign in)."""
+    loc = ["username"]
+    if not username.strip():
+        return [{"loc": loc, "msg": "required: 1 to 64 characters"}]
+    if len(username) > MAX_USERNAME_CHARS:
+        return [{"loc": loc, "msg": f"at most {MAX_USERNAME_CHARS} characters"}]
+    why = unstorable(username)
+    if why:
+        return [{"loc": loc, "msg": why}]
+    if username != username.strip():
+        return [{"loc": loc, "msg": "must not start or end with a space"}]
+    if any(unicodedata.category(c) == "Cc" for c in username):
+        return [{"loc": loc, "msg": "must not contain control characters"}]
+    return []
+
+
+def units_problems(units: Sequence[str] | None) -> list[dict[str, Any]]:
+    """What is wrong with a user's units: each a unit name as ``VITALCAST_STAY_UNITS``
+    takes them (1 to 64 characters, not blank)."""
+    problems = []
+    for n, unit in enumerate(units or (), start=1):
+        why = unit_name_problem(unit)
+        if why:
+            problems.append({"loc": ["units"], "msg": f"unit {n}: {why}"})
+    return problems
 
 
 def create_user(
@@ -55,16 +91,28 @@ def create_user(
 ) -> User:
     """Create a user with an Argon2id password hash.
 
+    The one place users are created with a password (the admin page, ``vitalcast users
+    create``, the demo), so its rules hold for all of them.
+
     Raises:
-        InvalidInput: unknown role or a password shorter than the minimum.
+        InvalidInput: a username or unit outside the rules (:func:`username_problems`,
+            :func:`units_problems`), an unknown role or a password shorter than the
+            minimum; every problem at once.
         Conflict: the username is taken.
     """
-    _check_role(role)
+    problems = username_problems(username) + units_problems(units)
+    if role not in ROLES:
+        problems.append({"loc": ["role"], "msg": f"one of {', '.join(ROLES)}"})
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidInput(
-            f"password must have at least {MIN_PASSWORD_LENGTH} characters",
-            details=[{"loc": ["password"], "msg": "too short"}],
+        problems.append(
+            {"loc": ["password"], "msg": f"too short: at least {MIN_PASSWORD_LENGTH} characters"}
         )
+    elif unstorable(password):
+        # Only its hash is stored, but a lone surrogate has no UTF-8 to hash, and the
+        # sign-in form refuses a NUL: either would make a password nobody can type.
+        problems.append({"loc": ["password"], "msg": str(unstorable(password))})
+    if problems:
+        raise _refuse("the user cannot be created", problems)
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise Conflict(f"user {username!r} already exists")
     user = User(username=username, password_hash=hash_password(password), role=role, units=units)
@@ -114,11 +162,30 @@ def create_api_key(
     *,
     name: str,
     role: str,
-    expires_at: datetime | None = None,
+    expires_in_days: int | None = None,
     created_by: int | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the full key, which is never shown again."""
-    _check_role(role)
+    """Create a key; returns the row and the full key, which is never shown again.
+
+    The one place keys are created (the admin page, ``vitalcast apikeys create``), so its
+    rules hold for both.
+
+    Raises:
+        InvalidInput: a name that is not 1 to 100 characters of text, an unknown role, or
+            a lifetime outside 1 to 3650 days; every problem at once.
+    """
+    problems: list[dict[str, Any]] = []
+    if not name.strip() or len(name) > MAX_KEY_NAME_CHARS:
+        problems.append({"loc": ["name"], "msg": f"required: 1 to {MAX_KEY_NAME_CHARS} characters"})
+    elif unstorable(name):
+        problems.append({"loc": ["name"], "msg": str(unstorable(name))})
+    if role not in ROLES:
+        problems.append({"loc": ["role"], "msg": f"one of {', '.join(ROLES)}"})
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_KEY_DAYS:
+        problems.append({"loc": ["days"], "msg": f"a lifetime of 1 to {MAX_KEY_DAYS} days"})
+    if problems:
+        raise _refuse("the API key cannot be created", problems)
+    expires_at = None if expires_in_days is None else utcnow() + timedelta(days=expires_in_days)
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     row = ApiKey(

@@ -872,8 +872,8 @@ def _text(
 ) -> str | None:
     """A string field of at most ``max_chars`` (its column), or None if absent or empty.
 
-    The message never repeats the text. (NUL characters, which PostgreSQL cannot store,
-    are refused for every request by the request guard.)
+    The message never repeats the text. (NUL characters and lone surrogates, which
+    PostgreSQL cannot store, are refused for every request by the request guard.)
     """
     if raw is None:
         if required:

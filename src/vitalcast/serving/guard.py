@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +22,15 @@ from flask import Flask, Response, g, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 
 from vitalcast.db.base import utcnow
-from vitalcast.errors import AppError, Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
+from vitalcast.errors import (
+    AppError,
+    BadRequest,
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from vitalcast.json_input import JsonInputError, parse_json
 from vitalcast.logging import request_context
 from vitalcast.security.permissions import PUBLIC, Permission, declared_permission, role_allows
 from vitalcast.security.service import Principal, verify_api_key
@@ -39,6 +48,7 @@ from vitalcast.serving.cds_auth import verify_cds_jwt
 from vitalcast.serving.context import audit_event, db, new_request_id
 from vitalcast.serving.errors import render_error, wants_json
 from vitalcast.serving.state import get_state
+from vitalcast.text_input import NUL, json_text_problems, shown, unstorable
 
 logger = logging.getLogger(__name__)
 
@@ -219,9 +229,9 @@ def _before_request() -> ResponseReturnValue | None:
     limit = get_state().settings.max_request_bytes
     if _body_too_large(limit):
         return render_error(PayloadTooLarge(f"request body larger than {limit} bytes"))
-    nul = _nul_problems()
-    if nul:
-        return render_error(InvalidInput("NUL characters are not accepted", details=nul))
+    unstorable_text = _text_problems()
+    if unstorable_text:
+        return render_error(_refusal(unstorable_text))
     view = get_state_view()
     if view is None:
         return None  # routing answers 404/405 through the error handler
@@ -280,20 +290,69 @@ def _body_too_large(limit: int) -> bool:
     return len(request.get_data(cache=True)) > limit
 
 
-def _nul_problems() -> list[dict[str, Any]]:
-    """Where a NUL character was sent: PostgreSQL cannot store or compare one, so it is
-    refused here as bad input (422) instead of failing in the driver as a 500."""
+# Bodies read as form fields; any other body of an unsafe request is JSON to every route
+# that reads one.
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Raw bytes that may hold a NUL or a surrogate in a JSON body: a raw NUL, or an escape of
+# U+0000 or of U+D800-U+DFFF. Only a body with one is parsed here (a pair of surrogate
+# escapes, an emoji, is a false alarm that the walk clears).
+_SUSPECT_JSON = re.compile(rb"\x00|\\u(?:0000|[dD][89a-fA-F])")
+_MAX_TEXT_PROBLEMS = 20
+
+
+def _text_problems() -> list[dict[str, Any]]:
+    """Where the request carries text PostgreSQL cannot store or compare: a NUL character
+    or a lone surrogate (see :mod:`vitalcast.text_input`), in the path, the query string,
+    a form body or a JSON body, on every route. Refused here as bad input instead of
+    failing in the driver as a 500, wherever a view would take the value."""
     problems: list[dict[str, Any]] = []
-    if "\x00" in request.path:
-        problems.append({"loc": ["path"], "msg": "contains a NUL character"})
-    for name, value in request.args.items(multi=True):
-        if "\x00" in name or "\x00" in value:
-            problems.append({"loc": ["query", name.replace("\x00", "")], "msg": "contains NUL"})
-    if request.method in _UNSAFE and request.path.startswith(("/api/", "/fhir", "/cds-services")):
-        raw = request.get_data(cache=True)
-        if b"\\u0000" in raw or b"\x00" in raw:
-            problems.append({"loc": ["body"], "msg": "contains a NUL character (\\u0000)"})
+    why = unstorable(request.path)
+    if why:
+        problems.append({"loc": ["path"], "msg": why})
+    problems += _field_problems("query", request.args.items(multi=True))
+    if request.method in _UNSAFE:
+        raw = request.get_data(cache=True)  # first: the form is then parsed from the copy
+        if request.mimetype in _FORM_TYPES:
+            problems += _field_problems("form", request.form.items(multi=True))
+        elif _SUSPECT_JSON.search(raw):
+            problems += _json_problems(raw)
+    return problems[:_MAX_TEXT_PROBLEMS]
+
+
+def _field_problems(where: str, fields: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    problems: list[dict[str, Any]] = []
+    for name, value in fields:
+        why = unstorable(name) or unstorable(value)
+        if why:
+            problems.append({"loc": [where, shown(name)], "msg": why})
     return problems
+
+
+def _json_problems(raw: bytes) -> list[dict[str, Any]]:
+    """Each string or key of a JSON body that cannot be stored, located in the document.
+
+    A body that is not JSON at all is left to the view, which says so (400); only a NUL
+    in it is still refused here, as the whole body."""
+    try:
+        doc = parse_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, JsonInputError):
+        if b"\x00" in raw or b"\\u0000" in raw:
+            return [{"loc": ["body"], "msg": f"{NUL} (\\u0000)"}]
+        return []
+    return json_text_problems(doc, ["body"], limit=_MAX_TEXT_PROBLEMS)
+
+
+def _refusal(problems: list[dict[str, Any]]) -> AppError:
+    """Every problem in ``details``; the first, with its place, in the message too (a
+    client's log often keeps only the message). CDS Hooks routes answer a request they
+    cannot read with 400, as the rest of that API does; the others with 422."""
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    message = f"text that cannot be stored: {where}: {first['msg']}{more}"
+    if request.path.startswith("/cds-services/"):
+        return BadRequest(message, details=problems)
+    return InvalidInput(message, details=problems)
 
 
 def get_state_view() -> Callable[..., Any] | None:
