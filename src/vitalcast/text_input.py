@@ -71,5 +71,5 @@ def json_text_problems(doc: Any, loc: list[Any], *, limit: int = 20) -> list[dic
 def unit_name_problem(name: str) -> str | None:
     """Why ``name`` is not a care-unit name (1 to 64 characters, not blank, storable)."""
     if not name.strip() or len(name) > MAX_UNIT_CHARS:
-        return f"unit names are 1 to {MAX_UNIT_CHARS} characters, not blank"
+        return f"must be 1 to {MAX_UNIT_CHARS} characters, not blank"
     return unstorable(name)
