@@ -96,6 +96,20 @@ def test_a_changed_role_at_the_provider_is_applied_and_audited(
     assert as_doctor.get("/ward").status_code == 200
 
 
+def test_a_subject_the_database_cannot_hold_signs_in_under_its_digest(
+    sso_app: Flask, provider: OidcProvider
+) -> None:
+    """The IdP's ``sub`` became the username as it was: one with a NUL character failed
+    in the database (a 500 at the end of sign-in)."""
+    provider.user = {"sub": "u\x00-3", "groups": ["icu-doctors"]}
+    client = sso_app.test_client()
+    assert _sign_in(client) == 302
+    assert client.get("/ward").status_code == 200
+    with get_state(sso_app).sessions() as session:
+        (name,) = session.scalars(select(User.username)).all()
+    assert re.fullmatch(r"oidc:[0-9a-f]{32}", name), name
+
+
 @pytest.mark.parametrize("misbehaviour", ["foreign_key", "other_audience", "stale_nonce"])
 def test_forged_or_misdirected_tokens_are_refused(
     sso_app: Flask, provider: OidcProvider, misbehaviour: str

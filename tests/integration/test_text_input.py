@@ -294,6 +294,7 @@ def test_cli_user_and_key_creation_share_the_rules(app: Flask, settings: Setting
         (" bob", [], "username"),
         ("u" * 65, [], "username"),
         ("bad\udcffname", [], "username"),  # what Python makes of a non-UTF-8 argument
+        ("oidc:alice", [], "single sign-on"),  # that IdP user would sign in as it
         ("bob", ["--unit", ""], "unit"),
         ("bob", ["--unit", "U" * 65], "unit"),
     ):

@@ -39,10 +39,12 @@ from vitalcast.errors import AppError, Forbidden, NotFound, Unauthorized
 from vitalcast.security.passwords import hash_password
 from vitalcast.security.permissions import ROLES, public
 from vitalcast.security.redirects import safe_next
+from vitalcast.security.service import MAX_USERNAME_CHARS, SSO_USERNAME_PREFIX
 from vitalcast.security.tables import User
 from vitalcast.serving.context import audit_event, db
 from vitalcast.serving.guard import start_session
 from vitalcast.serving.state import get_state
+from vitalcast.text_input import unstorable
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +165,12 @@ def role_from_claims(claims: dict[str, Any], settings: Settings) -> str:
 
 
 def _username(sub: str) -> str:
-    return "oidc:" + (sub if len(sub) <= 59 else hashlib.sha256(sub.encode()).hexdigest()[:32])
+    """The account name of the IdP's subject: the subject itself when it fits the column
+    and can be stored (no NUL, no lone surrogate), else a digest of it."""
+    if len(sub) <= MAX_USERNAME_CHARS - len(SSO_USERNAME_PREFIX) and not unstorable(sub):
+        return SSO_USERNAME_PREFIX + sub
+    digest = hashlib.sha256(sub.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return SSO_USERNAME_PREFIX + digest
 
 
 def _provision(claims: dict[str, Any], role: str) -> User:

@@ -29,6 +29,8 @@ from vitalcast.text_input import unit_name_problem, unstorable
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
 MAX_USERNAME_CHARS = 64  # users.username
+# Usernames of accounts provisioned by single sign-on (security.oidc): "oidc:<sub>".
+SSO_USERNAME_PREFIX = "oidc:"
 MAX_KEY_NAME_CHARS = 100  # api_keys.name
 MAX_KEY_DAYS = 3650
 
@@ -72,6 +74,10 @@ def username_problems(username: str) -> list[dict[str, Any]]:
         return [{"loc": loc, "msg": "must not start or end with a space"}]
     if any(unicodedata.category(c) == "Cc" for c in username):
         return [{"loc": loc, "msg": "must not contain control characters"}]
+    if username.startswith(SSO_USERNAME_PREFIX):
+        # Single sign-on finds its accounts by this name: a local account made with it
+        # would be taken over by (or take over) the identity provider's user.
+        return [{"loc": loc, "msg": f"{SSO_USERNAME_PREFIX!r} names are single sign-on accounts"}]
     return []
 
 
