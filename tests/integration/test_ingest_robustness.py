@@ -207,6 +207,7 @@ def test_fhir_encounter_that_is_no_stay_in_progress_is_never_stored_as_one(
             _stay("es-cancelled", "cancelled", start),
             _stay("es-day", "finished", {**start, "end": "2026-11-25"}),
             _stay("es-open", "finished", start),
+            _stay("es-planned", "planned", start),
             hr,
         )
     )
@@ -220,9 +221,10 @@ def test_fhir_encounter_that_is_no_stay_in_progress_is_never_stored_as_one(
         "cancelled": 1,
         "imprecise_time": 1,
         "no_discharge_time": 1,
+        "planned": 1,
     }
     where = {r["location"].rsplit("/", 1)[-1]: r["reason"] for r in report["rejects"]}
-    assert set(where) == {"es-error)", "es-cancelled)", "es-day)", "es-open)"}
+    assert set(where) == {"es-error)", "es-cancelled)", "es-day)", "es-open)", "es-planned)"}
     assert "period.end" in where["es-day)"]
     assert "no time of day" in where["es-day)"]
     assert _count(pg_url, Encounter) == 0

@@ -423,13 +423,17 @@ def map_encounter(
     A stay without a discharge time is in progress: it is rescored, monitored, and joined
     by observations sent without an encounter. So an Encounter that is no stay
     (``entered-in-error``, ``cancelled``: quarantined under those codes, as withdrawn
-    Observations are), or whose end is present but not a point in time (a date alone,
-    no timezone), or that is ``finished`` without an end, is refused rather than stored
-    as a stay still in progress.
+    Observations are; ``planned``: not begun), or whose end is present but not a point
+    in time (a date alone, no timezone), or that is ``finished`` without an end, is
+    refused rather than stored as a stay still in progress.
     """
     status = res.get("status")
     if status in _WITHDRAWN:
         raise ResourceProblem(_WITHDRAWN[status], f"Encounter.status is {status}: not a stay")
+    if status == "planned":
+        # An admission booked, not begun: stored, it would be a stay in progress from its
+        # planned start. The version that says it began (arrived, in-progress) is stored.
+        raise ResourceProblem("planned", "Encounter.status is planned: not yet a stay")
     period = res.get("period") or {}
     admitted = parse_instant(period.get("start"), what="Encounter.period.start")
     patient = _reference(res, "subject", resolve, "Patient")
