@@ -4,7 +4,7 @@ A CDS Hooks request may name ``fhirServer`` and hand over ``fhirAuthorization`` 
 service can read what the prefetch lacks. Taken at face value, that lets any caller make
 vitalcast send requests, with a bearer token of the caller's choosing, to any address it
 can reach (server-side request forgery: cloud metadata endpoints, admin ports on the
-private network). So the caller in :mod:`.cds_hooks` only builds a reader for requests
+private network). So the caller in :mod:`.cds_sources` only builds a reader for requests
 signed by a trusted EHR (``VITALCAST_CDS_TRUSTED_ISSUERS``), and this module checks the
 server it is told to read:
 
