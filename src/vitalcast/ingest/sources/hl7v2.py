@@ -9,6 +9,11 @@ OBX-6 units, OBX-11 result status, OBX-18 equipment instance).
 Identifiers in messages (MRN, visit number) are direct identifiers under HIPAA, so the
 source references the store keeps are keyed hashes of them (``pseudonym``), never the
 values; the MRN itself goes only into the encrypted identifier payload.
+
+This module parses a message and maps its patients and visits; the steps around it live
+in private modules: framing and decoding in :mod:`._hl7_framing`, field access and times
+in :mod:`._hl7_fields`, the OBX results in :mod:`._hl7_results`. Callers import all of
+the adapter's public names from here.
 """
 
 from __future__ import annotations
@@ -16,25 +21,23 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, tzinfo
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import hl7
 
-from vitalcast.clinical.records import (
-    EncounterRecord,
-    ObservationRecord,
-    PatientRecord,
-    RecordBatch,
-    Rejected,
-    Sex,
-)
-from vitalcast.clinical.times import TimeOutOfRange, check_year, to_utc
-from vitalcast.errors import IngestError
+from vitalcast.clinical.records import EncounterRecord, PatientRecord, RecordBatch, Rejected, Sex
+from vitalcast.clinical.times import TimeOutOfRange, check_year
+from vitalcast.ingest.sources._hl7_fields import DTM, Problem, Seg
+from vitalcast.ingest.sources._hl7_fields import parse_dtm as parse_dtm
+from vitalcast.ingest.sources._hl7_framing import Hl7FormatError as Hl7FormatError
+from vitalcast.ingest.sources._hl7_framing import count_msh
+from vitalcast.ingest.sources._hl7_framing import decode_text as decode_text
+from vitalcast.ingest.sources._hl7_framing import delimiter_problem as delimiter_problem
+from vitalcast.ingest.sources._hl7_framing import split_messages as split_messages
+from vitalcast.ingest.sources._hl7_results import add_results
 from vitalcast.ingest.units import ParsedUnit
-from vitalcast.ingest.validate import finite_number
 
 SOURCE = "hl7v2"
 SUPPORTED = frozenset({"ADT^A01", "ADT^A03", "ADT^A08", "ORU^R01"})
@@ -43,21 +46,10 @@ Pseudonym = Callable[[str], str]
 _SEX: dict[str, Sex] = {"F": "female", "M": "male", "O": "other", "A": "other", "U": "unknown"}
 # PV1-2 patient class (HL7 table 0004) -> the store's encounter kinds.
 _KIND = {"I": "inpatient", "E": "emergency", "O": "outpatient", "P": "outpatient"}
-# OBX-11 result status (HL7 table 0085): results that must not reach a model.
-_WITHDRAWN = {"X": "result cannot be obtained", "D": "result deleted", "W": "result was wrong"}
-_LOINC_SYSTEMS = frozenset({"LN", "LOINC", "http://loinc.org"})
 _MESSAGE_TYPE = re.compile(r"^[A-Z0-9]{1,3}\^[A-Z0-9]{0,3}$")  # quoted only if it looks so
-_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
-MAX_CODE_CHARS = 32
-# MSH-2: component, repetition, escape, subcomponent (v2.5) and truncation (v2.7).
-_MAX_ENCODING_CHARS = 5
 # Segments that carry or place a patient's data: before the first PID they belong to
 # nobody known (ORU^R01 2.5 section 7.3.1: a PATIENT_RESULT group starts with its PID).
 _PATIENT_DATA = frozenset({"PV1", "PV2", "ORC", "OBR", "OBX"})
-
-
-class Hl7FormatError(IngestError):
-    """The message cannot be read at all; an MLLP listener answers it with AR."""
 
 
 @dataclass(frozen=True)
@@ -70,112 +62,6 @@ class Hl7Message:
     version: str
     sending: tuple[str, str]  # MSH-3 application, MSH-4 facility
     receiving: tuple[str, str]  # MSH-5, MSH-6
-
-
-class _Seg:
-    """String access to fields and components, unescaped (the ``hl7`` containers nest
-    differently with and without repetitions; plain strings are predictable)."""
-
-    def __init__(self, msg: Any, seg: Any) -> None:
-        self.msg, self.seg = msg, seg
-        self.rep_sep, self.comp_sep = msg.separators[2], msg.separators[3]
-
-    def field(self, n: int) -> str:
-        return str(self.seg[n]) if n < len(self.seg) else ""
-
-    def reps(self, n: int) -> list[list[str]]:
-        text = self.field(n)
-        return [
-            [self.msg.unescape(c) for c in rep.split(self.comp_sep)]
-            for rep in text.split(self.rep_sep)
-            if rep
-        ]
-
-    def comp(self, n: int, c: int = 1) -> str:
-        reps = self.reps(n)
-        return reps[0][c - 1].strip() if reps and len(reps[0]) >= c else ""
-
-
-def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> datetime | None:
-    """An HL7 DTM (``YYYYMMDDHHMM[SS[.S]][+ZZZZ]``) as aware UTC; ``None`` when empty.
-
-    Times without an offset are the sender's local time, taken to be ``tz``. Errors name
-    ``what`` and the problem, never the text: a time of care is PHI, and a field shifted
-    by a stray delimiter may hold anything.
-
-    Raises:
-        ValueError: malformed, or day precision where a time of day is needed;
-            :class:`~vitalcast.clinical.times.TimeOutOfRange` (a ValueError, code
-            ``time_out_of_range``) for a year outside the clinical range, checked before
-            the conversion to UTC that would overflow near year 1 or 9999.
-    """
-    text = text.strip()
-    if not text:
-        return None
-    m = _DTM.match(text)
-    if not m or not m.group(2) or not m.group(3):
-        raise ValueError(f"{what} is not an HL7 date/time")
-    if m.group(4) is None and need_time:
-        raise ValueError(f"{what} has no time of day")
-    y, mo, d, h, mi, s = (int(g) if g else 0 for g in m.groups()[:6])
-    micro = int(float(m.group(7)) * 1e6) if m.group(7) else 0
-    zone: tzinfo = tz
-    if m.group(8):
-        sign = 1 if m.group(8)[0] == "+" else -1
-        hours, minutes = int(m.group(8)[1:3]), int(m.group(8)[3:])
-        if hours > 23 or minutes > 59:
-            raise ValueError(f"{what} has an impossible UTC offset")
-        zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
-    try:
-        local = datetime(y, mo, d, h, mi, s, micro, tzinfo=zone)
-    except ValueError:
-        raise ValueError(f"{what} is not a calendar date/time") from None
-    return to_utc(local, what)
-
-
-def split_messages(text: str) -> list[str]:
-    """Messages in a text: segments end with CR, LF or CRLF; each MSH starts a message."""
-    text = text.replace("\x0b", "").replace("\x1c", "")
-    messages: list[list[str]] = []
-    for line in re.split(r"\r\n|\r|\n", text):
-        if not line.strip():
-            continue
-        if line.startswith("MSH") or not messages:
-            messages.append([])
-        messages[-1].append(line)
-    return ["\r".join(segs) for segs in messages]
-
-
-def delimiter_problem(text: str) -> str | None:
-    """What is wrong with MSH-1 (field separator) and MSH-2 (encoding characters), if
-    anything: they must be distinct, non-alphanumeric characters, MSH-2 at most five.
-
-    The ``hl7`` package builds its parse plan from them and fails an internal assertion
-    (not a parse error) when two coincide, so they are checked first. The answer quotes
-    at most the delimiter characters: with a wrong MSH-1 the "MSH-2" runs on into the
-    segments after it (names, MRNs), which no message may repeat.
-    """
-    if not text.startswith("MSH") or len(text) < 5:
-        return "it does not begin with an MSH segment"
-    field = text[3]
-    encoding = text[4:].split(field, 1)[0]
-    if len(encoding) > _MAX_ENCODING_CHARS or field not in text[4:]:
-        return (
-            f"MSH-2 (encoding characters) is not ended by MSH-1 {field!r} within"
-            f" {_MAX_ENCODING_CHARS} characters: is MSH-1 the field separator?"
-        )
-    delimiters = field + encoding
-    if len(set(delimiters)) != len(delimiters) or any(
-        c.isalnum() or c.isspace() for c in delimiters
-    ):
-        return (
-            f"MSH-1/MSH-2 delimiters {delimiters!r} must be distinct, non-alphanumeric characters"
-        )
-    return None
-
-
-def _count_msh(text: str) -> int:
-    return sum(1 for segment in text.split("\r") if segment.startswith("MSH"))
 
 
 def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = UTC) -> Hl7Message:
@@ -196,14 +82,14 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     problem = delimiter_problem(text)
     if problem is not None:
         raise Hl7FormatError(f"{origin}: not an HL7 v2 message ({problem})")
-    if (n_msh := _count_msh(text)) > 1:
+    if (n_msh := count_msh(text)) > 1:
         raise Hl7FormatError(
             f"{origin}: {n_msh} MSH segments, so {n_msh} messages in one (MLLP carries one"
             " message per frame); nothing was stored: send each message on its own"
         )
     try:
         msg = hl7.parse(text)
-        msh = _Seg(msg, msg.segment("MSH"))
+        msh = Seg(msg, msg.segment("MSH"))
     except (hl7.ParseException, KeyError, IndexError, ValueError):
         # The exception's text quotes the input: it is not repeated.
         raise Hl7FormatError(f"{origin}: not an HL7 v2 message (unreadable MSH)") from None
@@ -216,7 +102,7 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
             f"{where}: message type {shown} is not supported"
             f" (supported: {', '.join(sorted(SUPPORTED))})"
         )
-    segs = [_Seg(msg, s) for s in msg]
+    segs = [Seg(msg, s) for s in msg]
     groups = _patient_groups(segs, mtype, where)
     unit = ParsedUnit(where)
     # An ADT is the source of truth for demographics and the stay: its message time
@@ -247,7 +133,7 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
                 version=version,
             )
         if mtype == "ORU^R01":
-            n_obx = _results(group, patient_ref, encounter_ref, where, n_obx, tz, unit.batch)
+            n_obx = add_results(group, patient_ref, encounter_ref, where, n_obx, tz, unit.batch)
     return Hl7Message(
         unit=unit,
         control_id=control_id,
@@ -258,7 +144,7 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     )
 
 
-def _kind(seg: _Seg) -> str:
+def _kind(seg: Seg) -> str:
     return str(seg.seg[0])
 
 
@@ -267,7 +153,7 @@ def _group_where(where: str, k: int, n: int) -> str:
     return where if n == 1 else f"{where} (patient group {k} of {n})"
 
 
-def _patient_groups(segs: list[_Seg], mtype: str, where: str) -> list[list[_Seg]]:
+def _patient_groups(segs: list[Seg], mtype: str, where: str) -> list[list[Seg]]:
     """The message's segments split at each PID (the PID first in each group).
 
     Raises:
@@ -276,7 +162,7 @@ def _patient_groups(segs: list[_Seg], mtype: str, where: str) -> list[list[_Seg]
     """
     if not any(_kind(s) == "PID" for s in segs):
         raise Hl7FormatError(f"{where}: {mtype} without a PID segment")
-    groups: list[list[_Seg]] = []
+    groups: list[list[Seg]] = []
     for seg in segs:
         kind = _kind(seg)
         if kind == "PID":
@@ -304,7 +190,7 @@ def _patient_groups(segs: list[_Seg], mtype: str, where: str) -> list[list[_Seg]
     return groups
 
 
-def _add_patient(pid: _Seg, ref: str, loc: str, version: str | None, batch: RecordBatch) -> None:
+def _add_patient(pid: Seg, ref: str, loc: str, version: str | None, batch: RecordBatch) -> None:
     """The PID's person into the batch, or into quarantine when a field is unreadable.
 
     Storing them without that field would be a half-written record. The group's other
@@ -314,13 +200,13 @@ def _add_patient(pid: _Seg, ref: str, loc: str, version: str | None, batch: Reco
     batch.received += 1
     try:
         patient = replace(_patient(pid, ref, loc), version=version)
-    except _Problem as exc:
+    except Problem as exc:
         batch.rejected.append(Rejected(loc, exc.code, str(exc), str(pid.seg), "patient"))
     else:
         batch.patients.append(patient)
 
 
-def _mrn(pid: _Seg, where: str) -> tuple[str, str]:
+def _mrn(pid: Seg, where: str) -> tuple[str, str]:
     """(MRN, assigning authority) from PID-3, preferring the MR-typed identifier."""
     ids = pid.reps(3)
     chosen = next((r for r in ids if len(r) >= 5 and r[4] == "MR"), ids[0] if ids else None)
@@ -329,13 +215,13 @@ def _mrn(pid: _Seg, where: str) -> tuple[str, str]:
     return chosen[0].strip(), chosen[3].strip() if len(chosen) >= 4 else ""
 
 
-def _patient_ref(pid: _Seg, where: str, pseudonym: Pseudonym) -> str:
+def _patient_ref(pid: Seg, where: str, pseudonym: Pseudonym) -> str:
     mrn, authority = _mrn(pid, where)
     return f"mrn:{pseudonym(f'{authority}|{mrn}')[:40]}"
 
 
-def _patient(pid: _Seg, ref: str, loc: str) -> PatientRecord:
-    """The PID's person; :class:`_Problem` when a field is present but unreadable."""
+def _patient(pid: Seg, ref: str, loc: str) -> PatientRecord:
+    """The PID's person; :class:`Problem` when a field is present but unreadable."""
     mrn, _authority = _mrn(pid, loc)
     name = pid.reps(5)
     full = " ".join(p for p in (*name[0][1:3], name[0][0]) if p).strip() if name else ""
@@ -354,31 +240,31 @@ def _birth_date(text: str) -> date | None:
     measurements against, as for a partial FHIR birthDate).
 
     Raises:
-        _Problem: ``bad_birth_date`` (not a date such as ``19501399``) or
+        Problem: ``bad_birth_date`` (not a date such as ``19501399``) or
             ``time_out_of_range``. The message does not repeat the value: a birth date
             is an identifier.
     """
     text = text.strip()
     if not text:
         return None
-    m = _DTM.match(text)
+    m = DTM.match(text)
     if m is None:
-        raise _Problem("bad_birth_date", "PID-7 birth date is not an HL7 date (YYYYMMDD)")
+        raise Problem("bad_birth_date", "PID-7 birth date is not an HL7 date (YYYYMMDD)")
     if not m.group(2) or not m.group(3):
         return None
     try:
         born = date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
         check_year(born, "PID-7 birth date")
     except TimeOutOfRange as exc:
-        raise _Problem(exc.code, str(exc)) from None
+        raise Problem(exc.code, str(exc)) from None
     except ValueError:
-        raise _Problem("bad_birth_date", "PID-7 birth date is not a calendar date") from None
+        raise Problem("bad_birth_date", "PID-7 birth date is not a calendar date") from None
     return born
 
 
 def _encounter(
-    pv1: _Seg,
-    evn: _Seg | None,
+    pv1: Seg,
+    evn: Seg | None,
     patient_ref: str,
     loc: str,
     pseudonym: Pseudonym,
@@ -434,142 +320,13 @@ def _encounter(
     return ref
 
 
-def _results(
-    group: list[_Seg],
-    patient_ref: str,
-    encounter_ref: str | None,
-    where: str,
-    n_obx: int,
-    tz: tzinfo,
-    batch: RecordBatch,
-) -> int:
-    """One patient group's OBX into the batch; returns the message's OBX count so far
-    (locations number the OBX of the whole message). An OBX takes the time of the OBR
-    above it in its own group only."""
-    obr_time = ""
-    for seg in group:
-        kind = str(seg.seg[0])
-        if kind == "OBR":
-            obr_time = seg.comp(7)
-        if kind != "OBX":
-            continue
-        n_obx += 1
-        loc = f"{where}.OBX[{n_obx}]"
-        raw = str(seg.seg)
-        batch.received += 1
-        try:
-            rec = _observation(seg, patient_ref, encounter_ref, obr_time, loc, tz)
-        except _Problem as exc:
-            batch.rejected.append(Rejected(loc, exc.code, str(exc), raw))
-            continue
-        batch.observations.append(rec)
-    return n_obx
-
-
-def _version(msh: _Seg, tz: tzinfo) -> str | None:
+def _version(msh: Seg, tz: tzinfo) -> str | None:
     """MSH-7 (message time) as a sortable UTC text, or None when absent or unreadable."""
     try:
         at = parse_dtm(msh.comp(7), tz=tz, what="MSH-7 message time")
     except ValueError:
         return None
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") if at else None
-
-
-class _Problem(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _code(ident: list[list[str]]) -> str:
-    """OBX-3: the LOINC code, from the identifier or its alternate (components 4-6)."""
-    if not ident:
-        return ""
-    comps = ident[0] + [""] * 6
-    if comps[2].strip() in _LOINC_SYSTEMS or not comps[5].strip():
-        return comps[0].strip()
-    if comps[5].strip() in _LOINC_SYSTEMS:
-        return comps[3].strip()
-    return comps[0].strip()
-
-
-def _observation(
-    seg: _Seg,
-    patient_ref: str,
-    encounter_ref: str | None,
-    obr_time: str,
-    loc: str,
-    tz: tzinfo,
-) -> ObservationRecord:
-    code = _code(seg.reps(3))
-    if not code:
-        raise _Problem("no_code", "OBX-3 has no observation identifier")
-    if len(code) > MAX_CODE_CHARS:
-        raise _Problem(
-            "unknown_code",
-            f"OBX-3 code longer than {MAX_CODE_CHARS} characters is not in the vocabulary",
-        )
-    status = seg.comp(11).upper()
-    if status in _WITHDRAWN:
-        raise _Problem("withdrawn_result", f"OBX-11 status {status}: {_WITHDRAWN[status]}")
-    try:
-        when = parse_dtm(seg.comp(14) or obr_time, tz=tz, what="observation time")
-    except ValueError as exc:
-        raise _Problem(getattr(exc, "code", "bad_time"), str(exc)) from None
-    if when is None:
-        raise _Problem("no_time", "no observation time (OBX-14 or OBR-7)")
-    vtype = seg.comp(2).upper()
-    values = seg.reps(5)
-    first = values[0] if values else []
-    value: float | None = None
-    text: str | None = None
-    if vtype in ("NM", "SN"):
-        # SN is comparator^number; only an exact ("=" or empty comparator) value is a number.
-        number = first[1] if vtype == "SN" and len(first) > 1 else (first[0] if first else "")
-        comparator = first[0] if vtype == "SN" and len(first) > 1 else ""
-        try:
-            if comparator not in ("", "="):
-                raise ValueError
-            # An empty OBX-5 is no value (below), not a value that is not a number.
-            value = finite_number(number) if number.strip() else None
-        except ValueError:
-            raise _Problem(
-                "non_numeric_value", f"{code}: {vtype} value is not an exact number"
-            ) from None
-    elif vtype in ("CE", "CWE", "CNE"):
-        text = first[1] if len(first) > 1 and first[1] else first[0] if first else ""
-    else:
-        text = first[0] if first else ""
-    # A text for a numeric variable is the store's rule (non_numeric_value, every source
-    # alike); a text longer than the store keeps is its too_long, never cut here.
-    if value is None and not text:
-        raise _Problem("no_value", f"{code}: OBX-5 is empty")
-    return ObservationRecord(
-        patient_ref=patient_ref,
-        encounter_ref=encounter_ref,
-        code=code,
-        effective_at=when,
-        value=value,
-        unit=seg.comp(6, 1) or None,
-        value_text=text,
-        device_id=seg.comp(18, 1) or None,
-        source_ref=loc,
-        # No identity: the content key (patient, visit, code, time, value) makes a resent
-        # message a no-op whatever connection or file it arrives through.
-        identity=None,
-    )
-
-
-def decode_text(data: bytes, name: str) -> str:
-    """HL7 v2 files and frames as text: UTF-8, else an error (no guessed code pages).
-
-    Raises:
-        Hl7FormatError: not UTF-8.
-    """
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Hl7FormatError(f"{name}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _fail(error: Hl7FormatError) -> ParsedUnit:

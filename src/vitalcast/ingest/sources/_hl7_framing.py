@@ -1,0 +1,77 @@
+"""HL7 v2 framing: bytes to text, text to messages, and the delimiters checked first.
+
+Split from :mod:`.hl7v2` because the MLLP listener and the file import need these steps
+before any message is parsed, and they depend on nothing of the mapping to records.
+:mod:`.hl7v2` re-exports :class:`Hl7FormatError`, :func:`split_messages`,
+:func:`delimiter_problem` and :func:`decode_text`, where callers import them from.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vitalcast.errors import IngestError
+
+# MSH-2: component, repetition, escape, subcomponent (v2.5) and truncation (v2.7).
+_MAX_ENCODING_CHARS = 5
+
+
+class Hl7FormatError(IngestError):
+    """The message cannot be read at all; an MLLP listener answers it with AR."""
+
+
+def split_messages(text: str) -> list[str]:
+    """Messages in a text: segments end with CR, LF or CRLF; each MSH starts a message."""
+    text = text.replace("\x0b", "").replace("\x1c", "")
+    messages: list[list[str]] = []
+    for line in re.split(r"\r\n|\r|\n", text):
+        if not line.strip():
+            continue
+        if line.startswith("MSH") or not messages:
+            messages.append([])
+        messages[-1].append(line)
+    return ["\r".join(segs) for segs in messages]
+
+
+def delimiter_problem(text: str) -> str | None:
+    """What is wrong with MSH-1 (field separator) and MSH-2 (encoding characters), if
+    anything: they must be distinct, non-alphanumeric characters, MSH-2 at most five.
+
+    The ``hl7`` package builds its parse plan from them and fails an internal assertion
+    (not a parse error) when two coincide, so they are checked first. The answer quotes
+    at most the delimiter characters: with a wrong MSH-1 the "MSH-2" runs on into the
+    segments after it (names, MRNs), which no message may repeat.
+    """
+    if not text.startswith("MSH") or len(text) < 5:
+        return "it does not begin with an MSH segment"
+    field = text[3]
+    encoding = text[4:].split(field, 1)[0]
+    if len(encoding) > _MAX_ENCODING_CHARS or field not in text[4:]:
+        return (
+            f"MSH-2 (encoding characters) is not ended by MSH-1 {field!r} within"
+            f" {_MAX_ENCODING_CHARS} characters: is MSH-1 the field separator?"
+        )
+    delimiters = field + encoding
+    if len(set(delimiters)) != len(delimiters) or any(
+        c.isalnum() or c.isspace() for c in delimiters
+    ):
+        return (
+            f"MSH-1/MSH-2 delimiters {delimiters!r} must be distinct, non-alphanumeric characters"
+        )
+    return None
+
+
+def count_msh(text: str) -> int:
+    return sum(1 for segment in text.split("\r") if segment.startswith("MSH"))
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """HL7 v2 files and frames as text: UTF-8, else an error (no guessed code pages).
+
+    Raises:
+        Hl7FormatError: not UTF-8.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Hl7FormatError(f"{name}: not UTF-8 text (byte {exc.start})") from None

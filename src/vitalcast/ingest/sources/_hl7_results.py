@@ -1,0 +1,130 @@
+"""HL7 v2 results: each OBX of an ORU^R01 to an observation, or to quarantine.
+
+Split from :mod:`.hl7v2` because the result rules (OBX-3 code, OBX-11 withdrawn status,
+OBX-2 value types, OBX-14/OBR-7 times) are the adapter's largest part and change apart
+from message framing and the patient and visit mapping.
+"""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+
+from vitalcast.clinical.records import ObservationRecord, RecordBatch, Rejected
+from vitalcast.ingest.sources._hl7_fields import Problem, Seg, parse_dtm
+from vitalcast.ingest.validate import finite_number
+
+# OBX-11 result status (HL7 table 0085): results that must not reach a model.
+_WITHDRAWN = {"X": "result cannot be obtained", "D": "result deleted", "W": "result was wrong"}
+_LOINC_SYSTEMS = frozenset({"LN", "LOINC", "http://loinc.org"})
+MAX_CODE_CHARS = 32
+
+
+def add_results(
+    group: list[Seg],
+    patient_ref: str,
+    encounter_ref: str | None,
+    where: str,
+    n_obx: int,
+    tz: tzinfo,
+    batch: RecordBatch,
+) -> int:
+    """One patient group's OBX into the batch; returns the message's OBX count so far
+    (locations number the OBX of the whole message). An OBX takes the time of the OBR
+    above it in its own group only."""
+    obr_time = ""
+    for seg in group:
+        kind = str(seg.seg[0])
+        if kind == "OBR":
+            obr_time = seg.comp(7)
+        if kind != "OBX":
+            continue
+        n_obx += 1
+        loc = f"{where}.OBX[{n_obx}]"
+        raw = str(seg.seg)
+        batch.received += 1
+        try:
+            rec = _observation(seg, patient_ref, encounter_ref, obr_time, loc, tz)
+        except Problem as exc:
+            batch.rejected.append(Rejected(loc, exc.code, str(exc), raw))
+            continue
+        batch.observations.append(rec)
+    return n_obx
+
+
+def _code(ident: list[list[str]]) -> str:
+    """OBX-3: the LOINC code, from the identifier or its alternate (components 4-6)."""
+    if not ident:
+        return ""
+    comps = ident[0] + [""] * 6
+    if comps[2].strip() in _LOINC_SYSTEMS or not comps[5].strip():
+        return comps[0].strip()
+    if comps[5].strip() in _LOINC_SYSTEMS:
+        return comps[3].strip()
+    return comps[0].strip()
+
+
+def _observation(
+    seg: Seg,
+    patient_ref: str,
+    encounter_ref: str | None,
+    obr_time: str,
+    loc: str,
+    tz: tzinfo,
+) -> ObservationRecord:
+    code = _code(seg.reps(3))
+    if not code:
+        raise Problem("no_code", "OBX-3 has no observation identifier")
+    if len(code) > MAX_CODE_CHARS:
+        raise Problem(
+            "unknown_code",
+            f"OBX-3 code longer than {MAX_CODE_CHARS} characters is not in the vocabulary",
+        )
+    status = seg.comp(11).upper()
+    if status in _WITHDRAWN:
+        raise Problem("withdrawn_result", f"OBX-11 status {status}: {_WITHDRAWN[status]}")
+    try:
+        when = parse_dtm(seg.comp(14) or obr_time, tz=tz, what="observation time")
+    except ValueError as exc:
+        raise Problem(getattr(exc, "code", "bad_time"), str(exc)) from None
+    if when is None:
+        raise Problem("no_time", "no observation time (OBX-14 or OBR-7)")
+    vtype = seg.comp(2).upper()
+    values = seg.reps(5)
+    first = values[0] if values else []
+    value: float | None = None
+    text: str | None = None
+    if vtype in ("NM", "SN"):
+        # SN is comparator^number; only an exact ("=" or empty comparator) value is a number.
+        number = first[1] if vtype == "SN" and len(first) > 1 else (first[0] if first else "")
+        comparator = first[0] if vtype == "SN" and len(first) > 1 else ""
+        try:
+            if comparator not in ("", "="):
+                raise ValueError
+            # An empty OBX-5 is no value (below), not a value that is not a number.
+            value = finite_number(number) if number.strip() else None
+        except ValueError:
+            raise Problem(
+                "non_numeric_value", f"{code}: {vtype} value is not an exact number"
+            ) from None
+    elif vtype in ("CE", "CWE", "CNE"):
+        text = first[1] if len(first) > 1 and first[1] else first[0] if first else ""
+    else:
+        text = first[0] if first else ""
+    # A text for a numeric variable is the store's rule (non_numeric_value, every source
+    # alike); a text longer than the store keeps is its too_long, never cut here.
+    if value is None and not text:
+        raise Problem("no_value", f"{code}: OBX-5 is empty")
+    return ObservationRecord(
+        patient_ref=patient_ref,
+        encounter_ref=encounter_ref,
+        code=code,
+        effective_at=when,
+        value=value,
+        unit=seg.comp(6, 1) or None,
+        value_text=text,
+        device_id=seg.comp(18, 1) or None,
+        source_ref=loc,
+        # No identity: the content key (patient, visit, code, time, value) makes a resent
+        # message a no-op whatever connection or file it arrives through.
+        identity=None,
+    )
