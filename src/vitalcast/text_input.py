@@ -19,6 +19,8 @@ NUL = "contains a NUL character"
 LONE_SURROGATE = "contains a lone UTF-16 surrogate (U+D800 to U+DFFF), which is not Unicode text"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Either character PostgreSQL text cannot hold, for a single scan of many strings.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # Care-unit names (the ward filter, users' units, VITALCAST_STAY_UNITS): encounters.unit.
 MAX_UNIT_CHARS = 64
@@ -26,11 +28,17 @@ MAX_UNIT_CHARS = 64
 
 def unstorable(text: str) -> str | None:
     """Why ``text`` cannot be stored as PostgreSQL text, or None when it can."""
-    if "\x00" in text:
-        return NUL
-    if _SURROGATE.search(text):
-        return LONE_SURROGATE
-    return None
+    found = UNSTORABLE.search(text)
+    if found is None:
+        return None
+    return NUL if "\x00" in text else LONE_SURROGATE
+
+
+def printable(text: str) -> str:
+    """``text`` with NUL and lone surrogates written as ``\\uXXXX`` escapes: what the
+    quarantine keeps of such an item (its location, code and raw form), so that the row
+    holding it can itself be stored and shown."""
+    return UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def shown(name: str) -> str:

@@ -134,9 +134,10 @@ def test_store_batch_quarantines_unstorable_text_in_any_field_of_any_record(
     assert (report.stored, report.quarantined) == (3, 4)
     assert sorted(r["reason"] for r in report.rejects) == [
         "encounter attributes contains a NUL character; it cannot be stored",
-        "observation device_id contains an unpaired surrogate (not valid Unicode); it cannot"
-        " be stored",
-        "patient name contains an unpaired surrogate (not valid Unicode); it cannot be stored",
+        "observation device_id contains a lone UTF-16 surrogate (U+D800 to U+DFFF), which is"
+        " not Unicode text; it cannot be stored",
+        "patient name contains a lone UTF-16 surrogate (U+D800 to U+DFFF), which is not Unicode"
+        " text; it cannot be stored",
         "patient ref contains a NUL character; it cannot be stored",
     ]
     assert "file#ref\\u0000x" in {r["location"] for r in report.rejects}

@@ -79,11 +79,11 @@ from vitalcast.ingest.sources.device_payload import (
     compact_record,
     fhir_observation_batch,
 )
-from vitalcast.ingest.validate import printable
 from vitalcast.json_input import JsonInputError, parse_json
 from vitalcast.monitoring.metrics import observe_ingest
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
+from vitalcast.text_input import unstorable
 
 if TYPE_CHECKING:
     from vitalcast.serving.stream_scoring import StreamScorer
@@ -197,7 +197,7 @@ def parse_message(topic: str, payload: bytes, prefix: str, seq: int) -> RecordBa
         batch.received += 1
         batch.rejected.append(Rejected(where, "bad_topic", "unexpected topic", None))
         return batch
-    if printable(topic) != topic:  # MQTT forbids NUL in topics; a broker may not check
+    if unstorable(topic):  # MQTT forbids NUL in topics; a broker may not check
         batch.received += 1
         batch.rejected.append(Rejected(where, "bad_topic", "topic holds a NUL character", None))
         return batch

@@ -49,15 +49,10 @@ from vitalcast.ingest._resolve import (
 from vitalcast.ingest.quarantine import encrypt_raw
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.tables import IngestRun, QuarantineItem
-from vitalcast.ingest.validate import (
-    Invalid,
-    check_observation,
-    check_time,
-    printable,
-    unstorable_text,
-)
+from vitalcast.ingest.validate import Invalid, check_observation, check_time, unstorable_text
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
+from vitalcast.text_input import printable
 
 logger = logging.getLogger(__name__)
 

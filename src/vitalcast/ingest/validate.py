@@ -25,7 +25,6 @@ A rejected record raises :class:`Invalid`; its ``code`` is the quarantine reason
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import fields, replace
 from datetime import date, datetime, timedelta
 from operator import attrgetter
@@ -41,6 +40,7 @@ from vitalcast.clinical.codes import (
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord
 from vitalcast.clinical.times import TimeOutOfRange, to_utc
 from vitalcast.clinical.units import UnknownUnit, to_canonical
+from vitalcast.text_input import UNSTORABLE, unstorable
 
 # Clocks of bedside devices drift; a few minutes ahead is tolerated, more is an error.
 FUTURE_TOLERANCE = timedelta(minutes=5)
@@ -52,11 +52,6 @@ class Invalid(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-# NUL: PostgreSQL text cannot hold it. U+D800-U+DFFF alone (JSON "\ud800" decodes to
-# one): not Unicode, so it cannot be encoded to UTF-8 for the database at all.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def unstorable_text(record: Any) -> str | None:
@@ -71,7 +66,7 @@ def unstorable_text(record: Any) -> str | None:
     values = getter(record) if len(names) > 1 else (getter(record),)
     if not nested:  # one scan per record: bulk loads check millions of them
         joined = "".join([v for v in values if isinstance(v, str)])
-        if "\x00" not in joined if joined.isascii() else _UNSTORABLE.search(joined) is None:
+        if "\x00" not in joined if joined.isascii() else UNSTORABLE.search(joined) is None:
             return None
     for name, value in zip(names, values, strict=True):
         problem = _text_problem(value)
@@ -97,12 +92,7 @@ def _fields_of(cls: type) -> tuple[tuple[str, ...], attrgetter[Any], bool]:
 
 def _text_problem(value: Any) -> str | None:
     if isinstance(value, str):
-        found = _UNSTORABLE.search(value)
-        if found is None:
-            return None
-        if found.group() == "\x00":
-            return "contains a NUL character"
-        return "contains an unpaired surrogate (not valid Unicode)"
+        return unstorable(value)
     if isinstance(value, dict):  # an encounter's attributes: keys and values
         return next(
             (p for k, v in value.items() for p in (_text_problem(k), _text_problem(v)) if p),
@@ -111,13 +101,6 @@ def _text_problem(value: Any) -> str | None:
     if isinstance(value, list | tuple):
         return next((p for v in value if (p := _text_problem(v)) is not None), None)
     return None
-
-
-def printable(text: str) -> str:
-    """``text`` with NUL and unpaired surrogates written as ``\\uXXXX`` escapes: what the
-    quarantine keeps of such an item (its location, code and raw form), so that the row
-    holding it can itself be stored and shown."""
-    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def finite_number(raw: object) -> float:
