@@ -197,9 +197,10 @@ def parse_message(topic: str, payload: bytes, prefix: str, seq: int) -> RecordBa
         batch.received += 1
         batch.rejected.append(Rejected(where, "bad_topic", "unexpected topic", None))
         return batch
-    if unstorable(topic):  # MQTT forbids NUL in topics; a broker may not check
+    why = unstorable(topic)  # MQTT forbids NUL in topics; a broker may not check
+    if why:
         batch.received += 1
-        batch.rejected.append(Rejected(where, "bad_topic", "topic holds a NUL character", None))
+        batch.rejected.append(Rejected(where, "bad_topic", f"topic {why}", None))
         return batch
     device_id = parts[-2]
     try:

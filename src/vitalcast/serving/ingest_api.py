@@ -173,14 +173,19 @@ def post_observations() -> tuple[Response, int]:
     ), 201
 
 
-def _patients_written(session: Session, batch: RecordBatch) -> dict[str, int]:
-    """The known patients the batch's readings name (devices already resolved), with how
-    many readings each, by public id; unknown ids were quarantined, not written."""
-    readings = Counter(
+def _named_patients(batch: RecordBatch) -> list[str]:
+    """The public patient id of each reading that names one (not a device's)."""
+    return [
         r.patient_ref.removeprefix(PUBLIC_PATIENT_REF)
         for r in batch.observations
         if r.patient_ref.startswith(PUBLIC_PATIENT_REF)
-    )
+    ]
+
+
+def _patients_written(session: Session, batch: RecordBatch) -> dict[str, int]:
+    """The known patients the batch's readings name (devices already resolved), with how
+    many readings each, by public id; unknown ids were quarantined, not written."""
+    readings = Counter(_named_patients(batch))
     if not readings:
         return {}
     known = session.scalars(
@@ -198,11 +203,7 @@ def _check_units(session: Session, batch: RecordBatch) -> None:
     units = current_principal().units
     if not units:
         return
-    public_ids = {
-        r.patient_ref.removeprefix(PUBLIC_PATIENT_REF)
-        for r in batch.observations
-        if r.patient_ref.startswith(PUBLIC_PATIENT_REF)
-    }
+    public_ids = set(_named_patients(batch))
     visible = 0
     if public_ids:
         visible = len(
