@@ -16,13 +16,14 @@ property: the broker keeps a ``clean_session=0`` session until its own policy dr
 (Mosquitto: ``persistent_client_expiration``, never by default; deploy/mosquitto sets a
 day).
 
-A batch that cannot be stored is retried after 0.5, 1, 2, 5 and 10 s, unacknowledged.
-When the database cannot be reached (a connection error) the consumer then stops with
-the error, and the broker redelivers the batch to the next start. When the batch fails
-for what it holds (the database refuses a value), redelivering it would fail the same way
-for ever, and every later reading would wait behind it: its messages are then stored one
-per transaction, each one the database refuses alone is quarantined (``store_failed``,
-naming the error's class only) and the whole batch is acknowledged. Text the database
+A batch the database cannot take because it cannot be reached (a connection error) is
+retried after 0.5, 1, 2, 5 and 10 s, unacknowledged; the consumer then stops with the
+error, and the broker redelivers the batch to the next start. When the batch fails for
+what it holds (the database refuses a value), retrying or redelivering it would fail the
+same way for ever, and every later reading would wait behind it: at once, with no
+retry, its messages are stored one per transaction, each one the database refuses alone
+is quarantined (``store_failed``, naming the error's class only) and the whole batch is
+acknowledged. Text the database
 cannot hold (NUL, unpaired surrogates) never gets that far: the store quarantines its
 item as ``invalid_text`` (:func:`~vitalcast.ingest.service.store_batch`).
 
@@ -416,7 +417,9 @@ class DeviceStreamConsumer:
 
     def _store_and_ack(self, msgs: list[mqtt.MQTTMessage], stop: threading.Event) -> None:
         try:
-            report = _retrying(lambda: self.process(msgs), stop)
+            # One attempt for a data error: the same rows fail the same way every time,
+            # and the retries (18 s in all) held back every device's later readings.
+            report = _retrying(lambda: self.process(msgs), stop, data_attempts=1)
         except Exception as exc:
             if _unavailable(exc) or stop.is_set():
                 raise  # not acknowledged: the broker redelivers to the next start
