@@ -261,3 +261,41 @@ def test_stays_outside_the_population_are_never_stale(
     assert [e.stale for e in page.entries if e.row.patient_id in outside] == [False, False]
     assert all(e.stale for e in page.entries if e.row.patient_id not in outside)
     assert page.stale_count == len(page.entries) - 2
+
+
+def test_a_feature_vector_of_a_child_is_refused_as_a_stored_child_is(
+    app: Flask, client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    """A flat feature vector has no encounter, but its age is the model's own input: a
+    child's vector got the adult ICU model's risk, which the ward withholds for the same
+    child's stored stay."""
+    headers = creds.api_key("integration")
+    child = {"age_years": 7}
+    with get_state(app).sessions() as session:
+        stored = session.scalar(select(func.count()).select_from(Prediction))
+    refused = client.post("/api/v1/predict", json=child, headers=headers)
+    assert refused.status_code == 422, refused.get_json()
+    error = refused.get_json()["error"]
+    assert error["details"] == [{"loc": ["body", "age_years"], "msg": f"{CHILD}: {POPULATION}"}]
+    assert error["message"] == f"{CHILD}: {POPULATION}"
+    nested = client.post(
+        "/api/v1/predict",
+        json={"task": "icu-mortality", "features": child},
+        headers=headers,
+    )
+    assert nested.status_code == 422
+    assert nested.get_json()["error"]["details"][0]["loc"] == ["body", "features", "age_years"]
+    batch = client.post(
+        "/api/v1/predict/batch",
+        json={"rows": [{"age_years": 40}, child]},
+        headers=headers,
+    )
+    assert batch.status_code == 422
+    assert batch.get_json()["error"]["details"] == [
+        {"loc": ["body", "rows", 1, "age_years"], "msg": f"{CHILD}: {POPULATION}"}
+    ]
+    with get_state(app).sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Prediction)) == stored
+    for adult in ({"age_years": 15}, {}):  # an unknown age does not exclude
+        scored = client.post("/api/v1/predict", json=adult, headers=headers)
+        assert scored.status_code == 200, scored.get_json()

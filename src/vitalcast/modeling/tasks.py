@@ -50,6 +50,9 @@ class Population:
     basis: str = ""
     # The hospital's units whose stays are scored (empty: every unit); see on_units.
     units: frozenset[str] = frozenset()
+    # The feature a flat feature vector carries the age in: a vector has no encounter to
+    # read the age from, so its own value is held to min_age_years (age_exclusion).
+    age_feature: str | None = None
 
     def on_units(self, units: Collection[str]) -> Population:
         """This population on ``units`` only (none: unchanged).
@@ -64,15 +67,23 @@ class Population:
         named = frozenset(units)
         return replace(self, units=named, label=f"{self.label} on units {', '.join(sorted(named))}")
 
+    def age_exclusion(self, age_years: float | None) -> str | None:
+        """ "a patient aged 7" when ``age_years`` is below the population's; else None
+        (an unknown age does not exclude: the model imputes it)."""
+        low = self.min_age_years
+        if low is not None and age_years is not None and age_years < low:
+            return f"a patient aged {math.floor(age_years)}"
+        return None
+
     def exclusion(self, kind: str, age_years: float | None, unit: str | None = None) -> str | None:
         """Why an encounter of ``kind`` and ``age_years`` on ``unit`` is outside, as a
         sentence fragment ("an outpatient visit", "a patient aged 7", "a stay on unit 4
         West"); None when it is inside."""
         if kind not in self.encounter_kinds:
             return ENCOUNTER_KIND_WORDS.get(kind, f"an encounter of kind {kind!r}")
-        low = self.min_age_years
-        if low is not None and age_years is not None and age_years < low:
-            return f"a patient aged {math.floor(age_years)}"
+        too_young = self.age_exclusion(age_years)
+        if too_young is not None:
+            return too_young
         if self.units and unit not in self.units:
             return "a stay without a unit" if unit is None else f"a stay on unit {unit}"
         return None
@@ -143,6 +154,7 @@ TASKS: dict[str, Task] = {
         population=Population(
             encounter_kinds=frozenset({"icu", "inpatient"}),
             min_age_years=15.0,
+            age_feature="age_years",
             label="ICU and hospital stays of patients aged 15 or over",
             basis=(
                 "PhysioNet 2012 holds adult ICU stays (ages 15 to 90 in set A). FHIR and"

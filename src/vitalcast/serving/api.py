@@ -48,6 +48,7 @@ from vitalcast.serving.schemas import (
     parse_query,
 )
 from vitalcast.serving.scoring import (
+    outside_sentence,
     record_prediction,
     score_encounter,
     served_population,
@@ -134,7 +135,8 @@ def predict() -> Response:
     ``{"task": ..., "features": {...}}``.
 
     A feature vector is validated against the champion's features (every unknown name,
-    non-number or unknown category reported at once) and stored as an ad hoc prediction;
+    non-number or unknown category reported at once; an age below the model's
+    population, 422 as for a stored patient) and stored as an ad hoc prediction;
     a patient id scores the patient's latest stay from the stored observations. A flat
     object or a patient id is scored by the `icu-mortality` champion; `task` names
     another task's champion (`readmission-30d`, `tabular`), whose features
@@ -227,10 +229,13 @@ def predict_batch() -> Response:
         if not isinstance(row, dict):
             problems.append({"loc": ["body", "rows", i], "msg": "expected an object"})
             continue
-        for problem in feature_errors(scorer, row, matrix[i]):
+        row_problems = feature_errors(scorer, row, matrix[i])
+        for problem in row_problems:
             problems.append(
                 {"loc": ["body", "rows", i, *problem["loc"][1:]], "msg": problem["msg"]}
             )
+        if not row_problems:
+            problems.extend(population_problems(predictor.task, row, ["body", "rows", i]))
     raise_if(problems, f"{len(problems)} problem(s) in the batch; nothing was scored")
     probabilities = scorer.score_batch(matrix)
     names = predictor.feature_names
@@ -282,6 +287,29 @@ def _validate_features(predictor: Predictor, payload: Any, where: list[str]) -> 
     for problem in problems:
         problem["loc"] = [*where, *problem["loc"][1:]]
     raise_if(problems, f"{len(problems)} invalid feature(s); see details")
+    outside = population_problems(predictor.task, payload, where)
+    raise_if(outside, outside[0]["msg"] if outside else "")
+
+
+def population_problems(task: str, row: dict[str, Any], where: list[Any]) -> list[dict[str, Any]]:
+    """The problem of a feature vector outside the population ``task``'s model may score,
+    located at its age feature (none when inside, or when the age is not given).
+
+    Why: a stored child's stay is never scored by the adult ICU model; a vector naming
+    the same child's age must not be either, or the API would give the risk the ward
+    withholds. A vector has no encounter kind or unit, so only the age is checked.
+    """
+    spec = TASKS.get(task)
+    population = spec.population if spec is not None else None
+    if population is None or population.age_feature is None:
+        return []
+    age = row.get(population.age_feature)
+    if isinstance(age, bool) or not isinstance(age, int | float):
+        age = None  # a wrong type is feature_errors' 422, checked first
+    reason = population.age_exclusion(age)
+    if reason is None:
+        return []
+    return [{"loc": [*where, population.age_feature], "msg": outside_sentence(population, reason)}]
 
 
 def _batch_rows(body: Any) -> list[Any]:

@@ -65,6 +65,11 @@ def outside_population(
     reason = population.exclusion(kind, age_years, unit) if population is not None else None
     if reason is None or population is None:
         return None
+    return outside_sentence(population, reason)
+
+
+def outside_sentence(population: Population, reason: str) -> str:
+    """``reason`` ("an outpatient visit") as the sentence every surface shows."""
     return f"{reason[0].upper()}{reason[1:]} is outside what the model scores: {population.label}."
 
 
