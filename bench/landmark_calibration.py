@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _results
 from vitalcast.modeling import evaluate as ev
+from vitalcast.modeling.calibration import fit_calibrator
 from vitalcast.modeling.landmark_calibration import TIME_FEATURE, blend_landmark_maps
 from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.tasks import get_task
 from vitalcast.modeling.train import (
     DEFAULT_SEED,
     HGB_REGULARISED,
-    fit_calibrator,
     grouped_folds_around,
     make_pipeline,
     raw_scores,

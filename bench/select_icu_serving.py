@@ -31,17 +31,10 @@ import numpy as np
 from sklearn.metrics import log_loss
 
 from vitalcast.modeling import evaluate as ev
+from vitalcast.modeling.calibration import CALIBRATION_METHODS, choose_calibration, fit_calibrator
 from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.tasks import get_task
-from vitalcast.modeling.train import (
-    CALIBRATION_METHODS,
-    SEARCH_BUDGET,
-    choose_calibration,
-    fit_calibrator,
-    grouped_folds,
-    make_pipeline,
-    raw_scores,
-)
+from vitalcast.modeling.train import SEARCH_BUDGET, grouped_folds, make_pipeline, raw_scores
 
 WINNER = "hgb-regularised"  # what the full search picks on set A
 

@@ -11,6 +11,7 @@ import pytest
 from scipy.special import expit, logit
 
 from tests.modeling_data import assert_served_factors_match_sklearn, synthetic_stays
+from vitalcast.modeling.calibration import choose_calibration, fit_calibrator
 from vitalcast.modeling.datasets import Dataset, timeseries_dataset
 from vitalcast.modeling.explain import Explainer
 from vitalcast.modeling.landmark_calibration import (
@@ -22,8 +23,6 @@ from vitalcast.modeling.tasks import get_task
 from vitalcast.modeling.train import (
     FAST_BUDGET,
     CandidateSpec,
-    choose_calibration,
-    fit_calibrator,
     fit_model,
     grouped_folds,
     grouped_folds_around,

@@ -14,6 +14,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from tests.modeling_data import T0, assert_served_factors_match_sklearn, synthetic_stays
 from vitalcast.errors import VitalcastError
 from vitalcast.features import stay_features
+from vitalcast.modeling.calibration import CALIBRATION_METHODS
 from vitalcast.modeling.datasets import Dataset, timeseries_dataset
 from vitalcast.modeling.explain import Explainer
 from vitalcast.modeling.registry import (
@@ -24,13 +25,7 @@ from vitalcast.modeling.registry import (
 )
 from vitalcast.modeling.service import TrainOutcome, train_and_register
 from vitalcast.modeling.tasks import TaskError, get_task
-from vitalcast.modeling.train import (
-    CALIBRATION_METHODS,
-    FAST_BUDGET,
-    CandidateSpec,
-    grouped_folds,
-    make_pipeline,
-)
+from vitalcast.modeling.train import FAST_BUDGET, CandidateSpec, grouped_folds, make_pipeline
 
 TASK = get_task("icu-mortality")
 
@@ -158,7 +153,7 @@ def test_spline_calibration_follows_a_shape_the_sigmoid_cannot() -> None:
     """The spline map recovers a risk curve that is not logistic in the score (here
     curved in log-odds), where Platt's sigmoid cannot; it stays monotone, inside
     [ε, 1 − ε], and keeps calibration in the large."""
-    from vitalcast.modeling.train import ISOTONIC_EPS, fit_calibrator
+    from vitalcast.modeling.calibration import ISOTONIC_EPS, fit_calibrator
 
     def truth(x: np.ndarray) -> np.ndarray:
         return 1 / (1 + np.exp(-(x + 0.8 * np.maximum(x, 0) ** 2 - 2.5)))
@@ -183,7 +178,7 @@ def test_spline_calibration_fits_tied_scores(values: tuple[float, ...]) -> None:
     """A coarse model gives few distinct scores, so several knot quantiles coincide (and
     a constant score leaves no curve at all): the map still fits, monotone, inside
     [ε, 1 − ε], and keeps calibration in the large."""
-    from vitalcast.modeling.train import ISOTONIC_EPS, fit_calibrator
+    from vitalcast.modeling.calibration import ISOTONIC_EPS, fit_calibrator
 
     rng = np.random.default_rng(3)
     weights = np.linspace(3, 1, len(values))
@@ -286,7 +281,7 @@ def test_assembled_calibrated_model_is_calibrator_of_scores_and_compiles(
 ) -> None:
     """The served object is exactly calibrator(decision_function(pipeline)), stays inside
     (0, 1), and the serving hot path compiles it to the same numbers."""
-    from vitalcast.modeling.train import assemble_calibrated, fit_calibrator
+    from vitalcast.modeling.calibration import assemble_calibrated, fit_calibrator
     from vitalcast.serving.scorer import compile_model
 
     cols = [c for c in dataset.numeric if dataset.X[c].notna().any()]
@@ -307,7 +302,7 @@ def test_centred_isotonic_keeps_ranks_that_isotonic_ties() -> None:
     """Centred isotonic regression: the PAV block values placed at their blocks' mean
     scores and joined linearly, so the map is monotone, bounded away from 0 and 1, and
     strictly increasing between the outermost block centres (plain isotonic ties them)."""
-    from vitalcast.modeling.train import ISOTONIC_EPS, centred_isotonic, fit_calibrator
+    from vitalcast.modeling.calibration import ISOTONIC_EPS, centred_isotonic, fit_calibrator
 
     rng = np.random.default_rng(5)
     s = rng.normal(size=3000)
