@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vitalcast.modeling.external_validation import evaluations_of
 from vitalcast.modeling.registry import read_sidecar
 from vitalcast.modeling.report import render_markdown
-from vitalcast.modeling.service import evaluations_of
 
 # Issue 4, "Quality targets": (task, metric, comparison, bound), checked on the stored
 # evaluation on unseen data (set B; the held-out patients of the Diabetes 130 split).

@@ -236,7 +236,7 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """Evaluate a registered model on labelled data it has not seen."""
-    from vitalcast.modeling.service import evaluate_version
+    from vitalcast.modeling.external_validation import evaluate_version
 
     with _session(ctx) as session:
         metrics = evaluate_version(
@@ -402,8 +402,9 @@ def report(
     ctx: click.Context, model_ref: str, task_name: str | None, out: Path | None, markdown: bool
 ) -> None:
     """Write the HTML model card (model card + TRIPOD+AI items, plots, subgroups)."""
+    from vitalcast.modeling.external_validation import evaluations_of
     from vitalcast.modeling.report import render_html, render_markdown
-    from vitalcast.modeling.service import evaluations_of, get_version_or_raise, sidecar_of
+    from vitalcast.modeling.service import get_version_or_raise, sidecar_of
 
     with _session(ctx) as session:
         row = get_version_or_raise(session, model_ref, task_name)
