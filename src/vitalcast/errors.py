@@ -17,7 +17,9 @@
         └── IngestError     422     input that could not be read at all
 
 API routes and JSON clients get ``{"error": {"code", "message", "details",
-"request_id"}}``; browser pages get ``templates/errors/<status>.html``.
+"request_id"}}``; everything under the FHIR base an OperationOutcome
+(:mod:`vitalcast.serving.fhir_outcome`); browser pages get
+``templates/errors/<status>.html``.
 """
 
 from __future__ import annotations

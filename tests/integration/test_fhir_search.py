@@ -183,9 +183,11 @@ def test_repeated_and_unknown_parameters_are_refused(
 ) -> None:
     response = client.get(f"/fhir/{query.format(p=ward[0])}", headers=creds.api_key("clinician"))
     assert response.status_code == 422, response.get_data(as_text=True)
-    error = response.get_json()["error"]
-    assert error["message"] == "invalid FHIR search parameters"
-    assert ["query", loc] in [d["loc"] for d in error["details"]]
+    outcome = response.get_json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    issues = outcome["issue"]
+    assert all(i["diagnostics"].startswith("invalid FHIR search parameters: ") for i in issues)
+    assert [loc] in [i.get("expression") for i in issues]
     assert ward[0] not in response.get_data(as_text=True)
 
 

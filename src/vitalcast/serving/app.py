@@ -92,6 +92,7 @@ def register_blueprints(app: Flask) -> None:
     from vitalcast.serving.api import api
     from vitalcast.serving.cds_hooks import cds
     from vitalcast.serving.fhir_api import fhir
+    from vitalcast.serving.fhir_outcome import FHIR_BASE
     from vitalcast.serving.health import health
     from vitalcast.serving.ingest_api import ingest_api
     from vitalcast.serving.model_api import model_api
@@ -109,7 +110,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(ingest_api, url_prefix="/api/v1")
     app.register_blueprint(model_api, url_prefix="/api/v1")
     app.register_blueprint(openapi)
-    app.register_blueprint(fhir, url_prefix="/fhir")
+    app.register_blueprint(fhir, url_prefix=FHIR_BASE)
     app.register_blueprint(cds, url_prefix="/cds-services")
     app.register_blueprint(web)
     app.register_blueprint(web_patient)

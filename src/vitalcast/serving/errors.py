@@ -1,4 +1,5 @@
-"""One renderer for every error: canonical JSON for API clients, a page for browsers."""
+"""One renderer for every error: canonical JSON for API clients, an OperationOutcome under
+the FHIR base, a page for browsers."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from werkzeug.exceptions import HTTPException
 
 from vitalcast.errors import AppError
 from vitalcast.serving.context import request_id
+from vitalcast.serving.fhir_outcome import FHIR_BASE, outcome_response, under_fhir_base
 
 logger = logging.getLogger(__name__)
 
-_JSON_PREFIXES = ("/api/", "/fhir", "/cds-services", "/healthz", "/readyz", "/metrics")
+_JSON_PREFIXES = ("/api/", FHIR_BASE, "/cds-services", "/healthz", "/readyz", "/metrics")
 
 
 def wants_json() -> bool:
@@ -24,6 +26,11 @@ def wants_json() -> bool:
 
 
 def render_error(error: AppError) -> tuple[Response | str, int]:
+    """``error`` as its caller reads errors: FHIR clients (anything under the FHIR base,
+    whoever raised it) an OperationOutcome, API clients the canonical JSON, browsers a
+    page."""
+    if under_fhir_base(request.path):
+        return outcome_response(error), error.status
     rid = request_id()
     if wants_json():
         return jsonify(error.to_dict(rid)), error.status

@@ -7,6 +7,7 @@ sorted by date either way) and RiskAssessment built from stored predictions
 date). Searches count every match and page (:mod:`vitalcast.serving.fhir_search`).
 Resources are built and validated with ``fhir.resources`` (its R4B models, whose shape
 equals R4 for these resources). Every read is audited like any other patient-data read.
+Errors are answered as OperationOutcome resources (:mod:`vitalcast.serving.fhir_outcome`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
+from vitalcast.serving.fhir_outcome import FHIR_JSON
 from vitalcast.serving.fhir_search import (
-    FHIR_JSON,
     check_search_params,
     code_filter,
     code_system,
@@ -195,7 +196,7 @@ _SEARCH_NOTE = (
     "Searches need a patient (or subject) and answer every match a page at a time: total"
     " counts the matches, and the next link (_count, _offset) leads on. Observation sorts"
     " by _sort=date or -date; code takes system|code tokens, comma-separated for OR."
-    " Any other parameter is refused (422)."
+    " Any other parameter is refused (422, an OperationOutcome naming it in expression)."
 )
 
 

@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_CODE, LOINC
 from vitalcast.clinical.tables import Observation
+from vitalcast.serving.fhir_outcome import FHIR_BASE, FHIR_JSON
 from vitalcast.serving.validation import int_arg, raise_if
 
-FHIR_JSON = "application/fhir+json"
 # Parameters every search takes besides its own: paging, and the one format served.
 RESULT_PARAMS = frozenset({"_count", "_offset", "_format"})
 _FORMATS = ("json", "application/json", FHIR_JSON)
@@ -116,7 +116,7 @@ def searchset(
     The links repeat the request's own (checked) parameters, so they carry no identifier
     the query did not already hold.
     """
-    base = f"{request.url_root.rstrip('/')}/fhir"
+    base = f"{request.url_root.rstrip('/')}{FHIR_BASE}"
     links = [{"relation": "self", "url": _page_url(base, resource_type, count, offset)}]
     if offset + len(resources) < total:
         links.append(
