@@ -47,6 +47,7 @@ from vitalcast.security.tables import ApiKey, User
 from vitalcast.serving.cds_auth import verify_cds_jwt
 from vitalcast.serving.context import audit_event, db, new_request_id
 from vitalcast.serving.errors import render_error, wants_json
+from vitalcast.serving.fhir_outcome import FHIR_BASE
 from vitalcast.serving.state import get_state
 from vitalcast.text_input import NUL, json_text_problems, shown, unstorable
 
@@ -381,7 +382,7 @@ def _after_request(response: Response) -> Response:
     headers["X-Frame-Options"] = "DENY"
     headers["Referrer-Policy"] = "no-referrer"
     if (
-        request.path.startswith(("/api/", "/fhir", "/cds-services"))
+        request.path.startswith(("/api/", FHIR_BASE, "/cds-services"))
         or response.mimetype == "text/html"
     ):
         headers.setdefault("Cache-Control", "no-store")
