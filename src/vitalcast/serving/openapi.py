@@ -29,7 +29,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from vitalcast import __version__
-from vitalcast.modeling.tasks import TASKS
+from vitalcast.modeling.tasks import STAY_TASK, TASKS
 from vitalcast.security.permissions import DESCRIPTIONS, PUBLIC, Permission, declared_permission
 from vitalcast.security.permissions import public as public_view
 from vitalcast.serving import schemas
@@ -171,15 +171,18 @@ def _path_template(rule: str) -> str:
     return re.sub(r"<(?:[a-z]+:)?([a-zA-Z_][a-zA-Z0-9_]*)>", r"{\1}", rule)
 
 
-def features_schema(scorer: CompiledScorer | None) -> dict[str, Any]:
-    """The flat feature object of the champion loaded now: its exact names, numbers or
-    null, categories from the fitted encoder; unknown names are refused (422)."""
+def features_schema(scorer: CompiledScorer | None, task: str = STAY_TASK) -> dict[str, Any]:
+    """The flat feature object of ``task``'s champion loaded now: its exact names, numbers
+    or null, categories from the fitted encoder; unknown names are refused (422), and so is
+    an age below the task's population (its minimum here)."""
     if scorer is None:
         return {
             "type": "object",
             "description": "no champion is loaded: scoring answers 503",
             "additionalProperties": {"type": ["number", "string", "null"]},
         }
+    spec = TASKS.get(task)
+    population = spec.population if spec is not None else None
     properties: dict[str, Any] = {}
     for name in scorer.feature_names:
         categories = scorer.categories.get(name)
@@ -196,6 +199,15 @@ def features_schema(scorer: CompiledScorer | None) -> dict[str, Any]:
                 if isinstance(c, str) or (isinstance(c, int | float) and math.isfinite(c))
             ]
             properties[name] = {"enum": [*allowed, None]}
+    if (
+        population is not None
+        and population.min_age_years is not None
+        and population.age_feature in properties
+    ):
+        properties[population.age_feature] |= {
+            "minimum": population.min_age_years,
+            "description": f"the model scores {population.label}",
+        }
     return {
         "type": "object",
         "description": "the champion's input features; null or absent = not measured "
@@ -222,7 +234,7 @@ def task_schemas(scorers: Mapping[str, CompiledScorer]) -> dict[str, dict[str, A
     batches: list[dict[str, Any]] = []
     for task, scorer in sorted(scorers.items()):
         ref = {"$ref": REF.format(model=f"Features_{task}")}
-        extra[f"Features_{task}"] = features_schema(scorer) | {
+        extra[f"Features_{task}"] = features_schema(scorer, task) | {
             "description": f"the {task} champion's input features; null or absent = not "
             "measured (imputed and listed under `missing`)"
         }
