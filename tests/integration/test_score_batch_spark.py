@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from tests.services import service_missing
+from vitalcast.batch.source import stays_frame
 from vitalcast.cli import main
 from vitalcast.clinical.tables import Encounter
 from vitalcast.config import Settings
@@ -62,6 +63,16 @@ def test_spark_batch_scores_equal_the_online_scores(
             n_boot=10,
         )
 
+    # Two stays in progress outside the model's population: the live path never scores
+    # them, and the batch job must not either (it scored every encounter before).
+    with session_scope(sessions) as session:
+        current = session.scalars(
+            select(Encounter).where(Encounter.discharged_at.is_(None)).order_by(Encounter.id)
+        ).all()
+        current[0].age_years = 7.0
+        current[1].kind = "outpatient"
+        excluded = {current[0].public_id, current[1].public_id}
+
     online: dict[str, tuple[float, str]] = {}
     with session_scope(sessions) as session:
         champion = get_champion(session, "icu-mortality")
@@ -71,12 +82,15 @@ def test_spark_batch_scores_equal_the_online_scores(
             model_version_id=champion.id,
         )
         for encounter in session.scalars(
-            select(Encounter).where(Encounter.discharged_at.is_(None))
+            select(Encounter).where(
+                Encounter.discharged_at.is_(None), Encounter.public_id.not_in(excluded)
+            )
         ):
             prediction = score_encounter(session, predictor, encounter, as_of=NOW)
             online[encounter.public_id] = (prediction.score, prediction.features_digest)
+        export = stays_frame(session, as_of=NOW)  # every stay in progress, as a lake holds
     engine.dispose()
-    assert len(online) == 15
+    assert len(online) == 13
 
     output = tmp_path / "scores"
     result = CliRunner().invoke(
@@ -93,10 +107,14 @@ def test_spark_batch_scores_equal_the_online_scores(
         obj={"settings": settings},
     )
     assert result.exit_code == 0, result.output
-    assert f"scored 15 stays as of {NOW.isoformat()} with {champion.version}" in result.output
+    assert f"scored 13 stays as of {NOW.isoformat()} with {champion.version}" in result.output
+    assert (
+        "2 stays outside the model's population not scored: ICU and hospital stays of"
+        " patients aged 15 or over" in result.output
+    )
 
     scores = pd.read_parquet(output).set_index("stay_id")
-    assert set(scores.index) == set(online)
+    assert set(scores.index) == set(online)  # the two outside are not among them
     assert (scores["model_version"] == champion.version).all()
     for stay_id, (probability, digest) in online.items():
         row = scores.loc[stay_id]
@@ -105,3 +123,21 @@ def test_spark_batch_scores_equal_the_online_scores(
         assert row["probability"] == pytest.approx(probability, rel=0, abs=1e-12), stay_id
         assert row["band"] == predictor.model.band(probability)
     assert scores["probability"].nunique() > 1  # a real model, not a constant
+
+    # A data-lake export (--input) carries no encounter kind: the child is still left out
+    # by age; an export must hold ICU and hospital stays only (docs/deployment-guide.md).
+    assert set(export["stay_id"]) == set(online) | excluded
+    lake = tmp_path / "stays.parquet"
+    export.to_parquet(lake)
+    result = CliRunner().invoke(
+        main,
+        [
+            *("score-batch", "--master", "local[2]", "--as-of", NOW.strftime("%Y-%m-%dT%H:%M")),
+            *("--input", str(lake), "--output", str(tmp_path / "lake-scores")),
+        ],
+        obj={"settings": settings},
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 stay outside the model's population not scored" in result.output
+    lake_scores = pd.read_parquet(tmp_path / "lake-scores")
+    assert set(lake_scores["stay_id"]) == set(online) | {current[1].public_id}

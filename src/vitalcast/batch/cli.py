@@ -52,12 +52,13 @@ def score_batch_command(
     output: Path,
 ) -> None:
     """Score every stay with the task's champion on Spark (same scores as the API)."""
-    from vitalcast.batch.source import stays_frame
+    from vitalcast.batch.source import count_outside, stays_frame
     from vitalcast.batch.spark import ModelRef, score_population, spark_session
     from vitalcast.cli import get_settings
     from vitalcast.db import create_db_engine
     from vitalcast.db.session import make_session_factory
     from vitalcast.modeling.service import get_champion
+    from vitalcast.serving.scoring import served_population
 
     started = time.monotonic()
     settings = get_settings(ctx)
@@ -70,24 +71,36 @@ def score_batch_command(
             raise ModelUnavailable(f"no champion model for {task}; train and promote one first")
         ref = ModelRef(path=champion.artifact_path, sha256=champion.sha256)
         version = champion.version
-        stays = (
-            None
-            if input_path
-            else stays_frame(session, as_of=moment, in_progress_only=not all_stays)
-        )
+        population = served_population(settings, task)
+        stays, outside = None, None
+        if input_path is None:
+            stays = stays_frame(
+                session, as_of=moment, in_progress_only=not all_stays, population=population
+            )
+            outside = count_outside(
+                session, as_of=moment, in_progress_only=not all_stays, population=population
+            )
     engine.dispose()
     spark = spark_session(master)
     try:
         source = spark.read.parquet(str(input_path)) if input_path else stays
         assert source is not None
-        scores = score_population(spark, source, ref, moment)
+        scores = score_population(spark, source, ref, moment, population)
         scores.write.mode("overwrite").parquet(str(output))
         summary = spark.read.parquet(str(output)).groupBy("band").count().collect()
+        scored = sum(row["count"] for row in summary)
+        if outside is None:
+            outside = source.count() - scored
     finally:
         spark.stop()
     bands = Counter({row["band"]: row["count"] for row in summary})
     click.echo(
-        f"scored {sum(bands.values())} stays as of {moment.isoformat()} with {version}"
+        f"scored {scored} stays as of {moment.isoformat()} with {version}"
         f" ({', '.join(f'{b} {n}' for b, n in sorted(bands.items()))})"
         f" in {time.monotonic() - started:.1f} s -> {output}"
     )
+    if outside and population is not None:
+        stays_word = "stay" if outside == 1 else "stays"
+        click.echo(
+            f"{outside} {stays_word} outside the model's population not scored: {population.label}"
+        )

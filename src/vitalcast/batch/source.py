@@ -13,10 +13,12 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.modeling.tasks import Population
+from vitalcast.serving.scoring import in_population
 
 STAY_COLUMNS = (
     "stay_id",
@@ -48,18 +50,30 @@ def to_us(at: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _admitted_by(as_of: datetime, in_progress_only: bool) -> ColumnElement[bool]:
+    """Encounters admitted by ``as_of`` (and, by default, still in progress then)."""
+    admitted = Encounter.admitted_at <= as_of
+    if not in_progress_only:
+        return admitted
+    return and_(admitted, or_(Encounter.discharged_at.is_(None), Encounter.discharged_at > as_of))
+
+
 def stays_frame(
-    session: Session, *, as_of: datetime, in_progress_only: bool = True
+    session: Session,
+    *,
+    as_of: datetime,
+    in_progress_only: bool = True,
+    population: Population | None = None,
 ) -> pd.DataFrame:
-    """One row per encounter admitted by ``as_of`` (in progress at ``as_of`` by default)."""
+    """One row per encounter admitted by ``as_of`` (in progress at ``as_of`` by default)
+    inside ``population``: the batch job scores whom the live path scores, never an
+    outpatient visit or a child's stay (:func:`~vitalcast.serving.scoring.in_population`)."""
     query = (
         select(Encounter, Patient.public_id, Patient.sex)
         .join(Patient, Patient.id == Encounter.patient_id)
-        .where(Encounter.admitted_at <= as_of)
+        .where(_admitted_by(as_of, in_progress_only), in_population(population))
         .order_by(Encounter.id)
     )
-    if in_progress_only:
-        query = query.where((Encounter.discharged_at.is_(None)) | (Encounter.discharged_at > as_of))
     encounters = session.execute(query).all()
     observations: dict[int, list[tuple[str, float, int]]] = defaultdict(list)
     wanted = [e.id for e, _, _ in encounters]
@@ -101,3 +115,18 @@ def stays_frame(
             }
         )
     return pd.DataFrame.from_records(records, columns=list(STAY_COLUMNS))
+
+
+def count_outside(
+    session: Session,
+    *,
+    as_of: datetime,
+    in_progress_only: bool = True,
+    population: Population | None = None,
+) -> int:
+    """How many of the encounters :func:`stays_frame` considers are outside
+    ``population`` and so left unscored (reported, never dropped silently)."""
+    query = select(func.count()).where(
+        _admitted_by(as_of, in_progress_only), not_(in_population(population))
+    )
+    return int(session.scalar(query.select_from(Encounter)) or 0)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from vitalcast.modeling.registry import LoadedModel
+    from vitalcast.modeling.tasks import Population
 
 OUTPUT_SCHEMA = (
     "stay_id string, patient_id string, probability double, band string,"
@@ -148,12 +149,38 @@ def spark_session(master: str | None, *, app_name: str = "vitalcast-score-batch"
 
 
 def score_population(
-    spark: SparkSession, stays: DataFrame | pd.DataFrame, ref: ModelRef, as_of: datetime
+    spark: SparkSession,
+    stays: DataFrame | pd.DataFrame,
+    ref: ModelRef,
+    as_of: datetime,
+    population: Population | None = None,
 ) -> DataFrame:
-    """Scores of every stay, as a Spark DataFrame of :data:`OUTPUT_SCHEMA`."""
+    """Scores of every stay inside ``population``, as a Spark DataFrame of
+    :data:`OUTPUT_SCHEMA`."""
     frame = (
         spark.createDataFrame(stays, schema=STAY_SCHEMA)
         if isinstance(stays, pd.DataFrame)
         else stays
     )
-    return frame.mapInPandas(partition_scorer(ref, as_of), schema=OUTPUT_SCHEMA)
+    return inside(frame, population).mapInPandas(partition_scorer(ref, as_of), schema=OUTPUT_SCHEMA)
+
+
+def inside(frame: DataFrame, population: Population | None) -> DataFrame:
+    """The rows of a stays frame inside ``population``'s ages and units.
+
+    The live path never scores a child's stay or, when ``VITALCAST_STAY_UNITS`` names
+    the ICU units, another ward's; a data-lake export (``--input``) must not get those
+    risks either. A frame carries no encounter kind, so an export must hold ICU and
+    hospital stays only (the store's own frame is selected by kind in SQL). An unknown
+    age does not exclude, as on the live path (Spark orders NaN above every number)."""
+    if population is None:
+        return frame
+    from pyspark.sql import functions as sf
+
+    keep = sf.lit(True)
+    if population.min_age_years is not None:
+        age = sf.col("age_years")
+        keep = keep & (age.isNull() | (age >= population.min_age_years))
+    if population.units:
+        keep = keep & sf.col("unit").isin(sorted(population.units))
+    return frame.where(keep)
