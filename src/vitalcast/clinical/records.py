@@ -117,7 +117,11 @@ class ObservationRecord:
 
 @dataclass(frozen=True, slots=True)
 class ConditionRecord:
-    """A diagnosis or problem."""
+    """A diagnosis or problem.
+
+    Its onset is a point in time (``onset_at``), or a day alone (``onset_on``) when the
+    source gave only a date; never both (see :func:`vitalcast.clinical.times.known_from`).
+    """
 
     patient_ref: str
     code: str
@@ -126,6 +130,7 @@ class ConditionRecord:
     onset_at: datetime | None = None
     encounter_ref: str | None = None
     source_ref: str = ""
+    onset_on: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,7 @@ class ImagingStudyRecord:
     instance_count: int | None = None
     encounter_ref: str | None = None
     source_ref: str = ""
+    started_on: date | None = None  # a start known to the day only (started_at is None)
 
 
 @dataclass(frozen=True, slots=True)

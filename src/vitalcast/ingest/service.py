@@ -49,7 +49,13 @@ from vitalcast.ingest._resolve import (
 from vitalcast.ingest.quarantine import encrypt_raw
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.tables import IngestRun, QuarantineItem
-from vitalcast.ingest.validate import Invalid, check_observation, check_time, unstorable_text
+from vitalcast.ingest.validate import (
+    Invalid,
+    check_day,
+    check_observation,
+    check_time,
+    unstorable_text,
+)
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.text_input import printable
@@ -428,6 +434,7 @@ def _store_keyed(
     key_columns: tuple[str, ...],
     build: Callable[[Any, int, int | None], dict[str, Any]],
     time_field: str,
+    day_field: str | None = None,
 ) -> None:
     """Resolve, check times, drop rows whose natural key exists (in batch or store), insert.
 
@@ -446,12 +453,16 @@ def _store_keyed(
         if ids is None:
             continue
         at = getattr(rec, time_field)
-        if at is not None:
-            try:
-                check_time(at, now=now, born_on=resolver.births.get(ids[0]), what=time_field)
-            except Invalid as exc:
-                reject(kind, rec.source_ref or kind, exc.code, str(exc), rec, patient_id=ids[0])
-                continue
+        day = getattr(rec, day_field) if day_field else None
+        born = resolver.births.get(ids[0])
+        try:
+            if at is not None:
+                check_time(at, now=now, born_on=born, what=time_field)
+            if day is not None:
+                check_day(day, now=now, born_on=born, what=str(day_field))
+        except Invalid as exc:
+            reject(kind, rec.source_ref or kind, exc.code, str(exc), rec, patient_id=ids[0])
+            continue
         counts.received += 1
         rows.append(build(rec, ids[0], ids[1]))
     # Fetch candidates by the first key column, compare whole keys here (NULL-safe).
@@ -491,6 +502,7 @@ def _store_conditions(
             "code": rec.code,
             "display": rec.display,
             "onset_at": rec.onset_at,
+            "onset_on": rec.onset_on,
             "source": source,
             "source_ref": rec.source_ref[:300],
         }
@@ -507,6 +519,7 @@ def _store_conditions(
         key_columns=("patient_id", "system", "code", "encounter_id"),
         build=build,
         time_field="onset_at",
+        day_field="onset_on",
     )
 
 
@@ -528,6 +541,7 @@ def _store_imaging(
             "modality": rec.modality,
             "body_part": rec.body_part,
             "started_at": rec.started_at,
+            "started_on": rec.started_on,
             "description": rec.description,
             "series_count": rec.series_count,
             "instance_count": rec.instance_count,
@@ -547,6 +561,7 @@ def _store_imaging(
         key_columns=("study_uid",),
         build=build,
         time_field="started_at",
+        day_field="started_on",
     )
 
 
