@@ -55,7 +55,8 @@ def stays_frame(
     query = (
         select(Encounter, Patient.public_id, Patient.sex)
         .join(Patient, Patient.id == Encounter.patient_id)
-        .where(Encounter.admitted_at <= as_of)
+        # A stay its source withdrew (entered in error) is scored at no time.
+        .where(Encounter.admitted_at <= as_of, Encounter.withdrawn_at.is_(None))
         .order_by(Encounter.id)
     )
     if in_progress_only:

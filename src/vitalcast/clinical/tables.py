@@ -23,8 +23,11 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     Uuid,
+    and_,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql import ColumnElement
 
 from vitalcast.db.base import Base, UTCDateTime, utcnow
 from vitalcast.db.types import BigIntPK, new_public_id
@@ -74,8 +77,24 @@ class Encounter(Base):
     # prior visits, medications) that have no LOINC observation equivalent.
     attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when a later version from the source said the stay never was one (FHIR
+    # entered-in-error, cancelled): it is then no longer in progress, never scored, and
+    # kept with its data (nothing is deleted). Final: a later version does not reopen it.
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    withdrawn_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     patient: Mapped[Patient] = relationship(back_populates="encounters")
+
+    @hybrid_property
+    def in_progress(self) -> bool:
+        """Not discharged and not withdrawn: a stay on the ward, to score and monitor.
+        Every query for stays in progress uses this (in SQL, the same condition)."""
+        return self.discharged_at is None and self.withdrawn_at is None
+
+    @in_progress.inplace.expression
+    @classmethod
+    def _in_progress_expression(cls) -> ColumnElement[bool]:
+        return and_(cls.discharged_at.is_(None), cls.withdrawn_at.is_(None))
 
 
 class Observation(Base):

@@ -204,7 +204,7 @@ def feedback(patient_id: str) -> Response:
         )
     if problems:
         raise InvalidInput("the feedback form has problems", details=problems)
-    if encounter is None or encounter.discharged_at is not None:
+    if encounter is None or not encounter.in_progress:
         # An acknowledgement or a verdict answers a risk someone acts on; after discharge
         # there is none, and the stay's record is history.
         raise Conflict("this patient has no stay in progress; feedback is closed")

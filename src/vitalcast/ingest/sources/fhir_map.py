@@ -17,6 +17,7 @@ from vitalcast.clinical.codes import BY_CODE, LOINC
 from vitalcast.clinical.records import (
     ConditionRecord,
     EncounterRecord,
+    EncounterWithdrawal,
     ImagingStudyRecord,
     ObservationRecord,
     PatientRecord,
@@ -438,15 +439,29 @@ def map_encounter(
     """A stay, or a :class:`ResourceProblem` when the Encounter cannot be one.
 
     A stay without a discharge time is in progress: it is rescored, monitored, and joined
-    by observations sent without an encounter. So an Encounter that is no stay
-    (``entered-in-error``, ``cancelled``: quarantined under those codes, as withdrawn
-    Observations are; ``planned``: not begun), or whose end is present but not a point
+    by observations sent without an encounter. An Encounter that is no stay
+    (``entered-in-error``, ``cancelled``) becomes an :class:`EncounterWithdrawal`: it
+    withdraws the stay stored under its id when it is a newer version of it, and is
+    quarantined under those codes otherwise, as withdrawn Observations are. One that is
+    ``planned`` (not begun), or whose end is present but not a point
     in time (a date alone, no timezone), or that is ``finished`` without an end, is
     refused rather than stored as a stay still in progress.
     """
     status = res.get("status")
     if status in _WITHDRAWN:
-        raise ResourceProblem(_WITHDRAWN[status], f"Encounter.status is {status}: not a stay")
+        # Not a stay: the store withdraws the stay stored under this id if this version
+        # is newer than it, and quarantines it under the same code otherwise.
+        batch.received += 1
+        batch.withdrawals.append(
+            EncounterWithdrawal(
+                ref=key,
+                reason_code=_WITHDRAWN[status],
+                reason=f"Encounter.status is {status}: not a stay",
+                source_ref=where,
+                version=version_of(res),
+            )
+        )
+        return
     if status == "planned":
         # An admission booked, not begun: stored, it would be a stay in progress from its
         # planned start. The version that says it began (arrived, in-progress) is stored.
