@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pydicom.data
@@ -154,3 +154,20 @@ def test_acr_nema_study_date_is_read(
     db_session.commit()
     study = db_session.scalars(select(ImagingStudy)).one()
     assert study.started_at == datetime(1997, 4, 24, 19, 4, 38, tzinfo=UTC)  # offset -0500
+
+
+def test_study_date_without_time_is_a_day(
+    db_session: Session, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    """A StudyDate without a StudyTime was stored at midnight in the assumed zone: a time
+    of day the file never gave, up to a day before the study was made. It is a day."""
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    known = RecordBatch(patients=[PatientRecord(ref="ehr:1", mrn=str(ct.PatientID))])
+    store_batch(db_session, known, source="fhir", location="t", cipher=cipher, now=NOW)
+    del ct.StudyTime
+    path = tmp_path / "day.dcm"
+    ct.save_as(path)
+    ingest_dicom(db_session, [path], cipher=cipher, now=NOW)
+    db_session.commit()
+    study = db_session.scalars(select(ImagingStudy)).one()
+    assert (study.started_at, study.started_on) == (None, date(2004, 1, 19))

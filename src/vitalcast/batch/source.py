@@ -51,8 +51,9 @@ def to_us(at: datetime) -> int:
 
 
 def _admitted_by(as_of: datetime, in_progress_only: bool) -> ColumnElement[bool]:
-    """Encounters admitted by ``as_of`` (and, by default, still in progress then)."""
-    admitted = Encounter.admitted_at <= as_of
+    """Encounters admitted by ``as_of`` (and, by default, still in progress then); never a
+    stay its source withdrew (entered in error), which is scored at no time."""
+    admitted = and_(Encounter.admitted_at <= as_of, Encounter.withdrawn_at.is_(None))
     if not in_progress_only:
         return admitted
     return and_(admitted, or_(Encounter.discharged_at.is_(None), Encounter.discharged_at > as_of))

@@ -80,6 +80,20 @@ class EncounterRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class EncounterWithdrawal:
+    """A version of a stay saying it never was one (FHIR ``entered-in-error``,
+    ``cancelled``): it withdraws the stored stay when it is newer than the stored
+    version, and is quarantined under ``reason_code`` otherwise (no such stay, or a
+    version that cannot be ordered after it)."""
+
+    ref: str
+    reason_code: str  # "entered_in_error" or "cancelled"
+    reason: str  # what the source said, for the report and the quarantine
+    source_ref: str = ""
+    version: str | None = None  # as EncounterRecord.version
+
+
+@dataclass(frozen=True, slots=True)
 class ObservationRecord:
     """One measurement, in the canonical unit of its code."""
 
@@ -117,7 +131,11 @@ class ObservationRecord:
 
 @dataclass(frozen=True, slots=True)
 class ConditionRecord:
-    """A diagnosis or problem."""
+    """A diagnosis or problem.
+
+    Its onset is a point in time (``onset_at``), or a day alone (``onset_on``) when the
+    source gave only a date; never both (see :func:`vitalcast.clinical.times.known_from`).
+    """
 
     patient_ref: str
     code: str
@@ -126,6 +144,7 @@ class ConditionRecord:
     onset_at: datetime | None = None
     encounter_ref: str | None = None
     source_ref: str = ""
+    onset_on: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +161,7 @@ class ImagingStudyRecord:
     instance_count: int | None = None
     encounter_ref: str | None = None
     source_ref: str = ""
+    started_on: date | None = None  # a start known to the day only (started_at is None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +198,7 @@ class RecordBatch:
     conditions: list[ConditionRecord] = field(default_factory=list)
     imaging_studies: list[ImagingStudyRecord] = field(default_factory=list)
     outcomes: list[OutcomeRecord] = field(default_factory=list)
+    withdrawals: list[EncounterWithdrawal] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     received: int = 0  # input items seen (each becomes a record or a rejection)
 
@@ -189,6 +210,7 @@ class RecordBatch:
         self.conditions.extend(other.conditions)
         self.imaging_studies.extend(other.imaging_studies)
         self.outcomes.extend(other.outcomes)
+        self.withdrawals.extend(other.withdrawals)
         self.rejected.extend(other.rejected)
         self.received += other.received
 
@@ -202,5 +224,6 @@ class RecordBatch:
             "conditions": len(self.conditions),
             "imaging_studies": len(self.imaging_studies),
             "outcomes": len(self.outcomes),
+            "withdrawals": len(self.withdrawals),
             "rejected": len(self.rejected),
         }

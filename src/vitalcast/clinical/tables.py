@@ -9,11 +9,12 @@ model uses (sex, age at admission, unit, measurements) is stored in the clear.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -22,8 +23,11 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     Uuid,
+    and_,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql import ColumnElement
 
 from vitalcast.db.base import Base, UTCDateTime, utcnow
 from vitalcast.db.types import BigIntPK, new_public_id
@@ -73,8 +77,24 @@ class Encounter(Base):
     # prior visits, medications) that have no LOINC observation equivalent.
     attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when a later version from the source said the stay never was one (FHIR
+    # entered-in-error, cancelled): it is then no longer in progress, never scored, and
+    # kept with its data (nothing is deleted). Final: a later version does not reopen it.
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    withdrawn_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     patient: Mapped[Patient] = relationship(back_populates="encounters")
+
+    @hybrid_property
+    def in_progress(self) -> bool:
+        """Not discharged and not withdrawn: a stay on the ward, to score and monitor.
+        Every query for stays in progress uses this (in SQL, the same condition)."""
+        return self.discharged_at is None and self.withdrawn_at is None
+
+    @in_progress.inplace.expression
+    @classmethod
+    def _in_progress_expression(cls) -> ColumnElement[bool]:
+        return and_(cls.discharged_at.is_(None), cls.withdrawn_at.is_(None))
 
 
 class Observation(Base):
@@ -114,6 +134,11 @@ class Observation(Base):
 
 
 class Condition(Base):
+    """A diagnosis or problem. Its onset is ``onset_at`` when the source gave a point in
+    time, ``onset_on`` when it gave a day alone (never both): a day is neither dropped nor
+    placed at an invented hour, and :func:`vitalcast.clinical.times.known_from` says from
+    when either may be used."""
+
     __tablename__ = "conditions"
     __table_args__ = (UniqueConstraint("patient_id", "system", "code", "encounter_id"),)
 
@@ -124,11 +149,15 @@ class Condition(Base):
     code: Mapped[str] = mapped_column(String(64))
     display: Mapped[str | None] = mapped_column(String(300), nullable=True)
     onset_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    onset_on: Mapped[date | None] = mapped_column(Date, nullable=True)
     source: Mapped[str] = mapped_column(String(32))
     source_ref: Mapped[str] = mapped_column(String(300), default="")
 
 
 class ImagingStudy(Base):
+    """An imaging study's metadata; its start is ``started_at`` or, known to the day
+    only, ``started_on`` (as :class:`Condition`'s onset)."""
+
     __tablename__ = "imaging_studies"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -138,6 +167,7 @@ class ImagingStudy(Base):
     modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
     body_part: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started_on: Mapped[date | None] = mapped_column(Date, nullable=True)
     description: Mapped[str | None] = mapped_column(String(300), nullable=True)
     series_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     instance_count: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -16,7 +16,7 @@ so the range and the message are the same wherever a time arrives.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, WithJsonSchema
@@ -67,6 +67,34 @@ def parse_iso(text: str, what: str) -> datetime:
         raise ValueError(f"{what} is not an ISO 8601 date-time") from None
     check_year(value, what)
     return value
+
+
+#: The last instant at which a calendar day is still under way somewhere: the day ends
+#: at midnight in UTC-12 (the westernmost offset in use), which is noon the next day UTC.
+_DAY_ENDS_EVERYWHERE = timedelta(days=1, hours=12)
+
+
+def day_over(on: date) -> datetime:
+    """The first instant (UTC) at which the calendar day ``on`` is over in every time zone.
+
+    A date without a time of day (a FHIR ``onsetDateTime`` of ``"2019-03-04"``) says
+    that something happened some time that day, in a zone it does not name. A
+    point-in-time rule that takes it as known any earlier (say at midnight UTC) would let
+    a feature computed at noon see an event that happened at 18:00 that day: the future.
+    """
+    return datetime.combine(on, time(), UTC) + _DAY_ENDS_EVERYWHERE
+
+
+def known_from(at: datetime | None, on: date | None) -> datetime | None:
+    """When a time stated exactly (``at``) or as a day alone (``on``) may be used as past.
+
+    The one point-in-time rule for the store's pairs of columns (``Condition.onset_at``/
+    ``onset_on``, ``ImagingStudy.started_at``/``started_on``): an exact time is known
+    from itself, a day from :func:`day_over`; None when neither is known.
+    """
+    if at is not None:
+        return at
+    return day_over(on) if on is not None else None
 
 
 def in_clinical_range(value: datetime) -> datetime:

@@ -133,7 +133,11 @@ class Resolver:
                     Encounter.id,
                     Encounter.admitted_at,
                     Encounter.discharged_at,
-                ).where(Encounter.patient_id.in_(chunk))
+                ).where(
+                    Encounter.patient_id.in_(chunk),
+                    # A withdrawn stay never was one: no reading joins it.
+                    Encounter.withdrawn_at.is_(None),
+                )
             )
             for pid, eid, admitted, discharged in rows:
                 self.stays.setdefault(pid, []).append((eid, admitted, discharged))
@@ -341,7 +345,7 @@ def _update_patients(
             session.scalars(
                 select(Encounter.id).where(
                     Encounter.patient_id.in_([c["id"] for c in changes]),
-                    Encounter.discharged_at.is_(None),
+                    Encounter.in_progress,
                 )
             )
         )

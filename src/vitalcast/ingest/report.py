@@ -22,6 +22,20 @@ class KindCounts:
         return self.received == self.stored + self.duplicates + self.quarantined
 
 
+@dataclass(frozen=True)
+class Withdrawal:
+    """A stored stay withdrawn by a newer version saying it never was one.
+
+    ``location`` and ``reason_code`` are reported; the public ids are for the audit
+    event naming the patient, and are left out of the printed report.
+    """
+
+    location: str
+    reason_code: str
+    patient_public_id: str
+    encounter_public_id: str
+
+
 @dataclass
 class IngestReport:
     """What one ingest run did with its input."""
@@ -45,6 +59,9 @@ class IngestReport:
     # Input columns the mapping does not declare (CSV): read past and never stored, named
     # here so that a new column (a patient_name added to an export) is seen, not kept.
     ignored_columns: list[str] = field(default_factory=list)
+    # Stored stays that a newer version withdrew (FHIR entered-in-error, cancelled): no
+    # longer in progress, never scored, kept. Counted as stored encounter items.
+    withdrawn: list[Withdrawal] = field(default_factory=list)
 
     def count(self, kind: str) -> KindCounts:
         return self.kinds.setdefault(kind, KindCounts())
@@ -95,6 +112,7 @@ class IngestReport:
         self.skipped.update(other.skipped)
         self.updated.update(other.updated)
         self.ignored_columns += [c for c in other.ignored_columns if c not in self.ignored_columns]
+        self.withdrawn += other.withdrawn
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +128,9 @@ class IngestReport:
             "skipped": dict(self.skipped.most_common()),
             "updated": dict(self.updated.most_common()),
             "ignored_columns": self.ignored_columns,
+            "withdrawn": [
+                {"location": w.location, "reason_code": w.reason_code} for w in self.withdrawn
+            ],
             "rejects": self.rejects,
         }
 
@@ -128,6 +149,8 @@ class IngestReport:
             lines.append(f"  quarantined {reason}: {n}")
         for kind, n in self.updated.most_common():
             lines.append(f"  {kind}: {n} of the stored replaced an older version")
+        for w in self.withdrawn:
+            lines.append(f"  stay withdrawn ({w.reason_code}), no longer in progress: {w.location}")
         for reason, n in self.skipped.most_common():
             lines.append(f"  skipped {reason}: {n}")
         if self.ignored_columns:

@@ -46,10 +46,17 @@ from vitalcast.ingest._resolve import (
     store_encounters,
     store_patients,
 )
+from vitalcast.ingest._withdraw import store_withdrawals
 from vitalcast.ingest.quarantine import encrypt_raw
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.tables import IngestRun, QuarantineItem
-from vitalcast.ingest.validate import Invalid, check_observation, check_time, unstorable_text
+from vitalcast.ingest.validate import (
+    Invalid,
+    check_day,
+    check_observation,
+    check_time,
+    unstorable_text,
+)
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.text_input import printable
@@ -137,6 +144,7 @@ def store_batch(
     batch = _within_limits(batch, reject)
     store_patients(session, batch.patients, resolver, report)
     store_encounters(session, batch.encounters, resolver, report, reject, now)
+    store_withdrawals(session, batch.withdrawals, resolver, report, reject, now)
     _store_observations(session, batch.observations, resolver, report, reject, now)
     _store_conditions(session, batch.conditions, resolver, report, reject, now)
     _store_imaging(session, batch.imaging_studies, resolver, report, reject, now)
@@ -164,32 +172,32 @@ def store_batch(
     return report
 
 
-# The text fields of each record kind that the store keeps in a length-limited column,
-# with that column. A reference is checked against the column it is looked up in.
+# The text fields of each list of a batch that the store keeps in a length-limited
+# column, with that column. A reference is checked against the column it is looked up in.
 _LIMITED: dict[str, tuple[tuple[str, Any], ...]] = {
-    "patient": (("ref", Patient.source_ref), ("version", Patient.source_version)),
-    "encounter": (
+    "patients": (("ref", Patient.source_ref), ("version", Patient.source_version)),
+    "encounters": (
         ("ref", Encounter.source_ref),
         ("patient_ref", Patient.source_ref),
         ("unit", Encounter.unit),
         ("admission_source", Encounter.admission_source),
         ("version", Encounter.source_version),
     ),
-    "observation": (
+    "observations": (
         ("patient_ref", Patient.source_ref),
         ("encounter_ref", Encounter.source_ref),
         ("value_text", Observation.value_text),
         ("device_id", Observation.device_id),
         ("version", Observation.source_version),
     ),
-    "condition": (
+    "conditions": (
         ("patient_ref", Patient.source_ref),
         ("encounter_ref", Encounter.source_ref),
         ("code", Condition.code),
         ("system", Condition.system),
         ("display", Condition.display),
     ),
-    "imaging_study": (
+    "imaging_studies": (
         ("patient_ref", Patient.source_ref),
         ("encounter_ref", Encounter.source_ref),
         ("study_uid", ImagingStudy.study_uid),
@@ -197,15 +205,18 @@ _LIMITED: dict[str, tuple[tuple[str, Any], ...]] = {
         ("body_part", ImagingStudy.body_part),
         ("description", ImagingStudy.description),
     ),
-    "outcome": (("patient_ref", Patient.source_ref), ("encounter_ref", Encounter.source_ref)),
+    "outcomes": (("patient_ref", Patient.source_ref), ("encounter_ref", Encounter.source_ref)),
+    "withdrawals": (("ref", Encounter.source_ref), ("version", Encounter.source_version)),
 }
+# The record kind (of the report and the quarantine) of each list of a batch.
 _BATCH_LISTS = {
-    "patient": "patients",
-    "encounter": "encounters",
-    "observation": "observations",
-    "condition": "conditions",
-    "imaging_study": "imaging_studies",
-    "outcome": "outcomes",
+    "patients": "patient",
+    "encounters": "encounter",
+    "observations": "observation",
+    "conditions": "condition",
+    "imaging_studies": "imaging_study",
+    "outcomes": "outcome",
+    "withdrawals": "encounter",  # an Encounter version that withdraws a stay
 }
 
 
@@ -219,7 +230,7 @@ def _storable_text(batch: RecordBatch, reject: Reject) -> RecordBatch:
     AR), whichever column or lookup it reached first.
     """
     out = RecordBatch(received=batch.received)
-    for kind, attr in _BATCH_LISTS.items():
+    for attr, kind in _BATCH_LISTS.items():
         kept = getattr(out, attr)
         for rec in getattr(batch, attr):
             problem = unstorable_text(rec)
@@ -248,10 +259,11 @@ def _within_limits(batch: RecordBatch, reject: Reject) -> RecordBatch:
     a cut code or text. Limits come from the tables, so they cannot drift from them.
     """
     out = RecordBatch(received=batch.received)
-    for kind, fields in _LIMITED.items():
+    for attr, fields in _LIMITED.items():
+        kind = _BATCH_LISTS[attr]
         limits = [(name, int(column.type.length)) for name, column in fields]
-        kept = getattr(out, _BATCH_LISTS[kind])
-        for rec in getattr(batch, _BATCH_LISTS[kind]):
+        kept = getattr(out, attr)
+        for rec in getattr(batch, attr):
             problem = next(
                 (
                     (name, len(value), limit)
@@ -275,7 +287,20 @@ def _within_limits(batch: RecordBatch, reject: Reject) -> RecordBatch:
 
 
 def audit_ingest(session: Session, report: IngestReport, agent: audit.Agent) -> None:
-    """Write the ``ingest.batch`` audit event of a stored report (counts, no identifiers)."""
+    """Write the ``ingest.batch`` audit event of a stored report (counts, no identifiers),
+    and one ``encounter.withdrawn`` event per stay it withdrew, naming the patient, so
+    that the patient's trail shows why their stay left the ward."""
+    for w in report.withdrawn:
+        audit.record(
+            session,
+            agent.event(
+                "encounter.withdrawn",
+                "U",
+                patient_id=w.patient_public_id,
+                resource=f"Encounter/{w.encounter_public_id}",
+                details={"reason": w.reason_code, "run_id": report.run_id},
+            ),
+        )
     audit.record(
         session,
         agent.event(
@@ -290,6 +315,7 @@ def audit_ingest(session: Session, report: IngestReport, agent: audit.Agent) -> 
                 "duplicates": report.duplicates,
                 "quarantined": report.quarantined,
                 "reasons": dict(report.reasons),
+                "withdrawn": len(report.withdrawn),
             },
         ),
     )
@@ -428,6 +454,7 @@ def _store_keyed(
     key_columns: tuple[str, ...],
     build: Callable[[Any, int, int | None], dict[str, Any]],
     time_field: str,
+    day_field: str | None = None,
 ) -> None:
     """Resolve, check times, drop rows whose natural key exists (in batch or store), insert.
 
@@ -446,12 +473,16 @@ def _store_keyed(
         if ids is None:
             continue
         at = getattr(rec, time_field)
-        if at is not None:
-            try:
-                check_time(at, now=now, born_on=resolver.births.get(ids[0]), what=time_field)
-            except Invalid as exc:
-                reject(kind, rec.source_ref or kind, exc.code, str(exc), rec, patient_id=ids[0])
-                continue
+        day = getattr(rec, day_field) if day_field else None
+        born = resolver.births.get(ids[0])
+        try:
+            if at is not None:
+                check_time(at, now=now, born_on=born, what=time_field)
+            if day is not None:
+                check_day(day, now=now, born_on=born, what=str(day_field))
+        except Invalid as exc:
+            reject(kind, rec.source_ref or kind, exc.code, str(exc), rec, patient_id=ids[0])
+            continue
         counts.received += 1
         rows.append(build(rec, ids[0], ids[1]))
     # Fetch candidates by the first key column, compare whole keys here (NULL-safe).
@@ -491,6 +522,7 @@ def _store_conditions(
             "code": rec.code,
             "display": rec.display,
             "onset_at": rec.onset_at,
+            "onset_on": rec.onset_on,
             "source": source,
             "source_ref": rec.source_ref[:300],
         }
@@ -507,6 +539,7 @@ def _store_conditions(
         key_columns=("patient_id", "system", "code", "encounter_id"),
         build=build,
         time_field="onset_at",
+        day_field="onset_on",
     )
 
 
@@ -528,6 +561,7 @@ def _store_imaging(
             "modality": rec.modality,
             "body_part": rec.body_part,
             "started_at": rec.started_at,
+            "started_on": rec.started_on,
             "description": rec.description,
             "series_count": rec.series_count,
             "instance_count": rec.instance_count,
@@ -547,6 +581,7 @@ def _store_imaging(
         key_columns=("study_uid",),
         build=build,
         time_field="started_at",
+        day_field="started_on",
     )
 
 

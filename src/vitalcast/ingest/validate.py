@@ -38,7 +38,7 @@ from vitalcast.clinical.codes import (
     plausible_range_text,
 )
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord
-from vitalcast.clinical.times import TimeOutOfRange, to_utc
+from vitalcast.clinical.times import TimeOutOfRange, check_year, to_utc
 from vitalcast.clinical.units import UnknownUnit, to_canonical
 from vitalcast.text_input import UNSTORABLE, unstorable
 
@@ -138,6 +138,27 @@ def check_time(at: datetime, *, now: datetime, born_on: date | None, what: str) 
     if born_on is not None and at.date() < born_on:
         raise Invalid("before_birth", f"{what} {at.date().isoformat()} is before birth")
     return at
+
+
+#: The furthest ahead of UTC that a calendar day runs (UTC+14): a day up to this far past
+#: today's UTC date has already begun somewhere.
+_DAY_AHEAD = timedelta(hours=14)
+
+
+def check_day(on: date, *, now: datetime, born_on: date | None, what: str) -> date:
+    """``on`` (a date without a time of day), or :class:`Invalid` when its year is out
+    of range, it has not yet begun anywhere (``future_time``) or it is before birth
+    (``before_birth``). Messages do not repeat the date: it is a date of care.
+    """
+    try:
+        check_year(on, what)
+    except TimeOutOfRange as exc:
+        raise Invalid(exc.code, str(exc)) from None
+    if on > (now + _DAY_AHEAD + FUTURE_TOLERANCE).date():
+        raise Invalid("future_time", f"{what} is a day in the future")
+    if born_on is not None and on < born_on:
+        raise Invalid("before_birth", f"{what} is a day before birth")
+    return on
 
 
 def check_observation(

@@ -161,6 +161,7 @@ def _alert_rate(
             Encounter.id.in_(scored),
             Encounter.admitted_at < end,
             (Encounter.discharged_at.is_(None)) | (Encounter.discharged_at > start),
+            Encounter.withdrawn_at.is_(None),
         )
     ).all()
     days = perf.patient_days([(a, d) for a, d in stays], start, end)

@@ -400,7 +400,7 @@ def newest_by_unit(session: Session) -> dict[str, datetime]:
     rows = session.execute(
         select(Encounter.unit, func.max(Observation.effective_at))
         .join(Observation, Observation.encounter_id == Encounter.id)
-        .where(Encounter.discharged_at.is_(None))
+        .where(Encounter.in_progress)
         .group_by(Encounter.unit)
     ).all()
     out: dict[str, datetime] = {}

@@ -39,7 +39,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,7 +133,8 @@ class _Dates:
     def __init__(self, mode: DateMode) -> None:
         self.mode = mode
 
-    def show(self, at: datetime | None, shift: timedelta) -> str:
+    def show(self, at: date | None, shift: timedelta) -> str:
+        """A time, or a day alone (a ``date``), as its year or shifted by whole days."""
         if at is None:
             return ""
         if self.mode == "year":
@@ -305,7 +306,7 @@ def export_deidentified(
                 stay.encounter_rid if stay else "",
                 c.system,
                 c.code,
-                show.show(c.onset_at, shift),
+                show.show(c.onset_at or c.onset_on, shift),
             ]
         )
     cond.close()
@@ -333,7 +334,7 @@ def export_deidentified(
                 stay.encounter_rid if stay else "",
                 s.modality or "",
                 s.body_part or "",
-                show.show(s.started_at, shift),
+                show.show(s.started_at or s.started_on, shift),
                 s.series_count,
                 s.instance_count,
             ]

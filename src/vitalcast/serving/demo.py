@@ -164,9 +164,7 @@ def _score_unscored(settings: Settings, sessions: sessionmaker[Session]) -> int:
     )
     with sessions() as session:
         todo = session.scalars(
-            select(Encounter.id).where(
-                Encounter.discharged_at.is_(None), Encounter.id.not_in(scored_ids)
-            )
+            select(Encounter.id).where(Encounter.in_progress, Encounter.id.not_in(scored_ids))
         ).all()
     now = utcnow()
     for start in range(0, len(todo), _CHUNK):

@@ -113,6 +113,13 @@ def _observation_resource(obs: Observation, patient_id: str) -> FhirObservation:
     return FhirObservation.model_validate(data)
 
 
+def _status(enc: Encounter) -> str:
+    """The FHIR status of a stored stay: a withdrawn one says what its source said."""
+    if enc.withdrawn_at is not None:
+        return (enc.withdrawn_reason or "entered_in_error").replace("_", "-")
+    return "finished" if enc.discharged_at is not None else "in-progress"
+
+
 def _encounter_resource(enc: Encounter, patient_id: str) -> FhirEncounter:
     period = {"start": enc.admitted_at.isoformat()}
     if enc.discharged_at is not None:
@@ -120,7 +127,7 @@ def _encounter_resource(enc: Encounter, patient_id: str) -> FhirEncounter:
     data: dict[str, Any] = {
         "resourceType": "Encounter",
         "id": enc.public_id,
-        "status": "finished" if enc.discharged_at is not None else "in-progress",
+        "status": _status(enc),
         "class": {"system": ACT_CODE, "code": _ENCOUNTER_CLASS.get(enc.kind, "IMP")},
         "subject": {"reference": f"Patient/{patient_id}"},
         "period": period,
@@ -321,7 +328,7 @@ def search_encounters() -> Response:
     patient = get_patient_or_raise(db(), _patient_param())
     query = select(Encounter).where(Encounter.patient_id == patient.id)
     if status == "in-progress":
-        query = query.where(Encounter.discharged_at.is_(None))
+        query = query.where(Encounter.in_progress)
     elif status == "finished":
         query = query.where(Encounter.discharged_at.is_not(None))
     order = (Encounter.admitted_at.desc(), Encounter.id.desc())

@@ -214,6 +214,7 @@ def patient_detail(patient_id: str) -> Response:
                     "code": c.code,
                     "display": c.display,
                     "onset_at": c.onset_at.isoformat() if c.onset_at else None,
+                    "onset_date": c.onset_on.isoformat() if c.onset_on else None,
                 }
                 for c in conditions
             ],
@@ -223,6 +224,7 @@ def patient_detail(patient_id: str) -> Response:
                     "modality": s.modality,
                     "body_part": s.body_part,
                     "started_at": s.started_at.isoformat() if s.started_at else None,
+                    "started_date": s.started_on.isoformat() if s.started_on else None,
                     "description": s.description,
                     "series": s.series_count,
                     "instances": s.instance_count,

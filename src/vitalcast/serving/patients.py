@@ -98,7 +98,7 @@ def _open_stays(
     not a filter of its result, so that paging, totals and a ``unit`` outside them
     (which matches nothing) can never show another unit's stays.
     """
-    conditions: list[ColumnElement[bool]] = [Encounter.discharged_at.is_(None)]
+    conditions: list[ColumnElement[bool]] = [Encounter.in_progress.expression]
     if units:
         conditions.append(Encounter.unit.in_(sorted(units)))
     if unit:
@@ -238,9 +238,7 @@ def decrypt_identifiers(cipher: FieldCipher, patient: Patient) -> dict[str, str]
 
 def ward_units(session: Session, units: Collection[str] = ()) -> list[str]:
     """Units that have patients in progress (of ``units`` only, when the caller has any)."""
-    query = select(Encounter.unit).where(
-        and_(Encounter.discharged_at.is_(None), Encounter.unit.is_not(None))
-    )
+    query = select(Encounter.unit).where(and_(Encounter.in_progress, Encounter.unit.is_not(None)))
     if units:
         query = query.where(Encounter.unit.in_(sorted(units)))
     rows = session.scalars(query.distinct().order_by(Encounter.unit)).all()

@@ -242,7 +242,7 @@ def stays_with_unscored_data(
     )
     query = (
         select(Encounter.id)
-        .where(Encounter.discharged_at.is_(None), in_population(population), unscored)
+        .where(Encounter.in_progress, in_population(population), unscored)
         .order_by(Encounter.id)
     )
     return list(session.scalars(query))
@@ -255,7 +255,7 @@ def _stays_in_progress(population: Population | None) -> Select[Encounter, str]:
     return (
         select(Encounter, Patient.public_id)
         .join(Patient, Patient.id == Encounter.patient_id)
-        .where(Encounter.discharged_at.is_(None), in_population(population))
+        .where(Encounter.in_progress, in_population(population))
     )
 
 

@@ -12,7 +12,7 @@ Every problem is reported at once, each with its location (``["query", name]``,
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from flask import request
@@ -358,6 +358,9 @@ class ConditionItem(BaseModel):
     code: str
     display: str | None
     onset_at: datetime | None
+    onset_date: date | None = Field(
+        description="the onset when the source gave a day alone (onset_at is then null)"
+    )
 
 
 class StudyItem(BaseModel):
@@ -365,6 +368,9 @@ class StudyItem(BaseModel):
     modality: str | None
     body_part: str | None
     started_at: datetime | None
+    started_date: date | None = Field(
+        description="the start when the source gave a day alone (started_at is then null)"
+    )
     description: str | None
     series: int | None
     instances: int | None

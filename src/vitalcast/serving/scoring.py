@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, true
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_KEY
@@ -42,10 +42,15 @@ def served_population(settings: Settings, task: str = STAY_TASK) -> Population |
 def in_population(population: Population | None) -> ColumnElement[bool]:
     """SQL condition on :class:`Encounter`: inside ``population`` (kinds of encounter,
     ages, units). Every query that picks encounters to score uses it, so an outpatient
-    visit or a child's stay in progress is never scored, live or in a rescoring pass."""
+    visit or a child's stay in progress is never scored, live or in a rescoring pass.
+    A stay its source withdrew (``Encounter.withdrawn_at``) is in no population."""
+    withdrawn_out = Encounter.withdrawn_at.is_(None)
     if population is None:
-        return true()
-    conditions: list[ColumnElement[bool]] = [Encounter.kind.in_(sorted(population.encounter_kinds))]
+        return withdrawn_out
+    conditions: list[ColumnElement[bool]] = [
+        withdrawn_out,
+        Encounter.kind.in_(sorted(population.encounter_kinds)),
+    ]
     if population.min_age_years is not None:
         conditions.append(
             or_(Encounter.age_years.is_(None), Encounter.age_years >= population.min_age_years)
@@ -79,6 +84,11 @@ def stay_outside_population(settings: Settings, encounter: Encounter | None) -> 
     say instead of a risk."""
     if encounter is None:
         return None
+    if encounter.withdrawn_at is not None:
+        return (
+            f"This stay was withdrawn by its source ({encounter.withdrawn_reason}): the"
+            " record says it never was a stay, so it is not scored."
+        )
     return outside_population(
         served_population(settings), encounter.kind, encounter.age_years, encounter.unit
     )

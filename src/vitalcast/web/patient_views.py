@@ -7,13 +7,14 @@ the patient JSON API, each with its numbers as a table for screen readers.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from vitalcast.clinical.tables import Condition, ImagingStudy
+from vitalcast.clinical.times import known_from
 from vitalcast.db.base import utcnow
 from vitalcast.errors import Conflict, InvalidInput
 from vitalcast.features.labels import feature_label
@@ -93,14 +94,14 @@ def patient(patient_id: str) -> str:
         if encounter is not None
         else []
     )
-    conditions = session.scalars(
-        select(Condition).where(Condition.patient_id == record.id).order_by(Condition.onset_at)
-    ).all()
-    studies = session.scalars(
-        select(ImagingStudy)
-        .where(ImagingStudy.patient_id == record.id)
-        .order_by(ImagingStudy.started_at)
-    ).all()
+    conditions = sorted(
+        session.scalars(select(Condition).where(Condition.patient_id == record.id)),
+        key=lambda c: _chronological(known_from(c.onset_at, c.onset_on)),
+    )
+    studies = sorted(
+        session.scalars(select(ImagingStudy).where(ImagingStudy.patient_id == record.id)),
+        key=lambda s: _chronological(known_from(s.started_at, s.started_on)),
+    )
     state = get_state()
     readmission = discharge_risk(session, record)
     audit_event(
@@ -169,6 +170,12 @@ def patient(patient_id: str) -> str:
     )
 
 
+def _chronological(known: datetime | None) -> tuple[bool, datetime]:
+    """Sort key: by when the onset or start is known (a day only once it is over), the
+    undated last."""
+    return (known is None, known or datetime.min)
+
+
 def _feedback_label(kind: str) -> str:
     return {
         "acknowledge": "Alert acknowledged",
@@ -197,7 +204,7 @@ def feedback(patient_id: str) -> Response:
         )
     if problems:
         raise InvalidInput("the feedback form has problems", details=problems)
-    if encounter is None or encounter.discharged_at is not None:
+    if encounter is None or not encounter.in_progress:
         # An acknowledgement or a verdict answers a risk someone acts on; after discharge
         # there is none, and the stay's record is history.
         raise Conflict("this patient has no stay in progress; feedback is closed")

@@ -10,8 +10,9 @@ MRN is never stored, logged, or used as a reference. A study whose patient is un
 is quarantined (``unknown_patient``), never attached to a guessed patient.
 
 Study time: StudyDate + StudyTime (DICOM PS3.5 DA/TM), in the Timezone Offset From UTC
-(0008,0201) when the file has one, else in ``assume_tz`` (the site's time zone). One of
-them present but unreadable quarantines the file (``bad_study_time``).
+(0008,0201) when the file has one, else in ``assume_tz`` (the site's time zone); a
+StudyDate without a StudyTime is kept as a day (``started_on``), not placed at midnight.
+One of them present but unreadable quarantines the file (``bad_study_time``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class _Study:
     modalities: Counter[str] = field(default_factory=Counter)
     body_part: str | None = None
     started_at: datetime | None = None
+    started_on: date | None = None
     description: str | None = None
     series: set[str] = field(default_factory=set)
     instances: set[str] = field(default_factory=set)
@@ -114,7 +116,7 @@ def parse_files(files: list[Path], *, cipher: FieldCipher, assume_tz: tzinfo = U
         study = studies.get(uid)
         if study is None:
             try:
-                started_at = _study_time(ds, assume_tz)
+                started_at, started_on = _study_time(ds, assume_tz)
             except _BadStudyTime as exc:
                 raw = _summary(ds)
                 batch.rejected.append(
@@ -127,6 +129,7 @@ def parse_files(files: list[Path], *, cipher: FieldCipher, assume_tz: tzinfo = U
                 where=where,
                 body_part=_text(ds, "BodyPartExamined", 64),
                 started_at=started_at,
+                started_on=started_on,
                 description=_text(ds, "StudyDescription", 300),
             )
         study.files += 1
@@ -147,6 +150,7 @@ def parse_files(files: list[Path], *, cipher: FieldCipher, assume_tz: tzinfo = U
                 modality=study.modalities.most_common(1)[0][0] if study.modalities else None,
                 body_part=study.body_part,
                 started_at=study.started_at,
+                started_on=study.started_on,
                 description=study.description,
                 series_count=len(study.series) or None,
                 instance_count=len(study.instances) or study.files,
@@ -167,17 +171,20 @@ class _BadStudyTime(ValueError):
     """A study date, time or offset that is present but cannot be read."""
 
 
-def _study_time(ds: Any, assume_tz: tzinfo) -> datetime | None:
-    """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.FFFFFF, parts optional) as aware UTC;
-    None without a StudyDate.
+def _study_time(ds: Any, assume_tz: tzinfo) -> tuple[datetime | None, date | None]:
+    """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.FFFFFF, parts optional): ``(aware UTC,
+    None)``; ``(None, the date)`` for a StudyDate without a StudyTime; ``(None, None)``
+    without a StudyDate.
 
+    A date alone is kept as a day, not placed at midnight: a study at midnight would be
+    "known" up to a day before it was made (see :func:`vitalcast.clinical.times.known_from`).
     A value that is present but unreadable raises :class:`_BadStudyTime`, so that the file
     is quarantined: a study stored without its time, or at a time in the assumed zone when
     the file named another, would be silently wrong.
     """
     date_text = str(ds.get("StudyDate") or "").strip()
     if not date_text:
-        return None
+        return None, None
     if len(date_text) == 10 and date_text[4] == date_text[7] == ".":
         date_text = date_text.replace(".", "")  # ACR-NEMA yyyy.mm.dd (PS3.5 6.2, DA)
     time_text = str(ds.get("StudyTime") or "").strip().replace(":", "")  # or ACR-NEMA HH:MM:SS
@@ -189,7 +196,7 @@ def _study_time(ds: Any, assume_tz: tzinfo) -> datetime | None:
     try:
         if len(date_text) != 8 or not _ascii_digits(date_text):
             raise ValueError
-        datetime.strptime(date_text, "%Y%m%d")
+        day = datetime.strptime(date_text, "%Y%m%d").date()
     except ValueError:
         raise _BadStudyTime("StudyDate (0008,0020) is not a date YYYYMMDD") from None
     try:
@@ -199,13 +206,15 @@ def _study_time(ds: Any, assume_tz: tzinfo) -> datetime | None:
     local = local.replace(microsecond=int((frac + "000000")[:6])) if frac else local
     offset_text = str(ds.get("TimezoneOffsetFromUTC") or "").strip()
     tz = _offset(offset_text) if offset_text else assume_tz
+    if not whole:
+        return None, day  # the store's day rule checks its year, future and birth
     aware = local.replace(tzinfo=tz)
     try:
-        return to_utc(aware, "study time")
+        return to_utc(aware, "study time"), None
     except TimeOutOfRange:
         # Left unconverted (converting could overflow): the store's shared time rule
         # quarantines the study as time_out_of_range, with that reason.
-        return aware
+        return aware, None
 
 
 def _ascii_digits(text: str) -> bool:

@@ -17,6 +17,7 @@ from vitalcast.clinical.codes import BY_CODE, LOINC
 from vitalcast.clinical.records import (
     ConditionRecord,
     EncounterRecord,
+    EncounterWithdrawal,
     ImagingStudyRecord,
     ObservationRecord,
     PatientRecord,
@@ -25,7 +26,6 @@ from vitalcast.clinical.records import (
     Sex,
 )
 from vitalcast.clinical.times import (
-    OUT_OF_RANGE,
     TimeOutOfRange,
     check_year,
     parse_iso,
@@ -97,21 +97,39 @@ def parse_instant(text: str | None, *, what: str) -> datetime:
     return to_utc(value, what)
 
 
-def _optional_instant(text: str | None, *, what: str) -> datetime | None:
-    """An optional time (an onset, a study's start): None when absent or imprecise.
+def optional_time(text: Any, *, what: str) -> tuple[datetime | None, date | None]:
+    """An optional time (an onset, a study's start): ``(instant, None)`` for a point in
+    time, ``(None, day)`` for a date alone, ``(None, None)`` when absent.
 
-    Not for a stay's end: an unreadable end would leave the stay open, so
-    :func:`map_encounter` refuses it instead.
+    A date alone (``"2019-03-04"``, valid FHIR with day precision) is kept as a day, not
+    dropped and not placed at an invented time of day; the point-in-time rule
+    (:func:`vitalcast.clinical.times.known_from`) takes it as known only once that day
+    is over everywhere. Anything else that is present but not one of these (a year or a
+    month alone, a time without a timezone, a year outside the clinical range) raises,
+    and the resource is quarantined under a reason naming the field: storing it without
+    the value would lose it silently. Not for a stay's end, which must be a point in time
+    (:func:`map_encounter`).
 
-    A year outside the clinical range is not "absent" but wrong: it raises, and the
-    resource is quarantined (a stay stored as still open would be worse than none).
+    Raises:
+        ResourceProblem: ``imprecise_time``, ``naive_time``, ``bad_time`` or
+            ``time_out_of_range``; the message names ``what``, never the value.
     """
-    try:
-        return parse_instant(text, what=what) if text else None
-    except ResourceProblem as exc:
-        if exc.code == OUT_OF_RANGE:
-            raise
-        return None
+    if text is None or text == "":
+        return None, None
+    if isinstance(text, str) and "T" not in text:
+        if len(text) != 10:
+            raise ResourceProblem(
+                "imprecise_time", f"{what} gives only a year or a month; a day is needed"
+            )
+        try:
+            day = date.fromisoformat(text)
+            check_year(day, what)
+        except TimeOutOfRange as exc:
+            raise ResourceProblem(exc.code, str(exc)) from None
+        except ValueError:
+            raise ResourceProblem("bad_time", f"{what} is not a FHIR dateTime") from None
+        return None, day
+    return parse_instant(text, what=what), None
 
 
 def identity_of(resource: dict[str, Any]) -> str | None:
@@ -421,15 +439,29 @@ def map_encounter(
     """A stay, or a :class:`ResourceProblem` when the Encounter cannot be one.
 
     A stay without a discharge time is in progress: it is rescored, monitored, and joined
-    by observations sent without an encounter. So an Encounter that is no stay
-    (``entered-in-error``, ``cancelled``: quarantined under those codes, as withdrawn
-    Observations are; ``planned``: not begun), or whose end is present but not a point
+    by observations sent without an encounter. An Encounter that is no stay
+    (``entered-in-error``, ``cancelled``) becomes an :class:`EncounterWithdrawal`: it
+    withdraws the stay stored under its id when it is a newer version of it, and is
+    quarantined under those codes otherwise, as withdrawn Observations are. One that is
+    ``planned`` (not begun), or whose end is present but not a point
     in time (a date alone, no timezone), or that is ``finished`` without an end, is
     refused rather than stored as a stay still in progress.
     """
     status = res.get("status")
     if status in _WITHDRAWN:
-        raise ResourceProblem(_WITHDRAWN[status], f"Encounter.status is {status}: not a stay")
+        # Not a stay: the store withdraws the stay stored under this id if this version
+        # is newer than it, and quarantines it under the same code otherwise.
+        batch.received += 1
+        batch.withdrawals.append(
+            EncounterWithdrawal(
+                ref=key,
+                reason_code=_WITHDRAWN[status],
+                reason=f"Encounter.status is {status}: not a stay",
+                source_ref=where,
+                version=version_of(res),
+            )
+        )
+        return
     if status == "planned":
         # An admission booked, not begun: stored, it would be a stay in progress from its
         # planned start. The version that says it began (arrived, in-progress) is stored.
@@ -471,7 +503,7 @@ def map_condition(res: dict[str, Any], where: str, resolve: Resolve, batch: Reco
         raise ResourceProblem("no_code", "Condition.code has no coding")
     assert patient is not None
     onset = res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start")
-    onset_at = _optional_instant(onset, what="onset")
+    onset_at, onset_on = optional_time(onset, what="Condition.onset")
     batch.received += 1
     batch.conditions.append(
         ConditionRecord(
@@ -482,6 +514,7 @@ def map_condition(res: dict[str, Any], where: str, resolve: Resolve, batch: Reco
             onset_at=onset_at,
             encounter_ref=encounter,
             source_ref=where,
+            onset_on=onset_on,
         )
     )
 
@@ -507,7 +540,7 @@ def map_imaging_study(
         (series[0].get("modality") or {}).get("code") if series else None
     )
     body = (series[0].get("bodySite") or {}) if series else {}
-    started = _optional_instant(res.get("started"), what="started")
+    started, started_on = optional_time(res.get("started"), what="ImagingStudy.started")
     batch.received += 1
     batch.imaging_studies.append(
         ImagingStudyRecord(
@@ -521,5 +554,6 @@ def map_imaging_study(
             instance_count=res.get("numberOfInstances"),
             encounter_ref=encounter,
             source_ref=where,
+            started_on=started_on,
         )
     )

@@ -1,0 +1,188 @@
+"""A newer FHIR Encounter version saying entered-in-error or cancelled withdraws the stay.
+
+Before, such a version was quarantined like a new Encounter with that status, and the
+stay already stored stayed in progress: on the ward, rescored, shown to clinicians as a
+stay the EHR says was an error. Through ``vitalcast ingest fhir`` on PostgreSQL with a
+champion: the stay is withdrawn (kept with its data), leaves the ward and the scoring,
+is reported and audited; an older version never withdraws, and nothing reopens it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from tests.conftest import Credentials
+from tests.modeling_data import register_champion
+from vitalcast.cli import main
+from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.config import Settings
+from vitalcast.db.session import make_session_factory, session_scope
+from vitalcast.modeling.tables import Prediction
+from vitalcast.security.tables import AuditEvent
+from vitalcast.serving.rescoring import stays_with_unscored_data
+
+START = datetime.now(UTC) - timedelta(hours=3)
+PATIENT = {"resourceType": "Patient", "id": "wd-pat", "gender": "female"}
+
+
+def _stay(version: str | None, status: str = "in-progress", sid: str = "wd-stay") -> dict[str, Any]:
+    stay: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": sid,
+        "status": status,
+        "class": {"code": "IMP"},
+        "subject": {"reference": "Patient/wd-pat"},
+        "period": {"start": START.isoformat()},
+    }
+    if version is not None:
+        stay["meta"] = {"versionId": version}
+    return stay
+
+
+def _heart_rate(oid: str, minutes: int) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/wd-pat"},
+        "encounter": {"reference": "Encounter/wd-stay"},
+        "effectiveDateTime": (START + timedelta(minutes=minutes)).isoformat(),
+        "valueQuantity": {"value": 118, "unit": "/min", "system": "http://unitsofmeasure.org"},
+    }
+
+
+def _ingest(settings: Settings, tmp_path: Path, name: str, *resources: dict[str, Any]) -> Any:
+    path = tmp_path / f"{name}.json"
+    bundle = {"resourceType": "Bundle", "type": "collection"}
+    path.write_text(json.dumps(bundle | {"entry": [{"resource": r} for r in resources]}))
+    env = {
+        "VITALCAST_ENV": "test",
+        "VITALCAST_DATA_DIR": str(settings.data_dir),
+        "VITALCAST_DATABASE_URL": str(settings.database_url),
+    }
+    result: Result = CliRunner().invoke(main, ["ingest", "fhir", str(path), "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    # The app fixture's JSON log lines share stdout: the report is the indented object.
+    lines = result.stdout.splitlines()
+    report = json.loads("\n".join(lines[lines.index("{") :]))
+    assert report["balanced"] is True
+    return report
+
+
+def _encounter(engine: Engine) -> Encounter:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.scalars(select(Encounter)).one()
+
+
+def _count(engine: Engine, table: Any, *where: Any) -> int:
+    with Session(engine) as session:
+        return int(session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+
+
+@pytest.fixture
+def champion(pg_engine: Engine, trained_model: Any) -> None:
+    with session_scope(make_session_factory(pg_engine)) as s:
+        register_champion(s, trained_model)
+
+
+@pytest.mark.usefixtures("champion")
+def test_newer_entered_in_error_withdraws_the_stored_stay(
+    settings: Settings,
+    pg_engine: Engine,
+    tmp_path: Path,
+    client: FlaskClient,
+    creds: Credentials,
+) -> None:
+    first = _ingest(settings, tmp_path, "v1", PATIENT, _stay("1"), _heart_rate("o1", 30))
+    assert first["rescored"]["stays"] == 1
+    reader = creds.api_key("clinician")
+    assert client.get("/api/v1/patients", headers=reader).get_json()["total"] == 1
+
+    report = _ingest(
+        settings, tmp_path, "v2", _stay("2", "entered-in-error"), _heart_rate("o2", 60)
+    )
+    # Off the ward (before, the stay stayed there, in progress).
+    assert client.get("/api/v1/patients", headers=reader).get_json()["total"] == 0
+    assert report["withdrawn"] == [
+        {
+            "location": "v2.json#Bundle.entry[0].resource(Encounter/wd-stay)",
+            "reason_code": "entered_in_error",
+        }
+    ]
+    encounters = report["by_kind"]["encounter"]
+    assert (encounters["stored"], encounters["quarantined"]) == (1, 0)
+    assert report["quarantined"] == 0
+    assert report["rescored"]["stays"] == 0  # its new reading is kept, not scored
+    stay = _encounter(pg_engine)
+    assert stay.withdrawn_at is not None
+    assert stay.withdrawn_reason == "entered_in_error"
+    assert stay.discharged_at is None  # no discharge is invented
+    assert not stay.in_progress
+    assert _count(pg_engine, Observation) == 2  # nothing deleted
+    assert _count(pg_engine, Prediction) == 1  # the old risk stays in its history
+
+    # Out of every scoring query; the patient page says why.
+    with Session(pg_engine) as session:
+        assert stays_with_unscored_data(session) == []
+        public_id = session.scalars(select(Patient.public_id)).one()
+    detail = client.get(f"/api/v1/patients/{public_id}", headers=reader).get_json()
+    assert detail["risk"] is None
+    assert "withdrawn" in detail["encounter"]["outside_population"]
+    fhir = client.get(
+        "/fhir/Encounter", query_string={"patient": public_id}, headers=reader
+    ).get_json()
+    assert [e["resource"]["status"] for e in fhir["entry"]] == ["entered-in-error"]
+
+    # Audited, naming the patient.
+    with Session(pg_engine) as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.event == "encounter.withdrawn")
+        ).all()
+    assert [(e.patient_id, e.resource, (e.details or {})["reason"]) for e in events] == [
+        (public_id, f"Encounter/{stay.public_id}", "entered_in_error")
+    ]
+
+    # The old version again, or a newer one in progress: nothing reopens the stay.
+    again = _ingest(settings, tmp_path, "v1-again", _stay("1"))
+    assert again["by_kind"]["encounter"]["duplicates"] == 1
+    later = _ingest(settings, tmp_path, "v3", _stay("3"), _heart_rate("o3", 90))
+    assert later["withdrawn"] == []
+    assert later["rescored"]["stays"] == 0
+    assert _encounter(pg_engine).withdrawn_at == stay.withdrawn_at
+    assert client.get("/api/v1/patients", headers=reader).get_json()["total"] == 0
+    assert _count(pg_engine, Prediction) == 1
+
+
+def test_older_or_unordered_withdrawal_withdraws_nothing(
+    settings: Settings, pg_engine: Engine, tmp_path: Path
+) -> None:
+    _ingest(settings, tmp_path, "v2", PATIENT, _stay("2"))
+
+    late = _ingest(settings, tmp_path, "v1", _stay("1", "cancelled"))
+    assert late["by_kind"]["encounter"]["duplicates"] == 1  # an old version, not news
+    assert late["withdrawn"] == []
+    assert _encounter(pg_engine).in_progress
+
+    # Without meta it cannot be ordered after the stored version: quarantined, saying so.
+    unversioned = _ingest(settings, tmp_path, "none", _stay(None, "entered-in-error"))
+    assert unversioned["withdrawn"] == []
+    [reject] = unversioned["rejects"]
+    assert reject["reason_code"] == "entered_in_error"
+    assert "kept in progress" in reject["reason"]
+    assert _encounter(pg_engine).in_progress
+
+    # A stay never stored is no stay to withdraw: quarantined as before.
+    unknown = _ingest(settings, tmp_path, "other", _stay("5", "entered-in-error", "wd-other"))
+    assert [r["reason_code"] for r in unknown["rejects"]] == ["entered_in_error"]
+    assert unknown["withdrawn"] == []
+    assert _count(pg_engine, Encounter) == 1
