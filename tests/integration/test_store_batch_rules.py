@@ -41,6 +41,27 @@ def test_before_birth_in_batch_and_from_store(db_session: Session, cipher: Field
     assert report.balanced()
 
 
+def test_time_reasons_do_not_quote_the_date_of_care(
+    db_session: Session, cipher: FieldCipher
+) -> None:
+    """A date of care is an identifier (HIPAA Safe Harbor): the reasons a reviewer, the
+    CLI and the API read name the field and the rule, never the date."""
+    batch = RecordBatch(
+        patients=[PatientRecord("p1", mrn="MRN-1", birth_date=BORN)],
+        observations=[
+            hr("p1", datetime(1999, 3, 4, 5, 6, tzinfo=UTC)),
+            hr("p1", datetime(2031, 7, 8, 9, 10, tzinfo=UTC)),
+        ],
+    )
+    report = store_batch(db_session, batch, source="fhir", location="a", cipher=cipher, now=NOW)
+    db_session.commit()
+    assert dict(report.reasons) == {"before_birth": 1, "future_time": 1}
+    reasons = list(db_session.scalars(select(QuarantineItem.reason)))
+    assert len(reasons) == 2
+    for reason in reasons:
+        assert not any(part in reason for part in ("1999", "2031", "03-04", "07-08")), reason
+
+
 def test_mrn_links_sources_and_discharge_completes(
     db_session: Session, cipher: FieldCipher
 ) -> None:

@@ -124,7 +124,9 @@ def finite_number(raw: object) -> float:
 
 def check_time(at: datetime, *, now: datetime, born_on: date | None, what: str) -> datetime:
     """``at`` in UTC, or :class:`Invalid` when naive, out of range, in the future or
-    before birth (the year is checked before any conversion, which could overflow)."""
+    before birth (the year is checked before any conversion, which could overflow).
+    Messages do not repeat the time: it is a date of care, which the quarantine's
+    reason, the CLI and the API would otherwise show to whoever reads them."""
     if at.tzinfo is None:
         raise Invalid("naive_time", f"{what} has no timezone")
     try:
@@ -132,11 +134,11 @@ def check_time(at: datetime, *, now: datetime, born_on: date | None, what: str) 
     except TimeOutOfRange as exc:
         raise Invalid(exc.code, str(exc)) from None
     if at > now + FUTURE_TOLERANCE:
-        raise Invalid("future_time", f"{what} {at.isoformat()} is in the future")
+        raise Invalid("future_time", f"{what} is in the future")
     # Birth dates are calendar dates without a time zone: compare by date, so that a
     # measurement on the day of birth is never rejected.
     if born_on is not None and at.date() < born_on:
-        raise Invalid("before_birth", f"{what} {at.date().isoformat()} is before birth")
+        raise Invalid("before_birth", f"{what} is before the patient's birth date")
     return at
 
 
