@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,9 @@ from tests.services import (
 from tests.tabular_data import heart_task_files
 from vitalcast.config import Settings, load_settings
 from vitalcast.db import create_db_engine, session_scope
+from vitalcast.db.session import make_session_factory
 from vitalcast.errors import ConfigError
+from vitalcast.ingest.mllp import MessageHandler, MllpServer
 from vitalcast.security import audit_keys
 from vitalcast.security.audit_keys import AuditKeyring
 from vitalcast.security.crypto import FieldCipher, cipher_from_settings
@@ -116,6 +119,30 @@ def shared_data() -> Path:
     if default.is_dir():
         return default
     pytest.skip("real data sets not available (set VITALCAST_SHARED_DATA)")
+
+
+@pytest.fixture
+def small_set(shared_data: Path, tmp_path: Path) -> Path:
+    """A .tar.gz of the first 10 records of PhysioNet 2012 set A."""
+    out = tmp_path / "small.tar.gz"
+    with (
+        tarfile.open(shared_data / "physionet2012" / "set-a.tar.gz") as src,
+        tarfile.open(out, "w:gz") as dst,
+    ):
+        members = [m for m in src.getmembers() if m.isfile()][:10]
+        for m in members:
+            dst.addfile(m, src.extractfile(m))
+    return out
+
+
+@pytest.fixture
+def mllp_server(pg_engine: Engine, cipher: FieldCipher) -> Iterator[MllpServer]:
+    """An HL7 v2 MLLP listener on a free loopback port, storing into the test database."""
+    srv = MllpServer(("127.0.0.1", 0), MessageHandler(make_session_factory(pg_engine), cipher))
+    srv.start_background()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
 
 
 @pytest.fixture

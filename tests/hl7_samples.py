@@ -1,6 +1,14 @@
-"""Synthetic HL7 v2 messages (no real patients) shared by the HL7 tests."""
+"""Synthetic HL7 v2 messages (no real patients) shared by the HL7 tests, and how to read
+the acknowledgements a listener answers them with."""
 
 from __future__ import annotations
+
+
+def msa(ack: str) -> list[str]:
+    """The fields of an ACK's MSA segment: ``[1]`` the code (AA/AE/AR), ``[2]`` the id of
+    the message acknowledged, ``[3]`` the text."""
+    return next(s for s in ack.split("\r") if s.startswith("MSA")).split("|")
+
 
 ADT_A01 = (
     "MSH|^~\\&|ADT|HOSP|VITALCAST|HOSP|20240301080000||ADT^A01|ADM0001|P|2.5\r"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,13 +12,26 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vitalcast.ingest.mqtt import DeviceStreamConsumer, parse_mqtt_url, use_tls
+from vitalcast.ingest.mqtt import DeviceStreamConsumer, MqttConfig, parse_mqtt_url, use_tls
 
 # Session Expiry Interval of the consumers tests start (VITALCAST_MQTT_SESSION_EXPIRY_S):
 # each test's client id is new, so its session is abandoned when the test ends and should
 # leave the shared broker soon (the production default keeps it a day). Two minutes still
 # outlast a SIGKILLed consumer's restart on a busy machine, as the restart tests need.
 SESSION_EXPIRY_S = 120
+
+
+def fresh_config(url: str) -> MqttConfig:
+    """A consumer configuration of its own on the shared broker: a new client id and
+    topic prefix (``<prefix>/<device>/observations``), small quick batches."""
+    return MqttConfig(
+        **parse_mqtt_url(url),
+        client_id=f"vc-{uuid.uuid4().hex[:8]}",
+        topic_prefix=f"vc-test-{uuid.uuid4().hex[:8]}/devices",
+        batch_size=50,
+        batch_wait_s=0.1,
+        session_expiry_s=SESSION_EXPIRY_S,
+    )
 
 
 class Publisher:

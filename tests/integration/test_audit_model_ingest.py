@@ -3,8 +3,9 @@
 Registration, promotion and rollback (through the CLI, which any HTTP route shares via
 ``modeling.service``) each write one event; a promotion refused because the artifact was
 altered leaves neither the promotion nor its success event, only a ``failure`` event.
-Each ingest unit writes an ``ingest.batch`` event with its source and counts and nothing
-that identifies a patient; rolled back, the event goes with the data.
+Each ingest unit writes an ``ingest.batch`` event with its source and counts, naming its
+patients by public id only (no MRN, name, birth date or visit number); rolled back, the
+event goes with the data.
 """
 
 from __future__ import annotations

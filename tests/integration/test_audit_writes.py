@@ -8,8 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from tests.conftest import Credentials
+from vitalcast.security.tables import AuditEvent
+from vitalcast.serving.state import get_state
 
 
 def _trail(client: FlaskClient, headers: dict[str, str], patient_id: str) -> list[dict[str, Any]]:
@@ -68,6 +71,21 @@ def test_observation_writes_are_in_each_patients_audit_trail(
         assert events[0]["actor"].startswith("api_key:")
     assert _trail(client, auditor, ward[4]) == []
     assert _trail(client, auditor, "no-such-patient") == []
+    # Not twice: the batches' own ingest.batch events name nobody, so each patient's whole
+    # trail holds the one observation.created (besides the import that stored the ward).
+    with get_state(client.application).sessions() as session:
+        batches = session.scalars(
+            select(AuditEvent.details).where(AuditEvent.event == "ingest.batch")
+        )
+        api = [d for d in batches if d["source"] == "api"]
+    assert len(api) == 2
+    assert all("patients" not in d for d in api)
+    for patient_id in ward[:4]:
+        whole = client.get(
+            "/api/v1/audit-events", query_string={"patient_id": patient_id}, headers=auditor
+        ).get_json()["items"]
+        events = [e["event"] for e in whole]
+        assert (events.count("observation.created"), events.count("ingest.batch")) == (1, 1)
 
 
 def test_a_batch_for_no_known_patient_is_still_audited(

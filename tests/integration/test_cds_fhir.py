@@ -1175,3 +1175,60 @@ def test_an_ehr_on_a_listed_private_network_is_contacted_and_no_other(
     assert "VITALCAST_CDS_FHIR_NETWORKS" in messages["unlisted"]
     assert "could not be reached" in messages["listed"]
     assert "VITALCAST_CDS_FHIR_NETWORKS" in messages["outside"]
+
+
+def test_feedback_is_in_the_trail_of_the_patient_the_card_was_for(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    from vitalcast.clinical.records import PatientRecord, RecordBatch
+    from vitalcast.clinical.tables import Patient
+    from vitalcast.db import session_scope
+    from vitalcast.ingest.service import store_batch
+    from vitalcast.security.audit import AuditFilter
+
+    _register_champion(cds_app, trained_model)
+    state = get_state(cds_app)
+    with session_scope(state.sessions) as session:  # the EHR's patient, as FHIR ingestion keys it
+        batch = RecordBatch(patients=[PatientRecord(ref="Patient/p1")])
+        store_batch(session, batch, source="fhir", location="t", cipher=state.cipher)
+    with state.sessions() as session:
+        public_id = session.scalars(select(Patient.public_id)).one()
+    client = cds_app.test_client()
+    observations = [_observation("8867-4", 128, "/min", 30)]
+    response = client.post(
+        SERVICE,
+        json=_hook(PATIENT, observations, [_encounter(300)]),
+        headers={"Authorization": f"Bearer {_token(ehr_key)}"},
+    )
+    assert response.status_code == 200, response.get_json()
+    (card,) = response.get_json()["cards"]
+    unknown = str(uuid.uuid4())
+    feedback = {
+        "feedback": [
+            {"card": card["uuid"], "outcome": "accepted"},
+            {"card": unknown, "outcome": "accepted"},
+        ]
+    }
+    stored = client.post(
+        f"{SERVICE}/feedback", json=feedback, headers={"Authorization": f"Bearer {_token(ehr_key)}"}
+    )
+    assert stored.status_code == 200, stored.get_json()
+    with state.sessions() as session:
+        (view,) = session.scalars(select(AuditEvent).where(AuditEvent.event == "cds.patient-view"))
+        given = session.scalars(
+            select(AuditEvent).where(AuditEvent.event == "cds.feedback").order_by(AuditEvent.id)
+        ).all()
+        trail = session.scalars(
+            AuditFilter(patient_id=public_id).apply(
+                select(AuditEvent.event).order_by(AuditEvent.id)
+            )
+        ).all()
+    assert view.details["card"] == card["uuid"]
+    # The card's feedback names the patient as its patient-view event did; feedback on a
+    # card this service never issued names nobody.
+    assert [(e.patient_id, e.details) for e in given] == [
+        (public_id, {"cards": [card["uuid"]], "ehr_patient": view.details["ehr_patient"]}),
+        (None, {"cards": [unknown]}),
+    ]
+    assert view.patient_id == public_id
+    assert trail == ["ingest.batch", "cds.patient-view", "cds.feedback"]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, func, select
 
-from tests.hl7_samples import ADT_A01, ADT_A03, ORU_R01, ORU_TWO_PATIENTS, WRONG_SEPARATOR
+from tests.hl7_samples import ADT_A01, ADT_A03, ORU_R01, ORU_TWO_PATIENTS, WRONG_SEPARATOR, msa
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.db.session import create_db_engine, make_session_factory
 from vitalcast.ingest.mllp import MessageHandler, MllpServer, send_messages
@@ -16,28 +15,20 @@ from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.security.crypto import FieldCipher
 
 
-def _msa(ack: str) -> list[str]:
-    return next(s for s in ack.split("\r") if s.startswith("MSA")).split("|")
-
-
 @pytest.fixture
-def server(pg_engine: Engine, cipher: FieldCipher) -> Iterator[MllpServer]:
-    srv = MllpServer(("127.0.0.1", 0), MessageHandler(make_session_factory(pg_engine), cipher))
-    srv.start_background()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def server(mllp_server: MllpServer) -> MllpServer:
+    return mllp_server
 
 
 def test_admit_results_discharge_over_mllp(server: MllpServer, pg_engine: Engine) -> None:
     acks = send_messages("127.0.0.1", server.port, [ADT_A01, ORU_R01, ADT_A03])
-    assert [_msa(a)[1:3] for a in acks] == [
+    assert [msa(a)[1:3] for a in acks] == [
         ["AA", "ADM0001"],
         ["AA", "ORU0001"],
         ["AA", "ADM0002"],
     ]
     # 8 OBX: 3 stored (°F, mmol/L converted), 5 quarantined; the patient is a duplicate.
-    assert _msa(acks[1])[3].startswith("stored 3, duplicates 1, quarantined 5")
+    assert msa(acks[1])[3].startswith("stored 3, duplicates 1, quarantined 5")
     with make_session_factory(pg_engine)() as s:
         assert s.scalar(select(func.count()).select_from(Patient)) == 1
         enc = s.scalars(select(Encounter)).one()
@@ -61,8 +52,8 @@ def test_admit_results_discharge_over_mllp(server: MllpServer, pg_engine: Engine
 
     # A resent message (the sender missed our ACK) is acknowledged and changes nothing.
     (again,) = send_messages("127.0.0.1", server.port, [ORU_R01])
-    assert _msa(again)[1] == "AA"
-    assert _msa(again)[3].startswith("stored 0, duplicates 4")  # the patient and 3 results
+    assert msa(again)[1] == "AA"
+    assert msa(again)[3].startswith("stored 0, duplicates 4")  # the patient and 3 results
     with make_session_factory(pg_engine)() as s:
         assert s.scalar(select(func.count()).select_from(Observation)) == 3
 
@@ -70,7 +61,7 @@ def test_admit_results_discharge_over_mllp(server: MllpServer, pg_engine: Engine
 def test_unreadable_messages_get_ar_with_reason(server: MllpServer, pg_engine: Engine) -> None:
     unsupported = ADT_A01.replace("ADT^A01", "ADT^A99")
     acks = send_messages("127.0.0.1", server.port, [unsupported, "not hl7 at all"])
-    msa0, msa1 = _msa(acks[0]), _msa(acks[1])
+    msa0, msa1 = msa(acks[0]), msa(acks[1])
     assert msa0[1:3] == ["AR", "ADM0001"]
     assert "message type ADT\\S\\A99 is not supported" in msa0[3]
     assert any(s.startswith("ERR|||200^") for s in acks[0].split("\r"))
@@ -87,9 +78,9 @@ def test_two_messages_in_one_frame_get_ar_and_nothing_is_stored(
     (it once got an AA for the first message and stored both under its patient)."""
     other = ORU_TWO_PATIENTS.split("\rPID|2")[0]  # Cat's result, control id E1
     (ack,) = send_messages("127.0.0.1", server.port, [ADT_A01 + "\r" + other])
-    msa = _msa(ack)
-    assert msa[1:3] == ["AR", "ADM0001"]
-    assert "2 MSH segments" in msa[3]
+    fields = msa(ack)
+    assert fields[1:3] == ["AR", "ADM0001"]
+    assert "2 MSH segments" in fields[3]
     assert "nothing was stored" in ack
     with make_session_factory(pg_engine)() as s:
         for table in (Patient, Encounter, Observation):
@@ -100,7 +91,7 @@ def test_each_patient_group_of_an_oru_is_stored_under_its_patient(
     server: MllpServer, pg_engine: Engine
 ) -> None:
     (ack,) = send_messages("127.0.0.1", server.port, [ORU_TWO_PATIENTS])
-    assert _msa(ack)[1:4] == ["AA", "E1", "stored 4, duplicates 0"]
+    assert msa(ack)[1:4] == ["AA", "E1", "stored 4, duplicates 0"]
     with make_session_factory(pg_engine)() as s:
         rows = s.execute(
             select(Patient.sex, Observation.value).join(
@@ -118,7 +109,7 @@ def test_a_nak_never_repeats_the_message(server: MllpServer) -> None:
         [WRONG_SEPARATOR, WRONG_SEPARATOR.replace("MSH:^~\\&|LAB", "MSH|^~\\&:LAB")],
     )
     for ack in acks:
-        assert _msa(ack)[1] == "AR"
+        assert msa(ack)[1] == "AR"
         assert "not an HL7 v2 message" in ack
         for phi in ("MRN4242", "Secretname", "Jane", "19600101"):
             assert phi not in ack
@@ -134,8 +125,8 @@ def test_database_failure_gets_ae_and_stores_nothing(cipher: FieldCipher, pg_url
         srv.shutdown()
         srv.server_close()
         broken.dispose()
-    assert _msa(ack)[1:3] == ["AE", "ADM0001"]
-    assert "nothing was stored, resend later" in _msa(ack)[3]
+    assert msa(ack)[1:3] == ["AE", "ADM0001"]
+    assert "nothing was stored, resend later" in msa(ack)[3]
 
 
 def test_the_accepting_loop_beats_the_heartbeat_health_checks_read(server: MllpServer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import tarfile
 from pathlib import Path
 
 import pydicom.data
@@ -35,20 +34,6 @@ def count(pg_url: str, table: type) -> int:
             return int(conn.scalar(select(func.count()).select_from(table)) or 0)
     finally:
         engine.dispose()
-
-
-@pytest.fixture
-def small_set(shared_data: Path, tmp_path: Path) -> Path:
-    """A .tar.gz of the first 10 records of set A."""
-    out = tmp_path / "small.tar.gz"
-    with (
-        tarfile.open(shared_data / "physionet2012" / "set-a.tar.gz") as src,
-        tarfile.open(out, "w:gz") as dst,
-    ):
-        members = [m for m in src.getmembers() if m.isfile()][:10]
-        for m in members:
-            dst.addfile(m, src.extractfile(m))
-    return out
 
 
 @pytest.mark.shared_data

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,13 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from tests.hl7_samples import ADT_A01, ORU_R01
+from tests.hl7_samples import ADT_A01, ORU_R01, msa
 from vitalcast.cli import main
 from vitalcast.clinical.tables import Condition, Encounter, Observation, Patient
 from vitalcast.db import create_db_engine
 from vitalcast.db.session import make_session_factory
 from vitalcast.ingest import mllp
-from vitalcast.ingest.mllp import MessageHandler, MllpServer, send_messages
+from vitalcast.ingest.mllp import MllpServer, send_messages
 from vitalcast.ingest.quarantine import decrypt_raw
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.security.crypto import FieldCipher
@@ -590,17 +590,9 @@ def test_engine_hides_parameters_of_failed_statements(pg_url: str) -> None:
 
 
 # -- MLLP ------------------------------------------------------------------------------------
-def _msa(ack: str) -> list[str]:
-    return next(s for s in ack.split("\r") if s.startswith("MSA")).split("|")
-
-
 @pytest.fixture
-def server(pg_engine: Engine, cipher: FieldCipher) -> Iterator[MllpServer]:
-    srv = MllpServer(("127.0.0.1", 0), MessageHandler(make_session_factory(pg_engine), cipher))
-    srv.start_background()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def server(mllp_server: MllpServer) -> MllpServer:
+    return mllp_server
 
 
 def test_mllp_acknowledges_every_message_whatever_fails(
@@ -609,8 +601,8 @@ def test_mllp_acknowledges_every_message_whatever_fails(
     far = _hl7_with(_hl7_with(ADT_A01, "PV1", 44, FAR), "MSH", 6, FAR)
     far_result = ORU_R01.replace("F|||20240301095500+0000|", f"F|||{FAR}|")
     acks = send_messages("127.0.0.1", server.port, [far, ADT_A01, far_result])
-    assert [_msa(a)[1] for a in acks] == ["AA", "AA", "AA"]
-    assert "time_out_of_range 1" in _msa(acks[0])[3]  # the stay, quarantined with reason
+    assert [msa(a)[1] for a in acks] == ["AA", "AA", "AA"]
+    assert "time_out_of_range 1" in msa(acks[0])[3]  # the stay, quarantined with reason
 
     # A failure nobody foresaw (here: the parser raising OverflowError) is an AR with
     # ERR-3 207, not a connection closed without an ACK that the sender resends forever;
@@ -621,8 +613,8 @@ def test_mllp_acknowledges_every_message_whatever_fails(
     monkeypatch.setattr(mllp, "parse_message", broken)
     poison = ADT_A01.replace("ADM0001", "ADM0666")
     acks = send_messages("127.0.0.1", server.port, [poison, poison])
-    assert [_msa(a)[1:3] for a in acks] == [["AR", "ADM0666"], ["AR", "ADM0666"]]
-    assert "internal error OverflowError" in _msa(acks[0])[3]
+    assert [msa(a)[1:3] for a in acks] == [["AR", "ADM0666"], ["AR", "ADM0666"]]
+    assert "internal error OverflowError" in msa(acks[0])[3]
     assert any(s.startswith("ERR|||207^") for s in acks[0].split("\r"))
     with make_session_factory(pg_engine)() as s:
         reasons = sorted(s.scalars(select(QuarantineItem.reason_code)))
@@ -634,9 +626,9 @@ def test_mllp_message_with_a_nul_is_accepted_with_the_item_quarantined(
 ) -> None:
     adt, oru = _hl7_nul_messages()
     acks = send_messages("127.0.0.1", server.port, [adt, oru])
-    msa = [next(s for s in a.split("\r") if s.startswith("MSA")).split("|") for a in acks]
-    assert [m[1] for m in msa] == ["AA", "AA"], msa
-    assert "quarantined" in msa[1][3]
+    fields = [msa(a) for a in acks]
+    assert [m[1] for m in fields] == ["AA", "AA"], fields
+    assert "quarantined" in fields[1][3]
     with make_session_factory(pg_engine)() as s:
         assert s.scalar(select(func.count()).select_from(Observation)) >= 2
         reasons = list(s.scalars(select(QuarantineItem.reason_code)))

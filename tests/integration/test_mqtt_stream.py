@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, func, select
 
 from tests.live import free_port
-from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher, consuming
+from tests.mqtt_helpers import SESSION_EXPIRY_S, Publisher, consuming, fresh_config
 from tests.services import throwaway_mqtt_broker
 from vitalcast.clinical.records import PatientRecord, RecordBatch
 from vitalcast.clinical.tables import Observation, Patient
@@ -67,15 +67,8 @@ def test_bindings_duplicates_order_and_bad_payloads(
         bind_device(s, device_id="mon-1", patient_public_id=pid, now=T0)
     with session_scope(factory) as s:
         unbind_device(s, device_id="mon-1", now=T0 + timedelta(hours=2))
-    prefix = f"vc-test-{uuid.uuid4().hex[:8]}/devices"
-    config = MqttConfig(
-        **parse_mqtt_url(mqtt_url),
-        client_id=f"vc-{uuid.uuid4().hex[:8]}",
-        topic_prefix=prefix,
-        batch_size=50,
-        batch_wait_s=0.1,
-        session_expiry_s=SESSION_EXPIRY_S,
-    )
+    config = fresh_config(mqtt_url)
+    prefix = config.topic_prefix
     consumer = DeviceStreamConsumer(factory, cipher, config)
     topic = f"{prefix}/mon-1/observations"
     fhir = {

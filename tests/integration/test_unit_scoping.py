@@ -271,3 +271,30 @@ def test_fhir_reads_of_another_units_records_answer_as_unknown_ones(
     assert sorted(denied) == [f"/fhir/Encounter/{encounter}", f"/fhir/RiskAssessment/{prediction}"]
     mine, _ = _records_of(app, inside)
     assert client.get(f"/fhir/Encounter/{mine}").status_code == 200
+
+
+def test_ward_row_of_another_units_patient_is_a_denial_answered_as_unknown(
+    app: Flask, client: FlaskClient, creds: Credentials, units: dict[str, str]
+) -> None:
+    _signed_in(client, creds, role="nurse")
+    outside, inside = _one_in(units, False), _one_in(units, True)
+    with get_state(app).sessions() as session:
+        before = session.scalar(select(func.max(AuditEvent.id)))
+    hidden = client.get(f"/ward/rows/{outside}")
+    unknown = client.get(f"/ward/rows/{'0' * 32}")
+
+    def body(response: TestResponse) -> bytes:
+        rid = response.headers["X-Request-ID"]
+        return response.get_data().replace(rid.encode(), b"<rid>")
+
+    assert hidden.status_code == unknown.status_code == 404
+    assert body(hidden) == body(unknown)
+    assert outside.encode() not in hidden.get_data()
+    with get_state(app).sessions() as session:
+        events = session.execute(
+            select(AuditEvent.event, AuditEvent.outcome, AuditEvent.patient_id, AuditEvent.actor)
+            .where(AuditEvent.id > before)
+            .order_by(AuditEvent.id)
+        ).all()
+    assert [tuple(e) for e in events] == [("access.denied", "denied", outside, "user:micu.nurse")]
+    assert client.get(f"/ward/rows/{inside}").status_code == 200

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +54,18 @@ COLUMNS = (
     "dedup_key",
     "source_version",
 )
+
+
+@dataclass
+class Written:
+    """What one insert wrote: rows per encounter id (None: no stay), how many of them
+    replaced an older version, and the patients they belong to (for the audit trail)."""
+
+    stored: Counter[int | None]
+    updated: int
+    patients: set[int]
+
+
 _STAGE = "vc_observation_stage"
 _COLS = ", ".join(COLUMNS)
 _UPSERT = (
@@ -70,14 +83,14 @@ _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 def insert_observations(
     session: Session, rows: list[Row], *, source: str, received_at: datetime
-) -> tuple[Counter[int | None], int]:
+) -> Written:
     """Insert rows whose dedup key is new, replace older versions.
 
-    Returns the rows written (inserted or replaced) per encounter id, and how many of
-    them replaced an older version.
+    Returns the rows written (inserted or replaced) per encounter id, how many of them
+    replaced an older version, and the patients they belong to.
     """
     if not rows:
-        return Counter(), 0
+        return Written(Counter(), 0, set())
     # Unversioned batches (PhysioNet, CSV, HL7 results, devices: the bulk of the data)
     # keep the plain DO NOTHING insert; only versioned ones pay for the upsert.
     versioned = any(row[10] is not None for row in rows)
@@ -101,7 +114,7 @@ def _latest(rows: list[Row]) -> list[Row]:
 
 def _insert_postgresql(
     session: Session, rows: list[Row], source: str, received_at: datetime, conflict: str
-) -> tuple[Counter[int | None], int]:
+) -> Written:
     conn = session.connection()
     # ON COMMIT DROP: the table lives for this transaction only; a second batch in the same
     # transaction reuses it (emptied below), and a rollback removes it with everything else.
@@ -123,23 +136,23 @@ def _insert_postgresql(
         cur.execute(
             f"WITH ins AS (INSERT INTO observations ({_COLS}, source, received_at)"
             f" SELECT {_COLS}, %s, %s FROM {_STAGE}{conflict}"
-            " RETURNING encounter_id, xmax = 0 AS inserted)"
-            " SELECT encounter_id, count(*), count(*) FILTER (WHERE NOT inserted)"
-            " FROM ins GROUP BY encounter_id",
+            " RETURNING patient_id, encounter_id, xmax = 0 AS inserted)"
+            " SELECT patient_id, encounter_id, count(*), count(*) FILTER (WHERE NOT inserted)"
+            " FROM ins GROUP BY patient_id, encounter_id",
             (source, received_at.replace(tzinfo=None)),
         )
-        stored: Counter[int | None] = Counter()
-        updated = 0
-        for encounter_id, n, replaced in cur.fetchall():
-            stored[encounter_id] = n
-            updated += replaced
+        written = Written(Counter(), 0, set())
+        for patient_id, encounter_id, n, replaced in cur.fetchall():
+            written.stored[encounter_id] += n
+            written.updated += replaced
+            written.patients.add(patient_id)
         cur.execute(f"TRUNCATE {_STAGE}")
-    return stored, updated
+    return written
 
 
 def _insert_generic(
     session: Session, rows: list[Row], source: str, received_at: datetime, conflict: str
-) -> tuple[Counter[int | None], int]:
+) -> Written:
     conn = session.connection()
     dbapi: Any = conn.connection.driver_connection
     placeholders = ", ".join("?" for _ in range(len(COLUMNS) + 2))
@@ -147,8 +160,7 @@ def _insert_generic(
         f"INSERT INTO observations ({_COLS}, source, received_at) VALUES ({placeholders})"
         + conflict
     )
-    stored: Counter[int | None] = Counter()
-    updated = 0
+    written = Written(Counter(), 0, set())
     at = received_at.strftime(_SQLITE_TIME)
     cur = dbapi.cursor()
     try:
@@ -176,8 +188,9 @@ def _insert_generic(
                 ),
             )
             if cur.rowcount == 1:
-                stored[row[1]] += 1
-                updated += existed
+                written.stored[row[1]] += 1
+                written.updated += existed
+                written.patients.add(row[0])
     finally:
         cur.close()
-    return stored, updated
+    return written

@@ -279,6 +279,7 @@ def store_patients(
     resolver.forget_missing_patients()
     resolver.load_patients(r["source_ref"] for r in rows)
     counts.stored += len(rows)
+    report.patients.update(resolver.patients[r["source_ref"]] for r in rows)
     for rec, _ in fresh:  # batch-internal MRN links
         if rec.ref not in resolver.patients and rec.mrn:
             resolver.patients[rec.ref] = resolver.patients[by_mrn[cipher.mrn_hash(rec.mrn)]]
@@ -339,6 +340,7 @@ def _update_patients(
     if changes:
         session.execute(update(Patient), changes)
         counts.stored += len(changes)
+        report.patients.update(c["id"] for c in changes)
         report.updated["patient"] += len(changes)
         # The patient's sex is a feature: their stays in progress are to be rescored.
         report.touched_encounters.update(
@@ -405,6 +407,7 @@ def store_encounters(
                 counts.duplicates += 1  # superseded by a newer version in this batch
             updates[known[0]] = rec
             versions[known[0]] = rec.version
+            report.patients.add(known[1])
             continue
         if known is not None or rec.ref in new:
             counts.received += 1
@@ -414,6 +417,7 @@ def store_encounters(
             if known is not None and stored_discharge.get(rec.ref) is None:
                 completions[known[0]] = rec.discharged_at
                 stored_discharge[rec.ref] = rec.discharged_at
+                report.patients.add(known[1])
             elif rec.ref in new and new[rec.ref]["discharged_at"] is None:
                 new[rec.ref]["discharged_at"] = rec.discharged_at
             continue
@@ -455,6 +459,7 @@ def store_encounters(
     resolver.forget_missing_encounters()
     resolver.load_encounters(new)
     counts.stored += len(rows)
+    report.patients.update(row["patient_id"] for row in rows)
     if completions:
         session.execute(
             update(Encounter),

@@ -62,6 +62,11 @@ class IngestReport:
     # Stored stays that a newer version withdrew (FHIR entered-in-error, cancelled): no
     # longer in progress, never scored, kept. Counted as stored encounter items.
     withdrawn: list[Withdrawal] = field(default_factory=list)
+    # Internal ids of the patients this run wrote data about (a record stored or replaced,
+    # an item quarantined against a known patient): the ``ingest.batch`` audit event names
+    # them by public id, so each patient's audit trail shows the bulk writes to their
+    # record. Never rendered or returned (internal ids are not for callers).
+    patients: set[int] = field(default_factory=set)
 
     def count(self, kind: str) -> KindCounts:
         return self.kinds.setdefault(kind, KindCounts())
@@ -109,6 +114,7 @@ class IngestReport:
         room = MAX_LISTED_REJECTS - len(self.rejects)
         self.rejects.extend(other.rejects[: max(room, 0)])
         self.touched_encounters |= other.touched_encounters
+        self.patients |= other.patients
         self.skipped.update(other.skipped)
         self.updated.update(other.updated)
         self.ignored_columns += [c for c in other.ignored_columns if c not in self.ignored_columns]

@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, select, text
+from sqlalchemy import Boolean, ColumnElement, Select, String, and_, bindparam, or_, select, text
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from vitalcast.db.base import utcnow
 from vitalcast.security import audit_keys
@@ -197,6 +200,51 @@ ACTIONS: dict[str, str] = {"C": "create", "R": "read", "U": "update", "D": "dele
 OUTCOMES = ("success", "failure", "denied")
 
 
+# Events about many patients at once name them in ``details.patients`` (a list of public
+# ids) instead of ``patient_id``: a ward page read (``patient.list``) and a bulk import
+# (``ingest.batch``). Other events may hold a count under that key.
+LISTING_EVENTS = ("patient.list", "ingest.batch")
+
+
+class _ListsPatient(FunctionElement[bool]):
+    """``details.patients`` (a JSON list) holds the given public id; compiled per dialect."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "lists_patient"
+
+
+@compiles(_ListsPatient, "postgresql")
+def _lists_patient_postgresql(element: _ListsPatient, compiler: SQLCompiler, **kw: Any) -> str:
+    details, public_id = (compiler.process(c, **kw) for c in element.clauses)
+    return (
+        f"(CAST({details} AS JSONB) -> 'patients') @> jsonb_build_array(CAST({public_id} AS TEXT))"
+    )
+
+
+@compiles(_ListsPatient)
+def _lists_patient_sqlite(element: _ListsPatient, compiler: SQLCompiler, **kw: Any) -> str:
+    details, public_id = (compiler.process(c, **kw) for c in element.clauses)
+    listed = f"json_each({details}, '$.patients')"
+    return f"EXISTS (SELECT 1 FROM {listed} AS p WHERE p.value = {public_id})"
+
+
+def about_patient(public_id: str) -> ColumnElement[bool]:
+    """Events about this patient (public id): those naming them in ``patient_id``, and the
+    events of :data:`LISTING_EVENTS` that list them. The one definition of a patient's
+    audit trail, shared by the admin API, the admin page and ``audit export``.
+
+    Cost: the listing events are found by the ``event`` index and their details read one
+    by one (no index on the JSON), so a trail query reads every such event in its time
+    range; see docs/security.md.
+    """
+    value = bindparam(None, public_id, type_=String())
+    return or_(
+        AuditEvent.patient_id == public_id,
+        and_(AuditEvent.event.in_(LISTING_EVENTS), _ListsPatient(AuditEvent.details, value)),
+    )
+
+
 @dataclass(frozen=True)
 class AuditFilter:
     """What the admin audit view and ``vitalcast audit export`` select (all optional).
@@ -206,7 +254,7 @@ class AuditFilter:
     """
 
     actor: str | None = None  # the user or key: "user:alice", "api_key:ehr", "cli"
-    patient_id: str | None = None
+    patient_id: str | None = None  # their trail: see :func:`about_patient`
     event: str | None = None
     action: str | None = None  # FHIR AuditEvent.action: C, R, U, D or E
     outcome: str | None = None
@@ -215,9 +263,10 @@ class AuditFilter:
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """``query`` (over :class:`AuditEvent`) restricted to the matching events."""
+        if self.patient_id:
+            query = query.where(about_patient(self.patient_id))
         for column, value in (
             (AuditEvent.actor, self.actor),
-            (AuditEvent.patient_id, self.patient_id),
             (AuditEvent.action, self.action),
             (AuditEvent.outcome, self.outcome),
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 
+from vitalcast.security.audit import about_patient
 from vitalcast.security.permissions import Permission, requires
 from vitalcast.security.tables import AuditEvent, User
 from vitalcast.serving.context import audit_event, db
@@ -45,7 +46,9 @@ def audit_events() -> Response:
     """The audit log, newest first, filterable by actor, patient and event."""
     args = parse_query(AuditQuery)
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(args.limit)
-    for field in ("actor", "patient_id", "event"):
+    if args.patient_id:
+        query = query.where(about_patient(args.patient_id))
+    for field in ("actor", "event"):
         value = getattr(args, field)
         if value:
             query = query.where(getattr(AuditEvent, field) == value)

@@ -14,12 +14,14 @@ from typing import Any
 
 from flask import Response, jsonify
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from vitalcast.clinical.times import TimeOutOfRange, parse_iso, to_utc
 from vitalcast.db.base import utcnow
 from vitalcast.errors import BadRequest, NotFound
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.permissions import Permission, requires
+from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.cds_request import SERVICE_ID, bad_request
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.tables import CdsFeedback
@@ -33,6 +35,9 @@ _COMMENT_CHARS = 1000
 _SYSTEM_CHARS = 500
 # An outcome may be stamped by a clock slightly ahead of ours, not later than that.
 _CLOCK_SKEW = timedelta(minutes=5)
+# The patient-view event that issues a card is written in the prediction's transaction,
+# after it: well within this time of the prediction's creation.
+_ISSUE_WINDOW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -79,13 +84,12 @@ def feedback(service_id: str) -> Response:
     if problems:
         raise bad_request("the feedback has problems", problems)
     session = db()
+    cards = _issued_cards(session, {item.card for item in checked if item is not None})
     rows = [
         CdsFeedback(
             service_id=service_id,
             card_uuid=item.card,
-            prediction_id=session.scalar(
-                select(Prediction.id).where(Prediction.public_id == item.card)
-            ),
+            prediction_id=cards[item.card].prediction_id if item.card in cards else None,
             outcome=item.outcome,
             override_reason=item.reason,
             user_comment=item.comment,
@@ -96,13 +100,70 @@ def feedback(service_id: str) -> Response:
         if item is not None
     ]
     session.add_all(rows)
-    audit_event(
-        "cds.feedback",
-        "C",
-        resource=f"cds/{service_id}/feedback",
-        details={"cards": [r.card_uuid for r in rows]},
-    )
+    # One event per patient the cards were issued for (usually one card, so one event),
+    # naming them as the patient-view event did, so that the feedback is in their trail.
+    by_patient: dict[tuple[str | None, str | None], list[str]] = {}
+    for row in rows:
+        card = cards.get(row.card_uuid)
+        key = (card.patient_id, card.ehr_patient) if card is not None else (None, None)
+        by_patient.setdefault(key, []).append(row.card_uuid)
+    for (patient_id, ehr_patient), uuids in by_patient.items():
+        details: dict[str, Any] = {"cards": uuids}
+        if ehr_patient is not None:
+            details["ehr_patient"] = ehr_patient
+        audit_event(
+            "cds.feedback",
+            "C",
+            patient_id=patient_id,
+            resource=f"cds/{service_id}/feedback",
+            details=details,
+        )
     return jsonify({"stored": len(rows)})
+
+
+@dataclass(frozen=True)
+class _IssuedCard:
+    """A risk card this service issued: its prediction and the patient it was for, as
+    the ``cds.patient-view`` event that issued it refers to them."""
+
+    prediction_id: int
+    patient_id: str | None  # the store's public id, when the store holds the patient
+    ehr_patient: str | None  # keyed hash of the EHR's patient id
+
+
+def _issued_cards(session: Session, uuids: set[str]) -> dict[str, _IssuedCard]:
+    """The risk cards among ``uuids`` (a risk card's uuid is its prediction's public id).
+
+    CDS predictions are not linked to a stored patient (the EHR sent the data), so the
+    patient is read from the card's ``cds.patient-view`` audit event, written in the
+    same transaction as the prediction: it is sought among the events of the minutes
+    after the prediction's creation (the ``occurred_at`` index), not the whole log.
+    Cards of other kinds (no stay, outside the population) and unknown uuids are left
+    out: their feedback is stored and audited without a patient, as before.
+    """
+    found: dict[str, _IssuedCard] = {}
+    predictions = session.execute(
+        select(Prediction.public_id, Prediction.id, Prediction.created_at).where(
+            Prediction.public_id.in_(sorted(uuids))
+        )
+    ).all()
+    for public_id, prediction_id, created_at in predictions:
+        issued = session.execute(
+            select(AuditEvent.patient_id, AuditEvent.details)
+            .where(
+                AuditEvent.event == "cds.patient-view",
+                AuditEvent.occurred_at >= created_at,
+                AuditEvent.occurred_at < created_at + _ISSUE_WINDOW,
+            )
+            .order_by(AuditEvent.id)
+        )
+        patient_id, details = next(
+            ((p, d) for p, d in issued if (d or {}).get("card") == public_id), (None, None)
+        )
+        found[public_id] = _IssuedCard(
+            prediction_id, patient_id, (details or {}).get("ehr_patient")
+        )
+    return found
 
 
 def _feedback_item(

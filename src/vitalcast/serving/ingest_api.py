@@ -140,6 +140,7 @@ def post_observations() -> tuple[Response, int]:
         location=f"request {request_id()}",
         cipher=state.cipher,
         agent=current_agent(),
+        name_patients=False,  # each patient gets its own observation.created event below
     )
     after_commit(session, lambda: observe_ingest(report))  # at the request's commit
     predictions = rescore_encounters(session, state, report.touched_encounters)

@@ -10,7 +10,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
+from sqlalchemy import select
 
+from vitalcast.clinical.tables import Patient
 from vitalcast.db.base import utcnow
 from vitalcast.errors import Forbidden, NotFound
 from vitalcast.security.permissions import Permission, public, requires, role_allows
@@ -18,6 +20,7 @@ from vitalcast.security.redirects import safe_next
 from vitalcast.security.service import authenticate
 from vitalcast.serving.context import audit_event, current_principal, db, principal
 from vitalcast.serving.guard import end_current_session, start_session
+from vitalcast.serving.patient_api import check_patient_visible
 from vitalcast.serving.patients import ward_units
 from vitalcast.serving.scoring import served_population
 from vitalcast.serving.state import get_state
@@ -186,10 +189,21 @@ def ward_search() -> str:
 @web.get("/ward/rows/<patient_id>")
 @requires(Permission.PATIENTS_READ)
 def ward_row(patient_id: str) -> str:
-    """One patient's ward row, re-rendered for a live update (the page swaps it in)."""
+    """One patient's ward row, re-rendered for a live update (the page swaps it in).
+
+    A patient outside the caller's units is refused as the patient routes refuse one
+    (:func:`check_patient_visible`): audited as ``access.denied``, answered exactly as an
+    unknown id. Checked before the ward is read, so the denial is the request's only event.
+    """
+    missing = NotFound("no stay in progress for that patient")
+    session = db()
+    patient = session.scalar(select(Patient).where(Patient.public_id == patient_id))
+    if patient is None:
+        raise missing
+    check_patient_visible(session, patient, refusal=missing)
     page, show_ids = _ward(unit=None, patient=patient_id)
     if not page.entries:
-        raise NotFound("no stay in progress for that patient")
+        raise missing
     return render_template(
         "web/ward_row.html",
         e=page.entries[0],
