@@ -9,12 +9,15 @@ from sqlalchemy import (
     JSON,
     Boolean,
     ForeignKey,
+    Index,
     Integer,
     SmallInteger,
     String,
     event,
     inspect,
+    literal_column,
     select,
+    text,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -122,6 +125,17 @@ class AuditEvent(Base):
     """
 
     __tablename__ = "audit_events"
+    __table_args__ = (
+        # A patient's trail finds the listing events naming them by containment in this
+        # list (security.audit.about_patient); PostgreSQL only (migration 0013).
+        Index(
+            "ix_audit_events_listed_patients",
+            literal_column("(CAST(details AS JSONB) -> 'patients')").label("listed"),
+            postgresql_using="gin",
+            postgresql_ops={"listed": "jsonb_path_ops"},
+            postgresql_where=text("event IN ('patient.list', 'ingest.batch')"),
+        ).ddl_if(dialect="postgresql"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
