@@ -262,6 +262,15 @@ def trained_model(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathF
     return outcome
 
 
+@pytest.fixture
+def champion(pg_engine: Engine, trained_model: Any) -> None:
+    """``trained_model`` registered as the champion in the test's database."""
+    from vitalcast.db.session import make_session_factory
+
+    with session_scope(make_session_factory(pg_engine)) as s:
+        register_champion(s, trained_model)
+
+
 @pytest.fixture(scope="session")
 def trained_tabular(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A `tabular` model trained once per session on the UCI Cleveland table (303 rows)."""

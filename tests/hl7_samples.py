@@ -52,3 +52,15 @@ WRONG_SEPARATOR = (
     "MSH:^~\\&|LAB|HOSP|VC|VC|20240501100000+0000||ADT^A01|L1|P|2.5\r"
     "PID|1||MRN4242^^^HOSP^MR||Secretname^Jane||19600101|F"
 )
+
+
+def adt_cancel(trigger: str, stamp: str, control: str, visit: str = "V0001") -> str:
+    """An ADT^A11 (cancel admit) or ADT^A13 (cancel discharge) of the patient of ADT_A01,
+    sent at ``stamp`` (MSH-7, the version the store orders ADT messages by; empty for
+    none), for visit ``visit`` (PV1-19)."""
+    return (
+        f"MSH|^~\\&|ADT|HOSP|VITALCAST|HOSP|{stamp}||ADT^{trigger}|{control}|P|2.5\r"
+        f"EVN|{trigger}|{stamp}\r"
+        "PID|1||MRN0001^^^HOSP^MR||Testpatient^Alpha||19500102|F\r"
+        f"PV1|1|I|MICU^12^A||||||||||||||||{visit}"
+    )

@@ -15,17 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from tests.conftest import Credentials
-from tests.modeling_data import register_champion
-from vitalcast.cli import main
+from tests.ingest_cli import count_rows, ingest_json, only_stay
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.config import Settings
-from vitalcast.db.session import make_session_factory, session_scope
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.rescoring import stays_with_unscored_data
@@ -65,34 +62,7 @@ def _ingest(settings: Settings, tmp_path: Path, name: str, *resources: dict[str,
     path = tmp_path / f"{name}.json"
     bundle = {"resourceType": "Bundle", "type": "collection"}
     path.write_text(json.dumps(bundle | {"entry": [{"resource": r} for r in resources]}))
-    env = {
-        "VITALCAST_ENV": "test",
-        "VITALCAST_DATA_DIR": str(settings.data_dir),
-        "VITALCAST_DATABASE_URL": str(settings.database_url),
-    }
-    result: Result = CliRunner().invoke(main, ["ingest", "fhir", str(path), "--json"], env=env)
-    assert result.exit_code == 0, result.output
-    # The app fixture's JSON log lines share stdout: the report is the indented object.
-    lines = result.stdout.splitlines()
-    report = json.loads("\n".join(lines[lines.index("{") :]))
-    assert report["balanced"] is True
-    return report
-
-
-def _encounter(engine: Engine) -> Encounter:
-    with Session(engine, expire_on_commit=False) as session:
-        return session.scalars(select(Encounter)).one()
-
-
-def _count(engine: Engine, table: Any, *where: Any) -> int:
-    with Session(engine) as session:
-        return int(session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
-
-
-@pytest.fixture
-def champion(pg_engine: Engine, trained_model: Any) -> None:
-    with session_scope(make_session_factory(pg_engine)) as s:
-        register_champion(s, trained_model)
+    return ingest_json(settings, "fhir", str(path))[0]
 
 
 @pytest.mark.usefixtures("champion")
@@ -123,13 +93,13 @@ def test_newer_entered_in_error_withdraws_the_stored_stay(
     assert (encounters["stored"], encounters["quarantined"]) == (1, 0)
     assert report["quarantined"] == 0
     assert report["rescored"]["stays"] == 0  # its new reading is kept, not scored
-    stay = _encounter(pg_engine)
+    stay = only_stay(pg_engine)
     assert stay.withdrawn_at is not None
     assert stay.withdrawn_reason == "entered_in_error"
     assert stay.discharged_at is None  # no discharge is invented
     assert not stay.in_progress
-    assert _count(pg_engine, Observation) == 2  # nothing deleted
-    assert _count(pg_engine, Prediction) == 1  # the old risk stays in its history
+    assert count_rows(pg_engine, Observation) == 2  # nothing deleted
+    assert count_rows(pg_engine, Prediction) == 1  # the old risk stays in its history
 
     # Out of every scoring query; the patient page says why.
     with Session(pg_engine) as session:
@@ -158,9 +128,9 @@ def test_newer_entered_in_error_withdraws_the_stored_stay(
     later = _ingest(settings, tmp_path, "v3", _stay("3"), _heart_rate("o3", 90))
     assert later["withdrawn"] == []
     assert later["rescored"]["stays"] == 0
-    assert _encounter(pg_engine).withdrawn_at == stay.withdrawn_at
+    assert only_stay(pg_engine).withdrawn_at == stay.withdrawn_at
     assert client.get("/api/v1/patients", headers=reader).get_json()["total"] == 0
-    assert _count(pg_engine, Prediction) == 1
+    assert count_rows(pg_engine, Prediction) == 1
 
 
 def test_older_or_unordered_withdrawal_withdraws_nothing(
@@ -171,7 +141,7 @@ def test_older_or_unordered_withdrawal_withdraws_nothing(
     late = _ingest(settings, tmp_path, "v1", _stay("1", "cancelled"))
     assert late["by_kind"]["encounter"]["duplicates"] == 1  # an old version, not news
     assert late["withdrawn"] == []
-    assert _encounter(pg_engine).in_progress
+    assert only_stay(pg_engine).in_progress
 
     # Without meta it cannot be ordered after the stored version: quarantined, saying so.
     unversioned = _ingest(settings, tmp_path, "none", _stay(None, "entered-in-error"))
@@ -179,10 +149,10 @@ def test_older_or_unordered_withdrawal_withdraws_nothing(
     [reject] = unversioned["rejects"]
     assert reject["reason_code"] == "entered_in_error"
     assert "kept in progress" in reject["reason"]
-    assert _encounter(pg_engine).in_progress
+    assert only_stay(pg_engine).in_progress
 
     # A stay never stored is no stay to withdraw: quarantined as before.
     unknown = _ingest(settings, tmp_path, "other", _stay("5", "entered-in-error", "wd-other"))
     assert [r["reason_code"] for r in unknown["rejects"]] == ["entered_in_error"]
     assert unknown["withdrawn"] == []
-    assert _count(pg_engine, Encounter) == 1
+    assert count_rows(pg_engine, Encounter) == 1

@@ -7,7 +7,16 @@ import time
 import pytest
 from sqlalchemy import Engine, func, select
 
-from tests.hl7_samples import ADT_A01, ADT_A03, ORU_R01, ORU_TWO_PATIENTS, WRONG_SEPARATOR, msa
+from tests.hl7_samples import (
+    ADT_A01,
+    ADT_A03,
+    ORU_R01,
+    ORU_TWO_PATIENTS,
+    WRONG_SEPARATOR,
+    adt_cancel,
+    msa,
+)
+from tests.ingest_cli import only_stay
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.db.session import create_db_engine, make_session_factory
 from vitalcast.ingest.mllp import MessageHandler, MllpServer, send_messages
@@ -137,3 +146,31 @@ def test_the_accepting_loop_beats_the_heartbeat_health_checks_read(server: MllpS
     server.shutdown()
     time.sleep(1.2)
     assert server.heartbeat.age_s > 1.0
+
+
+def test_cancellations_over_mllp_are_acknowledged_after_they_are_stored(
+    server: MllpServer, pg_engine: Engine
+) -> None:
+    """ADT^A11/A13 were unsupported (AR): each is now AA once committed, quarantined too."""
+    a13 = adt_cancel("A13", "20240306090000", "CAN0013")  # after the A03 (03-05 12:00)
+    a11 = adt_cancel("A11", "20240301120000", "CAN0011")  # after the A01, before the A13
+    unknown = adt_cancel("A13", "20240306090000", "CAN0404", "V0404")
+    acks = send_messages("127.0.0.1", server.port, [ADT_A01, ADT_A03, a13, a11, unknown])
+    assert [msa(a)[1:3] for a in acks] == [
+        ["AA", "ADM0001"],
+        ["AA", "ADM0002"],
+        ["AA", "CAN0013"],
+        ["AA", "CAN0011"],
+        ["AA", "CAN0404"],
+    ]
+    assert msa(acks[2])[3] == "stored 1, duplicates 0"  # the A13 reopened the stay
+    # The A11 (03-01 12:00) is older than the A13 stored (03-06): it withdraws nothing.
+    assert msa(acks[3])[3] == "stored 0, duplicates 1"
+    assert msa(acks[4])[3] == "stored 0, duplicates 0, quarantined 1 (unknown_encounter 1)"
+    assert [a.split("\r")[0].split("|")[8] for a in acks[2:4]] == ["ACK^A13^ACK", "ACK^A11^ACK"]
+    assert only_stay(pg_engine).in_progress
+
+    newer = adt_cancel("A11", "20240307090000", "CAN0012")
+    (ack,) = send_messages("127.0.0.1", server.port, [newer])
+    assert msa(ack)[1:4] == ["AA", "CAN0012", "stored 1, duplicates 0"]
+    assert only_stay(pg_engine).withdrawn_reason == "cancelled"

@@ -18,18 +18,11 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, func, select
 
 from tests.hl7_samples import ADT_A01, ADT_A03, ORU_R01
-from tests.modeling_data import register_champion
 from vitalcast.cli import main
 from vitalcast.clinical.tables import Encounter, Observation
 from vitalcast.config import Settings
-from vitalcast.db.session import make_session_factory, session_scope
+from vitalcast.db.session import make_session_factory
 from vitalcast.modeling.tables import Prediction
-
-
-@pytest.fixture
-def champion(pg_engine: Engine, trained_model: Any) -> None:
-    with session_scope(make_session_factory(pg_engine)) as s:
-        register_champion(s, trained_model)
 
 
 def _ingest(settings: Settings, *args: str) -> Result:

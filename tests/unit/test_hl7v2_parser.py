@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.hl7_samples import ADT_A01, ORU_R01
+from tests.hl7_samples import ADT_A01, ORU_R01, adt_cancel
 from vitalcast.ingest.mllp import build_ack
 from vitalcast.ingest.sources.hl7v2 import (
     Hl7FormatError,
@@ -151,3 +151,37 @@ def test_reasons_and_errors_never_repeat_field_values() -> None:
             ADT_A01.replace("ADT^A01", "Secretname^Jane"), origin="f", pseudonym=pseudonym
         )
     assert "Secretname" not in str(err.value)
+
+
+def test_a11_and_a13_name_the_stay_of_the_visit_and_store_no_patient() -> None:
+    """The cancellation finds the stay as the A01 named it; its PID changes nothing."""
+    (admitted,) = parse_message(ADT_A01, origin="f", pseudonym=pseudonym).unit.batch.encounters
+    a11 = parse_message(adt_cancel("A11", "20240302090000", "C1"), origin="f", pseudonym=pseudonym)
+    (withdrawal,) = a11.unit.batch.withdrawals
+    assert (withdrawal.ref, withdrawal.reason_code) == (admitted.ref, "cancelled")
+    assert withdrawal.version == "2024-03-02T09:00:00.000000"
+    assert withdrawal.source_ref == "f#C1.PV1"
+    a13 = parse_message(adt_cancel("A13", "20240302090000", "C2"), origin="f", pseudonym=pseudonym)
+    (reopening,) = a13.unit.batch.discharge_cancellations
+    assert (reopening.ref, reopening.version) == (admitted.ref, withdrawal.version)
+    for batch in (a11.unit.batch, a13.unit.batch):
+        assert (batch.patients, batch.encounters, batch.received) == ([], [], 1)
+
+
+def test_a11_without_a_visit_is_quarantined_and_never_uses_the_event_time() -> None:
+    """Without PV1-19 the stay is the admission at PV1-44; the EVN time of a cancellation
+    is when it was cancelled, so a stay admitted then must not be the one withdrawn."""
+    no_pv1 = adt_cancel("A11", "20240302090000", "C3").rsplit("\r", 1)[0]
+    (rejected,) = parse_message(no_pv1, origin="f", pseudonym=pseudonym).unit.batch.rejected
+    assert (rejected.reason_code, rejected.kind) == ("no_visit", "encounter")
+    no_visit = adt_cancel("A11", "20240302090000", "C4", visit="")
+    batch = parse_message(no_visit, origin="f", pseudonym=pseudonym).unit.batch
+    (rejected,) = batch.rejected
+    assert rejected.reason_code == "no_visit"
+    assert "PV1-19 visit number nor PV1-44 admit time" in rejected.reason
+    assert batch.withdrawals == []
+    by_admission = no_visit + "|||||||||||||||||||||||||20240301075500+0000"
+    (withdrawal,) = parse_message(
+        by_admission, origin="f", pseudonym=pseudonym
+    ).unit.batch.withdrawals
+    assert withdrawal.ref.endswith("@2024-03-01T07:55:00+00:00")

@@ -94,6 +94,19 @@ class EncounterWithdrawal:
 
 
 @dataclass(frozen=True, slots=True)
+class DischargeCancellation:
+    """A version of a stay saying its discharge was cancelled (HL7 ADT^A13): the stay is
+    in fact still in progress. It reopens the stored stay when it is newer than the
+    stored version (the discharging A03 or a later update), and is quarantined when there
+    is no such stay, when the stay was withdrawn (a withdrawal is final) or when it
+    cannot be ordered (no version)."""
+
+    ref: str
+    source_ref: str = ""
+    version: str | None = None  # as EncounterRecord.version
+
+
+@dataclass(frozen=True, slots=True)
 class ObservationRecord:
     """One measurement, in the canonical unit of its code."""
 
@@ -199,6 +212,7 @@ class RecordBatch:
     imaging_studies: list[ImagingStudyRecord] = field(default_factory=list)
     outcomes: list[OutcomeRecord] = field(default_factory=list)
     withdrawals: list[EncounterWithdrawal] = field(default_factory=list)
+    discharge_cancellations: list[DischargeCancellation] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     received: int = 0  # input items seen (each becomes a record or a rejection)
 
@@ -211,6 +225,7 @@ class RecordBatch:
         self.imaging_studies.extend(other.imaging_studies)
         self.outcomes.extend(other.outcomes)
         self.withdrawals.extend(other.withdrawals)
+        self.discharge_cancellations.extend(other.discharge_cancellations)
         self.rejected.extend(other.rejected)
         self.received += other.received
 
@@ -225,5 +240,6 @@ class RecordBatch:
             "imaging_studies": len(self.imaging_studies),
             "outcomes": len(self.outcomes),
             "withdrawals": len(self.withdrawals),
+            "discharge_cancellations": len(self.discharge_cancellations),
             "rejected": len(self.rejected),
         }

@@ -82,6 +82,10 @@ class Encounter(Base):
     # kept with its data (nothing is deleted). Final: a later version does not reopen it.
     withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     withdrawn_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The version of the newest message that cancelled the stay's discharge (HL7
+    # ADT^A13): a discharge no newer than it (an old A03 resent, re-imported or late)
+    # does not discharge the stay again. None: no discharge of it was ever cancelled.
+    discharge_cancelled_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     patient: Mapped[Patient] = relationship(back_populates="encounters")
 

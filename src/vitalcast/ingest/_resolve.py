@@ -382,7 +382,9 @@ def store_encounters(
     now: Any,
 ) -> None:
     """Insert new encounters; a known one counts as a duplicate, but a discharge time
-    completes it (an ADT^A03 or an outcome file closes a stay opened earlier)."""
+    completes it (an ADT^A03 or an outcome file closes a stay opened earlier), unless
+    the stay's discharge was cancelled by a message newer than it (an ADT^A13 after the
+    same A03, resent or imported again, keeps the stay in progress)."""
     counts = report.count("encounter")
     if not records:
         return
@@ -390,7 +392,8 @@ def store_encounters(
     resolver.load_patients(r.patient_ref for r in records)
     new: dict[str, dict[str, Any]] = {}
     completions: dict[int, Any] = {}
-    versions = _stored_versions(session, records, resolver)  # encounter id -> version
+    # encounter id -> version; and the version of the cancellation of its discharge
+    versions, cancelled = _stored_versions(session, records, resolver)
     updates: dict[int, EncounterRecord] = {}
     for rec in records:
         where = rec.source_ref or rec.ref
@@ -414,7 +417,11 @@ def store_encounters(
             counts.duplicates += 1
             if rec.discharged_at is None:
                 continue
-            if known is not None and stored_discharge.get(rec.ref) is None:
+            if (
+                known is not None
+                and stored_discharge.get(rec.ref) is None
+                and (known[0] not in cancelled or _newer(rec.version, cancelled[known[0]]))
+            ):
                 completions[known[0]] = rec.discharged_at
                 stored_discharge[rec.ref] = rec.discharged_at
                 report.patients.add(known[1])
@@ -487,22 +494,23 @@ def _plausible_descriptors(
 
 def _stored_versions(
     session: Session, records: Sequence[EncounterRecord], resolver: Resolver
-) -> dict[int, str | None]:
-    """Stored versions of the known encounters that versioned records refer to."""
-    ids = sorted(
-        {
-            known[0]
-            for r in records
-            if r.version is not None and (known := resolver.encounters.get(r.ref)) is not None
-        }
-    )
+) -> tuple[dict[int, str | None], dict[int, str]]:
+    """Stored versions of the known encounters that records refer to, and the version of
+    the message that cancelled the discharge of those whose discharge was cancelled."""
+    ids = sorted({known[0] for r in records if (known := resolver.encounters.get(r.ref))})
     found: dict[int, str | None] = {}
+    cancelled: dict[int, str] = {}
     for chunk in chunks(ids):
         rows = session.execute(
-            select(Encounter.id, Encounter.source_version).where(Encounter.id.in_(chunk))
+            select(
+                Encounter.id, Encounter.source_version, Encounter.discharge_cancelled_version
+            ).where(Encounter.id.in_(chunk))
         )
-        found.update({eid: version for eid, version in rows})
-    return found
+        for eid, version, cancelled_version in rows:
+            found[eid] = version
+            if cancelled_version is not None:
+                cancelled[eid] = cancelled_version
+    return found, cancelled
 
 
 def _encounter_change(encounter_id: int, rec: EncounterRecord) -> dict[str, Any]:

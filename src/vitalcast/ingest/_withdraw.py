@@ -1,8 +1,9 @@
 """Withdrawing stored stays that a newer version says never were stays.
 
-A FHIR Encounter with status ``entered-in-error`` or ``cancelled`` is no stay. Refused
-for a new stay, it was also refused for one already stored, which then stayed in
-progress: on the ward, rescored, shown to clinicians as a stay the EHR says was an error.
+A FHIR Encounter with status ``entered-in-error`` or ``cancelled``, or an HL7 ADT^A11
+(cancel admit/visit), says the stay was none. Refused for a new stay, it was also refused
+for one already stored, which then stayed in progress: on the ward, rescored, shown to
+clinicians as a stay the EHR says was an error or was cancelled.
 Here a newer version of a stored stay withdraws it instead (``Encounter.withdrawn_at``):
 it leaves every query for stays in progress (``Encounter.in_progress``) and the scored
 population, keeps its data and history, and is reported and audited per patient.
@@ -14,9 +15,9 @@ withdraws a stay, and a withdrawal is final, so none resurrects one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -24,12 +25,31 @@ from sqlalchemy.orm import Session
 from vitalcast.clinical.records import EncounterWithdrawal
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.ingest._resolve import Resolver, _newer, chunks
-from vitalcast.ingest.report import IngestReport, Withdrawal
+from vitalcast.ingest.report import IngestReport, KindCounts, Withdrawal
 
 _NO_VERSION = (
-    "; it has no meta.versionId or meta.lastUpdated to order it after the stored stay,"
-    " which is kept in progress"
+    "; it has no version (FHIR meta.versionId or meta.lastUpdated, HL7 MSH-7) to order it"
+    " after the stored stay, which is kept in progress"
 )
+_UNKNOWN = "; no such stay is stored, so nothing was withdrawn"
+
+
+class Versioned(Protocol):
+    @property
+    def version(self) -> str | None: ...
+
+
+V = TypeVar("V", bound=Versioned)
+
+
+class StoredStay(NamedTuple):
+    """What withdrawing or reopening a stored stay compares and reports."""
+
+    version: str | None
+    withdrawn_at: datetime | None
+    discharged_at: datetime | None
+    patient_public_id: str
+    encounter_public_id: str
 
 
 def store_withdrawals(
@@ -50,71 +70,92 @@ def store_withdrawals(
         return
     counts = report.count("encounter")
     resolver.load_encounters(r.ref for r in records)
-    stored = _stored(session, {k[0] for r in records if (k := resolver.encounters.get(r.ref))})
+    stored = stored_stays(session, (k[0] for r in records if (k := resolver.encounters.get(r.ref))))
     chosen: dict[int, EncounterWithdrawal] = {}
     for rec in records:
         where = rec.source_ref or rec.ref
         known = resolver.encounters.get(rec.ref)
         if known is None:
-            reject("encounter", where, rec.reason_code, rec.reason, rec)
+            reject("encounter", where, rec.reason_code, rec.reason + _UNKNOWN, rec)
             continue
-        version, withdrawn_at, _, _ = stored[known[0]]
+        version, withdrawn_at = stored[known[0]][:2]
         if withdrawn_at is None and rec.version is None:
             reason = rec.reason + _NO_VERSION
             reject("encounter", where, rec.reason_code, reason, rec, patient_id=known[1])
             continue
-        counts.received += 1
-        newest = chosen.get(known[0])
-        if withdrawn_at is not None or not _newer(rec.version, newest or version):
-            counts.duplicates += 1  # already withdrawn, or not newer than what is known
+        if withdrawn_at is not None:
+            counts.received += 1
+            counts.duplicates += 1  # already withdrawn
             continue
-        if newest is not None:
-            counts.duplicates += 1  # superseded by a newer withdrawal in this batch
-        chosen[known[0]] = rec
-    if not chosen:
-        return
-    session.execute(
-        update(Encounter),
-        [
-            {
-                "id": eid,
-                "withdrawn_at": now,
-                "withdrawn_reason": rec.reason_code,
-                "source_version": rec.version,
-            }
-            for eid, rec in chosen.items()
-        ],
+        keep_if_newer(chosen, known[0], rec, version, counts)
+    write_changes(
+        session,
+        chosen,
+        counts,
+        lambda eid, rec: {
+            "id": eid,
+            "withdrawn_at": now,
+            "withdrawn_reason": rec.reason_code,
+            "source_version": rec.version,
+        },
     )
-    counts.stored += len(chosen)
     for eid, rec in chosen.items():
-        _, _, patient_public_id, encounter_public_id = stored[eid]
+        stay = stored[eid]
         report.withdrawn.append(
             Withdrawal(
                 rec.source_ref or rec.ref,
                 rec.reason_code,
-                patient_public_id,
-                encounter_public_id,
+                stay.patient_public_id,
+                stay.encounter_public_id,
             )
         )
     report.touched_encounters.difference_update(chosen)  # nothing left to rescore
 
 
-def _stored(
-    session: Session, ids: set[int]
-) -> dict[int, tuple[str | None, datetime | None, str, str]]:
-    """Encounter id -> (stored version, withdrawn at, patient and stay public ids)."""
-    found: dict[int, tuple[str | None, datetime | None, str, str]] = {}
-    for chunk in chunks(sorted(ids)):
+def keep_if_newer(
+    chosen: dict[int, V], eid: int, rec: V, stored_version: str | None, counts: KindCounts
+) -> None:
+    """Count ``rec`` (a change of stay ``eid``) and keep it in ``chosen`` when it is newer
+    than the stored version and than the change kept so far from this batch; what is
+    not newer, or superseded, is a duplicate."""
+    counts.received += 1
+    newest = chosen.get(eid)
+    if not _newer(rec.version, newest or stored_version):
+        counts.duplicates += 1  # not newer than what is known: an old message
+        return
+    if newest is not None:
+        counts.duplicates += 1  # superseded by a newer change in this batch
+    chosen[eid] = rec
+
+
+def write_changes(
+    session: Session,
+    chosen: dict[int, V],
+    counts: KindCounts,
+    change: Callable[[int, V], dict[str, Any]],
+) -> None:
+    """Update the chosen stays in one statement (``change`` gives each one's columns),
+    counted as stored."""
+    if chosen:
+        session.execute(update(Encounter), [change(eid, rec) for eid, rec in chosen.items()])
+    counts.stored += len(chosen)
+
+
+def stored_stays(session: Session, ids: Iterable[int]) -> dict[int, StoredStay]:
+    """Encounter id -> its :class:`StoredStay`, read in chunks."""
+    found: dict[int, StoredStay] = {}
+    for chunk in chunks(sorted(set(ids))):
         rows = session.execute(
             select(
                 Encounter.id,
                 Encounter.source_version,
                 Encounter.withdrawn_at,
+                Encounter.discharged_at,
                 Patient.public_id,
                 Encounter.public_id,
             )
             .join(Patient, Patient.id == Encounter.patient_id)
             .where(Encounter.id.in_(chunk))
         )
-        found.update({eid: (v, w, pub, enc) for eid, v, w, pub, enc in rows})
+        found.update({eid: StoredStay(v, w, d, pub, enc) for eid, v, w, d, pub, enc in rows})
     return found

@@ -182,7 +182,7 @@ def ingest_fhir(
 def ingest_hl7(
     ctx: click.Context, paths: tuple[Path, ...], as_json: bool, no_rescore: bool
 ) -> None:
-    """HL7 v2 files (ADT^A01/A03/A08, ORU^R01), one or many messages each.
+    """HL7 v2 files (ADT^A01/A03/A08/A11/A13, ORU^R01), one or many messages each.
 
     Then rescores the stays in progress whose data it changed (exit 3 if some fail).
     """
@@ -218,7 +218,8 @@ def listen() -> None:
 def listen_hl7(ctx: click.Context, host: str, port: int | None) -> None:
     """Receive HL7 v2 over MLLP; ACK each message after it is committed.
 
-    After the ACK, the stays a message stored results for are rescored with the champion
+    Takes ADT^A01/A03/A08/A11/A13 and ORU^R01. After the ACK, the stays a message stored
+    results for or put back in progress (A13) are rescored with the champion
     (each at most once per VITALCAST_STREAM_RESCORE_INTERVAL_S) and announced to the wards.
     With VITALCAST_WORKER_HTTP_PORT set, serves GET /healthz and GET /metrics there. Logs
     to stderr (JSON lines, per VITALCAST_LOG_JSON).

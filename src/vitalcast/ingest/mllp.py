@@ -13,15 +13,21 @@ ACK would be resent by the sender forever (a poison message blocking its queue).
 ACK is sent only after the commit, so an AA never covers data that is not in the
 database.
 
+A cancellation (ADT^A11 cancel admit, ADT^A13 cancel discharge) is answered as every
+message is: ``AA`` once its withdrawal or reopening of the visit's stay is committed, and
+also when it was quarantined (a visit that is not stored, a withdrawn stay, no MSH-7:
+MSA-3 counts it), since resending it would change nothing.
+
 A frame holds one message (Appendix C: a block is one HL7 message): a frame with a second
 MSH is refused whole with AR, nothing stored, rather than acknowledged for its first
 message only. The reasons in MSA-3/ERR-8 name the problem without quoting the message.
 
 With a :class:`~vitalcast.serving.stream_scoring.StreamScorer` (``vitalcast listen hl7``
-always passes one), the stays a message stored results for are rescored after its ACK is
-sent, by the scorer's own thread and in a transaction of its own: the sender never waits
-for a model, and a scoring failure (retried) can neither turn an AA into an AE nor lose a
-result. Coalescing applies as for MQTT (``VITALCAST_STREAM_RESCORE_INTERVAL_S``).
+always passes one), the stays a message stored results for or reopened (A13) are
+rescored after its ACK is sent, by the scorer's own thread and in a transaction of its
+own: the sender never waits for a model, and a scoring failure (retried) can neither turn
+an AA into an AE nor lose a result. Coalescing applies as for MQTT
+(``VITALCAST_STREAM_RESCORE_INTERVAL_S``).
 """
 
 from __future__ import annotations

@@ -36,6 +36,17 @@ class Withdrawal:
     encounter_public_id: str
 
 
+@dataclass(frozen=True)
+class Reopening:
+    """A discharged stay put back in progress by a newer message cancelling its
+    discharge (HL7 ADT^A13). The public ids are for the audit event, as for
+    :class:`Withdrawal`, and are left out of the printed report."""
+
+    location: str
+    patient_public_id: str
+    encounter_public_id: str
+
+
 @dataclass
 class IngestReport:
     """What one ingest run did with its input."""
@@ -67,6 +78,9 @@ class IngestReport:
     # them by public id, so each patient's audit trail shows the bulk writes to their
     # record. Never rendered or returned (internal ids are not for callers).
     patients: set[int] = field(default_factory=set)
+    # Discharged stays whose discharge a newer message cancelled (HL7 ADT^A13): in
+    # progress again, and rescored. Counted as stored encounter items.
+    reopened: list[Reopening] = field(default_factory=list)
 
     def count(self, kind: str) -> KindCounts:
         return self.kinds.setdefault(kind, KindCounts())
@@ -119,6 +133,7 @@ class IngestReport:
         self.updated.update(other.updated)
         self.ignored_columns += [c for c in other.ignored_columns if c not in self.ignored_columns]
         self.withdrawn += other.withdrawn
+        self.reopened += other.reopened
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +152,7 @@ class IngestReport:
             "withdrawn": [
                 {"location": w.location, "reason_code": w.reason_code} for w in self.withdrawn
             ],
+            "discharge_cancelled": [{"location": r.location} for r in self.reopened],
             "rejects": self.rejects,
         }
 
@@ -157,6 +173,8 @@ class IngestReport:
             lines.append(f"  {kind}: {n} of the stored replaced an older version")
         for w in self.withdrawn:
             lines.append(f"  stay withdrawn ({w.reason_code}), no longer in progress: {w.location}")
+        for r in self.reopened:
+            lines.append(f"  discharge cancelled, stay in progress again: {r.location}")
         for reason, n in self.skipped.most_common():
             lines.append(f"  skipped {reason}: {n}")
         if self.ignored_columns:

@@ -39,6 +39,7 @@ from vitalcast.clinical.tables import (
 )
 from vitalcast.db.base import utcnow
 from vitalcast.ingest._bulk import Row, insert_observations
+from vitalcast.ingest._reopen import store_discharge_cancellations
 from vitalcast.ingest._resolve import (
     Resolver,
     chunks,
@@ -48,7 +49,7 @@ from vitalcast.ingest._resolve import (
 )
 from vitalcast.ingest._withdraw import store_withdrawals
 from vitalcast.ingest.quarantine import encrypt_raw
-from vitalcast.ingest.report import IngestReport
+from vitalcast.ingest.report import IngestReport, Reopening, Withdrawal
 from vitalcast.ingest.tables import IngestRun, QuarantineItem
 from vitalcast.ingest.validate import (
     Invalid,
@@ -152,6 +153,7 @@ def store_batch(
     store_patients(session, batch.patients, resolver, report)
     store_encounters(session, batch.encounters, resolver, report, reject, now)
     store_withdrawals(session, batch.withdrawals, resolver, report, reject, now)
+    store_discharge_cancellations(session, batch.discharge_cancellations, resolver, report, reject)
     _store_observations(session, batch.observations, resolver, report, reject, now)
     _store_conditions(session, batch.conditions, resolver, report, reject, now)
     _store_imaging(session, batch.imaging_studies, resolver, report, reject, now)
@@ -214,6 +216,10 @@ _LIMITED: dict[str, tuple[tuple[str, Any], ...]] = {
     ),
     "outcomes": (("patient_ref", Patient.source_ref), ("encounter_ref", Encounter.source_ref)),
     "withdrawals": (("ref", Encounter.source_ref), ("version", Encounter.source_version)),
+    "discharge_cancellations": (
+        ("ref", Encounter.source_ref),
+        ("version", Encounter.source_version),
+    ),
 }
 # The record kind (of the report and the quarantine) of each list of a batch.
 _BATCH_LISTS = {
@@ -224,6 +230,7 @@ _BATCH_LISTS = {
     "imaging_studies": "imaging_study",
     "outcomes": "outcome",
     "withdrawals": "encounter",  # an Encounter version that withdraws a stay
+    "discharge_cancellations": "encounter",  # an HL7 A13 that reopens a stay
 }
 
 
@@ -297,8 +304,9 @@ def audit_ingest(
     session: Session, report: IngestReport, agent: audit.Agent, *, name_patients: bool = True
 ) -> None:
     """Write the ``ingest.batch`` audit event of a stored report, and one
-    ``encounter.withdrawn`` event per stay it withdrew, naming the patient, so that the
-    patient's trail shows why their stay left the ward.
+    ``encounter.withdrawn`` event per stay it withdrew and one
+    ``encounter.discharge_cancelled`` per stay it reopened, naming the patient, so that
+    the patient's trail shows why their stay left the ward or came back to it.
 
     ``ingest.batch`` holds counts and, in ``patients``, the public ids of the patients the
     run wrote data about (sorted; never an MRN or a name). One event names them all, rather
@@ -306,15 +314,19 @@ def audit_ingest(
     otherwise append 200 chained rows, and a PhysioNet set 4,000; each patient's trail
     finds the event through :func:`vitalcast.security.audit.about_patient`.
     """
-    for w in report.withdrawn:
+    stays: list[tuple[str, Withdrawal | Reopening, str]] = [
+        ("encounter.withdrawn", w, w.reason_code) for w in report.withdrawn
+    ]
+    stays += [("encounter.discharge_cancelled", r, "discharge_cancelled") for r in report.reopened]
+    for event, stay, reason in stays:
         audit.record(
             session,
             agent.event(
-                "encounter.withdrawn",
+                event,
                 "U",
-                patient_id=w.patient_public_id,
-                resource=f"Encounter/{w.encounter_public_id}",
-                details={"reason": w.reason_code, "run_id": report.run_id},
+                patient_id=stay.patient_public_id,
+                resource=f"Encounter/{stay.encounter_public_id}",
+                details={"reason": reason, "run_id": report.run_id},
             ),
         )
     details: dict[str, Any] = {
@@ -326,6 +338,7 @@ def audit_ingest(
         "quarantined": report.quarantined,
         "reasons": dict(report.reasons),
         "withdrawn": len(report.withdrawn),
+        "discharge_cancelled": len(report.reopened),
     }
     if name_patients:
         details["patients"] = _public_ids(session, report.patients)

@@ -1,4 +1,5 @@
-"""HL7 v2 messages: ADT^A01/A03/A08 (admit, discharge, update) and ORU^R01 (results).
+"""HL7 v2 messages: ADT^A01/A03/A08 (admit, discharge, update), ADT^A11/A13 (cancel
+admit, cancel discharge) and ORU^R01 (results).
 
 Parsed with the ``hl7`` package. Each message is one unit of work. Field positions follow
 HL7 v2.5 (PID-3 identifiers, PID-5 name, PID-7 birth date, PID-8 sex; PV1-2 patient
@@ -12,7 +13,8 @@ values; the MRN itself goes only into the encrypted identifier payload.
 
 This module parses a message and maps its patients and visits; the steps around it live
 in private modules: framing and decoding in :mod:`._hl7_framing`, field access and times
-in :mod:`._hl7_fields`, the OBX results in :mod:`._hl7_results`. Callers import all of
+in :mod:`._hl7_fields`, the OBX results in :mod:`._hl7_results`, the cancellations
+(A11 withdraws the visit's stay, A13 reopens it) in :mod:`._hl7_cancels`. Callers import all of
 the adapter's public names from here.
 """
 
@@ -29,6 +31,7 @@ import hl7
 
 from vitalcast.clinical.records import EncounterRecord, PatientRecord, RecordBatch, Rejected, Sex
 from vitalcast.clinical.times import TimeOutOfRange, check_year
+from vitalcast.ingest.sources._hl7_cancels import CANCELS, add_cancellation, visit_ref
 from vitalcast.ingest.sources._hl7_fields import DTM, Problem, Seg
 from vitalcast.ingest.sources._hl7_fields import parse_dtm as parse_dtm
 from vitalcast.ingest.sources._hl7_framing import Hl7FormatError as Hl7FormatError
@@ -40,7 +43,7 @@ from vitalcast.ingest.sources._hl7_results import add_results
 from vitalcast.ingest.units import ParsedUnit
 
 SOURCE = "hl7v2"
-SUPPORTED = frozenset({"ADT^A01", "ADT^A03", "ADT^A08", "ORU^R01"})
+SUPPORTED = frozenset({"ADT^A01", "ADT^A03", "ADT^A08", "ORU^R01"} | CANCELS)
 Pseudonym = Callable[[str], str]
 
 _SEX: dict[str, Sex] = {"F": "female", "M": "male", "O": "other", "A": "other", "U": "unknown"}
@@ -68,7 +71,8 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     """Parse one message into a unit of canonical records.
 
     An ORU^R01 may hold several PATIENT_RESULT groups: each PID with the PV1, ORC, OBR and
-    OBX after it is mapped to that patient. An ADT is about one patient and one visit.
+    OBX after it is mapped to that patient. An ADT is about one patient and one visit;
+    an A11 or A13 only names them (it cancels the visit's admission or discharge).
     A message whose data cannot be placed with certainty (a second PID or PV1 in an ADT,
     results before the first PID, a second MSH) is refused whole: a result stored under
     the wrong patient is worse than one not stored.
@@ -117,8 +121,12 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     n_obx = 0
     for k, (group, patient_ref) in enumerate(zip(groups, refs, strict=True), start=1):
         nth = "" if len(groups) == 1 else f"[{k}]"
-        _add_patient(group[0], patient_ref, f"{where}.PID{nth}", version, unit.batch)
         pv1 = next((s for s in group if _kind(s) == "PV1"), None)
+        if mtype in CANCELS:
+            loc = f"{where}.PV1" if pv1 is not None else where
+            add_cancellation(mtype, pv1, patient_ref, loc, pseudonym, tz, version, unit.batch)
+            continue
+        _add_patient(group[0], patient_ref, f"{where}.PID{nth}", version, unit.batch)
         encounter_ref = None
         if pv1 is not None:
             encounter_ref = _encounter(
@@ -281,7 +289,7 @@ def _encounter(
     """
     visit = pv1.comp(19)
     if not is_adt and not pv1.comp(44):
-        return f"visit:{pseudonym(f'visit|{visit}')[:40]}" if visit else None
+        return visit_ref(visit, patient_ref, None, pseudonym) if visit else None
     try:
         admitted = parse_dtm(pv1.comp(44), tz=tz, what="PV1-44 admit time")
         admission_known = admitted is not None
@@ -294,11 +302,7 @@ def _encounter(
     else:
         problem = "no admit time (PV1-44 or EVN)" if admitted is None else ""
         code = "no_time"
-    ref = (
-        f"visit:{pseudonym(f'visit|{visit}')[:40]}"
-        if visit
-        else f"{patient_ref}@{admitted.isoformat() if admitted else '?'}"
-    )
+    ref = visit_ref(visit, patient_ref, admitted, pseudonym)
     batch.received += 1
     if admitted is None:
         batch.rejected.append(Rejected(loc, code, problem, None, "encounter"))
