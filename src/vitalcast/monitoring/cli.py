@@ -58,7 +58,12 @@ def drift_command(ctx: click.Context, task: str, window_days: float) -> None:
 @click.option("--fail-on-alert", is_flag=True, help="Exit 1 when any rule is firing.")
 @click.pass_context
 def run_command(ctx: click.Context, task: str, fail_on_alert: bool) -> None:
-    """Evaluate every monitoring rule, update alerts and notify the webhook."""
+    """Evaluate every monitoring rule for --task, update alerts and notify the webhook.
+
+    A run resolves only the task's own alerts and the task-independent ones (data_stale,
+    error_rate), so each task can be scheduled on its own. A task that has had a model
+    but has no champion raises the critical no_champion alert.
+    """
     from vitalcast.cli import get_settings
     from vitalcast.monitoring.alerts import webhook_notifier
     from vitalcast.monitoring.jobs import run_monitor
