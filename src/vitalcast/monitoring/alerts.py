@@ -24,7 +24,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vitalcast.db.base import utcnow
+from vitalcast.db.base import MAX_ROW_ID, utcnow
 from vitalcast.errors import Conflict, NotFound
 from vitalcast.monitoring.rules import RuleResult, judged_by
 from vitalcast.monitoring.tables import MonitorAlert
@@ -195,7 +195,8 @@ def acknowledge_alert(session: Session, *, alert_id: int, actor: str) -> Monitor
         NotFound: no such alert.
         Conflict: the alert is already resolved.
     """
-    alert = session.get(MonitorAlert, alert_id)
+    # An id beyond the id column names no alert (asking the database fails instead).
+    alert = session.get(MonitorAlert, alert_id) if 0 < alert_id <= MAX_ROW_ID else None
     if alert is None:
         raise NotFound(f"no monitoring alert {alert_id}")
     if alert.state == "resolved":
