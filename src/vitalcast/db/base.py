@@ -23,6 +23,11 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+# The largest id of an ``Integer`` primary key (PostgreSQL ``integer``). An id beyond it,
+# typed into a URL or a command, names no row: callers answer "not found" rather than let
+# the database refuse the comparison ("integer out of range").
+MAX_ROW_ID = 2**31 - 1
+
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""

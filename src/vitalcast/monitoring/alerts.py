@@ -5,9 +5,11 @@ condition is a :class:`Finding` with a stable ``dedup_key``. :func:`reconcile` t
 one live alert per key: a new key opens an alert, a repeat only updates ``last_seen_at``
 (and escalates severity), and a key that a rule no longer reports is resolved — but only
 when that rule was actually evaluated this run (a rule skipped for lack of data leaves
-its alerts alone). Opening, escalating, resolving and acknowledging are each audited and
-the first three are POSTed to ``VITALCAST_ALERT_WEBHOOK_URL``; a failed delivery is
-retried on the next run.
+its alerts alone) and judged that key for this run's task: a run of one task never
+resolves another task's alerts (:func:`~vitalcast.monitoring.rules.judged_by`).
+Opening, escalating, resolving and acknowledging are each audited and the first three
+are POSTed to ``VITALCAST_ALERT_WEBHOOK_URL``; a failed delivery is retried on the next
+run.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vitalcast.db.base import utcnow
+from vitalcast.db.base import MAX_ROW_ID, utcnow
 from vitalcast.errors import Conflict, NotFound
-from vitalcast.monitoring.rules import RuleResult
+from vitalcast.monitoring.rules import RuleResult, judged_by
 from vitalcast.monitoring.tables import MonitorAlert
 from vitalcast.security import audit
 
@@ -122,10 +124,16 @@ def reconcile(
     session: Session,
     results: Iterable[RuleResult],
     *,
+    task: str,
     notify: Notifier,
     now: datetime | None = None,
 ) -> Reconciled:
-    """Open, update, escalate and resolve alerts so that they match this run's findings."""
+    """Open, update, escalate and resolve alerts so that they match this run's findings.
+
+    ``task`` is the task whose rules ``results`` evaluated: only its alerts and the
+    task-independent ones may be resolved. Every live alert is still looked up by key,
+    so that a finding never opens a second incident of a key that is live.
+    """
     now = now or utcnow()
     results = list(results)
     live = {
@@ -169,7 +177,7 @@ def reconcile(
         out.repeated.append(alert)
     evaluated = {r.rule for r in results if r.status != "skipped"}
     for key, alert in live.items():
-        if key in seen or alert.rule not in evaluated:
+        if key in seen or alert.rule not in evaluated or not judged_by(alert.rule, key, task):
             continue
         alert.state = "resolved"
         alert.open_key = None
@@ -187,7 +195,8 @@ def acknowledge_alert(session: Session, *, alert_id: int, actor: str) -> Monitor
         NotFound: no such alert.
         Conflict: the alert is already resolved.
     """
-    alert = session.get(MonitorAlert, alert_id)
+    # An id beyond the id column names no alert (asking the database fails instead).
+    alert = session.get(MonitorAlert, alert_id) if 0 < alert_id <= MAX_ROW_ID else None
     if alert is None:
         raise NotFound(f"no monitoring alert {alert_id}")
     if alert.state == "resolved":

@@ -12,6 +12,11 @@ from sqlalchemy.orm import Session
 from vitalcast.db.session import create_db_engine, make_session_factory, session_scope
 
 DEFAULT_TASK = "icu-mortality"
+# Ten years: longer than any drift window worth comparing, and a bound keeps the window's
+# start a date the store can hold (100000000 days ended in an OverflowError).
+MAX_WINDOW_DAYS = 3650
+# A century of stays to train on; with the longest holdout still a representable date.
+MAX_TRAIN_DAYS = 36500
 
 
 @contextmanager
@@ -35,7 +40,13 @@ def monitor() -> None:
 
 @monitor.command("drift")
 @click.option("--task", default=DEFAULT_TASK, show_default=True)
-@click.option("--window-days", type=click.FloatRange(min=0.01), default=7.0, show_default=True)
+@click.option(
+    "--window-days",
+    type=click.FloatRange(min=0.01, max=MAX_WINDOW_DAYS),
+    default=7.0,
+    show_default=True,
+    help=f"Compare the stays scored in this many days before now (at most {MAX_WINDOW_DAYS}).",
+)
 @click.pass_context
 def drift_command(ctx: click.Context, task: str, window_days: float) -> None:
     """Compare the champion's recent inputs and scores with its training reference."""
@@ -58,7 +69,12 @@ def drift_command(ctx: click.Context, task: str, window_days: float) -> None:
 @click.option("--fail-on-alert", is_flag=True, help="Exit 1 when any rule is firing.")
 @click.pass_context
 def run_command(ctx: click.Context, task: str, fail_on_alert: bool) -> None:
-    """Evaluate every monitoring rule, update alerts and notify the webhook."""
+    """Evaluate every monitoring rule for --task, update alerts and notify the webhook.
+
+    A run resolves only the task's own alerts and the task-independent ones (data_stale,
+    error_rate), so each task can be scheduled on its own. A task that has had a model
+    but has no champion raises the critical no_champion alert.
+    """
     from vitalcast.cli import get_settings
     from vitalcast.monitoring.alerts import webhook_notifier
     from vitalcast.monitoring.jobs import run_monitor
@@ -142,17 +158,18 @@ def ack_command(ctx: click.Context, alert_id: int, actor: str) -> None:
 @click.option("--task", default=DEFAULT_TASK, show_default=True)
 @click.option(
     "--holdout-days",
-    type=click.FloatRange(min=1),
+    type=click.FloatRange(min=1, max=MAX_WINDOW_DAYS),
     default=90.0,
     show_default=True,
-    help="The most recent period, held out to judge the challenger.",
+    help=f"The most recent period, held out to judge the challenger (at most {MAX_WINDOW_DAYS}).",
 )
 @click.option(
     "--train-days",
-    type=click.FloatRange(min=1),
+    type=click.FloatRange(min=1, max=MAX_TRAIN_DAYS),
     default=None,
     help="Train only on stays admitted in this many days before the holdout (default: all);"
-    " after a lasting change in the data, the period since the change.",
+    " after a lasting change in the data, the period since the change"
+    f" (at most {MAX_TRAIN_DAYS}).",
 )
 @click.option(
     "--auto-promote", is_flag=True, help="Promote the challenger if (and only if) the gate passes."

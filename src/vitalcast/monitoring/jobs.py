@@ -1,8 +1,9 @@
 """``vitalcast monitor run``: gather the figures, evaluate every rule, reconcile alerts.
 
-One run = one unit of work: a drift run, the outcome-joined performance and its CBPE
-estimate, alert burden, data freshness, error rates; then alerts opened, updated or
-resolved (each audited and sent to the webhook), and a :class:`MonitorRun` row recording
+One run = one unit of work: whether the task has a champion, a drift run, the
+outcome-joined performance and its CBPE estimate, alert burden, data freshness, error
+rates; then this task's alerts (and the task-independent ones) opened, updated or
+resolved, each audited and sent to the webhook, and a :class:`MonitorRun` row recording
 what each rule found. Scheduling (cron, Kubernetes CronJob, Cloud Scheduler) is in
 docs/maintenance-plan.md.
 """
@@ -80,6 +81,11 @@ def run_monitor(
         results.append(rules.drift_rule(drift_run, task=task))
     except NotFound as exc:
         results.append(rules.RuleResult("drift", "skipped", exc.message))
+    results.append(
+        rules.champion_rule(
+            task=task, has_champion=model is not None, in_use=_in_use(session, task)
+        )
+    )
     if model is None:
         for rule in ("calibration", "alert_rate"):
             results.append(rules.RuleResult(rule, "skipped", f"no champion model for {task}"))
@@ -95,7 +101,7 @@ def run_monitor(
             scrape_error=extra.get("http_scrape_error"),
         )
     )
-    reconciled = reconcile(session, results, notify=notify, now=now)
+    reconciled = reconcile(session, results, task=task, notify=notify, now=now)
     run = MonitorRun(
         started_at=now,
         task=task,
@@ -105,6 +111,15 @@ def run_monitor(
     session.add(run)
     session.flush()
     return MonitorReport(run, results, reconciled, drift_run)
+
+
+def _in_use(session: Session, task: str) -> bool:
+    """Whether ``task`` has ever had a champion: any registered version (the first one
+    registered becomes champion, and predictions need a version), whatever its alias now."""
+    return (
+        session.scalar(select(ModelVersion.id).where(ModelVersion.task == task).limit(1))
+        is not None
+    )
 
 
 def _model_rules(

@@ -17,6 +17,25 @@ from vitalcast.monitoring.tables import DriftRun
 
 Status = Literal["ok", "firing", "skipped"]
 
+# Rules judged for one task: their dedup keys are ``<rule>:<task>`` or
+# ``<rule>:<task>:<part>``. The others judge what every task shares (the wards' feeds,
+# ingestion and the service's own errors), so any task's run may open or resolve them.
+TASK_RULES = frozenset({"drift", "calibration", "alert_rate", "no_champion"})
+SHARED_RULES = frozenset({"data_stale", "error_rate"})
+
+
+def judged_by(rule: str, dedup_key: str, task: str) -> bool:
+    """Whether a run of ``task`` judges the alert ``dedup_key`` of ``rule``.
+
+    Why: each scheduled task has its own run, and a rule evaluated for one task says
+    nothing about another task's model. Without this, a run of readmission-30d resolved
+    icu-mortality's open drift alerts and the next icu-mortality run reopened them.
+    """
+    if rule in SHARED_RULES:
+        return True
+    prefix = f"{rule}:{task}"
+    return rule in TASK_RULES and (dedup_key == prefix or dedup_key.startswith(prefix + ":"))
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -75,6 +94,27 @@ def _result(rule: str, findings: list[Finding], ok_note: str) -> RuleResult:
 
 
 # --------------------------------------------------------------------------- rules
+
+
+def champion_rule(*, task: str, has_champion: bool, in_use: bool) -> RuleResult:
+    """A task that has been in use and has no champion: serving answers 503 for it and
+    new data goes unscored, while every model rule of the task is skipped (nothing to
+    judge) and so would raise nothing. A task never in use (no model registered) is
+    skipped: nothing is being served for it.
+    """
+    if has_champion:
+        return RuleResult("no_champion", "ok", "champion registered")
+    if not in_use:
+        return RuleResult("no_champion", "skipped", f"no model of {task} was ever registered")
+    finding = Finding(
+        "no_champion",
+        f"no_champion:{task}",
+        "critical",
+        f"{task}: no champion model; predictions for this task fail (503) and new data"
+        " is not scored",
+        {"task": task},
+    )
+    return RuleResult("no_champion", "firing", "no champion model", [finding])
 
 
 def drift_rule(run: DriftRun | None, *, task: str) -> RuleResult:

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from sqlalchemy import select
 
 from vitalcast.clinical.times import TimeOutOfRange, check_year, parse_iso
-from vitalcast.db.base import utcnow
+from vitalcast.db.base import MAX_ROW_ID, utcnow
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.security.audit import ACTIONS, OUTCOMES, AuditFilter
 from vitalcast.security.audit_anchor import last_recorded_anchor
@@ -22,9 +22,6 @@ from vitalcast.serving.context import audit_event, current_principal, db
 web_admin = Blueprint("web_admin", __name__, url_prefix="/admin")
 
 AUDIT_PAGE = 100
-# A row id in a URL beyond the id column (PostgreSQL integer) names no row: 404, rather
-# than an "integer out of range" from the database.
-MAX_ROW_ID = 2**31 - 1
 _DAYS = re.compile(r"[0-9]{1,4}")
 
 

@@ -56,38 +56,13 @@ class Deployment:
         risk = scores(self.rng, n)
         encounters = []
         for value, p in zip(values, risk, strict=True):
-            self.next_id += 1
-            ref = f"t{self.next_id}"
-            patient = Patient(source="test", source_ref=ref, sex="female")
-            self.session.add(patient)
-            self.session.flush()
-            enc = Encounter(
-                patient_id=patient.id,
-                source="test",
-                source_ref=ref,
-                unit=unit,
-                admitted_at=at - timedelta(hours=10),
-                discharged_at=at,
-                age_years=70.0,
-            )
-            self.session.add(enc)
-            self.session.flush()
-            self.session.add(
-                Observation(
-                    patient_id=patient.id,
-                    encounter_id=enc.id,
-                    code=LACTATE,
-                    value=float(value),
-                    unit="mmol/L",
-                    effective_at=at - timedelta(hours=2),
-                    source="test",
-                    dedup_key=uuid.uuid5(uuid.NAMESPACE_URL, f"obs-{ref}"),
-                )
-            )
+            enc = self._stay(unit, admitted_at=at - timedelta(hours=10), discharged_at=at)
+            ref = enc.source_ref
+            self.add_lactate(enc, at=at - timedelta(hours=2), value=float(value))
             self.session.add(
                 Prediction(
                     public_id=f"p{ref}",
-                    patient_id=patient.id,
+                    patient_id=enc.patient_id,
                     encounter_id=enc.id,
                     model_version_id=self.model.id,
                     task=self.model.task,
@@ -102,7 +77,7 @@ class Deployment:
             if outcomes:
                 self.session.add(
                     Outcome(
-                        patient_id=patient.id,
+                        patient_id=enc.patient_id,
                         encounter_id=enc.id,
                         kind="in_hospital_death",
                         value=float(self.rng.random() < p),
@@ -115,6 +90,74 @@ class Deployment:
         self.session.flush()
         return encounters
 
+    def add_open_stay(self, *, unit: str, observed_at: datetime) -> Encounter:
+        """A stay still on ``unit`` (not discharged, not scored) with one lactate."""
+        enc = self._stay(unit, admitted_at=observed_at - timedelta(hours=4), discharged_at=None)
+        self.add_lactate(enc, at=observed_at)
+        return enc
+
+    def add_lactate(self, encounter: Encounter, *, at: datetime, value: float = 1.8) -> None:
+        self.session.add(
+            Observation(
+                patient_id=encounter.patient_id,
+                encounter_id=encounter.id,
+                code=LACTATE,
+                value=value,
+                unit="mmol/L",
+                effective_at=at,
+                source="test",
+                dedup_key=uuid.uuid5(uuid.NAMESPACE_URL, f"obs-{encounter.id}-{at.isoformat()}"),
+            )
+        )
+
+    def _stay(
+        self, unit: str, *, admitted_at: datetime, discharged_at: datetime | None
+    ) -> Encounter:
+        self.next_id += 1
+        ref = f"t{self.next_id}"
+        patient = Patient(source="test", source_ref=ref, sex="female")
+        self.session.add(patient)
+        self.session.flush()
+        enc = Encounter(
+            patient_id=patient.id,
+            source="test",
+            source_ref=ref,
+            unit=unit,
+            admitted_at=admitted_at,
+            discharged_at=discharged_at,
+            age_years=70.0,
+        )
+        self.session.add(enc)
+        self.session.flush()
+        return enc
+
+
+def register_model(
+    session: Session,
+    registry: Path,
+    *,
+    task: str,
+    reference: dict[str, Any],
+) -> ModelVersion:
+    """The champion of ``task``, whose sidecar holds ``reference`` (drift profiles)."""
+    version = f"{task}-test"
+    folder = registry / version
+    folder.mkdir(parents=True)
+    (folder / "model.joblib").write_bytes(b"not loaded by monitoring")
+    (folder / "model.json").write_text(json.dumps({"reference": reference}))
+    model = ModelVersion(
+        version=version,
+        task=task,
+        artifact_path=str(folder / "model.joblib"),
+        sha256="0" * 64,
+        threshold=THRESHOLD,
+        metrics={},
+        alias="champion",
+    )
+    session.add(model)
+    session.flush()
+    return model
+
 
 @pytest.fixture
 def deployment(db_session: Session, tmp_path: Path) -> Deployment:
@@ -125,21 +168,9 @@ def deployment(db_session: Session, tmp_path: Path) -> Deployment:
         "features": {"lactate_last_all": reference_profile(lactate_values(rng, 3000).tolist())},
         "score": reference_profile(scores(rng, 3000).tolist()),
     }
-    folder = tmp_path / "registry" / "icu-mortality-test"
-    folder.mkdir(parents=True)
-    (folder / "model.joblib").write_bytes(b"not loaded by monitoring")
-    (folder / "model.json").write_text(json.dumps({"reference": reference}))
-    model = ModelVersion(
-        version="icu-mortality-test",
-        task="icu-mortality",
-        artifact_path=str(folder / "model.joblib"),
-        sha256="0" * 64,
-        threshold=THRESHOLD,
-        metrics={},
-        alias="champion",
+    model = register_model(
+        db_session, tmp_path / "registry", task="icu-mortality", reference=reference
     )
-    db_session.add(model)
-    db_session.flush()
     return Deployment(db_session, model, rng)
 
 
