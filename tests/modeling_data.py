@@ -129,3 +129,58 @@ def assert_served_factors_match_sklearn(
             assert got["contribution"] == pytest.approx(round(want.contribution, 4), abs=1e-4)
             assert got["value"] == (None if want.value is None else pytest.approx(want.value))
         assert served.probability == pytest.approx(model.predict_proba_row(row), abs=1e-9)
+
+
+def register_small_model(
+    session: Any,
+    registry: Path,
+    seed: int,
+    *,
+    servable: bool = True,
+    threshold: float = 0.5,
+    agent: Any = None,
+) -> tuple[str, Path]:
+    """A small icu-mortality model on two inputs (``a``, ``b``), saved and registered and
+    committed (the task's first becomes champion); ``servable=False`` leaves out the
+    preprocessing step every vitalcast model has, so it loads but cannot serve."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from vitalcast.modeling.registry import save_model
+    from vitalcast.modeling.service import register_version
+    from vitalcast.security import audit
+
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(60, 2)), columns=["a", "b"])
+    y = (X["a"] > 0).astype(int)
+    model: Any = LogisticRegression()
+    if servable:
+        prep = ColumnTransformer([("num", StandardScaler(), ["a", "b"])])
+        model = Pipeline([("prep", prep), ("model", model)])
+    model.fit(X, y)
+    version, path, sha, _ = save_model(
+        registry,
+        model,
+        task="icu-mortality",
+        feature_names=["a", "b"],
+        categorical=[],
+        threshold=threshold,
+        metrics={"auroc": 0.5},
+        fingerprint=f"f{seed}",
+        reference={},
+    )
+    register_version(
+        session,
+        version=version,
+        task="icu-mortality",
+        path=path,
+        sha256=sha,
+        threshold=threshold,
+        metrics={"auroc": 0.5},
+        agent=agent or audit.SYSTEM,
+    )
+    session.commit()
+    return version, path

@@ -12,25 +12,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
 from click.testing import CliRunner
-from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.hl7_samples import ADT_A01, ORU_R01
+from tests.modeling_data import register_small_model
 from vitalcast.cli import main
 from vitalcast.clinical.records import PatientRecord, RecordBatch
 from vitalcast.config import Settings
 from vitalcast.ingest.service import store_batch
-from vitalcast.modeling.registry import save_model
-from vitalcast.modeling.service import get_champion, register_version
+from vitalcast.modeling.service import get_champion
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.security.tables import AuditEvent
@@ -41,39 +34,13 @@ TASK = "icu-mortality"
 def _register(
     session: Session, registry: Path, seed: int, *, servable: bool = True
 ) -> tuple[str, Path]:
-    """A small model on two inputs; ``servable=False`` leaves out the preprocessing step
-    every vitalcast model has, so it loads but cannot serve."""
-    rng = np.random.default_rng(seed)
-    X = pd.DataFrame(rng.normal(size=(60, 2)), columns=["a", "b"])
-    y = (X["a"] > 0).astype(int)
-    model: Any = LogisticRegression()
-    if servable:
-        prep = ColumnTransformer([("num", StandardScaler(), ["a", "b"])])
-        model = Pipeline([("prep", prep), ("model", model)])
-    model.fit(X, y)
-    version, path, sha, _ = save_model(
-        registry,
-        model,
-        task=TASK,
-        feature_names=["a", "b"],
-        categorical=[],
-        threshold=0.5,
-        metrics={"auroc": 0.5},
-        fingerprint=f"f{seed}",
-        reference={},
-    )
-    register_version(
+    return register_small_model(
         session,
-        version=version,
-        task=TASK,
-        path=path,
-        sha256=sha,
-        threshold=0.5,
-        metrics={"auroc": 0.5},
+        registry,
+        seed,
+        servable=servable,
         agent=audit.Agent("user:mo", role="data_scientist", client_addr="10.1.2.3"),
     )
-    session.commit()
-    return version, path
 
 
 def _model_events(session: Session) -> list[tuple[str, str, str, str | None, str | None]]:

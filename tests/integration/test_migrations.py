@@ -8,6 +8,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tests.services import DatabaseFactory
@@ -128,5 +129,63 @@ def test_0009_downgrade_refuses_to_cut_long_codes(
                 )
             )
         assert width == 32
+    finally:
+        engine.dispose()
+
+
+def test_0014_keeps_the_served_champion_of_a_task_with_two(
+    databases: DatabaseFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database where a race left two champions (and two challengers) of a task is
+    repaired by 0014, not refused: the champion serving loaded (newest promotion) stays,
+    the other is retired, the older challenger loses its alias, and each repair is logged
+    naming the task and versions; then the unique indexes hold."""
+    engine = create_db_engine(databases.empty())
+    try:
+        upgrade_database(engine, "0013")
+        rows = [
+            ("v-old", "champion", "2026-01-01 00:00:00"),
+            ("v-new", "champion", "2026-02-01 00:00:00"),
+            ("c-old", "challenger", "2026-01-15 00:00:00"),
+            ("c-new", "challenger", "2026-02-15 00:00:00"),
+            ("other", "champion", "2026-01-01 00:00:00"),
+        ]
+        with engine.begin() as conn:
+            for version, alias, promoted in rows:
+                conn.execute(
+                    text(
+                        "INSERT INTO model_versions (version, task, artifact_path, sha256,"
+                        " threshold, metrics, alias, created_at, promoted_at) VALUES (:v, :t,"
+                        " '/x', :s, 0.3, '{}', :a, :p, :p)"
+                    ),
+                    {
+                        "v": version,
+                        "t": "readmission-30d" if version == "other" else "icu-mortality",
+                        "s": "0" * 64,
+                        "a": alias,
+                        "p": promoted,
+                    },
+                )
+        with caplog.at_level("WARNING"):
+            upgrade_database(engine)
+        with engine.connect() as conn:
+            aliases = dict(conn.execute(text("SELECT version, alias FROM model_versions")).all())
+        assert aliases == {
+            "v-old": "retired",
+            "v-new": "champion",
+            "c-old": None,
+            "c-new": "challenger",
+            "other": "champion",
+        }
+        assert "task icu-mortality had more than one champion; kept v-new" in caplog.text
+        assert "task icu-mortality had more than one challenger; kept c-new" in caplog.text
+        assert _diff(engine) == []
+        with (
+            pytest.raises(IntegrityError, match="uq_model_versions_task_champion"),
+            engine.begin() as conn,
+        ):
+            conn.execute(text("UPDATE model_versions SET alias = 'champion'"))
+        downgrade_database(engine, "0013")
+        upgrade_database(engine)
     finally:
         engine.dispose()

@@ -25,7 +25,7 @@ from vitalcast.config import Settings
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.db.session import make_session_factory
 from vitalcast.ingest.service import store_batch
-from vitalcast.modeling.registry import load_model
+from vitalcast.modeling.registry import Registered, load_model
 from vitalcast.modeling.service import get_champion, train_and_register
 from vitalcast.modeling.train import FAST_BUDGET
 from vitalcast.security.crypto import FieldCipher
@@ -78,7 +78,7 @@ def test_spark_batch_scores_equal_the_online_scores(
         champion = get_champion(session, "icu-mortality")
         assert champion is not None
         predictor = Predictor(
-            load_model(Path(champion.artifact_path), expected_sha256=champion.sha256),
+            load_model(Path(champion.artifact_path), Registered.of(champion)),
             model_version_id=champion.id,
         )
         for encounter in session.scalars(

@@ -57,6 +57,7 @@ def score_batch_command(
     from vitalcast.cli import get_settings
     from vitalcast.db import create_db_engine
     from vitalcast.db.session import make_session_factory
+    from vitalcast.modeling.registry import Registered
     from vitalcast.modeling.service import get_champion
     from vitalcast.serving.scoring import served_population
 
@@ -69,7 +70,7 @@ def score_batch_command(
         champion = get_champion(session, task)
         if champion is None:
             raise ModelUnavailable(f"no champion model for {task}; train and promote one first")
-        ref = ModelRef(path=champion.artifact_path, sha256=champion.sha256)
+        ref = ModelRef(path=champion.artifact_path, registered=Registered.of(champion))
         version = champion.version
         population = served_population(settings, task)
         stays, outside = None, None

@@ -28,7 +28,7 @@ from vitalcast.features import StayInput, stay_features
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from vitalcast.modeling.registry import LoadedModel
+    from vitalcast.modeling.registry import LoadedModel, Registered
     from vitalcast.modeling.tasks import Population
 
 OUTPUT_SCHEMA = (
@@ -42,10 +42,11 @@ _MODELS: dict[tuple[str, str], LoadedModel] = {}
 
 @dataclass(frozen=True)
 class ModelRef:
-    """Where executors find the model and the hash it must have."""
+    """Where executors find the model and what its registry row records (hashes of the
+    artifact and sidecar, task, threshold), checked by each executor on load."""
 
     path: str
-    sha256: str
+    registered: Registered
 
 
 def from_us(us: int) -> datetime:
@@ -104,9 +105,9 @@ def score_frame(batch: pd.DataFrame, model: LoadedModel, as_of: datetime) -> pd.
 def _model(ref: ModelRef) -> LoadedModel:
     from vitalcast.modeling.registry import load_model
 
-    key = (ref.path, ref.sha256)
+    key = (ref.path, ref.registered.sha256)
     if key not in _MODELS:
-        _MODELS[key] = load_model(Path(ref.path), expected_sha256=ref.sha256)
+        _MODELS[key] = load_model(Path(ref.path), ref.registered)
     return _MODELS[key]
 
 

@@ -343,7 +343,11 @@ _RESCORE = click.option(
 @_RESCORE
 @click.pass_context
 def models_promote(ctx: click.Context, version: str, alias: str, rescore: bool) -> None:
-    """Make VERSION the task's champion (or challenger)."""
+    """Make VERSION the task's champion (or challenger).
+
+    The champion itself cannot be made challenger: promote another version to champion,
+    or roll back, so that the task never has none.
+    """
     from vitalcast.modeling.service import get_version_or_raise, load_registered, promote
     from vitalcast.security import audit
     from vitalcast.serving.predictor import servable

@@ -5,15 +5,23 @@ artifact's sha256, the Python/scikit-learn/numpy versions, the task, feature lis
 threshold, metrics, training-data fingerprint and the training reference distributions
 that drift monitoring compares against.
 
-Two locks on what loading may do. :func:`load_model` checks the hash against the caller's
-record (the database row) and the library versions before reading the artifact, and
-refuses anything else. And the artifact is a skops file, not a pickle: skops rebuilds
-only the types it is told to trust, so a file that passes the hash check (its writer also
-rewrote the database row) still cannot run code; it may hold scikit-learn's and numpy's
-own types plus :data:`TRUSTED_TYPES`, the few that vitalcast's models need, and anything
-else is refused before a single object is built. Saving checks the same list, so a model
-that could not be loaded is never registered. Versions registered before (format 1, a
-joblib pickle) still load, behind the hash check alone.
+Two locks on what loading may do. :func:`load_model` checks the hashes of both files
+against the caller's record (the database row: :class:`Registered`) and the library
+versions before reading the artifact, and refuses anything else. The sidecar is checked
+too because serving takes the operating threshold, the task, the feature list and the
+categorical columns from it: an edited threshold would change every alert while the
+artifact's own hash still matched. Rows registered before the sidecar's hash was recorded
+(migration 0014) have their threshold and task compared with the sidecar's instead.
+Evaluations are kept beside the version (``evaluations/``), never in the sidecar, so
+nothing legitimately rewrites it after registration.
+
+And the artifact is a skops file, not a pickle: skops rebuilds only the types it is told
+to trust, so a file that passes the hash check (its writer also rewrote the database row)
+still cannot run code; it may hold scikit-learn's and numpy's own types plus
+:data:`TRUSTED_TYPES`, the few that vitalcast's models need, and anything else is refused
+before a single object is built. Saving checks the same list, so a model that could not be
+loaded is never registered. Versions registered before (format 1, a joblib pickle) still
+load, behind the hash check alone.
 
 Risk bands, relative to the task's operating threshold ``t`` (chosen on validation data):
 
@@ -41,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 import numpy as np
@@ -53,6 +61,9 @@ from sklearn.exceptions import InconsistentVersionWarning
 from vitalcast.errors import VitalcastError
 from vitalcast.features import describe_feature, feature_label
 from vitalcast.modeling.explain import Explainer, top_factors
+
+if TYPE_CHECKING:
+    from vitalcast.modeling.tables import ModelVersion
 
 ARTIFACT = "model.skops"
 SIDECAR = "model.json"
@@ -85,6 +96,10 @@ class ArtifactIntegrityError(RegistryError):
 
 class UntrustedArtifactError(RegistryError):
     """The artifact holds types outside :data:`TRUSTED_TYPES`: it is not one of ours."""
+
+
+class SidecarIntegrityError(ArtifactIntegrityError):
+    """The sidecar (model.json) differs from what was registered: edited or corrupt."""
 
 
 class IncompatibleArtifactError(RegistryError):
@@ -424,27 +439,82 @@ def resolve(path_or_version: str | Path, registry_dir: Path | None = None) -> Pa
     raise RegistryError(f"model {str(path_or_version)!r} not found in the registry")
 
 
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """What the registry row records about a version, checked against its files on load.
+
+    ``sidecar_sha256`` is None for versions registered before migration 0014 recorded it;
+    their threshold and task are compared with the sidecar's instead.
+    """
+
+    sha256: str
+    sidecar_sha256: str | None
+    task: str
+    threshold: float
+
+    @classmethod
+    def of(cls, row: ModelVersion) -> Registered:
+        return cls(row.sha256, row.sidecar_sha256, row.task, float(row.threshold))
+
+
+def check_sidecar(name: str, sidecar: Mapping[str, Any], *, task: str, threshold: float) -> None:
+    """Refuse a sidecar whose task or threshold is not the registered one.
+
+    Raises:
+        SidecarIntegrityError: either differs (the sidecar was edited after registration).
+    """
+    theirs = _as_float(sidecar.get("threshold"))  # NaN when absent or not a number
+    if sidecar.get("task") != task or not math.isclose(theirs, threshold, rel_tol=1e-12):
+        raise SidecarIntegrityError(
+            f"{name}: {SIDECAR} says task {sidecar.get('task')!r}, threshold"
+            f" {sidecar.get('threshold')!r}; the registry row says task {task!r}, threshold"
+            f" {threshold!r}. The sidecar was altered after registration; restore it or"
+            " retrain; it will not be loaded"
+        )
+
+
 def read_sidecar(path_or_version: str | Path, registry_dir: Path | None = None) -> dict[str, Any]:
-    folder = resolve(path_or_version, registry_dir)
+    return read_sidecar_hashed(resolve(path_or_version, registry_dir))[0]
+
+
+def read_sidecar_hashed(folder: Path) -> tuple[dict[str, Any], str]:
+    """The sidecar and the sha256 of the very bytes it was parsed from (read once: a file
+    rewritten between hashing and parsing must not pass)."""
     try:
-        data: dict[str, Any] = json.loads((folder / SIDECAR).read_text())
+        raw = (folder / SIDECAR).read_bytes()
+        data: dict[str, Any] = json.loads(raw)
     except (OSError, ValueError) as exc:
         raise RegistryError(f"{folder.name}: sidecar {SIDECAR} unreadable ({exc})") from None
-    return data
+    return data, hashlib.sha256(raw).hexdigest()
 
 
 def load_model(
-    path_or_version: str | Path, expected_sha256: str, *, registry_dir: Path | None = None
+    path_or_version: str | Path, expected: str | Registered, *, registry_dir: Path | None = None
 ) -> LoadedModel:
-    """Load a registered artifact after verifying its hash and library versions.
+    """Load a registered artifact after verifying its hashes and library versions.
+
+    ``expected`` is the registry row (:class:`Registered`: artifact and sidecar hashes,
+    task, threshold), or only the artifact's sha256 where there is no row (a version
+    directory evaluated offline, checked against its own sidecar).
 
     Raises:
         RegistryError: no such version, or an unreadable sidecar.
-        ArtifactIntegrityError: the artifact's sha256 differs from ``expected_sha256``.
+        ArtifactIntegrityError: the artifact's sha256 differs from the expected one.
+        SidecarIntegrityError: the sidecar differs from the registered one.
         IncompatibleArtifactError: saved with another scikit-learn or format version.
     """
     folder = resolve(path_or_version, registry_dir)
-    sidecar = read_sidecar(folder)
+    sidecar, seen = read_sidecar_hashed(folder)
+    expected_sha256 = expected if isinstance(expected, str) else expected.sha256
+    if isinstance(expected, Registered):
+        if expected.sidecar_sha256 is not None and seen != expected.sidecar_sha256:
+            raise SidecarIntegrityError(
+                f"{folder.name}: {SIDECAR} sha256 {seen[:12]}… does not match the"
+                f" registered {expected.sidecar_sha256[:12]}…; the threshold, task and"
+                " feature list it holds were altered after registration. Restore it or"
+                " retrain; it will not be loaded"
+            )
+        check_sidecar(folder.name, sidecar, task=expected.task, threshold=expected.threshold)
     artifact = folder / str(sidecar.get("artifact", ARTIFACT))
     if not artifact.is_file():
         raise RegistryError(f"{folder.name}: artifact {artifact.name} is missing")

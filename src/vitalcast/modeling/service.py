@@ -23,9 +23,12 @@ from vitalcast.modeling.datasets import Dataset
 from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.registry import (
     LoadedModel,
+    Registered,
     RegistryError,
+    check_sidecar,
     load_model,
     read_sidecar,
+    read_sidecar_hashed,
     save_model,
 )
 from vitalcast.modeling.tables import ModelVersion
@@ -66,10 +69,13 @@ def train_and_register(
     n_splits: int = 5,
     n_boot: int = 200,
     agent: audit.Agent = audit.SYSTEM,
+    champion_if_none: bool = True,
 ) -> TrainOutcome:
     """Train ``task`` (from files, a given dataset, or the store) and register the model.
 
-    The new version becomes ``champion`` when the task has none. Without ``session`` the
+    The new version becomes ``champion`` when the task has none, unless
+    ``champion_if_none`` is False (governed retraining: a person or the gate promotes,
+    never registration). Without ``session`` the
     artifact is written but no registry row (offline use). The registration is audited
     as done by ``agent``. ``budget`` None searches the task's own documented budget
     (:func:`vitalcast.modeling.train.search_budget`).
@@ -145,6 +151,7 @@ def train_and_register(
             threshold=result.threshold,
             metrics=metrics,
             agent=agent,
+            champion_if_none=champion_if_none,
         )
     logger.info("registered %s (%s, alias %s)", version, result.candidate.name, alias)
     return TrainOutcome(
@@ -162,19 +169,33 @@ def register_version(
     threshold: float,
     metrics: dict[str, Any],
     agent: audit.Agent = audit.SYSTEM,
+    champion_if_none: bool = True,
 ) -> str | None:
-    """Add the registry row; make it champion when the task has none.
+    """Add the registry row; make it champion when the task has none (and
+    ``champion_if_none``: the first model a person trains; retraining passes False).
+
+    The row records the sidecar's sha256 as well as the artifact's, after checking that
+    the sidecar describes what is registered: serving takes the threshold and feature
+    list from it, so both files are verified on every load.
 
     Writes a ``model.registered`` audit event in the same transaction (HIPAA 164.312(b):
     a model change is an auditable action, whoever makes it: CLI, HTTP route or job).
     """
-    alias = None if get_champion(session, task) else "champion"
+    folder = path.parent
+    sidecar, sidecar_sha256 = read_sidecar_hashed(folder)
+    check_sidecar(folder.name, sidecar, task=task, threshold=threshold)
+    if sidecar.get("sha256") != sha256:
+        raise RegistryError(f"{folder.name}: the sidecar names another artifact; not registered")
+    holders = lock_task(session, task)  # two first registrations: one champion
+    first = champion_if_none and not any(r.alias == "champion" for r in holders)
+    alias = "champion" if first else None
     session.add(
         ModelVersion(
             version=version,
             task=task,
             artifact_path=str(path.resolve()),
             sha256=sha256,
+            sidecar_sha256=sidecar_sha256,
             threshold=threshold,
             metrics=_headline(metrics),
             alias=alias,
@@ -326,6 +347,32 @@ def list_versions(session: Session, task: str | None = None) -> list[ModelVersio
     return list(session.scalars(q))
 
 
+class ChampionChangedError(RegistryError):
+    """The champion a promotion was judged against is no longer the champion."""
+
+
+def lock_task(session: Session, task: str) -> list[ModelVersion]:
+    """Lock ``task``'s registry rows for this transaction and return them as committed now.
+
+    Takes the audit chain's lock first (the documented lock order; every alias change is
+    audited, so it holds that lock anyway), then ``SELECT ... FOR UPDATE`` of the task's
+    rows in id order. Two promotions of a task therefore run one after the other, the
+    second seeing the first's result, instead of both replacing the same old champion
+    and leaving two. The rows are re-read (``populate_existing``): a promotion must judge
+    what is committed, not what this session read before it waited.
+    """
+    audit.lock_chain(session)
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.task == task)
+            .order_by(ModelVersion.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
 def promote(
     session: Session,
     *,
@@ -333,28 +380,56 @@ def promote(
     alias: str = "champion",
     agent: audit.Agent = audit.SYSTEM,
     details: dict[str, Any] | None = None,
+    expected_champion: str | None = None,
 ) -> ModelVersion:
     """Give ``version`` the alias; the previous holder is retired (champion) or cleared.
 
+    ``expected_champion``: refuse (:class:`ChampionChangedError`) unless that version is
+    still the champion when the task's rows are locked; the gate judged the candidate
+    against it, and a verdict against another model says nothing about this one.
     Writes a ``model.promoted`` audit event (with ``details`` added) in the same
     transaction.
+
+    Raises:
+        RegistryError: ``version`` is the champion and ``alias`` is not: a task is never
+            left without a champion (serving would stop scoring it, and rollback would
+            find nothing to restore).
     """
-    promoted = _promote(session, version=version, alias=alias)
+    promoted = _promote(session, version=version, alias=alias, expected_champion=expected_champion)
     _audit_alias(session, "model.promoted", promoted, agent, details)
     return promoted[0]
 
 
-def _promote(session: Session, *, version: str, alias: str) -> tuple[ModelVersion, str | None]:
+def _promote(
+    session: Session, *, version: str, alias: str, expected_champion: str | None = None
+) -> tuple[ModelVersion, str | None]:
     if alias not in ALIASES:
         raise RegistryError(f"alias must be one of {', '.join(ALIASES)}")
     row = get_version_or_raise(session, version)
-    current = session.scalar(
-        select(ModelVersion).where(ModelVersion.task == row.task, ModelVersion.alias == alias)
-    )
+    rows = lock_task(session, row.task)  # refreshes ``row`` too: same identity
+    champion = next((r.version for r in rows if r.alias == "champion"), None)
+    if expected_champion is not None and champion != expected_champion:
+        now = champion or "none"
+        raise ChampionChangedError(
+            f"{row.task}: the champion changed from {expected_champion} to {now} after"
+            f" {version} was judged against it; {version} was not promoted. Judge it again"
+            " (`vitalcast retrain`) or promote it in person"
+        )
+    if row.alias == "champion" and alias != "champion":
+        raise RegistryError(
+            f"{version} is the champion of {row.task}; making it {alias} would leave the task"
+            " without a champion (nothing would score its patients). Promote another version"
+            f" to champion (`vitalcast models promote VERSION`) or roll back"
+            f" (`vitalcast models rollback --task {row.task}`) instead"
+        )
     replaced = None
-    if current is not None and current.id != row.id:
-        current.alias = "retired" if alias == "champion" else None
-        replaced = current.version
+    for current in rows:
+        if current.alias == alias and current.id != row.id:
+            current.alias = "retired" if alias == "champion" else None
+            replaced = current.version
+    # Flushed before the new holder's update: the unique index on (task) per alias is
+    # checked row by row, and the unit of work would otherwise order updates by id.
+    session.flush()
     row.alias = alias
     row.promoted_at = utcnow()
     session.flush()
@@ -382,12 +457,11 @@ def _audit_alias(
 
 def rollback(session: Session, *, task: str, agent: audit.Agent = audit.SYSTEM) -> ModelVersion:
     """Make the previously promoted champion of ``task`` champion again (audited as
-    ``model.rolled_back`` in the same transaction)."""
-    current = get_champion(session, task)
+    ``model.rolled_back`` in the same transaction). The task's rows are locked before the
+    target is chosen, so a concurrent promotion is seen, not overwritten."""
+    lock_task(session, task)
     previous = rollback_target(session, task)
     promoted = _promote(session, version=previous.version, alias="champion")
-    if current is not None:
-        current.alias = "retired"
     _audit_alias(session, "model.rolled_back", promoted, agent, None)
     return promoted[0]
 
@@ -413,8 +487,9 @@ def rollback_target(session: Session, task: str) -> ModelVersion:
 
 
 def load_registered(session: Session, row: ModelVersion) -> LoadedModel:
-    """Load a registry row's artifact, verified against the row's sha256."""
-    return load_model(row.artifact_path, row.sha256)
+    """Load a registry row's artifact, verified against what the row records (both files'
+    sha256, threshold and task)."""
+    return load_model(row.artifact_path, Registered.of(row))
 
 
 def load_champion(session: Session, task: str) -> LoadedModel | None:

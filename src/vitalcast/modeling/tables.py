@@ -5,23 +5,44 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from vitalcast.db.base import Base, UTCDateTime, utcnow
 from vitalcast.db.types import BigIntPK
 
 
+def _one_per_task(alias: str) -> Index:
+    """At most one row of a task holds ``alias`` (migration 0014): two champions would
+    leave serving (newest promotion) and everything that asks for *the* champion
+    disagreeing about which model scores patients."""
+    where = text(f"alias = '{alias}'")
+    return Index(
+        f"uq_model_versions_task_{alias}",
+        "task",
+        unique=True,
+        postgresql_where=where,
+        sqlite_where=where,
+    )
+
+
 class ModelVersion(Base):
-    """A registered artifact. ``alias`` is champion, challenger, retired or null."""
+    """A registered artifact. ``alias`` is champion, challenger, retired or null.
+
+    ``sidecar_sha256`` is the hash of ``model.json`` at registration (null for versions
+    registered before migration 0014): serving takes the threshold and feature list from
+    it, so it is verified on load like the artifact.
+    """
 
     __tablename__ = "model_versions"
+    __table_args__ = (_one_per_task("champion"), _one_per_task("challenger"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[str] = mapped_column(String(80), unique=True)
     task: Mapped[str] = mapped_column(String(64), index=True)
     artifact_path: Mapped[str] = mapped_column(String(500))
     sha256: Mapped[str] = mapped_column(String(64))
+    sidecar_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     threshold: Mapped[float] = mapped_column(Float)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     alias: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -172,7 +172,10 @@ def ack_command(ctx: click.Context, alert_id: int, actor: str) -> None:
     f" (at most {MAX_TRAIN_DAYS}).",
 )
 @click.option(
-    "--auto-promote", is_flag=True, help="Promote the challenger if (and only if) the gate passes."
+    "--auto-promote",
+    is_flag=True,
+    help="Promote the challenger if (and only if) the gate passes against the current champion"
+    " (a task without one needs a person: `vitalcast models promote`).",
 )
 @click.pass_context
 def retrain_command(
@@ -184,7 +187,10 @@ def retrain_command(
 ) -> None:
     """Train a challenger on the store with a temporal holdout and apply the promotion gate.
 
-    Exit code 1 when --auto-promote was asked for and the gate refused the challenger.
+    The new model is registered as challenger, never as champion, even for a task without
+    one: with --auto-promote it becomes champion only if the gate passes against the
+    current champion (a task with none needs a person: `vitalcast models promote VERSION`).
+    Exit code 1 when --auto-promote was asked for and the challenger was not promoted.
     """
     from vitalcast.cli import get_settings
     from vitalcast.modeling.cli import rescore_stays
@@ -209,9 +215,13 @@ def retrain_command(
             click.echo(f"  {'pass' if c.passed else 'FAIL'}  {c.detail}")
         verdict = "passes" if report.gate.passed else "fails"
         click.echo(f"gate {verdict}; alias now: {report.alias or 'none'}")
-        refused = auto_promote and report.champion_before is not None and not report.promoted
-    if report.alias == "champion":  # promoted by the gate, or the first model of the task
+        if report.champion_before is None and not auto_promote:
+            click.echo(
+                f"{task} has no champion: nothing scores its patients until a person reviews"
+                f" this report and promotes one (`vitalcast models promote {report.version}`)"
+            )
+    if report.promoted:
         rescore_stays(ctx, task, audit.CLI)
-    if refused:
-        click.echo("not promoted: " + "; ".join(report.gate.reasons), err=True)
+    if report.not_promoted is not None:
+        click.echo(f"not promoted: {report.not_promoted}", err=True)
         ctx.exit(1)

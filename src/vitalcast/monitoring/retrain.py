@@ -1,6 +1,11 @@
 """Governed retraining: train a challenger on all but the most recent period, gate it, and
 promote it only when the predetermined criteria hold (docs/maintenance-plan.md).
 
+Registration never installs a champion here, not even for a task that has none: a
+retrained model is registered as ``challenger`` and becomes champion only through the
+gate (``auto_promote``) or a person. With no champion the gate has nothing to compare
+against, so automatic promotion is refused and a person promotes the first model.
+
 The challenger is trained on stays admitted before ``now − holdout_days`` and judged
 against the champion on the stays admitted since (a temporal holdout: the period the
 model will actually face next). The artifact that passes is the artifact promoted, never a
@@ -45,6 +50,9 @@ class RetrainReport:
     holdout_stays: int
     gate: GateResult
     promoted: bool
+    # Why the challenger was not promoted though ``auto_promote`` asked for it (the gate's
+    # reasons, no champion to compare with, or the champion changed meanwhile); else None.
+    not_promoted: str | None = None
 
 
 def _subset(ds: Dataset, mask: np.ndarray) -> Dataset:
@@ -96,6 +104,7 @@ def retrain(
     """
     from vitalcast.modeling.loaders import load_dataset
     from vitalcast.modeling.service import (
+        ChampionChangedError,
         get_champion,
         get_version_or_raise,
         load_registered,
@@ -135,12 +144,11 @@ def retrain(
         n_splits=n_splits,
         n_boot=n_boot,
         agent=audit.Agent(actor),
+        champion_if_none=False,
     )
-    alias = outcome.alias
-    if champion_row is not None:
-        alias = promote(
-            session, version=outcome.version, alias="challenger", agent=audit.Agent(actor)
-        ).alias
+    alias = promote(
+        session, version=outcome.version, alias="challenger", agent=audit.Agent(actor)
+    ).alias
     challenger_row = get_version_or_raise(session, outcome.version)
     # Commit the registration now: its audit event took the audit chain's lock, which
     # every audited write (each ingest batch, each chart opened) waits for until this
@@ -178,15 +186,37 @@ def retrain(
         ),
     )
     promoted = False
-    if auto_promote and champion_row is not None and gate.passed:
-        alias = promote(
-            session,
-            version=outcome.version,
-            alias="champion",
-            agent=audit.Agent(actor),
-            details={"by": "gate"},
-        ).alias
-        promoted = True
+    not_promoted = None
+    if auto_promote and champion_before is None:
+        not_promoted = (
+            f"{task} has no champion, so the gate had none to compare {outcome.version} with;"
+            " a person promotes the first model (`vitalcast models promote VERSION`)"
+        )
+    elif auto_promote and not gate.passed:
+        not_promoted = "; ".join(gate.reasons)
+    elif auto_promote:
+        try:
+            alias = promote(
+                session,
+                version=outcome.version,
+                alias="champion",
+                agent=audit.Agent(actor),
+                details={"by": "gate", "judged_against": champion_before},
+                expected_champion=champion_before,
+            ).alias
+            promoted = True
+        except ChampionChangedError as exc:
+            not_promoted = str(exc)
+            audit.record(
+                session,
+                audit.Agent(actor).event(
+                    "model.promoted",
+                    "U",
+                    outcome="failure",
+                    resource=f"model/{outcome.version}",
+                    details={"task": task, "by": "gate", "error": not_promoted[:300]},
+                ),
+            )
     logger.info(
         "retrained",
         extra={"task": task, "version": outcome.version, "gate": gate.passed, "promoted": promoted},
@@ -200,4 +230,5 @@ def retrain(
         holdout_stays=int(rows.sum()),
         gate=gate,
         promoted=promoted,
+        not_promoted=not_promoted,
     )

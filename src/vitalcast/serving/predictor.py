@@ -155,7 +155,7 @@ def servable(model: LoadedModel, *, model_version_id: int) -> Predictor:
 
 def load_predictor(sessions: sessionmaker[Session], task: str, alias: str) -> Predictor | None:
     """Load and verify the task's model under ``alias``; None (logged) when there is none."""
-    from vitalcast.modeling.registry import load_model
+    from vitalcast.modeling.registry import Registered, load_model
 
     with sessions() as session:
         row = session.scalars(
@@ -169,7 +169,7 @@ def load_predictor(sessions: sessionmaker[Session], task: str, alias: str) -> Pr
         return None
     started = time.monotonic()
     try:
-        model = load_model(Path(row.artifact_path), expected_sha256=row.sha256)
+        model = load_model(Path(row.artifact_path), Registered.of(row))
         predictor = Predictor(model, model_version_id=row.id)
     except VitalcastError:
         logger.exception("model failed verification", extra={"version": row.version})

@@ -47,7 +47,7 @@ from vitalcast.clinical.tables import Encounter
 from vitalcast.config import Settings
 from vitalcast.db import session_scope
 from vitalcast.db.session import make_session_factory
-from vitalcast.modeling.service import get_champion
+from vitalcast.modeling.service import get_champion, promote
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.modeling.train import SEARCH_BUDGET, CandidateSpec
 from vitalcast.monitoring.alerts import webhook_notifier
@@ -55,6 +55,7 @@ from vitalcast.monitoring.gate import Criterion, GatePolicy
 from vitalcast.monitoring.jobs import MonitorReport, run_monitor
 from vitalcast.monitoring.retrain import retrain
 from vitalcast.monitoring.tables import DriftRun, MonitorAlert
+from vitalcast.security import audit
 from vitalcast.security.audit import verify_chain
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.tables import AuditEvent
@@ -241,7 +242,9 @@ def test_drift_alert_retrain_gate_promotion_clearance_and_refusal(
             now=history_end + day,
             **RECIPE,  # type: ignore[arg-type]
         )
-    assert first.alias == "champion"
+        # Retraining never installs a champion: a person promotes the task's first model.
+        assert first.alias == "challenger"
+        promote(session, version=first.version, agent=audit.Agent("user:reviewer"))
 
     # --- a baseline week, scored by the champion: lactate unflagged, at most chance flags
     t0 = present - 215 * day
@@ -393,7 +396,9 @@ def test_drift_alert_retrain_gate_promotion_clearance_and_refusal(
             if e.event in ("model.retrained", "model.promoted")
         ]
         assert model_events == [
+            ("model.promoted", f"model/{first.version}", "challenger"),
             ("model.retrained", f"model/{first.version}", None),
+            ("model.promoted", f"model/{first.version}", "champion"),  # by a person
             ("model.promoted", f"model/{report.version}", "challenger"),
             ("model.retrained", f"model/{report.version}", None),
             ("model.promoted", f"model/{report.version}", "champion"),  # by a person
