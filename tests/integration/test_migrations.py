@@ -133,16 +133,16 @@ def test_0009_downgrade_refuses_to_cut_long_codes(
         engine.dispose()
 
 
-def test_0014_keeps_the_served_champion_of_a_task_with_two(
+def test_0015_keeps_the_served_champion_of_a_task_with_two(
     databases: DatabaseFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A database where a race left two champions (and two challengers) of a task is
-    repaired by 0014, not refused: the champion serving loaded (newest promotion) stays,
+    repaired by 0015, not refused: the champion serving loaded (newest promotion) stays,
     the other is retired, the older challenger loses its alias, and each repair is logged
     naming the task and versions; then the unique indexes hold."""
     engine = create_db_engine(databases.empty())
     try:
-        upgrade_database(engine, "0013")
+        upgrade_database(engine, "0014")
         rows = [
             ("v-old", "champion", "2026-01-01 00:00:00"),
             ("v-new", "champion", "2026-02-01 00:00:00"),
@@ -185,7 +185,7 @@ def test_0014_keeps_the_served_champion_of_a_task_with_two(
             engine.begin() as conn,
         ):
             conn.execute(text("UPDATE model_versions SET alias = 'champion'"))
-        downgrade_database(engine, "0013")
+        downgrade_database(engine, "0014")
         upgrade_database(engine)
     finally:
         engine.dispose()

@@ -11,7 +11,7 @@ versions before reading the artifact, and refuses anything else. The sidecar is 
 too because serving takes the operating threshold, the task, the feature list and the
 categorical columns from it: an edited threshold would change every alert while the
 artifact's own hash still matched. Rows registered before the sidecar's hash was recorded
-(migration 0014) have their threshold and task compared with the sidecar's instead.
+(migration 0015) have their threshold and task compared with the sidecar's instead.
 Evaluations are kept beside the version (``evaluations/``), never in the sidecar, so
 nothing legitimately rewrites it after registration.
 
@@ -443,7 +443,7 @@ def resolve(path_or_version: str | Path, registry_dir: Path | None = None) -> Pa
 class Registered:
     """What the registry row records about a version, checked against its files on load.
 
-    ``sidecar_sha256`` is None for versions registered before migration 0014 recorded it;
+    ``sidecar_sha256`` is None for versions registered before migration 0015 recorded it;
     their threshold and task are compared with the sidecar's instead.
     """
 

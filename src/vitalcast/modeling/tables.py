@@ -13,7 +13,7 @@ from vitalcast.db.types import BigIntPK
 
 
 def _one_per_task(alias: str) -> Index:
-    """At most one row of a task holds ``alias`` (migration 0014): two champions would
+    """At most one row of a task holds ``alias`` (migration 0015): two champions would
     leave serving (newest promotion) and everything that asks for *the* champion
     disagreeing about which model scores patients."""
     where = text(f"alias = '{alias}'")
@@ -30,7 +30,7 @@ class ModelVersion(Base):
     """A registered artifact. ``alias`` is champion, challenger, retired or null.
 
     ``sidecar_sha256`` is the hash of ``model.json`` at registration (null for versions
-    registered before migration 0014): serving takes the threshold and feature list from
+    registered before migration 0015): serving takes the threshold and feature list from
     it, so it is verified on load like the artifact.
     """
 
