@@ -148,3 +148,25 @@ def test_bad_labels_are_clear_errors(
     task_file.write_text(base + extra)
     with pytest.raises(TaskError, match=message):
         load_dataset(get_task("tabular"), session=None, task_file=task_file, data=files[1])
+
+
+@pytest.mark.parametrize(
+    ("numeric", "message"),
+    [
+        ("[patient, age, chol]", "the id_column 'patient' is listed as a feature"),
+        ("[num, age, chol]", "the label column 'num' is listed as a feature"),
+        ("[age, chol, cp]", "'cp' listed as both numeric and categorical"),
+        ("[age, chol, age]", "'age' listed twice"),
+    ],
+)
+def test_feature_lists_that_leak_or_clash_are_clear_errors(
+    files: tuple[Path, Path], tmp_path: Path, numeric: str, message: str
+) -> None:
+    """The label as an input trains a model that reads the answer (AUROC 1.0); the id
+    column as an input puts patient ids into the model and everything built from it."""
+    task_file = tmp_path / "leak.yaml"
+    base = TASK_YAML.split("labels:")[0]
+    task_file.write_text(base.replace("[age, trestbps, chol, thalach, oldpeak, ca]", numeric))
+    with pytest.raises(TaskError, match=message):
+        load_dataset(get_task("tabular"), session=None, task_file=task_file, data=files[1])
+
