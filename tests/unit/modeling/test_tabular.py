@@ -170,3 +170,18 @@ def test_feature_lists_that_leak_or_clash_are_clear_errors(
     with pytest.raises(TaskError, match=message):
         load_dataset(get_task("tabular"), session=None, task_file=task_file, data=files[1])
 
+
+def test_drift_reference_names_no_rare_category(trained: TrainOutcome) -> None:
+    """Cleveland's `restecg` is 1 (ST-T wave abnormality) for 4 patients: the sidecar,
+    read far more widely than the data, counts them with the other rare values."""
+    from vitalcast.modeling.registry import read_sidecar
+    from vitalcast.monitoring.drift import MIN_CATEGORY_COUNT, OTHER
+
+    reference = read_sidecar(trained.artifact_path)["reference"]["features"]
+    categories = reference["restecg"]["categories"]
+    assert "1.0" not in categories
+    assert categories[OTHER] == 4
+    for name in ("sex", "cp", "fbs", "restecg", "exang", "slope", "thal"):
+        kept = reference[name]["categories"]
+        assert all(n >= MIN_CATEGORY_COUNT for v, n in kept.items() if v != OTHER), name
+
