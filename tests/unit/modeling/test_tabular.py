@@ -185,3 +185,19 @@ def test_drift_reference_names_no_rare_category(trained: TrainOutcome) -> None:
         kept = reference[name]["categories"]
         assert all(n >= MIN_CATEGORY_COUNT for v, n in kept.items() if v != OTHER), name
 
+
+def test_report_never_calls_resubstitution_unseen(trained: TrainOutcome) -> None:
+    """An evaluation stored on the training data (possible before `evaluate` refused it)
+    is headed as resubstitution in the model card, not as validation on unseen data."""
+    from vitalcast.modeling.registry import read_sidecar
+    from vitalcast.modeling.report import render_markdown
+
+    sidecar = read_sidecar(trained.artifact_path)
+    stored = {k: v for k, v in trained.metrics.items() if k != "validation"}
+    stored["data"] = "cleveland.csv"
+    seen = {**stored, "data_fingerprint": sidecar["training_data_fingerprint"]}
+    text = render_markdown(sidecar, [seen])
+    assert "Resubstitution on the training data, not a validation: cleveland.csv" in text
+    assert "unseen" not in text
+    other = render_markdown(sidecar, [{**stored, "data_fingerprint": "0" * 64}])
+    assert "Validation on unseen data: cleveland.csv" in other
