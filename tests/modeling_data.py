@@ -53,13 +53,14 @@ def synthetic_stays(
     return stays, labels, groups
 
 
-def physionet_texts(n: int, seed: int = 11) -> tuple[list[RecordText], str]:
-    """``n`` record files in the challenge format and their Outcomes file text."""
+def physionet_texts(n: int, seed: int = 11, first_id: int = 900000) -> tuple[list[RecordText], str]:
+    """``n`` record files in the challenge format and their Outcomes file text
+    (RecordIDs from ``first_id``: another range is other patients)."""
     rng = np.random.default_rng(seed)
     records: list[RecordText] = []
     outcomes = ["RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death"]
     for i in range(n):
-        rid = 900000 + i
+        rid = first_id + i
         risk = rng.normal()
         died = int(rng.random() < 1 / (1 + np.exp(-(risk * 1.5 - 1.6))))
         lines = [

@@ -116,6 +116,13 @@ def test_cli_train_evaluate_and_errors(
     for rec in records:
         (folder / rec.name.split("/")[-1]).write_text(rec.text)
     (tmp_path / "Outcomes-t.txt").write_text(outcomes)
+    # Other patients to validate on: `evaluate` refuses the training files.
+    unseen_records, unseen_outcomes = physionet_texts(60, seed=4, first_id=910000)
+    unseen = tmp_path / "set-u"
+    unseen.mkdir()
+    for rec in unseen_records:
+        (unseen / rec.name.split("/")[-1]).write_text(rec.text)
+    (tmp_path / "Outcomes-u.txt").write_text(unseen_outcomes)
     env = {
         "VITALCAST_DATABASE_URL": pg_url,
         "VITALCAST_DATA_DIR": str(tmp_path / "var"),
@@ -155,15 +162,16 @@ def test_cli_train_evaluate_and_errors(
             "--task",
             "icu-mortality",
             "--data",
-            str(folder),
+            str(unseen),
             "--outcomes",
-            str(tmp_path / "Outcomes-t.txt"),
+            str(tmp_path / "Outcomes-u.txt"),
             "--json",
         ],
         env=env,
     )
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output.strip().splitlines()[-1])
+    assert ev["n"] == 60
     for key in (
         "n",
         "prevalence",

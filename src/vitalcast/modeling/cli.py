@@ -220,7 +220,8 @@ def train(
     "--landmark",
     type=float,
     default=None,
-    help="Landmark hour to score at (time-series tasks; default the task's).",
+    help="Landmark to score at, in hours after admission (> 0; time-series tasks; default"
+    " the task's).",
 )
 @json_option
 @click.pass_context
@@ -235,7 +236,12 @@ def evaluate(
     landmark: float | None,
     as_json: bool,
 ) -> None:
-    """Evaluate a registered model on labelled data it has not seen."""
+    """Evaluate a registered model on labelled data it has not seen.
+
+    Without --data (time-series tasks), the store's stays stored after the model's
+    training data was read, of patients it never saw. The data the model was trained on,
+    data without its features and a label of one class are refused.
+    """
     from vitalcast.modeling.external_validation import evaluate_version
 
     with _session(ctx) as session:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from vitalcast.clinical.tables import Encounter, Observation, Outcome, Patient
 from vitalcast.features import StayInput, build_feature_frame
@@ -52,15 +52,15 @@ class Dataset:
     value_names: dict[str, dict[str, str]] = field(default_factory=dict)
     # The data's own words for its features, name -> (label, unit): a tabular task file's.
     feature_words: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Rows read from the clinical store: the highest encounter id among them. Encounter ids
+    # only grow, so a stay with a higher id was stored after this data was read and no
+    # model trained on it can have seen it (what `evaluate` scores from the store).
+    store_through_encounter_id: int | None = None
 
     @property
     def fingerprint(self) -> str:
         """sha256 of the feature matrix and labels: what the model actually saw."""
-        h = hashlib.sha256()
-        h.update(pd.util.hash_pandas_object(self.X, index=False).to_numpy().tobytes())
-        h.update(np.asarray(self.y, dtype=np.int8).tobytes())
-        h.update(",".join(self.X.columns).encode())
-        return h.hexdigest()
+        return fingerprint_of(self.X, self.y)
 
     def subset(self, mask: np.ndarray, note: str) -> Dataset:
         """The rows where ``mask`` is true (index reset), with ``note`` appended."""
@@ -76,6 +76,7 @@ class Dataset:
             notes=[*self.notes, note],
             value_names=self.value_names,
             feature_words=self.feature_words,
+            store_through_encounter_id=self.store_through_encounter_id,
         )
 
     def training_rows(self, task: Task) -> np.ndarray:
@@ -91,6 +92,15 @@ class Dataset:
         if landmark_h is None or "landmark_h" not in self.meta:
             return np.ones(len(self.y), dtype=bool)
         return np.asarray(self.meta["landmark_h"].to_numpy() == landmark_h)
+
+
+def fingerprint_of(X: pd.DataFrame, y: np.ndarray) -> str:
+    """sha256 of a feature matrix (values and column names, in order) and its labels."""
+    h = hashlib.sha256()
+    h.update(pd.util.hash_pandas_object(X, index=False).to_numpy().tobytes())
+    h.update(np.asarray(y, dtype=np.int8).tobytes())
+    h.update(",".join(X.columns).encode())
+    return h.hexdigest()
 
 
 def age_band(age: float | None) -> str:
@@ -203,15 +213,31 @@ def load_physionet(
 
 
 def load_stays_from_db(
-    session: Session, outcome_kind: str
+    session: Session, outcome_kind: str, *, after_encounter_id: int | None = None
 ) -> tuple[dict[str, StayInput], dict[str, float], dict[str, str], dict[str, datetime | None]]:
-    """Labelled encounters of the store, their observations, patients and end times."""
-    rows = session.execute(
+    """Labelled encounters of the store, their observations, patients and end times.
+
+    ``after_encounter_id``: only encounters stored after that one (a higher id) of
+    patients with no labelled encounter up to it: the stays a model trained on the store
+    through that encounter never saw, of patients it never saw.
+    """
+    query = (
         select(Encounter, Patient.sex, Outcome.value)
         .join(Patient, Patient.id == Encounter.patient_id)
         .join(Outcome, (Outcome.encounter_id == Encounter.id) & (Outcome.kind == outcome_kind))
         .order_by(Encounter.id)
-    ).all()
+    )
+    if after_encounter_id is not None:
+        seen = aliased(Encounter)
+        seen_patients = (
+            select(seen.patient_id)
+            .join(Outcome, (Outcome.encounter_id == seen.id) & (Outcome.kind == outcome_kind))
+            .where(seen.id <= after_encounter_id)
+        )
+        query = query.where(
+            Encounter.id > after_encounter_id, Encounter.patient_id.not_in(seen_patients)
+        )
+    rows = session.execute(query).all()
     stays: dict[str, StayInput] = {}
     labels: dict[str, float] = {}
     groups: dict[str, str] = {}
@@ -228,6 +254,8 @@ def load_stays_from_db(
             .where(Observation.value.is_not(None))
             .order_by(Observation.encounter_id, Observation.effective_at, Observation.id)
         )
+        if after_encounter_id is not None:
+            q = q.where(Observation.encounter_id > after_encounter_id)
         for enc_id, code, value, at in session.execute(q).yield_per(20000):
             bucket = obs_by_enc.get(enc_id) if enc_id is not None else None
             if bucket is not None and value is not None:

@@ -8,16 +8,25 @@ retyped.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
+from vitalcast.modeling.datasets import Dataset, fingerprint_of
 from vitalcast.modeling.loaders import load_dataset
-from vitalcast.modeling.registry import RegistryError, jsonable, load_model, read_sidecar
+from vitalcast.modeling.registry import (
+    LoadedModel,
+    RegistryError,
+    jsonable,
+    load_model,
+    read_sidecar,
+)
 from vitalcast.modeling.service import (
     ALIASES,
     get_version,
@@ -26,7 +35,7 @@ from vitalcast.modeling.service import (
     validation_metrics,
 )
 from vitalcast.modeling.tables import ModelVersion
-from vitalcast.modeling.tasks import get_task
+from vitalcast.modeling.tasks import Task, TaskError, get_task
 
 
 def evaluate_version(
@@ -41,10 +50,20 @@ def evaluate_version(
     landmark_h: float | None = None,
     n_boot: int = 200,
 ) -> dict[str, Any]:
-    """Metrics of a registered model on labelled data (external validation).
+    """Metrics of a registered model on labelled data it never saw (external validation).
 
     The model is found in the database (its row's sha256 is the reference); a version
     directory present only in ``registry_dir`` is verified against its sidecar.
+
+    Refused, before anything is saved: the data the model was trained on (its
+    fingerprint equals the sidecar's ``training_data_fingerprint``: resubstitution, not
+    validation); from the store, anything but the stays stored after the model's training
+    data was read (:func:`_store_cutoff`); data without the model's features, or whose
+    label has one class; a landmark that is not a positive number of hours.
+
+    Raises:
+        TaskError: the data cannot validate this model (the message says why).
+        RegistryError: the model cannot be found or loaded.
     """
     row = None
     if session is not None:
@@ -58,24 +77,40 @@ def evaluate_version(
     else:
         sidecar = read_sidecar(model, registry_dir)
         loaded = load_model(model, str(sidecar.get("sha256")), registry_dir=registry_dir)
-    spec = get_task(loaded.task)
-    if task is not None and task != spec.name:
-        raise RegistryError(f"model {loaded.version} is for {spec.name}, not {task}")
-    if landmark_h is not None and spec.kind == "timeseries":
+    trained = get_task(loaded.task)
+    if task is not None and task != trained.name:
+        raise RegistryError(f"model {loaded.version} is for {trained.name}, not {task}")
+    spec = trained
+    if landmark_h is not None:
+        landmark_h = _checked_landmark(trained, landmark_h)
         spec = replace(
-            spec,
+            trained,
             landmarks_h=(landmark_h,),
             primary_landmark_h=landmark_h,
             calibration_landmarks_h=(),
         )
+    store_after = _store_cutoff(loaded) if data is None and trained.kind == "timeseries" else None
     ds = load_dataset(
-        spec,
+        trained,
         session=session,
         data=data,
         outcomes=outcomes,
         task_file=task_file,
+        # With --landmark, the training landmarks too: the rows at them are what the
+        # training fingerprint was taken of (the resubstitution check below).
+        landmarks_h=(
+            None if landmark_h is None else tuple(sorted({*trained.all_landmarks_h, landmark_h}))
+        ),
         part="holdout",
+        store_after_encounter_id=store_after,
     )
+    _refuse_training_data(loaded, trained, ds)
+    if landmark_h is not None:
+        notes = ds.notes
+        ds = ds.subset(ds.rows_at(landmark_h), "")
+        ds.notes = notes
+    _check_features(loaded, ds)
+    _check_both_classes(spec, ds)
     proba = loaded.predict_proba(ds.X)
     metrics = validation_metrics(spec, ds, proba, loaded.threshold, n_boot=n_boot)
     metrics["model"] = loaded.version
@@ -83,13 +118,112 @@ def evaluate_version(
     metrics["data_fingerprint"] = ds.fingerprint
     metrics["notes"] = ds.notes
     if spec.kind == "timeseries":
+        kind = "temporal" if store_after is not None else "external"
         metrics["validation"] = (
-            f"external: one prediction per stay at {spec.primary_landmark_h:g} h ({ds.source})"
+            f"{kind}: one prediction per stay at {spec.primary_landmark_h:g} h ({ds.source})"
         )
     elif spec.holdout_fraction is not None:
         metrics["validation"] = f"held-out patients of the patient-level split ({ds.source})"
     save_evaluation(loaded.path.parent, metrics)
     return metrics
+
+
+def _checked_landmark(task: Task, landmark_h: float) -> float:
+    """``landmark_h`` when it can be scored: a finite number of hours after admission
+    above 0, for a time-series task (a negative hour scored the stay before admission;
+    NaN failed deep in the feature code)."""
+    if task.kind != "timeseries":
+        raise TaskError(f"--landmark applies to time-series tasks; {task.name} is scored once")
+    if not math.isfinite(landmark_h) or landmark_h <= 0:
+        raise TaskError(
+            f"--landmark must be a finite number of hours after admission above 0"
+            f" (got {landmark_h:g})"
+        )
+    return float(landmark_h)
+
+
+def _store_cutoff(loaded: LoadedModel) -> int | None:
+    """From the store, only stays a model never saw: those stored after the last encounter
+    its training read (``store_through_encounter_id`` in its sidecar), or every labelled
+    stay (None) for a model trained on files.
+
+    Raises:
+        TaskError: the model was trained on the store but its sidecar does not say how far
+            (trained before this was recorded): the store cannot tell its stays apart.
+    """
+    data = loaded.sidecar.get("data") or {}
+    cutoff = data.get("store_through_encounter_id")
+    if cutoff is not None:
+        return int(cutoff)
+    if str(data.get("source", "")).startswith("clinical store"):
+        raise TaskError(
+            f"model {loaded.version} was trained on the clinical store, and its record does"
+            " not say up to which stay, so the store cannot tell the stays it never saw;"
+            " evaluate it on files with --data"
+        )
+    return None
+
+
+def _refuse_training_data(loaded: LoadedModel, trained: Task, ds: Dataset) -> None:
+    """Refuse the data the model was trained on: its metrics would be resubstitution
+    (AUROC near 1.0 for a flexible model), which a report would show as validation.
+
+    Compared as read, in the model's column order (a task file listing the same features
+    in another order), and, for time-series data read with an extra landmark, at the
+    training landmarks only.
+    """
+    seen = loaded.sidecar.get("training_data_fingerprint")
+    if not seen:
+        return
+    prints = {ds.fingerprint}
+    if all(f in ds.X.columns for f in loaded.feature_names):
+        prints.add(fingerprint_of(ds.X[loaded.feature_names], ds.y))
+    if trained.kind == "timeseries" and "landmark_h" in ds.meta:
+        at = np.isin(ds.meta["landmark_h"].to_numpy(dtype=float), trained.all_landmarks_h)
+        if not at.all():
+            prints.add(fingerprint_of(ds.X.loc[at].reset_index(drop=True), ds.y[at]))
+    if seen in prints:
+        raise TaskError(
+            f"{ds.source} is the data model {loaded.version} was trained on (same"
+            " fingerprint); its metrics there would be resubstitution, not validation."
+            " Evaluate it on data it never saw"
+        )
+
+
+def _check_features(loaded: LoadedModel, ds: Dataset) -> None:
+    """The data must hold each of the model's features, of the kind it was trained on."""
+    missing = [f for f in loaded.feature_names if f not in ds.X.columns]
+    if missing:
+        shown = ", ".join(missing[:10]) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
+        raise TaskError(
+            f"{ds.source} lacks {len(missing)} of the {len(loaded.feature_names)} features"
+            f" of model {loaded.version}: {shown}; evaluate it with the task file it was"
+            " trained with"
+        )
+    categorical = set(loaded.categorical)
+    changed = [f for f in loaded.feature_names if (f in categorical) != (f in ds.categorical)]
+    if changed:
+        raise TaskError(
+            f"{ds.source}: {', '.join(changed[:10])} of another kind (numeric or categorical)"
+            f" than in model {loaded.version}; evaluate it with the task file it was trained with"
+        )
+
+
+def _check_both_classes(task: Task, ds: Dataset) -> None:
+    """Refuse rows whose label has one class (or no rows): AUROC, slope and the rest are
+    undefined there, and a stored evaluation of NaNs would reach the report."""
+    y = ds.y[ds.rows_at(task.primary_landmark_h)]
+    at = "" if task.primary_landmark_h is None else f" at {task.primary_landmark_h:g} h"
+    if len(y) == 0:
+        raise TaskError(f"{task.name}: {ds.source} has no row to evaluate{at}")
+    classes = sorted(set(np.unique(y).tolist()))
+    if len(classes) < 2:
+        raise TaskError(
+            f"{task.name}: the label has one class (every row{at} is {classes[0]}) in"
+            f" {ds.source}; evaluation needs both outcomes (0 and 1)"
+        )
 
 
 def save_evaluation(version_dir: Path, metrics: dict[str, Any]) -> Path:

@@ -24,11 +24,16 @@ def load_dataset(
     task_file: Path | None = None,
     landmarks_h: tuple[float, ...] | None = None,
     part: Part = "all",
+    store_after_encounter_id: int | None = None,
 ) -> Dataset:
     """The labelled rows of ``task`` from ``data`` (and ``outcomes``) or the store.
 
     ``part`` selects a side of the task's patient-level hold-out split (tasks with a
-    ``holdout_fraction``): training reads ``train``, evaluation ``holdout``.
+    ``holdout_fraction``): training reads ``train``, evaluation ``holdout``. The store
+    has no such split; ``store_after_encounter_id`` reads from it only the stays stored
+    after that encounter, of patients without a labelled stay up to it (see
+    :func:`~vitalcast.modeling.datasets.load_stays_from_db`): what a model trained on the
+    store through that encounter never saw.
 
     Raises:
         TaskError: missing or unreadable inputs, with what to pass instead.
@@ -50,8 +55,16 @@ def load_dataset(
             return ds
         if session is None:
             raise TaskError("icu-mortality: give --data or a database")
-        stays, labels, groups, ends = load_stays_from_db(session, task.outcome_kind)
-        return timeseries_dataset(
+        stays, labels, groups, ends = load_stays_from_db(
+            session, task.outcome_kind, after_encounter_id=store_after_encounter_id
+        )
+        if not stays and store_after_encounter_id is not None:
+            raise TaskError(
+                f"{task.name}: the store holds no labelled stay the model has not seen (none"
+                " stored since its training data was read, of a patient it never saw);"
+                " evaluate it on files with --data"
+            )
+        ds = timeseries_dataset(
             task,
             stays,
             labels,
@@ -60,6 +73,14 @@ def load_dataset(
             ends_at=ends,
             source="clinical store",
         )
+        ds.store_through_encounter_id = max(int(k) for k in stays)
+        if store_after_encounter_id is not None:
+            ds.source = "clinical store, stays stored after the model's training data"
+            ds.notes = [
+                f"{len(stays)} labelled stays stored after the model's training data was"
+                " read, of patients without a labelled stay before"
+            ]
+        return ds
     if task.name == "readmission-30d":
         from vitalcast.modeling.tabular import load_readmission
 

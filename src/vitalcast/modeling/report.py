@@ -322,10 +322,21 @@ def render_markdown(
         ("Internal validation: " + str(sidecar["metrics"].get("validation")), sidecar["metrics"])
     ]
     for ev in evaluations or []:
-        blocks.append((f"Validation on unseen data: {ev.get('validation') or ev.get('data')}", ev))
+        blocks.append((_evaluation_title(sidecar, ev), ev))
     for title, m in blocks:
         lines += _markdown_block(title, m)
     return "\n".join(lines)
+
+
+def _evaluation_title(sidecar: dict[str, Any], ev: dict[str, Any]) -> str:
+    """A stored evaluation's heading. One on the very data the model was trained on (same
+    fingerprint; `evaluate` refuses these now, but a registry may hold one from before)
+    is resubstitution and is never called validation on unseen data."""
+    where = ev.get("validation") or ev.get("data")
+    seen = sidecar.get("training_data_fingerprint")
+    if seen is not None and ev.get("data_fingerprint") == seen:
+        return f"Resubstitution on the training data, not a validation: {ev.get('data')}"
+    return f"Validation on unseen data: {where}"
 
 
 def _markdown_block(title: str, m: dict[str, Any]) -> list[str]:

@@ -137,6 +137,13 @@ def train_and_register(
                 "calibration_only_rows": int((~fits).sum()),
                 "calibration_landmarks_h": list(spec.calibration_landmarks_h),
                 "notes": dataset.notes,
+                # Read from the store: up to which encounter, so that `evaluate` can read
+                # only the stays stored after it (external_validation.evaluate_version).
+                **(
+                    {"store_through_encounter_id": dataset.store_through_encounter_id}
+                    if dataset.store_through_encounter_id is not None
+                    else {}
+                ),
             },
         },
     )

@@ -196,9 +196,11 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
     The YAML names ``label`` (column), ``positive`` (the label value, or list of values,
     meaning 1; default 1),
     ``id_column`` (optional; rows of one id never straddle folds), and ``features``:
-    ``{numeric: [...], categorical: [...]}``. Optional, for explanations in the data's
-    own words: ``labels`` (feature -> words, or ``[words, unit]``) and ``values``
-    (categorical feature -> {value: words}); the model keeps both in its sidecar.
+    ``{numeric: [...], categorical: [...]}``, each column listed once and neither the
+    label nor the id column among them (:func:`_check_feature_lists`). Optional, for
+    explanations in the data's own words: ``labels`` (feature -> words, or
+    ``[words, unit]``) and ``values`` (categorical feature -> {value: words}); the model
+    keeps both in its sidecar.
     """
     try:
         spec = yaml.safe_load(task_file.read_text())
@@ -207,15 +209,21 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
     if not isinstance(spec, dict) or "label" not in spec or "features" not in spec:
         raise TaskError(f"{task_file.name}: a task file needs `label` and `features`")
     feats = spec["features"] or {}
-    numeric = [str(c) for c in feats.get("numeric", [])]
-    categorical = [str(c) for c in feats.get("categorical", [])]
+    if not isinstance(feats, dict):
+        raise TaskError(
+            f"{task_file.name}: `features` must be {{numeric: [...], categorical: [...]}}"
+        )
+    numeric = [str(c) for c in feats.get("numeric") or []]
+    categorical = [str(c) for c in feats.get("categorical") or []]
+    label = str(spec["label"])
+    id_col = None if spec.get("id_column") is None else str(spec["id_column"])
+    _check_feature_lists(task_file.name, numeric, categorical, label, id_col)
     df = _read_csv(
         data,
         dtype=str,
         keep_default_na=False,
         na_values=list(spec.get("na_values", ["", "?", "NA"])),
     )
-    label, id_col = str(spec["label"]), spec.get("id_column")
     missing = [
         c
         for c in [label, *numeric, *categorical, *([id_col] if id_col else [])]
@@ -223,8 +231,6 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
     ]
     if missing:
         raise TaskError(f"{data.name}: columns not found: {', '.join(missing)}")
-    if not numeric and not categorical:
-        raise TaskError(f"{task_file.name}: list at least one feature")
     df = df[df[label].notna()].reset_index(drop=True)
     raw_positive = spec.get("positive", "1")
     positive = (
@@ -249,6 +255,45 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         value_names=_task_values(spec.get("values"), categorical, task_file.name),
         feature_words=_task_labels(spec.get("labels"), [*numeric, *categorical], task_file.name),
     )
+
+
+def _check_feature_lists(
+    where: str, numeric: list[str], categorical: list[str], label: str, id_col: str | None
+) -> None:
+    """Refuse feature lists that would train a wrong or leaking model.
+
+    Why each: the label as a feature gives a model that reads the answer (AUROC 1.0 on
+    every validation, useless at the bedside); the id column as a feature makes patient
+    identifiers model inputs, kept verbatim as the one-hot encoder's categories, so they
+    would reach the sidecar, the OpenAPI document and 422 messages; a column listed twice
+    (or as both numeric and categorical) has no single meaning for the pipeline.
+
+    Raises:
+        TaskError: naming the column and what to change in the task file.
+    """
+    if not numeric and not categorical:
+        raise TaskError(f"{where}: list at least one feature")
+    listed = [*numeric, *categorical]
+    if label in listed:
+        raise TaskError(
+            f"{where}: the label column {label!r} is listed as a feature; a model given the"
+            " answer as an input learns nothing usable. Remove it from `features`"
+        )
+    if id_col is not None and id_col in listed:
+        raise TaskError(
+            f"{where}: the id_column {id_col!r} is listed as a feature; patient identifiers"
+            " must not be model inputs (the model would keep them verbatim). Remove it from"
+            " `features`"
+        )
+    both = sorted(set(numeric) & set(categorical))
+    if both:
+        raise TaskError(
+            f"{where}: {', '.join(map(repr, both))} listed as both numeric and categorical;"
+            " list each feature once"
+        )
+    twice = sorted({c for c in listed if listed.count(c) > 1})
+    if twice:
+        raise TaskError(f"{where}: {', '.join(map(repr, twice))} listed twice; list each once")
 
 
 def _task_labels(raw: Any, features: list[str], where: str) -> dict[str, tuple[str, str]]:

@@ -65,6 +65,12 @@ PSI_EPSILON = 1e-4
 N_BINS = 10
 MAX_CATEGORIES = 30
 OTHER = "__other__"
+# A category seen fewer times than this in the training rows is pooled into OTHER, never
+# kept by name: a value held by one or two rows (a free-text entry, an identifier that
+# slipped into a feature) says who those rows are, and the sidecar is read far more
+# widely than the data. Live values of a pooled category fall into OTHER the same way
+# (:func:`_categorical_counts`), so the comparison is unchanged in kind.
+MIN_CATEGORY_COUNT = 5
 
 Kind = Literal["numeric", "categorical"]
 Severity = Literal["none", "moderate", "major"]
@@ -125,16 +131,21 @@ def _split(values: Iterable[object]) -> tuple[list[object], int]:
 
 
 def reference_profile(
-    values: Iterable[object], *, bins: int = N_BINS, max_categories: int = MAX_CATEGORIES
+    values: Iterable[object],
+    *,
+    bins: int = N_BINS,
+    max_categories: int = MAX_CATEGORIES,
+    min_count: int = MIN_CATEGORY_COUNT,
 ) -> dict[str, Any]:
     """Summarise a feature's training values into a JSON-serialisable profile.
 
     Numbers get quantile bin edges with the reference's count in each bin (ties make
     fewer, unequal bins: counts are measured, never assumed to be equal) and the
     empirical CDF on the percentile grid for the KS test; anything else is categorical,
-    keeping the ``max_categories`` most frequent values and pooling the rest as
-    ``__other__``. Both keep the number of values and the missing rate. Only aggregates
-    are stored, never individual values.
+    keeping the ``max_categories`` most frequent values seen at least ``min_count`` times
+    and pooling the rest as ``__other__``. Both keep the number of values and the missing
+    rate. Only aggregates are stored, never individual values: no category is named that
+    fewer than ``min_count`` rows hold.
     """
     present, n_missing = _split(values)
     n = len(present) + n_missing
@@ -148,7 +159,7 @@ def reference_profile(
         arr = np.asarray(present, dtype=float)
         return base | _numeric_profile(arr, bins)
     counts = Counter(str(v) for v in present)
-    kept = dict(counts.most_common(max_categories))
+    kept = {v: c for v, c in counts.most_common(max_categories) if c >= min_count}
     other = sum(counts.values()) - sum(kept.values())
     if other:
         kept[OTHER] = kept.get(OTHER, 0) + other
@@ -451,6 +462,8 @@ def _categorical_counts(
     reference: Mapping[str, Any], present: list[object]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     categories: dict[str, int] = dict(reference["categories"])
+    # A value the reference does not name (unseen in training, or pooled there as rare)
+    # counts as OTHER, as the reference counted its own pooled values.
     labels = list(categories)
     if OTHER not in categories:
         labels.append(OTHER)

@@ -65,6 +65,9 @@ def _subset(ds: Dataset, mask: np.ndarray) -> Dataset:
         categorical=ds.categorical,
         source=f"{ds.source} (temporal split)",
         notes=ds.notes,
+        # Of the whole read, not the training side: `evaluate` reads from the store only
+        # stays stored after it, which no side of this split holds.
+        store_through_encounter_id=ds.store_through_encounter_id,
     )
 
 

@@ -148,3 +148,56 @@ def test_bad_labels_are_clear_errors(
     task_file.write_text(base + extra)
     with pytest.raises(TaskError, match=message):
         load_dataset(get_task("tabular"), session=None, task_file=task_file, data=files[1])
+
+
+@pytest.mark.parametrize(
+    ("numeric", "message"),
+    [
+        ("[patient, age, chol]", "the id_column 'patient' is listed as a feature"),
+        ("[num, age, chol]", "the label column 'num' is listed as a feature"),
+        ("[age, chol, cp]", "'cp' listed as both numeric and categorical"),
+        ("[age, chol, age]", "'age' listed twice"),
+    ],
+)
+def test_feature_lists_that_leak_or_clash_are_clear_errors(
+    files: tuple[Path, Path], tmp_path: Path, numeric: str, message: str
+) -> None:
+    """The label as an input trains a model that reads the answer (AUROC 1.0); the id
+    column as an input puts patient ids into the model and everything built from it."""
+    task_file = tmp_path / "leak.yaml"
+    base = TASK_YAML.split("labels:")[0]
+    task_file.write_text(base.replace("[age, trestbps, chol, thalach, oldpeak, ca]", numeric))
+    with pytest.raises(TaskError, match=message):
+        load_dataset(get_task("tabular"), session=None, task_file=task_file, data=files[1])
+
+
+def test_drift_reference_names_no_rare_category(trained: TrainOutcome) -> None:
+    """Cleveland's `restecg` is 1 (ST-T wave abnormality) for 4 patients: the sidecar,
+    read far more widely than the data, counts them with the other rare values."""
+    from vitalcast.modeling.registry import read_sidecar
+    from vitalcast.monitoring.drift import MIN_CATEGORY_COUNT, OTHER
+
+    reference = read_sidecar(trained.artifact_path)["reference"]["features"]
+    categories = reference["restecg"]["categories"]
+    assert "1.0" not in categories
+    assert categories[OTHER] == 4
+    for name in ("sex", "cp", "fbs", "restecg", "exang", "slope", "thal"):
+        kept = reference[name]["categories"]
+        assert all(n >= MIN_CATEGORY_COUNT for v, n in kept.items() if v != OTHER), name
+
+
+def test_report_never_calls_resubstitution_unseen(trained: TrainOutcome) -> None:
+    """An evaluation stored on the training data (possible before `evaluate` refused it)
+    is headed as resubstitution in the model card, not as validation on unseen data."""
+    from vitalcast.modeling.registry import read_sidecar
+    from vitalcast.modeling.report import render_markdown
+
+    sidecar = read_sidecar(trained.artifact_path)
+    stored = {k: v for k, v in trained.metrics.items() if k != "validation"}
+    stored["data"] = "cleveland.csv"
+    seen = {**stored, "data_fingerprint": sidecar["training_data_fingerprint"]}
+    text = render_markdown(sidecar, [seen])
+    assert "Resubstitution on the training data, not a validation: cleveland.csv" in text
+    assert "unseen" not in text
+    other = render_markdown(sidecar, [{**stored, "data_fingerprint": "0" * 64}])
+    assert "Validation on unseen data: cleveland.csv" in other

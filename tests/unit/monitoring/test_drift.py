@@ -179,3 +179,26 @@ def test_same_distribution_gives_small_psi_as_theory_predicts() -> None:
     expected = (drift.N_BINS - 1) * scale
     se = math.sqrt(2 * (drift.N_BINS - 1)) * scale / math.sqrt(REPEATS)
     assert abs(np.mean(values) - expected) < 4 * se
+
+
+def test_rare_categories_are_pooled_not_named() -> None:
+    """A category held by fewer than MIN_CATEGORY_COUNT rows (an identifier that slipped
+    into a feature, a one-off entry) is never named in the stored profile, and a window
+    of the same population still compares as unchanged: its rare values are pooled alike."""
+    rng = np.random.default_rng(9)
+    ids = [f"p{i}" for i in range(300)]  # one row each, as patient ids would be
+    common = unit(rng, REFERENCE_N)
+    profile = reference_profile(common + ids + ["rare"] * (drift.MIN_CATEGORY_COUNT - 1))
+    named = set(profile["categories"]) - {drift.OTHER}
+    assert named == {"MICU", "SICU", "CCU", "CSRU"}
+    assert profile["categories"][drift.OTHER] == 300 + drift.MIN_CATEGORY_COUNT - 1
+    assert json.loads(json.dumps(profile)) == profile
+    # Live rare values (seen in training or not) count as OTHER, as the reference did.
+    window = unit(rng, 700) + [f"q{i}" for i in range(50)] + ["rare"] * 3
+    result = compare(profile, window)
+    assert not result.flagged, result
+    assert result.psi is not None
+    assert result.psi < drift.PSI_MODERATE
+    assert reference_profile(["x"] * drift.MIN_CATEGORY_COUNT)["categories"] == {
+        "x": drift.MIN_CATEGORY_COUNT
+    }
