@@ -68,6 +68,21 @@ def test_store_features_equal_file_features(
     assert sorted(labels_f.values()) == sorted(labels_s.values())
 
 
+def test_a_withdrawn_stay_neither_trains_nor_validates(
+    db_session: Session, cipher: FieldCipher
+) -> None:
+    """A stay its source withdrew (entered in error, a cancelled admission) is no stay:
+    training and evaluation from the store used to read it with its outcome."""
+    _store(db_session, cipher, 6)
+    withdrawn = db_session.scalars(select(Encounter).order_by(Encounter.id)).first()
+    assert withdrawn is not None
+    withdrawn.withdrawn_at, withdrawn.withdrawn_reason = NOW, "entered-in-error"
+    db_session.commit()
+    stays, labels, _groups, _ends = load_stays_from_db(db_session, "in_hospital_death")
+    assert len(stays) == len(labels) == 5
+    assert str(withdrawn.id) not in stays
+
+
 @pytest.mark.slow
 def test_train_from_store_champion_promote_rollback(
     db_session: Session, cipher: FieldCipher, tmp_path: Path

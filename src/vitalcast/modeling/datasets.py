@@ -220,11 +220,15 @@ def load_stays_from_db(
     ``after_encounter_id``: only encounters stored after that one (a higher id) of
     patients with no labelled encounter up to it: the stays a model trained on the store
     through that encounter never saw, of patients it never saw.
+
+    A stay its source withdrew (entered in error, a cancelled admission) is no stay at all:
+    it neither trains nor validates a model.
     """
     query = (
         select(Encounter, Patient.sex, Outcome.value)
         .join(Patient, Patient.id == Encounter.patient_id)
         .join(Outcome, (Outcome.encounter_id == Encounter.id) & (Outcome.kind == outcome_kind))
+        .where(Encounter.withdrawn_at.is_(None))
         .order_by(Encounter.id)
     )
     if after_encounter_id is not None:

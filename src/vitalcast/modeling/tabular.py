@@ -213,8 +213,8 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         raise TaskError(
             f"{task_file.name}: `features` must be {{numeric: [...], categorical: [...]}}"
         )
-    numeric = [str(c) for c in feats.get("numeric") or []]
-    categorical = [str(c) for c in feats.get("categorical") or []]
+    numeric = _column_list(feats.get("numeric"), "features.numeric", task_file.name)
+    categorical = _column_list(feats.get("categorical"), "features.categorical", task_file.name)
     label = str(spec["label"])
     id_col = None if spec.get("id_column") is None else str(spec["id_column"])
     _check_feature_lists(task_file.name, numeric, categorical, label, id_col)
@@ -329,3 +329,13 @@ def _task_values(raw: Any, categorical: list[str], where: str) -> dict[str, dict
             raise TaskError(f"{where}: `values` of {name!r} must map values to words")
         names[str(name)] = {str(k): str(v) for k, v in table.items()}
     return names
+
+
+def _column_list(value: Any, where: str, file_name: str) -> list[str]:
+    """A list of column names; ``numeric: age`` (a bare string) would otherwise be read
+    one character at a time, as the columns ``a``, ``g`` and ``e``."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, str | int | float) for c in value):
+        raise TaskError(f"{file_name}: `{where}` must be a list of column names, like [age, sex]")
+    return [str(c) for c in value]

@@ -157,6 +157,9 @@ def test_bad_labels_are_clear_errors(
         ("[num, age, chol]", "the label column 'num' is listed as a feature"),
         ("[age, chol, cp]", "'cp' listed as both numeric and categorical"),
         ("[age, chol, age]", "'age' listed twice"),
+        # A bare string, read one character at a time before: columns a, g, e.
+        ("age", "`features.numeric` must be a list of column names"),
+        ("{age: 1}", "`features.numeric` must be a list of column names"),
     ],
 )
 def test_feature_lists_that_leak_or_clash_are_clear_errors(
