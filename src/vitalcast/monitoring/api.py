@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from vitalcast.monitoring.alerts import list_alerts
+from vitalcast.monitoring.rules import judged_by
 from vitalcast.monitoring.service import latest_drift_run
 from vitalcast.monitoring.tables import DriftRun, MonitorAlert, MonitorRun
 from vitalcast.security.permissions import Permission, requires
@@ -78,7 +79,8 @@ def _alert(a: MonitorAlert) -> dict[str, Any]:
 )
 def summary() -> Response:
     """Latest drift run, latest monitoring run (realised performance and CBPE estimate,
-    each labelled), and live alerts, for one task."""
+    each labelled), and live alerts, for one task: its own alerts and the task-independent
+    ones (stale data, error rate), never another task's."""
     task = parse_query(SummaryQuery).task
     session = db()
     run = session.scalar(
@@ -91,7 +93,9 @@ def summary() -> Response:
             "monitor_run": None
             if run is None
             else {"id": run.id, "started_at": run.started_at.isoformat(), **run.results},
-            "alerts": [_alert(a) for a in list_alerts(session)],
+            "alerts": [
+                _alert(a) for a in list_alerts(session) if judged_by(a.rule, a.dedup_key, task)
+            ],
         }
     )
 

@@ -63,19 +63,25 @@ def test_summary_and_alerts(app: Flask, client: FlaskClient, creds: Credentials)
                 },
             )
         )
-        session.add(
-            MonitorAlert(
-                rule="drift",
-                severity="critical",
-                state="open",
-                dedup_key="d",
-                open_key="d",
-                summary="lactate",
-                details={},
-                first_seen_at=NOW,
-                last_seen_at=NOW,
+        # Live alerts of this task, of another task, and one no task owns (stale data).
+        for rule, key, summary in (
+            ("drift", "drift:icu-mortality:lactate_last_all", "lactate"),
+            ("drift", "drift:readmission-30d:number_inpatient", "another task's"),
+            ("data_stale", "data_stale:SICU", "stale"),
+        ):
+            session.add(
+                MonitorAlert(
+                    rule=rule,
+                    severity="critical",
+                    state="open",
+                    dedup_key=key,
+                    open_key=key,
+                    summary=summary,
+                    details={},
+                    first_seen_at=NOW,
+                    last_seen_at=NOW,
+                )
             )
-        )
         session.add(
             MonitorAlert(
                 rule="drift",
@@ -98,6 +104,8 @@ def test_summary_and_alerts(app: Flask, client: FlaskClient, creds: Credentials)
     assert body["drift"]["features"][0]["feature"] == "lactate_last_all"
     assert body["monitor_run"]["performance"]["overall"]["kind"] == "realised"
     assert body["monitor_run"]["estimate"]["kind"] == "estimate"
-    assert [a["summary"] for a in body["alerts"]] == ["lactate"]
+    # The summary is one task's: its own alerts and the shared ones, not another task's.
+    assert sorted(a["summary"] for a in body["alerts"]) == ["lactate", "stale"]
     every = client.get("/api/v1/monitoring/alerts?all=1", headers=key).get_json()["items"]
     assert {a["state"] for a in every} == {"open", "resolved"}
+    assert "another task's" in {a["summary"] for a in every}
