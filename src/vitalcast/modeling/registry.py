@@ -488,14 +488,26 @@ def read_sidecar_hashed(folder: Path) -> tuple[dict[str, Any], str]:
     return data, hashlib.sha256(raw).hexdigest()
 
 
-def load_model(
-    path_or_version: str | Path, expected: str | Registered, *, registry_dir: Path | None = None
-) -> LoadedModel:
-    """Load a registered artifact after verifying its hashes and library versions.
+@dataclass(frozen=True, slots=True)
+class VerifiedFiles:
+    """A version's files, checked against the registry row but not yet deserialised."""
 
-    ``expected`` is the registry row (:class:`Registered`: artifact and sidecar hashes,
-    task, threshold), or only the artifact's sha256 where there is no row (a version
-    directory evaluated offline, checked against its own sidecar).
+    folder: Path
+    sidecar: dict[str, Any]
+    artifact: Path
+    sha256: str
+    form: Any
+
+
+def verify_model(
+    path_or_version: str | Path, expected: str | Registered, *, registry_dir: Path | None = None
+) -> VerifiedFiles:
+    """Every check :func:`load_model` makes before it reads the artifact: the sidecar's and
+    the artifact's hashes against the registry row, and the library and format versions.
+
+    Cheap (two file hashes, no deserialisation), so monitoring can ask hourly whether the
+    champion could be served at all: a champion that fails here is one serving refuses
+    (503), which no other rule would notice.
 
     Raises:
         RegistryError: no such version, or an unreadable sidecar.
@@ -532,14 +544,35 @@ def load_model(
             f"{folder.name}: saved with scikit-learn {saved} (format {form}),"
             f" this is scikit-learn {sklearn.__version__}; retrain the model with this version"
         )
+    return VerifiedFiles(folder, sidecar, artifact, actual, form)
+
+
+def load_model(
+    path_or_version: str | Path, expected: str | Registered, *, registry_dir: Path | None = None
+) -> LoadedModel:
+    """Load a registered artifact after verifying its hashes and library versions
+    (:func:`verify_model`).
+
+    ``expected`` is the registry row (:class:`Registered`: artifact and sidecar hashes,
+    task, threshold), or only the artifact's sha256 where there is no row (a version
+    directory evaluated offline, checked against its own sidecar).
+
+    Raises:
+        RegistryError: no such version, or an unreadable sidecar.
+        ArtifactIntegrityError: the artifact's sha256 differs from the expected one.
+        SidecarIntegrityError: the sidecar differs from the registered one.
+        IncompatibleArtifactError: saved with another scikit-learn or format version.
+    """
+    files = verify_model(path_or_version, expected, registry_dir=registry_dir)
+    name, artifact, sidecar = files.folder.name, files.artifact, files.sidecar
     with warnings.catch_warnings():
         warnings.simplefilter("error", InconsistentVersionWarning)
         try:
             pipeline = (
-                _read_skops(folder.name, artifact) if form == FORMAT else joblib.load(artifact)
+                _read_skops(name, artifact) if files.form == FORMAT else joblib.load(artifact)
             )
         except InconsistentVersionWarning as exc:
-            raise IncompatibleArtifactError(f"{folder.name}: {exc}") from None
+            raise IncompatibleArtifactError(f"{name}: {exc}") from None
     return LoadedModel(
         version=str(sidecar["version"]),
         task=str(sidecar["task"]),
@@ -549,5 +582,5 @@ def load_model(
         pipeline=pipeline,
         sidecar=sidecar,
         path=artifact,
-        sha256=actual,
+        sha256=files.sha256,
     )

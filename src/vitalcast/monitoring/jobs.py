@@ -24,6 +24,7 @@ from vitalcast.config import Settings
 from vitalcast.db.base import utcnow
 from vitalcast.errors import NotFound
 from vitalcast.ingest.tables import IngestRun
+from vitalcast.modeling.registry import Registered, RegistryError, verify_model
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.monitoring import performance as perf
 from vitalcast.monitoring import rules
@@ -83,7 +84,10 @@ def run_monitor(
         results.append(rules.RuleResult("drift", "skipped", exc.message))
     results.append(
         rules.champion_rule(
-            task=task, has_champion=model is not None, in_use=_in_use(session, task)
+            task=task,
+            has_champion=model is not None,
+            in_use=_in_use(session, task),
+            unservable=None if model is None else _unservable(model),
         )
     )
     if model is None:
@@ -244,3 +248,13 @@ def _http_counts(
     if total < before[0]:  # the service restarted: counters began again at zero
         return total, errors
     return total - before[0], errors - before[1]
+
+
+def _unservable(model: ModelVersion) -> str | None:
+    """Why serving would refuse the champion's files (None: it would not), by the checks
+    serving makes before it loads them (hashes, library versions; no deserialisation)."""
+    try:
+        verify_model(model.artifact_path, Registered.of(model))  # as load_registered does
+    except RegistryError as exc:
+        return str(exc)
+    return None

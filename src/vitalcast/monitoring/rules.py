@@ -96,14 +96,26 @@ def _result(rule: str, findings: list[Finding], ok_note: str) -> RuleResult:
 # --------------------------------------------------------------------------- rules
 
 
-def champion_rule(*, task: str, has_champion: bool, in_use: bool) -> RuleResult:
-    """A task that has been in use and has no champion: serving answers 503 for it and
-    new data goes unscored, while every model rule of the task is skipped (nothing to
-    judge) and so would raise nothing. A task never in use (no model registered) is
-    skipped: nothing is being served for it.
+def champion_rule(
+    *, task: str, has_champion: bool, in_use: bool, unservable: str | None = None
+) -> RuleResult:
+    """A task that has been in use and has no champion, or one serving refuses
+    (``unservable``: why its files fail verification, e.g. an altered sidecar): serving
+    answers 503 for it and new data goes unscored, while no other rule would notice. A
+    task never in use (no model registered) is skipped: nothing is being served for it.
     """
+    if has_champion and unservable is not None:
+        finding = Finding(
+            "no_champion",
+            f"no_champion:{task}",
+            "critical",
+            f"{task}: the champion cannot be served ({unservable}); predictions for this"
+            " task fail (503) and new data is not scored",
+            {"task": task, "reason": unservable},
+        )
+        return RuleResult("no_champion", "firing", "champion fails verification", [finding])
     if has_champion:
-        return RuleResult("no_champion", "ok", "champion registered")
+        return RuleResult("no_champion", "ok", "champion registered and verified")
     if not in_use:
         return RuleResult("no_champion", "skipped", f"no model of {task} was ever registered")
     finding = Finding(

@@ -3,6 +3,7 @@ with lactate observations and stored predictions, and a real webhook receiver.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -16,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sklearn
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Encounter, Observation, Outcome, Patient
+from vitalcast.modeling.registry import LEGACY_FORMAT
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.monitoring.drift import reference_profile
 
@@ -139,17 +142,35 @@ def register_model(
     task: str,
     reference: dict[str, Any],
 ) -> ModelVersion:
-    """The champion of ``task``, whose sidecar holds ``reference`` (drift profiles)."""
+    """The champion of ``task``, whose sidecar holds ``reference`` (drift profiles).
+
+    Monitoring never deserialises the artifact, but it verifies the files as serving does
+    (hashes, library versions: ``registry.verify_model``), so the row and the sidecar
+    record the real hashes of these placeholder files."""
     version = f"{task}-test"
     folder = registry / version
     folder.mkdir(parents=True)
-    (folder / "model.joblib").write_bytes(b"not loaded by monitoring")
-    (folder / "model.json").write_text(json.dumps({"reference": reference}))
+    artifact = b"not loaded by monitoring"
+    (folder / "model.joblib").write_bytes(artifact)
+    sidecar = json.dumps(
+        {
+            "reference": reference,
+            "version": version,
+            "task": task,
+            "threshold": THRESHOLD,
+            "artifact": "model.joblib",
+            "sha256": hashlib.sha256(artifact).hexdigest(),
+            "format": LEGACY_FORMAT,
+            "versions": {"sklearn": sklearn.__version__},
+        }
+    ).encode()
+    (folder / "model.json").write_bytes(sidecar)
     model = ModelVersion(
         version=version,
         task=task,
         artifact_path=str(folder / "model.joblib"),
-        sha256="0" * 64,
+        sha256=hashlib.sha256(artifact).hexdigest(),
+        sidecar_sha256=hashlib.sha256(sidecar).hexdigest(),
         threshold=THRESHOLD,
         metrics={},
         alias="champion",

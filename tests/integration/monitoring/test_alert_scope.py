@@ -138,3 +138,30 @@ def test_a_task_that_never_had_a_model_raises_no_champion_alert(
     assert {r.rule: r.status for r in report.results}["no_champion"] == "skipped"
     assert report.reconciled.opened == []
     assert webhook.received == []
+
+
+def test_a_champion_serving_would_refuse_raises_the_same_critical_alert(
+    deployment: Deployment, webhook: Receiver, settings: Settings
+) -> None:
+    """A champion whose files fail verification (here its threshold edited in the
+    sidecar) is refused by serving, which then answers 503 for the task: the same
+    incident as no champion, which no other rule would notice."""
+    session = deployment.session
+    deployment.add_stays(20, at=NOW - timedelta(hours=1))
+    key = "no_champion:icu-mortality"
+    ok = _run(session, settings, webhook, "icu-mortality")
+    assert {r.rule: r.status for r in ok.results}["no_champion"] == "ok"
+
+    sidecar = Path(deployment.model.artifact_path).parent / "model.json"
+    original = sidecar.read_bytes()
+    sidecar.write_bytes(original.replace(b'"threshold": 0.', b'"threshold": 0.9'))
+    refused = _run(session, settings, webhook, "icu-mortality", 15)
+    (firing,) = [r for r in refused.results if r.rule == "no_champion"]
+    assert firing.status == "firing"
+    assert [(a.dedup_key, a.severity) for a in refused.reconciled.opened] == [(key, "critical")]
+    assert "cannot be served" in webhook.received[0]["alert"]["summary"]
+    assert "sha256" in firing.findings[0].details["reason"]
+
+    sidecar.write_bytes(original)  # restored
+    back = _run(session, settings, webhook, "icu-mortality", 30)
+    assert [a.dedup_key for a in back.reconciled.resolved] == [key]
