@@ -560,7 +560,7 @@ def test_database_error_is_one_line_without_parameters(
     the CLI says so in one line that carries neither the statement nor the value."""
     from vitalcast.ingest import service
 
-    monkeypatch.setattr(service, "_within_limits", lambda batch, _reject: batch)
+    monkeypatch.setattr(service, "within_limits", lambda batch, _reject: batch)
     nbr = "8" * 400
     path = tmp_path / "long.csv"
     path.write_text(_csv([{"patient_nbr": nbr}], extra=[]))
