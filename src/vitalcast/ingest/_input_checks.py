@@ -23,9 +23,10 @@ class Reject(Protocol):
 
 
 def observation_location(rec: ObservationRecord) -> str:
-    """Where a reading is reported and quarantined: its source reference, else its code
-    and time."""
-    return rec.source_ref or f"observation {rec.code} at {rec.effective_at.isoformat()}"
+    """Where a reading is reported and quarantined: its source reference, else its code.
+    Never its time: a date of care is an identifier, and locations are printed in ingest
+    reports (the quarantined item keeps the reading, encrypted, for review)."""
+    return rec.source_ref or f"observation {rec.code}"
 
 
 # The text fields of each list of a batch that the store keeps in a length-limited
