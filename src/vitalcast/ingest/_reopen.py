@@ -6,7 +6,7 @@ no longer scored. Here an A13 newer than the stored version of the stay (the dis
 A03, or a later update) clears its discharge time: the stay is in progress again, is
 rescored (it joins the report's touched stays), and is reported and audited per patient.
 
-Versions are ordered as every update is (:func:`vitalcast.ingest._resolve._newer`): an
+Versions are ordered as every update is (:func:`vitalcast.ingest._resolve.is_newer`): an
 equal or older A13 changes nothing (a duplicate), so an A13 older than the A03 that
 discharged the stay does not reopen it. The A13's version is kept on the stay
 (``Encounter.discharge_cancelled_version``) so that a discharge no newer than it (the
@@ -18,12 +18,12 @@ stored or one without a version (it cannot be ordered after the discharge).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.records import DischargeCancellation
-from vitalcast.ingest._resolve import Resolver, _newer
+from vitalcast.ingest._input_checks import Reject
+from vitalcast.ingest._resolve import Resolver, is_newer
 from vitalcast.ingest._withdraw import keep_if_newer, stored_stays, write_changes
 from vitalcast.ingest.report import IngestReport, Reopening
 
@@ -45,7 +45,7 @@ def store_discharge_cancellations(
     records: Sequence[DischargeCancellation],
     resolver: Resolver,
     report: IngestReport,
-    reject: Any,
+    reject: Reject,
 ) -> None:
     """Reopen the stored stays these records are newer versions of; quarantine those
     of no stored stay, of a withdrawn stay or without a version.
@@ -71,7 +71,7 @@ def store_discharge_cancellations(
             reject("encounter", where, "no_message_time", _NO_VERSION, rec, patient_id=known[1])
             continue
         stay = stored[known[0]]
-        if stay.withdrawn_at is not None and _newer(rec.version, stay.version):
+        if stay.withdrawn_at is not None and is_newer(rec.version, stay.version):
             # A withdrawal is final. (One not newer is an old message: a duplicate below.)
             reject("encounter", where, "withdrawn_stay", _WITHDRAWN, rec, patient_id=known[1])
             continue

@@ -25,6 +25,7 @@ from vitalcast.clinical.records import (
 )
 from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.db.types import new_public_id
+from vitalcast.ingest._input_checks import Reject
 from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.validate import Invalid, check_encounter, drop_implausible_descriptors
 from vitalcast.security.crypto import FieldCipher
@@ -243,7 +244,7 @@ def store_patients(
     newer: dict[str, PatientRecord] = {}  # known ref -> its latest version in this batch
     for rec in records:
         if rec.ref in resolver.patients or rec.ref in pending:
-            if rec.ref in resolver.patients and _newer(rec.version, newer.get(rec.ref)):
+            if rec.ref in resolver.patients and is_newer(rec.version, newer.get(rec.ref)):
                 if rec.ref in newer:
                     counts.duplicates += 1  # superseded within the batch
                 newer[rec.ref] = rec
@@ -289,7 +290,7 @@ def store_patients(
         _update_patients(session, newer, resolver, report)
 
 
-def _newer(version: str | None, than: Any) -> bool:
+def is_newer(version: str | None, than: Any) -> bool:
     """Whether ``version`` is set and later than ``than`` (a record, a text or None)."""
     other = getattr(than, "version", than)
     return version is not None and (other is None or version > other)
@@ -314,7 +315,7 @@ def _update_patients(
     changes: list[dict[str, Any]] = []
     for pid, rec in ids.items():
         public_id, version = stored[pid]
-        if not _newer(rec.version, version):
+        if not is_newer(rec.version, version):
             counts.duplicates += 1
             continue
         identifiers = rec.identifiers()
@@ -378,7 +379,7 @@ def store_encounters(
     records: Sequence[EncounterRecord],
     resolver: Resolver,
     report: IngestReport,
-    reject: Any,
+    reject: Reject,
     now: Any,
 ) -> None:
     """Insert new encounters; a known one counts as a duplicate, but a discharge time
@@ -398,7 +399,7 @@ def store_encounters(
     for rec in records:
         where = rec.source_ref or rec.ref
         known = resolver.encounters.get(rec.ref)
-        if known is not None and _newer(rec.version, versions.get(known[0])):
+        if known is not None and is_newer(rec.version, versions.get(known[0])):
             try:
                 check_encounter(rec, now=now, born_on=resolver.births.get(known[1]))
             except Invalid as exc:
@@ -420,7 +421,7 @@ def store_encounters(
             if (
                 known is not None
                 and stored_discharge.get(rec.ref) is None
-                and (known[0] not in cancelled or _newer(rec.version, cancelled[known[0]]))
+                and (known[0] not in cancelled or is_newer(rec.version, cancelled[known[0]]))
             ):
                 completions[known[0]] = rec.discharged_at
                 stored_discharge[rec.ref] = rec.discharged_at
@@ -481,7 +482,7 @@ def store_encounters(
 
 
 def _plausible_descriptors(
-    rec: EncounterRecord, where: str, reject: Any, *, patient_id: int
+    rec: EncounterRecord, where: str, reject: Reject, *, patient_id: int
 ) -> EncounterRecord:
     """The stay without implausible descriptors, each of them quarantined on its own
     (kind ``descriptor``): the stay itself is stored."""

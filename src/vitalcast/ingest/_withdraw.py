@@ -8,7 +8,7 @@ Here a newer version of a stored stay withdraws it instead (``Encounter.withdraw
 it leaves every query for stays in progress (``Encounter.in_progress``) and the scored
 population, keeps its data and history, and is reported and audited per patient.
 
-Versions are ordered as every update is (:func:`vitalcast.ingest._resolve._newer`): an
+Versions are ordered as every update is (:func:`vitalcast.ingest._resolve.is_newer`): an
 equal or older version withdraws nothing (a duplicate), so a late old message never
 withdraws a stay, and a withdrawal is final, so none resurrects one.
 """
@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.records import EncounterWithdrawal
 from vitalcast.clinical.tables import Encounter, Patient
-from vitalcast.ingest._resolve import Resolver, _newer, chunks
+from vitalcast.ingest._input_checks import Reject
+from vitalcast.ingest._resolve import Resolver, chunks, is_newer
 from vitalcast.ingest.report import IngestReport, KindCounts, Withdrawal
 
 _NO_VERSION = (
@@ -57,7 +58,7 @@ def store_withdrawals(
     records: Sequence[EncounterWithdrawal],
     resolver: Resolver,
     report: IngestReport,
-    reject: Any,
+    reject: Reject,
     now: datetime,
 ) -> None:
     """Withdraw the stored stays these records are newer versions of; quarantine the
@@ -120,7 +121,7 @@ def keep_if_newer(
     not newer, or superseded, is a duplicate."""
     counts.received += 1
     newest = chosen.get(eid)
-    if not _newer(rec.version, newest or stored_version):
+    if not is_newer(rec.version, newest or stored_version):
         counts.duplicates += 1  # not newer than what is known: an old message
         return
     if newest is not None:
