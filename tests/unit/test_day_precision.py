@@ -55,6 +55,9 @@ def test_optional_time_keeps_a_day(text: str | None, expected: object) -> None:
         ("2019", "imprecise_time"),
         ("2019-03", "imprecise_time"),
         ("2019-02-30", "bad_time"),
+        ("2019-3-4", "bad_time"),  # malformed, not a year or a month alone
+        ("03/04/2019", "bad_time"),
+        ("20190304", "bad_time"),  # Python's fromisoformat reads it; FHIR does not allow it
         ("1700-01-01", "time_out_of_range"),
         ("2019-03-04T10:00:00", "naive_time"),
     ],

@@ -9,6 +9,7 @@ Every Observation becomes one item per value it carries (its own ``value[x]`` an
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
@@ -97,6 +98,11 @@ def parse_instant(text: str | None, *, what: str) -> datetime:
     return to_utc(value, what)
 
 
+# FHIR dateTime's reduced precisions: a year ("2019") or a year and month ("2019-03").
+_YEAR_OR_MONTH = re.compile(r"\d{4}(-\d{2})?")
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def optional_time(text: Any, *, what: str) -> tuple[datetime | None, date | None]:
     """An optional time (an onset, a study's start): ``(instant, None)`` for a point in
     time, ``(None, day)`` for a date alone, ``(None, None)`` when absent.
@@ -117,11 +123,13 @@ def optional_time(text: Any, *, what: str) -> tuple[datetime | None, date | None
     if text is None or text == "":
         return None, None
     if isinstance(text, str) and "T" not in text:
-        if len(text) != 10:
+        if _YEAR_OR_MONTH.fullmatch(text):
             raise ResourceProblem(
                 "imprecise_time", f"{what} gives only a year or a month; a day is needed"
             )
         try:
+            if not _DAY.fullmatch(text):  # Python also reads "20190304" and week dates
+                raise ValueError(text)
             day = date.fromisoformat(text)
             check_year(day, what)
         except TimeOutOfRange as exc:
