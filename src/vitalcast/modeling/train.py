@@ -87,7 +87,13 @@ class CandidateSpec:
 # with min_samples_leaf 300 0.8575, learning rate 0.08 × 160 rounds 0.8590, 48 h rows
 # weighted twice 0.8592. Averaging its standardised score with the logistic one scored
 # 0.8642 at weight 0.2, a gain within fold noise with the weight fitted on the same
-# scores, so it is not served (one model keeps explanations exact).
+# scores, so it is not served (one model keeps explanations exact). Averaging its raw
+# score over five seeds (seed 2012 + k; max_features makes the fits differ) raised the
+# pooled out-of-fold AUROC in every fold, by little (0.8239 to 0.8255; 0.8593 to 0.8604
+# at 48 h): not served, since it multiplies the boosting fits, the compiled trees and the
+# SHAP work of every explanation by the seed count; each seed's five folds took 66-73 s
+# on one core, so three seeds would bring the 170 s training run (docs/benchmarks.md) just
+# past its 5-minute budget (estimated from those timings).
 LOGISTIC = CandidateSpec("logistic-l2-C0.05", "lr", {"C": 0.05})
 HGB_REGULARISED = CandidateSpec(
     "hgb-regularised",
@@ -130,7 +136,8 @@ SEARCH_BUDGET: tuple[CandidateSpec, ...] = (
 # encoding of the same 20 categories (TargetEncoder, cross-fitted, this budget's HGB)
 # scored 0.6887, adding the three 3-digit diagnoses as target-encoded categories 0.6887
 # (0.6896 at 200 rounds of 63 leaves); all within fold noise (fold AUROCs spread 0.684 to
-# 0.694), so the one-hot encoding stays.
+# 0.694), so the one-hot encoding stays. Averaging hgb-wide-lr0.03 over three seeds scored
+# 0.6891 against 0.6887 for one, three times the cost for a gain within that noise.
 READMISSION_BUDGET: tuple[CandidateSpec, ...] = (
     LOGISTIC,
     # hgb-regularised's regularisation, wider trees learning more slowly.
