@@ -4,6 +4,8 @@ reading what it stored, shared by the tests of stays that imports change."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
@@ -30,6 +32,32 @@ def ingest_json(settings: Settings, command: str, path: str) -> tuple[dict[str, 
     report: dict[str, Any] = json.loads("\n".join(lines[lines.index("{") :]))
     assert report["balanced"] is True
     return report, result
+
+
+def ingest_fhir_resources(
+    settings: Settings, folder: Path, name: str, *resources: dict[str, Any]
+) -> dict[str, Any]:
+    """``vitalcast ingest fhir`` of a collection Bundle of ``resources`` written to
+    ``folder/name.json`` (so report locations read ``name.json#Bundle.entry[i]...``)."""
+    path = folder / f"{name}.json"
+    bundle = {"resourceType": "Bundle", "type": "collection"}
+    path.write_text(json.dumps(bundle | {"entry": [{"resource": r} for r in resources]}))
+    return ingest_json(settings, "fhir", str(path))[0]
+
+
+def fhir_heart_rate(oid: str, patient: str, encounter: str, at: datetime) -> dict[str, Any]:
+    """A FHIR heart-rate Observation (118/min) of ``Patient/patient`` in
+    ``Encounter/encounter``, effective ``at``."""
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "encounter": {"reference": f"Encounter/{encounter}"},
+        "effectiveDateTime": at.isoformat(),
+        "valueQuantity": {"value": 118, "unit": "/min", "system": "http://unitsofmeasure.org"},
+    }
 
 
 def only_stay(engine: Engine) -> Encounter:

@@ -9,7 +9,6 @@ is reported and audited; an older version never withdraws, and nothing reopens i
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from tests.conftest import Credentials
-from tests.ingest_cli import count_rows, ingest_json, only_stay
+from tests.ingest_cli import count_rows, fhir_heart_rate, ingest_fhir_resources, only_stay
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.config import Settings
 from vitalcast.modeling.tables import Prediction
@@ -45,26 +44,6 @@ def _stay(version: str | None, status: str = "in-progress", sid: str = "wd-stay"
     return stay
 
 
-def _heart_rate(oid: str, minutes: int) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": oid,
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-        "subject": {"reference": "Patient/wd-pat"},
-        "encounter": {"reference": "Encounter/wd-stay"},
-        "effectiveDateTime": (START + timedelta(minutes=minutes)).isoformat(),
-        "valueQuantity": {"value": 118, "unit": "/min", "system": "http://unitsofmeasure.org"},
-    }
-
-
-def _ingest(settings: Settings, tmp_path: Path, name: str, *resources: dict[str, Any]) -> Any:
-    path = tmp_path / f"{name}.json"
-    bundle = {"resourceType": "Bundle", "type": "collection"}
-    path.write_text(json.dumps(bundle | {"entry": [{"resource": r} for r in resources]}))
-    return ingest_json(settings, "fhir", str(path))[0]
-
-
 @pytest.mark.usefixtures("champion")
 def test_newer_entered_in_error_withdraws_the_stored_stay(
     settings: Settings,
@@ -73,12 +52,14 @@ def test_newer_entered_in_error_withdraws_the_stored_stay(
     client: FlaskClient,
     creds: Credentials,
 ) -> None:
-    first = _ingest(settings, tmp_path, "v1", PATIENT, _stay("1"), _heart_rate("o1", 30))
+    first = ingest_fhir_resources(
+        settings, tmp_path, "v1", PATIENT, _stay("1"), _heart_rate("o1", 30)
+    )
     assert first["rescored"]["stays"] == 1
     reader = creds.api_key("clinician")
     assert client.get("/api/v1/patients", headers=reader).get_json()["total"] == 1
 
-    report = _ingest(
+    report = ingest_fhir_resources(
         settings, tmp_path, "v2", _stay("2", "entered-in-error"), _heart_rate("o2", 60)
     )
     # Off the ward (before, the stay stayed there, in progress).
@@ -123,9 +104,9 @@ def test_newer_entered_in_error_withdraws_the_stored_stay(
     ]
 
     # The old version again, or a newer one in progress: nothing reopens the stay.
-    again = _ingest(settings, tmp_path, "v1-again", _stay("1"))
+    again = ingest_fhir_resources(settings, tmp_path, "v1-again", _stay("1"))
     assert again["by_kind"]["encounter"]["duplicates"] == 1
-    later = _ingest(settings, tmp_path, "v3", _stay("3"), _heart_rate("o3", 90))
+    later = ingest_fhir_resources(settings, tmp_path, "v3", _stay("3"), _heart_rate("o3", 90))
     assert later["withdrawn"] == []
     assert later["rescored"]["stays"] == 0
     assert only_stay(pg_engine).withdrawn_at == stay.withdrawn_at
@@ -136,15 +117,15 @@ def test_newer_entered_in_error_withdraws_the_stored_stay(
 def test_older_or_unordered_withdrawal_withdraws_nothing(
     settings: Settings, pg_engine: Engine, tmp_path: Path
 ) -> None:
-    _ingest(settings, tmp_path, "v2", PATIENT, _stay("2"))
+    ingest_fhir_resources(settings, tmp_path, "v2", PATIENT, _stay("2"))
 
-    late = _ingest(settings, tmp_path, "v1", _stay("1", "cancelled"))
+    late = ingest_fhir_resources(settings, tmp_path, "v1", _stay("1", "cancelled"))
     assert late["by_kind"]["encounter"]["duplicates"] == 1  # an old version, not news
     assert late["withdrawn"] == []
     assert only_stay(pg_engine).in_progress
 
     # Without meta it cannot be ordered after the stored version: quarantined, saying so.
-    unversioned = _ingest(settings, tmp_path, "none", _stay(None, "entered-in-error"))
+    unversioned = ingest_fhir_resources(settings, tmp_path, "none", _stay(None, "entered-in-error"))
     assert unversioned["withdrawn"] == []
     [reject] = unversioned["rejects"]
     assert reject["reason_code"] == "entered_in_error"
@@ -152,7 +133,13 @@ def test_older_or_unordered_withdrawal_withdraws_nothing(
     assert only_stay(pg_engine).in_progress
 
     # A stay never stored is no stay to withdraw: quarantined as before.
-    unknown = _ingest(settings, tmp_path, "other", _stay("5", "entered-in-error", "wd-other"))
+    unknown = ingest_fhir_resources(
+        settings, tmp_path, "other", _stay("5", "entered-in-error", "wd-other")
+    )
     assert [r["reason_code"] for r in unknown["rejects"]] == ["entered_in_error"]
     assert unknown["withdrawn"] == []
     assert count_rows(pg_engine, Encounter) == 1
+
+
+def _heart_rate(oid: str, minutes: int) -> dict[str, Any]:
+    return fhir_heart_rate(oid, "wd-pat", "wd-stay", START + timedelta(minutes=minutes))

@@ -77,6 +77,11 @@ class EncounterRecord:
     # False when admitted_at is a stand-in (an HL7 A03/A08 without PV1-44 uses the event
     # time): an update then keeps the stored admission time.
     admission_known: bool = True
+    # The source states that the stay is still going on (a FHIR Encounter ``arrived``,
+    # ``triaged``, ``in-progress`` or ``onleave`` without ``period.end``): as the newer
+    # version of a discharged stay it cancels that discharge. False when the source only
+    # leaves the discharge out (an HL7 A08 need not repeat PV1-45; its ADT^A13 cancels).
+    in_progress_stated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

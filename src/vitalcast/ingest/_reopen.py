@@ -1,4 +1,5 @@
-"""Reopening stored stays whose discharge the source cancelled (HL7 ADT^A13).
+"""Reopening stored stays whose discharge the source cancelled (HL7 ADT^A13, or a newer
+FHIR Encounter version saying the stay is going on).
 
 An A13 says the discharge an A03 reported did not happen: the patient is still on the
 ward. Refused as an unsupported message type, it left that stay shown as discharged and
@@ -13,15 +14,22 @@ discharged the stay does not reopen it. The A13's version is kept on the stay
 same A03 resent or re-imported) does not discharge it again. A withdrawn stay is not
 reopened (a withdrawal is final): such an A13 is quarantined, as is one for a stay never
 stored or one without a version (it cannot be ordered after the discharge).
+
+FHIR has no such message: an EHR that corrects a discharge sends the Encounter again,
+newer, ``in-progress`` and without ``period.end``. That version is stored as any update
+is; :func:`reopen_stated_stays` then clears the discharge it left standing (an update
+keeps what a version leaves out), the same way and with the same report and audit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from vitalcast.clinical.records import DischargeCancellation
+from vitalcast.clinical.records import DischargeCancellation, EncounterRecord
+from vitalcast.clinical.tables import Encounter
 from vitalcast.ingest._input_checks import Reject
 from vitalcast.ingest._resolve import Resolver, is_newer
 from vitalcast.ingest._withdraw import keep_if_newer, stored_stays, write_changes
@@ -92,6 +100,54 @@ def store_discharge_cancellations(
         if stay.discharged_at is None:
             report.updated["encounter"] += 1  # in progress already: only its version
             continue
+        report.reopened.append(
+            Reopening(rec.source_ref or rec.ref, stay.patient_public_id, stay.encounter_public_id)
+        )
+        report.touched_encounters.add(eid)  # in progress again: to be scored, now
+
+
+def reopen_stated_stays(
+    session: Session,
+    records: Sequence[EncounterRecord],
+    resolver: Resolver,
+    report: IngestReport,
+) -> None:
+    """Reopen the discharged stays whose stored version (just written by
+    :func:`~vitalcast.ingest._resolve.store_encounters`) states they are going on.
+
+    Only the version the store kept counts: an in-progress version superseded in the same
+    batch by a newer finished one reopens nothing. A withdrawn stay stays withdrawn. The
+    version is kept as the stay's ``discharge_cancelled_version``, so that an older
+    finished version arriving later does not discharge it again.
+    """
+    stated = [
+        (known[0], rec)
+        for rec in records
+        if rec.in_progress_stated and (known := resolver.encounters.get(rec.ref))
+    ]
+    if not stated:
+        return
+    stored = stored_stays(session, (eid for eid, _rec in stated))
+    chosen = {
+        eid: rec
+        for eid, rec in stated
+        if (stay := stored.get(eid)) is not None
+        and rec.version is not None
+        and stay.version == rec.version
+        and stay.discharged_at is not None
+        and stay.withdrawn_at is None
+    }
+    if not chosen:
+        return
+    session.execute(
+        update(Encounter),
+        [
+            {"id": eid, "discharged_at": None, "discharge_cancelled_version": rec.version}
+            for eid, rec in chosen.items()
+        ],
+    )
+    for eid, rec in chosen.items():
+        stay = stored[eid]
         report.reopened.append(
             Reopening(rec.source_ref or rec.ref, stay.patient_public_id, stay.encounter_public_id)
         )

@@ -39,8 +39,9 @@ class Withdrawal:
 @dataclass(frozen=True)
 class Reopening:
     """A discharged stay put back in progress by a newer message cancelling its
-    discharge (HL7 ADT^A13). The public ids are for the audit event, as for
-    :class:`Withdrawal`, and are left out of the printed report."""
+    discharge (HL7 ADT^A13, or a FHIR Encounter version saying the stay is going on).
+    The public ids are for the audit event, as for :class:`Withdrawal`, and are left out
+    of the printed report."""
 
     location: str
     patient_public_id: str

@@ -43,7 +43,7 @@ from vitalcast.ingest._input_checks import (
     storable_text,
     within_limits,
 )
-from vitalcast.ingest._reopen import store_discharge_cancellations
+from vitalcast.ingest._reopen import reopen_stated_stays, store_discharge_cancellations
 from vitalcast.ingest._resolve import (
     Resolver,
     chunks,
@@ -149,6 +149,7 @@ def store_batch(
     batch = within_limits(batch, reject)
     store_patients(session, batch.patients, resolver, report)
     store_encounters(session, batch.encounters, resolver, report, reject, now)
+    reopen_stated_stays(session, batch.encounters, resolver, report)
     store_withdrawals(session, batch.withdrawals, resolver, report, reject, now)
     store_discharge_cancellations(session, batch.discharge_cancellations, resolver, report, reject)
     _store_observations(session, batch.observations, resolver, report, reject, now)

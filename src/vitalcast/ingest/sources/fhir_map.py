@@ -57,6 +57,8 @@ _ENCOUNTER_KINDS = {
 # Observation's result must not reach a model, an Encounter is no stay at all (the same
 # two codes in FHIR R4 ObservationStatus and EncounterStatus).
 _WITHDRAWN = {"entered-in-error": "entered_in_error", "cancelled": "cancelled"}
+# Encounter.status values saying the stay is going on now (FHIR R4 EncounterStatus).
+_ONGOING = frozenset({"arrived", "triaged", "in-progress", "onleave"})
 
 
 class ResourceProblem(ValueError):
@@ -453,7 +455,10 @@ def map_encounter(
     quarantined under those codes otherwise, as withdrawn Observations are. One that is
     ``planned`` (not begun), or whose end is present but not a point
     in time (a date alone, no timezone), or that is ``finished`` without an end, is
-    refused rather than stored as a stay still in progress.
+    refused rather than stored as a stay still in progress. One whose status says the stay
+    is going on (``arrived``, ``triaged``, ``in-progress``, ``onleave``) and that has no
+    end states it: as a newer version of a discharged stay it reopens it (a discharge
+    recorded in error and corrected in the EHR), as an HL7 ADT^A13 does.
     """
     status = res.get("status")
     if status in _WITHDRAWN:
@@ -499,6 +504,7 @@ def map_encounter(
             unit=str(unit) if unit else None,
             source_ref=where,
             version=version_of(res),
+            in_progress_stated=status in _ONGOING and discharged is None,
         )
     )
 
