@@ -125,6 +125,37 @@ def test_training_files_and_landmark_are_refused(
     _refused(res, "--landmark must be a finite number of hours after admission above 0")
     assert _evaluations(tmp_path / "registry", version) == []
 
+    # The training stays with new patients' stays added: not the training data (another
+    # fingerprint), but two thirds of it is. (Before, it was evaluated and saved.)
+    new_records, new_text = physionet_texts(60, seed=5, first_id=910000)
+    fresh, fresh_outcomes = tmp_path / "set-new", tmp_path / "Outcomes-new.txt"
+    fresh.mkdir()
+    for rec in new_records:
+        name = rec.name.split("/")[-1]
+        (folder / name).write_text(rec.text)  # the training folder, now with 60 more
+        (fresh / name).write_text(rec.text)
+    fresh_outcomes.write_text(new_text)
+    outcomes.write_text(text + "\n" + "\n".join(new_text.splitlines()[1:]) + "\n")
+    res = _cli(env, "evaluate", "--model", version, *files)
+    _refused(res, "120 of the 180 patients in set-t + Outcomes-t.txt have rows model")
+    assert "would not be validation" in res.output
+    assert _evaluations(tmp_path / "registry", version) == []
+
+    # The new patients alone are validation; none of them holds a training row.
+    new_files = ("--data", str(fresh), "--outcomes", str(fresh_outcomes))
+    res = _cli(env, "evaluate", "--model", version, *new_files, "--json")
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.output.strip().splitlines()[-1])
+    assert (ev["n"], ev["training_overlap_patients"]) == (60, 0)
+
+    # The training rows' digests are checked like the artifact: one byte changed refuses.
+    digests = tmp_path / "registry" / version / "training_rows.npy"
+    data = bytearray(digests.read_bytes())
+    data[-1] ^= 0x01
+    digests.write_bytes(bytes(data))
+    res = _cli(env, "evaluate", "--model", version, *new_files)
+    _refused(res, "training_rows.npy does not match the sha256 its sidecar records")
+
 
 @pytest.mark.shared_data
 def test_tabular_task_file_and_evaluation_errors(

@@ -240,7 +240,8 @@ def evaluate(
 
     Without --data (time-series tasks), the store's stays stored after the model's
     training data was read, of patients it never saw. The data the model was trained on,
-    data without its features and a label of one class are refused.
+    data more than 1 % of whose patients hold a training row, data without its features
+    and a label of one class are refused.
     """
     from vitalcast.modeling.external_validation import evaluate_version
 

@@ -94,6 +94,17 @@ class Dataset:
         return np.asarray(self.meta["landmark_h"].to_numpy() == landmark_h)
 
 
+def row_digests(X: pd.DataFrame) -> np.ndarray:
+    """A 64-bit digest of each row's values (in ``X``'s column order).
+
+    Why: the fingerprint says only whether a whole data set is the training data; these
+    say which rows are, so that ``evaluate`` also refuses data that merely contains the
+    training rows (set A with set B appended, the training file plus new patients). A
+    row's digest is of its feature values only: no identifier, no label.
+    """
+    return np.asarray(pd.util.hash_pandas_object(X, index=False), dtype=np.uint64)
+
+
 def fingerprint_of(X: pd.DataFrame, y: np.ndarray) -> str:
     """sha256 of a feature matrix (values and column names, in order) and its labels."""
     h = hashlib.sha256()

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
-from vitalcast.modeling.datasets import Dataset, fingerprint_of
+from vitalcast.modeling.datasets import Dataset, fingerprint_of, row_digests
 from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.registry import (
     LoadedModel,
@@ -26,6 +27,7 @@ from vitalcast.modeling.registry import (
     jsonable,
     load_model,
     read_sidecar,
+    read_training_rows,
 )
 from vitalcast.modeling.service import (
     ALIASES,
@@ -105,6 +107,7 @@ def evaluate_version(
         store_after_encounter_id=store_after,
     )
     _refuse_training_data(loaded, trained, ds)
+    seen_patients = _training_overlap(loaded, ds)
     if landmark_h is not None:
         notes = ds.notes
         ds = ds.subset(ds.rows_at(landmark_h), "")
@@ -117,6 +120,8 @@ def evaluate_version(
     metrics["data"] = ds.source
     metrics["data_fingerprint"] = ds.fingerprint
     metrics["notes"] = ds.notes
+    if seen_patients is not None:
+        metrics["training_overlap_patients"] = seen_patients
     if spec.kind == "timeseries":
         kind = "temporal" if store_after is not None else "external"
         metrics["validation"] = (
@@ -188,6 +193,41 @@ def _refuse_training_data(loaded: LoadedModel, trained: Task, ds: Dataset) -> No
             " fingerprint); its metrics there would be resubstitution, not validation."
             " Evaluate it on data it never saw"
         )
+
+
+# Most patients of validation data that may hold a training row: a few identical rows
+# are chance (two patients of a small table with the same values), more is leakage.
+MAX_TRAINING_OVERLAP = 0.01
+
+
+def _training_overlap(loaded: LoadedModel, ds: Dataset) -> int | None:
+    """How many patients of ``ds`` have a row identical to one the model was trained on
+    (None: the model predates kept training rows, or the data lacks its features).
+
+    The fingerprint check catches the training data itself; this catches data that
+    contains it (the training file with new patients appended, two sets concatenated).
+
+    Raises:
+        TaskError: more than :data:`MAX_TRAINING_OVERLAP` of the patients (and at least
+            one) have training rows; the message says how many, never which.
+    """
+    seen = read_training_rows(loaded.path.parent, loaded.sidecar)
+    if seen is None or not all(f in ds.X.columns for f in loaded.feature_names):
+        return None
+    hit = np.isin(row_digests(ds.X[loaded.feature_names]), seen)
+    patients = pd.unique(pd.Series(ds.groups))
+    overlap = int(pd.Series(ds.groups[hit]).nunique())
+    if overlap and overlap > MAX_TRAINING_OVERLAP * len(patients):
+        raise TaskError(
+            f"{overlap} of the {len(patients)} patients in {ds.source} have rows model"
+            f" {loaded.version} was trained on; its metrics on them would not be validation."
+            " Evaluate it on patients it never saw"
+        )
+    if overlap:
+        ds.notes.append(
+            f"{overlap} of {len(patients)} patients have a row identical to a training row"
+        )
+    return overlap
 
 
 def _check_features(loaded: LoadedModel, ds: Dataset) -> None:

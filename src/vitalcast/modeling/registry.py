@@ -67,6 +67,9 @@ if TYPE_CHECKING:
 
 ARTIFACT = "model.skops"
 SIDECAR = "model.json"
+# Digests of the training rows (``datasets.row_digests``), a plain uint64 .npy array whose
+# sha256 the sidecar records: what ``evaluate`` checks new data against.
+TRAINING_ROWS = "training_rows.npy"
 FORMAT = 2
 LEGACY_FORMAT = 1  # model.joblib: a pickle, loaded only behind the hash check
 SKOPS_SCHEMA = "schema.json"  # a skops file's object tree; every other entry is an array
@@ -337,8 +340,10 @@ def save_model(
     fingerprint: str,
     reference: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    training_rows: np.ndarray | None = None,
 ) -> tuple[str, Path, str, dict[str, Any]]:
-    """Write the artifact and sidecar; returns (version, artifact path, sha256, sidecar)."""
+    """Write the artifact and sidecar (and the training rows' digests, when given);
+    returns (version, artifact path, sha256, sidecar)."""
     data = _skops_bytes(estimator)
     foreign = set(sio.get_untrusted_types(data=data)) - TRUSTED_TYPES
     if foreign:
@@ -352,6 +357,14 @@ def save_model(
     (staging / ARTIFACT).write_bytes(data)
     sha = sha256_file(staging / ARTIFACT)
     version = new_version(task, sha)
+    rows: dict[str, Any] = {}
+    if training_rows is not None:
+        np.save(staging / TRAINING_ROWS, np.asarray(training_rows, dtype=np.uint64))
+        rows["training_rows"] = {
+            "file": TRAINING_ROWS,
+            "sha256": sha256_file(staging / TRAINING_ROWS),
+            "n": len(training_rows),
+        }
     sidecar: dict[str, Any] = {
         "format": FORMAT,
         "version": version,
@@ -366,6 +379,7 @@ def save_model(
         "metrics": jsonable(dict(metrics)),
         "training_data_fingerprint": fingerprint,
         "reference": jsonable(dict(reference)),
+        **rows,
         **jsonable(dict(extra or {})),
     }
     (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
@@ -486,6 +500,31 @@ def read_sidecar_hashed(folder: Path) -> tuple[dict[str, Any], str]:
     except (OSError, ValueError) as exc:
         raise RegistryError(f"{folder.name}: sidecar {SIDECAR} unreadable ({exc})") from None
     return data, hashlib.sha256(raw).hexdigest()
+
+
+def read_training_rows(folder: Path, sidecar: Mapping[str, Any]) -> np.ndarray | None:
+    """The digests of a version's training rows, checked against the sha256 its sidecar
+    records; None for a version registered before they were kept.
+
+    Raises:
+        RegistryError: the file is missing, altered, or not the array it should be.
+    """
+    record = sidecar.get("training_rows")
+    if not isinstance(record, Mapping):
+        return None
+    path = folder / TRAINING_ROWS  # never a path the sidecar names: only this file
+    if not path.is_file():
+        raise RegistryError(f"{folder.name}: {TRAINING_ROWS} is missing")
+    if sha256_file(path) != record.get("sha256"):
+        raise RegistryError(
+            f"{folder.name}: {TRAINING_ROWS} does not match the sha256 its sidecar records;"
+            " it was altered after registration"
+        )
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{folder.name}: {TRAINING_ROWS} unreadable ({exc})") from None
+    return np.asarray(rows, dtype=np.uint64)
 
 
 @dataclass(frozen=True, slots=True)

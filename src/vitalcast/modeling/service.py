@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
 from vitalcast.modeling import evaluate as ev
-from vitalcast.modeling.datasets import Dataset
+from vitalcast.modeling.datasets import Dataset, row_digests
 from vitalcast.modeling.loaders import load_dataset
 from vitalcast.modeling.registry import (
     LoadedModel,
@@ -107,6 +107,7 @@ def train_and_register(
         threshold=result.threshold,
         metrics=metrics,
         fingerprint=dataset.fingerprint,
+        training_rows=np.unique(row_digests(dataset.X[features])),
         # What monitoring compares live scores against: the rows the model was fitted on
         # (its windows sample the training landmarks, not calibration-only ones).
         reference=reference_distributions(
