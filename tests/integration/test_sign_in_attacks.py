@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from tests.conftest import Credentials
@@ -102,3 +103,32 @@ def test_locked_and_disabled_accounts_cost_a_password_hash_like_unknown_ones(
     for name in ("lena", "dave"):
         fastest = min(_seconds(app, name) for _ in range(3))
         assert fastest > unknown / 3, (name, fastest, unknown)
+
+
+def _sign_in_page(client: FlaskClient, username: str, password: str) -> str:
+    page = client.get("/login").get_data(as_text=True)
+    token = page.split('name="csrf-token" content="')[1].split('"')[0]
+    response = client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": token}
+    )
+    assert response.status_code == 401
+    return response.get_data(as_text=True)
+
+
+def test_a_locked_account_answers_as_a_wrong_password_for_an_unknown_name(
+    client: FlaskClient, creds: Credentials
+) -> None:
+    """The sign-in page used to say "This account is locked" only for accounts that
+    exist: five wrong passwords told anyone whether a username was real."""
+    creds.user("olga", "nurse")
+    for _ in range(MAX_FAILED_LOGINS):
+        _sign_in_page(client, "olga", "wrong password!")
+    locked = _sign_in_page(client, "olga", Credentials.PASSWORD)
+    unknown = _sign_in_page(client, "no-such-user", "wrong password!")
+    assert "This account is locked" not in locked
+    assert _message(locked) == _message(unknown)
+    assert "locked" in _message(locked)
+
+
+def _message(page: str) -> str:
+    return page.split('role="alert"')[1].split("</")[0] if 'role="alert"' in page else page
