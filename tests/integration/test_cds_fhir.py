@@ -242,6 +242,18 @@ def test_bad_tokens_are_refused(cds_app: Flask, ehr_key: RSAKey, case: str, expe
     assert expected in response.get_json()["error"]["message"]
 
 
+@pytest.mark.parametrize("payload", ["WzFd", "MQ", "bnVsbA", "InN0cmluZyI"])
+def test_a_jwt_whose_claims_are_not_an_object_is_refused_not_a_500(
+    cds_app: Flask, payload: str
+) -> None:
+    """Three dot-separated parts whose middle one is JSON but not an object (a list, a
+    number, null, a string) used to fail before authentication with a 500."""
+    headers = {"Authorization": f"Bearer e30.{payload}.c2ln"}
+    response = cds_app.test_client().post(SERVICE, json=_hook(PATIENT, []), headers=headers)
+    assert response.status_code == 401
+    assert "not a JWT" in response.get_json()["error"]["message"]
+
+
 def test_no_prefetch_reads_the_ehr_fhir_server(
     cds_app: Flask,
     ehr_key: RSAKey,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,12 +27,15 @@ from vitalcast.clinical.tables import Patient
 from vitalcast.config import Settings
 from vitalcast.db import create_db_engine, upgrade_database
 from vitalcast.db.session import make_session_factory
+from vitalcast.errors import ConfigError
 from vitalcast.ingest.sources.fhir import SOURCE as FHIR_SOURCE
 from vitalcast.ingest.sources.fhir import iter_units
 from vitalcast.ingest.units import ingest_units
 from vitalcast.security.crypto import FieldCipher, cipher_from_settings
 from vitalcast.security.identifiers import find_patient_by_mrn, key_usage, rotate_identifiers
 from vitalcast.security.tables import AuditEvent
+from vitalcast.serving.app import create_app
+from vitalcast.serving.state import get_state
 from vitalcast.synth.cohort import generate_cohort
 from vitalcast.synth.fhir import write_fhir_ndjson
 from vitalcast.synth.service import store_cohort
@@ -192,3 +196,43 @@ def test_rotation_refuses_rows_under_an_unknown_key(settings: Settings, pg_url: 
     with pytest.raises(ValueError, match="not in VITALCAST_FIELD_KEY"):
         rotate_identifiers(sessions, stranger)
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("field_key", "expected"),
+    [
+        # Another key under the right key's id (an unnamed key is always k0): only a
+        # decryption tells them apart.
+        (
+            lambda key_id: f"{key_id}:{base64.b64encode(os.urandom(32)).decode()}",
+            "does not decrypt",
+        ),
+        # The old key dropped from the ring before `keys rotate` ran.
+        (lambda _: "k9:" + base64.b64encode(os.urandom(32)).decode(), "does not hold"),
+    ],
+    ids=["wrong-key", "retired-key-removed"],
+)
+def test_a_keyring_that_cannot_read_the_store_stops_the_server_at_start(
+    settings: Settings, pg_url: str, field_key: Callable[[str], str], expected: str
+) -> None:
+    """A server started with a wrong field key used to start, then answer every ward
+    list and patient read with an internal error (500), whatever the route."""
+    batch, _ = _cohort_patients(seed=15)
+    engine = create_db_engine(pg_url)
+    with make_session_factory(engine)() as session:
+        store_cohort(session=session, batch=batch, cipher=cipher_from_settings(settings), now=NOW)  # type: ignore[arg-type]
+    engine.dispose()
+    assert settings.field_key is not None
+    wrong = settings.model_copy(
+        update={
+            "field_key": type(settings.field_key)(field_key(cipher_from_settings(settings).current))
+        }
+    )
+    with pytest.raises(ConfigError, match=expected):
+        create_app(wrong)
+    result = CliRunner().invoke(main, ["serve"], obj={"settings": wrong})
+    assert result.exit_code != 0
+    assert expected in result.output
+    assert "Patient.identifiers_enc" in result.output
+    # The right keyring still starts.
+    get_state(create_app(settings)).close()

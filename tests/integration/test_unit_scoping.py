@@ -19,7 +19,7 @@ from werkzeug.test import TestResponse
 from tests.conftest import Credentials
 from vitalcast.clinical.tables import DeviceBinding, Encounter, Observation, Patient
 from vitalcast.modeling.tables import Prediction
-from vitalcast.security.tables import AuditEvent
+from vitalcast.security.tables import ApiKey, AuditEvent, User
 from vitalcast.serving.state import get_state
 
 UNIT = "MICU"
@@ -298,3 +298,50 @@ def test_ward_row_of_another_units_patient_is_a_denial_answered_as_unknown(
         ).all()
     assert [tuple(e) for e in events] == [("access.denied", "denied", outside, "user:micu.nurse")]
     assert client.get(f"/ward/rows/{inside}").status_code == 200
+
+
+def test_an_admin_bound_to_units_can_neither_read_the_audit_log_nor_manage_accounts(
+    app: Flask, client: FlaskClient, creds: Credentials, units: dict[str, str]
+) -> None:
+    """A MICU-bound admin used to read another unit's patient's whole audit trail
+    (``?patient_id=``, which also told whether the id exists), and could create an API
+    key or a user bound to no unit, either of which sees every unit."""
+    other = _one_in(units, inside=False)
+    token = _signed_in(client, creds, role="admin")
+    json = {"Accept": "application/json"}
+    refused = [
+        client.get(f"/api/v1/audit-events?patient_id={other}", headers=json),
+        client.get("/api/v1/audit-events", headers=json),
+        client.get(f"/admin/audit?patient_id={other}"),
+        client.get("/api/v1/users", headers=json),
+        client.get("/admin/users"),
+        client.post("/admin/api-keys", data={"csrf_token": token, "name": "x", "role": "admin"}),
+        client.post(
+            "/admin/users",
+            data={
+                "csrf_token": token,
+                "username": "escape",
+                "password": "long enough password",
+                "role": "admin",
+            },
+        ),
+    ]
+    for response in refused:
+        assert response.status_code == 403, response.request.path
+        assert other not in response.get_data(as_text=True)
+    assert "spans every unit" in refused[0].get_json()["error"]["message"]
+    with get_state(app).sessions() as session:
+        denials = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.event == "access.denied", AuditEvent.actor == "user:micu.admin"
+            )
+        ).all()
+        assert len(denials) == len(refused)
+        assert all(d.details and d.details["reason"] == "bound to units" for d in denials)
+        assert session.scalar(select(func.count()).select_from(ApiKey)) == 0
+        assert session.scalar(select(User.id).where(User.username == "escape")) is None
+    # An admin bound to no unit still has both.
+    client.post("/logout", data={"csrf_token": token})
+    creds.login(client, creds.user("all.units.admin", "admin"))
+    assert client.get(f"/api/v1/audit-events?patient_id={other}", headers=json).status_code == 200
+    assert client.get("/admin/users").status_code == 200

@@ -20,6 +20,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitalcast.clinical.tables import Patient
+from vitalcast.errors import ConfigError
 from vitalcast.ingest.tables import QuarantineItem, raw_context
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
@@ -194,3 +195,50 @@ def _rotate(
         if progress is not None:
             progress(rotated)
     return rotated, batches
+
+
+def field_key_problems(session: Session, cipher: FieldCipher) -> list[str]:
+    """Why the keyring cannot read the newest stored ciphertexts (empty: it can).
+
+    A key given unnamed is always ``k0``, so a wrong key looks like the right one by its
+    id; only a decryption tells. Checked at start-up on the newest patient and the newest
+    quarantined item (two indexed reads), so a server started with a wrong or retired
+    key refuses to start with this message instead of answering every patient read with
+    an internal error. Messages name tables and key ids, never a row's content.
+    """
+    problems: list[str] = []
+    for spec in (_PATIENTS, _QUARANTINE):
+        blob_col = getattr(spec.table, spec.blob)
+        row = session.scalar(
+            select(spec.table).where(blob_col.is_not(None)).order_by(spec.table.id.desc()).limit(1)
+        )
+        if row is None:
+            continue
+        key_id = row.key_id or ""
+        if key_id not in cipher.keys:
+            problems.append(
+                f"{spec.name} is encrypted under key id {key_id!r}, which VITALCAST_FIELD_KEY"
+                " does not hold (keep a retired key in the ring until `vitalcast keys rotate`"
+                " has re-encrypted every row)"
+            )
+            continue
+        try:
+            cipher.decrypt(getattr(row, spec.blob), key_id, context=spec.context(row))
+        except ValueError:
+            problems.append(
+                f"key {key_id!r} of VITALCAST_FIELD_KEY does not decrypt {spec.name}: it is"
+                " not the key the stored identifiers were encrypted with"
+            )
+    return problems
+
+
+def check_field_keys(sessions: sessionmaker[Session], cipher: FieldCipher) -> None:
+    """Refuse to run with a field-encryption keyring that cannot read the store.
+
+    Raises:
+        ConfigError: see :func:`field_key_problems`.
+    """
+    with sessions() as session:
+        problems = field_key_problems(session, cipher)
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -82,6 +82,11 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     ),
 }
 
+# Permissions over every unit at once, refused to a caller bound to units whatever its
+# role: the audit log names every unit's patients, and managing users and API keys could
+# create an account bound to no unit, or an API key, which sees every unit.
+ALL_UNITS_ONLY: frozenset[Permission] = frozenset({Permission.USERS_MANAGE, Permission.AUDIT_READ})
+
 PUBLIC = "public"
 
 

@@ -13,10 +13,10 @@ import secrets
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
@@ -134,26 +134,77 @@ class LoginResult:
 
 
 def authenticate(session: Session, *, username: str, password: str) -> LoginResult:
-    """Check a password, counting failures and locking the account after repeated ones."""
+    """Check a password, counting failures and locking the account after repeated ones.
+
+    Each attempt is counted before its password is checked, in a transaction of its own
+    that commits at once (:func:`_claim_attempt`): counted on the request's transaction
+    instead, concurrent attempts all read the same count and each wrote it plus one, so
+    an attacker sending guesses in parallel was never locked out. Every path costs one
+    password hash, so the answer's timing does not tell whether the account exists, is
+    disabled or is locked.
+    """
     user = session.scalar(select(User).where(User.username == username))
     now = utcnow()
     if user is None:
         verify_password(_DUMMY_HASH, password)  # same cost whether or not the user exists
         return LoginResult(None, "unknown")
     if not user.active:
+        verify_password(_DUMMY_HASH, password)
         return LoginResult(None, "inactive")
-    if user.locked_until is not None and user.locked_until > now:
+    if not _claim_attempt(session, user.id, now):
+        verify_password(_DUMMY_HASH, password)
         return LoginResult(None, "locked")
     if not verify_password(user.password_hash, password):
-        user.failed_logins += 1
-        if user.failed_logins >= MAX_FAILED_LOGINS:
-            user.locked_until = now + LOCKOUT
-            user.failed_logins = 0
+        _count_failure(session, user.id, now)
         return LoginResult(None, "wrong_password")
-    user.failed_logins = 0
-    user.locked_until = None
-    user.last_login_at = now
+    # An UPDATE, not attribute assignment: the count was raised by another transaction,
+    # so the loaded object still holds the old value and would see nothing to write.
+    session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(failed_logins=0, locked_until=None, last_login_at=now)
+    )
+    session.refresh(user)
     return LoginResult(user, None)
+
+
+def _claim_attempt(session: Session, user_id: int, now: datetime) -> bool:
+    """Count one sign-in attempt against ``user_id``; False when the account is locked.
+
+    The count is raised by one atomic UPDATE in its own short transaction, committed
+    before the password is checked: whatever the concurrency, at most
+    ``MAX_FAILED_LOGINS`` attempts are let through before the lock-out, and the row is
+    not held locked while the slow hash runs. An attempt past the limit locks the
+    account. A successful sign-in resets the count; a failed one leaves it counted.
+    """
+    not_locked = or_(User.locked_until.is_(None), User.locked_until <= now)
+    with Session(session.get_bind()) as own, own.begin():
+        count = own.scalar(
+            update(User)
+            .where(User.id == user_id, not_locked)
+            .values(failed_logins=User.failed_logins + 1)
+            .returning(User.failed_logins)
+        )
+        if count is None:
+            return False  # locked
+        if count > MAX_FAILED_LOGINS:
+            _lock(own, user_id, now)
+            return False
+    return True
+
+
+def _count_failure(session: Session, user_id: int, now: datetime) -> None:
+    """A wrong password: the attempt is already counted; the last allowed one locks."""
+    with Session(session.get_bind()) as own, own.begin():
+        count = own.scalar(select(User.failed_logins).where(User.id == user_id))
+        if count is not None and count >= MAX_FAILED_LOGINS:
+            _lock(own, user_id, now)
+
+
+def _lock(session: Session, user_id: int, now: datetime) -> None:
+    session.execute(
+        update(User).where(User.id == user_id).values(locked_until=now + LOCKOUT, failed_logins=0)
+    )
 
 
 _DUMMY_HASH = hash_password(secrets.token_hex(16))

@@ -16,6 +16,7 @@ from vitalcast.monitoring.metrics import register_monitoring
 from vitalcast.security import audit_keys
 from vitalcast.security.crypto import cipher_from_settings
 from vitalcast.security.http import register_hardening
+from vitalcast.security.identifiers import check_field_keys
 from vitalcast.security.oidc import register_oidc
 from vitalcast.security.permissions import public
 from vitalcast.serving.errors import register_error_handlers
@@ -74,13 +75,20 @@ def configure_app(app: Flask, settings: Settings) -> None:
 
 def register_extensions(app: Flask, settings: Settings) -> None:
     engine = create_db_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+    cipher = cipher_from_settings(settings)
+    try:
+        check_field_keys(sessions, cipher)
+    except BaseException:
+        engine.dispose()
+        raise
     init_state(
         app,
         AppState(
             settings=settings,
             engine=engine,
-            sessions=make_session_factory(engine),
-            cipher=cipher_from_settings(settings),
+            sessions=sessions,
+            cipher=cipher,
             bus=EventBus(engine, settings.redis_url),
         ),
     )

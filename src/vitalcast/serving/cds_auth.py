@@ -52,6 +52,8 @@ def verify_cds_jwt(header: str | None, *, audience: str, trusted: dict[str, str]
         unverified = json.loads(_b64_segment(token.split(".")[1]))
     except (IndexError, ValueError):
         raise Unauthorized("the bearer token is not a JWT") from None
+    if not isinstance(unverified, dict):  # JSON, but not a claims object
+        raise Unauthorized("the bearer token is not a JWT: its claims are not a JSON object")
     issuer = unverified.get("iss")
     if not isinstance(issuer, str) or issuer not in trusted:
         raise Unauthorized("the JWT issuer is not a trusted CDS client")

@@ -23,10 +23,17 @@ def serve_command(
     """Serve the web UI and API with gunicorn."""
     from vitalcast.cli import get_settings
     from vitalcast.db import create_db_engine
+    from vitalcast.db.session import make_session_factory
+    from vitalcast.security.crypto import cipher_from_settings
+    from vitalcast.security.identifiers import check_field_keys
     from vitalcast.serving.server import serve
 
     settings = get_settings(ctx)
-    create_db_engine(settings.resolved_database_url).dispose()  # fail fast, one clear line
+    engine = create_db_engine(settings.resolved_database_url)  # fail fast, one clear line
+    try:  # so does a field key that cannot read the stored identifiers
+        check_field_keys(make_session_factory(engine), cipher_from_settings(settings))
+    finally:
+        engine.dispose()
     serve(
         settings,
         host=host or settings.host,

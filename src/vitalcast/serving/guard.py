@@ -32,7 +32,13 @@ from vitalcast.errors import (
 )
 from vitalcast.json_input import JsonInputError, parse_json
 from vitalcast.logging import request_context
-from vitalcast.security.permissions import PUBLIC, Permission, declared_permission, role_allows
+from vitalcast.security.permissions import (
+    ALL_UNITS_ONLY,
+    PUBLIC,
+    Permission,
+    declared_permission,
+    role_allows,
+)
 from vitalcast.security.service import Principal, verify_api_key
 from vitalcast.security.sessions import (
     SESSION_KEY,
@@ -253,18 +259,24 @@ def _before_request() -> ResponseReturnValue | None:
         )
         assert isinstance(needed, Permission)
         if not role_allows(who.role, needed):
-            audit_event(
-                "access.denied",
-                "E",
-                outcome="denied",
-                resource=request.path,
-                details={"needed": needed.value},
-            )
-            db().commit()
+            _deny(needed)
             raise Forbidden(f"your role ({who.role}) does not allow {needed.value}")
+        if who.units and needed in ALL_UNITS_ONLY:
+            _deny(needed, reason="bound to units")
+            raise Forbidden(
+                f"{needed.value} spans every unit; it needs a user bound to no unit"
+                f" (you are bound to {', '.join(who.units)})"
+            )
     except AppError as error:
         return render_error(error)
     return None
+
+
+def _deny(needed: Permission, *, reason: str | None = None) -> None:
+    """Audit a refusal by the guard, committed at once (the 403 rolls the request back)."""
+    details = {"needed": needed.value} | ({"reason": reason} if reason else {})
+    audit_event("access.denied", "E", outcome="denied", resource=request.path, details=details)
+    db().commit()
 
 
 def _login_url() -> str:

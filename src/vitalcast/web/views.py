@@ -17,7 +17,7 @@ from vitalcast.db.base import utcnow
 from vitalcast.errors import Forbidden, NotFound
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.security.redirects import safe_next
-from vitalcast.security.service import authenticate
+from vitalcast.security.service import LOCKOUT, MAX_FAILED_LOGINS, authenticate
 from vitalcast.serving.context import audit_event, current_principal, db, principal
 from vitalcast.serving.guard import end_current_session, start_session
 from vitalcast.serving.patient_api import check_patient_visible
@@ -83,13 +83,17 @@ def login() -> Response | str | tuple[str, int]:
             details={"username": username[:64], "reason": result.reason},
         )
         db().commit()  # the failed attempt is audited even though we answer 401
-        error = (
-            "This account is locked after repeated failed sign-ins. Try again later."
-            if result.reason == "locked"
-            else "Wrong username or password."
-        )
-        return _login_page(error=error), 401
+        # One message for every failure: a distinct "locked" answer, which only an
+        # existing account can give, told anyone who sent five wrong passwords whether
+        # the name exists (the reason is in the audit trail for administrators).
+        return _login_page(error=_SIGN_IN_FAILED), 401
     return _login_page(error=error, expired=request.args.get("expired") is not None)
+
+
+_SIGN_IN_FAILED = (
+    "Wrong username or password, or the account is locked after"
+    f" {MAX_FAILED_LOGINS} failed sign-ins (for {LOCKOUT.seconds // 60} minutes)."
+)
 
 
 def _login_page(*, error: str | None, expired: bool = False) -> str:
