@@ -141,3 +141,23 @@ def test_sign_in_is_audited_as_the_user_who_signed_in(
         recorded = str(event.details)
         assert wrong not in recorded
         assert creds.PASSWORD not in recorded
+
+    # A password typed into the username field names no account: the trail keeps a keyed
+    # pseudonym of it, never the text (before: the password, in an append-only log).
+    stranger = app.test_client()
+    page = stranger.get("/login").get_data(as_text=True)
+    token = page.split('name="csrf-token" content="')[1].split('"')[0]
+    for _ in range(2):
+        sent = {"username": wrong, "password": "x", "csrf_token": token}
+        assert stranger.post("/login", data=sent).status_code == 401
+    with get_state(app).sessions() as session:
+        unknown = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.event == "user.login", AuditEvent.outcome == "failure")
+            .order_by(AuditEvent.id)
+        ).all()[1:]
+    assert len(unknown) == 2
+    assert all(wrong not in str(e.details) for e in unknown)
+    assert [e.details["reason"] for e in unknown] == ["unknown", "unknown"]
+    pseudonym = get_state(app).cipher.pseudonym("sign-in", wrong)
+    assert [e.details["username_pseudonym"] for e in unknown] == [pseudonym, pseudonym]

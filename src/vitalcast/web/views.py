@@ -77,10 +77,7 @@ def login() -> Response | str | tuple[str, int]:
             start_session(result.user, method="password")
             return redirect(_next_target() or url_for("web.ward"))  # type: ignore[return-value]
         audit_event(
-            "user.login",
-            "E",
-            outcome="failure",
-            details={"username": username[:64], "reason": result.reason},
+            "user.login", "E", outcome="failure", details=_failed_sign_in(username, result.reason)
         )
         db().commit()  # the failed attempt is audited even though we answer 401
         # One message for every failure: a distinct "locked" answer, which only an
@@ -88,6 +85,21 @@ def login() -> Response | str | tuple[str, int]:
         # the name exists (the reason is in the audit trail for administrators).
         return _login_page(error=_SIGN_IN_FAILED), 401
     return _login_page(error=error, expired=request.args.get("expired") is not None)
+
+
+def _failed_sign_in(username: str, reason: str | None) -> dict[str, str | None]:
+    """What the audit trail keeps of a failed sign-in.
+
+    An account's name, when it is one (locked, disabled, wrong password). A name that is
+    no account is kept only as a keyed pseudonym (``FieldCipher.pseudonym``): people
+    type their password into the username field, and the audit log can be neither edited
+    nor purged. Repeated guesses of one name still share a pseudonym, and an auditor with
+    the HMAC key can recompute it for a name they suspect.
+    """
+    if reason == "unknown":
+        pseudonym = get_state().cipher.pseudonym("sign-in", username)
+        return {"username_pseudonym": pseudonym, "reason": reason}
+    return {"username": username[:64], "reason": reason}
 
 
 _SIGN_IN_FAILED = (
