@@ -6,6 +6,7 @@ in access logs, browser history and Referer headers.
 
 from __future__ import annotations
 
+import hmac
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,7 +70,7 @@ def login() -> Response | str | tuple[str, int]:
     error = None
     if request.method == "POST":
         sent = request.form.get("csrf_token", "")
-        if not sent or sent != session.get("csrf"):
+        if not sent or not hmac.compare_digest(sent, str(session.get("csrf", ""))):
             raise Forbidden("the sign-in form expired; reload the page and try again")
         username = request.form.get("username", "").strip()
         result = authenticate(db(), username=username, password=request.form.get("password", ""))
