@@ -112,6 +112,18 @@ def test_login_form_requires_csrf(client: FlaskClient, creds: Credentials) -> No
     creds.user("dora", "clinician")
     response = client.post("/login", data={"username": "dora", "password": creds.PASSWORD})
     assert response.status_code == 403
+    # A token that is not ASCII is a wrong token (403), not an internal error.
+    client.get("/login")
+    sent = {"username": "dora", "password": creds.PASSWORD, "csrf_token": "jeton-é"}
+    assert client.post("/login", data=sent).status_code == 403
+
+
+def test_a_csrf_header_that_is_not_ascii_is_a_403(client: FlaskClient, creds: Credentials) -> None:
+    creds.user("edda", "clinician")
+    creds.login(client, "edda")
+    response = client.post("/logout", headers={"X-CSRF-Token": "jeton-\u00e9"})
+    assert response.status_code == 403
+    assert "CSRF" in response.get_data(as_text=True)
 
 
 def test_sign_in_is_audited_as_the_user_who_signed_in(

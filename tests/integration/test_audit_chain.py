@@ -102,6 +102,17 @@ def test_changed_row_is_found(db_session: Session) -> None:
     assert result.reason.startswith("row content does not match its HMAC")
 
 
+def test_a_hash_edited_to_any_text_is_found_not_a_crash(db_session: Session) -> None:
+    """The verifier compares MACs in constant time; a stored hash edited to text that is
+    not ASCII broke that comparison (TypeError) instead of being reported."""
+    ids = _fill(db_session)
+    _as_superuser_bypassing_triggers(db_session)
+    db_session.execute(update(AuditEvent).where(AuditEvent.id == ids[1]).values(hash="é" * 64))
+    db_session.commit()
+    result = audit.verify_chain(db_session)
+    assert (result.ok, result.first_broken_id) == (False, ids[1])
+
+
 def test_deleted_row_is_found(db_session: Session) -> None:
     ids = _fill(db_session)
     _as_superuser_bypassing_triggers(db_session)

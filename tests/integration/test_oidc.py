@@ -146,6 +146,12 @@ def test_forged_state_is_refused_before_any_token_request(
         "/login/oidc/callback?code=abc&state=forged", headers={"Accept": "application/json"}
     )
     assert response.status_code == 401
+    # A state that is not ASCII is as forged: a 401, not an internal error.
+    client.get("/login/oidc")
+    response = client.get(
+        "/login/oidc/callback?code=abc&state=%C3%A9t%C3%A9", headers={"Accept": "application/json"}
+    )
+    assert response.status_code == 401
     assert provider.token_requests == 0
 
 

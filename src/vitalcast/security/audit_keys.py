@@ -98,7 +98,8 @@ class AuditKeyring:
         Raises:
             UnknownAuditKey: the keyring has no such key.
         """
-        return hmac.compare_digest(self.mac(key_id, message), expected)
+        # As bytes: an edited row may hold any text, and compare_digest refuses non-ASCII str.
+        return hmac.compare_digest(self.mac(key_id, message).encode(), str(expected).encode())
 
 
 def fingerprint_id(key: bytes) -> str:

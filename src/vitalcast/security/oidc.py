@@ -266,7 +266,8 @@ def _finish(settings: Settings) -> Response:
     assert settings.oidc_client_id
     assert settings.oidc_client_secret
     pending = session.pop("oidc", None)
-    if not pending or not hmac.compare_digest(request.args.get("state", ""), pending["state"]):
+    sent = request.args.get("state", "").encode()  # bytes: a str must be ASCII here
+    if not pending or not hmac.compare_digest(sent, str(pending["state"]).encode()):
         raise Unauthorized("the sign-in attempt expired or was not started here; start again")
     error = request.args.get("error")
     if error:

@@ -224,7 +224,9 @@ def _authenticate() -> Principal | None:
     who = _session_principal()
     if who is not None and request.method in _UNSAFE:
         sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
-        if not hmac.compare_digest(str(sent), str(session.get("csrf", ""))):
+        # As bytes: compare_digest refuses str holding anything but ASCII (a TypeError,
+        # a 500), and a header or form field may hold anything.
+        if not hmac.compare_digest(str(sent).encode(), str(session.get("csrf", "")).encode()):
             raise Forbidden("missing or wrong CSRF token; reload the page and try again")
     return who
 

@@ -70,7 +70,9 @@ def login() -> Response | str | tuple[str, int]:
     error = None
     if request.method == "POST":
         sent = request.form.get("csrf_token", "")
-        if not sent or not hmac.compare_digest(sent, str(session.get("csrf", ""))):
+        if not sent or not hmac.compare_digest(
+            sent.encode(), str(session.get("csrf", "")).encode()
+        ):
             raise Forbidden("the sign-in form expired; reload the page and try again")
         username = request.form.get("username", "").strip()
         result = authenticate(db(), username=username, password=request.form.get("password", ""))
