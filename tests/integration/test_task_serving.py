@@ -10,6 +10,7 @@ process through the same watcher as the stay task's.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,10 @@ def test_the_document_describes_each_loaded_task(
     variants = schemas["TaskFeatures"]["oneOf"]
     assert [v["properties"]["task"]["const"] for v in variants] == ["tabular"]
     assert table["properties"]["cp"]["enum"] == ["1.0", "2.0", "3.0", "4.0", None]
+    # The public document names no value fewer than 5 training patients hold (restecg 1.0:
+    # 4 of the Cleveland patients); the authenticated model detail lists every value.
+    restecg = table["properties"]["restecg"]
+    assert restecg["enum"] == ["0.0", "2.0", None]
+    assert "1.0" not in json.dumps(restecg)
+    assert "one of the 3 values" in restecg["description"]
+    assert detail["categories"]["restecg"] == ["0.0", "1.0", "2.0"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ from pydantic.json_schema import models_json_schema
 
 from vitalcast import __version__
 from vitalcast.modeling.tasks import STAY_TASK, TASKS
+from vitalcast.monitoring.drift import MIN_CATEGORY_COUNT
 from vitalcast.security.permissions import DESCRIPTIONS, PUBLIC, Permission, declared_permission
 from vitalcast.security.permissions import public as public_view
 from vitalcast.serving import schemas
@@ -171,10 +172,19 @@ def _path_template(rule: str) -> str:
     return re.sub(r"<(?:[a-z]+:)?([a-zA-Z_][a-zA-Z0-9_]*)>", r"{\1}", rule)
 
 
-def features_schema(scorer: CompiledScorer | None, task: str = STAY_TASK) -> dict[str, Any]:
+def features_schema(
+    scorer: CompiledScorer | None,
+    task: str = STAY_TASK,
+    nameable: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, Any]:
     """The flat feature object of ``task``'s champion loaded now: its exact names, numbers
     or null, categories from the fitted encoder; unknown names are refused (422), and so is
-    an age below the task's population (its minimum here)."""
+    an age below the task's population (its minimum here).
+
+    ``nameable``: per categorical feature, the values this public document may name
+    (``Predictor.nameable_categories``: held by enough training stays); a feature with
+    rarer values names only those in its enum and says how many more it accepts. None:
+    every value is named."""
     if scorer is None:
         return {
             "type": "object",
@@ -198,7 +208,9 @@ def features_schema(scorer: CompiledScorer | None, task: str = STAY_TASK) -> dic
                 for c in categories
                 if isinstance(c, str) or (isinstance(c, int | float) and math.isfinite(c))
             ]
-            properties[name] = {"enum": [*allowed, None]}
+            properties[name] = _categorical(
+                allowed, None if nameable is None else nameable.get(name, ())
+            )
     if (
         population is not None
         and population.min_age_years is not None
@@ -217,7 +229,26 @@ def features_schema(scorer: CompiledScorer | None, task: str = STAY_TASK) -> dic
     }
 
 
-def task_schemas(scorers: Mapping[str, CompiledScorer]) -> dict[str, dict[str, Any]]:
+def _categorical(allowed: list[Any], nameable: Collection[str] | None) -> dict[str, Any]:
+    """A categorical feature's schema: an enum of the values the document may name. The
+    rarer ones the model also accepts are counted in the description, not named, so the
+    server accepts a little more than the document admits, never less."""
+    shown = [c for c in allowed if nameable is None or str(c) in nameable]
+    schema: dict[str, Any] = {"enum": [*shown, None]}
+    hidden = len(allowed) - len(shown)
+    if hidden:
+        schema["description"] = (
+            f"one of the {len(allowed)} values the model was trained on: the {hidden} held by"
+            f" fewer than {MIN_CATEGORY_COUNT} training stays are accepted too but not named"
+            " in this public document (GET /api/v1/models/{version} lists them)"
+        )
+    return schema
+
+
+def task_schemas(
+    scorers: Mapping[str, CompiledScorer],
+    nameable: Mapping[str, Mapping[str, Collection[str]]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """``TaskFeatures`` and ``TaskBatch``: the ``{"task", "features"}`` and ``{"task",
     "rows"}`` bodies, one exact variant per task whose champion is loaded (its features
     in ``Features_<task>``), so that every variant the document admits can be scored.
@@ -234,7 +265,8 @@ def task_schemas(scorers: Mapping[str, CompiledScorer]) -> dict[str, dict[str, A
     batches: list[dict[str, Any]] = []
     for task, scorer in sorted(scorers.items()):
         ref = {"$ref": REF.format(model=f"Features_{task}")}
-        extra[f"Features_{task}"] = features_schema(scorer, task) | {
+        named = None if nameable is None else nameable.get(task, {})
+        extra[f"Features_{task}"] = features_schema(scorer, task, named) | {
             "description": f"the {task} champion's input features; null or absent = not "
             "measured (imputed and listed under `missing`)"
         }
@@ -270,15 +302,21 @@ def build_document(
     rate_limited: bool = True,
     scorer: CompiledScorer | None = None,
     task_scorers: Mapping[str, CompiledScorer] | None = None,
+    nameable: Mapping[str, Mapping[str, Collection[str]]] | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every ``/api/v1`` route of ``app``.
 
     ``scorer`` is the icu-mortality champion's: its features become the ``Features``
     schema, so the document tells a caller exactly which inputs ``POST /predict`` accepts
     today. ``task_scorers``: every loaded champion by task (that one included), for the
-    bodies that name their task.
+    bodies that name their task. ``nameable``: by task, the category values the document
+    may name (:func:`features_schema`).
     """
-    registry = _Schemas({"Features": features_schema(scorer)} | task_schemas(task_scorers or {}))
+    named = None if nameable is None else nameable.get(STAY_TASK, {})
+    registry = _Schemas(
+        {"Features": features_schema(scorer, STAY_TASK, named)}
+        | task_schemas(task_scorers or {}, nameable)
+    )
     registry.ref(schemas.ErrorResponse)
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(api_rules(app), key=lambda r: r.rule):
@@ -392,6 +430,7 @@ def openapi_json() -> Response:
             rate_limited=rate_limited,
             scorer=predictor.scorer if predictor is not None else None,
             task_scorers={task: p.scorer for task, p in champions.items()},
+            nameable={task: p.nameable_categories for task, p in champions.items()},
         )
         cached = (key, document)
         current_app.extensions["vitalcast_openapi"] = cached

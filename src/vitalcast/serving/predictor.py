@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vitalcast.errors import VitalcastError
 from vitalcast.modeling.tables import ModelVersion
 from vitalcast.modeling.tasks import STAY_TASK
+from vitalcast.monitoring.drift import OTHER
 from vitalcast.monitoring.metrics import observe_model_load
 from vitalcast.serving._prep import Preprocessor, Uncompilable, compile_column_transformer
 from vitalcast.serving.scorer import CompiledScorer, compile_model
@@ -40,6 +41,22 @@ class Score:
     missing: list[str]
 
 
+def nameable_categories(sidecar: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """Per categorical feature, the values a public document may name: those its drift
+    reference names, i.e. held by at least ``drift.MIN_CATEGORY_COUNT`` training stays.
+
+    Why: the OpenAPI document is public, and a category a model learnt from one or two
+    rows of a hospital's table (a rare occupation, an identifier that slipped into a
+    column) says who those rows are. A feature without a reference names none.
+    """
+    features = (sidecar.get("reference") or {}).get("features") or {}
+    named: dict[str, frozenset[str]] = {}
+    for name in sidecar.get("categorical") or []:
+        profile = features.get(name) or {}
+        named[name] = frozenset(str(c) for c in profile.get("categories") or {} if c != OTHER)
+    return named
+
+
 class Predictor:
     """A verified model plus the metadata every response carries."""
 
@@ -51,6 +68,7 @@ class Predictor:
         self.threshold: float = float(model.threshold)
         self.feature_names: list[str] = list(model.feature_names)
         self._known = frozenset(self.feature_names)
+        self.nameable_categories = nameable_categories(model.sidecar)
         # The hot path: the fitted pipeline compiled to numpy once, at load time; equal to
         # predict_proba within 1e-9 (tests/unit/test_scorer.py), sklearn as the fallback.
         self.scorer = compile_model(model.pipeline, self.feature_names, frame_of=model.frame_of)
