@@ -4,6 +4,7 @@ over real HTTP."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -63,6 +64,11 @@ def _token(key: RSAKey, *, aud: str = BASE + SERVICE, iss: str = ISSUER, exp_in:
         "sub": "ehr-client",
     }
     return jwt.encode({"alg": "RS256", "kid": "ehr-1", "typ": "JWT"}, claims, key)
+
+
+def _segment(value: Any) -> str:
+    """``value`` as a JWT segment (base64url JSON without padding)."""
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
 
 def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -225,6 +231,9 @@ def test_patient_view_card_from_prefetch_and_feedback(
         ("expired", "rejected"),
         ("audience", "rejected"),
         ("issuer", "not a trusted"),
+        ("list_payload", "not a JWT"),
+        ("number_payload", "not a JWT"),
+        ("null_payload", "not a JWT"),
     ],
 )
 def test_bad_tokens_are_refused(cds_app: Flask, ehr_key: RSAKey, case: str, expected: str) -> None:
@@ -235,6 +244,10 @@ def test_bad_tokens_are_refused(cds_app: Flask, ehr_key: RSAKey, case: str, expe
         "expired": _token(ehr_key, exp_in=-600),
         "audience": _token(ehr_key, aud="https://elsewhere.example/cds-services/x"),
         "issuer": _token(ehr_key, iss="https://rogue.example"),
+        # Three segments whose payload is JSON but not an object: a 500 before.
+        "list_payload": f"e30.{_segment([1])}.c2ln",
+        "number_payload": f"e30.{_segment(5)}.c2ln",
+        "null_payload": f"e30.{_segment(None)}.c2ln",
     }
     headers = {"Authorization": f"Bearer {tokens[case]}"} if tokens[case] else {}
     response = cds_app.test_client().post(SERVICE, json=_hook(PATIENT, []), headers=headers)

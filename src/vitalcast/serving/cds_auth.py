@@ -52,6 +52,9 @@ def verify_cds_jwt(header: str | None, *, audience: str, trusted: dict[str, str]
         unverified = json.loads(_b64_segment(token.split(".")[1]))
     except (IndexError, ValueError):
         raise Unauthorized("the bearer token is not a JWT") from None
+    if not isinstance(unverified, dict):
+        # A JWT's payload is a JSON object (RFC 7519, 7.2); "[1]" or "5" reached .get().
+        raise Unauthorized("the bearer token is not a JWT")
     issuer = unverified.get("iss")
     if not isinstance(issuer, str) or issuer not in trusted:
         raise Unauthorized("the JWT issuer is not a trusted CDS client")
