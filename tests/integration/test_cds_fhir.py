@@ -474,6 +474,13 @@ def test_no_stay_in_progress_gets_a_card_without_a_risk(
         (card,) = response.get_json()["cards"]
         assert "no stay in progress" in card["summary"]
         assert "%" not in card["summary"]
+        assert card["detail"].startswith("No encounter of this patient is in progress")
+    # The encounter in context is not among the in-progress ones: the detail says "not".
+    in_context = _hook(PATIENT, observations, [_encounter(600, eid="e1")])
+    in_context["context"]["encounterId"] = "e2"
+    (card,) = client.post(SERVICE, json=in_context, headers=headers).get_json()["cards"]
+    assert "no stay in progress" in card["summary"]
+    assert card["detail"].startswith("The encounter in context is not in progress")
     none = _hook(PATIENT, observations)
     none["prefetch"]["encounters"] = None  # CDS Hooks: the EHR had nothing for the query
     assert (
@@ -485,7 +492,7 @@ def test_no_stay_in_progress_gets_a_card_without_a_risk(
 
         assert session.scalars(select(Prediction)).first() is None
     rows = _audit_rows(cds_app)
-    assert [(r.outcome, (r.details or {})["scored"]) for r in rows] == [("success", False)] * 3
+    assert [(r.outcome, (r.details or {})["scored"]) for r in rows] == [("success", False)] * 4
 
 
 def test_an_encounter_outside_the_model_population_gets_a_card_without_a_risk(
