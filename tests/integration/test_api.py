@@ -129,6 +129,11 @@ def test_patient_detail_history_and_observations(
     )
     assert bad.status_code == 422
     assert len(bad.get_json()["error"]["details"]) == 2
+    # A limit keeps the newest observations (listed oldest first), not the stay's first.
+    newest = client.get(
+        f"/api/v1/patients/{ward[0]}/observations?code=hr&limit=2", headers=headers
+    ).get_json()["items"]
+    assert [o["effective_at"] for o in newest] == [o["effective_at"] for o in items[-2:]]
     # An empty code is not "no filter": the schema's enum has no "", so it is refused too.
     empty = client.get(f"/api/v1/patients/{ward[0]}/observations?code=", headers=headers)
     assert empty.status_code == 422
