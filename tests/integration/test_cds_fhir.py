@@ -833,6 +833,18 @@ MALFORMED_PREFETCH = [
         ["encounters", "entry", 0, "resource"],
         "another patient",
     ),
+    (
+        "encounter status a list",  # was passed over: "no stay in progress"
+        {"encounters": _bundle(_who_encounter(), {**_who_encounter(id="e2"), "status": ["x"]})},
+        ["encounters", "entry", 1, "resource"],
+        "Encounter.status",
+    ),
+    (
+        "encounter status not an R4 code",
+        {"encounters": _bundle({**_who_encounter(), "status": "In-Progress"})},
+        ["encounters", "entry", 0, "resource"],
+        "Encounter.status",
+    ),
 ]
 
 
