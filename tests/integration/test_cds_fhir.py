@@ -495,6 +495,21 @@ def test_no_stay_in_progress_gets_a_card_without_a_risk(
     assert [(r.outcome, (r.details or {})["scored"]) for r in rows] == [("success", False)] * 4
 
 
+def test_an_admission_a_few_minutes_ahead_is_early_in_the_stay(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """An admission time up to the clock-drift tolerance in the future is accepted; the
+    stay scored then was shown without the early caution (its hours were negative)."""
+    _register_champion(cds_app, trained_model)
+    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    body = _hook(PATIENT, [], [_encounter(-3)])
+    response = cds_app.test_client().post(SERVICE, json=body, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    (card,) = response.get_json()["cards"]
+    assert "early)" in card["summary"]
+    assert card["detail"].startswith("Early in the stay: scored 0.0 h after admission")
+
+
 def test_an_encounter_outside_the_model_population_gets_a_card_without_a_risk(
     cds_app: Flask, ehr_key: RSAKey, trained_model: Any
 ) -> None:
