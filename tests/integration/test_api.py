@@ -67,6 +67,22 @@ def test_predict_feature_vector(
         answer = client.post("/api/v1/predict", json=timed, headers=creds.api_key("integration"))
         assert answer.status_code == 200, answer.get_json()
         assert answer.get_json()["early"] == early
+    # Hours before admission: not a risk of the stay (it was scored, with early null).
+    before = {**features, "hours_since_admission": -5}
+    refused = client.post("/api/v1/predict", json=before, headers=creds.api_key("integration"))
+    assert refused.status_code == 422
+    assert [d["loc"] for d in refused.get_json()["error"]["details"]] == [
+        ["body", "hours_since_admission"]
+    ]
+    batch = client.post(
+        "/api/v1/predict/batch",
+        json={"rows": [features, before]},
+        headers=creds.api_key("integration"),
+    )
+    assert batch.status_code == 422
+    assert [d["loc"] for d in batch.get_json()["error"]["details"]] == [
+        ["body", "rows", 1, "hours_since_admission"]
+    ]
 
 
 def test_predict_rejects_every_bad_field_at_once(
@@ -129,6 +145,11 @@ def test_patient_detail_history_and_observations(
     )
     assert bad.status_code == 422
     assert len(bad.get_json()["error"]["details"]) == 2
+    # A limit keeps the newest observations (listed oldest first), not the stay's first.
+    newest = client.get(
+        f"/api/v1/patients/{ward[0]}/observations?code=hr&limit=2", headers=headers
+    ).get_json()["items"]
+    assert [o["effective_at"] for o in newest] == [o["effective_at"] for o in items[-2:]]
     # An empty code is not "no filter": the schema's enum has no "", so it is refused too.
     empty = client.get(f"/api/v1/patients/{ward[0]}/observations?code=", headers=headers)
     assert empty.status_code == 422

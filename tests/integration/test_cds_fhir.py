@@ -4,6 +4,7 @@ over real HTTP."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -63,6 +64,11 @@ def _token(key: RSAKey, *, aud: str = BASE + SERVICE, iss: str = ISSUER, exp_in:
         "sub": "ehr-client",
     }
     return jwt.encode({"alg": "RS256", "kid": "ehr-1", "typ": "JWT"}, claims, key)
+
+
+def _segment(value: Any) -> str:
+    """``value`` as a JWT segment (base64url JSON without padding)."""
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
 
 def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -225,6 +231,9 @@ def test_patient_view_card_from_prefetch_and_feedback(
         ("expired", "rejected"),
         ("audience", "rejected"),
         ("issuer", "not a trusted"),
+        ("list_payload", "not a JWT"),
+        ("number_payload", "not a JWT"),
+        ("null_payload", "not a JWT"),
     ],
 )
 def test_bad_tokens_are_refused(cds_app: Flask, ehr_key: RSAKey, case: str, expected: str) -> None:
@@ -235,6 +244,10 @@ def test_bad_tokens_are_refused(cds_app: Flask, ehr_key: RSAKey, case: str, expe
         "expired": _token(ehr_key, exp_in=-600),
         "audience": _token(ehr_key, aud="https://elsewhere.example/cds-services/x"),
         "issuer": _token(ehr_key, iss="https://rogue.example"),
+        # Three segments whose payload is JSON but not an object: a 500 before.
+        "list_payload": f"e30.{_segment([1])}.c2ln",
+        "number_payload": f"e30.{_segment(5)}.c2ln",
+        "null_payload": f"e30.{_segment(None)}.c2ln",
     }
     headers = {"Authorization": f"Bearer {tokens[case]}"} if tokens[case] else {}
     response = cds_app.test_client().post(SERVICE, json=_hook(PATIENT, []), headers=headers)
@@ -473,6 +486,13 @@ def test_no_stay_in_progress_gets_a_card_without_a_risk(
         (card,) = response.get_json()["cards"]
         assert "no stay in progress" in card["summary"]
         assert "%" not in card["summary"]
+        assert card["detail"].startswith("No encounter of this patient is in progress")
+    # The encounter in context is not among the in-progress ones: the detail says "not".
+    in_context = _hook(PATIENT, observations, [_encounter(600, eid="e1")])
+    in_context["context"]["encounterId"] = "e2"
+    (card,) = client.post(SERVICE, json=in_context, headers=headers).get_json()["cards"]
+    assert "no stay in progress" in card["summary"]
+    assert card["detail"].startswith("The encounter in context is not in progress")
     none = _hook(PATIENT, observations)
     none["prefetch"]["encounters"] = None  # CDS Hooks: the EHR had nothing for the query
     assert (
@@ -484,7 +504,22 @@ def test_no_stay_in_progress_gets_a_card_without_a_risk(
 
         assert session.scalars(select(Prediction)).first() is None
     rows = _audit_rows(cds_app)
-    assert [(r.outcome, (r.details or {})["scored"]) for r in rows] == [("success", False)] * 3
+    assert [(r.outcome, (r.details or {})["scored"]) for r in rows] == [("success", False)] * 4
+
+
+def test_an_admission_a_few_minutes_ahead_is_early_in_the_stay(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """An admission time up to the clock-drift tolerance in the future is accepted; the
+    stay scored then was shown without the early caution (its hours were negative)."""
+    _register_champion(cds_app, trained_model)
+    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    body = _hook(PATIENT, [], [_encounter(-3)])
+    response = cds_app.test_client().post(SERVICE, json=body, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    (card,) = response.get_json()["cards"]
+    assert "early)" in card["summary"]
+    assert card["detail"].startswith("Early in the stay: scored 0.0 h after admission")
 
 
 def test_an_encounter_outside_the_model_population_gets_a_card_without_a_risk(
@@ -824,6 +859,18 @@ MALFORMED_PREFETCH = [
         {"encounters": _bundle(_encounter(300))},
         ["encounters", "entry", 0, "resource"],
         "another patient",
+    ),
+    (
+        "encounter status a list",  # was passed over: "no stay in progress"
+        {"encounters": _bundle(_who_encounter(), {**_who_encounter(id="e2"), "status": ["x"]})},
+        ["encounters", "entry", 1, "resource"],
+        "Encounter.status",
+    ),
+    (
+        "encounter status not an R4 code",
+        {"encounters": _bundle({**_who_encounter(), "status": "In-Progress"})},
+        ["encounters", "entry", 0, "resource"],
+        "Encounter.status",
     ),
 ]
 

@@ -141,5 +141,36 @@ def test_older_or_unordered_withdrawal_withdraws_nothing(
     assert count_rows(pg_engine, Encounter) == 1
 
 
+def test_a_withdrawn_discharged_stay_is_not_a_finished_encounter(
+    settings: Settings, pg_engine: Engine, tmp_path: Path, client: FlaskClient, creds: Credentials
+) -> None:
+    """``/fhir/Encounter?status=finished`` listed a discharged stay the EHR later
+    withdrew, rendered with status entered-in-error: a search answer contradicting its
+    own filter. The search without a status still lists it, with its status."""
+    finished = _stay("1", "finished") | {
+        "period": {"start": START.isoformat(), "end": (START + timedelta(hours=2)).isoformat()}
+    }
+    ingest_fhir_resources(settings, tmp_path, "v1", PATIENT, finished)
+    assert only_stay(pg_engine).discharged_at is not None
+    ingest_fhir_resources(settings, tmp_path, "v2", _stay("2", "entered-in-error"))
+    stay = only_stay(pg_engine)
+    assert stay.withdrawn_at is not None
+    assert stay.discharged_at is not None
+    with Session(pg_engine) as session:
+        public_id = session.scalars(select(Patient.public_id)).one()
+    reader = creds.api_key("clinician")
+
+    def statuses(**query: str) -> list[str]:
+        answer = client.get(
+            "/fhir/Encounter", query_string={"patient": public_id, **query}, headers=reader
+        ).get_json()
+        assert answer["total"] == len(answer.get("entry", []))
+        return [e["resource"]["status"] for e in answer.get("entry", [])]
+
+    assert statuses(status="finished") == []
+    assert statuses(status="in-progress") == []
+    assert statuses() == ["entered-in-error"]
+
+
 def _heart_rate(oid: str, minutes: int) -> dict[str, Any]:
     return fhir_heart_rate(oid, "wd-pat", "wd-stay", START + timedelta(minutes=minutes))

@@ -27,6 +27,8 @@ def _rows(app: Flask, n: int) -> list[dict[str, object]]:
         row = {str(f): float(rng.normal(1.0, 0.5)) for f in chosen}
         if "age_years" in row:  # an adult: a child's row is refused (test_stay_population)
             row["age_years"] = float(rng.uniform(15, 95))
+        if "hours_since_admission" in row:  # scored during the stay: hours before it are a 422
+            row["hours_since_admission"] = abs(row["hours_since_admission"])
         rows.append(row)
     return rows
 

@@ -244,7 +244,11 @@ def early_in_stay(
     """
     if scored_at is None:
         return None
-    return early_at(task_name, (scored_at - admitted_at).total_seconds() / 3600.0)
+    # Ingestion accepts an admission up to a few minutes ahead of the clock (drift), so a
+    # stay scored at its start can be scored "before" it: that is its hour 0, not a
+    # time past the first landmark (it was shown without the caution).
+    hours = max((scored_at - admitted_at).total_seconds() / 3600.0, 0.0)
+    return early_at(task_name, hours)
 
 
 def early_at(task_name: str | None, hours: float | None) -> dict[str, float] | None:

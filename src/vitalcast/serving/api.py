@@ -234,7 +234,9 @@ def predict_batch() -> Response:
             problems.append(
                 {"loc": ["body", "rows", i, *problem["loc"][1:]], "msg": problem["msg"]}
             )
-        if not row_problems:
+        timing = time_problems(predictor.task, row, ["body", "rows", i])
+        problems.extend(timing)
+        if not row_problems and not timing:
             problems.extend(population_problems(predictor.task, row, ["body", "rows", i]))
     raise_if(problems, f"{len(problems)} problem(s) in the batch; nothing was scored")
     probabilities = scorer.score_batch(matrix)
@@ -286,9 +288,30 @@ def _validate_features(predictor: Predictor, payload: Any, where: list[str]) -> 
     problems = feature_errors(predictor.scorer, payload, x)
     for problem in problems:
         problem["loc"] = [*where, *problem["loc"][1:]]
+    problems += time_problems(predictor.task, payload, where)
     raise_if(problems, f"{len(problems)} invalid feature(s); see details")
     outside = population_problems(predictor.task, payload, where)
     raise_if(outside, outside[0]["msg"] if outside else "")
+
+
+def time_problems(task: str, row: dict[str, Any], where: list[Any]) -> list[dict[str, Any]]:
+    """The problem of a negative ``hours_since_admission`` for a task scored during a stay
+    (one with landmarks): a risk "scored before the stay began" is no risk of a stay.
+    Scored, it came back with ``early`` null, shown with the authority of a risk past the
+    first landmark. None when the vector leaves it out or it is not a number
+    (feature_errors' 422)."""
+    if not timed_task(task):
+        return []
+    hours = row.get(TIME_FEATURE)
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or hours >= 0:
+        return []
+    return [{"loc": [*where, TIME_FEATURE], "msg": "must be 0 or more (hours since admission)"}]
+
+
+def timed_task(task: str) -> bool:
+    """Whether ``task`` scores a stay at an hour of it (``hours_since_admission``)."""
+    spec = TASKS.get(task)
+    return spec is not None and bool(spec.all_landmarks_h)
 
 
 def population_problems(task: str, row: dict[str, Any], where: list[Any]) -> list[dict[str, Any]]:

@@ -91,7 +91,8 @@ def _no_risk_card(link: str, summary: str, detail: str) -> dict[str, Any]:
 
 def no_stay_card(link: str, encounter_id: str | None) -> dict[str, Any]:
     """The answer when there is no stay in progress: scoring another one would be wrong."""
-    which = "The encounter in context is" if encounter_id else "No encounter of this patient is"
+    # "The encounter in context is in progress" said the opposite of the summary.
+    which = "The encounter in context is not" if encounter_id else "No encounter of this patient is"
     return _no_risk_card(
         link,
         "ICU mortality risk: no stay in progress, no risk computed",

@@ -16,6 +16,21 @@ from vitalcast.ingest.validate import Invalid, check_encounter, check_observatio
 from vitalcast.serving.cds_prefetch import entry_index, parse_resources, rejection_text
 from vitalcast.serving.cds_sources import Fetched
 
+# FHIR R4 EncounterStatus, a required binding (http://hl7.org/fhir/R4/valueset-encounter-status.html).
+_ENCOUNTER_STATUSES = frozenset(
+    {
+        "planned",
+        "arrived",
+        "triaged",
+        "in-progress",
+        "onleave",
+        "finished",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    }
+)
+
 # Why the admission time of the stay breaks the ingestion rules (check_encounter's codes).
 _ADMISSION_RULES = {
     "future_time": "an admission time in the future",
@@ -38,13 +53,21 @@ def current_encounter(
             :meth:`.cds_sources.Fetched.unusable`). Passing over it would answer "no stay
             in progress", or score another stay, without a word.
     """
-    candidates = [
+    encounters = [
         (i, r)
         for i, r in enumerate(fetched.resources)
         if r.get("resourceType") == "Encounter"
-        and r.get("status") == "in-progress"
         and (encounter_id is None or r.get("id") == encounter_id)
     ]
+    for i, r in encounters:
+        # Filtered on "in-progress" unchecked, an Encounter with a status that is no
+        # status ("In-Progress", a list, none) was passed over: "no stay in progress".
+        status = r.get("status")
+        if not isinstance(status, str) or status not in _ENCOUNTER_STATUSES:
+            raise fetched.unusable(
+                i, "an Encounter that cannot be read (Encounter.status: not an R4 status code)"
+            )
+    candidates = [(i, r) for i, r in encounters if r["status"] == "in-progress"]
     batch = parse_resources([r for _i, r in candidates])
 
     def index(location: str) -> int | None:

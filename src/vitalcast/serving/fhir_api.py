@@ -330,7 +330,8 @@ def search_encounters() -> Response:
     if status == "in-progress":
         query = query.where(Encounter.in_progress)
     elif status == "finished":
-        query = query.where(Encounter.discharged_at.is_not(None))
+        # A withdrawn stay is rendered entered-in-error or cancelled, discharged or not.
+        query = query.where(Encounter.discharged_at.is_not(None), Encounter.withdrawn_at.is_(None))
     order = (Encounter.admitted_at.desc(), Encounter.id.desc())
     rows = db().scalars(query.order_by(*order).offset(offset).limit(count)).all()
     total = count_matches(db(), query)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from vitalcast import __version__
+from vitalcast.modeling.landmark_calibration import TIME_FEATURE
 from vitalcast.modeling.tasks import STAY_TASK, TASKS
 from vitalcast.monitoring.drift import MIN_CATEGORY_COUNT
 from vitalcast.security.permissions import DESCRIPTIONS, PUBLIC, Permission, declared_permission
@@ -220,6 +221,10 @@ def features_schema(
             "minimum": population.min_age_years,
             "description": f"the model scores {population.label}",
         }
+    timed = spec is not None and bool(spec.all_landmarks_h)
+    if timed and TIME_FEATURE in properties:
+        # POST /predict refuses hours before admission (a 422 at this feature).
+        properties[TIME_FEATURE] |= {"minimum": 0, "description": "hours since admission"}
     return {
         "type": "object",
         "description": "the champion's input features; null or absent = not measured "

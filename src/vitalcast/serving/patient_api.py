@@ -273,7 +273,10 @@ def patient_predictions(patient_id: str) -> Response:
     tags=("patients",),
 )
 def patient_observations(patient_id: str) -> Response:
-    """Observations (``?code=`` LOINC or variable key, ``?since=``), with quarantined ones."""
+    """Observations (``?code=`` LOINC or variable key, ``?since=``), with quarantined ones.
+
+    Oldest first; beyond ``limit``, the newest ``limit`` observations (and quarantined
+    items) are the ones listed."""
     query_args = parse_query(ObservationsQuery)
     limit, since, code = query_args.limit, query_args.since, query_args.code
     session = db()
@@ -286,8 +289,18 @@ def patient_observations(patient_id: str) -> Response:
     if since is not None:
         query = query.where(Observation.effective_at >= since)
         quarantined = quarantined.where(QuarantineItem.effective_at >= since)
-    rows = session.scalars(query.order_by(Observation.effective_at).limit(limit)).all()
-    rejected = session.scalars(quarantined.order_by(QuarantineItem.id).limit(limit)).all()
+    # The newest ``limit`` of each, listed oldest first: cut oldest-first, a long stay's
+    # answer held its first days and silently left out the current values.
+    rows = list(
+        reversed(
+            session.scalars(
+                query.order_by(Observation.effective_at.desc(), Observation.id.desc()).limit(limit)
+            ).all()
+        )
+    )
+    rejected = list(
+        reversed(session.scalars(quarantined.order_by(QuarantineItem.id.desc()).limit(limit)).all())
+    )
     audit_event(
         "observation.viewed",
         "R",

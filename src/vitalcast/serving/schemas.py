@@ -148,7 +148,9 @@ class HistoryQuery(_Query):
 
 
 class ObservationsQuery(_Query):
-    limit: int = Field(5000, ge=1, le=50000)
+    limit: int = Field(
+        5000, ge=1, le=50000, description="at most this many, the newest (listed oldest first)"
+    )
     since: IsoDateTime | None = Field(None, description="ISO 8601 with a timezone")
     code: Text | None = Field(
         None,
