@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from vitalcast.errors import ConfigError
 from vitalcast.text_input import MAX_UNIT_CHARS, unit_name_problem
@@ -406,6 +407,13 @@ def load_settings(**overrides: object) -> Settings:
     """
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # Raised while decoding a JSON-valued variable, before validation: name it.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"VITALCAST_{field.group(1).upper()}" if field else "a VITALCAST_ variable"
+        raise ConfigError(
+            f"{name}: not valid JSON (docs/configuration.md shows the form it takes)"
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first["loc"][0] if first["loc"] else ""

@@ -84,3 +84,17 @@ def test_demo_keys_are_generated_once_with_private_mode(
 def test_a_blank_stay_unit_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^VITALCAST_STAY_UNITS: .*unit names are 1 to 64"):
         load_settings(data_dir=tmp_path, stay_units=["MICU", " "])
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("VITALCAST_CDS_TRUSTED_ISSUERS", "not json"), ("VITALCAST_CDS_FHIR_NETWORKS", "[10.0")],
+)
+def test_a_json_variable_that_is_not_json_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """pydantic-settings decodes these before validation; its SettingsError reached the
+    CLI as "internal error ... this is a bug" instead of naming the variable."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"^{variable}: not valid JSON"):
+        load_settings(data_dir=tmp_path)
