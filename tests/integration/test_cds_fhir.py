@@ -353,6 +353,34 @@ def test_expired_jti_rows_are_deleted_and_do_not_block_a_new_token(
     assert left.expires_at > datetime.now(UTC)
 
 
+def test_one_token_sent_to_two_workers_at_once_is_accepted_once(cds_app: Flask) -> None:
+    """The unique constraint is the check: two transactions recording the same (iss, jti)
+    at the same time (two gunicorn workers) cannot both succeed."""
+    from vitalcast.db import session_scope
+    from vitalcast.errors import Unauthorized
+    from vitalcast.serving.cds_auth import remember_jti
+
+    claims = {"iss": ISSUER, "jti": uuid.uuid4().hex, "exp": int(time.time()) + 300}
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def worker() -> None:
+        try:
+            with session_scope(get_state(cds_app).sessions) as session:
+                barrier.wait()
+                remember_jti(session, claims)
+            outcomes.append("accepted")
+        except Unauthorized as exc:
+            outcomes.append(exc.message)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["accepted", "the JWT was already used (jti)"]
+
+
 @pytest.mark.parametrize("payload", ["WzFd", "MQ", "bnVsbA", "InN0cmluZyI"])
 def test_a_jwt_whose_claims_are_not_an_object_is_refused_not_a_500(
     cds_app: Flask, payload: str
