@@ -304,6 +304,16 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("cds_trusted_issuers")
+    @classmethod
+    def _rememberable_issuers(cls, value: dict[str, str]) -> dict[str, str]:
+        from vitalcast.serving.tables import MAX_CDS_ISSUER_CHARS
+
+        for issuer in value:
+            if not 0 < len(issuer) <= MAX_CDS_ISSUER_CHARS:
+                raise ValueError(f"issuers are 1 to {MAX_CDS_ISSUER_CHARS} characters")
+        return value
+
     @field_validator("cds_fhir_networks")
     @classmethod
     def _contactable_networks(cls, value: list[str]) -> list[str]:

@@ -32,7 +32,7 @@ from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.app import create_app
 from vitalcast.serving.cds_hooks import SERVICE_ID
 from vitalcast.serving.state import get_state
-from vitalcast.serving.tables import CdsFeedback
+from vitalcast.serving.tables import CdsFeedback, CdsJwtUse
 
 ISSUER = "https://ehr.example.org"
 SERVICE = f"/cds-services/{SERVICE_ID}"
@@ -53,9 +53,17 @@ def cds_app(settings: Settings, ehr_key: RSAKey, tmp_path: Path) -> Iterator[Fla
     get_state(app).close()
 
 
-def _token(key: RSAKey, *, aud: str = BASE + SERVICE, iss: str = ISSUER, exp_in: int = 300) -> str:
+def _token(
+    key: RSAKey,
+    *,
+    aud: str = BASE + SERVICE,
+    iss: str = ISSUER,
+    exp_in: int = 300,
+    **claims: Any,
+) -> str:
+    """A signed client JWT; ``claims`` override the defaults, ``None`` leaves one out."""
     now = int(time.time())
-    claims = {
+    defaults = {
         "iss": iss,
         "aud": aud,
         "exp": now + exp_in,
@@ -63,7 +71,13 @@ def _token(key: RSAKey, *, aud: str = BASE + SERVICE, iss: str = ISSUER, exp_in:
         "jti": uuid.uuid4().hex,
         "sub": "ehr-client",
     }
-    return jwt.encode({"alg": "RS256", "kid": "ehr-1", "typ": "JWT"}, claims, key)
+    signed = {k: v for k, v in {**defaults, **claims}.items() if v is not None}
+    return jwt.encode({"alg": "RS256", "kid": "ehr-1", "typ": "JWT"}, signed, key)
+
+
+def _auth(key: RSAKey) -> dict[str, str]:
+    """Headers with a fresh token: each token is good for one request (its jti)."""
+    return {"Authorization": f"Bearer {_token(key)}"}
 
 
 def _segment(value: Any) -> str:
@@ -234,10 +248,21 @@ def test_patient_view_card_from_prefetch_and_feedback(
         ("list_payload", "not a JWT"),
         ("number_payload", "not a JWT"),
         ("null_payload", "not a JWT"),
+        # CDS Hooks requires exp, iat and jti; the token must be short-lived.
+        ("never_expires", "(exp): it lives longer than 300 s"),
+        ("an_hour", "lives longer than 300 s"),
+        ("exp_ahead", "(exp): it is more than 300 s ahead"),
+        ("no_iat", "(iat): Missing claim"),
+        ("iat_not_a_number", "(iat): Claim 'iat' must be a NumericDate"),
+        ("future_iat", "(iat): The token was issued in the future"),
+        ("no_exp", "(exp): Missing claim"),
+        ("no_jti", "(jti): Missing claim"),
+        ("long_jti", "(jti): it must be 1 to 255 characters"),
     ],
 )
 def test_bad_tokens_are_refused(cds_app: Flask, ehr_key: RSAKey, case: str, expected: str) -> None:
     other = RSAKey.generate_key(2048, parameters={"kid": "ehr-1"})
+    now = int(time.time())
     tokens = {
         "none": None,
         "forged": _token(other),  # right kid and claims, wrong signing key
@@ -248,11 +273,112 @@ def test_bad_tokens_are_refused(cds_app: Flask, ehr_key: RSAKey, case: str, expe
         "list_payload": f"e30.{_segment([1])}.c2ln",
         "number_payload": f"e30.{_segment(5)}.c2ln",
         "null_payload": f"e30.{_segment(None)}.c2ln",
+        "never_expires": _token(ehr_key, exp=10**30),
+        "an_hour": _token(ehr_key, exp_in=3600),
+        # Issued (by its own word) 50 s from now, within the leeway: exp - iat is 350 s,
+        # but exp is 400 s from now.
+        "exp_ahead": _token(ehr_key, iat=now + 50, exp=now + 400),
+        "no_iat": _token(ehr_key, iat=None),
+        "iat_not_a_number": _token(ehr_key, iat=str(now)),
+        "future_iat": _token(ehr_key, iat=now + 600, exp=now + 700),
+        "no_exp": _token(ehr_key, exp=None),
+        "no_jti": _token(ehr_key, jti=None),
+        "long_jti": _token(ehr_key, jti="j" * 256),
     }
     headers = {"Authorization": f"Bearer {tokens[case]}"} if tokens[case] else {}
     response = cds_app.test_client().post(SERVICE, json=_hook(PATIENT, []), headers=headers)
     assert response.status_code == 401
     assert expected in response.get_json()["error"]["message"]
+
+
+def test_a_jwt_is_good_for_one_request(cds_app: Flask, ehr_key: RSAKey) -> None:
+    """CDS Hooks: jti protects against replay. A captured token used to work until it
+    expired; now its second use is refused, on either endpoint, and a new token passes."""
+    client = cds_app.test_client()
+    token = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    body = {"feedback": [_feedback_item()]}
+    first = client.post(f"{SERVICE}/feedback", json=body, headers=token)
+    assert first.status_code == 200, first.get_json()
+    for path in (f"{SERVICE}/feedback", SERVICE):
+        again = client.post(path, json=body, headers=token)
+        assert again.status_code == 401
+        assert again.get_json()["error"]["message"] == "the JWT was already used (jti)"
+    fresh = client.post(f"{SERVICE}/feedback", json=body, headers=_auth(ehr_key))
+    assert fresh.status_code == 200, fresh.get_json()
+    with get_state(cds_app).sessions() as session:
+        assert len(session.scalars(select(CdsFeedback)).all()) == 2
+        uses = session.scalars(select(CdsJwtUse)).all()
+    assert len(uses) == 2
+    assert {u.issuer for u in uses} == {ISSUER}
+    # Kept until the token's exp (5 minutes) plus the leeway, not longer.
+    assert all(u.expires_at <= datetime.now(UTC) + timedelta(seconds=361) for u in uses)
+
+
+def test_a_token_refused_later_in_the_request_is_still_used_up(
+    cds_app: Flask, ehr_key: RSAKey
+) -> None:
+    """The jti is recorded in its own transaction: a request answered 4xx after
+    authentication (here, malformed feedback) does not give the token back."""
+    client = cds_app.test_client()
+    token = {"Authorization": f"Bearer {_token(ehr_key)}"}
+    bad = client.post(f"{SERVICE}/feedback", json={"feedback": []}, headers=token)
+    assert bad.status_code == 400, bad.get_json()
+    body = {"feedback": [_feedback_item()]}
+    again = client.post(f"{SERVICE}/feedback", json=body, headers=token)
+    assert again.status_code == 401
+    assert "already used (jti)" in again.get_json()["error"]["message"]
+
+
+def test_expired_jti_rows_are_deleted_and_do_not_block_a_new_token(
+    cds_app: Flask, ehr_key: RSAKey
+) -> None:
+    """Rows past their token's lifetime are deleted as new tokens arrive; a new token
+    reusing an expired token's jti is not a replay (the old one can no longer be used)."""
+    from vitalcast.db import session_scope
+
+    past = datetime.now(UTC) - timedelta(minutes=10)
+    with session_scope(get_state(cds_app).sessions) as session:
+        session.add_all(
+            [CdsJwtUse(issuer=ISSUER, jti=f"old-{i}", expires_at=past) for i in range(5)]
+        )
+    body = {"feedback": [_feedback_item()]}
+    reused = _token(ehr_key, jti="old-0")
+    response = cds_app.test_client().post(
+        f"{SERVICE}/feedback", json=body, headers={"Authorization": f"Bearer {reused}"}
+    )
+    assert response.status_code == 200, response.get_json()
+    with get_state(cds_app).sessions() as session:
+        (left,) = session.scalars(select(CdsJwtUse)).all()
+    assert left.jti == "old-0"
+    assert left.expires_at > datetime.now(UTC)
+
+
+def test_one_token_sent_to_two_workers_at_once_is_accepted_once(cds_app: Flask) -> None:
+    """The unique constraint is the check: two transactions recording the same (iss, jti)
+    at the same time (two gunicorn workers) cannot both succeed."""
+    from vitalcast.db import session_scope
+    from vitalcast.errors import Unauthorized
+    from vitalcast.serving.cds_auth import remember_jti
+
+    claims = {"iss": ISSUER, "jti": uuid.uuid4().hex, "exp": int(time.time()) + 300}
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def worker() -> None:
+        try:
+            with session_scope(get_state(cds_app).sessions) as session:
+                barrier.wait()
+                remember_jti(session, claims)
+            outcomes.append("accepted")
+        except Unauthorized as exc:
+            outcomes.append(exc.message)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["accepted", "the JWT was already used (jti)"]
 
 
 @pytest.mark.parametrize("payload", ["WzFd", "MQ", "bnVsbA", "InN0cmluZyI"])
@@ -475,12 +601,11 @@ def test_no_stay_in_progress_gets_a_card_without_a_risk(
     cds_app: Flask, ehr_key: RSAKey, trained_model: Any
 ) -> None:
     _register_champion(cds_app, trained_model)
-    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
     observations = [_observation("8867-4", 128, "/min", 30)]
     client = cds_app.test_client()
     for encounters in ([_encounter(600, status="finished")], []):
         response = client.post(
-            SERVICE, json=_hook(PATIENT, observations, encounters), headers=headers
+            SERVICE, json=_hook(PATIENT, observations, encounters), headers=_auth(ehr_key)
         )
         assert response.status_code == 200, response.get_json()
         (card,) = response.get_json()["cards"]
@@ -490,14 +615,14 @@ def test_no_stay_in_progress_gets_a_card_without_a_risk(
     # The encounter in context is not among the in-progress ones: the detail says "not".
     in_context = _hook(PATIENT, observations, [_encounter(600, eid="e1")])
     in_context["context"]["encounterId"] = "e2"
-    (card,) = client.post(SERVICE, json=in_context, headers=headers).get_json()["cards"]
+    (card,) = client.post(SERVICE, json=in_context, headers=_auth(ehr_key)).get_json()["cards"]
     assert "no stay in progress" in card["summary"]
     assert card["detail"].startswith("The encounter in context is not in progress")
     none = _hook(PATIENT, observations)
     none["prefetch"]["encounters"] = None  # CDS Hooks: the EHR had nothing for the query
     assert (
         "no stay"
-        in client.post(SERVICE, json=none, headers=headers).get_json()["cards"][0]["summary"]
+        in client.post(SERVICE, json=none, headers=_auth(ehr_key)).get_json()["cards"][0]["summary"]
     )
     with get_state(cds_app).sessions() as session:
         from vitalcast.modeling.tables import Prediction
@@ -513,9 +638,8 @@ def test_an_admission_a_few_minutes_ahead_is_early_in_the_stay(
     """An admission time up to the clock-drift tolerance in the future is accepted; the
     stay scored then was shown without the early caution (its hours were negative)."""
     _register_champion(cds_app, trained_model)
-    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
     body = _hook(PATIENT, [], [_encounter(-3)])
-    response = cds_app.test_client().post(SERVICE, json=body, headers=headers)
+    response = cds_app.test_client().post(SERVICE, json=body, headers=_auth(ehr_key))
     assert response.status_code == 200, response.get_json()
     (card,) = response.get_json()["cards"]
     assert "early)" in card["summary"]
@@ -529,7 +653,6 @@ def test_an_encounter_outside_the_model_population_gets_a_card_without_a_risk(
     card says why and carries no risk, and nothing is stored. The adult's ICU stay with
     the same observations is scored (the rule excludes, it does not break scoring)."""
     _register_champion(cds_app, trained_model)
-    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
     observations = [_observation("8867-4", 128, "/min", 30)]
     clinic = _encounter(600)
     clinic["class"]["code"] = "AMB"
@@ -538,7 +661,7 @@ def test_an_encounter_outside_the_model_population_gets_a_card_without_a_risk(
     cards = []
     for patient, encounter in ((PATIENT, clinic), (child, _encounter(600))):
         response = client.post(
-            SERVICE, json=_hook(patient, observations, [encounter]), headers=headers
+            SERVICE, json=_hook(patient, observations, [encounter]), headers=_auth(ehr_key)
         )
         assert response.status_code == 200, response.get_json()
         (card,) = response.get_json()["cards"]
@@ -559,7 +682,7 @@ def test_an_encounter_outside_the_model_population_gets_a_card_without_a_risk(
         "inpatient",
     ]
     adult = client.post(
-        SERVICE, json=_hook(PATIENT, observations, [_encounter(600)]), headers=headers
+        SERVICE, json=_hook(PATIENT, observations, [_encounter(600)]), headers=_auth(ehr_key)
     )
     assert adult.get_json()["cards"][0]["summary"].startswith("ICU mortality risk ")
 
@@ -927,10 +1050,9 @@ def test_left_out_observations_are_counted_on_the_card(
     a word; the card now says how many of a kind the model uses were left out (codes it
     does not use, withdrawn results and earlier stays are not "left out")."""
     _register_champion(cds_app, trained_model)
-    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
     good = [_observation("8867-4", 128, "/min", 30), _observation("2524-7", 4.1, "mmol/L", 60)]
     clean = cds_app.test_client().post(
-        SERVICE, json=_hook(PATIENT, good, [_encounter(300)]), headers=headers
+        SERVICE, json=_hook(PATIENT, good, [_encounter(300)]), headers=_auth(ehr_key)
     )
     assert "Left out" not in clean.get_json()["cards"][0]["detail"]
     unreadable = _observation("8867-4", 128, "/min", 20)
@@ -953,7 +1075,7 @@ def test_left_out_observations_are_counted_on_the_card(
     observations += [not_used, withdrawn, earlier]
     patient = {**PATIENT, "birthDate": "1950"}  # a valid but partial date: no age
     response = cds_app.test_client().post(
-        SERVICE, json=_hook(patient, observations, [_encounter(300)]), headers=headers
+        SERVICE, json=_hook(patient, observations, [_encounter(300)]), headers=_auth(ehr_key)
     )
     assert response.status_code == 200, response.get_json()
     detail = response.get_json()["cards"][0]["detail"]
@@ -1152,9 +1274,8 @@ def test_feedback_limits_and_unknown_services(cds_app: Flask, ehr_key: RSAKey) -
     )
     assert response.status_code == 404, response.get_json()
     assert response.get_json()["error"]["message"] == "no CDS service 'no-such-service'"
-    headers = {"Authorization": f"Bearer {_token(ehr_key)}"}
     many = client.post(
-        f"{SERVICE}/feedback", json={"feedback": [_feedback_item()] * 101}, headers=headers
+        f"{SERVICE}/feedback", json={"feedback": [_feedback_item()] * 101}, headers=_auth(ehr_key)
     )
     assert many.status_code == 400
     assert many.get_json()["error"]["message"] == "at most 100 feedback items per request"
@@ -1163,7 +1284,7 @@ def test_feedback_limits_and_unknown_services(cds_app: Flask, ehr_key: RSAKey) -
         overrideReason={"reason": {"code": "r" * 300}, "userComment": "x" * 1000},
         outcomeTimestamp="2026-01-01T10:00:00",  # no offset: taken as UTC
     )
-    stored = client.post(f"{SERVICE}/feedback", json={"feedback": [full]}, headers=headers)
+    stored = client.post(f"{SERVICE}/feedback", json={"feedback": [full]}, headers=_auth(ehr_key))
     assert stored.status_code == 200, stored.get_json()
     with get_state(cds_app).sessions() as session:
         (row,) = session.scalars(select(CdsFeedback))

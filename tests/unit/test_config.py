@@ -98,3 +98,14 @@ def test_a_json_variable_that_is_not_json_names_the_variable(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=f"^{variable}: not valid JSON"):
         load_settings(data_dir=tmp_path)
+
+
+def test_a_trusted_cds_issuer_too_long_to_remember_names_the_variable(tmp_path: Path) -> None:
+    """Each accepted CDS JWT's issuer is stored (replay protection, at most 2048
+    characters): a longer one would fail at the first request, so start-up refuses it."""
+    issuers = {"https://ehr.example.org/" + "x" * 2048: "jwks.json"}
+    with pytest.raises(
+        ConfigError, match=r"^VITALCAST_CDS_TRUSTED_ISSUERS: .*issuers are 1 to 2048 characters"
+    ):
+        load_settings(data_dir=tmp_path, cds_trusted_issuers=issuers)
+    assert load_settings(data_dir=tmp_path, cds_trusted_issuers={"https://ehr.example.org": "j"})

@@ -22,6 +22,7 @@ from flask import Flask, Response, g, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 
 from vitalcast.db.base import utcnow
+from vitalcast.db.session import session_scope
 from vitalcast.errors import (
     AppError,
     BadRequest,
@@ -50,7 +51,7 @@ from vitalcast.security.sessions import (
     touch,
 )
 from vitalcast.security.tables import ApiKey, User
-from vitalcast.serving.cds_auth import verify_cds_jwt
+from vitalcast.serving.cds_auth import remember_jti, verify_cds_jwt
 from vitalcast.serving.context import audit_event, db, new_request_id
 from vitalcast.serving.errors import render_error, wants_json
 from vitalcast.serving.fhir_outcome import FHIR_BASE
@@ -209,6 +210,9 @@ def _cds_principal(header: str) -> Principal:
     base = (settings.public_url or request.host_url).rstrip("/")
     path = request.path.removesuffix("/feedback")
     claims = verify_cds_jwt(header, audience=base + path, trusted=settings.cds_trusted_issuers)
+    # In a unit of work of its own: the token is used up whatever the request then does.
+    with session_scope(get_state().sessions) as session:
+        remember_jti(session, claims)
     return Principal("cds_client", 0, str(claims["iss"]), "integration")
 
 
