@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_CODE, LOINC
 from vitalcast.clinical.tables import Observation
-from vitalcast.clinical.times import TimeOutOfRange, check_year
+from vitalcast.clinical.times import MAX_YEAR, MIN_YEAR, TimeOutOfRange, check_year
 from vitalcast.serving.fhir_outcome import FHIR_BASE, FHIR_JSON
 from vitalcast.serving.validation import int_arg, raise_if
 
@@ -172,7 +172,12 @@ def parse_date_value(text: str) -> DateRange:
         )
     except ValueError:
         raise ValueError("not a calendar date and time of day") from None
-    check_year(start, "date")
+    try:
+        check_year(start, "date")
+    except TimeOutOfRange:  # its message would quote the year
+        raise TimeOutOfRange(
+            f"the year is outside the accepted range {MIN_YEAR}-{MAX_YEAR}"
+        ) from None
     zone = _zone(found["zone"])
     if second is not None:
         micro = int((found["fraction"] or "")[:6].ljust(6, "0"))
@@ -199,9 +204,9 @@ def _zone(text: str | None) -> timezone:
     if text is None or text == "Z":
         return UTC
     hours, minutes = int(text[1:3]), int(text[4:6])
-    if hours > 14 or minutes > 59:
-        raise ValueError("not a time zone: from -14:00 to +14:00")
     offset = timedelta(hours=hours, minutes=minutes)
+    if minutes > 59 or offset > timedelta(hours=14):
+        raise ValueError("not a time zone: from -14:00 to +14:00")
     return timezone(-offset if text[0] == "-" else offset)
 
 
