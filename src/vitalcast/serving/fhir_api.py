@@ -1,7 +1,7 @@
 """Read-only FHIR R4 endpoints over the canonical store (``/fhir``).
 
 EHRs and SMART apps read vitalcast's results in their own language: Patient, Encounter
-(read, and search by patient and status), Observation (search by patient, code and date,
+(read, and search by patient, status and date), Observation (search by patient, code and date,
 sorted by date either way) and RiskAssessment built from stored predictions
 (``prediction.probabilityDecimal``, ``occurrenceDateTime``; read, and search by patient and
 date). Searches count every match and page (:mod:`vitalcast.serving.fhir_search`).
@@ -13,6 +13,7 @@ Errors are answered as OperationOutcome resources (:mod:`vitalcast.serving.fhir_
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, TypeVar
 
 from fhir.resources.R4B.encounter import Encounter as FhirEncounter
@@ -20,11 +21,10 @@ from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.riskassessment import RiskAssessment
 from flask import Blueprint, Response, request, url_for
-from sqlalchemy import Select, select
+from sqlalchemy import Select, SQLColumnExpression, select
 
 from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.tables import Encounter, Observation, Patient
-from vitalcast.clinical.times import parse_iso
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.permissions import Permission, public, requires, role_allows
@@ -35,6 +35,7 @@ from vitalcast.serving.fhir_search import (
     code_filter,
     code_system,
     count_matches,
+    date_filter,
     paging,
     searchset,
 )
@@ -59,7 +60,7 @@ _ENCOUNTER_CLASS = {"icu": "ACUTE", "inpatient": "IMP", "emergency": "EMER", "ou
 # them and as the searches accept them; ``subject`` is ``patient``'s other name.
 _BY_PATIENT = (("patient", "reference"), ("subject", "reference"))
 OBSERVATION_SEARCH = (*_BY_PATIENT, ("code", "token"), ("date", "date"))
-ENCOUNTER_SEARCH = (*_BY_PATIENT, ("status", "token"))
+ENCOUNTER_SEARCH = (*_BY_PATIENT, ("status", "token"), ("date", "date"))
 RISK_SEARCH = (*_BY_PATIENT, ("date", "date"))
 OBSERVATION_PARAMS = frozenset({"_sort"} | {n for n, _ in OBSERVATION_SEARCH})
 ENCOUNTER_PARAMS = frozenset(n for n, _ in ENCOUNTER_SEARCH)
@@ -158,35 +159,17 @@ def _risk_resource(pred: Prediction, version: str, patient_id: str) -> RiskAsses
     )
 
 
-def _date_filters(query: _Q, column: Any) -> _Q:
-    """FHIR ``date`` parameters with prefixes ge, gt, le, lt, eq (repeatable).
+def _date_filters(
+    query: _Q,
+    start: SQLColumnExpression[datetime],
+    end: SQLColumnExpression[datetime | None] | None = None,
+) -> _Q:
+    """The request's FHIR ``date`` parameters (repeatable, AND) on a time or a period.
 
-    Read by the shared time rule (:func:`vitalcast.clinical.times.parse_iso`): a year
-    outside the clinical range is a 422 here, not an overflow in the database driver.
+    See :func:`vitalcast.serving.fhir_search.date_filter` for the precisions and prefixes.
     """
-    problems: list[dict[str, Any]] = []
-    for raw in request.args.getlist("date"):
-        prefix, value = (
-            (raw[:2], raw[2:]) if raw[:2] in ("ge", "gt", "le", "lt", "eq") else ("eq", raw)
-        )
-        try:
-            when = parse_iso(value, "date")
-        except ValueError as exc:
-            problems.append({"loc": ["query", "date"], "msg": str(exc)})
-            continue
-        if when.tzinfo is None:
-            problems.append({"loc": ["query", "date"], "msg": "date-time needs a timezone"})
-            continue
-        ops = {
-            "ge": column >= when,
-            "gt": column > when,
-            "le": column <= when,
-            "lt": column < when,
-            "eq": column == when,
-        }
-        query = query.where(ops[prefix])
-    raise_if(problems, "invalid FHIR search parameters")
-    return query
+    values = request.args.getlist("date")
+    return query.where(date_filter(values, start, end)) if values else query
 
 
 def _patient_param() -> str:
@@ -203,6 +186,9 @@ _SEARCH_NOTE = (
     "Searches need a patient (or subject) and answer every match a page at a time: total"
     " counts the matches, and the next link (_count, _offset) leads on. Observation sorts"
     " by _sort=date or -date; code takes system|code tokens, comma-separated for OR."
+    " date (Observation.effective, Encounter.period, RiskAssessment.occurrence) takes"
+    " eq, ge, gt, le or lt and any precision: a year, month, day or minute is the range it"
+    " covers, a time to the second an instant; a value without a time zone is in UTC."
     " Any other parameter is refused (422, an OperationOutcome naming it in expression)."
 )
 
@@ -316,7 +302,8 @@ def read_encounter(encounter_id: str) -> Response:
 @requires(Permission.PATIENTS_READ)
 def search_encounters() -> Response:
     """A patient's encounters, latest admission first; ``status`` is in-progress (not
-    discharged) or finished."""
+    discharged) or finished; ``date`` searches the period, admission to discharge (open
+    while the stay is in progress)."""
     check_search_params(ENCOUNTER_PARAMS)
     count, offset = paging(100, 1000)
     status = request.args.get("status")
@@ -332,6 +319,7 @@ def search_encounters() -> Response:
     elif status == "finished":
         # A withdrawn stay is rendered entered-in-error or cancelled, discharged or not.
         query = query.where(Encounter.discharged_at.is_not(None), Encounter.withdrawn_at.is_(None))
+    query = _date_filters(query, Encounter.admitted_at, Encounter.discharged_at)
     order = (Encounter.admitted_at.desc(), Encounter.id.desc())
     rows = db().scalars(query.order_by(*order).offset(offset).limit(count)).all()
     total = count_matches(db(), query)

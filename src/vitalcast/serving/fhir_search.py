@@ -11,17 +11,31 @@ clinician more than was asked for as if it were the answer.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
 from fhir.resources.R4B.bundle import Bundle
 from flask import Response, request
-from sqlalchemy import ColumnElement, Select, false, func, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    SQLColumnExpression,
+    and_,
+    false,
+    func,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.codes import BY_CODE, LOINC
 from vitalcast.clinical.tables import Observation
+from vitalcast.clinical.times import MAX_YEAR, MIN_YEAR, TimeOutOfRange, check_year
 from vitalcast.serving.fhir_outcome import FHIR_BASE, FHIR_JSON
 from vitalcast.serving.validation import int_arg, raise_if
 
@@ -100,6 +114,170 @@ def _token(token: str) -> ColumnElement[bool]:
     if system == LOINC:  # codes outside the variables are rendered as LOINC
         return column.not_in(sorted(c for c in BY_CODE if code_system(c) != system))
     return column.in_(sorted(c for c in BY_CODE if code_system(c) == system))
+
+
+# A FHIR date search value (http://hl7.org/fhir/R4/search.html#date): any precision from
+# the year down, populated from the left; minutes whenever there is an hour; a time zone
+# (Z or +/-hh:mm) only with a time; fractional seconds of any length.
+_DATE_VALUE = re.compile(
+    r"(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2})"
+    r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})"
+    r"(?::(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]+))?)?"
+    r"(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
+)
+#: The date prefixes the searches apply; FHIR's others (ne, sa, eb, ap) are refused.
+DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
+_ALL_PREFIXES = frozenset({*DATE_PREFIXES, "ne", "sa", "eb", "ap"})
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """The UTC range a date search value denotes: ``[start, end)`` for a year, month, day
+    or minute; the instant ``start`` itself (``end`` None) for a time to the second."""
+
+    start: datetime
+    end: datetime | None
+
+
+def parse_date_value(text: str) -> DateRange:
+    """A FHIR date search value (prefix removed) as the UTC range it covers.
+
+    ``2026`` is that year, ``2026-11`` that month, ``2026-11-29`` that day and
+    ``2026-11-29T10:15`` that minute, each from its first instant up to (not including)
+    the next one's; a time given to the second (or a fraction of it) is that instant. A
+    value without a time zone is in the server's, UTC; a date alone takes none.
+
+    Raises:
+        ValueError: not in the format, not a calendar date or time of day, or a year
+            outside the clinical range; the message never echoes the value.
+    """
+    found = _DATE_VALUE.fullmatch(text)
+    if found is None:
+        hint = " (send a + in a time zone as %2B)" if " " in text else ""
+        raise ValueError(
+            "not a FHIR date: YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss[.s]]"
+            f" with an optional time zone (Z or +hh:mm) after a time{hint}"
+        )
+    hour, minute, second = (_number(found, k) for k in ("hour", "minute", "second"))
+    month, day = _number(found, "month"), _number(found, "day")
+    year = int(found["year"])
+    try:
+        start = datetime(
+            year,
+            1 if month is None else month,
+            1 if day is None else day,
+            hour or 0,
+            minute or 0,
+            second or 0,
+        )
+    except ValueError:
+        raise ValueError("not a calendar date and time of day") from None
+    try:
+        check_year(start, "date")
+    except TimeOutOfRange:  # its message would quote the year
+        raise TimeOutOfRange(
+            f"the year is outside the accepted range {MIN_YEAR}-{MAX_YEAR}"
+        ) from None
+    zone = _zone(found["zone"])
+    if second is not None:
+        micro = int((found["fraction"] or "")[:6].ljust(6, "0"))
+        return DateRange(start.replace(microsecond=micro, tzinfo=zone).astimezone(UTC), None)
+    if hour is not None:
+        end = start + timedelta(minutes=1)
+    elif day is not None:
+        end = start + timedelta(days=1)
+    elif month is not None:
+        end = start.replace(year=year + month // 12, month=month % 12 + 1)
+    else:
+        end = start.replace(year=year + 1)
+    return DateRange(
+        start.replace(tzinfo=zone).astimezone(UTC), end.replace(tzinfo=zone).astimezone(UTC)
+    )
+
+
+def _number(found: re.Match[str], name: str) -> int | None:
+    text = found[name]
+    return None if text is None else int(text)
+
+
+def _zone(text: str | None) -> timezone:
+    if text is None or text == "Z":
+        return UTC
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    offset = timedelta(hours=hours, minutes=minutes)
+    if minutes > 59 or offset > timedelta(hours=14):
+        raise ValueError("not a time zone: from -14:00 to +14:00")
+    return timezone(-offset if text[0] == "-" else offset)
+
+
+_Time = SQLColumnExpression[datetime]
+_MaybeTime = SQLColumnExpression[datetime | None]
+
+
+def date_filter(
+    values: Sequence[str], start: _Time, end: _MaybeTime | None = None
+) -> ColumnElement[bool]:
+    """FHIR ``date`` search values (each with an optional prefix; repeats are AND) as a
+    filter on a time (``start``) or a period (``start`` to ``end``, which may be open).
+
+    With the value's range R and the target T (the time, or the period, an open end being
+    later than any date), after http://hl7.org/fhir/R4/search.html#prefix: ``eq`` (the
+    default) T lies within R; ``ge`` T reaches R's start or later; ``gt`` T reaches past
+    R's end; ``le`` T begins by R's end; ``lt`` T begins before R's start. A value given to
+    the second is an instant, so a time to the second matches as it always did (``eq``
+    equal, ``ge`` at or after, ``gt`` after, ``le`` at or before, ``lt`` before).
+
+    Raises:
+        InvalidInput: a value is malformed, not a date, or has a prefix not applied here.
+    """
+    problems: list[dict[str, Any]] = []
+    clause: ColumnElement[bool] = true()
+    last: _MaybeTime = start if end is None else end
+    for raw in values:
+        prefix, text = (raw[:2], raw[2:]) if raw[:2] in _ALL_PREFIXES else ("eq", raw)
+        if prefix not in DATE_PREFIXES:
+            problems.append(
+                {
+                    "loc": ["query", "date"],
+                    "msg": f"prefix {prefix} is not supported: use {', '.join(DATE_PREFIXES)}",
+                }
+            )
+            continue
+        try:
+            value = parse_date_value(text)
+        except (TimeOutOfRange, ValueError) as exc:
+            problems.append({"loc": ["query", "date"], "msg": str(exc)})
+            continue
+        clause = clause & _compare(prefix, value, start, last, open_end=end is not None)
+    raise_if(problems, "invalid FHIR search parameters")
+    return clause
+
+
+def _compare(
+    prefix: str, value: DateRange, first: _Time, last: _MaybeTime, *, open_end: bool
+) -> ColumnElement[bool]:
+    """One prefix's test of the target ``first``..``last`` against ``value``."""
+
+    def by_end(column: _MaybeTime) -> ColumnElement[bool]:  # within R's end
+        return column <= value.start if value.end is None else column < value.end
+
+    def past_end(column: _MaybeTime) -> ColumnElement[bool]:
+        return column > value.start if value.end is None else column >= value.end
+
+    def ends(test: ColumnElement[bool], *, if_open: bool) -> ColumnElement[bool]:
+        if not open_end:
+            return test
+        return or_(last.is_(None), test) if if_open else and_(last.is_not(None), test)
+
+    if prefix == "eq":
+        return and_(first >= value.start, ends(by_end(last), if_open=False))
+    if prefix == "ge":
+        return ends(last >= value.start, if_open=True)
+    if prefix == "gt":
+        return ends(past_end(last), if_open=True)
+    if prefix == "le":
+        return by_end(first)
+    return first < value.start  # lt
 
 
 def count_matches(session: Session, query: Select[*tuple[Any, ...]]) -> int:
