@@ -32,7 +32,7 @@ from vitalcast.clinical.records import DischargeCancellation, EncounterRecord
 from vitalcast.clinical.tables import Encounter
 from vitalcast.ingest._input_checks import Reject
 from vitalcast.ingest._resolve import Resolver, is_newer
-from vitalcast.ingest._withdraw import keep_if_newer, stored_stays, write_changes
+from vitalcast.ingest._withdraw import StoredStay, keep_if_newer, stored_stays, write_changes
 from vitalcast.ingest.report import IngestReport, Reopening
 
 _UNKNOWN = (
@@ -100,10 +100,7 @@ def store_discharge_cancellations(
         if stay.discharged_at is None:
             report.updated["encounter"] += 1  # in progress already: only its version
             continue
-        report.reopened.append(
-            Reopening(rec.source_ref or rec.ref, stay.patient_public_id, stay.encounter_public_id)
-        )
-        report.touched_encounters.add(eid)  # in progress again: to be scored, now
+        _report_reopened(report, eid, stay, rec.source_ref or rec.ref)
 
 
 def reopen_stated_stays(
@@ -147,8 +144,10 @@ def reopen_stated_stays(
         ],
     )
     for eid, rec in chosen.items():
-        stay = stored[eid]
-        report.reopened.append(
-            Reopening(rec.source_ref or rec.ref, stay.patient_public_id, stay.encounter_public_id)
-        )
-        report.touched_encounters.add(eid)  # in progress again: to be scored, now
+        _report_reopened(report, eid, stored[eid], rec.source_ref or rec.ref)
+
+
+def _report_reopened(report: IngestReport, eid: int, stay: StoredStay, location: str) -> None:
+    """A stay put back in progress: reported and audited (``Reopening``), and rescored."""
+    report.reopened.append(Reopening(location, stay.patient_public_id, stay.encounter_public_id))
+    report.touched_encounters.add(eid)  # in progress again: to be scored, now

@@ -12,24 +12,10 @@ from datetime import UTC, date, datetime
 
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
 from vitalcast.features import StayInput
+from vitalcast.ingest.sources.fhir_map import ENCOUNTER_STATUSES
 from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
 from vitalcast.serving.cds_prefetch import entry_index, parse_resources, rejection_text
 from vitalcast.serving.cds_sources import Fetched
-
-# FHIR R4 EncounterStatus, a required binding (http://hl7.org/fhir/R4/valueset-encounter-status.html).
-_ENCOUNTER_STATUSES = frozenset(
-    {
-        "planned",
-        "arrived",
-        "triaged",
-        "in-progress",
-        "onleave",
-        "finished",
-        "cancelled",
-        "entered-in-error",
-        "unknown",
-    }
-)
 
 # Why the admission time of the stay breaks the ingestion rules (check_encounter's codes).
 _ADMISSION_RULES = {
@@ -63,7 +49,7 @@ def current_encounter(
         # Filtered on "in-progress" unchecked, an Encounter with a status that is no
         # status ("In-Progress", a list, none) was passed over: "no stay in progress".
         status = r.get("status")
-        if not isinstance(status, str) or status not in _ENCOUNTER_STATUSES:
+        if not isinstance(status, str) or status not in ENCOUNTER_STATUSES:
             raise fetched.unusable(
                 i, "an Encounter that cannot be read (Encounter.status: not an R4 status code)"
             )

@@ -57,7 +57,22 @@ _ENCOUNTER_KINDS = {
 # Observation's result must not reach a model, an Encounter is no stay at all (the same
 # two codes in FHIR R4 ObservationStatus and EncounterStatus).
 _WITHDRAWN = {"entered-in-error": "entered_in_error", "cancelled": "cancelled"}
-# Encounter.status values saying the stay is going on now (FHIR R4 EncounterStatus).
+# FHIR R4 EncounterStatus, a required binding
+# (http://hl7.org/fhir/R4/valueset-encounter-status.html), and the values of it saying
+# the stay is going on now.
+ENCOUNTER_STATUSES = frozenset(
+    {
+        "planned",
+        "arrived",
+        "triaged",
+        "in-progress",
+        "onleave",
+        "finished",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    }
+)
 _ONGOING = frozenset({"arrived", "triaged", "in-progress", "onleave"})
 
 
