@@ -1412,3 +1412,48 @@ def test_feedback_is_in_the_trail_of_the_patient_the_card_was_for(
     ]
     assert view.patient_id == public_id
     assert trail == ["ingest.batch", "cds.patient-view", "cds.feedback"]
+
+
+def test_feedback_from_another_ehr_is_not_linked_to_a_card_it_was_not_shown(
+    settings: Settings, ehr_key: RSAKey, trained_model: Any, tmp_path: Path
+) -> None:
+    """Two trusted EHRs: the second's feedback naming the first's card is stored, but not
+    as a verdict on that card's prediction, nor in its patient's trail."""
+    from vitalcast.modeling.tables import Prediction
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [ehr_key.as_dict(private=False)]}))
+    other = "https://other-ehr.example.org"
+    app = create_app(
+        settings.model_copy(update={"cds_trusted_issuers": {ISSUER: str(jwks), other: str(jwks)}})
+    )
+    try:
+        _register_champion(app, trained_model)
+        client = app.test_client()
+        response = client.post(
+            SERVICE,
+            json=_hook(PATIENT, [_observation("8867-4", 128, "/min", 30)], [_encounter(300)]),
+            headers={"Authorization": f"Bearer {_token(ehr_key)}"},
+        )
+        assert response.status_code == 200, response.get_json()
+        (card,) = response.get_json()["cards"]
+        for iss in (other, ISSUER):
+            stored = client.post(
+                f"{SERVICE}/feedback",
+                json={"feedback": [{"card": card["uuid"], "outcome": "accepted"}]},
+                headers={"Authorization": f"Bearer {_token(ehr_key, iss=iss)}"},
+            )
+            assert stored.status_code == 200, stored.get_json()
+        with get_state(app).sessions() as session:
+            rows = session.scalars(select(CdsFeedback).order_by(CdsFeedback.id)).all()
+            prediction = session.scalars(select(Prediction.id)).one()
+            given = session.scalars(
+                select(AuditEvent).where(AuditEvent.event == "cds.feedback").order_by(AuditEvent.id)
+            ).all()
+        assert [(r.client, r.prediction_id) for r in rows] == [
+            (other, None),
+            (ISSUER, prediction),
+        ]
+        assert ["ehr_patient" in e.details for e in given] == [False, True]
+    finally:
+        get_state(app).close()

@@ -84,7 +84,8 @@ def feedback(service_id: str) -> Response:
     if problems:
         raise bad_request("the feedback has problems", problems)
     session = db()
-    cards = _issued_cards(session, {item.card for item in checked if item is not None})
+    client = current_principal().name
+    cards = _issued_cards(session, {item.card for item in checked if item is not None}, client)
     rows = [
         CdsFeedback(
             service_id=service_id,
@@ -94,7 +95,7 @@ def feedback(service_id: str) -> Response:
             override_reason=item.reason,
             user_comment=item.comment,
             outcome_at=item.at or now,
-            client=current_principal().name[:200],
+            client=client[:200],
         )
         for item in checked
         if item is not None
@@ -131,7 +132,7 @@ class _IssuedCard:
     ehr_patient: str | None  # keyed hash of the EHR's patient id
 
 
-def _issued_cards(session: Session, uuids: set[str]) -> dict[str, _IssuedCard]:
+def _issued_cards(session: Session, uuids: set[str], client: str) -> dict[str, _IssuedCard]:
     """The risk cards among ``uuids`` (a risk card's uuid is its prediction's public id).
 
     CDS predictions are not linked to a stored patient (the EHR sent the data), so the
@@ -139,7 +140,10 @@ def _issued_cards(session: Session, uuids: set[str]) -> dict[str, _IssuedCard]:
     same transaction as the prediction: it is sought among the events of the minutes
     after the prediction's creation (the ``occurred_at`` index), not the whole log.
     Cards of other kinds (no stay, outside the population) and unknown uuids are left
-    out: their feedback is stored and audited without a patient, as before.
+    out: their feedback is stored and audited without a patient, as before. So is the id
+    of a prediction this service did not issue to ``client`` (a score of the web page or
+    of ``/predict``, or another EHR's card): feedback on a card answers what that client
+    was shown, and linking it to another score would count a verdict nobody gave on it.
     """
     found: dict[str, _IssuedCard] = {}
     predictions = session.execute(
@@ -157,12 +161,17 @@ def _issued_cards(session: Session, uuids: set[str]) -> dict[str, _IssuedCard]:
             )
             .order_by(AuditEvent.id)
         )
-        patient_id, details = next(
-            ((p, d) for p, d in issued if (d or {}).get("card") == public_id), (None, None)
+        event = next(
+            (
+                (p, d)
+                for p, d in issued
+                if (d or {}).get("card") == public_id and (d or {}).get("client") == client
+            ),
+            None,
         )
-        found[public_id] = _IssuedCard(
-            prediction_id, patient_id, (details or {}).get("ehr_patient")
-        )
+        if event is not None:
+            patient_id, details = event
+            found[public_id] = _IssuedCard(prediction_id, patient_id, details.get("ehr_patient"))
     return found
 
 
