@@ -169,6 +169,10 @@ def test_discovery_is_public(cds_app: Flask) -> None:
     (service,) = body["services"]
     assert (service["hook"], service["id"]) == ("patient-view", SERVICE_ID)
     assert "{{context.patientId}}" in service["prefetch"]["patient"]
+    # Every status FHIR ingestion stores as a stay going on, not in-progress alone.
+    assert service["prefetch"]["encounters"] == (
+        "Encounter?patient={{context.patientId}}&status=arrived,in-progress,onleave,triaged"
+    )
     assert service["usageRequirements"] == (
         "ICU and hospital stays of patients aged 15 or over; decision support only."
     )
@@ -630,6 +634,25 @@ def test_no_stay_in_progress_gets_a_card_without_a_risk(
         assert session.scalars(select(Prediction)).first() is None
     rows = _audit_rows(cds_app)
     assert [(r.outcome, (r.details or {})["scored"]) for r in rows] == [("success", False)] * 4
+
+
+@pytest.mark.parametrize("status", ["onleave", "arrived", "triaged"])
+def test_a_stay_ingestion_holds_in_progress_is_scored_in_the_ehr_too(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any, status: str
+) -> None:
+    """An Encounter on leave (or arrived, triaged) without an end is a stay in progress to
+    FHIR ingestion, scored on vitalcast's pages; the card said "no stay in progress"."""
+    _register_champion(cds_app, trained_model)
+    observations = [_observation("8867-4", 128, "/min", 30)]
+    response = cds_app.test_client().post(
+        SERVICE,
+        json=_hook(PATIENT, observations, [_encounter(300, status=status)]),
+        headers=_auth(ehr_key),
+    )
+    assert response.status_code == 200, response.get_json()
+    (card,) = response.get_json()["cards"]
+    assert card["summary"].startswith("ICU mortality risk ")
+    assert "%" in card["summary"]
 
 
 def test_an_admission_a_few_minutes_ahead_is_early_in_the_stay(

@@ -170,6 +170,15 @@ def test_a_withdrawn_discharged_stay_is_not_a_finished_encounter(
     assert statuses(status="finished") == []
     assert statuses(status="in-progress") == []
     assert statuses() == ["entered-in-error"]
+    # A status list matches any of its codes, as FHIR token search reads a comma.
+    assert statuses(status="entered-in-error") == ["entered-in-error"]
+    assert statuses(status="finished,entered-in-error") == ["entered-in-error"]
+    assert statuses(status="arrived,in-progress,onleave,triaged,cancelled") == []
+    refused = client.get(
+        "/fhir/Encounter", query_string={"patient": public_id, "status": "done"}, headers=reader
+    )
+    assert refused.status_code == 422
+    assert refused.get_json()["issue"][0]["expression"] == ["status"]
 
 
 def _heart_rate(oid: str, minutes: int) -> dict[str, Any]:

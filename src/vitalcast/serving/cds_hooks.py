@@ -13,15 +13,16 @@ gets 412, which the spec prescribes when a service cannot obtain the data it nee
 :mod:`.cds_fhir` checks the server and keeps the token on it.
 
 What is scored: the stay in progress, built as training builds stays. The current
-Encounter (``context.encounterId`` when the EHR gives it, else the patient's in-progress
-encounter that started last) gives the admission time and the unit (through the FHIR
-ingestion adapter's mapping); observations before admission, or of another encounter, are
-dropped; height and the weight charted at admission are the stay's descriptors, by the
-feature code's own rule (as for stored stays). Resources pass through the same FHIR
-adapter and preprocessing rules as ingested data, and features through the same function
-as training. Without an encounter in progress the card says so and carries no risk; so
-does it for an encounter outside the model's population (an ambulatory or emergency
-encounter, a patient younger than the training data's: :class:`.tasks.Population`).
+Encounter (``context.encounterId`` when the EHR gives it, else the patient's encounter in
+progress, as FHIR ingestion reads the status, that started last) gives the admission time
+and the unit (through the FHIR ingestion adapter's mapping); observations before
+admission, or of another encounter, are dropped; height and the weight charted at
+admission are the stay's descriptors, by the feature code's own rule (as for stored
+stays). Resources pass through the same FHIR adapter and preprocessing rules as ingested
+data, and features through the same function as training. Without an encounter in progress
+the card says so and carries no risk; so does it for an encounter outside the model's
+population (an ambulatory or emergency encounter, a patient younger than the training
+data's: :class:`.tasks.Population`).
 
 What cannot be used is said, never guessed at: a malformed request or prefetch is a 400
 naming each problem and its place (:mod:`.cds_prefetch`), an unusable answer of
@@ -59,7 +60,7 @@ from vitalcast.serving.cds_fhir import PAGE_SIZE, parse_networks
 from vitalcast.serving.cds_prefetch import counts_as_left_out, parse_resources
 from vitalcast.serving.cds_request import SERVICE_ID as SERVICE_ID
 from vitalcast.serving.cds_request import HookRequest, parse_hook
-from vitalcast.serving.cds_sources import Sources
+from vitalcast.serving.cds_sources import ONGOING_SEARCH, Sources
 from vitalcast.serving.cds_stay import age_at, current_encounter, stay_from_records
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
@@ -98,7 +99,8 @@ def discovery_document() -> dict[str, Any]:
                 "vital signs and laboratory results so far, with its main reasons.",
                 "prefetch": {
                     "patient": "Patient/{{context.patientId}}",
-                    "encounters": "Encounter?patient={{context.patientId}}&status=in-progress",
+                    "encounters": "Encounter?patient={{context.patientId}}"
+                    f"&status={ONGOING_SEARCH}",
                     "observations": "Observation?patient={{context.patientId}}"
                     f"&_sort=-date&_count={PAGE_SIZE}",
                 },

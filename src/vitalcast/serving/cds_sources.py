@@ -14,6 +14,7 @@ from typing import Any
 
 from vitalcast.clinical.records import PatientRecord
 from vitalcast.errors import AppError, BadRequest, PreconditionFailed
+from vitalcast.ingest.sources.fhir_map import ONGOING_STATUSES
 from vitalcast.serving.cds_fhir import (
     PAGE_SIZE,
     FhirReader,
@@ -26,6 +27,9 @@ from vitalcast.serving.cds_prefetch import read_patient
 from vitalcast.serving.cds_request import HookRequest
 
 _ABSENT: Any = object()  # a prefetch key the EHR did not satisfy
+# The Encounter search (prefetch template and server read alike) for stays in progress:
+# every status FHIR ingestion stores as one, as a token list (any of them matches).
+ONGOING_SEARCH = ",".join(sorted(ONGOING_STATUSES))
 
 
 def _prefetched(prefetch: dict[str, Any], key: str) -> Any:
@@ -133,9 +137,9 @@ class Sources:
         return record
 
     def encounters(self) -> Fetched:
-        """Candidate Encounters: the prefetched in-progress ones, else read from the server."""
+        """Candidate Encounters: the prefetched ones in progress, else read from the server."""
         value = _prefetched(self.hook.prefetch, "encounters")
-        what = "in-progress Encounter search"
+        what = "Encounter search (stays in progress)"
         if value is None:
             return Fetched("encounters", what, [], prefetched=True)
         if value is not _ABSENT:
@@ -146,7 +150,7 @@ class Sources:
         if self.hook.encounter_id:
             found = reader.read("Encounter resource", f"Encounter/{self.hook.encounter_id}")
             return Fetched("encounters", "Encounter resource", [found], prefetched=False)
-        params = {"patient": self.hook.patient_id, "status": "in-progress", "_count": "100"}
+        params = {"patient": self.hook.patient_id, "status": ONGOING_SEARCH, "_count": "100"}
         return Fetched("encounters", what, reader.search(what, "Encounter", params), False)
 
     def observations(self, admitted_at: datetime) -> Fetched:

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
 from vitalcast.features import StayInput
-from vitalcast.ingest.sources.fhir_map import ENCOUNTER_STATUSES
+from vitalcast.ingest.sources.fhir_map import ENCOUNTER_STATUSES, ONGOING_STATUSES
 from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
 from vitalcast.serving.cds_prefetch import entry_index, parse_resources, rejection_text
 from vitalcast.serving.cds_sources import Fetched
@@ -29,12 +29,17 @@ _ADMISSION_RULES = {
 def current_encounter(
     fetched: Fetched, patient: PatientRecord, encounter_id: str | None, now: datetime
 ) -> EncounterRecord | None:
-    """The stay to score: the context's encounter if in progress, else the in-progress
-    encounter of this patient that started last (an ICU stay inside a hospital stay
+    """The stay to score: the context's encounter if in progress, else the encounter in
+    progress of this patient that started last (an ICU stay inside a hospital stay
     starts after it). Mapped by the FHIR ingestion adapter (admission time, unit).
 
+    In progress means what it means to FHIR ingestion (:data:`ONGOING_STATUSES`:
+    ``arrived``, ``triaged``, ``in-progress``, ``onleave``), so that a patient on leave
+    from the ward gets the same risk in the EHR as on vitalcast's own pages, not "no
+    stay in progress".
+
     Raises:
-        BadRequest, PreconditionFailed: an in-progress candidate cannot be read, belongs to
+        BadRequest, PreconditionFailed: a candidate in progress cannot be read, belongs to
             another patient, or breaks the ingestion rules on times (see
             :meth:`.cds_sources.Fetched.unusable`). Passing over it would answer "no stay
             in progress", or score another stay, without a word.
@@ -53,7 +58,7 @@ def current_encounter(
             raise fetched.unusable(
                 i, "an Encounter that cannot be read (Encounter.status: not an R4 status code)"
             )
-    candidates = [(i, r) for i, r in encounters if r["status"] == "in-progress"]
+    candidates = [(i, r) for i, r in encounters if r["status"] in ONGOING_STATUSES]
     batch = parse_resources([r for _i, r in candidates])
 
     def index(location: str) -> int | None:
@@ -63,12 +68,12 @@ def current_encounter(
     for rejected in batch.rejected:
         why = rejection_text(rejected, "Encounter")
         raise fetched.unusable(
-            index(rejected.location), f"an in-progress Encounter that cannot be read ({why})"
+            index(rejected.location), f"an Encounter in progress that cannot be read ({why})"
         )
     for record in batch.encounters:
         if record.patient_ref != patient.ref:
             raise fetched.unusable(
-                index(record.source_ref), "an in-progress Encounter of another patient"
+                index(record.source_ref), "an Encounter in progress of another patient"
             )
     current = max(batch.encounters, key=lambda e: (e.admitted_at, e.ref), default=None)
     if current is not None:
@@ -77,7 +82,7 @@ def current_encounter(
         except Invalid as exc:
             why = _ADMISSION_RULES.get(exc.code, exc.code)
             raise fetched.unusable(
-                index(current.source_ref), f"an in-progress Encounter with {why}"
+                index(current.source_ref), f"an Encounter in progress with {why}"
             ) from None
     return current
 

@@ -21,11 +21,12 @@ from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.riskassessment import RiskAssessment
 from flask import Blueprint, Response, request, url_for
-from sqlalchemy import Select, SQLColumnExpression, select
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, and_, false, func, or_, select
 
 from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.errors import InvalidInput, NotFound
+from vitalcast.ingest.sources.fhir_map import ENCOUNTER_STATUSES
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
@@ -298,27 +299,68 @@ def read_encounter(encounter_id: str) -> Response:
     return _respond(_encounter_resource(enc, patient.public_id))
 
 
+def _status_param() -> set[str] | None:
+    """The ``status`` search values, each an R4 EncounterStatus code (else a 400)."""
+    given = request.args.get("status")
+    if given is None:
+        return None
+    values = set(given.split(","))
+    if not values <= ENCOUNTER_STATUSES:
+        raise_if(
+            [
+                {
+                    "loc": ["query", "status"],
+                    "msg": "R4 Encounter status codes, comma-separated: "
+                    + ", ".join(sorted(ENCOUNTER_STATUSES)),
+                }
+            ],
+            "invalid FHIR search parameters",
+        )
+    return values
+
+
+def _status_conditions(wanted: set[str]) -> list[ColumnElement[bool]]:
+    """SQL conditions for the stored stays :func:`_status` renders with a wanted status."""
+    conditions: list[ColumnElement[bool]] = []
+    if "in-progress" in wanted:
+        conditions.append(and_(Encounter.in_progress))
+    if "finished" in wanted:
+        # A withdrawn stay is rendered entered-in-error or cancelled, discharged or not.
+        conditions.append(
+            and_(Encounter.discharged_at.is_not(None), Encounter.withdrawn_at.is_(None))
+        )
+    withdrawn = sorted(s.replace("-", "_") for s in wanted & {"entered-in-error", "cancelled"})
+    if withdrawn:
+        conditions.append(
+            and_(
+                Encounter.withdrawn_at.is_not(None),
+                func.coalesce(Encounter.withdrawn_reason, "entered_in_error").in_(withdrawn),
+            )
+        )
+    return conditions
+
+
 @fhir.get("/Encounter")
 @requires(Permission.PATIENTS_READ)
 def search_encounters() -> Response:
-    """A patient's encounters, latest admission first; ``status`` is in-progress (not
-    discharged) or finished; ``date`` searches the period, admission to discharge (open
-    while the stay is in progress)."""
+    """A patient's encounters, latest admission first; ``status`` is one R4 status or a
+    comma-separated list of them (any matches, as FHIR token search reads a list);
+    ``date`` searches the period, admission to discharge (open while the stay is in
+    progress).
+
+    Why lists: a CDS Hooks client asks for every status that means a stay is going on
+    (``arrived,in-progress,onleave,triaged``) in one search, and this server is such a
+    client's FHIR server in the tests and the demo. Stored stays are rendered
+    ``in-progress``, ``finished`` or the withdrawn source's ``entered-in-error`` /
+    ``cancelled`` (:func:`_status`), so the other statuses match none.
+    """
     check_search_params(ENCOUNTER_PARAMS)
     count, offset = paging(100, 1000)
-    status = request.args.get("status")
-    if status not in (None, "in-progress", "finished"):
-        raise_if(
-            [{"loc": ["query", "status"], "msg": "in-progress or finished"}],
-            "invalid FHIR search parameters",
-        )
+    wanted = _status_param()
     patient = get_patient_or_raise(db(), _patient_param())
     query = select(Encounter).where(Encounter.patient_id == patient.id)
-    if status == "in-progress":
-        query = query.where(Encounter.in_progress)
-    elif status == "finished":
-        # A withdrawn stay is rendered entered-in-error or cancelled, discharged or not.
-        query = query.where(Encounter.discharged_at.is_not(None), Encounter.withdrawn_at.is_(None))
+    if wanted is not None:
+        query = query.where(or_(false(), *_status_conditions(wanted)))
     query = _date_filters(query, Encounter.admitted_at, Encounter.discharged_at)
     order = (Encounter.admitted_at.desc(), Encounter.id.desc())
     rows = db().scalars(query.order_by(*order).offset(offset).limit(count)).all()

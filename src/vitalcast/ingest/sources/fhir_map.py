@@ -73,7 +73,7 @@ ENCOUNTER_STATUSES = frozenset(
         "unknown",
     }
 )
-_ONGOING = frozenset({"arrived", "triaged", "in-progress", "onleave"})
+ONGOING_STATUSES = frozenset({"arrived", "triaged", "in-progress", "onleave"})
 
 
 class ResourceProblem(ValueError):
@@ -519,7 +519,7 @@ def map_encounter(
             unit=str(unit) if unit else None,
             source_ref=where,
             version=version_of(res),
-            in_progress_stated=status in _ONGOING and discharged is None,
+            in_progress_stated=status in ONGOING_STATUSES and discharged is None,
         )
     )
 
