@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 from sklearn.metrics import (
     average_precision_score,
     precision_recall_curve,
@@ -41,17 +42,35 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
-    """Unpenalised logistic regression by Newton–Raphson (IRLS); x includes the intercept."""
+    """Unpenalised logistic regression by Newton–Raphson (IRLS) with step halving; x
+    includes the intercept.
+
+    Why the halving: a full Newton step from 0 overshoots when the offsets are extreme
+    (risks near 0 for most of a small group, so the curvature at the start is tiny): in a
+    40-patient subgroup the plain iteration ran off to an intercept of −5·10⁸ and
+    overflowed. A step is kept only if the log-likelihood does not fall, which makes the
+    iteration converge on the (concave) likelihood's maximum whenever it is finite.
+    """
     beta = np.zeros(x.shape[1])
     off = np.zeros(len(y)) if offset is None else offset
-    for _ in range(50):
-        eta = x @ beta + off
-        mu = 1 / (1 + np.exp(-eta))
+
+    def loglik(b: np.ndarray) -> float:
+        eta = x @ b + off
+        return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+
+    current = loglik(beta)
+    for _ in range(100):
+        mu = expit(x @ beta + off)
         w = np.maximum(mu * (1 - mu), 1e-9)
         grad = x.T @ (y - mu)
         hess = x.T @ (x * w[:, None])
         step = np.linalg.solve(hess + 1e-10 * np.eye(len(beta)), grad)
-        beta = beta + step
+        for _halving in range(30):
+            trial = loglik(beta + step)
+            if trial >= current - 1e-12:
+                break
+            step = step / 2
+        beta, current = beta + step, trial
         if np.max(np.abs(step)) < 1e-9:
             break
     return beta

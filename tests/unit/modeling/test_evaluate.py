@@ -60,6 +60,21 @@ def test_discrimination_matches_sklearn_and_calibration_of_a_calibrated_model() 
     assert ev.calibration_slope(y, sharp) == pytest.approx(0.5, abs=0.04)
 
 
+def test_calibration_fits_converge_where_risks_are_near_zero() -> None:
+    """A small group whose risks are all near 0 and half of whom died (a model moved to a
+    sicker site): the plain Newton iteration overshot and ran off to an intercept of
+    about −5·10⁸ (an overflow in `evaluate`). The intercept is the root of
+    Σ expit(a + logit p) = Σ y, found here independently by bisection."""
+    from scipy.optimize import brentq
+    from scipy.special import expit, logit
+
+    p = np.r_[np.full(20, 0.005), np.full(20, 0.02)]
+    y = np.r_[np.ones(8), np.zeros(12), np.ones(12), np.zeros(8)]
+    exact = brentq(lambda a: float(expit(a + logit(p)).sum() - y.sum()), -50, 50)
+    assert ev.calibration_intercept(y, p) == pytest.approx(exact, abs=1e-6)
+    assert math.isfinite(ev.calibration_slope(y, p))
+
+
 def test_bootstrap_intervals_bracket_the_estimate() -> None:
     rng = np.random.default_rng(5)
     p = rng.uniform(0, 1, 500)
