@@ -12,39 +12,17 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy.orm import Session
 
+from tests.model_cli import model_env, refused, run_cli
 from tests.modeling_data import physionet_texts
 from tests.tabular_data import TASK_YAML, heart_task_files
-from vitalcast.cli import main
 from vitalcast.clinical.records import RecordBatch
 from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.physionet import parse_outcomes, parse_record
 from vitalcast.security.crypto import FieldCipher
 
 pytestmark = pytest.mark.slow
-
-
-def _env(pg_url: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        "VITALCAST_DATABASE_URL": pg_url,
-        "VITALCAST_DATA_DIR": str(tmp_path / "var"),
-        "VITALCAST_REGISTRY_DIR": str(tmp_path / "registry"),
-        "VITALCAST_ENV": "test",
-    }
-
-
-def _cli(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def _refused(res: Result, message: str) -> None:
-    """One clear line, exit code 2: a usage error, not a bug."""
-    assert res.exit_code == 2, res.output
-    assert message in res.output, res.output
-    assert "internal error" not in res.output
-    assert "Traceback" not in res.output
 
 
 def _store(session: Session, cipher: FieldCipher, n: int, first_id: int, seed: int) -> None:
@@ -64,51 +42,51 @@ def _evaluations(registry: Path, version: str) -> list[Path]:
 def test_store_evaluation_reads_only_stays_stored_after_training(
     pg_url: str, db_session: Session, cipher: FieldCipher, tmp_path: Path
 ) -> None:
-    env = _env(pg_url, tmp_path)
+    env = model_env(pg_url, tmp_path)
     _store(db_session, cipher, 120, first_id=900000, seed=3)
-    res = _cli(env, "train", "--task", "icu-mortality", "--budget", "fast", "--json")
+    res = run_cli(env, "train", "--task", "icu-mortality", "--budget", "fast", "--json")
     assert res.exit_code == 0, res.output
     version = json.loads(res.output.strip().splitlines()[-1])["version"]
 
     # The store holds only what the model was trained on: nothing to validate on. (Before:
     # the training stays were scored again and saved as an external validation.)
-    res = _cli(env, "evaluate", "--model", version)
-    _refused(res, "the store holds no labelled stay the model has not seen")
+    res = run_cli(env, "evaluate", "--model", version)
+    refused(res, "the store holds no labelled stay the model has not seen")
     assert _evaluations(tmp_path / "registry", version) == []
 
     for bad in ("-5", "0", "nan", "inf"):
-        res = _cli(env, "evaluate", "--model", version, "--landmark", bad)
-        _refused(res, "--landmark must be a finite number of hours after admission above 0")
+        res = run_cli(env, "evaluate", "--model", version, "--landmark", bad)
+        refused(res, "--landmark must be a finite number of hours after admission above 0")
 
     # New patients' stays arrive: those, and only those, are evaluated.
     _store(db_session, cipher, 60, first_id=910000, seed=5)
-    res = _cli(env, "evaluate", "--model", version, "--json")
+    res = run_cli(env, "evaluate", "--model", version, "--json")
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output.strip().splitlines()[-1])
     assert ev["n"] == 60
     assert ev["validation"].startswith("temporal: one prediction per stay at 48 h")
     assert 0.0 < ev["auroc"] < 1.0
-    res = _cli(env, "evaluate", "--model", version, "--landmark", "24", "--json")
+    res = run_cli(env, "evaluate", "--model", version, "--landmark", "24", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.strip().splitlines()[-1])["n"] == 60
 
-    res = _cli(env, "report", "--model", version, "--markdown")
+    res = run_cli(env, "report", "--model", version, "--markdown")
     assert res.exit_code == 0, res.output
     assert "Validation on unseen data: temporal" in res.output
     assert "Resubstitution" not in res.output
 
 
-def test_training_files_and_landmark_are_refused(
+def test_training_files_and_landmark_arerefused(
     pg_url: str, db_session: Session, tmp_path: Path
 ) -> None:
-    env = _env(pg_url, tmp_path)
+    env = model_env(pg_url, tmp_path)
     folder, outcomes = tmp_path / "set-t", tmp_path / "Outcomes-t.txt"
     folder.mkdir()
     records, text = physionet_texts(120, seed=3)
     for rec in records:
         (folder / rec.name.split("/")[-1]).write_text(rec.text)
     outcomes.write_text(text)
-    res = _cli(
+    res = run_cli(
         env,
         *("train", "--task", "icu-mortality", "--data", str(folder), "--outcomes", str(outcomes)),
         *("--budget", "fast", "--json"),
@@ -118,11 +96,11 @@ def test_training_files_and_landmark_are_refused(
     files = ("--data", str(folder), "--outcomes", str(outcomes))
     # The training files, at the task's landmarks or at one of them or another hour.
     for extra in ((), ("--landmark", "48"), ("--landmark", "30")):
-        res = _cli(env, "evaluate", "--model", version, *files, *extra)
-        _refused(res, "is the data model")
+        res = run_cli(env, "evaluate", "--model", version, *files, *extra)
+        refused(res, "is the data model")
         assert "resubstitution, not validation" in res.output
-    res = _cli(env, "evaluate", "--model", version, *files, "--landmark", "nan")
-    _refused(res, "--landmark must be a finite number of hours after admission above 0")
+    res = run_cli(env, "evaluate", "--model", version, *files, "--landmark", "nan")
+    refused(res, "--landmark must be a finite number of hours after admission above 0")
     assert _evaluations(tmp_path / "registry", version) == []
 
     # The training stays with new patients' stays added: not the training data (another
@@ -136,14 +114,14 @@ def test_training_files_and_landmark_are_refused(
         (fresh / name).write_text(rec.text)
     fresh_outcomes.write_text(new_text)
     outcomes.write_text(text + "\n" + "\n".join(new_text.splitlines()[1:]) + "\n")
-    res = _cli(env, "evaluate", "--model", version, *files)
-    _refused(res, "120 of the 180 patients in set-t + Outcomes-t.txt have rows model")
+    res = run_cli(env, "evaluate", "--model", version, *files)
+    refused(res, "120 of the 180 patients in set-t + Outcomes-t.txt have rows model")
     assert "would not be validation" in res.output
     assert _evaluations(tmp_path / "registry", version) == []
 
     # The new patients alone are validation; none of them holds a training row.
     new_files = ("--data", str(fresh), "--outcomes", str(fresh_outcomes))
-    res = _cli(env, "evaluate", "--model", version, *new_files, "--json")
+    res = run_cli(env, "evaluate", "--model", version, *new_files, "--json")
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output.strip().splitlines()[-1])
     assert (ev["n"], ev["training_overlap_patients"]) == (60, 0)
@@ -153,15 +131,15 @@ def test_training_files_and_landmark_are_refused(
     data = bytearray(digests.read_bytes())
     data[-1] ^= 0x01
     digests.write_bytes(bytes(data))
-    res = _cli(env, "evaluate", "--model", version, *new_files)
-    _refused(res, "training_rows.npy does not match the sha256 its sidecar records")
+    res = run_cli(env, "evaluate", "--model", version, *new_files)
+    refused(res, "training_rows.npy does not match the sha256 its sidecar records")
 
 
 @pytest.mark.shared_data
 def test_tabular_task_file_and_evaluation_errors(
     pg_url: str, db_session: Session, shared_data: Path, tmp_path: Path
 ) -> None:
-    env = _env(pg_url, tmp_path)
+    env = model_env(pg_url, tmp_path)
     task_file, full = heart_task_files(shared_data, tmp_path)
     header, *rows = full.read_text().splitlines()
     # Half the patients train, the other half validate.
@@ -179,23 +157,23 @@ def test_tabular_task_file_and_evaluation_errors(
     ):
         bad = tmp_path / "bad.yaml"
         bad.write_text(TASK_YAML.replace(NUMERIC, features).split("labels:")[0])
-        _refused(_cli(env, *train, "--task-file", str(bad)), message)
+        refused(run_cli(env, *train, "--task-file", str(bad)), message)
 
-    res = _cli(env, *train, "--task-file", str(task_file), "--json")
+    res = run_cli(env, *train, "--task-file", str(task_file), "--json")
     assert res.exit_code == 0, res.output
     version = json.loads(res.output.strip().splitlines()[-1])["version"]
     evaluate = ("evaluate", "--model", version)
 
     # The training table itself, also through a task file listing the features in
     # another order.
-    _refused(
-        _cli(env, *evaluate, "--task-file", str(task_file), "--data", str(csv)),
+    refused(
+        run_cli(env, *evaluate, "--task-file", str(task_file), "--data", str(csv)),
         "is the data model",
     )
     reordered = tmp_path / "reordered.yaml"
     reordered.write_text(TASK_YAML.replace(NUMERIC, "[ca, oldpeak, age, trestbps, chol, thalach]"))
-    _refused(
-        _cli(env, *evaluate, "--task-file", str(reordered), "--data", str(csv)),
+    refused(
+        run_cli(env, *evaluate, "--task-file", str(reordered), "--data", str(csv)),
         "is the data model",
     )
 
@@ -206,20 +184,20 @@ def test_tabular_task_file_and_evaluation_errors(
     )
     other_yaml = tmp_path / "other.yaml"
     other_yaml.write_text(TASK_YAML.replace("oldpeak", "st_depression"))
-    _refused(
-        _cli(env, *evaluate, "--task-file", str(other_yaml), "--data", str(other_csv)),
+    refused(
+        run_cli(env, *evaluate, "--task-file", str(other_yaml), "--data", str(other_csv)),
         f"other.csv lacks 1 of the 13 features of model {version}: oldpeak",
     )
 
     # Patients without disease only: no AUROC, no calibration to report.
     healthy = tmp_path / "healthy.csv"
     healthy.write_text("\n".join([header, *(r for r in rows[1::2] if r.endswith(",0"))]) + "\n")
-    _refused(
-        _cli(env, *evaluate, "--task-file", str(task_file), "--data", str(healthy)),
+    refused(
+        run_cli(env, *evaluate, "--task-file", str(task_file), "--data", str(healthy)),
         "the label has one class",
     )
-    _refused(
-        _cli(
+    refused(
+        run_cli(
             env,
             *evaluate,
             *("--task-file", str(task_file), "--data", str(unseen), "--landmark", "6"),
@@ -229,11 +207,11 @@ def test_tabular_task_file_and_evaluation_errors(
     assert _evaluations(tmp_path / "registry", version) == []
 
     # The patients the model never saw are evaluated, stored, and reported as such.
-    res = _cli(env, *evaluate, "--task-file", str(task_file), "--data", str(unseen), "--json")
+    res = run_cli(env, *evaluate, "--task-file", str(task_file), "--data", str(unseen), "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.strip().splitlines()[-1])["n"] == len(rows[1::2])
     assert len(_evaluations(tmp_path / "registry", version)) == 1
-    res = _cli(env, "report", "--model", version, "--markdown")
+    res = run_cli(env, "report", "--model", version, "--markdown")
     assert "Validation on unseen data: unseen.csv" in res.output
 
 

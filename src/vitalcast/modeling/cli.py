@@ -1,4 +1,5 @@
-"""``vitalcast train | evaluate | models | report``: thin commands over modeling services."""
+"""``vitalcast train | evaluate | recalibrate | models | report``: thin commands over modeling
+services."""
 
 from __future__ import annotations
 
@@ -119,6 +120,22 @@ def _print_summary(title: str, metrics: dict[str, Any]) -> None:
             click.echo(f"  {key:<22} {shown}{ci_text}")
 
 
+def _print_registered(out: Any, as_json: bool) -> None:
+    """What ``train`` and ``recalibrate`` print: the new version, its alias and metrics."""
+    if as_json:
+        _print_json(
+            {
+                "version": out.version,
+                "task": out.task,
+                "alias": out.alias,
+                "threshold": out.threshold,
+                "metrics": out.metrics,
+            }
+        )
+        return
+    _print_summary(f"registered {out.version} ({out.alias or 'no alias'})", out.metrics)
+
+
 task_option = click.option(
     "--task", "task_name", type=click.Choice(list(TASKS)), help="Prediction task."
 )
@@ -143,6 +160,12 @@ registry_option = click.option(
     help="Registry directory (default VITALCAST_REGISTRY_DIR).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+model_option = click.option(
+    "--model",
+    "model_ref",
+    required=True,
+    help="Version name, `champion` or `challenger` (with --task).",
+)
 
 
 @click.command()
@@ -190,27 +213,11 @@ def train(
             budget=FAST_BUDGET if budget == "fast" else None,
             agent=audit.CLI,
         )
-    if as_json:
-        _print_json(
-            {
-                "version": out.version,
-                "task": out.task,
-                "alias": out.alias,
-                "threshold": out.threshold,
-                "metrics": out.metrics,
-            }
-        )
-        return
-    _print_summary(f"registered {out.version} ({out.alias or 'no alias'})", out.metrics)
+    _print_registered(out, as_json)
 
 
 @click.command()
-@click.option(
-    "--model",
-    "model_ref",
-    required=True,
-    help="Version name, `champion` or `challenger` (with --task).",
-)
+@model_option
 @task_option
 @data_option
 @outcomes_option
@@ -260,6 +267,49 @@ def evaluate(
         _print_json(metrics)
         return
     _print_summary(f"{metrics['model']} on {metrics['data']}", metrics)
+
+
+@click.command()
+@model_option
+@task_option
+@data_option
+@outcomes_option
+@task_file_option
+@registry_option
+@json_option
+@click.pass_context
+def recalibrate(
+    ctx: click.Context,
+    model_ref: str,
+    task_name: str | None,
+    data: Path | None,
+    outcomes: Path | None,
+    task_file: Path | None,
+    registry: Path | None,
+    as_json: bool,
+) -> None:
+    """Refit a model's calibration and threshold on local outcomes; register a challenger.
+
+    Keeps the fitted model (its ranking and explanations) and re-chooses only how its
+    scores map to risks, on labelled data it never saw, read and refused as `evaluate`
+    reads and refuses it. The new version becomes `challenger`, never champion: review
+    it, then `vitalcast models promote VERSION`.
+    """
+    from vitalcast.modeling.recalibrate import recalibrate_version
+    from vitalcast.security import audit
+
+    with _session(ctx) as session:
+        out = recalibrate_version(
+            session=session,
+            model=model_ref,
+            task=task_name,
+            registry_dir=_registry(ctx, registry),
+            data=data,
+            outcomes=outcomes,
+            task_file=task_file,
+            agent=audit.CLI,
+        )
+    _print_registered(out, as_json)
 
 
 @click.group()
@@ -428,4 +478,4 @@ def report(
     click.echo(str(target))
 
 
-COMMANDS = (train, evaluate, models, report)
+COMMANDS = (train, evaluate, recalibrate, models, report)

@@ -60,28 +60,16 @@ def evaluate_version(
     Refused, before anything is saved: the data the model was trained on (its
     fingerprint equals the sidecar's ``training_data_fingerprint``: resubstitution, not
     validation); from the store, anything but the stays stored after the model's training
-    data was read (:func:`_store_cutoff`); data without the model's features, or whose
+    data was read (:func:`store_cutoff`); data without the model's features, or whose
     label has one class; a landmark that is not a positive number of hours.
 
     Raises:
         TaskError: the data cannot validate this model (the message says why).
         RegistryError: the model cannot be found or loaded.
     """
-    row = None
-    if session is not None:
-        if model in ALIASES:
-            task = task or _infer_task(session, model, outcomes=outcomes, task_file=task_file)
-            row = get_version_or_raise(session, model, task)
-        else:
-            row = get_version(session, model)
-    if row is not None:
-        loaded = load_registered(session, row)  # type: ignore[arg-type]
-    else:
-        sidecar = read_sidecar(model, registry_dir)
-        loaded = load_model(model, str(sidecar.get("sha256")), registry_dir=registry_dir)
-    trained = get_task(loaded.task)
-    if task is not None and task != trained.name:
-        raise RegistryError(f"model {loaded.version} is for {trained.name}, not {task}")
+    loaded, trained = resolve_model(
+        session, model, task, registry_dir, outcomes=outcomes, task_file=task_file
+    )
     spec = trained
     if landmark_h is not None:
         landmark_h = _checked_landmark(trained, landmark_h)
@@ -91,7 +79,7 @@ def evaluate_version(
             primary_landmark_h=landmark_h,
             calibration_landmarks_h=(),
         )
-    store_after = _store_cutoff(loaded) if data is None and trained.kind == "timeseries" else None
+    store_after = store_cutoff(loaded) if data is None and trained.kind == "timeseries" else None
     ds = load_dataset(
         trained,
         session=session,
@@ -106,14 +94,14 @@ def evaluate_version(
         part="holdout",
         store_after_encounter_id=store_after,
     )
-    _refuse_training_data(loaded, trained, ds)
-    seen_patients = _training_overlap(loaded, ds)
+    refuse_training_data(loaded, trained, ds)
+    seen_patients = training_overlap(loaded, ds)
     if landmark_h is not None:
         notes = ds.notes
         ds = ds.subset(ds.rows_at(landmark_h), "")
         ds.notes = notes
-    _check_features(loaded, ds)
-    _check_both_classes(spec, ds)
+    check_features(loaded, ds)
+    check_both_classes(spec, ds)
     proba = loaded.predict_proba(ds.X)
     metrics = validation_metrics(spec, ds, proba, loaded.threshold, n_boot=n_boot)
     metrics["model"] = loaded.version
@@ -133,6 +121,43 @@ def evaluate_version(
     return metrics
 
 
+def resolve_model(
+    session: Session | None,
+    model: str,
+    task: str | None,
+    registry_dir: Path,
+    *,
+    outcomes: Path | None = None,
+    task_file: Path | None = None,
+) -> tuple[LoadedModel, Task]:
+    """The verified model ``model`` names (a version, or an alias of ``task``, or of the
+    task the inputs imply), and its task.
+
+    Found in the database (its row's sha256 is the reference); a version directory present
+    only in ``registry_dir`` is verified against its sidecar.
+
+    Raises:
+        RegistryError: the model cannot be found or loaded, or is for another task.
+    """
+    row = None
+    if session is not None:
+        if model in ALIASES:
+            task = task or _infer_task(session, model, outcomes=outcomes, task_file=task_file)
+            row = get_version_or_raise(session, model, task)
+        else:
+            row = get_version(session, model)
+    if row is not None:
+        assert session is not None
+        loaded = load_registered(session, row)
+    else:
+        sidecar = read_sidecar(model, registry_dir)
+        loaded = load_model(model, str(sidecar.get("sha256")), registry_dir=registry_dir)
+    trained = get_task(loaded.task)
+    if task is not None and task != trained.name:
+        raise RegistryError(f"model {loaded.version} is for {trained.name}, not {task}")
+    return loaded, trained
+
+
 def _checked_landmark(task: Task, landmark_h: float) -> float:
     """``landmark_h`` when it can be scored: a finite number of hours after admission
     above 0, for a time-series task (a negative hour scored the stay before admission;
@@ -147,7 +172,7 @@ def _checked_landmark(task: Task, landmark_h: float) -> float:
     return float(landmark_h)
 
 
-def _store_cutoff(loaded: LoadedModel) -> int | None:
+def store_cutoff(loaded: LoadedModel) -> int | None:
     """From the store, only stays a model never saw: those stored after the last encounter
     its training read (``store_through_encounter_id`` in its sidecar), or every labelled
     stay (None) for a model trained on files.
@@ -169,7 +194,9 @@ def _store_cutoff(loaded: LoadedModel) -> int | None:
     return None
 
 
-def _refuse_training_data(loaded: LoadedModel, trained: Task, ds: Dataset) -> None:
+def refuse_training_data(
+    loaded: LoadedModel, trained: Task, ds: Dataset, action: str = "evaluate"
+) -> None:
     """Refuse the data the model was trained on: its metrics would be resubstitution
     (AUROC near 1.0 for a flexible model), which a report would show as validation.
 
@@ -191,7 +218,7 @@ def _refuse_training_data(loaded: LoadedModel, trained: Task, ds: Dataset) -> No
         raise TaskError(
             f"{ds.source} is the data model {loaded.version} was trained on (same"
             " fingerprint); its metrics there would be resubstitution, not validation."
-            " Evaluate it on data it never saw"
+            f" {action.capitalize()} it on data it never saw"
         )
 
 
@@ -200,7 +227,7 @@ def _refuse_training_data(loaded: LoadedModel, trained: Task, ds: Dataset) -> No
 MAX_TRAINING_OVERLAP = 0.01
 
 
-def _training_overlap(loaded: LoadedModel, ds: Dataset) -> int | None:
+def training_overlap(loaded: LoadedModel, ds: Dataset, action: str = "evaluate") -> int | None:
     """How many patients of ``ds`` have a row identical to one the model was trained on
     (None: the model predates kept training rows, or the data lacks its features).
 
@@ -221,7 +248,7 @@ def _training_overlap(loaded: LoadedModel, ds: Dataset) -> int | None:
         raise TaskError(
             f"{overlap} of the {len(patients)} patients in {ds.source} have rows model"
             f" {loaded.version} was trained on; its metrics on them would not be validation."
-            " Evaluate it on patients it never saw"
+            f" {action.capitalize()} it on patients it never saw"
         )
     if overlap:
         ds.notes.append(
@@ -230,7 +257,7 @@ def _training_overlap(loaded: LoadedModel, ds: Dataset) -> int | None:
     return overlap
 
 
-def _check_features(loaded: LoadedModel, ds: Dataset) -> None:
+def check_features(loaded: LoadedModel, ds: Dataset, action: str = "evaluate") -> None:
     """The data must hold each of the model's features, of the kind it was trained on."""
     missing = [f for f in loaded.feature_names if f not in ds.X.columns]
     if missing:
@@ -239,7 +266,7 @@ def _check_features(loaded: LoadedModel, ds: Dataset) -> None:
         )
         raise TaskError(
             f"{ds.source} lacks {len(missing)} of the {len(loaded.feature_names)} features"
-            f" of model {loaded.version}: {shown}; evaluate it with the task file it was"
+            f" of model {loaded.version}: {shown}; {action} it with the task file it was"
             " trained with"
         )
     categorical = set(loaded.categorical)
@@ -247,22 +274,22 @@ def _check_features(loaded: LoadedModel, ds: Dataset) -> None:
     if changed:
         raise TaskError(
             f"{ds.source}: {', '.join(changed[:10])} of another kind (numeric or categorical)"
-            f" than in model {loaded.version}; evaluate it with the task file it was trained with"
+            f" than in model {loaded.version}; {action} it with the task file it was trained with"
         )
 
 
-def _check_both_classes(task: Task, ds: Dataset) -> None:
+def check_both_classes(task: Task, ds: Dataset, action: str = "evaluate") -> None:
     """Refuse rows whose label has one class (or no rows): AUROC, slope and the rest are
     undefined there, and a stored evaluation of NaNs would reach the report."""
     y = ds.y[ds.rows_at(task.primary_landmark_h)]
     at = "" if task.primary_landmark_h is None else f" at {task.primary_landmark_h:g} h"
     if len(y) == 0:
-        raise TaskError(f"{task.name}: {ds.source} has no row to evaluate{at}")
+        raise TaskError(f"{task.name}: {ds.source} has no row to {action}{at}")
     classes = sorted(set(np.unique(y).tolist()))
     if len(classes) < 2:
         raise TaskError(
             f"{task.name}: the label has one class (every row{at} is {classes[0]}) in"
-            f" {ds.source}; evaluation needs both outcomes (0 and 1)"
+            f" {ds.source}; both outcomes (0 and 1) are needed to {action} a model"
         )
 
 

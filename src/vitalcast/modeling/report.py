@@ -129,6 +129,15 @@ APPARENT_NOTE = (
 )
 
 
+def _recalibrated(model: dict[str, Any]) -> str:
+    """Where a recalibrated version's fitted model comes from (``vitalcast recalibrate``):
+    its calibration and threshold were refitted on the data below, not its model."""
+    return (
+        f"Fitted model of {model.get('recalibrated_from')}, unchanged; calibration map and"
+        " threshold refitted on local outcomes"
+    )
+
+
 def _of_patients(data: dict[str, Any]) -> str:
     """`` (554 patients)`` when the sidecar records how many patients had the outcome."""
     n = data.get("event_patients")
@@ -150,6 +159,11 @@ def render_html(sidecar: dict[str, Any]) -> str:
                 ["Task", task.name],
                 ["Model", f"{model.get('candidate')} ({model.get('family')})"],
                 ["Calibration", str(model.get("calibration"))],
+                *(
+                    [["Recalibrated from", _recalibrated(model)]]
+                    if model.get("recalibrated_from")
+                    else []
+                ),
                 ["Operating threshold", _fmt(sidecar.get("threshold"))],
                 ["Threshold rule", task.threshold_rule],
                 ["Seed", str(model.get("seed"))],
@@ -168,7 +182,10 @@ def render_html(sidecar: dict[str, Any]) -> str:
             "Data",
             ["item", "value"],
             [
-                ["Source", str(data.get("source"))],
+                [
+                    "Source" if not model.get("recalibrated_from") else "Recalibration data",
+                    str(data.get("source")),
+                ],
                 ["Rows (stay × landmark)", str(data.get("rows"))],
                 ["Patients", str(data.get("patients"))],
                 ["Rows with the outcome", str(data.get("events"))],
@@ -286,7 +303,10 @@ def render_markdown(
         "",
         f"Model {model.get('candidate')} ({model.get('family')}), calibration"
         f" {model.get('calibration')}, operating threshold {_fmt(sidecar['threshold'])}"
-        f" ({get_task(sidecar['task']).threshold_rule}). Trained on {data.get('source')}:"
+        f" ({get_task(sidecar['task']).threshold_rule})."
+        + (f" {_recalibrated(model)}." if model.get("recalibrated_from") else "")
+        + f" {'Calibrated' if model.get('recalibrated_from') else 'Trained'} on"
+        f" {data.get('source')}:"
         f" {data.get('rows')} rows of {data.get('patients')} patients, the outcome in"
         f" {data.get('events')} rows{_of_patients(data)};"
         f" {len(sidecar['feature_names'])} predictors. Training"

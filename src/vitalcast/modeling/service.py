@@ -128,24 +128,7 @@ def train_and_register(
             },
             "value_names": dataset.value_names,
             "feature_words": dataset.feature_words,
-            "data": {
-                "source": dataset.source,
-                "rows": int(fits.sum()),
-                "patients": len(np.unique(dataset.groups[fits])),
-                "events": int(dataset.y[fits].sum()),
-                "event_patients": len(np.unique(dataset.groups[fits][dataset.y[fits] == 1])),
-                "landmarks_h": list(spec.landmarks_h),
-                "calibration_only_rows": int((~fits).sum()),
-                "calibration_landmarks_h": list(spec.calibration_landmarks_h),
-                "notes": dataset.notes,
-                # Read from the store: up to which encounter, so that `evaluate` can read
-                # only the stays stored after it (external_validation.evaluate_version).
-                **(
-                    {"store_through_encounter_id": dataset.store_through_encounter_id}
-                    if dataset.store_through_encounter_id is not None
-                    else {}
-                ),
-            },
+            "data": data_summary(dataset, spec),
         },
     )
     alias = None
@@ -165,6 +148,30 @@ def train_and_register(
     return TrainOutcome(
         version, spec.name, metrics, result.threshold, path, sha, alias, result.seconds
     )
+
+
+def data_summary(dataset: Dataset, spec: Task) -> dict[str, Any]:
+    """The sidecar's description of the rows a model learnt from (counts, landmarks,
+    notes: no identifier)."""
+    fits = dataset.training_rows(spec)
+    return {
+        "source": dataset.source,
+        "rows": int(fits.sum()),
+        "patients": len(np.unique(dataset.groups[fits])),
+        "events": int(dataset.y[fits].sum()),
+        "event_patients": len(np.unique(dataset.groups[fits][dataset.y[fits] == 1])),
+        "landmarks_h": list(spec.landmarks_h),
+        "calibration_only_rows": int((~fits).sum()),
+        "calibration_landmarks_h": list(spec.calibration_landmarks_h),
+        "notes": dataset.notes,
+        # Read from the store: up to which encounter, so that `evaluate` can read only the
+        # stays stored after it (external_validation.evaluate_version).
+        **(
+            {"store_through_encounter_id": dataset.store_through_encounter_id}
+            if dataset.store_through_encounter_id is not None
+            else {}
+        ),
+    }
 
 
 def register_version(

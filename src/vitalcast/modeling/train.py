@@ -48,6 +48,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from vitalcast.modeling.calibration import (
+    CalibrationChoice,
     Folds,
     assemble_calibrated,
     choose_calibration,
@@ -353,28 +354,26 @@ def fit_model(
             best = (score, spec, oof)
     assert best is not None
     _score, spec, oof = best
-    primary = ds.rows_at(task.primary_landmark_h)
-    landmark = landmark_of_rows(ds, numeric)
-    choice = choose_calibration(oof, y, folds, primary, landmark)
+    rows = np.flatnonzero(fits)
+    full = make_pipeline(spec, numeric, categorical, seed).fit(X.iloc[rows], y[rows])
+    calibrated = calibrate(
+        full,
+        oof,
+        y,
+        folds,
+        ds.rows_at(task.primary_landmark_h),
+        landmark_of_rows(ds, numeric),
+        task,
+    )
+    choice = calibrated.choice
     for row in search:
         if row["candidate"] == spec.name:
             row["calibration_log_loss"] = choice.losses
-    rows = np.flatnonzero(fits)
-    full = make_pipeline(spec, numeric, categorical, seed).fit(X.iloc[rows], y[rows])
-    estimator: CalibratedClassifierCV | LandmarkCalibratedClassifier
-    if choice.rows == "landmark":
-        assert landmark is not None
-        marks = [float(h) for h in np.unique(landmark)]
-        maps = [fit_calibrator(choice.method, oof[landmark == h], y[landmark == h]) for h in marks]
-        estimator = LandmarkCalibratedClassifier(full, marks, maps, choice.method, TIME_FEATURE)
-    else:
-        estimator = assemble_calibrated(full, fit_calibrator(choice.method, oof, y), choice.method)
-    threshold = choose_threshold(y[primary], choice.oof_proba[primary], task.threshold_rule)
     return TrainResult(
-        estimator=estimator,
+        estimator=calibrated.estimator,
         candidate=spec,
         calibration=choice.label,
-        threshold=threshold,
+        threshold=calibrated.threshold,
         numeric=numeric,
         categorical=categorical,
         oof_proba=choice.oof_proba,
@@ -383,6 +382,48 @@ def fit_model(
         n_splits=n_splits,
         seed=seed,
     )
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A fitted model behind its chosen calibration map(s), and its operating threshold."""
+
+    estimator: CalibratedClassifierCV | LandmarkCalibratedClassifier
+    choice: CalibrationChoice
+    threshold: float
+
+
+def calibrate(
+    full: Pipeline,
+    scores: np.ndarray,
+    y: np.ndarray,
+    folds: Folds,
+    primary: np.ndarray,
+    landmark: np.ndarray | None,
+    task: Task,
+) -> Calibrated:
+    """Put the fitted ``full`` behind the calibration map chosen on ``scores`` (raw scores
+    of rows ``full`` was not fitted on: out of fold in training, unseen local data in
+    recalibration), and choose the threshold by the task's rule on the cross-fitted
+    probabilities at the primary landmark.
+
+    One function for both, so that a recalibrated model is calibrated exactly as a
+    trained one: the same map choice, the same per-landmark blend, the same threshold rule.
+    """
+    choice = choose_calibration(scores, y, folds, primary, landmark)
+    estimator: CalibratedClassifierCV | LandmarkCalibratedClassifier
+    if choice.rows == "landmark":
+        assert landmark is not None
+        marks = [float(h) for h in np.unique(landmark)]
+        maps = [
+            fit_calibrator(choice.method, scores[landmark == h], y[landmark == h]) for h in marks
+        ]
+        estimator = LandmarkCalibratedClassifier(full, marks, maps, choice.method, TIME_FEATURE)
+    else:
+        calibrator = fit_calibrator(choice.method, scores, y)
+        estimator = assemble_calibrated(full, calibrator, choice.method)
+    threshold = choose_threshold(y[primary], choice.oof_proba[primary], task.threshold_rule)
+    return Calibrated(estimator, choice, threshold)
 
 
 def landmark_of_rows(ds: Dataset, numeric: list[str]) -> np.ndarray | None:
