@@ -1,7 +1,9 @@
 """Features of one stay as of a time ``t``: the single code path for training and serving.
 
 Only observations with ``effective_at <= as_of`` are used, so a score at hour 7 sees what a
-clinician could have seen at hour 7 (no look-ahead). Missing values are NaN; the model's
+clinician could have seen at hour 7 (no look-ahead), and none from before the admission:
+the windows are "this stay" (training's PhysioNet stays start at 00:00 and hold no earlier
+value). Missing values are NaN; the model's
 preprocessing imputes them and adds missingness indicators, fitted inside training folds.
 
 Per variable and window (whole stay so far, last 24 h, last 6 h) we compute summary
@@ -99,7 +101,10 @@ def stay_features(stay: StayInput, as_of: datetime) -> dict[str, float]:
     height: tuple[datetime, float] | None = None
     admission_weight: float | None = None
     for code, value, at in stay.observations:
-        if at > as_of or value is None or value != value:
+        # Before admission: a value the source sent with the stay (an emergency-department
+        # sample, an admission time corrected later) is not of "this stay". The CDS Hooks
+        # path never had it; the stored-patient path counted it, at a negative hour.
+        if at > as_of or at < admitted or value is None or value != value:
             continue
         if code == _HEIGHT_CODE and (height is None or at < height[0]):
             height = (at, float(value))

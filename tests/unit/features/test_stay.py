@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -145,3 +146,24 @@ def test_height_and_admission_weight_charted_as_observations_are_the_descriptors
     )
     assert (described["height_cm"], described["weight_kg"]) == (175.0, 90.0)
     assert described["weight_count_all"] == 2
+
+
+def test_values_from_before_admission_are_not_of_this_stay() -> None:
+    """A value sent with the stay but taken before its admission (an emergency-department
+    lactate, a height from an earlier visit) is left out: the windows are "this stay", and
+    the CDS Hooks path, which never passed it, and the stored path must agree."""
+    lactate, height = BY_KEY["lactate"].code, BY_KEY["height"].code
+    inside = _stay([(HR, 90, 30), (lactate, 2.0, 180)])
+    before = replace(
+        inside,
+        height_cm=None,
+        observations=(
+            (lactate, 6.0, T0 - timedelta(hours=2)),
+            (height, 170.0, T0 - timedelta(days=30)),
+            *inside.observations,
+        ),
+    )
+    as_of = T0 + timedelta(hours=6)
+    want = stay_features(replace(inside, height_cm=None), as_of)
+    assert _same(stay_features(before, as_of), want)
+    assert want["lactate_count_all"] == 1
