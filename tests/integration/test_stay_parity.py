@@ -16,12 +16,14 @@ from vitalcast.clinical.records import (
     RecordBatch,
 )
 from vitalcast.clinical.tables import Encounter
+from vitalcast.clinical.times import age_at
+from vitalcast.config import Settings
 from vitalcast.db.session import create_db_engine, make_session_factory
 from vitalcast.features import stay_features
 from vitalcast.ingest.service import store_batch
 from vitalcast.security.crypto import FieldCipher
-from vitalcast.serving.cds_stay import age_at, stay_from_records
-from vitalcast.serving.scoring import stay_input
+from vitalcast.serving.cds_stay import stay_from_records
+from vitalcast.serving.scoring import stay_input, stay_outside_population
 
 
 def _same(a: dict[str, float], b: dict[str, float]) -> set[str]:
@@ -76,3 +78,54 @@ def test_a_value_from_before_admission_counts_on_no_path(pg_url: str, cipher: Fi
     assert _same(stored, card) == set(), [
         (k, stored[k], card[k]) for k in sorted(_same(stored, card))
     ]
+
+
+def test_a_stay_without_an_age_is_aged_from_the_birth_date(
+    pg_url: str, cipher: FieldCipher, settings: Settings
+) -> None:
+    """FHIR and HL7 v2 give a patient's birth date, never an encounter's age. Stored
+    without one, every such stay was scored with its age imputed (an input the model
+    weighs among its strongest) and a child's stay passed the population's age rule as
+    "age unknown"; the CDS Hooks card computed the age from the same birth date. The
+    store now holds the age at admission, in completed years, as training's stays do; a
+    birth date stored in an earlier batch counts too."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    admitted = now - timedelta(hours=8)
+    born = date(admitted.year - 71, 6, 15)
+    child_born = date(admitted.year - 9, 6, 15)
+    patients = [
+        PatientRecord(ref="t:p1", sex="male", birth_date=born),
+        PatientRecord(ref="t:p2", sex="female", birth_date=child_born),
+    ]
+    encounters = [
+        EncounterRecord(ref="t:e1", patient_ref="t:p1", admitted_at=admitted, unit="MICU"),
+        EncounterRecord(ref="t:e2", patient_ref="t:p2", admitted_at=admitted, unit="MICU"),
+    ]
+    engine = create_db_engine(pg_url)
+    try:
+        sessions = make_session_factory(engine)
+        with sessions() as session:  # the patients first, their stays in a later batch
+            store_batch(
+                session, RecordBatch(patients=patients), source="t", location="t", cipher=cipher
+            )
+            session.commit()
+        with sessions() as session:
+            store_batch(
+                session,
+                RecordBatch(encounters=encounters),
+                source="t",
+                location="t",
+                cipher=cipher,
+                now=now,
+            )
+            session.commit()
+        with sessions() as session:
+            rows = {e.source_ref: e for e in session.scalars(select(Encounter))}
+            stored = stay_features(stay_input(session, rows["t:e1"], now), now)
+            child = stay_outside_population(settings, rows["t:e2"])
+    finally:
+        engine.dispose()
+    card = stay_features(stay_from_records(patients[0], encounters[0], [], now), now)
+    assert stored["age_years"] == card["age_years"] == age_at(born, admitted)
+    assert child is not None
+    assert "outside what the model scores" in child
