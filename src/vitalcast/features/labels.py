@@ -107,5 +107,14 @@ def describe_feature(name: str, value: float | str | None, words: Words | None =
     if name.startswith("unit_") or name in _FLAGS:
         return f"{label}: {'yes' if value >= 0.5 else 'no'}"
     unit = _unit(name, words)
-    shown = f"{value:+.3g}" if "_slope_" in name else f"{value:.3g}"
-    return f"{label}: {shown} {unit}".rstrip()
+    return f"{label}: {_number(value, signed='_slope_' in name)} {unit}".rstrip()
+
+
+def _number(value: float, *, signed: bool) -> str:
+    """Three significant digits, but never the exponent form ``"%.3g"`` switches to from
+    1000 on: a glucose of 1234 mg/dL read "1.23e+03 mg/dL", a day's urine output
+    "2.45e+03 mL", a platelet count of 999.6 "1e+03". Such values are whole numbers."""
+    shown = f"{value:+.3g}" if signed else f"{value:.3g}"
+    if "e" in shown:
+        shown = f"{value:+.0f}" if signed else f"{value:.0f}"
+    return shown

@@ -167,3 +167,18 @@ def test_values_from_before_admission_are_not_of_this_stay() -> None:
     want = stay_features(replace(inside, height_cm=None), as_of)
     assert _same(stay_features(before, as_of), want)
     assert want["lactate_count_all"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "text"),
+    [
+        ("glucose_max_all", 1234.0, "Glucose, highest (this stay): 1234 mg/dL"),
+        ("urine_sum_24h", 2450.0, "Urine output, total (last 24 h): 2450 mL"),
+        ("platelets_min_all", 999.6, "Platelets, lowest (this stay): 1000 ×10³/µL"),
+        ("urine_slope_all", -1234.0, "Urine output, trend per hour (this stay): -1234 mL/h"),
+        ("lactate_last_all", 4.123, "Lactate, latest (this stay): 4.12 mmol/L"),
+    ],
+)
+def test_values_of_a_thousand_and_more_read_as_numbers(name: str, value: float, text: str) -> None:
+    """An explanation's value as a clinician writes it: "1.23e+03 mg/dL" is no glucose."""
+    assert describe_feature(name, value) == text
