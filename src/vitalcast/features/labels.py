@@ -96,12 +96,35 @@ def _unit(name: str, words: Words | None = None) -> str:
     return spec.display_unit
 
 
-def describe_feature(name: str, value: float | str | None, words: Words | None = None) -> str:
+def count_feature(name: str) -> str | None:
+    """The number-of-measurements feature of a total (``urine_sum_24h`` ->
+    ``urine_count_24h``); None for any other feature."""
+    parsed = _parse(name)
+    if parsed is None or parsed[1] != "sum":
+        return None
+    spec, _stat, window = parsed
+    return f"{spec.key}_count_{window}"
+
+
+def describe_feature(
+    name: str,
+    value: float | str | None,
+    words: Words | None = None,
+    *,
+    count: float | None = None,
+) -> str:
     """The feature and its value as a clinician would say it, e.g. ``Lactate, latest
-    (this stay) 4.1 mmol/L`` or ``... not measured``."""
+    (this stay) 4.1 mmol/L`` or ``... not measured``.
+
+    ``count``: for a total, its window's number of measurements (:func:`count_feature`).
+    A total over no measurement is 0 for the model (nothing charted adds nothing), but
+    "Urine output, total (last 24 h): 0 mL" reads as anuria; it says "none charted".
+    """
     label = feature_label(name, words)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"{label}: not measured"
+    if count == 0 and count_feature(name) is not None:
+        return f"{label}: none charted"
     if isinstance(value, str):
         return f"{label}: {readmission_value_words(name, value)}"
     if name.startswith("unit_") or name in _FLAGS:

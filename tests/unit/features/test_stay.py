@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -182,3 +183,25 @@ def test_values_from_before_admission_are_not_of_this_stay() -> None:
 def test_values_of_a_thousand_and_more_read_as_numbers(name: str, value: float, text: str) -> None:
     """An explanation's value as a clinician writes it: "1.23e+03 mg/dL" is no glucose."""
     assert describe_feature(name, value) == text
+
+
+def test_a_total_over_no_measurement_is_none_charted_not_zero() -> None:
+    """No urine output charted in the last 24 h is a total of 0 mL for the model, but the
+    explanation "Urine output, total (last 24 h): 0 mL" reads as anuria. The factor says
+    none was charted; a charted 0 mL (anuria) still reads 0 mL."""
+    from pathlib import Path
+
+    from vitalcast.modeling.registry import LoadedModel
+
+    names = ["urine_sum_24h", "hr_last_all"]
+    model = LoadedModel("v", "icu-mortality", 0.2, names, [], None, {}, Path(), "")
+    none = {"urine_sum_24h": 0.0, "urine_count_24h": 0.0, "hr_last_all": 90.0}
+    [factor] = model.factors(none, np.array([0.8, 0.0]), top=1)
+    assert factor.text == "Urine output, total (last 24 h): none charted"
+    assert factor.value == 0.0  # the value the model read
+    anuric = {**none, "urine_count_24h": 3.0}
+    [factor] = model.factors(anuric, np.array([0.8, 0.0]), top=1)
+    assert factor.text == "Urine output, total (last 24 h): 0 mL"
+    assert describe_feature("urine_sum_24h", 0.0, count=0) == (
+        "Urine output, total (last 24 h): none charted"
+    )
