@@ -122,7 +122,7 @@ def describe_feature(
     """
     label = feature_label(name, words)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return f"{label}: not measured"
+        return f"{label}: {_absent(name, words)}"
     if count == 0 and count_feature(name) is not None:
         return f"{label}: none charted"
     if isinstance(value, str):
@@ -131,6 +131,27 @@ def describe_feature(
         return f"{label}: {'yes' if value >= 0.5 else 'no'}"
     unit = _unit(name, words)
     return f"{label}: {_number(value, signed='_slope_' in name)} {unit}".rstrip()
+
+
+# Descriptors of the stay are recorded, not measured: "Age: not measured" is no sentence.
+_RECORDED = frozenset(
+    {"age_years", "sex_male", *(f"unit_{u}" for u in ("ccu", "csru", "micu", "sicu"))}
+)
+
+
+def _absent(name: str, words: Words | None) -> str:
+    """What a missing value says. A trend is missing with one measurement as well as with
+    none ("Lactate, trend per hour: not measured" beside a lactate of 4.1 misleads), and
+    a descriptor (or a discharge's fact, as the patient page words it) is not measured
+    but recorded."""
+    if words and name in words:
+        return "not measured"
+    if name in _RECORDED or name in READMISSION_WORDS:  # a discharge's facts are recorded
+        return "not recorded"
+    parsed = _parse(name)
+    if parsed is not None and parsed[1] == "slope":
+        return "too few measurements for a trend"
+    return "not measured"
 
 
 def _number(value: float, *, signed: bool) -> str:

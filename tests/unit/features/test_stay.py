@@ -205,3 +205,18 @@ def test_a_total_over_no_measurement_is_none_charted_not_zero() -> None:
     assert describe_feature("urine_sum_24h", 0.0, count=0) == (
         "Urine output, total (last 24 h): none charted"
     )
+
+
+def test_a_missing_trend_or_descriptor_is_not_called_unmeasured() -> None:
+    """One lactate gives no trend: "Lactate, trend per hour (this stay): not measured"
+    beside "Lactate, latest: 4.1 mmol/L" told a clinician the lactate was never drawn.
+    An unknown age or unit was "not measured" too."""
+    one = stay_features(_stay([(BY_KEY["lactate"].code, 4.1, 60)]), T0 + timedelta(hours=6))
+    assert math.isnan(one["lactate_slope_all"])
+    assert describe_feature("lactate_slope_all", one["lactate_slope_all"]) == (
+        "Lactate, trend per hour (this stay): too few measurements for a trend"
+    )
+    assert describe_feature("age_years", math.nan) == "Age: not recorded"
+    assert describe_feature("unit_micu", math.nan) == "Medical ICU: not recorded"
+    assert describe_feature("prev_length_of_stay", math.nan).endswith(": not recorded")
+    assert describe_feature("lactate_max_24h", None) == "Lactate, highest (last 24 h): not measured"
