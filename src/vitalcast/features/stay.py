@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
 
-from vitalcast.clinical.codes import BY_KEY, ICU_TYPES, VARIABLES
+from vitalcast.clinical.codes import (
+    BY_KEY,
+    ICU_TYPES,
+    VARIABLES,
+    VariableSpec,
+    is_plausible,
+    plausible_range_text,
+)
 
 ObservationTuple = tuple[str, float, datetime]
 NAN = math.nan
@@ -76,6 +83,46 @@ def feature_names(task: str = "icu-mortality") -> tuple[str, ...]:
     if task != "icu-mortality":
         raise KeyError(f"task {task!r} has no time-series feature definition")
     return FEATURE_NAMES
+
+
+# Feature name -> (variable, statistic) of every time-series feature, and the descriptor
+# features that are a variable's measurement.
+_FEATURE_STAT: dict[str, tuple[VariableSpec, str]] = {
+    f"{key}_{stat}_{window}": (BY_KEY[key], stat)
+    for key in TIME_SERIES_VARIABLES
+    for window, _hours in WINDOWS
+    for stat in _STATS[window] + (("sum",) if key in _OUTPUT_KEYS else ())
+}
+_FEATURE_STAT.update(
+    {"height_cm": (BY_KEY["height"], "last"), "weight_kg": (BY_KEY["weight"], "last")}
+)
+_VALUE_STATS = frozenset({"last", "min", "max", "mean"})
+_NON_NEGATIVE_STATS = frozenset({"count", "sum", "hours_since_last"})
+
+
+def implausible(name: str, value: float) -> str | None:
+    """Why ``value`` cannot be the feature ``name`` of any stay; None when it can.
+
+    Every observation a stay's features are computed from passed the ingestion rules (in
+    the canonical unit, inside the variable's plausible range), so a latest, lowest,
+    highest or average value outside that range, or a negative count, total or age of a
+    measurement, is no stay's feature: a feature vector sent with a temperature of 98.6
+    (°F) or an FiO₂ of 0.4 (a fraction) was scored as 98.6 °C and 0.4 %. The reason names
+    the range and unit, never the value (it may be patient data).
+    """
+    known = _FEATURE_STAT.get(name)
+    if known is None:
+        return None
+    spec, stat = known
+    if stat in _VALUE_STATS and not is_plausible(spec, value):
+        unit = f" {spec.display_unit}" if spec.display_unit else ""
+        return (
+            f"outside the plausible range of {spec.label} ({plausible_range_text(spec)}{unit});"
+            " is it in another unit?"
+        )
+    if stat in _NON_NEGATIVE_STATS and value < 0:
+        return "must be 0 or more"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,3 +220,23 @@ def test_a_missing_trend_or_descriptor_is_not_called_unmeasured() -> None:
     assert describe_feature("unit_micu", math.nan) == "Medical ICU: not recorded"
     assert describe_feature("prev_length_of_stay", math.nan).endswith(": not recorded")
     assert describe_feature("lactate_max_24h", None) == "Lactate, highest (last 24 h): not measured"
+
+
+def test_implausible_names_features_no_stay_can_have() -> None:
+    """The rule the feature-vector API refuses by: a value statistic outside its variable's
+    plausible range, a negative count, total or age of a measurement. Trends, derived
+    indices and unknown names are not judged; every feature of a real stay passes."""
+    from vitalcast.features.stay import implausible
+
+    assert implausible("temp_max_24h", 98.6) is not None
+    assert implausible("fio2_last_all", 0.4) is not None
+    assert implausible("hr_last_all", 0.0) is not None  # HR 0: the low limit is an artefact
+    assert implausible("urine_sum_6h", -10.0) == "must be 0 or more"
+    assert implausible("height_cm", 70.0) is not None  # inches
+    assert implausible("temp_slope_all", -3.0) is None
+    assert implausible("pf_ratio_last", 900.0) is None
+    assert implausible("no_such_feature", -1.0) is None
+    stays, _labels, _groups = synthetic_stays(6)
+    for stay in stays.values():
+        features = stay_features(stay, T0 + timedelta(hours=24))
+        assert [n for n, v in features.items() if v == v and implausible(n, v)] == []
