@@ -23,7 +23,11 @@ from vitalcast.features import stay_features
 from vitalcast.ingest.service import store_batch
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.cds_stay import stay_from_records
-from vitalcast.serving.scoring import stay_input, stay_outside_population
+from vitalcast.serving.scoring import (
+    admission_descriptors,
+    stay_input,
+    stay_outside_population,
+)
 
 
 def _same(a: dict[str, float], b: dict[str, float]) -> set[str]:
@@ -54,6 +58,8 @@ def test_a_value_from_before_admission_counts_on_no_path(pg_url: str, cipher: Fi
                           "t:e1", identity="o2"),
         ObservationRecord("t:p1", hr, admitted + timedelta(hours=1), 95.0, "/min", None,
                           "t:e1", identity="o3"),
+        ObservationRecord("t:p1", BY_KEY["height"].code, admitted - timedelta(days=30), 170.0,
+                          "cm", None, "t:e1", identity="o4"),
     ]  # fmt: skip
     engine = create_db_engine(pg_url)
     try:
@@ -68,6 +74,7 @@ def test_a_value_from_before_admission_counts_on_no_path(pg_url: str, cipher: Fi
         with sessions() as session:
             row = session.scalars(select(Encounter)).one()
             stored = stay_features(stay_input(session, row, as_of), as_of)
+            shown = admission_descriptors(session, row)  # beside the risk: what it read
         card = stay_features(
             stay_from_records(patient, encounter, observations, now, Counter()), as_of
         )
@@ -75,6 +82,8 @@ def test_a_value_from_before_admission_counts_on_no_path(pg_url: str, cipher: Fi
         engine.dispose()
     assert card["lactate_count_all"] == 1
     assert card["lactate_max_all"] == 2.0
+    assert shown == (None, None)
+    assert math.isnan(stored["height_cm"])
     assert _same(stored, card) == set(), [
         (k, stored[k], card[k]) for k in sorted(_same(stored, card))
     ]
