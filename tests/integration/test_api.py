@@ -85,6 +85,37 @@ def test_predict_feature_vector(
     ]
 
 
+def test_a_feature_no_stay_can_have_is_a_422_naming_its_range(
+    app: Flask, client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    """A temperature in °F, an FiO₂ as a fraction or a negative count was scored as if it
+    were °C, % and a count, with no word; every stored value passed the plausible ranges
+    of ingestion, so no stay has such a feature. Each is a 422 at its feature, naming the
+    range and unit but not the value; a plausible vector is still scored."""
+    predictor = get_state(app).predictor
+    assert predictor is not None
+    names = set(predictor.feature_names)
+    bad = {"temp_last_all": 98.6, "fio2_max_24h": 0.4, "hr_count_6h": -1, "weight_kg": 180_000}
+    assert set(bad) <= names
+    headers = creds.api_key("integration")
+    refused = client.post("/api/v1/predict", json=bad, headers=headers)
+    assert refused.status_code == 422
+    details = refused.get_json()["error"]["details"]
+    assert sorted(d["loc"][1] for d in details) == sorted(bad)
+    why = {d["loc"][1]: d["msg"] for d in details}
+    assert why["temp_last_all"] == (
+        "outside the plausible range of Temperature (25-45 °C); is it in another unit?"
+    )
+    assert "98.6" not in refused.get_data(as_text=True)
+    good = {"temp_last_all": 37.0, "fio2_max_24h": 40, "hr_count_6h": 3, "weight_kg": 80}
+    assert client.post("/api/v1/predict", json=good, headers=headers).status_code == 200
+    batch = client.post("/api/v1/predict/batch", json={"rows": [good, bad]}, headers=headers)
+    assert batch.status_code == 422
+    assert {tuple(d["loc"][:3]) for d in batch.get_json()["error"]["details"]} == {
+        ("body", "rows", 1)
+    }
+
+
 def test_predict_rejects_every_bad_field_at_once(
     client: FlaskClient, creds: Credentials, ward: list[str]
 ) -> None:

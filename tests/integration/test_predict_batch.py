@@ -10,6 +10,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from tests.conftest import Credentials
+from vitalcast.clinical.codes import BY_KEY
+from vitalcast.features.stay import implausible
 from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.schemas import MAX_BATCH_ROWS
 from vitalcast.serving.state import get_state
@@ -29,8 +31,22 @@ def _rows(app: Flask, n: int) -> list[dict[str, object]]:
             row["age_years"] = float(rng.uniform(15, 95))
         if "hours_since_admission" in row:  # scored during the stay: hours before it are a 422
             row["hours_since_admission"] = abs(row["hours_since_admission"])
+        for name, value in row.items():  # a value no stay can have is a 422 (test_api.py)
+            if implausible(name, value) is not None:
+                row[name] = abs(value)
+            if implausible(name, row[name]) is not None:
+                row[name] = _plausible(name, rng)
         rows.append(row)
     return rows
+
+
+def _plausible(name: str, rng: np.random.Generator) -> float:
+    """A value inside the plausible range of the variable ``name`` summarises."""
+    key = {"height_cm": "height", "weight_kg": "weight"}.get(name) or max(
+        (k for k in BY_KEY if name.startswith(k + "_")), key=len
+    )
+    spec = BY_KEY[key]
+    return float(rng.uniform(spec.low + 1e-3, spec.high))
 
 
 def test_batch_equals_single_predictions_and_is_audited(

@@ -113,3 +113,16 @@ ClinicalDateTime = Annotated[
     AfterValidator(in_clinical_range),
     WithJsonSchema({"type": "string", "format": "date-time", "pattern": YEAR_PATTERN}),
 ]
+
+
+def age_at(born: date | None, when: datetime) -> float | None:
+    """Age in completed years at admission, as training's stays carry it (PhysioNet's
+    Age descriptor, the store's encounter age): not a fraction, not at scoring time.
+
+    Ingestion stores it on an encounter whose source gives a birth date but no age (FHIR,
+    HL7 v2), and the CDS Hooks path computes it from the hook's Patient: both read the
+    same number for the same stay."""
+    if born is None:
+        return None
+    day = when.astimezone(UTC).date()
+    return float(day.year - born.year - ((day.month, day.day) < (born.month, born.day)))

@@ -96,16 +96,69 @@ def _unit(name: str, words: Words | None = None) -> str:
     return spec.display_unit
 
 
-def describe_feature(name: str, value: float | str | None, words: Words | None = None) -> str:
+def count_feature(name: str) -> str | None:
+    """The number-of-measurements feature of a total (``urine_sum_24h`` ->
+    ``urine_count_24h``); None for any other feature."""
+    parsed = _parse(name)
+    if parsed is None or parsed[1] != "sum":
+        return None
+    spec, _stat, window = parsed
+    return f"{spec.key}_count_{window}"
+
+
+def describe_feature(
+    name: str,
+    value: float | str | None,
+    words: Words | None = None,
+    *,
+    count: float | None = None,
+) -> str:
     """The feature and its value as a clinician would say it, e.g. ``Lactate, latest
-    (this stay) 4.1 mmol/L`` or ``... not measured``."""
+    (this stay) 4.1 mmol/L`` or ``... not measured``.
+
+    ``count``: for a total, its window's number of measurements (:func:`count_feature`).
+    A total over no measurement is 0 for the model (nothing charted adds nothing), but
+    "Urine output, total (last 24 h): 0 mL" reads as anuria; it says "none charted".
+    """
     label = feature_label(name, words)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return f"{label}: not measured"
+        return f"{label}: {_absent(name, words)}"
+    if count == 0 and count_feature(name) is not None:
+        return f"{label}: none charted"
     if isinstance(value, str):
         return f"{label}: {readmission_value_words(name, value)}"
     if name.startswith("unit_") or name in _FLAGS:
         return f"{label}: {'yes' if value >= 0.5 else 'no'}"
     unit = _unit(name, words)
-    shown = f"{value:+.3g}" if "_slope_" in name else f"{value:.3g}"
-    return f"{label}: {shown} {unit}".rstrip()
+    return f"{label}: {_number(value, signed='_slope_' in name)} {unit}".rstrip()
+
+
+# Descriptors of the stay are recorded, not measured: "Age: not measured" is no sentence.
+_RECORDED = frozenset(
+    {"age_years", "sex_male", *(f"unit_{u}" for u in ("ccu", "csru", "micu", "sicu"))}
+)
+
+
+def _absent(name: str, words: Words | None) -> str:
+    """What a missing value says. A trend is missing with one measurement as well as with
+    none ("Lactate, trend per hour: not measured" beside a lactate of 4.1 misleads), and
+    a descriptor (or a discharge's fact, as the patient page words it) is not measured
+    but recorded."""
+    if words and name in words:
+        return "not measured"
+    if name in _RECORDED or name in READMISSION_WORDS:  # a discharge's facts are recorded
+        return "not recorded"
+    parsed = _parse(name)
+    if parsed is not None and parsed[1] == "slope":
+        return "too few measurements for a trend"
+    return "not measured"
+
+
+def _number(value: float, *, signed: bool) -> str:
+    """Three significant digits, but never the exponent form ``"%.3g"`` switches to from
+    1000 on: a glucose of 1234 mg/dL read "1.23e+03 mg/dL", a day's urine output
+    "2.45e+03 mL", a platelet count of 999.6 "1e+03". Such values are whole numbers."""
+    shown = f"{value:+.3g}" if signed else f"{value:.3g}"
+    if "e" in shown:
+        shown = f"{value:+.0f}" if signed else f"{value:.0f}"
+    return shown

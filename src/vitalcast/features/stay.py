@@ -1,7 +1,9 @@
 """Features of one stay as of a time ``t``: the single code path for training and serving.
 
 Only observations with ``effective_at <= as_of`` are used, so a score at hour 7 sees what a
-clinician could have seen at hour 7 (no look-ahead). Missing values are NaN; the model's
+clinician could have seen at hour 7 (no look-ahead), and none from before the admission:
+the windows are "this stay" (training's PhysioNet stays start at 00:00 and hold no earlier
+value). Missing values are NaN; the model's
 preprocessing imputes them and adds missingness indicators, fitted inside training folds.
 
 Per variable and window (whole stay so far, last 24 h, last 6 h) we compute summary
@@ -19,7 +21,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
 
-from vitalcast.clinical.codes import BY_KEY, ICU_TYPES, VARIABLES
+from vitalcast.clinical.codes import (
+    BY_KEY,
+    ICU_TYPES,
+    VARIABLES,
+    VariableSpec,
+    is_plausible,
+    plausible_range_text,
+)
 
 ObservationTuple = tuple[str, float, datetime]
 NAN = math.nan
@@ -76,6 +85,46 @@ def feature_names(task: str = "icu-mortality") -> tuple[str, ...]:
     return FEATURE_NAMES
 
 
+# Feature name -> (variable, statistic) of every time-series feature, and the descriptor
+# features that are a variable's measurement.
+_FEATURE_STAT: dict[str, tuple[VariableSpec, str]] = {
+    f"{key}_{stat}_{window}": (BY_KEY[key], stat)
+    for key in TIME_SERIES_VARIABLES
+    for window, _hours in WINDOWS
+    for stat in _STATS[window] + (("sum",) if key in _OUTPUT_KEYS else ())
+}
+_FEATURE_STAT.update(
+    {"height_cm": (BY_KEY["height"], "last"), "weight_kg": (BY_KEY["weight"], "last")}
+)
+_VALUE_STATS = frozenset({"last", "min", "max", "mean"})
+_NON_NEGATIVE_STATS = frozenset({"count", "sum", "hours_since_last"})
+
+
+def implausible(name: str, value: float) -> str | None:
+    """Why ``value`` cannot be the feature ``name`` of any stay; None when it can.
+
+    Every observation a stay's features are computed from passed the ingestion rules (in
+    the canonical unit, inside the variable's plausible range), so a latest, lowest,
+    highest or average value outside that range, or a negative count, total or age of a
+    measurement, is no stay's feature: a feature vector sent with a temperature of 98.6
+    (°F) or an FiO₂ of 0.4 (a fraction) was scored as 98.6 °C and 0.4 %. The reason names
+    the range and unit, never the value (it may be patient data).
+    """
+    known = _FEATURE_STAT.get(name)
+    if known is None:
+        return None
+    spec, stat = known
+    if stat in _VALUE_STATS and not is_plausible(spec, value):
+        unit = f" {spec.display_unit}" if spec.display_unit else ""
+        return (
+            f"outside the plausible range of {spec.label} ({plausible_range_text(spec)}{unit});"
+            " is it in another unit?"
+        )
+    if stat in _NON_NEGATIVE_STATS and value < 0:
+        return "must be 0 or more"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class StayInput:
     """What the features of one stay are computed from (canonical units, UTC times)."""
@@ -99,7 +148,10 @@ def stay_features(stay: StayInput, as_of: datetime) -> dict[str, float]:
     height: tuple[datetime, float] | None = None
     admission_weight: float | None = None
     for code, value, at in stay.observations:
-        if at > as_of or value is None or value != value:
+        # Before admission: a value the source sent with the stay (an emergency-department
+        # sample, an admission time corrected later) is not of "this stay". The CDS Hooks
+        # path never had it; the stored-patient path counted it, at a negative hour.
+        if at > as_of or at < admitted or value is None or value != value:
             continue
         if code == _HEIGHT_CODE and (height is None or at < height[0]):
             height = (at, float(value))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from vitalcast.clinical.records import (
     PatientRecord,
 )
 from vitalcast.clinical.tables import Encounter, Patient
+from vitalcast.clinical.times import age_at
 from vitalcast.db.types import new_public_id
 from vitalcast.ingest._input_checks import Reject
 from vitalcast.ingest.report import IngestReport
@@ -391,6 +393,11 @@ def store_encounters(
         return
     stored_discharge = resolver.load_encounters(r.ref for r in records)
     resolver.load_patients(r.patient_ref for r in records)
+    # Birth dates of the stays' patients: the before-birth rule, and the age at admission
+    # of a stay whose source gives none (see _with_age).
+    patient_ids = {known[1] for r in records if (known := resolver.encounters.get(r.ref))}
+    patient_ids |= {p for r in records if (p := resolver.patients.get(r.patient_ref)) is not None}
+    resolver.load_births(patient_ids)
     new: dict[str, dict[str, Any]] = {}
     completions: dict[int, Any] = {}
     # encounter id -> version; and the version of the cancellation of its discharge
@@ -405,6 +412,7 @@ def store_encounters(
             except Invalid as exc:
                 reject("encounter", where, exc.code, str(exc), rec, patient_id=known[1])
                 continue
+            rec = _with_age(rec, resolver.births.get(known[1]))
             rec = _plausible_descriptors(rec, where, reject, patient_id=known[1])
             counts.received += 1
             if known[0] in updates:
@@ -444,6 +452,7 @@ def store_encounters(
         except Invalid as exc:
             reject("encounter", where, exc.code, str(exc), rec, patient_id=patient_id)
             continue
+        rec = _with_age(rec, resolver.births.get(patient_id))
         rec = _plausible_descriptors(rec, where, reject, patient_id=patient_id)
         counts.received += 1
         new[rec.ref] = {
@@ -479,6 +488,20 @@ def store_encounters(
         report.updated["encounter"] += len(updates)
         # Its unit, age, weight or admission time are features: rescore (if in progress).
         report.touched_encounters.update(updates)
+
+
+def _with_age(rec: EncounterRecord, born: date | None) -> EncounterRecord:
+    """The stay with its age at admission from the patient's birth date when the source
+    gives no age (FHIR and HL7 v2 carry a birth date, never an encounter age).
+
+    Why: age is a model input and the population's rule (no child is scored). Stored
+    without it, every FHIR or HL7 stay was scored with its age imputed, and a child's stay
+    passed the population's age rule as "age unknown", while the CDS Hooks card computed
+    the age from the same birth date.
+    """
+    if rec.age_years is not None or born is None:
+        return rec
+    return replace(rec, age_years=age_at(born, rec.admitted_at))
 
 
 def _plausible_descriptors(

@@ -60,6 +60,7 @@ from sklearn.exceptions import InconsistentVersionWarning
 
 from vitalcast.errors import VitalcastError
 from vitalcast.features import describe_feature, feature_label
+from vitalcast.features.labels import count_feature
 from vitalcast.modeling.explain import Explainer, top_factors
 
 if TYPE_CHECKING:
@@ -288,10 +289,17 @@ class LoadedModel:
                     value=shown,
                     contribution=value,
                     direction="raises" if value > 0 else "lowers",
-                    text=describe_feature(name, said, words),
+                    text=describe_feature(name, said, words, count=_count_of(row, name)),
                 )
             )
         return factors
+
+
+def _count_of(row: Mapping[str, Any], name: str) -> float | None:
+    """The row's number of measurements behind a total (None: not a total, or unknown)."""
+    counted = count_feature(name)
+    value = row.get(counted) if counted is not None else None
+    return None if _is_missing(value) else _as_float(value)
 
 
 def _is_missing(value: Any) -> bool:

@@ -14,9 +14,10 @@ from vitalcast.db.base import utcnow
 from vitalcast.db.types import new_public_id
 from vitalcast.errors import Busy, InvalidInput, ModelUnavailable, NotFound, PayloadTooLarge
 from vitalcast.features.encounter import readmission_features
+from vitalcast.features.stay import implausible
 from vitalcast.modeling.landmark_calibration import TIME_FEATURE
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import TASKS, early_at, early_in_stay
+from vitalcast.modeling.tasks import STAY_TASK, TASKS, early_at, early_in_stay
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
 from vitalcast.serving.encounter_scoring import (
@@ -26,7 +27,7 @@ from vitalcast.serving.encounter_scoring import (
     score_readmission,
 )
 from vitalcast.serving.errors import render_error
-from vitalcast.serving.fastpath import feature_errors
+from vitalcast.serving.fastpath import MAX_ABS_VALUE, feature_errors
 from vitalcast.serving.guard import still_authorised
 from vitalcast.serving.models import refresh_if_stale, scoring_models
 from vitalcast.serving.openapi import operation
@@ -235,6 +236,7 @@ def predict_batch() -> Response:
                 {"loc": ["body", "rows", i, *problem["loc"][1:]], "msg": problem["msg"]}
             )
         timing = time_problems(predictor.task, row, ["body", "rows", i])
+        timing += plausibility_problems(predictor.task, row, ["body", "rows", i])
         problems.extend(timing)
         if not row_problems and not timing:
             problems.extend(population_problems(predictor.task, row, ["body", "rows", i]))
@@ -289,6 +291,7 @@ def _validate_features(predictor: Predictor, payload: Any, where: list[str]) -> 
     for problem in problems:
         problem["loc"] = [*where, *problem["loc"][1:]]
     problems += time_problems(predictor.task, payload, where)
+    problems += plausibility_problems(predictor.task, payload, where)
     raise_if(problems, f"{len(problems)} invalid feature(s); see details")
     outside = population_problems(predictor.task, payload, where)
     raise_if(outside, outside[0]["msg"] if outside else "")
@@ -306,6 +309,28 @@ def time_problems(task: str, row: dict[str, Any], where: list[Any]) -> list[dict
     if isinstance(hours, bool) or not isinstance(hours, int | float) or hours >= 0:
         return []
     return [{"loc": [*where, TIME_FEATURE], "msg": "must be 0 or more (hours since admission)"}]
+
+
+def plausibility_problems(task: str, row: dict[str, Any], where: list[Any]) -> list[dict[str, Any]]:
+    """The stay task's features no stay can have (:func:`~vitalcast.features.stay.
+    implausible`): a value outside its variable's plausible range, as ingestion
+    quarantines an observation, or a negative count. Why: ``{"temp_last_all": 98.6}``
+    (°F) or ``{"fio2_last_all": 0.4}`` (a fraction) was scored as 98.6 °C and 0.4 %,
+    with no word. Values that are not numbers are feature_errors' 422."""
+    if task != STAY_TASK:
+        return []
+    problems = []
+    for name, value in row.items():
+        # Not a number, or beyond ±1e9 (an int of any length compares exactly; NaN fails
+        # too): feature_errors' 422 already.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not abs(value) <= MAX_ABS_VALUE:
+            continue
+        why = implausible(name, float(value))
+        if why is not None:
+            problems.append({"loc": [*where, name], "msg": why})
+    return problems
 
 
 def timed_task(task: str) -> bool:

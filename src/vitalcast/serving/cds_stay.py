@@ -8,14 +8,17 @@ no Flask in it, so the rule can be read, and tested, apart from the request.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import datetime
 
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
+from vitalcast.clinical.times import age_at
 from vitalcast.features import StayInput
 from vitalcast.ingest.sources.fhir_map import ENCOUNTER_STATUSES, ONGOING_STATUSES
 from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
 from vitalcast.serving.cds_prefetch import entry_index, parse_resources, rejection_text
 from vitalcast.serving.cds_sources import Fetched
+
+__all__ = ["age_at", "current_encounter", "stay_from_records"]
 
 # Why the admission time of the stay breaks the ingestion rules (check_encounter's codes).
 _ADMISSION_RULES = {
@@ -85,15 +88,6 @@ def current_encounter(
                 index(current.source_ref), f"an Encounter in progress with {why}"
             ) from None
     return current
-
-
-def age_at(born: date | None, when: datetime) -> float | None:
-    """Age in completed years at admission, as training's stays carry it (PhysioNet's
-    Age descriptor, the store's encounter age): not a fraction, not at scoring time."""
-    if born is None:
-        return None
-    day = when.astimezone(UTC).date()
-    return float(day.year - born.year - ((day.month, day.day) < (born.month, born.day)))
 
 
 def stay_from_records(

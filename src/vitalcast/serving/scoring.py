@@ -133,7 +133,10 @@ def admission_descriptors(
     )
     if height is None:
         height = session.scalar(
-            charted.where(Observation.code == BY_KEY["height"].code)
+            charted.where(
+                Observation.code == BY_KEY["height"].code,
+                Observation.effective_at >= encounter.admitted_at,  # the stay's own
+            )
             .order_by(Observation.effective_at, Observation.id)
             .limit(1)
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,3 +147,96 @@ def test_height_and_admission_weight_charted_as_observations_are_the_descriptors
     )
     assert (described["height_cm"], described["weight_kg"]) == (175.0, 90.0)
     assert described["weight_count_all"] == 2
+
+
+def test_values_from_before_admission_are_not_of_this_stay() -> None:
+    """A value sent with the stay but taken before its admission (an emergency-department
+    lactate, a height from an earlier visit) is left out: the windows are "this stay", and
+    the CDS Hooks path, which never passed it, and the stored path must agree."""
+    lactate, height = BY_KEY["lactate"].code, BY_KEY["height"].code
+    inside = _stay([(HR, 90, 30), (lactate, 2.0, 180)])
+    before = replace(
+        inside,
+        height_cm=None,
+        observations=(
+            (lactate, 6.0, T0 - timedelta(hours=2)),
+            (height, 170.0, T0 - timedelta(days=30)),
+            *inside.observations,
+        ),
+    )
+    as_of = T0 + timedelta(hours=6)
+    want = stay_features(replace(inside, height_cm=None), as_of)
+    assert _same(stay_features(before, as_of), want)
+    assert want["lactate_count_all"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "text"),
+    [
+        ("glucose_max_all", 1234.0, "Glucose, highest (this stay): 1234 mg/dL"),
+        ("urine_sum_24h", 2450.0, "Urine output, total (last 24 h): 2450 mL"),
+        ("platelets_min_all", 999.6, "Platelets, lowest (this stay): 1000 ×10³/µL"),
+        ("urine_slope_all", -1234.0, "Urine output, trend per hour (this stay): -1234 mL/h"),
+        ("lactate_last_all", 4.123, "Lactate, latest (this stay): 4.12 mmol/L"),
+    ],
+)
+def test_values_of_a_thousand_and_more_read_as_numbers(name: str, value: float, text: str) -> None:
+    """An explanation's value as a clinician writes it: "1.23e+03 mg/dL" is no glucose."""
+    assert describe_feature(name, value) == text
+
+
+def test_a_total_over_no_measurement_is_none_charted_not_zero() -> None:
+    """No urine output charted in the last 24 h is a total of 0 mL for the model, but the
+    explanation "Urine output, total (last 24 h): 0 mL" reads as anuria. The factor says
+    none was charted; a charted 0 mL (anuria) still reads 0 mL."""
+    from pathlib import Path
+
+    from vitalcast.modeling.registry import LoadedModel
+
+    names = ["urine_sum_24h", "hr_last_all"]
+    model = LoadedModel("v", "icu-mortality", 0.2, names, [], None, {}, Path(), "")
+    none = {"urine_sum_24h": 0.0, "urine_count_24h": 0.0, "hr_last_all": 90.0}
+    [factor] = model.factors(none, np.array([0.8, 0.0]), top=1)
+    assert factor.text == "Urine output, total (last 24 h): none charted"
+    assert factor.value == 0.0  # the value the model read
+    anuric = {**none, "urine_count_24h": 3.0}
+    [factor] = model.factors(anuric, np.array([0.8, 0.0]), top=1)
+    assert factor.text == "Urine output, total (last 24 h): 0 mL"
+    assert describe_feature("urine_sum_24h", 0.0, count=0) == (
+        "Urine output, total (last 24 h): none charted"
+    )
+
+
+def test_a_missing_trend_or_descriptor_is_not_called_unmeasured() -> None:
+    """One lactate gives no trend: "Lactate, trend per hour (this stay): not measured"
+    beside "Lactate, latest: 4.1 mmol/L" told a clinician the lactate was never drawn.
+    An unknown age or unit was "not measured" too."""
+    one = stay_features(_stay([(BY_KEY["lactate"].code, 4.1, 60)]), T0 + timedelta(hours=6))
+    assert math.isnan(one["lactate_slope_all"])
+    assert describe_feature("lactate_slope_all", one["lactate_slope_all"]) == (
+        "Lactate, trend per hour (this stay): too few measurements for a trend"
+    )
+    assert describe_feature("age_years", math.nan) == "Age: not recorded"
+    assert describe_feature("unit_micu", math.nan) == "Medical ICU: not recorded"
+    assert describe_feature("prev_length_of_stay", math.nan).endswith(": not recorded")
+    assert describe_feature("lactate_max_24h", None) == "Lactate, highest (last 24 h): not measured"
+
+
+def test_implausible_names_features_no_stay_can_have() -> None:
+    """The rule the feature-vector API refuses by: a value statistic outside its variable's
+    plausible range, a negative count, total or age of a measurement. Trends, derived
+    indices and unknown names are not judged; every feature of a real stay passes."""
+    from vitalcast.features.stay import implausible
+
+    assert implausible("temp_max_24h", 98.6) is not None
+    assert implausible("fio2_last_all", 0.4) is not None
+    assert implausible("hr_last_all", 0.0) is not None  # HR 0: the low limit is an artefact
+    assert implausible("urine_sum_6h", -10.0) == "must be 0 or more"
+    assert implausible("height_cm", 70.0) is not None  # inches
+    assert implausible("temp_slope_all", -3.0) is None
+    assert implausible("pf_ratio_last", 900.0) is None
+    assert implausible("no_such_feature", -1.0) is None
+    stays, _labels, _groups = synthetic_stays(6)
+    for stay in stays.values():
+        features = stay_features(stay, T0 + timedelta(hours=24))
+        assert [n for n, v in features.items() if v == v and implausible(n, v)] == []
