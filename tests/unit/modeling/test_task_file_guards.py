@@ -1,0 +1,119 @@
+"""A `tabular` task file and its CSV train the model they describe, or are refused with
+one clear message: never a label read as 0 because nobody said what it meant, never a
+typo'd key ignored, never an internal error on a file that is not text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitalcast.modeling.loaders import load_dataset
+from vitalcast.modeling.tasks import TaskError, get_task
+
+TASK = """\
+label: died
+id_column: pid
+features:
+  numeric: [age]
+  categorical: [sex]
+"""
+
+
+def _csv(folder: Path, labels: list[str]) -> Path:
+    path = folder / "rows.csv"
+    path.write_text(
+        "pid,age,sex,died\n"
+        + "".join(f"P{i},{50 + i},{'MF'[i % 2]},{v}\n" for i, v in enumerate(labels))
+    )
+    return path
+
+
+def _load(folder: Path, task: str, labels: list[str]) -> np.ndarray:
+    task_file = folder / "task.yaml"
+    task_file.write_text(task)
+    ds = load_dataset(
+        get_task("tabular"), session=None, task_file=task_file, data=_csv(folder, labels)
+    )
+    return ds.y
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        # A third class was a silent 0: a model trained and validated on wrong outcomes.
+        (["0", "1", "2", "0", "1"], "is not binary: besides the positive value"),
+        # A missing marker the file writes its own way, likewise.
+        (["0", "1", "NULL", "0"], "values: '0', '1', 'NULL'"),
+        # yes/no or 1.0/0.0 against the default positive "1": said what to set.
+        (["yes", "no", "yes"], "holds none of the positive value(s) '1': 'no', 'yes'"),
+        (["1.0", "0.0"], "Set `positive` to the value(s) meaning 1"),
+    ],
+)
+def test_a_label_that_is_not_binary_is_refused(
+    tmp_path: Path, labels: list[str], message: str
+) -> None:
+    with pytest.raises(TaskError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _load(tmp_path, TASK, labels)
+
+
+def test_declared_values_read_as_written(tmp_path: Path) -> None:
+    task = TASK + 'positive: "yes"\n'
+    assert _load(tmp_path, task, ["yes", "no", " yes"]).tolist() == [1, 0, 1]
+    task = TASK + 'positive: "yes"\nnegative: ["no", "n"]\n'
+    assert _load(tmp_path, task, ["yes", "n", "no"]).tolist() == [1, 0, 0]
+    with pytest.raises(TaskError, match="1 rows hold a value in neither `positive` nor"):
+        _load(tmp_path, task, ["yes", "n", "maybe"])
+
+
+def test_label_values_are_not_listed_when_they_could_be_identifiers(tmp_path: Path) -> None:
+    """A label pointed at the wrong column must not print that column's values."""
+    with pytest.raises(TaskError, match=r"\(9 values\)") as info:
+        _load(tmp_path, TASK, [f"MRN{i}" for i in range(9)])
+    assert "MRN" not in str(info.value)
+
+
+def test_yaml_booleans_are_refused_with_the_fix(tmp_path: Path) -> None:
+    """``positive: yes`` is YAML for true, which no cell of the file says."""
+    with pytest.raises(TaskError, match=r'`positive` holds the YAML boolean true.*"yes"'):
+        _load(tmp_path, TASK + "positive: yes\n", ["yes", "no"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # Ignored before: one patient's rows on both sides of every fold.
+        ("id_colum: pid\n", "unknown key\\(s\\) id_colum; a task file may say"),
+        ('positve: "yes"\n', "unknown key\\(s\\) positve"),
+    ],
+)
+def test_unknown_keys_are_refused(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(TaskError, match=message):
+        _load(tmp_path, TASK + extra, ["0", "1"])
+
+
+def test_unknown_feature_kind_is_refused(tmp_path: Path) -> None:
+    task = TASK.replace("  categorical: [sex]\n", "  categorical: [sex]\n  numerc: [pid]\n")
+    with pytest.raises(TaskError, match=r"unknown key\(s\) features\.numerc"):
+        _load(tmp_path, task, ["0", "1"])
+
+
+def test_a_bare_na_value_is_one_value(tmp_path: Path) -> None:
+    """``na_values: missing`` was read one character at a time (m, i, s...)."""
+    y = _load(tmp_path, TASK + "na_values: missing\n", ["0", "1", "missing", "1"])
+    assert y.tolist() == [0, 1, 1]
+
+
+def test_a_task_file_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
+    task_file = tmp_path / "task.yaml"
+    task_file.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(TaskError, match=r"task\.yaml: the task file is not UTF-8 text"):
+        load_dataset(
+            get_task("tabular"), session=None, task_file=task_file, data=_csv(tmp_path, ["0"])
+        )
+
+
+def test_a_label_of_one_class_loads_for_the_callers_to_refuse(tmp_path: Path) -> None:
+    """Evaluation data without an event is refused by `evaluate` in its own words."""
+    assert _load(tmp_path, TASK, ["0", "0"]).tolist() == [0, 0]
