@@ -108,14 +108,24 @@ _HEADLINE = (
 )
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _print_summary(title: str, metrics: dict[str, Any]) -> None:
+    """The headline metrics, one a line. A metric the rows cannot give (H of fewer than
+    ten rows, a slope of one class) reads "not computable", never ``nan`` or ``inf``,
+    and an interval is shown only when both its ends are numbers (``--json`` says null)."""
     click.echo(title)
     for key in _HEADLINE:
         if key in metrics:
             ci = metrics.get(f"{key}_ci")
-            ci_text = f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
+            ci_text = f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and all(_finite(c) for c in ci) else ""
             value = metrics[key]
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            if isinstance(value, float) and not math.isfinite(value):
+                shown = "not computable"
+            else:
+                shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             click.echo(f"  {key:<22} {shown}{ci_text}")
 
 
@@ -423,8 +433,13 @@ def report(
     if markdown:
         click.echo(render_markdown(sidecar, evaluations_of(Path(row.artifact_path).parent)))
         return
+    from vitalcast.errors import VitalcastError
+
     target = out or Path(f"model-report-{sidecar['version']}.html")
-    target.write_text(render_html(sidecar), encoding="utf-8")
+    try:
+        target.write_text(render_html(sidecar), encoding="utf-8")
+    except OSError as exc:  # a missing folder, a directory, no permission: the user's to fix
+        raise VitalcastError(f"--out {target}: cannot write the report ({exc.strerror})") from None
     click.echo(str(target))
 
 
