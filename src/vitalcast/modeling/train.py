@@ -306,6 +306,18 @@ def check_trainable(ds: Dataset, task: Task) -> None:
         )
     if min(int(ds.y.sum()), int(len(ds.y) - ds.y.sum())) < 10:
         raise TaskError(f"{task.name}: fewer than 10 rows of the rarer outcome; too few to learn")
+    if task.name == "tabular":
+        # fit_model leaves out a feature without any value (a store's time series may lack
+        # one); a task file that lists one, or a text column as numeric (every value read
+        # as missing), would otherwise train a model of fewer inputs than it describes,
+        # without a word in the model card.
+        empty = [c for c in [*ds.numeric, *ds.categorical] if not ds.X[c].notna().any()]
+        if empty:
+            raise TaskError(
+                f"{ds.source}: {', '.join(map(repr, empty))} has no value in any row (empty,"
+                " or not a number in a column listed as numeric); remove it from the task"
+                " file's features, or list a text column as categorical"
+            )
 
 
 def fit_model(

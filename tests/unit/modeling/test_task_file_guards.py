@@ -117,3 +117,36 @@ def test_a_task_file_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_label_of_one_class_loads_for_the_callers_to_refuse(tmp_path: Path) -> None:
     """Evaluation data without an event is refused by `evaluate` in its own words."""
     assert _load(tmp_path, TASK, ["0", "0"]).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("features", "column"),
+    [
+        ("numeric: [age, empty]", "'empty'"),  # a column without a value
+        ("numeric: [age, sex]", "'sex'"),  # text listed as numeric: every value missing
+    ],
+)
+def test_a_feature_without_any_value_is_refused_at_training(
+    tmp_path: Path, features: str, column: str
+) -> None:
+    """It was left out of the model without a word: fewer inputs than the task file says."""
+    from vitalcast.modeling.service import train_and_register
+    from vitalcast.modeling.train import FAST_BUDGET
+
+    data = tmp_path / "rows.csv"
+    data.write_text(
+        "pid,age,sex,empty,died\n"
+        + "".join(f"P{i},{50 + i % 30},{'MF'[i % 2]},,{int(i % 3 == 0)}\n" for i in range(60))
+    )
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(f"label: died\nid_column: pid\nfeatures:\n  {features}\n")
+    with pytest.raises(TaskError, match=f"rows.csv: {column} has no value in any row"):
+        train_and_register(
+            "tabular",
+            session=None,
+            registry_dir=tmp_path / "registry",
+            task_file=task_file,
+            data=data,
+            budget=FAST_BUDGET,
+        )
+    assert not (tmp_path / "registry").exists()
