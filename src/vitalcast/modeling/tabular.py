@@ -252,6 +252,13 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         X[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     for c in categorical:
         X[c] = df[c].astype(object).where(df[c].notna(), None)
+    if id_col and df[id_col].isna().any():
+        # Grouped folds cannot place a row of no patient (a TypeError deep in the split,
+        # before), and guessing one would let a patient's rows straddle the folds.
+        raise TaskError(
+            f"{data.name}: {int(df[id_col].isna().sum())} rows have no {id_col!r} (the"
+            " id_column); give every row its patient's id, or drop those rows"
+        )
     groups = df[id_col].to_numpy() if id_col else np.arange(len(df)).astype(str)
     meta = pd.DataFrame(index=df.index)
     return Dataset(

@@ -150,3 +150,13 @@ def test_a_feature_without_any_value_is_refused_at_training(
             budget=FAST_BUDGET,
         )
     assert not (tmp_path / "registry").exists()
+
+
+def test_a_row_without_its_id_is_refused(tmp_path: Path) -> None:
+    """It ended in an internal error (a TypeError in the grouped split)."""
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(TASK)
+    data = tmp_path / "rows.csv"
+    data.write_text("pid,age,sex,died\nP1,50,M,1\n,60,F,0\n?,70,F,0\n")
+    with pytest.raises(TaskError, match=r"rows\.csv: 2 rows have no 'pid' \(the id_column\)"):
+        load_dataset(get_task("tabular"), session=None, task_file=task_file, data=data)
