@@ -112,3 +112,22 @@ def test_report_to_a_folder_that_cannot_hold_it_is_a_clear_error(
     res = _cli(env, "report", "--model", version, "--out", str(card))
     assert res.exit_code == 0, res.output
     assert version in card.read_text()
+
+
+def test_a_misspelt_task_or_a_missing_alias_says_so(pg_url: str, tmp_path: Path) -> None:
+    """`models list --task icu-mortalty` listed nothing with exit 0 (an empty registry, to
+    whoever read it), and `--model champion` of a task without one said "model
+    'champion' is not registered"."""
+    env = _env(pg_url, tmp_path)
+    res = _cli(env, "models", "list", "--task", "icu-mortalty")
+    assert res.exit_code == 2, res.output
+    assert "'icu-mortalty' is not one of" in res.output
+    for args in (
+        ("models", "show", "challenger", "--task", "tabular"),
+        ("report", "--model", "challenger", "--task", "tabular"),
+    ):
+        _refused(_cli(env, *args), "tabular has no challenger")
+    _refused(
+        _cli(env, "models", "show", "champion", "--task", "icu-mortality"),
+        "icu-mortality has no champion; see `vitalcast models list --task icu-mortality`",
+    )

@@ -278,7 +278,9 @@ def models() -> None:
 
 
 @models.command("list")
-@click.option("--task", "task_name", default=None, help="Only this task.")
+@click.option(
+    "--task", "task_name", type=click.Choice(list(TASKS)), default=None, help="Only this task."
+)
 @json_option
 @click.pass_context
 def models_list(ctx: click.Context, task_name: str | None, as_json: bool) -> None:
@@ -307,7 +309,13 @@ def models_list(ctx: click.Context, task_name: str | None, as_json: bool) -> Non
 
 @models.command("show")
 @click.argument("version")
-@click.option("--task", "task_name", default=None, help="Task, when VERSION is an alias.")
+@click.option(
+    "--task",
+    "task_name",
+    type=click.Choice(list(TASKS)),
+    default=None,
+    help="Task, when VERSION is an alias.",
+)
 @click.pass_context
 def models_show(ctx: click.Context, version: str, task_name: str | None) -> None:
     """The sidecar of VERSION (or of a task's champion/challenger), as JSON."""
@@ -410,7 +418,13 @@ def models_rollback(ctx: click.Context, task_name: str, rescore: bool) -> None:
 
 @click.command()
 @click.option("--model", "model_ref", required=True, help="Version, or champion with --task.")
-@click.option("--task", "task_name", default=None, help="Task, when --model is an alias.")
+@click.option(
+    "--task",
+    "task_name",
+    type=click.Choice(list(TASKS)),
+    default=None,
+    help="Task, when --model is an alias.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
