@@ -235,11 +235,20 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         if c not in df.columns
     ]
     if missing:
-        raise TaskError(f"{data.name}: columns not found: {', '.join(missing)}")
+        header = str(df.columns[0]) if len(df.columns) == 1 else ""
+        sep = next((c for c in (";", "\t", "|") if c in header), None)
+        hint = (
+            f" (the header was read as one column: the file looks {sep!r}-separated;"
+            " vitalcast reads comma-separated CSV)"
+            if sep
+            else ""
+        )
+        raise TaskError(f"{data.name}: columns not found: {', '.join(missing)}{hint}")
     df = df[df[label].notna()].reset_index(drop=True)
+    positive = {v.strip() for v in _values_of(spec, "positive", ["1"], task_file.name)}
     y = _binary_label(
         df[label].astype(str).str.strip(),
-        positive={v.strip() for v in _values_of(spec, "positive", ["1"], task_file.name)},
+        positive=positive,
         negative=(
             None
             if spec.get("negative") is None
@@ -271,7 +280,19 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         source=data.name,
         value_names=_task_values(spec.get("values"), categorical, task_file.name),
         feature_words=_task_labels(spec.get("labels"), [*numeric, *categorical], task_file.name),
+        # What the model predicts, in the sidecar and both model cards: a `tabular` task
+        # is any table's, so its description cannot say which outcome.
+        notes=[_outcome_note(label, positive, df[label].astype(str).str.strip()[y == 0])],
     )
+
+
+def _outcome_note(label: str, positive: set[str], negatives: pd.Series) -> str:
+    """``outcome: column 'died', 1 where it is '1', 0 where it is '0'`` (the values are
+    the task file's and a binary label's other one, never more than a few)."""
+    neg = sorted(set(negatives))
+    zero = f", 0 where it is {', '.join(map(repr, neg))}" if 0 < len(neg) <= 6 else ""
+    one = ", ".join(map(repr, sorted(positive)))
+    return f"outcome: column {label!r}, 1 where it is {one}{zero}"
 
 
 # What a task file may say; anything else is a typo whose intent would be silently lost

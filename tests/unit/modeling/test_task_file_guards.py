@@ -160,3 +160,23 @@ def test_a_row_without_its_id_is_refused(tmp_path: Path) -> None:
     data.write_text("pid,age,sex,died\nP1,50,M,1\n,60,F,0\n?,70,F,0\n")
     with pytest.raises(TaskError, match=r"rows\.csv: 2 rows have no 'pid' \(the id_column\)"):
         load_dataset(get_task("tabular"), session=None, task_file=task_file, data=data)
+
+
+def test_the_outcome_is_named_for_the_model_card(tmp_path: Path) -> None:
+    """A `tabular` task is any table's: without this the model card never said what the
+    model predicts."""
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(TASK + 'positive: "yes"\n')
+    ds = load_dataset(
+        get_task("tabular"), session=None, task_file=task_file, data=_csv(tmp_path, ["yes", "no"])
+    )
+    assert ds.notes == ["outcome: column 'died', 1 where it is 'yes', 0 where it is 'no'"]
+
+
+def test_a_file_of_another_separator_says_so(tmp_path: Path) -> None:
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(TASK)
+    data = tmp_path / "rows.csv"
+    data.write_text("pid;age;sex;died\nP1;50;M;1\n")
+    with pytest.raises(TaskError, match="the file looks ';'-separated"):
+        load_dataset(get_task("tabular"), session=None, task_file=task_file, data=data)
