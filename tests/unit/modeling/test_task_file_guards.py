@@ -180,3 +180,34 @@ def test_a_file_of_another_separator_says_so(tmp_path: Path) -> None:
     data.write_text("pid;age;sex;died\nP1;50;M;1\n")
     with pytest.raises(TaskError, match="the file looks ';'-separated"):
         load_dataset(get_task("tabular"), session=None, task_file=task_file, data=data)
+
+
+def test_a_categorical_feature_of_too_many_values_is_refused(tmp_path: Path) -> None:
+    """A column of one value per row (an admission number listed as categorical) built a
+    dense one-hot frame of rows x rows and kept every value in the artifact; 20,000 rows
+    used 3 GB and over 8 minutes before they were stopped. Refused before any fit, never
+    naming a value."""
+    from vitalcast.modeling.service import train_and_register
+    from vitalcast.modeling.train import FAST_BUDGET
+
+    n = 1200  # over MAX_CATEGORIES (1000)
+    data = tmp_path / "rows.csv"
+    data.write_text(
+        "pid,age,adm,died\n"
+        + "".join(f"P{i},{50 + i % 30},ADM{i:05d},{int(i % 3 == 0)}\n" for i in range(n))
+    )
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(
+        "label: died\nid_column: pid\nfeatures:\n  numeric: [age]\n  categorical: [adm]\n"
+    )
+    with pytest.raises(TaskError, match=f"'adm' has {n} distinct values") as info:
+        train_and_register(
+            "tabular",
+            session=None,
+            registry_dir=tmp_path / "registry",
+            task_file=task_file,
+            data=data,
+            budget=FAST_BUDGET,
+        )
+    assert "ADM0" not in str(info.value)
+    assert not (tmp_path / "registry").exists()
