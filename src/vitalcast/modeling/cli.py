@@ -109,14 +109,24 @@ _HEADLINE = (
 )
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _print_summary(title: str, metrics: dict[str, Any]) -> None:
+    """The headline metrics, one a line. A metric the rows cannot give (H of fewer than
+    ten rows, a slope of one class) reads "not computable", never ``nan`` or ``inf``,
+    and an interval is shown only when both its ends are numbers (``--json`` says null)."""
     click.echo(title)
     for key in _HEADLINE:
         if key in metrics:
             ci = metrics.get(f"{key}_ci")
-            ci_text = f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
+            ci_text = f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and all(_finite(c) for c in ci) else ""
             value = metrics[key]
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            if isinstance(value, float) and not math.isfinite(value):
+                shown = "not computable"
+            else:
+                shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             click.echo(f"  {key:<22} {shown}{ci_text}")
 
 
@@ -318,7 +328,9 @@ def models() -> None:
 
 
 @models.command("list")
-@click.option("--task", "task_name", default=None, help="Only this task.")
+@click.option(
+    "--task", "task_name", type=click.Choice(list(TASKS)), default=None, help="Only this task."
+)
 @json_option
 @click.pass_context
 def models_list(ctx: click.Context, task_name: str | None, as_json: bool) -> None:
@@ -347,7 +359,13 @@ def models_list(ctx: click.Context, task_name: str | None, as_json: bool) -> Non
 
 @models.command("show")
 @click.argument("version")
-@click.option("--task", "task_name", default=None, help="Task, when VERSION is an alias.")
+@click.option(
+    "--task",
+    "task_name",
+    type=click.Choice(list(TASKS)),
+    default=None,
+    help="Task, when VERSION is an alias.",
+)
 @click.pass_context
 def models_show(ctx: click.Context, version: str, task_name: str | None) -> None:
     """The sidecar of VERSION (or of a task's champion/challenger), as JSON."""
@@ -450,7 +468,13 @@ def models_rollback(ctx: click.Context, task_name: str, rescore: bool) -> None:
 
 @click.command()
 @click.option("--model", "model_ref", required=True, help="Version, or champion with --task.")
-@click.option("--task", "task_name", default=None, help="Task, when --model is an alias.")
+@click.option(
+    "--task",
+    "task_name",
+    type=click.Choice(list(TASKS)),
+    default=None,
+    help="Task, when --model is an alias.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -473,8 +497,13 @@ def report(
     if markdown:
         click.echo(render_markdown(sidecar, evaluations_of(Path(row.artifact_path).parent)))
         return
+    from vitalcast.errors import VitalcastError
+
     target = out or Path(f"model-report-{sidecar['version']}.html")
-    target.write_text(render_html(sidecar), encoding="utf-8")
+    try:
+        target.write_text(render_html(sidecar), encoding="utf-8")
+    except OSError as exc:  # a missing folder, a directory, no permission: the user's to fix
+        raise VitalcastError(f"--out {target}: cannot write the report ({exc.strerror})") from None
     click.echo(str(target))
 
 

@@ -348,6 +348,11 @@ def get_version_or_raise(session: Session, version: str, task: str | None = None
         row = session.scalar(
             select(ModelVersion).where(ModelVersion.task == task, ModelVersion.alias == version)
         )
+        if row is None:
+            # Not "model 'champion' is not registered": the task has versions, or none.
+            raise RegistryError(
+                f"{task} has no {version}; see `vitalcast models list --task {task}`"
+            )
     else:
         row = get_version(session, version)
     if row is None:

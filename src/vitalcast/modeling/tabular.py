@@ -194,8 +194,10 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
     """A CSV described by a YAML task file.
 
     The YAML names ``label`` (column), ``positive`` (the label value, or list of values,
-    meaning 1; default 1),
-    ``id_column`` (optional; rows of one id never straddle folds), and ``features``:
+    meaning 1; default 1), ``negative`` (optional: the value(s) meaning 0; without it the
+    label may hold one value besides the positive ones, and any other label is refused,
+    :func:`_binary_label`), ``id_column`` (optional; rows of one id never straddle folds),
+    and ``features``:
     ``{numeric: [...], categorical: [...]}``, each column listed once and neither the
     label nor the id column among them (:func:`_check_feature_lists`). Optional, for
     explanations in the data's own words: ``labels`` (feature -> words, or
@@ -203,7 +205,9 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
     keeps both in its sidecar.
     """
     try:
-        spec = yaml.safe_load(task_file.read_text())
+        spec = yaml.safe_load(task_file.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise TaskError(f"{task_file.name}: the task file is not UTF-8 text (YAML)") from None
     except (OSError, yaml.YAMLError) as exc:
         raise TaskError(f"{task_file.name}: cannot read the task file ({exc})") from None
     if not isinstance(spec, dict) or "label" not in spec or "features" not in spec:
@@ -213,6 +217,7 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         raise TaskError(
             f"{task_file.name}: `features` must be {{numeric: [...], categorical: [...]}}"
         )
+    _check_keys(task_file.name, spec, feats)
     numeric = _column_list(feats.get("numeric"), "features.numeric", task_file.name)
     categorical = _column_list(feats.get("categorical"), "features.categorical", task_file.name)
     label = str(spec["label"])
@@ -222,7 +227,7 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         data,
         dtype=str,
         keep_default_na=False,
-        na_values=list(spec.get("na_values", ["", "?", "NA"])),
+        na_values=_values_of(spec, "na_values", ["", "?", "NA"], task_file.name),
     )
     missing = [
         c
@@ -230,18 +235,39 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         if c not in df.columns
     ]
     if missing:
-        raise TaskError(f"{data.name}: columns not found: {', '.join(missing)}")
+        header = str(df.columns[0]) if len(df.columns) == 1 else ""
+        sep = next((c for c in (";", "\t", "|") if c in header), None)
+        hint = (
+            f" (the header was read as one column: the file looks {sep!r}-separated;"
+            " vitalcast reads comma-separated CSV)"
+            if sep
+            else ""
+        )
+        raise TaskError(f"{data.name}: columns not found: {', '.join(missing)}{hint}")
     df = df[df[label].notna()].reset_index(drop=True)
-    raw_positive = spec.get("positive", "1")
-    positive = (
-        {str(v) for v in raw_positive} if isinstance(raw_positive, list) else {str(raw_positive)}
+    positive = {v.strip() for v in _values_of(spec, "positive", ["1"], task_file.name)}
+    y = _binary_label(
+        df[label].astype(str).str.strip(),
+        positive=positive,
+        negative=(
+            None
+            if spec.get("negative") is None
+            else {v.strip() for v in _values_of(spec, "negative", [], task_file.name)}
+        ),
+        where=f"{task_file.name}: the label column {label!r} of {data.name}",
     )
-    y = df[label].astype(str).str.strip().isin(positive).to_numpy(dtype=np.int64)
     X = pd.DataFrame(index=df.index)
     for c in numeric:
         X[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     for c in categorical:
         X[c] = df[c].astype(object).where(df[c].notna(), None)
+    if id_col and df[id_col].isna().any():
+        # Grouped folds cannot place a row of no patient (a TypeError deep in the split,
+        # before), and guessing one would let a patient's rows straddle the folds.
+        raise TaskError(
+            f"{data.name}: {int(df[id_col].isna().sum())} rows have no {id_col!r} (the"
+            " id_column); give every row its patient's id, or drop those rows"
+        )
     groups = df[id_col].to_numpy() if id_col else np.arange(len(df)).astype(str)
     meta = pd.DataFrame(index=df.index)
     return Dataset(
@@ -254,7 +280,112 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         source=data.name,
         value_names=_task_values(spec.get("values"), categorical, task_file.name),
         feature_words=_task_labels(spec.get("labels"), [*numeric, *categorical], task_file.name),
+        # What the model predicts, in the sidecar and both model cards: a `tabular` task
+        # is any table's, so its description cannot say which outcome.
+        notes=[_outcome_note(label, positive, df[label].astype(str).str.strip()[y == 0])],
     )
+
+
+def _outcome_note(label: str, positive: set[str], negatives: pd.Series) -> str:
+    """``outcome: column 'died', 1 where it is '1', 0 where it is '0'`` (the values are
+    the task file's and a binary label's other one, never more than a few)."""
+    neg = sorted(set(negatives))
+    zero = f", 0 where it is {', '.join(map(repr, neg))}" if 0 < len(neg) <= 6 else ""
+    one = ", ".join(map(repr, sorted(positive)))
+    return f"outcome: column {label!r}, 1 where it is {one}{zero}"
+
+
+# What a task file may say; anything else is a typo whose intent would be silently lost
+# (``id_colum: patient`` trained with one patient's rows on both sides of every fold).
+TASK_FILE_KEYS = frozenset(
+    {"label", "positive", "negative", "id_column", "na_values", "features", "labels", "values"}
+)
+FEATURE_KEYS = frozenset({"numeric", "categorical"})
+
+
+def _check_keys(where: str, spec: dict[Any, Any], feats: dict[Any, Any]) -> None:
+    """Refuse keys a task file does not know, naming them and the known ones.
+
+    Why: an ignored ``positve: "yes"`` leaves the default positive value, an ignored
+    ``id_colum`` lets one patient's rows straddle the folds (optimistic validation), an
+    ignored ``features.numerc`` drops features; each trains a model other than the one
+    described, without a word.
+    """
+    for keys, known, prefix in ((spec, TASK_FILE_KEYS, ""), (feats, FEATURE_KEYS, "features.")):
+        unknown = sorted(str(k) for k in keys if k not in known)
+        if unknown:
+            raise TaskError(
+                f"{where}: unknown key(s) {', '.join(prefix + k for k in unknown)}; a task file"
+                f" may say {', '.join(prefix + k for k in sorted(known))}"
+            )
+
+
+def _values_of(spec: dict[Any, Any], key: str, default: list[str], where: str) -> list[str]:
+    """A task file's value or list of values as the CSV text holds them.
+
+    Refused: a YAML boolean (``positive: yes`` is read as ``true``, which no cell of the
+    file says) and anything but text and numbers; a bare value is a list of one (before,
+    ``na_values: NA`` was read one character at a time, as ``N`` and ``A``).
+    """
+    raw = spec.get(key)
+    if raw is None:
+        return list(default)
+    values = raw if isinstance(raw, list) else [raw]
+    for v in values:
+        if isinstance(v, bool):
+            raise TaskError(
+                f"{where}: `{key}` holds the YAML boolean {str(v).lower()} (yes/no/true/false"
+                f' unquoted); quote the value as the file writes it, e.g. {key}: "yes"'
+            )
+        if not isinstance(v, str | int | float):
+            raise TaskError(f"{where}: `{key}` must be a value or a list of values")
+    return [str(v) for v in values]
+
+
+def _binary_label(
+    labels: pd.Series, *, positive: set[str], negative: set[str] | None, where: str
+) -> np.ndarray:
+    """1 where the label is a positive value, 0 where it is the negative one.
+
+    Refused: a label with more than one value besides the positive ones, or (with
+    ``negative``) a value that is neither: every such row was a silent 0 before, so a
+    third class (``2``) or a missing marker the file writes its own way (``NULL``) trained
+    and validated as a negative outcome, and ``yes``/``no`` or ``1.0``/``0.0`` read against
+    the default positive ``1`` ended in "1 class [0]" (said so, with the fix). A label of
+    one class passes here: training and evaluation refuse it in their own words. The
+    values are named only when there are a few (outcome codes): a label pointed at the
+    wrong column must not print its identifiers.
+    """
+    y = labels.isin(positive).to_numpy()
+    others = sorted(set(labels[~y]))
+    if negative is not None:
+        stray = [v for v in others if v not in negative]
+    else:
+        stray = others if len(others) > 1 else []
+    seen = sorted(set(labels))
+    shown = (
+        f": {', '.join(repr(v[:20]) for v in seen)}" if len(seen) <= 6 else f" ({len(seen)} values)"
+    )
+    if stray and not y.any():
+        raise TaskError(
+            f"{where} holds none of the positive value(s) {', '.join(map(repr, sorted(positive)))}"
+            f"{shown}. Set `positive` to the value(s) meaning 1 as the file writes them"
+        )
+    if stray:
+        fix = (
+            "add them to `negative` or to `na_values`"
+            if negative is not None
+            else "name the value meaning 0 with `negative`, list missing markers in"
+            " `na_values`, or add values meaning 1 to `positive`"
+        )
+        rows = int(labels.isin(stray).sum())
+        what = (
+            f"{rows} rows hold a value in neither `positive` nor `negative`"
+            if negative is not None
+            else f"besides the positive value(s) it holds {len(stray)} others"
+        )
+        raise TaskError(f"{where} is not binary: {what} (values{shown}); {fix}")
+    return np.asarray(y, dtype=np.int64)
 
 
 def _check_feature_lists(

@@ -297,6 +297,14 @@ class TrainResult:
         return self.numeric + self.categorical
 
 
+# Most distinct values a `tabular` task's categorical feature may hold. Why: the one-hot
+# encoding is dense (the compiled scorer's shape), so a column of 20,000 distinct values
+# in 20,000 rows built 3 GB frames per fold and ran for over 8 minutes of the fast budget
+# before it was stopped; and the encoder keeps every value verbatim in the artifact,
+# which for a column that unique means identifiers (an MRN, an admission number).
+MAX_CATEGORIES = 1000
+
+
 def check_trainable(ds: Dataset, task: Task) -> None:
     """Refuse data a model cannot learn from, with a message saying why."""
     classes = set(np.unique(ds.y).tolist())
@@ -307,6 +315,27 @@ def check_trainable(ds: Dataset, task: Task) -> None:
         )
     if min(int(ds.y.sum()), int(len(ds.y) - ds.y.sum())) < 10:
         raise TaskError(f"{task.name}: fewer than 10 rows of the rarer outcome; too few to learn")
+    if task.name == "tabular":
+        # fit_model leaves out a feature without any value (a store's time series may lack
+        # one); a task file that lists one, or a text column as numeric (every value read
+        # as missing), would otherwise train a model of fewer inputs than it describes,
+        # without a word in the model card.
+        empty = [c for c in [*ds.numeric, *ds.categorical] if not ds.X[c].notna().any()]
+        if empty:
+            raise TaskError(
+                f"{ds.source}: {', '.join(map(repr, empty))} has no value in any row (empty,"
+                " or not a number in a column listed as numeric); remove it from the task"
+                " file's features, or list a text column as categorical"
+            )
+        for c in ds.categorical:
+            distinct = int(ds.X[c].nunique())
+            if distinct > MAX_CATEGORIES:
+                raise TaskError(
+                    f"{ds.source}: the categorical feature {c!r} has {distinct} distinct values"
+                    f" (at most {MAX_CATEGORIES}); a column of that many is an identifier, a"
+                    " date or free text, not a category. Remove it from the task file's"
+                    " features, or list it as numeric if it holds numbers"
+                )
 
 
 def fit_model(

@@ -96,7 +96,7 @@ def test_frame_and_row_predictions_agree(trained: TrainOutcome, files: tuple[Pat
 
 def test_one_class_label_is_a_clear_error(files: tuple[Path, Path], tmp_path: Path) -> None:
     task_file = tmp_path / "one.yaml"
-    task_file.write_text(TASK_YAML.replace('["1", "2", "3", "4"]', '["9"]'))
+    task_file.write_text(TASK_YAML.replace('["1", "2", "3", "4"]', '["0", "1", "2", "3", "4"]'))
     with pytest.raises(TaskError, match="1 class"):
         train_and_register(
             "tabular", session=None, registry_dir=tmp_path, task_file=task_file, data=files[1]
