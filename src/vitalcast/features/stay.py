@@ -100,6 +100,23 @@ _VALUE_STATS = frozenset({"last", "min", "max", "mean"})
 _NON_NEGATIVE_STATS = frozenset({"count", "sum", "hours_since_last"})
 
 
+def feature_bounds(name: str) -> dict[str, float]:
+    """The JSON Schema bounds (``minimum``, ``exclusiveMinimum``, ``maximum``) a value of
+    the feature ``name`` keeps, by :func:`implausible`'s rule; empty when it has none.
+    Published in the OpenAPI document so that what the schema admits is what the API
+    scores."""
+    known = _FEATURE_STAT.get(name)
+    if known is None:
+        return {}
+    spec, stat = known
+    if stat in _VALUE_STATS:
+        low = "exclusiveMinimum" if spec.low_exclusive else "minimum"
+        return {low: spec.low, "maximum": spec.high}
+    if stat in _NON_NEGATIVE_STATS:
+        return {"minimum": 0.0}
+    return {}
+
+
 def implausible(name: str, value: float) -> str | None:
     """Why ``value`` cannot be the feature ``name`` of any stay; None when it can.
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from vitalcast import __version__
+from vitalcast.features.stay import feature_bounds
 from vitalcast.modeling.landmark_calibration import TIME_FEATURE
 from vitalcast.modeling.tasks import STAY_TASK, TASKS
 from vitalcast.monitoring.drift import MIN_CATEGORY_COUNT
@@ -203,6 +204,11 @@ def features_schema(
                 "minimum": -MAX_ABS_VALUE,
                 "maximum": MAX_ABS_VALUE,
             }
+            if spec is not None and spec.name == STAY_TASK:
+                bounds = feature_bounds(name)
+                if "exclusiveMinimum" in bounds:
+                    del properties[name]["minimum"]
+                properties[name] |= bounds
         else:
             allowed = [
                 c
