@@ -20,8 +20,10 @@ from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.physionet import parse_outcomes, parse_record
 from vitalcast.ingest.validate import Invalid, check_observation
 from vitalcast.modeling.datasets import load_physionet, load_stays_from_db
+from vitalcast.modeling.registry import RegistryError
 from vitalcast.modeling.service import (
     get_champion,
+    get_version_or_raise,
     load_champion,
     promote,
     rollback,
@@ -119,6 +121,15 @@ def test_train_from_store_champion_promote_rollback(
     loaded = load_champion(db_session, "icu-mortality")
     assert loaded is not None
     assert loaded.version == first.version
+    # The model rolled back from is withdrawn: a second rollback has nothing earlier to
+    # restore, where it used to bring the withdrawn model back as champion.
+    assert get_version_or_raise(db_session, second.version).alias == "withdrawn"
+    with pytest.raises(RegistryError, match="no earlier champion to roll back to"):
+        rollback(db_session, task="icu-mortality")
+    assert get_champion(db_session, "icu-mortality").version == first.version  # type: ignore[union-attr]
+    # A person can still promote it by name; the champion it replaces is then retired.
+    promote(db_session, version=second.version)
+    assert get_version_or_raise(db_session, first.version).alias == "retired"
 
 
 @pytest.mark.slow

@@ -421,8 +421,16 @@ def promote(
 
 
 def _promote(
-    session: Session, *, version: str, alias: str, expected_champion: str | None = None
+    session: Session,
+    *,
+    version: str,
+    alias: str,
+    expected_champion: str | None = None,
+    demote_to: str = "retired",
 ) -> tuple[ModelVersion, str | None]:
+    """Give ``version`` the alias; a replaced champion becomes ``demote_to`` (``retired``,
+    a candidate for rollback, or ``withdrawn`` when a rollback takes it out), a replaced
+    challenger nothing."""
     if alias not in ALIASES:
         raise RegistryError(f"alias must be one of {', '.join(ALIASES)}")
     row = get_version_or_raise(session, version)
@@ -445,7 +453,7 @@ def _promote(
     replaced = None
     for current in rows:
         if current.alias == alias and current.id != row.id:
-            current.alias = "retired" if alias == "champion" else None
+            current.alias = demote_to if alias == "champion" else None
             replaced = current.version
     # Flushed before the new holder's update: the unique index on (task) per alias is
     # checked row by row, and the unit of work would otherwise order updates by id.
@@ -478,10 +486,15 @@ def _audit_alias(
 def rollback(session: Session, *, task: str, agent: audit.Agent = audit.SYSTEM) -> ModelVersion:
     """Make the previously promoted champion of ``task`` champion again (audited as
     ``model.rolled_back`` in the same transaction). The task's rows are locked before the
-    target is chosen, so a concurrent promotion is seen, not overwritten."""
+    target is chosen, so a concurrent promotion is seen, not overwritten.
+
+    The champion rolled back from becomes ``withdrawn``, not ``retired``: a second
+    rollback goes on to the champion before, instead of bringing back the model just
+    taken out (which a person can still promote by name).
+    """
     lock_task(session, task)
     previous = rollback_target(session, task)
-    promoted = _promote(session, version=previous.version, alias="champion")
+    promoted = _promote(session, version=previous.version, alias="champion", demote_to="withdrawn")
     _audit_alias(session, "model.rolled_back", promoted, agent, None)
     return promoted[0]
 

@@ -27,7 +27,8 @@ def _one_per_task(alias: str) -> Index:
 
 
 class ModelVersion(Base):
-    """A registered artifact. ``alias`` is champion, challenger, retired or null.
+    """A registered artifact. ``alias`` is champion, challenger, retired (a former
+    champion, which a rollback may restore), withdrawn (rolled back from) or null.
 
     ``sidecar_sha256`` is the hash of ``model.json`` at registration (null for versions
     registered before migration 0015): serving takes the threshold and feature list from

@@ -447,8 +447,9 @@ class ModelSummary(BaseModel):
 
     version: str
     task: str
-    alias: Literal["champion", "challenger", "retired"] | None = Field(
-        description="champion serves, challenger scores in shadow"
+    alias: Literal["champion", "challenger", "retired", "withdrawn"] | None = Field(
+        description="champion serves, challenger scores in shadow; retired: a former"
+        " champion a rollback may restore; withdrawn: rolled back from"
     )
     threshold: float
     metrics: dict[str, Any]
