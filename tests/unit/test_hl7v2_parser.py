@@ -185,3 +185,21 @@ def test_a11_without_a_visit_is_quarantined_and_never_uses_the_event_time() -> N
         by_admission, origin="f", pseudonym=pseudonym
     ).unit.batch.withdrawals
     assert withdrawal.ref.endswith("@2024-03-01T07:55:00+00:00")
+
+
+@pytest.mark.parametrize("sn", ["^1^:^128", "^5^-^9", "=^2^+", "^120^/^80"])
+def test_an_sn_ratio_or_range_is_not_its_first_number(sn: str) -> None:
+    """OBX-5 of type SN is comparator^num1^separator^num2: a ratio or a range stored as
+    num1 would be a wrong value (1 mmHg from 1:128), so it is quarantined."""
+    text = ORU_R01.split("\rOBX|2|")[0] + f"\rOBX|2|SN|8462-4^DBP^LN||{sn}|mm[Hg]|||||F"
+    batch = parse_message(text, origin="f.hl7", pseudonym=pseudonym).unit.batch
+    assert [o.source_ref for o in batch.observations] == ["f.hl7#ORU0001.OBX[1]"]
+    assert [(r.location, r.reason_code) for r in batch.rejected] == [
+        ("f.hl7#ORU0001.OBX[2]", "non_numeric_value")
+    ]
+
+
+def test_an_exact_sn_value_is_stored() -> None:
+    text = ORU_R01.split("\rOBX|2|")[0] + "\rOBX|2|SN|8462-4^DBP^LN||=^80|mm[Hg]|||||F"
+    batch = parse_message(text, origin="f.hl7", pseudonym=pseudonym).unit.batch
+    assert [o.value for o in batch.observations] == [92.0, 80.0]

@@ -94,11 +94,14 @@ def _observation(
     value: float | None = None
     text: str | None = None
     if vtype in ("NM", "SN"):
-        # SN is comparator^number; only an exact ("=" or empty comparator) value is a number.
+        # SN is comparator^num1^separator/suffix^num2: only an exact value ("=" or empty
+        # comparator, no separator or second number) is a number. A ratio (1^:^128) or a
+        # range (5^-^9) is not its first number: storing 1 mmHg or 5 mmol/L would be wrong.
         number = first[1] if vtype == "SN" and len(first) > 1 else (first[0] if first else "")
         comparator = first[0] if vtype == "SN" and len(first) > 1 else ""
+        rest = first[2:] if vtype == "SN" else []
         try:
-            if comparator not in ("", "="):
+            if comparator not in ("", "=") or any(part.strip() for part in rest):
                 raise ValueError
             # An empty OBX-5 is no value (below), not a value that is not a number.
             value = finite_number(number) if number.strip() else None
