@@ -119,3 +119,16 @@ def test_ndjson_bad_line_is_one_item() -> None:
 def test_unreadable_documents(data: bytes, message: str) -> None:
     with pytest.raises(FhirFormatError, match=message):
         parse_bytes(data, "x.json")
+
+
+@pytest.mark.parametrize("comparator", ["<", "<=", ">=", ">"])
+def test_a_quantity_with_a_comparator_is_not_an_exact_value(comparator: str) -> None:
+    """``valueQuantity.comparator`` makes the value a bound (lactate "> 10 mmol/L"):
+    stored as the number it would read as exactly 10, so it is quarantined as HL7 SN
+    values with a comparator are."""
+    quantity = {"value": 10, "comparator": comparator, "unit": "mmol/L"}
+    unit = parse_bytes(_bundle(_obs(valueQuantity=quantity)), "b.json")
+    assert unit.batch.observations == []
+    (rejected,) = unit.batch.rejected
+    assert rejected.reason_code == "non_numeric_value"
+    assert "comparator" in rejected.reason

@@ -264,6 +264,12 @@ def _value(holder: dict[str, Any]) -> tuple[float | None, str | None, str | None
         qty = _object(holder["valueQuantity"], "valueQuantity")
         if qty.get("value") is None:
             raise ResourceProblem("no_value", "valueQuantity has no value")
+        if qty.get("comparator") is not None:
+            # "> 10 mmol/L" is a bound, not the value 10: stored as 10 a lactate above the
+            # assay's range would look exactly 10 to a model. As HL7 SN with a comparator.
+            raise ResourceProblem(
+                "non_numeric_value", "valueQuantity has a comparator: not an exact value"
+            )
         # The UCUM code is the machine-readable unit; ``unit`` is only for display.
         unit = qty.get("code") if qty.get("system") == UCUM and qty.get("code") else qty.get("unit")
         if unit is not None and not isinstance(unit, str):
