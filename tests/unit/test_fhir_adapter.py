@@ -132,3 +132,38 @@ def test_a_quantity_with_a_comparator_is_not_an_exact_value(comparator: str) -> 
     (rejected,) = unit.batch.rejected
     assert rejected.reason_code == "non_numeric_value"
     assert "comparator" in rejected.reason
+
+
+def test_a_value_over_a_period_is_placed_at_its_end() -> None:
+    """A 24-hour urine output exists only once the 24 hours are over: placed at the
+    period's start, a feature computed an hour into it would see the whole total. The
+    same holds for a result timed by its DiagnosticReport's period."""
+    period = {"start": "2024-05-01T09:00:00+02:00", "end": "2024-05-02T09:00:00+02:00"}
+    urine = _obs(
+        code={"coding": [{"system": "http://loinc.org", "code": "9187-6"}]},
+        effectivePeriod=period,
+        valueQuantity={"value": 1200, "unit": "mL"},
+    )
+    open_ended = _obs(
+        id="o2",
+        effectivePeriod={"start": "2024-05-01T09:00:00+02:00"},
+        valueQuantity={"value": 80, "unit": "/min"},
+    )
+    by_report = _obs(id="o3", valueQuantity={"value": 81, "unit": "/min"})
+    for obs in (urine, open_ended, by_report):
+        del obs["effectiveDateTime"]
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": "r1",
+        "status": "final",
+        "code": {"text": "panel"},
+        "effectivePeriod": period,
+        "result": [{"reference": "urn:uuid:2"}],
+    }
+    unit = parse_bytes(_bundle(urine, open_ended, by_report, report), "b.json")
+    times = [o.effective_at.isoformat() for o in unit.batch.observations]
+    assert times == [
+        "2024-05-02T07:00:00+00:00",
+        "2024-05-01T07:00:00+00:00",
+        "2024-05-02T07:00:00+00:00",
+    ]

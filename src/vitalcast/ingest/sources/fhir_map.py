@@ -333,7 +333,8 @@ def map_observation(
 ) -> None:
     """One item per value: ``value[x]`` (or its absence) and each component.
 
-    Without ``effective[x]`` the time falls back to the effective time of the
+    An ``effectivePeriod`` gives its end (its start when it has no end). Without
+    ``effective[x]`` the time falls back to the effective time of the
     DiagnosticReport listing this result (``report_time``), then to ``issued``: both are
     no earlier than the measurement, so a point-in-time feature never sees it too soon.
     """
@@ -355,6 +356,9 @@ def map_observation(
         effective = parse_instant(
             res.get("effectiveDateTime")
             or res.get("effectiveInstant")
+            # A value over a period (a 24-hour urine output) exists at its end: at its
+            # start a point-in-time feature would see the whole total too soon.
+            or period.get("end")
             or period.get("start")
             or report_time
             or res.get("issued"),
