@@ -203,3 +203,29 @@ def test_an_exact_sn_value_is_stored() -> None:
     text = ORU_R01.split("\rOBX|2|")[0] + "\rOBX|2|SN|8462-4^DBP^LN||=^80|mm[Hg]|||||F"
     batch = parse_message(text, origin="f.hl7", pseudonym=pseudonym).unit.batch
     assert [o.value for o in batch.observations] == [92.0, 80.0]
+
+
+@pytest.mark.parametrize(
+    "local",
+    [
+        "20241103013000",  # New York's clocks showed 01:30 twice (EDT, then EST)
+        "20240310023000",  # and never showed 02:30 (straight from 01:59 EST to 03:00 EDT)
+    ],
+)
+def test_a_local_time_in_a_dst_change_is_refused_not_guessed(local: str) -> None:
+    """Without an offset such a time is two instants an hour apart, or none: taking one
+    would misplace a reading by an hour, or merge two readings an hour apart."""
+    new_york = ZoneInfo("America/New_York")
+    with pytest.raises(ValueError, match="daylight-saving") as caught:
+        parse_dtm(local, tz=new_york, what="observation time")
+    assert getattr(caught.value, "code", None) == "ambiguous_time"
+    # With its offset the same wall time is one instant, and is kept.
+    assert parse_dtm(f"{local[:8]}013000-0500", tz=new_york, what="t") == datetime(
+        int(local[:4]), int(local[4:6]), int(local[6:8]), 6, 30, tzinfo=UTC
+    )
+    text = ORU_R01.split("\rOBX|1|")[0] + f"\rOBX|1|NM|8867-4^HR^LN||92|/min|||||F|||{local}"
+    batch = parse_message(text, origin="f.hl7", pseudonym=pseudonym, tz=new_york).unit.batch
+    assert batch.observations == []
+    assert [(r.location, r.reason_code) for r in batch.rejected] == [
+        ("f.hl7#ORU0001.OBX[1]", "ambiguous_time")
+    ]
