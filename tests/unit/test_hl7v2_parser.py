@@ -133,6 +133,18 @@ def test_ack_escapes_delimiters_and_carries_err_for_rejects() -> None:
     assert err.startswith("ERR|||200^Unsupported message type^HL70357|E")
 
 
+def test_an_ack_cannot_be_given_segments_through_the_messages_version() -> None:
+    """MSH-12 is read unescaped, so ``2.5\\X0D\\MSA|AR|...`` held a CR and a second MSA:
+    echoed raw, the sender's engine read a forged reject before the real AA."""
+    text = ADT_A01.replace("|P|2.5\r", "|P|2.5\\X0D\\MSA\\F\\AR\\F\\ADM0001\r", 1)
+    msg = parse_message(text, origin="f.hl7", pseudonym=pseudonym)
+    ack = build_ack("AA", control_id=msg.control_id, version=msg.version)
+    segments = ack.rstrip("\r").split("\r")
+    assert [s[:3] for s in segments] == ["MSH", "MSA"]
+    assert segments[1] == "MSA|AA|ADM0001|"
+    assert segments[0].split("|")[11] == "2.5 MSA\\F\\AR\\F\\ADM0001"
+
+
 def test_reasons_and_errors_never_repeat_field_values() -> None:
     """A time of care is PHI, and a field shifted by a stray delimiter may hold a name."""
     with pytest.raises(ValueError, match="not an HL7 date/time") as info:
