@@ -167,3 +167,19 @@ def test_a_value_over_a_period_is_placed_at_its_end() -> None:
         "2024-05-01T07:00:00+00:00",
         "2024-05-02T07:00:00+00:00",
     ]
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["Patient?identifier=urn:oid:1.2.36.146|MRN-SECRET-123", "Secretname, Jane 1961-07-04"],
+)
+def test_an_unresolved_reference_is_never_repeated_in_the_reason(reference: str) -> None:
+    """A conditional reference of a transaction carries the patient's MRN, a free text
+    one may be a name: the reason (CLI output, the quarantine's clear-text column) says
+    what kind of reference failed, never the reference."""
+    unit = parse_bytes(_bundle(_obs(subject={"reference": reference})), "b.json")
+    (rejected,) = unit.batch.rejected
+    assert rejected.reason_code == "unresolved_reference"
+    assert rejected.reason.startswith("subject reference cannot be resolved")
+    for secret in ("MRN-SECRET-123", "Secretname", "1961"):
+        assert secret not in rejected.reason

@@ -200,7 +200,8 @@ def _reference(resource: dict[str, Any], name: str, resolve: Resolve, want: str)
     """Resolve ``resource[name].reference`` to ``want/id``.
 
     Raises:
-        ResourceProblem: the reference is missing, of another type, or unresolvable.
+        ResourceProblem: the reference is missing, of another type, or unresolvable
+            (the message never repeats the reference: it may hold an MRN or a name).
     """
     ref = (resource.get(name) or {}).get("reference")
     if not ref:
@@ -209,8 +210,15 @@ def _reference(resource: dict[str, Any], name: str, resolve: Resolve, want: str)
         return None
     key = resolve(ref)
     if key is None:
+        # The reference itself is never quoted: a conditional one carries the search
+        # (``Patient?identifier=...|<MRN>``), and a free text one may be a name.
+        form = (
+            "a conditional reference (Type?search), which is not resolved"
+            if isinstance(ref, str) and "?" in ref
+            else "it names no resource of the file or the store"
+        )
         raise ResourceProblem(
-            "unresolved_reference", f"{name} reference {ref!r} cannot be resolved"
+            "unresolved_reference", f"{name} reference cannot be resolved: {form}"
         )
     if not key.startswith(f"{want}/"):
         raise ResourceProblem(
