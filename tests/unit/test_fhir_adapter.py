@@ -183,3 +183,13 @@ def test_an_unresolved_reference_is_never_repeated_in_the_reason(reference: str)
     assert rejected.reason.startswith("subject reference cannot be resolved")
     for secret in ("MRN-SECRET-123", "Secretname", "1961"):
         assert secret not in rejected.reason
+
+
+def test_a_contained_subject_is_named_as_such() -> None:
+    """A contained Patient (``#p9``) is not read; the reason says so, rather than that
+    the file names no such resource (it does, inside the Observation)."""
+    contained = {"resourceType": "Patient", "id": "p9", "gender": "male"}
+    obs = _obs(contained=[contained], subject={"reference": "#p9"})
+    (rejected,) = parse_bytes(_bundle(obs), "b.json").batch.rejected
+    assert rejected.reason_code == "unresolved_reference"
+    assert "a contained resource (#id), which is not read" in rejected.reason

@@ -212,11 +212,12 @@ def _reference(resource: dict[str, Any], name: str, resolve: Resolve, want: str)
     if key is None:
         # The reference itself is never quoted: a conditional one carries the search
         # (``Patient?identifier=...|<MRN>``), and a free text one may be a name.
-        form = (
-            "a conditional reference (Type?search), which is not resolved"
-            if isinstance(ref, str) and "?" in ref
-            else "it names no resource of the file or the store"
-        )
+        if isinstance(ref, str) and ref.startswith("#"):
+            form = "a contained resource (#id), which is not read: send it as an entry"
+        elif isinstance(ref, str) and "?" in ref:
+            form = "a conditional reference (Type?search), which is not resolved"
+        else:
+            form = "it names no resource of the file or the store"
         raise ResourceProblem(
             "unresolved_reference", f"{name} reference cannot be resolved: {form}"
         )
