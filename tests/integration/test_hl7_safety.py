@@ -133,3 +133,34 @@ def test_an_empty_file_exits_2_as_for_fhir(ingest: Callable[..., Result], text: 
     result = ingest(text, name="empty.hl7")
     assert result.exit_code == 2, result.output
     assert "error: empty.hl7: no HL7 v2 message in the file" in result.stderr
+
+
+def _potassium(stamp: str, control: str, value: str, status: str, order: str = "FL55") -> str:
+    """An ORU^R01 of one potassium result under filler order ``order``, sent at ``stamp``."""
+    return (
+        f"MSH|^~\\&|LAB|HOSP|VC|HOSP|{stamp}||ORU^R01|{control}|P|2.5\r"
+        "PID|1||MRNK1^^^HOSP^MR||Kay^Kim||19600101|F\r"
+        f"OBR|1|PL55|{order}^LAB|CHEM|||20240301125500+0000\r"
+        f"OBX|1|NM|2823-3^Potassium^LN||{value}|mmol/L|||||{status}\r"
+        f"OBX|2|NM|2951-2^Sodium^LN||140|mmol/L|||||{status}\r"
+    )
+
+
+def test_a_corrected_result_replaces_the_value_it_corrects(
+    ingest: Callable[..., Result], pg_url: str
+) -> None:
+    """A potassium of 7.9 corrected (OBX-11 C) to 3.9 under the same order was stored
+    beside it at the same time: a model read either. The newer message's value replaces
+    the stored one; the same messages again change nothing; an older one arriving late
+    overwrites nothing; another order's result at the same time stays its own."""
+    first = _potassium("20240301130000+0000", "K1", "7.9", "F")
+    fixed = _potassium("20240301140000+0000", "K2", "3.9", "C")
+    other = _potassium("20240301150000+0000", "K3", "4.4", "F", order="FL99")
+    assert ingest(first + fixed + other).exit_code == 0
+    query = select(Observation.code, Observation.value)
+    expected = [("2823-3", 3.9), ("2823-3", 4.4), ("2951-2", 140.0), ("2951-2", 140.0)]
+    assert _rows(pg_url, query) == expected
+    again = ingest(first + fixed + other, "--json")
+    assert json.loads(again.stdout)["stored"] == 0
+    assert ingest(first, name="late.hl7").exit_code == 0
+    assert _rows(pg_url, query) == expected

@@ -7,6 +7,7 @@ from message framing and the patient and visit mapping.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import tzinfo
 
 from vitalcast.clinical.records import ObservationRecord, RecordBatch, Rejected
@@ -27,15 +28,23 @@ def add_results(
     n_obx: int,
     tz: tzinfo,
     batch: RecordBatch,
+    version: str | None = None,
 ) -> int:
     """One patient group's OBX into the batch; returns the message's OBX count so far
     (locations number the OBX of the whole message). An OBX takes the time of the OBR
-    above it in its own group only."""
+    above it in its own group only.
+
+    ``version`` is the message's MSH-7 (sortable UTC text): with the order number of the
+    OBR above it, it lets a corrected result (OBX-11 ``C``, resent later under the same
+    order) replace the value stored, instead of being stored beside it.
+    """
     obr_time = ""
+    order = ""
     for seg in group:
         kind = str(seg.seg[0])
         if kind == "OBR":
             obr_time = seg.comp(7)
+            order = seg.comp(3) or seg.comp(2)  # filler order number, else the placer's
         if kind != "OBX":
             continue
         n_obx += 1
@@ -47,6 +56,14 @@ def add_results(
         except Problem as exc:
             batch.rejected.append(Rejected(loc, exc.code, str(exc), raw))
             continue
+        if order and version:
+            # The result's place in its order: the same OBX resent is the same result,
+            # whatever its value; a newer message's version of it replaces the stored one.
+            # The time is part of it, so that readings charted under one standing order
+            # (a monitor's) never replace each other. Hashed into the dedup key only.
+            slot = (patient_ref, order, seg.comp(1), rec.code, seg.comp(4))
+            identity = "|".join(("hl7-obx", *slot, rec.effective_at.isoformat()))
+            rec = replace(rec, identity=identity, version=version)
         batch.observations.append(rec)
     return n_obx
 
@@ -127,7 +144,8 @@ def _observation(
         value_text=text,
         device_id=seg.comp(18, 1) or None,
         source_ref=loc,
-        # No identity: the content key (patient, visit, code, time, value) makes a resent
-        # message a no-op whatever connection or file it arrives through.
+        # No identity here: without an order and a message time (add_results) the content
+        # key (patient, visit, code, time, value) makes a resent message a no-op whatever
+        # connection or file it arrives through.
         identity=None,
     )

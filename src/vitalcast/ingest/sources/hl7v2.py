@@ -113,6 +113,8 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     # (MSH-7) versions them, so an A08 sent later replaces what an A01 stored, and an
     # older message arriving late changes nothing. Results (ORU) only refer to them.
     version = _version(msh, tz) if mtype != "ORU^R01" else None
+    # Results are versioned by it too (a corrected result replaces the one it corrects).
+    result_version = _version(msh, tz) if mtype == "ORU^R01" else None
     refs = [
         _patient_ref(g[0], _group_where(where, k, len(groups)), pseudonym)
         for k, g in enumerate(groups, 1)
@@ -141,7 +143,9 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
                 version=version,
             )
         if mtype == "ORU^R01":
-            n_obx = add_results(group, patient_ref, encounter_ref, where, n_obx, tz, unit.batch)
+            n_obx = add_results(
+                group, patient_ref, encounter_ref, where, n_obx, tz, unit.batch, result_version
+            )
     return Hl7Message(
         unit=unit,
         control_id=control_id,
