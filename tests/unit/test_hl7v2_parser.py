@@ -241,3 +241,16 @@ def test_a_local_time_in_a_dst_change_is_refused_not_guessed(local: str) -> None
     assert [(r.location, r.reason_code) for r in batch.rejected] == [
         ("f.hl7#ORU0001.OBX[1]", "ambiguous_time")
     ]
+
+
+@pytest.mark.parametrize("value", ["92~140", "=^92~=^140"])
+def test_a_repeated_numeric_value_is_quarantined_not_cut_to_its_first(value: str) -> None:
+    """OBX-5 ``92~140`` was stored as 92 and 140 dropped without a word."""
+    vtype = "SN" if "^" in value else "NM"
+    text = ORU_R01.split("\rOBX|1|")[0] + f"\rOBX|1|{vtype}|8867-4^HR^LN||{value}|/min|||||F"
+    batch = parse_message(text, origin="f.hl7", pseudonym=pseudonym).unit.batch
+    assert batch.observations == []
+    (rejected,) = batch.rejected
+    assert rejected.reason_code == "non_numeric_value"
+    assert "OBX-5 repeats" in rejected.reason
+    assert "140" not in rejected.reason

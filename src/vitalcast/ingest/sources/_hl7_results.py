@@ -110,6 +110,14 @@ def _observation(
     first = values[0] if values else []
     value: float | None = None
     text: str | None = None
+    if vtype in ("NM", "SN") and len(values) > 1:
+        # Repetitions of a number are several values in one result: keeping the first
+        # would drop the others without a word, and which one is the result is unknown.
+        raise Problem(
+            "non_numeric_value",
+            f"{code}: OBX-5 repeats ({len(values)} values in one {vtype} result);"
+            " send one value per OBX",
+        )
     if vtype in ("NM", "SN"):
         # SN is comparator^num1^separator/suffix^num2: only an exact value ("=" or empty
         # comparator, no separator or second number) is a number. A ratio (1^:^128) or a
