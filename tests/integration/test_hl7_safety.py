@@ -164,3 +164,16 @@ def test_a_corrected_result_replaces_the_value_it_corrects(
     assert json.loads(again.stdout)["stored"] == 0
     assert ingest(first, name="late.hl7").exit_code == 0
     assert _rows(pg_url, query) == expected
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_message(pg_url: str, tmp_path: Path) -> None:
+    """A file saved by a Windows tool begins with a UTF-8 BOM: its first message (here
+    the admission) was refused as not beginning with MSH, exit 2."""
+    path = tmp_path / "bom.hl7"
+    path.write_bytes(b"\xef\xbb\xbf" + ADT_A01.encode())
+    env = {"VITALCAST_DATABASE_URL": pg_url, "VITALCAST_DATA_DIR": str(tmp_path / "var")}
+    args = ["ingest", "hl7", str(path), "--no-rescore", "--json"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stored"] == 2  # the patient and the stay
+    assert len(_rows(pg_url, select(Encounter.id))) == 1

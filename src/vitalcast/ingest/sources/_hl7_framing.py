@@ -68,10 +68,13 @@ def count_msh(text: str) -> int:
 def decode_text(data: bytes, name: str) -> str:
     """HL7 v2 files and frames as text: UTF-8, else an error (no guessed code pages).
 
+    A leading byte order mark (Windows tools write one) is not text: left in, the first
+    message did not begin with MSH and was refused, as CSV and FHIR files already drop it.
+
     Raises:
         Hl7FormatError: not UTF-8.
     """
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise Hl7FormatError(f"{name}: not UTF-8 text (byte {exc.start})") from None
