@@ -177,3 +177,22 @@ def test_a_byte_order_mark_does_not_cost_the_first_message(pg_url: str, tmp_path
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["stored"] == 2  # the patient and the stay
     assert len(_rows(pg_url, select(Encounter.id))) == 1
+
+
+def test_a_message_declaring_latin_1_in_msh_18_is_read_in_it(
+    ingest: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    """A Latin-1 system that says so (MSH-18 ``8859/1``) had every message with an
+    accented name refused as not UTF-8; undeclared, it still is, with the way out named."""
+    declared = ADT_A01.replace("|P|2.5\r", "|P|2.5||||||8859/1\r", 1).replace("Alpha", "Zoë")
+    path = tmp_path / "latin1.hl7"
+    path.write_bytes(declared.encode("latin-1"))
+    env = {"VITALCAST_DATABASE_URL": pg_url, "VITALCAST_DATA_DIR": str(tmp_path / "var")}
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", "hl7", str(path), "--no-rescore", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stored"] == 2
+    path.write_bytes(ADT_A01.replace("Alpha", "Zoë").encode("latin-1"))
+    result = runner.invoke(main, ["ingest", "hl7", str(path), "--no-rescore"], env=env)
+    assert result.exit_code == 2
+    assert "must declare it in MSH-18 (8859/1 for Latin-1)" in result.output
