@@ -20,6 +20,8 @@ from sqlalchemy import create_engine, func, select
 from tests.hl7_samples import ADT_A01, ORU_R01, ORU_TWO_PATIENTS, WRONG_SEPARATOR
 from vitalcast.cli import main
 from vitalcast.clinical.tables import Encounter, Observation, Patient
+from vitalcast.config import load_settings
+from vitalcast.security.crypto import cipher_from_settings
 
 
 @pytest.fixture
@@ -196,3 +198,36 @@ def test_a_message_declaring_latin_1_in_msh_18_is_read_in_it(
     result = runner.invoke(main, ["ingest", "hl7", str(path), "--no-rescore"], env=env)
     assert result.exit_code == 2
     assert "must declare it in MSH-18 (8859/1 for Latin-1)" in result.output
+
+
+def test_an_update_with_a_bare_pid_keeps_what_it_did_not_send(
+    ingest: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    """An A03 whose PID holds only the MRN (PID-5, -7, -8 empty: not sent) turned the
+    stored patient's sex to unknown (a model feature) and wiped the name and birth date.
+    Empty fields are kept from the stored version; fields sent replace it."""
+    bare = (
+        "MSH|^~\\&|ADT|HOSP|VITALCAST|HOSP|20240305120000||ADT^A03|ADM0002|P|2.5\r"
+        "PID|1||MRN0001^^^HOSP^MR\r"
+        "PV1|1|I|MICU^12^A||||||||||||||||V0001|||||||||||||||||||||||||"
+        "20240301075500+0000|20240305113000+0000"
+    )
+    renamed = (
+        "MSH|^~\\&|ADT|HOSP|VITALCAST|HOSP|20240306120000||ADT^A08|ADM0003|P|2.5\r"
+        "PID|1||MRN0001^^^HOSP^MR||Newname^Alpha|||M"
+    )
+    assert ingest(ADT_A01 + "\r" + bare).exit_code == 0
+    settings = load_settings(env="test", data_dir=tmp_path / "var", database_url=pg_url)
+    cipher = cipher_from_settings(settings)
+
+    def stored() -> tuple[str, dict[str, str]]:
+        query = select(Patient.sex, Patient.identifiers_enc, Patient.key_id, Patient.public_id)
+        ((sex, blob, key_id, public_id),) = _rows(pg_url, query)
+        return sex, cipher.decrypt(blob, key_id, context=f"patient:{public_id}")
+
+    sex, ids = stored()
+    assert (sex, ids["name"], ids["birth_date"]) == ("female", "Alpha Testpatient", "1950-01-02")
+    assert _rows(pg_url, select(Encounter.discharged_at)) != [(None,)]  # the A03 applied
+    assert ingest(renamed, name="a08.hl7").exit_code == 0
+    sex, ids = stored()
+    assert (sex, ids["name"], ids["birth_date"]) == ("male", "Alpha Newname", "1950-01-02")

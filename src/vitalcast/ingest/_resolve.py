@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -307,17 +308,26 @@ def _update_patients(
     counts = report.count("patient")
     ids = {resolver.patients[ref]: rec for ref, rec in records.items()}
     stored = {
-        pid: (public_id, version)
-        for pid, public_id, version in session.execute(
-            select(Patient.id, Patient.public_id, Patient.source_version).where(Patient.id.in_(ids))
+        row.id: row
+        for row in session.execute(
+            select(
+                Patient.id,
+                Patient.public_id,
+                Patient.source_version,
+                Patient.sex,
+                Patient.identifiers_enc,
+                Patient.key_id,
+            ).where(Patient.id.in_(ids))
         )
     }
     changes: list[dict[str, Any]] = []
     for pid, rec in ids.items():
-        public_id, version = stored[pid]
+        public_id, version = stored[pid].public_id, stored[pid].source_version
         if not is_newer(rec.version, version):
             counts.duplicates += 1
             continue
+        if rec.absent:
+            rec = _keep_absent(rec, stored[pid], resolver.cipher)
         identifiers = rec.identifiers()
         blob, key_id = (
             resolver.cipher.encrypt(identifiers, context=f"patient:{public_id}")
@@ -352,6 +362,30 @@ def _update_patients(
                 )
             )
         )
+
+
+def _keep_absent(rec: PatientRecord, row: Any, cipher: FieldCipher) -> PatientRecord:
+    """``rec`` with the stored values of the fields its source did not send.
+
+    A stored payload that cannot be decrypted (a retired key) keeps nothing of it: the
+    newer version is stored as sent, as before.
+    """
+    kept: dict[str, Any] = {}
+    if "sex" in rec.absent:
+        kept["sex"] = row.sex
+    wanted = rec.absent & {"name", "birth_date"}
+    if wanted and row.identifiers_enc is not None and row.key_id is not None:
+        try:
+            old = cipher.decrypt(
+                row.identifiers_enc, row.key_id, context=f"patient:{row.public_id}"
+            )
+        except ValueError:
+            old = {}
+        if "name" in wanted and old.get("name"):
+            kept["name"] = old["name"]
+        if "birth_date" in wanted and old.get("birth_date"):
+            kept["birth_date"] = date.fromisoformat(old["birth_date"])
+    return replace(rec, **kept)
 
 
 def _patient_row(

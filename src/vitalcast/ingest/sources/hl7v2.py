@@ -237,6 +237,9 @@ def _patient(pid: Seg, ref: str, loc: str) -> PatientRecord:
     mrn, _authority = _mrn(pid, loc)
     name = pid.reps(5)
     full = " ".join(p for p in (*name[0][1:3], name[0][0]) if p).strip() if name else ""
+    # An empty field is not sent (HL7 v2 2.5 section 2.5.3: only "" deletes a value): an
+    # A03 or A08 with a PID of only its MRN must not turn the stored sex to unknown.
+    empty = {"sex": pid.comp(8), "name": full, "birth_date": pid.comp(7)}
     return PatientRecord(
         ref=ref,
         sex=_SEX.get(pid.comp(8).upper()[:1], "unknown"),
@@ -244,6 +247,7 @@ def _patient(pid: Seg, ref: str, loc: str) -> PatientRecord:
         name=full or None,
         birth_date=_birth_date(pid.comp(7)),
         source_ref=loc,
+        absent=frozenset(k for k, v in empty.items() if not v.strip()),
     )
 
 
