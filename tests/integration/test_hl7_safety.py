@@ -231,3 +231,29 @@ def test_an_update_with_a_bare_pid_keeps_what_it_did_not_send(
     assert ingest(renamed, name="a08.hl7").exit_code == 0
     sex, ids = stored()
     assert (sex, ids["name"], ids["birth_date"]) == ("male", "Alpha Newname", "1950-01-02")
+
+
+def test_a_late_admission_fills_what_an_earlier_bare_discharge_left_unknown(
+    ingest: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    """An A03 with a PID of only the MRN arrives before its A01: the patient is created
+    with sex unknown, and the A01, older by MSH-7, changed nothing, for good. It now fills
+    what is missing (never what is stored), and the same files again change nothing."""
+    bare = (
+        "MSH|^~\\&|ADT|HOSP|VITALCAST|HOSP|20240305120000||ADT^A03|ADM0002|P|2.5\r"
+        "PID|1||MRN0001^^^HOSP^MR|||||M\r"
+        "PV1|1|I|MICU^12^A||||||||||||||||V0001|||||||||||||||||||||||||"
+        "20240301075500+0000|20240305113000+0000"
+    )
+    assert ingest(bare, name="a03.hl7").exit_code == 0
+    assert ingest(ADT_A01, name="a01.hl7").exit_code == 0
+    settings = load_settings(env="test", data_dir=tmp_path / "var", database_url=pg_url)
+    cipher = cipher_from_settings(settings)
+    query = select(Patient.sex, Patient.identifiers_enc, Patient.key_id, Patient.public_id)
+    ((sex, blob, key_id, public_id),) = _rows(pg_url, query)
+    ids = cipher.decrypt(blob, key_id, context=f"patient:{public_id}")
+    # The A03's sex (M) is stored and stays; the A01 fills the name and birth date.
+    assert (sex, ids["name"], ids["birth_date"]) == ("male", "Alpha Testpatient", "1950-01-02")
+    for name, text in (("a03.hl7", bare), ("a01.hl7", ADT_A01)):
+        again = ingest(text, "--json", name=name)
+        assert json.loads(again.stdout)["stored"] == 0
