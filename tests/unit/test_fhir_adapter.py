@@ -119,3 +119,77 @@ def test_ndjson_bad_line_is_one_item() -> None:
 def test_unreadable_documents(data: bytes, message: str) -> None:
     with pytest.raises(FhirFormatError, match=message):
         parse_bytes(data, "x.json")
+
+
+@pytest.mark.parametrize("comparator", ["<", "<=", ">=", ">"])
+def test_a_quantity_with_a_comparator_is_not_an_exact_value(comparator: str) -> None:
+    """``valueQuantity.comparator`` makes the value a bound (lactate "> 10 mmol/L"):
+    stored as the number it would read as exactly 10, so it is quarantined as HL7 SN
+    values with a comparator are."""
+    quantity = {"value": 10, "comparator": comparator, "unit": "mmol/L"}
+    unit = parse_bytes(_bundle(_obs(valueQuantity=quantity)), "b.json")
+    assert unit.batch.observations == []
+    (rejected,) = unit.batch.rejected
+    assert rejected.reason_code == "non_numeric_value"
+    assert "comparator" in rejected.reason
+
+
+def test_a_value_over_a_period_is_placed_at_its_end() -> None:
+    """A 24-hour urine output exists only once the 24 hours are over: placed at the
+    period's start, a feature computed an hour into it would see the whole total. The
+    same holds for a result timed by its DiagnosticReport's period."""
+    period = {"start": "2024-05-01T09:00:00+02:00", "end": "2024-05-02T09:00:00+02:00"}
+    urine = _obs(
+        code={"coding": [{"system": "http://loinc.org", "code": "9187-6"}]},
+        effectivePeriod=period,
+        valueQuantity={"value": 1200, "unit": "mL"},
+    )
+    open_ended = _obs(
+        id="o2",
+        effectivePeriod={"start": "2024-05-01T09:00:00+02:00"},
+        valueQuantity={"value": 80, "unit": "/min"},
+    )
+    by_report = _obs(id="o3", valueQuantity={"value": 81, "unit": "/min"})
+    for obs in (urine, open_ended, by_report):
+        del obs["effectiveDateTime"]
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": "r1",
+        "status": "final",
+        "code": {"text": "panel"},
+        "effectivePeriod": period,
+        "result": [{"reference": "urn:uuid:2"}],
+    }
+    unit = parse_bytes(_bundle(urine, open_ended, by_report, report), "b.json")
+    times = [o.effective_at.isoformat() for o in unit.batch.observations]
+    assert times == [
+        "2024-05-02T07:00:00+00:00",
+        "2024-05-01T07:00:00+00:00",
+        "2024-05-02T07:00:00+00:00",
+    ]
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["Patient?identifier=urn:oid:1.2.36.146|MRN-SECRET-123", "Secretname, Jane 1961-07-04"],
+)
+def test_an_unresolved_reference_is_never_repeated_in_the_reason(reference: str) -> None:
+    """A conditional reference of a transaction carries the patient's MRN, a free text
+    one may be a name: the reason (CLI output, the quarantine's clear-text column) says
+    what kind of reference failed, never the reference."""
+    unit = parse_bytes(_bundle(_obs(subject={"reference": reference})), "b.json")
+    (rejected,) = unit.batch.rejected
+    assert rejected.reason_code == "unresolved_reference"
+    assert rejected.reason.startswith("subject reference cannot be resolved")
+    for secret in ("MRN-SECRET-123", "Secretname", "1961"):
+        assert secret not in rejected.reason
+
+
+def test_a_contained_subject_is_named_as_such() -> None:
+    """A contained Patient (``#p9``) is not read; the reason says so, rather than that
+    the file names no such resource (it does, inside the Observation)."""
+    contained = {"resourceType": "Patient", "id": "p9", "gender": "male"}
+    obs = _obs(contained=[contained], subject={"reference": "#p9"})
+    (rejected,) = parse_bytes(_bundle(obs), "b.json").batch.rejected
+    assert rejected.reason_code == "unresolved_reference"
+    assert "a contained resource (#id), which is not read" in rejected.reason

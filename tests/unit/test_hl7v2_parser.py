@@ -133,6 +133,18 @@ def test_ack_escapes_delimiters_and_carries_err_for_rejects() -> None:
     assert err.startswith("ERR|||200^Unsupported message type^HL70357|E")
 
 
+def test_an_ack_cannot_be_given_segments_through_the_messages_version() -> None:
+    """MSH-12 is read unescaped, so ``2.5\\X0D\\MSA|AR|...`` held a CR and a second MSA:
+    echoed raw, the sender's engine read a forged reject before the real AA."""
+    text = ADT_A01.replace("|P|2.5\r", "|P|2.5\\X0D\\MSA\\F\\AR\\F\\ADM0001\r", 1)
+    msg = parse_message(text, origin="f.hl7", pseudonym=pseudonym)
+    ack = build_ack("AA", control_id=msg.control_id, version=msg.version)
+    segments = ack.rstrip("\r").split("\r")
+    assert [s[:3] for s in segments] == ["MSH", "MSA"]
+    assert segments[1] == "MSA|AA|ADM0001|"
+    assert segments[0].split("|")[11] == "2.5 MSA\\F\\AR\\F\\ADM0001"
+
+
 def test_reasons_and_errors_never_repeat_field_values() -> None:
     """A time of care is PHI, and a field shifted by a stray delimiter may hold a name."""
     with pytest.raises(ValueError, match="not an HL7 date/time") as info:
@@ -185,3 +197,60 @@ def test_a11_without_a_visit_is_quarantined_and_never_uses_the_event_time() -> N
         by_admission, origin="f", pseudonym=pseudonym
     ).unit.batch.withdrawals
     assert withdrawal.ref.endswith("@2024-03-01T07:55:00+00:00")
+
+
+@pytest.mark.parametrize("sn", ["^1^:^128", "^5^-^9", "=^2^+", "^120^/^80"])
+def test_an_sn_ratio_or_range_is_not_its_first_number(sn: str) -> None:
+    """OBX-5 of type SN is comparator^num1^separator^num2: a ratio or a range stored as
+    num1 would be a wrong value (1 mmHg from 1:128), so it is quarantined."""
+    text = ORU_R01.split("\rOBX|2|")[0] + f"\rOBX|2|SN|8462-4^DBP^LN||{sn}|mm[Hg]|||||F"
+    batch = parse_message(text, origin="f.hl7", pseudonym=pseudonym).unit.batch
+    assert [o.source_ref for o in batch.observations] == ["f.hl7#ORU0001.OBX[1]"]
+    assert [(r.location, r.reason_code) for r in batch.rejected] == [
+        ("f.hl7#ORU0001.OBX[2]", "non_numeric_value")
+    ]
+
+
+def test_an_exact_sn_value_is_stored() -> None:
+    text = ORU_R01.split("\rOBX|2|")[0] + "\rOBX|2|SN|8462-4^DBP^LN||=^80|mm[Hg]|||||F"
+    batch = parse_message(text, origin="f.hl7", pseudonym=pseudonym).unit.batch
+    assert [o.value for o in batch.observations] == [92.0, 80.0]
+
+
+@pytest.mark.parametrize(
+    "local",
+    [
+        "20241103013000",  # New York's clocks showed 01:30 twice (EDT, then EST)
+        "20240310023000",  # and never showed 02:30 (straight from 01:59 EST to 03:00 EDT)
+    ],
+)
+def test_a_local_time_in_a_dst_change_is_refused_not_guessed(local: str) -> None:
+    """Without an offset such a time is two instants an hour apart, or none: taking one
+    would misplace a reading by an hour, or merge two readings an hour apart."""
+    new_york = ZoneInfo("America/New_York")
+    with pytest.raises(ValueError, match="daylight-saving") as caught:
+        parse_dtm(local, tz=new_york, what="observation time")
+    assert getattr(caught.value, "code", None) == "ambiguous_time"
+    # With its offset the same wall time is one instant, and is kept.
+    assert parse_dtm(f"{local[:8]}013000-0500", tz=new_york, what="t") == datetime(
+        int(local[:4]), int(local[4:6]), int(local[6:8]), 6, 30, tzinfo=UTC
+    )
+    text = ORU_R01.split("\rOBX|1|")[0] + f"\rOBX|1|NM|8867-4^HR^LN||92|/min|||||F|||{local}"
+    batch = parse_message(text, origin="f.hl7", pseudonym=pseudonym, tz=new_york).unit.batch
+    assert batch.observations == []
+    assert [(r.location, r.reason_code) for r in batch.rejected] == [
+        ("f.hl7#ORU0001.OBX[1]", "ambiguous_time")
+    ]
+
+
+@pytest.mark.parametrize("value", ["92~140", "=^92~=^140"])
+def test_a_repeated_numeric_value_is_quarantined_not_cut_to_its_first(value: str) -> None:
+    """OBX-5 ``92~140`` was stored as 92 and 140 dropped without a word."""
+    vtype = "SN" if "^" in value else "NM"
+    text = ORU_R01.split("\rOBX|1|")[0] + f"\rOBX|1|{vtype}|8867-4^HR^LN||{value}|/min|||||F"
+    batch = parse_message(text, origin="f.hl7", pseudonym=pseudonym).unit.batch
+    assert batch.observations == []
+    (rejected,) = batch.rejected
+    assert rejected.reason_code == "non_numeric_value"
+    assert "OBX-5 repeats" in rejected.reason
+    assert "140" not in rejected.reason

@@ -43,6 +43,10 @@ class PatientRecord:
     # version replaces the stored one, an equal or older one changes nothing. None: the
     # source does not version (the first stored record stays).
     version: str | None = None
+    # Fields the source left empty ("sex", "name", "birth_date"): an HL7 v2 update (an
+    # A03 with a PID of only its MRN) does not send them, which is not "none", so a newer
+    # version keeps the stored values of these instead of wiping them.
+    absent: frozenset[str] = frozenset()
 
     def identifiers(self) -> dict[str, str]:
         """The direct identifiers present, as strings (the encrypted payload)."""

@@ -309,17 +309,31 @@ def _update_patients(
     counts = report.count("patient")
     ids = {resolver.patients[ref]: rec for ref, rec in records.items()}
     stored = {
-        pid: (public_id, version)
-        for pid, public_id, version in session.execute(
-            select(Patient.id, Patient.public_id, Patient.source_version).where(Patient.id.in_(ids))
+        row.id: row
+        for row in session.execute(
+            select(
+                Patient.id,
+                Patient.public_id,
+                Patient.source_version,
+                Patient.sex,
+                Patient.identifiers_enc,
+                Patient.key_id,
+                Patient.mrn_hmac,
+            ).where(Patient.id.in_(ids))
         )
     }
     changes: list[dict[str, Any]] = []
     for pid, rec in ids.items():
-        public_id, version = stored[pid]
+        public_id, version = stored[pid].public_id, stored[pid].source_version
         if not is_newer(rec.version, version):
-            counts.duplicates += 1
+            fill = _fill_missing(rec, stored[pid], resolver) if resolver.source == "hl7v2" else None
+            if fill is None:
+                counts.duplicates += 1
+            else:
+                changes.append(fill)
             continue
+        if rec.absent:
+            rec = _keep_absent(rec, stored[pid], resolver.cipher)
         identifiers = rec.identifiers()
         blob, key_id = (
             resolver.cipher.encrypt(identifiers, context=f"patient:{public_id}")
@@ -354,6 +368,63 @@ def _update_patients(
                 )
             )
         )
+
+
+def _fill_missing(rec: PatientRecord, row: Any, resolver: Resolver) -> dict[str, Any] | None:
+    """The update that fills, from an older HL7 ADT, what the stored patient lacks; None
+    when it lacks nothing this record has.
+
+    An A03 arriving before its A01 creates the patient from a PID that may hold only the
+    MRN; the A01, older by MSH-7, then changed nothing, and the sex (a model feature),
+    name and birth date stayed unknown for good. Values stored are never replaced.
+    """
+    old: dict[str, str] = {}
+    if row.identifiers_enc is not None and row.key_id is not None:
+        try:
+            old = resolver.cipher.decrypt(
+                row.identifiers_enc, row.key_id, context=f"patient:{row.public_id}"
+            )
+        except ValueError:
+            return None  # what is stored cannot be read: it cannot be merged either
+    sex = row.sex if row.sex != "unknown" else rec.sex
+    identifiers = {**rec.identifiers(), **old}
+    if sex == row.sex and identifiers == old:
+        return None
+    if "birth_date" in identifiers:
+        resolver.births[row.id] = date.fromisoformat(identifiers["birth_date"])
+    blob, key_id = resolver.cipher.encrypt(identifiers, context=f"patient:{row.public_id}")
+    return {
+        "id": row.id,
+        "sex": sex,
+        "identifiers_enc": blob,
+        "key_id": key_id,
+        "mrn_hmac": row.mrn_hmac,
+        "source_version": row.source_version,  # the stored version stays the newest
+    }
+
+
+def _keep_absent(rec: PatientRecord, row: Any, cipher: FieldCipher) -> PatientRecord:
+    """``rec`` with the stored values of the fields its source did not send.
+
+    A stored payload that cannot be decrypted (a retired key) keeps nothing of it: the
+    newer version is stored as sent, as before.
+    """
+    kept: dict[str, Any] = {}
+    if "sex" in rec.absent:
+        kept["sex"] = row.sex
+    wanted = rec.absent & {"name", "birth_date"}
+    if wanted and row.identifiers_enc is not None and row.key_id is not None:
+        try:
+            old = cipher.decrypt(
+                row.identifiers_enc, row.key_id, context=f"patient:{row.public_id}"
+            )
+        except ValueError:
+            old = {}
+        if "name" in wanted and old.get("name"):
+            kept["name"] = old["name"]
+        if "birth_date" in wanted and old.get("birth_date"):
+            kept["birth_date"] = date.fromisoformat(old["birth_date"])
+    return replace(rec, **kept)
 
 
 def _patient_row(

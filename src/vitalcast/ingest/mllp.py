@@ -105,7 +105,7 @@ def build_ack(
     ack_id = f"ACK{stamp}{control_id}"[:20]
     segments = [
         f"MSH|^~\\&|{_escape(receiving[0])}|{_escape(receiving[1])}|{_escape(sending[0])}"
-        f"|{_escape(sending[1])}|{stamp}||ACK^{_escape(trigger)}^ACK|{_escape(ack_id)}|P|{version}",
+        f"|{_escape(sending[1])}|{stamp}||ACK^{_escape(trigger)}^ACK|{_escape(ack_id)}|P|{_escape(version)}",
         f"MSA|{code}|{_escape(control_id)}|{_escape(text[:80])}",
     ]
     if code != "AA":

@@ -44,12 +44,15 @@ class Seg:
 def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> datetime | None:
     """An HL7 DTM (``YYYYMMDDHHMM[SS[.S]][+ZZZZ]``) as aware UTC; ``None`` when empty.
 
-    Times without an offset are the sender's local time, taken to be ``tz``. Errors name
+    Times without an offset are the sender's local time, taken to be ``tz``; one that
+    local clocks showed twice or skipped (a daylight-saving change) is refused, as it
+    cannot be placed on one UTC instant. Errors name
     ``what`` and the problem, never the text: a time of care is PHI, and a field shifted
     by a stray delimiter may hold anything.
 
     Raises:
         ValueError: malformed, or day precision where a time of day is needed;
+            :class:`Problem` ``ambiguous_time`` for a local time in a DST change;
             :class:`~vitalcast.clinical.times.TimeOutOfRange` (a ValueError, code
             ``time_out_of_range``) for a year outside the clinical range, checked before
             the conversion to UTC that would overflow near year 1 or 9999.
@@ -75,6 +78,15 @@ def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> da
         local = datetime(y, mo, d, h, mi, s, micro, tzinfo=zone)
     except ValueError:
         raise ValueError(f"{what} is not a calendar date/time") from None
+    if not m.group(8) and local.utcoffset() != local.replace(fold=1).utcoffset():
+        # A local time the clocks showed twice (01:30 as autumn's DST ends) or never
+        # (02:30 as spring's begins): either UTC instant may be the true one, an hour
+        # apart, and picking one would misplace or merge readings without a word.
+        raise Problem(
+            "ambiguous_time",
+            f"{what} has no UTC offset and falls in a daylight-saving change of the"
+            " sender's time zone (VITALCAST_HL7_TIMEZONE): send it with its offset",
+        )
     return to_utc(local, what)
 
 

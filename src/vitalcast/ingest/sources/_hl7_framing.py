@@ -8,6 +8,7 @@ before any message is parsed, and they depend on nothing of the mapping to recor
 
 from __future__ import annotations
 
+import codecs
 import re
 
 from vitalcast.errors import IngestError
@@ -65,13 +66,55 @@ def count_msh(text: str) -> int:
     return sum(1 for segment in text.split("\r") if segment.startswith("MSH"))
 
 
+_ISO_8859 = re.compile(rb"8859/(\d{1,2})")
+
+
+def declared_charset(data: bytes) -> str | None:
+    """The Python codec of the ISO 8859 character set the first MSH declares in MSH-18
+    (HL7 table 0211: ``8859/1`` is Latin-1), or None. MSH is ASCII whatever follows it,
+    so it is read from the bytes before they are decoded."""
+    head = data.removeprefix(b"\xef\xbb\xbf").split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if not head.startswith(b"MSH") or len(head) < 5:
+        return None
+    fields = head.split(head[3:4])
+    if len(fields) < 18:
+        return None
+    match = _ISO_8859.fullmatch(fields[17].split(head[4:5], 1)[0].strip())
+    if match is None:
+        return None
+    codec = f"iso8859-{int(match.group(1))}"
+    try:
+        codecs.lookup(codec)
+    except LookupError:
+        return None
+    return codec
+
+
 def decode_text(data: bytes, name: str) -> str:
-    """HL7 v2 files and frames as text: UTF-8, else an error (no guessed code pages).
+    """HL7 v2 files and frames as text: UTF-8, or the ISO 8859 set MSH-18 declares,
+    else an error (no guessed code pages).
+
+    A leading byte order mark (Windows tools write one) is not text: left in, the first
+    message did not begin with MSH and was refused, as CSV and FHIR files already drop it.
+    A message from a system that declares ``8859/1`` (Latin-1, MSH-18) was refused as
+    not UTF-8 for its first accented name; the declaration is not a guess, so it is read
+    in that set. A file is read in the set its first message declares.
 
     Raises:
-        Hl7FormatError: not UTF-8.
+        Hl7FormatError: not UTF-8, and not in the ISO 8859 set MSH-18 declares.
     """
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise Hl7FormatError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+        charset = declared_charset(data)
+        if charset is not None:
+            try:
+                return data.decode(charset)
+            except UnicodeDecodeError as other:
+                raise Hl7FormatError(
+                    f"{name}: not text in the MSH-18 character set (byte {other.start})"
+                ) from None
+        raise Hl7FormatError(
+            f"{name}: not UTF-8 text (byte {exc.start}); a message in an ISO 8859 set"
+            " must declare it in MSH-18 (8859/1 for Latin-1)"
+        ) from None

@@ -7,6 +7,7 @@ from message framing and the patient and visit mapping.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import tzinfo
 
 from vitalcast.clinical.records import ObservationRecord, RecordBatch, Rejected
@@ -27,15 +28,23 @@ def add_results(
     n_obx: int,
     tz: tzinfo,
     batch: RecordBatch,
+    version: str | None = None,
 ) -> int:
     """One patient group's OBX into the batch; returns the message's OBX count so far
     (locations number the OBX of the whole message). An OBX takes the time of the OBR
-    above it in its own group only."""
+    above it in its own group only.
+
+    ``version`` is the message's MSH-7 (sortable UTC text): with the order number of the
+    OBR above it, it lets a corrected result (OBX-11 ``C``, resent later under the same
+    order) replace the value stored, instead of being stored beside it.
+    """
     obr_time = ""
+    order = ""
     for seg in group:
         kind = str(seg.seg[0])
         if kind == "OBR":
             obr_time = seg.comp(7)
+            order = seg.comp(3) or seg.comp(2)  # filler order number, else the placer's
         if kind != "OBX":
             continue
         n_obx += 1
@@ -47,6 +56,14 @@ def add_results(
         except Problem as exc:
             batch.rejected.append(Rejected(loc, exc.code, str(exc), raw))
             continue
+        if order and version:
+            # The result's place in its order: the same OBX resent is the same result,
+            # whatever its value; a newer message's version of it replaces the stored one.
+            # The time is part of it, so that readings charted under one standing order
+            # (a monitor's) never replace each other. Hashed into the dedup key only.
+            slot = (patient_ref, order, seg.comp(1), rec.code, seg.comp(4))
+            identity = "|".join(("hl7-obx", *slot, rec.effective_at.isoformat()))
+            rec = replace(rec, identity=identity, version=version)
         batch.observations.append(rec)
     return n_obx
 
@@ -93,12 +110,23 @@ def _observation(
     first = values[0] if values else []
     value: float | None = None
     text: str | None = None
+    if vtype in ("NM", "SN") and len(values) > 1:
+        # Repetitions of a number are several values in one result: keeping the first
+        # would drop the others without a word, and which one is the result is unknown.
+        raise Problem(
+            "non_numeric_value",
+            f"{code}: OBX-5 repeats ({len(values)} values in one {vtype} result);"
+            " send one value per OBX",
+        )
     if vtype in ("NM", "SN"):
-        # SN is comparator^number; only an exact ("=" or empty comparator) value is a number.
+        # SN is comparator^num1^separator/suffix^num2: only an exact value ("=" or empty
+        # comparator, no separator or second number) is a number. A ratio (1^:^128) or a
+        # range (5^-^9) is not its first number: storing 1 mmHg or 5 mmol/L would be wrong.
         number = first[1] if vtype == "SN" and len(first) > 1 else (first[0] if first else "")
         comparator = first[0] if vtype == "SN" and len(first) > 1 else ""
+        rest = first[2:] if vtype == "SN" else []
         try:
-            if comparator not in ("", "="):
+            if comparator not in ("", "=") or any(part.strip() for part in rest):
                 raise ValueError
             # An empty OBX-5 is no value (below), not a value that is not a number.
             value = finite_number(number) if number.strip() else None
@@ -124,7 +152,8 @@ def _observation(
         value_text=text,
         device_id=seg.comp(18, 1) or None,
         source_ref=loc,
-        # No identity: the content key (patient, visit, code, time, value) makes a resent
-        # message a no-op whatever connection or file it arrives through.
+        # No identity here: without an order and a message time (add_results) the content
+        # key (patient, visit, code, time, value) makes a resent message a no-op whatever
+        # connection or file it arrives through.
         identity=None,
     )

@@ -143,7 +143,12 @@ class _Walker:
         if self._report_error(report) is not None:
             return
         period = report.get("effectivePeriod") or {}
-        when = report.get("effectiveDateTime") or period.get("start") or report.get("issued")
+        when = (  # a period's end, as for an Observation's own effectivePeriod
+            report.get("effectiveDateTime")
+            or period.get("end")
+            or period.get("start")
+            or report.get("issued")
+        )
         if not isinstance(when, str):
             return
         for result in report.get("result") or []:

@@ -200,7 +200,8 @@ def _reference(resource: dict[str, Any], name: str, resolve: Resolve, want: str)
     """Resolve ``resource[name].reference`` to ``want/id``.
 
     Raises:
-        ResourceProblem: the reference is missing, of another type, or unresolvable.
+        ResourceProblem: the reference is missing, of another type, or unresolvable
+            (the message never repeats the reference: it may hold an MRN or a name).
     """
     ref = (resource.get(name) or {}).get("reference")
     if not ref:
@@ -209,8 +210,16 @@ def _reference(resource: dict[str, Any], name: str, resolve: Resolve, want: str)
         return None
     key = resolve(ref)
     if key is None:
+        # The reference itself is never quoted: a conditional one carries the search
+        # (``Patient?identifier=...|<MRN>``), and a free text one may be a name.
+        if isinstance(ref, str) and ref.startswith("#"):
+            form = "a contained resource (#id), which is not read: send it as an entry"
+        elif isinstance(ref, str) and "?" in ref:
+            form = "a conditional reference (Type?search), which is not resolved"
+        else:
+            form = "it names no resource of the file or the store"
         raise ResourceProblem(
-            "unresolved_reference", f"{name} reference {ref!r} cannot be resolved"
+            "unresolved_reference", f"{name} reference cannot be resolved: {form}"
         )
     if not key.startswith(f"{want}/"):
         raise ResourceProblem(
@@ -264,6 +273,12 @@ def _value(holder: dict[str, Any]) -> tuple[float | None, str | None, str | None
         qty = _object(holder["valueQuantity"], "valueQuantity")
         if qty.get("value") is None:
             raise ResourceProblem("no_value", "valueQuantity has no value")
+        if qty.get("comparator") is not None:
+            # "> 10 mmol/L" is a bound, not the value 10: stored as 10 a lactate above the
+            # assay's range would look exactly 10 to a model. As HL7 SN with a comparator.
+            raise ResourceProblem(
+                "non_numeric_value", "valueQuantity has a comparator: not an exact value"
+            )
         # The UCUM code is the machine-readable unit; ``unit`` is only for display.
         unit = qty.get("code") if qty.get("system") == UCUM and qty.get("code") else qty.get("unit")
         if unit is not None and not isinstance(unit, str):
@@ -327,7 +342,8 @@ def map_observation(
 ) -> None:
     """One item per value: ``value[x]`` (or its absence) and each component.
 
-    Without ``effective[x]`` the time falls back to the effective time of the
+    An ``effectivePeriod`` gives its end (its start when it has no end). Without
+    ``effective[x]`` the time falls back to the effective time of the
     DiagnosticReport listing this result (``report_time``), then to ``issued``: both are
     no earlier than the measurement, so a point-in-time feature never sees it too soon.
     """
@@ -349,6 +365,9 @@ def map_observation(
         effective = parse_instant(
             res.get("effectiveDateTime")
             or res.get("effectiveInstant")
+            # A value over a period (a 24-hour urine output) exists at its end: at its
+            # start a point-in-time feature would see the whole total too soon.
+            or period.get("end")
             or period.get("start")
             or report_time
             or res.get("issued"),

@@ -113,6 +113,8 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     # (MSH-7) versions them, so an A08 sent later replaces what an A01 stored, and an
     # older message arriving late changes nothing. Results (ORU) only refer to them.
     version = _version(msh, tz) if mtype != "ORU^R01" else None
+    # Results are versioned by it too (a corrected result replaces the one it corrects).
+    result_version = _version(msh, tz) if mtype == "ORU^R01" else None
     refs = [
         _patient_ref(g[0], _group_where(where, k, len(groups)), pseudonym)
         for k, g in enumerate(groups, 1)
@@ -141,7 +143,9 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
                 version=version,
             )
         if mtype == "ORU^R01":
-            n_obx = add_results(group, patient_ref, encounter_ref, where, n_obx, tz, unit.batch)
+            n_obx = add_results(
+                group, patient_ref, encounter_ref, where, n_obx, tz, unit.batch, result_version
+            )
     return Hl7Message(
         unit=unit,
         control_id=control_id,
@@ -233,6 +237,9 @@ def _patient(pid: Seg, ref: str, loc: str) -> PatientRecord:
     mrn, _authority = _mrn(pid, loc)
     name = pid.reps(5)
     full = " ".join(p for p in (*name[0][1:3], name[0][0]) if p).strip() if name else ""
+    # An empty field is not sent (HL7 v2 2.5 section 2.5.3: only "" deletes a value): an
+    # A03 or A08 with a PID of only its MRN must not turn the stored sex to unknown.
+    empty = {"sex": pid.comp(8), "name": full, "birth_date": pid.comp(7)}
     return PatientRecord(
         ref=ref,
         sex=_SEX.get(pid.comp(8).upper()[:1], "unknown"),
@@ -240,6 +247,7 @@ def _patient(pid: Seg, ref: str, loc: str) -> PatientRecord:
         name=full or None,
         birth_date=_birth_date(pid.comp(7)),
         source_ref=loc,
+        absent=frozenset(k for k, v in empty.items() if not v.strip()),
     )
 
 
