@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 
-from vitalcast.cli import main
+from tests.model_cli import model_env, refused, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -41,32 +40,13 @@ def _table(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def _env(pg_url: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        "VITALCAST_DATABASE_URL": pg_url,
-        "VITALCAST_DATA_DIR": str(tmp_path / "var"),
-        "VITALCAST_REGISTRY_DIR": str(tmp_path / "registry"),
-        "VITALCAST_ENV": "test",
-    }
-
-
-def _cli(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def _refused(res: Result, message: str) -> None:
-    assert res.exit_code == 2, res.output
-    assert message in res.output, res.output
-    assert "internal error" not in res.output
-
-
 @pytest.fixture
 def trained(pg_url: str, tmp_path: Path) -> tuple[dict[str, str], str, Path]:
-    env = _env(pg_url, tmp_path)
+    env = model_env(pg_url, tmp_path)
     task = tmp_path / "task.yaml"
     task.write_text(TASK)
     data = _table(tmp_path / "train.csv", 300, seed=1)
-    res = _cli(
+    res = run_cli(
         env,
         *("train", "--task", "tabular", "--task-file", str(task), "--data", str(data)),
         *("--budget", "fast", "--json"),
@@ -81,12 +61,12 @@ def test_evaluate_says_not_computable_instead_of_nan(
     """Eight unseen rows: H needs ten, so it cannot be had; it printed ``nan  [nan, nan]``."""
     env, version, task = trained
     few = _table(tmp_path / "few.csv", 8, seed=2)
-    res = _cli(env, "evaluate", "--model", version, "--task-file", str(task), "--data", str(few))
+    res = run_cli(env, "evaluate", "--model", version, "--task-file", str(task), "--data", str(few))
     assert res.exit_code == 0, res.output
     assert "nan" not in res.output.lower(), res.output
     assert "inf" not in res.output.lower(), res.output
     assert "hl_h                   not computable" in res.output
-    res = _cli(
+    res = run_cli(
         env,
         *("evaluate", "--model", version, "--task-file", str(task), "--data", str(few)),
         "--json",
@@ -100,16 +80,16 @@ def test_report_to_a_folder_that_cannot_hold_it_is_a_clear_error(
     """It was an internal error (FileNotFoundError, IsADirectoryError)."""
     env, version, _task = trained
     missing = tmp_path / "no-such-folder" / "card.html"
-    _refused(
-        _cli(env, "report", "--model", version, "--out", str(missing)),
+    refused(
+        run_cli(env, "report", "--model", version, "--out", str(missing)),
         f"--out {missing}: cannot write the report (No such file or directory)",
     )
-    _refused(
-        _cli(env, "report", "--model", version, "--out", str(tmp_path)),
+    refused(
+        run_cli(env, "report", "--model", version, "--out", str(tmp_path)),
         "cannot write the report (Is a directory)",
     )
     card = tmp_path / "card.html"
-    res = _cli(env, "report", "--model", version, "--out", str(card))
+    res = run_cli(env, "report", "--model", version, "--out", str(card))
     assert res.exit_code == 0, res.output
     assert version in card.read_text()
 
@@ -118,16 +98,16 @@ def test_a_misspelt_task_or_a_missing_alias_says_so(pg_url: str, tmp_path: Path)
     """`models list --task icu-mortalty` listed nothing with exit 0 (an empty registry, to
     whoever read it), and `--model champion` of a task without one said "model
     'champion' is not registered"."""
-    env = _env(pg_url, tmp_path)
-    res = _cli(env, "models", "list", "--task", "icu-mortalty")
+    env = model_env(pg_url, tmp_path)
+    res = run_cli(env, "models", "list", "--task", "icu-mortalty")
     assert res.exit_code == 2, res.output
     assert "'icu-mortalty' is not one of" in res.output
     for args in (
         ("models", "show", "challenger", "--task", "tabular"),
         ("report", "--model", "challenger", "--task", "tabular"),
     ):
-        _refused(_cli(env, *args), "tabular has no challenger")
-    _refused(
-        _cli(env, "models", "show", "champion", "--task", "icu-mortality"),
+        refused(run_cli(env, *args), "tabular has no challenger")
+    refused(
+        run_cli(env, "models", "show", "champion", "--task", "icu-mortality"),
         "icu-mortality has no champion; see `vitalcast models list --task icu-mortality`",
     )
