@@ -75,7 +75,8 @@ def test_the_champion_is_never_demoted_without_a_successor(
     assert _aliases(db_session) == {v1: "retired", v2: "champion"}
     code, out = _cli(settings, ["models", "rollback", "--task", TASK, "--no-rescore"])
     assert code == 0, out
-    assert _aliases(db_session) == {v1: "champion", v2: "retired"}
+    # The version rolled back from is withdrawn: no later rollback restores it.
+    assert _aliases(db_session) == {v1: "champion", v2: "withdrawn"}
 
 
 def test_the_database_holds_one_champion_per_task(db_session: Session, tmp_path: Path) -> None:
