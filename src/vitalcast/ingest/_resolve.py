@@ -378,14 +378,9 @@ def _fill_missing(rec: PatientRecord, row: Any, resolver: Resolver) -> dict[str,
     MRN; the A01, older by MSH-7, then changed nothing, and the sex (a model feature),
     name and birth date stayed unknown for good. Values stored are never replaced.
     """
-    old: dict[str, str] = {}
-    if row.identifiers_enc is not None and row.key_id is not None:
-        try:
-            old = resolver.cipher.decrypt(
-                row.identifiers_enc, row.key_id, context=f"patient:{row.public_id}"
-            )
-        except ValueError:
-            return None  # what is stored cannot be read: it cannot be merged either
+    old = _stored_identifiers(row, resolver.cipher)
+    if old is None:
+        return None  # what is stored cannot be read: it cannot be merged either
     sex = row.sex if row.sex != "unknown" else rec.sex
     identifiers = {**rec.identifiers(), **old}
     if sex == row.sex and identifiers == old:
@@ -403,6 +398,20 @@ def _fill_missing(rec: PatientRecord, row: Any, resolver: Resolver) -> dict[str,
     }
 
 
+def _stored_identifiers(row: Any, cipher: FieldCipher) -> dict[str, str] | None:
+    """A stored patient's decrypted identifiers: empty when none are stored, None when
+    they cannot be decrypted (a retired key)."""
+    if row.identifiers_enc is None or row.key_id is None:
+        return {}
+    try:
+        found: dict[str, str] = cipher.decrypt(
+            row.identifiers_enc, row.key_id, context=f"patient:{row.public_id}"
+        )
+    except ValueError:
+        return None
+    return found
+
+
 def _keep_absent(rec: PatientRecord, row: Any, cipher: FieldCipher) -> PatientRecord:
     """``rec`` with the stored values of the fields its source did not send.
 
@@ -413,13 +422,8 @@ def _keep_absent(rec: PatientRecord, row: Any, cipher: FieldCipher) -> PatientRe
     if "sex" in rec.absent:
         kept["sex"] = row.sex
     wanted = rec.absent & {"name", "birth_date"}
-    if wanted and row.identifiers_enc is not None and row.key_id is not None:
-        try:
-            old = cipher.decrypt(
-                row.identifiers_enc, row.key_id, context=f"patient:{row.public_id}"
-            )
-        except ValueError:
-            old = {}
+    if wanted:
+        old = _stored_identifiers(row, cipher) or {}
         if "name" in wanted and old.get("name"):
             kept["name"] = old["name"]
         if "birth_date" in wanted and old.get("birth_date"):

@@ -18,8 +18,6 @@ from vitalcast.ingest.validate import Invalid, check_encounter, check_observatio
 from vitalcast.serving.cds_prefetch import entry_index, parse_resources, rejection_text
 from vitalcast.serving.cds_sources import Fetched
 
-__all__ = ["age_at", "current_encounter", "stay_from_records"]
-
 # Why the admission time of the stay breaks the ingestion rules (check_encounter's codes).
 _ADMISSION_RULES = {
     "future_time": "an admission time in the future",

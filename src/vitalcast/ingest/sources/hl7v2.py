@@ -112,9 +112,10 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
     # An ADT is the source of truth for demographics and the stay: its message time
     # (MSH-7) versions them, so an A08 sent later replaces what an A01 stored, and an
     # older message arriving late changes nothing. Results (ORU) only refer to them.
-    version = _version(msh, tz) if mtype != "ORU^R01" else None
+    stamped = _version(msh, tz)
+    version = stamped if mtype != "ORU^R01" else None
     # Results are versioned by it too (a corrected result replaces the one it corrects).
-    result_version = _version(msh, tz) if mtype == "ORU^R01" else None
+    result_version = stamped if mtype == "ORU^R01" else None
     refs = [
         _patient_ref(g[0], _group_where(where, k, len(groups)), pseudonym)
         for k, g in enumerate(groups, 1)
