@@ -91,6 +91,13 @@ def test_api_conforms_to_its_document(
     # what is sent is valid, and a 200 for it as "accepted negative data". Authentication
     # failures are tested route by route in test_access_control.py.
     schema.config.generation.update(with_security_parameters=False)
+    # A schema-violating request may also be rejected with 413: a batch over its
+    # documented `maxItems` (10,000 rows) is refused before any row is read, as a body over
+    # the byte limit is (docs/api.md). It is still a rejection, and still a status the
+    # route documents (status_code_conformance checks that). Schemathesis's default list
+    # leaves 413 out, so a generated batch of 10,001 rows failed the run now and then.
+    rejection = schema.config.checks.negative_data_rejection
+    rejection.expected_statuses = [*rejection.expected_statuses, "413"]  # a new list
     failures: list[str] = []
     unnegatable: list[str] = []
     tested = 0
