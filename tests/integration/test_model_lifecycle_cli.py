@@ -101,7 +101,7 @@ def test_a_misspelt_task_or_a_missing_alias_says_so(pg_url: str, tmp_path: Path)
     env = model_env(pg_url, tmp_path)
     res = run_cli(env, "models", "list", "--task", "icu-mortalty")
     assert res.exit_code == 2, res.output
-    assert "'icu-mortalty' is not one of" in res.output
+    assert "unknown task 'icu-mortalty'; choose one of icu-mortality" in res.output
     for args in (
         ("models", "show", "challenger", "--task", "tabular"),
         ("report", "--model", "challenger", "--task", "tabular"),

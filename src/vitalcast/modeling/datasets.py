@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,10 @@ class Dataset:
     # only grow, so a stay with a higher id was stored after this data was read and no
     # model trained on it can have seen it (what `evaluate` scores from the store).
     store_through_encounter_id: int | None = None
+    # What a task file calls the outcome, ``{"column": ..., "positive": [...]}``: kept in
+    # the sidecar, so that data whose task file defines another outcome is refused rather
+    # than scored against the wrong label (None: the task's code defines it).
+    outcome: dict[str, Any] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -77,6 +82,7 @@ class Dataset:
             value_names=self.value_names,
             feature_words=self.feature_words,
             store_through_encounter_id=self.store_through_encounter_id,
+            outcome=self.outcome,
         )
 
     def training_rows(self, task: Task) -> np.ndarray:

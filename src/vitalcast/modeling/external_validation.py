@@ -258,7 +258,23 @@ def training_overlap(loaded: LoadedModel, ds: Dataset, action: str = "evaluate")
 
 
 def check_features(loaded: LoadedModel, ds: Dataset, action: str = "evaluate") -> None:
-    """The data must hold each of the model's features, of the kind it was trained on."""
+    """The data must define the model's outcome (a task file's label column and positive
+    values, when the model's sidecar records them) and hold each of its features, of the
+    kind it was trained on.
+
+    Why the outcome: a task file whose label is another column, or ``positive: "<30"``
+    where the model learnt ``">30"``, has the same features, and its metrics would
+    describe a model of one outcome scored against another.
+    """
+    trained_outcome = (loaded.sidecar.get("data") or {}).get("outcome")
+    if trained_outcome is not None and ds.outcome is not None and ds.outcome != trained_outcome:
+        raise TaskError(
+            f"{ds.source}: the task file's outcome is column {ds.outcome['column']!r} ="
+            f" {', '.join(map(repr, ds.outcome['positive']))}; model {loaded.version} predicts"
+            f" column {trained_outcome['column']!r} ="
+            f" {', '.join(map(repr, trained_outcome['positive']))}; {action} it with the task"
+            " file it was trained with"
+        )
     missing = [f for f in loaded.feature_names if f not in ds.X.columns]
     if missing:
         shown = ", ".join(missing[:10]) + (
@@ -317,16 +333,18 @@ def evaluations_of(version_dir: Path) -> list[dict[str, Any]]:
 def _infer_task(
     session: Session, alias: str, *, outcomes: Path | None, task_file: Path | None
 ) -> str:
-    """Which task's ``alias`` ``--model`` means when ``--task`` is not given: the only task
-    that has one, else the task the inputs imply (``--task-file``: tabular; ``--outcomes``:
-    icu-mortality)."""
+    """Which task's ``alias`` ``--model`` means when ``--task`` is not given: a task file's
+    own (``tabular`` or ``tabular:<name>``), else the only task that has one, else the task
+    the inputs imply (``--outcomes``: icu-mortality)."""
+    if task_file is not None:
+        from vitalcast.modeling.tabular import task_of_file
+
+        return task_of_file(task_file).name
     holders = sorted(
         {r.task for r in session.scalars(select(ModelVersion).where(ModelVersion.alias == alias))}
     )
     if len(holders) == 1:
         return holders[0]
-    if task_file is not None:
-        return "tabular"
     if outcomes is not None:
         return "icu-mortality"
     if not holders:

@@ -12,7 +12,7 @@ from vitalcast.modeling.datasets import (
     load_stays_from_db,
     timeseries_dataset,
 )
-from vitalcast.modeling.tasks import Part, Task, TaskError, in_holdout
+from vitalcast.modeling.tasks import Part, Task, TaskError, in_holdout, is_task_file_task
 
 
 def load_dataset(
@@ -87,11 +87,16 @@ def load_dataset(
         if data is None:
             raise TaskError("readmission-30d needs --data diabetic_data.csv.gz")
         return _split(task, load_readmission(data), part)
-    if task.name == "tabular":
-        from vitalcast.modeling.tabular import load_tabular
+    if is_task_file_task(task):
+        from vitalcast.modeling.tabular import load_tabular, task_of_file
 
         if task_file is None or data is None:
-            raise TaskError("tabular needs --task-file FILE.yaml and --data FILE.csv")
+            raise TaskError(f"{task.name} needs --task-file FILE.yaml and --data FILE.csv")
+        described = task_of_file(task_file).name
+        if described != task.name:
+            # A named file's rows under another task's champion (or the reverse) would
+            # train, evaluate or recalibrate one table's model on another's outcome.
+            raise TaskError(f"{task_file.name} describes the task {described}, not {task.name}")
         return load_tabular(task_file, data)
     raise TaskError(f"task {task.name!r} has no data loader")
 

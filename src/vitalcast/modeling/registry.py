@@ -332,8 +332,11 @@ def _read_skops(name: str, artifact: Path) -> Any:
 
 
 def new_version(task: str, sha256: str, at: datetime | None = None) -> str:
+    """``<task>-<UTC time>-<sha256 prefix>``; a named task file's ``tabular:sepsis`` is
+    written ``tabular-sepsis`` (a folder name and a URL segment, where ':' is not
+    portable)."""
     at = at or datetime.now(UTC)
-    return f"{task}-{at:%Y%m%d-%H%M%S}-{sha256[:8]}"
+    return f"{task.replace(':', '-')}-{at:%Y%m%d-%H%M%S}-{sha256[:8]}"
 
 
 def save_model(

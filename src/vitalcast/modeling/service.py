@@ -32,7 +32,7 @@ from vitalcast.modeling.registry import (
     save_model,
 )
 from vitalcast.modeling.tables import ModelVersion
-from vitalcast.modeling.tasks import Task, get_task
+from vitalcast.modeling.tasks import TABULAR, Task, get_task
 from vitalcast.modeling.train import DEFAULT_SEED, CandidateSpec, fit_model
 from vitalcast.security import audit
 
@@ -81,6 +81,10 @@ def train_and_register(
     (:func:`vitalcast.modeling.train.search_budget`).
     """
     spec = get_task(task)
+    if spec.name == TABULAR and task_file is not None:
+        from vitalcast.modeling.tabular import task_of_file
+
+        spec = task_of_file(task_file)  # a named file's task: tabular:<name>
     if dataset is None:
         dataset = load_dataset(
             spec,
@@ -164,6 +168,7 @@ def data_summary(dataset: Dataset, spec: Task) -> dict[str, Any]:
         "calibration_only_rows": int((~fits).sum()),
         "calibration_landmarks_h": list(spec.calibration_landmarks_h),
         "notes": dataset.notes,
+        **({"outcome": dataset.outcome} if dataset.outcome is not None else {}),
         # Read from the store: up to which encounter, so that `evaluate` can read only the
         # stays stored after it (external_validation.evaluate_version).
         **(

@@ -29,7 +29,7 @@ from vitalcast.features.encounter import (
     readmission_features,
 )
 from vitalcast.modeling.datasets import Dataset
-from vitalcast.modeling.tasks import TaskError
+from vitalcast.modeling.tasks import TABULAR, TASKS, Task, TaskError, named_tabular
 
 
 def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
@@ -190,10 +190,42 @@ def age_band_label(age: float) -> str:
     return f"[{lo}-{lo + 10})"
 
 
+def _read_task_file(task_file: Path) -> dict[Any, Any]:
+    """The task file's YAML mapping, refused unless it has ``label`` and ``features``."""
+    try:
+        spec = yaml.safe_load(task_file.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise TaskError(f"{task_file.name}: the task file is not UTF-8 text (YAML)") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise TaskError(f"{task_file.name}: cannot read the task file ({exc})") from None
+    if not isinstance(spec, dict) or "label" not in spec or "features" not in spec:
+        raise TaskError(f"{task_file.name}: a task file needs `label` and `features`")
+    return spec
+
+
+def task_of_file(task_file: Path) -> Task:
+    """The task a task file describes: ``tabular:<name>`` for a file with a ``name``,
+    else the one unnamed ``tabular`` task (whose champion every unnamed file shares).
+
+    Raises:
+        TaskError: unreadable file, or a name that cannot be a task name.
+    """
+    name = _read_task_file(task_file).get("name")
+    if name is None:
+        return TASKS[TABULAR]
+    if not isinstance(name, str):
+        raise TaskError(f"{task_file.name}: `name` must be text, such as `name: sepsis`")
+    try:
+        return named_tabular(name)
+    except TaskError as exc:
+        raise TaskError(f"{task_file.name}: {exc}") from None
+
+
 def load_tabular(task_file: Path, data: Path) -> Dataset:
     """A CSV described by a YAML task file.
 
-    The YAML names ``label`` (column), ``positive`` (the label value, or list of values,
+    The YAML names the task (``name``, optional: see :func:`task_of_file`), ``label``
+    (column), ``positive`` (the label value, or list of values,
     meaning 1; default 1), ``negative`` (optional: the value(s) meaning 0; without it the
     label may hold one value besides the positive ones, and any other label is refused,
     :func:`_binary_label`), ``id_column`` (optional; rows of one id never straddle folds),
@@ -204,14 +236,7 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
     ``[words, unit]``) and ``values`` (categorical feature -> {value: words}); the model
     keeps both in its sidecar.
     """
-    try:
-        spec = yaml.safe_load(task_file.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError:
-        raise TaskError(f"{task_file.name}: the task file is not UTF-8 text (YAML)") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise TaskError(f"{task_file.name}: cannot read the task file ({exc})") from None
-    if not isinstance(spec, dict) or "label" not in spec or "features" not in spec:
-        raise TaskError(f"{task_file.name}: a task file needs `label` and `features`")
+    spec = _read_task_file(task_file)
     feats = spec["features"] or {}
     if not isinstance(feats, dict):
         raise TaskError(
@@ -283,6 +308,7 @@ def load_tabular(task_file: Path, data: Path) -> Dataset:
         # What the model predicts, in the sidecar and both model cards: a `tabular` task
         # is any table's, so its description cannot say which outcome.
         notes=[_outcome_note(label, positive, df[label].astype(str).str.strip()[y == 0])],
+        outcome={"column": label, "positive": sorted(positive)},
     )
 
 
@@ -298,7 +324,17 @@ def _outcome_note(label: str, positive: set[str], negatives: pd.Series) -> str:
 # What a task file may say; anything else is a typo whose intent would be silently lost
 # (``id_colum: patient`` trained with one patient's rows on both sides of every fold).
 TASK_FILE_KEYS = frozenset(
-    {"label", "positive", "negative", "id_column", "na_values", "features", "labels", "values"}
+    {
+        "name",
+        "label",
+        "positive",
+        "negative",
+        "id_column",
+        "na_values",
+        "features",
+        "labels",
+        "values",
+    }
 )
 FEATURE_KEYS = frozenset({"numeric", "categorical"})
 

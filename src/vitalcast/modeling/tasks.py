@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -196,6 +197,33 @@ TASKS: dict[str, Task] = {
     ),
 }
 
+# A task file's ``name: sepsis`` makes its models the task ``tabular:sepsis``: champions,
+# challengers, promotion and rollback are per named task, so a data team's second table
+# never replaces the first one's champion (a task file without a name is ``tabular``).
+TABULAR = "tabular"
+TABULAR_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,47}")
+
+
+def named_tabular(name: str) -> Task:
+    """The ``tabular`` task of the task file named ``name`` (``tabular:<name>``).
+
+    Raises:
+        TaskError: ``name`` is not lower-case letters, digits and hyphens (at most 48),
+            the form a task name takes in URLs, JSON bodies and the registry.
+    """
+    if not TABULAR_NAME.fullmatch(name):
+        raise TaskError(
+            f"a task file's name must be 1 to 48 lower-case letters, digits and hyphens,"
+            f" starting with a letter or digit (got {name!r})"
+        )
+    return replace(TASKS[TABULAR], name=f"{TABULAR}:{name}")
+
+
+def is_task_file_task(task: Task | str) -> bool:
+    """Whether ``task`` is described by a YAML task file (``tabular`` or ``tabular:<name>``)."""
+    name = task if isinstance(task, str) else task.name
+    return name == TABULAR or name.startswith(f"{TABULAR}:")
+
 
 # Whom the stay task's model scores before a deployment narrows it to its units
 # (serving/scoring.served_population): the default of the functions that pick stays.
@@ -208,10 +236,15 @@ def get_task(name: str) -> Task:
     Raises:
         TaskError: unknown task (the message lists the known ones).
     """
-    try:
+    if name in TASKS:
         return TASKS[name]
-    except KeyError:
-        raise TaskError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+    prefix, _, file_name = name.partition(":")
+    if prefix == TABULAR and file_name:
+        return named_tabular(file_name)
+    raise TaskError(
+        f"unknown task {name!r}; choose one of {', '.join(TASKS)} or {TABULAR}:NAME"
+        " (a task file's name)"
+    )
 
 
 def in_holdout(patient_ids: Sequence[object], task: Task) -> np.ndarray:

@@ -61,7 +61,7 @@ from vitalcast.modeling.landmark_calibration import (
     LandmarkCalibratedClassifier,
     raw_scores,
 )
-from vitalcast.modeling.tasks import Task, TaskError
+from vitalcast.modeling.tasks import Task, TaskError, is_task_file_task
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def check_trainable(ds: Dataset, task: Task) -> None:
         )
     if min(int(ds.y.sum()), int(len(ds.y) - ds.y.sum())) < 10:
         raise TaskError(f"{task.name}: fewer than 10 rows of the rarer outcome; too few to learn")
-    if task.name == "tabular":
+    if is_task_file_task(task):
         # fit_model leaves out a feature without any value (a store's time series may lack
         # one); a task file that lists one, or a text column as numeric (every value read
         # as missing), would otherwise train a model of fewer inputs than it describes,

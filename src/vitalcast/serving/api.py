@@ -17,7 +17,15 @@ from vitalcast.features.encounter import readmission_features
 from vitalcast.features.stay import implausible
 from vitalcast.modeling.landmark_calibration import TIME_FEATURE
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import STAY_TASK, TASKS, early_at, early_in_stay
+from vitalcast.modeling.tasks import (
+    STAY_TASK,
+    TABULAR,
+    TASKS,
+    TaskError,
+    early_at,
+    early_in_stay,
+    get_task,
+)
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db, request_id
 from vitalcast.serving.encounter_scoring import (
@@ -73,6 +81,15 @@ def _predictor(task: str = DEFAULT_TASK) -> Predictor:
     return predictor
 
 
+def _known_task(name: str) -> bool:
+    """A built-in task or ``tabular:NAME`` (whose champion may or may not be loaded: 503)."""
+    try:
+        get_task(name)
+    except TaskError:
+        return False
+    return True
+
+
 def _task_of(body: dict[str, Any], payload: str) -> tuple[str, Any]:
     """The task named by ``{"task": ..., <payload>: ...}`` and that payload; every shape
     problem at once (422). A flat body names no task: it is the stay task's."""
@@ -82,9 +99,12 @@ def _task_of(body: dict[str, Any], payload: str) -> tuple[str, Any]:
         if key not in {"task", payload}
     ]
     task = body["task"]
-    if not isinstance(task, str) or task not in TASKS:
+    if not isinstance(task, str) or not _known_task(task):
         problems.append(
-            {"loc": ["body", "task"], "msg": f"unknown task; expected one of: {', '.join(TASKS)}"}
+            {
+                "loc": ["body", "task"],
+                "msg": f"unknown task; expected one of: {', '.join(TASKS)}, {TABULAR}:NAME",
+            }
         )
     if payload not in body:
         problems.append({"loc": ["body", payload], "msg": "required"})

@@ -262,7 +262,8 @@ def task_schemas(
 ) -> dict[str, dict[str, Any]]:
     """``TaskFeatures`` and ``TaskBatch``: the ``{"task", "features"}`` and ``{"task",
     "rows"}`` bodies, one exact variant per task whose champion is loaded (its features
-    in ``Features_<task>``), so that every variant the document admits can be scored.
+    in ``Features_<task>``, ':' read as '.'), so that every variant the document admits
+    can be scored.
     ``PredictPatient`` names the stay task and, of the other tasks that score a stored
     patient, those whose champion is loaded."""
     patient = schemas.PredictPatient.model_json_schema(ref_template=REF)
@@ -275,9 +276,12 @@ def task_schemas(
     features: list[dict[str, Any]] = []
     batches: list[dict[str, Any]] = []
     for task, scorer in sorted(scorers.items()):
-        ref = {"$ref": REF.format(model=f"Features_{task}")}
+        # Component names allow letters, digits, '.', '-' and '_' only: a named task
+        # file's task (tabular:sepsis) is Features_tabular.sepsis.
+        component = f"Features_{task.replace(':', '.')}"
+        ref = {"$ref": REF.format(model=component)}
         named = None if nameable is None else nameable.get(task, {})
-        extra[f"Features_{task}"] = features_schema(scorer, task, named) | {
+        extra[component] = features_schema(scorer, task, named) | {
             "description": f"the {task} champion's input features; null or absent = not "
             "measured (imputed and listed under `missing`)"
         }
