@@ -55,6 +55,7 @@ from vitalcast.modeling.train import (
     DEFAULT_SEED,
     calibrate,
     check_trainable,
+    fold_count,
     grouped_folds,
     landmark_of_rows,
 )
@@ -128,9 +129,7 @@ def recalibrate_version(
     features = loaded.feature_names
     X, y = ds.X[features], ds.y
     numeric = [f for f in features if f not in set(loaded.categorical)]
-    groups = len(np.unique(ds.groups))
-    events = int(y.sum())
-    n_splits = max(2, min(n_splits, groups, events, len(y) - events))
+    n_splits = fold_count(y, ds.groups, n_splits)
     folds = grouped_folds(y, ds.groups, n_splits, seed)
     calibrated = calibrate(
         base,

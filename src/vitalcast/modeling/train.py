@@ -245,6 +245,14 @@ def make_pipeline(
     )
 
 
+def fold_count(y: np.ndarray, groups: np.ndarray, wanted: int) -> int:
+    """How many grouped, stratified folds ``y`` can fill: at most ``wanted``, and no more
+    than its patients or either outcome's rows (each fold needs one of each), at least 2.
+    Training and recalibration share it, so both cross-fit alike on small data."""
+    events = int(y.sum())
+    return max(2, min(wanted, len(np.unique(groups)), events, len(y) - events))
+
+
 def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> Folds:
     """Folds that never split a patient, with similar event rates."""
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -361,9 +369,7 @@ def fit_model(
     X = ds.X[numeric + categorical]
     y = ds.y
     fits = ds.training_rows(task)
-    n_groups = len(np.unique(ds.groups[fits]))
-    events = int(y[fits].sum())
-    n_splits = max(2, min(n_splits, n_groups, min(events, int(fits.sum()) - events)))
+    n_splits = fold_count(y[fits], ds.groups[fits], n_splits)
     folds = grouped_folds_around(y, ds.groups, fits, n_splits, seed)
     search: list[dict[str, Any]] = []
     best: tuple[float, CandidateSpec, np.ndarray] | None = None
