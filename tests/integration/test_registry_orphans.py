@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from tests.model_cli import model_env, run_cli
 from vitalcast.db import create_db_engine
-from vitalcast.modeling.registry import ARTIFACT, SIDECAR, RegistryError, save_model
+from vitalcast.modeling.registry import ARTIFACT, SIDECAR, RegistryError, resolve, save_model
 from vitalcast.modeling.service import register_version
 
 TASK = """\
@@ -217,3 +217,11 @@ def test_prune_lists_and_removes_what_interrupted_registrations_left(
     assert res.exit_code == 0, res.output
     assert "removed 2 folders" in res.output
     assert _entries(registry) == [version]
+
+
+def test_a_staged_folder_is_not_a_model_by_name(tmp_path: Path) -> None:
+    """`evaluate --model NAME` resolves names in the registry; a staging folder is none."""
+    registry = tmp_path / "registry"
+    version, _, _ = _save(registry, 6, publish=False)
+    with pytest.raises(RegistryError, match="not found in the registry"):
+        resolve(f".incomplete-{version}", registry)
