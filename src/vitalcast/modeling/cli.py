@@ -340,7 +340,8 @@ def recalibrate(
 
 @click.group()
 def models() -> None:
-    """List, inspect, promote and roll back registered models."""
+    """List, inspect, promote and roll back registered models; prune what interrupted
+    registrations left."""
 
 
 @models.command("list")
@@ -391,6 +392,48 @@ def models_show(ctx: click.Context, version: str, task_name: str | None) -> None
         sidecar.pop("reference", None)
         sidecar["alias"] = row.alias
     _print_json(sidecar)
+
+
+@models.command("prune")
+@registry_option
+@click.option("--delete", is_flag=True, help="Remove them (default: only list them).")
+@click.option(
+    "--older-than",
+    "older_than",
+    type=click.IntRange(min=0),
+    default=60,
+    show_default=True,
+    help="Minutes; newer folders may be a registration in progress and are left alone.",
+)
+@click.pass_context
+def models_prune(ctx: click.Context, registry: Path | None, delete: bool, older_than: int) -> None:
+    """List (or remove) registry folders no registered version owns.
+
+    A registration that fails removes its files itself; only a process killed while
+    registering leaves a hidden `.incomplete-VERSION` folder, or a version folder with no
+    database row. Neither is ever loaded. They take space, and an unregistered one can be
+    evaluated by name as if it were a model.
+    """
+    import shutil
+
+    from vitalcast.modeling.service import stray_folders
+
+    folder = _registry(ctx, registry)
+    with _session(ctx) as session:
+        strays = stray_folders(session, folder)
+    old = [s for s in strays if s.age_s >= older_than * 60]
+    for s in strays:
+        note = "" if s in old else f"  (changed in the last {older_than} min: left alone)"
+        click.echo(f"{s.kind:<13} {s.path.name}  {s.size / 1e6:.1f} MB{note}")
+    total = sum(s.size for s in old) / 1e6
+    if not old:
+        click.echo(f"nothing to prune in {folder}")
+    elif delete:
+        for s in old:
+            shutil.rmtree(s.path, ignore_errors=True)
+        click.echo(f"removed {len(old)} folders ({total:.1f} MB)")
+    else:
+        click.echo(f"{len(old)} folders ({total:.1f} MB) to remove: run again with --delete")
 
 
 def rescore_stays(ctx: click.Context, task: str, agent: Any) -> None:

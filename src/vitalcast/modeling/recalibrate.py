@@ -150,6 +150,7 @@ def recalibrate_version(
     version, path, sha, _sidecar = save_model(
         registry_dir,
         calibrated.estimator,
+        publish=session is None,  # registered: moved into place by register_version
         task=spec.name,
         feature_names=features,
         categorical=list(loaded.categorical),

@@ -5,6 +5,15 @@ artifact's sha256, the Python/scikit-learn/numpy versions, the task, feature lis
 threshold, metrics, training-data fingerprint and the training reference distributions
 that drift monitoring compares against.
 
+A version is written into ``<registry_dir>/.incomplete-<version>/`` and moved into place
+by one rename once complete. Registering it (:func:`vitalcast.modeling.service.
+register_version`) moves it into place before the database row is written, and removes it
+again if that transaction does not commit: a row never names a folder that is not there
+(serving could not load it), and a failed registration leaves nothing. Only a process
+killed between the two can leave a hidden ``.incomplete-`` folder or a version folder no
+row names; neither is ever loaded (loading needs the row's hashes), and
+``vitalcast models prune`` lists and removes them.
+
 Two locks on what loading may do. :func:`load_model` checks the hashes of both files
 against the caller's record (the database row: :class:`Registered`) and the library
 versions before reading the artifact, and refuses anything else. The sidecar is checked
@@ -37,11 +46,14 @@ critical   ``p >= c``                  ``c = min(2t, (1+t)/2)``: twice the thres
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import logging
 import math
 import platform
+import shutil
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -66,12 +78,18 @@ from vitalcast.modeling.explain import Explainer, top_factors
 if TYPE_CHECKING:
     from vitalcast.modeling.tables import ModelVersion
 
+logger = logging.getLogger(__name__)
 ARTIFACT = "model.skops"
 SIDECAR = "model.json"
 # Digests of the training rows (``datasets.row_digests``), a plain uint64 .npy array whose
 # sha256 the sidecar records: what ``evaluate`` checks new data against.
 TRAINING_ROWS = "training_rows.npy"
 FORMAT = 2
+# A version's folder while it is written, before it is moved into place: hidden and named
+# so that it can be neither a version nor mistaken for one. ``.staging-<time>``: the name
+# used before, which an interrupted save may have left.
+STAGING_PREFIX = ".incomplete-"
+LEGACY_STAGING_PREFIX = ".staging-"
 LEGACY_FORMAT = 1  # model.joblib: a pickle, loaded only behind the hash check
 SKOPS_SCHEMA = "schema.json"  # a skops file's object tree; every other entry is an array
 
@@ -352,9 +370,18 @@ def save_model(
     reference: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
     training_rows: np.ndarray | None = None,
+    publish: bool = True,
 ) -> tuple[str, Path, str, dict[str, Any]]:
     """Write the artifact and sidecar (and the training rows' digests, when given);
-    returns (version, artifact path, sha256, sidecar)."""
+    returns (version, artifact path, sha256, sidecar).
+
+    The files are written into the version's staging folder (:func:`staging_dir`), removed
+    if writing fails, and then moved into place in one rename (``publish``), so that a
+    version folder is complete or absent. ``publish=False`` leaves them staged:
+    :func:`vitalcast.modeling.service.register_version` moves them into place and ties
+    them to its transaction, so that a registration that does not commit leaves no
+    folder behind.
+    """
     data = _skops_bytes(estimator)
     foreign = set(sio.get_untrusted_types(data=data)) - TRUSTED_TYPES
     if foreign:
@@ -363,11 +390,64 @@ def save_model(
             " nothing was registered"
         )
     registry_dir.mkdir(parents=True, exist_ok=True)
-    staging = registry_dir / f".staging-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
-    staging.mkdir()
-    (staging / ARTIFACT).write_bytes(data)
-    sha = sha256_file(staging / ARTIFACT)
+    sha = hashlib.sha256(data).hexdigest()
     version = new_version(task, sha)
+    target = registry_dir / version
+    staging = staging_dir(target)
+    try:
+        staging.mkdir()
+    except FileExistsError:
+        raise RegistryError(
+            f"{staging.name} already exists in the registry (another registration of the same"
+            " model, or one interrupted: see `vitalcast models prune`); nothing was registered"
+        ) from None
+    try:
+        sidecar = _write_version(
+            staging,
+            data,
+            version=version,
+            sha=sha,
+            task=task,
+            feature_names=feature_names,
+            categorical=categorical,
+            threshold=threshold,
+            metrics=metrics,
+            fingerprint=fingerprint,
+            reference=reference,
+            extra=extra,
+            training_rows=training_rows,
+        )
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise RegistryError(
+                f"cannot write the model to the registry ({exc.strerror or exc});"
+                " nothing was registered"
+            ) from None
+        raise
+    if publish:
+        publish_version(target)
+    return version, target / ARTIFACT, sha, sidecar
+
+
+def _write_version(
+    staging: Path,
+    data: bytes,
+    *,
+    version: str,
+    sha: str,
+    task: str,
+    feature_names: list[str],
+    categorical: list[str],
+    threshold: float,
+    metrics: Mapping[str, Any],
+    fingerprint: str,
+    reference: Mapping[str, Any],
+    extra: Mapping[str, Any] | None,
+    training_rows: np.ndarray | None,
+) -> dict[str, Any]:
+    """Write a version's files into its staging folder; returns the sidecar."""
+    (staging / ARTIFACT).write_bytes(data)
     rows: dict[str, Any] = {}
     if training_rows is not None:
         np.save(staging / TRAINING_ROWS, np.asarray(training_rows, dtype=np.uint64))
@@ -394,9 +474,61 @@ def save_model(
         **jsonable(dict(extra or {})),
     }
     (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
-    target = registry_dir / version
-    staging.rename(target)  # atomic: a version directory is complete or absent
-    return version, target / ARTIFACT, sha, sidecar
+    return sidecar
+
+
+def staging_dir(folder: Path) -> Path:
+    """Where ``folder``'s files are written before the version is published: a hidden
+    sibling (same filesystem, so publishing is one atomic rename) that no version name
+    can take and that ``vitalcast models prune`` recognises."""
+    return folder.parent / f"{STAGING_PREFIX}{folder.name}"
+
+
+def is_staging(name: str) -> bool:
+    """A registry entry that is a version being written, or one a crash left behind."""
+    return name.startswith((STAGING_PREFIX, LEGACY_STAGING_PREFIX))
+
+
+def publish_version(folder: Path) -> None:
+    """Move a staged version into place (one rename: the folder is complete or absent).
+
+    Raises:
+        RegistryError: a folder of that name is already there (it is left alone and the
+            staged copy removed).
+    """
+    staged = staging_dir(folder)
+    try:
+        if folder.exists() or folder.is_symlink():  # rename() would replace an empty one
+            raise FileExistsError(errno.EEXIST, "a folder of that name is already there")
+        staged.rename(folder)
+    except OSError as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise RegistryError(
+            f"{folder.name} cannot be moved into place in the registry"
+            f" ({exc.strerror or exc}); nothing was registered"
+        ) from None
+
+
+def discard_version(folder: Path) -> None:
+    """Remove a version folder whose registration did not commit.
+
+    Renamed back to its staging name first, so that the version name disappears at once
+    and a removal cut short leaves a folder ``models prune`` recognises, never a
+    half-deleted version.
+    """
+    staged = staging_dir(folder)
+    try:
+        folder.rename(staged)
+    except FileNotFoundError:
+        pass  # never published, or already removed
+    except OSError as exc:
+        logger.warning(
+            "could not remove the unregistered model folder %s (%s); see `vitalcast models prune`",
+            folder.name,
+            exc.strerror,
+        )
+        return
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def _skops_bytes(estimator: Any) -> bytes:
@@ -459,7 +591,8 @@ def resolve(path_or_version: str | Path, registry_dir: Path | None = None) -> Pa
         return p.parent
     if p.is_dir():
         return p
-    if registry_dir is not None and (registry_dir / str(path_or_version)).is_dir():
+    name = str(path_or_version)
+    if registry_dir is not None and not is_staging(name) and (registry_dir / name).is_dir():
         return registry_dir / str(path_or_version)
     raise RegistryError(f"model {str(path_or_version)!r} not found in the registry")
 

@@ -8,16 +8,19 @@ job) owns the unit of work.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, SessionTransaction
 
 from vitalcast.db.base import utcnow
+from vitalcast.errors import error_kind
 from vitalcast.modeling import evaluate as ev
 from vitalcast.modeling.datasets import Dataset, row_digests
 from vitalcast.modeling.loaders import load_dataset
@@ -26,10 +29,14 @@ from vitalcast.modeling.registry import (
     Registered,
     RegistryError,
     check_sidecar,
+    discard_version,
+    is_staging,
     load_model,
+    publish_version,
     read_sidecar,
     read_sidecar_hashed,
     save_model,
+    staging_dir,
 )
 from vitalcast.modeling.tables import ModelVersion
 from vitalcast.modeling.tasks import TABULAR, Task, get_task
@@ -105,6 +112,7 @@ def train_and_register(
     version, path, sha, _sidecar = save_model(
         registry_dir,
         result.estimator,
+        publish=session is None,  # registered: moved into place by register_version
         task=spec.name,
         feature_names=features,
         categorical=result.categorical,
@@ -200,12 +208,62 @@ def register_version(
 
     Writes a ``model.registered`` audit event in the same transaction (HIPAA 164.312(b):
     a model change is an auditable action, whoever makes it: CLI, HTTP route or job).
+
+    A version saved unpublished (``save_model(..., publish=False)``) is moved into place
+    here and removed again if the transaction does not commit, so a failed registration
+    leaves no folder that no row knows.
+
+    Raises:
+        RegistryError: the files are not the ones described, or the database refused the
+            row (the message names the driver's error class; nothing was registered).
     """
     folder = path.parent
+    if staging_dir(folder).is_dir() and not folder.exists():
+        # Saved with publish=False: move it into place before the row names it (a row
+        # naming a missing folder is a champion serving cannot load), and remove it again
+        # unless this transaction commits. Only a folder moved here is ever removed.
+        publish_version(folder)
+        _discard_unless_committed(session, folder)
     sidecar, sidecar_sha256 = read_sidecar_hashed(folder)
     check_sidecar(folder.name, sidecar, task=task, threshold=threshold)
     if sidecar.get("sha256") != sha256:
         raise RegistryError(f"{folder.name}: the sidecar names another artifact; not registered")
+    try:
+        return _record_version(
+            session,
+            version=version,
+            task=task,
+            path=path,
+            sha256=sha256,
+            sidecar_sha256=sidecar_sha256,
+            threshold=threshold,
+            metrics=metrics,
+            agent=agent,
+            champion_if_none=champion_if_none,
+        )
+    except SQLAlchemyError as exc:
+        # One line naming what failed (the driver's class only: its message may quote
+        # values); the caller's rollback removes the folder.
+        raise RegistryError(
+            f"{version} could not be recorded in the registry database ({error_kind(exc)});"
+            " nothing was registered and its files are removed"
+        ) from None
+
+
+def _record_version(
+    session: Session,
+    *,
+    version: str,
+    task: str,
+    path: Path,
+    sha256: str,
+    sidecar_sha256: str,
+    threshold: float,
+    metrics: dict[str, Any],
+    agent: audit.Agent,
+    champion_if_none: bool,
+) -> str | None:
+    """The row and its audit event (:func:`register_version`)."""
     holders = lock_task(session, task)  # two first registrations: one champion
     first = champion_if_none and not any(r.alias == "champion" for r in holders)
     alias = "champion" if first else None
@@ -233,6 +291,42 @@ def register_version(
         ),
     )
     return alias
+
+
+_UNCOMMITTED = "vitalcast.registry.uncommitted"
+
+
+def _discard_unless_committed(session: Session, folder: Path) -> None:
+    """Remove ``folder`` when the session's transaction ends without committing.
+
+    Service functions never commit (their caller does, or rolls back, or dies), so the
+    folder's fate is tied to the transaction itself: on a rollback, a failed commit or a
+    session closed without committing, the folder goes; on the commit it stays.
+    """
+    pending: list[Path] | None = session.info.get(_UNCOMMITTED)
+    if pending is None:
+        pending = session.info[_UNCOMMITTED] = []
+        event.listen(session, "after_commit", _kept)
+        event.listen(session, "after_transaction_end", _discarded)
+    pending.append(folder)
+    if not session.in_transaction():
+        session.begin()  # so that its end, commit or not, is an event even before any query
+
+
+def _kept(session: Session) -> None:
+    # Fired for a savepoint's release too: only the outermost commit makes the row durable.
+    if not session.in_nested_transaction():
+        session.info.get(_UNCOMMITTED, []).clear()
+
+
+def _discarded(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None:
+        return  # a savepoint: the outer transaction may still commit
+    pending: list[Path] = session.info.get(_UNCOMMITTED, [])
+    for folder in pending:
+        discard_version(folder)
+        logger.warning("registration of %s did not commit; its folder was removed", folder.name)
+    pending.clear()
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -370,6 +464,41 @@ def list_versions(session: Session, task: str | None = None) -> list[ModelVersio
     if task:
         q = q.where(ModelVersion.task == task)
     return list(session.scalars(q))
+
+
+@dataclass(frozen=True)
+class StrayFolder:
+    """A registry folder no registered version owns (:func:`stray_folders`)."""
+
+    path: Path
+    kind: str  # "incomplete" (a staging folder) or "unregistered" (a version, no row)
+    size: int  # bytes
+    age_s: float  # since its last change
+
+
+def stray_folders(session: Session, registry_dir: Path) -> list[StrayFolder]:
+    """What interrupted registrations left in ``registry_dir``: staging folders, and
+    version folders that no row names (a process killed between moving a version into
+    place and committing its row). Matched by version name, not path, so that a registry
+    restored to another directory is not taken for strays."""
+    if not registry_dir.is_dir():
+        return []
+    known = set(session.scalars(select(ModelVersion.version)))
+    now = time.time()
+    out = []
+    for entry in sorted(registry_dir.iterdir()):
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        if is_staging(entry.name):
+            kind = "incomplete"
+        elif entry.name.startswith(".") or entry.name in known:
+            continue
+        else:
+            kind = "unregistered"
+        files = [f for f in entry.rglob("*") if f.is_file()]
+        changed = max([entry.stat().st_mtime] + [f.stat().st_mtime for f in files])
+        out.append(StrayFolder(entry, kind, sum(f.stat().st_size for f in files), now - changed))
+    return out
 
 
 class ChampionChangedError(RegistryError):

@@ -1,0 +1,227 @@
+"""A registration the database refuses leaves no model folder behind (real PostgreSQL).
+
+The version folder used to be moved into place before the row was written and never
+removed: a unique or check violation, a database gone away or an interrupted command left
+a folder no row knows, taking space and evaluable by name as if it were a model, and
+`train` ended with a bare "database error".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from tests.model_cli import model_env, run_cli
+from vitalcast.db import create_db_engine
+from vitalcast.modeling.registry import ARTIFACT, SIDECAR, RegistryError, resolve, save_model
+from vitalcast.modeling.service import register_version
+
+TASK = """\
+label: died
+id_column: pid
+features:
+  numeric: [age, lactate]
+  categorical: [sex]
+"""
+
+
+def _table(path: Path, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    age = rng.normal(60, 10, n)
+    male = rng.random(n) < 0.5
+    died = (rng.random(n) < 1 / (1 + np.exp(-(0.08 * (age - 60) - 1)))).astype(int)
+    path.write_text(
+        "pid,age,sex,lactate,died\n"
+        + "".join(
+            f"P{i},{age[i]:.1f},{'M' if male[i] else 'F'},{rng.normal(1, 0.3):.2f},{died[i]}\n"
+            for i in range(n)
+        )
+    )
+    return path
+
+
+def _entries(registry: Path) -> list[str]:
+    return sorted(p.name for p in registry.iterdir()) if registry.exists() else []
+
+
+@pytest.mark.slow
+def test_train_refused_by_the_database_leaves_no_folder_and_says_why(
+    pg_url: str, tmp_path: Path
+) -> None:
+    env = model_env(pg_url, tmp_path)
+    registry = Path(env["VITALCAST_REGISTRY_DIR"])
+    task = tmp_path / "task.yaml"
+    task.write_text(TASK)
+    data = _table(tmp_path / "train.csv", 300, seed=1)
+    train = ("train", "--task", "tabular", "--task-file", str(task), "--data", str(data))
+    engine = create_db_engine(pg_url)
+    try:
+        with engine.begin() as conn:  # the database refuses every new registry row
+            conn.execute(
+                text(
+                    "ALTER TABLE model_versions ADD CONSTRAINT refuse_rows CHECK (false) NOT VALID"
+                )
+            )
+        res = run_cli(env, *train, "--budget", "fast")
+        assert res.exit_code == 2, res.output
+        assert "could not be recorded in the registry database (CheckViolation)" in res.output
+        assert "nothing was registered" in res.output
+        assert "Traceback" not in res.output
+        assert "internal error" not in res.output
+        assert _entries(registry) == []
+
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE model_versions DROP CONSTRAINT refuse_rows"))
+    finally:
+        engine.dispose()
+    res = run_cli(env, *train, "--budget", "fast", "--json")
+    assert res.exit_code == 0, res.output
+    version = json.loads(res.output)["version"]
+    assert _entries(registry) == [version]
+    assert {p.name for p in (registry / version).iterdir()} >= {ARTIFACT, SIDECAR}
+    res = run_cli(env, "models", "prune", "--older-than", "0")
+    assert res.exit_code == 0, res.output
+    assert "nothing to prune" in res.output
+
+
+def _model(seed: int) -> Any:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(40, 2)), columns=["a", "b"])
+    prep = ColumnTransformer([("num", StandardScaler(), ["a", "b"])])
+    return Pipeline([("prep", prep), ("model", LogisticRegression())]).fit(X, X["a"] > 0)
+
+
+def _save(registry: Path, seed: int, *, publish: bool) -> tuple[str, Path, str]:
+    """A small model's files, staged (``publish=False``) or moved into place; each seed a
+    different model, so a different version in the same second."""
+    version, path, sha, _ = save_model(
+        registry,
+        _model(seed),
+        task="icu-mortality",
+        feature_names=["a", "b"],
+        categorical=[],
+        threshold=0.5,
+        metrics={"auroc": 0.5},
+        fingerprint="f",
+        reference={},
+        publish=publish,
+    )
+    return version, path, sha
+
+
+def _register(session: Session, version: str, path: Path, sha: str) -> None:
+    register_version(
+        session,
+        version=version,
+        task="icu-mortality",
+        path=path,
+        sha256=sha,
+        threshold=0.5,
+        metrics={"auroc": 0.5},
+    )
+
+
+def test_a_database_that_refuses_connections_leaves_no_folder(tmp_path: Path) -> None:
+    """The database is down when the row is to be written (nothing listens on port 1)."""
+    registry = tmp_path / "registry"
+    version, path, sha = _save(registry, 1, publish=False)
+    assert _entries(registry) == [f".incomplete-{version}"]
+    down = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/vitalcast")
+    try:
+        with Session(down) as session, pytest.raises(RegistryError) as err:
+            _register(session, version, path, sha)
+    finally:
+        down.dispose()
+    assert "could not be recorded in the registry database (OperationalError)" in str(err.value)
+    assert _entries(registry) == []
+
+
+def test_a_unique_violation_leaves_no_folder_and_a_commit_keeps_it(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The version's row is already there (a unique violation, for real); then a clean
+    registration commits and keeps exactly its folder."""
+    registry = tmp_path / "registry"
+    version, path, sha = _save(registry, 2, publish=False)
+    engine = create_db_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO model_versions (version, task, artifact_path, sha256, threshold,"
+                    " metrics, created_at) VALUES (:v, 'icu-mortality', '/nowhere', :s, 0.5,"
+                    " '{}', now())"
+                ),
+                {"v": version, "s": sha},
+            )
+        with Session(engine) as session:
+            with pytest.raises(RegistryError, match=r"\(UniqueViolation\)"):
+                _register(session, version, path, sha)
+            session.rollback()
+        assert _entries(registry) == []
+
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM model_versions"))
+        version, path, sha = _save(registry, 3, publish=False)
+        with Session(engine) as session:
+            _register(session, version, path, sha)
+            assert _entries(registry) == [version]  # in place before the row names it
+            session.commit()
+        assert _entries(registry) == [version]
+    finally:
+        engine.dispose()
+
+
+def test_prune_lists_and_removes_what_interrupted_registrations_left(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A killed process can still leave a staging folder, or a version folder no row
+    names; `models prune` shows them and removes them, never a registered version."""
+    env = model_env(pg_url, tmp_path)
+    registry = Path(env["VITALCAST_REGISTRY_DIR"])
+    engine = create_db_engine(pg_url)
+    try:
+        version, path, sha = _save(registry, 4, publish=False)
+        with Session(engine) as session:
+            _register(session, version, path, sha)
+            session.commit()
+    finally:
+        engine.dispose()
+    stray, _, _ = _save(registry, 5, publish=True)  # moved into place, never recorded
+    (registry / ".incomplete-icu-mortality-x").mkdir()
+    (registry / ".incomplete-icu-mortality-x" / ARTIFACT).write_bytes(b"half")
+
+    res = run_cli(env, "models", "prune")
+    assert res.exit_code == 0, res.output
+    assert "left alone" in res.output
+    assert "nothing to prune" in res.output
+    res = run_cli(env, "models", "prune", "--older-than", "0")
+    assert res.exit_code == 0, res.output
+    assert f"unregistered  {stray}" in res.output
+    assert "incomplete    .incomplete-icu-mortality-x" in res.output
+    assert version not in res.output
+    assert "run again with --delete" in res.output
+    assert len(_entries(registry)) == 3
+    res = run_cli(env, "models", "prune", "--older-than", "0", "--delete")
+    assert res.exit_code == 0, res.output
+    assert "removed 2 folders" in res.output
+    assert _entries(registry) == [version]
+
+
+def test_a_staged_folder_is_not_a_model_by_name(tmp_path: Path) -> None:
+    """`evaluate --model NAME` resolves names in the registry; a staging folder is none."""
+    registry = tmp_path / "registry"
+    version, _, _ = _save(registry, 6, publish=False)
+    with pytest.raises(RegistryError, match="not found in the registry"):
+        resolve(f".incomplete-{version}", registry)
