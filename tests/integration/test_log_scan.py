@@ -103,6 +103,10 @@ def test_identifiers_never_reach_the_logs(
         "telecom": [{"system": "phone", "value": victim.phone}],
     }
     (folder / "broken.ndjson").write_text(json.dumps(broken) + "\n")
+    # An unreadable file named after a patient, as Synthea names its files.
+    named = fhir_batch.patients[1]
+    assert named.name
+    (folder / f"{named.name}.json").write_text("{not json")
     engine = create_db_engine(pg_url)
     sessions = make_session_factory(engine)
     cipher = cipher_from_settings(settings)
@@ -111,7 +115,7 @@ def test_identifiers_never_reach_the_logs(
     fhir = ingest_units(
         sessions, iter_units([folder]), source=FHIR_SOURCE, location="cohort", cipher=cipher
     )
-    assert fhir is not None
+    assert any(named.name in e for e in fhir.errors)  # the run's own report names it
     with session_scope(sessions) as session:
         train_and_register(
             "icu-mortality",
@@ -134,6 +138,7 @@ def test_identifiers_never_reach_the_logs(
     out, err = capfd.readouterr()
     texts = [_record_text(r) for r in captured.records]
     assert any("ingest run stored" in t for t in texts), "the capture saw no ingest log"
+    assert any("ingest unit unreadable" in t for t in texts), "no unreadable-unit log"
     assert any('"status": 200' in t or "'status': 200" in t for t in texts), "no request log"
     haystack = "\n".join([*texts, out, err, *bodies]).lower()
     leaked = sorted(n for n in needles if n.lower() in haystack)

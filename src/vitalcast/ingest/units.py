@@ -96,18 +96,21 @@ def ingest_units(
     database stops the run (every later unit would fail the same way).
     """
     result = RunResult(IngestReport(source=source, location=location))
-    for name, load in units:
+    # Logs name a unit by its place in the run, never by its name: file names can be
+    # patients' names (Synthea writes Given_Family_<uuid>.json). The run's report, read by
+    # whoever ran it, names the file.
+    for index, (name, load) in enumerate(units, 1):
         try:
             unit = load()
         except IngestError as exc:
             result.errors.append(str(exc))
-            logger.warning("ingest unit unreadable", extra={"source": source, "unit": name})
+            logger.warning("ingest unit unreadable", extra={"source": source, "unit_index": index})
             continue
         except Exception as exc:  # a parser bug must not abort the whole run
             result.errors.append(f"{name}: could not be read (internal error {error_kind(exc)})")
             logger.error(
                 "ingest unit failed",
-                extra={"source": source, "unit": name, "error": error_kind(exc)},
+                extra={"source": source, "unit_index": index, "error": error_kind(exc)},
             )
             continue
         try:
@@ -121,7 +124,7 @@ def ingest_units(
             result.errors.append(f"{name}: not stored (database error {error_kind(exc)})")
             logger.error(
                 "ingest unit not stored",
-                extra={"source": source, "unit": name, "error": error_kind(exc)},
+                extra={"source": source, "unit_index": index, "error": error_kind(exc)},
             )
             continue
         result.report.merge(report)
