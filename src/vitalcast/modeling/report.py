@@ -88,7 +88,8 @@ def _plots(curves: dict[str, Any]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    decision = curves.get("decision")  # absent from versions registered before it was kept
+    fig, axes = plt.subplots(1, 4 if decision else 3, figsize=(16 if decision else 12, 4))
     roc, pr, cal = curves["roc"], curves["pr"], curves["calibration"]
     axes[0].plot([a for a, _ in roc], [b for _, b in roc])
     axes[0].plot([0, 1], [0, 1], ls=":", c="grey")
@@ -99,6 +100,18 @@ def _plots(curves: dict[str, Any]) -> str:
     top = max(max(c[0] for c in cal), max(c[1] for c in cal)) * 1.05
     axes[2].plot([0, top], [0, top], ls=":", c="grey")
     axes[2].set(title="Calibration (deciles)", xlabel="predicted", ylabel="observed")
+    if decision:
+        ts = [d[0] for d in decision]
+        model_nb = [d[1] for d in decision]
+        axes[3].plot(ts, model_nb, label="model")
+        axes[3].plot(ts, [d[2] for d in decision], ls="--", c="grey", label="treat all")
+        axes[3].axhline(0, ls=":", c="black", label="treat none")
+        # Treat-all falls far below zero at high thresholds; the model's curve is the point.
+        axes[3].set_ylim(
+            min(-0.02, min(model_nb)) * 1.1, max(model_nb + [d[2] for d in decision]) * 1.1
+        )
+        axes[3].set(title="Decision curve", xlabel="threshold probability", ylabel="net benefit")
+        axes[3].legend(fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
@@ -235,7 +248,10 @@ def render_html(sidecar: dict[str, Any]) -> str:
         )
     png = _plots(m.get("curves", {}))
     if png:
-        parts.append(f'<img alt="ROC, PR and calibration plots" src="data:image/png;base64,{png}">')
+        parts.append(
+            '<img alt="ROC, precision-recall, calibration and decision-curve plots"'
+            f' src="data:image/png;base64,{png}">'
+        )
     for col, groups in m.get("subgroups", {}).items():
         parts += [
             f"<h3>Subgroups by {html.escape(col.replace('_', ' '))}</h3>",

@@ -185,3 +185,22 @@ def test_small_subgroups_are_reported_by_size_only() -> None:
     out = ev.subgroup_metrics(y, p, labels, 0.3)
     assert {"auroc", "prevalence", "ppv"} <= set(out["a"])
     assert out["b"] == {"n": 100.0}
+
+
+def test_decision_curve_is_net_benefit_at_each_threshold() -> None:
+    rng = np.random.default_rng(4)
+    p = rng.beta(1, 6, 2000)
+    y = (rng.random(2000) < p).astype(int)
+    prevalence = y.mean()
+    curve = ev.decision_curve(y, p)
+    assert [round(t, 2) for t, _, _ in curve] == [round(0.01 * k, 2) for k in range(1, 51)]
+    for t, model, treat_all in curve:
+        # The same rule as the operating point's net benefit (p >= t), and treat-all by hand.
+        assert model == pytest.approx(ev.confusion(y, p, t)["net_benefit"], abs=1e-12)
+        assert treat_all == pytest.approx(prevalence - (1 - prevalence) * t / (1 - t))
+    # A model that knows the outcome gains the whole prevalence at every threshold; one
+    # that flags no one gains nothing.
+    assert all(m == pytest.approx(prevalence) for _, m, _ in ev.decision_curve(y, y.astype(float)))
+    assert all(m == 0 for _, m, _ in ev.decision_curve(y, np.zeros(len(y))))
+    # A calibrated model beats treating all at every threshold above the lowest risks.
+    assert all(m >= a for t, m, a in curve if t >= 0.05)

@@ -237,6 +237,10 @@ def test_report_is_generated_from_the_sidecar(trained: TrainOutcome) -> None:
     page = render_html(sidecar)
     assert trained.version in page
     assert "data:image/png;base64," in page
+    # The decision curve is kept with the model's curves and plotted beside them.
+    decision = sidecar["metrics"]["curves"]["decision"]
+    assert len(decision) == 50
+    assert "decision-curve plots" in page
     assert f"{sidecar['metrics']['auroc']:.3f}" in page
     at_12 = sidecar["metrics"]["by_landmark"]["12"]
     assert (
