@@ -131,7 +131,9 @@ class Settings(BaseSettings):
         ' (e.g. `["MICU", "SICU", "CCU"]`); empty: every unit. FHIR and HL7 v2 carry no ICU'
         " encounter class, so set it when vitalcast receives the whole hospital's"
         " admissions: a general-ward patient then gets no ICU mortality risk, and the"
-        " ward and patient page say why.",
+        " ward and patient page say why. Names are compared exactly with the stored unit,"
+        " as the feed spells it (MIMIC-IV: `Medical Intensive Care Unit (MICU)`), not with"
+        " the ICU type the model reads from it.",
     )
     redis_url: str | None = Field(
         None, description="Redis URL for rate-limit storage and pub/sub (optional)."

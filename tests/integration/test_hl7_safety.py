@@ -252,8 +252,10 @@ def test_a_late_admission_fills_what_an_earlier_bare_discharge_left_unknown(
     query = select(Patient.sex, Patient.identifiers_enc, Patient.key_id, Patient.public_id)
     ((sex, blob, key_id, public_id),) = _rows(pg_url, query)
     ids = cipher.decrypt(blob, key_id, context=f"patient:{public_id}")
-    # The A03's sex (M) is stored and stays; the A01 fills the name and birth date.
+    # The A03's sex (M) is stored and stays; the A01 fills the name and birth date, and
+    # with the birth date the age at admission of the stay the A03 stored without one.
     assert (sex, ids["name"], ids["birth_date"]) == ("male", "Alpha Testpatient", "1950-01-02")
+    assert _rows(pg_url, select(Encounter.age_years)) == [(74.0,)]
     for name, text in (("a03.hl7", bare), ("a01.hl7", ADT_A01)):
         again = ingest(text, "--json", name=name)
         assert json.loads(again.stdout)["stored"] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Encounter, Observation, Outcome, Patient
+from vitalcast.features import stay_features
 from vitalcast.ingest.files import ingest_mimic_iv
 from vitalcast.ingest.sources.mimic import LAB_ITEMS
+from vitalcast.modeling.datasets import load_stays_from_db
 from vitalcast.security.crypto import FieldCipher
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -114,3 +116,58 @@ def test_a_bad_time_quarantines_its_row_and_the_import_goes_on(
         select(func.count()).select_from(Encounter).where(Encounter.kind == "inpatient")
     )
     assert inpatient == len(admissions) - 2
+
+
+# The PhysioNet 2012 ICU type of each care unit the demo's ICU stays start on (None: the
+# name says none; the mixed MICU/SICU unit takes medical and surgical patients alike).
+DEMO_ICU_TYPES: dict[str, str | None] = {
+    "Medical Intensive Care Unit (MICU)": "MICU",
+    "Surgical Intensive Care Unit (SICU)": "SICU",
+    "Cardiac Vascular Intensive Care Unit (CVICU)": "CSRU",
+    "Coronary Care Unit (CCU)": "CCU",
+    "Trauma SICU (TSICU)": "SICU",
+    "Neuro Surgical Intensive Care Unit (Neuro SICU)": "SICU",
+    "Medical/Surgical Intensive Care Unit (MICU/SICU)": None,
+    "Neuro Stepdown": None,
+    "Neuro Intermediate": None,
+}
+
+
+@pytest.mark.shared_data
+def test_demo_icu_stays_get_the_icu_type_of_their_unit(
+    shared_data: Path, db_session: Session, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    """Every ICU stay of the demo was on a unit MIMIC-IV names in words ("Medical
+    Intensive Care Unit (MICU)"), so all had the four ICU-type features 0: none of the
+    PhysioNet 2012 types the model learnt. Read back from the store as training and
+    serving read stays, each now has its unit's ICU type (unknown where the name says
+    none), and the stored unit name is MIMIC's own."""
+    folder = tmp_path / "export"
+    for module, name in (("hosp", "patients"), ("hosp", "admissions"), ("icu", "icustays")):
+        (folder / module).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / "mimic-iv-demo-2.2" / module / f"{name}.csv.gz", folder / module)
+    stays = read(folder / "icu", "icustays")
+    assert {s["first_careunit"] for s in stays} == set(DEMO_ICU_TYPES)
+
+    ingest_mimic_iv(db_session, folder, cipher=cipher, now=NOW)
+    db_session.commit()
+
+    stored = db_session.execute(
+        select(Encounter.id, Encounter.unit).where(Encounter.kind == "icu")
+    ).all()
+    assert sorted(unit for _id, unit in stored) == sorted(s["first_careunit"] for s in stays)
+    inputs, _labels, _groups, _ends = load_stays_from_db(db_session, "in_hospital_death")
+    typed = 0
+    for encounter_id, unit in stored:
+        stay = inputs[str(encounter_id)]
+        flags = stay_features(stay, stay.admitted_at + timedelta(hours=24))
+        kind = DEMO_ICU_TYPES[unit]
+        for name in ("CCU", "CSRU", "MICU", "SICU"):
+            value = flags[f"unit_{name.lower()}"]
+            if kind is None:
+                assert value != value, (unit, name)  # NaN: unknown, as a stay without a unit
+            else:
+                assert value == float(kind == name), (unit, name)
+        typed += kind is not None
+    assert typed == sum(1 for s in stays if DEMO_ICU_TYPES[s["first_careunit"]] is not None)
+    assert typed > 100  # most demo stays are on one of the four types

@@ -122,6 +122,53 @@ def test_hl7_a08_updates_and_a03_discharges(engine: Engine, cipher: FieldCipher)
         assert session.scalar(select(func.count()).select_from(Encounter)) == 1
 
 
+def _a08(stamp: str, pid: str) -> str:
+    """An ADT^A08 of the patient of ADT_A01 at MSH-7 ``stamp``: its PID-5, PID-7, PID-8
+    as ``pid`` gives them, and no PV1 (the stay is only the patient's)."""
+    return (
+        f"MSH|^~\\&|ADT|HOSP|VITALCAST|HOSP|{stamp}||ADT^A08|U{stamp[-6:]}|P|2.5\r"
+        f"PID|1||MRN0001^^^HOSP^MR||{pid}"
+    )
+
+
+def test_hl7_null_deletes_the_birth_date_the_age_from_it_the_name_and_sex(
+    engine: Engine, cipher: FieldCipher
+) -> None:
+    """An A08 whose PID-7 is the HL7 null ``""`` (the sender deletes the birth date) was
+    quarantined as ``bad_birth_date``, so the stored birth date, and the stay's age at
+    admission computed from it (a model input and the population's age rule), stayed.
+    Now both are deleted, as are a ``""`` name and sex; an older such A08 deletes
+    nothing, and a later birth date gives the stay its age again."""
+    _hl7(engine, cipher, ADT_A01)
+    assert _stay(engine).age_years == 74.0  # born 1950-01-02, admitted 2024-03-01
+
+    stale = _hl7(engine, cipher, _a08("20240229090000", '""||""|""'))
+    assert stale.updated == {}
+    ids, sex, _ = _patient(engine, cipher)
+    assert (ids["name"], ids["birth_date"], sex) == ("Alpha Testpatient", "1950-01-02", "female")
+
+    report = _hl7(engine, cipher, _a08("20240302090000", '""||""|""'))
+    assert report.rejects == []
+    assert report.updated == {"patient": 1}
+    ids, sex, version = _patient(engine, cipher)
+    assert ids == {"mrn": "MRN0001"}
+    assert sex == "unknown"
+    assert version is not None
+    assert version.startswith("2024-03-02")
+    assert _stay(engine).age_years is None
+
+    # A birth date sent again (a correction): the stay's age follows it.
+    _hl7(engine, cipher, _a08("20240303090000", "Testpatient^Alpha||19600315|F"))
+    ids, sex, _ = _patient(engine, cipher)
+    assert (ids["birth_date"], sex) == ("1960-03-15", "female")
+    assert _stay(engine).age_years == 63.0
+
+    # An empty PID-7 is "not sent": the stored birth date and the age stay.
+    _hl7(engine, cipher, _a08("20240304090000", "Testpatient^Alpha|||F"))
+    assert _patient(engine, cipher)[0]["birth_date"] == "1960-03-15"
+    assert _stay(engine).age_years == 63.0
+
+
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",
     "id": "pv-1",
@@ -233,3 +280,28 @@ def test_two_versions_in_one_bundle_keep_the_newest(engine: Engine, cipher: Fiel
     assert report.count("observation").received == 2
     assert (report.count("observation").stored, report.count("observation").duplicates) == (1, 1)
     assert _observations(engine) == [(101.0, "|00000000000000000011")]
+
+
+def test_fhir_birth_date_corrected_or_removed_moves_the_stays_age(
+    engine: Engine, cipher: FieldCipher
+) -> None:
+    """The stay's age at admission is computed from the Patient's birthDate at
+    ingestion. A newer Patient version correcting the birth date, or without one, left
+    the age computed from the old one; the age now follows (and an older version arriving
+    late moves nothing)."""
+    _fhir(engine, cipher, PATIENT, ENCOUNTER)
+    assert _stay(engine).age_years == 56.0  # born 1970-02-03, admitted 2026-10-01
+
+    corrected = _version(PATIENT, versionId="10")
+    corrected["birthDate"] = "1980-12-31"
+    assert _fhir(engine, cipher, corrected).updated == {"patient": 1}
+    assert _stay(engine).age_years == 45.0
+
+    assert _fhir(engine, cipher, PATIENT).updated == {}  # version 9, late
+    assert _stay(engine).age_years == 45.0
+
+    removed = _version(PATIENT, versionId="11")
+    del removed["birthDate"]
+    _fhir(engine, cipher, removed)
+    assert "birth_date" not in _patient(engine, cipher)[0]
+    assert _stay(engine).age_years is None

@@ -100,6 +100,32 @@ def test_unreadable_birth_date_quarantines_the_patient(pid7: str, code: str) -> 
     assert enc.patient_ref.startswith("mrn:")
 
 
+def test_the_hl7_null_deletes_demographics_and_an_empty_field_keeps_them() -> None:
+    """``""`` in PID-5, PID-7 or PID-8 is the HL7 null: the sender deletes the value. A
+    PID-7 of ``""`` quarantined the patient as ``bad_birth_date`` and a PID-5 of ``""``
+    became the name ``""``. Now each is none (not ``absent``, which keeps the stored
+    value), while an empty field is still "not sent"."""
+    pid = "PID|1||MRN0001^^^HOSP^MR||Testpatient^Alpha||19500102|F"
+    null = 'PID|1||MRN0001^^^HOSP^MR||""||""|""'
+    msg = parse_message(ADT_A01.replace(pid, null), origin="f.hl7", pseudonym=pseudonym)
+    assert msg.unit.batch.rejected == []
+    (patient,) = msg.unit.batch.patients
+    assert (patient.name, patient.birth_date, patient.sex) == (None, None, "unknown")
+    assert patient.absent == frozenset()
+    assert patient.mrn == "MRN0001"
+
+    empty = "PID|1||MRN0001^^^HOSP^MR|||||"
+    (bare,) = parse_message(
+        ADT_A01.replace(pid, empty), origin="f", pseudonym=pseudonym
+    ).unit.batch.patients
+    assert bare.absent == {"name", "birth_date", "sex"}
+
+    # A null component deletes that part of the name only.
+    given = ADT_A01.replace("Testpatient^Alpha", 'Testpatient^""')
+    (named,) = parse_message(given, origin="f", pseudonym=pseudonym).unit.batch.patients
+    assert named.name == "Testpatient"
+
+
 def test_split_messages_accepts_cr_lf_and_crlf() -> None:
     text = ADT_A01.replace("\r", "\n") + "\r\n\r\n" + ORU_R01.replace("\r", "\r\n")
     parts = split_messages(text)

@@ -11,6 +11,7 @@ without touching real, extreme values of critically ill patients.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,6 +95,69 @@ BP_PANEL_CODES = frozenset({"85354-9", "55284-4"})
 
 # ICU types of PhysioNet 2012 (descriptor ICUType) and the unit names used in the store.
 ICU_TYPES: dict[int, str] = {1: "CCU", 2: "CSRU", 3: "MICU", 4: "SICU"}
+
+# Care-unit names (case and spacing aside) that say which ICU type of PhysioNet 2012 a
+# stay is on. The challenge's ICUType is 1 coronary care, 2 cardiac surgery recovery, 3
+# medical ICU, 4 surgical ICU, and its stays were admitted "to cardiac, medical, surgical,
+# and trauma ICUs" (challenge description): trauma stays were surgical ICU stays. MIMIC-IV
+# (same hospital, later years) spells units "Medical Intensive Care Unit (MICU)"; HL7 PV1-3
+# and FHIR Encounter.location carry a hospital's own names. Only names that leave no
+# doubt are here:
+# - CVICU, MIMIC-IV's "Cardiac Vascular Intensive Care Unit", is BIDMC's cardiac surgery
+#   recovery unit (the CSRU of MIMIC-II and PhysioNet 2012): CSRU.
+# - Trauma SICU (TSICU) and Neuro SICU are surgical ICUs: SICU.
+# - The mixed "Medical/Surgical Intensive Care Unit (MICU/SICU)" is deliberately absent:
+#   it takes medical and surgical patients alike, whose mortality differs (PhysioNet
+#   2012 sets A and B: in-hospital death 19.2 % of MICU, 14.6 % of SICU stays), and the
+#   unit name cannot tell which a stay is. Either choice would be a guess stated as a fact; unknown is what the model is
+#   told (see :func:`icu_type`).
+# Every other name (a general ward, "Neuro Stepdown", "4 West") has no ICU type.
+_ICU_TYPE_OF_NAME: dict[str, str] = {
+    "ccu": "CCU",
+    "coronary care unit": "CCU",
+    "csru": "CSRU",
+    "cardiac surgery recovery unit": "CSRU",
+    "cvicu": "CSRU",
+    "cardiac vascular intensive care unit": "CSRU",
+    "micu": "MICU",
+    "medical icu": "MICU",
+    "medical intensive care unit": "MICU",
+    "sicu": "SICU",
+    "surgical icu": "SICU",
+    "surgical intensive care unit": "SICU",
+    "tsicu": "SICU",
+    "trauma sicu": "SICU",
+    "trauma surgical intensive care unit": "SICU",
+    "neuro sicu": "SICU",
+    "neuro surgical intensive care unit": "SICU",
+}
+# "Name (ABBREVIATION)", as MIMIC-IV writes its units.
+_NAME_AND_ABBREVIATION = re.compile(r"^([^()]+?)\s*\(([^()]+)\)$")
+
+
+def icu_type(unit: str | None) -> str | None:
+    """The PhysioNet 2012 ICU type ("CCU", "CSRU", "MICU" or "SICU") of a stay on the
+    care unit named ``unit``; None when the name does not say (or there is no name).
+
+    Why: the stay model's unit features are PhysioNet's four ICU types. A stay whose unit
+    was spelt otherwise ("Medical Intensive Care Unit (MICU)" from MIMIC-IV) had all four
+    set to 0, a combination no training stay had, which told the model "none of these
+    ICUs" rather than "not known". A name written as "Name (ABBR)" is recognised only
+    when both parts are known and agree, so an unknown ward with a familiar abbreviation
+    in brackets is not guessed. The stored unit name is never changed: the unit filter
+    (``VITALCAST_STAY_UNITS``), users' units and the ward compare that name as it is.
+    """
+    if unit is None:
+        return None
+    name = " ".join(unit.split()).casefold()
+    found = _ICU_TYPE_OF_NAME.get(name)
+    if found is not None:
+        return found
+    parts = _NAME_AND_ABBREVIATION.match(name)
+    if parts is None:
+        return None
+    full, abbreviation = (_ICU_TYPE_OF_NAME.get(p.strip()) for p in parts.groups())
+    return full if full is not None and full == abbreviation else None
 
 
 def is_plausible(spec: VariableSpec, value: float) -> bool:

@@ -26,6 +26,7 @@ from vitalcast.clinical.codes import (
     ICU_TYPES,
     VARIABLES,
     VariableSpec,
+    icu_type,
     is_plausible,
     plausible_range_text,
 )
@@ -231,8 +232,12 @@ def _descriptors(
     out["height_cm"], out["weight_kg"] = height, weight
     # BMI only for plausible heights: PhysioNet heights are often missing or mis-keyed.
     out["bmi"] = weight / (height / 100.0) ** 2 if 120 <= height <= 230 and weight > 0 else NAN
+    # The unit's PhysioNet ICU type (clinical/codes.py, icu_type): a stay on a unit whose
+    # name does not say one has its four flags unknown, as a stay without a unit, never
+    # all 0 (no training stay was on none of the four).
+    kind = icu_type(stay.unit)
     for unit in _UNITS:
-        out[f"unit_{unit.lower()}"] = NAN if stay.unit is None else float(stay.unit == unit)
+        out[f"unit_{unit.lower()}"] = NAN if kind is None else float(kind == unit)
     out["hours_since_admission"] = t_end
 
 

@@ -323,6 +323,8 @@ def _update_patients(
         )
     }
     changes: list[dict[str, Any]] = []
+    resolver.load_births(ids)
+    births_before = {pid: resolver.births.get(pid) for pid in ids}
     for pid, rec in ids.items():
         public_id, version = stored[pid].public_id, stored[pid].source_version
         if not is_newer(rec.version, version):
@@ -359,6 +361,12 @@ def _update_patients(
         counts.stored += len(changes)
         report.patients.update(c["id"] for c in changes)
         report.updated["patient"] += len(changes)
+        moved = {
+            c["id"]: (births_before[c["id"]], resolver.births.get(c["id"]))
+            for c in changes
+            if births_before[c["id"]] != resolver.births.get(c["id"])
+        }
+        _follow_birth_dates(session, moved)
         # The patient's sex is a feature: their stays in progress are to be rescored.
         report.touched_encounters.update(
             session.scalars(
@@ -368,6 +376,39 @@ def _update_patients(
                 )
             )
         )
+
+
+def _follow_birth_dates(
+    session: Session, moved: dict[int, tuple[date | None, date | None]]
+) -> None:
+    """Ages of the stays of patients whose birth date changed (patient id -> (before,
+    after)) recomputed from the new one, None when it was deleted.
+
+    Why: FHIR and HL7 v2 give a birth date, never an age, so ingestion stores each stay's
+    age at admission from the birth date (:func:`_with_age`). A newer version that
+    corrects or deletes the birth date (FHIR, an HL7 PID-7 of ``""``) left those ages as
+    they were: the model and the population's age rule went on reading an age whose
+    source the sender had withdrawn. Only ages that are the old birth date's (or unknown)
+    follow; an age the source gave itself (PhysioNet's Age) stays.
+    """
+    if not moved:
+        return
+    changes: list[dict[str, Any]] = []
+    for chunk in chunks(sorted(moved)):
+        rows = session.execute(
+            select(
+                Encounter.id, Encounter.patient_id, Encounter.admitted_at, Encounter.age_years
+            ).where(Encounter.patient_id.in_(chunk))
+        )
+        for eid, pid, admitted, age in rows:
+            before, after = moved[pid]
+            if age is not None and age != age_at(before, admitted):
+                continue  # not the old birth date's: the source's own age
+            new = age_at(after, admitted)
+            if new != age:
+                changes.append({"id": eid, "age_years": new})
+    if changes:
+        session.execute(update(Encounter), changes)
 
 
 def _fill_missing(rec: PatientRecord, row: Any, resolver: Resolver) -> dict[str, Any] | None:

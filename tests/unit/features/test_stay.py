@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.modeling_data import GCS, HR, T0, synthetic_stays
-from vitalcast.clinical.codes import BY_KEY
+from vitalcast.clinical.codes import BY_KEY, ICU_TYPES, icu_type
 from vitalcast.features import (
     FEATURE_NAMES,
     StayInput,
@@ -240,3 +240,69 @@ def test_implausible_names_features_no_stay_can_have() -> None:
     for stay in stays.values():
         features = stay_features(stay, T0 + timedelta(hours=24))
         assert [n for n, v in features.items() if v == v and implausible(n, v)] == []
+
+
+# MIMIC-IV's care-unit names (icu/icustays.first_careunit of the demo 2.2) and the
+# PhysioNet 2012 ICU type each is (None: the name does not say one).
+MIMIC_UNIT_TYPES: dict[str, str | None] = {
+    "Medical Intensive Care Unit (MICU)": "MICU",
+    "Surgical Intensive Care Unit (SICU)": "SICU",
+    "Cardiac Vascular Intensive Care Unit (CVICU)": "CSRU",
+    "Coronary Care Unit (CCU)": "CCU",
+    "Trauma SICU (TSICU)": "SICU",
+    "Neuro Surgical Intensive Care Unit (Neuro SICU)": "SICU",
+    "Medical/Surgical Intensive Care Unit (MICU/SICU)": None,
+    "Neuro Stepdown": None,
+    "Neuro Intermediate": None,
+}
+
+
+def _unit_flags(unit: str | None) -> dict[str, float]:
+    stay = replace(_stay([(HR, 90, 5)]), unit=unit)
+    f = stay_features(stay, T0 + timedelta(hours=1))
+    return {k: f[k] for k in ("unit_ccu", "unit_csru", "unit_micu", "unit_sicu")}
+
+
+@pytest.mark.parametrize(("unit", "kind"), sorted(MIMIC_UNIT_TYPES.items()))
+def test_a_unit_named_otherwise_gets_its_icu_type(unit: str, kind: str | None) -> None:
+    """A MIMIC-IV stay on "Medical Intensive Care Unit (MICU)" had all four ICU-type
+    flags 0, a combination no PhysioNet training stay had. Its flags are now its ICU type;
+    a unit whose name says none (the mixed MICU/SICU, a step-down unit) has them unknown,
+    as a stay without a unit, never all 0."""
+    flags = _unit_flags(unit)
+    if kind is None:
+        assert all(math.isnan(v) for v in flags.values())
+        assert flags.keys() == _unit_flags(None).keys()
+    else:
+        assert flags == {f"unit_{k.lower()}": float(k == kind) for k in ICU_TYPES.values()}
+
+
+def test_icu_type_names_are_recognised_conservatively() -> None:
+    """PhysioNet's own names pass unchanged; case and spacing do not matter; a name in
+    "Name (ABBR)" form counts only when both halves are known and agree, so a ward with
+    a familiar abbreviation in brackets is not guessed."""
+    for kind in ICU_TYPES.values():
+        assert icu_type(kind) == kind
+    assert icu_type("  medical   intensive care unit ") == "MICU"
+    assert icu_type("CVICU") == "CSRU"
+    assert icu_type("Coronary Care Unit (CCU)") == "CCU"
+    assert icu_type("Medical ICU (SICU)") is None  # the halves disagree
+    assert icu_type("4 West (MICU)") is None  # an unknown name
+    assert icu_type("MICU/SICU") is None
+    assert icu_type("4 West") is None
+    assert icu_type("") is None
+    assert icu_type(None) is None
+
+
+def test_the_unit_filter_compares_the_stored_name_not_the_icu_type() -> None:
+    """The deployment's unit filter (VITALCAST_STAY_UNITS) names units as the feeds spell
+    them and compares the stored name exactly: recognising "Medical Intensive Care Unit
+    (MICU)" as a MICU for the model does not put it on a filter that names "MICU"."""
+    from vitalcast.modeling.tasks import STAY_POPULATION
+
+    assert STAY_POPULATION is not None
+    mimic = "Medical Intensive Care Unit (MICU)"
+    assert STAY_POPULATION.on_units([mimic]).exclusion("icu", 70.0, mimic) is None
+    assert STAY_POPULATION.on_units(["MICU"]).exclusion("icu", 70.0, mimic) == (
+        f"a stay on unit {mimic}"
+    )

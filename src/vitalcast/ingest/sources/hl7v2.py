@@ -47,6 +47,9 @@ SUPPORTED = frozenset({"ADT^A01", "ADT^A03", "ADT^A08", "ORU^R01"} | CANCELS)
 Pseudonym = Callable[[str], str]
 
 _SEX: dict[str, Sex] = {"F": "female", "M": "male", "O": "other", "A": "other", "U": "unknown"}
+# The HL7 v2 null (v2.5 section 2.5.3): a field of two double quotes deletes the value the
+# receiver holds, where an empty field is "not sent" and keeps it.
+HL7_NULL = '""'
 # PV1-2 patient class (HL7 table 0004) -> the store's encounter kinds.
 _KIND = {"I": "inpatient", "E": "emergency", "O": "outpatient", "P": "outpatient"}
 _MESSAGE_TYPE = re.compile(r"^[A-Z0-9]{1,3}\^[A-Z0-9]{0,3}$")  # quoted only if it looks so
@@ -234,26 +237,41 @@ def _patient_ref(pid: Seg, where: str, pseudonym: Pseudonym) -> str:
 
 
 def _patient(pid: Seg, ref: str, loc: str) -> PatientRecord:
-    """The PID's person; :class:`Problem` when a field is present but unreadable."""
+    """The PID's person; :class:`Problem` when a field is present but unreadable.
+
+    An empty field is not sent (HL7 v2.5 section 2.5.3): an A03 or A08 with a PID of only
+    its MRN must not turn the stored sex to unknown, so it is ``absent`` and the store
+    keeps what it holds. The HL7 null ``""`` deletes: the sex becomes unknown and the
+    name or birth date is stored as none (with the ages derived from it; see
+    ``_resolve._follow_birth_dates``). Before, a PID-7 of ``""`` quarantined the patient
+    as ``bad_birth_date`` and a PID-5 of ``""`` was stored as the name ``""``.
+    """
     mrn, _authority = _mrn(pid, loc)
     name = pid.reps(5)
-    full = " ".join(p for p in (*name[0][1:3], name[0][0]) if p).strip() if name else ""
-    # An empty field is not sent (HL7 v2 2.5 section 2.5.3: only "" deletes a value): an
-    # A03 or A08 with a PID of only its MRN must not turn the stored sex to unknown.
-    empty = {"sex": pid.comp(8), "name": full, "birth_date": pid.comp(7)}
+    parts = (*name[0][1:3], name[0][0]) if name else ()
+    full = " ".join(p for p in parts if p.strip() and not _is_null(p)).strip()
+    sex, born = pid.comp(8), pid.comp(7)
+    deleted_name = not full and any(_is_null(p) for p in parts)  # "" (or ""^"")
+    sent = {"sex": sex, "name": HL7_NULL if deleted_name else full, "birth_date": born}
     return PatientRecord(
         ref=ref,
-        sex=_SEX.get(pid.comp(8).upper()[:1], "unknown"),
+        sex="unknown" if _is_null(sex) else _SEX.get(sex.upper()[:1], "unknown"),
         mrn=mrn,
         name=full or None,
-        birth_date=_birth_date(pid.comp(7)),
+        birth_date=_birth_date(born),
         source_ref=loc,
-        absent=frozenset(k for k, v in empty.items() if not v.strip()),
+        absent=frozenset(k for k, v in sent.items() if not v.strip()),
     )
 
 
+def _is_null(text: str) -> bool:
+    """Whether a field (or component) is the HL7 null ``""``: delete the stored value."""
+    return text.strip() == HL7_NULL
+
+
 def _birth_date(text: str) -> date | None:
-    """PID-7 as a date; None when empty or partial (a year, a month: no day to compare
+    """PID-7 as a date; None when empty, the HL7 null ``""`` (the sender deletes the
+    birth date: not an unreadable one) or partial (a year, a month: no day to compare
     measurements against, as for a partial FHIR birthDate).
 
     Raises:
@@ -262,7 +280,7 @@ def _birth_date(text: str) -> date | None:
             is an identifier.
     """
     text = text.strip()
-    if not text:
+    if not text or _is_null(text):
         return None
     m = DTM.match(text)
     if m is None:
