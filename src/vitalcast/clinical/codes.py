@@ -109,8 +109,8 @@ ICU_TYPES: dict[int, str] = {1: "CCU", 2: "CSRU", 3: "MICU", 4: "SICU"}
 # - The mixed "Medical/Surgical Intensive Care Unit (MICU/SICU)" is deliberately absent:
 #   it takes medical and surgical patients alike, whose mortality differs (PhysioNet
 #   2012 sets A and B: in-hospital death 19.2 % of MICU, 14.6 % of SICU stays), and the
-#   unit name cannot tell which a stay is. Either choice would be a guess stated as a fact; unknown is what the model is
-#   told (see :func:`icu_type`).
+#   unit name cannot tell which a stay is. Either choice would be a guess stated as a
+#   fact; unknown is what the model is told (see :func:`icu_type`).
 # Every other name (a general ward, "Neuro Stepdown", "4 West") has no ICU type.
 _ICU_TYPE_OF_NAME: dict[str, str] = {
     "ccu": "CCU",
