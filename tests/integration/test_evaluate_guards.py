@@ -213,6 +213,14 @@ def test_tabular_task_file_and_evaluation_errors(
     assert len(_evaluations(tmp_path / "registry", version)) == 1
     res = run_cli(env, "report", "--model", version, "--markdown")
     assert "Validation on unseen data: unseen.csv" in res.output
+    # The HTML model card shows it too, with its own plots (the decision curve included).
+    card = tmp_path / "card.html"
+    res = run_cli(env, "report", "--model", version, "--out", str(card))
+    assert res.exit_code == 0, res.output
+    page = card.read_text()
+    assert "<h2>Validation on unseen data: unseen.csv</h2>" in page
+    assert page.count("decision-curve plots") == 2
+    assert 'aria-label="Performance (Validation on unseen data: unseen.csv)"' in page
 
 
 NUMERIC = "[age, trestbps, chol, thalach, oldpeak, ca]"

@@ -100,6 +100,12 @@ def test_named_task_files_keep_their_own_champions_and_outcomes(
     )
     res = run_cli(env, *evaluate, "--task-file", str(heart), "--json")
     assert res.exit_code == 0, res.output
+    # The model card in the UI shows that evaluation beside the internal validation.
+    creds.user("dana", "data_scientist")
+    browser = app.test_client()
+    creds.login(browser, "dana")
+    card = browser.get(f"/models/{first['version']}/report").get_data(as_text=True)
+    assert "<h2>Validation on unseen data: unseen.csv</h2>" in card
     # `--model champion` means the task file's task's champion, not another's.
     res = run_cli(
         env, "evaluate", "--model", "champion", "--task-file", str(severe), "--data", str(unseen)
@@ -111,7 +117,7 @@ def test_named_task_files_keep_their_own_champions_and_outcomes(
 
     # Served side by side: each request reaches its task's champion.
     state = get_state(app)
-    assert refresh_task_champions(state)
+    refresh_task_champions(state)  # or the app's watcher already has: either way, loaded
     assert {"tabular:heart", "tabular:heart-severe"} <= set(state.task_champions)
     frame = load_dataset(get_task("tabular:heart"), session=None, task_file=heart, data=unseen).X
     row = {

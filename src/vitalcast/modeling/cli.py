@@ -543,7 +543,8 @@ def models_rollback(ctx: click.Context, task_name: str, rescore: bool) -> None:
 def report(
     ctx: click.Context, model_ref: str, task_name: str | None, out: Path | None, markdown: bool
 ) -> None:
-    """Write the HTML model card (model card + TRIPOD+AI items, plots, subgroups)."""
+    """Write the HTML model card (model card + TRIPOD+AI items, plots, subgroups), with
+    every stored evaluation on unseen data."""
     from vitalcast.modeling.external_validation import evaluations_of
     from vitalcast.modeling.report import render_html, render_markdown
     from vitalcast.modeling.service import get_version_or_raise, sidecar_of
@@ -551,14 +552,15 @@ def report(
     with _session(ctx) as session:
         row = get_version_or_raise(session, model_ref, task_name)
         sidecar = sidecar_of(row)
+    evaluations = evaluations_of(Path(row.artifact_path).parent)
     if markdown:
-        click.echo(render_markdown(sidecar, evaluations_of(Path(row.artifact_path).parent)))
+        click.echo(render_markdown(sidecar, evaluations))
         return
     from vitalcast.errors import VitalcastError
 
     target = out or Path(f"model-report-{sidecar['version']}.html")
     try:
-        target.write_text(render_html(sidecar), encoding="utf-8")
+        target.write_text(render_html(sidecar, evaluations), encoding="utf-8")
     except OSError as exc:  # a missing folder, a directory, no permission: the user's to fix
         raise VitalcastError(f"--out {target}: cannot write the report ({exc.strerror})") from None
     click.echo(str(target))

@@ -157,8 +157,10 @@ def _of_patients(data: dict[str, Any]) -> str:
     return "" if n is None else f" ({n} patients)"
 
 
-def render_html(sidecar: dict[str, Any]) -> str:
-    """The model card of one registered version."""
+def render_html(sidecar: dict[str, Any], evaluations: list[dict[str, Any]] | None = None) -> str:
+    """The model card of one registered version: its internal validation, then every
+    stored evaluation on data it never saw (:func:`_performance_html` each), the figures
+    a reader should weigh most."""
     task = get_task(sidecar["task"])
     m = sidecar.get("metrics", {})
     model, data = sidecar.get("model", {}), sidecar.get("data", {})
@@ -215,65 +217,10 @@ def render_html(sidecar: dict[str, Any]) -> str:
         ),
         "<p>Missing values: median imputation with missingness indicators (linear models)"
         " or measurement counts (trees), fitted inside each training fold.</p>",
-        f"<h2>Performance: {html.escape(str(m.get('validation', '')))}</h2>",
-        _table("Performance", ["metric", "value", "95 % CI"], [list(r) for r in metric_rows(m)]),
     ]
-    if note := h_noise_note(m):
-        parts.append(f"<p>{html.escape(note)}</p>")
-    if "by_landmark" in m:
-        parts += [
-            "<h3>By landmark</h3>",
-            # A risk is shown at every hour of a stay, so its calibration at each landmark
-            # belongs beside its discrimination there.
-            _table(
-                "Performance by landmark",
-                ["landmark (h)", "n", "AUROC", "Brier", "calibration slope", "intercept"],
-                [
-                    [
-                        h,
-                        str(v["n"]),
-                        _fmt(v["auroc"]),
-                        _fmt(v["brier"]),
-                        _fmt(v.get("calibration_slope")),
-                        _fmt(v.get("calibration_intercept")),
-                    ]
-                    for h, v in by_landmark(m)
-                ],
-            ),
-        ]
-    if "baseline" in m:
-        parts.append(
-            f"<p>Baseline {html.escape(m['baseline']['name'])}: AUROC"
-            f" {_fmt(m['baseline']['auroc'])} on the same rows.</p>"
-        )
-    png = _plots(m.get("curves", {}))
-    if png:
-        parts.append(
-            '<img alt="ROC, precision-recall, calibration and decision-curve plots"'
-            f' src="data:image/png;base64,{png}">'
-        )
-    for col, groups in m.get("subgroups", {}).items():
-        parts += [
-            f"<h3>Subgroups by {html.escape(col.replace('_', ' '))}</h3>",
-            f"<p>Estimates only for groups with at least {SUBGROUP_MIN_CLASS} events and"
-            f" {SUBGROUP_MIN_CLASS} non-events; smaller groups by size only.</p>",
-            _table(
-                f"Subgroups by {col.replace('_', ' ')}",
-                ["group", "n", "prevalence", "AUROC", "mean risk", "Se", "PPV"],
-                [
-                    [
-                        g,
-                        str(int(v.get("n") or 0)),
-                        _fmt(v.get("prevalence")),
-                        _fmt(v.get("auroc")),
-                        _fmt(v.get("mean_risk")),
-                        _fmt(v.get("sensitivity")),
-                        _fmt(v.get("ppv")),
-                    ]
-                    for g, v in groups.items()
-                ],
-            ),
-        ]
+    parts += _performance_html(f"Performance: {m.get('validation', '')}", m)
+    for ev in evaluations or []:
+        parts += _performance_html(_evaluation_title(sidecar, ev), ev)
     parts += [
         "<h2>Model building (TRIPOD+AI 12)</h2>",
         _table(
@@ -305,6 +252,78 @@ def render_html(sidecar: dict[str, Any]) -> str:
         + "".join(parts)
         + "</main></body></html>"
     )
+
+
+def _performance_html(title: str, m: dict[str, Any]) -> list[str]:
+    """One block of figures (the training's internal validation, or a stored evaluation on
+    unseen data): metrics with intervals, H's noise note, landmarks, baseline, plots and
+    subgroups, each table named after the block so that a screen reader tells them apart."""
+    name = "" if title.startswith("Performance") else f" ({title})"
+    parts = [
+        f"<h2>{html.escape(title)}</h2>",
+        _table(
+            "Performance" + name,
+            ["metric", "value", "95 % CI"],
+            [list(r) for r in metric_rows(m)],
+        ),
+    ]
+    if note := h_noise_note(m):
+        parts.append(f"<p>{html.escape(note)}</p>")
+    if "by_landmark" in m:
+        parts += [
+            "<h3>By landmark</h3>",
+            # A risk is shown at every hour of a stay, so its calibration at each landmark
+            # belongs beside its discrimination there.
+            _table(
+                "Performance by landmark" + name,
+                ["landmark (h)", "n", "AUROC", "Brier", "calibration slope", "intercept"],
+                [
+                    [
+                        h,
+                        str(v["n"]),
+                        _fmt(v["auroc"]),
+                        _fmt(v["brier"]),
+                        _fmt(v.get("calibration_slope")),
+                        _fmt(v.get("calibration_intercept")),
+                    ]
+                    for h, v in by_landmark(m)
+                ],
+            ),
+        ]
+    if "baseline" in m:
+        parts.append(
+            f"<p>Baseline {html.escape(m['baseline']['name'])}: AUROC"
+            f" {_fmt(m['baseline']['auroc'])} on the same rows.</p>"
+        )
+    png = _plots(m.get("curves", {}))
+    if png:
+        shown = "ROC, precision-recall, calibration" + (
+            " and decision-curve plots" if m["curves"].get("decision") else " plots"
+        )
+        parts.append(f'<img alt="{shown}" src="data:image/png;base64,{png}">')
+    for col, groups in m.get("subgroups", {}).items():
+        parts += [
+            f"<h3>Subgroups by {html.escape(col.replace('_', ' '))}</h3>",
+            f"<p>Estimates only for groups with at least {SUBGROUP_MIN_CLASS} events and"
+            f" {SUBGROUP_MIN_CLASS} non-events; smaller groups by size only.</p>",
+            _table(
+                f"Subgroups by {col.replace('_', ' ')}{name}",
+                ["group", "n", "prevalence", "AUROC", "mean risk", "Se", "PPV"],
+                [
+                    [
+                        g,
+                        str(int(v.get("n") or 0)),
+                        _fmt(v.get("prevalence")),
+                        _fmt(v.get("auroc")),
+                        _fmt(v.get("mean_risk")),
+                        _fmt(v.get("sensitivity")),
+                        _fmt(v.get("ppv")),
+                    ]
+                    for g, v in groups.items()
+                ],
+            ),
+        ]
+    return parts
 
 
 def render_markdown(

@@ -8,6 +8,7 @@ monitoring capabilities as they land, through the same rows.
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, render_template
@@ -81,6 +82,7 @@ REPORT_CSP = (
 @requires(Permission.MODELS_READ)
 def model_report(version: str) -> Response:
     """The model card (modeling.report) rendered from the version's registry sidecar."""
+    from vitalcast.modeling.external_validation import evaluations_of
     from vitalcast.modeling.registry import RegistryError
     from vitalcast.modeling.report import render_html
     from vitalcast.modeling.service import sidecar_of
@@ -89,9 +91,15 @@ def model_report(version: str) -> Response:
     if row is None:
         raise NotFound("no model with that version")
     try:
-        document = render_html(sidecar_of(row))
+        sidecar = sidecar_of(row)
     except RegistryError as exc:
         raise NotFound(f"no report for this version: {exc}") from exc
+    try:
+        # Stored evaluations are the figures on unseen data: the card shows them too.
+        evaluations = evaluations_of(Path(row.artifact_path).parent)
+    except (OSError, ValueError):  # a record damaged on disk; never a card without it
+        raise NotFound("no report for this version: a stored evaluation cannot be read") from None
+    document = render_html(sidecar, evaluations)
     audit_event("model.report.viewed", "R", resource=f"ModelVersion/{row.version}")
     response = Response(document, mimetype="text/html")
     response.headers["Content-Security-Policy"] = REPORT_CSP
