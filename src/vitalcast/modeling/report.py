@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from typing import Any
 
 from vitalcast.modeling.evaluate import HL_NULL_DRAWS, SUBGROUP_MIN_CLASS
@@ -78,6 +79,20 @@ def population_sentence(task: Task) -> str | None:
         f"vitalcast scores only {task.population.label}; other encounters are shown"
         f" without a risk, with the reason. {task.population.basis}"
     )
+
+
+def in_order(groups: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Subgroups in reading order: bands by their first number, "<50" before "50-64",
+    then named groups alphabetically (stored sidecars sort keys as text, which put "<50"
+    after "80+")."""
+
+    def key(label: str) -> tuple[int, float, str]:
+        number = re.search(r"\d+(?:\.\d+)?", label)
+        if number is None:
+            return (2, 0.0, label)
+        return (0 if label.startswith("<") else 1, float(number.group()), label)
+
+    return sorted(groups.items(), key=lambda item: key(item[0]))
 
 
 def _plots(curves: dict[str, Any]) -> str:
@@ -319,7 +334,7 @@ def _performance_html(title: str, m: dict[str, Any]) -> list[str]:
                         _fmt(v.get("sensitivity")),
                         _fmt(v.get("ppv")),
                     ]
-                    for g, v in groups.items()
+                    for g, v in in_order(groups)
                 ],
             ),
         ]
@@ -451,7 +466,7 @@ def _markdown_block(title: str, m: dict[str, Any]) -> list[str]:
             f"| {g} | {int(v.get('n') or 0)} | {_fmt(v.get('prevalence'))} | {_fmt(v.get('auroc'))}"
             f" | {_fmt(v.get('mean_risk'))} | {_fmt(v.get('calibration_intercept'))}"
             f" | {_fmt(v.get('sensitivity'))} | {_fmt(v.get('ppv'))} |"
-            for g, v in groups.items()
+            for g, v in in_order(groups)
         ]
         lines.append("")
     return lines

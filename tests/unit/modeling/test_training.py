@@ -341,3 +341,13 @@ def test_served_factors_equal_the_scikit_learn_path(
     cols, est = _calibrated(dataset, spec, method, ensemble)
     rows = [{}, *dataset.X[cols].iloc[:30].to_dict("records")]
     assert_served_factors_match_sklearn(est, cols, rows)
+
+
+def test_subgroup_bands_are_listed_in_reading_order() -> None:
+    from vitalcast.modeling.report import in_order
+
+    ages = {"80+": {}, "<50": {}, "65-79": {}, "50-64": {}, "unknown": {}}
+    assert [g for g, _ in in_order(ages)] == ["<50", "50-64", "65-79", "80+", "unknown"]
+    bands = {"[70-80)": {}, "[100-110)": {}, "[0-10)": {}}
+    assert [g for g, _ in in_order(bands)] == ["[0-10)", "[70-80)", "[100-110)"]
+    assert [g for g, _ in in_order({"male": {}, "female": {}})] == ["female", "male"]
