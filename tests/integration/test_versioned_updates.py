@@ -169,6 +169,28 @@ def test_hl7_null_deletes_the_birth_date_the_age_from_it_the_name_and_sex(
     assert _stay(engine).age_years == 63.0
 
 
+def test_hl7_null_deletes_the_unit_and_an_empty_pv1_3_keeps_it(
+    engine: Engine, cipher: FieldCipher
+) -> None:
+    """A PV1-3 of "" (the sender deletes the location) was stored as a unit named "",
+    which no unit filter or ICU type knows; it now deletes the stored unit, while an empty
+    PV1-3 (not sent) keeps it, as for the patient's fields."""
+    _hl7(engine, cipher, ADT_A01)
+    assert _stay(engine).unit == "MICU"
+    kept = ADT_A08.replace("CCU^3^B", "")
+    _hl7(engine, cipher, kept)
+    assert _stay(engine).unit == "MICU"
+    deleted = _stale(ADT_A08.replace("CCU^3^B", '""'), "20240303090000")
+    assert _hl7(engine, cipher, deleted).updated == {"encounter": 1, "patient": 1}
+    assert _stay(engine).unit is None
+    # An admission whose PV1-3 is "" stores no unit at all.
+    with Session(engine) as session:
+        session.execute(Encounter.__table__.delete())
+        session.commit()
+    _hl7(engine, cipher, _stale(ADT_A01.replace("MICU^12^A", '""'), "20240304090000"))
+    assert _stay(engine).unit is None
+
+
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",
     "id": "pv-1",

@@ -61,6 +61,10 @@ class PatientRecord:
         return {k: v for k, v in raw.items() if v}
 
 
+# Encounter fields a source can delete (EncounterRecord.cleared).
+DeletableField = Literal["unit", "admission_source"]
+
+
 @dataclass(frozen=True, slots=True)
 class EncounterRecord:
     """A hospital or ICU stay."""
@@ -86,6 +90,9 @@ class EncounterRecord:
     # version of a discharged stay it cancels that discharge. False when the source only
     # leaves the discharge out (an HL7 A08 need not repeat PV1-45; its ADT^A13 cancels).
     in_progress_stated: bool = False
+    # Fields the source deletes (the HL7 v2 null ``""`` in PV1-3 or PV1-14): a newer
+    # version sets them to none, where a field left out (None) keeps the stored value.
+    cleared: frozenset[DeletableField] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

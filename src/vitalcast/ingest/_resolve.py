@@ -654,7 +654,8 @@ def _stored_versions(
 
 
 def _encounter_change(encounter_id: int, rec: EncounterRecord) -> dict[str, Any]:
-    """The columns a newer version replaces; what it leaves out (None) is kept."""
+    """The columns a newer version replaces; what it leaves out (None) is kept, what it
+    deletes (``rec.cleared``) becomes none."""
     change: dict[str, Any] = {
         "id": encounter_id,
         "kind": rec.kind,
@@ -671,4 +672,5 @@ def _encounter_change(encounter_id: int, rec: EncounterRecord) -> dict[str, Any]
         "attributes": rec.attributes,
     }
     change.update({k: v for k, v in optional.items() if v is not None})
+    change.update(dict.fromkeys(rec.cleared))  # deleted by the source: none from now on
     return change

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import hl7
 
-from vitalcast.clinical.records import EncounterRecord, PatientRecord, RecordBatch, Rejected, Sex
+from vitalcast.clinical.records import (
+    DeletableField,
+    EncounterRecord,
+    PatientRecord,
+    RecordBatch,
+    Rejected,
+    Sex,
+)
 from vitalcast.clinical.times import TimeOutOfRange, check_year
 from vitalcast.ingest.sources._hl7_cancels import CANCELS, add_cancellation, visit_ref
 from vitalcast.ingest.sources._hl7_fields import DTM, Problem, Seg
@@ -264,6 +271,11 @@ def _patient(pid: Seg, ref: str, loc: str) -> PatientRecord:
     )
 
 
+def _sent(text: str) -> str | None:
+    """A field's text, or None when it is empty or the HL7 null ``""``."""
+    return None if not text.strip() or _is_null(text) else text
+
+
 def _is_null(text: str) -> bool:
     """Whether a field (or component) is the HL7 null ``""``: delete the stored value."""
     return text.strip() == HL7_NULL
@@ -330,6 +342,11 @@ def _encounter(
         problem = "no admit time (PV1-44 or EVN)" if admitted is None else ""
         code = "no_time"
     ref = visit_ref(visit, patient_ref, admitted, pseudonym)
+    # The HL7 null "" deletes the stored unit or admission source (an empty field keeps
+    # it): before, a PV1-3 of "" was stored as a unit named "".
+    unit, source = pv1.comp(3, 1), pv1.comp(14)
+    deletable: dict[DeletableField, str] = {"unit": unit, "admission_source": source}
+    cleared = frozenset(name for name, text in deletable.items() if _is_null(text))
     batch.received += 1
     if admitted is None:
         batch.rejected.append(Rejected(loc, code, problem, None, "encounter"))
@@ -341,8 +358,9 @@ def _encounter(
             admitted_at=admitted,
             discharged_at=discharged,
             kind=_KIND.get(pv1.comp(2).upper(), "inpatient"),  # type: ignore[arg-type]
-            unit=pv1.comp(3, 1) or None,
-            admission_source=pv1.comp(14) or None,
+            unit=_sent(unit),
+            admission_source=_sent(source),
+            cleared=cleared,
             source_ref=loc,
             version=version,
             admission_known=admission_known,
