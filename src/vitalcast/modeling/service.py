@@ -31,7 +31,9 @@ from vitalcast.modeling.registry import (
     check_sidecar,
     discard_version,
     is_staging,
+    is_uncommitted,
     load_model,
+    mark_committed,
     publish_version,
     read_sidecar,
     read_sidecar_hashed,
@@ -222,7 +224,7 @@ def register_version(
         # Saved with publish=False: move it into place before the row names it (a row
         # naming a missing folder is a champion serving cannot load), and remove it again
         # unless this transaction commits. Only a folder moved here is ever removed.
-        publish_version(folder)
+        publish_version(folder, uncommitted=True)
         _discard_unless_committed(session, folder)
     sidecar, sidecar_sha256 = read_sidecar_hashed(folder)
     check_sidecar(folder.name, sidecar, task=task, threshold=threshold)
@@ -301,16 +303,29 @@ def _discard_unless_committed(session: Session, folder: Path) -> None:
 
     Service functions never commit (their caller does, or rolls back, or dies), so the
     folder's fate is tied to the transaction itself: on a rollback, a failed commit or a
-    session closed without committing, the folder goes; on the commit it stays.
+    session closed without committing, the folder goes; on the commit it stays. Its
+    :data:`~vitalcast.modeling.registry.UNCOMMITTED` mark is removed just before the
+    commit, so that a process killed in between leaves a folder that ``models prune``
+    lists but never removes (the safe side: it may be registered), never a registered
+    version that another database's ``prune`` would take for a killed registration.
     """
     pending: list[Path] | None = session.info.get(_UNCOMMITTED)
     if pending is None:
         pending = session.info[_UNCOMMITTED] = []
+        event.listen(session, "before_commit", _committing)
         event.listen(session, "after_commit", _kept)
         event.listen(session, "after_transaction_end", _discarded)
     pending.append(folder)
     if not session.in_transaction():
         session.begin()  # so that its end, commit or not, is an event even before any query
+
+
+def _committing(session: Session) -> None:
+    # Fired for a savepoint's release too: only the outermost commit makes the row durable.
+    # Should the commit then fail, _discarded still removes the folders.
+    if not session.in_nested_transaction():
+        for folder in session.info.get(_UNCOMMITTED, []):
+            mark_committed(folder)
 
 
 def _kept(session: Session) -> None:
@@ -471,33 +486,51 @@ class StrayFolder:
     """A registry folder no registered version owns (:func:`stray_folders`)."""
 
     path: Path
-    kind: str  # "incomplete" (a staging folder) or "unregistered" (a version, no row)
+    # "incomplete" (a staging folder), "unregistered" (a version moved into place by a
+    # registration that never committed) or "foreign" (a version no row of this database
+    # names that no registration of any left: another database's, or one saved offline)
+    kind: str
     size: int  # bytes
     age_s: float  # since its last change
+
+    @property
+    def prunable(self) -> bool:
+        """Whether ``models prune --delete`` may remove it: never a foreign version, which
+        may be another database's champion."""
+        return self.kind != "foreign"
 
 
 def stray_folders(session: Session, registry_dir: Path) -> list[StrayFolder]:
     """What interrupted registrations left in ``registry_dir``: staging folders, and
-    version folders that no row names (a process killed between moving a version into
-    place and committing its row). Matched by version name, not path, so that a registry
-    restored to another directory is not taken for strays."""
+    version folders that no row names, told apart by their
+    :data:`~vitalcast.modeling.registry.UNCOMMITTED` mark (a process killed between
+    moving a version into place and committing its row) from versions registered
+    elsewhere (a registry directory shared by two databases). Matched by name (the row's
+    version, and its artifact's folder), not path, so that a registry restored to another
+    directory is not taken for strays. A folder that disappears while it is read (a
+    registration in progress removing its own) is skipped.
+    """
     if not registry_dir.is_dir():
         return []
     known = set(session.scalars(select(ModelVersion.version)))
+    known |= {Path(p).parent.name for p in session.scalars(select(ModelVersion.artifact_path))}
     now = time.time()
     out = []
     for entry in sorted(registry_dir.iterdir()):
-        if not entry.is_dir() or entry.is_symlink():
+        try:
+            if not entry.is_dir() or entry.is_symlink():
+                continue
+            if is_staging(entry.name):
+                kind = "incomplete"
+            elif entry.name.startswith(".") or entry.name in known:
+                continue
+            else:
+                kind = "unregistered" if is_uncommitted(entry) else "foreign"
+            stats = [entry.stat()] + [f.stat() for f in entry.rglob("*") if f.is_file()]
+        except FileNotFoundError:
             continue
-        if is_staging(entry.name):
-            kind = "incomplete"
-        elif entry.name.startswith(".") or entry.name in known:
-            continue
-        else:
-            kind = "unregistered"
-        files = [f for f in entry.rglob("*") if f.is_file()]
-        changed = max([entry.stat().st_mtime] + [f.stat().st_mtime for f in files])
-        out.append(StrayFolder(entry, kind, sum(f.stat().st_size for f in files), now - changed))
+        size = sum(st.st_size for st in stats[1:])
+        out.append(StrayFolder(entry, kind, size, now - max(st.st_mtime for st in stats)))
     return out
 
 
