@@ -41,7 +41,7 @@ from vitalcast.modeling.registry import (
     staging_dir,
 )
 from vitalcast.modeling.tables import ModelVersion
-from vitalcast.modeling.tasks import TABULAR, Task, get_task
+from vitalcast.modeling.tasks import TABULAR, Task, TaskError, get_task, is_task_file_task
 from vitalcast.modeling.train import DEFAULT_SEED, CandidateSpec, fit_model
 from vitalcast.security import audit
 
@@ -103,6 +103,8 @@ def train_and_register(
             task_file=task_file,
             part="train",
         )
+    if session is not None:
+        check_same_outcome(session, spec, dataset)
     result = fit_model(dataset, spec, seed=seed, n_splits=n_splits, budget=budget)
     fits = dataset.training_rows(spec)
     metrics = validation_metrics(spec, dataset, result.oof_proba, result.threshold, n_boot=n_boot)
@@ -162,6 +164,39 @@ def train_and_register(
     return TrainOutcome(
         version, spec.name, metrics, result.threshold, path, sha, alias, result.seconds
     )
+
+
+def check_same_outcome(session: Session, spec: Task, dataset: Dataset) -> None:
+    """A named task file's data must define the outcome its task's models predict.
+
+    Why: ``name: heart`` is what API clients ask for (``{"task": "tabular:heart"}``). A
+    second table whose task file reuses the name with another label or other positive
+    values would join the task, and a promotion or a rollback would then silently change
+    the question the served risk answers. (The unnamed ``tabular`` task is any table's by
+    design; its files are not compared.)
+
+    Raises:
+        TaskError: a registered version of the task recorded another outcome.
+    """
+    if spec.name == TABULAR or not is_task_file_task(spec) or dataset.outcome is None:
+        return
+    for row in list_versions(session, spec.name):
+        try:
+            trained = (sidecar_of(row).get("data") or {}).get("outcome")
+        except RegistryError:
+            continue  # a version whose files are gone says nothing about the outcome
+        if trained is not None and trained != dataset.outcome:
+            raise TaskError(
+                f"{spec.name}: the task file's outcome is {_outcome_words(dataset.outcome)};"
+                f" the task's models (such as {row.version}) predict"
+                f" {_outcome_words(trained)}. A task file of another outcome needs its own"
+                " `name`"
+            )
+
+
+def _outcome_words(outcome: dict[str, Any]) -> str:
+    """``column 'num' = '3', '4'``: a task file's outcome as messages say it."""
+    return f"column {outcome['column']!r} = {', '.join(map(repr, outcome['positive']))}"
 
 
 def data_summary(dataset: Dataset, spec: Task) -> dict[str, Any]:
