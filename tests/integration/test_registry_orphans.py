@@ -316,3 +316,33 @@ def test_prune_says_which_folder_it_could_not_remove_and_exits_1(
     assert "removed 1 folders" in res.output
     assert "Traceback" not in res.output
     assert _entries(registry) == [stuck.name]
+
+
+def test_a_registration_follows_its_savepoint_and_its_session_outlives_a_rollback(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A row written in a savepoint that is rolled back is gone even when the outer
+    transaction commits: its folder used to stay, no row naming it. One released stays
+    with the outer commit; and a session rolled back once still ties the next
+    registration to its transaction."""
+    registry = tmp_path / "registry"
+    engine = create_db_engine(pg_url)
+    try:
+        with Session(engine) as session:
+            first = _save(registry, 20, publish=False)
+            _register(session, *first)
+            session.rollback()
+            assert _entries(registry) == []
+            kept = _save(registry, 21, publish=False)
+            with session.begin_nested():
+                _register(session, *kept)
+            dropped = _save(registry, 22, publish=False)
+            savepoint = session.begin_nested()
+            _register(session, *dropped)
+            savepoint.rollback()
+            assert _entries(registry) == [kept[0]]
+            session.commit()
+        assert _entries(registry) == [kept[0]]
+        assert not (registry / kept[0] / UNCOMMITTED).exists()
+    finally:
+        engine.dispose()

@@ -333,50 +333,73 @@ def _record_version(
 _UNCOMMITTED = "vitalcast.registry.uncommitted"
 
 
+@dataclass
+class _Pending:
+    """A folder moved into place for a row not yet committed, and the transaction (the
+    outermost one, or the savepoint) that row was written in."""
+
+    folder: Path
+    owner: SessionTransaction
+
+
+def _innermost(session: Session) -> SessionTransaction:
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    assert transaction is not None  # the caller began one
+    return transaction
+
+
 def _discard_unless_committed(session: Session, folder: Path) -> None:
     """Remove ``folder`` when the session's transaction ends without committing.
 
     Service functions never commit (their caller does, or rolls back, or dies), so the
     folder's fate is tied to the transaction itself: on a rollback, a failed commit or a
-    session closed without committing, the folder goes; on the commit it stays. Its
+    session closed without committing, the folder goes; on the commit it stays. A row
+    written inside a savepoint follows the savepoint: rolled back to, the folder goes
+    (even if the outer transaction commits); released, the outer transaction decides. Its
     :data:`~vitalcast.modeling.registry.UNCOMMITTED` mark is removed just before the
     commit, so that a process killed in between leaves a folder that ``models prune``
     lists but never removes (the safe side: it may be registered), never a registered
     version that another database's ``prune`` would take for a killed registration.
     """
-    pending: list[Path] | None = session.info.get(_UNCOMMITTED)
+    pending: list[_Pending] | None = session.info.get(_UNCOMMITTED)
     if pending is None:
         pending = session.info[_UNCOMMITTED] = []
         event.listen(session, "before_commit", _committing)
         event.listen(session, "after_commit", _kept)
         event.listen(session, "after_transaction_end", _discarded)
-    pending.append(folder)
     if not session.in_transaction():
         session.begin()  # so that its end, commit or not, is an event even before any query
+    pending.append(_Pending(folder, _innermost(session)))
 
 
 def _committing(session: Session) -> None:
     # Fired for a savepoint's release too: only the outermost commit makes the row durable.
     # Should the commit then fail, _discarded still removes the folders.
     if not session.in_nested_transaction():
-        for folder in session.info.get(_UNCOMMITTED, []):
-            mark_committed(folder)
+        for entry in session.info.get(_UNCOMMITTED, []):
+            mark_committed(entry.folder)
 
 
 def _kept(session: Session) -> None:
-    # Fired for a savepoint's release too: only the outermost commit makes the row durable.
-    if not session.in_nested_transaction():
-        session.info.get(_UNCOMMITTED, []).clear()
+    committed = _innermost(session)  # still the current one while after_commit runs
+    pending: list[_Pending] = session.info.get(_UNCOMMITTED, [])
+    if committed.parent is None:
+        pending.clear()
+        return
+    for entry in pending:  # a savepoint released: its rows are now the outer transaction's
+        if entry.owner is committed:
+            entry.owner = committed.parent
 
 
 def _discarded(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is not None:
-        return  # a savepoint: the outer transaction may still commit
-    pending: list[Path] = session.info.get(_UNCOMMITTED, [])
-    for folder in pending:
-        discard_version(folder)
-        logger.warning("registration of %s did not commit; its folder was removed", folder.name)
-    pending.clear()
+    pending: list[_Pending] = session.info.get(_UNCOMMITTED, [])
+    ended = [e for e in pending if e.owner is transaction or transaction.parent is None]
+    for entry in ended:  # left here only by a transaction that ended without committing
+        discard_version(entry.folder)
+        logger.warning(
+            "registration of %s did not commit; its folder was removed", entry.folder.name
+        )
+    pending[:] = [e for e in pending if e not in ended]
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
