@@ -443,7 +443,7 @@ def models_prune(ctx: click.Context, registry: Path | None, delete: bool, older_
         for s in old:
             errors: list[str] = []
             shutil.rmtree(s.path, onerror=_rmtree_errors(errors))
-            if errors or s.path.exists():
+            if s.path.exists():  # gone is gone, even if another prune got there first
                 unremoved.append(s)
                 reason = errors[0] if errors else "still there"
                 click.echo(f"could not remove {s.path.name} ({reason})", err=True)
