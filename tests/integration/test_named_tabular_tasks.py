@@ -117,7 +117,8 @@ def test_named_task_files_keep_their_own_champions_and_outcomes(
 
     # Served side by side: each request reaches its task's champion.
     state = get_state(app)
-    refresh_task_champions(state)  # or the app's watcher already has: either way, loaded
+    # The app's own watcher (every 5 s) may have loaded them already: refreshed either way.
+    refresh_task_champions(state)
     assert {"tabular:heart", "tabular:heart-severe"} <= set(state.task_champions)
     frame = load_dataset(get_task("tabular:heart"), session=None, task_file=heart, data=unseen).X
     row = {
@@ -148,3 +149,26 @@ def test_named_task_files_keep_their_own_champions_and_outcomes(
     assert "tabular:NAME" in json.dumps(response.get_json())
     document = client.get("/api/v1/openapi.json").get_json()
     assert "Features_tabular.heart-severe" in document["components"]["schemas"]
+
+
+def test_a_second_table_reusing_a_name_for_another_outcome_is_refused(
+    pg_url: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """`name: heart` is what API clients ask for. A second task file that reused the name
+    for another outcome (severe disease, not any) joined tabular:heart, and promoting its
+    model changed, under the same name, the question the served risk answers."""
+    env = model_env(pg_url, tmp_path)
+    _, csv = heart_task_files(shared_data, tmp_path)
+    first = _trained(env, _task_file(tmp_path, "heart"), csv)
+    train = ("train", "--task", "tabular", "--data", str(csv), "--budget", "fast")
+    refused(
+        run_cli(env, *train, "--task-file", str(_task_file(tmp_path, "heart", SEVERE))),
+        "tabular:heart: the task file's outcome is column 'num' = '3', '4'; the task's"
+        f" models (such as {first['version']}) predict column 'num' = '1', '2', '3', '4'."
+        " A task file of another outcome needs its own `name`",
+    )
+    listed = run_cli(env, "models", "list", "--task", "tabular:heart", "--json")
+    assert [r["version"] for r in json.loads(listed.output)] == [first["version"]]
+    # The same outcome under the name trains a new version of the task (a challenger).
+    again = run_cli(env, *train, "--seed", "7", "--task-file", str(_task_file(tmp_path, "heart")))
+    assert again.exit_code == 0, again.output

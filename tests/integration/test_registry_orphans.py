@@ -9,6 +9,7 @@ a folder no row knows, taking space and evaluable by name as if it were a model,
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,17 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from tests.model_cli import model_env, run_cli
+from tests.services import DatabaseFactory
 from vitalcast.db import create_db_engine
-from vitalcast.modeling.registry import ARTIFACT, SIDECAR, RegistryError, resolve, save_model
+from vitalcast.modeling.registry import (
+    ARTIFACT,
+    SIDECAR,
+    UNCOMMITTED,
+    RegistryError,
+    publish_version,
+    resolve,
+    save_model,
+)
 from vitalcast.modeling.service import register_version
 
 TASK = """\
@@ -120,6 +130,14 @@ def _save(registry: Path, seed: int, *, publish: bool) -> tuple[str, Path, str]:
     return version, path, sha
 
 
+def _killed_mid_registration(registry: Path, seed: int) -> str:
+    """What a registration killed between moving its folder into place and committing its
+    row leaves (register_version's first step, then nothing)."""
+    version, path, _ = _save(registry, seed, publish=False)
+    publish_version(path.parent, uncommitted=True)
+    return version
+
+
 def _register(session: Session, version: str, path: Path, sha: str) -> None:
     register_version(
         session,
@@ -198,7 +216,7 @@ def test_prune_lists_and_removes_what_interrupted_registrations_left(
             session.commit()
     finally:
         engine.dispose()
-    stray, _, _ = _save(registry, 5, publish=True)  # moved into place, never recorded
+    stray = _killed_mid_registration(registry, 5)  # moved into place, never recorded
     (registry / ".incomplete-icu-mortality-x").mkdir()
     (registry / ".incomplete-icu-mortality-x" / ARTIFACT).write_bytes(b"half")
 
@@ -225,3 +243,106 @@ def test_a_staged_folder_is_not_a_model_by_name(tmp_path: Path) -> None:
     version, _, _ = _save(registry, 6, publish=False)
     with pytest.raises(RegistryError, match="not found in the registry"):
         resolve(f".incomplete-{version}", registry)
+
+
+def test_prune_never_removes_another_databases_versions(
+    pg_url: str, databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    """Two databases (production and a staging copy, say) share one registry directory:
+    each one's versions have no row in the other. They used to be listed as
+    "unregistered" and removed by the other's `prune --delete`, champions included; a
+    committed registration now leaves no mark, so they are "foreign" and left alone. So is
+    a version whose folder is named otherwise than its row (matched by its artifact)."""
+    env = model_env(pg_url, tmp_path)
+    registry = Path(env["VITALCAST_REGISTRY_DIR"])
+    other = create_db_engine(databases.new())
+    try:
+        version, path, sha = _save(registry, 6, publish=False)
+        with Session(other) as session:  # the other database's champion
+            _register(session, version, path, sha)
+            assert (path.parent / UNCOMMITTED).is_file()  # until the commit
+            session.commit()
+        assert not (path.parent / UNCOMMITTED).exists()
+    finally:
+        other.dispose()
+    renamed, path, sha = _save(registry, 7, publish=True)
+    engine = create_db_engine(pg_url)
+    try:
+        with engine.begin() as conn:  # this database's row names that folder's artifact
+            conn.execute(
+                text(
+                    "INSERT INTO model_versions (version, task, artifact_path, sha256, threshold,"
+                    " metrics, created_at) VALUES ('icu-mortality-renamed', 'icu-mortality',"
+                    " :p, :s, 0.5, '{}', now())"
+                ),
+                {"p": str(path), "s": sha},
+            )
+    finally:
+        engine.dispose()
+    killed = _killed_mid_registration(registry, 8)
+
+    res = run_cli(env, "models", "prune", "--older-than", "0", "--delete")
+    assert res.exit_code == 0, res.output
+    assert f"foreign       {version}" in res.output
+    assert "another's, or saved offline: left alone" in res.output
+    assert renamed not in res.output
+    assert f"unregistered  {killed}" in res.output
+    assert "removed 1 folders" in res.output
+    assert _entries(registry) == sorted([version, renamed])
+
+
+def test_prune_says_which_folder_it_could_not_remove_and_exits_1(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """`prune --delete` used to ignore every removal error and say "removed N folders"
+    of folders still there (and their space not freed)."""
+    env = model_env(pg_url, tmp_path)
+    registry = Path(env["VITALCAST_REGISTRY_DIR"])
+    stuck = registry / ".incomplete-icu-mortality-stuck"
+    stuck.mkdir(parents=True)
+    (stuck / ARTIFACT).write_bytes(b"half")
+    (registry / ".incomplete-icu-mortality-gone").mkdir()
+    # Root ignores file modes; an immutable file cannot be removed even by root.
+    if subprocess.run(["chattr", "+i", str(stuck / ARTIFACT)], check=False).returncode != 0:
+        pytest.skip("chattr +i is not available on this filesystem")
+    try:
+        res = run_cli(env, "models", "prune", "--older-than", "0", "--delete")
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck / ARTIFACT)], check=True)
+    assert res.exit_code == 1, res.output
+    assert "could not remove .incomplete-icu-mortality-stuck (Operation not permitted)" in (
+        res.output
+    )
+    assert "removed 1 folders" in res.output
+    assert "Traceback" not in res.output
+    assert _entries(registry) == [stuck.name]
+
+
+def test_a_registration_follows_its_savepoint_and_its_session_outlives_a_rollback(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A row written in a savepoint that is rolled back is gone even when the outer
+    transaction commits: its folder used to stay, no row naming it. One released stays
+    with the outer commit; and a session rolled back once still ties the next
+    registration to its transaction."""
+    registry = tmp_path / "registry"
+    engine = create_db_engine(pg_url)
+    try:
+        with Session(engine) as session:
+            first = _save(registry, 20, publish=False)
+            _register(session, *first)
+            session.rollback()
+            assert _entries(registry) == []
+            kept = _save(registry, 21, publish=False)
+            with session.begin_nested():
+                _register(session, *kept)
+            dropped = _save(registry, 22, publish=False)
+            savepoint = session.begin_nested()
+            _register(session, *dropped)
+            savepoint.rollback()
+            assert _entries(registry) == [kept[0]]
+            session.commit()
+        assert _entries(registry) == [kept[0]]
+        assert not (registry / kept[0] / UNCOMMITTED).exists()
+    finally:
+        engine.dispose()

@@ -10,11 +10,17 @@ from pathlib import Path
 import click
 
 from vitalcast.errors import ModelUnavailable
+from vitalcast.modeling.cli import TASK
+from vitalcast.modeling.tasks import TaskError, get_task
 
 
 @click.command("score-batch")
 @click.option(
-    "--task", default="icu-mortality", show_default=True, help="Task whose champion scores."
+    "--task",
+    type=TASK,
+    default="icu-mortality",
+    show_default=True,
+    help="Task whose champion scores (a task scored on stays).",
 )
 @click.option(
     "--as-of",
@@ -52,6 +58,13 @@ def score_batch_command(
     output: Path,
 ) -> None:
     """Score every stay with the task's champion on Spark (same scores as the API)."""
+    if get_task(task).kind != "timeseries":
+        # The stays' features are a stay model's inputs; another task's champion (a task
+        # file's table, a discharge's readmission) scores other inputs, on request.
+        raise TaskError(
+            f"score-batch scores ICU stays; {task}'s champion scores other inputs (POST"
+            " /api/v1/predict and /predict/batch)"
+        )
     from vitalcast.batch.source import count_outside, stays_frame
     from vitalcast.batch.spark import ModelRef, score_population, spark_session
     from vitalcast.cli import get_settings

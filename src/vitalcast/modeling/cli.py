@@ -412,7 +412,10 @@ def models_prune(ctx: click.Context, registry: Path | None, delete: bool, older_
     A registration that fails removes its files itself; only a process killed while
     registering leaves a hidden `.incomplete-VERSION` folder, or a version folder with no
     database row. Neither is ever loaded. They take space, and an unregistered one can be
-    evaluated by name as if it were a model.
+    evaluated by name as if it were a model. A version folder that no registration of
+    this database left ("foreign": another database sharing this registry directory, or
+    a model saved offline) is listed but never removed. Exit code 1 when a folder could
+    not be removed.
     """
     import shutil
 
@@ -421,19 +424,47 @@ def models_prune(ctx: click.Context, registry: Path | None, delete: bool, older_
     folder = _registry(ctx, registry)
     with _session(ctx) as session:
         strays = stray_folders(session, folder)
-    old = [s for s in strays if s.age_s >= older_than * 60]
+    old = [s for s in strays if s.prunable and s.age_s >= older_than * 60]
     for s in strays:
-        note = "" if s in old else f"  (changed in the last {older_than} min: left alone)"
+        if not s.prunable:
+            note = "  (no row in this database; another's, or saved offline: left alone)"
+        elif s not in old:
+            note = f"  (changed in the last {older_than} min: left alone)"
+        else:
+            note = ""
         click.echo(f"{s.kind:<13} {s.path.name}  {s.size / 1e6:.1f} MB{note}")
     total = sum(s.size for s in old) / 1e6
     if not old:
         click.echo(f"nothing to prune in {folder}")
     elif delete:
+        # Each failure said, and exit 1: "removed" must mean gone (a folder owned by
+        # another user, a read-only mount), or a cron job would report space it never freed.
+        unremoved = []
         for s in old:
-            shutil.rmtree(s.path, ignore_errors=True)
-        click.echo(f"removed {len(old)} folders ({total:.1f} MB)")
+            errors: list[str] = []
+            shutil.rmtree(s.path, onerror=_rmtree_errors(errors))
+            if s.path.exists():  # gone is gone, even if another prune got there first
+                unremoved.append(s)
+                reason = errors[0] if errors else "still there"
+                click.echo(f"could not remove {s.path.name} ({reason})", err=True)
+        done = len(old) - len(unremoved)
+        freed = total - sum(s.size for s in unremoved) / 1e6
+        click.echo(f"removed {done} folders ({freed:.1f} MB)")
+        if unremoved:
+            click.echo(f"{len(unremoved)} folders could not be removed", err=True)
+            ctx.exit(1)
     else:
         click.echo(f"{len(old)} folders ({total:.1f} MB) to remove: run again with --delete")
+
+
+def _rmtree_errors(errors: list[str]) -> Any:
+    """An ``onerror`` for :func:`shutil.rmtree` that appends each failure's reason (no
+    path: a folder name is said once, by the caller) to ``errors``."""
+
+    def record(_func: Any, _path: str, info: Any) -> None:
+        errors.append(getattr(info[1], "strerror", None) or type(info[1]).__name__)
+
+    return record
 
 
 def rescore_stays(ctx: click.Context, task: str, agent: Any) -> None:

@@ -90,6 +90,12 @@ FORMAT = 2
 # used before, which an interrupted save may have left.
 STAGING_PREFIX = ".incomplete-"
 LEGACY_STAGING_PREFIX = ".staging-"
+# Inside a version folder that a registration moved into place and whose transaction has
+# not committed yet; removed just before the commit. A version folder with it and no row
+# is what a killed registration left (``models prune`` removes it); one without it and no
+# row in this database is another's (a registry shared by two databases, a model saved
+# offline) and is never pruned.
+UNCOMMITTED = ".uncommitted"
 LEGACY_FORMAT = 1  # model.joblib: a pickle, loaded only behind the hash check
 SKOPS_SCHEMA = "schema.json"  # a skops file's object tree; every other entry is an array
 
@@ -489,8 +495,12 @@ def is_staging(name: str) -> bool:
     return name.startswith((STAGING_PREFIX, LEGACY_STAGING_PREFIX))
 
 
-def publish_version(folder: Path) -> None:
+def publish_version(folder: Path, *, uncommitted: bool = False) -> None:
     """Move a staged version into place (one rename: the folder is complete or absent).
+
+    ``uncommitted``: mark it as a registration whose transaction has not committed
+    (:data:`UNCOMMITTED`, removed by :func:`mark_committed`), so that, should the process
+    die before the commit, ``models prune`` can tell it from another database's version.
 
     Raises:
         RegistryError: a folder of that name is already there (it is left alone and the
@@ -498,6 +508,8 @@ def publish_version(folder: Path) -> None:
     """
     staged = staging_dir(folder)
     try:
+        if uncommitted:
+            (staged / UNCOMMITTED).touch()
         if folder.exists() or folder.is_symlink():  # rename() would replace an empty one
             raise FileExistsError(errno.EEXIST, "a folder of that name is already there")
         staged.rename(folder)
@@ -507,6 +519,28 @@ def publish_version(folder: Path) -> None:
             f"{folder.name} cannot be moved into place in the registry"
             f" ({exc.strerror or exc}); nothing was registered"
         ) from None
+
+
+def mark_committed(folder: Path) -> None:
+    """Remove ``folder``'s :data:`UNCOMMITTED` mark: its registration is committing.
+
+    Raises:
+        RegistryError: the mark cannot be removed (the commit must not go ahead: the
+            version would look like a killed registration to another database's prune).
+    """
+    try:
+        (folder / UNCOMMITTED).unlink(missing_ok=True)
+    except OSError as exc:
+        raise RegistryError(
+            f"{folder.name}: cannot finish the registration in the registry"
+            f" ({exc.strerror or exc}); nothing was registered"
+        ) from None
+
+
+def is_uncommitted(folder: Path) -> bool:
+    """Whether ``folder`` is a version moved into place by a registration that never
+    committed (it still holds :data:`UNCOMMITTED`)."""
+    return (folder / UNCOMMITTED).is_file()
 
 
 def discard_version(folder: Path) -> None:

@@ -31,7 +31,9 @@ from vitalcast.modeling.registry import (
     check_sidecar,
     discard_version,
     is_staging,
+    is_uncommitted,
     load_model,
+    mark_committed,
     publish_version,
     read_sidecar,
     read_sidecar_hashed,
@@ -39,7 +41,7 @@ from vitalcast.modeling.registry import (
     staging_dir,
 )
 from vitalcast.modeling.tables import ModelVersion
-from vitalcast.modeling.tasks import TABULAR, Task, get_task
+from vitalcast.modeling.tasks import TABULAR, Task, TaskError, get_task, is_task_file_task
 from vitalcast.modeling.train import DEFAULT_SEED, CandidateSpec, fit_model
 from vitalcast.security import audit
 
@@ -101,6 +103,8 @@ def train_and_register(
             task_file=task_file,
             part="train",
         )
+    if session is not None:
+        check_same_outcome(session, spec, dataset)
     result = fit_model(dataset, spec, seed=seed, n_splits=n_splits, budget=budget)
     fits = dataset.training_rows(spec)
     metrics = validation_metrics(spec, dataset, result.oof_proba, result.threshold, n_boot=n_boot)
@@ -160,6 +164,39 @@ def train_and_register(
     return TrainOutcome(
         version, spec.name, metrics, result.threshold, path, sha, alias, result.seconds
     )
+
+
+def check_same_outcome(session: Session, spec: Task, dataset: Dataset) -> None:
+    """A named task file's data must define the outcome its task's models predict.
+
+    Why: ``name: heart`` is what API clients ask for (``{"task": "tabular:heart"}``). A
+    second table whose task file reuses the name with another label or other positive
+    values would join the task, and a promotion or a rollback would then silently change
+    the question the served risk answers. (The unnamed ``tabular`` task is any table's by
+    design; its files are not compared.)
+
+    Raises:
+        TaskError: a registered version of the task recorded another outcome.
+    """
+    if spec.name == TABULAR or not is_task_file_task(spec) or dataset.outcome is None:
+        return
+    for row in list_versions(session, spec.name):
+        try:
+            trained = (sidecar_of(row).get("data") or {}).get("outcome")
+        except RegistryError:
+            continue  # a version whose files are gone says nothing about the outcome
+        if trained is not None and trained != dataset.outcome:
+            raise TaskError(
+                f"{spec.name}: the task file's outcome is {_outcome_words(dataset.outcome)};"
+                f" the task's models (such as {row.version}) predict"
+                f" {_outcome_words(trained)}. A task file of another outcome needs its own"
+                " `name`"
+            )
+
+
+def _outcome_words(outcome: dict[str, Any]) -> str:
+    """``column 'num' = '3', '4'``: a task file's outcome as messages say it."""
+    return f"column {outcome['column']!r} = {', '.join(map(repr, outcome['positive']))}"
 
 
 def data_summary(dataset: Dataset, spec: Task) -> dict[str, Any]:
@@ -222,7 +259,7 @@ def register_version(
         # Saved with publish=False: move it into place before the row names it (a row
         # naming a missing folder is a champion serving cannot load), and remove it again
         # unless this transaction commits. Only a folder moved here is ever removed.
-        publish_version(folder)
+        publish_version(folder, uncommitted=True)
         _discard_unless_committed(session, folder)
     sidecar, sidecar_sha256 = read_sidecar_hashed(folder)
     check_sidecar(folder.name, sidecar, task=task, threshold=threshold)
@@ -296,37 +333,73 @@ def _record_version(
 _UNCOMMITTED = "vitalcast.registry.uncommitted"
 
 
+@dataclass
+class _Pending:
+    """A folder moved into place for a row not yet committed, and the transaction (the
+    outermost one, or the savepoint) that row was written in."""
+
+    folder: Path
+    owner: SessionTransaction
+
+
+def _innermost(session: Session) -> SessionTransaction:
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    assert transaction is not None  # the caller began one
+    return transaction
+
+
 def _discard_unless_committed(session: Session, folder: Path) -> None:
     """Remove ``folder`` when the session's transaction ends without committing.
 
     Service functions never commit (their caller does, or rolls back, or dies), so the
     folder's fate is tied to the transaction itself: on a rollback, a failed commit or a
-    session closed without committing, the folder goes; on the commit it stays.
+    session closed without committing, the folder goes; on the commit it stays. A row
+    written inside a savepoint follows the savepoint: rolled back to, the folder goes
+    (even if the outer transaction commits); released, the outer transaction decides. Its
+    :data:`~vitalcast.modeling.registry.UNCOMMITTED` mark is removed just before the
+    commit, so that a process killed in between leaves a folder that ``models prune``
+    lists but never removes (the safe side: it may be registered), never a registered
+    version that another database's ``prune`` would take for a killed registration.
     """
-    pending: list[Path] | None = session.info.get(_UNCOMMITTED)
+    pending: list[_Pending] | None = session.info.get(_UNCOMMITTED)
     if pending is None:
         pending = session.info[_UNCOMMITTED] = []
+        event.listen(session, "before_commit", _committing)
         event.listen(session, "after_commit", _kept)
         event.listen(session, "after_transaction_end", _discarded)
-    pending.append(folder)
     if not session.in_transaction():
         session.begin()  # so that its end, commit or not, is an event even before any query
+    pending.append(_Pending(folder, _innermost(session)))
+
+
+def _committing(session: Session) -> None:
+    # Fired for a savepoint's release too: only the outermost commit makes the row durable.
+    # Should the commit then fail, _discarded still removes the folders.
+    if not session.in_nested_transaction():
+        for entry in session.info.get(_UNCOMMITTED, []):
+            mark_committed(entry.folder)
 
 
 def _kept(session: Session) -> None:
-    # Fired for a savepoint's release too: only the outermost commit makes the row durable.
-    if not session.in_nested_transaction():
-        session.info.get(_UNCOMMITTED, []).clear()
+    committed = _innermost(session)  # still the current one while after_commit runs
+    pending: list[_Pending] = session.info.get(_UNCOMMITTED, [])
+    if committed.parent is None:
+        pending.clear()
+        return
+    for entry in pending:  # a savepoint released: its rows are now the outer transaction's
+        if entry.owner is committed:
+            entry.owner = committed.parent
 
 
 def _discarded(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is not None:
-        return  # a savepoint: the outer transaction may still commit
-    pending: list[Path] = session.info.get(_UNCOMMITTED, [])
-    for folder in pending:
-        discard_version(folder)
-        logger.warning("registration of %s did not commit; its folder was removed", folder.name)
-    pending.clear()
+    pending: list[_Pending] = session.info.get(_UNCOMMITTED, [])
+    ended = [e for e in pending if e.owner is transaction or transaction.parent is None]
+    for entry in ended:  # left here only by a transaction that ended without committing
+        discard_version(entry.folder)
+        logger.warning(
+            "registration of %s did not commit; its folder was removed", entry.folder.name
+        )
+    pending[:] = [e for e in pending if e not in ended]
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -471,33 +544,51 @@ class StrayFolder:
     """A registry folder no registered version owns (:func:`stray_folders`)."""
 
     path: Path
-    kind: str  # "incomplete" (a staging folder) or "unregistered" (a version, no row)
+    # "incomplete" (a staging folder), "unregistered" (a version moved into place by a
+    # registration that never committed) or "foreign" (a version no row of this database
+    # names that no registration of any left: another database's, or one saved offline)
+    kind: str
     size: int  # bytes
     age_s: float  # since its last change
+
+    @property
+    def prunable(self) -> bool:
+        """Whether ``models prune --delete`` may remove it: never a foreign version, which
+        may be another database's champion."""
+        return self.kind != "foreign"
 
 
 def stray_folders(session: Session, registry_dir: Path) -> list[StrayFolder]:
     """What interrupted registrations left in ``registry_dir``: staging folders, and
-    version folders that no row names (a process killed between moving a version into
-    place and committing its row). Matched by version name, not path, so that a registry
-    restored to another directory is not taken for strays."""
+    version folders that no row names, told apart by their
+    :data:`~vitalcast.modeling.registry.UNCOMMITTED` mark (a process killed between
+    moving a version into place and committing its row) from versions registered
+    elsewhere (a registry directory shared by two databases). Matched by name (the row's
+    version, and its artifact's folder), not path, so that a registry restored to another
+    directory is not taken for strays. A folder that disappears while it is read (a
+    registration in progress removing its own) is skipped.
+    """
     if not registry_dir.is_dir():
         return []
     known = set(session.scalars(select(ModelVersion.version)))
+    known |= {Path(p).parent.name for p in session.scalars(select(ModelVersion.artifact_path))}
     now = time.time()
     out = []
     for entry in sorted(registry_dir.iterdir()):
-        if not entry.is_dir() or entry.is_symlink():
+        try:
+            if not entry.is_dir() or entry.is_symlink():
+                continue
+            if is_staging(entry.name):
+                kind = "incomplete"
+            elif entry.name.startswith(".") or entry.name in known:
+                continue
+            else:
+                kind = "unregistered" if is_uncommitted(entry) else "foreign"
+            stats = [entry.stat()] + [f.stat() for f in entry.rglob("*") if f.is_file()]
+        except FileNotFoundError:
             continue
-        if is_staging(entry.name):
-            kind = "incomplete"
-        elif entry.name.startswith(".") or entry.name in known:
-            continue
-        else:
-            kind = "unregistered"
-        files = [f for f in entry.rglob("*") if f.is_file()]
-        changed = max([entry.stat().st_mtime] + [f.stat().st_mtime for f in files])
-        out.append(StrayFolder(entry, kind, sum(f.stat().st_size for f in files), now - changed))
+        size = sum(st.st_size for st in stats[1:])
+        out.append(StrayFolder(entry, kind, size, now - max(st.st_mtime for st in stats)))
     return out
 
 

@@ -210,9 +210,17 @@ def task_of_file(task_file: Path) -> Task:
     Raises:
         TaskError: unreadable file, or a name that cannot be a task name.
     """
-    name = _read_task_file(task_file).get("name")
-    if name is None:
+    spec = _read_task_file(task_file)
+    if "name" not in spec:
         return TASKS[TABULAR]
+    name = spec["name"]
+    if name is None:
+        # `name:` with its value left out (a template not filled in) would otherwise be
+        # the unnamed task, whose champion any other unnamed table can replace.
+        raise TaskError(
+            f"{task_file.name}: `name` is empty; give the task a name, such as `name: sepsis`,"
+            " or remove the key"
+        )
     if not isinstance(name, str):
         raise TaskError(f"{task_file.name}: `name` must be text, such as `name: sepsis`")
     try:

@@ -10,6 +10,7 @@ import click
 from sqlalchemy.orm import Session
 
 from vitalcast.db.session import create_db_engine, make_session_factory, session_scope
+from vitalcast.modeling.cli import TASK
 
 DEFAULT_TASK = "icu-mortality"
 # Ten years: longer than any drift window worth comparing, and a bound keeps the window's
@@ -39,7 +40,7 @@ def monitor() -> None:
 
 
 @monitor.command("drift")
-@click.option("--task", default=DEFAULT_TASK, show_default=True)
+@click.option("--task", type=TASK, default=DEFAULT_TASK, show_default=True)
 @click.option(
     "--window-days",
     type=click.FloatRange(min=0.01, max=MAX_WINDOW_DAYS),
@@ -65,7 +66,7 @@ def drift_command(ctx: click.Context, task: str, window_days: float) -> None:
 
 
 @monitor.command("run")
-@click.option("--task", default=DEFAULT_TASK, show_default=True)
+@click.option("--task", type=TASK, default=DEFAULT_TASK, show_default=True)
 @click.option("--fail-on-alert", is_flag=True, help="Exit 1 when any rule is firing.")
 @click.pass_context
 def run_command(ctx: click.Context, task: str, fail_on_alert: bool) -> None:
@@ -155,7 +156,7 @@ def ack_command(ctx: click.Context, alert_id: int, actor: str) -> None:
 
 
 @click.command("retrain")
-@click.option("--task", default=DEFAULT_TASK, show_default=True)
+@click.option("--task", type=TASK, default=DEFAULT_TASK, show_default=True)
 @click.option(
     "--holdout-days",
     type=click.FloatRange(min=1, max=MAX_WINDOW_DAYS),

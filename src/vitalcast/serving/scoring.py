@@ -24,7 +24,7 @@ from vitalcast.db.session import after_commit
 from vitalcast.db.types import new_public_id
 from vitalcast.features import StayInput, stay_features
 from vitalcast.modeling.tables import Prediction
-from vitalcast.modeling.tasks import STAY_TASK, TASKS, Population
+from vitalcast.modeling.tasks import STAY_TASK, Population, get_task
 from vitalcast.monitoring.metrics import observe_prediction
 from vitalcast.serving.predictor import Predictor
 
@@ -33,7 +33,7 @@ def served_population(settings: Settings, task: str = STAY_TASK) -> Population |
     """Whom ``task``'s model scores in this deployment: the task's population
     (:class:`~vitalcast.modeling.tasks.Population`), for the stay task on the units of
     ``VITALCAST_STAY_UNITS`` when it names any. None: no restriction (``tabular``)."""
-    population = TASKS[task].population
+    population = get_task(task).population  # tabular:NAME too (no population)
     if population is None or task != STAY_TASK:
         return population
     return population.on_units(settings.stay_units)

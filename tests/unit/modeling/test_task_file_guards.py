@@ -211,3 +211,17 @@ def test_a_categorical_feature_of_too_many_values_is_refused(tmp_path: Path) -> 
         )
     assert "ADM0" not in str(info.value)
     assert not (tmp_path / "registry").exists()
+
+
+@pytest.mark.parametrize("value", ["", " ~", " null"])
+def test_an_empty_name_is_refused_not_read_as_no_name(tmp_path: Path, value: str) -> None:
+    """`name:` with the value left out used to be the unnamed task `tabular`, whose
+    champion any other unnamed table's model replaces: the thing a name is there to stop."""
+    from vitalcast.modeling.tabular import task_of_file
+
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(f"name:{value}\n{TASK}")
+    with pytest.raises(TaskError, match="`name` is empty; give the task a name"):
+        task_of_file(task_file)
+    task_file.write_text(TASK)
+    assert task_of_file(task_file).name == "tabular"
