@@ -80,6 +80,9 @@ def test_named_task_files_keep_their_own_champions_and_outcomes(
     assert second["version"].startswith("tabular-heart-severe-")
     listed = run_cli(env, "models", "list", "--task", "tabular:heart", "--json")
     assert [r["version"] for r in json.loads(listed.output)] == [first["version"]]
+    # The plain listing says whose each version is (a version name is not the task's).
+    table = run_cli(env, "models", "list").output.splitlines()
+    assert [line.split()[1] for line in table] == ["tabular:heart-severe", "tabular:heart"]
 
     # A task file of the other task, or of no name, is not this model's data.
     evaluate = ("evaluate", "--model", first["version"], "--data", str(unseen))

@@ -369,7 +369,10 @@ def models_list(ctx: click.Context, task_name: str | None, as_json: bool) -> Non
         return
     for r in rows:
         auroc = f"{r['auroc']:.3f}" if isinstance(r["auroc"], float) else "-"
-        click.echo(f"{r['version']:<48} {r['alias'] or '':<10} AUROC {auroc}  {r['created_at']}")
+        click.echo(
+            f"{r['version']:<48} {r['task']:<20} {r['alias'] or '':<10} AUROC {auroc}"
+            f"  {r['created_at']}"
+        )
 
 
 @models.command("show")
