@@ -245,7 +245,7 @@ def test_cli_train_evaluate_and_errors(
     assert "does not match the registered" in res.output
     res = runner.invoke(main, ["train", "--task", "nope"], env=env)
     assert res.exit_code == 2
-    assert "'nope' is not one of" in res.output  # names the task and the known ones
+    assert "unknown task 'nope'; choose one of icu-mortality" in res.output  # and the rest
     assert "icu-mortality" in res.output
 
 
