@@ -407,22 +407,34 @@ def save_model(
             f"{staging.name} already exists in the registry (another registration of the same"
             " model, or one interrupted: see `vitalcast models prune`); nothing was registered"
         ) from None
-    try:
-        sidecar = _write_version(
-            staging,
-            data,
-            version=version,
-            sha=sha,
-            task=task,
-            feature_names=feature_names,
-            categorical=categorical,
-            threshold=threshold,
-            metrics=metrics,
-            fingerprint=fingerprint,
-            reference=reference,
-            extra=extra,
-            training_rows=training_rows,
-        )
+    try:  # a version folder is complete or absent: what fails to write is removed
+        (staging / ARTIFACT).write_bytes(data)
+        rows: dict[str, Any] = {}
+        if training_rows is not None:
+            np.save(staging / TRAINING_ROWS, np.asarray(training_rows, dtype=np.uint64))
+            rows["training_rows"] = {
+                "file": TRAINING_ROWS,
+                "sha256": sha256_file(staging / TRAINING_ROWS),
+                "n": len(training_rows),
+            }
+        sidecar: dict[str, Any] = {
+            "format": FORMAT,
+            "version": version,
+            "task": task,
+            "artifact": ARTIFACT,
+            "sha256": sha,
+            "created_at": datetime.now(UTC).isoformat(),
+            "versions": library_versions(),
+            "feature_names": list(feature_names),
+            "categorical": list(categorical),
+            "threshold": threshold,
+            "metrics": jsonable(dict(metrics)),
+            "training_data_fingerprint": fingerprint,
+            "reference": jsonable(dict(reference)),
+            **rows,
+            **jsonable(dict(extra or {})),
+        }
+        (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -434,53 +446,6 @@ def save_model(
     if publish:
         publish_version(target)
     return version, target / ARTIFACT, sha, sidecar
-
-
-def _write_version(
-    staging: Path,
-    data: bytes,
-    *,
-    version: str,
-    sha: str,
-    task: str,
-    feature_names: list[str],
-    categorical: list[str],
-    threshold: float,
-    metrics: Mapping[str, Any],
-    fingerprint: str,
-    reference: Mapping[str, Any],
-    extra: Mapping[str, Any] | None,
-    training_rows: np.ndarray | None,
-) -> dict[str, Any]:
-    """Write a version's files into its staging folder; returns the sidecar."""
-    (staging / ARTIFACT).write_bytes(data)
-    rows: dict[str, Any] = {}
-    if training_rows is not None:
-        np.save(staging / TRAINING_ROWS, np.asarray(training_rows, dtype=np.uint64))
-        rows["training_rows"] = {
-            "file": TRAINING_ROWS,
-            "sha256": sha256_file(staging / TRAINING_ROWS),
-            "n": len(training_rows),
-        }
-    sidecar: dict[str, Any] = {
-        "format": FORMAT,
-        "version": version,
-        "task": task,
-        "artifact": ARTIFACT,
-        "sha256": sha,
-        "created_at": datetime.now(UTC).isoformat(),
-        "versions": library_versions(),
-        "feature_names": list(feature_names),
-        "categorical": list(categorical),
-        "threshold": threshold,
-        "metrics": jsonable(dict(metrics)),
-        "training_data_fingerprint": fingerprint,
-        "reference": jsonable(dict(reference)),
-        **rows,
-        **jsonable(dict(extra or {})),
-    }
-    (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
-    return sidecar
 
 
 def staging_dir(folder: Path) -> Path:

@@ -233,9 +233,10 @@ def render_html(sidecar: dict[str, Any], evaluations: list[dict[str, Any]] | Non
         "<p>Missing values: median imputation with missingness indicators (linear models)"
         " or measurement counts (trees), fitted inside each training fold.</p>",
     ]
-    parts += _performance_html(f"Performance: {m.get('validation', '')}", m)
+    parts += _performance_html(f"Performance: {m.get('validation', '')}", m, named="")
     for ev in evaluations or []:
-        parts += _performance_html(_evaluation_title(sidecar, ev), ev)
+        title = _evaluation_title(sidecar, ev)
+        parts += _performance_html(title, ev, named=f" ({title})")
     parts += [
         "<h2>Model building (TRIPOD+AI 12)</h2>",
         _table(
@@ -269,15 +270,15 @@ def render_html(sidecar: dict[str, Any], evaluations: list[dict[str, Any]] | Non
     )
 
 
-def _performance_html(title: str, m: dict[str, Any]) -> list[str]:
+def _performance_html(title: str, m: dict[str, Any], *, named: str) -> list[str]:
     """One block of figures (the training's internal validation, or a stored evaluation on
     unseen data): metrics with intervals, H's noise note, landmarks, baseline, plots and
-    subgroups, each table named after the block so that a screen reader tells them apart."""
-    name = "" if title.startswith("Performance") else f" ({title})"
+    subgroups. ``named`` is appended to each table's name, so that a screen reader tells
+    the blocks apart (the training's block keeps the plain names)."""
     parts = [
         f"<h2>{html.escape(title)}</h2>",
         _table(
-            "Performance" + name,
+            "Performance" + named,
             ["metric", "value", "95 % CI"],
             [list(r) for r in metric_rows(m)],
         ),
@@ -290,7 +291,7 @@ def _performance_html(title: str, m: dict[str, Any]) -> list[str]:
             # A risk is shown at every hour of a stay, so its calibration at each landmark
             # belongs beside its discrimination there.
             _table(
-                "Performance by landmark" + name,
+                "Performance by landmark" + named,
                 ["landmark (h)", "n", "AUROC", "Brier", "calibration slope", "intercept"],
                 [
                     [
@@ -322,7 +323,7 @@ def _performance_html(title: str, m: dict[str, Any]) -> list[str]:
             f"<p>Estimates only for groups with at least {SUBGROUP_MIN_CLASS} events and"
             f" {SUBGROUP_MIN_CLASS} non-events; smaller groups by size only.</p>",
             _table(
-                f"Subgroups by {col.replace('_', ' ')}{name}",
+                f"Subgroups by {col.replace('_', ' ')}{named}",
                 ["group", "n", "prevalence", "AUROC", "mean risk", "Se", "PPV"],
                 [
                     [

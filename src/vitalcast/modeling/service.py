@@ -266,17 +266,31 @@ def register_version(
     if sidecar.get("sha256") != sha256:
         raise RegistryError(f"{folder.name}: the sidecar names another artifact; not registered")
     try:
-        return _record_version(
+        holders = lock_task(session, task)  # two first registrations: one champion
+        first = champion_if_none and not any(r.alias == "champion" for r in holders)
+        alias = "champion" if first else None
+        session.add(
+            ModelVersion(
+                version=version,
+                task=task,
+                artifact_path=str(path.resolve()),
+                sha256=sha256,
+                sidecar_sha256=sidecar_sha256,
+                threshold=threshold,
+                metrics=_headline(metrics),
+                alias=alias,
+                promoted_at=utcnow() if alias else None,
+            )
+        )
+        session.flush()
+        audit.record(
             session,
-            version=version,
-            task=task,
-            path=path,
-            sha256=sha256,
-            sidecar_sha256=sidecar_sha256,
-            threshold=threshold,
-            metrics=metrics,
-            agent=agent,
-            champion_if_none=champion_if_none,
+            agent.event(
+                "model.registered",
+                "C",
+                resource=f"model/{version}",
+                details={"task": task, "sha256": sha256, "alias": alias},
+            ),
         )
     except SQLAlchemyError as exc:
         # One line naming what failed (the driver's class only: its message may quote
@@ -285,48 +299,6 @@ def register_version(
             f"{version} could not be recorded in the registry database ({error_kind(exc)});"
             " nothing was registered and its files are removed"
         ) from None
-
-
-def _record_version(
-    session: Session,
-    *,
-    version: str,
-    task: str,
-    path: Path,
-    sha256: str,
-    sidecar_sha256: str,
-    threshold: float,
-    metrics: dict[str, Any],
-    agent: audit.Agent,
-    champion_if_none: bool,
-) -> str | None:
-    """The row and its audit event (:func:`register_version`)."""
-    holders = lock_task(session, task)  # two first registrations: one champion
-    first = champion_if_none and not any(r.alias == "champion" for r in holders)
-    alias = "champion" if first else None
-    session.add(
-        ModelVersion(
-            version=version,
-            task=task,
-            artifact_path=str(path.resolve()),
-            sha256=sha256,
-            sidecar_sha256=sidecar_sha256,
-            threshold=threshold,
-            metrics=_headline(metrics),
-            alias=alias,
-            promoted_at=utcnow() if alias else None,
-        )
-    )
-    session.flush()
-    audit.record(
-        session,
-        agent.event(
-            "model.registered",
-            "C",
-            resource=f"model/{version}",
-            details={"task": task, "sha256": sha256, "alias": alias},
-        ),
-    )
     return alias
 
 
