@@ -132,17 +132,17 @@ def assert_served_factors_match_sklearn(
         assert served.probability == pytest.approx(model.predict_proba_row(row), abs=1e-9)
 
 
-def register_small_model(
-    session: Any,
+def save_small_model(
     registry: Path,
     seed: int,
     *,
     servable: bool = True,
     threshold: float = 0.5,
-    agent: Any = None,
-) -> tuple[str, Path]:
-    """A small icu-mortality model on two inputs (``a``, ``b``), saved and registered and
-    committed (the task's first becomes champion); ``servable=False`` leaves out the
+    publish: bool = True,
+) -> tuple[str, Path, str]:
+    """A small icu-mortality model on two inputs (``a``, ``b``) saved in ``registry``
+    (``publish=False``: left staged, as a registration saves it); each seed a different
+    model, so a different version in the same second. ``servable=False`` leaves out the
     preprocessing step every vitalcast model has, so it loads but cannot serve."""
     import pandas as pd
     from sklearn.compose import ColumnTransformer
@@ -151,8 +151,6 @@ def register_small_model(
     from sklearn.preprocessing import StandardScaler
 
     from vitalcast.modeling.registry import save_model
-    from vitalcast.modeling.service import register_version
-    from vitalcast.security import audit
 
     rng = np.random.default_rng(seed)
     X = pd.DataFrame(rng.normal(size=(60, 2)), columns=["a", "b"])
@@ -172,7 +170,26 @@ def register_small_model(
         metrics={"auroc": 0.5},
         fingerprint=f"f{seed}",
         reference={},
+        publish=publish,
     )
+    return version, path, sha
+
+
+def register_small_model(
+    session: Any,
+    registry: Path,
+    seed: int,
+    *,
+    servable: bool = True,
+    threshold: float = 0.5,
+    agent: Any = None,
+) -> tuple[str, Path]:
+    """:func:`save_small_model`, registered and committed (the task's first becomes
+    champion)."""
+    from vitalcast.modeling.service import register_version
+    from vitalcast.security import audit
+
+    version, path, sha = save_small_model(registry, seed, servable=servable, threshold=threshold)
     register_version(
         session,
         version=version,

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tests.unit.features.test_stay import MIMIC_UNIT_TYPES
 from vitalcast.clinical.tables import Encounter, Observation, Outcome, Patient
 from vitalcast.features import stay_features
 from vitalcast.ingest.files import ingest_mimic_iv
@@ -118,21 +119,6 @@ def test_a_bad_time_quarantines_its_row_and_the_import_goes_on(
     assert inpatient == len(admissions) - 2
 
 
-# The PhysioNet 2012 ICU type of each care unit the demo's ICU stays start on (None: the
-# name says none; the mixed MICU/SICU unit takes medical and surgical patients alike).
-DEMO_ICU_TYPES: dict[str, str | None] = {
-    "Medical Intensive Care Unit (MICU)": "MICU",
-    "Surgical Intensive Care Unit (SICU)": "SICU",
-    "Cardiac Vascular Intensive Care Unit (CVICU)": "CSRU",
-    "Coronary Care Unit (CCU)": "CCU",
-    "Trauma SICU (TSICU)": "SICU",
-    "Neuro Surgical Intensive Care Unit (Neuro SICU)": "SICU",
-    "Medical/Surgical Intensive Care Unit (MICU/SICU)": None,
-    "Neuro Stepdown": None,
-    "Neuro Intermediate": None,
-}
-
-
 @pytest.mark.shared_data
 def test_demo_icu_stays_get_the_icu_type_of_their_unit(
     shared_data: Path, db_session: Session, cipher: FieldCipher, tmp_path: Path
@@ -147,7 +133,7 @@ def test_demo_icu_stays_get_the_icu_type_of_their_unit(
         (folder / module).mkdir(parents=True, exist_ok=True)
         shutil.copy(shared_data / "mimic-iv-demo-2.2" / module / f"{name}.csv.gz", folder / module)
     stays = read(folder / "icu", "icustays")
-    assert {s["first_careunit"] for s in stays} == set(DEMO_ICU_TYPES)
+    assert {s["first_careunit"] for s in stays} == set(MIMIC_UNIT_TYPES)
 
     ingest_mimic_iv(db_session, folder, cipher=cipher, now=NOW)
     db_session.commit()
@@ -161,7 +147,7 @@ def test_demo_icu_stays_get_the_icu_type_of_their_unit(
     for encounter_id, unit in stored:
         stay = inputs[str(encounter_id)]
         flags = stay_features(stay, stay.admitted_at + timedelta(hours=24))
-        kind = DEMO_ICU_TYPES[unit]
+        kind = MIMIC_UNIT_TYPES[unit]
         for name in ("CCU", "CSRU", "MICU", "SICU"):
             value = flags[f"unit_{name.lower()}"]
             if kind is None:
@@ -169,5 +155,5 @@ def test_demo_icu_stays_get_the_icu_type_of_their_unit(
             else:
                 assert value == float(kind == name), (unit, name)
         typed += kind is not None
-    assert typed == sum(1 for s in stays if DEMO_ICU_TYPES[s["first_careunit"]] is not None)
+    assert typed == sum(1 for s in stays if MIMIC_UNIT_TYPES[s["first_careunit"]] is not None)
     assert typed > 100  # most demo stays are on one of the four types

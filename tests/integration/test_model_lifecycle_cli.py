@@ -7,45 +7,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.model_cli import model_env, refused, run_cli
+from tests.model_cli import SMALL_TASK, model_env, refused, run_cli, small_table
 
 pytestmark = pytest.mark.slow
-
-TASK = """\
-label: died
-id_column: pid
-features:
-  numeric: [age, lactate]
-  categorical: [sex]
-"""
-
-
-def _table(path: Path, n: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    age = rng.normal(60, 10, n)
-    male = rng.random(n) < 0.5
-    risk = 1 / (1 + np.exp(-(0.08 * (age - 60) + 0.5 * male - 1)))
-    died = (rng.random(n) < risk).astype(int)
-    lactate = rng.normal(1, 0.3, n)
-    path.write_text(
-        "pid,age,sex,lactate,died\n"
-        + "".join(
-            f"P{seed}-{i},{age[i]:.1f},{'M' if male[i] else 'F'},{lactate[i]:.2f},{died[i]}\n"
-            for i in range(n)
-        )
-    )
-    return path
 
 
 @pytest.fixture
 def trained(pg_url: str, tmp_path: Path) -> tuple[dict[str, str], str, Path]:
     env = model_env(pg_url, tmp_path)
     task = tmp_path / "task.yaml"
-    task.write_text(TASK)
-    data = _table(tmp_path / "train.csv", 300, seed=1)
+    task.write_text(SMALL_TASK)
+    data = small_table(tmp_path / "train.csv", 300, seed=1)
     res = run_cli(
         env,
         *("train", "--task", "tabular", "--task-file", str(task), "--data", str(data)),
@@ -60,7 +34,7 @@ def test_evaluate_says_not_computable_instead_of_nan(
 ) -> None:
     """Eight unseen rows: H needs ten, so it cannot be had; it printed ``nan  [nan, nan]``."""
     env, version, task = trained
-    few = _table(tmp_path / "few.csv", 8, seed=2)
+    few = small_table(tmp_path / "few.csv", 8, seed=2)
     res = run_cli(env, "evaluate", "--model", version, "--task-file", str(task), "--data", str(few))
     assert res.exit_code == 0, res.output
     assert "nan" not in res.output.lower(), res.output

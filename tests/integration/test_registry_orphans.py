@@ -11,19 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
-from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from tests.model_cli import model_env, run_cli
+from tests.model_cli import SMALL_TASK, model_env, run_cli, small_table
+from tests.modeling_data import save_small_model
 from tests.services import DatabaseFactory
 from vitalcast.db import create_db_engine
 from vitalcast.modeling.registry import (
@@ -33,32 +27,8 @@ from vitalcast.modeling.registry import (
     RegistryError,
     publish_version,
     resolve,
-    save_model,
 )
 from vitalcast.modeling.service import register_version
-
-TASK = """\
-label: died
-id_column: pid
-features:
-  numeric: [age, lactate]
-  categorical: [sex]
-"""
-
-
-def _table(path: Path, n: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    age = rng.normal(60, 10, n)
-    male = rng.random(n) < 0.5
-    died = (rng.random(n) < 1 / (1 + np.exp(-(0.08 * (age - 60) - 1)))).astype(int)
-    path.write_text(
-        "pid,age,sex,lactate,died\n"
-        + "".join(
-            f"P{i},{age[i]:.1f},{'M' if male[i] else 'F'},{rng.normal(1, 0.3):.2f},{died[i]}\n"
-            for i in range(n)
-        )
-    )
-    return path
 
 
 def _entries(registry: Path) -> list[str]:
@@ -72,8 +42,8 @@ def test_train_refused_by_the_database_leaves_no_folder_and_says_why(
     env = model_env(pg_url, tmp_path)
     registry = Path(env["VITALCAST_REGISTRY_DIR"])
     task = tmp_path / "task.yaml"
-    task.write_text(TASK)
-    data = _table(tmp_path / "train.csv", 300, seed=1)
+    task.write_text(SMALL_TASK)
+    data = small_table(tmp_path / "train.csv", 300, seed=1)
     train = ("train", "--task", "tabular", "--task-file", str(task), "--data", str(data))
     engine = create_db_engine(pg_url)
     try:
@@ -105,35 +75,10 @@ def test_train_refused_by_the_database_leaves_no_folder_and_says_why(
     assert "nothing to prune" in res.output
 
 
-def _model(seed: int) -> Any:
-    rng = np.random.default_rng(seed)
-    X = pd.DataFrame(rng.normal(size=(40, 2)), columns=["a", "b"])
-    prep = ColumnTransformer([("num", StandardScaler(), ["a", "b"])])
-    return Pipeline([("prep", prep), ("model", LogisticRegression())]).fit(X, X["a"] > 0)
-
-
-def _save(registry: Path, seed: int, *, publish: bool) -> tuple[str, Path, str]:
-    """A small model's files, staged (``publish=False``) or moved into place; each seed a
-    different model, so a different version in the same second."""
-    version, path, sha, _ = save_model(
-        registry,
-        _model(seed),
-        task="icu-mortality",
-        feature_names=["a", "b"],
-        categorical=[],
-        threshold=0.5,
-        metrics={"auroc": 0.5},
-        fingerprint="f",
-        reference={},
-        publish=publish,
-    )
-    return version, path, sha
-
-
 def _killed_mid_registration(registry: Path, seed: int) -> str:
     """What a registration killed between moving its folder into place and committing its
     row leaves (register_version's first step, then nothing)."""
-    version, path, _ = _save(registry, seed, publish=False)
+    version, path, _ = save_small_model(registry, seed, publish=False)
     publish_version(path.parent, uncommitted=True)
     return version
 
@@ -153,7 +98,7 @@ def _register(session: Session, version: str, path: Path, sha: str) -> None:
 def test_a_database_that_refuses_connections_leaves_no_folder(tmp_path: Path) -> None:
     """The database is down when the row is to be written (nothing listens on port 1)."""
     registry = tmp_path / "registry"
-    version, path, sha = _save(registry, 1, publish=False)
+    version, path, sha = save_small_model(registry, 1, publish=False)
     assert _entries(registry) == [f".incomplete-{version}"]
     down = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/vitalcast")
     try:
@@ -171,7 +116,7 @@ def test_a_unique_violation_leaves_no_folder_and_a_commit_keeps_it(
     """The version's row is already there (a unique violation, for real); then a clean
     registration commits and keeps exactly its folder."""
     registry = tmp_path / "registry"
-    version, path, sha = _save(registry, 2, publish=False)
+    version, path, sha = save_small_model(registry, 2, publish=False)
     engine = create_db_engine(pg_url)
     try:
         with engine.begin() as conn:
@@ -191,7 +136,7 @@ def test_a_unique_violation_leaves_no_folder_and_a_commit_keeps_it(
 
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM model_versions"))
-        version, path, sha = _save(registry, 3, publish=False)
+        version, path, sha = save_small_model(registry, 3, publish=False)
         with Session(engine) as session:
             _register(session, version, path, sha)
             assert _entries(registry) == [version]  # in place before the row names it
@@ -210,7 +155,7 @@ def test_prune_lists_and_removes_what_interrupted_registrations_left(
     registry = Path(env["VITALCAST_REGISTRY_DIR"])
     engine = create_db_engine(pg_url)
     try:
-        version, path, sha = _save(registry, 4, publish=False)
+        version, path, sha = save_small_model(registry, 4, publish=False)
         with Session(engine) as session:
             _register(session, version, path, sha)
             session.commit()
@@ -240,7 +185,7 @@ def test_prune_lists_and_removes_what_interrupted_registrations_left(
 def test_a_staged_folder_is_not_a_model_by_name(tmp_path: Path) -> None:
     """`evaluate --model NAME` resolves names in the registry; a staging folder is none."""
     registry = tmp_path / "registry"
-    version, _, _ = _save(registry, 6, publish=False)
+    version, _, _ = save_small_model(registry, 6, publish=False)
     with pytest.raises(RegistryError, match="not found in the registry"):
         resolve(f".incomplete-{version}", registry)
 
@@ -257,7 +202,7 @@ def test_prune_never_removes_another_databases_versions(
     registry = Path(env["VITALCAST_REGISTRY_DIR"])
     other = create_db_engine(databases.new())
     try:
-        version, path, sha = _save(registry, 6, publish=False)
+        version, path, sha = save_small_model(registry, 6, publish=False)
         with Session(other) as session:  # the other database's champion
             _register(session, version, path, sha)
             assert (path.parent / UNCOMMITTED).is_file()  # until the commit
@@ -265,7 +210,7 @@ def test_prune_never_removes_another_databases_versions(
         assert not (path.parent / UNCOMMITTED).exists()
     finally:
         other.dispose()
-    renamed, path, sha = _save(registry, 7, publish=True)
+    renamed, path, sha = save_small_model(registry, 7, publish=True)
     engine = create_db_engine(pg_url)
     try:
         with engine.begin() as conn:  # this database's row names that folder's artifact
@@ -329,14 +274,14 @@ def test_a_registration_follows_its_savepoint_and_its_session_outlives_a_rollbac
     engine = create_db_engine(pg_url)
     try:
         with Session(engine) as session:
-            first = _save(registry, 20, publish=False)
+            first = save_small_model(registry, 20, publish=False)
             _register(session, *first)
             session.rollback()
             assert _entries(registry) == []
-            kept = _save(registry, 21, publish=False)
+            kept = save_small_model(registry, 21, publish=False)
             with session.begin_nested():
                 _register(session, *kept)
-            dropped = _save(registry, 22, publish=False)
+            dropped = save_small_model(registry, 22, publish=False)
             savepoint = session.begin_nested()
             _register(session, *dropped)
             savepoint.rollback()
