@@ -75,6 +75,17 @@ def test_store_evaluation_reads_only_stays_stored_after_training(
     assert "Validation on unseen data: temporal" in res.output
     assert "Resubstitution" not in res.output
 
+    # A stored evaluation damaged on disk (a disk full mid-write): one clear line naming
+    # the record, never an internal error or a card without its figures on unseen data.
+    record = _evaluations(tmp_path / "registry", version)[0]
+    record.write_text(record.read_text()[:40])
+    for args in (("--markdown",), ("--out", str(tmp_path / "card.html"))):
+        res = run_cli(env, "report", "--model", version, *args)
+        refused(res, f"stored evaluation evaluations/{record.name} of {version} cannot be read")
+    assert not (tmp_path / "card.html").exists()
+    record.write_text("[]")
+    refused(run_cli(env, "report", "--model", version, "--markdown"), "is not a JSON object")
+
 
 def test_training_files_and_landmark_arerefused(
     pg_url: str, db_session: Session, tmp_path: Path

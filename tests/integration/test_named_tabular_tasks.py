@@ -109,6 +109,14 @@ def test_named_task_files_keep_their_own_champions_and_outcomes(
     creds.login(browser, "dana")
     card = browser.get(f"/models/{first['version']}/report").get_data(as_text=True)
     assert "<h2>Validation on unseen data: unseen.csv</h2>" in card
+    # A damaged record: no card rather than a card without its figures on unseen data.
+    (record,) = (tmp_path / "registry" / first["version"] / "evaluations").glob("*.json")
+    intact = record.read_bytes()
+    record.write_bytes(intact[:-30])
+    page = browser.get(f"/models/{first['version']}/report")
+    assert page.status_code == 404
+    assert "a stored evaluation cannot be read" in page.get_data(as_text=True)
+    record.write_bytes(intact)
     # `--model champion` means the task file's task's champion, not another's.
     res = run_cli(
         env, "evaluate", "--model", "champion", "--task-file", str(severe), "--data", str(unseen)

@@ -322,11 +322,29 @@ def save_evaluation(version_dir: Path, metrics: dict[str, Any]) -> Path:
 
 
 def evaluations_of(version_dir: Path) -> list[dict[str, Any]]:
-    """Stored evaluations of a version, oldest first."""
+    """Stored evaluations of a version, oldest first.
+
+    A record damaged on disk (truncated, not UTF-8, not a JSON object) raises
+    :class:`RegistryError` naming the file: a model card silently without its figures on
+    unseen data would show only the optimistic internal ones."""
     folder = version_dir / "evaluations"
     if not folder.is_dir():
         return []
-    records = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    records = []
+    for f in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RegistryError(
+                f"stored evaluation evaluations/{f.name} of {version_dir.name} cannot be"
+                f" read ({type(exc).__name__}); evaluate again to replace it"
+            ) from None
+        if not isinstance(record, dict):
+            raise RegistryError(
+                f"stored evaluation evaluations/{f.name} of {version_dir.name} is not a"
+                " JSON object; evaluate again to replace it"
+            )
+        records.append(record)
     return sorted(records, key=lambda r: str(r.get("evaluated_at", "")))
 
 

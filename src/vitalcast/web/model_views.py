@@ -97,7 +97,7 @@ def model_report(version: str) -> Response:
     try:
         # Stored evaluations are the figures on unseen data: the card shows them too.
         evaluations = evaluations_of(Path(row.artifact_path).parent)
-    except (OSError, ValueError):  # a record damaged on disk; never a card without it
+    except (OSError, RegistryError):  # a record damaged on disk; never a card without it
         raise NotFound("no report for this version: a stored evaluation cannot be read") from None
     document = render_html(sidecar, evaluations)
     audit_event("model.report.viewed", "R", resource=f"ModelVersion/{row.version}")
