@@ -191,6 +191,40 @@ def test_hl7_null_deletes_the_unit_and_an_empty_pv1_3_keeps_it(
     assert _stay(engine).unit is None
 
 
+def test_hl7_null_in_pv1_45_reopens_the_stay_and_is_refused_where_it_cannot_mean_that(
+    engine: Engine, cipher: FieldCipher
+) -> None:
+    """A PV1-45 of "" (the sender deletes the discharge time) quarantined the update as
+    "not an HL7 date/time". It now says the stay is going on, as an A13 does: a newer A08
+    reopens the discharged stay, an older one changes nothing. In a discharge (A03) it
+    contradicts the message, and PV1-44 cannot be deleted: both are quarantined by name."""
+    _hl7(engine, cipher, ADT_A01)
+    _hl7(engine, cipher, ADT_A03)
+    assert _stay(engine).discharged_at is not None
+    deleting = ADT_A03.replace("ADT^A03", "ADT^A08").replace("|20240305113000+0000", '|""')
+    stale = _hl7(engine, cipher, _stale(deleting, "20240304090000"))
+    assert stale.reopened == []
+    assert _stay(engine).discharged_at is not None
+    report = _hl7(engine, cipher, _stale(deleting, "20240306090000"))
+    assert len(report.reopened) == 1
+    stay = _stay(engine)
+    assert stay.discharged_at is None
+    assert stay.admitted_at == datetime(2024, 3, 1, 7, 55, tzinfo=UTC)
+    for message, reason in (
+        (
+            _stale(ADT_A03.replace("|20240305113000+0000", '|""'), "20240307090000"),
+            'PV1-45 discharge time is the HL7 null "" in a discharge (ADT^A03)',
+        ),
+        (
+            _stale(deleting.replace("|20240301075500+0000", '|""'), "20240308090000"),
+            'PV1-44 admit time is the HL7 null ""; a stay keeps its admission',
+        ),
+    ):
+        refused = _hl7(engine, cipher, message)
+        assert [r["reason"] for r in refused.rejects] == [reason]
+        assert _stay(engine).discharged_at is None
+
+
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",
     "id": "pv-1",

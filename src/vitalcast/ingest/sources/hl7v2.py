@@ -151,6 +151,7 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
                 tz,
                 unit.batch,
                 is_adt=mtype != "ORU^R01",
+                discharging=mtype == "ADT^A03",
                 version=version,
             )
         if mtype == "ORU^R01":
@@ -319,6 +320,7 @@ def _encounter(
     batch: RecordBatch,
     *,
     is_adt: bool,
+    discharging: bool = False,
     version: str | None = None,
 ) -> str | None:
     """The visit's encounter reference; ADT messages also create or complete it.
@@ -329,12 +331,24 @@ def _encounter(
     visit = pv1.comp(19)
     if not is_adt and not pv1.comp(44):
         return visit_ref(visit, patient_ref, None, pseudonym) if visit else None
+    # The HL7 null "" in PV1-45 deletes the discharge time: the stay is going on (the
+    # effect of an A13, as a FHIR Encounter in progress has). A discharge message cannot
+    # say so, and an admission time cannot be deleted: both are refused by name.
+    discharge_deleted = _is_null(pv1.comp(45))
     try:
+        if _is_null(pv1.comp(44)):
+            raise ValueError('PV1-44 admit time is the HL7 null ""; a stay keeps its admission')
+        if discharge_deleted and discharging:
+            raise ValueError('PV1-45 discharge time is the HL7 null "" in a discharge (ADT^A03)')
         admitted = parse_dtm(pv1.comp(44), tz=tz, what="PV1-44 admit time")
         admission_known = admitted is not None
         if admitted is None and evn is not None:
             admitted = parse_dtm(evn.comp(6) or evn.comp(2), tz=tz, what="EVN event time")
-        discharged = parse_dtm(pv1.comp(45), tz=tz, what="PV1-45 discharge time")
+        discharged = (
+            None
+            if discharge_deleted
+            else parse_dtm(pv1.comp(45), tz=tz, what="PV1-45 discharge time")
+        )
     except ValueError as exc:
         admitted, discharged, problem, admission_known = None, None, str(exc), False
         code = getattr(exc, "code", "no_time")
@@ -361,6 +375,7 @@ def _encounter(
             unit=_sent(unit),
             admission_source=_sent(source),
             cleared=cleared,
+            in_progress_stated=discharge_deleted,
             source_ref=loc,
             version=version,
             admission_known=admission_known,
