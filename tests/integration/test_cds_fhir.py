@@ -205,6 +205,8 @@ def test_patient_view_card_from_prefetch_and_feedback(
     assert card["summary"].startswith("ICU mortality risk ")
     assert len(card["summary"]) <= 140
     assert card["links"][0]["type"] == "absolute"
+    # The store holds no such patient: the link opens the ward list.
+    assert card["links"][0]["url"] == "http://localhost/ward"
     # The encounter began an hour ago, before the model's first calibrated hour (3 h), so
     # the card calls the risk provisional.
     assert card["summary"].endswith(", early)")
@@ -1435,6 +1437,58 @@ def test_feedback_is_in_the_trail_of_the_patient_the_card_was_for(
     ]
     assert view.patient_id == public_id
     assert trail == ["ingest.batch", "cds.patient-view", "cds.feedback"]
+    # "Open in vitalcast" opens this patient's page, not the ward list.
+    assert card["links"][0]["url"] == f"http://localhost/patients/{public_id}"
+
+
+def test_a_patient_stored_from_hl7_is_found_by_the_mrn(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """A patient admitted by HL7 v2 has no FHIR id in the store: the EHR's Patient
+    resource is matched by its MRN, as ingestion matches patients across sources, so the
+    card links to the patient's page and the audit names the patient."""
+    from vitalcast.clinical.records import PatientRecord, RecordBatch
+    from vitalcast.clinical.tables import Patient
+    from vitalcast.db import session_scope
+    from vitalcast.ingest.service import store_batch
+
+    _register_champion(cds_app, trained_model)
+    state = get_state(cds_app)
+    with session_scope(state.sessions) as session:
+        batch = RecordBatch(
+            patients=[
+                PatientRecord(ref="hl7-a", mrn="MRN-CDS-1"),
+                PatientRecord(ref="hl7-b", mrn="MRN-CDS-2"),
+            ]
+        )
+        store_batch(session, batch, source="hl7v2", location="t", cipher=state.cipher)
+    with state.sessions() as session:
+        public_id = session.scalar(
+            select(Patient.public_id).where(Patient.mrn_hmac == state.cipher.mrn_hash("MRN-CDS-1"))
+        )
+    client = cds_app.test_client()
+    observations = [_observation("8867-4", 128, "/min", 30)]
+    links = []
+    for mrn in (" mrn-cds-1", "MRN-ELSEWHERE"):
+        patient = {**PATIENT, "identifier": [_mrn_identifier(mrn)]}
+        response = client.post(
+            SERVICE,
+            json=_hook(patient, observations, [_encounter(300)]),
+            headers={"Authorization": f"Bearer {_token(ehr_key)}"},
+        )
+        assert response.status_code == 200, response.get_json()
+        links.append(response.get_json()["cards"][0]["links"][0]["url"])
+    assert links == [f"http://localhost/patients/{public_id}", "http://localhost/ward"]
+    assert [e.patient_id for e in _audit_rows(cds_app)] == [public_id, None]
+
+
+def _mrn_identifier(mrn: str) -> dict[str, Any]:
+    return {
+        "type": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]
+        },
+        "value": mrn,
+    }
 
 
 def test_feedback_from_another_ehr_is_not_linked_to_a_card_it_was_not_shown(

@@ -29,7 +29,8 @@ naming each problem and its place (:mod:`.cds_prefetch`), an unusable answer of
 ``fhirServer`` a 412, and observations left out of the score are counted on the card.
 
 Every answer and every failure is audited (``cds.patient-view``); the EHR's patient id is
-recorded as the store's public id when the store knows the patient, else as a keyed hash.
+recorded as the store's public id when the store knows the patient (by FHIR id, else by
+the MRN), else as a keyed hash. The card's link opens that patient's page, else the ward.
 
 The service is split by capability: this module holds the blueprint (its URL map), the
 discovery document, the hook's flow and its audit; :mod:`.cds_request` checks the request,
@@ -136,6 +137,24 @@ class _Audit:
         )
         self.details["ehr_patient"] = get_state().cipher.pseudonym("ehr-patient", ehr_patient_id)
 
+    def match_mrn(self, mrn: str | None) -> None:
+        """When no FHIR-ingested patient has the EHR's id, the stored patient with the
+        Patient resource's MRN (the identifier ingestion matches patients across sources
+        by: one admitted by HL7 v2 has no FHIR id), if exactly one has it."""
+        if self.patient_id is not None or not mrn:
+            return
+        found = (
+            db()
+            .scalars(
+                select(Patient.public_id)
+                .where(Patient.mrn_hmac == get_state().cipher.mrn_hash(mrn))
+                .limit(2)
+            )
+            .all()
+        )
+        if len(found) == 1:
+            self.patient_id = found[0]
+
     def write(self, service_id: str, outcome: str) -> None:
         audit_event(
             "cds.patient-view",
@@ -179,7 +198,7 @@ def service(service_id: str) -> Response:
     if service_id != SERVICE_ID:
         raise NotFound(f"no CDS service {service_id!r}")
     settings = get_state().settings
-    link = f"{(settings.public_url or request.host_url).rstrip('/')}/ward"
+    base = (settings.public_url or request.host_url).rstrip("/")
     with _audited(service_id) as audit:
         body = json_body()
         hook = parse_hook(body)
@@ -196,7 +215,7 @@ def service(service_id: str) -> Response:
             networks=parse_networks(settings.cds_fhir_networks),
         )
         try:
-            card = _answer(hook, sources, predictor, link, audit)
+            card = _answer(hook, sources, predictor, base, audit)
         finally:
             sources.close()
             audit.details["fhir_server_read"] = sources.read_server
@@ -204,10 +223,14 @@ def service(service_id: str) -> Response:
 
 
 def _answer(
-    hook: HookRequest, sources: Sources, predictor: Predictor, link: str, audit: _Audit
+    hook: HookRequest, sources: Sources, predictor: Predictor, base: str, audit: _Audit
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
     patient = sources.patient(now.date())
+    audit.match_mrn(patient.mrn)
+    # "Open in vitalcast" opens the patient's own page when the store holds the patient
+    # (the clinician signs in and the page checks their units), else the ward list.
+    link = f"{base}/patients/{audit.patient_id}" if audit.patient_id else f"{base}/ward"
     encounter = current_encounter(sources.encounters(), patient, hook.encounter_id, now)
     if encounter is None:
         audit.details["scored"] = False
