@@ -29,6 +29,7 @@ from vitalcast.ingest.sources.fhir import SOURCE as FHIR
 from vitalcast.ingest.sources.fhir import parse_bytes
 from vitalcast.ingest.sources.hl7v2 import SOURCE as HL7
 from vitalcast.ingest.sources.hl7v2 import parse_message
+from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.ingest.units import store_unit
 from vitalcast.security.crypto import FieldCipher
 
@@ -326,6 +327,23 @@ def test_fhir_new_version_replaces_same_is_noop_older_is_ignored(
             for t in (Patient, Encounter, Observation)
         ]
     assert counts == [1, 1, 1]
+
+
+def test_a_newer_entered_in_error_version_removes_the_observation(
+    engine: Engine, cipher: FieldCipher
+) -> None:
+    """On both backends (the embedded demo runs SQLite): the retraction deletes the row
+    and keeps it in the quarantine; see test_result_retraction.py for the whole path."""
+    _fhir(engine, cipher, PATIENT, ENCOUNTER, OBSERVATION)
+    error = _version(OBSERVATION, versionId="10")
+    error["status"] = "entered-in-error"
+    report = _fhir(engine, cipher, error)
+    assert [(t.code, t.reason_code) for t in report.retracted] == [("8867-4", "entered_in_error")]
+    assert _observations(engine) == []
+    assert report.touched_encounters == {_stay(engine).id}
+    with Session(engine) as session:
+        kept = session.scalars(select(QuarantineItem.reason_code)).all()
+    assert kept == ["retracted"]
 
 
 def test_two_versions_in_one_bundle_keep_the_newest(engine: Engine, cipher: FieldCipher) -> None:

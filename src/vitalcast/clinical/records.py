@@ -155,7 +155,38 @@ class ObservationRecord:
                 self.value_text or "",
             )
         )
-        return uuid.UUID(bytes=hashlib.sha256(f"{source}|{basis}".encode()).digest()[:16])
+        return identity_key(source, basis)
+
+
+def identity_key(source: str, basis: str) -> uuid.UUID:
+    """The stored dedup key of a measurement with this source identity (see
+    :meth:`ObservationRecord.dedup_key`), shared by :class:`ObservationRetraction`."""
+    return uuid.UUID(bytes=hashlib.sha256(f"{source}|{basis}".encode()).digest()[:16])
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationRetraction:
+    """A newer version of a result saying it must not be used: an HL7 OBX-11 of ``W``
+    (wrong), ``D`` (deleted) or ``X`` (cannot be obtained), a FHIR Observation
+    ``entered-in-error`` or ``cancelled``. It removes the stored result with the same
+    source identity when that result's version is older; otherwise it is quarantined.
+
+    Why: refused like any withdrawn result, it left a value the laboratory had taken
+    back (a haemolysed potassium, a result on the wrong patient) in the store, where it
+    went on feeding the patient's features and risk.
+    """
+
+    patient_ref: str
+    identity: str  # as ObservationRecord.identity: the result it retracts
+    version: str  # as ObservationRecord.version; a retraction without one is refused
+    code: str
+    reason_code: str  # the quarantine code when nothing is retracted
+    reason: str  # what the source said
+    source_ref: str = ""
+    raw: str | None = None
+
+    def dedup_key(self, source: str) -> uuid.UUID:
+        return identity_key(source, self.identity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +260,7 @@ class RecordBatch:
     outcomes: list[OutcomeRecord] = field(default_factory=list)
     withdrawals: list[EncounterWithdrawal] = field(default_factory=list)
     discharge_cancellations: list[DischargeCancellation] = field(default_factory=list)
+    retractions: list[ObservationRetraction] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     received: int = 0  # input items seen (each becomes a record or a rejection)
 
@@ -242,6 +274,7 @@ class RecordBatch:
         self.outcomes.extend(other.outcomes)
         self.withdrawals.extend(other.withdrawals)
         self.discharge_cancellations.extend(other.discharge_cancellations)
+        self.retractions.extend(other.retractions)
         self.rejected.extend(other.rejected)
         self.received += other.received
 
@@ -257,5 +290,6 @@ class RecordBatch:
             "outcomes": len(self.outcomes),
             "withdrawals": len(self.withdrawals),
             "discharge_cancellations": len(self.discharge_cancellations),
+            "retractions": len(self.retractions),
             "rejected": len(self.rejected),
         }

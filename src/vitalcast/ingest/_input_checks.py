@@ -68,6 +68,7 @@ _LIMITED: dict[str, tuple[tuple[str, Any], ...]] = {
         ("ref", Encounter.source_ref),
         ("version", Encounter.source_version),
     ),
+    "retractions": (("patient_ref", Patient.source_ref), ("version", Observation.source_version)),
 }
 # The record kind (of the report and the quarantine) of each list of a batch.
 _BATCH_LISTS = {
@@ -79,6 +80,7 @@ _BATCH_LISTS = {
     "outcomes": "outcome",
     "withdrawals": "encounter",  # an Encounter version that withdraws a stay
     "discharge_cancellations": "encounter",  # an HL7 A13 that reopens a stay
+    "retractions": "observation",  # a result the source took back (HL7 OBX-11 W)
 }
 
 

@@ -48,6 +48,18 @@ class Reopening:
     encounter_public_id: str
 
 
+@dataclass(frozen=True)
+class Retraction:
+    """A stored result removed by a newer version taking it back (HL7 OBX-11 W/D/X, FHIR
+    entered-in-error or cancelled). The patient's public id is for the audit event, as
+    for :class:`Withdrawal`, and is left out of the printed report."""
+
+    location: str
+    code: str
+    reason_code: str
+    patient_public_id: str
+
+
 @dataclass
 class IngestReport:
     """What one ingest run did with its input."""
@@ -82,6 +94,10 @@ class IngestReport:
     # Discharged stays whose discharge a newer message cancelled (HL7 ADT^A13): in
     # progress again, and rescored. Counted as stored encounter items.
     reopened: list[Reopening] = field(default_factory=list)
+    # Stored results removed because a newer version took them back (_retract). Counted
+    # as stored observation items (the retraction was applied); the removed rows are
+    # kept in the quarantine under ``retracted``.
+    retracted: list[Retraction] = field(default_factory=list)
 
     def count(self, kind: str) -> KindCounts:
         return self.kinds.setdefault(kind, KindCounts())
@@ -135,6 +151,7 @@ class IngestReport:
         self.ignored_columns += [c for c in other.ignored_columns if c not in self.ignored_columns]
         self.withdrawn += other.withdrawn
         self.reopened += other.reopened
+        self.retracted += other.retracted
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +171,10 @@ class IngestReport:
                 {"location": w.location, "reason_code": w.reason_code} for w in self.withdrawn
             ],
             "discharge_cancelled": [{"location": r.location} for r in self.reopened],
+            "retracted": [
+                {"location": r.location, "code": r.code, "reason_code": r.reason_code}
+                for r in self.retracted
+            ],
             "rejects": self.rejects,
         }
 
@@ -176,6 +197,8 @@ class IngestReport:
             lines.append(f"  stay withdrawn ({w.reason_code}), no longer in progress: {w.location}")
         for r in self.reopened:
             lines.append(f"  discharge cancelled, stay in progress again: {r.location}")
+        for t in self.retracted:
+            lines.append(f"  result {t.code} taken back ({t.reason_code}), removed: {t.location}")
         for reason, n in self.skipped.most_common():
             lines.append(f"  skipped {reason}: {n}")
         if self.ignored_columns:

@@ -51,6 +51,7 @@ from vitalcast.ingest._resolve import (
     store_encounters,
     store_patients,
 )
+from vitalcast.ingest._retract import store_retractions
 from vitalcast.ingest._withdraw import store_withdrawals
 from vitalcast.ingest.quarantine import encrypt_raw
 from vitalcast.ingest.report import IngestReport, Reopening, Withdrawal
@@ -119,10 +120,15 @@ def store_batch(
     ) -> None:
         # The row must be storable whatever the item held: NUL and unpaired surrogates
         # in its location, reason, code or raw form are written as escapes (printable).
-        where, reason = printable(where), printable(reason)
-        report.reject(kind, where, reason_code, reason)
+        report.reject(kind, printable(where), reason_code, printable(reason))
         if extra.get("patient_id") is not None:
             report.patients.add(extra["patient_id"])
+        archive(where, reason_code, reason, raw, **extra)
+
+    def archive(where: str, reason_code: str, reason: str, raw: Any, **extra: Any) -> None:
+        """Keep a row in the quarantine: a rejected item (counted by ``reject``), or a
+        stored result a retraction removed (not an input item: never counted)."""
+        where, reason = printable(where), printable(reason)
         location = where[:500]
         text = raw if isinstance(raw, str) or raw is None else _raw_json(raw)
         text = None if text is None else printable(text)
@@ -153,6 +159,7 @@ def store_batch(
     store_withdrawals(session, batch.withdrawals, resolver, report, reject, now)
     store_discharge_cancellations(session, batch.discharge_cancellations, resolver, report, reject)
     _store_observations(session, batch.observations, resolver, report, reject, now)
+    store_retractions(session, batch.retractions, resolver, report, reject, archive)
     _store_conditions(session, batch.conditions, resolver, report, reject, now)
     _store_imaging(session, batch.imaging_studies, resolver, report, reject, now)
     _store_outcomes(session, batch.outcomes, resolver, report, reject, now)
@@ -208,6 +215,17 @@ def audit_ingest(
                 details={"reason": reason, "run_id": report.run_id},
             ),
         )
+    for taken in report.retracted:
+        audit.record(
+            session,
+            agent.event(
+                "observation.retracted",
+                "D",
+                patient_id=taken.patient_public_id,
+                resource=f"IngestRun/{report.run_id}",
+                details={"code": taken.code, "reason": taken.reason_code, "run_id": report.run_id},
+            ),
+        )
     details: dict[str, Any] = {
         "source": report.source,
         "run_id": report.run_id,
@@ -218,6 +236,7 @@ def audit_ingest(
         "reasons": dict(report.reasons),
         "withdrawn": len(report.withdrawn),
         "discharge_cancelled": len(report.reopened),
+        "retracted": len(report.retracted),
     }
     if name_patients:
         details["patients"] = _public_ids(session, report.patients)

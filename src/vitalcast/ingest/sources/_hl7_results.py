@@ -8,9 +8,14 @@ from message framing and the patient and visit mapping.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 
-from vitalcast.clinical.records import ObservationRecord, RecordBatch, Rejected
+from vitalcast.clinical.records import (
+    ObservationRecord,
+    ObservationRetraction,
+    RecordBatch,
+    Rejected,
+)
 from vitalcast.ingest.sources._hl7_fields import Problem, Seg, parse_dtm
 from vitalcast.ingest.validate import finite_number
 
@@ -51,21 +56,57 @@ def add_results(
         loc = f"{where}.OBX[{n_obx}]"
         raw = str(seg.seg)
         batch.received += 1
+        if order and version and (taken_back := _retraction(seg, obr_time, tz)) is not None:
+            code, when, status = taken_back
+            batch.retractions.append(
+                ObservationRetraction(
+                    patient_ref=patient_ref,
+                    identity=_identity(seg, patient_ref, order, code, when),
+                    version=version,
+                    code=code,
+                    reason_code="withdrawn_result",
+                    reason=f"OBX-11 status {status}: {_WITHDRAWN[status]}",
+                    source_ref=loc,
+                    raw=raw,
+                )
+            )
+            continue
         try:
             rec = _observation(seg, patient_ref, encounter_ref, obr_time, loc, tz)
         except Problem as exc:
             batch.rejected.append(Rejected(loc, exc.code, str(exc), raw))
             continue
         if order and version:
-            # The result's place in its order: the same OBX resent is the same result,
-            # whatever its value; a newer message's version of it replaces the stored one.
-            # The time is part of it, so that readings charted under one standing order
-            # (a monitor's) never replace each other. Hashed into the dedup key only.
-            slot = (patient_ref, order, seg.comp(1), rec.code, seg.comp(4))
-            identity = "|".join(("hl7-obx", *slot, rec.effective_at.isoformat()))
+            identity = _identity(seg, patient_ref, order, rec.code, rec.effective_at)
             rec = replace(rec, identity=identity, version=version)
         batch.observations.append(rec)
     return n_obx
+
+
+def _identity(seg: Seg, patient_ref: str, order: str, code: str, when: datetime) -> str:
+    """The result's place in its order: the same OBX resent is the same result, whatever
+    its value; a newer message's version of it replaces the stored one (or, withdrawn,
+    removes it). The time is part of it, so that readings charted under one standing
+    order (a monitor's) never replace each other. Hashed into the dedup key only."""
+    slot = (patient_ref, order, seg.comp(1), code, seg.comp(4))
+    return "|".join(("hl7-obx", *slot, when.isoformat()))
+
+
+def _retraction(seg: Seg, obr_time: str, tz: tzinfo) -> tuple[str, datetime, str] | None:
+    """(code, time, OBX-11) of an OBX withdrawing its result (OBX-11 W, D or X), when it
+    names the result as the result's own OBX did; None otherwise (a result, or a
+    withdrawal that cannot name one, which :func:`_observation` refuses)."""
+    status = seg.comp(11).upper()
+    if status not in _WITHDRAWN:
+        return None
+    code = _code(seg.reps(3))
+    if not code or len(code) > MAX_CODE_CHARS:
+        return None
+    try:
+        when = parse_dtm(seg.comp(14) or obr_time, tz=tz, what="observation time")
+    except ValueError:
+        return None
+    return None if when is None else (code, when, status)
 
 
 def _code(ident: list[list[str]]) -> str:

@@ -21,6 +21,7 @@ from vitalcast.clinical.records import (
     EncounterWithdrawal,
     ImagingStudyRecord,
     ObservationRecord,
+    ObservationRetraction,
     PatientRecord,
     RecordBatch,
     Rejected,
@@ -357,10 +358,30 @@ def map_observation(
     raw = json.dumps(res, default=str)[:20000]
     try:
         status = res.get("status", "")
-        if status in _WITHDRAWN:
-            raise ResourceProblem(_WITHDRAWN[status], f"status is {status}")
+        withdrawn = _WITHDRAWN.get(status)
+        # A version saying the result was an error retracts the stored one (each slot);
+        # without an identity and a version it cannot be ordered after it: refused.
+        version = version_of(res) if identity else None
+        if withdrawn is not None and version is None:
+            raise ResourceProblem(withdrawn, f"status is {status}")
         patient = _reference(res, "subject", resolve, "Patient")
         encounter = _reference(res, "encounter", resolve, "Encounter")
+        if withdrawn is not None and patient is not None and version is not None:
+            for loc, holder, slot in slots:
+                batch.received += 1
+                batch.retractions.append(
+                    ObservationRetraction(
+                        patient_ref=patient,
+                        identity=f"{identity}|{slot}",
+                        version=version,
+                        code=pick_code(holder.get("code")) or "",
+                        reason_code=withdrawn,
+                        reason=f"status is {status}",
+                        source_ref=loc,
+                        raw=raw,
+                    )
+                )
+            return
         period = res.get("effectivePeriod") or {}
         effective = parse_instant(
             res.get("effectiveDateTime")
@@ -409,7 +430,7 @@ def map_observation(
                 value_text=text,
                 source_ref=loc,
                 identity=f"{identity}|{slot}" if identity else None,
-                version=version_of(res) if identity else None,
+                version=version,
             )
         )
 
