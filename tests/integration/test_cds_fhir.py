@@ -1466,18 +1466,7 @@ def test_a_patient_stored_from_hl7_is_found_by_the_mrn(
         public_id = session.scalar(
             select(Patient.public_id).where(Patient.mrn_hmac == state.cipher.mrn_hash("MRN-CDS-1"))
         )
-    client = cds_app.test_client()
-    observations = [_observation("8867-4", 128, "/min", 30)]
-    links = []
-    for mrn in (" mrn-cds-1", "MRN-ELSEWHERE"):
-        patient = {**PATIENT, "identifier": [_mrn_identifier(mrn)]}
-        response = client.post(
-            SERVICE,
-            json=_hook(patient, observations, [_encounter(300)]),
-            headers={"Authorization": f"Bearer {_token(ehr_key)}"},
-        )
-        assert response.status_code == 200, response.get_json()
-        links.append(response.get_json()["cards"][0]["links"][0]["url"])
+    links = _card_links(cds_app, ehr_key, " mrn-cds-1", "MRN-ELSEWHERE")
     assert links == [f"http://localhost/patients/{public_id}", "http://localhost/ward"]
     assert [e.patient_id for e in _audit_rows(cds_app)] == [public_id, None]
 
@@ -1501,10 +1490,17 @@ def test_a_stored_patient_with_the_fhir_id_but_another_mrn_is_not_linked(
         store_batch(session, batch, source="fhir", location="t", cipher=state.cipher)
     with state.sessions() as session:
         public_id = session.scalar(select(Patient.public_id))
-    client = cds_app.test_client()
+    links = _card_links(cds_app, ehr_key, "MRN-EHR-7", "mrn-feed-1")
+    assert links == ["http://localhost/ward", f"http://localhost/patients/{public_id}"]
+    assert [e.patient_id for e in _audit_rows(cds_app)] == [None, public_id]
+
+
+def _card_links(app: Flask, ehr_key: RSAKey, *mrns: str) -> list[str]:
+    """The card's 'Open in vitalcast' link for patient p1 sent with each MRN in turn."""
+    client = app.test_client()
     observations = [_observation("8867-4", 128, "/min", 30)]
     links = []
-    for mrn in ("MRN-EHR-7", "mrn-feed-1"):
+    for mrn in mrns:
         patient = {**PATIENT, "identifier": [_mrn_identifier(mrn)]}
         response = client.post(
             SERVICE,
@@ -1513,8 +1509,7 @@ def test_a_stored_patient_with_the_fhir_id_but_another_mrn_is_not_linked(
         )
         assert response.status_code == 200, response.get_json()
         links.append(response.get_json()["cards"][0]["links"][0]["url"])
-    assert links == ["http://localhost/ward", f"http://localhost/patients/{public_id}"]
-    assert [e.patient_id for e in _audit_rows(cds_app)] == [None, public_id]
+    return links
 
 
 def _mrn_identifier(mrn: str) -> dict[str, Any]:
