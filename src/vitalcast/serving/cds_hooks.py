@@ -52,7 +52,6 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
 from vitalcast.clinical.tables import Patient
-from vitalcast.clinical.times import age_at
 from vitalcast.errors import AppError, ModelUnavailable, NotFound
 from vitalcast.features import stay_features
 from vitalcast.security.permissions import Permission, public, requires
@@ -63,7 +62,7 @@ from vitalcast.serving.cds_prefetch import counts_as_left_out, parse_resources
 from vitalcast.serving.cds_request import SERVICE_ID as SERVICE_ID
 from vitalcast.serving.cds_request import HookRequest, parse_hook
 from vitalcast.serving.cds_sources import ONGOING_SEARCH, Sources
-from vitalcast.serving.cds_stay import current_encounter, stay_from_records
+from vitalcast.serving.cds_stay import current_encounter, plausible_age, stay_from_records
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.scoring import outside_population, record_prediction, served_population
@@ -253,7 +252,7 @@ def _answer(
     outside = outside_population(
         served_population(get_state().settings),
         encounter.kind,
-        age_at(patient.birth_date, encounter.admitted_at),
+        plausible_age(patient.birth_date, encounter.admitted_at),
         encounter.unit,
     )
     if outside is not None:
