@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from tests.conftest import Credentials
+from tests.integration.test_fhir_search import _count
 from vitalcast.clinical.tables import DeviceBinding, Encounter, Observation, Patient
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.tables import ApiKey, AuditEvent, User
@@ -85,16 +86,7 @@ def test_predict_refuses_a_patient_outside_the_callers_units(
     outside, inside = _one_in(units, False), _one_in(units, True)
 
     def predictions_of(public_id: str) -> int:
-        with get_state(app).sessions() as session:
-            return int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(Prediction)
-                    .join(Patient, Patient.id == Prediction.patient_id)
-                    .where(Patient.public_id == public_id)
-                )
-                or 0
-            )
+        return _count(app, Prediction, public_id)
 
     before = predictions_of(outside)
     refused = client.post("/api/v1/predict", json={"patient_id": outside}, headers=headers)
@@ -363,19 +355,7 @@ def test_a_reading_naming_another_units_stay_is_not_stored_there(
             .join(Patient, Patient.id == Encounter.patient_id)
             .where(Patient.public_id == outside, Encounter.discharged_at.is_(None))
         )
-
-        def count(public_id: str) -> int:
-            return int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(Observation)
-                    .join(Patient, Patient.id == Observation.patient_id)
-                    .where(Patient.public_id == public_id)
-                )
-                or 0
-            )
-
-        before = count(outside)
+    before = _count(app, Observation, outside)
     reading = {
         "code": "8867-4",
         "value": 97,
@@ -392,5 +372,4 @@ def test_a_reading_naming_another_units_stay_is_not_stored_there(
     ]
     assert answer["rescored"] == []  # the other unit's stay was not rescored either
     assert stay not in str(answer)
-    with get_state(app).sessions() as session:
-        assert count(outside) == before
+    assert _count(app, Observation, outside) == before
