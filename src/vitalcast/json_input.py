@@ -7,12 +7,22 @@ external JSON (request bodies, FHIR files, MQTT messages) used to catch only
 ``JSONDecodeError``, so such input became a 500 or a traceback. :func:`parse_json` turns
 all of them into :class:`JsonInputError`, whose message says what was wrong and where,
 without echoing the input (it may be patient data).
+
+An object that names a member twice is refused too: ``json.loads`` keeps the last value
+and drops the others without a word, so ``{"patient_id": "A", "patient_id": "B"}`` was
+scored as B and a feature vector or reading sent with a field twice lost one value
+silently. RFC 8259 leaves such input to the reader; for clinical input the only safe
+reading is none.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+# A member name shown in the error only when it looks like a field name (not data).
+_SHOWN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 class JsonInputError(ValueError):
@@ -34,7 +44,9 @@ def parse_json(text: str) -> Any:
     Text, not bytes: callers decode first and report bad UTF-8 in their own words.
     """
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_members)
+    except JsonInputError:
+        raise
     except json.JSONDecodeError as exc:
         raise JsonInputError(exc.msg, exc.lineno, exc.colno) from None
     except RecursionError:
@@ -42,3 +54,17 @@ def parse_json(text: str) -> Any:
     except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
         reason = "an integer has too many digits" if "digits" in str(exc) else "unreadable value"
         raise JsonInputError(reason) from None
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members as a dict; :class:`JsonInputError` if a name repeats."""
+    members = dict(pairs)
+    if len(members) == len(pairs):
+        return members
+    seen: set[str] = set()
+    for name, _value in pairs:
+        if name in seen:
+            break
+        seen.add(name)
+    shown = f" {name!r}" if _SHOWN_NAME.fullmatch(name) else ""
+    raise JsonInputError(f"an object has the member{shown} more than once")

@@ -1466,10 +1466,41 @@ def test_a_patient_stored_from_hl7_is_found_by_the_mrn(
         public_id = session.scalar(
             select(Patient.public_id).where(Patient.mrn_hmac == state.cipher.mrn_hash("MRN-CDS-1"))
         )
-    client = cds_app.test_client()
+    links = _card_links(cds_app, ehr_key, " mrn-cds-1", "MRN-ELSEWHERE")
+    assert links == [f"http://localhost/patients/{public_id}", "http://localhost/ward"]
+    assert [e.patient_id for e in _audit_rows(cds_app)] == [public_id, None]
+
+
+def test_a_stored_patient_with_the_fhir_id_but_another_mrn_is_not_linked(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """FHIR ids are a server's own numbering ("Patient/p1" from a feed server and from the
+    EHR may be two people): when the stored patient with the EHR's id has another MRN
+    than the EHR's Patient, the card linked to that other person's page and the audit
+    named them. The MRN decides: the ward list, and no patient named."""
+    from vitalcast.clinical.records import PatientRecord, RecordBatch
+    from vitalcast.clinical.tables import Patient
+    from vitalcast.db import session_scope
+    from vitalcast.ingest.service import store_batch
+
+    _register_champion(cds_app, trained_model)
+    state = get_state(cds_app)
+    with session_scope(state.sessions) as session:
+        batch = RecordBatch(patients=[PatientRecord(ref="Patient/p1", mrn="MRN-FEED-1")])
+        store_batch(session, batch, source="fhir", location="t", cipher=state.cipher)
+    with state.sessions() as session:
+        public_id = session.scalar(select(Patient.public_id))
+    links = _card_links(cds_app, ehr_key, "MRN-EHR-7", "mrn-feed-1")
+    assert links == ["http://localhost/ward", f"http://localhost/patients/{public_id}"]
+    assert [e.patient_id for e in _audit_rows(cds_app)] == [None, public_id]
+
+
+def _card_links(app: Flask, ehr_key: RSAKey, *mrns: str) -> list[str]:
+    """The card's 'Open in vitalcast' link for patient p1 sent with each MRN in turn."""
+    client = app.test_client()
     observations = [_observation("8867-4", 128, "/min", 30)]
     links = []
-    for mrn in (" mrn-cds-1", "MRN-ELSEWHERE"):
+    for mrn in mrns:
         patient = {**PATIENT, "identifier": [_mrn_identifier(mrn)]}
         response = client.post(
             SERVICE,
@@ -1478,8 +1509,7 @@ def test_a_patient_stored_from_hl7_is_found_by_the_mrn(
         )
         assert response.status_code == 200, response.get_json()
         links.append(response.get_json()["cards"][0]["links"][0]["url"])
-    assert links == [f"http://localhost/patients/{public_id}", "http://localhost/ward"]
-    assert [e.patient_id for e in _audit_rows(cds_app)] == [public_id, None]
+    return links
 
 
 def _mrn_identifier(mrn: str) -> dict[str, Any]:

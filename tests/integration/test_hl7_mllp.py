@@ -174,3 +174,19 @@ def test_cancellations_over_mllp_are_acknowledged_after_they_are_stored(
     (ack,) = send_messages("127.0.0.1", server.port, [newer])
     assert msa(ack)[1:4] == ["AA", "CAN0012", "stored 1, duplicates 0"]
     assert only_stay(pg_engine).withdrawn_reason == "cancelled"
+
+
+def test_segments_ended_by_crlf_are_read_as_the_file_reader_reads_them(
+    server: MllpServer, pg_engine: Engine
+) -> None:
+    """A sender that ends segments with CR LF (common in interface engines on Windows and
+    in messages replayed from files) got AR "not an HL7 v2 message (unreadable MSH)" for
+    every message: LF became a second CR, an empty segment. Files were read fine."""
+    acks = send_messages(
+        "127.0.0.1", server.port, [ADT_A01.replace("\r", "\r\n"), ORU_R01.replace("\r", "\r\n")]
+    )
+    assert [msa(a)[1:3] for a in acks] == [["AA", "ADM0001"], ["AA", "ORU0001"]]
+    assert msa(acks[1])[3].startswith("stored 3, duplicates 1, quarantined 5")
+    with make_session_factory(pg_engine)() as s:
+        assert s.scalars(select(Encounter)).one().unit == "MICU"
+        assert s.scalar(select(func.count()).select_from(Observation)) == 3

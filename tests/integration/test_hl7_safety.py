@@ -130,6 +130,22 @@ def test_an_empty_numeric_value_is_no_value(ingest: Callable[..., Result]) -> No
     assert reasons["OBX[4]"] == "no_value"
 
 
+def test_a_number_not_in_ascii_digits_is_quarantined_not_read(
+    ingest: Callable[..., Result], pg_url: str
+) -> None:
+    """float() reads "9_5" as 95 and "٣٤" as 34: an NM value with a digit separator or
+    digits of another script was stored as a number the sender never wrote in HL7's NM
+    notation. Only ASCII decimal notation is a number."""
+    text = ORU_R01.replace("||92|/min|", "||9_5|/min|").replace("||101.3|", "||\u0663\u0664|")
+    result = ingest(ADT_A01 + "\r" + text, "--json")
+    assert result.exit_code == 0, result.output
+    rejects = json.loads(result.stdout)["rejects"]
+    reasons = {r["location"][-6:]: (r["reason_code"], r["reason"]) for r in rejects}
+    assert reasons["OBX[1]"] == ("non_numeric_value", "8867-4: NM value is not an exact number")
+    assert reasons["OBX[2]"] == ("non_numeric_value", "8310-5: NM value is not an exact number")
+    assert 95.0 not in [value for _sex, value, _hour in _results(pg_url)]
+
+
 @pytest.mark.parametrize("text", ["", "\r\n  \n"])
 def test_an_empty_file_exits_2_as_for_fhir(ingest: Callable[..., Result], text: str) -> None:
     result = ingest(text, name="empty.hl7")

@@ -4,6 +4,7 @@ silently accepted wrong value before."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -256,3 +257,37 @@ def test_observation_and_device_errors_are_located_in_the_request(
     assert locs(client.put("/api/v1/devices/mon-1/binding", json=wrong_stay, headers=headers)) == [
         ["body", "encounter_id"]
     ]
+
+
+def test_a_number_is_not_a_reading_time(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    """``"time": 20261130`` was read as seconds since 1970 and stored as a reading on
+    1970-08-24 (201); the schema says ISO 8601 text, as the query parameters enforce."""
+    headers = creds.api_key("integration")
+    for when in (20261130, 1764583200, 1.5, True):
+        reading = {"code": "8867-4", "value": 80, "unit": "/min", "time": when, "patient": ward[0]}
+        error = _error(client.post("/api/v1/observations", json=[reading], headers=headers), 422)
+        assert [d["loc"] for d in error["details"]] == [["body", 0, "time"]], when
+        assert "not a number" in error["details"][0]["msg"]
+
+
+def test_a_member_given_twice_is_refused_not_the_last_kept(
+    client: FlaskClient, creds: Credentials, ward: list[str]
+) -> None:
+    """JSON with a member named twice kept the last value silently: a predict request
+    naming two patients scored the second, and a reading with two values stored one."""
+    headers = {"Content-Type": "application/json", **creds.api_key("integration")}
+    first, second = json.dumps(ward[0]), json.dumps(ward[1])
+    body = f'{{"patient_id": {first}, "patient_id": {second}}}'
+    response = client.post("/api/v1/predict", data=body, headers=headers)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    message = response.get_json()["error"]["message"]
+    assert "'patient_id' more than once" in message
+    assert ward[0] not in message
+    assert ward[1] not in message
+    fields = f'"time": "{datetime.now(UTC).isoformat()}", "patient": {first}'
+    reading = f'[{{"code": "8867-4", "value": 80, "value": 180, "unit": "/min", {fields}}}]'
+    response = client.post("/api/v1/observations", data=reading, headers=headers)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert "'value' more than once" in str(response.get_json()["error"])

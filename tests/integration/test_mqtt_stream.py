@@ -53,6 +53,21 @@ def _hr(t: datetime, value: float) -> dict[str, object]:
     return {"code": "8867-4", "value": value, "unit": "/min", "time": t.isoformat()}
 
 
+def _publish_all(
+    mqtt_url: str, consumer: DeviceStreamConsumer, payloads: list[tuple[str, object]]
+) -> None:
+    """Publish ``payloads`` (topic, payload) and wait until ``consumer`` has handled all."""
+    with consuming(consumer):
+        pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
+        for topic, payload in payloads:
+            pub.publish(topic, payload)
+        pub.close()
+        deadline = time.monotonic() + 30
+        while consumer.stats.messages < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert consumer.stats.messages == len(payloads)
+
+
 def _count(engine: Engine, table: type) -> int:
     with make_session_factory(engine)() as s:
         return int(s.scalar(select(func.count()).select_from(table)) or 0)
@@ -95,15 +110,7 @@ def test_bindings_duplicates_order_and_bad_payloads(
         (topic, b"{not json"),
         (topic, {"code": "8867-4", "value": 1, "time": "2025-06-01T12:00:00"}),  # naive time
     ]
-    with consuming(consumer):
-        pub = Publisher(mqtt_url, f"pub-{uuid.uuid4().hex[:8]}")
-        for t, p in payloads:
-            pub.publish(t, p)
-        pub.close()
-        deadline = time.monotonic() + 30
-        while consumer.stats.messages < len(payloads) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    assert consumer.stats.messages == len(payloads)
+    _publish_all(mqtt_url, consumer, payloads)
     report = consumer.stats.report
     assert report.balanced()
     with factory() as s:
@@ -410,3 +417,37 @@ def test_a_refusal_on_resubscribing_is_recorded(pg_engine: Engine, cipher: Field
             assert not consumer.subscribed.is_set()
     finally:
         consumer.client.loop_stop()
+
+
+def test_a_device_reading_naming_a_patient_is_not_stored_under_that_patient(
+    mqtt_url: str, pg_engine: Engine, cipher: FieldCipher
+) -> None:
+    """A compact reading on a device's topic that named a patient was stored under that
+    patient, whoever the device was bound to, and from a device bound to no one: the
+    binding (and the unbound_device rule) did not apply. It is refused with a reason, as
+    the binding decides whose a device's reading is (a FHIR subject is not taken either)."""
+    bound, other = _patient(pg_engine, cipher, "p-bound"), _patient(pg_engine, cipher, "p-other")
+    factory = make_session_factory(pg_engine)
+    with session_scope(factory) as s:
+        bind_device(s, device_id="mon-3", patient_public_id=bound, now=T0)
+    config = fresh_config(mqtt_url)
+    consumer = DeviceStreamConsumer(factory, cipher, config)
+    naming = {**_hr(T0 + timedelta(minutes=5), 81), "patient": other}
+    payloads: list[tuple[str, object]] = [
+        (f"{config.topic_prefix}/mon-3/observations", naming),
+        (f"{config.topic_prefix}/mon-9/observations", naming),  # never bound
+        (f"{config.topic_prefix}/mon-3/observations", _hr(T0 + timedelta(minutes=6), 82)),
+    ]
+    _publish_all(mqtt_url, consumer, payloads)
+    assert consumer.stats.report.balanced()
+    with factory() as s:
+        stored = s.execute(
+            select(Patient.public_id, Observation.value).join(
+                Patient, Patient.id == Observation.patient_id
+            )
+        ).all()
+        quarantined = s.scalars(select(QuarantineItem.reason)).all()
+    assert [tuple(row) for row in stored] == [(bound, 82.0)]
+    assert len(quarantined) == 2
+    assert all("not taken on a device topic" in reason for reason in quarantined)
+    assert all(other not in reason for reason in quarantined)

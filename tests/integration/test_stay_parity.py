@@ -22,6 +22,7 @@ from vitalcast.db.session import create_db_engine, make_session_factory
 from vitalcast.features import stay_features
 from vitalcast.ingest.service import store_batch
 from vitalcast.security.crypto import FieldCipher
+from vitalcast.serving.cds_cards import card_notes
 from vitalcast.serving.cds_stay import stay_from_records
 from vitalcast.serving.scoring import (
     admission_descriptors,
@@ -138,3 +139,34 @@ def test_a_stay_without_an_age_is_aged_from_the_birth_date(
     assert stored["age_years"] == card["age_years"] == age_at(born, admitted)
     assert child is not None
     assert "outside what the model scores" in child
+
+
+def test_an_age_beyond_the_plausible_range_reaches_no_path(
+    pg_url: str, cipher: FieldCipher
+) -> None:
+    """A placeholder birth date (1800-01-01, an "unknown" some EHRs send) gives an age of
+    two centuries. The store drops it (quarantined as a descriptor, the stay scored
+    without an age); the CDS Hooks card gave the model the 226 years, so one stay had
+    two risks. Both paths now score it without an age, and the card says so."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    admitted = now - timedelta(hours=8)
+    patient = PatientRecord(ref="t:p1", sex="male", birth_date=date(1800, 1, 1))
+    encounter = EncounterRecord(ref="t:e1", patient_ref="t:p1", admitted_at=admitted, unit="MICU")
+    engine = create_db_engine(pg_url)
+    try:
+        sessions = make_session_factory(engine)
+        with sessions() as session:
+            batch = RecordBatch(patients=[patient], encounters=[encounter])
+            store_batch(session, batch, source="t", location="t", cipher=cipher, now=now)
+            session.commit()
+        with sessions() as session:
+            row = session.scalars(select(Encounter)).one()
+            stored = stay_features(stay_input(session, row, now), now)
+    finally:
+        engine.dispose()
+    left_out: Counter[str] = Counter()
+    card = stay_features(stay_from_records(patient, encounter, [], now, left_out), now)
+    assert math.isnan(stored["age_years"])
+    assert math.isnan(card["age_years"]), card["age_years"]
+    assert _same(stored, card) == set()
+    assert "Age unknown" in " ".join(card_notes(left_out, patient))

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from tests.conftest import Credentials
+from tests.integration.test_fhir_search import _count
 from vitalcast.clinical.tables import DeviceBinding, Encounter, Observation, Patient
 from vitalcast.modeling.tables import Prediction
 from vitalcast.security.tables import ApiKey, AuditEvent, User
@@ -85,16 +86,7 @@ def test_predict_refuses_a_patient_outside_the_callers_units(
     outside, inside = _one_in(units, False), _one_in(units, True)
 
     def predictions_of(public_id: str) -> int:
-        with get_state(app).sessions() as session:
-            return int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(Prediction)
-                    .join(Patient, Patient.id == Prediction.patient_id)
-                    .where(Patient.public_id == public_id)
-                )
-                or 0
-            )
+        return _count(app, Prediction, public_id)
 
     before = predictions_of(outside)
     refused = client.post("/api/v1/predict", json={"patient_id": outside}, headers=headers)
@@ -345,3 +337,39 @@ def test_an_admin_bound_to_units_can_neither_read_the_audit_log_nor_manage_accou
     creds.login(client, creds.user("all.units.admin", "admin"))
     assert client.get(f"/api/v1/audit-events?patient_id={other}", headers=json).status_code == 200
     assert client.get("/admin/users").status_code == 200
+
+
+def test_a_reading_naming_another_units_stay_is_not_stored_there(
+    app: Flask, client: FlaskClient, creds: Credentials, units: dict[str, str]
+) -> None:
+    """A reading's stay decided whose it was: one naming the caller's own patient and
+    another unit's stay passed the unit check (the patient was the caller's) and was
+    stored under that other patient, who was rescored, while the audit event named the
+    caller's patient. Such a reading is quarantined with its reason, as an unbound
+    device's is."""
+    token = _signed_in(client, creds, role="integration")
+    outside, inside = _one_in(units, False), _one_in(units, True)
+    with get_state(app).sessions() as session:
+        stay = session.scalar(
+            select(Encounter.public_id)
+            .join(Patient, Patient.id == Encounter.patient_id)
+            .where(Patient.public_id == outside, Encounter.discharged_at.is_(None))
+        )
+    before = _count(app, Observation, outside)
+    reading = {
+        "code": "8867-4",
+        "value": 97,
+        "unit": "/min",
+        "time": datetime.now(UTC).isoformat(),
+        "patient": inside,
+        "encounter": stay,
+    }
+    response = client.post("/api/v1/observations", json=[reading], headers={"X-CSRF-Token": token})
+    assert response.status_code == 201, response.get_json()
+    answer = response.get_json()
+    assert [r["reason_code"] for r in answer["report"]["rejects"]] == [
+        "encounter_of_another_patient"
+    ]
+    assert answer["rescored"] == []  # the other unit's stay was not rescored either
+    assert stay not in str(answer)
+    assert _count(app, Observation, outside) == before

@@ -17,9 +17,9 @@ so the range and the message are the same wherever a time arrives.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, WithJsonSchema
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, WithJsonSchema
 
 MIN_YEAR = 1800
 MAX_YEAR = 2200
@@ -103,6 +103,15 @@ def in_clinical_range(value: datetime) -> datetime:
     return value
 
 
+def not_a_number(value: Any) -> Any:
+    """Pydantic before-validator: a JSON number is not a date-time. Pydantic would read
+    ``"time": 20261130`` as seconds since 1970 (1970-08-24) and the reading was stored
+    there; the schema says text, so a number is refused as text is elsewhere."""
+    if isinstance(value, int | float):  # bool is an int too
+        raise ValueError("must be an ISO 8601 date-time text with a timezone, not a number")
+    return value
+
+
 #: JSON-schema pattern of the year range (1800-2200), so that the OpenAPI document says
 #: what the validator accepts and generated clients and tests keep to it.
 YEAR_PATTERN = "^(1[89][0-9]{2}|2[01][0-9]{2}|2200)-"
@@ -110,6 +119,7 @@ YEAR_PATTERN = "^(1[89][0-9]{2}|2[01][0-9]{2}|2200)-"
 #: An aware date-time (offset required) in the clinical year range, for pydantic models.
 ClinicalDateTime = Annotated[
     AwareDatetime,
+    BeforeValidator(not_a_number),
     AfterValidator(in_clinical_range),
     WithJsonSchema({"type": "string", "format": "date-time", "pattern": YEAR_PATTERN}),
 ]

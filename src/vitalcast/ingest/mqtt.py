@@ -224,7 +224,16 @@ def parse_message(topic: str, payload: bytes, prefix: str, seq: int) -> RecordBa
                 continue
             if isinstance(item, dict) and "resourceType" in item:
                 raise ValueError(f"resourceType {item['resourceType']!r}: send an Observation")
-            rec = compact_record(CompactObservation.model_validate(item), at, device_id)
+            reading = CompactObservation.model_validate(item)
+            if reading.patient is not None:
+                # The topic names the device, and its binding the patient (a FHIR
+                # Observation's subject is not taken here either): a reading naming a
+                # patient went to that patient, bound or not, whoever the device was on.
+                raise ValueError(
+                    "patient: not taken on a device topic; the reading is the patient's"
+                    f" that device {device_id!r} is bound to at its time"
+                )
+            rec = compact_record(reading, at, device_id)
         except (ValidationError, ValueError) as exc:
             batch.received += 1
             msg = (

@@ -25,6 +25,7 @@ A rejected record raises :class:`Invalid`; its ``code`` is the quarantine reason
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import fields, replace
 from datetime import date, datetime, timedelta
 from operator import attrgetter
@@ -103,11 +104,15 @@ def _text_problem(value: Any) -> str | None:
     return None
 
 
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def finite_number(raw: object) -> float:
     """``raw`` (a number, or its text) as a finite float; ValueError for anything else.
 
-    One rule for every adapter's numbers: booleans are not numbers, and infinities, NaN
-    and numbers beyond the float range (``1e400``, a 400-digit integer, on which
+    One rule for every adapter's numbers: booleans are not numbers, text is ASCII decimal
+    notation (a sign, digits 0-9, a point, an exponent), and infinities, NaN and numbers
+    beyond the float range (``1e400``, a 400-digit integer, on which
     ``float()`` raises OverflowError rather than ValueError) are not measurements. The
     message never repeats the value (a mistyped cell may hold anything).
     """
@@ -119,6 +124,10 @@ def finite_number(raw: object) -> float:
         raise ValueError("not a number") from None
     if not math.isfinite(value):
         raise ValueError("not a finite number")
+    if isinstance(raw, str) and not _DECIMAL.fullmatch(raw.strip()):
+        # float() also reads "1_000" (a digit separator: "9_5" would be 95), and digits
+        # of any script ("٣٤"): a mistyped value is refused, not read as some number.
+        raise ValueError("not a number: write it in digits 0-9")
     return value
 
 

@@ -37,6 +37,8 @@ def card_notes(left_out: Counter[str], patient: PatientRecord) -> list[str]:
         notes.append(f"Left out of this risk: {', '.join(parts)}.")
     if patient.birth_date is None:
         notes.append("Age unknown: the Patient resource has no full birth date.")
+    elif left_out["implausible_age"]:
+        notes.append("Age unknown: the Patient resource's birth date gives an age over 130.")
     return notes
 
 

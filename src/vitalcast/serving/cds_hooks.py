@@ -52,7 +52,6 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
 from vitalcast.clinical.tables import Patient
-from vitalcast.clinical.times import age_at
 from vitalcast.errors import AppError, ModelUnavailable, NotFound
 from vitalcast.features import stay_features
 from vitalcast.security.permissions import Permission, public, requires
@@ -63,7 +62,7 @@ from vitalcast.serving.cds_prefetch import counts_as_left_out, parse_resources
 from vitalcast.serving.cds_request import SERVICE_ID as SERVICE_ID
 from vitalcast.serving.cds_request import HookRequest, parse_hook
 from vitalcast.serving.cds_sources import ONGOING_SEARCH, Sources
-from vitalcast.serving.cds_stay import current_encounter, stay_from_records
+from vitalcast.serving.cds_stay import current_encounter, plausible_age, stay_from_records
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.scoring import outside_population, record_prediction, served_population
@@ -125,31 +124,46 @@ class _Audit:
 
     details: dict[str, Any] = field(default_factory=dict)
     patient_id: str | None = None
+    stored_mrn_hmac: str | None = None  # of the patient found by the EHR's FHIR id
 
     def patient(self, ehr_patient_id: str) -> None:
         """Refer to the patient as the rest of the audit log does: the store's public id
         when the store holds this EHR patient (FHIR ingestion keys it ``Patient/<id>``),
         and a keyed hash of the EHR's id in any case, never the id itself."""
-        self.patient_id = db().scalar(
-            select(Patient.public_id).where(
-                Patient.source == "fhir", Patient.source_ref == f"Patient/{ehr_patient_id}"
+        found = (
+            db()
+            .execute(
+                select(Patient.public_id, Patient.mrn_hmac).where(
+                    Patient.source == "fhir", Patient.source_ref == f"Patient/{ehr_patient_id}"
+                )
             )
+            .first()
         )
+        if found is not None:
+            self.patient_id, self.stored_mrn_hmac = found.public_id, found.mrn_hmac
         self.details["ehr_patient"] = get_state().cipher.pseudonym("ehr-patient", ehr_patient_id)
 
     def match_mrn(self, mrn: str | None) -> None:
         """When no FHIR-ingested patient has the EHR's id, the stored patient with the
         Patient resource's MRN (the identifier ingestion matches patients across sources
-        by: one admitted by HL7 v2 has no FHIR id), if exactly one has it."""
-        if self.patient_id is not None or not mrn:
+        by: one admitted by HL7 v2 has no FHIR id), if exactly one has it.
+
+        A patient found by the FHIR id whose stored MRN differs from the resource's is
+        another person (FHIR ids are a server's own numbering): not the one the card
+        links to or the audit names; the MRN is looked up instead."""
+        if not mrn:
             return
+        mrn_hmac = get_state().cipher.mrn_hash(mrn)
+        if self.patient_id is not None:
+            if self.stored_mrn_hmac in (None, mrn_hmac):
+                return
+            # The same FHIR id, another MRN: another server's numbering (ids such as
+            # "Patient/1" recur across servers), so another person. The card must not
+            # open that person's page nor the audit name them: the MRN decides.
+            self.patient_id = None
         found = (
             db()
-            .scalars(
-                select(Patient.public_id)
-                .where(Patient.mrn_hmac == get_state().cipher.mrn_hash(mrn))
-                .limit(2)
-            )
+            .scalars(select(Patient.public_id).where(Patient.mrn_hmac == mrn_hmac).limit(2))
             .all()
         )
         if len(found) == 1:
@@ -238,7 +252,7 @@ def _answer(
     outside = outside_population(
         served_population(get_state().settings),
         encounter.kind,
-        age_at(patient.birth_date, encounter.admitted_at),
+        plausible_age(patient.birth_date, encounter.admitted_at),
         encounter.unit,
     )
     if outside is not None:

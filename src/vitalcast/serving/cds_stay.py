@@ -8,13 +8,14 @@ no Flask in it, so the rule can be read, and tested, apart from the request.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from datetime import date, datetime
 
+from vitalcast.clinical.codes import is_plausible
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
 from vitalcast.clinical.times import age_at
 from vitalcast.features import StayInput
 from vitalcast.ingest.sources.fhir_map import ENCOUNTER_STATUSES, ONGOING_STATUSES
-from vitalcast.ingest.validate import Invalid, check_encounter, check_observation
+from vitalcast.ingest.validate import AGE_YEARS, Invalid, check_encounter, check_observation
 from vitalcast.serving.cds_prefetch import entry_index, parse_resources, rejection_text
 from vitalcast.serving.cds_sources import Fetched
 
@@ -88,6 +89,14 @@ def current_encounter(
     return current
 
 
+def plausible_age(born: date | None, admitted_at: datetime) -> float | None:
+    """The age at admission as the store keeps it: None without a birth date, and None
+    outside :data:`AGE_YEARS` (a placeholder birth date such as 1800-01-01 gives two
+    centuries), which ingestion quarantines and the stored stay is scored without."""
+    age = age_at(born, admitted_at)
+    return age if age is not None and is_plausible(AGE_YEARS, age) else None
+
+
 def stay_from_records(
     patient: PatientRecord | None,
     encounter: EncounterRecord,
@@ -131,9 +140,12 @@ def stay_from_records(
             continue
         kept.append((clean.code, float(clean.value), clean.effective_at))
     kept.sort(key=lambda o: o[2])
+    age = plausible_age(born, encounter.admitted_at)
+    if born is not None and age is None:
+        tally["implausible_age"] += 1
     return StayInput(
         admitted_at=encounter.admitted_at,
-        age_years=age_at(born, encounter.admitted_at),
+        age_years=age,
         sex=patient.sex if patient is not None else "unknown",
         unit=encounter.unit,
         height_cm=None,  # charted as observations: stay_features reads them from there

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.records import (
@@ -22,6 +23,7 @@ from vitalcast.clinical.records import (
     RecordBatch,
     Rejected,
 )
+from vitalcast.clinical.tables import Encounter, Patient
 from vitalcast.clinical.times import ClinicalDateTime
 from vitalcast.ingest.devices import binding_at, load_bindings
 from vitalcast.ingest.sources.fhir import is_resource_type, validation_problems
@@ -145,7 +147,7 @@ def attach_devices(session: Session, batch: RecordBatch) -> RecordBatch:
         if r.patient_ref.startswith(DEVICE_REF)
     }
     if not devices:
-        return batch
+        return _refuse_other_patients_stays(session, batch)
     bindings = load_bindings(session, devices)
     out = RecordBatch(rejected=list(batch.rejected), received=batch.received)
     for rec in batch.observations:
@@ -176,7 +178,52 @@ def attach_devices(session: Session, batch: RecordBatch) -> RecordBatch:
                 ),
             )
         )
-    return out
+    return _refuse_other_patients_stays(session, out)
+
+
+_OTHER_PATIENTS_STAY = (
+    "the stay named (encounter) is not the reading's patient's; nothing of it was stored"
+)
+
+
+def _refuse_other_patients_stays(session: Session, batch: RecordBatch) -> RecordBatch:
+    """The batch with readings whose stay belongs to another patient than the one they
+    name (or their device is bound to) moved to its rejects.
+
+    Storing follows the stay: such a reading went to the stay's patient, one the sender
+    did not name and a unit-bound caller may not see (the unit check reads the named
+    patient), and that stay was rescored. An unknown stay is left to ingestion, which
+    quarantines it as ``unknown_encounter``.
+    """
+    stays = {
+        r.encounter_ref.removeprefix(PUBLIC_ENCOUNTER_REF)
+        for r in batch.observations
+        if r.encounter_ref is not None
+        and r.encounter_ref.startswith(PUBLIC_ENCOUNTER_REF)
+        and r.patient_ref.startswith(PUBLIC_PATIENT_REF)
+    }
+    if not stays:
+        return batch
+    rows = session.execute(
+        select(Encounter.public_id, Patient.public_id)
+        .join(Patient, Patient.id == Encounter.patient_id)
+        .where(Encounter.public_id.in_(sorted(stays)))
+    )
+    owners = {stay: owner for stay, owner in rows}
+    kept: list[ObservationRecord] = []
+    rejected = list(batch.rejected)
+    for rec in batch.observations:
+        stay = (rec.encounter_ref or "").removeprefix(PUBLIC_ENCOUNTER_REF)
+        owner = owners.get(stay)
+        if owner is not None and PUBLIC_PATIENT_REF + owner != rec.patient_ref:
+            rejected.append(
+                Rejected(
+                    rec.source_ref, "encounter_of_another_patient", _OTHER_PATIENTS_STAY, _raw(rec)
+                )
+            )
+        else:
+            kept.append(rec)
+    return replace(batch, observations=kept, rejected=rejected)
 
 
 def _raw(rec: ObservationRecord) -> str:

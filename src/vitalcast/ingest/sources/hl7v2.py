@@ -92,7 +92,10 @@ def parse_message(text: str, *, origin: str, pseudonym: Pseudonym, tz: tzinfo = 
             data that cannot be attributed to one patient. Its text never quotes the
             message's content beyond delimiters, control id and message type.
     """
-    text = text.strip().replace("\n", "\r")
+    # CR ends a segment; CR LF (or LF alone) from some senders counts the same, as the
+    # file reader splits them: a CR LF made into two CRs was an empty segment and the whole
+    # message was refused as "unreadable MSH" over MLLP.
+    text = text.strip().replace("\r\n", "\r").replace("\n", "\r")
     problem = delimiter_problem(text)
     if problem is not None:
         raise Hl7FormatError(f"{origin}: not an HL7 v2 message ({problem})")
