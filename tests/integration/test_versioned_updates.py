@@ -222,7 +222,7 @@ def test_hl7_null_in_pv1_45_reopens_the_stay_and_is_refused_where_it_cannot_mean
         ),
     ):
         refused = _hl7(engine, cipher, message)
-        assert [r["reason"] for r in refused.rejects] == [reason]
+        assert [(r["reason_code"], r["reason"]) for r in refused.rejects] == [("null_time", reason)]
         assert _stay(engine).discharged_at is None
 
 

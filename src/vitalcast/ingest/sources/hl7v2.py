@@ -340,9 +340,13 @@ def _encounter(
     discharge_deleted = _is_null(pv1.comp(45))
     try:
         if _is_null(pv1.comp(44)):
-            raise ValueError('PV1-44 admit time is the HL7 null ""; a stay keeps its admission')
+            raise Problem(
+                "null_time", 'PV1-44 admit time is the HL7 null ""; a stay keeps its admission'
+            )
         if discharge_deleted and discharging:
-            raise ValueError('PV1-45 discharge time is the HL7 null "" in a discharge (ADT^A03)')
+            raise Problem(
+                "null_time", 'PV1-45 discharge time is the HL7 null "" in a discharge (ADT^A03)'
+            )
         admitted = parse_dtm(pv1.comp(44), tz=tz, what="PV1-44 admit time")
         admission_known = admitted is not None
         if admitted is None and evn is not None:
