@@ -470,3 +470,41 @@ def test_a_discharged_stay_shows_its_last_risk_not_a_current_stale_one(
     assert "Last risk of this stay" in box
     assert 'id="discharged-note"' in box
     assert "badge-stale" not in box
+
+
+def test_a_response_to_a_previous_stays_risk_is_refused(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    """A page of the previous stay, still open when the patient is admitted again, posts
+    that stay's score: it was stored as a verdict on the new stay (listed there, counted
+    on the monitoring page) about a risk nobody was shown for it."""
+    from vitalcast.clinical.tables import Encounter
+
+    token = creds.login(client, creds.user("carl", "clinician"))
+    url = f"/patients/{ward['patient']}"
+    html = client.get(url).get_data(as_text=True)
+    found = re.search(r'name="prediction_id" value="([0-9a-f]+)"', html)
+    assert found is not None
+    with session_scope(get_state(client.application).sessions) as session:
+        patient = session.scalars(select(Patient).where(Patient.public_id == ward["patient"])).one()
+        old = latest_encounter(session, patient)
+        assert old is not None
+        old.discharged_at = NOW - timedelta(hours=2)
+        session.add(
+            Encounter(
+                patient_id=patient.id,
+                source="test",
+                source_ref="readmitted",
+                unit=old.unit,
+                admitted_at=NOW - timedelta(hours=1),
+                age_years=old.age_years,
+            )
+        )
+    late = client.post(
+        url + "/feedback",
+        data={"csrf_token": token, "kind": "agree", "prediction_id": found.group(1)},
+    )
+    assert late.status_code == 422
+    assert "not this stay" in late.get_data(as_text=True)
+    with session_scope(get_state(client.application).sessions) as session:
+        assert session.scalar(select(func.count()).select_from(Feedback)) == 0

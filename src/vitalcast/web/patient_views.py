@@ -255,6 +255,13 @@ def feedback(patient_id: str) -> Response:
             "the score you answered is not this patient's; reload the page",
             details=[{"loc": ["form", "prediction_id"], "msg": "unknown for this patient"}],
         )
+    if prediction.encounter_id != encounter.id:
+        # A page of an earlier stay, still open after the patient was admitted again:
+        # its score is no risk of the stay in progress, where the verdict would be filed.
+        raise InvalidInput(
+            "the score you answered is not this stay's; reload the page",
+            details=[{"loc": ["form", "prediction_id"], "msg": "from another stay"}],
+        )
     who = current_principal()
     row = Feedback(
         patient_id=record.id,
