@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -97,8 +97,9 @@ def _train(settings: Settings) -> None:
     assert outcome.version
 
 
-def _backfill_scores(settings: Settings) -> int:
-    """Score every open stay with the champion every 4 h of the last day (as of then)."""
+def _backfill_scores(settings: Settings, only: Collection[str] | None = None) -> int:
+    """Score every open stay (or those whose source reference is in ``only``) with the
+    champion every 4 h of the last day (as of then)."""
     from sqlalchemy import select
 
     from vitalcast.clinical.tables import Encounter
@@ -116,7 +117,10 @@ def _backfill_scores(settings: Settings) -> int:
     now = datetime.now(UTC)
     n = 0
     with session_scope(sessions) as session:
-        for enc in session.scalars(select(Encounter).where(Encounter.discharged_at.is_(None))):
+        open_stays = select(Encounter).where(Encounter.discharged_at.is_(None))
+        if only is not None:
+            open_stays = open_stays.where(Encounter.source_ref.in_(list(only)))
+        for enc in session.scalars(open_stays):
             for hours_ago in range(24, -1, -4):
                 as_of = now - timedelta(hours=hours_ago)
                 if as_of >= enc.admitted_at:
@@ -303,6 +307,42 @@ def outside_stays(server: Server) -> dict[str, str]:
         )
     stored = _store(server, batch, "outside-stays", now)
     return {role: stored[f"e2e-outside-{role}"] for role in people}
+
+
+@pytest.fixture(scope="session")
+def sparse_stay(server: Server) -> str:
+    """The public id of a scored stay admitted 3 h ago with one temperature only: its
+    ward row names nearly every key input as missing, the longest badge a row shows."""
+    from vitalcast.clinical.codes import BY_KEY
+    from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    ref = "e2e-sparse-stay"
+    batch = RecordBatch(
+        patients=[PatientRecord(ref=ref, sex="male", name="Sam Sparse", mrn=ref)],
+        encounters=[
+            EncounterRecord(
+                ref=ref,
+                patient_ref=ref,
+                admitted_at=now - timedelta(hours=3),
+                unit="MICU",
+                age_years=58,
+            )
+        ],
+        observations=[
+            ObservationRecord(
+                patient_ref=ref,
+                encounter_ref=ref,
+                code=BY_KEY["temp"].code,
+                unit=BY_KEY["temp"].unit,
+                effective_at=now - timedelta(minutes=30),
+                value=38.4,
+            )
+        ],
+    )
+    public_id = _store(server, batch, "sparse-stay", now)[ref]
+    assert _backfill_scores(server.settings, only=[ref])
+    return public_id
 
 
 def _store(server: Server, batch: RecordBatch, location: str, now: datetime) -> dict[str, str]:

@@ -457,6 +457,23 @@ def test_ward_fits_a_tablet_and_a_phone(
     assert _overflow(page) <= 0, f"the patient page is {_overflow(page)} px too wide"
 
 
+def test_a_row_missing_most_key_inputs_fits_a_tablet(
+    page: Page, server: Server, sparse_stay: str
+) -> None:
+    """A stay with little data yet names seven missing key inputs in one badge; in the
+    tablet layout that badge sized its grid column to the whole text on one line and
+    pushed the row (and the page) sideways past the screen."""
+    page.set_viewport_size({"width": 768, "height": 1000})
+    sign_in(page, "carla")
+    badge = page.locator(f'#ward-table tr[data-patient="{sparse_stay}"] td.inputs .badge')
+    expect(badge).to_contain_text("Respiratory rate")
+    assert _overflow(page) <= 0, f"the ward is {_overflow(page)} px wider than 768 px"
+    box = badge.bounding_box()
+    assert box is not None
+    assert box["x"] >= 0
+    assert box["x"] + box["width"] <= 768, box
+
+
 def _overflow(page: Page) -> int:
     """How far the document is wider than the viewport (sideways scrolling), in px."""
     width: int = page.evaluate(
