@@ -62,6 +62,8 @@ def test_open_patient_explanation_and_charts(page: Page, server: Server) -> None
     expect(risk.locator("table tbody tr").first).to_be_visible()
     # Vital signs and labs as charts, each labelled and with its numbers.
     vitals = page.locator("#vitals-charts figure")
+    # Drawn from their own request, not the risk chart's: counted once they are there.
+    vitals.first.wait_for()
     assert vitals.count() >= 3
     expect(vitals.first.locator("svg[role=img]")).to_have_attribute(
         "aria-labelledby", re.compile(r"chart\d+-t chart\d+-d")
