@@ -508,3 +508,28 @@ def test_a_response_to_a_previous_stays_risk_is_refused(
     assert "not this stay" in late.get_data(as_text=True)
     with session_scope(get_state(client.application).sessions) as session:
         assert session.scalar(select(func.count()).select_from(Feedback)) == 0
+
+
+def test_a_ward_link_naming_a_unit_in_another_case_or_no_unit_says_so(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    """``/ward?unit=micu`` showed an empty ward headed "micu" with "0 high risk" (a calm
+    unit, to a reader) while MICU had patients. A unit named in another case or with
+    spaces is that unit; a name that is no unit with stays in progress is said to be so."""
+    creds.login(client, creds.user("carl", "clinician"))
+    html = client.get("/ward").get_data(as_text=True)
+    units = sorted(set(re.findall(r'<td class="unit" data-label="Unit">([^<]+)</td>', html)))
+    assert units
+    unit = units[0]
+    exact = client.get("/ward", query_string={"unit": unit}).get_data(as_text=True)
+    assert _rows(exact)
+    for spelling in (unit.lower(), f" {unit.lower()} "):
+        other = client.get("/ward", query_string={"unit": spelling}).get_data(as_text=True)
+        assert _rows(other) == _rows(exact), spelling
+        assert f"<h1>{unit}</h1>" in other
+        assert 'id="unit-unknown"' not in other
+    nowhere = client.get("/ward", query_string={"unit": "Nowhere"}).get_data(as_text=True)
+    assert not _rows(nowhere)
+    notice = nowhere.split('id="unit-unknown">')[1].split("</p>")[0]
+    assert "Nowhere" in notice
+    assert unit in notice
