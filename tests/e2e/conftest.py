@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.services import DatabaseFactory, service_missing
-from vitalcast.clinical.records import RecordBatch
+from vitalcast.clinical.records import PatientRecord, RecordBatch
 from vitalcast.config import Settings, load_settings
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.db.session import make_session_factory
@@ -97,8 +97,9 @@ def _train(settings: Settings) -> None:
     assert outcome.version
 
 
-def _backfill_scores(settings: Settings) -> int:
-    """Score every open stay with the champion every 4 h of the last day (as of then)."""
+def _backfill_scores(settings: Settings, only: Collection[str] | None = None) -> int:
+    """Score every open stay (or those whose source reference is in ``only``) with the
+    champion every 4 h of the last day (as of then)."""
     from sqlalchemy import select
 
     from vitalcast.clinical.tables import Encounter
@@ -116,7 +117,10 @@ def _backfill_scores(settings: Settings) -> int:
     now = datetime.now(UTC)
     n = 0
     with session_scope(sessions) as session:
-        for enc in session.scalars(select(Encounter).where(Encounter.discharged_at.is_(None))):
+        open_stays = select(Encounter).where(Encounter.discharged_at.is_(None))
+        if only is not None:
+            open_stays = open_stays.where(Encounter.source_ref.in_(list(only)))
+        for enc in session.scalars(open_stays):
             for hours_ago in range(24, -1, -4):
                 as_of = now - timedelta(hours=hours_ago)
                 if as_of >= enc.admitted_at:
@@ -232,35 +236,58 @@ CHART_HOURS: dict[str, list[tuple[float, float]]] = {
 }
 
 
-@pytest.fixture(scope="session")
-def chart_patient(server: Server) -> str:
-    """The public id of a discharged stay charted as CHART_HOURS says (not on the ward)."""
+def _one_stay(
+    ref: str,
+    person: PatientRecord,
+    *,
+    admitted_at: datetime,
+    discharged_at: datetime | None = None,
+    age_years: float,
+    values: Iterable[tuple[str, datetime, float]],
+) -> RecordBatch:
+    """A batch of one person's MICU stay with its (variable key, time, value) values."""
     from vitalcast.clinical.codes import BY_KEY
-    from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
+    from vitalcast.clinical.records import EncounterRecord, ObservationRecord
 
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    ref = "e2e-chart-patient"
-    batch = RecordBatch(
-        patients=[PatientRecord(ref=ref, sex="female", name="Charta Probe", mrn="E2E-0001")],
+    return RecordBatch(
+        patients=[person],
         encounters=[
             EncounterRecord(
                 ref=ref,
-                patient_ref=ref,
-                admitted_at=now - timedelta(hours=CHART_STAY_HOURS),
-                discharged_at=now - timedelta(minutes=30),
+                patient_ref=person.ref,
+                admitted_at=admitted_at,
+                discharged_at=discharged_at,
                 unit="MICU",
-                age_years=64,
+                age_years=age_years,
             )
         ],
         observations=[
             ObservationRecord(
-                patient_ref=ref,
+                patient_ref=person.ref,
                 encounter_ref=ref,
                 code=BY_KEY[key].code,
                 unit=BY_KEY[key].unit,
-                effective_at=now - timedelta(hours=hours),
+                effective_at=at,
                 value=value,
             )
+            for key, at, value in values
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def chart_patient(server: Server) -> str:
+    """The public id of a discharged stay charted as CHART_HOURS says (not on the ward)."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    ref = "e2e-chart-patient"
+    batch = _one_stay(
+        ref,
+        PatientRecord(ref=ref, sex="female", name="Charta Probe", mrn="E2E-0001"),
+        admitted_at=now - timedelta(hours=CHART_STAY_HOURS),
+        discharged_at=now - timedelta(minutes=30),
+        age_years=64,
+        values=[
+            (key, now - timedelta(hours=hours), value)
             for key, points in CHART_HOURS.items()
             for hours, value in points
         ],
@@ -273,7 +300,7 @@ def outside_stays(server: Server) -> dict[str, str]:
     """Two encounters in progress that the stay model does not score, with a heart rate
     each: an adult's outpatient visit and a 9-year-old's ICU stay. Public ids by role."""
     from vitalcast.clinical.codes import BY_KEY
-    from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
+    from vitalcast.clinical.records import EncounterRecord, ObservationRecord
 
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     people = {"clinic": ("outpatient", 52, "Olga Outpatient"), "child": ("icu", 9, "Kim Child")}
@@ -303,6 +330,24 @@ def outside_stays(server: Server) -> dict[str, str]:
         )
     stored = _store(server, batch, "outside-stays", now)
     return {role: stored[f"e2e-outside-{role}"] for role in people}
+
+
+@pytest.fixture(scope="session")
+def sparse_stay(server: Server) -> str:
+    """The public id of a scored stay admitted 3 h ago with one temperature only: its
+    ward row names nearly every key input as missing, the longest badge a row shows."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    ref = "e2e-sparse-stay"
+    batch = _one_stay(
+        ref,
+        PatientRecord(ref=ref, sex="male", name="Sam Sparse", mrn=ref),
+        admitted_at=now - timedelta(hours=3),
+        age_years=58,
+        values=[("temp", now - timedelta(minutes=30), 38.4)],
+    )
+    public_id = _store(server, batch, "sparse-stay", now)[ref]
+    assert _backfill_scores(server.settings, only=[ref])
+    return public_id
 
 
 def _store(server: Server, batch: RecordBatch, location: str, now: datetime) -> dict[str, str]:

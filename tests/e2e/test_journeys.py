@@ -62,6 +62,8 @@ def test_open_patient_explanation_and_charts(page: Page, server: Server) -> None
     expect(risk.locator("table tbody tr").first).to_be_visible()
     # Vital signs and labs as charts, each labelled and with its numbers.
     vitals = page.locator("#vitals-charts figure")
+    # Drawn from their own request, not the risk chart's: counted once they are there.
+    vitals.first.wait_for()
     assert vitals.count() >= 3
     expect(vitals.first.locator("svg[role=img]")).to_have_attribute(
         "aria-labelledby", re.compile(r"chart\d+-t chart\d+-d")
@@ -455,6 +457,23 @@ def test_ward_fits_a_tablet_and_a_phone(
     rows.first.locator(".who-cell a").click()
     page.locator("#vitals-charts figure").first.wait_for()
     assert _overflow(page) <= 0, f"the patient page is {_overflow(page)} px too wide"
+
+
+def test_a_row_missing_most_key_inputs_fits_a_tablet(
+    page: Page, server: Server, sparse_stay: str
+) -> None:
+    """A stay with little data yet names seven missing key inputs in one badge; in the
+    tablet layout that badge sized its grid column to the whole text on one line and
+    pushed the row (and the page) sideways past the screen."""
+    page.set_viewport_size({"width": 768, "height": 1000})
+    sign_in(page, "carla")
+    badge = page.locator(f'#ward-table tr[data-patient="{sparse_stay}"] td.inputs .badge')
+    expect(badge).to_contain_text("Respiratory rate")
+    assert _overflow(page) <= 0, f"the ward is {_overflow(page)} px wider than 768 px"
+    box = badge.bounding_box()
+    assert box is not None
+    assert box["x"] >= 0
+    assert box["x"] + box["width"] <= 768, box
 
 
 def _overflow(page: Page) -> int:

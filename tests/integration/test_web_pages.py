@@ -161,6 +161,29 @@ def test_a_risk_scored_before_the_first_landmark_is_marked_early(
     assert "Scored 2.5 h after admission, before 3 h: provisional" in row
 
 
+def _age_stay(
+    client: FlaskClient,
+    ward: dict[str, object],
+    *,
+    vitals_back: timedelta,
+    discharged_at: datetime | None = None,
+) -> None:
+    """Move the ward patient's vital signs ``vitals_back`` into the past (and discharge
+    the stay at ``discharged_at`` when given)."""
+    with session_scope(get_state(client.application).sessions) as session:
+        patient = session.scalars(select(Patient).where(Patient.public_id == ward["patient"])).one()
+        encounter = latest_encounter(session, patient)
+        assert encounter is not None
+        if discharged_at is not None:
+            encounter.discharged_at = discharged_at
+        for obs in session.scalars(
+            select(Observation).where(
+                Observation.encounter_id == encounter.id, Observation.code.in_(VITAL_CODES)
+            )
+        ):
+            obs.effective_at = obs.effective_at - vitals_back
+
+
 def test_patient_page_flags_stale_vitals_as_the_ward_does(
     client: FlaskClient, creds: Credentials, ward: dict[str, object]
 ) -> None:
@@ -171,16 +194,7 @@ def test_patient_page_flags_stale_vitals_as_the_ward_does(
     page = client.get(url).get_data(as_text=True)
     assert 'id="vital-age"' in page
     assert "badge-stale" not in page.split('id="vital-age"')[1].split("</p>")[0]
-    with session_scope(get_state(client.application).sessions) as session:
-        patient = session.scalars(select(Patient).where(Patient.public_id == ward["patient"])).one()
-        encounter = latest_encounter(session, patient)
-        assert encounter is not None
-        for obs in session.scalars(
-            select(Observation).where(
-                Observation.encounter_id == encounter.id, Observation.code.in_(VITAL_CODES)
-            )
-        ):
-            obs.effective_at = obs.effective_at - timedelta(hours=10)
+    _age_stay(client, ward, vitals_back=timedelta(hours=10))
     page = client.get(url).get_data(as_text=True)
     line = page.split('id="vital-age"')[1].split("</p>")[0]
     assert "badge-stale" in line
@@ -407,3 +421,115 @@ def test_patient_page_shows_height_and_weight_charted_as_observations(
             )
     page = client.get(url).get_data(as_text=True)
     assert "172 cm / 81 kg" in page
+
+
+def test_recorded_response_names_the_risk_as_the_page_showed_it(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    """An acknowledged 30.4 % High alert (threshold 30.0 %) is listed as "risk shown
+    30.4 %", not "30 %": the list used to round the stored permille half-even to a whole
+    percent, which put an acknowledged alert below the threshold it crossed."""
+    token = creds.login(client, creds.user("carl", "clinician"))
+    url = f"/patients/{ward['patient']}"
+    with session_scope(get_state(client.application).sessions) as session:
+        patient = session.scalars(select(Patient).where(Patient.public_id == ward["patient"])).one()
+        newest = session.scalars(
+            select(Prediction)
+            .where(Prediction.patient_id == patient.id)
+            .order_by(Prediction.id.desc())
+            .limit(1)
+        ).one()
+        newest.score = 0.304
+    html = client.get(url).get_data(as_text=True)
+    assert 'class="bigpct">30.4 %<' in html
+    found = re.search(r'name="prediction_id" value="([0-9a-f]+)"', html)
+    assert found is not None
+    ack = client.post(
+        url + "/feedback",
+        data={"csrf_token": token, "kind": "acknowledge", "prediction_id": found.group(1)},
+    )
+    assert ack.status_code == 302
+    after = client.get(url).get_data(as_text=True)
+    assert "<strong>Acknowledge</strong> (risk shown 30.4 %)" in after
+
+
+def test_a_discharged_stay_shows_its_last_risk_not_a_current_stale_one(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    """After discharge the box read "Current risk … High" with a Stale badge ("this risk
+    may not reflect the patient's state now"): a risk of a patient who has left, offered
+    as today's. It is the last risk of the stay, dated, and no vital sign is overdue."""
+    creds.login(client, creds.user("carl", "clinician"))
+    url = f"/patients/{ward['patient']}"
+    page = client.get(url).get_data(as_text=True)
+    assert ">Current risk" in page
+    _age_stay(client, ward, vitals_back=timedelta(hours=10), discharged_at=NOW - timedelta(hours=1))
+    page = client.get(url).get_data(as_text=True)
+    box = page.split('class="riskbox')[1].split("</section>")[0]
+    assert "Current risk" not in box
+    assert "Last risk of this stay" in box
+    assert 'id="discharged-note"' in box
+    assert "badge-stale" not in box
+
+
+def test_a_response_to_a_previous_stays_risk_is_refused(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    """A page of the previous stay, still open when the patient is admitted again, posts
+    that stay's score: it was stored as a verdict on the new stay (listed there, counted
+    on the monitoring page) about a risk nobody was shown for it."""
+    from vitalcast.clinical.tables import Encounter
+
+    token = creds.login(client, creds.user("carl", "clinician"))
+    url = f"/patients/{ward['patient']}"
+    html = client.get(url).get_data(as_text=True)
+    found = re.search(r'name="prediction_id" value="([0-9a-f]+)"', html)
+    assert found is not None
+    with session_scope(get_state(client.application).sessions) as session:
+        patient = session.scalars(select(Patient).where(Patient.public_id == ward["patient"])).one()
+        old = latest_encounter(session, patient)
+        assert old is not None
+        old.discharged_at = NOW - timedelta(hours=2)
+        session.add(
+            Encounter(
+                patient_id=patient.id,
+                source="test",
+                source_ref="readmitted",
+                unit=old.unit,
+                admitted_at=NOW - timedelta(hours=1),
+                age_years=old.age_years,
+            )
+        )
+    late = client.post(
+        url + "/feedback",
+        data={"csrf_token": token, "kind": "agree", "prediction_id": found.group(1)},
+    )
+    assert late.status_code == 422
+    assert "not this stay" in late.get_data(as_text=True)
+    with session_scope(get_state(client.application).sessions) as session:
+        assert session.scalar(select(func.count()).select_from(Feedback)) == 0
+
+
+def test_a_ward_link_naming_a_unit_in_another_case_or_no_unit_says_so(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    """``/ward?unit=micu`` showed an empty ward headed "micu" with "0 high risk" (a calm
+    unit, to a reader) while MICU had patients. A unit named in another case or with
+    spaces is that unit; a name that is no unit with stays in progress is said to be so."""
+    creds.login(client, creds.user("carl", "clinician"))
+    html = client.get("/ward").get_data(as_text=True)
+    units = sorted(set(re.findall(r'<td class="unit" data-label="Unit">([^<]+)</td>', html)))
+    assert units
+    unit = units[0]
+    exact = client.get("/ward", query_string={"unit": unit}).get_data(as_text=True)
+    assert _rows(exact)
+    for spelling in (unit.lower(), f" {unit.lower()} "):
+        other = client.get("/ward", query_string={"unit": spelling}).get_data(as_text=True)
+        assert _rows(other) == _rows(exact), spelling
+        assert f"<h1>{unit}</h1>" in other
+        assert 'id="unit-unknown"' not in other
+    nowhere = client.get("/ward", query_string={"unit": "Nowhere"}).get_data(as_text=True)
+    assert not _rows(nowhere)
+    notice = nowhere.split('id="unit-unknown">')[1].split("</p>")[0]
+    assert "Nowhere" in notice
+    assert unit in notice

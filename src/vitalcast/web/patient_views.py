@@ -7,11 +7,13 @@ the patient JSON API, each with its numbers as a table for screen readers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Condition, ImagingStudy
 from vitalcast.clinical.times import known_from
@@ -94,6 +96,7 @@ def patient(patient_id: str) -> str:
         if encounter is not None
         else []
     )
+    shown = _risks_shown(session, feedback)
     conditions = sorted(
         session.scalars(select(Condition).where(Condition.patient_id == record.id)),
         key=lambda c: _chronological(known_from(c.onset_at, c.onset_on)),
@@ -131,8 +134,12 @@ def patient(patient_id: str) -> str:
     now = utcnow()
     vital_at = None if encounter is None else newest_vital_at(session, encounter.public_id)
     stale_minutes = state.settings.stale_after_minutes
-    stale = encounter is not None and (
-        vital_at is None or now - vital_at > timedelta(minutes=stale_minutes)
+    # Overdue vital signs qualify a risk someone acts on now: after discharge none are
+    # due, and the page shows the stay's last risk as such (not a stale current one).
+    stale = (
+        encounter is not None
+        and encounter.discharged_at is None
+        and (vital_at is None or now - vital_at > timedelta(minutes=stale_minutes))
     )
     landmarks: list[dict[str, Any]] = [
         {"at": f.created_at.isoformat(), "label": _feedback_label(f.kind)} for f in feedback
@@ -153,6 +160,7 @@ def patient(patient_id: str) -> str:
         readmission=readmission,
         threshold=threshold,
         feedback=feedback,
+        shown=shown,
         conditions=conditions,
         studies=studies,
         landmarks=landmarks,
@@ -168,6 +176,30 @@ def patient(patient_id: str) -> str:
         stale=stale,
         stale_minutes=stale_minutes,
     )
+
+
+def _risks_shown(session: Session, feedback: Sequence[Feedback]) -> dict[int, str]:
+    """Each response's risk as the page showed it when it was given: the score with the
+    threshold of the model that made it (:func:`risk_pct`).
+
+    Why: a whole percent of the stored permille, rounded half-even, listed an
+    acknowledged 30.4 % alert (threshold 30.0 %) as "risk shown 30 %", below the
+    threshold it had crossed.
+    """
+    ids = [f.prediction_id for f in feedback if f.prediction_id is not None]
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Prediction.id, Prediction.score, ModelVersion.threshold)
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Prediction.id.in_(ids))
+    ).all()
+    by_prediction = {pid: risk_pct(score, threshold) for pid, score, threshold in rows}
+    return {
+        f.id: by_prediction[f.prediction_id]
+        for f in feedback
+        if f.prediction_id is not None and f.prediction_id in by_prediction
+    }
 
 
 def _chronological(known: datetime | None) -> tuple[bool, datetime]:
@@ -222,6 +254,13 @@ def feedback(patient_id: str) -> Response:
         raise InvalidInput(
             "the score you answered is not this patient's; reload the page",
             details=[{"loc": ["form", "prediction_id"], "msg": "unknown for this patient"}],
+        )
+    if prediction.encounter_id != encounter.id:
+        # A page of an earlier stay, still open after the patient was admitted again:
+        # its score is no risk of the stay in progress, where the verdict would be filed.
+        raise InvalidInput(
+            "the score you answered is not this stay's; reload the page",
+            details=[{"loc": ["form", "prediction_id"], "msg": "from another stay"}],
         )
     who = current_principal()
     row = Feedback(

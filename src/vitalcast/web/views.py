@@ -170,12 +170,32 @@ def _stale_after() -> timedelta:
     return timedelta(minutes=get_state().settings.stale_after_minutes)
 
 
-def _render_ward(page: WardPage, show_ids: bool, unit: str | None, **extra: Any) -> str:
+def _unit_asked(asked: str | None) -> tuple[str | None, list[str], str | None]:
+    """The unit a ward link or form names, the caller's units with stays in progress, and
+    the name asked for when it is none of them.
+
+    Why: ``?unit=micu`` (a typed or old link; PV1-3 spellings vary) showed an empty ward
+    headed "micu" with "0 high risk", which reads as a calm unit. A name that differs
+    from one unit only in case or surrounding spaces now means that unit; any other is
+    said to have no stay in progress instead of looking like an empty ward.
+    """
+    units = ward_units(db(), current_principal().units)
+    if asked is None or asked in units:
+        return asked, units, None
+    same = [u for u in units if u.casefold() == asked.strip().casefold()]
+    if len(same) == 1:
+        return same[0], units, None
+    return asked, units, asked
+
+
+def _render_ward(
+    page: WardPage, show_ids: bool, unit: str | None, units: list[str], **extra: Any
+) -> str:
     return render_template(
         "web/ward.html",
         page=page,
         unit=unit,
-        units=ward_units(db(), current_principal().units),
+        units=units,
         model=get_state().predictor,
         show_ids=show_ids,
         stale_minutes=get_state().settings.stale_after_minutes,
@@ -189,20 +209,27 @@ def _render_ward(page: WardPage, show_ids: bool, unit: str | None, **extra: Any)
 @requires(Permission.PATIENTS_READ)
 def ward() -> str:
     """Patients of the chosen unit, highest current risk first."""
-    unit = request.args.get("unit") or None
+    unit, units, unknown = _unit_asked(request.args.get("unit") or None)
     page, show_ids = _ward(unit=unit)
-    return _render_ward(page, show_ids, unit)
+    return _render_ward(page, show_ids, unit, units, unknown_unit=unknown)
 
 
 @web.post("/ward")
 @requires(Permission.PATIENTS_READ)
 def ward_search() -> str:
     """Search by exact MRN (keyed hash) or by name (within this ward's decrypted page)."""
-    unit = request.form.get("unit") or None
+    unit, units, unknown = _unit_asked(request.form.get("unit") or None)
     mrn = request.form.get("mrn", "").strip()[:_MAX_SEARCH_CHARS]
     name = request.form.get("name", "").strip()[:_MAX_SEARCH_CHARS]
     page, show_ids = _ward(unit=None if mrn else unit, mrn=mrn, name=name)
-    return _render_ward(page, show_ids, unit, searched="mrn" if mrn else ("name" if name else None))
+    return _render_ward(
+        page,
+        show_ids,
+        unit,
+        units,
+        unknown_unit=unknown,
+        searched="mrn" if mrn else ("name" if name else None),
+    )
 
 
 @web.get("/ward/rows/<patient_id>")
