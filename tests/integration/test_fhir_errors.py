@@ -85,6 +85,19 @@ def test_an_unknown_or_repeated_search_parameter_is_a_422_invalid_outcome_naming
     assert UNKNOWN_PATIENT not in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("value", ["Device/mon-3", "Group/1", "https://ehr.example/Patient/9"])
+def test_a_subject_that_is_no_patient_reference_is_a_422_naming_the_parameter(
+    client: FlaskClient, creds: Credentials, value: str
+) -> None:
+    """It was looked up as a patient id and answered 404, as if the patient were unknown."""
+    response = client.get(
+        "/fhir/Observation", query_string={"subject": value}, headers=creds.api_key("clinician")
+    )
+    outcome = _outcome(response, 422, "invalid")
+    assert _expressions(outcome) == ["subject"]
+    assert value not in response.get_data(as_text=True)
+
+
 def test_every_bad_value_is_an_issue_of_its_own_without_the_value(
     client: FlaskClient, creds: Credentials
 ) -> None:

@@ -174,8 +174,16 @@ def _date_filters(
 
 
 def _patient_param() -> str:
-    raw = request.args.get("patient") or request.args.get("subject") or ""
-    patient_id = raw.removeprefix("Patient/")
+    name = "patient" if request.args.get("patient") else "subject"
+    raw = request.args.get(name) or ""
+    kind, _, patient_id = raw.rpartition("/")
+    if kind not in ("", "Patient"):
+        # subject=Device/x (or Group/1, an absolute URL) names no patient of this server:
+        # a malformed search (422), not an unknown patient (404).
+        raise InvalidInput(
+            f"{name} must be a patient id or Patient/<id>",
+            details=[{"loc": ["query", name], "msg": "not a Patient reference"}],
+        )
     if not patient_id:
         raise InvalidInput(
             "a patient is required", details=[{"loc": ["query", "patient"], "msg": "required"}]
