@@ -236,13 +236,22 @@ def test_patient_page_and_feedback_stored_and_audited(
         },
     )
     assert ok.status_code == 302
-    ack = client.post(
-        url + "/feedback", data={"csrf_token": token, "kind": "acknowledge", "prediction_id": pid}
-    )
-    assert ack.status_code == 302
     after = client.get(url).get_data(as_text=True)
     assert "on vasopressors" in after
-    assert "Alert acknowledged" in after
+    # "Acknowledge alert" is offered for a risk at or above the threshold only: this
+    # patient's is below it; the ward's highest risk is an alert.
+    assert 'id="ack"' not in html
+    alert_url = f"/patients/{_rows(client.get('/ward').get_data(as_text=True))[0]}"
+    alert_page = client.get(alert_url).get_data(as_text=True)
+    assert 'id="ack"' in alert_page
+    alert = re.search(r'name="prediction_id" value="([0-9a-f]+)"', alert_page)
+    assert alert
+    ack = client.post(
+        alert_url + "/feedback",
+        data={"csrf_token": token, "kind": "acknowledge", "prediction_id": alert.group(1)},
+    )
+    assert ack.status_code == 302
+    assert "Alert acknowledged" in client.get(alert_url).get_data(as_text=True)
     with session_scope(get_state(client.application).sessions) as session:
         rows = session.scalars(select(Feedback).order_by(Feedback.id)).all()
         assert [(r.kind, r.reason, r.actor) for r in rows] == [
@@ -508,6 +517,38 @@ def test_a_response_to_a_previous_stays_risk_is_refused(
     assert "not this stay" in late.get_data(as_text=True)
     with session_scope(get_state(client.application).sessions) as session:
         assert session.scalar(select(func.count()).select_from(Feedback)) == 0
+
+
+def test_only_an_alert_can_be_acknowledged(
+    client: FlaskClient, creds: Credentials, ward: dict[str, object]
+) -> None:
+    """The page offers "Acknowledge alert" only at or above the threshold; a crafted
+    acknowledgement of a lower risk was stored and counted as a handled alert."""
+    from vitalcast.modeling.tables import ModelVersion, Prediction
+
+    token = creds.login(client, creds.user("carl", "clinician"))
+    url = f"/patients/{ward['patient']}"
+    found = re.search(
+        r'name="prediction_id" value="([0-9a-f]+)"', client.get(url).get_data(as_text=True)
+    )
+    assert found is not None
+    sessions = get_state(client.application).sessions
+    answer = {"csrf_token": token, "kind": "acknowledge", "prediction_id": found.group(1)}
+    for above, status in ((False, 422), (True, 302)):
+        with session_scope(sessions) as session:
+            shown = session.scalars(
+                select(Prediction).where(Prediction.public_id == found.group(1))
+            ).one()
+            threshold = session.scalars(
+                select(ModelVersion.threshold).where(ModelVersion.id == shown.model_version_id)
+            ).one()
+            shown.score = threshold if above else threshold * 0.5
+        response = client.post(url + "/feedback", data=answer)
+        assert response.status_code == status, response.get_data(as_text=True)
+        if not above:
+            assert "only an alert" in response.get_data(as_text=True)
+    with session_scope(sessions) as session:
+        assert session.scalars(select(Feedback.kind)).all() == ["acknowledge"]
 
 
 def test_a_ward_link_naming_a_unit_in_another_case_or_no_unit_says_so(

@@ -262,6 +262,17 @@ def feedback(patient_id: str) -> Response:
             "the score you answered is not this stay's; reload the page",
             details=[{"loc": ["form", "prediction_id"], "msg": "from another stay"}],
         )
+    if kind == "acknowledge":
+        threshold = session.scalar(
+            select(ModelVersion.threshold).where(ModelVersion.id == prediction.model_version_id)
+        )
+        if threshold is None or prediction.score < threshold:
+            # The page offers it for an alert only; a crafted one for a risk below the
+            # threshold would count as a handled alert in the monitoring of responses.
+            raise InvalidInput(
+                "only an alert (a risk at or above the threshold) can be acknowledged",
+                details=[{"loc": ["form", "kind"], "msg": "the risk answered is no alert"}],
+            )
     who = current_principal()
     row = Feedback(
         patient_id=record.id,
