@@ -374,7 +374,16 @@ def test_fhir_birth_date_corrected_or_removed_moves_the_stays_age(
     assert _fhir(engine, cipher, PATIENT).updated == {}  # version 9, late
     assert _stay(engine).age_years == 45.0
 
-    removed = _version(PATIENT, versionId="11")
+    # A placeholder birth date gives no age: the range every stored age is held to
+    # (it gave 226 years, which the model and the population rule then read).
+    placeholder = _version(PATIENT, versionId="105")
+    placeholder["birthDate"] = "1800-01-01"
+    _fhir(engine, cipher, placeholder)
+    assert _stay(engine).age_years is None
+    _fhir(engine, cipher, _version(corrected, versionId="106"))
+    assert _stay(engine).age_years == 45.0
+
+    removed = _version(PATIENT, versionId="110")
     del removed["birthDate"]
     _fhir(engine, cipher, removed)
     assert "birth_date" not in _patient(engine, cipher)[0]

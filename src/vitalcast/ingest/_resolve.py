@@ -29,7 +29,12 @@ from vitalcast.clinical.times import age_at
 from vitalcast.db.types import new_public_id
 from vitalcast.ingest._input_checks import Reject
 from vitalcast.ingest.report import IngestReport
-from vitalcast.ingest.validate import Invalid, check_encounter, drop_implausible_descriptors
+from vitalcast.ingest.validate import (
+    Invalid,
+    check_encounter,
+    drop_implausible_descriptors,
+    plausible_age,
+)
 from vitalcast.security.crypto import FieldCipher
 
 logger = logging.getLogger(__name__)
@@ -404,7 +409,7 @@ def _follow_birth_dates(
             before, after = moved[pid]
             if age is not None and age != age_at(before, admitted):
                 continue  # not the old birth date's: the source's own age
-            new = age_at(after, admitted)
+            new = plausible_age(after, admitted)  # a placeholder 1800 is no age
             if new != age:
                 changes.append({"id": eid, "age_years": new})
     if changes:

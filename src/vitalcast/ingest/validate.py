@@ -39,7 +39,7 @@ from vitalcast.clinical.codes import (
     plausible_range_text,
 )
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord
-from vitalcast.clinical.times import TimeOutOfRange, check_year, to_utc
+from vitalcast.clinical.times import TimeOutOfRange, age_at, check_year, to_utc
 from vitalcast.clinical.units import UnknownUnit, to_canonical
 from vitalcast.text_input import UNSTORABLE, unstorable
 
@@ -211,6 +211,18 @@ def check_encounter(rec: EncounterRecord, *, now: datetime, born_on: date | None
 
 # Age is not a charted variable; its range only tells a typo (300) from an age.
 AGE_YEARS = VariableSpec("age", "30525-0", "a", "Age", "years", "descriptor", 0, 130)
+
+
+def plausible_age(born: date | None, admitted_at: datetime) -> float | None:
+    """The age at admission from a birth date, as the store keeps it: None without a
+    birth date, and None outside :data:`AGE_YEARS` (a placeholder birth date such as
+    1800-01-01 gives two centuries), the range :func:`drop_implausible_descriptors`
+    holds every stored age to. Shared by the CDS Hooks card and the ages that follow a
+    corrected birth date, so that neither scores an age the store would refuse."""
+    age = age_at(born, admitted_at)
+    return age if age is not None and is_plausible(AGE_YEARS, age) else None
+
+
 # The encounter's descriptors: measurements of a vocabulary variable, and age.
 _DESCRIPTORS: tuple[tuple[str, VariableSpec], ...] = (
     ("height_cm", BY_KEY["height"]),

@@ -54,6 +54,7 @@ from sqlalchemy import select
 from vitalcast.clinical.tables import Patient
 from vitalcast.errors import AppError, ModelUnavailable, NotFound
 from vitalcast.features import stay_features
+from vitalcast.ingest.validate import plausible_age
 from vitalcast.security.permissions import Permission, public, requires
 from vitalcast.serving.cds_cards import card_notes, no_stay_card, outside_card, risk_card
 from vitalcast.serving.cds_feedback import feedback
@@ -62,7 +63,7 @@ from vitalcast.serving.cds_prefetch import counts_as_left_out, parse_resources
 from vitalcast.serving.cds_request import SERVICE_ID as SERVICE_ID
 from vitalcast.serving.cds_request import HookRequest, parse_hook
 from vitalcast.serving.cds_sources import ONGOING_SEARCH, Sources
-from vitalcast.serving.cds_stay import current_encounter, plausible_age, stay_from_records
+from vitalcast.serving.cds_stay import current_encounter, stay_from_records
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.scoring import outside_population, record_prediction, served_population

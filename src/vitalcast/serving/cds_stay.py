@@ -8,14 +8,17 @@ no Flask in it, so the rule can be read, and tested, apart from the request.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime
+from datetime import datetime
 
-from vitalcast.clinical.codes import is_plausible
 from vitalcast.clinical.records import EncounterRecord, ObservationRecord, PatientRecord
-from vitalcast.clinical.times import age_at
 from vitalcast.features import StayInput
 from vitalcast.ingest.sources.fhir_map import ENCOUNTER_STATUSES, ONGOING_STATUSES
-from vitalcast.ingest.validate import AGE_YEARS, Invalid, check_encounter, check_observation
+from vitalcast.ingest.validate import (
+    Invalid,
+    check_encounter,
+    check_observation,
+    plausible_age,
+)
 from vitalcast.serving.cds_prefetch import entry_index, parse_resources, rejection_text
 from vitalcast.serving.cds_sources import Fetched
 
@@ -87,14 +90,6 @@ def current_encounter(
                 index(current.source_ref), f"an Encounter in progress with {why}"
             ) from None
     return current
-
-
-def plausible_age(born: date | None, admitted_at: datetime) -> float | None:
-    """The age at admission as the store keeps it: None without a birth date, and None
-    outside :data:`AGE_YEARS` (a placeholder birth date such as 1800-01-01 gives two
-    centuries), which ingestion quarantines and the stored stay is scored without."""
-    age = age_at(born, admitted_at)
-    return age if age is not None and is_plausible(AGE_YEARS, age) else None
 
 
 def stay_from_records(
