@@ -120,6 +120,15 @@ def test_only_the_version_kept_and_a_stated_stay_reopen(
     assert unknown["discharge_cancelled"] == []
     assert only_stay(pg_engine).discharged_at is not None
 
+    # In progress without meta: it cannot be ordered after the discharge. It was counted
+    # as a duplicate; it is quarantined with the reason, as an A13 without MSH-7 is.
+    unversioned = _stay("5", "in-progress")
+    del unversioned["meta"]
+    refused = ingest_fhir_resources(settings, tmp_path, "v5", unversioned)
+    assert refused["quarantined"] == 1
+    assert refused["discharge_cancelled"] == []
+    assert only_stay(pg_engine).discharged_at is not None
+
 
 def _heart_rate(oid: str, minutes: int) -> dict[str, Any]:
     return fhir_heart_rate(oid, "ro-pat", "ro-stay", START + timedelta(minutes=minutes))

@@ -226,6 +226,27 @@ def test_hl7_null_in_pv1_45_reopens_the_stay_and_is_refused_where_it_cannot_mean
         assert _stay(engine).discharged_at is None
 
 
+def test_a_discharge_deleted_without_msh_7_is_quarantined_not_counted_a_duplicate(
+    engine: Engine, cipher: FieldCipher
+) -> None:
+    """An A08 deleting the discharge time (PV1-45 "") without an MSH-7 cannot be ordered
+    after the A03, as an A13 without one cannot. It was counted as a duplicate, dropping
+    the sender's statement unseen; it is now quarantined with the reason, as that A13 is."""
+    _hl7(engine, cipher, ADT_A01)
+    _hl7(engine, cipher, ADT_A03)
+    deleting = ADT_A03.replace("ADT^A03", "ADT^A08").replace("|20240305113000+0000", '|""')
+    report = _hl7(engine, cipher, _stale(deleting, ""))
+    assert [r["reason_code"] for r in report.rejects] == ["no_message_time"]
+    assert "without a message time" in report.rejects[0]["reason"]
+    assert report.reopened == []
+    assert _stay(engine).discharged_at is not None
+    # On a stay in progress there is nothing to order: the same message is a duplicate.
+    with Session(engine) as session:
+        session.execute(Encounter.__table__.update().values(discharged_at=None))
+        session.commit()
+    assert _hl7(engine, cipher, _stale(deleting, "")).rejects == []
+
+
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",
     "id": "pv-1",

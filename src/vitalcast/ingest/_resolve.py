@@ -497,6 +497,13 @@ def _patient_row(
     }
 
 
+_UNORDERED_REOPEN = (
+    'the stay\'s discharge was deleted (HL7 PV1-45 "" or a FHIR Encounter in progress)'
+    " without a message time or version (MSH-7, meta.versionId or meta.lastUpdated) to"
+    " order it after the discharge; the stay was left as it is"
+)
+
+
 def store_encounters(
     session: Session,
     records: Sequence[EncounterRecord],
@@ -541,6 +548,18 @@ def store_encounters(
             updates[known[0]] = rec
             versions[known[0]] = rec.version
             report.patients.add(known[1])
+            continue
+        if (
+            known is not None
+            and rec.in_progress_stated
+            and rec.version is None
+            and stored_discharge.get(rec.ref) is not None
+        ):
+            # As an A13 without MSH-7: it cannot be ordered after the discharge, and
+            # counting it as a duplicate would drop the sender's statement unseen.
+            reject(
+                "encounter", where, "no_message_time", _UNORDERED_REOPEN, rec, patient_id=known[1]
+            )
             continue
         if known is not None or rec.ref in new:
             counts.received += 1
