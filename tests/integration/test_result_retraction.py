@@ -100,8 +100,35 @@ def test_fhir_entered_in_error_removes_the_stored_reading_and_rescores(
     again = ingest_fhir_resources(settings, tmp_path, "v4-again", _reading("4", "entered-in-error"))
     assert again["retracted"] == []
     assert again["rejects"][0]["reason"].endswith(
-        "no such result is stored, so nothing was retracted"
+        "no such result is stored, so nothing was retracted; the retraction is kept, and"
+        " that result, if it comes later, is quarantined, not used"
     )
+
+
+def test_a_result_after_its_retraction_is_quarantined_and_a_correction_is_stored(
+    settings: Settings, pg_engine: Engine, tmp_path: Path
+) -> None:
+    """Delivered out of order, the retraction removed nothing and the result it took
+    back was then stored and scored. The retraction is now remembered: that result, or
+    any version as old, is quarantined as ``retracted``; a newer one is a correction."""
+    early = ingest_fhir_resources(
+        settings, tmp_path, "v2", PATIENT, STAY, _reading("2", "entered-in-error")
+    )
+    assert [r["reason_code"] for r in early["rejects"]] == ["entered_in_error"]
+    for version in ("1", "2"):
+        late = ingest_fhir_resources(settings, tmp_path, f"late-{version}", _reading(version))
+        assert [(r["reason_code"], r["reason"]) for r in late["rejects"]] == [
+            (
+                "retracted",
+                "8867-4: this result was taken back by a retraction received before it"
+                " (HL7 OBX-11 W/D/X or FHIR entered-in-error/cancelled); it is not stored",
+            )
+        ]
+        assert late["by_kind"]["observation"]["stored"] == 0
+        assert count_rows(pg_engine, Observation) == 0
+    corrected = ingest_fhir_resources(settings, tmp_path, "v3", _reading("3"))
+    assert corrected["rejects"] == []
+    assert count_rows(pg_engine, Observation) == 1
 
 
 def test_a_value_and_its_retraction_in_one_bundle_store_nothing(
@@ -194,6 +221,15 @@ def test_hl7_wrong_result_removes_both_results_of_the_order(
     assert b"7.9" not in kept.raw_enc
     removed = json.loads(decrypt_raw(cipher_from_settings(settings), kept) or "")
     assert (removed["value"], removed["unit"], removed["source"]) == (7.9, "mmol/L", "hl7v2")
+    # The same result sent again (its file imported again) is not stored again.
+    resent = _hl7(
+        settings,
+        tmp_path,
+        "resent",
+        _oru(_hl7_time(START + timedelta(hours=1)), "R1", "F"),
+    )
+    assert [r["reason_code"] for r in resent["rejects"]] == ["retracted", "retracted"]
+    assert count_rows(pg_engine, Observation) == 0
     # A withdrawal without an order number cannot name its result: refused, as before.
     no_order = _oru(_hl7_time(START + timedelta(hours=3)), "R3", "W").replace(
         "OBR|1|PL55|FL55^LAB|", "OBR|1|||"

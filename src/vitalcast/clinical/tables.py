@@ -137,6 +137,28 @@ class Observation(Base):
     source_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+class RetractedResult(Base):
+    """A result its source took back (HL7 OBX-11 ``W``/``D``/``X``, a FHIR Observation
+    ``entered-in-error`` or ``cancelled``), by its source identity and the retraction's
+    version: the newest retraction per result.
+
+    Why: deleting the stored row is not enough. A result arriving after its retraction
+    (out-of-order delivery), or the same result sent or imported again, would otherwise
+    be stored and scored as if never taken back. :func:`vitalcast.ingest.service.store_batch`
+    quarantines a result whose version is not newer than its retraction.
+    """
+
+    __tablename__ = "retracted_results"
+    __table_args__ = (UniqueConstraint("patient_id", "dedup_key"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    dedup_key: Mapped[uuid.UUID] = mapped_column(Uuid)
+    version: Mapped[str] = mapped_column(String(64))
+    code: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Condition(Base):
     """A diagnosis or problem. Its onset is ``onset_at`` when the source gave a point in
     time, ``onset_on`` when it gave a day alone (never both): a day is neither dropped nor

@@ -12,22 +12,29 @@ Nothing is lost: the removed row is kept in the quarantine (reason ``retracted``
 encrypted like every quarantined item) with where the retraction came from, and each
 retraction writes an ``observation.retracted`` audit event naming the patient. A
 retraction that removes nothing (no such result, or a stored version as new or newer) is
-quarantined under the source's reason, saying which. A retraction arriving before its
-result (out of order) removes nothing, and the result is then stored: that case is
-reported by its quarantined retraction, not prevented.
+quarantined under the source's reason, saying which.
+
+Every retraction of a stored patient is also remembered (``retracted_results``, the
+newest version per result): a result arriving after its retraction (out of order), or
+sent or imported again after it, is then quarantined as ``retracted`` instead of being
+stored and scored (:func:`withheld`). A newer version of the result (a correction sent
+after the retraction) is stored as any update is.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, exists, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.records import ObservationRetraction
-from vitalcast.clinical.tables import Observation, Patient
+from vitalcast.clinical.tables import Observation, Patient, RetractedResult
+from vitalcast.ingest._bulk import Row
 from vitalcast.ingest._input_checks import Reject
 from vitalcast.ingest._resolve import Resolver
 from vitalcast.ingest.report import IngestReport, Retraction
@@ -70,6 +77,7 @@ def store_retractions(
             )
             continue
         key = rec.dedup_key(source)
+        _remember(session, patient_id, key, rec)
         removed = session.execute(
             delete(Observation)
             .where(
@@ -99,7 +107,8 @@ def store_retractions(
             why = (
                 "the stored result is of this version or newer, so it is kept"
                 if kept is not None
-                else "no such result is stored, so nothing was retracted"
+                else "no such result is stored, so nothing was retracted; the retraction is"
+                " kept, and that result, if it comes later, is quarantined, not used"
             )
             reject(
                 "observation",
@@ -134,3 +143,40 @@ def store_retractions(
 def _plain(value: Any) -> Any:
     """A removed row's value as JSON holds it (times as ISO text)."""
     return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _remember(
+    session: Session, patient_id: int, key: uuid.UUID, rec: ObservationRetraction
+) -> None:
+    """Keep the retraction's version for this result (the newest one wins), so that the
+    result is not stored again if it arrives later or is sent again."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(RetractedResult).values(
+        patient_id=patient_id, dedup_key=key, version=rec.version, code=rec.code
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["patient_id", "dedup_key"],
+            set_={"version": stmt.excluded.version, "received_at": stmt.excluded.received_at},
+            where=RetractedResult.version < stmt.excluded.version,
+        )
+    )
+
+
+def withheld(session: Session, rows: Iterable[Row]) -> dict[tuple[int, uuid.UUID], str]:
+    """(patient id, dedup key) -> the retraction's version, for the rows about to be
+    stored whose result was taken back. One cheap query when none of their patients has
+    a retracted result (nearly always); the caller compares versions."""
+    wanted = {(row[0], row[9]) for row in rows}
+    patients = {p for p, _ in wanted}
+    if not patients or not session.scalar(
+        select(exists().where(RetractedResult.patient_id.in_(patients)))
+    ):
+        return {}
+    found = session.execute(
+        select(
+            RetractedResult.patient_id, RetractedResult.dedup_key, RetractedResult.version
+        ).where(RetractedResult.patient_id.in_(patients))
+    ).all()
+    return {(p, k): v for p, k, v in found if (p, k) in wanted}

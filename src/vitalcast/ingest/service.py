@@ -51,7 +51,7 @@ from vitalcast.ingest._resolve import (
     store_encounters,
     store_patients,
 )
-from vitalcast.ingest._retract import store_retractions
+from vitalcast.ingest._retract import store_retractions, withheld
 from vitalcast.ingest._withdraw import store_withdrawals
 from vitalcast.ingest.quarantine import encrypt_raw
 from vitalcast.ingest.report import IngestReport, Reopening, Withdrawal
@@ -284,6 +284,7 @@ def _store_observations(
     births = resolver.births
     source = resolver.source
     rows: list[Row] = []
+    kept: list[ObservationRecord] = []  # the record of each row, for a quarantine entry
     for rec in records:
         enc_ids: tuple[int, int] | None = None
         if rec.encounter_ref is not None:
@@ -342,6 +343,8 @@ def _store_observations(
                 rec.version,
             )
         )
+        kept.append(rec)
+    rows = _not_retracted(session, rows, kept, reject)
     counts.received += len(rows)
     written = insert_observations(session, rows, source=source, received_at=now)
     n_stored = sum(written.stored.values())
@@ -351,6 +354,35 @@ def _store_observations(
         report.updated["observation"] += written.updated
     report.touched_encounters.update(eid for eid in written.stored if eid is not None)
     report.patients |= written.patients
+
+
+def _not_retracted(
+    session: Session, rows: list[Row], records: list[ObservationRecord], reject: Reject
+) -> list[Row]:
+    """The rows whose result was not taken back by a retraction as new as they are; the
+    others are quarantined as ``retracted`` (a result arriving after its retraction, or
+    sent again after it, is never stored)."""
+    taken_back = withheld(session, rows)
+    if not taken_back:
+        return rows
+    out: list[Row] = []
+    for row, rec in zip(rows, records, strict=True):
+        version = taken_back.get((row[0], row[9]))
+        if version is None or (row[10] is not None and row[10] > version):
+            out.append(row)
+            continue
+        reject(
+            "observation",
+            observation_location(rec),
+            "retracted",
+            f"{rec.code}: this result was taken back by a retraction received before it"
+            " (HL7 OBX-11 W/D/X or FHIR entered-in-error/cancelled); it is not stored",
+            rec,
+            patient_id=row[0],
+            code=rec.code,
+            effective_at=rec.effective_at,
+        )
+    return out
 
 
 def _resolve_refs(
