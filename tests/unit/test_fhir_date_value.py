@@ -1,6 +1,7 @@
 """A FHIR date search value as the UTC range it covers (parse_date_value), at the edges
 the database tests do not reach: month and year ends, leap days, the clinical year range,
-time zones that move a value across midnight, and values no datetime can hold."""
+time zones that move a value across midnight, seconds and their fractions as ranges, and
+values no datetime can hold."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from vitalcast.serving.fhir_search import DateRange, parse_date_value
 
 def _utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0, us: int = 0) -> datetime:
     return datetime(y, mo, d, h, mi, s, us, tzinfo=UTC)
+
+
+def _at(second: int, us: int = 0) -> datetime:
+    """That second (and microsecond) of 2026-11-29T10:15 UTC."""
+    return _utc(2026, 11, 29, 10, 15, second, us)
+
+
+_S31 = _at(31)
 
 
 @pytest.mark.parametrize(
@@ -30,10 +39,24 @@ def _utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0, us: int =
             DateRange(_utc(2026, 11, 28, 23, 30), _utc(2026, 11, 28, 23, 31)),
         ),
         ("2026-11-29T23:30-05:00", DateRange(_utc(2026, 11, 30, 4, 30), _utc(2026, 11, 30, 4, 31))),
-        ("2026-11-29T10:15:30Z", DateRange(_utc(2026, 11, 29, 10, 15, 30), None)),
-        ("2026-11-29T10:15:30", DateRange(_utc(2026, 11, 29, 10, 15, 30), None)),
-        # Fractional seconds beyond microseconds are cut, as FHIR lets a server do.
-        ("2026-11-29T10:15:30.1234567Z", DateRange(_utc(2026, 11, 29, 10, 15, 30, 123456), None)),
+        # A second is a range like a minute: up to the next second, across the minute,
+        # the day and the year, and moved to UTC by its zone.
+        ("2026-11-29T10:15:30Z", DateRange(_utc(2026, 11, 29, 10, 15, 30), _S31)),
+        ("2026-11-29T10:15:30", DateRange(_utc(2026, 11, 29, 10, 15, 30), _S31)),
+        ("2026-11-29T11:15:30+01:00", DateRange(_utc(2026, 11, 29, 10, 15, 30), _S31)),
+        ("2026-12-31T23:59:59Z", DateRange(_utc(2026, 12, 31, 23, 59, 59), _utc(2027, 1, 1))),
+        # A fraction is as wide as its last digit: .4 is 100 ms, .40 10 ms, .400 1 ms ...
+        ("2026-11-29T10:15:30.4", DateRange(_at(30, 400000), _at(30, 500000))),
+        ("2026-11-29T10:15:30.40Z", DateRange(_at(30, 400000), _at(30, 410000))),
+        ("2026-11-29T10:15:30.400", DateRange(_at(30, 400000), _at(30, 401000))),
+        ("2026-11-29T10:15:30.000000Z", DateRange(_at(30), _at(30, 1))),
+        ("2026-11-29T10:15:30.123456Z", DateRange(_at(30, 123456), _at(30, 123457))),
+        ("2026-11-29T10:15:30.9", DateRange(_at(30, 900000), _S31)),
+        ("2026-11-29T10:15:59.999999Z", DateRange(_at(59, 999999), _utc(2026, 11, 29, 10, 16))),
+        # ... down to the microsecond a stored time keeps: further digits are cut, as the
+        # ingestion of a time cuts them.
+        ("2026-11-29T10:15:30.1234567Z", DateRange(_at(30, 123456), _at(30, 123457))),
+        ("2026-11-29T10:15:30.0000009Z", DateRange(_at(30), _at(30, 1))),
         ("2200", DateRange(_utc(2200, 1, 1), _utc(2201, 1, 1))),
         ("1800-01-01T00:00+14:00", DateRange(_utc(1799, 12, 31, 10), _utc(1799, 12, 31, 10, 1))),
     ],
@@ -68,4 +91,4 @@ def test_what_is_not_a_fhir_date_is_a_value_error(text: str) -> None:
 
 def test_a_very_long_fraction_is_cut_not_a_crash() -> None:
     value = parse_date_value("2026-11-29T10:00:00." + "9" * 5000 + "Z")
-    assert value == DateRange(_utc(2026, 11, 29, 10, 0, 0, 999999), None)
+    assert value == DateRange(_utc(2026, 11, 29, 10, 0, 0, 999999), _utc(2026, 11, 29, 10, 0, 1))

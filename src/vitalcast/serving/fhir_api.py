@@ -196,8 +196,8 @@ _SEARCH_NOTE = (
     " counts the matches, and the next link (_count, _offset) leads on. Observation sorts"
     " by _sort=date or -date; code takes system|code tokens, comma-separated for OR."
     " date (Observation.effective, Encounter.period, RiskAssessment.occurrence) takes"
-    " eq, ge, gt, le or lt and any precision: a year, month, day or minute is the range it"
-    " covers, a time to the second an instant; a value without a time zone is in UTC."
+    " eq, ge, gt, le or lt and any precision: a year, month, day, minute, second or"
+    " fraction of one is the range it covers; a value without a time zone is in UTC."
     " Any other parameter is refused (422, an OperationOutcome naming it in expression)."
 )
 

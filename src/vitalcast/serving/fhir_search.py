@@ -130,22 +130,32 @@ DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
 _ALL_PREFIXES = frozenset({*DATE_PREFIXES, "ne", "sa", "eb", "ap"})
 
 
+#: Fraction digits a stored time keeps (PostgreSQL ``timestamp`` and Python's datetime
+#: hold microseconds; FHIR ingestion cuts a finer fraction to them).
+_STORED_DIGITS = 6
+
+
 @dataclass(frozen=True)
 class DateRange:
-    """The UTC range a date search value denotes: ``[start, end)`` for a year, month, day
-    or minute; the instant ``start`` itself (``end`` None) for a time to the second."""
+    """The UTC range ``[start, end)`` a date search value denotes, whatever its precision:
+    from its first instant up to (not including) the next value's at that precision."""
 
     start: datetime
-    end: datetime | None
+    end: datetime
 
 
 def parse_date_value(text: str) -> DateRange:
     """A FHIR date search value (prefix removed) as the UTC range it covers.
 
-    ``2026`` is that year, ``2026-11`` that month, ``2026-11-29`` that day and
-    ``2026-11-29T10:15`` that minute, each from its first instant up to (not including)
-    the next one's; a time given to the second (or a fraction of it) is that instant. A
-    value without a time zone is in the server's, UTC; a date alone takes none.
+    ``2026`` is that year, ``2026-11`` that month, ``2026-11-29`` that day,
+    ``2026-11-29T10:15`` that minute and ``2026-11-29T10:15:30`` that second, each from
+    its first instant up to (not including) the next one's: FHIR R4 reads a search value
+    as "the limits implied by the precision of the value"
+    (http://hl7.org/fhir/R4/search.html#prefix), so a second is no more an instant than a
+    minute is. A fraction is as precise as its digits (``.4`` is 100 ms, ``.400`` 1 ms)
+    down to the microsecond a stored time keeps; digits past the sixth are cut, as
+    ingestion cuts a time's, so a time searched with the fraction it was sent with is
+    found. A value without a time zone is in the server's, UTC; a date alone takes none.
 
     Raises:
         ValueError: not in the format, not a calendar date or time of day, or a year
@@ -180,9 +190,10 @@ def parse_date_value(text: str) -> DateRange:
         ) from None
     zone = _zone(found["zone"])
     if second is not None:
-        micro = int((found["fraction"] or "")[:6].ljust(6, "0"))
-        return DateRange(start.replace(microsecond=micro, tzinfo=zone).astimezone(UTC), None)
-    if hour is not None:
+        digits = (found["fraction"] or "")[:_STORED_DIGITS]
+        start = start.replace(microsecond=int(digits.ljust(_STORED_DIGITS, "0")))
+        end = start + timedelta(microseconds=10 ** (_STORED_DIGITS - len(digits)))
+    elif hour is not None:
         end = start + timedelta(minutes=1)
     elif day is not None:
         end = start + timedelta(days=1)
@@ -223,9 +234,10 @@ def date_filter(
     With the value's range R and the target T (the time, or the period, an open end being
     later than any date), after http://hl7.org/fhir/R4/search.html#prefix: ``eq`` (the
     default) T lies within R; ``ge`` T reaches R's start or later; ``gt`` T reaches past
-    R's end; ``le`` T begins by R's end; ``lt`` T begins before R's start. A value given to
-    the second is an instant, so a time to the second matches as it always did (``eq``
-    equal, ``ge`` at or after, ``gt`` after, ``le`` at or before, ``lt`` before).
+    R's end; ``le`` T begins by R's end; ``lt`` T begins before R's start. A value to the
+    second or a fraction of it is a range like any other (:func:`parse_date_value`), so
+    ``2026-11-29T10:15:30`` finds a time of 10:15:30.4 with ``eq``, ``ge`` and ``le``, and
+    ``gt`` and ``lt`` do not.
 
     Raises:
         InvalidInput: a value is malformed, not a date, or has a prefix not applied here.
@@ -256,13 +268,8 @@ def date_filter(
 def _compare(
     prefix: str, value: DateRange, first: _Time, last: _MaybeTime, *, open_end: bool
 ) -> ColumnElement[bool]:
-    """One prefix's test of the target ``first``..``last`` against ``value``."""
-
-    def by_end(column: _MaybeTime) -> ColumnElement[bool]:  # within R's end
-        return column <= value.start if value.end is None else column < value.end
-
-    def past_end(column: _MaybeTime) -> ColumnElement[bool]:
-        return column > value.start if value.end is None else column >= value.end
+    """One prefix's test of the target ``first``..``last`` against ``value``, half-open:
+    a time at R's end is past R, a time at its start within it."""
 
     def ends(test: ColumnElement[bool], *, if_open: bool) -> ColumnElement[bool]:
         if not open_end:
@@ -270,13 +277,13 @@ def _compare(
         return or_(last.is_(None), test) if if_open else and_(last.is_not(None), test)
 
     if prefix == "eq":
-        return and_(first >= value.start, ends(by_end(last), if_open=False))
+        return and_(first >= value.start, ends(last < value.end, if_open=False))
     if prefix == "ge":
         return ends(last >= value.start, if_open=True)
     if prefix == "gt":
-        return ends(past_end(last), if_open=True)
+        return ends(last >= value.end, if_open=True)
     if prefix == "le":
-        return by_end(first)
+        return first < value.end
     return first < value.start  # lt
 
 
