@@ -1,10 +1,11 @@
 """Read-only FHIR R4 endpoints over the canonical store (``/fhir``).
 
 EHRs and SMART apps read vitalcast's results in their own language: Patient, Encounter
-(read, and search by patient, status and date), Observation (search by patient, code and date,
-sorted by date either way) and RiskAssessment built from stored predictions
-(``prediction.probabilityDecimal``, ``occurrenceDateTime``; read, and search by patient and
-date). Searches count every match and page (:mod:`vitalcast.serving.fhir_search`).
+(read, and search by patient, status and date), Observation (read, and search by patient,
+code and date, sorted by date either way; stored observations and each stay's height and
+weight, :mod:`vitalcast.serving.fhir_observations`) and RiskAssessment built from stored
+predictions (``prediction.probabilityDecimal``, ``occurrenceDateTime``; read, and search by
+patient and date). Searches count every match and page (:mod:`vitalcast.serving.fhir_search`).
 Resources are built and validated with ``fhir.resources`` (its R4B models, whose shape
 equals R4 for these resources). Every read is audited like any other patient-data read.
 Errors are answered as OperationOutcome resources (:mod:`vitalcast.serving.fhir_outcome`).
@@ -13,6 +14,7 @@ Errors are answered as OperationOutcome resources (:mod:`vitalcast.serving.fhir_
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -30,6 +32,12 @@ from vitalcast.ingest.sources.fhir_map import ENCOUNTER_STATUSES
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
+from vitalcast.serving.fhir_observations import (
+    STORED,
+    derived_id,
+    parse_observation_id,
+    served_observations,
+)
 from vitalcast.serving.fhir_outcome import FHIR_JSON
 from vitalcast.serving.fhir_search import (
     check_search_params,
@@ -90,29 +98,52 @@ def _patient_resource(patient: Patient, with_ids: bool) -> FhirPatient:
     return FhirPatient.model_validate(data)
 
 
-def _observation_resource(obs: Observation, patient_id: str) -> FhirObservation:
-    spec = BY_CODE.get(obs.code)
-    coding = {"system": code_system(obs.code), "code": obs.code}
+_OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+# The store's variable kinds with an R4 Observation category: vital signs (height and
+# weight among them, as the R4 vital-signs profile has them) and laboratory results.
+_CATEGORY = {"vital": "vital-signs", "descriptor": "vital-signs", "lab": "laboratory"}
+
+
+def _observation_resource(row: Any, patient_id: str, encounter_id: str | None) -> FhirObservation:
+    """An Observation from a row of :func:`served_observations` (stored or derived)."""
+    spec = BY_CODE.get(row.code)
+    coding = {"system": code_system(row.code), "code": row.code}
     if spec:
         coding["display"] = spec.label
     data: dict[str, Any] = {
         "resourceType": "Observation",
-        "id": str(obs.id),
+        "id": str(row.row_id) if row.kind == STORED else derived_id(row.kind, encounter_id or ""),
         "status": "final",
         "code": {"coding": [coding]},
         "subject": {"reference": f"Patient/{patient_id}"},
-        "effectiveDateTime": obs.effective_at.isoformat(),
+        "effectiveDateTime": row.effective_at.isoformat(),
     }
-    if obs.value is not None:
+    if spec and spec.kind in _CATEGORY:
+        category = {"system": _OBS_CATEGORY, "code": _CATEGORY[spec.kind]}
+        data["category"] = [{"coding": [category]}]
+    if encounter_id is not None:
+        data["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    if row.value is not None:
         data["valueQuantity"] = {
-            "value": obs.value,
-            "unit": obs.unit,
+            "value": row.value,
+            "unit": row.unit,
             "system": UCUM,
-            "code": obs.unit,
+            "code": row.unit,
         }
-    elif obs.value_text is not None:
-        data["valueString"] = obs.value_text
+    elif row.value_text is not None:
+        data["valueString"] = row.value_text
     return FhirObservation.model_validate(data)
+
+
+def _observation_resources(rows: Sequence[Any], patient_id: str) -> list[FhirObservation]:
+    """The rows' Observations, with the public ids of their encounters looked up at once."""
+    wanted = {r.encounter_id for r in rows if r.encounter_public_id is None} - {None}
+    found = select(Encounter.id, Encounter.public_id).where(Encounter.id.in_(wanted))
+    public: dict[int, str] = {i: p for i, p in db().execute(found)} if wanted else {}
+    return [
+        _observation_resource(r, patient_id, r.encounter_public_id or public.get(r.encounter_id))
+        for r in rows
+    ]
 
 
 def _status(enc: Encounter) -> str:
@@ -199,6 +230,8 @@ _SEARCH_NOTE = (
     " eq, ge, gt, le or lt and any precision: a year, month, day, minute, second or"
     " fraction of one is the range it covers; a value without a time zone is in UTC."
     " Any other parameter is refused (422, an OperationOutcome naming it in expression)."
+    " Observations include each stay's height (8302-2) and weight (29463-7), kept on the"
+    " encounter with no time of measurement: their effective time is the admission."
 )
 
 
@@ -220,7 +253,7 @@ def metadata() -> Response:
     body = {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-11-28",
+        "date": "2026-12-01",
         "kind": "instance",
         "fhirVersion": "4.0.1",
         "format": ["json"],
@@ -234,7 +267,7 @@ def metadata() -> Response:
                 "resource": [
                     {"type": "Patient", "interaction": [{"code": "read"}]},
                     _searchable("Encounter", ENCOUNTER_SEARCH, read=True),
-                    _searchable("Observation", OBSERVATION_SEARCH, read=False),
+                    _searchable("Observation", OBSERVATION_SEARCH, read=True),
                     _searchable("RiskAssessment", RISK_SEARCH, read=True),
                 ],
             }
@@ -256,7 +289,10 @@ def read_patient(patient_id: str) -> Response:
 @requires(Permission.PATIENTS_READ)
 def search_observations() -> Response:
     """A patient's observations by ``code`` (tokens, comma for OR) and ``date``, a page at
-    a time (``_count`` up to 10,000, default 1,000; ``_offset``), sorted by date."""
+    a time (``_count`` up to 10,000, default 1,000; ``_offset``), sorted by date.
+
+    The stays' heights and weights are among them (:mod:`vitalcast.serving.fhir_observations`),
+    filtered, counted and paged in the same query as the stored observations."""
     check_search_params(OBSERVATION_PARAMS)
     count, offset = paging(1000, 10000)
     sort = request.args.get("_sort", "date")
@@ -266,17 +302,17 @@ def search_observations() -> Response:
             details=[{"loc": ["query", "_sort"], "msg": "date or -date"}],
         )
     patient = get_patient_or_raise(db(), _patient_param())
-    query = select(Observation).where(Observation.patient_id == patient.id)
+    served = served_observations(
+        Observation.patient_id == patient.id, Encounter.patient_id == patient.id
+    )
+    query = select(served)
     codes = request.args.getlist("code")
     if codes:
-        query = query.where(code_filter(codes))
-    query = _date_filters(query, Observation.effective_at)
-    order = (
-        (Observation.effective_at.desc(), Observation.id.desc())
-        if sort == "-date"
-        else (Observation.effective_at, Observation.id)
-    )
-    rows = db().scalars(query.order_by(*order).offset(offset).limit(count)).all()
+        query = query.where(code_filter(codes, served.c.code))
+    query = _date_filters(query, served.c.effective_at)
+    keys = (served.c.effective_at, served.c.kind, served.c.row_id)
+    order = tuple(k.desc() for k in keys) if sort == "-date" else keys
+    rows = db().execute(query.order_by(*order).offset(offset).limit(count)).all()
     total = count_matches(db(), query)
     audit_event(
         "observation.viewed",
@@ -285,8 +321,34 @@ def search_observations() -> Response:
         resource="fhir/Observation",
         details={"count": len(rows)},
     )
-    resources = [_observation_resource(o, patient.public_id) for o in rows]
+    resources = _observation_resources(rows, patient.public_id)
     return searchset("Observation", resources, total=total, count=count, offset=offset)
+
+
+@fhir.get("/Observation/<observation_id>")
+@requires(Permission.PATIENTS_READ)
+def read_observation(observation_id: str) -> Response:
+    """One Observation by the id a search gave it: stored, or a stay's height or weight."""
+    refusal = NotFound("no Observation with that id")
+    wanted = parse_observation_id(observation_id)
+    if wanted is None:
+        raise refusal
+    if wanted.kind == STORED:
+        served = served_observations(Observation.id == wanted.row_id, false())
+    else:
+        served = served_observations(false(), Encounter.public_id == wanted.encounter)
+    row = db().execute(select(served).where(served.c.kind == wanted.kind)).first()
+    patient = None if row is None else db().get(Patient, row.patient_id)
+    if row is None or patient is None:
+        raise refusal
+    check_patient_visible(db(), patient, refusal=refusal)
+    audit_event(
+        "observation.viewed",
+        "R",
+        patient_id=patient.public_id,
+        resource=f"fhir/Observation/{observation_id}",
+    )
+    return _respond(_observation_resources([row], patient.public_id)[0])
 
 
 @fhir.get("/Encounter/<encounter_id>")

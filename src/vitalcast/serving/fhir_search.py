@@ -82,17 +82,19 @@ def paging(default: int, high: int) -> tuple[int, int]:
     return count, offset
 
 
-def code_filter(values: Sequence[str]) -> ColumnElement[bool]:
+def code_filter(
+    values: Sequence[str], column: SQLColumnExpression[str] = Observation.code
+) -> ColumnElement[bool]:
     """The FHIR token search on an observation's code: commas are OR, repeats are AND.
 
     ``system|code`` matches the code in that system only; the store keeps the code, and
     its system is :func:`code_system`'s, the one the Observation resource carries.
     ``|code`` asks for a code without a system (there are none) and ``system|`` for any
-    code of the system.
+    code of the system. ``column`` holds the code (the served Observations' own column).
     """
     clause: ColumnElement[bool] = true()
     for value in values:
-        clause = clause & or_(false(), *(_token(t) for t in value.split(",")))
+        clause = clause & or_(false(), *(_token(t, column) for t in value.split(",")))
     return clause
 
 
@@ -102,8 +104,7 @@ def code_system(code: str) -> str:
     return spec.system if spec else LOINC
 
 
-def _token(token: str) -> ColumnElement[bool]:
-    column = Observation.code
+def _token(token: str, column: SQLColumnExpression[str]) -> ColumnElement[bool]:
     if "|" not in token:
         return column == token
     system, code = token.split("|", 1)
