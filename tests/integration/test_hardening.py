@@ -65,6 +65,19 @@ def test_per_key_limit_answers_429_in_the_canonical_shape(limited: Flask) -> Non
     assert client.get("/healthz", environ_base=env).status_code == 200
 
 
+def test_health_probes_are_not_counted(limited: Flask) -> None:
+    """Load balancers poll /healthz and /readyz from one address: never a 429, and the
+    address's budget is left whole for real requests."""
+    client = limited.test_client()
+    env = _addr()
+    probes = [
+        client.get(path, environ_base=env).status_code for path in ["/healthz", "/readyz"] * 4
+    ]
+    assert 429 not in probes
+    codes = [client.get("/api/v1/patients", environ_base=env).status_code for _ in range(3)]
+    assert codes == [401, 401, 401]
+
+
 def test_per_address_limit_spans_keys_and_bad_credentials(limited: Flask) -> None:
     creds = Credentials(limited)
     client = limited.test_client()

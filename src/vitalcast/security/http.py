@@ -110,11 +110,17 @@ def register_hardening(app: Flask) -> None:
         return
     limiter = Limiter(
         key_func=client_address,
+        # exempt_when on each limit: flask-limiter applies application_limits_exempt_when
+        # only to limits it builds itself, not to ApplicationLimit objects given here, so
+        # health probes were counted (and refused with 429) until it was set per limit.
         application_limits=[
-            ApplicationLimit(settings.rate_limit_per_caller, key_function=caller_key),
-            ApplicationLimit(settings.rate_limit_per_address, key_function=client_address),
+            ApplicationLimit(
+                settings.rate_limit_per_caller, key_function=caller_key, exempt_when=_exempt
+            ),
+            ApplicationLimit(
+                settings.rate_limit_per_address, key_function=client_address, exempt_when=_exempt
+            ),
         ],
-        application_limits_exempt_when=_exempt,
         storage_uri=settings.redis_url or "memory://",
         strategy="moving-window",
         key_prefix="vitalcast",
