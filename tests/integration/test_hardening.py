@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -12,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from tests.conftest import Credentials
-from tests.services import service_missing
+from tests.services import redis_test_url
 from vitalcast.config import Settings
 from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.app import create_app
@@ -110,17 +109,7 @@ def test_sign_in_attempts_are_limited_per_address(limited: Flask) -> None:
 
 @pytest.fixture
 def redis_url() -> str:
-    url = os.environ.get("VITALCAST_TEST_REDIS_URL")
-    if not url:
-        service_missing("Redis (set VITALCAST_TEST_REDIS_URL)")
-    assert url is not None
-    import redis
-
-    try:
-        redis.Redis.from_url(url).ping()
-    except redis.RedisError as exc:
-        service_missing(f"Redis at {url} ({exc})")
-    return url
+    return redis_test_url()
 
 
 def test_redis_storage_is_shared_by_workers(settings: Settings, redis_url: str) -> None:
