@@ -83,7 +83,8 @@ def test_two_workers_with_redis_share_exactly_the_limit(
 
 def test_serve_refuses_a_limit_the_workers_cannot_share(settings: Settings) -> None:
     """1/minute cannot be split over 2 workers without Redis: one clear line, exit 2,
-    before gunicorn starts (the port given is taken, so an old server would fail there)."""
+    before anything is prepared or bound (the port given is taken: should the check not
+    come first, the command fails otherwise instead of serving)."""
     import socket
 
     port = free_port()
