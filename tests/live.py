@@ -33,9 +33,9 @@ class LiveServer:
 
 @contextmanager
 def live_server(
-    env: dict[str, str], *, workers: int = 2, ready_s: float = 90.0
+    env: dict[str, str], *, workers: int = 2, ready_s: float = 90.0, ready_path: str = "/readyz"
 ) -> Iterator[LiveServer]:
-    """Start ``vitalcast serve`` with ``env`` and wait until /readyz answers 200."""
+    """Start ``vitalcast serve`` with ``env`` and wait until ``ready_path`` answers 200."""
     port = free_port()
     log = Path(env["VITALCAST_DATA_DIR"]) / "server.log"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAST_")} | env
@@ -63,7 +63,7 @@ def live_server(
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=2.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -39,6 +39,21 @@ def service_missing(what: str) -> None:
     pytest.skip(f"{what} unavailable")
 
 
+def redis_test_url() -> str:
+    """The test Redis (``VITALCAST_TEST_REDIS_URL``), checked to answer; else skip/fail."""
+    url = os.environ.get("VITALCAST_TEST_REDIS_URL")
+    if not url:
+        service_missing("Redis (set VITALCAST_TEST_REDIS_URL)")
+    assert url is not None
+    import redis
+
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.RedisError as exc:
+        service_missing(f"Redis at {url} ({exc})")
+    return url
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Yield an admin URL of a PostgreSQL server (configured, or embedded and throwaway)."""

@@ -103,7 +103,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `vitalcast serve` binds to.")
     port: int = Field(8000, description="Port `vitalcast serve` binds to.")
-    workers: int = Field(2, description="gunicorn worker processes for `vitalcast serve`.")
+    workers: int = Field(
+        2,
+        description="gunicorn worker processes for `vitalcast serve`. Without"
+        " VITALCAST_REDIS_URL each worker enforces its share of every rate limit (the"
+        " limit divided by the workers, rounded down), so that the server as a whole"
+        " never allows more than configured.",
+    )
     session_idle_minutes: int = Field(
         15,
         gt=0,
@@ -136,7 +142,11 @@ class Settings(BaseSettings):
         " the ICU type the model reads from it.",
     )
     redis_url: str | None = Field(
-        None, description="Redis URL for rate-limit storage and pub/sub (optional)."
+        None,
+        description="Redis URL for rate-limit counters shared by all workers and replicas,"
+        " and pub/sub (optional). Unset: each `vitalcast serve` worker counts in its own"
+        " memory and enforces its share of every limit; several replicas then each allow"
+        " the full limits.",
     )
     mqtt_url: str | None = Field(
         None,

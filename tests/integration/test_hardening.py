@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -12,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from tests.conftest import Credentials
-from tests.services import service_missing
+from tests.services import redis_test_url
 from vitalcast.config import Settings
 from vitalcast.security.tables import AuditEvent
 from vitalcast.serving.app import create_app
@@ -65,6 +64,19 @@ def test_per_key_limit_answers_429_in_the_canonical_shape(limited: Flask) -> Non
     assert client.get("/healthz", environ_base=env).status_code == 200
 
 
+def test_health_probes_are_not_counted(limited: Flask) -> None:
+    """Load balancers poll /healthz and /readyz from one address: never a 429, and the
+    address's budget is left whole for real requests."""
+    client = limited.test_client()
+    env = _addr()
+    probes = [
+        client.get(path, environ_base=env).status_code for path in ["/healthz", "/readyz"] * 4
+    ]
+    assert 429 not in probes
+    codes = [client.get("/api/v1/patients", environ_base=env).status_code for _ in range(3)]
+    assert codes == [401, 401, 401]
+
+
 def test_per_address_limit_spans_keys_and_bad_credentials(limited: Flask) -> None:
     creds = Credentials(limited)
     client = limited.test_client()
@@ -97,17 +109,7 @@ def test_sign_in_attempts_are_limited_per_address(limited: Flask) -> None:
 
 @pytest.fixture
 def redis_url() -> str:
-    url = os.environ.get("VITALCAST_TEST_REDIS_URL")
-    if not url:
-        service_missing("Redis (set VITALCAST_TEST_REDIS_URL)")
-    assert url is not None
-    import redis
-
-    try:
-        redis.Redis.from_url(url).ping()
-    except redis.RedisError as exc:
-        service_missing(f"Redis at {url} ({exc})")
-    return url
+    return redis_test_url()
 
 
 def test_redis_storage_is_shared_by_workers(settings: Settings, redis_url: str) -> None:

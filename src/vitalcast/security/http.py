@@ -10,7 +10,10 @@ Installed by ``register_hardening(app)`` in ``create_app``, after the guard:
   the address) and per client address across all routes, plus a tight limit on sign-in
   attempts per address (brute force; account lock-out is the second layer). Counters live
   in Redis when ``VITALCAST_REDIS_URL`` is set, so that every worker and replica shares
-  them; otherwise in process memory. A breach answers 429 in the canonical error shape.
+  them; otherwise in process memory, where each of the ``workers`` processes serving the
+  app enforces its share of every limit (``security/rate_limits.py``), so that the whole
+  server still allows no more than configured. A breach answers 429 in the canonical
+  error shape.
 * JSON bodies nested deeper than ``VITALCAST_MAX_JSON_DEPTH`` get 400 before any parser
   sees them: Python's json module recurses per level and a body of a few kilobytes of
   ``[`` would otherwise end in RecursionError (a 500) or worse in validators.
@@ -27,6 +30,7 @@ from flask_limiter import ApplicationLimit, Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from vitalcast.errors import BadRequest
+from vitalcast.security.rate_limits import effective_limits
 from vitalcast.security.sessions import SESSION_KEY, token_digest
 from vitalcast.serving.context import new_request_id
 from vitalcast.serving.state import get_state
@@ -99,8 +103,14 @@ def _exempt() -> bool:
     return request.path.startswith(_EXEMPT_PREFIXES)
 
 
-def register_hardening(app: Flask) -> None:
-    """Install proxy trust, rate limits and the JSON depth check on ``app``."""
+def register_hardening(app: Flask, *, workers: int = 1) -> None:
+    """Install proxy trust, rate limits and the JSON depth check on ``app``.
+
+    ``workers`` is how many processes serve this app side by side (gunicorn workers under
+    ``vitalcast serve``; 1 for a single-process server or a test client). Without Redis
+    each enforces its share of the limits, so all of them together keep the configured
+    ones.
+    """
     settings = get_state(app).settings
     if settings.proxy_hops > 0:
         hops = settings.proxy_hops
@@ -108,13 +118,24 @@ def register_hardening(app: Flask) -> None:
     app.before_request(_check_json_depth)
     if not settings.rate_limit_enabled:
         return
+    limits = effective_limits(settings, workers)
     limiter = Limiter(
         key_func=client_address,
+        # exempt_when on each limit: flask-limiter applies application_limits_exempt_when
+        # only to limits it builds itself, not to ApplicationLimit objects given here, so
+        # health probes were counted (and refused with 429) until it was set per limit.
         application_limits=[
-            ApplicationLimit(settings.rate_limit_per_caller, key_function=caller_key),
-            ApplicationLimit(settings.rate_limit_per_address, key_function=client_address),
+            ApplicationLimit(
+                limits["VITALCAST_RATE_LIMIT_PER_CALLER"],
+                key_function=caller_key,
+                exempt_when=_exempt,
+            ),
+            ApplicationLimit(
+                limits["VITALCAST_RATE_LIMIT_PER_ADDRESS"],
+                key_function=client_address,
+                exempt_when=_exempt,
+            ),
         ],
-        application_limits_exempt_when=_exempt,
         storage_uri=settings.redis_url or "memory://",
         strategy="moving-window",
         key_prefix="vitalcast",
@@ -132,11 +153,16 @@ def register_hardening(app: Flask) -> None:
     login = app.view_functions.get("web.login")
     if login is not None:
         limited: Any = limiter.limit(
-            settings.rate_limit_login, key_func=client_address, methods=["POST"]
+            limits["VITALCAST_RATE_LIMIT_LOGIN"], key_func=client_address, methods=["POST"]
         )(login)
         app.view_functions["web.login"] = limited
     app.extensions["vitalcast_limiter"] = limiter
     logger.info(
         "rate limits on",
-        extra={"storage": "redis" if settings.redis_url else "memory"},
+        extra={
+            "storage": "redis (shared by all workers)"
+            if settings.redis_url
+            else f"memory (each of {workers} worker(s) enforces its share)",
+            "limits": limits,
+        },
     )

@@ -31,8 +31,12 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 FAVICON = "favicon.svg"  # drawn for vitalcast (web/static), no third-party asset
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the vitalcast WSGI app (settings from the environment unless given)."""
+def create_app(settings: Settings | None = None, *, workers: int = 1) -> Flask:
+    """Build the vitalcast WSGI app (settings from the environment unless given).
+
+    ``workers``: how many processes serve the app side by side (``vitalcast serve`` passes
+    its gunicorn worker count); without Redis each enforces its share of the rate limits.
+    """
     settings = settings or load_settings()
     app = Flask(
         "vitalcast",
@@ -49,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_blueprints(app)
     register_oidc(app)  # security: optional OpenID Connect sign-in
     register_error_handlers(app)
-    register_hardening(app)  # security: trusted proxies, rate limits, JSON depth
+    register_hardening(app, workers=workers)  # security: trusted proxies, rate limits, JSON depth
     check_routes_declared(app)
     load_predictor(app)
     return app

@@ -1,6 +1,8 @@
 """Run the app under gunicorn with settings-driven options.
 
-Each worker builds its own app (own database pool); OpenMP/BLAS pools are pinned to one
+Each worker builds its own app (own database pool) and is told how many workers there
+are: without Redis the rate-limit counters are per worker, so each enforces its share of
+every limit (``security/rate_limits.py``). OpenMP/BLAS pools are pinned to one
 thread per worker, because N workers × M threads on a small machine oversubscribes the
 cores and collapses throughput.
 """
@@ -20,6 +22,7 @@ class VitalcastServer(BaseApplication):  # type: ignore[misc]
 
     def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
         self.settings = settings
+        self.workers = int(options["workers"])
         self.options = options
         super().__init__()
 
@@ -31,12 +34,21 @@ class VitalcastServer(BaseApplication):  # type: ignore[misc]
         limit_native_threads()
         from vitalcast.serving.app import create_app
 
-        return create_app(self.settings)
+        return create_app(self.settings, workers=self.workers)
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted.
+
+    Raises:
+        ConfigError: a rate limit the workers cannot share without Redis (before any
+            worker starts, rather than once per worker).
+    """
     from vitalcast.monitoring.multiproc import prepare_multiprocess_dir, worker_exit
+    from vitalcast.security.rate_limits import effective_limits
+
+    if settings.rate_limit_enabled:
+        effective_limits(settings, workers)
 
     limit_native_threads()
     # Before any worker imports prometheus-client (docs: monitoring/multiproc.py).
