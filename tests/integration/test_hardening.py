@@ -134,6 +134,23 @@ def test_redis_storage_is_shared_by_workers(settings: Settings, redis_url: str) 
         _close(two)
 
 
+def test_an_unreachable_redis_does_not_take_the_api_down(settings: Settings) -> None:
+    """With the rate-limit Redis down, every limited request answered 500. Each worker
+    now counts in its memory until Redis answers again: requests are served and the
+    limit still applies."""
+    app = _app(settings, redis_url="redis://127.0.0.1:1/0", rate_limit_per_caller="3/minute")
+    try:
+        headers = Credentials(app).api_key("integration")
+        env = _addr()
+        codes = [
+            app.test_client().get("/api/v1/patients", headers=headers, environ_base=env).status_code
+            for _ in range(4)
+        ]
+        assert codes == [200, 200, 200, 429]
+    finally:
+        _close(app)
+
+
 def _nested(depth: int) -> bytes:
     return b'{"a":' * depth + b"1" + b"}" * depth
 

@@ -138,6 +138,10 @@ def register_hardening(app: Flask, *, workers: int = 1) -> None:
         ],
         storage_uri=settings.redis_url or "memory://",
         strategy="moving-window",
+        # Redis down must not take the service down with it: every limited request
+        # answered 500. Until Redis answers again each worker counts in its memory, with
+        # the limits as configured (flask-limiter re-checks Redis and logs the switch).
+        in_memory_fallback_enabled=bool(settings.redis_url),
         key_prefix="vitalcast",
         headers_enabled=True,
     )
