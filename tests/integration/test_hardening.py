@@ -147,6 +147,22 @@ def test_an_unreachable_redis_does_not_take_the_api_down(settings: Settings) -> 
             for _ in range(4)
         ]
         assert codes == [200, 200, 200, 429]
+        # Readiness does not fail on it (that would pull every replica), but says so.
+        ready = app.test_client().get("/readyz")
+        body = ready.get_json()
+        assert body["degraded"] == ["redis"]
+        assert body["checks"]["redis"].startswith("unreachable (rate limits are counted")
+        assert "127.0.0.1" not in ready.get_data(as_text=True)
+    finally:
+        _close(app)
+
+
+def test_readiness_reports_a_reachable_redis(settings: Settings, redis_url: str) -> None:
+    app = _app(settings, redis_url=redis_url)
+    try:
+        body = app.test_client().get("/readyz").get_json()
+        assert body["checks"]["redis"] == "ok"
+        assert "degraded" not in body
     finally:
         _close(app)
 

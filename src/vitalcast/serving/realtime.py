@@ -38,6 +38,8 @@ CHANNEL = "vitalcast_risk"
 # (web/static/js/vitalcast.js backs off 1, 2, 4, then 5 seconds).
 STREAM_RETRY_AFTER_S = 5
 _QUEUE_SIZE = 1000
+# Seconds a publish may wait for Redis: it runs after the commit, inside the request.
+_REDIS_TIMEOUT = 1.0
 
 
 class EventBus:
@@ -96,10 +98,20 @@ class EventBus:
         import redis
 
         bodies = session.info.pop("vitalcast_events", [])
-        client = redis.Redis.from_url(str(self.redis_url))
-        for body in bodies:
-            client.publish(CHANNEL, body)
-        client.close()
+        timeout = _REDIS_TIMEOUT
+        client = redis.Redis.from_url(
+            str(self.redis_url), socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+        try:
+            for body in bodies:
+                client.publish(CHANNEL, body)
+        except redis.RedisError:
+            # The transaction has committed. Raising here answered 500 for data that was
+            # stored, and a sender retrying sent it twice. Open live views miss these
+            # updates until their next reload; the stored risks are unaffected.
+            logger.warning("Redis unreachable: %d live update(s) not published", len(bodies))
+        finally:
+            client.close()
 
     # -- subscribing ------------------------------------------------------------------
     def subscribe(self) -> queue.Queue[dict[str, Any]]:
