@@ -51,6 +51,18 @@ class ModelVersion(Base):
     promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+# Decimal places of a risk in every JSON answer (REST, FHIR, live events): one figure
+# everywhere, so a client comparing the risk POST /predict returned with the one a
+# patient's page or event shows finds them equal. Six places keep the stored score to
+# within 5·10⁻⁷, far below any clinical difference and below the model's own precision.
+PROBABILITY_DECIMALS = 6
+
+
+def public_probability(score: float) -> float:
+    """A stored score as every surface answers it (:data:`PROBABILITY_DECIMALS` places)."""
+    return round(float(score), PROBABILITY_DECIMALS)
+
+
 class Prediction(Base):
     """One score served (or computed in shadow), with what it was based on."""
 

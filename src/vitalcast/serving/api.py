@@ -16,7 +16,7 @@ from vitalcast.errors import Busy, InvalidInput, ModelUnavailable, NotFound, Pay
 from vitalcast.features.encounter import readmission_features
 from vitalcast.features.stay import implausible
 from vitalcast.modeling.landmark_calibration import TIME_FEATURE
-from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tables import Prediction, public_probability
 from vitalcast.modeling.tasks import (
     STAY_TASK,
     TABULAR,
@@ -117,7 +117,7 @@ def _prediction_body(
 ) -> dict[str, Any]:
     return {
         "id": prediction.public_id,
-        "probability": round(prediction.score, 6),
+        "probability": public_probability(prediction.score),
         "band": prediction.band,
         "threshold": predictor.threshold,
         "model_version": predictor.version,

@@ -29,7 +29,7 @@ from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.tables import Encounter, Observation, Patient
 from vitalcast.errors import InvalidInput, NotFound
 from vitalcast.ingest.sources.fhir_map import ENCOUNTER_STATUSES
-from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.modeling.tables import ModelVersion, Prediction, public_probability
 from vitalcast.security.permissions import Permission, public, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
 from vitalcast.serving.fhir_observations import (
@@ -182,7 +182,7 @@ def _risk_resource(pred: Prediction, version: str, patient_id: str) -> RiskAsses
             "prediction": [
                 {
                     "outcome": {"text": _OUTCOMES.get(pred.task, pred.task)},
-                    "probabilityDecimal": round(pred.score, 6),
+                    "probabilityDecimal": public_probability(pred.score),
                     "qualitativeRisk": {"text": pred.band},
                 }
             ],

@@ -26,6 +26,7 @@ from vitalcast.ingest.devices import (
 from vitalcast.ingest.payloads import parse_observations_payload
 from vitalcast.ingest.service import store_batch
 from vitalcast.ingest.sources.device_payload import CompactObservation, attach_devices
+from vitalcast.modeling.tables import public_probability
 from vitalcast.monitoring.metrics import observe_ingest
 from vitalcast.security.permissions import Permission, requires
 from vitalcast.serving.context import (
@@ -167,7 +168,11 @@ def post_observations() -> tuple[Response, int]:
         {
             "report": summary,
             "rescored": [
-                {"prediction_id": p.public_id, "probability": round(p.score, 4), "band": p.band}
+                {
+                    "prediction_id": p.public_id,
+                    "probability": public_probability(p.score),
+                    "band": p.band,
+                }
                 for p in predictions
             ],
         }

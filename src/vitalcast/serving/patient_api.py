@@ -18,7 +18,7 @@ from vitalcast.clinical.codes import BY_CODE
 from vitalcast.clinical.tables import Condition, Encounter, ImagingStudy, Observation, Patient
 from vitalcast.errors import AppError, NotFound
 from vitalcast.ingest.tables import QuarantineItem
-from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.modeling.tables import ModelVersion, Prediction, public_probability
 from vitalcast.modeling.tasks import STAY_TASK
 from vitalcast.security.permissions import Permission, requires, role_allows
 from vitalcast.serving.context import audit_event, current_principal, db
@@ -133,7 +133,7 @@ def discharge_risk(session: Session, patient: Patient) -> dict[str, Any] | None:
 def prediction_dict(p: Prediction, version: str | None = None) -> dict[str, Any]:
     return {
         "id": p.public_id,
-        "probability": round(p.score, 4),
+        "probability": public_probability(p.score),
         "band": p.band,
         "as_of": p.as_of.isoformat(),
         "created_at": p.created_at.isoformat(),

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.orm import Session
 
 from vitalcast.clinical.tables import Encounter, Patient
-from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tables import Prediction, public_probability
 from vitalcast.modeling.tasks import STAY_POPULATION, STAY_TASK, Population
 from vitalcast.security.crypto import FieldCipher
 from vitalcast.serving.scoring import outside_population
@@ -50,7 +50,7 @@ class WardRow:
             "risk": None
             if self.score is None
             else {
-                "probability": round(self.score, 4),
+                "probability": public_probability(self.score),
                 "band": self.band,
                 "as_of": self.scored_at.isoformat() if self.scored_at else None,
                 "data_freshness_at": self.data_freshness_at.isoformat()

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Engine, event, select, text
 from sqlalchemy.orm import Session
 
-from vitalcast.modeling.tables import Prediction
+from vitalcast.modeling.tables import Prediction, public_probability
 from vitalcast.modeling.tasks import STAY_TASK
 from vitalcast.serving.threads import REQUEST_THREADS_PER_WORKER
 
@@ -220,7 +220,7 @@ def risk_event(row: Prediction, *, patient_public_id: str | None, encounter: Any
         "patient_id": patient_public_id,
         "encounter_id": encounter.public_id if encounter is not None else None,
         "unit": encounter.unit if encounter is not None else None,
-        "probability": round(row.score, 4),
+        "probability": public_probability(row.score),
         "band": row.band,
         "as_of": row.as_of.isoformat(),
         "data_freshness_at": row.data_freshness_at.isoformat() if row.data_freshness_at else None,
