@@ -181,5 +181,53 @@ def test_a_withdrawn_discharged_stay_is_not_a_finished_encounter(
     assert refused.get_json()["issue"][0]["expression"] == ["status"]
 
 
+@pytest.mark.usefixtures("champion")
+@pytest.mark.parametrize(
+    ("withdrawal", "status"), [("entered-in-error", "entered-in-error"), ("cancelled", "final")]
+)
+def test_a_withdrawn_stays_observations_and_risks_carry_its_withdrawal(
+    settings: Settings,
+    pg_engine: Engine,
+    tmp_path: Path,
+    client: FlaskClient,
+    creds: Credentials,
+    withdrawal: str,
+    status: str,
+) -> None:
+    """``/fhir`` served the readings and risks of a stay its source said was entered in
+    error as ``final``, with nothing linking a risk to its stay: an EHR took them for the
+    patient's results. They now say ``entered-in-error``; a cancelled stay's readings
+    were taken, so they stay ``final``. Every one names its encounter."""
+    ingest_fhir_resources(settings, tmp_path, "v1", PATIENT, _stay("1"), _heart_rate("o1", 30))
+    with Session(pg_engine) as session:
+        public_id = session.scalars(select(Patient.public_id)).one()
+        stay_id = session.scalars(select(Encounter.public_id)).one()
+    reader = creds.api_key("clinician")
+
+    def resources(kind: str) -> list[dict[str, Any]]:
+        answer = client.get(f"/fhir/{kind}", query_string={"patient": public_id}, headers=reader)
+        assert answer.status_code == 200, answer.get_json()
+        return [e["resource"] for e in answer.get_json().get("entry", [])]
+
+    def read(resource: dict[str, Any]) -> dict[str, Any]:
+        path = f"/fhir/{resource['resourceType']}/{resource['id']}"
+        answer = client.get(path, headers=reader)
+        assert answer.status_code == 200, answer.get_json()
+        return dict(answer.get_json())
+
+    before = resources("Observation") + resources("RiskAssessment")
+    assert [r["resourceType"] for r in before] == ["Observation", "RiskAssessment"]
+    assert [r["status"] for r in before] == ["final", "final"]
+    assert [r["encounter"]["reference"] for r in before] == [f"Encounter/{stay_id}"] * 2
+
+    ingest_fhir_resources(settings, tmp_path, "v2", _stay("2", withdrawal))
+    assert only_stay(pg_engine).withdrawn_at is not None
+    after = resources("Observation") + resources("RiskAssessment")
+    assert [r["id"] for r in after] == [r["id"] for r in before]
+    assert [r["status"] for r in after] == [status, status]
+    assert [read(r)["status"] for r in after] == [status, status]
+    assert [r["encounter"]["reference"] for r in after] == [f"Encounter/{stay_id}"] * 2
+
+
 def _heart_rate(oid: str, minutes: int) -> dict[str, Any]:
     return fhir_heart_rate(oid, "wd-pat", "wd-stay", START + timedelta(minutes=minutes))

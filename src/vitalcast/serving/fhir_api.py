@@ -104,7 +104,9 @@ _OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 _CATEGORY = {"vital": "vital-signs", "descriptor": "vital-signs", "lab": "laboratory"}
 
 
-def _observation_resource(row: Any, patient_id: str, encounter_id: str | None) -> FhirObservation:
+def _observation_resource(
+    row: Any, patient_id: str, encounter_id: str | None, status: str
+) -> FhirObservation:
     """An Observation from a row of :func:`served_observations` (stored or derived)."""
     spec = BY_CODE.get(row.code)
     coding = {"system": code_system(row.code), "code": row.code}
@@ -113,7 +115,7 @@ def _observation_resource(row: Any, patient_id: str, encounter_id: str | None) -
     data: dict[str, Any] = {
         "resourceType": "Observation",
         "id": str(row.row_id) if row.kind == STORED else derived_id(row.kind, encounter_id or ""),
-        "status": "final",
+        "status": status,
         "code": {"coding": [coding]},
         "subject": {"reference": f"Patient/{patient_id}"},
         "effectiveDateTime": row.effective_at.isoformat(),
@@ -136,20 +138,46 @@ def _observation_resource(row: Any, patient_id: str, encounter_id: str | None) -
 
 
 def _observation_resources(rows: Sequence[Any], patient_id: str) -> list[FhirObservation]:
-    """The rows' Observations, with the public ids of their encounters looked up at once."""
-    wanted = {r.encounter_id for r in rows if r.encounter_public_id is None} - {None}
-    found = select(Encounter.id, Encounter.public_id).where(Encounter.id.in_(wanted))
-    public: dict[int, str] = {i: p for i, p in db().execute(found)} if wanted else {}
-    return [
-        _observation_resource(r, patient_id, r.encounter_public_id or public.get(r.encounter_id))
-        for r in rows
-    ]
+    """The rows' Observations, with their encounters' public ids and withdrawals looked up
+    at once."""
+    wanted = {r.encounter_id for r in rows} - {None}
+    found = select(
+        Encounter.id, Encounter.public_id, Encounter.withdrawn_at, Encounter.withdrawn_reason
+    ).where(Encounter.id.in_(wanted))
+    stays = {stay.id: stay for stay in db().execute(found)} if wanted else {}
+    resources = []
+    for r in rows:
+        stay = stays.get(r.encounter_id)
+        public = r.encounter_public_id or (stay.public_id if stay else None)
+        status = _record_status(stay.withdrawn_at, stay.withdrawn_reason) if stay else "final"
+        resources.append(_observation_resource(r, patient_id, public, status))
+    return resources
+
+
+def _withdrawn_status(reason: str | None) -> str:
+    """The R4 status a withdrawn stay's source gave: ``entered-in-error`` or ``cancelled``."""
+    return (reason or "entered_in_error").replace("_", "-")
+
+
+def _record_status(withdrawn_at: datetime | None, reason: str | None) -> str:
+    """The status of an Observation or RiskAssessment of a stay.
+
+    ``entered-in-error`` when the stay's source withdrew it as entered in error: in R4
+    that says the record should never have existed (a registration under the wrong
+    patient, a duplicate), and what was measured or scored within it inherits that, so an
+    EHR reading these resources does not take them as a patient's final results. A
+    cancelled stay's readings were still taken, so they stay ``final``; their
+    ``encounter`` reference leads to the cancelled stay.
+    """
+    if withdrawn_at is not None and _withdrawn_status(reason) == "entered-in-error":
+        return "entered-in-error"
+    return "final"
 
 
 def _status(enc: Encounter) -> str:
     """The FHIR status of a stored stay: a withdrawn one says what its source said."""
     if enc.withdrawn_at is not None:
-        return (enc.withdrawn_reason or "entered_in_error").replace("_", "-")
+        return _withdrawn_status(enc.withdrawn_reason)
     return "finished" if enc.discharged_at is not None else "in-progress"
 
 
@@ -170,25 +198,28 @@ def _encounter_resource(enc: Encounter, patient_id: str) -> FhirEncounter:
     return FhirEncounter.model_validate(data)
 
 
-def _risk_resource(pred: Prediction, version: str, patient_id: str) -> RiskAssessment:
-    return RiskAssessment.model_validate(
-        {
-            "resourceType": "RiskAssessment",
-            "id": pred.public_id,
-            "status": "final",
-            "subject": {"reference": f"Patient/{patient_id}"},
-            "occurrenceDateTime": pred.as_of.isoformat(),
-            "method": {"text": f"vitalcast {pred.task} model {version}"},
-            "prediction": [
-                {
-                    "outcome": {"text": _OUTCOMES.get(pred.task, pred.task)},
-                    "probabilityDecimal": public_probability(pred.score),
-                    "qualitativeRisk": {"text": pred.band},
-                }
-            ],
-            "note": [{"text": "Decision support; complements clinical judgement."}],
-        }
-    )
+def _risk_resource(row: Any, patient_id: str) -> RiskAssessment:
+    """A RiskAssessment from a row of :func:`_risk_query`."""
+    pred: Prediction = row.Prediction
+    data: dict[str, Any] = {
+        "resourceType": "RiskAssessment",
+        "id": pred.public_id,
+        "status": _record_status(row.withdrawn_at, row.withdrawn_reason),
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "occurrenceDateTime": pred.as_of.isoformat(),
+        "method": {"text": f"vitalcast {pred.task} model {row.version}"},
+        "prediction": [
+            {
+                "outcome": {"text": _OUTCOMES.get(pred.task, pred.task)},
+                "probabilityDecimal": public_probability(pred.score),
+                "qualitativeRisk": {"text": pred.band},
+            }
+        ],
+        "note": [{"text": "Decision support; complements clinical judgement."}],
+    }
+    if row.encounter_public_id is not None:
+        data["encounter"] = {"reference": f"Encounter/{row.encounter_public_id}"}
+    return RiskAssessment.model_validate(data)
 
 
 def _date_filters(
@@ -446,10 +477,18 @@ def search_encounters() -> Response:
     return searchset("Encounter", resources, total=total, count=count, offset=offset)
 
 
-def _risk_query() -> Select[Prediction, str]:
+def _risk_query() -> Select[Prediction, str, str, datetime | None, str | None]:
+    """Champion predictions with their model version and their stay's id and withdrawal."""
     return (
-        select(Prediction, ModelVersion.version)
+        select(
+            Prediction,
+            ModelVersion.version,
+            Encounter.public_id.label("encounter_public_id"),
+            Encounter.withdrawn_at,
+            Encounter.withdrawn_reason,
+        )
         .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .outerjoin(Encounter, Encounter.id == Prediction.encounter_id)
         .where(Prediction.role == "champion")
     )
 
@@ -473,7 +512,7 @@ def search_risk() -> Response:
         patient_id=patient.public_id,
         resource="fhir/RiskAssessment",
     )
-    resources = [_risk_resource(p, v, patient.public_id) for p, v in rows]
+    resources = [_risk_resource(row, patient.public_id) for row in rows]
     return searchset("RiskAssessment", resources, total=total, count=count, offset=offset)
 
 
@@ -492,4 +531,4 @@ def read_risk(risk_id: str) -> Response:
         patient_id=patient.public_id,
         resource=f"fhir/RiskAssessment/{risk_id}",
     )
-    return _respond(_risk_resource(row[0], row[1], patient.public_id))
+    return _respond(_risk_resource(row, patient.public_id))
