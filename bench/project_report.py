@@ -41,6 +41,7 @@ SOURCES = (
     "demo_startup",
     "drift_alarms",
     "landmark_calibration",
+    "icu_input_shift",
 )
 
 
