@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from tests.services import redis_test_url
 from vitalcast.db import create_db_engine
-from vitalcast.serving.realtime import EventBus
+from vitalcast.serving.realtime import EventBus, reconnect_delay
 
 
 @pytest.fixture
@@ -67,3 +68,32 @@ def test_an_unreachable_redis_does_not_fail_a_committed_request(
         assert conn.execute(text("SELECT n FROM stored")).scalars().all() == [7]
     assert "Redis unreachable: 1 live update(s) not published" in caplog.text
     assert "127.0.0.1" not in caplog.text
+
+
+def test_a_listener_outage_logs_one_traceback_then_backs_off(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The listener used to log a traceback every second, in every worker, for as long
+    as its server was down."""
+    bus = EventBus(engine, "redis://127.0.0.1:1/0")
+    with caplog.at_level(logging.WARNING, logger="vitalcast.serving.realtime"):
+        subscriber = bus.subscribe()
+        try:
+            deadline = time.monotonic() + 15
+            while len(caplog.records) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            bus.unsubscribe(subscriber)
+            bus.close()
+    first, second, third = caplog.records[:3]
+    assert [r.exc_info is not None for r in (first, second, third)] == [True, False, False]
+    assert "attempt 2" in second.getMessage()
+    assert "attempt 3" in third.getMessage()
+    # Waits of 1 s then 2 s between attempts (scheduling can only lengthen them).
+    assert second.created - first.created >= 0.95
+    assert third.created - second.created >= 1.95
+
+
+def test_reconnect_delays_double_up_to_half_a_minute() -> None:
+    assert [reconnect_delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert reconnect_delay(10_000) == 30

@@ -38,8 +38,16 @@ CHANNEL = "vitalcast_risk"
 # (web/static/js/vitalcast.js backs off 1, 2, 4, then 5 seconds).
 STREAM_RETRY_AFTER_S = 5
 _QUEUE_SIZE = 1000
+# Longest wait between the event listener's reconnection attempts.
+_RECONNECT_MAX_S = 30
 # Seconds a publish may wait for Redis: it runs after the commit, inside the request.
 _REDIS_TIMEOUT = 1.0
+
+
+def reconnect_delay(failures: int) -> float:
+    """Seconds before the listener's next attempt after ``failures`` in a row: 1, 2, 4, …
+    up to :data:`_RECONNECT_MAX_S`, so an outage costs a few log lines a minute."""
+    return float(min(_RECONNECT_MAX_S, 2 ** min(failures - 1, 16)))
 
 
 class EventBus:
@@ -71,6 +79,7 @@ class EventBus:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._streams = threading.BoundedSemaphore(max_streams)
+        self._failures = 0  # the listener's consecutive failed attempts
 
     # -- stream slots -------------------------------------------------------------------
     def open_stream(self) -> bool:
@@ -147,12 +156,34 @@ class EventBus:
         self._thread.start()
 
     def _run(self, target: Callable[[], None]) -> None:
+        """Run the listener, reconnecting after any failure, never dying silently.
+
+        An outage of its server (PostgreSQL, Redis) used to log a traceback every second
+        in every worker until it ended. The first failure is logged with its traceback;
+        later attempts wait longer each time (:func:`reconnect_delay`) and log one line,
+        and the listener says when it is connected again.
+        """
         while not self._stop.is_set():
             try:
                 target()
-            except Exception:  # reconnect after any listener failure, never die silently
-                logger.exception("event listener failed; reconnecting in 1 s")
-                time.sleep(1.0)
+            except Exception:
+                self._failures += 1
+                delay = reconnect_delay(self._failures)
+                if self._failures == 1:
+                    logger.exception("event listener failed; live updates paused, retrying")
+                else:
+                    logger.warning(
+                        "event listener still failing (attempt %d); next attempt in %.0f s",
+                        self._failures,
+                        delay,
+                    )
+                self._stop.wait(delay)
+
+    def _connected(self) -> None:
+        """Called by a listener once subscribed: the outage, if any, is over."""
+        if self._failures:
+            logger.warning("event listener connected again after %d attempt(s)", self._failures)
+        self._failures = 0
 
     def close(self) -> None:
         self._stop.set()
@@ -163,6 +194,7 @@ class EventBus:
         url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
+            self._connected()
             while not self._stop.is_set():
                 for note in conn.notifies(timeout=1.0):
                     self._fan_out(json.loads(note.payload))
@@ -170,9 +202,10 @@ class EventBus:
     def _listen_redis(self) -> None:
         import redis
 
-        client = redis.Redis.from_url(str(self.redis_url))
+        client = redis.Redis.from_url(str(self.redis_url), socket_connect_timeout=5.0)
         pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(CHANNEL)
+        self._connected()
         try:
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=1.0)
