@@ -282,8 +282,8 @@ def test_fhir_malformed_bundle_entries_are_quarantined_one_by_one(
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["balanced"] is True
-    assert report["reasons"] == {"malformed_entry": 4, "invalid_resource": 2}
-    assert report["skipped"] == {"request:DELETE": 1}
+    assert report["reasons"] == {"malformed_entry": 4, "invalid_resource": 2, "delete_request": 1}
+    assert report["skipped"] == {}
     where = sorted(r["location"] for r in report["rejects"])
     assert where == [
         "w6.json#Bundle.entry[2]",
@@ -292,10 +292,50 @@ def test_fhir_malformed_bundle_entries_are_quarantined_one_by_one(
         "w6.json#Bundle.entry[5]",
         "w6.json#Bundle.entry[6]",
         "w6.json#Bundle.entry[7].resource(Bundle/)",
+        "w6.json#Bundle.entry[8].request(DELETE Patient)",
     ]
     assert _count(pg_url, Patient) == 2
     assert _count(pg_url, Encounter) == 1
-    assert _count(pg_url, QuarantineItem) == 6
+    assert _count(pg_url, QuarantineItem) == 7
+
+
+def test_fhir_delete_requests_are_quarantined_not_counted_away(
+    run: Callable[..., Result], pg_url: str, tmp_path: Path
+) -> None:
+    """A transaction's DELETE was only counted as skipped: the sender's deletion went
+    unseen while the reading it meant stayed stored and scored. Nothing is deleted on
+    request; the DELETE is quarantined saying how to retract, without echoing its URL
+    (a conditional one can hold an identifier). A search (GET) entry is still counted."""
+    stored = [
+        {"resource": {"resourceType": "Patient", "id": "p1"}},
+        {"resource": _observation("dl-hr", "2026-11-20T11:00:00Z")},
+    ]
+    first = tmp_path / "dl1.json"
+    first.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": stored}))
+    assert run("fhir", str(first), "--json", "--no-rescore").exit_code == 0
+    assert _count(pg_url, Observation) == 1
+    requests = [
+        {"request": {"method": "DELETE", "url": "Observation/dl-hr"}},
+        {"request": {"method": "DELETE", "url": "Patient?identifier=MRN-SECRET-4711"}},
+        {"request": {"method": "GET", "url": "Observation?patient=p1"}},
+    ]
+    second = tmp_path / "dl2.json"
+    second.write_text(json.dumps({"resourceType": "Bundle", "type": "batch", "entry": requests}))
+    result = run("fhir", str(second), "--json", "--no-rescore")
+    _clean(result)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["balanced"] is True
+    assert report["skipped"] == {"request:GET": 1}
+    assert [(r["location"], r["reason_code"]) for r in report["rejects"]] == [
+        ("dl2.json#Bundle.entry[0].request(DELETE Observation)", "delete_request"),
+        ("dl2.json#Bundle.entry[1].request(DELETE Patient)", "delete_request"),
+    ]
+    assert "entered-in-error" in report["rejects"][0]["reason"]
+    assert "MRN-SECRET-4711" not in result.stdout + result.stderr
+    assert report["by_kind"]["observation"]["quarantined"] == 1
+    assert _count(pg_url, Observation) == 1  # nothing deleted on request
+    assert _count(pg_url, QuarantineItem) == 2
 
 
 # -- HL7 v2 ----------------------------------------------------------------------------------

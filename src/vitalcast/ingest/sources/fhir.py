@@ -7,8 +7,9 @@ Condition, ImagingStudy) has the same shape there, so we pin ``fhir.resources.R4
 
 Every bundle entry is accounted for: a modelled resource becomes records or quarantined
 items (with a FHIR path such as ``b.json#Bundle.entry[12].resource(Observation/abc)
-.component[1]``); anything else is counted in ``ParsedUnit.skipped`` by reason
-(``not_modelled:Claim``, ``request:DELETE``). MedicationRequest, Procedure and
+.component[1]``); a DELETE entry is quarantined (``delete_request``: nothing is deleted on
+request); anything else is counted in ``ParsedUnit.skipped`` by reason
+(``not_modelled:Claim``, ``request:GET``). MedicationRequest, Procedure and
 DiagnosticReport have no canonical table yet: they are counted as ``not_modelled`` (a
 DiagnosticReport's results arrive as their own Observations; its time is read, so it is
 validated, and an invalid one is quarantined).
@@ -197,10 +198,35 @@ class _Walker:
                 self._reject("resource", here, "malformed_entry", problem, entry)
                 continue
             if "resource" not in entry:
-                method = (entry.get("request") or {}).get("method") or "none"
-                self.unit.skipped[f"request:{method}"] += 1
+                self.request_only(entry, at)
                 continue
             self.resource(entry["resource"], f"{at}.resource", entry.get("fullUrl"))
+
+    def request_only(self, entry: dict[str, Any], at: str) -> None:
+        """An entry with a request and no resource.
+
+        A DELETE asks for stored data to go, which vitalcast does not do on request: it
+        used to be only counted as skipped, so a sender's deletion went unseen while the
+        data it meant stayed stored and scored. It is quarantined, saying how to retract.
+        Any other method (a GET or HEAD of a batch: a search, not data) is counted.
+        """
+        request = entry.get("request") or {}
+        method = request.get("method") or "none"
+        if method.upper() != "DELETE":
+            self.unit.skipped[f"request:{method}"] += 1
+            return
+        url = request.get("url")
+        found = re.match(r"[A-Za-z]+", url) if isinstance(url, str) else None
+        rtype = found.group(0) if found and is_resource_type(found.group(0)) else ""
+        kind = KINDS.get(rtype, "resource")
+        # The target's type only: a conditional URL can hold an identifier (?identifier=).
+        where = f"{self.unit.name}#{at}.request(DELETE {rtype or 'unknown type'})"
+        reason = (
+            "a DELETE request is not applied (vitalcast deletes nothing on request); a"
+            " result or a stay is withdrawn by a newer version of it with status"
+            " entered-in-error"
+        )
+        self._reject(kind, where, "delete_request", reason, entry)
 
     def resource(self, res: Any, prefix: str, full_url: str | None = None) -> None:
         """Map one resource found at ``prefix`` (a FHIR path inside the document)."""
