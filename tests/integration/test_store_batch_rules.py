@@ -164,3 +164,60 @@ def test_store_batch_quarantines_unstorable_text_in_any_field_of_any_record(
     assert "file#ref\\u0000x" in {r["location"] for r in report.rejects}
     assert db_session.scalar(select(IngestRun.location)) == "dir/caf\\udce9.json"
     assert db_session.scalar(select(func.count()).select_from(QuarantineItem)) == 4
+
+
+def test_an_mrn_with_another_birth_date_is_not_merged(
+    db_session: Session, cipher: FieldCipher
+) -> None:
+    """A record whose MRN names a stored patient was merged into that patient whatever it
+    said, so two people sharing an MRN (two assigning authorities, a mistyped number) had
+    their data and risks mixed. Another birth date now quarantines it, across batches and
+    within one; an agreeing or missing birth date still links."""
+    admitted = datetime(2025, 5, 1, tzinfo=UTC)
+    store_batch(
+        db_session,
+        RecordBatch(patients=[PatientRecord("fhir-1", mrn="MRN-7", birth_date=BORN)]),
+        source="fhir",
+        location="a",
+        cipher=cipher,
+        now=NOW,
+    )
+    db_session.commit()
+    other = date(1951, 2, 3)
+    report = store_batch(
+        db_session,
+        RecordBatch(
+            patients=[
+                PatientRecord("hl7-9", mrn="MRN-7", birth_date=other, source_ref="b:1"),
+                PatientRecord("hl7-10", mrn="MRN-7", birth_date=BORN, source_ref="b:2"),
+                PatientRecord("hl7-11", mrn="MRN-7", source_ref="b:3"),
+                PatientRecord("hl7-20", mrn="MRN-8", birth_date=BORN, source_ref="b:4"),
+                PatientRecord("hl7-21", mrn="MRN-8", birth_date=other, source_ref="b:5"),
+            ],
+            observations=[hr(ref, admitted) for ref in ("hl7-9", "hl7-10", "hl7-11", "hl7-21")],
+        ),
+        source="hl7v2",
+        location="b",
+        cipher=cipher,
+        now=NOW,
+    )
+    db_session.commit()
+    assert report.balanced()
+    patients = report.kinds["patient"]
+    assert (patients.received, patients.stored, patients.duplicates) == (5, 1, 2)
+    assert patients.quarantined == 2
+    assert [(r["location"], r["reason_code"]) for r in report.rejects] == [
+        ("b:1", "identity_conflict"),
+        ("b:5", "identity_conflict"),
+        # Their data cannot be attributed to anyone: quarantined too, never merged.
+        ("hl7-9@2025", "unknown_patient"),
+        ("hl7-21@2025", "unknown_patient"),
+    ]
+    assert "MRN-7" not in str(report.rejects)
+    assert db_session.scalar(select(func.count()).select_from(Patient)) == 2
+    stored = {
+        ref: db_session.scalar(select(Patient.id).where(Patient.source_ref == ref))
+        for ref in ("fhir-1", "hl7-20")
+    }
+    owners = sorted(db_session.scalars(select(Observation.patient_id)))
+    assert owners == [stored["fhir-1"], stored["fhir-1"]]

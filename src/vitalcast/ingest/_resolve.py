@@ -237,8 +237,10 @@ def store_patients(
     records: Sequence[PatientRecord],
     resolver: Resolver,
     report: IngestReport,
+    reject: Reject,
 ) -> None:
-    """Insert new patients; a ref or MRN already known counts as a duplicate (linked)."""
+    """Insert new patients; a ref or MRN already known counts as a duplicate (linked),
+    unless the two disagree on the birth date (:data:`_IDENTITY_CONFLICT`)."""
     counts = report.count("patient")
     if not records:
         return
@@ -247,7 +249,7 @@ def store_patients(
     cipher = resolver.cipher
     fresh: list[tuple[PatientRecord, str | None]] = []
     pending: set[str] = set()
-    by_mrn: dict[str, str] = {}  # mrn hash -> ref of a new patient in this batch
+    by_mrn: dict[str, PatientRecord] = {}  # mrn hash -> first new patient in this batch
     newer: dict[str, PatientRecord] = {}  # known ref -> its latest version in this batch
     for rec in records:
         if rec.ref in resolver.patients or rec.ref in pending:
@@ -260,12 +262,11 @@ def store_patients(
             continue
         mrn_hmac = cipher.mrn_hash(rec.mrn) if rec.mrn else None
         if mrn_hmac is not None and mrn_hmac in by_mrn:
-            counts.duplicates += 1  # linked below, once the first one has an id
-            fresh.append((rec, None))
+            fresh.append((rec, None))  # linked below, once the first one has an id
             continue
         pending.add(rec.ref)
         if mrn_hmac is not None:
-            by_mrn[mrn_hmac] = rec.ref
+            by_mrn[mrn_hmac] = rec
         fresh.append((rec, mrn_hmac))
     # Same person already known (from any source) by MRN: link, do not duplicate.
     known_mrn: dict[str, int] = {}
@@ -274,13 +275,31 @@ def store_patients(
             select(Patient.mrn_hmac, Patient.id).where(Patient.mrn_hmac.in_(mrn_chunk))
         )
         known_mrn.update({mac: pid for mac, pid in found if mac is not None})
-    rows: list[dict[str, Any]] = []
-    for rec, mrn_hmac in fresh:
-        if mrn_hmac is None or mrn_hmac not in known_mrn:
-            if mrn_hmac is None and rec.mrn:
-                continue  # a second record with an MRN seen earlier in this batch
-            rows.append(_patient_row(rec, mrn_hmac, resolver.source, cipher))
+    resolver.load_births(known_mrn.values())
+
+    def conflicts(rec: PatientRecord, mrn_hmac: str) -> bool:
+        """The record's birth date differs from that of the patient its MRN names."""
+        if mrn_hmac in known_mrn:
+            born = resolver.births.get(known_mrn[mrn_hmac])
         else:
+            born = by_mrn[mrn_hmac].birth_date
+        if rec.birth_date is None or born is None or rec.birth_date == born:
+            return False
+        counts.received -= 1  # counted once, as quarantined
+        reject("patient", rec.source_ref or rec.ref, "identity_conflict", _IDENTITY_CONFLICT, rec)
+        return True
+
+    rows: list[dict[str, Any]] = []
+    links: list[tuple[PatientRecord, str]] = []  # records linked to another by their MRN
+    for rec, mrn_hmac in fresh:
+        if mrn_hmac is None and rec.mrn:  # a further record of an MRN new in this batch
+            mac = cipher.mrn_hash(rec.mrn)
+            if not conflicts(rec, mac):
+                counts.duplicates += 1
+                links.append((rec, mac))
+        elif mrn_hmac is None or mrn_hmac not in known_mrn:
+            rows.append(_patient_row(rec, mrn_hmac, resolver.source, cipher))
+        elif not conflicts(rec, mrn_hmac):
             resolver.patients[rec.ref] = known_mrn[mrn_hmac]
             counts.duplicates += 1
     insert_rows(session, Patient, rows)
@@ -288,13 +307,24 @@ def store_patients(
     resolver.load_patients(r["source_ref"] for r in rows)
     counts.stored += len(rows)
     report.patients.update(resolver.patients[r["source_ref"]] for r in rows)
-    for rec, _ in fresh:  # batch-internal MRN links
-        if rec.ref not in resolver.patients and rec.mrn:
-            resolver.patients[rec.ref] = resolver.patients[by_mrn[cipher.mrn_hash(rec.mrn)]]
-        if rec.birth_date is not None:
+    for rec, mac in links:  # batch-internal MRN links: to the stored or the new patient
+        linked = known_mrn.get(mac, resolver.patients.get(by_mrn[mac].ref))
+        if linked is not None:
+            resolver.patients[rec.ref] = linked
+    for rec, _ in fresh:
+        if rec.birth_date is not None and rec.ref in resolver.patients:
             resolver.births[resolver.patients[rec.ref]] = rec.birth_date
     if newer:
         _update_patients(session, newer, resolver, report)
+
+
+# Why a new patient record is not linked to the patient its MRN names.
+_IDENTITY_CONFLICT = (
+    "its MRN is that of another patient record with a different birth date, so the two"
+    " were not merged: two people can share an MRN (two assigning authorities, a typing"
+    " error), and merging them would mix their data and risks; correct the identity in"
+    " the source and send the record again"
+)
 
 
 def is_newer(version: str | None, than: Any) -> bool:

@@ -153,7 +153,7 @@ def store_batch(
         reject(item.kind, item.location, item.reason_code, item.reason, item.raw)
     batch = storable_text(batch, reject)
     batch = within_limits(batch, reject)
-    store_patients(session, batch.patients, resolver, report)
+    store_patients(session, batch.patients, resolver, report, reject)
     store_encounters(session, batch.encounters, resolver, report, reject, now)
     reopen_stated_stays(session, batch.encounters, resolver, report)
     store_withdrawals(session, batch.withdrawals, resolver, report, reject, now)
