@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pydicom.data
+import pydicom.uid
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -60,6 +61,43 @@ def test_study_attached_by_mrn_or_quarantined(db_session: Session, cipher: Field
     assert raws
     assert str(ct.PatientID) not in raws
     assert "4MR1" not in raws
+
+
+def test_a_study_naming_another_birth_date_is_not_attached(
+    db_session: Session, cipher: FieldCipher, tmp_path: Path
+) -> None:
+    """The MRN alone attached a study to a stored patient: two people sharing an MRN got
+    each other's imaging. A header birth date that differs from the patient's now
+    quarantines the study; an agreeing one (or none, above) attaches it."""
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    born = date(1961, 4, 5)
+    patient = PatientRecord(ref="ehr:1", mrn=str(ct.PatientID), birth_date=born)
+    store_batch(
+        db_session,
+        RecordBatch(patients=[patient]),
+        source="fhir",
+        location="t",
+        cipher=cipher,
+        now=NOW,
+    )
+    paths = []
+    for name, header_birth in (("other.dcm", "19700101"), ("same.dcm", "19610405")):
+        ct.PatientBirthDate = header_birth
+        ct.StudyInstanceUID = pydicom.uid.generate_uid()
+        ct.save_as(tmp_path / name)
+        paths.append(tmp_path / name)
+
+    report = ingest_dicom(db_session, paths, cipher=cipher, now=NOW)
+    db_session.commit()
+    assert report.balanced()
+    studies = report.kinds["imaging_study"]
+    assert (studies.received, studies.stored, studies.quarantined) == (2, 1, 1)
+    assert [(r["location"], r["reason_code"]) for r in report.rejects] == [
+        ("other.dcm", "identity_conflict")
+    ]
+    assert "1970" not in str(report.rejects)
+    stored = db_session.scalars(select(ImagingStudy)).one()
+    assert stored.study_uid == str(pydicom.dcmread(paths[1]).StudyInstanceUID)
 
 
 def is_dicom_candidate(path: Path) -> bool:

@@ -222,6 +222,9 @@ class ImagingStudyRecord:
     encounter_ref: str | None = None
     source_ref: str = ""
     started_on: date | None = None  # a start known to the day only (started_at is None)
+    # The birth date the study's header gives: compared with the matched patient's, so
+    # that a study is not attached to another person sharing the MRN; never stored.
+    patient_birth_date: date | None = None
 
 
 @dataclass(frozen=True, slots=True)

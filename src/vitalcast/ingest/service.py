@@ -515,6 +515,8 @@ def _store_imaging(
     now: datetime,
 ) -> None:
     source = resolver.source
+    resolver.load_births(p for r in records if (p := resolver.patients.get(r.patient_ref)))
+    records = [r for r in records if not _identity_conflict(r, resolver, reject)]
 
     def build(rec: ImagingStudyRecord, patient_id: int, encounter_id: int | None) -> dict[str, Any]:
         return {
@@ -546,6 +548,21 @@ def _store_imaging(
         time_field="started_at",
         day_field="started_on",
     )
+
+
+def _identity_conflict(rec: ImagingStudyRecord, resolver: Resolver, reject: Reject) -> bool:
+    """Quarantine a study whose header gives another birth date than the patient its MRN
+    matched (see ``_resolve.store_patients``: two people can share an MRN)."""
+    patient_id = resolver.patients.get(rec.patient_ref)
+    born = resolver.births.get(patient_id) if patient_id is not None else None
+    if rec.patient_birth_date is None or born is None or rec.patient_birth_date == born:
+        return False
+    reason = (
+        "its Patient ID is the MRN of a stored patient with a different birth date, so the"
+        " study was not attached to that patient; correct the identity and import it again"
+    )
+    reject("imaging_study", rec.source_ref, "identity_conflict", reason, rec)
+    return True
 
 
 def _store_outcomes(

@@ -7,7 +7,9 @@ counts), never images. Instances are grouped by Study Instance UID (0020,000D).
 The study is attached to a patient by Patient ID (0010,0020), which is an MRN: it is
 matched through the keyed MRN hash (:meth:`FieldCipher.mrn_hash`), so the plaintext
 MRN is never stored, logged, or used as a reference. A study whose patient is unknown
-is quarantined (``unknown_patient``), never attached to a guessed patient.
+is quarantined (``unknown_patient``), never attached to a guessed patient; one whose
+Patient Birth Date (0010,0030) differs from the matched patient's is quarantined as
+``identity_conflict`` (two people can share an MRN).
 
 Study time: StudyDate + StudyTime (DICOM PS3.5 DA/TM), in the Timezone Offset From UTC
 (0008,0201) when the file has one, else in ``assume_tz`` (the site's time zone); a
@@ -49,6 +51,7 @@ class _Study:
     uid: str
     patient_hash: str | None
     where: str
+    birth_date: date | None = None
     modalities: Counter[str] = field(default_factory=Counter)
     body_part: str | None = None
     started_at: datetime | None = None
@@ -127,6 +130,7 @@ def parse_files(files: list[Path], *, cipher: FieldCipher, assume_tz: tzinfo = U
                 uid=uid,
                 patient_hash=cipher.mrn_hash(patient_id) if patient_id else None,
                 where=where,
+                birth_date=_birth_date(ds),
                 body_part=_text(ds, "BodyPartExamined", 64),
                 started_at=started_at,
                 started_on=started_on,
@@ -152,6 +156,7 @@ def parse_files(files: list[Path], *, cipher: FieldCipher, assume_tz: tzinfo = U
                 started_at=study.started_at,
                 started_on=study.started_on,
                 description=study.description,
+                patient_birth_date=study.birth_date,
                 series_count=len(study.series) or None,
                 instance_count=len(study.instances) or study.files,
                 source_ref=f"{study.where} (+{study.files - 1} files)"
@@ -160,6 +165,18 @@ def parse_files(files: list[Path], *, cipher: FieldCipher, assume_tz: tzinfo = U
             )
         )
     return batch
+
+
+def _birth_date(ds: Any) -> date | None:
+    """PatientBirthDate (0010,0030), or None when absent or unreadable: it is only compared
+    with the matched patient's (an unreadable one cannot contradict it), never stored."""
+    text = str(ds.get("PatientBirthDate") or "").strip()
+    if len(text) != 8 or not _ascii_digits(text):
+        return None
+    try:
+        return datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def _text(ds: Any, keyword: str, limit: int) -> str | None:
