@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pydicom.data
 import pydicom.uid
@@ -141,37 +142,69 @@ def test_missing_path_is_an_error(db_session: Session, cipher: FieldCipher, tmp_
         ingest_dicom(db_session, [text], cipher=cipher)
 
 
+_AMBIGUOUS = (
+    "StudyTime (0008,0030) has no Timezone Offset From UTC (0008,0201) and falls in a"
+    " daylight-saving change of the assumed time zone (--timezone)"
+)
+
+
 @pytest.mark.parametrize(
-    ("changes", "reason"),
+    ("changes", "code", "reason"),
     [
-        ({"StudyDate": "20241399"}, "StudyDate (0008,0020) is not a date YYYYMMDD"),
-        ({"StudyTime": "256000"}, "StudyTime (0008,0030) is not a time HHMMSS"),
+        (
+            {"StudyDate": "20241399"},
+            "bad_study_time",
+            "StudyDate (0008,0020) is not a date YYYYMMDD",
+        ),
+        ({"StudyTime": "256000"}, "bad_study_time", "StudyTime (0008,0030) is not a time HHMMSS"),
         (
             {"TimezoneOffsetFromUTC": "+9999"},
+            "bad_study_time",
             "Timezone Offset From UTC (0008,0201) is not an offset -1200..+1400",
+        ),
+        # New York's clocks showed 01:30 twice on 2024-11-03 and never 02:30 on 2024-03-10.
+        (
+            {"TimezoneOffsetFromUTC": None, "StudyDate": "20241103", "StudyTime": "013000"},
+            "ambiguous_time",
+            _AMBIGUOUS,
+        ),
+        (
+            {"TimezoneOffsetFromUTC": None, "StudyDate": "20240310", "StudyTime": "023000"},
+            "ambiguous_time",
+            _AMBIGUOUS,
         ),
     ],
 )
 def test_unreadable_study_time_is_quarantined(
-    db_session: Session, cipher: FieldCipher, tmp_path: Path, changes: dict[str, str], reason: str
+    db_session: Session,
+    cipher: FieldCipher,
+    tmp_path: Path,
+    changes: dict[str, str | None],
+    code: str,
+    reason: str,
 ) -> None:
-    """An impossible StudyDate stored the study without a time, and an impossible offset
-    stored it at the time of the assumed zone: the file is quarantined instead."""
+    """An impossible StudyDate stored the study without a time, an impossible offset
+    stored it at the time of the assumed zone, and a local time in a daylight-saving
+    change at one of its two instants (or at none): the file is quarantined instead."""
     ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
     known = RecordBatch(patients=[PatientRecord(ref="ehr:1", mrn=str(ct.PatientID))])
     store_batch(db_session, known, source="fhir", location="t", cipher=cipher, now=NOW)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns that the value is invalid: it is
         for keyword, value in changes.items():
-            setattr(ct, keyword, value)
+            if value is None:
+                delattr(ct, keyword)
+            else:
+                setattr(ct, keyword, value)
     path = tmp_path / "bad.dcm"
     ct.save_as(path)
 
-    report = ingest_dicom(db_session, [path], cipher=cipher, now=NOW)
+    zone = ZoneInfo("America/New_York")
+    report = ingest_dicom(db_session, [path], cipher=cipher, now=NOW, assume_tz=zone)
     db_session.commit()
     assert report.balanced()
     assert [(r["location"], r["reason_code"], r["reason"]) for r in report.rejects] == [
-        ("bad.dcm", "bad_study_time", reason)
+        ("bad.dcm", code, reason)
     ]
     assert db_session.scalars(select(ImagingStudy)).all() == []
 

@@ -14,7 +14,9 @@ Patient Birth Date (0010,0030) differs from the matched patient's is quarantined
 Study time: StudyDate + StudyTime (DICOM PS3.5 DA/TM), in the Timezone Offset From UTC
 (0008,0201) when the file has one, else in ``assume_tz`` (the site's time zone); a
 StudyDate without a StudyTime is kept as a day (``started_on``), not placed at midnight.
-One of them present but unreadable quarantines the file (``bad_study_time``).
+One of them present but unreadable quarantines the file (``bad_study_time``), as does a
+time without an offset that falls in a daylight-saving change of ``assume_tz``
+(``ambiguous_time``).
 """
 
 from __future__ import annotations
@@ -122,9 +124,7 @@ def parse_files(files: list[Path], *, cipher: FieldCipher, assume_tz: tzinfo = U
                 started_at, started_on = _study_time(ds, assume_tz)
             except _BadStudyTime as exc:
                 raw = _summary(ds)
-                batch.rejected.append(
-                    Rejected(where, "bad_study_time", str(exc), raw, "imaging_study")
-                )
+                batch.rejected.append(Rejected(where, exc.code, str(exc), raw, "imaging_study"))
                 continue
             study = studies[uid] = _Study(
                 uid=uid,
@@ -185,7 +185,12 @@ def _text(ds: Any, keyword: str, limit: int) -> str | None:
 
 
 class _BadStudyTime(ValueError):
-    """A study date, time or offset that is present but cannot be read."""
+    """A study date, time or offset that is present but cannot be read (or, with the code
+    ``ambiguous_time``, cannot be placed on one instant)."""
+
+    def __init__(self, message: str, code: str = "bad_study_time") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _study_time(ds: Any, assume_tz: tzinfo) -> tuple[datetime | None, date | None]:
@@ -226,6 +231,14 @@ def _study_time(ds: Any, assume_tz: tzinfo) -> tuple[datetime | None, date | Non
     if not whole:
         return None, day  # the store's day rule checks its year, future and birth
     aware = local.replace(tzinfo=tz)
+    if not offset_text and aware.utcoffset() != aware.replace(fold=1).utcoffset():
+        # As for HL7 v2 times without an offset (ingest/sources/_hl7_fields.py): a local
+        # time the clocks showed twice or skipped is two instants an hour apart, or none.
+        raise _BadStudyTime(
+            "StudyTime (0008,0030) has no Timezone Offset From UTC (0008,0201) and falls in"
+            " a daylight-saving change of the assumed time zone (--timezone)",
+            "ambiguous_time",
+        )
     try:
         return to_utc(aware, "study time"), None
     except TimeOutOfRange:
