@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1467,6 +1467,38 @@ def test_a_patient_stored_from_hl7_is_found_by_the_mrn(
             select(Patient.public_id).where(Patient.mrn_hmac == state.cipher.mrn_hash("MRN-CDS-1"))
         )
     links = _card_links(cds_app, ehr_key, " mrn-cds-1", "MRN-ELSEWHERE")
+    assert links == [f"http://localhost/patients/{public_id}", "http://localhost/ward"]
+    assert [e.patient_id for e in _audit_rows(cds_app)] == [public_id, None]
+
+
+def test_a_stored_patient_with_the_mrn_but_another_birth_date_is_not_linked(
+    cds_app: Flask, ehr_key: RSAKey, trained_model: Any
+) -> None:
+    """The MRN alone linked the card and the audit to the stored patient holding it, so a
+    second person sharing the MRN (another assigning authority) got the first one's page.
+    A birth date that contradicts the stored one now leaves the card on the ward list;
+    an agreeing one still links."""
+    from vitalcast.clinical.records import PatientRecord, RecordBatch
+    from vitalcast.clinical.tables import Patient
+    from vitalcast.db import session_scope
+    from vitalcast.ingest.service import store_batch
+
+    _register_champion(cds_app, trained_model)
+    state = get_state(cds_app)
+    born = date.fromisoformat(PATIENT["birthDate"])
+    with session_scope(state.sessions) as session:
+        batch = RecordBatch(
+            patients=[
+                PatientRecord(ref="hl7-c", mrn="MRN-CDS-3", birth_date=born),
+                PatientRecord(ref="hl7-d", mrn="MRN-CDS-4", birth_date=date(1961, 1, 1)),
+            ]
+        )
+        store_batch(session, batch, source="hl7v2", location="t", cipher=state.cipher)
+    with state.sessions() as session:
+        public_id = session.scalar(
+            select(Patient.public_id).where(Patient.mrn_hmac == state.cipher.mrn_hash("MRN-CDS-3"))
+        )
+    links = _card_links(cds_app, ehr_key, "MRN-CDS-3", "MRN-CDS-4")
     assert links == [f"http://localhost/patients/{public_id}", "http://localhost/ward"]
     assert [e.patient_id for e in _audit_rows(cds_app)] == [public_id, None]
 

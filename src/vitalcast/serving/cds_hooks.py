@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -65,6 +65,7 @@ from vitalcast.serving.cds_request import HookRequest, parse_hook
 from vitalcast.serving.cds_sources import ONGOING_SEARCH, Sources
 from vitalcast.serving.cds_stay import current_encounter, stay_from_records
 from vitalcast.serving.context import audit_event, current_principal, db
+from vitalcast.serving.patients import decrypt_identifiers
 from vitalcast.serving.predictor import Predictor
 from vitalcast.serving.scoring import outside_population, record_prediction, served_population
 from vitalcast.serving.state import get_state
@@ -144,10 +145,12 @@ class _Audit:
             self.patient_id, self.stored_mrn_hmac = found.public_id, found.mrn_hmac
         self.details["ehr_patient"] = get_state().cipher.pseudonym("ehr-patient", ehr_patient_id)
 
-    def match_mrn(self, mrn: str | None) -> None:
+    def match_mrn(self, mrn: str | None, birth_date: date | None) -> None:
         """When no FHIR-ingested patient has the EHR's id, the stored patient with the
         Patient resource's MRN (the identifier ingestion matches patients across sources
-        by: one admitted by HL7 v2 has no FHIR id), if exactly one has it.
+        by: one admitted by HL7 v2 has no FHIR id), if exactly one has it and its birth
+        date does not contradict the resource's (two people can share an MRN; ingestion
+        does not merge them either, see ``ingest/_resolve.py``).
 
         A patient found by the FHIR id whose stored MRN differs from the resource's is
         another person (FHIR ids are a server's own numbering): not the one the card
@@ -162,13 +165,9 @@ class _Audit:
             # "Patient/1" recur across servers), so another person. The card must not
             # open that person's page nor the audit name them: the MRN decides.
             self.patient_id = None
-        found = (
-            db()
-            .scalars(select(Patient.public_id).where(Patient.mrn_hmac == mrn_hmac).limit(2))
-            .all()
-        )
-        if len(found) == 1:
-            self.patient_id = found[0]
+        found = db().scalars(select(Patient).where(Patient.mrn_hmac == mrn_hmac).limit(2)).all()
+        if len(found) == 1 and _same_birth_date(found[0], birth_date):
+            self.patient_id = found[0].public_id
 
     def write(self, service_id: str, outcome: str) -> None:
         audit_event(
@@ -179,6 +178,17 @@ class _Audit:
             resource=f"cds/{service_id}",
             details=self.details,
         )
+
+
+def _same_birth_date(patient: Patient, birth_date: date | None) -> bool:
+    """False only when both birth dates are known and differ."""
+    if birth_date is None:
+        return True
+    try:
+        stored = decrypt_identifiers(get_state().cipher, patient).get("birth_date")
+    except ValueError:  # a retired key: nothing to compare with, as at ingestion
+        return True
+    return stored is None or date.fromisoformat(stored) == birth_date
 
 
 @contextmanager
@@ -242,7 +252,7 @@ def _answer(
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
     patient = sources.patient(now.date())
-    audit.match_mrn(patient.mrn)
+    audit.match_mrn(patient.mrn, patient.birth_date)
     # "Open in vitalcast" opens the patient's own page when the store holds the patient
     # (the clinician signs in and the page checks their units), else the ward list.
     link = f"{base}/patients/{audit.patient_id}" if audit.patient_id else f"{base}/ward"
