@@ -1441,31 +1441,40 @@ def test_feedback_is_in_the_trail_of_the_patient_the_card_was_for(
     assert card["links"][0]["url"] == f"http://localhost/patients/{public_id}"
 
 
+def _store_hl7_patients(app: Flask, *patients: Any) -> dict[str, str]:
+    """Store HL7-admitted patients (no FHIR id); their public ids by MRN."""
+    from vitalcast.clinical.records import RecordBatch
+    from vitalcast.clinical.tables import Patient
+    from vitalcast.db import session_scope
+    from vitalcast.ingest.service import store_batch
+
+    state = get_state(app)
+    with session_scope(state.sessions) as session:
+        batch = RecordBatch(patients=list(patients))
+        store_batch(session, batch, source="hl7v2", location="t", cipher=state.cipher)
+    with state.sessions() as session:
+        return {
+            p.mrn: session.scalar(
+                select(Patient.public_id).where(Patient.mrn_hmac == state.cipher.mrn_hash(p.mrn))
+            )
+            for p in patients
+        }
+
+
 def test_a_patient_stored_from_hl7_is_found_by_the_mrn(
     cds_app: Flask, ehr_key: RSAKey, trained_model: Any
 ) -> None:
     """A patient admitted by HL7 v2 has no FHIR id in the store: the EHR's Patient
     resource is matched by its MRN, as ingestion matches patients across sources, so the
     card links to the patient's page and the audit names the patient."""
-    from vitalcast.clinical.records import PatientRecord, RecordBatch
-    from vitalcast.clinical.tables import Patient
-    from vitalcast.db import session_scope
-    from vitalcast.ingest.service import store_batch
+    from vitalcast.clinical.records import PatientRecord
 
     _register_champion(cds_app, trained_model)
-    state = get_state(cds_app)
-    with session_scope(state.sessions) as session:
-        batch = RecordBatch(
-            patients=[
-                PatientRecord(ref="hl7-a", mrn="MRN-CDS-1"),
-                PatientRecord(ref="hl7-b", mrn="MRN-CDS-2"),
-            ]
-        )
-        store_batch(session, batch, source="hl7v2", location="t", cipher=state.cipher)
-    with state.sessions() as session:
-        public_id = session.scalar(
-            select(Patient.public_id).where(Patient.mrn_hmac == state.cipher.mrn_hash("MRN-CDS-1"))
-        )
+    public_id = _store_hl7_patients(
+        cds_app,
+        PatientRecord(ref="hl7-a", mrn="MRN-CDS-1"),
+        PatientRecord(ref="hl7-b", mrn="MRN-CDS-2"),
+    )["MRN-CDS-1"]
     links = _card_links(cds_app, ehr_key, " mrn-cds-1", "MRN-ELSEWHERE")
     assert links == [f"http://localhost/patients/{public_id}", "http://localhost/ward"]
     assert [e.patient_id for e in _audit_rows(cds_app)] == [public_id, None]
@@ -1478,26 +1487,15 @@ def test_a_stored_patient_with_the_mrn_but_another_birth_date_is_not_linked(
     second person sharing the MRN (another assigning authority) got the first one's page.
     A birth date that contradicts the stored one now leaves the card on the ward list;
     an agreeing one still links."""
-    from vitalcast.clinical.records import PatientRecord, RecordBatch
-    from vitalcast.clinical.tables import Patient
-    from vitalcast.db import session_scope
-    from vitalcast.ingest.service import store_batch
+    from vitalcast.clinical.records import PatientRecord
 
     _register_champion(cds_app, trained_model)
-    state = get_state(cds_app)
     born = date.fromisoformat(PATIENT["birthDate"])
-    with session_scope(state.sessions) as session:
-        batch = RecordBatch(
-            patients=[
-                PatientRecord(ref="hl7-c", mrn="MRN-CDS-3", birth_date=born),
-                PatientRecord(ref="hl7-d", mrn="MRN-CDS-4", birth_date=date(1961, 1, 1)),
-            ]
-        )
-        store_batch(session, batch, source="hl7v2", location="t", cipher=state.cipher)
-    with state.sessions() as session:
-        public_id = session.scalar(
-            select(Patient.public_id).where(Patient.mrn_hmac == state.cipher.mrn_hash("MRN-CDS-3"))
-        )
+    public_id = _store_hl7_patients(
+        cds_app,
+        PatientRecord(ref="hl7-c", mrn="MRN-CDS-3", birth_date=born),
+        PatientRecord(ref="hl7-d", mrn="MRN-CDS-4", birth_date=date(1961, 1, 1)),
+    )["MRN-CDS-3"]
     links = _card_links(cds_app, ehr_key, "MRN-CDS-3", "MRN-CDS-4")
     assert links == [f"http://localhost/patients/{public_id}", "http://localhost/ward"]
     assert [e.patient_id for e in _audit_rows(cds_app)] == [public_id, None]
