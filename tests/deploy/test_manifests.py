@@ -237,3 +237,35 @@ def test_every_command_the_deployments_run_exists() -> None:
     assert not unknown, f"deployment files run commands the CLI does not have: {unknown}"
     landed = set(PENDING_COMMANDS) - {_pending(args) for args in missing}
     assert not landed, f"remove from PENDING_COMMANDS, these exist now: {landed}"
+
+
+def _configmap_env() -> dict[str, str]:
+    doc = _documents(K8S / "configmap.yaml")[0]
+    return {k: str(v) for k, v in doc["data"].items()}
+
+
+def _writable(path: str, container: dict[str, Any]) -> bool:
+    """Whether ``path`` lies in a volume mounted read-write (the root filesystem is not)."""
+    return any(
+        (path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/"))
+        and not m.get("readOnly", False)
+        for m in container.get("volumeMounts", [])
+    )
+
+
+@pytest.mark.parametrize(("name", "pod"), _pod_specs(), ids=[n for n, _ in _pod_specs()])
+def test_serve_writes_its_metrics_directory_into_a_writable_volume(
+    name: str, pod: dict[str, Any]
+) -> None:
+    """`vitalcast serve` empties and recreates the Prometheus multiprocess directory at
+    start (default: `metrics/` in VITALCAST_DATA_DIR). On a read-only root filesystem it
+    must point into a writable volume, or every web pod crashes at start."""
+    env = _configmap_env()
+    for container in pod["containers"]:
+        if container.get("args", [])[:1] != ["serve"]:
+            continue
+        data_dir = env.get("VITALCAST_DATA_DIR", "/var/lib/vitalcast")
+        metrics_dir = env.get("VITALCAST_METRICS_DIR", f"{data_dir}/metrics")
+        assert _writable(metrics_dir, container), (
+            f"{name}: {metrics_dir} is on the read-only root filesystem"
+        )
