@@ -285,7 +285,7 @@ def audit_export(
     count = 0
     try:
         with session_scope(make_session_factory(engine)) as session:
-            fh: IO[str] = out.open("w", encoding="utf-8") if out else sys.stdout
+            fh: IO[str] = _open_out(out) if out else sys.stdout
             try:
                 last_id = 0
                 while True:
@@ -314,6 +314,16 @@ def audit_export(
     finally:
         engine.dispose()
     click.echo(f"exported {count} audit events" + (f" to {out}" if out else ""), err=True)
+
+
+def _open_out(path: Path) -> IO[str]:
+    """The export file, or a usage error naming it (a missing folder, no permission)."""
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {path}: {exc.strerror or type(exc).__name__}", param_hint="--out"
+        ) from None
 
 
 @click.command("harden")
