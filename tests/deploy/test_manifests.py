@@ -269,3 +269,36 @@ def test_serve_writes_its_metrics_directory_into_a_writable_volume(
         assert _writable(metrics_dir, container), (
             f"{name}: {metrics_dir} is on the read-only root filesystem"
         )
+
+
+DOCS = DEPLOY.parent / "docs"
+
+
+def test_every_secret_the_cloud_run_commands_read_is_created_in_the_guide() -> None:
+    """`--set-secrets=VAR=NAME:latest` fails when no step made the secret NAME: the
+    maintenance plan's monitor job read `vitalcast-db-url` (the guide creates
+    `vitalcast-database-url`) and the worker `vitalcast-mqtt-url`, which nothing made."""
+    import re
+
+    text = "\n".join(p.read_text() for p in sorted(DOCS.glob("*.md")))
+    created = set(re.findall(r"^new_secret ([a-z0-9-]+)", text, flags=re.M))
+    assert "vitalcast-database-url" in created
+    used = {
+        pair.split("=", 1)[1].split(":", 1)[0]
+        for flag in re.findall(r"--set-secrets=(\S+)", text)
+        for pair in flag.split(",")
+    }
+    assert used, "no --set-secrets found"
+    assert used <= created, f"secrets read but never created: {sorted(used - created)}"
+
+
+def test_every_documented_monitor_job_mounts_the_model_registry() -> None:
+    """`monitor run` verifies the champion's files and reads its sidecar: without the
+    registry it raises a false critical no_champion alert every run and skips drift."""
+    import re
+
+    for path in sorted(DOCS.glob("*.md")):
+        commands = re.split(r"\n(?=\S)", path.read_text().replace("\\\n", " "))
+        for command in commands:
+            if "gcloud run jobs create" in command and "--args=monitor,run" in command:
+                assert "mount-path=/var/lib/vitalcast/registry" in command, path.name
