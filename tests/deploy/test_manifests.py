@@ -302,3 +302,20 @@ def test_every_documented_monitor_job_mounts_the_model_registry() -> None:
         for command in commands:
             if "gcloud run jobs create" in command and "--args=monitor,run" in command:
                 assert "mount-path=/var/lib/vitalcast/registry" in command, path.name
+
+
+def test_scheduled_retraining_is_governed_retrain_never_train() -> None:
+    """`vitalcast train` makes a task's first model champion unreviewed, and registers
+    later ones with no alias (neither shadow-scored nor judged by the gate);
+    `vitalcast retrain` registers a challenger under the change-control gate. The
+    schedules say "promotion stays a human step", so they must run `retrain`."""
+    import re
+
+    retrain = _documents(K8S / "cronjob-retrain.yaml")[0]
+    container = retrain["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:1] == ["retrain"]
+    guide = (DOCS / "deployment-guide.md").read_text()
+    job = re.search(r"gcloud run jobs create vitalcast-retrain \S+ --args=(\S+)", guide)
+    assert job is not None
+    assert job.group(1).split(",")[0] == "retrain"
+    assert '["train","--task"' not in guide
