@@ -319,3 +319,20 @@ def test_scheduled_retraining_is_governed_retrain_never_train() -> None:
     assert job is not None
     assert job.group(1).split(",")[0] == "retrain"
     assert '["train","--task"' not in guide
+
+
+def test_kubernetes_examples_in_the_docs_run_real_commands() -> None:
+    """The image's ENTRYPOINT is `vitalcast`, so a container's args are the command:
+    the maintenance plan's CronJobs ran `args: ["vitalcast", "monitor", "run"]`, i.e.
+    `vitalcast vitalcast monitor run` ("No such command 'vitalcast'")."""
+    import re
+
+    for path in sorted(DOCS.glob("*.md")):
+        for block in re.findall(r"```yaml\n(.*?)```", path.read_text(), flags=re.S):
+            for doc in yaml.safe_load_all(block):
+                if not isinstance(doc, dict) or doc.get("kind") not in {"CronJob", "Job"}:
+                    continue
+                spec = doc["spec"].get("jobTemplate", doc)["spec"]["template"]["spec"]
+                for container in spec["containers"]:
+                    args = tuple(container.get("args", ()))
+                    assert _resolve(args), f"{path.name}: {args} is not a vitalcast command"
