@@ -237,3 +237,102 @@ def test_every_command_the_deployments_run_exists() -> None:
     assert not unknown, f"deployment files run commands the CLI does not have: {unknown}"
     landed = set(PENDING_COMMANDS) - {_pending(args) for args in missing}
     assert not landed, f"remove from PENDING_COMMANDS, these exist now: {landed}"
+
+
+def _configmap_env() -> dict[str, str]:
+    doc = _documents(K8S / "configmap.yaml")[0]
+    return {k: str(v) for k, v in doc["data"].items()}
+
+
+def _writable(path: str, container: dict[str, Any]) -> bool:
+    """Whether ``path`` lies in a volume mounted read-write (the root filesystem is not)."""
+    return any(
+        (path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/"))
+        and not m.get("readOnly", False)
+        for m in container.get("volumeMounts", [])
+    )
+
+
+@pytest.mark.parametrize(("name", "pod"), _pod_specs(), ids=[n for n, _ in _pod_specs()])
+def test_serve_writes_its_metrics_directory_into_a_writable_volume(
+    name: str, pod: dict[str, Any]
+) -> None:
+    """`vitalcast serve` empties and recreates the Prometheus multiprocess directory at
+    start (default: `metrics/` in VITALCAST_DATA_DIR). On a read-only root filesystem it
+    must point into a writable volume, or every web pod crashes at start."""
+    env = _configmap_env()
+    for container in pod["containers"]:
+        if container.get("args", [])[:1] != ["serve"]:
+            continue
+        data_dir = env.get("VITALCAST_DATA_DIR", "/var/lib/vitalcast")
+        metrics_dir = env.get("VITALCAST_METRICS_DIR", f"{data_dir}/metrics")
+        assert _writable(metrics_dir, container), (
+            f"{name}: {metrics_dir} is on the read-only root filesystem"
+        )
+
+
+DOCS = DEPLOY.parent / "docs"
+
+
+def test_every_secret_the_cloud_run_commands_read_is_created_in_the_guide() -> None:
+    """`--set-secrets=VAR=NAME:latest` fails when no step made the secret NAME: the
+    maintenance plan's monitor job read `vitalcast-db-url` (the guide creates
+    `vitalcast-database-url`) and the worker `vitalcast-mqtt-url`, which nothing made."""
+    import re
+
+    text = "\n".join(p.read_text() for p in sorted(DOCS.glob("*.md")))
+    created = set(re.findall(r"^new_secret ([a-z0-9-]+)", text, flags=re.M))
+    assert "vitalcast-database-url" in created
+    used = {
+        pair.split("=", 1)[1].split(":", 1)[0]
+        for flag in re.findall(r"--set-secrets=(\S+)", text)
+        for pair in flag.split(",")
+    }
+    assert used, "no --set-secrets found"
+    assert used <= created, f"secrets read but never created: {sorted(used - created)}"
+
+
+def test_every_documented_monitor_job_mounts_the_model_registry() -> None:
+    """`monitor run` verifies the champion's files and reads its sidecar: without the
+    registry it raises a false critical no_champion alert every run and skips drift."""
+    import re
+
+    for path in sorted(DOCS.glob("*.md")):
+        commands = re.split(r"\n(?=\S)", path.read_text().replace("\\\n", " "))
+        for command in commands:
+            if "gcloud run jobs create" in command and "--args=monitor,run" in command:
+                assert "mount-path=/var/lib/vitalcast/registry" in command, path.name
+
+
+def test_scheduled_retraining_is_governed_retrain_never_train() -> None:
+    """`vitalcast train` makes a task's first model champion unreviewed, and registers
+    later ones with no alias (neither shadow-scored nor judged by the gate);
+    `vitalcast retrain` registers a challenger under the change-control gate. The
+    schedules say "promotion stays a human step", so they must run `retrain`."""
+    import re
+
+    retrain = _documents(K8S / "cronjob-retrain.yaml")[0]
+    container = retrain["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:1] == ["retrain"]
+    guide = (DOCS / "deployment-guide.md").read_text()
+    job = re.search(r"gcloud run jobs create vitalcast-retrain \S+ --args=(\S+)", guide)
+    assert job is not None
+    assert job.group(1).split(",")[0] == "retrain"
+    assert '["train","--task"' not in guide
+
+
+def test_kubernetes_examples_in_the_docs_run_real_commands() -> None:
+    """The image's ENTRYPOINT is `vitalcast`, so a container's args are the command:
+    the maintenance plan's CronJobs ran `args: ["vitalcast", "monitor", "run"]`, i.e.
+    `vitalcast vitalcast monitor run` ("No such command 'vitalcast'")."""
+    import re
+
+    for path in sorted(DOCS.glob("*.md")):
+        for block in re.findall(r"```yaml\n(.*?)```", path.read_text(), flags=re.S):
+            for doc in yaml.safe_load_all(block):
+                if not isinstance(doc, dict) or doc.get("kind") not in {"CronJob", "Job"}:
+                    continue
+                spec = doc["spec"].get("jobTemplate", doc)["spec"]["template"]["spec"]
+                for container in spec["containers"]:
+                    args = tuple(container.get("args", ()))
+                    assert _resolve(args), f"{path.name}: {args} is not a vitalcast command"

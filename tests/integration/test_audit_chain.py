@@ -467,3 +467,37 @@ def test_incremental_anchoring_walks_after_the_anchor_and_counts_before_it(
     assert code == 1
     assert "does not match the anchor file's newest anchor" in err
     assert "events were deleted or inserted" in err
+
+
+def test_verify_checks_the_anchors_the_chain_recorded(
+    settings: Settings, db_session: Session
+) -> None:
+    """Where anchors go only to a log (the Kubernetes CronJob, no anchor file), the daily
+    `audit verify` has no file to check. A superuser who rewrote the whole chain as
+    format-1 (legacy, plain SHA-256) rows, which no key pins, passed it with exit 0, while
+    the signed anchors recorded in the chain itself (`audit.anchored` events) showed the
+    head's hash had changed: verify now checks them too."""
+    _fill(db_session, 3)
+    code, anchored, err = _anchor(settings)
+    assert code == 0, err
+    assert anchored is not None
+    _fill(db_session, 2, start=3)
+    code, out, err = _invoke(settings, ["audit", "verify"])
+    assert code == 0, err
+    assert "anchors: 1 honoured (recorded in the chain)" in out
+    first = db_session.scalar(select(AuditEvent.id).order_by(AuditEvent.id).limit(1))
+    assert first is not None
+    _as_superuser_bypassing_triggers(db_session)
+    db_session.execute(update(AuditEvent).where(AuditEvent.id == first).values(actor="user:evil"))
+    db_session.execute(update(AuditEvent).values(chain_version=audit.FORMAT_LEGACY, key_id=None))
+    db_session.commit()
+    _rehash_from(
+        db_session, first, lambda prev, row: audit._digest(prev, row.occurred_at, _event(row))
+    )
+    assert audit.verify_chain(db_session).ok  # every row links and hashes: only anchors tell
+    code, out, err = _invoke(settings, ["audit", "verify"])
+    assert code == 1, out
+    assert "audit chain does not match the anchors recorded in it" in err
+    assert f"event id {anchored['head_id']}" in err
+    assert "has another hash" in err
+    assert "user:evil" not in err + out

@@ -169,6 +169,12 @@ def test_audit_export_cli_filters_and_is_audited(
     code, _, err = _invoke(settings, ["audit", "export", "--since", "yesterday"])
     assert code == 2
     assert "ISO 8601" in err
+    # A folder that does not exist is a usage error naming --out, not "internal error".
+    missing = tmp_path / "no-such-folder" / "audit.jsonl"
+    code, _, err = _invoke(settings, ["audit", "export", "--out", str(missing)])
+    assert code == 2, err
+    assert "--out" in err
+    assert "No such file or directory" in err
 
 
 def test_db_harden_cli(settings: Settings) -> None:

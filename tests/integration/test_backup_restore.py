@@ -10,14 +10,18 @@ identifiers that still decrypt with the same key.
 from __future__ import annotations
 
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from click.testing import CliRunner
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from tests.services import DatabaseFactory, libpq_args, pg_tool
+from vitalcast.cli import main
 from vitalcast.clinical.tables import Patient
+from vitalcast.config import Settings
 from vitalcast.db import create_db_engine, session_scope
 from vitalcast.db.metadata import all_metadata
 from vitalcast.db.session import make_session_factory
@@ -110,3 +114,75 @@ def test_pg_dump_restores_into_a_fresh_database_with_an_intact_audit_chain(
         assert identifiers == decrypt_identifiers(cipher, encrypted)
         assert identifiers, "synthetic patients carry encrypted identifiers"
     target.dispose()
+
+
+def test_anchoring_after_a_restore_follows_the_documented_steps(
+    databases: DatabaseFactory, settings: Settings, tmp_path: Path
+) -> None:
+    """Steps 5 and 8 of the restore procedure: the old anchor file holds anchors made after
+    the backup, so anchoring against it keeps failing (the defect an operator who only
+    "resumed the schedules" hit); it still checks the restored chain with
+    --anchored-before, and a new anchor file lets anchoring resume."""
+    source_url, target_url = databases.new(), databases.new()
+    old_file, new_file = tmp_path / "anchors-old.jsonl", tmp_path / "anchors-new.jsonl"
+    on_source = settings.model_copy(update={"database_url": source_url})
+    on_target = settings.model_copy(update={"database_url": target_url})
+
+    def cli(on: Settings, *args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, list(args), obj={"settings": on})
+        return result.exit_code, result.stdout + result.stderr
+
+    source = create_db_engine(source_url)
+    with source.connect() as conn:
+        server_major = int(conn.scalar(text("SHOW server_version_num")) or 0) // 10000
+    with session_scope(make_session_factory(source)) as session:
+        for i in range(3):
+            audit.record(session, audit.Event(f"backup.test{i}", "R", actor="user:test"))
+    assert cli(on_source, "audit", "anchor", "--file", str(old_file))[0] == 0
+    backup_time = datetime.now(UTC).isoformat(timespec="seconds")
+    time.sleep(1.1)  # anchors carry whole seconds
+    dump = tmp_path / "vitalcast.dump"
+    subprocess.run(
+        [
+            pg_tool("pg_dump", server_major),
+            "--format=custom",
+            "--no-owner",
+            "--file",
+            str(dump),
+            *libpq_args(source_url),
+        ],
+        check=True,
+        timeout=120,
+    )
+    with session_scope(make_session_factory(source)) as session:
+        audit.record(session, audit.Event("backup.after", "R", actor="user:test"))
+    source.dispose()
+    assert cli(on_source, "audit", "anchor", "--file", str(old_file))[0] == 0
+    subprocess.run(
+        [
+            pg_tool("pg_restore", server_major),
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--exit-on-error",
+            "--single-transaction",
+            *libpq_args(target_url),
+            str(dump),
+        ],
+        check=True,
+        timeout=120,
+    )
+
+    code, out = cli(on_target, "audit", "verify", "--anchor", str(old_file))
+    assert code == 1
+    assert "the anchored head is missing" in out
+    code, out = cli(
+        on_target, "audit", "verify", "--anchor", str(old_file), "--anchored-before", backup_time
+    )
+    assert code == 0, out
+    assert cli(on_target, "audit", "anchor", "--file", str(old_file))[0] == 1
+    code, out = cli(on_target, "audit", "anchor", "--file", str(new_file))
+    assert code == 0, out
+    code, out = cli(on_target, "audit", "verify", "--anchor", str(new_file))
+    assert code == 0, out
+    assert "anchors: 1 honoured; newest" in out

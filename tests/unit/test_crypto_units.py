@@ -97,3 +97,29 @@ def test_unknown_unit_is_never_guessed() -> None:
         to_canonical("8867-4", 72, "furlongs")
     with pytest.raises(UnknownUnit, match="cannot convert"):
         to_canonical("8867-4", 72, "mg/dL")
+
+
+@pytest.mark.parametrize("key_id", ["bad/id", "k 2", "x" * 33, ""])
+def test_keys_generate_refuses_an_id_the_keyring_would_refuse(key_id: str) -> None:
+    """`vitalcast keys generate` printed any id; put first in VITALCAST_FIELD_KEY as the
+    rotation runbook says, a bad one then stopped every process at start."""
+    from click.testing import CliRunner
+
+    from vitalcast.cli import main
+
+    result = CliRunner().invoke(main, ["keys", "generate", key_id])
+    assert result.exit_code == 2
+    assert "1-32 letters, digits" in result.stderr
+    assert ":" not in result.stdout
+
+
+def test_keys_generate_prints_a_key_the_keyring_accepts() -> None:
+    from click.testing import CliRunner
+
+    from vitalcast.cli import main
+
+    result = CliRunner().invoke(main, ["keys", "generate", "k2.2026-12"])
+    assert result.exit_code == 0
+    ring = result.stdout.strip() + ",k1:" + base64.b64encode(b"k" * 32).decode()
+    cipher = FieldCipher.from_strings(ring, base64.b64encode(b"h" * 32).decode())
+    assert cipher.current == "k2.2026-12"

@@ -225,6 +225,23 @@ def scrape_http_totals(url: str, token: str | None, *, timeout_s: float = 10.0) 
     return total, errors
 
 
+def _without_secrets(url: str) -> str:
+    """``url`` without user, password, query or fragment: the reason a scrape failed is
+    stored in the alert and POSTed to the webhook, and must not carry credentials."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def _http_counts(
     session: Session, settings: Settings, task: str, extra: dict[str, Any]
 ) -> tuple[int, int] | None:
@@ -236,7 +253,9 @@ def _http_counts(
         total, errors = scrape_http_totals(settings.metrics_url, token)
     except httpx.HTTPError as exc:
         logger.warning("metrics scrape failed", extra={"error": type(exc).__name__})
-        extra["http_scrape_error"] = f"{settings.metrics_url}: {type(exc).__name__}"
+        extra["http_scrape_error"] = (
+            f"{_without_secrets(settings.metrics_url)}: {type(exc).__name__}"
+        )
         return None
     extra["http_totals"] = [total, errors]
     previous = session.scalar(

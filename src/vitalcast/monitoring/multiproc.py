@@ -26,15 +26,25 @@ def prepare_multiprocess_dir(path: Path) -> Path:
     Raises:
         RuntimeError: prometheus-client was already imported in single-process mode, so
             forked workers would silently keep per-process counters.
+        ConfigError: the directory cannot be emptied or created (e.g. on a read-only root
+            filesystem); the message names VITALCAST_METRICS_DIR.
     """
     if "prometheus_client" in sys.modules and os.environ.get(MULTIPROC_ENV) != str(path):
         raise RuntimeError(
             "prometheus_client was imported before the multiprocess directory was set;"
             " import vitalcast.monitoring.metrics only inside workers"
         )
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, mode=0o700)
+    try:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True, mode=0o700)
+    except OSError as exc:
+        from vitalcast.errors import ConfigError
+
+        raise ConfigError(
+            f"VITALCAST_METRICS_DIR: cannot recreate {path} ({exc.strerror or type(exc).__name__});"
+            " point it at a writable directory (default: metrics/ in VITALCAST_DATA_DIR)"
+        ) from None
     os.environ[MULTIPROC_ENV] = str(path)
     return path
 

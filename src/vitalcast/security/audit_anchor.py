@@ -354,6 +354,31 @@ def _resume_point(
     return start, None
 
 
+def recorded_anchors(session: Session) -> list[Anchor]:
+    """Every anchor the chain recorded (its ``audit.anchored`` events), oldest first.
+
+    Each is signed with the audit key, so a forger without it can neither make one nor
+    edit one; where anchors go only to a log (no anchor file), they are what
+    ``vitalcast audit verify`` can check a rewritten chain against.
+
+    Raises:
+        ValueError: such an event holds no readable anchor (names the event id only).
+    """
+    anchors = []
+    for event_id, details in session.execute(
+        select(AuditEvent.id, AuditEvent.details)
+        .where(AuditEvent.event == ANCHORED_EVENT)
+        .order_by(AuditEvent.id)
+    ):
+        try:
+            anchors.append(Anchor.from_dict((details or {}).get("anchor")))
+        except ValueError as exc:
+            raise ValueError(
+                f"audit event {event_id} ({ANCHORED_EVENT}) holds no anchor: {exc}"
+            ) from None
+    return anchors
+
+
 def last_recorded_anchor(session: Session) -> tuple[AuditEvent, Anchor] | None:
     """The newest ``audit.anchored`` event and the anchor it records (None: never
     anchored): what the next anchoring resumes from, and what the admin page reports.

@@ -21,6 +21,7 @@ from vitalcast.security.audit_anchor import (
     chain_failure,
     check_anchors,
     read_anchors,
+    recorded_anchors,
 )
 from vitalcast.security.audit_keys import keyring_from_settings
 from vitalcast.security.hardening import harden_database
@@ -76,20 +77,38 @@ def audit_verify(ctx: click.Context, anchor_file: Path | None, anchored_before: 
     if anchors is not None and cutoff is not None:
         anchors = _made_before(anchors, cutoff)
     engine = create_db_engine(settings.resolved_database_url)
+    failures = []
+    in_chain: AnchorCheck | None = None
     try:
         with session_scope(make_session_factory(engine)) as session:
             chain = audit.verify_chain(session, keyring=keyring)
             anchored = check_anchors(session, anchors, keyring) if anchors is not None else None
+            # The anchors the chain recorded: signed, so a rewrite of the whole chain
+            # (e.g. as unkeyed legacy rows) that leaves them in place is caught even
+            # where anchors go only to a log and no anchor file is given.
+            try:
+                recorded = recorded_anchors(session)
+            except ValueError as exc:
+                failures.append(f"audit chain does not match the anchors recorded in it: {exc}")
+                recorded = []
+            if recorded:
+                in_chain = check_anchors(session, recorded, keyring)
     finally:
         engine.dispose()
-    failures = [] if chain.ok else [chain_failure(chain)]
+    if not chain.ok:
+        failures.insert(0, chain_failure(chain))
     if anchored is not None and not anchored.ok:
         failures.append(f"audit chain does not match its anchors: {anchored.reason}")
+    if in_chain is not None and not in_chain.ok:
+        failures.append(
+            "audit chain does not match the anchors recorded in it: "
+            + (in_chain.reason or "").replace("anchor ", "recorded anchor ", 1)
+        )
     if failures:
         for line in failures:
             click.echo(line, err=True)
         sys.exit(1)
-    click.echo("\n".join(_intact_report(chain, anchored)))
+    click.echo("\n".join(_intact_report(chain, anchored, in_chain)))
 
 
 def _made_before(anchors: list[Anchor], cutoff: datetime) -> list[Anchor]:
@@ -103,7 +122,9 @@ def _made_before(anchors: list[Anchor], cutoff: datetime) -> list[Anchor]:
     return kept
 
 
-def _intact_report(chain: audit.ChainCheck, anchored: AnchorCheck | None) -> list[str]:
+def _intact_report(
+    chain: audit.ChainCheck, anchored: AnchorCheck | None, in_chain: AnchorCheck | None = None
+) -> list[str]:
     """The lines of a successful verification: counts by format and key, and anchors."""
     lines = [f"audit chain intact: {chain.checked} events verified"]
     if chain.keyed:
@@ -114,10 +135,12 @@ def _intact_report(chain: audit.ChainCheck, anchored: AnchorCheck | None) -> lis
             f"  legacy unkeyed (SHA-256, written before keyed auditing): {chain.legacy}"
             + ("" if chain.keyed else "; no keyed event yet, so they could still be re-hashed")
         )
+    if in_chain is not None and in_chain.newest is not None:
+        lines.append(f"  anchors: {in_chain.checked} honoured (recorded in the chain)")
     if anchored is None:
         lines.append(
-            "  anchors: none given; deleting the newest events would go unnoticed"
-            " (see `vitalcast audit anchor`)"
+            "  anchors: no anchor file given; deleting the newest events (or the whole"
+            " chain with its recorded anchors) would go unnoticed (see `vitalcast audit anchor`)"
         )
     elif anchored.newest is None:
         lines.append("  anchors: none to check yet")
@@ -262,7 +285,7 @@ def audit_export(
     count = 0
     try:
         with session_scope(make_session_factory(engine)) as session:
-            fh: IO[str] = out.open("w", encoding="utf-8") if out else sys.stdout
+            fh: IO[str] = _open_out(out) if out else sys.stdout
             try:
                 last_id = 0
                 while True:
@@ -291,6 +314,16 @@ def audit_export(
     finally:
         engine.dispose()
     click.echo(f"exported {count} audit events" + (f" to {out}" if out else ""), err=True)
+
+
+def _open_out(path: Path) -> IO[str]:
+    """The export file, or a usage error naming it (a missing folder, no permission)."""
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {path}: {exc.strerror or type(exc).__name__}", param_hint="--out"
+        ) from None
 
 
 @click.command("harden")

@@ -8,7 +8,7 @@ import os
 import click
 
 from vitalcast.db.session import create_db_engine, make_session_factory
-from vitalcast.security.crypto import cipher_from_settings
+from vitalcast.security.crypto import KEY_ID_PATTERN, cipher_from_settings
 from vitalcast.security.identifiers import key_usage, quarantine_key_usage, rotate_identifiers
 
 
@@ -21,6 +21,11 @@ def keys_group() -> None:
 @click.argument("key_id")
 def keys_generate(key_id: str) -> None:
     """Print a new `KEY_ID:base64` key to put first in VITALCAST_FIELD_KEY."""
+    if not KEY_ID_PATTERN.match(key_id):
+        # The keyring refuses such an id at start: every process would stop on it.
+        raise click.BadParameter(
+            "ids are 1-32 letters, digits, '.', '_' or '-'", param_hint="KEY_ID"
+        )
     click.echo(f"{key_id}:{base64.b64encode(os.urandom(32)).decode()}")
 
 

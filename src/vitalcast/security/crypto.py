@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 _NONCE_BYTES = 12
 # The id of a key given without one (rows store it; the column holds 32 characters).
 UNNAMED_KEY_ID = "k0"
-_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_KEY_ID = KEY_ID_PATTERN
 
 
 @dataclass(frozen=True)
