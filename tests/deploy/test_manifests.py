@@ -8,10 +8,12 @@ Neither needs a cluster, a Docker engine or the network.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import jsonschema
@@ -148,6 +150,56 @@ def test_network_policy_denies_by_default() -> None:
     assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in deny["spec"]
     assert "egress" not in deny["spec"]
+
+
+def _vitalcast_rules(direction: str, component: str) -> list[dict[str, Any]]:
+    """The ingress or egress rules of every NetworkPolicy selecting a vitalcast pod of
+    ``component`` (web, worker, or a job's pod, which has none)."""
+    labels = {"app.kubernetes.io/name": "vitalcast", "app.kubernetes.io/component": component}
+    rules: list[dict[str, Any]] = []
+    for doc in _documents(K8S / "networkpolicy.yaml"):
+        wanted = doc["spec"]["podSelector"].get("matchLabels", {})
+        if all(labels.get(k) == v for k, v in wanted.items()):
+            rules += doc["spec"].get(direction, [])
+    return rules
+
+
+def _peer_allows(peer: dict[str, Any], address: str) -> bool:
+    block = peer.get("ipBlock")
+    if block is None:
+        return False
+    ip = ipaddress.ip_address(address)
+    excluded = any(ip in ipaddress.ip_network(e) for e in block.get("except", []))
+    return ip in ipaddress.ip_network(block["cidr"]) and not excluded
+
+
+def _egress_allows(component: str, address: str, port: int) -> bool:
+    return any(
+        any(p["port"] == port for p in rule["ports"])
+        and any(_peer_allows(peer, address) for peer in rule["to"])
+        for rule in _vitalcast_rules("egress", component)
+    )
+
+
+def test_network_policy_lets_vitalcast_reach_what_its_settings_name() -> None:
+    """The ConfigMap named an in-cluster Redis service no manifest creates, and no egress
+    rule reached it; HTTPS out (alert webhook, OIDC issuer, CDS JWKS and FHIR servers) was
+    denied; Prometheus and the monitor job could not reach the web pods' /metrics."""
+    config = _documents(K8S / "configmap.yaml")[0]["data"]
+    redis = urlsplit(config["VITALCAST_REDIS_URL"])
+    assert redis.hostname is not None
+    # NetworkPolicies match addresses, not names: a managed Redis is named by its IP.
+    assert redis.hostname.replace(".", "").isdigit(), "VITALCAST_REDIS_URL must name an IP"
+    for component in ("web", "worker", "monitor"):
+        assert _egress_allows(component, redis.hostname, redis.port or 6379), component
+        assert _egress_allows(component, "203.0.113.7", 443), component  # the internet
+        assert not _egress_allows(component, "169.254.169.254", 443), component  # metadata
+        assert not _egress_allows(component, "203.0.113.7", 80), component
+    web_sources = [peer for rule in _vitalcast_rules("ingress", "web") for peer in rule["from"]]
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}
+    } in web_sources
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "vitalcast"}}} in web_sources
 
 
 def _compose() -> dict[str, Any]:
