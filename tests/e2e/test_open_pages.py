@@ -125,3 +125,17 @@ def test_a_live_risk_replaces_the_whole_risk_box_and_closes_stale_responses(
     _post_heart_rate(server, patient_id, 40)
     expect(page.locator("#responses-closed")).to_contain_text("reload the page", timeout=15_000)
     expect(verdict.get_by_role("button", name="Send feedback")).to_be_disabled()
+
+
+def test_stay_signed_in_gives_the_focus_back(page: Page, server: Server) -> None:
+    """The inactivity warning takes the keyboard focus; "Stay signed in" returns it to
+    where the reader was (before, hiding the button left it on the page's body)."""
+    page.clock.install()
+    sign_in(page, "carla")
+    page.locator("#name").focus()
+    page.clock.fast_forward(server.settings.session_idle_minutes * 60_000 - 50_000)
+    expect(page.locator("#idle-stay")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.clock.run_for(2_000)
+    expect(page.locator("#idle-warning")).to_be_hidden()
+    expect(page.locator("#name")).to_be_focused()

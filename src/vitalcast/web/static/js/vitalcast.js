@@ -161,6 +161,7 @@
     var stay = document.getElementById("idle-stay");
     var warned = false;
     var signingOut = false;
+    var focusBefore = null; // where the reader was when the warning took the focus
     function signOut() {
       if (signingOut) return;
       signingOut = true;
@@ -177,9 +178,14 @@
       if (left <= 0) { signOut(); return; }
       if (left <= WARN_MS) {
         secs.textContent = String(Math.ceil(left / 1000));
-        if (!warned) { box.hidden = false; warned = true; stay.focus(); }
+        if (!warned) { focusBefore = document.activeElement; box.hidden = false; warned = true; stay.focus(); }
       } else if (warned) {
+        /* Give the focus back: hiding the focused button left it on the page's body,
+           and a keyboard user had to find their place from the top again. */
+        var hadFocus = box.contains(document.activeElement);
         box.hidden = true; warned = false;
+        if (hadFocus && focusBefore && focusBefore !== document.body && document.contains(focusBefore)) focusBefore.focus();
+        focusBefore = null;
       }
     }
     stay.addEventListener("click", function () {
