@@ -18,6 +18,7 @@ from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import Server, _one_stay, _store, sign_in
 from vitalcast.clinical.records import PatientRecord
+from vitalcast.web.views import ago
 
 pytestmark = pytest.mark.e2e
 
@@ -68,6 +69,13 @@ def test_ward_and_patient_page_ages_advance_and_turn_stale(page: Page, server: S
     expect(page.locator("#vital-age")).to_contain_text(f"{age // 60} h ")
     expect(page.locator("#vital-age .badge-stale")).to_have_text("Stale")
     expect(page.locator("#vital-age")).to_contain_text("this risk may not reflect")
+    # The stay's age counts too, as the server would write it now.
+    admitted = page.locator("#admitted-ago").get_attribute("datetime")
+    assert admitted
+    page_now = datetime.fromtimestamp(page.evaluate("Date.now()") / 1000, UTC)
+    expect(page.locator("#admitted-ago")).to_have_text(
+        ago(datetime.fromisoformat(admitted), now=page_now)
+    )
 
 
 def _post_heart_rate(server: Server, patient_id: str, value: float) -> None:
