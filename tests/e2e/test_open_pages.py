@@ -147,3 +147,35 @@ def test_stay_signed_in_gives_the_focus_back(page: Page, server: Server) -> None
     page.clock.run_for(2_000)
     expect(page.locator("#idle-warning")).to_be_hidden()
     expect(page.locator("#name")).to_be_focused()
+
+
+def test_a_new_stays_risk_stays_out_of_an_earlier_stays_page(page: Page, server: Server) -> None:
+    """A page of a discharged stay ("Last risk of this stay") left open while the patient
+    is admitted again: the new stay's risk is announced, not put in the old stay's box."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    ref, person = "e2e-readmitted", PatientRecord(ref="e2e-readmitted", sex="female")
+    first = _one_stay(ref, person, admitted_at=now - timedelta(hours=30), age_years=66, values=[])
+    patient_id = _store(server, first, "readmitted-1", now)[ref]
+    _post_heart_rate(server, patient_id, 150)
+    ended = _one_stay(
+        ref,
+        person,
+        admitted_at=now - timedelta(hours=30),
+        discharged_at=now - timedelta(minutes=5),
+        age_years=66,
+        values=[],
+    )
+    _store(server, ended, "readmitted-2", now)
+    sign_in(page, "carla")
+    page.goto(f"/patients/{patient_id}")
+    box = page.locator(".riskbox")
+    expect(box.locator("h2")).to_contain_text("Last risk of this stay")
+    before = box.inner_text()
+    page.locator("#risk-chart figure").wait_for()
+    again = _one_stay(
+        ref + "-2", person, admitted_at=now - timedelta(minutes=2), age_years=66, values=[]
+    )
+    _store(server, again, "readmitted-3", now)
+    _post_heart_rate(server, patient_id, 40)
+    expect(page.locator("#live-note")).to_contain_text("new stay", timeout=15_000)
+    assert box.inner_text() == before

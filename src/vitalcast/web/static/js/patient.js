@@ -235,6 +235,7 @@
       id: root.getAttribute("data-patient"),
       threshold: root.getAttribute("data-threshold") ? Number(root.getAttribute("data-threshold")) : null,
       admitted: root.getAttribute("data-admitted") ? new Date(root.getAttribute("data-admitted")) : null,
+      encounter: root.getAttribute("data-encounter") || null,
       landmarks: readJSON("landmarks") || [],
       variables: readJSON("variables") || {},
     };
@@ -281,6 +282,13 @@
       VC.liveEvents("/api/v1/events", { risk: function (msg) {
         var ev = JSON.parse(msg.data);
         if (ev.patient_id !== ctx.id) return;
+        if (ev.encounter_id && ctx.encounter && ev.encounter_id !== ctx.encounter) {
+          /* A risk of another stay (the patient was admitted again while this page of an
+             earlier one was open): not this stay's risk, so not in its risk box. */
+          var note = document.getElementById("live-note");
+          if (note) note.textContent = "A new stay of this patient has a risk: reload the page to see it.";
+          return;
+        }
         updateRiskBox(ev, ctx.threshold, root);
         refresh(true);
       } }, function (state) { if (state === "on") refresh(false); });
