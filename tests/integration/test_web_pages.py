@@ -360,6 +360,12 @@ def test_models_and_monitoring_pages(
             .where(Prediction.created_at >= datetime.now(UTC) - timedelta(hours=24))
         )
     assert f"<strong>{n}</strong> scores in 24 h" in monitoring
+    # Bands are listed highest first, the order of the ward (not by name: "high" before
+    # "low" before "medium").
+    listed = re.findall(r'<span class="band band-(\w+)">', monitoring)
+    order = ["critical", "high", "medium", "low"]
+    assert len(listed) >= 2, monitoring
+    assert listed == sorted(listed, key=order.index), listed
 
 
 def test_background_requests_do_not_keep_a_session_alive(

@@ -96,10 +96,18 @@ def check_patient_visible(session: Session, patient: Patient, *, refusal: AppErr
 
 
 def latest_encounter(session: Session, patient: Patient) -> Encounter | None:
+    """The patient's newest encounter that was one: a stay its source withdrew (entered
+    in error, cancelled) only when there is no other.
+
+    Why: a duplicate admission entered in error and withdrawn was the newest, so the
+    patient page (opened from the ward row of the stay in progress, 14 % High) said
+    "Not scored. This stay was withdrawn", with no risk to see or acknowledge, and
+    feedback and prediction requests were refused for a stay that was never real.
+    """
     return session.scalar(
         select(Encounter)
         .where(Encounter.patient_id == patient.id)
-        .order_by(Encounter.admitted_at.desc())
+        .order_by(Encounter.withdrawn_at.is_not(None), Encounter.admitted_at.desc())
         .limit(1)
     )
 

@@ -106,6 +106,9 @@ def model_report(version: str) -> Response:
     return response
 
 
+_BAND_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
 @web_models.get("/monitoring")
 @requires(Permission.MONITORING_READ)
 def monitoring() -> str:
@@ -141,7 +144,9 @@ def monitoring() -> str:
         "web/monitoring.html",
         scored_day=scored_day or 0,
         scored_hour=scored_hour or 0,
-        by_band=sorted(by_band),
+        # Highest first, as the ward lists risks: sorted by name, "high" came before
+        # "low" and "medium" after it, which reads as a scale out of order.
+        by_band=sorted(by_band, key=lambda row: _BAND_ORDER.get(row[0], len(_BAND_ORDER))),
         quarantined=quarantined,
         verdicts=sorted(verdicts),
     )

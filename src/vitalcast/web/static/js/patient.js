@@ -107,19 +107,111 @@
     reopenTables([vitalsBox, labsBox], open);
   }
 
-  function updateRiskBox(latest, threshold) {
-    var pct = document.querySelector(".riskbox .bigpct");
-    if (!pct || !latest) return;
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text) e.textContent = text;
+    return e;
+  }
+  function agoTime(iso) {
+    var t = el("time");
+    t.setAttribute("data-ago", "");
+    t.setAttribute("datetime", iso);
+    t.textContent = VC.ago(iso);
+    return t;
+  }
+
+  /* A new risk for this patient, shown in the risk box as the server renders one: the
+     percentage, its band in words, the threshold comparison and when it was scored. A
+     page loaded before the stay's first score said "Not scored yet." under the new
+     number; and the response forms, which answer the risk of page load (the factors
+     shown are that risk's too), went on filing verdicts against a score no longer shown:
+     they are now closed until the page is reloaded. */
+  function updateRiskBox(latest, threshold, root) {
+    var box = document.querySelector(".riskbox");
+    var pct = box && box.querySelector(".bigpct");
+    if (!pct || !latest || !latest.prediction_id) return;
+    if (latest.prediction_id === root.getAttribute("data-prediction")) return;
+    root.setAttribute("data-prediction", latest.prediction_id);
     pct.textContent = VC.riskPct(latest.probability, threshold);
-    var band = document.querySelector(".riskbox .band");
-    if (band) {
-      band.className = "band band-" + latest.band;
-      band.textContent = latest.band.charAt(0).toUpperCase() + latest.band.slice(1);
+    box.className = box.className.replace(/\bband-box-\S+/, "band-box-" + latest.band);
+    var band = box.querySelector(".band");
+    var notScored = document.getElementById("not-scored");
+    if (!band) {
+      var line = el("p");
+      band = el("span", "band");
+      line.appendChild(band);
+      if (threshold !== null) { line.appendChild(document.createTextNode(" ")); line.appendChild(el("span", "thr")); }
+      var scored = el("p", "small");
+      scored.id = "scored";
+      if (notScored) { notScored.replaceWith(line); } else { pct.after(line); }
+      line.after(scored);
     }
-    var thr = document.querySelector(".riskbox .thr");
+    band.className = "band band-" + latest.band;
+    band.textContent = latest.band.charAt(0).toUpperCase() + latest.band.slice(1);
+    var thr = box.querySelector(".thr");
     if (thr && threshold !== null) {
       thr.textContent = (latest.probability >= threshold ? "at or above" : "below") + " the alert threshold of " + VC.thresholdPct(threshold);
     }
+    var when = document.getElementById("scored");
+    if (when && latest.as_of) {
+      when.textContent = "Scored ";
+      when.appendChild(agoTime(latest.as_of));
+      when.appendChild(document.createTextNode("; newest data "));
+      when.appendChild(latest.data_freshness_at ? agoTime(latest.data_freshness_at) : document.createTextNode("none"));
+      when.appendChild(document.createTextNode("."));
+    }
+    closeResponses();
+  }
+
+  function closeResponses() {
+    var section = document.querySelector("section.feedback");
+    if (!section || document.getElementById("responses-closed")) return;
+    section.querySelectorAll("form button, form input, form textarea").forEach(function (c) { c.disabled = true; });
+    var note = el("p", "notice", "A newer risk has arrived since this page was loaded: ");
+    note.id = "responses-closed";
+    note.setAttribute("role", "status");
+    var reload = el("a", null, "reload the page");
+    reload.href = window.location.pathname;
+    note.appendChild(reload);
+    note.appendChild(document.createTextNode(" to see its factors and respond to it."));
+    section.querySelector("h2").after(note);
+  }
+
+  /* A vital sign newer than the one the page was loaded with (the live reload of the
+     observations): the risk box says so, and a stale warning goes. */
+  function showNewestVital(data, vars) {
+    var line = document.getElementById("vital-age");
+    if (!line) return;
+    var newest = null;
+    data.items.forEach(function (o) {
+      var spec = vars[o.code];
+      if (spec && spec.kind === "vital" && o.value !== null && o.value !== undefined) {
+        var t = Date.parse(o.effective_at);
+        if (newest === null || t > newest) newest = t;
+      }
+    });
+    var shown = line.querySelector("time");
+    if (newest === null || (shown && Date.parse(shown.getAttribute("datetime")) >= newest)) return;
+    var iso = new Date(newest).toISOString();
+    line.textContent = "Newest vital sign ";
+    line.appendChild(agoTime(iso));
+    if (line.hasAttribute("data-in-progress")) {
+      line.setAttribute("data-fresh-vitals-at", iso);
+      markStale(Date.now());
+    }
+  }
+
+  /* Overdue vital signs, noticed while the page is open (see the server's rule). */
+  function markStale(now) {
+    var line = document.querySelector("#vital-age[data-fresh-vitals-at]");
+    if (!line) return;
+    var limit = Number(line.getAttribute("data-stale-minutes"));
+    if (now - Date.parse(line.getAttribute("data-fresh-vitals-at")) <= limit * 60 * 1000) return;
+    line.removeAttribute("data-fresh-vitals-at");
+    line.appendChild(document.createTextNode(" "));
+    line.appendChild(el("span", "badge badge-stale", "Stale"));
+    line.appendChild(document.createTextNode(" no vital sign for more than " + limit + " minutes: this risk may not reflect the patient's state now."));
   }
 
   /* A disagreement needs a reason: say so in the form before it is sent, instead of
@@ -143,6 +235,7 @@
       id: root.getAttribute("data-patient"),
       threshold: root.getAttribute("data-threshold") ? Number(root.getAttribute("data-threshold")) : null,
       admitted: root.getAttribute("data-admitted") ? new Date(root.getAttribute("data-admitted")) : null,
+      encounter: root.getAttribute("data-encounter") || null,
       landmarks: readJSON("landmarks") || [],
       variables: readJSON("variables") || {},
     };
@@ -151,6 +244,7 @@
     var vitalsBox = document.getElementById("vitals-charts");
     var labsBox = document.getElementById("labs-charts");
     drawFactors(factorsFromTable());
+    VC.onAge(markStale);
 
     function loadRisk(background) {
       return VC.getJSON(riskBox.getAttribute("data-src"), background).then(function (data) {
@@ -161,6 +255,7 @@
     function loadObservations(background) {
       return VC.getJSON(vitalsBox.getAttribute("data-src"), background).then(function (data) {
         drawObservations(vitalsBox, labsBox, data, ctx);
+        showNewestVital(data, ctx.variables);
       }).catch(function (err) { vitalsBox.textContent = "Could not load observations (" + err.message + ")."; });
     }
     var shown = null; // risk points on the chart once the page's own load has drawn them
@@ -187,7 +282,14 @@
       VC.liveEvents("/api/v1/events", { risk: function (msg) {
         var ev = JSON.parse(msg.data);
         if (ev.patient_id !== ctx.id) return;
-        updateRiskBox(ev, ctx.threshold);
+        if (ev.encounter_id && ctx.encounter && ev.encounter_id !== ctx.encounter) {
+          /* A risk of another stay (the patient was admitted again while this page of an
+             earlier one was open): not this stay's risk, so not in its risk box. */
+          var note = document.getElementById("live-note");
+          if (note) note.textContent = "A new stay of this patient has a risk: reload the page to see it.";
+          return;
+        }
+        updateRiskBox(ev, ctx.threshold, root);
         refresh(true);
       } }, function (state) { if (state === "on") refresh(false); });
     }

@@ -121,6 +121,29 @@
   }
   VC.localiseTimes = localiseTimes;
 
+  /* Ages ("35 min ago") as the server's `ago` filter writes them (web/views.py), kept
+     true while a page stays open: a ward screen is read for hours without a reload, and
+     an age frozen at page load made old data look recent. Every `time[data-ago]` is
+     rewritten from its datetime each 30 s, and each page's onAge hooks run after. */
+  VC.ago = function (iso, nowMs) {
+    var minutes = Math.floor(((nowMs === undefined ? Date.now() : nowMs) - Date.parse(iso)) / 60000);
+    if (minutes < 1) return "just now";
+    if (minutes < 60) return minutes + " min ago";
+    var hours = Math.floor(minutes / 60), rest = minutes % 60;
+    if (hours < 48) return rest ? hours + " h " + rest + " min ago" : hours + " h ago";
+    return Math.floor(hours / 24) + " d ago";
+  };
+  var ageHooks = [];
+  VC.onAge = function (hook) { ageHooks.push(hook); };
+  function refreshAges(root) {
+    var now = Date.now();
+    (root || document).querySelectorAll("time[data-ago]").forEach(function (el) {
+      el.textContent = VC.ago(el.getAttribute("datetime"), now);
+    });
+    ageHooks.forEach(function (hook) { hook(now); });
+  }
+  VC.refreshAges = refreshAges;
+
   /* Automatic sign-out. */
   var KEY = "vitalcast.lastRequest";
   var WARN_MS = 60 * 1000;
@@ -138,6 +161,7 @@
     var stay = document.getElementById("idle-stay");
     var warned = false;
     var signingOut = false;
+    var focusBefore = null; // where the reader was when the warning took the focus
     function signOut() {
       if (signingOut) return;
       signingOut = true;
@@ -154,9 +178,14 @@
       if (left <= 0) { signOut(); return; }
       if (left <= WARN_MS) {
         secs.textContent = String(Math.ceil(left / 1000));
-        if (!warned) { box.hidden = false; warned = true; stay.focus(); }
+        if (!warned) { focusBefore = document.activeElement; box.hidden = false; warned = true; stay.focus(); }
       } else if (warned) {
+        /* Give the focus back: hiding the focused button left it on the page's body,
+           and a keyboard user had to find their place from the top again. */
+        var hadFocus = box.contains(document.activeElement);
         box.hidden = true; warned = false;
+        if (hadFocus && focusBefore && focusBefore !== document.body && document.contains(focusBefore)) focusBefore.focus();
+        focusBefore = null;
       }
     }
     stay.addEventListener("click", function () {
@@ -170,6 +199,7 @@
   VC.loadedAt = Date.now();
   document.addEventListener("DOMContentLoaded", function () {
     localiseTimes(document);
+    window.setInterval(refreshAges, 30 * 1000);
     var idle = Number(meta("idle-minutes"));
     if (idle > 0) {
       VC.markActivity(); // this page load was a user request

@@ -43,6 +43,28 @@
     if (focused && tbody.contains(focused)) focused.focus();
   }
 
+  /* A row turns stale while the page is open: no vital sign for longer than the stale
+     limit since the one it showed (a new one would have brought a fresh row). The badge
+     is the server's (_ward_row.html); the row no longer waits for it. */
+  function markStale(table, tbody, now) {
+    var limitMs = Number(table.getAttribute("data-stale-minutes")) * 60 * 1000;
+    var changed = false;
+    tbody.querySelectorAll("tr[data-fresh-vitals-at]").forEach(function (r) {
+      if (now - Date.parse(r.getAttribute("data-fresh-vitals-at")) <= limitMs) return;
+      r.removeAttribute("data-fresh-vitals-at");
+      var cell = r.querySelector("td.fresh");
+      if (!cell || cell.querySelector(".badge-stale")) return;
+      var badge = document.createElement("span");
+      badge.className = "badge badge-stale";
+      badge.title = "No vital sign for more than " + table.getAttribute("data-stale-minutes") + " minutes";
+      badge.textContent = "Stale";
+      cell.appendChild(document.createTextNode(" "));
+      cell.appendChild(badge);
+      changed = true;
+    });
+    if (changed) recount(tbody);
+  }
+
   function nameFilter(tbody) {
     var input = document.getElementById("name");
     if (!input) return;
@@ -101,5 +123,6 @@
     drawSparks(tbody);
     nameFilter(tbody);
     live(table, tbody);
+    VC.onAge(function (now) { markStale(table, tbody, now); });
   });
 })();
