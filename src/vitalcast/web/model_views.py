@@ -13,11 +13,15 @@ from typing import Any
 
 from flask import Blueprint, Response, render_template
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from vitalcast.db.base import utcnow
 from vitalcast.errors import NotFound
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.modeling.tables import ModelVersion, Prediction
+from vitalcast.monitoring.alerts import list_alerts
+from vitalcast.monitoring.service import latest_drift_run
+from vitalcast.monitoring.tables import MonitorRun
 from vitalcast.security.permissions import Permission, requires
 from vitalcast.serving.context import audit_event, db
 from vitalcast.web.tables import Feedback
@@ -109,10 +113,54 @@ def model_report(version: str) -> Response:
 _BAND_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
+def _model_health(session: Session) -> list[dict[str, Any]]:
+    """Per task with a champion: its newest monitoring run (realised performance on
+    outcome-joined scores, and the CBPE estimate from scores alone, each labelled as
+    what it is) and its newest drift run's flagged features.
+
+    Why on this page: they were served only by ``GET /api/v1/monitoring/summary``, so a
+    person on the Monitoring page saw score counts while the drift and calibration the
+    monitor had found stayed out of sight.
+    """
+    tasks = session.scalars(
+        select(ModelVersion.task)
+        .where(ModelVersion.alias == "champion")
+        .order_by(ModelVersion.task)
+    ).all()
+    health = []
+    for task in tasks:
+        run = session.scalar(
+            select(MonitorRun)
+            .where(MonitorRun.task == task)
+            .order_by(MonitorRun.id.desc())
+            .limit(1)
+        )
+        results = run.results if run is not None else {}
+        drift = latest_drift_run(session, task=task)
+        flagged = [] if drift is None else [r for r in drift.results if r.severity != "none"]
+        health.append(
+            {
+                "task": task,
+                "run_at": run.started_at if run is not None else None,
+                "realised": (results.get("performance") or {}).get("overall"),
+                "estimate": results.get("estimate"),
+                "drift": drift,
+                "drifted": sorted(
+                    flagged, key=lambda r: (_SEVERITY_ORDER.get(r.severity, 9), r.feature)
+                ),
+            }
+        )
+    return health
+
+
+_SEVERITY_ORDER = {"major": 0, "moderate": 1}  # drift.Severity, worst first
+
+
 @web_models.get("/monitoring")
 @requires(Permission.MONITORING_READ)
 def monitoring() -> str:
-    """Operational figures from the store until the monitoring capability fills the page."""
+    """The monitor's findings (open alerts, realised and estimated performance, drift)
+    and operational figures from the store."""
     session = db()
     now = utcnow()
     day = now - timedelta(hours=24)
@@ -149,4 +197,6 @@ def monitoring() -> str:
         by_band=sorted(by_band, key=lambda row: _BAND_ORDER.get(row[0], len(_BAND_ORDER))),
         quarantined=quarantined,
         verdicts=sorted(verdicts),
+        alerts=list_alerts(session),
+        health=_model_health(session),
     )

@@ -10,13 +10,16 @@ from flask.testing import FlaskClient
 from tests.conftest import Credentials
 from vitalcast.db import session_scope
 from vitalcast.modeling.tables import ModelVersion
+from vitalcast.monitoring.performance import Performance as PerformanceFigures
+from vitalcast.monitoring.performance import PerformanceEstimate
 from vitalcast.monitoring.tables import DriftResult, DriftRun, MonitorAlert, MonitorRun
 from vitalcast.serving.state import get_state
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def test_summary_and_alerts(app: Flask, client: FlaskClient, creds: Credentials) -> None:
+def _store_findings(app: Flask) -> None:
+    """A champion with a drift run, a monitoring run, and alerts open and resolved."""
     with session_scope(get_state(app).sessions) as session:
         model = ModelVersion(
             version="v1",
@@ -58,8 +61,29 @@ def test_summary_and_alerts(app: Flask, client: FlaskClient, creds: Credentials)
                 firing=1,
                 results={
                     "rules": {"drift": {"status": "firing"}},
-                    "performance": {"overall": {"kind": "realised", "auroc": 0.8}},
-                    "estimate": {"kind": "estimate", "expected_auroc": 0.79},
+                    "performance": {
+                        "overall": PerformanceFigures(
+                            n=120,
+                            events=14,
+                            threshold=0.3,
+                            auroc=0.8,
+                            observed_expected=1.1,
+                            calibration_intercept=0.05,
+                            calibration_slope=0.95,
+                            sensitivity=0.5,
+                            ppv=0.45,
+                            flagged=15,
+                        ).to_dict()
+                    },
+                    "estimate": PerformanceEstimate(
+                        n=300,
+                        threshold=0.3,
+                        expected_events=40.2,
+                        expected_auroc=0.79,
+                        expected_precision=0.4,
+                        expected_recall=0.6,
+                        flagged=50,
+                    ).to_dict(),
                 },
             )
         )
@@ -96,6 +120,9 @@ def test_summary_and_alerts(app: Flask, client: FlaskClient, creds: Credentials)
             )
         )
 
+
+def test_summary_and_alerts(app: Flask, client: FlaskClient, creds: Credentials) -> None:
+    _store_findings(app)
     assert (
         client.get("/api/v1/monitoring/summary", headers=creds.api_key("nurse")).status_code == 403
     )
@@ -109,3 +136,29 @@ def test_summary_and_alerts(app: Flask, client: FlaskClient, creds: Credentials)
     every = client.get("/api/v1/monitoring/alerts?all=1", headers=key).get_json()["items"]
     assert {a["state"] for a in every} == {"open", "resolved"}
     assert "another task's" in {a["summary"] for a in every}
+
+
+def test_the_monitoring_page_shows_the_monitors_findings(
+    app: Flask, client: FlaskClient, creds: Credentials
+) -> None:
+    """The page showed only score counts: drift, realised and estimated performance and
+    the open alerts were served by the API alone, out of sight of its readers."""
+    _store_findings(app)
+    creds.login(client, creds.user("ds", "data_scientist"))
+    page = client.get("/monitoring")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    for shown in (
+        "Open alerts",
+        "lactate",
+        "another task&#39;s",
+        "stale",
+        "Realised performance",
+        "0.800",  # the realised AUROC
+        "Estimated performance",
+        "0.790",  # the CBPE estimate
+        "Lactate, latest (this stay)",  # the drifted input, in words
+        "shift",
+    ):
+        assert shown in html, shown
+    assert "old" not in html.split("Open alerts", 1)[1].split("</section>", 1)[0]
