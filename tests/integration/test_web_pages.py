@@ -350,16 +350,39 @@ def test_models_and_monitoring_pages(
     detail = client.get("/models/test-0001").get_data(as_text=True)
     assert "calibration.slope" in detail
     assert client.get("/models/none").status_code == 404
+    from vitalcast.modeling.tables import Prediction
+
+    with session_scope(get_state(client.application).sessions) as session:
+        # A shadow score: never shown to clinicians, so not counted beside the bands.
+        shown = session.scalars(select(Prediction).limit(1)).one()
+        session.add(
+            Prediction(
+                public_id="shadow0001",
+                patient_id=shown.patient_id,
+                encounter_id=shown.encounter_id,
+                model_version_id=shown.model_version_id,
+                task=shown.task,
+                role="challenger",
+                score=0.99,
+                band="critical",
+                as_of=shown.as_of,
+                features_digest=shown.features_digest,
+            )
+        )
     monitoring = client.get("/monitoring").get_data(as_text=True)
     with session_scope(get_state(client.application).sessions) as session:
-        from vitalcast.modeling.tables import Prediction
-
         n = session.scalar(
             select(func.count())
             .select_from(Prediction)
-            .where(Prediction.created_at >= datetime.now(UTC) - timedelta(hours=24))
+            .where(
+                Prediction.created_at >= datetime.now(UTC) - timedelta(hours=24),
+                Prediction.role == "champion",
+            )
         )
-    assert f"<strong>{n}</strong> scores in 24 h" in monitoring
+    assert f"<strong>{n}</strong> champion scores in 24 h" in monitoring
+    # The tile and the band table count the same scores.
+    banded = re.findall(r'<span class="band band-\w+">\w+</span></td><td>(\d+)</td>', monitoring)
+    assert sum(int(k) for k in banded) == n
     # Bands are listed highest first, the order of the ward (not by name: "high" before
     # "low" before "medium").
     listed = re.findall(r'<span class="band band-(\w+)">', monitoring)

@@ -165,11 +165,14 @@ def monitoring() -> str:
     now = utcnow()
     day = now - timedelta(hours=24)
     hour = now - timedelta(hours=1)
+    # Champion scores only, as the band table counts them: shadow (challenger) scores are
+    # never shown to clinicians, and counting them made the tiles and the table disagree.
+    champion = Prediction.role == "champion"
     scored_day = session.scalar(
-        select(func.count()).select_from(Prediction).where(Prediction.created_at >= day)
+        select(func.count()).select_from(Prediction).where(Prediction.created_at >= day, champion)
     )
     scored_hour = session.scalar(
-        select(func.count()).select_from(Prediction).where(Prediction.created_at >= hour)
+        select(func.count()).select_from(Prediction).where(Prediction.created_at >= hour, champion)
     )
     by_band = session.execute(
         select(Prediction.band, func.count())
