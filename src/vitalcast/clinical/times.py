@@ -45,6 +45,13 @@ def check_year(value: date, what: str) -> None:
         )
 
 
+def in_dst_change(local: datetime) -> bool:
+    """Whether a wall-clock time in its zone was shown twice (01:30 as autumn's DST ends)
+    or never (02:30 as spring's begins): it is then two instants an hour apart, or none,
+    and a source that sent it without an offset cannot be placed on one instant."""
+    return local.utcoffset() != local.replace(fold=1).utcoffset()
+
+
 def to_utc(value: datetime, what: str) -> datetime:
     """An aware time in UTC, or :class:`TimeOutOfRange` (never ``OverflowError``)."""
     check_year(value, what)

@@ -12,7 +12,7 @@ import re
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
-from vitalcast.clinical.times import to_utc
+from vitalcast.clinical.times import in_dst_change, to_utc
 
 DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 
@@ -78,7 +78,7 @@ def parse_dtm(text: str, *, tz: tzinfo, what: str, need_time: bool = True) -> da
         local = datetime(y, mo, d, h, mi, s, micro, tzinfo=zone)
     except ValueError:
         raise ValueError(f"{what} is not a calendar date/time") from None
-    if not m.group(8) and local.utcoffset() != local.replace(fold=1).utcoffset():
+    if not m.group(8) and in_dst_change(local):
         # A local time the clocks showed twice (01:30 as autumn's DST ends) or never
         # (02:30 as spring's begins): either UTC instant may be the true one, an hour
         # apart, and picking one would misplace or merge readings without a word.

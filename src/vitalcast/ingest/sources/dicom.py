@@ -34,7 +34,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from vitalcast.clinical.records import ImagingStudyRecord, RecordBatch, Rejected
-from vitalcast.clinical.times import TimeOutOfRange, to_utc
+from vitalcast.clinical.times import TimeOutOfRange, in_dst_change, to_utc
 from vitalcast.security.crypto import FieldCipher
 
 SOURCE = "dicom"
@@ -231,9 +231,7 @@ def _study_time(ds: Any, assume_tz: tzinfo) -> tuple[datetime | None, date | Non
     if not whole:
         return None, day  # the store's day rule checks its year, future and birth
     aware = local.replace(tzinfo=tz)
-    if not offset_text and aware.utcoffset() != aware.replace(fold=1).utcoffset():
-        # As for HL7 v2 times without an offset (ingest/sources/_hl7_fields.py): a local
-        # time the clocks showed twice or skipped is two instants an hour apart, or none.
+    if not offset_text and in_dst_change(aware):  # as HL7 v2 times without an offset
         raise _BadStudyTime(
             "StudyTime (0008,0030) has no Timezone Offset From UTC (0008,0201) and falls in"
             " a daylight-saving change of the assumed time zone (--timezone)",
