@@ -32,6 +32,7 @@ from vitalcast.ingest.report import IngestReport
 from vitalcast.ingest.validate import (
     Invalid,
     check_encounter,
+    contradicts,
     drop_implausible_descriptors,
     plausible_age,
 )
@@ -283,7 +284,7 @@ def store_patients(
             born = resolver.births.get(known_mrn[mrn_hmac])
         else:
             born = by_mrn[mrn_hmac].birth_date
-        if rec.birth_date is None or born is None or rec.birth_date == born:
+        if not contradicts(rec.birth_date, born):
             return False
         counts.received -= 1  # counted once, as quarantined
         reject("patient", rec.source_ref or rec.ref, "identity_conflict", _IDENTITY_CONFLICT, rec)

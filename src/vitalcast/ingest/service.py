@@ -61,6 +61,7 @@ from vitalcast.ingest.validate import (
     check_day,
     check_observation,
     check_time,
+    contradicts,
 )
 from vitalcast.security import audit
 from vitalcast.security.crypto import FieldCipher
@@ -555,7 +556,7 @@ def _identity_conflict(rec: ImagingStudyRecord, resolver: Resolver, reject: Reje
     matched (see ``_resolve.store_patients``: two people can share an MRN)."""
     patient_id = resolver.patients.get(rec.patient_ref)
     born = resolver.births.get(patient_id) if patient_id is not None else None
-    if rec.patient_birth_date is None or born is None or rec.patient_birth_date == born:
+    if not contradicts(rec.patient_birth_date, born):
         return False
     reason = (
         "its Patient ID is the MRN of a stored patient with a different birth date, so the"

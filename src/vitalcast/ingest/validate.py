@@ -223,6 +223,15 @@ def plausible_age(born: date | None, admitted_at: datetime) -> float | None:
     return age if age is not None and is_plausible(AGE_YEARS, age) else None
 
 
+def contradicts(born: date | None, stored: date | None) -> bool:
+    """Whether a record's birth date contradicts that of the patient its MRN names: both
+    known and different. Two people can share an MRN (two assigning authorities, a typing
+    error), so such a record is not that patient: ingestion does not merge it, a DICOM
+    study is not attached to it, a CDS card does not link to it. A missing birth date
+    contradicts nothing."""
+    return born is not None and stored is not None and born != stored
+
+
 # The encounter's descriptors: measurements of a vocabulary variable, and age.
 _DESCRIPTORS: tuple[tuple[str, VariableSpec], ...] = (
     ("height_cm", BY_KEY["height"]),

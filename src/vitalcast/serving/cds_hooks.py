@@ -54,7 +54,7 @@ from sqlalchemy import select
 from vitalcast.clinical.tables import Patient
 from vitalcast.errors import AppError, ModelUnavailable, NotFound
 from vitalcast.features import stay_features
-from vitalcast.ingest.validate import plausible_age
+from vitalcast.ingest.validate import contradicts, plausible_age
 from vitalcast.security.permissions import Permission, public, requires
 from vitalcast.serving.cds_cards import card_notes, no_stay_card, outside_card, risk_card
 from vitalcast.serving.cds_feedback import feedback
@@ -181,14 +181,15 @@ class _Audit:
 
 
 def _same_birth_date(patient: Patient, birth_date: date | None) -> bool:
-    """False only when both birth dates are known and differ."""
+    """Whether the stored patient's birth date does not contradict ``birth_date``
+    (:func:`~vitalcast.ingest.validate.contradicts`, the rule ingestion links by)."""
     if birth_date is None:
         return True
     try:
         stored = decrypt_identifiers(get_state().cipher, patient).get("birth_date")
     except ValueError:  # a retired key: nothing to compare with, as at ingestion
         return True
-    return stored is None or date.fromisoformat(stored) == birth_date
+    return not contradicts(birth_date, date.fromisoformat(stored) if stored else None)
 
 
 @contextmanager
