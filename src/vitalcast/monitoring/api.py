@@ -9,12 +9,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from vitalcast.monitoring.alerts import list_alerts
 from vitalcast.monitoring.rules import judged_by
-from vitalcast.monitoring.service import latest_drift_run
-from vitalcast.monitoring.tables import DriftRun, MonitorAlert, MonitorRun
+from vitalcast.monitoring.service import latest_drift_run, latest_monitor_run
+from vitalcast.monitoring.tables import DriftRun, MonitorAlert
 from vitalcast.security.permissions import Permission, requires
 from vitalcast.serving.context import db
 from vitalcast.serving.openapi import operation
@@ -83,9 +82,7 @@ def summary() -> Response:
     ones (stale data, error rate), never another task's."""
     task = parse_query(SummaryQuery).task
     session = db()
-    run = session.scalar(
-        select(MonitorRun).where(MonitorRun.task == task).order_by(MonitorRun.id.desc()).limit(1)
-    )
+    run = latest_monitor_run(session, task=task)
     return jsonify(
         {
             "task": task,

@@ -24,7 +24,7 @@ from vitalcast.monitoring import drift
 from vitalcast.monitoring.drift import balanced_landmarks
 from vitalcast.monitoring.performance import Labelled, OutcomePoint, PredictionPoint
 from vitalcast.monitoring.performance import join_outcomes as _join
-from vitalcast.monitoring.tables import DriftResult, DriftRun, MonitorAlert
+from vitalcast.monitoring.tables import DriftResult, DriftRun, MonitorAlert, MonitorRun
 from vitalcast.security import audit
 
 logger = logging.getLogger(__name__)
@@ -294,6 +294,12 @@ def run_drift(
 def latest_drift_run(session: Session, *, task: str) -> DriftRun | None:
     return session.scalar(
         select(DriftRun).where(DriftRun.task == task).order_by(DriftRun.id.desc()).limit(1)
+    )
+
+
+def latest_monitor_run(session: Session, *, task: str) -> MonitorRun | None:
+    return session.scalar(
+        select(MonitorRun).where(MonitorRun.task == task).order_by(MonitorRun.id.desc()).limit(1)
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from flask import Blueprint, Response, render_template
 from sqlalchemy import func, select
@@ -20,10 +20,11 @@ from vitalcast.errors import NotFound
 from vitalcast.ingest.tables import QuarantineItem
 from vitalcast.modeling.tables import ModelVersion, Prediction
 from vitalcast.monitoring.alerts import list_alerts
-from vitalcast.monitoring.service import latest_drift_run
-from vitalcast.monitoring.tables import MonitorRun
+from vitalcast.monitoring.drift import Severity
+from vitalcast.monitoring.service import latest_drift_run, latest_monitor_run
 from vitalcast.security.permissions import Permission, requires
 from vitalcast.serving.context import audit_event, db
+from vitalcast.serving.schemas import Band
 from vitalcast.web.tables import Feedback
 
 web_models = Blueprint("web_models", __name__)
@@ -110,7 +111,14 @@ def model_report(version: str) -> Response:
     return response
 
 
-_BAND_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+# Bands and drift severities, mildest first, as their types declare them.
+_BANDS: tuple[str, ...] = get_args(Band)
+_SEVERITIES: tuple[str, ...] = get_args(Severity)
+
+
+def _worst_first(order: tuple[str, ...], value: str) -> int:
+    """Sort key putting the most severe of ``order`` first, anything unknown last."""
+    return -order.index(value) if value in order else 1
 
 
 def _model_health(session: Session) -> list[dict[str, Any]]:
@@ -129,12 +137,7 @@ def _model_health(session: Session) -> list[dict[str, Any]]:
     ).all()
     health = []
     for task in tasks:
-        run = session.scalar(
-            select(MonitorRun)
-            .where(MonitorRun.task == task)
-            .order_by(MonitorRun.id.desc())
-            .limit(1)
-        )
+        run = latest_monitor_run(session, task=task)
         results = run.results if run is not None else {}
         drift = latest_drift_run(session, task=task)
         flagged = [] if drift is None else [r for r in drift.results if r.severity != "none"]
@@ -146,14 +149,11 @@ def _model_health(session: Session) -> list[dict[str, Any]]:
                 "estimate": results.get("estimate"),
                 "drift": drift,
                 "drifted": sorted(
-                    flagged, key=lambda r: (_SEVERITY_ORDER.get(r.severity, 9), r.feature)
+                    flagged, key=lambda r: (_worst_first(_SEVERITIES, r.severity), r.feature)
                 ),
             }
         )
     return health
-
-
-_SEVERITY_ORDER = {"major": 0, "moderate": 1}  # drift.Severity, worst first
 
 
 @web_models.get("/monitoring")
@@ -197,7 +197,7 @@ def monitoring() -> str:
         scored_hour=scored_hour or 0,
         # Highest first, as the ward lists risks: sorted by name, "high" came before
         # "low" and "medium" after it, which reads as a scale out of order.
-        by_band=sorted(by_band, key=lambda row: _BAND_ORDER.get(row[0], len(_BAND_ORDER))),
+        by_band=sorted(by_band, key=lambda row: _worst_first(_BANDS, row[0])),
         quarantined=quarantined,
         verdicts=sorted(verdicts),
         alerts=list_alerts(session),
