@@ -40,6 +40,40 @@ def _counts(session: Session) -> dict[str, int]:
     }
 
 
+def _pg_dump(server_major: int, url: str, dump: Path) -> None:
+    """The guide's backup: ``pg_dump --format=custom --no-owner``."""
+    subprocess.run(
+        [
+            pg_tool("pg_dump", server_major),
+            "--format=custom",
+            "--no-owner",
+            "--file",
+            str(dump),
+            *libpq_args(url),
+        ],
+        check=True,
+        timeout=120,
+    )
+
+
+def _pg_restore(server_major: int, url: str, dump: Path) -> None:
+    """The guide's restore: ``pg_restore --clean --if-exists`` in one transaction."""
+    subprocess.run(
+        [
+            pg_tool("pg_restore", server_major),
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--exit-on-error",
+            "--single-transaction",
+            *libpq_args(url),
+            str(dump),
+        ],
+        check=True,
+        timeout=120,
+    )
+
+
 def test_pg_dump_restores_into_a_fresh_database_with_an_intact_audit_chain(
     databases: DatabaseFactory, cipher: FieldCipher, tmp_path: Path
 ) -> None:
@@ -66,34 +100,10 @@ def test_pg_dump_restores_into_a_fresh_database_with_an_intact_audit_chain(
     assert before["audit_events"] >= 25
 
     dump = tmp_path / "vitalcast.dump"
-    subprocess.run(
-        [
-            pg_tool("pg_dump", server_major),
-            "--format=custom",
-            "--no-owner",
-            "--file",
-            str(dump),
-            *libpq_args(source_url),
-        ],
-        check=True,
-        timeout=120,
-    )
+    _pg_dump(server_major, source_url, dump)
     # The target was cloned from the migrated template: --clean drops its objects first,
     # as on a restore over a replacement instance that someone already migrated.
-    subprocess.run(
-        [
-            pg_tool("pg_restore", server_major),
-            "--clean",
-            "--if-exists",
-            "--no-owner",
-            "--exit-on-error",
-            "--single-transaction",
-            *libpq_args(target_url),
-            str(dump),
-        ],
-        check=True,
-        timeout=120,
-    )
+    _pg_restore(server_major, target_url, dump)
 
     target = create_db_engine(target_url)
     with Session(target) as session:
@@ -142,36 +152,12 @@ def test_anchoring_after_a_restore_follows_the_documented_steps(
     backup_time = datetime.now(UTC).isoformat(timespec="seconds")
     time.sleep(1.1)  # anchors carry whole seconds
     dump = tmp_path / "vitalcast.dump"
-    subprocess.run(
-        [
-            pg_tool("pg_dump", server_major),
-            "--format=custom",
-            "--no-owner",
-            "--file",
-            str(dump),
-            *libpq_args(source_url),
-        ],
-        check=True,
-        timeout=120,
-    )
+    _pg_dump(server_major, source_url, dump)
     with session_scope(make_session_factory(source)) as session:
         audit.record(session, audit.Event("backup.after", "R", actor="user:test"))
     source.dispose()
     assert cli(on_source, "audit", "anchor", "--file", str(old_file))[0] == 0
-    subprocess.run(
-        [
-            pg_tool("pg_restore", server_major),
-            "--clean",
-            "--if-exists",
-            "--no-owner",
-            "--exit-on-error",
-            "--single-transaction",
-            *libpq_args(target_url),
-            str(dump),
-        ],
-        check=True,
-        timeout=120,
-    )
+    _pg_restore(server_major, target_url, dump)
 
     code, out = cli(on_target, "audit", "verify", "--anchor", str(old_file))
     assert code == 1
